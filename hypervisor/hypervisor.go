@@ -1,0 +1,68 @@
+// Package hypervisor defines what the shim needs from a virtual machine
+// monitor: start a pod VM, reach its vsock ports, attach disks, stop it.
+// Backends live in sub-packages (qemu); vsock transports in vsock.
+package hypervisor
+
+import (
+	"context"
+	"net"
+)
+
+// Transport reaches vsock ports inside the guest.
+type Transport interface {
+	// Dial opens a stream connection to the guest's vsock port.
+	Dial(ctx context.Context, port uint32) (net.Conn, error)
+}
+
+// Hypervisor starts pod VMs.
+type Hypervisor interface {
+	// Start boots a VM. On error nothing it created is left behind (no
+	// process, socket or file outside spec.StateDir; the caller removes StateDir).
+	Start(ctx context.Context, spec VMSpec) (VM, error)
+}
+
+// VMSpec is what a pod VM is booted with.
+type VMSpec struct {
+	// ID names the VM in logs and errors (the sandbox id).
+	ID string
+	// StateDir holds the VM's sockets, console log and other runtime files.
+	// It exists and belongs to this VM alone.
+	StateDir string
+	// Kernel, Initrd: guest image for direct kernel boot.
+	Kernel string
+	Initrd string
+	// Firmware is optional (empty: the hypervisor's default).
+	Firmware string
+	// KernelArgs is the exact kernel command line.
+	KernelArgs string
+	VCPUs      int
+	MemoryMiB  int
+}
+
+// Disk is a block device image attached to a running VM.
+type Disk struct {
+	// Serial identifies the disk in the guest (/sys/block/*/serial); at most 20 bytes.
+	Serial   string
+	Path     string
+	ReadOnly bool
+}
+
+// VM is a running pod VM.
+type VM interface {
+	Transport
+	// AttachDisk hot-plugs a disk.
+	AttachDisk(ctx context.Context, disk Disk) error
+	// DetachDisk unplugs a disk attached with AttachDisk.
+	DetachDisk(ctx context.Context, serial string) error
+	// Pid is the host process id of the VM monitor.
+	Pid() int
+	// Done is closed when the VM has stopped, for whatever reason.
+	Done() <-chan struct{}
+	// Err tells why the VM stopped, once Done is closed (nil after Stop).
+	Err() error
+	// ConsoleLog is the path of the guest console log file.
+	ConsoleLog() string
+	// Stop ends the VM (forcefully if it does not end in time), waits for it
+	// and releases everything it holds on the host. Safe to call more than once.
+	Stop(ctx context.Context) error
+}
