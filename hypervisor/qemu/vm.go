@@ -1,0 +1,539 @@
+package qemu
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/containerd/log"
+
+	"github.com/contrast-vm/contrast/hypervisor"
+)
+
+// Files in a VM's state directory.
+const (
+	qmpSocketName       = "qmp.sock"
+	pidFileName         = "qemu.pid"
+	consoleLogName      = "console.log"
+	qemuLogName         = "qemu.log"
+	hybridSocketName    = "vsock.sock"
+	vhostUserSocketName = "vhost-user-vsock.sock"
+)
+
+// maxSocketPath is the longest unix socket path the kernel takes
+// (sun_path is 108 bytes with the terminating NUL).
+const maxSocketPath = 107
+
+// hybridPortSuffix is room for "_<port>", the guest-initiated connection
+// sockets next to the hybrid socket.
+const hybridPortSuffix = len("_4294967295")
+
+// cidAttempts bounds the retries when kernel vhost-vsock reports the
+// random CID taken.
+const cidAttempts = 5
+
+// Start boots a VM; see StartVM.
+func (h *Hypervisor) Start(ctx context.Context, spec hypervisor.VMSpec) (hypervisor.VM, error) {
+	vm, err := h.StartVM(ctx, spec)
+	if err != nil {
+		return nil, err
+	}
+	return vm, nil
+}
+
+// StartVM starts QEMU for spec and returns once QMP answers; it does not
+// wait for the guest. On error nothing is left running and only the log
+// files remain in spec.StateDir.
+func (h *Hypervisor) StartVM(ctx context.Context, spec hypervisor.VMSpec) (*VM, error) {
+	if err := h.checkSpec(spec); err != nil {
+		return nil, fmt.Errorf("start qemu for vm %s: %w", spec.ID, err)
+	}
+	for attempt := 1; ; attempt++ {
+		cid := uint32(vhostUserGuestCID)
+		if h.sel.Vsock == VsockKernel {
+			cid = randomCID()
+		}
+		vm, err := h.launch(ctx, spec, cid)
+		if err == nil {
+			return vm, nil
+		}
+		var ee *exitError
+		if h.sel.Vsock == VsockKernel && attempt < cidAttempts && errors.As(err, &ee) && cidInUse(ee.stderr) {
+			log.G(ctx).WithField("vm", spec.ID).Infof("guest CID %d is taken, retrying with another", cid)
+			continue
+		}
+		return nil, fmt.Errorf("start qemu for vm %s: %w", spec.ID, err)
+	}
+}
+
+func (h *Hypervisor) checkSpec(spec hypervisor.VMSpec) error {
+	if spec.ID == "" {
+		return errors.New("no vm id")
+	}
+	if !filepath.IsAbs(spec.StateDir) {
+		return fmt.Errorf("state dir %q: not an absolute path", spec.StateDir)
+	}
+	if fi, err := os.Stat(spec.StateDir); err != nil {
+		return fmt.Errorf("state dir: %w", err)
+	} else if !fi.IsDir() {
+		return fmt.Errorf("state dir %s: not a directory", spec.StateDir)
+	}
+	longest := filepath.Join(spec.StateDir, vhostUserSocketName)
+	if l := len(filepath.Join(spec.StateDir, hybridSocketName)) + hybridPortSuffix; l > len(longest) {
+		longest = strings.Repeat("x", l)
+	}
+	if len(longest) > maxSocketPath {
+		return fmt.Errorf("state dir %s is too long for its unix sockets (%d bytes, at most %d fit)",
+			spec.StateDir, len(spec.StateDir), maxSocketPath-(len(longest)-len(spec.StateDir)))
+	}
+	// QEMU would say the same, later and less clearly.
+	for _, f := range []struct{ what, path string }{
+		{"kernel", spec.Kernel}, {"initrd", spec.Initrd}, {"firmware", spec.Firmware},
+	} {
+		if f.path == "" {
+			if f.what == "kernel" {
+				return errors.New("no kernel")
+			}
+			continue
+		}
+		fi, err := os.Stat(f.path)
+		if err != nil {
+			return fmt.Errorf("%s: %w", f.what, err)
+		}
+		if !fi.Mode().IsRegular() {
+			return fmt.Errorf("%s %s: not a regular file", f.what, f.path)
+		}
+	}
+	return nil
+}
+
+// exitError is QEMU ending before it was ready, with what it said.
+type exitError struct {
+	state  *os.ProcessState
+	stderr string
+}
+
+func (e *exitError) Error() string {
+	msg := "qemu " + describeState(e.state) + " during start-up"
+	if e.stderr != "" {
+		msg += ": " + e.stderr
+	}
+	return msg
+}
+
+// describeState words a process end the way people read it.
+func describeState(st *os.ProcessState) string {
+	if ws, ok := st.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
+		return fmt.Sprintf("killed by signal %d (%v)", int(ws.Signal()), ws.Signal())
+	}
+	return fmt.Sprintf("exited with status %d", st.ExitCode())
+}
+
+// VM is a running QEMU pod VM.
+type VM struct {
+	id       string
+	stateDir string
+	cfg      Config
+	cmd      *exec.Cmd
+	qmp      *qmpClient
+	vsock    vsockBackend
+	log      *log.Entry
+
+	exited  chan struct{} // closed when cmd.Wait returned
+	done    chan struct{} // closed after exitErr is set
+	exitErr error
+
+	stopRequested atomic.Bool
+	shutdownMu    sync.Mutex
+	shutdown      string // reason of QEMU's last SHUTDOWN event
+
+	stopMu   sync.Mutex
+	released bool
+
+	diskMu   sync.Mutex
+	disks    map[string]*disk // by serial
+	portUsed []bool
+	nextDisk int
+}
+
+var _ hypervisor.VM = (*VM)(nil)
+
+func (h *Hypervisor) launch(ctx context.Context, spec hypervisor.VMSpec, cid uint32) (_ *VM, retErr error) {
+	p := func(name string) string { return filepath.Join(spec.StateDir, name) }
+	lg := log.G(ctx).WithField("vm", spec.ID)
+	// Leftovers of an earlier run would confuse QEMU (a stale pidfile) or
+	// us (a stale socket).
+	removeRuntimeFiles(spec.StateDir)
+
+	vm := &VM{
+		id:       spec.ID,
+		stateDir: spec.StateDir,
+		cfg:      h.cfg,
+		log:      lg,
+		exited:   make(chan struct{}),
+		done:     make(chan struct{}),
+		disks:    map[string]*disk{},
+		portUsed: make([]bool, h.cfg.HotplugPorts),
+	}
+	var started bool
+	defer func() {
+		if retErr == nil {
+			return
+		}
+		if started {
+			vm.kill()
+			<-vm.exited
+		}
+		if vm.qmp != nil {
+			vm.qmp.Close()
+		}
+		if vm.vsock != nil {
+			if err := vm.vsock.Close(); err != nil {
+				lg.WithError(err).Warn("close vsock backend after failed start")
+			}
+		}
+		removeRuntimeFiles(spec.StateDir)
+	}()
+
+	// QEMU inherits a socket that already listens, so connecting to it
+	// cannot race QEMU's start.
+	qmpPath := p(qmpSocketName)
+	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: qmpPath, Net: "unix"})
+	if err != nil {
+		return nil, fmt.Errorf("qmp socket: %w", err)
+	}
+	ln.SetUnlinkOnClose(false)
+	qmpFile, err := ln.File()
+	ln.Close()
+	if err != nil {
+		return nil, fmt.Errorf("qmp socket: %w", err)
+	}
+	defer qmpFile.Close()
+
+	lp := launchParams{
+		Name:         spec.ID,
+		Accel:        h.sel.Accel,
+		CPUModel:     h.sel.CPUModel,
+		VCPUs:        spec.VCPUs,
+		MemoryMiB:    spec.MemoryMiB,
+		Kernel:       spec.Kernel,
+		Initrd:       spec.Initrd,
+		Append:       spec.KernelArgs,
+		Firmware:     spec.Firmware,
+		ConsoleLog:   p(consoleLogName),
+		PIDFile:      p(pidFileName),
+		QMPFD:        3, // first of cmd.ExtraFiles
+		HotplugPorts: h.cfg.HotplugPorts,
+		VsockMode:    h.sel.Vsock,
+	}
+	switch h.sel.Vsock {
+	case VsockKernel:
+		lp.GuestCID = cid
+		vm.vsock = newKernelVsock(cid)
+	case VsockVhostUser:
+		lp.VhostUserSocket = p(vhostUserSocketName)
+		b, err := newVhostUserVsock(cid, lp.VhostUserSocket, p(hybridSocketName))
+		if err != nil {
+			return nil, err
+		}
+		vm.vsock = b
+	}
+	args, err := buildArgs(lp)
+	if err != nil {
+		return nil, err
+	}
+
+	logPath := p(qemuLogName)
+	logf, err := os.OpenFile(logPath, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
+	if err != nil {
+		return nil, fmt.Errorf("qemu log: %w", err)
+	}
+	defer logf.Close()
+	fmt.Fprintf(logf, "%s %s %s\n", logHeaderPrefix, time.Now().UTC().Format(time.RFC3339), quoteCommand(h.sel.Binary, args))
+
+	cmd := exec.Command(h.sel.Binary, args...)
+	cmd.Dir = spec.StateDir
+	cmd.Stdout = logf
+	cmd.Stderr = logf
+	cmd.ExtraFiles = []*os.File{qmpFile}
+	// Its own process group: a signal meant for the shim's group (a
+	// terminal's ^C) must not take the VM down with it.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("run %s: %w", h.sel.Binary, err)
+	}
+	started = true
+	vm.cmd = cmd
+	go func() {
+		// The error only repeats ProcessState, which describeState reads.
+		_ = cmd.Wait()
+		close(vm.exited)
+	}()
+	lg.WithField("pid", cmd.Process.Pid).Debug("qemu started")
+
+	if err := vm.connectQMP(ctx, qmpPath, logPath); err != nil {
+		return nil, err
+	}
+
+	pid, err := readPIDFile(p(pidFileName))
+	if err != nil {
+		return nil, err
+	}
+	if pid != cmd.Process.Pid {
+		return nil, fmt.Errorf("pid file %s says %d, qemu is %d", p(pidFileName), pid, cmd.Process.Pid)
+	}
+
+	shutdowns, _ := vm.qmp.subscribe(func(e qmpEvent) bool { return e.Name == "SHUTDOWN" })
+	go vm.watch(shutdowns, logPath)
+	return vm, nil
+}
+
+// connectQMP connects to the inherited QMP socket and negotiates, bounded
+// by StartTimeout; if QEMU exits meanwhile, the error quotes its stderr.
+func (vm *VM) connectQMP(ctx context.Context, qmpPath, logPath string) error {
+	hctx, cancel := context.WithTimeout(ctx, vm.cfg.StartTimeout)
+	defer cancel()
+	go func() {
+		select {
+		case <-vm.exited:
+			cancel()
+		case <-hctx.Done():
+		}
+	}()
+	var d net.Dialer
+	conn, err := d.DialContext(hctx, "unix", qmpPath)
+	if err == nil {
+		vm.qmp, err = newQMPClient(hctx, conn)
+		if err != nil {
+			conn.Close()
+		}
+	}
+	if err == nil {
+		return nil
+	}
+	select {
+	case <-vm.exited:
+		return &exitError{state: vm.cmd.ProcessState, stderr: qemuStderr(logPath)}
+	default:
+	}
+	if ctx.Err() != nil {
+		return fmt.Errorf("waiting for qmp: %w", ctx.Err())
+	}
+	if hctx.Err() != nil {
+		return fmt.Errorf("qemu did not answer on qmp within %s: %w", vm.cfg.StartTimeout, err)
+	}
+	return fmt.Errorf("connect to qmp: %w", err)
+}
+
+// watch records why QEMU ended and closes done.
+func (vm *VM) watch(shutdowns <-chan qmpEvent, logPath string) {
+	go func() {
+		for ev := range shutdowns {
+			var d struct {
+				Guest  bool   `json:"guest"`
+				Reason string `json:"reason"`
+			}
+			if err := json.Unmarshal(ev.Data, &d); err == nil {
+				vm.shutdownMu.Lock()
+				vm.shutdown = d.Reason
+				vm.shutdownMu.Unlock()
+			}
+		}
+	}()
+	<-vm.exited
+	st := vm.cmd.ProcessState
+	if !vm.stopRequested.Load() {
+		msg := "qemu " + describeState(st)
+		vm.shutdownMu.Lock()
+		if vm.shutdown != "" {
+			msg += " after shutdown (" + vm.shutdown + ")"
+		}
+		vm.shutdownMu.Unlock()
+		if !st.Success() {
+			if tail := qemuStderr(logPath); tail != "" {
+				msg += ": " + tail
+			}
+		}
+		vm.exitErr = errors.New(msg)
+		vm.log.WithField("pid", st.Pid()).Warn(msg)
+	} else {
+		vm.log.WithField("pid", st.Pid()).Debugf("qemu %s", describeState(st))
+	}
+	close(vm.done)
+}
+
+// Pid is QEMU's process id.
+func (vm *VM) Pid() int { return vm.cmd.Process.Pid }
+
+// Done is closed when QEMU has exited.
+func (vm *VM) Done() <-chan struct{} { return vm.done }
+
+// Err tells why QEMU exited (nil when Stop ended it), once Done is closed.
+func (vm *VM) Err() error {
+	select {
+	case <-vm.done:
+		return vm.exitErr
+	default:
+		return nil
+	}
+}
+
+// ConsoleLog is the guest serial console's log file.
+func (vm *VM) ConsoleLog() string { return filepath.Join(vm.stateDir, consoleLogName) }
+
+// Dial connects to a vsock port in the guest.
+func (vm *VM) Dial(ctx context.Context, port uint32) (net.Conn, error) {
+	c, err := vm.vsock.Dial(ctx, port)
+	if err != nil {
+		return nil, fmt.Errorf("dial vsock port %d of vm %s: %w", port, vm.id, err)
+	}
+	return c, nil
+}
+
+// Status is QEMU's run state (running, paused, prelaunch, shutdown, ...).
+func (vm *VM) Status(ctx context.Context) (string, error) {
+	var st struct {
+		Status  string `json:"status"`
+		Running bool   `json:"running"`
+	}
+	if err := vm.qmp.execute(ctx, "query-status", nil, &st); err != nil {
+		return "", fmt.Errorf("status of vm %s: %w", vm.id, err)
+	}
+	return st.Status, nil
+}
+
+// kill ends QEMU at once. Process.Kill uses a pidfd, so it cannot hit a
+// recycled pid after QEMU was reaped.
+func (vm *VM) kill() {
+	if err := vm.cmd.Process.Kill(); err != nil && !errors.Is(err, os.ErrProcessDone) {
+		vm.log.WithError(err).Warn("kill qemu")
+	}
+}
+
+// Stop asks QEMU to quit, kills it if it does not within StopTimeout,
+// waits for it and releases sockets and the vsock backend.
+func (vm *VM) Stop(ctx context.Context) error {
+	vm.stopMu.Lock()
+	defer vm.stopMu.Unlock()
+	if vm.released {
+		return nil
+	}
+	select {
+	case <-vm.exited:
+	default:
+		vm.stopRequested.Store(true)
+		qctx, cancel := context.WithTimeout(ctx, vm.cfg.StopTimeout)
+		if err := vm.qmp.execute(qctx, "quit", nil, nil); err != nil && !errors.Is(err, errQMPClosed) {
+			vm.log.WithError(err).Info("qmp quit failed, killing qemu")
+		} else {
+			select {
+			case <-vm.exited:
+			case <-qctx.Done():
+				vm.log.Infof("qemu did not quit within %s, killing it", vm.cfg.StopTimeout)
+			}
+		}
+		cancel()
+		select {
+		case <-vm.exited:
+		default:
+			vm.kill()
+			select {
+			case <-vm.exited:
+			case <-ctx.Done():
+				return fmt.Errorf("stop vm %s: qemu pid %d still running after SIGKILL: %w", vm.id, vm.Pid(), ctx.Err())
+			}
+		}
+	}
+	<-vm.done
+	var errs []error
+	if err := vm.qmp.Close(); err != nil {
+		errs = append(errs, err)
+	}
+	if err := vm.vsock.Close(); err != nil {
+		errs = append(errs, fmt.Errorf("close vsock: %w", err))
+	}
+	removeRuntimeFiles(vm.stateDir)
+	vm.released = true
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("stop vm %s: %w", vm.id, err)
+	}
+	return nil
+}
+
+// removeRuntimeFiles deletes sockets and the pid file, keeping the logs a
+// person reads after a failure.
+func removeRuntimeFiles(stateDir string) {
+	for _, n := range []string{qmpSocketName, pidFileName, hybridSocketName, vhostUserSocketName} {
+		os.Remove(filepath.Join(stateDir, n))
+	}
+	// Guest-initiated hybrid vsock connections land on <socket>_<port>.
+	if m, err := filepath.Glob(filepath.Join(stateDir, hybridSocketName+"_*")); err == nil {
+		for _, f := range m {
+			os.Remove(f)
+		}
+	}
+}
+
+func readPIDFile(path string) (int, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return 0, fmt.Errorf("qemu pid file: %w", err)
+	}
+	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	if err != nil || pid <= 0 {
+		return 0, fmt.Errorf("qemu pid file %s: not a pid: %q", path, truncate(string(b), 40))
+	}
+	return pid, nil
+}
+
+// logHeaderPrefix starts the line we write into qemu.log before QEMU's own
+// output.
+const logHeaderPrefix = "contrast:"
+
+// qemuStderr is what QEMU wrote to its log, without our header, trimmed to
+// the last few lines that fit an error message.
+func qemuStderr(logPath string) string {
+	b, err := os.ReadFile(logPath)
+	if err != nil {
+		return ""
+	}
+	var lines []string
+	for _, l := range strings.Split(string(bytes.TrimSpace(b)), "\n") {
+		if l = strings.TrimSpace(l); l != "" && !strings.HasPrefix(l, logHeaderPrefix) {
+			lines = append(lines, l)
+		}
+	}
+	if len(lines) > 5 {
+		lines = lines[len(lines)-5:]
+	}
+	s := strings.Join(lines, "; ")
+	if len(s) > 1000 {
+		s = "…" + s[len(s)-1000:]
+	}
+	return s
+}
+
+// quoteCommand renders a command line for the log, quoting what a shell
+// would need quoted.
+func quoteCommand(bin string, args []string) string {
+	parts := make([]string, 0, len(args)+1)
+	for _, a := range append([]string{bin}, args...) {
+		if a == "" || strings.ContainsAny(a, " \t\n'\"\\$`;&|<>()*?[]{}!#~") {
+			a = strconv.Quote(a)
+		}
+		parts = append(parts, a)
+	}
+	return strings.Join(parts, " ")
+}
