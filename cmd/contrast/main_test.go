@@ -1,0 +1,95 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+func runCLI(t *testing.T, args ...string) (int, string, string) {
+	t.Helper()
+	var stdout, stderr bytes.Buffer
+	code := run(context.Background(), args, &stdout, &stderr)
+	return code, stdout.String(), stderr.String()
+}
+
+func TestUsage(t *testing.T) {
+	for _, tc := range []struct {
+		args     []string
+		code     int
+		inStderr string
+	}{
+		{nil, 2, "usage: contrast <command>"},
+		{[]string{"bogus"}, 2, `contrast: unknown command "bogus"`},
+		{[]string{"image"}, 2, "usage: contrast image <command>"},
+		{[]string{"image", "bogus"}, 2, `contrast image: unknown command "bogus"`},
+		{[]string{"image", "build"}, 2, "missing --kernel, --agent, --runc, -o"},
+		{[]string{"image", "build", "--kernel", "k", "--agent", "a", "--runc", "r"}, 2, "missing -o"},
+		{[]string{"image", "build", "--nope"}, 2, "flag provided but not defined: -nope"},
+		{[]string{"image", "build", "-o", "x", "extra"}, 2, `unexpected argument "extra"`},
+		{[]string{"image", "build", "-h"}, 0, "usage: contrast image build --kernel PATH"},
+		{[]string{"-h"}, 0, "usage: contrast <command>"},
+	} {
+		code, _, stderr := runCLI(t, tc.args...)
+		if code != tc.code || !strings.Contains(stderr, tc.inStderr) {
+			t.Errorf("contrast %q: exit %d, stderr %q; want exit %d and %q", tc.args, code, stderr, tc.code, tc.inStderr)
+		}
+	}
+	if code, stdout, _ := runCLI(t, "image", "help"); code != 0 || !strings.Contains(stdout, "build ") {
+		t.Errorf("contrast image help: exit %d, stdout %q", code, stdout)
+	}
+}
+
+func TestImageBuild(t *testing.T) {
+	dir := t.TempDir()
+	// A bzImage setup header with a version string: all the build reads of a kernel.
+	kernel := filepath.Join(dir, "bzImage")
+	k := make([]byte, 0x1000)
+	binary.LittleEndian.PutUint16(k[0x1fe:], 0xaa55)
+	copy(k[0x202:], "HdrS")
+	binary.LittleEndian.PutUint16(k[0x206:], 0x020f)
+	binary.LittleEndian.PutUint16(k[0x20e:], 0x200)
+	copy(k[0x400:], "6.12.0-cli (test@test) #1\x00")
+	if err := os.WriteFile(kernel, k, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	static := filepath.Join(dir, "static")
+	build := exec.Command("go", "build", "-o", static, "../../vmimage/testdata/bootinit")
+	build.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("build static test binary: %v\n%s", err, out)
+	}
+	out := filepath.Join(dir, "out", "image")
+	args := []string{"image", "build", "--kernel", kernel, "--agent", static, "--runc", static, "-o", out}
+
+	code, stdout, stderr := runCLI(t, args...)
+	if code != 0 || !strings.Contains(stdout, "built: kernel 6.12.0-cli, initrd sha256 ") {
+		t.Fatalf("exit %d\nstdout %s\nstderr %s", code, stdout, stderr)
+	}
+	// Not a terminal: one line per finished step.
+	for _, step := range []string{"==> kernel", "==> initrd", "==> manifest.json"} {
+		if !strings.Contains(stderr, step) {
+			t.Errorf("progress lacks %q:\n%s", step, stderr)
+		}
+	}
+	code, stdout, _ = runCLI(t, args...)
+	if code != 0 || !strings.Contains(stdout, "up to date") {
+		t.Errorf("second build: exit %d, stdout %q; want up to date", code, stdout)
+	}
+
+	// A failing build exits 1, says why and creates nothing.
+	args[3] = filepath.Join(dir, "nonexistent-bzImage")
+	args[len(args)-1] = filepath.Join(dir, "other")
+	code, _, stderr = runCLI(t, args...)
+	if code != 1 || !strings.Contains(stderr, "nonexistent-bzImage") {
+		t.Errorf("build from a missing kernel: exit %d, stderr %q", code, stderr)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "other")); !os.IsNotExist(err) {
+		t.Errorf("failed build left %s behind (%v)", filepath.Join(dir, "other"), err)
+	}
+}
