@@ -1,0 +1,63 @@
+package shim
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+
+	"github.com/containerd/log"
+
+	"github.com/contrast-vm/contrast/hypervisor/qemu"
+)
+
+// bundleRecordName is written into a task's bundle directory, so that
+// `delete` can clean up after a shim that died.
+const bundleRecordName = "contrast.json"
+
+type bundleRecord struct {
+	// PodStateDir is the pod's state directory, recorded by the task whose
+	// deletion ends the pod VM.
+	PodStateDir string `json:"pod_state_dir"`
+	OwnsPod     bool   `json:"owns_pod"`
+}
+
+func writeBundleRecord(bundle string, rec bundleRecord) error {
+	data, err := json.Marshal(rec)
+	if err != nil {
+		return err
+	}
+	if err := os.WriteFile(filepath.Join(bundle, bundleRecordName), data, 0o600); err != nil {
+		return fmt.Errorf("record pod state in bundle: %w", err)
+	}
+	return nil
+}
+
+// cleanupBundle kills the VM and removes the state of the pod a bundle's
+// task owned. A task that owned nothing leaves nothing to clean.
+func cleanupBundle(ctx context.Context, bundle string) error {
+	data, err := os.ReadFile(filepath.Join(bundle, bundleRecordName))
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	var rec bundleRecord
+	if err := json.Unmarshal(data, &rec); err != nil {
+		return fmt.Errorf("malformed %s: %w", bundleRecordName, err)
+	}
+	if !rec.OwnsPod || rec.PodStateDir == "" {
+		return nil
+	}
+	log.G(ctx).WithField("state", rec.PodStateDir).Info("cleaning up pod VM after its shim is gone")
+	if err := qemu.Cleanup(ctx, rec.PodStateDir); err != nil {
+		return fmt.Errorf("kill VM: %w", err)
+	}
+	if err := os.RemoveAll(rec.PodStateDir); err != nil {
+		return fmt.Errorf("remove pod state: %w", err)
+	}
+	return nil
+}

@@ -1,0 +1,282 @@
+package shim
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/url"
+	"os"
+	"os/exec"
+	"sort"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/containerd/fifo"
+	"github.com/containerd/log"
+
+	agentapi "github.com/contrast-vm/contrast/api/agent"
+	"github.com/contrast-vm/contrast/hypervisor"
+)
+
+// hostIO bridges a process's stdio endpoints on the host (containerd's
+// FIFOs, a file:// log or a binary:// logger) to its stdio vsock connections.
+type hostIO struct {
+	stdin    net.Conn // nil without stdin
+	output   sync.WaitGroup
+	closers  []func() error
+	closeMu  sync.Mutex
+	inClosed bool
+}
+
+// closeWriter is what net.Conn implementations offer for half-close.
+type closeWriter interface{ CloseWrite() error }
+
+// openHostIO opens the host endpoints and the guest connections for one
+// process. Guest streams are dialed before the agent is asked to start the
+// process: the agent waits for them, so no output is ever lost.
+func openHostIO(ctx context.Context, tr hypervisor.Transport, namespace, containerID, execID string, paths stdioPaths) (_ *hostIO, retErr error) {
+	h := &hostIO{}
+	defer func() {
+		if retErr != nil {
+			h.close()
+		}
+	}()
+	stdout, stderr, err := openSinks(ctx, namespace, containerID, paths, &h.closers)
+	if err != nil {
+		return nil, err
+	}
+	dial := func(stream agentapi.Stream) (net.Conn, error) {
+		conn, err := tr.Dial(ctx, agentapi.StdioPort)
+		if err != nil {
+			return nil, fmt.Errorf("connect %s of %s: %w", stream, containerID, err)
+		}
+		hdr := agentapi.StdioHeader{ContainerID: containerID, ExecID: execID, Stream: stream}
+		if _, err := hdr.WriteTo(conn); err != nil {
+			conn.Close()
+			return nil, fmt.Errorf("send %s header of %s: %w", stream, containerID, err)
+		}
+		h.closers = append(h.closers, conn.Close)
+		return conn, nil
+	}
+	for _, out := range []struct {
+		stream agentapi.Stream
+		sink   io.Writer
+	}{{agentapi.StreamStdout, stdout}, {agentapi.StreamStderr, stderr}} {
+		if out.sink == nil {
+			continue
+		}
+		conn, err := dial(out.stream)
+		if err != nil {
+			return nil, err
+		}
+		h.output.Add(1)
+		go func(conn net.Conn, sink io.Writer, stream agentapi.Stream) {
+			defer h.output.Done()
+			copyOutput(ctx, sink, conn, containerID, stream)
+		}(conn, out.sink, out.stream)
+	}
+	if paths.Stdin != "" {
+		src, err := fifo.OpenFifo(ctx, paths.Stdin, syscall.O_RDONLY|syscall.O_NONBLOCK, 0)
+		if err != nil {
+			return nil, fmt.Errorf("open stdin %s: %w", paths.Stdin, err)
+		}
+		h.closers = append(h.closers, src.Close)
+		conn, err := dial(agentapi.StreamStdin)
+		if err != nil {
+			return nil, err
+		}
+		h.stdin = conn
+		go func() {
+			if _, err := io.Copy(conn, src); err != nil && !errors.Is(err, net.ErrClosed) {
+				log.G(ctx).WithError(err).WithField("container", containerID).Debug("stdin copy ended")
+			}
+			h.closeStdin()
+		}()
+	}
+	return h, nil
+}
+
+// copyOutput copies one output stream to its sink. When the sink fails (no
+// reader any more), the stream is still drained so the process never blocks.
+func copyOutput(ctx context.Context, sink io.Writer, conn net.Conn, containerID string, stream agentapi.Stream) {
+	if _, err := io.Copy(sink, conn); err != nil {
+		log.G(ctx).WithError(err).WithFields(log.Fields{"container": containerID, "stream": stream}).Warn("output copy failed; discarding the rest")
+		_, _ = io.Copy(io.Discard, conn)
+	}
+	conn.Close()
+}
+
+// closeStdin half-closes the stdin connection: the agent closes the
+// process's stdin when it reads EOF.
+func (h *hostIO) closeStdin() {
+	h.closeMu.Lock()
+	defer h.closeMu.Unlock()
+	if h.stdin == nil || h.inClosed {
+		return
+	}
+	h.inClosed = true
+	if cw, ok := h.stdin.(closeWriter); ok {
+		_ = cw.CloseWrite()
+	} else {
+		_ = h.stdin.Close()
+	}
+}
+
+// waitOutput waits until all output has reached the host endpoints.
+func (h *hostIO) waitOutput(ctx context.Context) error {
+	done := make(chan struct{})
+	go func() { h.output.Wait(); close(done) }()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// close releases every host endpoint and connection.
+func (h *hostIO) close() {
+	for i := len(h.closers) - 1; i >= 0; i-- {
+		_ = h.closers[i]()
+	}
+	h.closers = nil
+}
+
+// openSinks opens the host side of stdout and stderr: FIFOs (CRI and ctr),
+// file:// (both streams appended to one file) or binary:// (a logging program
+// reading the streams on fds 3 and 4, as containerd's shims do it).
+func openSinks(ctx context.Context, namespace, id string, paths stdioPaths, closers *[]func() error) (stdout, stderr io.Writer, err error) {
+	uri := paths.Stdout
+	if uri == "" {
+		uri = paths.Stderr
+	}
+	u, perr := url.Parse(uri)
+	if uri == "" || perr != nil || u.Scheme == "" || u.Scheme == "fifo" {
+		open := func(path string) (io.Writer, error) {
+			if path == "" {
+				return nil, nil
+			}
+			f, err := fifo.OpenFifo(ctx, path, syscall.O_WRONLY, 0)
+			if err != nil {
+				return nil, fmt.Errorf("open output %s: %w", path, err)
+			}
+			*closers = append(*closers, f.Close)
+			return f, nil
+		}
+		if stdout, err = open(paths.Stdout); err != nil {
+			return nil, nil, err
+		}
+		if stderr, err = open(paths.Stderr); err != nil {
+			return nil, nil, err
+		}
+		return stdout, stderr, nil
+	}
+	switch u.Scheme {
+	case "file":
+		if u.Path == "" {
+			return nil, nil, fmt.Errorf("log uri %q names no file", uri)
+		}
+		f, err := os.OpenFile(u.Path, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o644)
+		if err != nil {
+			return nil, nil, fmt.Errorf("open log file %s: %w", u.Path, err)
+		}
+		*closers = append(*closers, f.Close)
+		return lockedWriter(f), lockedWriter(f), nil
+	case "binary":
+		return startLogBinary(ctx, namespace, id, u, closers)
+	}
+	return nil, nil, fmt.Errorf("log uri %q: unsupported scheme %q (want fifo path, file:// or binary://)", uri, u.Scheme)
+}
+
+// lockedWriter serializes writes of two streams into one file.
+func lockedWriter(w io.Writer) io.Writer { return &syncWriter{w: w} }
+
+type syncWriter struct {
+	mu sync.Mutex
+	w  io.Writer
+}
+
+func (s *syncWriter) Write(b []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.w.Write(b)
+}
+
+// startLogBinary starts a binary:// logging program: stdout on fd 3, stderr
+// on fd 4, and fd 5 it closes once it is ready to read.
+func startLogBinary(ctx context.Context, namespace, id string, u *url.URL, closers *[]func() error) (io.Writer, io.Writer, error) {
+	if u.Path == "" {
+		return nil, nil, fmt.Errorf("log uri %q names no program", u.String())
+	}
+	var args []string
+	q := u.Query()
+	keys := make([]string, 0, len(q))
+	for k := range q {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	for _, k := range keys {
+		args = append(args, k)
+		if v := q.Get(k); v != "" {
+			args = append(args, v)
+		}
+	}
+	outR, outW, err := os.Pipe()
+	if err != nil {
+		return nil, nil, err
+	}
+	errR, errW, err := os.Pipe()
+	if err != nil {
+		outR.Close()
+		outW.Close()
+		return nil, nil, err
+	}
+	readyR, readyW, err := os.Pipe()
+	if err != nil {
+		for _, f := range []*os.File{outR, outW, errR, errW} {
+			f.Close()
+		}
+		return nil, nil, err
+	}
+	cmd := exec.Command(u.Path, args...)
+	cmd.Env = append(os.Environ(), "CONTAINER_ID="+id, "CONTAINER_NAMESPACE="+namespace)
+	cmd.ExtraFiles = []*os.File{outR, errR, readyW}
+	startErr := cmd.Start()
+	outR.Close()
+	errR.Close()
+	readyW.Close()
+	if startErr != nil {
+		outW.Close()
+		errW.Close()
+		readyR.Close()
+		return nil, nil, fmt.Errorf("start log program %s: %w", u.Path, startErr)
+	}
+	// The program signals readiness by closing fd 5.
+	_ = readyR.SetReadDeadline(time.Now().Add(10 * time.Second))
+	_, rerr := readyR.Read(make([]byte, 1))
+	readyR.Close()
+	if rerr != nil && !errors.Is(rerr, io.EOF) {
+		outW.Close()
+		errW.Close()
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
+		return nil, nil, fmt.Errorf("log program %s did not become ready: %w", u.Path, rerr)
+	}
+	*closers = append(*closers, func() error {
+		outW.Close()
+		errW.Close()
+		done := make(chan error, 1)
+		go func() { done <- cmd.Wait() }()
+		select {
+		case err := <-done:
+			return err
+		case <-time.After(10 * time.Second):
+			_ = cmd.Process.Kill()
+			return <-done
+		}
+	})
+	return outW, errW, nil
+}
