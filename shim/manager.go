@@ -266,4 +266,3 @@ func (manager) Info(ctx context.Context, optionsR io.Reader) (*types.RuntimeInfo
 
 // Version of the runtime, set by the linker.
 var Version = "dev"
-
