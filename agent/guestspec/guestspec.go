@@ -1,0 +1,290 @@
+// Package guestspec rewrites an OCI runtime spec written by containerd on the
+// host into one runc can run inside the pod VM: everything in it that refers
+// to the host (paths, namespaces, security labels, hooks) is replaced or
+// refused. It only computes; the caller writes files and runs runc.
+package guestspec
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"path"
+	"slices"
+	"strings"
+
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+)
+
+// ErrTerminal is returned for a process that asks for a terminal.
+var ErrTerminal = errors.New("terminal (tty) processes are not supported yet")
+
+// SharedFile is a file the host sent for the bind mount at Destination.
+type SharedFile struct {
+	Destination string
+	Content     []byte
+	Mode        uint32
+}
+
+// Input is what the rewrite needs to know about the guest side.
+type Input struct {
+	ContainerID string
+	// RootfsPath is the container's root filesystem in the guest (the overlay).
+	RootfsPath string
+	// SharedDir is the directory the caller writes shared files into.
+	SharedDir string
+	// CgroupParent is the guest cgroup under which the container's cgroup goes.
+	CgroupParent string
+	SharedFiles  []SharedFile
+}
+
+// File is a file the caller must write before running runc.
+type File struct {
+	Path    string
+	Content []byte
+	Mode    uint32
+}
+
+// Result is the guest spec, the files it refers to and notes on what was
+// changed, for the log.
+type Result struct {
+	Spec  *specs.Spec
+	Files []File
+	Notes []string
+}
+
+// virtualFS are mount types that refer to no host path or device.
+var virtualFS = []string{"proc", "sysfs", "tmpfs", "devpts", "mqueue", "cgroup", "cgroup2", "ramfs"}
+
+// Rewrite parses the host's config.json and returns the guest spec.
+func Rewrite(raw []byte, in Input) (*Result, error) {
+	var s specs.Spec
+	if err := decodeStrict(raw, &s); err != nil {
+		return nil, fmt.Errorf("container %s: parse OCI spec: %w", in.ContainerID, err)
+	}
+	r := &Result{Spec: &s}
+	if err := r.rewrite(in); err != nil {
+		return nil, fmt.Errorf("container %s: %w", in.ContainerID, err)
+	}
+	return r, nil
+}
+
+// RewriteProcess parses an exec process (OCI Process as JSON) for the guest.
+func RewriteProcess(raw []byte) (*specs.Process, []string, error) {
+	var p specs.Process
+	if err := decodeStrict(raw, &p); err != nil {
+		return nil, nil, fmt.Errorf("parse OCI process: %w", err)
+	}
+	var notes []string
+	if err := checkProcess(&p, &notes); err != nil {
+		return nil, nil, err
+	}
+	return &p, notes, nil
+}
+
+// decodeStrict decodes one JSON value and refuses anything after it.
+func decodeStrict(raw []byte, v any) error {
+	d := json.NewDecoder(strings.NewReader(string(raw)))
+	if err := d.Decode(v); err != nil {
+		return err
+	}
+	if _, err := d.Token(); err != io.EOF {
+		return errors.New("trailing data after the JSON value")
+	}
+	return nil
+}
+
+func (r *Result) note(format string, args ...any) {
+	r.Notes = append(r.Notes, fmt.Sprintf(format, args...))
+}
+
+func checkProcess(p *specs.Process, notes *[]string) error {
+	if p.Terminal {
+		return ErrTerminal
+	}
+	if len(p.Args) == 0 {
+		return errors.New("process has no args")
+	}
+	if p.ApparmorProfile != "" {
+		*notes = append(*notes, fmt.Sprintf("dropped AppArmor profile %q (it is the host's)", p.ApparmorProfile))
+		p.ApparmorProfile = ""
+	}
+	if p.SelinuxLabel != "" {
+		*notes = append(*notes, fmt.Sprintf("dropped SELinux label %q (it is the host's)", p.SelinuxLabel))
+		p.SelinuxLabel = ""
+	}
+	return nil
+}
+
+func (r *Result) rewrite(in Input) error {
+	s := r.Spec
+	switch {
+	case s.Windows != nil, s.Solaris != nil, s.VM != nil, s.ZOS != nil, s.FreeBSD != nil:
+		return errors.New("OCI spec is not for Linux containers")
+	case s.Process == nil:
+		return errors.New("OCI spec has no process")
+	}
+	if err := checkProcess(s.Process, &r.Notes); err != nil {
+		return err
+	}
+
+	readonly := s.Root != nil && s.Root.Readonly
+	s.Root = &specs.Root{Path: in.RootfsPath, Readonly: readonly}
+
+	if s.Hooks != nil {
+		h := s.Hooks
+		n := len(h.Prestart) + len(h.CreateRuntime) + len(h.CreateContainer) + len(h.StartContainer) + len(h.Poststart) + len(h.Poststop) //nolint:staticcheck // Prestart is deprecated but still sent
+		if n > 0 {
+			r.note("dropped %d OCI hooks (they name host binaries)", n)
+		}
+		s.Hooks = nil
+	}
+	// Containers share the VM's UTS namespace; the VM's hostname is the pod's.
+	if s.Hostname != "" || s.Domainname != "" {
+		r.note("dropped hostname %q/domainname %q (the VM's hostname is the pod's)", s.Hostname, s.Domainname)
+		s.Hostname, s.Domainname = "", ""
+	}
+
+	if s.Linux == nil {
+		s.Linux = &specs.Linux{}
+	}
+	if err := r.rewriteLinux(in); err != nil {
+		return err
+	}
+	return r.rewriteMounts(in)
+}
+
+func (r *Result) rewriteLinux(in Input) error {
+	l := r.Spec.Linux
+	var nss []specs.LinuxNamespace
+	for _, ns := range l.Namespaces {
+		switch ns.Type {
+		case specs.NetworkNamespace, specs.IPCNamespace, specs.UTSNamespace:
+			// The VM is the pod: its network, IPC and UTS namespaces are the pod's.
+			r.note("dropped %s namespace %q (containers join the VM's)", ns.Type, ns.Path)
+			continue
+		case specs.PIDNamespace:
+			if ns.Path != "" {
+				r.note("dropped pid namespace path %q (a host path; the container gets a new pid namespace)", ns.Path)
+				ns.Path = ""
+			}
+		default:
+			if ns.Path != "" {
+				return fmt.Errorf("%s namespace path %q refers to the host", ns.Type, ns.Path)
+			}
+		}
+		nss = append(nss, ns)
+	}
+	l.Namespaces = nss
+
+	if l.MountLabel != "" {
+		r.note("dropped SELinux mount label %q (it is the host's)", l.MountLabel)
+		l.MountLabel = ""
+	}
+	if len(l.NetDevices) > 0 {
+		return errors.New("netDevices move host network devices and are not supported in the VM")
+	}
+	if l.Seccomp != nil && l.Seccomp.ListenerPath != "" {
+		return fmt.Errorf("seccomp listener %q is a host path", l.Seccomp.ListenerPath)
+	}
+	if l.IntelRdt != nil {
+		r.note("dropped Intel RDT settings (host hardware)")
+		l.IntelRdt = nil
+	}
+	if res := l.Resources; res != nil {
+		if res.BlockIO != nil {
+			r.note("dropped blockIO limits (they name host devices)")
+			res.BlockIO = nil
+		}
+		if len(res.HugepageLimits) > 0 {
+			r.note("dropped hugepage limits (no hugetlb in the guest)")
+			res.HugepageLimits = nil
+		}
+		if len(res.Rdma) > 0 {
+			r.note("dropped RDMA limits (host devices)")
+			res.Rdma = nil
+		}
+	}
+	cg := path.Join("/", in.CgroupParent, in.ContainerID)
+	if l.CgroupsPath != cg {
+		r.note("cgroups path %q becomes %q", l.CgroupsPath, cg)
+		l.CgroupsPath = cg
+	}
+	return nil
+}
+
+func isBind(m specs.Mount) bool {
+	return m.Type == "bind" || slices.Contains(m.Options, "bind") || slices.Contains(m.Options, "rbind")
+}
+
+func (r *Result) rewriteMounts(in Input) error {
+	shared := map[string]SharedFile{}
+	for _, f := range in.SharedFiles {
+		if !path.IsAbs(f.Destination) || path.Clean(f.Destination) != f.Destination {
+			return fmt.Errorf("shared file destination %q is not a clean absolute path", f.Destination)
+		}
+		if _, dup := shared[f.Destination]; dup {
+			return fmt.Errorf("two shared files for destination %q", f.Destination)
+		}
+		shared[f.Destination] = f
+	}
+	used := map[string]bool{}
+	for i := range r.Spec.Mounts {
+		m := &r.Spec.Mounts[i]
+		dest := path.Clean("/" + m.Destination)
+		if !isBind(*m) {
+			if !slices.Contains(virtualFS, m.Type) {
+				return fmt.Errorf("mount of %q (type %q) at %q refers to the host", m.Source, m.Type, m.Destination)
+			}
+			continue
+		}
+		if f, ok := shared[dest]; ok {
+			if used[dest] {
+				return fmt.Errorf("two bind mounts at %q", m.Destination)
+			}
+			used[dest] = true
+			p := path.Join(in.SharedDir, fmt.Sprintf("%02d-%s", len(r.Files), safeName(dest)))
+			mode := f.Mode & 0o7777
+			if mode == 0 {
+				mode = 0o644
+			}
+			r.Files = append(r.Files, File{Path: p, Content: f.Content, Mode: mode})
+			r.note("bind mount at %s: host file %q replaced by the shared copy %s", m.Destination, m.Source, p)
+			m.Source = p
+			continue
+		}
+		if dest == "/dev/shm" {
+			// The pod's shm is the sandbox's on the host; in the VM a tmpfs
+			// per container (as CRI mounts for the sandbox itself).
+			r.note("bind mount of %q at /dev/shm becomes a tmpfs", m.Source)
+			*m = specs.Mount{
+				Destination: m.Destination, Type: "tmpfs", Source: "shm",
+				Options: []string{"nosuid", "noexec", "nodev", "mode=1777", "size=65536k"},
+			}
+			continue
+		}
+		return fmt.Errorf("bind mount of host path %q to %q is not supported in the VM (no shared file was sent for it)", m.Source, m.Destination)
+	}
+	for _, f := range in.SharedFiles {
+		if !used[f.Destination] {
+			r.note("shared file for %s ignored: no bind mount there", f.Destination)
+		}
+	}
+	return nil
+}
+
+// safeName turns a mount destination into a file name for the shared dir.
+func safeName(dest string) string {
+	var b strings.Builder
+	for _, c := range strings.TrimPrefix(dest, "/") {
+		if c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '.' || c == '-' || c == '_' {
+			b.WriteRune(c)
+		} else {
+			b.WriteByte('_')
+		}
+		if b.Len() >= 40 {
+			break
+		}
+	}
+	return b.String()
+}
