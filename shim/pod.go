@@ -15,11 +15,30 @@ import (
 
 	agentapi "github.com/contrast-vm/contrast/api/agent"
 	"github.com/contrast-vm/contrast/hypervisor"
+	"github.com/contrast-vm/contrast/vmimage"
 )
 
-// baseKernelArgs is the guest command line before the configured kernel_params.
-// The agent is /init; quiet keeps the serial console (slow under TCG) short.
-const baseKernelArgs = "console=ttyS0 quiet panic=-1 reboot=t"
+// guestKernelArgs is the guest command line: the image's own (from its
+// manifest, which also proves kernel and initrd are the ones built together),
+// the agent's log level, then the configured kernel_params.
+func guestKernelArgs(cfg Config) (string, error) {
+	args := vmimage.DefaultKernelCmdline
+	dir := filepath.Dir(cfg.Hypervisor.Kernel)
+	if _, err := os.Stat(filepath.Join(dir, vmimage.ManifestFile)); err == nil {
+		im, err := vmimage.Load(dir)
+		if err != nil {
+			return "", fmt.Errorf("guest image: %w", err)
+		}
+		if im.Initrd() == filepath.Clean(cfg.Hypervisor.Initrd) {
+			args = im.KernelCmdline()
+		}
+	}
+	args += " contrast.log_level=" + cfg.LogLevel
+	if cfg.Hypervisor.KernelParams != "" {
+		args += " " + cfg.Hypervisor.KernelParams
+	}
+	return args, nil
+}
 
 // pod is one pod VM and the connection to its agent.
 type pod struct {
@@ -59,9 +78,9 @@ func bootPod(ctx context.Context, hv hypervisor.Hypervisor, cfg Config, namespac
 		}
 	}()
 
-	args := baseKernelArgs + " contrast.log_level=" + cfg.LogLevel
-	if cfg.Hypervisor.KernelParams != "" {
-		args += " " + cfg.Hypervisor.KernelParams
+	args, err := guestKernelArgs(cfg)
+	if err != nil {
+		return nil, err
 	}
 	started := time.Now()
 	vm, err := hv.Start(ctx, hypervisor.VMSpec{

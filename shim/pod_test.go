@@ -1,0 +1,164 @@
+package shim
+
+import (
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	agentapi "github.com/contrast-vm/contrast/api/agent"
+	"github.com/contrast-vm/contrast/vmimage"
+)
+
+// testImage is the guest image `make image` built; tests run through make.
+func testImage(t testing.TB) (kernel, initrd string) {
+	dir := os.Getenv("CONTRAST_IMAGE")
+	if dir == "" {
+		t.Fatal("CONTRAST_IMAGE is not set: run the tests with `make test` (or set it to the dir `make image` wrote)")
+	}
+	im, err := vmimage.Load(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return im.Kernel(), im.Initrd()
+}
+
+func testConfig(t testing.TB) Config {
+	cfg := DefaultConfig()
+	cfg.StateDir = filepath.Join(t.TempDir(), "st")
+	cfg.Hypervisor.Kernel, cfg.Hypervisor.Initrd = testImage(t)
+	cfg.Hypervisor.MemoryMiB = 256
+	cfg.Timeouts.AgentReady = Duration{30 * time.Second}
+	return cfg
+}
+
+// processesMentioning lists host processes whose command line contains s.
+func processesMentioning(t testing.TB, s string) []string {
+	var found []string
+	entries, _ := os.ReadDir("/proc")
+	for _, e := range entries {
+		cmdline, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
+		if err == nil && strings.Contains(string(cmdline), s) {
+			found = append(found, e.Name()+": "+strings.ReplaceAll(string(cmdline), "\x00", " "))
+		}
+	}
+	return found
+}
+
+// assertNothingLeft checks that a failed boot left no process and no state.
+func assertNothingLeft(t *testing.T, cfg Config, id string) {
+	t.Helper()
+	dir := podStateDir(cfg, "test", id)
+	if _, err := os.Stat(dir); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("state directory %s remains (%v)", dir, err)
+	}
+	if procs := processesMentioning(t, dir); len(procs) > 0 {
+		t.Errorf("processes remain: %v", procs)
+	}
+}
+
+func bootForTest(t *testing.T, cfg Config, id string) (*pod, error) {
+	ctx := context.Background()
+	hv, err := NewQEMU(ctx, cfg)
+	if err != nil {
+		return nil, err
+	}
+	return bootPod(ctx, hv, cfg, "test", id, "h-"+id)
+}
+
+func TestBootPod(t *testing.T) {
+	cfg := testConfig(t)
+	p, err := bootForTest(t, cfg, "boot")
+	if err != nil {
+		t.Fatal(err)
+	}
+	health, err := p.agent.Health(context.Background(), &agentapi.HealthRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(health.KernelRelease, "contrast") {
+		t.Errorf("guest kernel %q is not ours", health.KernelRelease)
+	}
+	if _, err := os.Stat(p.vm.ConsoleLog()); err != nil {
+		t.Errorf("console log: %v", err)
+	}
+	if err := p.stop(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	assertNothingLeft(t, cfg, "boot")
+}
+
+func TestBootPodFailures(t *testing.T) {
+	// An initrd whose /init is busybox's init: the guest boots, but no agent ever answers.
+	silent := filepath.Join(t.TempDir(), "silent.cpio")
+	f, err := os.Create(silent)
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = vmimage.WriteInitramfs(f, []vmimage.Entry{
+		{Name: "dev", Mode: vmimage.ModeDir | 0o755},
+		{Name: "dev/console", Mode: vmimage.ModeChar | 0o600, Major: 5, Minor: 1},
+		{Name: "init", Mode: vmimage.ModeRegular | 0o755, Source: "/bin/busybox"},
+	})
+	f.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	cases := []struct {
+		name   string
+		modify func(*Config)
+		want   string
+	}{
+		{"missing kernel", func(c *Config) { c.Hypervisor.Kernel = "/nonexistent/kernel" }, "hypervisor.kernel"},
+		{"missing initrd", func(c *Config) { c.Hypervisor.Initrd = "/nonexistent/initrd" }, "hypervisor.initrd"},
+		{"qemu fails", func(c *Config) { c.Hypervisor.Binary = "/bin/false" }, "start VM for pod"},
+		{"agent never answers", func(c *Config) {
+			c.Hypervisor.Initrd = silent
+			c.Timeouts.AgentReady = Duration{4 * time.Second}
+		}, "did not answer within 4s (timeouts.agent_ready)"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			cfg := testConfig(t)
+			c.modify(&cfg)
+			id := strings.ReplaceAll(c.name, " ", "-")
+			p, err := bootForTest(t, cfg, id)
+			if err == nil {
+				p.stop(context.Background())
+				t.Fatal("boot succeeded")
+			}
+			if !strings.Contains(err.Error(), c.want) {
+				t.Fatalf("error %q does not say %q", err, c.want)
+			}
+			assertNothingLeft(t, cfg, id)
+		})
+	}
+}
+
+// BenchmarkBootToAgentReady is the bare baseline of pod start: QEMU boots
+// the image and the agent answers, with no containerd in between.
+func BenchmarkBootToAgentReady(b *testing.B) {
+	cfg := testConfig(b)
+	ctx := context.Background()
+	hv, err := NewQEMU(ctx, cfg)
+	if err != nil {
+		b.Fatal(err)
+	}
+	var total time.Duration
+	for i := 0; i < b.N; i++ {
+		start := time.Now()
+		p, err := bootPod(ctx, hv, cfg, "bench", "boot", "bench")
+		if err != nil {
+			b.Fatal(err)
+		}
+		total += time.Since(start)
+		if err := p.stop(ctx); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ReportMetric(total.Seconds()/float64(b.N), "s/boot")
+}
