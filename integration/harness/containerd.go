@@ -1,0 +1,458 @@
+package harness
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"text/template"
+	"time"
+)
+
+// Handler is a CRI runtime handler served by the contrast shim.
+type Handler struct {
+	// Name is the handler name pods ask for (crictl runp --runtime NAME).
+	Name string
+	// Shim is the absolute path of the shim binary (runtime_path).
+	Shim string
+	// ConfigPath is the shim's TOML configuration, passed as the
+	// handler's options.ConfigPath.
+	ConfigPath string
+}
+
+// Options configures a private containerd instance.
+type Options struct {
+	Tools Tools
+	// Handlers are added beside the runc baseline handler "runc".
+	Handlers []Handler
+	// LogLevel of containerd (default debug: the log is the first thing to
+	// read when a test fails, and it also carries the shims' logs).
+	LogLevel string
+	// StartTimeout bounds the wait for CRI to answer (default 30s).
+	StartTimeout time.Duration
+}
+
+// Containerd is a running private containerd instance. Every path it
+// uses lies under Dir, so it runs beside the host's and other tests'.
+type Containerd struct {
+	Dir        string
+	Root       string
+	State      string
+	Socket     string
+	RuncRoot   string
+	SocketDir  string // shim sockets (short: at most 38 characters)
+	CNIConf    string
+	ConfigToml string
+	Log        string
+	// ShimState is where tests point the contrast shim's state_dir.
+	ShimState string
+	// PodLogs holds the pods' CRI log directories.
+	PodLogs string
+	// Bridge and Network name this instance's CNI bridge and network.
+	Bridge  string
+	Network string
+	Subnet  string
+
+	tools  Tools
+	cmd    *exec.Cmd
+	logF   *os.File
+	exited chan struct{}
+	err    error // why containerd exited; read after exited is closed
+}
+
+// Tools returns the tools the instance was started with.
+func (c *Containerd) Tools() Tools { return c.tools }
+
+// Start writes a configuration and starts containerd, and waits until its
+// CRI service answers. On error nothing is left running and Dir is removed.
+func Start(ctx context.Context, opts Options) (_ *Containerd, retErr error) {
+	if opts.LogLevel == "" {
+		opts.LogLevel = "debug"
+	}
+	if opts.StartTimeout == 0 {
+		opts.StartTimeout = 30 * time.Second
+	}
+	// A short directory: unix socket paths (shim sockets, the shims' own
+	// vsock sockets under ShimState) must stay under 108 bytes.
+	dir, err := os.MkdirTemp("/tmp", "ch-")
+	if err != nil {
+		return nil, fmt.Errorf("create containerd instance directory: %w", err)
+	}
+	var rnd [4]byte
+	if _, err := rand.Read(rnd[:]); err != nil {
+		return nil, fmt.Errorf("random bridge name: %w", err)
+	}
+	n := binary.BigEndian.Uint32(rnd[:])
+	c := &Containerd{
+		Dir:        dir,
+		Root:       filepath.Join(dir, "root"),
+		State:      filepath.Join(dir, "state"),
+		Socket:     filepath.Join(dir, "c.sock"),
+		RuncRoot:   filepath.Join(dir, "runc"),
+		SocketDir:  filepath.Join(dir, "sh"),
+		CNIConf:    filepath.Join(dir, "cni", "net.d"),
+		ConfigToml: filepath.Join(dir, "containerd.toml"),
+		Log:        filepath.Join(dir, "containerd.log"),
+		ShimState:  filepath.Join(dir, "s"),
+		PodLogs:    filepath.Join(dir, "logs"),
+		Bridge:     fmt.Sprintf("chb%08x", n),
+		Network:    fmt.Sprintf("ch-%08x", n),
+		// 10.200.0.0/13 split into /24s; the bridge carries no route off
+		// this host (no gateway, no masquerading), so a clash with another
+		// instance's subnet stays a local matter.
+		Subnet: fmt.Sprintf("10.%d.%d.0/24", 200+int(n>>8)%8, n%256),
+		tools:  opts.Tools,
+		exited: make(chan struct{}),
+	}
+	defer func() {
+		if retErr != nil {
+			retErr = errors.Join(retErr, c.Stop(context.Background()))
+		}
+	}()
+	if len(c.SocketDir) > 38 {
+		return nil, fmt.Errorf("shim socket dir %s is longer than containerd's limit of 38 characters", c.SocketDir)
+	}
+	for _, d := range []string{c.Root, c.State, c.RuncRoot, c.SocketDir, c.CNIConf, c.ShimState, c.PodLogs} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			return nil, fmt.Errorf("create %s: %w", d, err)
+		}
+	}
+	if err := c.writeConfig(opts); err != nil {
+		return nil, err
+	}
+	logF, err := os.Create(c.Log)
+	if err != nil {
+		return nil, fmt.Errorf("create containerd log: %w", err)
+	}
+	c.logF = logF
+	cmd := exec.Command(opts.Tools.Containerd, "--config", c.ConfigToml)
+	cmd.Stdout, cmd.Stderr = logF, logF
+	// Own process group: a Ctrl-C at the demo's terminal reaches the
+	// demo, which then tears containerd down in order.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	// containerd looks shims up on PATH (runc's shim is called by name).
+	cmd.Env = append(os.Environ(), "PATH="+os.Getenv("PATH"))
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("start containerd: %w", err)
+	}
+	c.cmd = cmd
+	go func() {
+		c.err = cmd.Wait()
+		close(c.exited)
+	}()
+	if err := c.waitReady(ctx, opts.StartTimeout); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+func (c *Containerd) waitReady(ctx context.Context, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	cri := c.CRI()
+	var last error
+	for {
+		select {
+		case <-c.exited:
+			return fmt.Errorf("containerd exited during start-up (%v); log %s ends:\n%s", c.err, c.Log, c.LogTail(30))
+		case <-ctx.Done():
+			return fmt.Errorf("wait for containerd: %w", ctx.Err())
+		default:
+		}
+		if conn, err := net.Dial("unix", c.Socket); err == nil {
+			conn.Close()
+			// The socket answers before CRI has loaded its runtimes and
+			// CNI; `crictl info` tells when both are ready.
+			if ready, err := cri.Ready(ctx); err == nil && ready {
+				return nil
+			} else if err != nil {
+				last = err
+			} else {
+				last = errors.New("CRI reports runtime or network not ready")
+			}
+		} else {
+			last = err
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("containerd at %s not ready after %s: %v; log %s ends:\n%s", c.Socket, timeout, last, c.Log, c.LogTail(30))
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// PID is containerd's process id.
+func (c *Containerd) PID() int {
+	if c.cmd == nil || c.cmd.Process == nil {
+		return 0
+	}
+	return c.cmd.Process.Pid
+}
+
+// CRI returns a crictl client for this instance.
+func (c *Containerd) CRI() *CRI {
+	return &CRI{Bin: c.tools.Crictl, Endpoint: "unix://" + c.Socket, ConfigDir: filepath.Join(c.Dir, "cri"), LogDir: c.PodLogs}
+}
+
+// Ctr runs ctr against this instance in the k8s.io namespace and returns
+// its combined output.
+func (c *Containerd) Ctr(ctx context.Context, args ...string) (string, error) {
+	full := append([]string{"--address", c.Socket, "--namespace", "k8s.io"}, args...)
+	cmd := exec.CommandContext(ctx, c.tools.Ctr, full...)
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	err := cmd.Run()
+	if err != nil {
+		return out.String(), fmt.Errorf("ctr %s: %w: %s", strings.Join(args, " "), err, strings.TrimSpace(out.String()))
+	}
+	return out.String(), nil
+}
+
+// ImportImages builds the test images (busybox and pause) into dir, unless
+// they are there already, and imports them.
+func (c *Containerd) ImportImages(ctx context.Context, dir string) error {
+	paths, err := WriteTestImages(dir, c.tools.Busybox)
+	if err != nil {
+		return err
+	}
+	for _, p := range paths {
+		if _, err := c.Ctr(ctx, "images", "import", "--local", p); err != nil {
+			return fmt.Errorf("import %s: %w", p, err)
+		}
+	}
+	return nil
+}
+
+// LogTail returns the last n lines of containerd's log.
+func (c *Containerd) LogTail(n int) string {
+	b, err := os.ReadFile(c.Log)
+	if err != nil {
+		return fmt.Sprintf("(cannot read %s: %v)", c.Log, err)
+	}
+	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}
+
+// LogGrep returns the log lines that contain any of needles.
+func (c *Containerd) LogGrep(needles ...string) string {
+	b, err := os.ReadFile(c.Log)
+	if err != nil {
+		return fmt.Sprintf("(cannot read %s: %v)", c.Log, err)
+	}
+	var out []string
+	for _, l := range strings.Split(string(b), "\n") {
+		for _, n := range needles {
+			if strings.Contains(l, n) {
+				out = append(out, l)
+				break
+			}
+		}
+	}
+	return strings.Join(out, "\n")
+}
+
+// InstanceProcesses are the processes that belong to this instance other
+// than containerd itself: those whose command line names Dir (shims name
+// the socket, VM monitors their state under ShimState) and their
+// descendants (container processes, device backends).
+func (c *Containerd) InstanceProcesses() ([]Process, error) {
+	ps, err := Processes()
+	if err != nil {
+		return nil, err
+	}
+	cpid := c.PID()
+	return matching(ps, []string{c.Dir}, func(p Process) bool {
+		return p.PID == cpid || strings.HasPrefix(p.Cmdline, c.tools.Crictl) || strings.HasPrefix(p.Cmdline, c.tools.Ctr)
+	}), nil
+}
+
+// Stop tears the instance down whatever state it is in: pods are stopped
+// and removed through CRI (so shims shut their VMs down in order),
+// containerd is ended, then every process, mount and file of the instance
+// that is still there is killed, unmounted or removed. The error says what
+// had to be forced. Safe to call more than once.
+func (c *Containerd) Stop(ctx context.Context) error {
+	var errs []error
+	if c.cmd != nil && c.cmd.Process != nil {
+		select {
+		case <-c.exited:
+		default:
+			c.removeAllPods(ctx)
+			_ = c.cmd.Process.Signal(syscall.SIGTERM)
+			select {
+			case <-c.exited:
+			case <-time.After(10 * time.Second):
+				_ = c.cmd.Process.Kill()
+				<-c.exited
+				errs = append(errs, fmt.Errorf("containerd (pid %d) ignored SIGTERM for 10s and was killed", c.cmd.Process.Pid))
+			}
+		}
+	}
+	if c.logF != nil {
+		c.logF.Close()
+	}
+	if ps, err := c.InstanceProcesses(); err != nil {
+		errs = append(errs, err)
+	} else if len(ps) > 0 {
+		errs = append(errs, fmt.Errorf("killed processes left by containerd instance %s:\n%s", c.Dir, Leftovers{Processes: ps}))
+		if alive := killProcesses(ps, 10*time.Second); len(alive) > 0 {
+			errs = append(errs, fmt.Errorf("processes survive SIGKILL: %v", alive))
+		}
+	}
+	if err := unmountUnder(c.Dir); err != nil {
+		errs = append(errs, err)
+	}
+	if c.Bridge != "" {
+		// The CNI bridge plugin creates the bridge and never deletes it.
+		if _, err := net.InterfaceByName(c.Bridge); err == nil {
+			if out, err := exec.Command("ip", "link", "delete", c.Bridge).CombinedOutput(); err != nil {
+				errs = append(errs, fmt.Errorf("delete bridge %s: %w: %s", c.Bridge, err, out))
+			}
+		}
+	}
+	if c.Dir != "" {
+		if err := os.RemoveAll(c.Dir); err != nil {
+			errs = append(errs, fmt.Errorf("remove containerd instance directory: %w", err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// removeAllPods stops and removes every pod, best effort: what fails here
+// is forced away by Stop afterwards.
+func (c *Containerd) removeAllPods(ctx context.Context) {
+	ctx, cancel := context.WithTimeout(ctx, 60*time.Second)
+	defer cancel()
+	cri := c.CRI()
+	ids, err := cri.PodIDs(ctx)
+	if err != nil {
+		return
+	}
+	for _, id := range ids {
+		_ = cri.StopPod(ctx, id)
+		_ = cri.RemovePod(ctx, id)
+	}
+}
+
+var configTemplate = template.Must(template.New("containerd").Funcs(template.FuncMap{"q": strconv.Quote}).Parse(`# Written by integration/harness for a private containerd instance.
+version = 3
+root = {{q .C.Root}}
+state = {{q .C.State}}
+# No drop-ins from /etc/containerd.
+imports = []
+
+[cgroup]
+  path = ""
+
+[grpc]
+  address = {{q .C.Socket}}
+[ttrpc]
+  address = {{q (print .C.Socket ".ttrpc")}}
+[debug]
+  level = {{q .LogLevel}}
+
+[plugins]
+  [plugins.'io.containerd.shim.v1.manager']
+    socket_dir = {{q .C.SocketDir}}
+
+  [plugins.'io.containerd.cri.v1.images']
+    snapshotter = 'overlayfs'
+    [plugins.'io.containerd.cri.v1.images'.pinned_images]
+      sandbox = {{q .Pause}}
+
+  [plugins.'io.containerd.cri.v1.runtime']
+    cdi_spec_dirs = []
+    enable_criu = false
+    # root here lacks CAP_SYS_RESOURCE: a sandbox oom_score_adj of -998 fails.
+    restrict_oom_score_adj = true
+    netns_mounts_under_state_dir = true
+    [plugins.'io.containerd.cri.v1.runtime'.containerd]
+      default_runtime_name = 'runc'
+      [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc]
+        runtime_type = 'io.containerd.runc.v2'
+        sandboxer = 'podsandbox'
+        [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc.options]
+          BinaryName = {{q .Runc}}
+          Root = {{q .C.RuncRoot}}
+          SystemdCgroup = false
+{{- range .Handlers}}
+      [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.{{q .Name}}]
+        runtime_type = 'io.containerd.contrast.v2'
+        runtime_path = {{q .Shim}}
+        sandboxer = 'podsandbox'
+        snapshotter = 'overlayfs'
+        pod_annotations = ['io.katacontainers.*', 'io.contrast.*']
+        [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.{{q .Name}}.options]
+          ConfigPath = {{q .ConfigPath}}
+{{- end}}
+    [plugins.'io.containerd.cri.v1.runtime'.cni]
+      bin_dirs = [{{q .CNIBin}}]
+      conf_dir = {{q .C.CNIConf}}
+      max_conf_num = 1
+
+  [plugins.'io.containerd.grpc.v1.cri']
+    stream_server_address = '127.0.0.1'
+    stream_server_port = '0'
+
+  [plugins.'io.containerd.nri.v1.nri']
+    disable = true
+  [plugins.'io.containerd.internal.v1.opt']
+    path = {{q (print .C.Dir "/opt")}}
+  [plugins.'io.containerd.image-verifier.v1.bindir']
+    bin_dir = {{q (print .C.Dir "/image-verifier")}}
+`))
+
+var cniTemplate = template.Must(template.New("cni").Funcs(template.FuncMap{"q": strconv.Quote}).Parse(`{
+  "cniVersion": "1.0.0",
+  "name": {{q .C.Network}},
+  "plugins": [
+    {
+      "type": "bridge",
+      "bridge": {{q .C.Bridge}},
+      "isGateway": false,
+      "ipMasq": false,
+      "ipam": {
+        "type": "host-local",
+        "ranges": [[{"subnet": {{q .C.Subnet}}}]],
+        "dataDir": {{q (print .C.Dir "/cni/ipam")}}
+      }
+    }
+  ]
+}
+`))
+
+func (c *Containerd) writeConfig(opts Options) error {
+	for _, h := range opts.Handlers {
+		if h.Name == "" || h.Name == "runc" || !filepath.IsAbs(h.Shim) || !filepath.IsAbs(h.ConfigPath) {
+			return fmt.Errorf("runtime handler %+v: want a name other than runc and absolute shim and config paths", h)
+		}
+	}
+	data := map[string]any{
+		"C": c, "LogLevel": opts.LogLevel, "Pause": PauseImage, "Runc": opts.Tools.Runc,
+		"Handlers": opts.Handlers, "CNIBin": opts.Tools.CNIBinDir,
+	}
+	var cfg, cni bytes.Buffer
+	if err := configTemplate.Execute(&cfg, data); err != nil {
+		return fmt.Errorf("render containerd config: %w", err)
+	}
+	if err := cniTemplate.Execute(&cni, data); err != nil {
+		return fmt.Errorf("render CNI config: %w", err)
+	}
+	if err := os.WriteFile(c.ConfigToml, cfg.Bytes(), 0o644); err != nil {
+		return fmt.Errorf("write containerd config: %w", err)
+	}
+	if err := os.WriteFile(filepath.Join(c.CNIConf, "10-"+c.Network+".conflist"), cni.Bytes(), 0o644); err != nil {
+		return fmt.Errorf("write CNI config: %w", err)
+	}
+	return nil
+}

@@ -1,0 +1,440 @@
+package harness
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// CRI drives a containerd instance through crictl, the way a person or
+// kubelet's CRI calls would.
+type CRI struct {
+	Bin      string
+	Endpoint string
+	// ConfigDir receives the pod and container JSON configs crictl reads.
+	ConfigDir string
+	// LogDir holds one CRI log directory per pod.
+	LogDir string
+	// Timeout is crictl's per-call timeout (default 2m: a pod VM boots
+	// in seconds under TCG, longer on a loaded machine).
+	Timeout time.Duration
+}
+
+// CmdError is a crictl (or ctr) call that failed; Stderr carries the
+// message the user would see.
+type CmdError struct {
+	Args     []string
+	ExitCode int
+	Stdout   string
+	Stderr   string
+	Err      error
+}
+
+func (e *CmdError) Error() string {
+	return fmt.Sprintf("crictl %s: %v: %s", strings.Join(e.Args, " "), e.Err, strings.TrimSpace(e.Stderr))
+}
+
+func (e *CmdError) Unwrap() error { return e.Err }
+
+// Run runs crictl with args and returns its stdout and stderr. A non-zero
+// exit is a *CmdError.
+func (c *CRI) Run(ctx context.Context, args ...string) (stdout, stderr string, err error) {
+	timeout := c.Timeout
+	if timeout == 0 {
+		timeout = 2 * time.Minute
+	}
+	full := append([]string{
+		"--runtime-endpoint", c.Endpoint, "--image-endpoint", c.Endpoint,
+		"--timeout", timeout.String(),
+		// No /etc/crictl.yaml: flags alone configure this client.
+		"--config", filepath.Join(c.ConfigDir, "crictl.yaml"),
+	}, args...)
+	if err := os.MkdirAll(c.ConfigDir, 0o755); err != nil {
+		return "", "", fmt.Errorf("create crictl config dir: %w", err)
+	}
+	// crictl insists on reading a config file; an empty one keeps the
+	// flags authoritative.
+	if cfg := filepath.Join(c.ConfigDir, "crictl.yaml"); !exists(cfg) {
+		if err := os.WriteFile(cfg, nil, 0o644); err != nil {
+			return "", "", fmt.Errorf("write crictl config: %w", err)
+		}
+	}
+	cmd := exec.CommandContext(ctx, c.Bin, full...)
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	if err := cmd.Run(); err != nil {
+		ce := &CmdError{Args: args, ExitCode: -1, Stdout: out.String(), Stderr: errb.String(), Err: err}
+		var ee *exec.ExitError
+		if errors.As(err, &ee) {
+			ce.ExitCode = ee.ExitCode()
+		}
+		return out.String(), errb.String(), ce
+	}
+	return out.String(), errb.String(), nil
+}
+
+// Ready tells whether CRI reports its runtime and network ready.
+func (c *CRI) Ready(ctx context.Context) (bool, error) {
+	out, _, err := c.Run(ctx, "info", "-o", "json")
+	if err != nil {
+		return false, err
+	}
+	var info struct {
+		Status struct {
+			Conditions []struct {
+				Type   string `json:"type"`
+				Status bool   `json:"status"`
+			} `json:"conditions"`
+		} `json:"status"`
+	}
+	if err := json.Unmarshal([]byte(out), &info); err != nil {
+		return false, fmt.Errorf("parse crictl info: %w", err)
+	}
+	ready := 0
+	for _, cond := range info.Status.Conditions {
+		if (cond.Type == "RuntimeReady" || cond.Type == "NetworkReady") && cond.Status {
+			ready++
+		}
+	}
+	return ready == 2, nil
+}
+
+// PodConfig is what a pod is created with.
+type PodConfig struct {
+	Name      string
+	Namespace string // default "default"
+	// Handler is the runtime handler (runc, contrast-cc, ...).
+	Handler     string
+	Annotations map[string]string
+	Labels      map[string]string
+}
+
+// Pod is a pod sandbox created through CRI.
+type Pod struct {
+	ID         string
+	Config     PodConfig
+	ConfigFile string
+	LogDir     string
+}
+
+// RunPod writes the pod's JSON config and runs `crictl runp`.
+func (c *CRI) RunPod(ctx context.Context, pc PodConfig) (*Pod, error) {
+	if pc.Namespace == "" {
+		pc.Namespace = "default"
+	}
+	suffix, err := randomHex(4)
+	if err != nil {
+		return nil, err
+	}
+	uid := pc.Name + "-" + suffix
+	pod := &Pod{
+		Config:     pc,
+		ConfigFile: filepath.Join(c.ConfigDir, "pod-"+uid+".json"),
+		LogDir:     filepath.Join(c.LogDir, uid),
+	}
+	// kubelet creates the log directory, not CRI.
+	if err := os.MkdirAll(pod.LogDir, 0o755); err != nil {
+		return nil, fmt.Errorf("create pod log directory: %w", err)
+	}
+	cfg := map[string]any{
+		"metadata":      map[string]any{"name": pc.Name, "namespace": pc.Namespace, "uid": uid, "attempt": 0},
+		"hostname":      pc.Name,
+		"log_directory": pod.LogDir,
+		"annotations":   pc.Annotations,
+		"labels":        pc.Labels,
+		"linux":         map[string]any{},
+	}
+	if err := writeJSON(pod.ConfigFile, cfg); err != nil {
+		return nil, err
+	}
+	args := []string{"runp"}
+	if pc.Handler != "" {
+		args = append(args, "--runtime", pc.Handler)
+	}
+	out, _, err := c.Run(ctx, append(args, pod.ConfigFile)...)
+	if err != nil {
+		return nil, err
+	}
+	pod.ID = strings.TrimSpace(out)
+	if len(pod.ID) != 64 {
+		return nil, fmt.Errorf("crictl runp printed %q, want a pod id", out)
+	}
+	return pod, nil
+}
+
+// ContainerConfig is what a container is created with.
+type ContainerConfig struct {
+	Name    string
+	Image   string // default BusyboxImage
+	Command []string
+	Args    []string
+	Env     map[string]string
+}
+
+// Container is a container created through CRI.
+type Container struct {
+	ID         string
+	Pod        *Pod
+	Config     ContainerConfig
+	ConfigFile string
+	LogPath    string
+}
+
+// CreateContainer writes the container's JSON config and runs
+// `crictl create`.
+func (c *CRI) CreateContainer(ctx context.Context, pod *Pod, cc ContainerConfig) (*Container, error) {
+	if cc.Image == "" {
+		cc.Image = BusyboxImage
+	}
+	ctr := &Container{
+		Pod:        pod,
+		Config:     cc,
+		ConfigFile: filepath.Join(c.ConfigDir, fmt.Sprintf("ctr-%s-%s.json", pod.ID[:12], cc.Name)),
+		LogPath:    filepath.Join(pod.LogDir, cc.Name+".log"),
+	}
+	var envs []map[string]string
+	for k, v := range cc.Env {
+		envs = append(envs, map[string]string{"key": k, "value": v})
+	}
+	cfg := map[string]any{
+		"metadata": map[string]any{"name": cc.Name},
+		"image":    map[string]any{"image": cc.Image},
+		"command":  cc.Command,
+		"args":     cc.Args,
+		"envs":     envs,
+		"log_path": cc.Name + ".log",
+		"linux":    map[string]any{},
+	}
+	if err := writeJSON(ctr.ConfigFile, cfg); err != nil {
+		return nil, err
+	}
+	out, _, err := c.Run(ctx, "create", pod.ID, ctr.ConfigFile, pod.ConfigFile)
+	if err != nil {
+		return nil, err
+	}
+	ctr.ID = strings.TrimSpace(out)
+	if len(ctr.ID) != 64 {
+		return nil, fmt.Errorf("crictl create printed %q, want a container id", out)
+	}
+	return ctr, nil
+}
+
+// StartContainer runs `crictl start`.
+func (c *CRI) StartContainer(ctx context.Context, id string) error {
+	_, _, err := c.Run(ctx, "start", id)
+	return err
+}
+
+// StopContainer runs `crictl stop --timeout`: SIGTERM, then SIGKILL
+// after timeout.
+func (c *CRI) StopContainer(ctx context.Context, id string, timeout time.Duration) error {
+	_, _, err := c.Run(ctx, "stop", "--timeout", fmt.Sprint(int(timeout.Seconds())), id)
+	return err
+}
+
+// RemoveContainer runs `crictl rm`.
+func (c *CRI) RemoveContainer(ctx context.Context, id string) error {
+	_, _, err := c.Run(ctx, "rm", id)
+	return err
+}
+
+// StopPod runs `crictl stopp`.
+func (c *CRI) StopPod(ctx context.Context, id string) error {
+	_, _, err := c.Run(ctx, "stopp", id)
+	return err
+}
+
+// RemovePod runs `crictl rmp`.
+func (c *CRI) RemovePod(ctx context.Context, id string) error {
+	_, _, err := c.Run(ctx, "rmp", id)
+	return err
+}
+
+// PodIDs lists the ids of all pods (`crictl pods -q`).
+func (c *CRI) PodIDs(ctx context.Context) ([]string, error) {
+	out, _, err := c.Run(ctx, "pods", "-q")
+	if err != nil {
+		return nil, err
+	}
+	return strings.Fields(out), nil
+}
+
+// ContainerIDs lists the ids of all containers, running or not.
+func (c *CRI) ContainerIDs(ctx context.Context) ([]string, error) {
+	out, _, err := c.Run(ctx, "ps", "-a", "-q")
+	if err != nil {
+		return nil, err
+	}
+	return strings.Fields(out), nil
+}
+
+// Logs returns what `crictl logs` prints: the container's stdout and
+// stderr.
+func (c *CRI) Logs(ctx context.Context, id string) (stdout, stderr string, err error) {
+	return c.Run(ctx, "logs", id)
+}
+
+// ExecResult is the outcome of `crictl exec`.
+type ExecResult struct {
+	Stdout, Stderr string
+	ExitCode       int
+}
+
+// crictl reports a command's non-zero exit in an error message and
+// itself exits 1: streaming exec says "command terminated with exit code
+// N", --sync says "command '...' exited with N: <stderr>".
+var (
+	streamExitRe = regexp.MustCompile(`command terminated with exit code (\d+)`)
+	syncExitRe   = regexp.MustCompile(`command '.*' exited with (\d+):`)
+)
+
+// Exec runs cmd in the container with `crictl exec` (streaming through
+// CRI's stream server) or, with sync, `crictl exec --sync` (ExecSync,
+// which prints stdout and stderr both to stdout, and nothing of stdout
+// when the command fails). A non-zero exit of cmd is not an error; a
+// failure to run it is.
+func (c *CRI) Exec(ctx context.Context, id string, sync bool, cmd ...string) (ExecResult, error) {
+	args := []string{"exec"}
+	re := streamExitRe
+	if sync {
+		args = append(args, "--sync")
+		re = syncExitRe
+	}
+	args = append(append(args, id), cmd...)
+	out, errOut, err := c.Run(ctx, args...)
+	res := ExecResult{Stdout: out, Stderr: errOut}
+	var ce *CmdError
+	if errors.As(err, &ce) {
+		if m := re.FindStringSubmatch(errOut); m != nil {
+			res.ExitCode, _ = strconv.Atoi(m[1])
+			return res, nil
+		}
+	}
+	return res, err
+}
+
+// ContainerStatus is the part of `crictl inspect` the tests read.
+type ContainerStatus struct {
+	ID       string
+	State    string // CONTAINER_CREATED, CONTAINER_RUNNING, CONTAINER_EXITED
+	ExitCode int
+	Reason   string
+	Message  string
+	PID      int // host pid of the init process as CRI reports it (0 if unknown)
+	Raw      json.RawMessage
+}
+
+// InspectContainer runs `crictl inspect`.
+func (c *CRI) InspectContainer(ctx context.Context, id string) (ContainerStatus, error) {
+	out, _, err := c.Run(ctx, "inspect", "-o", "json", id)
+	if err != nil {
+		return ContainerStatus{}, err
+	}
+	var v struct {
+		Status struct {
+			ID       string `json:"id"`
+			State    string `json:"state"`
+			ExitCode int    `json:"exitCode"`
+			Reason   string `json:"reason"`
+			Message  string `json:"message"`
+		} `json:"status"`
+		Info struct {
+			PID int `json:"pid"`
+		} `json:"info"`
+	}
+	if err := json.Unmarshal([]byte(out), &v); err != nil {
+		return ContainerStatus{}, fmt.Errorf("parse crictl inspect %s: %w", id, err)
+	}
+	return ContainerStatus{
+		ID: v.Status.ID, State: v.Status.State, ExitCode: v.Status.ExitCode,
+		Reason: v.Status.Reason, Message: v.Status.Message, PID: v.Info.PID, Raw: json.RawMessage(out),
+	}, nil
+}
+
+// PodStatus is the part of `crictl inspectp` the tests read.
+type PodStatus struct {
+	ID             string
+	State          string // SANDBOX_READY, SANDBOX_NOTREADY
+	RuntimeHandler string
+	Raw            json.RawMessage
+}
+
+// InspectPod runs `crictl inspectp`.
+func (c *CRI) InspectPod(ctx context.Context, id string) (PodStatus, error) {
+	out, _, err := c.Run(ctx, "inspectp", "-o", "json", id)
+	if err != nil {
+		return PodStatus{}, err
+	}
+	var v struct {
+		Status struct {
+			ID             string `json:"id"`
+			State          string `json:"state"`
+			RuntimeHandler string `json:"runtimeHandler"`
+		} `json:"status"`
+	}
+	if err := json.Unmarshal([]byte(out), &v); err != nil {
+		return PodStatus{}, fmt.Errorf("parse crictl inspectp %s: %w", id, err)
+	}
+	return PodStatus{ID: v.Status.ID, State: v.Status.State, RuntimeHandler: v.Status.RuntimeHandler, Raw: json.RawMessage(out)}, nil
+}
+
+// WaitContainerState polls `crictl inspect` until the container is in
+// state or timeout passes.
+func (c *CRI) WaitContainerState(ctx context.Context, id, state string, timeout time.Duration) (ContainerStatus, error) {
+	deadline := time.Now().Add(timeout)
+	for {
+		st, err := c.InspectContainer(ctx, id)
+		if err != nil {
+			return st, err
+		}
+		if st.State == state {
+			return st, nil
+		}
+		if time.Now().After(deadline) {
+			return st, fmt.Errorf("container %s is %s after %s, want %s", id[:12], st.State, timeout, state)
+		}
+		select {
+		case <-ctx.Done():
+			return st, ctx.Err()
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+func writeJSON(path string, v any) error {
+	b, err := json.MarshalIndent(v, "", "  ")
+	if err != nil {
+		return fmt.Errorf("marshal %s: %w", path, err)
+	}
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return fmt.Errorf("create %s: %w", filepath.Dir(path), err)
+	}
+	if err := os.WriteFile(path, b, 0o644); err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	return nil
+}
+
+func randomHex(n int) (string, error) {
+	b := make([]byte, n)
+	if _, err := rand.Read(b); err != nil {
+		return "", fmt.Errorf("random: %w", err)
+	}
+	return hex.EncodeToString(b), nil
+}
+
+func exists(path string) bool {
+	_, err := os.Stat(path)
+	return err == nil
+}

@@ -1,0 +1,128 @@
+package harness
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+)
+
+// Env names the artifacts under test. The Makefile sets the variables; a
+// missing one is an error (never a reason to skip), because a test run that
+// silently skips the runtime under test proves nothing.
+type Env struct {
+	// Shim is the absolute path of containerd-shim-contrast-v2 (CONTRAST_SHIM).
+	Shim string
+	// ImageDir is the guest image directory with kernel, initrd and
+	// manifest.json (CONTRAST_IMAGE).
+	ImageDir string
+	// Kernel is the guest bzImage (CONTRAST_KERNEL).
+	Kernel string
+}
+
+// EnvFromOS reads CONTRAST_SHIM, CONTRAST_IMAGE and CONTRAST_KERNEL and
+// checks that each names an existing file or directory.
+func EnvFromOS() (Env, error) {
+	var errs []error
+	get := func(name, what string, dir bool) string {
+		v := os.Getenv(name)
+		if v == "" {
+			errs = append(errs, fmt.Errorf("%s is not set: it must name %s (run the tests through `make test`, which sets it)", name, what))
+			return ""
+		}
+		abs, err := filepath.Abs(v)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("%s=%q: %w", name, v, err))
+			return ""
+		}
+		st, err := os.Stat(abs)
+		switch {
+		case err != nil:
+			errs = append(errs, fmt.Errorf("%s=%q: %w (build it with `make build image`)", name, v, err))
+		case dir && !st.IsDir():
+			errs = append(errs, fmt.Errorf("%s=%q is not a directory", name, v))
+		case !dir && st.IsDir():
+			errs = append(errs, fmt.Errorf("%s=%q is a directory, want a file", name, v))
+		}
+		return abs
+	}
+	e := Env{
+		Shim:     get("CONTRAST_SHIM", "the containerd-shim-contrast-v2 binary", false),
+		ImageDir: get("CONTRAST_IMAGE", "the guest image directory (kernel, initrd, manifest.json)", true),
+		Kernel:   get("CONTRAST_KERNEL", "the guest kernel bzImage", false),
+	}
+	if err := errors.Join(errs...); err != nil {
+		return Env{}, err
+	}
+	for _, f := range []string{"kernel", "initrd"} {
+		if _, err := os.Stat(filepath.Join(e.ImageDir, f)); err != nil {
+			return Env{}, fmt.Errorf("guest image %s: %w", e.ImageDir, err)
+		}
+	}
+	return e, nil
+}
+
+// ImageKernel is the kernel file of the guest image.
+func (e Env) ImageKernel() string { return filepath.Join(e.ImageDir, "kernel") }
+
+// ImageInitrd is the initrd file of the guest image.
+func (e Env) ImageInitrd() string { return filepath.Join(e.ImageDir, "initrd") }
+
+// Tools are the host binaries the harness drives.
+type Tools struct {
+	Containerd string
+	Ctr        string
+	Crictl     string
+	// RuncShim is containerd-shim-runc-v2, which containerd finds on PATH
+	// for the runc baseline handler.
+	RuncShim  string
+	Runc      string
+	QEMU      string
+	Busybox   string
+	CNIBinDir string
+}
+
+// FindTools looks the tools up on PATH (containerd, ctr and crictl come
+// from ~/.cache/contrast/bin, which the Makefile puts on PATH) and at the
+// fixed Debian locations for the rest.
+func FindTools() (Tools, error) {
+	var errs []error
+	look := func(name string) string {
+		p, err := exec.LookPath(name)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("%s not found on PATH (hack/deps.sh builds it into ~/.cache/contrast/bin): %w", name, err))
+		}
+		return p
+	}
+	fixed := func(p, pkg string) string {
+		if _, err := os.Stat(p); err != nil {
+			errs = append(errs, fmt.Errorf("%s missing (apt package %s): %w", p, pkg, err))
+		}
+		return p
+	}
+	t := Tools{
+		Containerd: look("containerd"),
+		Ctr:        look("ctr"),
+		Crictl:     look("crictl"),
+		RuncShim:   look("containerd-shim-runc-v2"),
+		Runc:       fixed("/usr/sbin/runc", "runc"),
+		QEMU:       fixed("/usr/bin/qemu-system-x86_64", "qemu-system-x86"),
+		Busybox:    fixed("/bin/busybox", "busybox-static"),
+		CNIBinDir:  fixed("/usr/lib/cni", "containernetworking-plugins"),
+	}
+	if err := errors.Join(errs...); err != nil {
+		return Tools{}, err
+	}
+	return t, nil
+}
+
+// HostKernelRelease is `uname -r` of the host.
+func HostKernelRelease() (string, error) {
+	b, err := os.ReadFile("/proc/sys/kernel/osrelease")
+	if err != nil {
+		return "", fmt.Errorf("read host kernel release: %w", err)
+	}
+	return strings.TrimSpace(string(b)), nil
+}
