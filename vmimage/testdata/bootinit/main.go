@@ -18,6 +18,9 @@ func main() {
 	if err := syscall.Mount("proc", "/proc", "proc", 0, ""); err != nil {
 		report("error mount /proc: %v", err)
 	}
+	// When /init started, for the boot time the test reports.
+	start, _ := os.ReadFile("/proc/uptime")
+	report("init uptime=%s", strings.Fields(string(start) + " ?")[0])
 	var uts syscall.Utsname
 	if err := syscall.Uname(&uts); err != nil {
 		report("error uname: %v", err)

@@ -1,0 +1,136 @@
+package vmimage
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// TestBootImage boots an image built by Build, with a test program as /init,
+// in QEMU under TCG and checks from the console log that the kernel ran it:
+// the marker from the command line, the kernel release, /dev/console and a
+// working runc inside the guest.
+func TestBootImage(t *testing.T) {
+	kernel := os.Getenv("CONTRAST_KERNEL")
+	if kernel == "" {
+		t.Fatal("CONTRAST_KERNEL is not set: set it to a guest bzImage (hack/kernel.sh prints its path; the Makefile sets it)")
+	}
+	runc := os.Getenv("CONTRAST_RUNC")
+	if runc == "" {
+		cache := os.Getenv("CONTRAST_CACHE")
+		if cache == "" {
+			cache = filepath.Join(os.Getenv("HOME"), ".cache", "contrast")
+		}
+		runc = filepath.Join(cache, "bin", "runc-static")
+	}
+	if _, err := os.Stat(runc); err != nil {
+		t.Fatalf("static runc: %v (hack/deps.sh builds it; CONTRAST_RUNC overrides the path)", err)
+	}
+	qemu, err := exec.LookPath("qemu-system-x86_64")
+	if err != nil {
+		t.Fatalf("qemu-system-x86_64 not found (hack/deps.sh installs it): %v", err)
+	}
+
+	ctx := context.Background()
+	res, err := Build(ctx, Options{Kernel: kernel, Agent: staticBinary, Runc: runc, OutDir: filepath.Join(t.TempDir(), "image")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	im, err := Load(res.Image.Dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	var nonce [8]byte
+	if _, err := rand.Read(nonce[:]); err != nil {
+		t.Fatal(err)
+	}
+	marker := hex.EncodeToString(nonce[:])
+	consoleLog := filepath.Join(t.TempDir(), "console.log")
+	cmd := exec.Command(qemu,
+		"-machine", "q35,accel=tcg", "-cpu", "max", "-m", "256",
+		"-nographic", "-nodefaults", "-no-reboot",
+		"-serial", "file:"+consoleLog,
+		"-kernel", im.Kernel(), "-initrd", im.Initrd(),
+		"-append", im.KernelCmdline()+" contrast.test.marker="+marker)
+	out := &strings.Builder{}
+	cmd.Stdout, cmd.Stderr = out, out
+	start := time.Now()
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("start qemu: %v", err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	running := true
+	defer func() {
+		if running {
+			cmd.Process.Kill()
+			<-exited
+		}
+	}()
+
+	// Poll the console for the marker, which the guest prints last.
+	var markerSeen time.Duration
+	var waitErr error
+	deadline := time.After(2 * time.Minute)
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
+wait:
+	for {
+		select {
+		case waitErr = <-exited:
+			running = false
+			break wait
+		case <-deadline:
+			log, _ := os.ReadFile(consoleLog)
+			t.Fatalf("guest did not power off within 2 minutes\nqemu: %s\nconsole:\n%s", out, log)
+		case <-tick.C:
+			if markerSeen == 0 {
+				if b, _ := os.ReadFile(consoleLog); strings.Contains(string(b), "BOOTINIT marker="+marker) {
+					markerSeen = time.Since(start)
+				}
+			}
+		}
+	}
+	exitedAfter := time.Since(start)
+	if waitErr != nil {
+		t.Errorf("qemu: %v\n%s", waitErr, out)
+	}
+
+	b, err := os.ReadFile(consoleLog)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The guest tty turns "\n" into "\r\n".
+	console := strings.ReplaceAll(string(b), "\r\n", "\n")
+	for _, want := range []string{
+		"BOOTINIT release=" + im.Manifest.KernelRelease + "\n",
+		"BOOTINIT console=5,1\n",
+		"BOOTINIT runc=runc version 1.",
+		"BOOTINIT marker=" + marker + "\n",
+	} {
+		if !strings.Contains(console, want) {
+			t.Errorf("console log lacks %q", want)
+		}
+	}
+	if strings.Contains(console, "BOOTINIT error") || t.Failed() {
+		t.Fatalf("console:\n%s\nqemu: %s", console, out)
+	}
+	initUptime, uptime := "?", "?"
+	for _, line := range strings.Split(console, "\n") {
+		if v, ok := strings.CutPrefix(line, "BOOTINIT uptime="); ok {
+			uptime = v
+		}
+		if v, ok := strings.CutPrefix(line, "BOOTINIT init uptime="); ok {
+			initUptime = v
+		}
+	}
+	t.Logf("kernel %s booted to /init and powered off: marker on the console %.2fs after QEMU started (guest uptime %ss at /init start, %ss at marker), QEMU exited after %.2fs",
+		im.Manifest.KernelRelease, markerSeen.Seconds(), initUptime, uptime, exitedAfter.Seconds())
+}
