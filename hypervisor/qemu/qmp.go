@@ -206,7 +206,9 @@ func (c *qmpClient) execute(ctx context.Context, command string, args any, resul
 		return fmt.Errorf("qmp %s: %w", command, err)
 	}
 	c.nextID++
-	id := strconv.FormatUint(c.nextID, 10)
+	// QEMU echoes the id verbatim: its JSON text is the key.
+	num := c.nextID
+	id := strconv.FormatUint(num, 10)
 	ch := make(chan qmpMessage, 1)
 	c.pending[id] = ch
 	c.mu.Unlock()
@@ -214,8 +216,8 @@ func (c *qmpClient) execute(ctx context.Context, command string, args any, resul
 	req := struct {
 		Execute   string `json:"execute"`
 		Arguments any    `json:"arguments,omitempty"`
-		ID        string `json:"id"`
-	}{command, args, id}
+		ID        uint64 `json:"id"`
+	}{command, args, num}
 	b, err := json.Marshal(req)
 	if err != nil {
 		c.forget(id)

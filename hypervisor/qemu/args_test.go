@@ -1,0 +1,231 @@
+package qemu
+
+import (
+	"slices"
+	"strings"
+	"testing"
+)
+
+func baseParams() launchParams {
+	return launchParams{
+		Name:            "pod1",
+		Accel:           AccelTCG,
+		CPUModel:        "max",
+		VCPUs:           2,
+		MemoryMiB:       512,
+		Kernel:          "/img/bzImage",
+		Initrd:          "/img/initrd.cpio",
+		Append:          "console=ttyS0 quiet",
+		ConsoleLog:      "/run/vm/console.log",
+		PIDFile:         "/run/vm/qemu.pid",
+		QMPFD:           3,
+		HotplugPorts:    2,
+		VsockMode:       VsockVhostUser,
+		VhostUserSocket: "/run/vm/vhost-user-vsock.sock",
+	}
+}
+
+func TestBuildArgsFull(t *testing.T) {
+	got, err := buildArgs(baseParams())
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []string{
+		"-name", "pod1",
+		"-machine", "q35,accel=tcg,memory-backend=mem",
+		"-cpu", "max",
+		"-smp", "2",
+		"-m", "512M",
+		"-object", "memory-backend-memfd,id=mem,size=512M,share=on",
+		"-nodefaults", "-no-user-config", "-nographic", "-no-reboot",
+		"-kernel", "/img/bzImage",
+		"-initrd", "/img/initrd.cpio",
+		"-append", "console=ttyS0 quiet",
+		"-chardev", "file,id=console,path=/run/vm/console.log",
+		"-serial", "chardev:console",
+		"-chardev", "socket,id=qmp,fd=3,server=on,wait=off",
+		"-mon", "chardev=qmp,mode=control",
+		"-pidfile", "/run/vm/qemu.pid",
+		"-global", "ICH9-LPC.acpi-pci-hotplug-with-bridge-support=off",
+		"-device", "pcie-root-port,id=hotplug0,bus=pcie.0,chassis=1,addr=0x10.0,io-reserve=0,multifunction=on",
+		"-device", "pcie-root-port,id=hotplug1,bus=pcie.0,chassis=2,addr=0x10.1,io-reserve=0",
+		"-device", "virtio-rng-pci",
+		"-chardev", "socket,id=vsock0-chr,path=/run/vm/vhost-user-vsock.sock",
+		"-device", "vhost-user-vsock-pci,id=vsock0,chardev=vsock0-chr",
+	}
+	if !slices.Equal(got, want) {
+		t.Errorf("args:\n got %q\nwant %q", got, want)
+	}
+}
+
+// argAfter returns the values following every occurrence of flag.
+func argsAfter(args []string, flag string) []string {
+	var out []string
+	for i := 0; i+1 < len(args); i++ {
+		if args[i] == flag {
+			out = append(out, args[i+1])
+		}
+	}
+	return out
+}
+
+func TestBuildArgsVariants(t *testing.T) {
+	tests := []struct {
+		name   string
+		modify func(*launchParams)
+		// flag → values that must all appear after that flag
+		want map[string][]string
+		// flag → values that must not appear after that flag
+		absent map[string][]string
+		// flags that must not appear at all
+		noFlag []string
+	}{
+		{
+			name: "kvm with kernel vhost-vsock",
+			modify: func(p *launchParams) {
+				p.Accel, p.CPUModel = AccelKVM, "host"
+				p.VsockMode, p.GuestCID, p.VhostUserSocket = VsockKernel, 123456, ""
+			},
+			want: map[string][]string{
+				"-machine": {"q35,accel=kvm,memory-backend=mem"},
+				"-cpu":     {"host"},
+				"-device":  {"vhost-vsock-pci,id=vsock0,guest-cid=123456"},
+			},
+			absent: map[string][]string{
+				"-device":  {"vhost-user-vsock-pci,id=vsock0,chardev=vsock0-chr"},
+				"-chardev": {"socket,id=vsock0-chr,path=/run/vm/vhost-user-vsock.sock"},
+			},
+		},
+		{
+			name:   "no initrd, firmware given",
+			modify: func(p *launchParams) { p.Initrd, p.Firmware = "", "/fw/OVMF.fd" },
+			want:   map[string][]string{"-bios": {"/fw/OVMF.fd"}},
+			noFlag: []string{"-initrd"},
+		},
+		{
+			name:   "no firmware by default",
+			modify: func(*launchParams) {},
+			noFlag: []string{"-bios"},
+		},
+		{
+			name: "commas escaped in option values, literal in -kernel/-append",
+			modify: func(p *launchParams) {
+				p.Name = "a,b"
+				p.ConsoleLog = "/run/x,y/console.log"
+				p.VhostUserSocket = "/run/x,y/v.sock"
+				p.Kernel = "/k,1"
+				p.Append = "a=1,2"
+			},
+			want: map[string][]string{
+				"-name":    {"a,,b"},
+				"-chardev": {"file,id=console,path=/run/x,,y/console.log", "socket,id=vsock0-chr,path=/run/x,,y/v.sock"},
+				"-kernel":  {"/k,1"},
+				"-append":  {"a=1,2"},
+			},
+		},
+		{
+			name:   "memory and cpus",
+			modify: func(p *launchParams) { p.MemoryMiB, p.VCPUs = 2048, 4 },
+			want: map[string][]string{
+				"-m":      {"2048M"},
+				"-smp":    {"4"},
+				"-object": {"memory-backend-memfd,id=mem,size=2048M,share=on"},
+			},
+		},
+		{
+			name:   "root ports eight to a slot",
+			modify: func(p *launchParams) { p.HotplugPorts = 10 },
+			want: map[string][]string{"-device": {
+				"pcie-root-port,id=hotplug7,bus=pcie.0,chassis=8,addr=0x10.7,io-reserve=0",
+				"pcie-root-port,id=hotplug8,bus=pcie.0,chassis=9,addr=0x11.0,io-reserve=0,multifunction=on",
+				"pcie-root-port,id=hotplug9,bus=pcie.0,chassis=10,addr=0x11.1,io-reserve=0",
+			}},
+		},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			p := baseParams()
+			tc.modify(&p)
+			args, err := buildArgs(p)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for flag, vals := range tc.want {
+				have := argsAfter(args, flag)
+				for _, v := range vals {
+					if !slices.Contains(have, v) {
+						t.Errorf("%s %q missing; have %q", flag, v, have)
+					}
+				}
+			}
+			for flag, vals := range tc.absent {
+				have := argsAfter(args, flag)
+				for _, v := range vals {
+					if slices.Contains(have, v) {
+						t.Errorf("%s %q present, want it absent", flag, v)
+					}
+				}
+			}
+			for _, flag := range tc.noFlag {
+				if slices.Contains(args, flag) {
+					t.Errorf("flag %s present, want it absent", flag)
+				}
+			}
+		})
+	}
+}
+
+func TestBuildArgsInvalid(t *testing.T) {
+	tests := []struct {
+		name   string
+		modify func(*launchParams)
+		want   string
+	}{
+		{"no vcpus", func(p *launchParams) { p.VCPUs = 0 }, "vcpus 0"},
+		{"tiny memory", func(p *launchParams) { p.MemoryMiB = 16 }, "memory 16 MiB"},
+		{"no kernel", func(p *launchParams) { p.Kernel = "" }, "no kernel"},
+		{"bad accel", func(p *launchParams) { p.Accel = "hvf" }, `accelerator "hvf"`},
+		{"no cpu model", func(p *launchParams) { p.CPUModel = "" }, "no CPU model"},
+		{"reserved cid", func(p *launchParams) { p.VsockMode, p.GuestCID = VsockKernel, 2 }, "guest CID 2"},
+		{"no vhost-user socket", func(p *launchParams) { p.VhostUserSocket = "" }, "no vhost-user socket"},
+		{"bad vsock mode", func(p *launchParams) { p.VsockMode = "tcp" }, `vsock mode "tcp"`},
+		{"too many ports", func(p *launchParams) { p.HotplugPorts = 65 }, "hot-plug ports 65"},
+		{"stdio qmp fd", func(p *launchParams) { p.QMPFD = 1 }, "qmp descriptor 1"},
+		{"several at once", func(p *launchParams) { p.VCPUs, p.Kernel = -1, "" }, "no kernel"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			p := baseParams()
+			tc.modify(&p)
+			args, err := buildArgs(p)
+			if err == nil {
+				t.Fatalf("no error; args %q", args)
+			}
+			if !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("error %q does not mention %q", err, tc.want)
+			}
+		})
+	}
+}
+
+func TestQuoteCommand(t *testing.T) {
+	got := quoteCommand("/usr/bin/qemu", []string{"-append", "console=ttyS0 quiet", "-name", "x"})
+	want := `/usr/bin/qemu -append "console=ttyS0 quiet" -name x`
+	if got != want {
+		t.Errorf("got %s, want %s", got, want)
+	}
+}
+
+func TestCIDInUse(t *testing.T) {
+	if !cidInUse("qemu-system-x86_64: -device vhost-vsock-pci,guest-cid=5: vhost-vsock: unable to set guest cid: Address already in use") {
+		t.Error("QEMU's CID collision message not recognised")
+	}
+	if cidInUse("qemu-system-x86_64: -device vhost-vsock-pci: vhost-vsock: failed to open vhost device: No such file or directory") {
+		t.Error("a missing device taken for a CID collision")
+	}
+	for i := 0; i < 1000; i++ {
+		if c := randomCID(); c < 3 || c >= 1<<31 {
+			t.Fatalf("random CID %d out of range", c)
+		}
+	}
+}
