@@ -81,17 +81,10 @@ func Start(ctx context.Context, opts Options) (_ *Containerd, retErr error) {
 	if opts.StartTimeout == 0 {
 		opts.StartTimeout = 30 * time.Second
 	}
-	// A short directory: unix socket paths (shim sockets, the shims' own
-	// vsock sockets under ShimState) must stay under 108 bytes.
-	dir, err := os.MkdirTemp("/tmp", "ch-")
+	dir, n, err := makeInstanceDir()
 	if err != nil {
-		return nil, fmt.Errorf("create containerd instance directory: %w", err)
+		return nil, err
 	}
-	var rnd [4]byte
-	if _, err := rand.Read(rnd[:]); err != nil {
-		return nil, fmt.Errorf("random bridge name: %w", err)
-	}
-	n := binary.BigEndian.Uint32(rnd[:])
 	c := &Containerd{
 		Dir:        dir,
 		Root:       filepath.Join(dir, "root"),
@@ -455,4 +448,27 @@ func (c *Containerd) writeConfig(opts Options) error {
 		return fmt.Errorf("write CNI config: %w", err)
 	}
 	return nil
+}
+
+// makeInstanceDir creates /tmp/ch<8 hex digits>. It is short on purpose:
+// unix socket paths (shim sockets, and the contrast shim's per-pod sockets
+// under ShimState/<namespace>/<64-digit pod id>/) must stay under 108 bytes.
+// The random number also names the instance's bridge and network.
+func makeInstanceDir() (string, uint32, error) {
+	for range 10 {
+		var rnd [4]byte
+		if _, err := rand.Read(rnd[:]); err != nil {
+			return "", 0, fmt.Errorf("random instance name: %w", err)
+		}
+		n := binary.BigEndian.Uint32(rnd[:])
+		dir := fmt.Sprintf("/tmp/ch%08x", n)
+		err := os.Mkdir(dir, 0o755)
+		if err == nil {
+			return dir, n, nil
+		}
+		if !errors.Is(err, os.ErrExist) {
+			return "", 0, fmt.Errorf("create containerd instance directory: %w", err)
+		}
+	}
+	return "", 0, errors.New("create containerd instance directory: no free name in /tmp/ch*")
 }

@@ -1,0 +1,74 @@
+package harness
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// ShimConfig is the contrast shim's TOML runtime configuration (what a
+// handler's options.ConfigPath names).
+type ShimConfig struct {
+	LogLevel string
+	// StateDir is where the shim keeps per-pod state; tests point it into
+	// the containerd instance's directory so leftovers are easy to find.
+	StateDir     string
+	Binary       string
+	Accel        string
+	Kernel       string
+	Initrd       string
+	Firmware     string
+	KernelParams string
+	VCPUs        int
+	MemoryMiB    int
+	AgentReady   time.Duration
+	Stop         time.Duration
+}
+
+// DefaultShimConfig boots the guest image of env with the host's QEMU.
+func DefaultShimConfig(env Env, stateDir string) ShimConfig {
+	accel := os.Getenv("CONTRAST_ACCEL")
+	if accel == "" {
+		accel = "auto"
+	}
+	return ShimConfig{
+		LogLevel:   "debug",
+		StateDir:   stateDir,
+		Binary:     "/usr/bin/qemu-system-x86_64",
+		Accel:      accel,
+		Kernel:     env.ImageKernel(),
+		Initrd:     env.ImageInitrd(),
+		VCPUs:      1,
+		MemoryMiB:  512,
+		AgentReady: 30 * time.Second,
+		Stop:       10 * time.Second,
+	}
+}
+
+// TOML renders the configuration.
+func (s ShimConfig) TOML() string {
+	q := strconv.Quote
+	var b strings.Builder
+	fmt.Fprintf(&b, "# Written by integration/harness.\nlog_level = %s\n", q(s.LogLevel))
+	if s.StateDir != "" {
+		fmt.Fprintf(&b, "state_dir = %s\n", q(s.StateDir))
+	}
+	fmt.Fprintf(&b, "\n[hypervisor]\nbinary = %s\naccel = %s\nkernel = %s\ninitrd = %s\nfirmware = %s\nkernel_params = %s\nvcpus = %d\nmemory_mib = %d\n",
+		q(s.Binary), q(s.Accel), q(s.Kernel), q(s.Initrd), q(s.Firmware), q(s.KernelParams), s.VCPUs, s.MemoryMiB)
+	fmt.Fprintf(&b, "\n[timeouts]\nagent_ready = %s\nstop = %s\n", q(s.AgentReady.String()), q(s.Stop.String()))
+	return b.String()
+}
+
+// Write writes the configuration to path.
+func (s ShimConfig) Write(path string) error {
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return fmt.Errorf("create shim config dir: %w", err)
+	}
+	if err := os.WriteFile(path, []byte(s.TOML()), 0o644); err != nil {
+		return fmt.Errorf("write shim config: %w", err)
+	}
+	return nil
+}

@@ -1,0 +1,246 @@
+// Package integration holds the end-to-end tests: a private containerd
+// with the runc baseline handler and the contrast handlers, driven by
+// crictl (and ctr for hand-made bundles), checked for what they leave on
+// the host. Tests run one after another: at most two VMs run at a time.
+package integration
+
+import (
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/contrast-vm/contrast/integration/harness"
+)
+
+// suite is one private containerd instance for one top-level test.
+type suite struct {
+	t   *testing.T
+	ctx context.Context
+	c   *harness.Containerd
+	cri *harness.CRI
+	env harness.Env // set for suites with contrast handlers
+}
+
+// handlerSpec is a contrast runtime handler a suite registers.
+type handlerSpec struct {
+	name string
+	// edit changes the default shim configuration.
+	edit func(*harness.ShimConfig)
+}
+
+// newSuite starts containerd with the runc handler and, when contrast
+// handlers are asked for, those too (which needs CONTRAST_SHIM and the
+// guest image: their absence fails the test). Everything it starts is gone
+// when the test ends, whatever happened.
+func newSuite(t *testing.T, handlers ...handlerSpec) *suite {
+	t.Helper()
+	ctx := t.Context()
+	tools, err := harness.FindTools()
+	if err != nil {
+		t.Fatalf("tools: %v", err)
+	}
+	s := &suite{t: t, ctx: ctx}
+	var hs []harness.Handler
+	var cfgs []harness.ShimConfig
+	if len(handlers) > 0 {
+		env, err := harness.EnvFromOS()
+		if err != nil {
+			t.Fatalf("contrast tests need the built shim and guest image:\n%v", err)
+		}
+		s.env = env
+	}
+	// Shim configs live in a directory of the test; the state dir is only
+	// known once containerd's instance directory exists, so the configs
+	// are written after Start (containerd reads them only at pod start).
+	cfgDir := t.TempDir()
+	for _, h := range handlers {
+		hs = append(hs, harness.Handler{Name: h.name, Shim: s.env.Shim, ConfigPath: filepath.Join(cfgDir, h.name+".toml")})
+	}
+	c, err := harness.Start(ctx, harness.Options{Tools: tools, Handlers: hs})
+	if err != nil {
+		t.Fatalf("start containerd: %v", err)
+	}
+	s.c, s.cri = c, c.CRI()
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("containerd log %s (last lines):\n%s", c.Log, c.LogTail(80))
+		}
+		// Background context: t.Context is already cancelled here.
+		if err := c.Stop(context.Background()); err != nil {
+			t.Errorf("tear down containerd: %v", err)
+		}
+	})
+	for i, h := range handlers {
+		cfg := harness.DefaultShimConfig(s.env, c.ShimState)
+		if h.edit != nil {
+			h.edit(&cfg)
+		}
+		cfgs = append(cfgs, cfg)
+		if err := cfg.Write(hs[i].ConfigPath); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := c.ImportImages(ctx, t.TempDir()); err != nil {
+		t.Fatalf("import test images: %v", err)
+	}
+	return s
+}
+
+// runPod starts a pod and registers its removal (a no-op once the test
+// removed it itself).
+func (s *suite) runPod(t *testing.T, handler, name string) *harness.Pod {
+	t.Helper()
+	pod, err := s.cri.RunPod(s.ctx, harness.PodConfig{Name: name, Handler: handler})
+	if err != nil {
+		t.Fatalf("runp %s with handler %s: %v", name, handler, err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		ids, _ := s.cri.PodIDs(ctx)
+		for _, id := range ids {
+			if id == pod.ID {
+				_ = s.cri.StopPod(ctx, pod.ID) // Stop of the suite forces what this misses
+				_ = s.cri.RemovePod(ctx, pod.ID)
+			}
+		}
+	})
+	return pod
+}
+
+// startContainer creates and starts a busybox container in pod.
+func (s *suite) startContainer(t *testing.T, pod *harness.Pod, name string, command ...string) *harness.Container {
+	t.Helper()
+	c, err := s.cri.CreateContainer(s.ctx, pod, harness.ContainerConfig{Name: name, Command: command})
+	if err != nil {
+		t.Fatalf("create container %s: %v", name, err)
+	}
+	if err := s.cri.StartContainer(s.ctx, c.ID); err != nil {
+		t.Fatalf("start container %s: %v", name, err)
+	}
+	return c
+}
+
+// waitExited waits for a container to exit and returns its status.
+func (s *suite) waitExited(t *testing.T, c *harness.Container, timeout time.Duration) harness.ContainerStatus {
+	t.Helper()
+	st, err := s.cri.WaitContainerState(s.ctx, c.ID, "CONTAINER_EXITED", timeout)
+	if err != nil {
+		t.Fatalf("container %s: %v", c.Config.Name, err)
+	}
+	return st
+}
+
+// removePod stops and removes a pod through CRI and checks that nothing
+// of it remains: no process of the trace (shim, VM monitor, device
+// backend, container processes), no mount, no state directory.
+// With before (a snapshot from before the pod started, when no other pod
+// runs), it also checks that the instance holds nothing new: no network
+// namespace, snapshot, IP reservation or CNI cache entry.
+func (s *suite) removePod(t *testing.T, pod *harness.Pod, trace harness.PodTrace, before *harness.Snapshot) {
+	t.Helper()
+	if err := s.cri.StopPod(s.ctx, pod.ID); err != nil {
+		t.Fatalf("stopp: %v", err)
+	}
+	if err := s.cri.RemovePod(s.ctx, pod.ID); err != nil {
+		t.Fatalf("rmp: %v", err)
+	}
+	s.expectNoLeftovers(t, "pod "+pod.Config.Name, func() (harness.Leftovers, error) { return s.c.PodLeftovers(trace) })
+	if before != nil {
+		s.expectNoLeftovers(t, "pod "+pod.Config.Name+" (instance state)", func() (harness.Leftovers, error) { return s.c.NewSince(*before) })
+	}
+}
+
+// snapshot records the instance's state before a pod starts.
+func (s *suite) snapshot(t *testing.T) *harness.Snapshot {
+	t.Helper()
+	snap, err := s.c.Snapshot()
+	if err != nil {
+		t.Fatalf("snapshot instance state: %v", err)
+	}
+	return &snap
+}
+
+// expectNoLeftovers polls check for a few seconds: a process that was
+// sent SIGKILL may take a moment to be reaped.
+func (s *suite) expectNoLeftovers(t *testing.T, what string, check func() (harness.Leftovers, error)) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		l, err := check()
+		if err != nil {
+			t.Fatalf("look for leftovers of %s: %v", what, err)
+		}
+		if l.Empty() {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Errorf("%s left behind:\n%s", what, l)
+			return
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// trace records what a running pod holds; it fails the test when the pod
+// has no shim process (then the leftover check would prove nothing).
+func (s *suite) trace(t *testing.T, pod *harness.Pod, ctrs ...*harness.Container) harness.PodTrace {
+	t.Helper()
+	var ids []string
+	for _, c := range ctrs {
+		ids = append(ids, c.ID)
+	}
+	tr, err := s.c.TracePod(pod.ID, ids...)
+	if err != nil {
+		t.Fatalf("trace pod: %v", err)
+	}
+	shim := false
+	for _, p := range tr.Processes {
+		if strings.Contains(p.Cmdline, "containerd-shim") {
+			shim = true
+		}
+	}
+	if !shim {
+		t.Fatalf("found no shim process for pod %s among %v", pod.ID, tr.Processes)
+	}
+	return tr
+}
+
+// logs returns a container's stdout as `crictl logs` shows it.
+func (s *suite) logs(t *testing.T, c *harness.Container) string {
+	t.Helper()
+	out, _, err := s.cri.Logs(s.ctx, c.ID)
+	if err != nil {
+		t.Fatalf("crictl logs %s: %v", c.Config.Name, err)
+	}
+	return out
+}
+
+// cmdErrText is the text a user sees for a failed crictl or ctr call.
+func cmdErrText(err error) string {
+	var ce *harness.CmdError
+	if errors.As(err, &ce) {
+		return ce.Stderr
+	}
+	return err.Error()
+}
+
+// containsAny reports whether s contains one of subs, ignoring case.
+func containsAny(s string, subs ...string) bool {
+	ls := strings.ToLower(s)
+	for _, sub := range subs {
+		if strings.Contains(ls, strings.ToLower(sub)) {
+			return true
+		}
+	}
+	return false
+}
+
+func fileExists(path string) bool {
+	_, err := os.Stat(path)
+	return err == nil
+}
