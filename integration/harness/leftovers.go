@@ -21,7 +21,7 @@ func (c *Containerd) objectDirs() []string {
 		filepath.Join(c.Root, "io.containerd.grpc.v1.cri", "containers"),
 		filepath.Join(c.State, "io.containerd.grpc.v1.cri", "sandboxes"),
 		filepath.Join(c.State, "io.containerd.grpc.v1.cri", "containers"),
-		filepath.Join(c.State, "netns"),
+		filepath.Join(c.State, "io.containerd.grpc.v1.cri", "netns"),
 		filepath.Join(c.Root, "io.containerd.snapshotter.v1.overlayfs", "snapshots"),
 		filepath.Join(c.RuncRoot, "k8s.io"),
 		c.SocketDir,

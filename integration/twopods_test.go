@@ -1,0 +1,121 @@
+package integration
+
+import (
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/contrast-vm/contrast/integration/harness"
+)
+
+func TestRuncTwoPods(t *testing.T) { newSuite(t).twoPods(t, "runc") }
+
+func TestContrastTwoPods(t *testing.T) {
+	newSuite(t, handlerSpec{name: contrastHandler}).twoPods(t, contrastHandler)
+}
+
+// twoPods starts two pods at once (two VMs booting side by side for
+// contrast), checks each answers as itself, stops one and checks the other
+// is unaffected, then stops the second.
+func (s *suite) twoPods(t *testing.T, handler string) {
+	before := s.snapshot(t)
+	names := []string{"alpha", "beta"}
+	pods := make([]*harness.Pod, 2)
+	errs := make([]error, 2)
+	var wg sync.WaitGroup
+	for i, name := range names {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			pods[i], errs[i] = s.cri.RunPod(s.ctx, harness.PodConfig{Name: name, Handler: handler})
+		}()
+	}
+	wg.Wait()
+	for i, err := range errs {
+		if err != nil {
+			t.Fatalf("runp %s: %v", names[i], err)
+		}
+	}
+	ctrs := make([]*harness.Container, 2)
+	traces := make([]harness.PodTrace, 2)
+	for i, p := range pods {
+		ctrs[i] = s.startContainer(t, p, "main", "sleep", "100000")
+		traces[i] = s.trace(t, p, ctrs[i])
+	}
+	// Nothing of one pod may show up in the other's trace.
+	for _, p := range traces[0].Processes {
+		for _, q := range traces[1].Processes {
+			if p.PID == q.PID {
+				t.Fatalf("process %s belongs to both pods", p)
+			}
+		}
+	}
+	hostnameIs := func(i int) {
+		t.Helper()
+		r, err := s.cri.Exec(s.ctx, ctrs[i].ID, false, "hostname")
+		if err != nil || strings.TrimSpace(r.Stdout) != names[i] || r.ExitCode != 0 {
+			t.Errorf("hostname in pod %s: %q exit %d %v", names[i], r.Stdout, r.ExitCode, err)
+		}
+	}
+	hostnameIs(0)
+	hostnameIs(1)
+
+	// Stop alpha; beta runs on.
+	if err := s.cri.StopContainer(s.ctx, ctrs[0].ID, time.Second); err != nil {
+		t.Fatalf("stop alpha's container: %v", err)
+	}
+	s.removePod(t, pods[0], traces[0], nil)
+	st, err := s.cri.InspectContainer(s.ctx, ctrs[1].ID)
+	if err != nil || st.State != "CONTAINER_RUNNING" {
+		t.Fatalf("beta's container after alpha stopped: %s %v", st.State, err)
+	}
+	for _, p := range traces[1].Processes {
+		if !p.Alive() {
+			t.Errorf("beta's process %s died when alpha stopped", p)
+		}
+	}
+	hostnameIs(1)
+	ps, err := s.cri.InspectPod(s.ctx, pods[1].ID)
+	if err != nil || ps.State != "SANDBOX_READY" {
+		t.Errorf("beta after alpha stopped: %s %v", ps.State, err)
+	}
+
+	if err := s.cri.StopContainer(s.ctx, ctrs[1].ID, time.Second); err != nil {
+		t.Fatalf("stop beta's container: %v", err)
+	}
+	s.removePod(t, pods[1], traces[1], before)
+}
+
+// TestRuncLeftoverDetection proves the leftover checks can fail: while a
+// pod runs, they must see it.
+func TestRuncLeftoverDetection(t *testing.T) {
+	s := newSuite(t)
+	before := s.snapshot(t)
+	pod := s.runPod(t, "runc", "seen")
+	c := s.startContainer(t, pod, "main", "sleep", "100000")
+	trace := s.trace(t, pod, c)
+	l, err := s.c.PodLeftovers(trace)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(l.Processes) < 3 || len(l.Mounts) == 0 || len(l.Paths) == 0 {
+		t.Errorf("PodLeftovers of a running pod should list its shim, pause and sleep processes, its mounts and state directories; got:\n%s", l)
+	}
+	n, err := s.c.NewSince(*before)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var netns, snap bool
+	for _, p := range n.Paths {
+		netns = netns || strings.Contains(p, "/netns/")
+		snap = snap || strings.Contains(p, "/snapshots/")
+	}
+	if !netns || !snap || len(n.Mounts) == 0 || len(n.Processes) == 0 {
+		t.Errorf("NewSince should see the running pod's network namespace, snapshots, mounts and processes; got:\n%s", n)
+	}
+	if err := s.cri.StopContainer(s.ctx, c.ID, time.Second); err != nil {
+		t.Fatal(err)
+	}
+	s.removePod(t, pod, trace, before)
+}
