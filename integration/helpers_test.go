@@ -30,6 +30,8 @@ type handlerSpec struct {
 	name string
 	// edit changes the default shim configuration.
 	edit func(*harness.ShimConfig)
+	// raw, when set, is written as the configuration instead.
+	raw string
 }
 
 // newSuite starts containerd with the runc handler and, when contrast
@@ -45,7 +47,6 @@ func newSuite(t *testing.T, handlers ...handlerSpec) *suite {
 	}
 	s := &suite{t: t, ctx: ctx}
 	var hs []harness.Handler
-	var cfgs []harness.ShimConfig
 	if len(handlers) > 0 {
 		env, err := harness.EnvFromOS()
 		if err != nil {
@@ -79,8 +80,11 @@ func newSuite(t *testing.T, handlers ...handlerSpec) *suite {
 		if h.edit != nil {
 			h.edit(&cfg)
 		}
-		cfgs = append(cfgs, cfg)
-		if err := cfg.Write(hs[i].ConfigPath); err != nil {
+		data := cfg.TOML()
+		if h.raw != "" {
+			data = h.raw
+		}
+		if err := os.WriteFile(hs[i].ConfigPath, []byte(data), 0o644); err != nil {
 			t.Fatal(err)
 		}
 	}

@@ -194,16 +194,26 @@ func (c *Containerd) CRI() *CRI {
 	return &CRI{Bin: c.tools.Crictl, Endpoint: "unix://" + c.Socket, ConfigDir: filepath.Join(c.Dir, "cri"), LogDir: c.PodLogs}
 }
 
-// Ctr runs ctr against this instance in the k8s.io namespace and returns
-// its combined output.
+// Ctr runs ctr against this instance in CRI's namespace, k8s.io, and
+// returns its stdout.
 func (c *Containerd) Ctr(ctx context.Context, args ...string) (string, error) {
-	full := append([]string{"--address", c.Socket, "--namespace", "k8s.io"}, args...)
+	return c.CtrIn(ctx, "k8s.io", args...)
+}
+
+// CtrIn runs ctr in a namespace and returns its stdout; a failure is a
+// *CmdError.
+func (c *Containerd) CtrIn(ctx context.Context, namespace string, args ...string) (string, error) {
+	full := append([]string{"--address", c.Socket, "--namespace", namespace}, args...)
 	cmd := exec.CommandContext(ctx, c.tools.Ctr, full...)
-	var out bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &out
-	err := cmd.Run()
-	if err != nil {
-		return out.String(), fmt.Errorf("ctr %s: %w: %s", strings.Join(args, " "), err, strings.TrimSpace(out.String()))
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	if err := cmd.Run(); err != nil {
+		ce := &CmdError{Tool: "ctr", Args: args, ExitCode: -1, Stdout: out.String(), Stderr: errb.String(), Err: err}
+		var ee *exec.ExitError
+		if errors.As(err, &ee) {
+			ce.ExitCode = ee.ExitCode()
+		}
+		return out.String(), ce
 	}
 	return out.String(), nil
 }

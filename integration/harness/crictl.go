@@ -34,6 +34,7 @@ type CRI struct {
 // CmdError is a crictl (or ctr) call that failed; Stderr carries the
 // message the user would see.
 type CmdError struct {
+	Tool     string // "ctr"; empty for crictl
 	Args     []string
 	ExitCode int
 	Stdout   string
@@ -42,7 +43,11 @@ type CmdError struct {
 }
 
 func (e *CmdError) Error() string {
-	return fmt.Sprintf("crictl %s: %v: %s", strings.Join(e.Args, " "), e.Err, strings.TrimSpace(e.Stderr))
+	tool := e.Tool
+	if tool == "" {
+		tool = "crictl"
+	}
+	return fmt.Sprintf("%s %s: %v: %s", tool, strings.Join(e.Args, " "), e.Err, strings.TrimSpace(e.Stderr))
 }
 
 func (e *CmdError) Unwrap() error { return e.Err }

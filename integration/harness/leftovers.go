@@ -17,6 +17,9 @@ const cniCacheDir = "/var/lib/cni/results"
 func (c *Containerd) objectDirs() []string {
 	return []string{
 		filepath.Join(c.State, "io.containerd.runtime.v2.task", "k8s.io"),
+		// ctr's hand-made bundles run in the default namespace.
+		filepath.Join(c.State, "io.containerd.runtime.v2.task", "default"),
+		filepath.Join(c.RuncRoot, "default"),
 		filepath.Join(c.Root, "io.containerd.grpc.v1.cri", "sandboxes"),
 		filepath.Join(c.Root, "io.containerd.grpc.v1.cri", "containers"),
 		filepath.Join(c.State, "io.containerd.grpc.v1.cri", "sandboxes"),
