@@ -207,21 +207,6 @@ func (h *Hypervisor) launch(ctx context.Context, spec hypervisor.VMSpec, cid uin
 		removeRuntimeFiles(spec.StateDir)
 	}()
 
-	// QEMU inherits a socket that already listens, so connecting to it
-	// cannot race QEMU's start.
-	qmpPath := p(qmpSocketName)
-	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: qmpPath, Net: "unix"})
-	if err != nil {
-		return nil, fmt.Errorf("qmp socket: %w", err)
-	}
-	ln.SetUnlinkOnClose(false)
-	qmpFile, err := ln.File()
-	ln.Close()
-	if err != nil {
-		return nil, fmt.Errorf("qmp socket: %w", err)
-	}
-	defer qmpFile.Close()
-
 	lp := launchParams{
 		Name:         spec.ID,
 		Accel:        h.sel.Accel,
@@ -241,18 +226,39 @@ func (h *Hypervisor) launch(ctx context.Context, spec hypervisor.VMSpec, cid uin
 	switch h.sel.Vsock {
 	case VsockKernel:
 		lp.GuestCID = cid
-		vm.vsock = newKernelVsock(cid)
 	case VsockVhostUser:
 		lp.VhostUserSocket = p(vhostUserSocketName)
+	}
+	// Arguments first: bad input fails before anything exists.
+	args, err := buildArgs(lp)
+	if err != nil {
+		return nil, err
+	}
+
+	// QEMU inherits a socket that already listens, so connecting to it
+	// cannot race QEMU's start.
+	qmpPath := p(qmpSocketName)
+	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: qmpPath, Net: "unix"})
+	if err != nil {
+		return nil, fmt.Errorf("qmp socket: %w", err)
+	}
+	ln.SetUnlinkOnClose(false)
+	qmpFile, err := ln.File()
+	ln.Close()
+	if err != nil {
+		return nil, fmt.Errorf("qmp socket: %w", err)
+	}
+	defer qmpFile.Close()
+
+	switch h.sel.Vsock {
+	case VsockKernel:
+		vm.vsock = newKernelVsock(cid)
+	case VsockVhostUser:
 		b, err := newVhostUserVsock(cid, lp.VhostUserSocket, p(hybridSocketName))
 		if err != nil {
 			return nil, err
 		}
 		vm.vsock = b
-	}
-	args, err := buildArgs(lp)
-	if err != nil {
-		return nil, err
 	}
 
 	logPath := p(qemuLogName)
