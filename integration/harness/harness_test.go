@@ -1,0 +1,121 @@
+package harness
+
+import (
+	"archive/tar"
+	"bytes"
+	"encoding/json"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+func TestWriteOCIArchiveIsReproducible(t *testing.T) {
+	dir := t.TempDir()
+	a, b := filepath.Join(dir, "a.tar"), filepath.Join(dir, "b.tar")
+	for _, p := range []string{a, b} {
+		spec, err := BusyboxSpec(BusyboxImage, "/bin/busybox", []string{"sh"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := WriteOCIArchive(p, spec); err != nil {
+			t.Fatal(err)
+		}
+	}
+	da, _ := os.ReadFile(a)
+	db, _ := os.ReadFile(b)
+	if !bytes.Equal(da, db) {
+		t.Fatal("two builds of the same image differ")
+	}
+	// The archive is an OCI layout whose index names the image.
+	tr := tar.NewReader(bytes.NewReader(da))
+	var names []string
+	var index []byte
+	for {
+		h, err := tr.Next()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !h.ModTime.Equal(epoch) || h.Uid != 0 {
+			t.Errorf("%s: mtime %v uid %d, want epoch and root", h.Name, h.ModTime, h.Uid)
+		}
+		names = append(names, h.Name)
+		if h.Name == "index.json" {
+			index, _ = io.ReadAll(tr)
+		}
+	}
+	if len(names) != 7 || names[0] != "blobs/" {
+		t.Errorf("entries %v", names)
+	}
+	var idx struct {
+		Manifests []struct {
+			Annotations map[string]string `json:"annotations"`
+		} `json:"manifests"`
+	}
+	if err := json.Unmarshal(index, &idx); err != nil || len(idx.Manifests) != 1 ||
+		idx.Manifests[0].Annotations["io.containerd.image.name"] != BusyboxImage {
+		t.Errorf("index.json %s: %v", index, err)
+	}
+}
+
+func TestMuteInitrdIsCpio(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "initrd")
+	if err := WriteMuteInitrd(p, "/bin/busybox"); err != nil {
+		t.Fatal(err)
+	}
+	cpio, err := exec.LookPath("cpio")
+	if err != nil {
+		t.Fatalf("cpio (apt package cpio) is needed to check the archive: %v", err)
+	}
+	out, err := exec.Command(cpio, "-t", "-v", "-F", p).CombinedOutput()
+	if err != nil {
+		t.Fatalf("cpio -t: %v: %s", err, out)
+	}
+	for _, want := range []string{"init", "bin/busybox", "bin/sh -> busybox", "dev/console"} {
+		if !strings.Contains(string(out), want) {
+			t.Errorf("cpio listing lacks %q:\n%s", want, out)
+		}
+	}
+}
+
+func TestKernelFileRelease(t *testing.T) {
+	k := os.Getenv("CONTRAST_KERNEL")
+	if k == "" {
+		t.Fatal("CONTRAST_KERNEL is not set: it must name the guest bzImage (make test sets it)")
+	}
+	rel, err := KernelFileRelease(k)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("%s: release %q", k, rel)
+	if !strings.HasPrefix(rel, "6.") || strings.ContainsAny(rel, " \x00") {
+		t.Errorf("release %q", rel)
+	}
+	if _, err := KernelFileRelease("/bin/busybox"); err == nil {
+		t.Error("busybox read as a kernel")
+	}
+}
+
+func TestMountUnescape(t *testing.T) {
+	if got := unescapeMount(`/a\040b\134c`); got != `/a b\c` {
+		t.Errorf("got %q", got)
+	}
+}
+
+func TestMatchingFollowsDescendants(t *testing.T) {
+	ps := []Process{
+		{PID: 10, PPID: 1, Cmdline: "shim -id abc"},
+		{PID: 11, PPID: 10, Cmdline: "qemu-system-x86_64 -name vm"},
+		{PID: 12, PPID: 11, Cmdline: "child"},
+		{PID: 20, PPID: 1, Cmdline: "other"},
+	}
+	got := matching(ps, []string{"abc"}, nil)
+	if len(got) != 3 || got[0].PID != 10 || got[2].PID != 12 {
+		t.Errorf("got %v", got)
+	}
+}
