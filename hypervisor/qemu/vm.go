@@ -345,7 +345,9 @@ func (vm *VM) connectQMP(ctx context.Context, qmpPath, logPath string) error {
 
 // watch records why QEMU ended and closes done.
 func (vm *VM) watch(shutdowns <-chan qmpEvent, logPath string) {
+	drained := make(chan struct{})
 	go func() {
+		defer close(drained)
 		for ev := range shutdowns {
 			var d struct {
 				Guest  bool   `json:"guest"`
@@ -359,6 +361,12 @@ func (vm *VM) watch(shutdowns <-chan qmpEvent, logPath string) {
 		}
 	}()
 	<-vm.exited
+	// QEMU sends SHUTDOWN just before it exits: read what is left on the
+	// connection (it ends with QEMU) before looking at the reason.
+	select {
+	case <-drained:
+	case <-time.After(time.Second):
+	}
 	st := vm.cmd.ProcessState
 	if !vm.stopRequested.Load() {
 		msg := "qemu " + describeState(st)

@@ -1,0 +1,185 @@
+package qemu
+
+import (
+	"bytes"
+	"context"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/cavaliergopher/cpio"
+
+	"github.com/contrast-vm/contrast/hypervisor"
+)
+
+// testInitramfs builds testdata/init statically and packs it as /init of
+// an uncompressed newc initramfs.
+func testInitramfs(t *testing.T) string {
+	t.Helper()
+	dir := t.TempDir()
+	bin := filepath.Join(dir, "init")
+	gobin := filepath.Join(runtime.GOROOT(), "bin", "go")
+	if _, err := os.Stat(gobin); err != nil {
+		gobin = "go"
+	}
+	build := exec.Command(gobin, "build", "-trimpath", "-o", bin, "./testdata/init")
+	build.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("build test init: %v\n%s", err, out)
+	}
+	initBytes, err := os.ReadFile(bin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var buf bytes.Buffer
+	w := cpio.NewWriter(&buf)
+	for _, d := range []string{"dev", "proc", "sys"} {
+		if err := w.WriteHeader(&cpio.Header{Name: d, Mode: cpio.TypeDir | 0o755}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := w.WriteHeader(&cpio.Header{Name: "init", Mode: cpio.TypeReg | 0o755, Size: int64(len(initBytes))}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := w.Write(initBytes); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Close(); err != nil {
+		t.Fatal(err)
+	}
+	p := filepath.Join(dir, "initramfs.cpio")
+	if err := os.WriteFile(p, buf.Bytes(), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// console follows a console log file.
+type console struct {
+	t    *testing.T
+	path string
+	off  int
+}
+
+// wait returns the first line containing want that appeared since the last
+// match, failing the test after timeout.
+func (c *console) wait(want string, timeout time.Duration) string {
+	c.t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		b, _ := os.ReadFile(c.path)
+		if c.off <= len(b) {
+			if i := bytes.Index(b[c.off:], []byte(want)); i >= 0 {
+				start := c.off + i
+				end := bytes.IndexByte(b[start:], '\n')
+				if end < 0 {
+					end = len(b) - start
+				}
+				c.off = start + end
+				return strings.TrimSpace(string(b[start : start+end]))
+			}
+		}
+		if time.Now().After(deadline) {
+			c.t.Fatalf("console: no %q within %s; console log:\n%s", want, timeout, b)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// TestBoot boots the real guest kernel with a test /init, talks to it over
+// vsock and hot-plugs disks that the guest must see come and go.
+func TestBoot(t *testing.T) {
+	kernel := os.Getenv("CONTRAST_KERNEL")
+	if kernel == "" {
+		t.Fatal("CONTRAST_KERNEL is not set: it must name the guest bzImage (make test sets it from hack/kernel.sh)")
+	}
+	h := testHypervisor(t, Config{})
+	t.Logf("%s", h.Selection())
+	spec := testSpec(t, kernel)
+	spec.Initrd = testInitramfs(t)
+	spec.KernelArgs = "console=ttyS0 rdinit=/init panic=-1 quiet"
+	spec.MemoryMiB = 256
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+
+	start := time.Now()
+	vm := startVM(t, h, spec)
+	con := &console{t: t, path: vm.ConsoleLog()}
+	con.wait("INIT: ready", 90*time.Second)
+	t.Logf("guest /init running %s after start", time.Since(start).Round(time.Millisecond))
+
+	con.wait("VSOCK: listening on 1024", 10*time.Second)
+	if c, err := vm.Dial(ctx, 1024); err != nil {
+		t.Errorf("vsock dial: %v", err)
+	} else {
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		msg := []byte("hello through vsock")
+		if _, err := c.Write(msg); err != nil {
+			t.Errorf("vsock write: %v", err)
+		}
+		got := make([]byte, len(msg))
+		if _, err := io.ReadFull(c, got); err != nil || !bytes.Equal(got, msg) {
+			t.Errorf("vsock echo: %q, %v", got, err)
+		}
+		c.Close()
+	}
+
+	img := func(marker string) string {
+		p := filepath.Join(t.TempDir(), "disk.img")
+		b := make([]byte, 1<<20)
+		copy(b, marker)
+		if err := os.WriteFile(p, b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	t0 := time.Now()
+	if err := vm.AttachDisk(ctx, hypervisor.Disk{Serial: "contrast-test-1", Path: img("CONTRAST-DISK-ONE"), ReadOnly: true}); err != nil {
+		t.Fatal(err)
+	}
+	added := con.wait("DISK-ADDED", 30*time.Second)
+	if added != "DISK-ADDED vda contrast-test-1" {
+		t.Errorf("guest saw %q", added)
+	}
+	if data := con.wait("DISK-DATA", 10*time.Second); data != "DISK-DATA vda CONTRAST-DISK-ONE" {
+		t.Errorf("guest read %q", data)
+	}
+	t.Logf("disk visible in the guest %s after AttachDisk", time.Since(t0).Round(time.Millisecond))
+
+	t0 = time.Now()
+	dctx, dcancel := context.WithTimeout(ctx, 60*time.Second)
+	if err := vm.DetachDisk(dctx, "contrast-test-1"); err != nil {
+		t.Fatal(err)
+	}
+	dcancel()
+	t.Logf("DetachDisk took %s (Linux waits 5 s after the attention button)", time.Since(t0).Round(time.Millisecond))
+	con.wait("DISK-REMOVED vda", 10*time.Second)
+
+	// The freed root port takes the next disk.
+	if err := vm.AttachDisk(ctx, hypervisor.Disk{Serial: "contrast-test-2", Path: img("CONTRAST-DISK-TWO")}); err != nil {
+		t.Fatal(err)
+	}
+	if added := con.wait("DISK-ADDED", 30*time.Second); !strings.HasSuffix(added, " contrast-test-2") {
+		t.Errorf("guest saw %q", added)
+	}
+	if data := con.wait("DISK-DATA", 10*time.Second); !strings.HasSuffix(data, " CONTRAST-DISK-TWO") {
+		t.Errorf("guest read %q", data)
+	}
+
+	pid := vm.Pid()
+	if err := vm.Stop(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := vm.Err(); err != nil {
+		t.Errorf("Err after Stop: %v", err)
+	}
+	if !processGone(pid) {
+		t.Errorf("qemu %d still running", pid)
+	}
+	checkOnlyLogs(t, spec.StateDir)
+}
