@@ -8,7 +8,6 @@ import (
 	"context"
 	"errors"
 	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -54,12 +53,11 @@ func newSuite(t *testing.T, handlers ...handlerSpec) *suite {
 		}
 		s.env = env
 	}
-	// Shim configs live in a directory of the test; the state dir is only
-	// known once containerd's instance directory exists, so the configs
-	// are written after Start (containerd reads them only at pod start).
-	cfgDir := t.TempDir()
+	// The shim configurations go into the instance directory; the state
+	// dir they name is only known once it exists, and containerd reads
+	// them only when a pod starts.
 	for _, h := range handlers {
-		hs = append(hs, harness.Handler{Name: h.name, Shim: s.env.Shim, ConfigPath: filepath.Join(cfgDir, h.name+".toml")})
+		hs = append(hs, harness.Handler{Name: h.name, Shim: s.env.Shim})
 	}
 	c, err := harness.Start(ctx, harness.Options{Tools: tools, Handlers: hs})
 	if err != nil {
@@ -84,7 +82,7 @@ func newSuite(t *testing.T, handlers ...handlerSpec) *suite {
 		if h.raw != "" {
 			data = h.raw
 		}
-		if err := os.WriteFile(hs[i].ConfigPath, []byte(data), 0o644); err != nil {
+		if err := os.WriteFile(c.Handlers[i].ConfigPath, []byte(data), 0o644); err != nil {
 			t.Fatal(err)
 		}
 	}

@@ -25,7 +25,9 @@ type Handler struct {
 	// Shim is the absolute path of the shim binary (runtime_path).
 	Shim string
 	// ConfigPath is the shim's TOML configuration, passed as the
-	// handler's options.ConfigPath.
+	// handler's options.ConfigPath. Empty: Start picks a path in the
+	// instance directory (see Containerd.Handlers); the file only has to
+	// exist when a pod starts, so it can be written after Start.
 	ConfigPath string
 }
 
@@ -57,6 +59,8 @@ type Containerd struct {
 	ShimState string
 	// PodLogs holds the pods' CRI log directories.
 	PodLogs string
+	// Handlers are the contrast handlers, with their config paths.
+	Handlers []Handler
 	// Bridge and Network name this instance's CNI bridge and network.
 	Bridge  string
 	Network string
@@ -118,6 +122,12 @@ func Start(ctx context.Context, opts Options) (_ *Containerd, retErr error) {
 		if err := os.MkdirAll(d, 0o755); err != nil {
 			return nil, fmt.Errorf("create %s: %w", d, err)
 		}
+	}
+	for _, h := range opts.Handlers {
+		if h.ConfigPath == "" {
+			h.ConfigPath = filepath.Join(dir, "runtime-"+h.Name+".toml")
+		}
+		c.Handlers = append(c.Handlers, h)
 	}
 	if err := c.writeConfig(opts); err != nil {
 		return nil, err
@@ -435,14 +445,14 @@ var cniTemplate = template.Must(template.New("cni").Funcs(template.FuncMap{"q": 
 `))
 
 func (c *Containerd) writeConfig(opts Options) error {
-	for _, h := range opts.Handlers {
+	for _, h := range c.Handlers {
 		if h.Name == "" || h.Name == "runc" || !filepath.IsAbs(h.Shim) || !filepath.IsAbs(h.ConfigPath) {
 			return fmt.Errorf("runtime handler %+v: want a name other than runc and absolute shim and config paths", h)
 		}
 	}
 	data := map[string]any{
 		"C": c, "LogLevel": opts.LogLevel, "Pause": PauseImage, "Runc": opts.Tools.Runc,
-		"Handlers": opts.Handlers, "CNIBin": opts.Tools.CNIBinDir,
+		"Handlers": c.Handlers, "CNIBin": opts.Tools.CNIBinDir,
 	}
 	var cfg, cni bytes.Buffer
 	if err := configTemplate.Execute(&cfg, data); err != nil {
@@ -481,4 +491,14 @@ func makeInstanceDir() (string, uint32, error) {
 		}
 	}
 	return "", 0, errors.New("create containerd instance directory: no free name in /tmp/ch*")
+}
+
+// HandlerConfig returns the shim configuration path of a handler.
+func (c *Containerd) HandlerConfig(name string) (string, error) {
+	for _, h := range c.Handlers {
+		if h.Name == name {
+			return h.ConfigPath, nil
+		}
+	}
+	return "", fmt.Errorf("containerd instance %s has no runtime handler %q", c.Dir, name)
 }

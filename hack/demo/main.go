@@ -1,0 +1,275 @@
+// Command demo shows a pod VM's life through CRI, step by step: it starts
+// a private containerd with the contrast-cc runtime handler, imports a
+// busybox image, and runs a pod with crictl (runp, create, start, logs,
+// exec, stop, rm, stopp, rmp), printing each step's duration and output.
+// Everything it starts is torn down at the end, on error and on Ctrl-C.
+//
+// It expects `make build image` to have run; `make demo` does both.
+// CONTRAST_SHIM and CONTRAST_IMAGE override the default paths under
+// _output/ of the current directory.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/contrast-vm/contrast/integration/harness"
+)
+
+const handler = "contrast-cc"
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx); err != nil {
+		if ctx.Err() != nil {
+			fmt.Fprintln(os.Stderr, "demo: interrupted")
+		} else {
+			fmt.Fprintf(os.Stderr, "demo: %v\n", err)
+		}
+		os.Exit(1)
+	}
+}
+
+// step prints a step's title, runs it, and prints its output lines and
+// duration.
+func step(title string, f func() ([]string, error)) error {
+	fmt.Printf("\033[1m==> %s\033[0m\n", title)
+	begin := time.Now()
+	lines, err := f()
+	took := time.Since(begin).Round(time.Millisecond)
+	for _, l := range lines {
+		fmt.Printf("    %s\n", l)
+	}
+	if err != nil {
+		fmt.Printf("    failed after %s\n", took)
+		return fmt.Errorf("%s: %w", title, err)
+	}
+	fmt.Printf("    \033[2m%s\033[0m\n", took)
+	return nil
+}
+
+// setDefault sets an environment variable unless it is set already.
+func setDefault(name, value string) error {
+	if os.Getenv(name) != "" {
+		return nil
+	}
+	return os.Setenv(name, value)
+}
+
+func run(ctx context.Context) (retErr error) {
+	// Defaults: what `make build image` produces in this checkout.
+	if err := errors.Join(
+		setDefault("CONTRAST_SHIM", "_output/bin/containerd-shim-contrast-v2"),
+		setDefault("CONTRAST_IMAGE", "_output/image"),
+	); err != nil {
+		return err
+	}
+	if err := setDefault("CONTRAST_KERNEL", filepath.Join(os.Getenv("CONTRAST_IMAGE"), "kernel")); err != nil {
+		return err
+	}
+	env, err := harness.EnvFromOS()
+	if err != nil {
+		return fmt.Errorf("%w\n(run `make build image` first; `make demo` does)", err)
+	}
+	tools, err := harness.FindTools()
+	if err != nil {
+		return fmt.Errorf("%w\n(run `make deps`)", err)
+	}
+	hostRelease, err := harness.HostKernelRelease()
+	if err != nil {
+		return err
+	}
+	guestRelease, err := harness.GuestKernelRelease(env.ImageDir)
+	if err != nil {
+		return err
+	}
+
+	var c *harness.Containerd
+	// Teardown runs whatever happened, with a fresh context: ctx is
+	// cancelled after Ctrl-C.
+	defer func() {
+		if c == nil {
+			return
+		}
+		retErr = errors.Join(retErr, step("tear down containerd and all it started", func() ([]string, error) {
+			return nil, c.Stop(context.Background())
+		}))
+	}()
+
+	if err := step("start a private containerd with the "+handler+" runtime handler", func() ([]string, error) {
+		var err error
+		c, err = harness.Start(ctx, harness.Options{
+			Tools:    tools,
+			LogLevel: "info",
+			Handlers: []harness.Handler{{Name: handler, Shim: env.Shim}},
+		})
+		if err != nil {
+			return nil, err
+		}
+		cfgPath, err := c.HandlerConfig(handler)
+		if err != nil {
+			return nil, err
+		}
+		cfg := harness.DefaultShimConfig(env, c.ShimState)
+		cfg.LogLevel = "info"
+		if err := cfg.Write(cfgPath); err != nil {
+			return nil, err
+		}
+		return []string{
+			"instance dir   " + c.Dir,
+			"containerd log " + c.Log,
+			"shim           " + env.Shim,
+			"runtime config " + cfgPath,
+			"guest image    " + env.ImageDir + " (kernel " + guestRelease + ")",
+		}, nil
+	}); err != nil {
+		return err
+	}
+	if err := step("import the busybox and pause images (built here, reproducibly)", func() ([]string, error) {
+		return []string{harness.BusyboxImage, harness.PauseImage}, c.ImportImages(ctx, filepath.Join(c.Dir, "images"))
+	}); err != nil {
+		return err
+	}
+	return demoPod(ctx, c, hostRelease)
+}
+
+func demoPod(ctx context.Context, c *harness.Containerd, hostRelease string) error {
+	cri := c.CRI()
+	var pod *harness.Pod
+	var ctr *harness.Container
+	var trace harness.PodTrace
+	steps := []struct {
+		title string
+		f     func() ([]string, error)
+	}{
+		{"crictl runp --runtime " + handler + " (boots the pod VM)", func() (_ []string, err error) {
+			pod, err = cri.RunPod(ctx, harness.PodConfig{Name: "demo", Handler: handler})
+			if err != nil {
+				return nil, err
+			}
+			lines := []string{"pod " + pod.ID}
+			if trace, err = c.TracePod(pod.ID); err == nil {
+				lines = append(lines, describeProcesses(trace.Processes)...)
+			}
+			return lines, nil
+		}},
+		{"crictl create", func() (_ []string, err error) {
+			ctr, err = cri.CreateContainer(ctx, pod, harness.ContainerConfig{
+				Name: "hello",
+				Command: []string{"sh", "-c",
+					`trap 'echo "got SIGTERM, bye"; exit 0' TERM; ` +
+						`echo "hello from $(hostname), kernel $(uname -r)"; sleep 100000 & wait`},
+			})
+			if err != nil {
+				return nil, err
+			}
+			return []string{"container " + ctr.ID}, nil
+		}},
+		{"crictl start", func() ([]string, error) {
+			return nil, cri.StartContainer(ctx, ctr.ID)
+		}},
+		{"crictl logs", func() ([]string, error) {
+			deadline := time.Now().Add(30 * time.Second)
+			for {
+				out, _, err := cri.Logs(ctx, ctr.ID)
+				if err != nil || strings.TrimSpace(out) != "" || time.Now().After(deadline) {
+					return lines(out), err
+				}
+				time.Sleep(100 * time.Millisecond)
+			}
+		}},
+		{"crictl exec uname -r (in the pod VM) vs the host", func() ([]string, error) {
+			r, err := cri.Exec(ctx, ctr.ID, false, "uname", "-r")
+			if err != nil {
+				return nil, err
+			}
+			return []string{
+				"in the pod: " + strings.TrimSpace(r.Stdout),
+				"on the host: " + hostRelease,
+			}, nil
+		}},
+		{"crictl exec sh -c 'grep -c processor /proc/cpuinfo; exit 3'", func() ([]string, error) {
+			r, err := cri.Exec(ctx, ctr.ID, false, "sh", "-c", "grep -c processor /proc/cpuinfo; exit 3")
+			if err != nil {
+				return nil, err
+			}
+			return []string{"vCPUs: " + strings.TrimSpace(r.Stdout), fmt.Sprintf("exit code: %d", r.ExitCode)}, nil
+		}},
+		{"crictl stop --timeout 10", func() ([]string, error) {
+			if err := cri.StopContainer(ctx, ctr.ID, 10*time.Second); err != nil {
+				return nil, err
+			}
+			st, err := cri.InspectContainer(ctx, ctr.ID)
+			if err != nil {
+				return nil, err
+			}
+			out, _, _ := cri.Logs(ctx, ctr.ID)
+			return append([]string{fmt.Sprintf("state %s, exit code %d; log now:", st.State, st.ExitCode)}, lines(out)...), nil
+		}},
+		{"crictl rm", func() ([]string, error) { return nil, cri.RemoveContainer(ctx, ctr.ID) }},
+		{"crictl stopp (stops the pod VM)", func() ([]string, error) { return nil, cri.StopPod(ctx, pod.ID) }},
+		{"crictl rmp", func() ([]string, error) { return nil, cri.RemovePod(ctx, pod.ID) }},
+		{"check that nothing of the pod is left on the host", func() ([]string, error) {
+			trace.IDs = append(trace.IDs, ctr.ID)
+			deadline := time.Now().Add(5 * time.Second)
+			for {
+				l, err := c.PodLeftovers(trace)
+				if err != nil {
+					return nil, err
+				}
+				if l.Empty() {
+					return []string{"no process, mount or state directory of the pod remains"}, nil
+				}
+				if time.Now().After(deadline) {
+					return lines(l.String()), errors.New("the pod left things behind")
+				}
+				time.Sleep(100 * time.Millisecond)
+			}
+		}},
+	}
+	for _, s := range steps {
+		if err := step(s.title, s.f); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// describeProcesses names the pod's host processes (shim, QEMU) with
+// their resident memory.
+func describeProcesses(ps []harness.Process) []string {
+	var out []string
+	for _, p := range ps {
+		name := strings.Fields(p.Cmdline)[0]
+		switch {
+		case strings.Contains(name, "containerd-shim"):
+			name = "shim"
+		case strings.Contains(name, "qemu"):
+			name = "QEMU"
+		default:
+			name = filepath.Base(name)
+		}
+		rss, err := harness.RSSKiB(p.PID)
+		if err != nil {
+			continue
+		}
+		out = append(out, fmt.Sprintf("%-5s pid %-7d RSS %d MiB", name, p.PID, rss/1024))
+	}
+	return out
+}
+
+func lines(s string) []string {
+	s = strings.TrimRight(s, "\n")
+	if s == "" {
+		return nil
+	}
+	return strings.Split(s, "\n")
+}
