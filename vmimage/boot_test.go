@@ -99,6 +99,10 @@ wait:
 		}
 	}
 	exitedAfter := time.Since(start)
+	if markerSeen == 0 {
+		// QEMU exited between two polls.
+		markerSeen = exitedAfter
+	}
 	if waitErr != nil {
 		t.Errorf("qemu: %v\n%s", waitErr, out)
 	}
@@ -122,15 +126,15 @@ wait:
 	if strings.Contains(console, "BOOTINIT error") || t.Failed() {
 		t.Fatalf("console:\n%s\nqemu: %s", console, out)
 	}
-	initUptime, uptime := "?", "?"
-	for _, line := range strings.Split(console, "\n") {
-		if v, ok := strings.CutPrefix(line, "BOOTINIT uptime="); ok {
-			uptime = v
+	// The firmware's escape sequences may share a line with the first report.
+	value := func(key string) string {
+		_, rest, ok := strings.Cut(console, "BOOTINIT "+key+"=")
+		if !ok {
+			return "?"
 		}
-		if v, ok := strings.CutPrefix(line, "BOOTINIT init uptime="); ok {
-			initUptime = v
-		}
+		v, _, _ := strings.Cut(rest, "\n")
+		return v
 	}
 	t.Logf("kernel %s booted to /init and powered off: marker on the console %.2fs after QEMU started (guest uptime %ss at /init start, %ss at marker), QEMU exited after %.2fs",
-		im.Manifest.KernelRelease, markerSeen.Seconds(), initUptime, uptime, exitedAfter.Seconds())
+		im.Manifest.KernelRelease, markerSeen.Seconds(), value("init uptime"), value("uptime"), exitedAfter.Seconds())
 }

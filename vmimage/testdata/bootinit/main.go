@@ -39,6 +39,11 @@ func main() {
 	} else {
 		report("runc=%s", strings.SplitN(string(out), "\n", 2)[0])
 	}
+	if err := syscall.Mount("sysfs", "/sys", "sysfs", 0, ""); err != nil {
+		report("error mount /sys: %v", err)
+	}
+	clock, _ := os.ReadFile("/sys/devices/system/clocksource/clocksource0/current_clocksource")
+	report("clocksource=%s", strings.TrimSpace(string(clock)))
 	uptime, _ := os.ReadFile("/proc/uptime")
 	report("uptime=%s", strings.Fields(string(uptime) + " ?")[0])
 
