@@ -17,7 +17,6 @@ import (
 
 // suite is one private containerd instance for one top-level test.
 type suite struct {
-	t   *testing.T
 	ctx context.Context
 	c   *harness.Containerd
 	cri *harness.CRI
@@ -37,14 +36,14 @@ type handlerSpec struct {
 // handlers are asked for, those too (which needs CONTRAST_SHIM and the
 // guest image: their absence fails the test). Everything it starts is gone
 // when the test ends, whatever happened.
-func newSuite(t *testing.T, handlers ...handlerSpec) *suite {
+func newSuite(t testing.TB, handlers ...handlerSpec) *suite {
 	t.Helper()
 	ctx := t.Context()
 	tools, err := harness.FindTools()
 	if err != nil {
 		t.Fatalf("tools: %v", err)
 	}
-	s := &suite{t: t, ctx: ctx}
+	s := &suite{ctx: ctx}
 	var hs []harness.Handler
 	if len(handlers) > 0 {
 		env, err := harness.EnvFromOS()

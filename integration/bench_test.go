@@ -1,0 +1,101 @@
+package integration
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/contrast-vm/contrast/integration/harness"
+)
+
+// BenchmarkPodStartup measures, per pod, the time from `crictl runp` to
+// the pod being ready (runp returns) and to its first container running
+// (runp + create + start), and the resident memory of the pod's shim and
+// VM monitor, for runc and contrast-cc in the same run so the figures
+// compare. Metrics: runp-ms, first-container-ms, shim-RSS-MiB and, for
+// contrast, vmm-RSS-MiB (QEMU).
+func BenchmarkPodStartup(b *testing.B) {
+	for _, handler := range []string{"runc", contrastHandler} {
+		b.Run(handler, func(b *testing.B) {
+			var s *suite
+			if handler == "runc" {
+				s = newSuite(b)
+			} else {
+				s = newSuite(b, handlerSpec{name: handler})
+			}
+			var runp, first time.Duration
+			var shimKiB, vmmKiB int64
+			b.ResetTimer()
+			for i := 0; i < b.N; i++ {
+				begin := time.Now()
+				pod, err := s.cri.RunPod(s.ctx, harness.PodConfig{Name: "bench", Handler: handler})
+				if err != nil {
+					b.Fatalf("runp: %v", err)
+				}
+				runp += time.Since(begin)
+				c, err := s.cri.CreateContainer(s.ctx, pod, harness.ContainerConfig{Name: "main", Command: []string{"sleep", "100000"}})
+				if err != nil {
+					b.Fatalf("create: %v", err)
+				}
+				if err := s.cri.StartContainer(s.ctx, c.ID); err != nil {
+					b.Fatalf("start: %v", err)
+				}
+				first += time.Since(begin)
+				b.StopTimer()
+				tr, err := s.c.TracePod(pod.ID, c.ID)
+				if err != nil {
+					b.Fatal(err)
+				}
+				for _, p := range tr.Processes {
+					kib, err := harness.RSSKiB(p.PID)
+					if err != nil {
+						continue
+					}
+					switch name := strings.Fields(p.Cmdline)[0]; {
+					case strings.Contains(name, "containerd-shim"):
+						shimKiB += kib
+					case strings.Contains(name, "qemu"):
+						vmmKiB += kib
+					}
+				}
+				if err := s.cri.StopContainer(s.ctx, c.ID, time.Second); err != nil {
+					b.Fatal(err)
+				}
+				if err := s.cri.StopPod(s.ctx, pod.ID); err != nil {
+					b.Fatal(err)
+				}
+				if err := s.cri.RemovePod(s.ctx, pod.ID); err != nil {
+					b.Fatal(err)
+				}
+				b.StartTimer()
+			}
+			n := float64(b.N)
+			b.ReportMetric(float64(runp.Milliseconds())/n, "runp-ms")
+			b.ReportMetric(float64(first.Milliseconds())/n, "first-container-ms")
+			b.ReportMetric(float64(shimKiB)/1024/n, "shim-RSS-MiB")
+			if handler != "runc" {
+				b.ReportMetric(float64(vmmKiB)/1024/n, "vmm-RSS-MiB")
+			}
+		})
+	}
+}
+
+// BenchmarkGuestImage reports the size of the guest image a pod VM boots.
+func BenchmarkGuestImage(b *testing.B) {
+	env, err := harness.EnvFromOS()
+	if err != nil {
+		b.Fatal(err)
+	}
+	var total int64
+	for _, f := range []string{"kernel", "initrd"} {
+		st, err := os.Stat(filepath.Join(env.ImageDir, f))
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.ReportMetric(float64(st.Size())/(1<<20), f+"-MiB")
+		total += st.Size()
+	}
+	b.ReportMetric(float64(total)/(1<<20), "image-MiB")
+}
