@@ -328,7 +328,7 @@ func (c *Containerd) Stop(ctx context.Context) error {
 	if c.Bridge != "" {
 		// The CNI bridge plugin creates the bridge and never deletes it.
 		if _, err := net.InterfaceByName(c.Bridge); err == nil {
-			if out, err := exec.Command("ip", "link", "delete", c.Bridge).CombinedOutput(); err != nil {
+			if out, err := exec.Command(ipTool(), "link", "delete", c.Bridge).CombinedOutput(); err != nil {
 				errs = append(errs, fmt.Errorf("delete bridge %s: %w: %s", c.Bridge, err, out))
 			}
 		}
@@ -501,4 +501,17 @@ func (c *Containerd) HandlerConfig(name string) (string, error) {
 		}
 	}
 	return "", fmt.Errorf("containerd instance %s has no runtime handler %q", c.Dir, name)
+}
+
+// ipTool finds iproute2's ip, which lives in sbin, off some users' PATH.
+func ipTool() string {
+	if p, err := exec.LookPath("ip"); err == nil {
+		return p
+	}
+	for _, p := range []string{"/usr/sbin/ip", "/sbin/ip", "/usr/bin/ip", "/bin/ip"} {
+		if _, err := os.Stat(p); err == nil {
+			return p
+		}
+	}
+	return "ip"
 }
