@@ -189,6 +189,26 @@ func (o *Options) validate() error {
 			return fmt.Errorf("no %s given", f.name)
 		}
 	}
+	if o.KernelCmdline != "" {
+		return checkCmdline(o.KernelCmdline)
+	}
+	return nil
+}
+
+// maxCmdline is COMMAND_LINE_SIZE on x86, including the terminating NUL.
+const maxCmdline = 2048
+
+// checkCmdline refuses a command line the kernel would truncate, or that
+// holds control characters (the measured command line is NUL-terminated).
+func checkCmdline(s string) error {
+	if len(s) >= maxCmdline {
+		return fmt.Errorf("kernel command line is %d bytes, the kernel takes at most %d", len(s), maxCmdline-1)
+	}
+	for i, c := range []byte(s) {
+		if c < 0x20 || c == 0x7f {
+			return fmt.Errorf("kernel command line: control character %#x at byte %d", c, i)
+		}
+	}
 	return nil
 }
 

@@ -186,6 +186,8 @@ func TestBuildBadInputs(t *testing.T) {
 		// Debian's sh is dynamically linked against libc.
 		{"dynamic runc", func(o *Options) { o.Runc = "/bin/sh" }, "runc /bin/sh: dynamically linked"},
 		{"no output", func(o *Options) { o.OutDir = "" }, "no output directory given"},
+		{"cmdline with newline", func(o *Options) { o.KernelCmdline = "console=ttyS0\nquiet" }, "control character 0xa at byte 13"},
+		{"cmdline too long", func(o *Options) { o.KernelCmdline = strings.Repeat("x", 2048) }, "at most 2047"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			opts := testOptions(t)

@@ -132,6 +132,9 @@ func (m *Manifest) validate() error {
 	if m.KernelCmdline == "" {
 		return fmt.Errorf("kernelCmdline is empty")
 	}
+	if err := checkCmdline(m.KernelCmdline); err != nil {
+		return err
+	}
 	seen := map[string]bool{}
 	for _, f := range m.Files {
 		// A name is a file in the image directory, nothing else: the manifest
