@@ -38,7 +38,7 @@ func (e Exit) Code() uint32 {
 
 func (e Exit) String() string {
 	if e.Status.Signaled() {
-		return fmt.Sprintf("pid %d killed by %v", e.Pid, e.Status.Signal())
+		return fmt.Sprintf("pid %d killed by signal %d (%v)", e.Pid, int(e.Status.Signal()), e.Status.Signal())
 	}
 	return fmt.Sprintf("pid %d exited with %d", e.Pid, e.Status.ExitStatus())
 }

@@ -68,7 +68,16 @@ func (r *Runc) startProcess(ctx context.Context, op, id, logFile, pidFile string
 	// runc's own messages go to a log file: its stderr is the container's.
 	_ = os.Remove(logFile)
 	cmd := r.command(append([]string{"--log", logFile, "--log-format", "json"}, args...)...)
-	cmd.Stdin, cmd.Stdout, cmd.Stderr = stdio.Stdin, stdio.Stdout, stdio.Stderr
+	// A nil *os.File in the interface would not be nil: set only real files.
+	if stdio.Stdin != nil {
+		cmd.Stdin = stdio.Stdin
+	}
+	if stdio.Stdout != nil {
+		cmd.Stdout = stdio.Stdout
+	}
+	if stdio.Stderr != nil {
+		cmd.Stderr = stdio.Stderr
+	}
 	sub := r.Reaper.Subscribe()
 	defer sub.Close()
 	e, err := r.Reaper.Run(ctx, cmd)

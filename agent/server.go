@@ -1,0 +1,70 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"time"
+
+	"github.com/containerd/log"
+	"github.com/containerd/ttrpc"
+	api "github.com/contrast-vm/contrast/api/agent"
+)
+
+// Serve serves the Agent service on agentL and stdio connections on stdioL
+// until ctx ends (then it returns nil) or a listener fails. It closes both.
+func (s *Service) Serve(ctx context.Context, agentL, stdioL net.Listener) error {
+	srv, err := ttrpc.NewServer(ttrpc.WithUnaryServerInterceptor(logRPC))
+	if err != nil {
+		agentL.Close()
+		stdioL.Close()
+		return fmt.Errorf("create ttrpc server: %w", err)
+	}
+	api.RegisterAgentService(srv, s)
+
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	stdioErr := make(chan error, 1)
+	go func() { stdioErr <- s.hub.Serve(ctx, stdioL) }()
+	agentErr := make(chan error, 1)
+	go func() { agentErr <- srv.Serve(ctx, agentL) }()
+	log.G(ctx).Infof("agent serving on %v (ttrpc) and %v (stdio)", agentL.Addr(), stdioL.Addr())
+
+	var result error
+	select {
+	case <-ctx.Done():
+	case err := <-agentErr:
+		result = fmt.Errorf("serve agent API: %w", err)
+		agentErr <- nil
+	case err := <-stdioErr:
+		result = err
+		stdioErr <- nil
+	}
+	cancel()
+	// Close stops new requests and closes every connection.
+	if err := srv.Close(); err != nil {
+		log.G(ctx).WithError(err).Warn("close ttrpc server")
+	}
+	if err := <-agentErr; err != nil && !errors.Is(err, ttrpc.ErrServerClosed) && result == nil {
+		result = fmt.Errorf("serve agent API: %w", err)
+	}
+	if err := <-stdioErr; err != nil && result == nil {
+		result = err
+	}
+	return result
+}
+
+// logRPC logs every call at debug level and every failure as a warning, so
+// the VM's console log tells what the host asked and what went wrong.
+func logRPC(ctx context.Context, unmarshal ttrpc.Unmarshaler, info *ttrpc.UnaryServerInfo, method ttrpc.Method) (any, error) {
+	start := time.Now()
+	resp, err := method(ctx, unmarshal)
+	lg := log.G(ctx).WithField("method", info.FullMethod).WithField("duration", time.Since(start).Round(time.Microsecond))
+	if err != nil {
+		lg.WithError(err).Warn("request failed")
+	} else {
+		lg.Debug("request")
+	}
+	return resp, err
+}

@@ -1,0 +1,571 @@
+// Package agent is the guest agent: it serves the Agent ttrpc service (see
+// api/agent) and runs the pod's containers with runc inside the VM.
+package agent
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/containerd/log"
+	"github.com/contrast-vm/contrast/agent/guestspec"
+	"github.com/contrast-vm/contrast/agent/reaper"
+	"github.com/contrast-vm/contrast/agent/runc"
+	"github.com/contrast-vm/contrast/agent/stdio"
+	"github.com/contrast-vm/contrast/agent/storage"
+	api "github.com/contrast-vm/contrast/api/agent"
+	"golang.org/x/sys/unix"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+)
+
+// Config is what the service needs from its environment.
+type Config struct {
+	Version string
+	// RunDir holds container bundles: RunDir/containers/<id>.
+	RunDir string
+	// Runc is the runc binary and its state directory.
+	RuncBinary, RuncRoot string
+	// RuncNoPivot makes runc chroot instead of pivot_root (see runc.Runc).
+	RuncNoPivot bool
+	// CgroupParent is the guest cgroup that holds the containers' cgroups.
+	CgroupParent string
+	// Devices finds the block devices the host attaches.
+	Devices storage.DeviceFinder
+	// DeviceTimeout bounds the wait for a container's image device.
+	DeviceTimeout time.Duration
+	// StdioTimeout bounds the wait for a process's stdio connections.
+	StdioTimeout time.Duration
+	// StdinGrace is how long CloseStdin lets stdin already sent arrive.
+	StdinGrace time.Duration
+	// SetHostname sets the VM's hostname; nil leaves it alone (tests).
+	SetHostname func(string) error
+	Reaper      *reaper.Reaper
+}
+
+// DefaultConfig is the configuration inside the VM.
+func DefaultConfig(r *reaper.Reaper) Config {
+	return Config{
+		Version:       "dev",
+		RunDir:        "/run/contrast",
+		RuncBinary:    "/usr/bin/runc",
+		RuncRoot:      "/run/runc",
+		CgroupParent:  "/containers",
+		Devices:       storage.NewSysBlock(),
+		DeviceTimeout: 10 * time.Second,
+		StdioTimeout:  30 * time.Second,
+		StdinGrace:    2 * time.Second,
+		SetHostname:   func(h string) error { return unix.Sethostname([]byte(h)) },
+		Reaper:        r,
+	}
+}
+
+// Service implements api.AgentService.
+type Service struct {
+	cfg  Config
+	runc *runc.Runc
+	hub  *stdio.Hub
+
+	mu         sync.Mutex
+	sandboxID  string
+	containers map[string]*container
+}
+
+var _ api.AgentService = (*Service)(nil)
+
+// NewService checks cfg and prepares the state directory.
+func NewService(cfg Config) (*Service, error) {
+	switch {
+	case cfg.Reaper == nil:
+		return nil, errors.New("agent config: no reaper")
+	case cfg.Devices == nil:
+		return nil, errors.New("agent config: no device finder")
+	case cfg.RunDir == "" || cfg.RuncRoot == "" || cfg.RuncBinary == "":
+		return nil, errors.New("agent config: RunDir, RuncRoot and RuncBinary are required")
+	}
+	if _, err := os.Stat(cfg.RuncBinary); err != nil {
+		return nil, fmt.Errorf("agent config: runc: %w", err)
+	}
+	for _, d := range []string{filepath.Join(cfg.RunDir, "containers"), cfg.RuncRoot} {
+		if err := os.MkdirAll(d, 0o700); err != nil {
+			return nil, fmt.Errorf("agent config: create state dir: %w", err)
+		}
+	}
+	return &Service{
+		cfg:        cfg,
+		runc:       &runc.Runc{Binary: cfg.RuncBinary, Root: cfg.RuncRoot, NoPivot: cfg.RuncNoPivot, Reaper: cfg.Reaper},
+		hub:        stdio.NewHub(),
+		containers: map[string]*container{},
+	}, nil
+}
+
+func invalid(format string, args ...any) error {
+	return status.Errorf(codes.InvalidArgument, format, args...)
+}
+
+func notFound(format string, args ...any) error {
+	return status.Errorf(codes.NotFound, format, args...)
+}
+
+func precondition(format string, args ...any) error {
+	return status.Errorf(codes.FailedPrecondition, format, args...)
+}
+
+// Health answers with the agent version and the guest kernel release.
+func (s *Service) Health(ctx context.Context, _ *api.HealthRequest) (*api.HealthResponse, error) {
+	var u unix.Utsname
+	if err := unix.Uname(&u); err != nil {
+		return nil, fmt.Errorf("uname: %w", err)
+	}
+	return &api.HealthResponse{Version: s.cfg.Version, KernelRelease: unix.ByteSliceToString(u.Release[:])}, nil
+}
+
+// CreateSandbox records the pod and sets the VM's hostname.
+func (s *Service) CreateSandbox(ctx context.Context, req *api.CreateSandboxRequest) (*api.Empty, error) {
+	if err := api.ValidateID("sandbox id", req.SandboxId); err != nil {
+		return nil, invalid("create sandbox: %v", err)
+	}
+	if err := validateHostname(req.Hostname); err != nil {
+		return nil, invalid("create sandbox %s: %v", req.SandboxId, err)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.sandboxID != "" {
+		return nil, status.Errorf(codes.AlreadyExists, "create sandbox %s: sandbox %s already created", req.SandboxId, s.sandboxID)
+	}
+	if req.Hostname != "" {
+		if s.cfg.SetHostname == nil {
+			log.G(ctx).Infof("sandbox %s: hostname %q not set (not the VM's init)", req.SandboxId, req.Hostname)
+		} else if err := s.cfg.SetHostname(req.Hostname); err != nil {
+			return nil, fmt.Errorf("create sandbox %s: set hostname %q: %w", req.SandboxId, req.Hostname, err)
+		}
+	}
+	s.sandboxID = req.SandboxId
+	log.G(ctx).Infof("sandbox %s created (hostname %q)", req.SandboxId, req.Hostname)
+	return &api.Empty{}, nil
+}
+
+// validateHostname accepts what sethostname and Kubernetes accept: up to 64
+// bytes of letters, digits, '-' and '.'; empty means keep the current one.
+func validateHostname(h string) error {
+	if len(h) > 64 {
+		return fmt.Errorf("hostname %q is longer than 64 bytes", h)
+	}
+	for _, c := range h {
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '.') {
+			return fmt.Errorf("hostname %q: character %q is not allowed", h, c)
+		}
+	}
+	return nil
+}
+
+// CreateContainer mounts the container's image, writes its bundle and runs
+// runc create. On error nothing of it is left behind.
+func (s *Service) CreateContainer(ctx context.Context, req *api.CreateContainerRequest) (*api.CreateContainerResponse, error) {
+	id := req.ContainerId
+	if err := api.ValidateID("container id", id); err != nil {
+		return nil, invalid("create container: %v", err)
+	}
+	s.mu.Lock()
+	sandbox := s.sandboxID
+	s.mu.Unlock()
+	if sandbox == "" {
+		return nil, precondition("create container %s: CreateSandbox was not called", id)
+	}
+	if req.Stdio.GetTerminal() {
+		return nil, status.Errorf(codes.Unimplemented, "create container %s: %v", id, guestspec.ErrTerminal)
+	}
+	if req.Rootfs == nil {
+		return nil, invalid("create container %s: no rootfs device given", id)
+	}
+	if err := storage.ValidateSerial(req.Rootfs.Serial); err != nil {
+		return nil, invalid("create container %s: %v", id, err)
+	}
+	if err := storage.ValidateFSType(req.Rootfs.Fstype); err != nil {
+		return nil, invalid("create container %s: rootfs device %s: %v", id, req.Rootfs.Serial, err)
+	}
+	bundle := filepath.Join(s.cfg.RunDir, "containers", id)
+	shared := make([]guestspec.SharedFile, 0, len(req.SharedFiles))
+	for _, f := range req.SharedFiles {
+		shared = append(shared, guestspec.SharedFile{Destination: f.Destination, Content: f.Content, Mode: f.Mode})
+	}
+	rootfs := storage.NewRootfs(bundle)
+	res, err := guestspec.Rewrite(req.Spec, guestspec.Input{
+		ContainerID:  id,
+		RootfsPath:   rootfs.Merged,
+		SharedDir:    filepath.Join(bundle, "shared"),
+		CgroupParent: s.cfg.CgroupParent,
+		SharedFiles:  shared,
+	})
+	if errors.Is(err, guestspec.ErrTerminal) {
+		return nil, status.Errorf(codes.Unimplemented, "create %v", err) // err names the container
+	}
+	if err != nil {
+		return nil, invalid("create %v", err)
+	}
+
+	s.mu.Lock()
+	if _, ok := s.containers[id]; ok {
+		s.mu.Unlock()
+		return nil, status.Errorf(codes.AlreadyExists, "create container %s: already exists", id)
+	}
+	c := &container{id: id, bundle: bundle, rootfs: rootfs, state: stateCreating, execs: map[string]*process{}}
+	s.containers[id] = c // reserves the id while we work without the lock
+	s.mu.Unlock()
+
+	lg := log.G(ctx).WithField("container", id)
+	for _, n := range res.Notes {
+		lg.Info("spec: " + n)
+	}
+	pid, err := s.create(ctx, c, req, res)
+	if err != nil {
+		s.mu.Lock()
+		delete(s.containers, id)
+		s.mu.Unlock()
+		return nil, err
+	}
+	lg.Infof("container created, init pid %d", pid)
+	return &api.CreateContainerResponse{Pid: uint32(pid)}, nil
+}
+
+func (s *Service) create(ctx context.Context, c *container, req *api.CreateContainerRequest, res *guestspec.Result) (_ int, err error) {
+	if err := os.Mkdir(c.bundle, 0o700); err != nil {
+		return 0, fmt.Errorf("create container %s: create bundle: %w", c.id, err)
+	}
+	defer func() {
+		if err != nil {
+			if cerr := c.cleanup(); cerr != nil {
+				log.G(ctx).WithError(cerr).Errorf("container %s: cleaning up after failed create", c.id)
+			}
+		}
+	}()
+
+	dctx, cancel := context.WithTimeout(ctx, s.cfg.DeviceTimeout)
+	dev, err := s.cfg.Devices.Find(dctx, req.Rootfs.Serial)
+	cancel()
+	if err != nil {
+		return 0, fmt.Errorf("create container %s: rootfs device (waited up to %v): %w", c.id, s.cfg.DeviceTimeout, err)
+	}
+	if err := c.rootfs.Mount(dev, req.Rootfs.Fstype); err != nil {
+		return 0, fmt.Errorf("create container %s: rootfs from device %s (serial %s): %w", c.id, dev, req.Rootfs.Serial, err)
+	}
+	if len(res.Files) > 0 {
+		if err := os.Mkdir(filepath.Join(c.bundle, "shared"), 0o700); err != nil {
+			return 0, fmt.Errorf("create container %s: %w", c.id, err)
+		}
+	}
+	for _, f := range res.Files {
+		if err := writeFile(f.Path, f.Content, os.FileMode(f.Mode)); err != nil {
+			return 0, fmt.Errorf("create container %s: shared file: %w", c.id, err)
+		}
+	}
+	spec, err := json.Marshal(res.Spec)
+	if err != nil {
+		return 0, fmt.Errorf("create container %s: encode spec: %w", c.id, err)
+	}
+	if err := writeFile(filepath.Join(c.bundle, "config.json"), spec, 0o600); err != nil {
+		return 0, fmt.Errorf("create container %s: %w", c.id, err)
+	}
+
+	pio, err := newProcIO(req.Stdio, res.Spec.Process.User.UID, res.Spec.Process.User.GID)
+	if err != nil {
+		return 0, fmt.Errorf("create container %s: %w", c.id, err)
+	}
+	proc, err := s.runc.Create(ctx, c.id, c.bundle, pio.child)
+	pio.closeChild()
+	if err != nil {
+		pio.closeAgent()
+		if derr := s.runc.Delete(context.WithoutCancel(ctx), c.id, true); derr != nil && !errors.Is(derr, runc.ErrNotExist) {
+			log.G(ctx).WithError(derr).Errorf("container %s: runc delete after failed create", c.id)
+		}
+		return 0, fmt.Errorf("create container %s: %w", c.id, err)
+	}
+	p := newProcess(c.id, "", proc.Pid)
+	pio.start(context.WithoutCancel(ctx), s.hub, s.cfg.StdioTimeout, p, proc.Exit)
+	c.mu.Lock()
+	c.init = p
+	c.state = stateCreated
+	c.mu.Unlock()
+	return proc.Pid, nil
+}
+
+// writeFile writes a new file with exactly the given mode (no umask).
+func writeFile(path string, content []byte, mode os.FileMode) error {
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return err
+	}
+	_, err = f.Write(content)
+	if err == nil {
+		err = f.Chmod(mode)
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	return nil
+}
+
+// lookup returns a container that is not being created or removed.
+func (s *Service) lookup(op, id string) (*container, error) {
+	if err := api.ValidateID("container id", id); err != nil {
+		return nil, invalid("%s: %v", op, err)
+	}
+	s.mu.Lock()
+	c, ok := s.containers[id]
+	s.mu.Unlock()
+	if !ok {
+		return nil, notFound("%s: container %s not found", op, id)
+	}
+	return c, nil
+}
+
+// lookupProcess returns the init (execID empty) or exec process.
+func (s *Service) lookupProcess(op, id, execID string) (*container, *process, error) {
+	c, err := s.lookup(op, id)
+	if err != nil {
+		return nil, nil, err
+	}
+	if execID != "" {
+		if err := api.ValidateID("exec id", execID); err != nil {
+			return nil, nil, invalid("%s: %v", op, err)
+		}
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.state == stateCreating {
+		return nil, nil, precondition("%s: container %s is still being created", op, id)
+	}
+	if execID == "" {
+		return c, c.init, nil
+	}
+	p, ok := c.execs[execID]
+	if !ok {
+		return nil, nil, notFound("%s: exec %s not found in container %s", op, execID, id)
+	}
+	return c, p, nil
+}
+
+// StartContainer starts the init process of a created container.
+func (s *Service) StartContainer(ctx context.Context, req *api.ContainerRequest) (*api.Empty, error) {
+	c, err := s.lookup("start container", req.ContainerId)
+	if err != nil {
+		return nil, err
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.state != stateCreated {
+		return nil, precondition("start container %s: container is %s, not created", c.id, c.state)
+	}
+	if c.init.hasExited() {
+		return nil, precondition("start container %s: init process already exited", c.id)
+	}
+	if err := s.runc.Start(ctx, c.id); err != nil {
+		return nil, fmt.Errorf("start container %s: %w", c.id, err)
+	}
+	c.state = stateRunning
+	log.G(ctx).WithField("container", c.id).Info("container started")
+	return &api.Empty{}, nil
+}
+
+// ExecProcess starts an additional process in a running container.
+func (s *Service) ExecProcess(ctx context.Context, req *api.ExecProcessRequest) (*api.ExecProcessResponse, error) {
+	c, err := s.lookup("exec", req.ContainerId)
+	if err != nil {
+		return nil, err
+	}
+	if err := api.ValidateID("exec id", req.ExecId); err != nil {
+		return nil, invalid("exec in container %s: %v", c.id, err)
+	}
+	what := fmt.Sprintf("exec %s in container %s", req.ExecId, c.id)
+	if req.Stdio.GetTerminal() {
+		return nil, status.Errorf(codes.Unimplemented, "%s: %v", what, guestspec.ErrTerminal)
+	}
+	proc, notes, err := guestspec.RewriteProcess(req.Process)
+	if errors.Is(err, guestspec.ErrTerminal) {
+		return nil, status.Errorf(codes.Unimplemented, "%s: %v", what, err)
+	}
+	if err != nil {
+		return nil, invalid("%s: %v", what, err)
+	}
+	for _, n := range notes {
+		log.G(ctx).WithField("container", c.id).Infof("exec %s: %s", req.ExecId, n)
+	}
+
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.state != stateRunning || c.init.hasExited() {
+		return nil, precondition("%s: container is not running", what)
+	}
+	if old, ok := c.execs[req.ExecId]; ok && !old.hasExited() {
+		return nil, status.Errorf(codes.AlreadyExists, "%s: exec id is in use by pid %d", what, old.pid)
+	}
+	raw, err := json.Marshal(proc)
+	if err != nil {
+		return nil, fmt.Errorf("%s: encode process: %w", what, err)
+	}
+	base := filepath.Join(c.bundle, "exec-"+req.ExecId)
+	for _, suffix := range []string{".json", ".pid", ".log"} {
+		if err := os.Remove(base + suffix); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return nil, fmt.Errorf("%s: %w", what, err)
+		}
+	}
+	if err := writeFile(base+".json", raw, 0o600); err != nil {
+		return nil, fmt.Errorf("%s: %w", what, err)
+	}
+	pio, err := newProcIO(req.Stdio, proc.User.UID, proc.User.GID)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", what, err)
+	}
+	rp, err := s.runc.Exec(ctx, c.id, base+".json", base+".pid", base+".log", pio.child)
+	pio.closeChild()
+	if err != nil {
+		pio.closeAgent()
+		return nil, fmt.Errorf("%s: %w", what, err)
+	}
+	p := newProcess(c.id, req.ExecId, rp.Pid)
+	pio.start(context.WithoutCancel(ctx), s.hub, s.cfg.StdioTimeout, p, rp.Exit)
+	c.execs[req.ExecId] = p
+	log.G(ctx).WithField("container", c.id).Infof("exec %s started, pid %d", req.ExecId, rp.Pid)
+	return &api.ExecProcessResponse{Pid: uint32(rp.Pid)}, nil
+}
+
+// SignalProcess signals the init process (through runc, optionally all the
+// container's processes) or an exec process.
+func (s *Service) SignalProcess(ctx context.Context, req *api.SignalProcessRequest) (*api.Empty, error) {
+	c, p, err := s.lookupProcess("signal", req.ContainerId, req.ExecId)
+	if err != nil {
+		return nil, err
+	}
+	if req.Signal == 0 || req.Signal > 64 {
+		return nil, invalid("signal %s: %d is not a signal number", p, req.Signal)
+	}
+	sig := unix.Signal(req.Signal)
+	if p.hasExited() && !req.All {
+		return nil, notFound("signal %s: process already exited", p)
+	}
+	log.G(ctx).WithField("container", c.id).Infof("signal %v to %s (all: %v)", sig, p, req.All)
+	if req.ExecId == "" {
+		if err := s.runc.Kill(ctx, c.id, sig, req.All); err != nil {
+			return nil, fmt.Errorf("signal %s: %w", p, err)
+		}
+		return &api.Empty{}, nil
+	}
+	// The exec is our child until we reap it, so its pid cannot be reused
+	// before the exit is recorded.
+	if err := unix.Kill(p.pid, sig); err != nil {
+		if errors.Is(err, unix.ESRCH) {
+			return nil, notFound("signal %s: process already exited", p)
+		}
+		return nil, fmt.Errorf("signal %s: %w", p, err)
+	}
+	return &api.Empty{}, nil
+}
+
+// WaitProcess waits until the process has exited and its output reached the host.
+func (s *Service) WaitProcess(ctx context.Context, req *api.ProcessRequest) (*api.WaitProcessResponse, error) {
+	_, p, err := s.lookupProcess("wait", req.ContainerId, req.ExecId)
+	if err != nil {
+		return nil, err
+	}
+	select {
+	case <-p.done:
+	case <-ctx.Done():
+		return nil, fmt.Errorf("wait for %s: %w", p, ctx.Err())
+	}
+	e := p.result()
+	return &api.WaitProcessResponse{ExitStatus: e.Code(), ExitedAtUnixNano: e.Time.UnixNano()}, nil
+}
+
+// CloseStdin closes the stdin of a process after what the host sent.
+func (s *Service) CloseStdin(ctx context.Context, req *api.ProcessRequest) (*api.Empty, error) {
+	_, p, err := s.lookupProcess("close stdin", req.ContainerId, req.ExecId)
+	if err != nil {
+		return nil, err
+	}
+	if p.stdin != nil {
+		p.stdin.Close(s.cfg.StdinGrace)
+	}
+	return &api.Empty{}, nil
+}
+
+// ListProcesses lists the pids of the container's processes.
+func (s *Service) ListProcesses(ctx context.Context, req *api.ContainerRequest) (*api.ListProcessesResponse, error) {
+	c, p, err := s.lookupProcess("list processes", req.ContainerId, "")
+	if err != nil {
+		return nil, err
+	}
+	if p.hasExited() {
+		return &api.ListProcessesResponse{}, nil
+	}
+	pids, err := s.runc.Ps(ctx, c.id)
+	if err != nil {
+		return nil, fmt.Errorf("list processes of container %s: %w", c.id, err)
+	}
+	resp := &api.ListProcessesResponse{Pids: make([]uint32, 0, len(pids))}
+	for _, pid := range pids {
+		resp.Pids = append(resp.Pids, uint32(pid))
+	}
+	return resp, nil
+}
+
+// exitTimeout bounds the wait for processes runc delete --force killed.
+const exitTimeout = 10 * time.Second
+
+// RemoveContainer kills what is left of the container and removes its
+// mounts and bundle. Removing an unknown container succeeds, so the host
+// can retry.
+func (s *Service) RemoveContainer(ctx context.Context, req *api.RemoveContainerRequest) (*api.Empty, error) {
+	if err := api.ValidateID("container id", req.ContainerId); err != nil {
+		return nil, invalid("remove container: %v", err)
+	}
+	s.mu.Lock()
+	c, ok := s.containers[req.ContainerId]
+	s.mu.Unlock()
+	if !ok {
+		log.G(ctx).Infof("remove container %s: not found, nothing to do", req.ContainerId)
+		return &api.Empty{}, nil
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.state == stateCreating {
+		return nil, precondition("remove container %s: still being created", c.id)
+	}
+	c.state = stateRemoving
+	if err := s.runc.Delete(ctx, c.id, true); err != nil && !errors.Is(err, runc.ErrNotExist) {
+		return nil, fmt.Errorf("remove container %s: %w", c.id, err)
+	}
+	var stuck []string
+	for _, p := range c.processes() {
+		if err := waitExited(p, exitTimeout); err != nil {
+			stuck = append(stuck, p.String())
+			continue
+		}
+		// The host is removing the container: output it has not read by now
+		// it will not read.
+		select {
+		case <-p.done:
+		case <-time.After(time.Second):
+			p.abortIO()
+		}
+	}
+	if len(stuck) > 0 {
+		return nil, fmt.Errorf("remove container %s: %s still running after runc delete --force", c.id, strings.Join(stuck, ", "))
+	}
+	if err := c.cleanup(); err != nil {
+		return nil, fmt.Errorf("remove container %s: %w", c.id, err)
+	}
+	s.mu.Lock()
+	delete(s.containers, c.id)
+	s.mu.Unlock()
+	log.G(ctx).WithField("container", c.id).Info("container removed")
+	return &api.Empty{}, nil
+}

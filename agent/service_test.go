@@ -1,0 +1,501 @@
+package agent
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/containerd/ttrpc"
+	"github.com/contrast-vm/contrast/agent/internal/testimage"
+	"github.com/contrast-vm/contrast/agent/reaper"
+	api "github.com/contrast-vm/contrast/api/agent"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"golang.org/x/sys/unix"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+)
+
+// loopDevices finds "virtio serials" on loop devices the test attached.
+type loopDevices map[string]string
+
+func (d loopDevices) Find(ctx context.Context, serial string) (string, error) {
+	if dev, ok := d[serial]; ok {
+		return dev, nil
+	}
+	<-ctx.Done()
+	return "", fmt.Errorf("no block device with serial %q appeared: %w", serial, ctx.Err())
+}
+
+// runcBinary is the runc the guest ships if it was built (hack/deps.sh),
+// else the host's.
+func runcBinary(t *testing.T) string {
+	if p := os.Getenv("CONTRAST_RUNC"); p != "" {
+		return p
+	}
+	home, _ := os.UserHomeDir()
+	for _, p := range []string{filepath.Join(home, ".cache/contrast/bin/runc-static"), "/usr/sbin/runc", "/usr/bin/runc"} {
+		if _, err := os.Stat(p); err == nil {
+			return p
+		}
+	}
+	t.Skip("no runc binary (set CONTRAST_RUNC)")
+	return ""
+}
+
+type harness struct {
+	t       *testing.T
+	client  api.AgentService
+	stdio   string
+	runDir  string
+	runcDir string
+}
+
+func newHarness(t *testing.T) *harness {
+	testimage.Require(t)
+	rb := runcBinary(t)
+	dev := testimage.Loop(t, testimage.BusyboxExt4(t))
+	if err := unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	dir := t.TempDir()
+	cfg := DefaultConfig(reaper.Start(ctx))
+	cfg.Version = "test"
+	cfg.RunDir = filepath.Join(dir, "run")
+	cfg.RuncRoot = filepath.Join(dir, "runc")
+	cfg.RuncBinary = rb
+	// A cgroup parent of its own, removed at the end from every hierarchy
+	// (cgroup v1 hosts have one per controller).
+	cfg.CgroupParent = fmt.Sprintf("/contrast-agent-test-%d-%s", os.Getpid(), filepath.Base(dir))
+	t.Cleanup(func() {
+		dirs, _ := filepath.Glob("/sys/fs/cgroup/*" + cfg.CgroupParent)
+		dirs = append(dirs, "/sys/fs/cgroup"+cfg.CgroupParent)
+		for _, d := range dirs {
+			if err := os.Remove(d); err != nil && !os.IsNotExist(err) {
+				t.Errorf("remove test cgroup: %v", err)
+			}
+		}
+	})
+	cfg.Devices = loopDevices{"img1": dev}
+	cfg.DeviceTimeout = 300 * time.Millisecond
+	cfg.StdioTimeout = 5 * time.Second
+	cfg.StdinGrace = 500 * time.Millisecond
+	cfg.SetHostname = nil // not the VM: leave the host's hostname alone
+	svc, err := NewService(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	agentL, err := net.Listen("unix", filepath.Join(dir, "agent.sock"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	stdioL, err := net.Listen("unix", filepath.Join(dir, "stdio.sock"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	served := make(chan error, 1)
+	go func() { served <- svc.Serve(ctx, agentL, stdioL) }()
+	conn, err := net.Dial("unix", agentL.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	client := ttrpc.NewClient(conn)
+	t.Cleanup(func() {
+		client.Close()
+		cancel()
+		if err := <-served; err != nil {
+			t.Errorf("Serve: %v", err)
+		}
+	})
+	t.Logf("runc %s, image on %s", rb, dev)
+	return &harness{t: t, client: api.NewAgentClient(client), stdio: stdioL.Addr().String(), runDir: cfg.RunDir, runcDir: cfg.RuncRoot}
+}
+
+// openStdio opens the host side of one stream.
+func (h *harness) openStdio(id, exec string, s api.Stream) *net.UnixConn {
+	c, err := net.Dial("unix", h.stdio)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	h.t.Cleanup(func() { c.Close() })
+	if _, err := (api.StdioHeader{ContainerID: id, ExecID: exec, Stream: s}).WriteTo(c); err != nil {
+		h.t.Fatal(err)
+	}
+	return c.(*net.UnixConn)
+}
+
+// podSpec is a container spec as containerd's CRI plugin writes it.
+func podSpec(args ...string) *specs.Spec {
+	caps := []string{"CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FSETID", "CAP_FOWNER", "CAP_MKNOD", "CAP_NET_RAW", "CAP_SETGID", "CAP_SETUID", "CAP_SETFCAP", "CAP_SETPCAP", "CAP_NET_BIND_SERVICE", "CAP_SYS_CHROOT", "CAP_KILL", "CAP_AUDIT_WRITE"}
+	return &specs.Spec{
+		Version: specs.Version,
+		Process: &specs.Process{
+			Args: args, Env: []string{"PATH=/bin", "HOSTNAME=pod"}, Cwd: "/",
+			Capabilities:    &specs.LinuxCapabilities{Bounding: caps, Effective: caps, Permitted: caps},
+			ApparmorProfile: "cri-containerd.apparmor.d",
+			Rlimits:         []specs.POSIXRlimit{{Type: "RLIMIT_NOFILE", Hard: 1024, Soft: 1024}},
+		},
+		Root:     &specs.Root{Path: "rootfs"},
+		Hostname: "pod",
+		Mounts: []specs.Mount{
+			{Destination: "/proc", Type: "proc", Source: "proc", Options: []string{"nosuid", "noexec", "nodev"}},
+			{Destination: "/dev", Type: "tmpfs", Source: "tmpfs", Options: []string{"nosuid", "strictatime", "mode=755", "size=65536k"}},
+			{Destination: "/dev/pts", Type: "devpts", Source: "devpts", Options: []string{"nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"}},
+			{Destination: "/dev/mqueue", Type: "mqueue", Source: "mqueue", Options: []string{"nosuid", "noexec", "nodev"}},
+			{Destination: "/sys", Type: "sysfs", Source: "sysfs", Options: []string{"nosuid", "noexec", "nodev", "ro"}},
+			{Destination: "/etc/hosts", Type: "bind", Source: "/var/lib/kubelet/pods/u1d/etc-hosts", Options: []string{"rbind", "rprivate", "rw"}},
+			{Destination: "/dev/shm", Type: "bind", Source: "/run/containerd/io.containerd.grpc.v1.cri/sandboxes/5a5/shm", Options: []string{"rbind", "rprivate", "rw"}},
+		},
+		Hooks: &specs.Hooks{CreateRuntime: []specs.Hook{{Path: "/usr/bin/host-only-hook"}}},
+		Linux: &specs.Linux{
+			Resources:   &specs.LinuxResources{Devices: []specs.LinuxDeviceCgroup{{Allow: false, Access: "rwm"}}},
+			CgroupsPath: "kubepods-besteffort-podu1d.slice:cri-containerd:x",
+			Namespaces: []specs.LinuxNamespace{
+				{Type: specs.PIDNamespace}, {Type: specs.IPCNamespace, Path: "/proc/1/ns/ipc"}, {Type: specs.UTSNamespace},
+				{Type: specs.MountNamespace}, {Type: specs.NetworkNamespace, Path: "/var/run/netns/cni-1234"},
+			},
+			MaskedPaths:   []string{"/proc/kcore", "/sys/firmware"},
+			ReadonlyPaths: []string{"/proc/sys", "/proc/sysrq-trigger"},
+		},
+	}
+}
+
+func (h *harness) create(id string, spec *specs.Spec, st *api.Stdio) uint32 {
+	h.t.Helper()
+	raw, err := json.Marshal(spec)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	resp, err := h.client.CreateContainer(context.Background(), &api.CreateContainerRequest{
+		ContainerId: id, Spec: raw, Stdio: st,
+		Rootfs:      &api.BlockDevice{Serial: "img1", Fstype: "ext4", ReadOnly: true},
+		SharedFiles: []*api.SharedFile{{Destination: "/etc/hosts", Content: []byte("10.0.0.7 pod\n"), Mode: 0o644}},
+	})
+	if err != nil {
+		h.t.Fatalf("CreateContainer %s: %v", id, err)
+	}
+	return resp.Pid
+}
+
+func (h *harness) wait(ctx context.Context, id, exec string) (*api.WaitProcessResponse, error) {
+	return h.client.WaitProcess(ctx, &api.ProcessRequest{ContainerId: id, ExecId: exec})
+}
+
+func (h *harness) exec(id, execID string, st *api.Stdio, args ...string) {
+	h.t.Helper()
+	proc, _ := json.Marshal(specs.Process{Args: args, Env: []string{"PATH=/bin"}, Cwd: "/"})
+	if _, err := h.client.ExecProcess(context.Background(), &api.ExecProcessRequest{ContainerId: id, ExecId: execID, Process: proc, Stdio: st}); err != nil {
+		h.t.Fatalf("exec %s: %v", execID, err)
+	}
+}
+
+func TestService(t *testing.T) {
+	h := newHarness(t)
+	ctx := context.Background()
+
+	health, err := h.client.Health(ctx, &api.HealthRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var u unix.Utsname
+	unix.Uname(&u)
+	if health.Version != "test" || health.KernelRelease != unix.ByteSliceToString(u.Release[:]) {
+		t.Errorf("health %+v", health)
+	}
+	raw, _ := json.Marshal(podSpec("true"))
+	_, err = h.client.CreateContainer(ctx, &api.CreateContainerRequest{ContainerId: "early", Spec: raw, Rootfs: &api.BlockDevice{Serial: "img1", Fstype: "ext4"}})
+	if status.Code(err) != codes.FailedPrecondition {
+		t.Errorf("create before CreateSandbox: %v", err)
+	}
+	if _, err := h.client.CreateSandbox(ctx, &api.CreateSandboxRequest{SandboxId: "pod1", Hostname: "pod"}); err != nil {
+		t.Fatal(err)
+	}
+
+	t.Run("output and exit code", func(t *testing.T) {
+		// stdout connects before the container exists, stderr after.
+		stdout := h.openStdio("c1", "", api.StreamStdout)
+		h.create("c1", podSpec("/bin/sh", "-c", `i=1; while [ $i -le 10000 ]; do echo "line $i"; i=$((i+1)); done; echo bye >&2; exit 3`),
+			&api.Stdio{Stdout: true, Stderr: true})
+		stderr := h.openStdio("c1", "", api.StreamStderr)
+		if _, err := h.client.StartContainer(ctx, &api.ContainerRequest{ContainerId: "c1"}); err != nil {
+			t.Fatal(err)
+		}
+		// A slow reader: the container is held back, nothing is lost.
+		lines := make(chan []string, 1)
+		go func() {
+			var got []string
+			sc := bufio.NewScanner(stdout)
+			for sc.Scan() {
+				got = append(got, sc.Text())
+				if len(got)%1000 == 0 {
+					time.Sleep(20 * time.Millisecond)
+				}
+			}
+			lines <- got
+		}()
+		wctx, cancel := context.WithTimeout(ctx, 60*time.Second)
+		defer cancel()
+		w, err := h.wait(wctx, "c1", "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if w.ExitStatus != 3 || time.Since(time.Unix(0, w.ExitedAtUnixNano)) > time.Minute {
+			t.Errorf("wait: %+v, want exit 3 just now", w)
+		}
+		// Everything is on the connection by now: the reader ends promptly.
+		var got []string
+		select {
+		case got = <-lines:
+		case <-time.After(10 * time.Second):
+			t.Fatal("stdout did not end after WaitProcess returned")
+		}
+		if len(got) != 10000 || got[0] != "line 1" || got[9999] != "line 10000" {
+			t.Fatalf("got %d lines, first %q", len(got), got[:min(1, len(got))])
+		}
+		for i, l := range got {
+			if l != fmt.Sprintf("line %d", i+1) {
+				t.Fatalf("line %d is %q", i+1, l)
+			}
+		}
+		if b, err := io.ReadAll(stderr); err != nil || string(b) != "bye\n" {
+			t.Errorf("stderr %q %v", b, err)
+		}
+		// Waiting again gives the same answer.
+		if w2, err := h.wait(ctx, "c1", ""); err != nil || w2.ExitStatus != 3 {
+			t.Errorf("second wait %+v %v", w2, err)
+		}
+		if _, err := h.client.SignalProcess(ctx, &api.SignalProcessRequest{ContainerId: "c1", Signal: 9}); status.Code(err) != codes.NotFound {
+			t.Errorf("signal to exited init: %v, want NotFound", err)
+		}
+	})
+
+	t.Run("exec, stdin, signals", func(t *testing.T) {
+		initOut := h.openStdio("c2", "", api.StreamStdout)
+		pid := h.create("c2", podSpec("/bin/sh", "-c", `trap "" TERM; echo ready; while true; do sleep 1; done`), &api.Stdio{Stdout: true})
+		if _, err := h.client.StartContainer(ctx, &api.ContainerRequest{ContainerId: "c2"}); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := h.client.StartContainer(ctx, &api.ContainerRequest{ContainerId: "c2"}); status.Code(err) != codes.FailedPrecondition {
+			t.Errorf("second start: %v", err)
+		}
+		initLines := bufio.NewReader(initOut)
+		if l, err := initLines.ReadString('\n'); err != nil || l != "ready\n" {
+			t.Fatalf("init said %q %v", l, err)
+		}
+
+		// Exec with output and an exit code; the host file came as a shared file.
+		out := h.openStdio("c2", "e1", api.StreamStdout)
+		h.exec("c2", "e1", &api.Stdio{Stdout: true}, "/bin/sh", "-c", "cat /etc/hosts /etc/motd; echo $$ > /tmp/x; touch /etc/new; exit 5")
+		w, err := h.wait(ctx, "c2", "e1")
+		if err != nil || w.ExitStatus != 5 {
+			t.Fatalf("exec e1: %+v %v", w, err)
+		}
+		if b, _ := io.ReadAll(out); string(b) != "10.0.0.7 pod\nfrom the image\n" {
+			t.Errorf("exec e1 output %q", b)
+		}
+
+		// stdin: cat ends when CloseStdin closes its stdin, even though the
+		// host keeps its connection open.
+		in := h.openStdio("c2", "e2", api.StreamStdin)
+		catOut := h.openStdio("c2", "e2", api.StreamStdout)
+		h.exec("c2", "e2", &api.Stdio{Stdin: true, Stdout: true}, "cat")
+		if _, err := in.Write([]byte("hello\nworld\n")); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := h.client.CloseStdin(ctx, &api.ProcessRequest{ContainerId: "c2", ExecId: "e2"}); err != nil {
+			t.Fatal(err)
+		}
+		wctx, cancel := context.WithTimeout(ctx, 20*time.Second)
+		defer cancel()
+		if w, err := h.wait(wctx, "c2", "e2"); err != nil || w.ExitStatus != 0 {
+			t.Fatalf("cat: %+v %v", w, err)
+		}
+		if b, _ := io.ReadAll(catOut); string(b) != "hello\nworld\n" {
+			t.Errorf("cat output %q", b)
+		}
+
+		ps, err := h.client.ListProcesses(ctx, &api.ContainerRequest{ContainerId: "c2"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !slices.Contains(ps.Pids, pid) {
+			t.Errorf("ListProcesses %v lacks init pid %d", ps.Pids, pid)
+		}
+
+		// SIGTERM is ignored, SIGKILL is not.
+		if _, err := h.client.SignalProcess(ctx, &api.SignalProcessRequest{ContainerId: "c2", Signal: uint32(unix.SIGTERM)}); err != nil {
+			t.Fatal(err)
+		}
+		sctx, scancel := context.WithTimeout(ctx, time.Second)
+		defer scancel()
+		if w, err := h.wait(sctx, "c2", ""); err == nil {
+			t.Fatalf("init ended on SIGTERM it ignores: %+v", w)
+		}
+		if _, err := h.client.SignalProcess(ctx, &api.SignalProcessRequest{ContainerId: "c2", Signal: uint32(unix.SIGKILL), All: true}); err != nil {
+			t.Fatal(err)
+		}
+		if w, err := h.wait(wctx, "c2", ""); err != nil || w.ExitStatus != 137 {
+			t.Fatalf("after SIGKILL: %+v %v", w, err)
+		}
+		if rest, _ := io.ReadAll(initLines); len(rest) != 0 {
+			t.Errorf("init wrote %q", rest)
+		}
+		proc, _ := json.Marshal(specs.Process{Args: []string{"true"}, Cwd: "/"})
+		if _, err := h.client.ExecProcess(ctx, &api.ExecProcessRequest{ContainerId: "c2", ExecId: "e3", Process: proc}); status.Code(err) != codes.FailedPrecondition {
+			t.Errorf("exec in a stopped container: %v", err)
+		}
+	})
+
+	t.Run("remove", func(t *testing.T) {
+		for _, id := range []string{"c1", "c2", "c1", "never-created"} {
+			if _, err := h.client.RemoveContainer(ctx, &api.RemoveContainerRequest{ContainerId: id}); err != nil {
+				t.Fatalf("remove %s: %v", id, err)
+			}
+		}
+		h.assertClean()
+		if _, err := h.wait(ctx, "c1", ""); status.Code(err) != codes.NotFound {
+			t.Errorf("wait on a removed container: %v", err)
+		}
+	})
+}
+
+// TestServiceRefuses checks that bad requests fail with a message naming
+// what is wrong and leave nothing behind.
+func TestServiceRefuses(t *testing.T) {
+	h := newHarness(t)
+	ctx := context.Background()
+	if _, err := h.client.CreateSandbox(ctx, &api.CreateSandboxRequest{SandboxId: "pod1"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := h.client.CreateSandbox(ctx, &api.CreateSandboxRequest{SandboxId: "pod1"}); status.Code(err) != codes.AlreadyExists {
+		t.Errorf("second CreateSandbox: %v", err)
+	}
+	good := podSpec("true")
+	hostBind := podSpec("true")
+	hostBind.Mounts = append(hostBind.Mounts, specs.Mount{Destination: "/data", Type: "bind", Source: "/var/lib/kubelet/pods/u1d/volumes/data", Options: []string{"rbind"}})
+	tty := podSpec("sh")
+	tty.Process.Terminal = true
+	badArgs := podSpec()
+	runcFails := podSpec("/does/not/exist")
+	for _, tc := range []struct {
+		name    string
+		id      string
+		spec    any
+		rootfs  *api.BlockDevice
+		stdio   *api.Stdio
+		code    codes.Code
+		wantErr []string
+	}{
+		{name: "missing device", id: "c1", spec: good, rootfs: &api.BlockDevice{Serial: "nope", Fstype: "ext4"}, code: codes.Unknown, wantErr: []string{"c1", `serial "nope"`}},
+		{name: "wrong fstype", id: "c1", spec: good, rootfs: &api.BlockDevice{Serial: "img1", Fstype: "erofs"}, code: codes.Unknown, wantErr: []string{"c1", "serial img1", "erofs"}},
+		{name: "unsupported fstype", id: "c1", spec: good, rootfs: &api.BlockDevice{Serial: "img1", Fstype: "nfs"}, code: codes.InvalidArgument, wantErr: []string{"c1", `"nfs"`}},
+		{name: "bad serial", id: "c1", spec: good, rootfs: &api.BlockDevice{Serial: "../x", Fstype: "ext4"}, code: codes.InvalidArgument, wantErr: []string{"c1", `"../x"`}},
+		{name: "no rootfs", id: "c1", spec: good, code: codes.InvalidArgument, wantErr: []string{"c1", "rootfs"}},
+		{name: "host bind mount", id: "c1", spec: hostBind, code: codes.InvalidArgument, wantErr: []string{"c1", "/var/lib/kubelet/pods/u1d/volumes/data", `"/data"`}},
+		{name: "terminal in spec", id: "c1", spec: tty, code: codes.Unimplemented, wantErr: []string{"c1", "not supported yet"}},
+		{name: "terminal in stdio", id: "c1", spec: good, stdio: &api.Stdio{Terminal: true}, code: codes.Unimplemented, wantErr: []string{"c1", "not supported yet"}},
+		{name: "no args", id: "c1", spec: badArgs, code: codes.InvalidArgument, wantErr: []string{"c1", "no args"}},
+		{name: "not json", id: "c1", spec: "{", code: codes.InvalidArgument, wantErr: []string{"c1", "parse OCI spec"}},
+		{name: "bad id", id: "../etc", spec: good, code: codes.InvalidArgument, wantErr: []string{`"../etc"`}},
+		{name: "runc fails", id: "c1", spec: runcFails, code: codes.Unknown, wantErr: []string{"c1", "runc create", "/does/not/exist"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var raw []byte
+			if s, ok := tc.spec.(string); ok {
+				raw = []byte(s)
+			} else {
+				raw, _ = json.Marshal(tc.spec)
+			}
+			rootfs := tc.rootfs
+			if rootfs == nil && tc.name != "no rootfs" {
+				rootfs = &api.BlockDevice{Serial: "img1", Fstype: "ext4"}
+			}
+			_, err := h.client.CreateContainer(ctx, &api.CreateContainerRequest{ContainerId: tc.id, Spec: raw, Rootfs: rootfs, Stdio: tc.stdio,
+				SharedFiles: []*api.SharedFile{{Destination: "/etc/hosts", Content: []byte("x")}}})
+			if err == nil {
+				t.Fatal("accepted")
+			}
+			if status.Code(err) != tc.code {
+				t.Errorf("code %v, want %v (%v)", status.Code(err), tc.code, err)
+			}
+			for _, w := range tc.wantErr {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error %q does not mention %q", err, w)
+				}
+			}
+			t.Logf("error: %v", err)
+			h.assertClean()
+		})
+	}
+
+	// A container that works, and one that may not reuse its id.
+	h.create("c1", good, nil)
+	raw, _ := json.Marshal(good)
+	if _, err := h.client.CreateContainer(ctx, &api.CreateContainerRequest{ContainerId: "c1", Spec: raw, Rootfs: &api.BlockDevice{Serial: "img1", Fstype: "ext4"},
+		SharedFiles: []*api.SharedFile{{Destination: "/etc/hosts"}}}); status.Code(err) != codes.AlreadyExists {
+		t.Errorf("duplicate id: %v", err)
+	}
+	for _, tc := range []struct {
+		name string
+		call func() error
+		code codes.Code
+	}{
+		{"exec before start", func() error {
+			_, err := h.client.ExecProcess(ctx, &api.ExecProcessRequest{ContainerId: "c1", ExecId: "e1", Process: []byte(`{"args":["true"],"cwd":"/"}`)})
+			return err
+		}, codes.FailedPrecondition},
+		{"signal 0", func() error {
+			_, err := h.client.SignalProcess(ctx, &api.SignalProcessRequest{ContainerId: "c1", Signal: 0})
+			return err
+		}, codes.InvalidArgument},
+		{"unknown exec", func() error {
+			_, err := h.client.WaitProcess(ctx, &api.ProcessRequest{ContainerId: "c1", ExecId: "nope"})
+			return err
+		}, codes.NotFound},
+		{"unknown container", func() error {
+			_, err := h.client.StartContainer(ctx, &api.ContainerRequest{ContainerId: "c9"})
+			return err
+		}, codes.NotFound},
+	} {
+		if err := tc.call(); status.Code(err) != tc.code {
+			t.Errorf("%s: %v, want code %v", tc.name, err, tc.code)
+		}
+	}
+	// Removing a created, never started container kills its runc init.
+	if _, err := h.client.RemoveContainer(ctx, &api.RemoveContainerRequest{ContainerId: "c1"}); err != nil {
+		t.Fatal(err)
+	}
+	h.assertClean()
+}
+
+// assertClean checks that no container leaves mounts, bundles or runc state.
+func (h *harness) assertClean() {
+	h.t.Helper()
+	mi, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	if strings.Contains(string(mi), h.runDir) {
+		h.t.Errorf("mounts left under %s", h.runDir)
+	}
+	for _, d := range []string{filepath.Join(h.runDir, "containers"), h.runcDir} {
+		entries, err := os.ReadDir(d)
+		if err != nil {
+			h.t.Fatal(err)
+		}
+		if len(entries) > 0 {
+			out, _ := exec.Command("find", d).CombinedOutput()
+			h.t.Errorf("left in %s:\n%s", d, out)
+		}
+	}
+}
