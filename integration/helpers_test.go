@@ -8,6 +8,7 @@ import (
 	"context"
 	"errors"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -66,6 +67,7 @@ func newSuite(t testing.TB, handlers ...handlerSpec) *suite {
 	t.Cleanup(func() {
 		if t.Failed() {
 			t.Logf("containerd log %s (last lines):\n%s", c.Log, c.LogTail(80))
+			keepLog(t, c.Log)
 		}
 		// Background context: t.Context is already cancelled here.
 		if err := c.Stop(context.Background()); err != nil {
@@ -244,4 +246,30 @@ func containsAny(s string, subs ...string) bool {
 func fileExists(path string) bool {
 	_, err := os.Stat(path)
 	return err == nil
+}
+
+// keepLog copies a failed test's containerd log (which carries the shims'
+// logs) into $CONTRAST_TEST_ARTIFACTS, when set, before the instance
+// directory goes away.
+func keepLog(t testing.TB, log string) {
+	dir := os.Getenv("CONTRAST_TEST_ARTIFACTS")
+	if dir == "" {
+		return
+	}
+	data, err := os.ReadFile(log)
+	if err != nil {
+		t.Logf("keep containerd log: %v", err)
+		return
+	}
+	name := strings.NewReplacer("/", "_", " ", "_").Replace(t.Name()) + "-containerd.log"
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Logf("keep containerd log: %v", err)
+		return
+	}
+	dst := filepath.Join(dir, name)
+	if err := os.WriteFile(dst, data, 0o644); err != nil {
+		t.Logf("keep containerd log: %v", err)
+		return
+	}
+	t.Logf("containerd log kept in %s", dst)
 }

@@ -1,8 +1,12 @@
 package integration
 
 import (
+	"context"
+	"fmt"
+	"net"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -106,16 +110,71 @@ func TestRuncLeftoverDetection(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var netns, snap bool
+	var netns, snap, cgroup bool
 	for _, p := range n.Paths {
 		netns = netns || strings.Contains(p, "/netns/")
 		snap = snap || strings.Contains(p, "/snapshots/")
+		cgroup = cgroup || strings.HasPrefix(p, "/sys/fs/cgroup/")
 	}
-	if !netns || !snap || len(n.Mounts) == 0 || len(n.Processes) == 0 {
-		t.Errorf("NewSince should see the running pod's network namespace, snapshots, mounts and processes; got:\n%s", n)
+	if !netns || !snap || !cgroup || len(n.Mounts) == 0 || len(n.Processes) == 0 {
+		t.Errorf("NewSince should see the running pod's network namespace, snapshots, cgroups, mounts and processes; got:\n%s", n)
 	}
 	if err := s.cri.StopContainer(s.ctx, c.ID, time.Second); err != nil {
 		t.Fatal(err)
 	}
 	s.removePod(t, pod, trace, before)
+}
+
+// TestRuncHarnessTeardown proves the teardown a failed test relies on:
+// Stop with a pod still running leaves no process, mount, directory or
+// bridge of the instance.
+func TestRuncHarnessTeardown(t *testing.T) {
+	for _, crash := range []bool{false, true} {
+		t.Run(fmt.Sprintf("containerd-crashed=%v", crash), func(t *testing.T) { testTeardown(t, crash) })
+	}
+}
+
+// testTeardown runs a pod and tears the instance down; with crash,
+// containerd is killed first, as if it had crashed, so the pod's shim and
+// processes are orphans that Stop must find and kill.
+func testTeardown(t *testing.T, crash bool) {
+	s := newSuite(t)
+	pod := s.runPod(t, "runc", "orphan")
+	c := s.startContainer(t, pod, "main", "sleep", "100000")
+	trace := s.trace(t, pod, c)
+	if crash {
+		if err := syscall.Kill(s.c.PID(), syscall.SIGKILL); err != nil {
+			t.Fatal(err)
+		}
+	}
+	err := s.c.Stop(context.Background())
+	if !crash && err != nil {
+		t.Fatalf("stop: %v", err)
+	}
+	if crash {
+		if err == nil || !strings.Contains(err.Error(), "killed processes") {
+			t.Errorf("stop after a crash: %v, want a report of the processes it killed", err)
+		}
+		t.Logf("stop after a crash reported: %v", err)
+	}
+	for _, p := range trace.Processes {
+		if p.Alive() {
+			t.Errorf("%s survived teardown", p)
+		}
+	}
+	ms, err := harness.Mounts()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range ms {
+		if strings.HasPrefix(m.Point, s.c.Dir) {
+			t.Errorf("mount survived teardown: %s", m)
+		}
+	}
+	if fileExists(s.c.Dir) {
+		t.Errorf("%s survived teardown", s.c.Dir)
+	}
+	if _, err := net.InterfaceByName(s.c.Bridge); err == nil {
+		t.Errorf("bridge %s survived teardown", s.c.Bridge)
+	}
 }

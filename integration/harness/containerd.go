@@ -59,6 +59,9 @@ type Containerd struct {
 	ShimState string
 	// PodLogs holds the pods' CRI log directories.
 	PodLogs string
+	// CgroupParent is the cgroup (in every hierarchy) under which this
+	// instance's pods get theirs, so teardown can remove them all.
+	CgroupParent string
 	// Handlers are the contrast handlers, with their config paths.
 	Handlers []Handler
 	// Bridge and Network name this instance's CNI bridge and network.
@@ -90,19 +93,20 @@ func Start(ctx context.Context, opts Options) (_ *Containerd, retErr error) {
 		return nil, err
 	}
 	c := &Containerd{
-		Dir:        dir,
-		Root:       filepath.Join(dir, "root"),
-		State:      filepath.Join(dir, "state"),
-		Socket:     filepath.Join(dir, "c.sock"),
-		RuncRoot:   filepath.Join(dir, "runc"),
-		SocketDir:  filepath.Join(dir, "sh"),
-		CNIConf:    filepath.Join(dir, "cni", "net.d"),
-		ConfigToml: filepath.Join(dir, "containerd.toml"),
-		Log:        filepath.Join(dir, "containerd.log"),
-		ShimState:  filepath.Join(dir, "s"),
-		PodLogs:    filepath.Join(dir, "logs"),
-		Bridge:     fmt.Sprintf("chb%08x", n),
-		Network:    fmt.Sprintf("ch-%08x", n),
+		Dir:          dir,
+		Root:         filepath.Join(dir, "root"),
+		State:        filepath.Join(dir, "state"),
+		Socket:       filepath.Join(dir, "c.sock"),
+		RuncRoot:     filepath.Join(dir, "runc"),
+		SocketDir:    filepath.Join(dir, "sh"),
+		CNIConf:      filepath.Join(dir, "cni", "net.d"),
+		ConfigToml:   filepath.Join(dir, "containerd.toml"),
+		Log:          filepath.Join(dir, "containerd.log"),
+		ShimState:    filepath.Join(dir, "s"),
+		PodLogs:      filepath.Join(dir, "logs"),
+		CgroupParent: "/" + filepath.Base(dir),
+		Bridge:       fmt.Sprintf("chb%08x", n),
+		Network:      fmt.Sprintf("ch-%08x", n),
 		// 10.200.0.0/13 split into /24s; the bridge carries no route off
 		// this host (no gateway, no masquerading), so a clash with another
 		// instance's subnet stays a local matter.
@@ -201,7 +205,10 @@ func (c *Containerd) PID() int {
 
 // CRI returns a crictl client for this instance.
 func (c *Containerd) CRI() *CRI {
-	return &CRI{Bin: c.tools.Crictl, Endpoint: "unix://" + c.Socket, ConfigDir: filepath.Join(c.Dir, "cri"), LogDir: c.PodLogs}
+	return &CRI{
+		Bin: c.tools.Crictl, Endpoint: "unix://" + c.Socket, ConfigDir: filepath.Join(c.Dir, "cri"),
+		LogDir: c.PodLogs, CgroupParent: c.CgroupParent,
+	}
 }
 
 // Ctr runs ctr against this instance in CRI's namespace, k8s.io, and
@@ -324,6 +331,11 @@ func (c *Containerd) Stop(ctx context.Context) error {
 	}
 	if err := unmountUnder(c.Dir); err != nil {
 		errs = append(errs, err)
+	}
+	if c.CgroupParent != "" {
+		if err := removeCgroups(c.CgroupParent); err != nil {
+			errs = append(errs, err)
+		}
 	}
 	if c.Bridge != "" {
 		// The CNI bridge plugin creates the bridge and never deletes it.

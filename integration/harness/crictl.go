@@ -26,6 +26,8 @@ type CRI struct {
 	ConfigDir string
 	// LogDir holds one CRI log directory per pod.
 	LogDir string
+	// CgroupParent is the pods' cgroup parent (empty: CRI's default).
+	CgroupParent string
 	// Timeout is crictl's per-call timeout (default 2m: a pod VM boots
 	// in seconds under TCG, longer on a loaded machine).
 	Timeout time.Duration
@@ -159,6 +161,9 @@ func (c *CRI) RunPod(ctx context.Context, pc PodConfig) (*Pod, error) {
 		"annotations":   pc.Annotations,
 		"labels":        pc.Labels,
 		"linux":         map[string]any{},
+	}
+	if c.CgroupParent != "" {
+		cfg["linux"] = map[string]any{"cgroup_parent": c.CgroupParent}
 	}
 	if err := writeJSON(pod.ConfigFile, cfg); err != nil {
 		return nil, err

@@ -3,6 +3,7 @@ package harness
 import (
 	"fmt"
 	"io/fs"
+	"os"
 	"path/filepath"
 	"sort"
 	"strings"
@@ -65,6 +66,16 @@ func (c *Containerd) Snapshot() (Snapshot, error) {
 	for _, d := range c.objectDirs() {
 		for _, p := range listDir(d) {
 			s.paths[p] = true
+		}
+	}
+	// Pod and container cgroups, in every hierarchy.
+	if roots, err := cgroupRoots(); err == nil {
+		for _, r := range roots {
+			for _, p := range listDir(filepath.Join(r, c.CgroupParent)) {
+				if st, err := os.Stat(p); err == nil && st.IsDir() {
+					s.paths[p] = true
+				}
+			}
 		}
 	}
 	for _, p := range listDir(cniCacheDir) {
@@ -189,7 +200,15 @@ func (c *Containerd) PodLeftovers(t PodTrace) (Leftovers, error) {
 		return l, err
 	}
 	l.Mounts = mountsNaming(ms, t.IDs)
-	for _, root := range []string{c.Dir, "/run/contrast", cniCacheDir} {
+	walkRoots := []string{c.Dir, "/run/contrast", cniCacheDir}
+	cgRoots, err := cgroupRoots()
+	if err != nil {
+		return l, err
+	}
+	for _, r := range cgRoots {
+		walkRoots = append(walkRoots, filepath.Join(r, c.CgroupParent))
+	}
+	for _, root := range walkRoots {
 		err := filepath.WalkDir(root, func(path string, d fs.DirEntry, err error) error {
 			if err != nil {
 				return nil // vanished meanwhile, or root absent

@@ -292,3 +292,47 @@ func listDir(dir string) []string {
 	}
 	return out
 }
+
+// cgroupRoots are the mount points of the cgroup hierarchies (v1 and v2).
+func cgroupRoots() ([]string, error) {
+	ms, err := Mounts()
+	if err != nil {
+		return nil, err
+	}
+	var roots []string
+	for _, m := range ms {
+		if m.FSType == "cgroup" || m.FSType == "cgroup2" {
+			roots = append(roots, m.Point)
+		}
+	}
+	return roots, nil
+}
+
+// removeCgroups removes the cgroup rel (and every cgroup below it) from
+// every hierarchy, deepest first; their processes must be gone.
+func removeCgroups(rel string) error {
+	roots, err := cgroupRoots()
+	if err != nil {
+		return err
+	}
+	var errs []string
+	for _, root := range roots {
+		top := filepath.Join(root, rel)
+		var dirs []string
+		_ = filepath.WalkDir(top, func(path string, d os.DirEntry, err error) error {
+			if err == nil && d.IsDir() {
+				dirs = append(dirs, path)
+			}
+			return nil
+		})
+		for i := len(dirs) - 1; i >= 0; i-- {
+			if err := syscall.Rmdir(dirs[i]); err != nil && err != syscall.ENOENT {
+				errs = append(errs, fmt.Sprintf("%s: %v", dirs[i], err))
+			}
+		}
+	}
+	if len(errs) > 0 {
+		return fmt.Errorf("remove cgroups: %s", strings.Join(errs, "; "))
+	}
+	return nil
+}
