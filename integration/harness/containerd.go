@@ -55,7 +55,8 @@ type Containerd struct {
 	CNIConf    string
 	ConfigToml string
 	Log        string
-	// ShimState is where tests point the contrast shim's state_dir.
+	// ShimState is where tests point the contrast shim's state_dir: Dir
+	// itself, see makeInstanceDir.
 	ShimState string
 	// PodLogs holds the pods' CRI log directories.
 	PodLogs string
@@ -102,11 +103,11 @@ func Start(ctx context.Context, opts Options) (_ *Containerd, retErr error) {
 		CNIConf:      filepath.Join(dir, "cni", "net.d"),
 		ConfigToml:   filepath.Join(dir, "containerd.toml"),
 		Log:          filepath.Join(dir, "containerd.log"),
-		ShimState:    filepath.Join(dir, "s"),
+		ShimState:    dir,
 		PodLogs:      filepath.Join(dir, "logs"),
 		CgroupParent: "/" + filepath.Base(dir),
-		Bridge:       fmt.Sprintf("chb%08x", n),
-		Network:      fmt.Sprintf("ch-%08x", n),
+		Bridge:       fmt.Sprintf("cb%06x", n),
+		Network:      fmt.Sprintf("c-%06x", n),
 		// 10.200.0.0/13 split into /24s; the bridge carries no route off
 		// this host (no gateway, no masquerading), so a clash with another
 		// instance's subnet stays a local matter.
@@ -482,18 +483,20 @@ func (c *Containerd) writeConfig(opts Options) error {
 	return nil
 }
 
-// makeInstanceDir creates /tmp/ch<8 hex digits>. It is short on purpose:
-// unix socket paths (shim sockets, and the contrast shim's per-pod sockets
-// under ShimState/<namespace>/<64-digit pod id>/) must stay under 108 bytes.
-// The random number also names the instance's bridge and network.
+// makeInstanceDir creates /tmp/c<6 hex digits>. It is this short on
+// purpose: the contrast shim keeps per-pod unix sockets at
+// <state_dir>/<namespace>/<64-digit pod id>/vhost-user-vsock.sock, and a
+// socket path must fit in 108 bytes, which leaves 13 for state_dir: the
+// instance directory itself serves as the shim's state_dir. The random
+// number also names the instance's bridge, network and cgroup parent.
 func makeInstanceDir() (string, uint32, error) {
 	for range 10 {
 		var rnd [4]byte
 		if _, err := rand.Read(rnd[:]); err != nil {
 			return "", 0, fmt.Errorf("random instance name: %w", err)
 		}
-		n := binary.BigEndian.Uint32(rnd[:])
-		dir := fmt.Sprintf("/tmp/ch%08x", n)
+		n := binary.BigEndian.Uint32(rnd[:]) & 0xffffff
+		dir := fmt.Sprintf("/tmp/c%06x", n)
 		err := os.Mkdir(dir, 0o755)
 		if err == nil {
 			return dir, n, nil
@@ -502,7 +505,7 @@ func makeInstanceDir() (string, uint32, error) {
 			return "", 0, fmt.Errorf("create containerd instance directory: %w", err)
 		}
 	}
-	return "", 0, errors.New("create containerd instance directory: no free name in /tmp/ch*")
+	return "", 0, errors.New("create containerd instance directory: no free name in /tmp/c*")
 }
 
 // HandlerConfig returns the shim configuration path of a handler.

@@ -29,7 +29,6 @@ func (c *Containerd) objectDirs() []string {
 		filepath.Join(c.Root, "io.containerd.snapshotter.v1.overlayfs", "snapshots"),
 		filepath.Join(c.RuncRoot, "k8s.io"),
 		c.SocketDir,
-		c.ShimState,
 		filepath.Join(c.ShimState, "k8s.io"),
 		filepath.Join(c.ShimState, "default"),
 		filepath.Join(c.Dir, "cni", "ipam", c.Network),
