@@ -20,7 +20,7 @@ func TestRuncLifecycle(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s.lifecycle(t, "runc", host)
+	s.lifecycle(t, "runc", host, false)
 }
 
 // TestContrastLifecycle runs the same lifecycle in a pod VM; uname -r
@@ -38,13 +38,14 @@ func TestContrastLifecycle(t *testing.T) {
 	if guest == host {
 		t.Fatalf("guest kernel release %q equals the host's: uname -r could not tell a VM from the host", guest)
 	}
-	s.lifecycle(t, contrastHandler, guest)
+	s.lifecycle(t, contrastHandler, guest, true)
 }
 
 // lifecycle runs one pod with several containers: kernel release, 10,000
 // log lines, exec, exit code 3, stop escalating to SIGKILL, then removes
-// the pod and checks that nothing of it remains.
-func (s *suite) lifecycle(t *testing.T, handler, wantRelease string) {
+// the pod and checks that nothing of it remains. With vm, the pod must
+// run a QEMU process on the host.
+func (s *suite) lifecycle(t *testing.T, handler, wantRelease string, vm bool) {
 	before := s.snapshot(t)
 	start := time.Now()
 	pod := s.runPod(t, handler, "life")
@@ -63,6 +64,15 @@ func (s *suite) lifecycle(t *testing.T, handler, wantRelease string) {
 	ctrs = append(ctrs, sleeper)
 	trace := s.trace(t, pod, sleeper)
 	t.Logf("pod processes while running:\n%s", harness.Leftovers{Processes: trace.Processes})
+	if vm {
+		qemu := false
+		for _, p := range trace.Processes {
+			qemu = qemu || strings.Contains(p.Cmdline, "qemu-system")
+		}
+		if !qemu {
+			t.Fatalf("pod %s runs no QEMU process", pod.ID)
+		}
+	}
 
 	t.Run("uname", func(t *testing.T) {
 		c := s.startContainer(t, pod, "uname", "uname", "-r")
