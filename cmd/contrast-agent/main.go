@@ -1,0 +1,165 @@
+// contrast-agent is the guest agent of a pod VM. The kernel runs it as /init
+// (PID 1): it sets up the VM, then serves the Agent API on vsock port 1024
+// and stdio connections on port 1025 until the VM powers off.
+//
+// Started any other way (development, tests) it skips the init work, acts
+// as a subreaper for the containers it starts, and can listen on unix
+// sockets instead of vsock.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"net"
+	"os"
+	"os/signal"
+	"time"
+
+	"github.com/containerd/log"
+	"github.com/contrast-vm/contrast/agent"
+	"github.com/contrast-vm/contrast/agent/guestinit"
+	"github.com/contrast-vm/contrast/agent/reaper"
+	api "github.com/contrast-vm/contrast/api/agent"
+	"github.com/mdlayher/vsock"
+	"github.com/sirupsen/logrus"
+	"golang.org/x/sys/unix"
+)
+
+// version is set at build time with -ldflags "-X main.version=...".
+var version = "dev"
+
+func main() {
+	if os.Getpid() == 1 {
+		err := runInit()
+		// As init there is nothing to return to: the kernel would panic.
+		log.L.WithError(err).Error("contrast-agent failed, powering off")
+		guestinit.PowerOff()
+	}
+	if err := runProcess(); err != nil {
+		fmt.Fprintf(os.Stderr, "contrast-agent: %v\n", err)
+		os.Exit(1)
+	}
+}
+
+func setupLogging(out *os.File) {
+	log.L.Logger.SetOutput(out)
+	log.L.Logger.SetFormatter(&logrus.TextFormatter{FullTimestamp: true, TimestampFormat: time.RFC3339Nano, DisableColors: true})
+}
+
+// runInit is the agent as the VM's init; it returns only on failure.
+func runInit() error {
+	console, err := guestinit.MountEarly()
+	if err != nil {
+		return fmt.Errorf("early mounts: %w", err)
+	}
+	setupLogging(console)
+	initramfs, err := guestinit.RootIsInitramfs()
+	if err != nil {
+		return err
+	}
+	if initramfs {
+		log.L.Debug("moving the root filesystem from the initramfs to a tmpfs")
+		if err := guestinit.UnmountEarly(); err != nil {
+			return err
+		}
+		return guestinit.SwitchRoot("/init") // re-executes us on success
+	}
+	if err := guestinit.Setup(); err != nil {
+		return fmt.Errorf("set up the VM: %w", err)
+	}
+	opts, err := guestinit.ReadCmdline()
+	if err != nil {
+		log.L.WithError(err).Warn("kernel command line")
+	}
+	log.L.Logger.SetLevel(opts.LogLevel)
+	os.Setenv("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+	log.L.Infof("contrast-agent %s starting as init", version)
+
+	ctx := context.Background()
+	cfg := agent.DefaultConfig(reaper.Start(ctx))
+	cfg.Version = version
+	cfg.SetHostname = guestinit.SetHostname
+	svc, err := agent.NewService(cfg)
+	if err != nil {
+		return err
+	}
+	agentL, stdioL, err := listenVsock()
+	if err != nil {
+		return err
+	}
+	if err := svc.Serve(ctx, agentL, stdioL); err != nil {
+		return err
+	}
+	return errors.New("agent stopped serving")
+}
+
+func listenVsock() (agentL, stdioL net.Listener, err error) {
+	agentL, err = vsock.ListenContextID(unix.VMADDR_CID_ANY, api.AgentPort, nil)
+	if err != nil {
+		return nil, nil, fmt.Errorf("listen on vsock port %d: %w", api.AgentPort, err)
+	}
+	stdioL, err = vsock.ListenContextID(unix.VMADDR_CID_ANY, api.StdioPort, nil)
+	if err != nil {
+		agentL.Close()
+		return nil, nil, fmt.Errorf("listen on vsock port %d: %w", api.StdioPort, err)
+	}
+	return agentL, stdioL, nil
+}
+
+// runProcess is the agent started as an ordinary process.
+func runProcess() error {
+	def := agent.DefaultConfig(nil)
+	agentSock := flag.String("agent-socket", "", "serve the Agent API on this unix socket instead of vsock")
+	stdioSock := flag.String("stdio-socket", "", "accept stdio connections on this unix socket instead of vsock")
+	runDir := flag.String("run-dir", def.RunDir, "state directory (container bundles)")
+	runcBin := flag.String("runc", def.RuncBinary, "runc binary")
+	runcRoot := flag.String("runc-root", def.RuncRoot, "runc state directory (--root)")
+	cgroupParent := flag.String("cgroup-parent", def.CgroupParent, "cgroup under which containers' cgroups are created")
+	level := flag.String("log-level", "info", "log level")
+	setHostname := flag.Bool("set-hostname", false, "let CreateSandbox set this machine's hostname")
+	flag.Parse()
+	if flag.NArg() > 0 {
+		return fmt.Errorf("unexpected arguments %q", flag.Args())
+	}
+	if (*agentSock == "") != (*stdioSock == "") {
+		return errors.New("-agent-socket and -stdio-socket go together")
+	}
+	setupLogging(os.Stderr)
+	lvl, err := logrus.ParseLevel(*level)
+	if err != nil {
+		return err
+	}
+	log.L.Logger.SetLevel(lvl)
+
+	// Containers' processes are re-parented to us when runc exits.
+	if err := unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0); err != nil {
+		return fmt.Errorf("become a subreaper: %w", err)
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), unix.SIGINT, unix.SIGTERM)
+	defer stop()
+	cfg := agent.DefaultConfig(reaper.Start(ctx))
+	cfg.Version = version
+	cfg.RunDir, cfg.RuncBinary, cfg.RuncRoot, cfg.CgroupParent = *runDir, *runcBin, *runcRoot, *cgroupParent
+	if !*setHostname {
+		cfg.SetHostname = nil
+	}
+	svc, err := agent.NewService(cfg)
+	if err != nil {
+		return err
+	}
+	var agentL, stdioL net.Listener
+	if *agentSock != "" {
+		if agentL, err = net.Listen("unix", *agentSock); err != nil {
+			return err
+		}
+		if stdioL, err = net.Listen("unix", *stdioSock); err != nil {
+			agentL.Close()
+			return err
+		}
+	} else if agentL, stdioL, err = listenVsock(); err != nil {
+		return err
+	}
+	return svc.Serve(ctx, agentL, stdioL)
+}
