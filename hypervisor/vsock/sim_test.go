@@ -84,6 +84,8 @@ type simGuest struct {
 	tap        chan header
 	violations []string
 	fence      atomic.Uint32
+	closed     bool // torn down; guest operations fail
+	extra      []func()
 }
 
 type simPacket struct {
@@ -222,6 +224,10 @@ func (g *simGuest) close() {
 		g.loopDone = nil
 	}
 	_ = g.vu.Close()
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.closed = true
+	g.cond.Broadcast()
 	for _, q := range g.q {
 		if q != nil {
 			closeFd(&q.kick)
@@ -230,6 +236,9 @@ func (g *simGuest) close() {
 	}
 	closeFd(&g.stopFd)
 	closeFd(&g.memfd)
+	for _, f := range g.extra {
+		f()
+	}
 	if g.mapping != nil {
 		_ = unix.Munmap(g.mapping)
 		g.mapping, g.mem = nil, nil
@@ -482,6 +491,9 @@ func (g *simGuest) sendLocked(h header, payload []byte) {
 }
 
 func (g *simGuest) flushLocked() {
+	if g.closed {
+		return
+	}
 	sent := false
 	for len(g.outbox) > 0 && len(g.freeSlots) > 0 {
 		p := g.outbox[0]
@@ -541,6 +553,9 @@ func (g *simGuest) waitLocked(what string, pred func() bool) error {
 	})
 	defer timer.Stop()
 	for !pred() {
+		if g.closed {
+			return errors.New("guest: torn down")
+		}
 		if time.Now().After(deadline) {
 			return fmt.Errorf("guest: timed out waiting for %s", what)
 		}
