@@ -12,20 +12,25 @@ import (
 )
 
 // GuestKernelRelease is what `uname -r` prints inside a pod VM booted from
-// the image in imageDir: manifest.json's "kernel_release" when the image
+// the image in imageDir: manifest.json's kernel release when the image
 // records it, otherwise the version string embedded in the kernel file.
 func GuestKernelRelease(imageDir string) (string, error) {
 	data, err := os.ReadFile(filepath.Join(imageDir, "manifest.json"))
 	switch {
 	case err == nil:
+		// vmimage writes kernelRelease; kernel_release is the spelling
+		// of the original contract.
 		var m struct {
-			KernelRelease string `json:"kernel_release"`
+			KernelRelease  string `json:"kernelRelease"`
+			KernelRelease2 string `json:"kernel_release"`
 		}
 		if err := json.Unmarshal(data, &m); err != nil {
 			return "", fmt.Errorf("parse %s: %w", filepath.Join(imageDir, "manifest.json"), err)
 		}
-		if m.KernelRelease != "" {
-			return m.KernelRelease, nil
+		for _, r := range []string{m.KernelRelease, m.KernelRelease2} {
+			if r != "" {
+				return r, nil
+			}
 		}
 	case !errors.Is(err, fs.ErrNotExist):
 		return "", fmt.Errorf("read guest image manifest: %w", err)
