@@ -16,7 +16,7 @@ import (
 	"time"
 
 	"github.com/containerd/ttrpc"
-	"github.com/contrast-vm/contrast/agent/internal/testimage"
+	"github.com/contrast-vm/contrast/agent/testimage"
 	"github.com/contrast-vm/contrast/agent/reaper"
 	api "github.com/contrast-vm/contrast/api/agent"
 	specs "github.com/opencontainers/runtime-spec/specs-go"

@@ -34,11 +34,13 @@ func (m mount) do() error {
 	if err := os.MkdirAll(m.target, 0o755); err != nil {
 		return fmt.Errorf("create mount point %s: %w", m.target, err)
 	}
-	err := unix.Mount(m.source, m.target, m.fstype, m.flags, m.data)
-	if errors.Is(err, unix.EBUSY) {
-		return nil // the kernel mounted it already (devtmpfs.mount=1)
+	// Mounted already (MountEarly, or the kernel's devtmpfs.mount): a
+	// second mount would stack on the first.
+	var st, parent unix.Stat_t
+	if unix.Stat(m.target, &st) == nil && unix.Stat(filepath.Dir(m.target), &parent) == nil && st.Dev != parent.Dev {
+		return nil
 	}
-	if err != nil {
+	if err := unix.Mount(m.source, m.target, m.fstype, m.flags, m.data); err != nil {
 		return fmt.Errorf("mount %s at %s: %w", m.fstype, m.target, err)
 	}
 	return nil

@@ -8,7 +8,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/contrast-vm/contrast/agent/internal/testimage"
+	"github.com/contrast-vm/contrast/agent/testimage"
 )
 
 // A sysfs-shaped directory: the serial file is what virtio-blk exposes.

@@ -55,6 +55,11 @@ func runInit() error {
 		return fmt.Errorf("early mounts: %w", err)
 	}
 	setupLogging(console)
+	opts, err := guestinit.ReadCmdline()
+	if err != nil {
+		log.L.WithError(err).Warn("kernel command line")
+	}
+	log.L.Logger.SetLevel(opts.LogLevel)
 	initramfs, err := guestinit.RootIsInitramfs()
 	if err != nil {
 		return err
@@ -69,11 +74,6 @@ func runInit() error {
 	if err := guestinit.Setup(); err != nil {
 		return fmt.Errorf("set up the VM: %w", err)
 	}
-	opts, err := guestinit.ReadCmdline()
-	if err != nil {
-		log.L.WithError(err).Warn("kernel command line")
-	}
-	log.L.Logger.SetLevel(opts.LogLevel)
 	os.Setenv("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
 	log.L.Infof("contrast-agent %s starting as init", version)
 

@@ -1,5 +1,6 @@
 // Package testimage builds container images on real block devices for
 // tests: a busybox root filesystem in an ext4 image attached to a loop device.
+// It imports testing: only tests may import it.
 package testimage
 
 import (

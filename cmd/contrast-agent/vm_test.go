@@ -1,0 +1,238 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/containerd/ttrpc"
+	"github.com/contrast-vm/contrast/agent/testimage"
+	api "github.com/contrast-vm/contrast/api/agent"
+	"github.com/contrast-vm/contrast/hypervisor"
+	"github.com/contrast-vm/contrast/hypervisor/qemu"
+	"github.com/contrast-vm/contrast/vmimage"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+)
+
+// TestAgentInVM boots the agent as /init of the real guest kernel under
+// QEMU and runs containers through its API over vsock, the way the shim
+// does: the init work (switch from the initramfs, mounts, cgroup v2, lo,
+// hostname) and runc inside the guest are only tested here.
+func TestAgentInVM(t *testing.T) {
+	kernel := os.Getenv("CONTRAST_KERNEL")
+	if kernel == "" {
+		t.Fatal("CONTRAST_KERNEL is not set: it must name the guest bzImage (make test sets it from hack/kernel.sh)")
+	}
+	testimage.Require(t)
+	runc := os.Getenv("CONTRAST_RUNC")
+	if runc == "" {
+		home, _ := os.UserHomeDir()
+		runc = filepath.Join(home, ".cache/contrast/bin/runc-static")
+	}
+	if _, err := os.Stat(runc); err != nil {
+		t.Fatalf("static runc for the guest: %v (hack/deps.sh builds it; CONTRAST_RUNC overrides)", err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+
+	dir := t.TempDir()
+	agentBin := filepath.Join(dir, "contrast-agent")
+	gobin := filepath.Join(runtime.GOROOT(), "bin", "go")
+	build := exec.Command(gobin, "build", "-trimpath", "-ldflags", "-X main.version=vm-test", "-o", agentBin, ".")
+	build.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("build agent: %v\n%s", err, out)
+	}
+	img, err := vmimage.Build(ctx, vmimage.Options{
+		Kernel: kernel, Agent: agentBin, Runc: runc, OutDir: filepath.Join(dir, "image"),
+		KernelCmdline: vmimage.DefaultKernelCmdline + " contrast.log_level=debug",
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	h, err := qemu.New(qemu.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("%s", h.Selection())
+	if err := os.Mkdir(filepath.Join(dir, "vm"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	vm, err := h.Start(ctx, hypervisor.VMSpec{
+		ID: "agent-vm-test", StateDir: filepath.Join(dir, "vm"),
+		Kernel: img.Image.Kernel(), Initrd: img.Image.Initrd(), KernelArgs: img.Image.KernelCmdline(),
+		VCPUs: 1, MemoryMiB: 512,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		if err := vm.Stop(context.Background()); err != nil {
+			t.Errorf("stop VM: %v", err)
+		}
+		console, _ := os.ReadFile(vm.ConsoleLog())
+		if t.Failed() || testing.Verbose() {
+			t.Logf("console log:\n%s", console)
+		}
+		if strings.Contains(string(console), "level=error") || strings.Contains(string(console), "panic") {
+			t.Errorf("errors in the console log:\n%s", console)
+		}
+	}()
+	client := dialAgent(ctx, t, vm)
+	health, err := client.Health(ctx, &api.HealthRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("agent %s on kernel %s ready %v after start", health.Version, health.KernelRelease, time.Since(start).Round(time.Millisecond))
+	if health.Version != "vm-test" || !strings.HasSuffix(health.KernelRelease, "-contrast") {
+		t.Errorf("health %+v", health)
+	}
+	if _, err := client.CreateSandbox(ctx, &api.CreateSandboxRequest{SandboxId: "pod1", Hostname: "agent-vm-test"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := vm.AttachDisk(ctx, hypervisor.Disk{Serial: "busybox", Path: testimage.BusyboxExt4(t), ReadOnly: true}); err != nil {
+		t.Fatal(err)
+	}
+
+	stdio := func(id, exec string, s api.Stream) net.Conn {
+		c, err := vm.Dial(ctx, api.StdioPort)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := (api.StdioHeader{ContainerID: id, ExecID: exec, Stream: s}).WriteTo(c); err != nil {
+			t.Fatal(err)
+		}
+		return c
+	}
+	create := func(id string, st *api.Stdio, args ...string) {
+		t.Helper()
+		spec, _ := json.Marshal(&specs.Spec{
+			Version: specs.Version,
+			Process: &specs.Process{Args: args, Env: []string{"PATH=/bin"}, Cwd: "/"},
+			Root:    &specs.Root{Path: "rootfs"},
+			Mounts: []specs.Mount{
+				{Destination: "/proc", Type: "proc", Source: "proc"},
+				{Destination: "/dev", Type: "tmpfs", Source: "tmpfs", Options: []string{"nosuid", "mode=755"}},
+				{Destination: "/sys", Type: "sysfs", Source: "sysfs", Options: []string{"ro"}},
+				{Destination: "/sys/fs/cgroup", Type: "cgroup", Source: "cgroup", Options: []string{"ro"}},
+				{Destination: "/etc/hosts", Type: "bind", Source: "/var/lib/kubelet/pods/x/etc-hosts", Options: []string{"rbind", "ro"}},
+				{Destination: "/dev/shm", Type: "bind", Source: "/run/containerd/sandboxes/x/shm", Options: []string{"rbind"}},
+			},
+			Linux: &specs.Linux{
+				Namespaces: []specs.LinuxNamespace{{Type: "pid"}, {Type: "mount"}, {Type: "network", Path: "/var/run/netns/cni-x"}, {Type: "uts"}, {Type: "ipc"}, {Type: "cgroup"}},
+				Resources:  &specs.LinuxResources{Pids: &specs.LinuxPids{Limit: ptr(int64(100))}},
+			},
+		})
+		_, err := client.CreateContainer(ctx, &api.CreateContainerRequest{
+			ContainerId: id, Spec: spec, Stdio: st,
+			Rootfs:      &api.BlockDevice{Serial: "busybox", Fstype: "ext4", ReadOnly: true},
+			SharedFiles: []*api.SharedFile{{Destination: "/etc/hosts", Content: []byte("10.0.0.9 pod1\n"), Mode: 0o644}},
+		})
+		if err != nil {
+			t.Fatalf("create %s: %v", id, err)
+		}
+	}
+
+	// Output, exit code, hostname, cgroup and shared file seen inside.
+	out, errOut := stdio("c1", "", api.StreamStdout), stdio("c1", "", api.StreamStderr)
+	create("c1", &api.Stdio{Stdout: true, Stderr: true}, "/bin/sh", "-c", `hostname; cat /etc/hosts; cat /sys/fs/cgroup/pids.max; i=1; while [ $i -le 10000 ]; do echo "line $i"; i=$((i+1)); done; echo bye >&2; exit 3`)
+	if _, err := client.StartContainer(ctx, &api.ContainerRequest{ContainerId: "c1"}); err != nil {
+		t.Fatal(err)
+	}
+	lines := make(chan []string, 1)
+	go func() {
+		var got []string
+		sc := bufio.NewScanner(out)
+		for sc.Scan() {
+			got = append(got, sc.Text())
+		}
+		lines <- got
+	}()
+	w, err := client.WaitProcess(ctx, &api.ProcessRequest{ContainerId: "c1"})
+	if err != nil || w.ExitStatus != 3 {
+		t.Fatalf("wait c1: %+v %v", w, err)
+	}
+	got := <-lines
+	if len(got) != 10003 || got[0] != "agent-vm-test" || got[1] != "10.0.0.9 pod1" || got[2] != "100" || got[10002] != "line 10000" {
+		t.Errorf("c1 wrote %d lines, starting %q", len(got), got[:min(4, len(got))])
+	}
+	if b, _ := io.ReadAll(errOut); string(b) != "bye\n" {
+		t.Errorf("c1 stderr %q", b)
+	}
+
+	// A second container, an exec in it, SIGKILL.
+	create("c2", nil, "/bin/sh", "-c", `trap "" TERM; while true; do sleep 1; done`)
+	if _, err := client.StartContainer(ctx, &api.ContainerRequest{ContainerId: "c2"}); err != nil {
+		t.Fatal(err)
+	}
+	eout := stdio("c2", "e1", api.StreamStdout)
+	proc, _ := json.Marshal(specs.Process{Args: []string{"/bin/sh", "-c", "ls /; exit 4"}, Env: []string{"PATH=/bin"}, Cwd: "/"})
+	if _, err := client.ExecProcess(ctx, &api.ExecProcessRequest{ContainerId: "c2", ExecId: "e1", Process: proc, Stdio: &api.Stdio{Stdout: true}}); err != nil {
+		t.Fatal(err)
+	}
+	if w, err := client.WaitProcess(ctx, &api.ProcessRequest{ContainerId: "c2", ExecId: "e1"}); err != nil || w.ExitStatus != 4 {
+		t.Fatalf("wait e1: %+v %v", w, err)
+	}
+	if b, _ := io.ReadAll(eout); !strings.Contains(string(b), "bin\n") {
+		t.Errorf("exec output %q", b)
+	}
+	ps, err := client.ListProcesses(ctx, &api.ContainerRequest{ContainerId: "c2"})
+	if err != nil || len(ps.Pids) == 0 {
+		t.Errorf("ps: %+v %v", ps, err)
+	}
+	if _, err := client.SignalProcess(ctx, &api.SignalProcessRequest{ContainerId: "c2", Signal: 9, All: true}); err != nil {
+		t.Fatal(err)
+	}
+	if w, err := client.WaitProcess(ctx, &api.ProcessRequest{ContainerId: "c2"}); err != nil || w.ExitStatus != 137 {
+		t.Fatalf("wait c2: %+v %v", w, err)
+	}
+	for _, id := range []string{"c1", "c2"} {
+		if _, err := client.RemoveContainer(ctx, &api.RemoveContainerRequest{ContainerId: id}); err != nil {
+			t.Fatalf("remove %s: %v", id, err)
+		}
+	}
+	t.Logf("whole run %v", time.Since(start).Round(time.Millisecond))
+}
+
+func ptr[T any](v T) *T { return &v }
+
+// dialAgent connects to the agent once it listens.
+func dialAgent(ctx context.Context, t *testing.T, vm hypervisor.VM) api.AgentService {
+	t.Helper()
+	deadline := time.Now().Add(2 * time.Minute)
+	for {
+		conn, err := vm.Dial(ctx, api.AgentPort)
+		if err == nil {
+			client := ttrpc.NewClient(conn)
+			t.Cleanup(func() { client.Close() })
+			c := api.NewAgentClient(client)
+			hctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+			_, err = c.Health(hctx, &api.HealthRequest{})
+			cancel()
+			if err == nil {
+				return c
+			}
+			client.Close()
+		}
+		select {
+		case <-vm.Done():
+			t.Fatalf("VM ended before the agent answered: %v", vm.Err())
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("agent did not answer: %v", err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
