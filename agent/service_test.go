@@ -16,8 +16,8 @@ import (
 	"time"
 
 	"github.com/containerd/ttrpc"
-	"github.com/contrast-vm/contrast/agent/testimage"
 	"github.com/contrast-vm/contrast/agent/reaper"
+	"github.com/contrast-vm/contrast/agent/testimage"
 	api "github.com/contrast-vm/contrast/api/agent"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"golang.org/x/sys/unix"
