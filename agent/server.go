@@ -10,12 +10,14 @@ import (
 	"github.com/containerd/log"
 	"github.com/containerd/ttrpc"
 	api "github.com/contrast-vm/contrast/api/agent"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 )
 
 // Serve serves the Agent service on agentL and stdio connections on stdioL
 // until ctx ends (then it returns nil) or a listener fails. It closes both.
 func (s *Service) Serve(ctx context.Context, agentL, stdioL net.Listener) error {
-	srv, err := ttrpc.NewServer(ttrpc.WithUnaryServerInterceptor(logRPC))
+	srv, err := ttrpc.NewServer(ttrpc.WithUnaryServerInterceptor(s.intercept))
 	if err != nil {
 		agentL.Close()
 		stdioL.Close()
@@ -55,11 +57,25 @@ func (s *Service) Serve(ctx context.Context, agentL, stdioL net.Listener) error 
 	return result
 }
 
-// logRPC logs every call at debug level and every failure as a warning, so
-// the VM's console log tells what the host asked and what went wrong.
-func logRPC(ctx context.Context, unmarshal ttrpc.Unmarshaler, info *ttrpc.UnaryServerInfo, method ttrpc.Method) (any, error) {
+// intercept checks every request with Config.Authorize once it is decoded
+// and before the service sees it, and logs every call at debug level and
+// every failure as a warning, so the VM's console log tells what the host
+// asked and what went wrong.
+func (s *Service) intercept(ctx context.Context, unmarshal ttrpc.Unmarshaler, info *ttrpc.UnaryServerInfo, method ttrpc.Method) (any, error) {
 	start := time.Now()
-	resp, err := method(ctx, unmarshal)
+	checked := unmarshal
+	if s.cfg.Authorize != nil {
+		checked = func(req any) error {
+			if err := unmarshal(req); err != nil {
+				return err
+			}
+			if err := s.cfg.Authorize(ctx, info.FullMethod, req); err != nil {
+				return status.Errorf(codes.PermissionDenied, "%s denied: %v", info.FullMethod, err)
+			}
+			return nil
+		}
+	}
+	resp, err := method(ctx, checked)
 	lg := log.G(ctx).WithField("method", info.FullMethod).WithField("duration", time.Since(start).Round(time.Microsecond))
 	if err != nil {
 		lg.WithError(err).Warn("request failed")

@@ -46,7 +46,12 @@ type Config struct {
 	StdinGrace time.Duration
 	// SetHostname sets the VM's hostname; nil leaves it alone (tests).
 	SetHostname func(string) error
-	Reaper      *reaper.Reaper
+	// Authorize, if set, sees every decoded request (method is the full
+	// ttrpc method name, e.g. "/contrast.agent.v1.Agent/CreateContainer")
+	// before the service acts on it; an error refuses the request with
+	// PermissionDenied. This is where a policy is enforced.
+	Authorize func(ctx context.Context, method string, req any) error
+	Reaper    *reaper.Reaper
 }
 
 // DefaultConfig is the configuration inside the VM.

@@ -60,7 +60,7 @@ type harness struct {
 	runcDir string
 }
 
-func newHarness(t *testing.T) *harness {
+func newHarness(t *testing.T, opts ...func(*Config)) *harness {
 	testimage.Require(t)
 	rb := runcBinary(t)
 	dev := testimage.Loop(t, testimage.BusyboxExt4(t))
@@ -91,6 +91,9 @@ func newHarness(t *testing.T) *harness {
 	cfg.StdioTimeout = 5 * time.Second
 	cfg.StdinGrace = 500 * time.Millisecond
 	cfg.SetHostname = nil // not the VM: leave the host's hostname alone
+	for _, o := range opts {
+		o(&cfg)
+	}
 	svc, err := NewService(cfg)
 	if err != nil {
 		t.Fatal(err)
@@ -476,6 +479,36 @@ func TestServiceRefuses(t *testing.T) {
 		t.Fatal(err)
 	}
 	h.assertClean()
+}
+
+// TestServiceAuthorize checks that Config.Authorize sees decoded requests
+// before the service acts on them.
+func TestServiceAuthorize(t *testing.T) {
+	var seen []string
+	h := newHarness(t, func(c *Config) {
+		c.Authorize = func(ctx context.Context, method string, req any) error {
+			seen = append(seen, method)
+			if r, ok := req.(*api.CreateContainerRequest); ok && r.ContainerId == "forbidden" {
+				return fmt.Errorf("container %s is not in the policy", r.ContainerId)
+			}
+			return nil
+		}
+	})
+	ctx := context.Background()
+	if _, err := h.client.CreateSandbox(ctx, &api.CreateSandboxRequest{SandboxId: "pod1"}); err != nil {
+		t.Fatal(err)
+	}
+	raw, _ := json.Marshal(podSpec("true"))
+	_, err := h.client.CreateContainer(ctx, &api.CreateContainerRequest{ContainerId: "forbidden", Spec: raw,
+		Rootfs: &api.BlockDevice{Serial: "img1", Fstype: "ext4"}, SharedFiles: []*api.SharedFile{{Destination: "/etc/hosts"}}})
+	if status.Code(err) != codes.PermissionDenied || !strings.Contains(err.Error(), "container forbidden is not in the policy") {
+		t.Fatalf("denied create: %v", err)
+	}
+	h.assertClean()
+	want := []string{"/contrast.agent.v1.Agent/CreateSandbox", "/contrast.agent.v1.Agent/CreateContainer"}
+	if !slices.Equal(seen, want) {
+		t.Errorf("Authorize saw %v, want %v", seen, want)
+	}
 }
 
 // assertClean checks that no container leaves mounts, bundles or runc state.
