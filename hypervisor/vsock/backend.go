@@ -86,6 +86,31 @@ func NewBackend(cfg BackendConfig) (*Backend, error) {
 	if cfg.HybridSocket != "" && len(cfg.HybridSocket)+len("_4294967295") > maxUnixPath {
 		return nil, fmt.Errorf("vhost-user-vsock: hybrid socket path %s leaves no room for the _<port> suffix of forwarded connections", cfg.HybridSocket)
 	}
+	b := newBackend(cfg)
+	var err error
+	b.vuListener, err = listenUnix(cfg.VhostUserSocket)
+	if err != nil {
+		b.cancel()
+		return nil, fmt.Errorf("vhost-user-vsock: listen for QEMU: %w", err)
+	}
+	if cfg.HybridSocket != "" {
+		b.hyListener, err = listenUnix(cfg.HybridSocket)
+		if err != nil {
+			_ = b.vuListener.Close()
+			b.cancel()
+			return nil, fmt.Errorf("vhost-user-vsock: listen for hybrid clients: %w", err)
+		}
+		b.wg.Add(1)
+		go b.serveHybrid()
+	}
+	b.wg.Add(2)
+	go b.run()
+	go b.acceptQEMU()
+	return b, nil
+}
+
+// newBackend sets up the state; NewBackend adds listeners and goroutines.
+func newBackend(cfg BackendConfig) *Backend {
 	ctx, cancel := context.WithCancel(context.Background())
 	b := &Backend{
 		cfg:        cfg,
@@ -99,26 +124,7 @@ func NewBackend(cfg BackendConfig) (*Backend, error) {
 		nextPort:   firstHostPort,
 	}
 	b.dev.init()
-	var err error
-	b.vuListener, err = listenUnix(cfg.VhostUserSocket)
-	if err != nil {
-		cancel()
-		return nil, fmt.Errorf("vhost-user-vsock: listen for QEMU: %w", err)
-	}
-	if cfg.HybridSocket != "" {
-		b.hyListener, err = listenUnix(cfg.HybridSocket)
-		if err != nil {
-			_ = b.vuListener.Close()
-			cancel()
-			return nil, fmt.Errorf("vhost-user-vsock: listen for hybrid clients: %w", err)
-		}
-		b.wg.Add(1)
-		go b.serveHybrid()
-	}
-	b.wg.Add(2)
-	go b.run()
-	go b.acceptQEMU()
-	return b, nil
+	return b
 }
 
 func listenUnix(path string) (*net.UnixListener, error) {
@@ -222,7 +228,9 @@ func (b *Backend) shutdown(connErr error) {
 		mem.unmap()
 		b.cancel()
 		close(b.stopWorker)
-		_ = b.vuListener.Close()
+		if b.vuListener != nil {
+			_ = b.vuListener.Close()
+		}
 		if b.hyListener != nil {
 			_ = b.hyListener.Close()
 		}

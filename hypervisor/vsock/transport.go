@@ -77,7 +77,10 @@ func handshake(ctx context.Context, c net.Conn, port uint32) (err error) {
 	// A deadline in the past unblocks the reads and writes below on cancel.
 	stop := context.AfterFunc(ctx, func() { _ = c.SetDeadline(time.Unix(1, 0)) })
 	defer func() {
-		if !stop() && ctx.Err() != nil {
+		// Once the AfterFunc ran, the connection is spoilt even if the
+		// handshake finished; and when the conn deadline and ctx expire
+		// together, ctx is the cause to report.
+		if !stop() || (err != nil && ctx.Err() != nil) {
 			err = ctx.Err()
 		}
 	}()
