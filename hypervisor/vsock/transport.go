@@ -71,16 +71,12 @@ func (t HybridTransport) Dial(ctx context.Context, port uint32) (net.Conn, error
 }
 
 func handshake(ctx context.Context, c net.Conn, port uint32) (err error) {
-	if dl, ok := ctx.Deadline(); ok {
-		_ = c.SetDeadline(dl)
-	}
-	// A deadline in the past unblocks the reads and writes below on cancel.
+	// When ctx ends, a deadline in the past unblocks the reads and writes below.
 	stop := context.AfterFunc(ctx, func() { _ = c.SetDeadline(time.Unix(1, 0)) })
 	defer func() {
 		// Once the AfterFunc ran, the connection is spoilt even if the
-		// handshake finished; and when the conn deadline and ctx expire
-		// together, ctx is the cause to report.
-		if !stop() || (err != nil && ctx.Err() != nil) {
+		// handshake finished.
+		if !stop() {
 			err = ctx.Err()
 		}
 	}()
