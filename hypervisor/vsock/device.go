@@ -442,6 +442,7 @@ func (b *Backend) setMemTable(m *vuMessage) error {
 	return nil
 }
 
+// isEOF: the front-end closed the connection between messages.
 func isEOF(err error) bool {
-	return errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, syscall.ECONNRESET)
+	return errors.Is(err, io.EOF) || errors.Is(err, syscall.ECONNRESET)
 }

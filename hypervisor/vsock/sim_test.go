@@ -97,6 +97,14 @@ type simPacket struct {
 // device: feature and protocol negotiation, owner, call fds, config.
 func simConnect(t testing.TB, path string, cid uint32, opts simOptions) *simGuest {
 	t.Helper()
+	g := simDial(t, path, cid, opts)
+	g.realize()
+	return g
+}
+
+// simDial only connects.
+func simDial(t testing.TB, path string, cid uint32, opts simOptions) *simGuest {
+	t.Helper()
 	c, err := net.DialUnix("unix", nil, &net.UnixAddr{Name: path, Net: "unix"})
 	if err != nil {
 		t.Fatalf("connect to vhost-user socket: %v", err)
@@ -106,7 +114,13 @@ func simConnect(t testing.TB, path string, cid uint32, opts simOptions) *simGues
 		tap: make(chan header, 4096)}
 	g.cond = sync.NewCond(&g.mu)
 	t.Cleanup(g.close)
+	return g
+}
 
+// realize is QEMU's vhost_user_backend_init and vhost_dev_init.
+func (g *simGuest) realize() {
+	t := g.t
+	t.Helper()
 	features := g.getU64(vuGetFeatures)
 	if features&featVersion1 == 0 || features&vuFProtocolFeatures == 0 {
 		t.Fatalf("back-end features %#x lack VERSION_1 or PROTOCOL_FEATURES", features)
@@ -130,10 +144,9 @@ func simConnect(t testing.TB, path string, cid uint32, opts simOptions) *simGues
 		unix.Close(fd)
 	}
 	reply := g.call(vuGetConfig, 0, encodeConfig(0, 0, make([]byte, 8)))
-	if len(reply) != 20 || binary.LittleEndian.Uint64(reply[12:]) != uint64(cid) {
-		t.Fatalf("GET_CONFIG reply %x, want guest CID %d", reply, cid)
+	if len(reply) != 20 || binary.LittleEndian.Uint64(reply[12:]) != uint64(g.cid) {
+		t.Fatalf("GET_CONFIG reply %x, want guest CID %d", reply, g.cid)
 	}
-	return g
 }
 
 // start plays the guest driver setting DRIVER_OK and QEMU starting vhost:
