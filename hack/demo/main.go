@@ -30,7 +30,8 @@ func main() {
 	defer stop()
 	if err := run(ctx); err != nil {
 		if ctx.Err() != nil {
-			fmt.Fprintln(os.Stderr, "demo: interrupted")
+			// Teardown may have had to kill what the interrupted step left.
+			fmt.Fprintf(os.Stderr, "demo: interrupted\n%v\n", err)
 		} else {
 			fmt.Fprintf(os.Stderr, "demo: %v\n", err)
 		}
@@ -146,6 +147,12 @@ func demoPod(ctx context.Context, c *harness.Containerd, hostRelease string) err
 	var pod *harness.Pod
 	var ctr *harness.Container
 	var trace harness.PodTrace
+	// What the instance holds before the pod, to tell afterwards that the
+	// pod left nothing (network namespace, sockets, snapshots, cgroups).
+	before, err := c.Snapshot()
+	if err != nil {
+		return err
+	}
 	steps := []struct {
 		title string
 		f     func() ([]string, error)
@@ -225,6 +232,13 @@ func demoPod(ctx context.Context, c *harness.Containerd, hostRelease string) err
 				if err != nil {
 					return nil, err
 				}
+				n, err := c.NewSince(before)
+				if err != nil {
+					return nil, err
+				}
+				l.Processes = append(l.Processes, n.Processes...)
+				l.Mounts = append(l.Mounts, n.Mounts...)
+				l.Paths = append(l.Paths, n.Paths...)
 				if l.Empty() {
 					return []string{"no process, mount or state directory of the pod remains"}, nil
 				}

@@ -22,7 +22,14 @@ type Process struct {
 	Cmdline string
 }
 
-func (p Process) String() string { return fmt.Sprintf("pid %d (%s)", p.PID, p.Cmdline) }
+func (p Process) String() string {
+	cmd := p.Cmdline
+	// A VM monitor's command line runs to kilobytes; its head says enough.
+	if len(cmd) > 300 {
+		cmd = cmd[:300] + "..."
+	}
+	return fmt.Sprintf("pid %d (%s)", p.PID, cmd)
+}
 
 // Processes lists every process on the host. Processes that exit while
 // /proc is read are left out.
