@@ -8,7 +8,6 @@ import (
 	"io"
 	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -24,6 +23,19 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 )
+
+// testReaper is the one reaper of the test binary: two reapers would steal
+// each other's exits, as two wait4(-1) loops in one process do.
+var testReaper *reaper.Reaper
+
+func TestMain(m *testing.M) {
+	// Container processes come back to the test process when runc exits.
+	if err := unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0); err != nil {
+		panic(err)
+	}
+	testReaper = reaper.Start(context.Background())
+	os.Exit(m.Run())
+}
 
 // loopDevices finds "virtio serials" on loop devices the test attached.
 type loopDevices map[string]string
@@ -63,13 +75,11 @@ type harness struct {
 func newHarness(t *testing.T, opts ...func(*Config)) *harness {
 	testimage.Require(t)
 	rb := runcBinary(t)
-	dev := testimage.Loop(t, testimage.BusyboxExt4(t))
-	if err := unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0); err != nil {
-		t.Fatal(err)
-	}
+	run := testimage.ReaperRunner(testReaper)
+	dev := testimage.Loop(t, run, testimage.BusyboxExt4(t, run))
 	ctx, cancel := context.WithCancel(context.Background())
 	dir := t.TempDir()
-	cfg := DefaultConfig(reaper.Start(ctx))
+	cfg := DefaultConfig(testReaper)
 	cfg.Version = "test"
 	cfg.RunDir = filepath.Join(dir, "run")
 	cfg.RuncRoot = filepath.Join(dir, "runc")
@@ -527,8 +537,9 @@ func (h *harness) assertClean() {
 			h.t.Fatal(err)
 		}
 		if len(entries) > 0 {
-			out, _ := exec.Command("find", d).CombinedOutput()
-			h.t.Errorf("left in %s:\n%s", d, out)
+			var left []string
+			filepath.WalkDir(d, func(p string, _ os.DirEntry, _ error) error { left = append(left, p); return nil })
+			h.t.Errorf("left in %s:\n%s", d, strings.Join(left, "\n"))
 		}
 	}
 }

@@ -13,16 +13,20 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-func startReaper(t *testing.T) *Reaper {
-	t.Helper()
+// testReaper is the one reaper of the test binary: two reapers would steal
+// each other's exits, as two wait4(-1) loops in one process do.
+var testReaper *Reaper
+
+func TestMain(m *testing.M) {
 	// Orphans of our children must come back to the test process.
 	if err := unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0); err != nil {
-		t.Fatalf("PR_SET_CHILD_SUBREAPER: %v", err)
+		panic(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	t.Cleanup(cancel)
-	return Start(ctx)
+	testReaper = Start(context.Background())
+	os.Exit(m.Run())
 }
+
+func startReaper(*testing.T) *Reaper { return testReaper }
 
 func TestRunExitCodes(t *testing.T) {
 	r := startReaper(t)

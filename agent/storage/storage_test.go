@@ -56,7 +56,7 @@ func TestSysBlockFind(t *testing.T) {
 
 func TestRootfsMount(t *testing.T) {
 	testimage.Require(t)
-	dev := testimage.Loop(t, testimage.BusyboxExt4(t))
+	dev := testimage.Loop(t, nil, testimage.BusyboxExt4(t, nil))
 	dir := t.TempDir()
 	r := NewRootfs(dir)
 	if err := r.Mount(dev, "ext4"); err != nil {
@@ -86,7 +86,7 @@ func TestRootfsMount(t *testing.T) {
 
 func TestRootfsMountFails(t *testing.T) {
 	testimage.Require(t)
-	dev := testimage.Loop(t, testimage.BusyboxExt4(t))
+	dev := testimage.Loop(t, nil, testimage.BusyboxExt4(t, nil))
 	dir := t.TempDir()
 	r := NewRootfs(dir)
 	err := r.Mount(dev, "erofs") // wrong type for the device

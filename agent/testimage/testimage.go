@@ -4,12 +4,42 @@
 package testimage
 
 import (
+	"context"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/contrast-vm/contrast/agent/reaper"
 )
+
+// Runner runs a command to the end and returns its combined output. A test
+// process with a reaper must run commands through it (ReaperRunner):
+// exec.Cmd.Wait would race with the reaper for the exit.
+type Runner func(cmd *exec.Cmd) ([]byte, error)
+
+// ReaperRunner runs commands through r.
+func ReaperRunner(r *reaper.Reaper) Runner {
+	return func(cmd *exec.Cmd) ([]byte, error) {
+		out, err := os.CreateTemp("", "testimage-out-")
+		if err != nil {
+			return nil, err
+		}
+		defer os.Remove(out.Name())
+		defer out.Close()
+		cmd.Stdout, cmd.Stderr = out, out
+		e, err := r.Run(context.Background(), cmd)
+		b, _ := os.ReadFile(out.Name())
+		if err == nil && e.Code() != 0 {
+			err = fmt.Errorf("%v", e)
+		}
+		return b, err
+	}
+}
+
+func plainRunner(cmd *exec.Cmd) ([]byte, error) { return cmd.CombinedOutput() }
 
 // Busybox is where busybox-static is installed (apt busybox-static).
 const Busybox = "/bin/busybox"
@@ -29,8 +59,8 @@ func Require(t testing.TB) {
 }
 
 // BusyboxExt4 builds an ext4 image whose root is a busybox root filesystem
-// and returns its path.
-func BusyboxExt4(t testing.TB) string {
+// and returns its path. run may be nil when the test has no reaper.
+func BusyboxExt4(t testing.TB, run Runner) string {
 	t.Helper()
 	dir := t.TempDir()
 	root := filepath.Join(dir, "root")
@@ -46,11 +76,7 @@ func BusyboxExt4(t testing.TB) string {
 	if err := os.WriteFile(filepath.Join(root, "bin/busybox"), bb, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	out, err := exec.Command(Busybox, "--list").Output()
-	if err != nil {
-		t.Fatalf("busybox --list: %v", err)
-	}
-	for _, applet := range strings.Fields(string(out)) {
+	for _, applet := range strings.Fields(runOK(t, run, Busybox, "--list")) {
 		if applet == "busybox" {
 			continue
 		}
@@ -62,25 +88,25 @@ func BusyboxExt4(t testing.TB) string {
 		t.Fatal(err)
 	}
 	img := filepath.Join(dir, "rootfs.ext4")
-	run(t, "mkfs.ext4", "-q", "-F", "-d", root, img, "32M")
+	runOK(t, run, "mkfs.ext4", "-q", "-F", "-d", root, img, "32M")
 	return img
 }
 
 // Loop attaches image read-only to a free loop device, detached at cleanup.
-func Loop(t testing.TB, image string) string {
+// run may be nil when the test has no reaper.
+func Loop(t testing.TB, run Runner, image string) string {
 	t.Helper()
-	dev := strings.TrimSpace(run(t, "losetup", "--find", "--show", "--read-only", image))
-	t.Cleanup(func() {
-		if out, err := exec.Command("losetup", "--detach", dev).CombinedOutput(); err != nil {
-			t.Errorf("losetup --detach %s: %v: %s", dev, err, out)
-		}
-	})
+	dev := strings.TrimSpace(runOK(t, run, "losetup", "--find", "--show", "--read-only", image))
+	t.Cleanup(func() { runOK(t, run, "losetup", "--detach", dev) })
 	return dev
 }
 
-func run(t testing.TB, name string, args ...string) string {
+func runOK(t testing.TB, run Runner, name string, args ...string) string {
 	t.Helper()
-	out, err := exec.Command(name, args...).CombinedOutput()
+	if run == nil {
+		run = plainRunner
+	}
+	out, err := run(exec.Command(name, args...))
 	if err != nil {
 		t.Fatalf("%s %v: %v\n%s", name, args, err, out)
 	}

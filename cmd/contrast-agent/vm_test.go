@@ -101,7 +101,7 @@ func TestAgentInVM(t *testing.T) {
 	if _, err := client.CreateSandbox(ctx, &api.CreateSandboxRequest{SandboxId: "pod1", Hostname: "agent-vm-test"}); err != nil {
 		t.Fatal(err)
 	}
-	if err := vm.AttachDisk(ctx, hypervisor.Disk{Serial: "busybox", Path: testimage.BusyboxExt4(t), ReadOnly: true}); err != nil {
+	if err := vm.AttachDisk(ctx, hypervisor.Disk{Serial: "busybox", Path: testimage.BusyboxExt4(t, nil), ReadOnly: true}); err != nil {
 		t.Fatal(err)
 	}
 
