@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"path/filepath"
 	"strings"
 	"sync"
 	"syscall"
@@ -176,5 +177,15 @@ func testTeardown(t *testing.T, crash bool) {
 	}
 	if _, err := net.InterfaceByName(s.c.Bridge); err == nil {
 		t.Errorf("bridge %s survived teardown", s.c.Bridge)
+	}
+	// libcni's cache lies outside the instance directory.
+	for _, name := range []string{s.c.Network + "-" + pod.ID + "-eth0", "cni-loopback-" + pod.ID + "-lo"} {
+		if p := filepath.Join("/var/lib/cni/results", name); fileExists(p) {
+			t.Errorf("CNI cache entry %s survived teardown", p)
+		}
+	}
+	roots, err := filepath.Glob("/sys/fs/cgroup/*" + s.c.CgroupParent)
+	if err != nil || len(roots) != 0 {
+		t.Errorf("cgroups survived teardown: %v %v", roots, err)
 	}
 }

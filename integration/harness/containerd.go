@@ -338,6 +338,11 @@ func (c *Containerd) Stop(ctx context.Context) error {
 			errs = append(errs, err)
 		}
 	}
+	if c.Network != "" {
+		if err := removeCNICache(c.Network); err != nil {
+			errs = append(errs, err)
+		}
+	}
 	if c.Bridge != "" {
 		// The CNI bridge plugin creates the bridge and never deletes it.
 		if _, err := net.InterfaceByName(c.Bridge); err == nil {
@@ -529,4 +534,31 @@ func ipTool() string {
 		}
 	}
 	return "ip"
+}
+
+// removeCNICache removes the result cache entries of a network that
+// containerd did not tear down (it crashed or was killed): libcni keeps
+// them outside the instance directory, as <network>-<sandbox id>-<if> and,
+// for containerd's loopback network, cni-loopback-<sandbox id>-lo.
+func removeCNICache(network string) error {
+	var errs []error
+	for _, p := range listDir(cniCacheDir) {
+		rest, ok := strings.CutPrefix(filepath.Base(p), network+"-")
+		if !ok {
+			continue
+		}
+		if id, _, ok := strings.Cut(rest, "-"); ok && id != "" {
+			lo := filepath.Join(cniCacheDir, "cni-loopback-"+id+"-lo")
+			if err := os.Remove(lo); err != nil && !errors.Is(err, os.ErrNotExist) {
+				errs = append(errs, err)
+			}
+		}
+		if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
+			errs = append(errs, err)
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("remove CNI cache of network %s: %w", network, err)
+	}
+	return nil
 }
