@@ -225,8 +225,8 @@ func (s *Service) CreateContainer(ctx context.Context, req *api.CreateContainerR
 	s.mu.Unlock()
 
 	lg := log.G(ctx).WithField("container", id)
-	for _, n := range res.Notes {
-		lg.Info("spec: " + n)
+	if len(res.Notes) > 0 {
+		lg.Info("spec rewritten for the guest: " + strings.Join(res.Notes, "; "))
 	}
 	pid, err := s.create(ctx, c, req, res)
 	if err != nil {
@@ -401,8 +401,8 @@ func (s *Service) ExecProcess(ctx context.Context, req *api.ExecProcessRequest) 
 	if err != nil {
 		return nil, invalid("%s: %v", what, err)
 	}
-	for _, n := range notes {
-		log.G(ctx).WithField("container", c.id).Infof("exec %s: %s", req.ExecId, n)
+	if len(notes) > 0 {
+		log.G(ctx).WithField("container", c.id).Infof("exec %s: process rewritten for the guest: %s", req.ExecId, strings.Join(notes, "; "))
 	}
 
 	c.mu.Lock()

@@ -141,7 +141,7 @@ func (r *Result) rewrite(in Input) error {
 	}
 	// Containers share the VM's UTS namespace; the VM's hostname is the pod's.
 	if s.Hostname != "" || s.Domainname != "" {
-		r.note("dropped hostname %q/domainname %q (the VM's hostname is the pod's)", s.Hostname, s.Domainname)
+		r.note("dropped hostname %q and domainname %q (the VM's hostname is the pod's)", s.Hostname, s.Domainname)
 		s.Hostname, s.Domainname = "", ""
 	}
 
@@ -161,7 +161,11 @@ func (r *Result) rewriteLinux(in Input) error {
 		switch ns.Type {
 		case specs.NetworkNamespace, specs.IPCNamespace, specs.UTSNamespace:
 			// The VM is the pod: its network, IPC and UTS namespaces are the pod's.
-			r.note("dropped %s namespace %q (containers join the VM's)", ns.Type, ns.Path)
+			if ns.Path != "" {
+				r.note("dropped %s namespace %s (containers join the VM's)", ns.Type, ns.Path)
+			} else {
+				r.note("dropped new %s namespace (containers join the VM's)", ns.Type)
+			}
 			continue
 		case specs.PIDNamespace:
 			if ns.Path != "" {
