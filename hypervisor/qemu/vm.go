@@ -20,6 +20,7 @@ import (
 	"github.com/containerd/log"
 
 	"github.com/contrast-vm/contrast/hypervisor"
+	"github.com/contrast-vm/contrast/hypervisor/vsock"
 )
 
 // Files in a VM's state directory.
@@ -259,6 +260,11 @@ func (h *Hypervisor) launch(ctx context.Context, spec hypervisor.VMSpec, cid uin
 			return nil, err
 		}
 		vm.vsock = b
+		defer func() {
+			if retErr == nil {
+				go vm.watchVsockBackend(b)
+			}
+		}()
 	}
 
 	logPath := p(qemuLogName)
@@ -329,15 +335,22 @@ func (vm *VM) connectQMP(ctx context.Context, qmpPath, logPath string) error {
 	if err == nil {
 		return nil
 	}
+	// A QEMU that fails late in its start-up closes the connection before
+	// it is reaped: give the exit a moment to show, for the better error.
+	timedOut := hctx.Err() != nil || errors.Is(err, os.ErrDeadlineExceeded)
+	grace := 2 * time.Second
+	if timedOut {
+		grace = 0
+	}
 	select {
 	case <-vm.exited:
 		return &exitError{state: vm.cmd.ProcessState, stderr: qemuStderr(logPath)}
-	default:
+	case <-time.After(grace):
 	}
 	if ctx.Err() != nil {
 		return fmt.Errorf("waiting for qmp: %w", ctx.Err())
 	}
-	if hctx.Err() != nil {
+	if timedOut {
 		return fmt.Errorf("qemu did not answer on qmp within %s: %w", vm.cfg.StartTimeout, err)
 	}
 	return fmt.Errorf("connect to qmp: %w", err)
@@ -386,6 +399,18 @@ func (vm *VM) watch(shutdowns <-chan qmpEvent, logPath string) {
 		vm.log.WithField("pid", st.Pid()).Debugf("qemu %s", describeState(st))
 	}
 	close(vm.done)
+}
+
+// watchVsockBackend logs a vsock device failure while QEMU still runs:
+// the guest is unreachable then, and the log says why.
+func (vm *VM) watchVsockBackend(b *vsock.Backend) {
+	select {
+	case <-b.Done():
+		if err := b.Err(); err != nil && !vm.stopRequested.Load() {
+			vm.log.WithError(err).Error("vsock device backend failed; the guest is unreachable")
+		}
+	case <-vm.done:
+	}
 }
 
 // Pid is QEMU's process id.

@@ -163,10 +163,9 @@ func TestLifecycle(t *testing.T) {
 		}
 	}
 	if h.Selection().Vsock == VsockVhostUser {
-		for _, n := range []string{vhostUserSocketName, hybridSocketName} {
-			if fi, err := os.Stat(filepath.Join(dir, n)); err != nil || fi.Mode()&os.ModeSocket == 0 {
-				t.Errorf("vsock socket %s: %v", n, err)
-			}
+		// The vhost-user socket is gone once QEMU connected to it.
+		if fi, err := os.Stat(filepath.Join(dir, hybridSocketName)); err != nil || fi.Mode()&os.ModeSocket == 0 {
+			t.Errorf("hybrid vsock socket: %v", err)
 		}
 	}
 	if vm.ConsoleLog() != filepath.Join(dir, consoleLogName) {
@@ -253,8 +252,9 @@ func TestLifecycle(t *testing.T) {
 		t.Errorf("block nodes %q, want %q", nodes, want)
 	}
 
-	// Nothing listens in this guest: a dial fails, with the vm named.
-	dctx, dcancel := context.WithTimeout(ctx, 5*time.Second)
+	// This guest has no vsock driver: a dial waits for it, until the
+	// context ends, and fails naming the vm.
+	dctx, dcancel := context.WithTimeout(ctx, time.Second)
 	if c, err := vm.Dial(dctx, 1024); err == nil {
 		c.Close()
 		t.Error("dial into a guest without vsock driver succeeded")
