@@ -335,3 +335,46 @@ func FuzzStdioConnection(f *testing.F) {
 		}
 	})
 }
+
+// BenchmarkOutput measures the output path: process pipe, agent copy,
+// stream connection (a unix socket here, vsock in the VM).
+func BenchmarkOutput(b *testing.B) {
+	h := NewHub()
+	sock := filepath.Join(b.TempDir(), "stdio.sock")
+	l, err := net.Listen("unix", sock)
+	if err != nil {
+		b.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go h.Serve(ctx, l)
+	chunk := bytes.Repeat([]byte("0123456789abcdef"), 4096) // 64 KiB
+	b.SetBytes(int64(len(chunk)) * 64)
+	for i := 0; i < b.N; i++ {
+		pr, pw, err := os.Pipe()
+		if err != nil {
+			b.Fatal(err)
+		}
+		o := h.StartOutput(ctx, keyOut, pr, 5*time.Second)
+		c, err := net.Dial("unix", sock)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if _, err := hdr(keyOut).WriteTo(c); err != nil {
+			b.Fatal(err)
+		}
+		go func() {
+			for j := 0; j < 64; j++ {
+				pw.Write(chunk)
+			}
+			pw.Close()
+			o.ProcessExited()
+		}()
+		n, err := io.Copy(io.Discard, c)
+		if err != nil || n != int64(len(chunk))*64 {
+			b.Fatalf("read %d bytes: %v", n, err)
+		}
+		<-o.Done()
+		c.Close()
+	}
+}
