@@ -41,6 +41,9 @@ const maxSocketPath = 107
 // sockets next to the hybrid socket.
 const hybridPortSuffix = len("_4294967295")
 
+// killWait bounds the wait for QEMU to vanish after SIGKILL.
+const killWait = 10 * time.Second
+
 // cidAttempts bounds the retries when kernel vhost-vsock reports the
 // random CID taken.
 const cidAttempts = 5
@@ -488,10 +491,12 @@ func (vm *VM) Stop(ctx context.Context) error {
 		case <-vm.exited:
 		default:
 			vm.kill()
+			// SIGKILL ends QEMU soon, whatever ctx says: waiting a bounded
+			// while beats leaving a VM behind because ctx ran out.
 			select {
 			case <-vm.exited:
-			case <-ctx.Done():
-				return fmt.Errorf("stop vm %s: qemu pid %d still running after SIGKILL: %w", vm.id, vm.Pid(), ctx.Err())
+			case <-time.After(killWait):
+				return fmt.Errorf("stop vm %s: qemu pid %d still running %s after SIGKILL", vm.id, vm.Pid(), killWait)
 			}
 		}
 	}

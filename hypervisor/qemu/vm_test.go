@@ -313,6 +313,47 @@ func TestKilledVM(t *testing.T) {
 	checkOnlyLogs(t, spec.StateDir)
 }
 
+// TestStopHungQEMU: a QEMU that does not answer quit is killed after
+// StopTimeout, and Stop still succeeds with an expired context.
+func TestStopHungQEMU(t *testing.T) {
+	h := testHypervisor(t, Config{StopTimeout: 500 * time.Millisecond})
+	spec := testSpec(t, haltKernel(t))
+	vm := startVM(t, h, spec)
+	pid := vm.Pid()
+	if err := syscall.Kill(pid, syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	if err := vm.Stop(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if d := time.Since(start); d > 5*time.Second {
+		t.Errorf("stop took %s", d)
+	}
+	if err := vm.Err(); err != nil {
+		t.Errorf("Err after Stop: %v", err)
+	}
+	if !processGone(pid) {
+		t.Errorf("qemu %d still there", pid)
+	}
+	checkOnlyLogs(t, spec.StateDir)
+
+	// An expired context still gets the VM killed.
+	spec = testSpec(t, haltKernel(t))
+	vm = startVM(t, h, spec)
+	pid = vm.Pid()
+	syscall.Kill(pid, syscall.SIGSTOP)
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if err := vm.Stop(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if !processGone(pid) {
+		t.Errorf("qemu %d survived Stop with an expired context", pid)
+	}
+	checkOnlyLogs(t, spec.StateDir)
+}
+
 func TestGuestReset(t *testing.T) {
 	h := testHypervisor(t, Config{})
 	spec := testSpec(t, resetKernel(t))
@@ -388,6 +429,18 @@ func TestStartFailures(t *testing.T) {
 		{name: "state dir too long", spec: func(s *hypervisor.VMSpec) { s.StateDir = longDir }, want: []string{"too long for its unix sockets"}},
 		{name: "state dir not a dir", spec: func(s *hypervisor.VMSpec) { s.StateDir = notDir }, want: []string{"not a directory"}},
 		{name: "relative state dir", spec: func(s *hypervisor.VMSpec) { s.StateDir = "run/vm" }, want: []string{"not an absolute path"}},
+	}
+	if ok, _ := vhostVsockUsable(vhostVsockDevice); !ok {
+		// QEMU parses the kernel vsock arguments, then cannot open the
+		// device: a clear error, and no CID retries.
+		tests = append(tests, struct {
+			name   string
+			cfg    Config
+			before func()
+			spec   func(*hypervisor.VMSpec)
+			want   []string
+		}{name: "kernel vsock without vhost_vsock", cfg: Config{Vsock: VsockKernel},
+			want: []string{"exited with status 1", "vhost-vsock: failed to open vhost device"}})
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
