@@ -9,6 +9,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/containerd/log"
 	"golang.org/x/sys/unix"
 )
 
@@ -100,8 +101,8 @@ func Setup() error {
 // SetupCgroups moves the agent into a child cgroup (a cgroup v2 cgroup with
 // processes cannot hand controllers to children, except the root) and
 // enables every available controller for the root's children, where runc
-// creates the containers' cgroups. It returns an error naming controllers
-// that could not be enabled.
+// creates the containers' cgroups. A controller the kernel refuses is
+// logged, not fatal: only containers whose limits need it fail.
 func SetupCgroups(root, agentGroup string) error {
 	dir := filepath.Join(root, agentGroup)
 	if err := os.Mkdir(dir, 0o755); err != nil && !errors.Is(err, os.ErrExist) {
@@ -123,7 +124,7 @@ func SetupCgroups(root, agentGroup string) error {
 		}
 	}
 	if len(failed) > 0 {
-		return fmt.Errorf("enable cgroup controllers: %s", strings.Join(failed, ", "))
+		log.L.Warnf("cgroup controllers not enabled: %s", strings.Join(failed, ", "))
 	}
 	return nil
 }

@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -131,7 +132,11 @@ func TestAgentInVM(t *testing.T) {
 			},
 			Linux: &specs.Linux{
 				Namespaces: []specs.LinuxNamespace{{Type: "pid"}, {Type: "mount"}, {Type: "network", Path: "/var/run/netns/cni-x"}, {Type: "uts"}, {Type: "ipc"}, {Type: "cgroup"}},
-				Resources:  &specs.LinuxResources{Pids: &specs.LinuxPids{Limit: ptr(int64(100))}},
+				Resources: &specs.LinuxResources{
+					Pids:   &specs.LinuxPids{Limit: ptr(int64(100))},
+					Memory: &specs.LinuxMemory{Limit: ptr(int64(64 << 20))},
+					CPU:    &specs.LinuxCPU{Quota: ptr(int64(50000)), Period: ptr(uint64(100000))},
+				},
 			},
 		})
 		_, err := client.CreateContainer(ctx, &api.CreateContainerRequest{
@@ -146,7 +151,7 @@ func TestAgentInVM(t *testing.T) {
 
 	// Output, exit code, hostname, cgroup and shared file seen inside.
 	out, errOut := stdio("c1", "", api.StreamStdout), stdio("c1", "", api.StreamStderr)
-	create("c1", &api.Stdio{Stdout: true, Stderr: true}, "/bin/sh", "-c", `hostname; cat /etc/hosts; cat /sys/fs/cgroup/pids.max; i=1; while [ $i -le 10000 ]; do echo "line $i"; i=$((i+1)); done; echo bye >&2; exit 3`)
+	create("c1", &api.Stdio{Stdout: true, Stderr: true}, "/bin/sh", "-c", `hostname; cat /etc/hosts; cat /sys/fs/cgroup/pids.max /sys/fs/cgroup/memory.max /sys/fs/cgroup/cpu.max; i=1; while [ $i -le 10000 ]; do echo "line $i"; i=$((i+1)); done; echo bye >&2; exit 3`)
 	if _, err := client.StartContainer(ctx, &api.ContainerRequest{ContainerId: "c1"}); err != nil {
 		t.Fatal(err)
 	}
@@ -164,8 +169,9 @@ func TestAgentInVM(t *testing.T) {
 		t.Fatalf("wait c1: %+v %v", w, err)
 	}
 	got := <-lines
-	if len(got) != 10003 || got[0] != "agent-vm-test" || got[1] != "10.0.0.9 pod1" || got[2] != "100" || got[10002] != "line 10000" {
-		t.Errorf("c1 wrote %d lines, starting %q", len(got), got[:min(4, len(got))])
+	want := []string{"agent-vm-test", "10.0.0.9 pod1", "100", "67108864", "50000 100000", "line 1"}
+	if len(got) != 10005 || !slices.Equal(got[:len(want)], want) || got[10004] != "line 10000" {
+		t.Errorf("c1 wrote %d lines, starting %q; want %q", len(got), got[:min(len(want), len(got))], want)
 	}
 	if b, _ := io.ReadAll(errOut); string(b) != "bye\n" {
 		t.Errorf("c1 stderr %q", b)
