@@ -323,3 +323,18 @@ func FuzzRewrite(f *testing.F) {
 		}
 	})
 }
+
+// FuzzRewriteProcess feeds arbitrary JSON as an exec process.
+func FuzzRewriteProcess(f *testing.F) {
+	f.Add([]byte(`{"args":["cat"],"cwd":"/","user":{"uid":1000,"gid":1000},"apparmorProfile":"x"}`))
+	f.Add([]byte(`{"args":["sh"],"cwd":"/","terminal":true}`))
+	f.Fuzz(func(t *testing.T, raw []byte) {
+		p, _, err := RewriteProcess(raw)
+		if err != nil {
+			return
+		}
+		if p.Terminal || len(p.Args) == 0 || p.ApparmorProfile != "" || p.SelinuxLabel != "" {
+			t.Fatalf("accepted %+v", p)
+		}
+	})
+}
