@@ -143,6 +143,8 @@ func startShim(ctx context.Context, p startParams) (_ string, retErr error) {
 	socketDir := p.SocketDir
 	if socketDir == "" {
 		socketDir = "/run/containerd/s"
+	} else if err := linkSocketDir(bundle, socketDir); err != nil {
+		return "", err
 	}
 	address, err := cdshim.CreateSocketAddress(ctx, socketDir, p.GRPCAddress, group, false)
 	if err != nil {
@@ -169,6 +171,9 @@ func startShim(ctx context.Context, p startParams) (_ string, retErr error) {
 		}
 	}()
 	socketFile, err := listener.File()
+	// The server process listens on the socket from here on: closing our
+	// listener must not unlink the socket file.
+	listener.SetUnlinkOnClose(false)
 	listener.Close()
 	if err != nil {
 		return "", fmt.Errorf("shim socket file: %w", err)
@@ -196,6 +201,22 @@ func startShim(ctx context.Context, p startParams) (_ string, retErr error) {
 		log.G(ctx).WithError(err).Debug("cannot adjust shim OOM score")
 	}
 	return address, nil
+}
+
+// socketDirLink is the symlink in the bundle through which containerd's shim
+// library finds a non-default socket directory when the server shuts down
+// and removes its socket.
+const socketDirLink = "s"
+
+func linkSocketDir(bundle, dir string) error {
+	link := filepath.Join(bundle, socketDirLink)
+	if err := os.Remove(link); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("replace socket dir link: %w", err)
+	}
+	if err := os.Symlink(dir, link); err != nil {
+		return fmt.Errorf("link socket dir: %w", err)
+	}
+	return nil
 }
 
 // podGroup returns the id of the pod a task belongs to: the CRI sandbox id,

@@ -237,9 +237,8 @@ func TestVirtqueueSeed(t *testing.T) {
 		}
 		ops = append(ops, opName(h.op))
 	}
-	// 3000 bytes in 1024-byte buffers (980 bytes of payload each), and RSTs
-	// for the stray packet and the
-	// request to a port nobody forwards.
+	// RSTs for the stray packet and for the request to a port nobody
+	// forwards, then 3000 bytes in 1024-byte buffers (980 bytes of payload each).
 	want := []string{"RST", "RST", "RW", "RW", "RW", "RW"}
 	if len(ops) != len(want) {
 		t.Fatalf("host sent %v, want %v", ops, want)
