@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"os"
 	"strconv"
 	"sync"
 	"time"
@@ -86,6 +87,14 @@ func newQMPClient(ctx context.Context, conn net.Conn) (*qmpClient, error) {
 	line, err := rd.ReadBytes('\n')
 	stop()
 	if err != nil {
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			// The socket deadline is ctx's: let ctx catch up, to report
+			// it rather than an i/o timeout.
+			select {
+			case <-ctx.Done():
+			case <-time.After(100 * time.Millisecond):
+			}
+		}
 		if ctx.Err() != nil {
 			return nil, fmt.Errorf("qmp: waiting for greeting: %w", ctx.Err())
 		}

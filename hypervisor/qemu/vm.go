@@ -340,15 +340,20 @@ func (vm *VM) connectQMP(ctx context.Context, qmpPath, logPath string) error {
 	}
 	// A QEMU that fails late in its start-up closes the connection before
 	// it is reaped: give the exit a moment to show, for the better error.
-	timedOut := hctx.Err() != nil || errors.Is(err, os.ErrDeadlineExceeded)
-	grace := 2 * time.Second
-	if timedOut {
-		grace = 0
-	}
+	// (hctx is also cancelled when QEMU exits.)
+	timedOut := errors.Is(hctx.Err(), context.DeadlineExceeded) || errors.Is(err, os.ErrDeadlineExceeded)
+	exitErr := func() error { return &exitError{state: vm.cmd.ProcessState, stderr: qemuStderr(logPath)} }
 	select {
 	case <-vm.exited:
-		return &exitError{state: vm.cmd.ProcessState, stderr: qemuStderr(logPath)}
-	case <-time.After(grace):
+		return exitErr()
+	default:
+	}
+	if !timedOut && ctx.Err() == nil {
+		select {
+		case <-vm.exited:
+			return exitErr()
+		case <-time.After(2 * time.Second):
+		}
 	}
 	if ctx.Err() != nil {
 		return fmt.Errorf("waiting for qmp: %w", ctx.Err())

@@ -588,3 +588,29 @@ func TestIsOurQEMU(t *testing.T) {
 		t.Error("path alone, not after -pidfile, taken for ours")
 	}
 }
+
+// TestStartCancelled: the caller's context bounds Start too, and what was
+// started is killed.
+func TestStartCancelled(t *testing.T) {
+	fake := filepath.Join(t.TempDir(), "fake-qemu")
+	if err := os.WriteFile(fake, []byte("#!/bin/sh\nexec sleep 60\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	h := testHypervisor(t, Config{Binary: fake})
+	spec := testSpec(t, haltKernel(t))
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	start := time.Now()
+	_, err := h.StartVM(ctx, spec)
+	if err == nil || !strings.Contains(err.Error(), "context deadline exceeded") {
+		t.Fatalf("error %v, want the context's", err)
+	}
+	if d := time.Since(start); d > 2*time.Second {
+		t.Errorf("Start returned %s after its context ended", d)
+	}
+	checkOnlyLogs(t, spec.StateDir)
+	out, _ := exec.Command("pgrep", "-f", "^sleep 60$", "-P", strconv.Itoa(os.Getpid())).Output()
+	if len(strings.TrimSpace(string(out))) > 0 {
+		t.Errorf("fake qemu still running: %s", out)
+	}
+}
