@@ -48,6 +48,8 @@ go_install_cached() {
 
 go_install_cached containerd "$CONTAINERD_VERSION" github.com/containerd/containerd/v2/cmd/containerd
 go_install_cached ctr "$CONTAINERD_VERSION" github.com/containerd/containerd/v2/cmd/ctr
+# the runc shim: the baseline handler the tests and benchmarks compare against
+go_install_cached containerd-shim-runc-v2 "$CONTAINERD_VERSION" github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2
 go_install_cached crictl "$CRICTL_VERSION" sigs.k8s.io/cri-tools/cmd/crictl
 # runc for the guest: static, with seccomp.
 CGO_ENABLED=1 go_install_cached runc-static "$RUNC_VERSION" github.com/opencontainers/runc \
