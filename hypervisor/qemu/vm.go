@@ -304,6 +304,12 @@ func (h *Hypervisor) launch(ctx context.Context, spec hypervisor.VMSpec, cid uin
 
 	pid, err := readPIDFile(p(pidFileName))
 	if err != nil {
+		select {
+		case <-vm.exited:
+			// QEMU removes its pid file when it exits: the exit is the news.
+			return nil, &exitError{state: cmd.ProcessState, stderr: qemuStderr(logPath)}
+		default:
+		}
 		return nil, err
 	}
 	if pid != cmd.Process.Pid {
