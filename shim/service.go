@@ -67,6 +67,7 @@ type service struct {
 	podStopErr   error
 	containers   map[string]*container
 	exitsPending sync.WaitGroup
+	detaches     sync.WaitGroup // disks being unplugged after their container was removed
 }
 
 // NewTaskService returns the task service; publisher and shutdown come from
@@ -531,6 +532,21 @@ func (s *service) watchPod(pd *pod) {
 	}
 }
 
+// detachDisk unplugs a removed container's rootfs disk and deletes its
+// image. When the VM stops first, the image goes with the state directory.
+func (s *service) detachDisk(pd *pod, disk hypervisor.Disk) {
+	defer s.detaches.Done()
+	ctx := context.WithoutCancel(s.ctx)
+	if err := pd.vm.DetachDisk(ctx, disk.Serial); err != nil {
+		select {
+		case <-pd.vm.Done():
+		default:
+			log.G(ctx).WithError(err).WithField("disk", disk.Path).Warn("detach rootfs disk")
+		}
+	}
+	os.Remove(disk.Path)
+}
+
 // stopPod stops the VM on purpose; watchPod then reports the exits.
 func (s *service) stopPod(ctx context.Context) error {
 	s.mu.Lock()
@@ -573,10 +589,13 @@ func (s *service) Delete(ctx context.Context, r *taskAPI.DeleteRequest) (_ *task
 			if _, err := pd.agent.RemoveContainer(ctx, &agentapi.RemoveContainerRequest{ContainerId: c.id}); err != nil {
 				errs = append(errs, fmt.Errorf("remove container %s in guest: %w", c.id, err))
 			}
-			if c.disk != nil {
-				if err := pd.vm.DetachDisk(ctx, c.disk.Serial); err != nil {
-					errs = append(errs, fmt.Errorf("detach rootfs of container %s: %w", c.id, err))
-				}
+			if c.disk != nil && !c.ownsPod {
+				// The guest releases a hot-plugged disk only after the PCIe
+				// hot-plug button delay (5 s): unplug in the background so that
+				// removing a container is not held up by it.
+				s.detaches.Add(1)
+				go s.detachDisk(pd, *c.disk)
+				c.disk = nil
 			}
 		}
 		if c.disk != nil {

@@ -285,7 +285,10 @@ func (h *Hypervisor) launch(ctx context.Context, spec hypervisor.VMSpec, cid uin
 	cmd.ExtraFiles = []*os.File{qmpFile}
 	// Its own process group: a signal meant for the shim's group (a
 	// terminal's ^C) must not take the VM down with it.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	// QEMU dies with the process that started it: without the shim its vsock
+	// backend is gone and nobody could manage the VM. containerd's `delete`
+	// then removes what is left (Cleanup).
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("run %s: %w", h.sel.Binary, err)
 	}
