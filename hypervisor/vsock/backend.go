@@ -66,6 +66,9 @@ type Backend struct {
 	dead     bool  // shut down: no more processing
 	closed   bool  // Close was called
 	err      error // why the device failed
+
+	lastWarn   time.Time // see guestWarnLocked
+	suppressed int
 }
 
 // NewBackend listens on the configured sockets and serves QEMU and hybrid
@@ -319,7 +322,7 @@ func (b *Backend) acceptLocked(h header) {
 		return
 	}
 	if len(b.conns) >= maxConns {
-		log.G(b.ctx).Warnf("vsock: refusing guest connection to host port %d: %d connections open", h.dstPort, maxConns)
+		b.guestWarnLocked("vsock: refusing guest connection to host port %d: %d connections open", h.dstPort, maxConns)
 		b.replyRSTLocked(h)
 		return
 	}

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"runtime/debug"
+	"time"
 
 	"github.com/containerd/log"
 )
@@ -223,20 +224,20 @@ func (b *Backend) processLocked() (err error) {
 func (b *Backend) guestPacketLocked(c descChain) {
 	var raw [hdrLen]byte
 	if gather(raw[:], c.readable, 0) < hdrLen {
-		log.G(b.ctx).Warnf("vsock: dropping tx buffer of %d bytes, shorter than a packet header", segsLen(c.readable))
+		b.guestWarnLocked("vsock: dropping tx buffer of %d bytes, shorter than a packet header", segsLen(c.readable))
 		return
 	}
 	h, _ := decodeHeader(raw[:])
 	if len(c.writable) > 0 {
-		log.G(b.ctx).Warnf("vsock: dropping tx packet with device-writable buffers: %v", h)
+		b.guestWarnLocked("vsock: dropping tx packet with device-writable buffers: %v", h)
 		return
 	}
 	if h.srcCID != uint64(b.cfg.GuestCID) || h.dstCID != hostCID {
-		log.G(b.ctx).Warnf("vsock: dropping tx packet with foreign addresses: %v", h)
+		b.guestWarnLocked("vsock: dropping tx packet with foreign addresses: %v", h)
 		return
 	}
 	if h.op == opRW && (h.len > maxPayload || int(h.len) > segsLen(c.readable)-hdrLen) {
-		log.G(b.ctx).Warnf("vsock: dropping tx packet with bad length (%d byte buffer): %v", segsLen(c.readable), h)
+		b.guestWarnLocked("vsock: dropping tx packet with bad length (%d byte buffer): %v", segsLen(c.readable), h)
 		return
 	}
 	if h.op != opRW {
@@ -281,7 +282,7 @@ func (b *Backend) outgoingLocked() bool {
 func (b *Backend) fillLocked(c descChain) int {
 	room := segsLen(c.writable)
 	if room < hdrLen || len(c.readable) > 0 {
-		log.G(b.ctx).Warnf("vsock: guest posted an unusable rx buffer (%d writable, %d readable bytes)", room, segsLen(c.readable))
+		b.guestWarnLocked("vsock: guest posted an unusable rx buffer (%d writable, %d readable bytes)", room, segsLen(c.readable))
 		return 0
 	}
 	var h header
@@ -310,6 +311,22 @@ func (b *Backend) fillLocked(c descChain) int {
 		b.queueLocked(conn) // to the back: connections take turns
 	}
 	return hdrLen + int(h.len)
+}
+
+// guestWarnLocked logs what a guest did wrong, at most once a second, so
+// that a hostile guest cannot flood the host's logs.
+func (b *Backend) guestWarnLocked(format string, args ...any) {
+	now := time.Now()
+	if now.Sub(b.lastWarn) < time.Second {
+		b.suppressed++
+		return
+	}
+	entry := log.G(b.ctx)
+	if b.suppressed > 0 {
+		entry = entry.WithField("suppressed", b.suppressed)
+	}
+	entry.Warnf(format, args...)
+	b.lastWarn, b.suppressed = now, 0
 }
 
 // errNoForward is why a guest connection to the host is refused.
