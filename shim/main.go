@@ -39,5 +39,10 @@ func Main(newHypervisor HypervisorFactory) {
 			return NewTaskService(ic.Context, pub.(cdshim.Publisher), sd.(shutdown.Service), newHypervisor), nil
 		},
 	})
-	cdshim.RunShim(ctx, NewManager())
+	// The shim waits for what it starts (QEMU, mkfs, log programs) itself: a
+	// process-wide reaper would steal their exit statuses.
+	cdshim.RunShim(ctx, NewManager(), func(c *cdshim.Config) {
+		c.NoReaper = true
+		c.NoSubreaper = true
+	})
 }

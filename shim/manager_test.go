@@ -1,6 +1,9 @@
 package shim
 
 import (
+	"bytes"
+	"context"
+	"errors"
 	"os"
 	"path/filepath"
 	"strings"
@@ -8,6 +11,7 @@ import (
 
 	bootapi "github.com/containerd/containerd/api/runtime/bootstrap/v1"
 	"github.com/containerd/containerd/api/types/runtimeoptions/v1"
+	"github.com/containerd/errdefs"
 	"google.golang.org/protobuf/proto"
 )
 
@@ -87,5 +91,41 @@ func TestRootfsSerial(t *testing.T) {
 	a, b := rootfsSerial("container-a"), rootfsSerial("container-b")
 	if len(a) != 20 || a == b || a != rootfsSerial("container-a") {
 		t.Fatalf("serials %q %q", a, b)
+	}
+}
+
+func TestReadSpecMalformed(t *testing.T) {
+	for _, content := range []string{`{"process":`, `not json`, `{"ociVersion":"1.1.0"}`} {
+		dir := t.TempDir()
+		if err := os.WriteFile(filepath.Join(dir, "config.json"), []byte(content), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		_, _, err := readSpec(dir)
+		if err == nil || !errors.Is(err, errdefs.ErrInvalidArgument) || !strings.Contains(err.Error(), filepath.Join(dir, "config.json")) {
+			t.Errorf("%q: error %v, want an invalid-argument error naming the file", content, err)
+		}
+	}
+}
+
+// TestStartMalformedBundle: `start` refuses a bundle whose config.json does
+// not parse, before it creates a socket or a process.
+func TestStartMalformedBundle(t *testing.T) {
+	bundle := t.TempDir()
+	if err := os.WriteFile(filepath.Join(bundle, "config.json"), []byte(`{"annotations":`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	socketDir := t.TempDir()
+	t.Chdir(bundle)
+	in, _ := proto.Marshal(&bootapi.BootstrapParams{InstanceID: "c1", Namespace: "ns", SocketDir: &socketDir})
+	var out strings.Builder
+	err := RunStart(context.Background(), []string{"-namespace", "ns", "-id", "c1", "start"}, bytes.NewReader(in), &out)
+	if err == nil || !strings.Contains(err.Error(), "malformed config.json") {
+		t.Fatalf("start: %v", err)
+	}
+	if entries, _ := os.ReadDir(socketDir); len(entries) != 0 {
+		t.Fatalf("socket dir holds %v after the failed start", entries)
+	}
+	if out.Len() != 0 {
+		t.Fatalf("start wrote %q", out.String())
 	}
 }

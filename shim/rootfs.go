@@ -14,6 +14,7 @@ import (
 
 	"github.com/containerd/containerd/api/types"
 	"github.com/containerd/containerd/v2/core/mount"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
 )
 
 // rootfsSerial is the virtio-blk serial of a container's rootfs disk: at most
@@ -33,6 +34,26 @@ func buildRootfsImage(ctx context.Context, mounts []*types.Mount, image string) 
 	return mount.WithTempMount(ctx, mount.FromProto(mounts), func(root string) error {
 		return mkfsExt4(ctx, root, image)
 	})
+}
+
+// rootfsFromBundle builds the image from the spec's root.path directory,
+// for bundles that come without snapshot mounts.
+func rootfsFromBundle(ctx context.Context, bundle string, spec *specs.Spec, image string) error {
+	if spec.Root == nil || spec.Root.Path == "" {
+		return fmt.Errorf("no rootfs: neither snapshot mounts nor root.path in the bundle spec")
+	}
+	root := spec.Root.Path
+	if !filepath.IsAbs(root) {
+		root = filepath.Join(bundle, root)
+	}
+	info, err := os.Stat(root)
+	if err != nil {
+		return fmt.Errorf("root.path: %w", err)
+	}
+	if !info.IsDir() {
+		return fmt.Errorf("root.path %s is not a directory", root)
+	}
+	return mkfsExt4(ctx, root, image)
 }
 
 // mkfsExt4 writes dir into a new sparse ext4 image sized for its content.

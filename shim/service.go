@@ -287,12 +287,19 @@ func (s *service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 // createInGuest gives the container its rootfs disk and stdio and has the
 // agent create it. On error the disk is gone again.
 func (s *service) createInGuest(ctx context.Context, p *pod, c *container, r *taskAPI.CreateTaskRequest, spec *specs.Spec, specJSON []byte) (_ uint32, retErr error) {
+	var err error
 	diskDir := filepath.Join(p.stateDir, "disks")
-	if err := os.MkdirAll(diskDir, 0o700); err != nil {
+	if err = os.MkdirAll(diskDir, 0o700); err != nil {
 		return 0, err
 	}
 	disk := hypervisor.Disk{Serial: rootfsSerial(c.id), Path: filepath.Join(diskDir, c.id+".ext4"), ReadOnly: true}
-	if err := buildRootfsImage(ctx, r.Rootfs, disk.Path); err != nil {
+	if len(r.Rootfs) > 0 {
+		err = buildRootfsImage(ctx, r.Rootfs, disk.Path)
+	} else {
+		// a bundle that brings its rootfs as a directory, as runc takes it
+		err = rootfsFromBundle(ctx, c.bundle, spec, disk.Path)
+	}
+	if err != nil {
 		return 0, fmt.Errorf("rootfs of container %s: %w", c.id, err)
 	}
 	defer func() {

@@ -139,6 +139,10 @@ func (e *exitError) Error() string {
 
 // describeState words a process end the way people read it.
 func describeState(st *os.ProcessState) string {
+	if st == nil {
+		// another reaper in this process took the exit status
+		return "ended (exit status unknown)"
+	}
 	if ws, ok := st.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
 		return fmt.Sprintf("killed by signal %d (%v)", int(ws.Signal()), ws.Signal())
 	}
@@ -405,15 +409,15 @@ func (vm *VM) watch(shutdowns <-chan qmpEvent, logPath string) {
 			msg += " after shutdown (" + vm.shutdown + ")"
 		}
 		vm.shutdownMu.Unlock()
-		if !st.Success() {
+		if st == nil || !st.Success() {
 			if tail := qemuStderr(logPath); tail != "" {
 				msg += ": " + tail
 			}
 		}
 		vm.exitErr = errors.New(msg)
-		vm.log.WithField("pid", st.Pid()).Warn(msg)
+		vm.log.WithField("pid", vm.cmd.Process.Pid).Warn(msg)
 	} else {
-		vm.log.WithField("pid", st.Pid()).Debugf("qemu %s", describeState(st))
+		vm.log.WithField("pid", vm.cmd.Process.Pid).Debugf("qemu %s", describeState(st))
 	}
 	close(vm.done)
 }
