@@ -54,9 +54,10 @@ demo: deps build image
 	$(TEST_ENV) $(GO) run ./hack/demo
 
 # End-to-end figures, each next to its baseline measured in the same run:
-# pod start via crictl (runc and contrast-cc), bare VM boot to agent-ready.
+# pod start via crictl for runc and contrast-cc, and a bare VM boot of the
+# same image to agent-ready (runp/bare-boot is the shim's overhead).
 bench: deps build image
-	$(TEST_ENV) $(GO) test -run '^$$' -bench . -benchtime 3x -timeout 30m ./shim ./integration/...
+	$(TEST_ENV) $(GO) test -run '^$$' -bench . -benchtime 3x -timeout 30m ./integration/...
 
 clean:
 	rm -rf $(OUT)

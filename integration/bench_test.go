@@ -1,13 +1,20 @@
 package integration
 
 import (
+	"context"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/containerd/ttrpc"
+
+	agentapi "github.com/contrast-vm/contrast/api/agent"
+	"github.com/contrast-vm/contrast/hypervisor"
+	"github.com/contrast-vm/contrast/hypervisor/qemu"
 	"github.com/contrast-vm/contrast/integration/harness"
+	"github.com/contrast-vm/contrast/vmimage"
 )
 
 // BenchmarkPodStartup measures, per pod, the time from `crictl runp` to
@@ -25,10 +32,15 @@ func BenchmarkPodStartup(b *testing.B) {
 			} else {
 				s = newSuite(b, handlerSpec{name: handler})
 			}
-			var runp, first time.Duration
+			var runp, first, bare time.Duration
 			var shimKiB, vmmKiB int64
 			b.ResetTimer()
 			for i := 0; i < b.N; i++ {
+				if handler != "runc" {
+					b.StopTimer()
+					bare += bareBoot(b, s.env)
+					b.StartTimer()
+				}
 				begin := time.Now()
 				pod, err := s.cri.RunPod(s.ctx, harness.PodConfig{Name: "bench", Handler: handler})
 				if err != nil {
@@ -77,8 +89,56 @@ func BenchmarkPodStartup(b *testing.B) {
 			b.ReportMetric(float64(shimKiB)/1024/n, "shim-RSS-MiB")
 			if handler != "runc" {
 				b.ReportMetric(float64(vmmKiB)/1024/n, "vmm-RSS-MiB")
+				b.ReportMetric(float64(bare.Milliseconds())/n, "bare-boot-ms")
+				b.ReportMetric(runp.Seconds()/bare.Seconds(), "runp/bare-boot")
 			}
 		})
+	}
+}
+
+// bareBoot is the baseline of pod start: QEMU boots the same image with
+// the same settings and the agent answers, with no containerd and no shim.
+func bareBoot(b *testing.B, env harness.Env) time.Duration {
+	ctx := context.Background()
+	im, err := vmimage.Load(env.ImageDir)
+	if err != nil {
+		b.Fatal(err)
+	}
+	hv, err := qemu.New(qemu.Config{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	stateDir, err := os.MkdirTemp("", "bare")
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer os.RemoveAll(stateDir)
+	begin := time.Now()
+	vm, err := hv.Start(ctx, hypervisor.VMSpec{
+		ID: "bare", StateDir: stateDir, Kernel: im.Kernel(), Initrd: im.Initrd(),
+		KernelArgs: im.KernelCmdline(), VCPUs: 1, MemoryMiB: 512,
+	})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer vm.Stop(ctx)
+	for {
+		if time.Since(begin) > time.Minute {
+			b.Fatal("bare VM: agent did not answer within a minute")
+		}
+		dialCtx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		conn, err := vm.Dial(dialCtx, agentapi.AgentPort)
+		if err == nil {
+			client := ttrpc.NewClient(conn)
+			_, err = agentapi.NewAgentClient(client).Health(dialCtx, &agentapi.HealthRequest{})
+			client.Close()
+			if err == nil {
+				cancel()
+				return time.Since(begin)
+			}
+		}
+		cancel()
+		time.Sleep(20 * time.Millisecond)
 	}
 }
 

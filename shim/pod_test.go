@@ -138,27 +138,3 @@ func TestBootPodFailures(t *testing.T) {
 		})
 	}
 }
-
-// BenchmarkBootToAgentReady is the bare baseline of pod start: QEMU boots
-// the image and the agent answers, with no containerd in between.
-func BenchmarkBootToAgentReady(b *testing.B) {
-	cfg := testConfig(b)
-	ctx := context.Background()
-	hv, err := NewQEMU(ctx, cfg)
-	if err != nil {
-		b.Fatal(err)
-	}
-	var total time.Duration
-	for i := 0; i < b.N; i++ {
-		start := time.Now()
-		p, err := bootPod(ctx, hv, cfg, "bench", "boot", "bench")
-		if err != nil {
-			b.Fatal(err)
-		}
-		total += time.Since(start)
-		if err := p.stop(ctx); err != nil {
-			b.Fatal(err)
-		}
-	}
-	b.ReportMetric(total.Seconds()/float64(b.N), "s/boot")
-}
