@@ -319,28 +319,40 @@ func (s *service) createInGuest(ctx context.Context, p *pod, c *container, r *ta
 	if err != nil {
 		return 0, fmt.Errorf("container %s: %w", c.id, err)
 	}
-	io, err := openHostIO(ctx, p.vm, namespaceOf(ctx), c.id, "", c.init.stdio)
+	pid, err := withHostIO(ctx, p, c.init, func(stdio *agentapi.Stdio) (uint32, error) {
+		resp, err := p.agent.CreateContainer(ctx, &agentapi.CreateContainerRequest{
+			ContainerId: c.id,
+			Spec:        specJSON,
+			Rootfs:      &agentapi.BlockDevice{Serial: disk.Serial, Fstype: "ext4", ReadOnly: true},
+			SharedFiles: shared,
+			Stdio:       stdio,
+		})
+		if err != nil {
+			return 0, fmt.Errorf("create container %s in pod %s: %w", c.id, p.id, err)
+		}
+		return resp.Pid, nil
+	})
 	if err != nil {
 		return 0, err
 	}
-	defer func() {
-		if retErr != nil {
-			io.close()
-		}
-	}()
-	resp, err := p.agent.CreateContainer(ctx, &agentapi.CreateContainerRequest{
-		ContainerId: c.id,
-		Spec:        specJSON,
-		Rootfs:      &agentapi.BlockDevice{Serial: disk.Serial, Fstype: "ext4", ReadOnly: true},
-		SharedFiles: shared,
-		Stdio:       stdioFlags(c.init.stdio),
-	})
-	if err != nil {
-		return 0, fmt.Errorf("create container %s in pod %s: %w", c.id, p.id, err)
-	}
 	c.disk = &disk
-	c.init.io = io
-	return resp.Pid, nil
+	return pid, nil
+}
+
+// withHostIO connects a process's stdio to the guest, then has the agent
+// start it; the streams are closed again when that fails.
+func withHostIO(ctx context.Context, pd *pod, p *process, start func(*agentapi.Stdio) (uint32, error)) (uint32, error) {
+	io, err := openHostIO(ctx, pd.vm, namespaceOf(ctx), p.containerID, p.execID, p.stdio)
+	if err != nil {
+		return 0, err
+	}
+	pid, err := start(stdioFlags(p.stdio))
+	if err != nil {
+		io.close()
+		return 0, err
+	}
+	p.io = io
+	return pid, nil
 }
 
 func stdioFlags(p stdioPaths) *agentapi.Stdio {
@@ -432,30 +444,26 @@ func (s *service) Start(ctx context.Context, r *taskAPI.StartRequest) (_ *taskAP
 	return &taskAPI.StartResponse{Pid: pid}, nil
 }
 
-func (s *service) startExec(ctx context.Context, pd *pod, p *process) (_ uint32, retErr error) {
-	io, err := openHostIO(ctx, pd.vm, namespaceOf(ctx), p.containerID, p.execID, p.stdio)
-	if err != nil {
-		return 0, err
-	}
-	defer func() {
-		if retErr != nil {
-			io.close()
+func (s *service) startExec(ctx context.Context, pd *pod, p *process) (uint32, error) {
+	pid, err := withHostIO(ctx, pd, p, func(stdio *agentapi.Stdio) (uint32, error) {
+		resp, err := pd.agent.ExecProcess(ctx, &agentapi.ExecProcessRequest{
+			ContainerId: p.containerID,
+			ExecId:      p.execID,
+			Process:     p.spec,
+			Stdio:       stdio,
+		})
+		if err != nil {
+			return 0, fmt.Errorf("start %s: %w", p.name(), err)
 		}
-	}()
-	resp, err := pd.agent.ExecProcess(ctx, &agentapi.ExecProcessRequest{
-		ContainerId: p.containerID,
-		ExecId:      p.execID,
-		Process:     p.spec,
-		Stdio:       stdioFlags(p.stdio),
+		return resp.Pid, nil
 	})
 	if err != nil {
-		return 0, fmt.Errorf("start %s: %w", p.name(), err)
-	}
-	p.io = io
-	if err := p.setRunning(resp.Pid); err != nil {
 		return 0, err
 	}
-	return resp.Pid, nil
+	if err := p.setRunning(pid); err != nil {
+		return 0, err
+	}
+	return pid, nil
 }
 
 // waitProcess waits in the guest for a process to end, then for its output
