@@ -936,6 +936,225 @@ func (x *RemoveContainerRequest) GetContainerId() string {
 	return ""
 }
 
+type ResizePtyRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	ContainerId   string                 `protobuf:"bytes,1,opt,name=container_id,json=containerId,proto3" json:"container_id,omitempty"`
+	ExecId        string                 `protobuf:"bytes,2,opt,name=exec_id,json=execId,proto3" json:"exec_id,omitempty"`
+	Width         uint32                 `protobuf:"varint,3,opt,name=width,proto3" json:"width,omitempty"`
+	Height        uint32                 `protobuf:"varint,4,opt,name=height,proto3" json:"height,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ResizePtyRequest) Reset() {
+	*x = ResizePtyRequest{}
+	mi := &file_api_agent_agent_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ResizePtyRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ResizePtyRequest) ProtoMessage() {}
+
+func (x *ResizePtyRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_api_agent_agent_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ResizePtyRequest.ProtoReflect.Descriptor instead.
+func (*ResizePtyRequest) Descriptor() ([]byte, []int) {
+	return file_api_agent_agent_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *ResizePtyRequest) GetContainerId() string {
+	if x != nil {
+		return x.ContainerId
+	}
+	return ""
+}
+
+func (x *ResizePtyRequest) GetExecId() string {
+	if x != nil {
+		return x.ExecId
+	}
+	return ""
+}
+
+func (x *ResizePtyRequest) GetWidth() uint32 {
+	if x != nil {
+		return x.Width
+	}
+	return 0
+}
+
+func (x *ResizePtyRequest) GetHeight() uint32 {
+	if x != nil {
+		return x.Height
+	}
+	return 0
+}
+
+type UpdateContainerRequest struct {
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	ContainerId string                 `protobuf:"bytes,1,opt,name=container_id,json=containerId,proto3" json:"container_id,omitempty"`
+	// OCI runtime spec LinuxResources as JSON.
+	Resources     []byte `protobuf:"bytes,2,opt,name=resources,proto3" json:"resources,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UpdateContainerRequest) Reset() {
+	*x = UpdateContainerRequest{}
+	mi := &file_api_agent_agent_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UpdateContainerRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UpdateContainerRequest) ProtoMessage() {}
+
+func (x *UpdateContainerRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_api_agent_agent_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UpdateContainerRequest.ProtoReflect.Descriptor instead.
+func (*UpdateContainerRequest) Descriptor() ([]byte, []int) {
+	return file_api_agent_agent_proto_rawDescGZIP(), []int{18}
+}
+
+func (x *UpdateContainerRequest) GetContainerId() string {
+	if x != nil {
+		return x.ContainerId
+	}
+	return ""
+}
+
+func (x *UpdateContainerRequest) GetResources() []byte {
+	if x != nil {
+		return x.Resources
+	}
+	return nil
+}
+
+type StatsContainerResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Protobuf type URL and bytes of the metrics, as containerd's task
+	// Stats answer carries them (io.containerd.cgroups.v2.Metrics).
+	TypeUrl       string `protobuf:"bytes,1,opt,name=type_url,json=typeUrl,proto3" json:"type_url,omitempty"`
+	Value         []byte `protobuf:"bytes,2,opt,name=value,proto3" json:"value,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *StatsContainerResponse) Reset() {
+	*x = StatsContainerResponse{}
+	mi := &file_api_agent_agent_proto_msgTypes[19]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *StatsContainerResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*StatsContainerResponse) ProtoMessage() {}
+
+func (x *StatsContainerResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_api_agent_agent_proto_msgTypes[19]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use StatsContainerResponse.ProtoReflect.Descriptor instead.
+func (*StatsContainerResponse) Descriptor() ([]byte, []int) {
+	return file_api_agent_agent_proto_rawDescGZIP(), []int{19}
+}
+
+func (x *StatsContainerResponse) GetTypeUrl() string {
+	if x != nil {
+		return x.TypeUrl
+	}
+	return ""
+}
+
+func (x *StatsContainerResponse) GetValue() []byte {
+	if x != nil {
+		return x.Value
+	}
+	return nil
+}
+
+type OOMEvent struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	ContainerId   string                 `protobuf:"bytes,1,opt,name=container_id,json=containerId,proto3" json:"container_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *OOMEvent) Reset() {
+	*x = OOMEvent{}
+	mi := &file_api_agent_agent_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *OOMEvent) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*OOMEvent) ProtoMessage() {}
+
+func (x *OOMEvent) ProtoReflect() protoreflect.Message {
+	mi := &file_api_agent_agent_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use OOMEvent.ProtoReflect.Descriptor instead.
+func (*OOMEvent) Descriptor() ([]byte, []int) {
+	return file_api_agent_agent_proto_rawDescGZIP(), []int{20}
+}
+
+func (x *OOMEvent) GetContainerId() string {
+	if x != nil {
+		return x.ContainerId
+	}
+	return ""
+}
+
 var File_api_agent_agent_proto protoreflect.FileDescriptor
 
 const file_api_agent_agent_proto_rawDesc = "" +
@@ -996,7 +1215,21 @@ const file_api_agent_agent_proto_rawDesc = "" +
 	"\x15ListProcessesResponse\x12\x12\n" +
 	"\x04pids\x18\x01 \x03(\rR\x04pids\";\n" +
 	"\x16RemoveContainerRequest\x12!\n" +
-	"\fcontainer_id\x18\x01 \x01(\tR\vcontainerId2\xf4\x06\n" +
+	"\fcontainer_id\x18\x01 \x01(\tR\vcontainerId\"|\n" +
+	"\x10ResizePtyRequest\x12!\n" +
+	"\fcontainer_id\x18\x01 \x01(\tR\vcontainerId\x12\x17\n" +
+	"\aexec_id\x18\x02 \x01(\tR\x06execId\x12\x14\n" +
+	"\x05width\x18\x03 \x01(\rR\x05width\x12\x16\n" +
+	"\x06height\x18\x04 \x01(\rR\x06height\"Y\n" +
+	"\x16UpdateContainerRequest\x12!\n" +
+	"\fcontainer_id\x18\x01 \x01(\tR\vcontainerId\x12\x1c\n" +
+	"\tresources\x18\x02 \x01(\fR\tresources\"I\n" +
+	"\x16StatsContainerResponse\x12\x19\n" +
+	"\btype_url\x18\x01 \x01(\tR\atypeUrl\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\fR\x05value\"-\n" +
+	"\bOOMEvent\x12!\n" +
+	"\fcontainer_id\x18\x01 \x01(\tR\vcontainerId2\xdf\n" +
+	"\n" +
 	"\x05Agent\x12M\n" +
 	"\x06Health\x12 .contrast.agent.v1.HealthRequest\x1a!.contrast.agent.v1.HealthResponse\x12R\n" +
 	"\rCreateSandbox\x12'.contrast.agent.v1.CreateSandboxRequest\x1a\x18.contrast.agent.v1.Empty\x12h\n" +
@@ -1008,7 +1241,13 @@ const file_api_agent_agent_proto_rawDesc = "" +
 	"\n" +
 	"CloseStdin\x12!.contrast.agent.v1.ProcessRequest\x1a\x18.contrast.agent.v1.Empty\x12^\n" +
 	"\rListProcesses\x12#.contrast.agent.v1.ContainerRequest\x1a(.contrast.agent.v1.ListProcessesResponse\x12V\n" +
-	"\x0fRemoveContainer\x12).contrast.agent.v1.RemoveContainerRequest\x1a\x18.contrast.agent.v1.EmptyB1Z/github.com/contrast-vm/contrast/api/agent;agentb\x06proto3"
+	"\x0fRemoveContainer\x12).contrast.agent.v1.RemoveContainerRequest\x1a\x18.contrast.agent.v1.Empty\x12J\n" +
+	"\tResizePty\x12#.contrast.agent.v1.ResizePtyRequest\x1a\x18.contrast.agent.v1.Empty\x12O\n" +
+	"\x0ePauseContainer\x12#.contrast.agent.v1.ContainerRequest\x1a\x18.contrast.agent.v1.Empty\x12P\n" +
+	"\x0fResumeContainer\x12#.contrast.agent.v1.ContainerRequest\x1a\x18.contrast.agent.v1.Empty\x12V\n" +
+	"\x0fUpdateContainer\x12).contrast.agent.v1.UpdateContainerRequest\x1a\x18.contrast.agent.v1.Empty\x12`\n" +
+	"\x0eStatsContainer\x12#.contrast.agent.v1.ContainerRequest\x1a).contrast.agent.v1.StatsContainerResponse\x12@\n" +
+	"\aWaitOOM\x12\x18.contrast.agent.v1.Empty\x1a\x1b.contrast.agent.v1.OOMEventB1Z/github.com/contrast-vm/contrast/api/agent;agentb\x06proto3"
 
 var (
 	file_api_agent_agent_proto_rawDescOnce sync.Once
@@ -1022,7 +1261,7 @@ func file_api_agent_agent_proto_rawDescGZIP() []byte {
 	return file_api_agent_agent_proto_rawDescData
 }
 
-var file_api_agent_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 17)
+var file_api_agent_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 21)
 var file_api_agent_agent_proto_goTypes = []any{
 	(*Empty)(nil),                   // 0: contrast.agent.v1.Empty
 	(*HealthRequest)(nil),           // 1: contrast.agent.v1.HealthRequest
@@ -1041,6 +1280,10 @@ var file_api_agent_agent_proto_goTypes = []any{
 	(*WaitProcessResponse)(nil),     // 14: contrast.agent.v1.WaitProcessResponse
 	(*ListProcessesResponse)(nil),   // 15: contrast.agent.v1.ListProcessesResponse
 	(*RemoveContainerRequest)(nil),  // 16: contrast.agent.v1.RemoveContainerRequest
+	(*ResizePtyRequest)(nil),        // 17: contrast.agent.v1.ResizePtyRequest
+	(*UpdateContainerRequest)(nil),  // 18: contrast.agent.v1.UpdateContainerRequest
+	(*StatsContainerResponse)(nil),  // 19: contrast.agent.v1.StatsContainerResponse
+	(*OOMEvent)(nil),                // 20: contrast.agent.v1.OOMEvent
 }
 var file_api_agent_agent_proto_depIdxs = []int32{
 	4,  // 0: contrast.agent.v1.CreateContainerRequest.rootfs:type_name -> contrast.agent.v1.BlockDevice
@@ -1057,18 +1300,30 @@ var file_api_agent_agent_proto_depIdxs = []int32{
 	10, // 11: contrast.agent.v1.Agent.CloseStdin:input_type -> contrast.agent.v1.ProcessRequest
 	9,  // 12: contrast.agent.v1.Agent.ListProcesses:input_type -> contrast.agent.v1.ContainerRequest
 	16, // 13: contrast.agent.v1.Agent.RemoveContainer:input_type -> contrast.agent.v1.RemoveContainerRequest
-	2,  // 14: contrast.agent.v1.Agent.Health:output_type -> contrast.agent.v1.HealthResponse
-	0,  // 15: contrast.agent.v1.Agent.CreateSandbox:output_type -> contrast.agent.v1.Empty
-	8,  // 16: contrast.agent.v1.Agent.CreateContainer:output_type -> contrast.agent.v1.CreateContainerResponse
-	0,  // 17: contrast.agent.v1.Agent.StartContainer:output_type -> contrast.agent.v1.Empty
-	12, // 18: contrast.agent.v1.Agent.ExecProcess:output_type -> contrast.agent.v1.ExecProcessResponse
-	0,  // 19: contrast.agent.v1.Agent.SignalProcess:output_type -> contrast.agent.v1.Empty
-	14, // 20: contrast.agent.v1.Agent.WaitProcess:output_type -> contrast.agent.v1.WaitProcessResponse
-	0,  // 21: contrast.agent.v1.Agent.CloseStdin:output_type -> contrast.agent.v1.Empty
-	15, // 22: contrast.agent.v1.Agent.ListProcesses:output_type -> contrast.agent.v1.ListProcessesResponse
-	0,  // 23: contrast.agent.v1.Agent.RemoveContainer:output_type -> contrast.agent.v1.Empty
-	14, // [14:24] is the sub-list for method output_type
-	4,  // [4:14] is the sub-list for method input_type
+	17, // 14: contrast.agent.v1.Agent.ResizePty:input_type -> contrast.agent.v1.ResizePtyRequest
+	9,  // 15: contrast.agent.v1.Agent.PauseContainer:input_type -> contrast.agent.v1.ContainerRequest
+	9,  // 16: contrast.agent.v1.Agent.ResumeContainer:input_type -> contrast.agent.v1.ContainerRequest
+	18, // 17: contrast.agent.v1.Agent.UpdateContainer:input_type -> contrast.agent.v1.UpdateContainerRequest
+	9,  // 18: contrast.agent.v1.Agent.StatsContainer:input_type -> contrast.agent.v1.ContainerRequest
+	0,  // 19: contrast.agent.v1.Agent.WaitOOM:input_type -> contrast.agent.v1.Empty
+	2,  // 20: contrast.agent.v1.Agent.Health:output_type -> contrast.agent.v1.HealthResponse
+	0,  // 21: contrast.agent.v1.Agent.CreateSandbox:output_type -> contrast.agent.v1.Empty
+	8,  // 22: contrast.agent.v1.Agent.CreateContainer:output_type -> contrast.agent.v1.CreateContainerResponse
+	0,  // 23: contrast.agent.v1.Agent.StartContainer:output_type -> contrast.agent.v1.Empty
+	12, // 24: contrast.agent.v1.Agent.ExecProcess:output_type -> contrast.agent.v1.ExecProcessResponse
+	0,  // 25: contrast.agent.v1.Agent.SignalProcess:output_type -> contrast.agent.v1.Empty
+	14, // 26: contrast.agent.v1.Agent.WaitProcess:output_type -> contrast.agent.v1.WaitProcessResponse
+	0,  // 27: contrast.agent.v1.Agent.CloseStdin:output_type -> contrast.agent.v1.Empty
+	15, // 28: contrast.agent.v1.Agent.ListProcesses:output_type -> contrast.agent.v1.ListProcessesResponse
+	0,  // 29: contrast.agent.v1.Agent.RemoveContainer:output_type -> contrast.agent.v1.Empty
+	0,  // 30: contrast.agent.v1.Agent.ResizePty:output_type -> contrast.agent.v1.Empty
+	0,  // 31: contrast.agent.v1.Agent.PauseContainer:output_type -> contrast.agent.v1.Empty
+	0,  // 32: contrast.agent.v1.Agent.ResumeContainer:output_type -> contrast.agent.v1.Empty
+	0,  // 33: contrast.agent.v1.Agent.UpdateContainer:output_type -> contrast.agent.v1.Empty
+	19, // 34: contrast.agent.v1.Agent.StatsContainer:output_type -> contrast.agent.v1.StatsContainerResponse
+	20, // 35: contrast.agent.v1.Agent.WaitOOM:output_type -> contrast.agent.v1.OOMEvent
+	20, // [20:36] is the sub-list for method output_type
+	4,  // [4:20] is the sub-list for method input_type
 	4,  // [4:4] is the sub-list for extension type_name
 	4,  // [4:4] is the sub-list for extension extendee
 	0,  // [0:4] is the sub-list for field type_name
@@ -1085,7 +1340,7 @@ func file_api_agent_agent_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_api_agent_agent_proto_rawDesc), len(file_api_agent_agent_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   17,
+			NumMessages:   21,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -18,6 +18,12 @@ type AgentService interface {
 	CloseStdin(context.Context, *ProcessRequest) (*Empty, error)
 	ListProcesses(context.Context, *ContainerRequest) (*ListProcessesResponse, error)
 	RemoveContainer(context.Context, *RemoveContainerRequest) (*Empty, error)
+	ResizePty(context.Context, *ResizePtyRequest) (*Empty, error)
+	PauseContainer(context.Context, *ContainerRequest) (*Empty, error)
+	ResumeContainer(context.Context, *ContainerRequest) (*Empty, error)
+	UpdateContainer(context.Context, *UpdateContainerRequest) (*Empty, error)
+	StatsContainer(context.Context, *ContainerRequest) (*StatsContainerResponse, error)
+	WaitOOM(context.Context, *Empty) (*OOMEvent, error)
 }
 
 func RegisterAgentService(srv *ttrpc.Server, svc AgentService) {
@@ -92,6 +98,48 @@ func RegisterAgentService(srv *ttrpc.Server, svc AgentService) {
 					return nil, err
 				}
 				return svc.RemoveContainer(ctx, &req)
+			},
+			"ResizePty": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
+				var req ResizePtyRequest
+				if err := unmarshal(&req); err != nil {
+					return nil, err
+				}
+				return svc.ResizePty(ctx, &req)
+			},
+			"PauseContainer": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
+				var req ContainerRequest
+				if err := unmarshal(&req); err != nil {
+					return nil, err
+				}
+				return svc.PauseContainer(ctx, &req)
+			},
+			"ResumeContainer": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
+				var req ContainerRequest
+				if err := unmarshal(&req); err != nil {
+					return nil, err
+				}
+				return svc.ResumeContainer(ctx, &req)
+			},
+			"UpdateContainer": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
+				var req UpdateContainerRequest
+				if err := unmarshal(&req); err != nil {
+					return nil, err
+				}
+				return svc.UpdateContainer(ctx, &req)
+			},
+			"StatsContainer": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
+				var req ContainerRequest
+				if err := unmarshal(&req); err != nil {
+					return nil, err
+				}
+				return svc.StatsContainer(ctx, &req)
+			},
+			"WaitOOM": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
+				var req Empty
+				if err := unmarshal(&req); err != nil {
+					return nil, err
+				}
+				return svc.WaitOOM(ctx, &req)
 			},
 		},
 	})
@@ -182,6 +230,54 @@ func (c *agentClient) ListProcesses(ctx context.Context, req *ContainerRequest) 
 func (c *agentClient) RemoveContainer(ctx context.Context, req *RemoveContainerRequest) (*Empty, error) {
 	var resp Empty
 	if err := c.client.Call(ctx, "contrast.agent.v1.Agent", "RemoveContainer", req, &resp); err != nil {
+		return nil, err
+	}
+	return &resp, nil
+}
+
+func (c *agentClient) ResizePty(ctx context.Context, req *ResizePtyRequest) (*Empty, error) {
+	var resp Empty
+	if err := c.client.Call(ctx, "contrast.agent.v1.Agent", "ResizePty", req, &resp); err != nil {
+		return nil, err
+	}
+	return &resp, nil
+}
+
+func (c *agentClient) PauseContainer(ctx context.Context, req *ContainerRequest) (*Empty, error) {
+	var resp Empty
+	if err := c.client.Call(ctx, "contrast.agent.v1.Agent", "PauseContainer", req, &resp); err != nil {
+		return nil, err
+	}
+	return &resp, nil
+}
+
+func (c *agentClient) ResumeContainer(ctx context.Context, req *ContainerRequest) (*Empty, error) {
+	var resp Empty
+	if err := c.client.Call(ctx, "contrast.agent.v1.Agent", "ResumeContainer", req, &resp); err != nil {
+		return nil, err
+	}
+	return &resp, nil
+}
+
+func (c *agentClient) UpdateContainer(ctx context.Context, req *UpdateContainerRequest) (*Empty, error) {
+	var resp Empty
+	if err := c.client.Call(ctx, "contrast.agent.v1.Agent", "UpdateContainer", req, &resp); err != nil {
+		return nil, err
+	}
+	return &resp, nil
+}
+
+func (c *agentClient) StatsContainer(ctx context.Context, req *ContainerRequest) (*StatsContainerResponse, error) {
+	var resp StatsContainerResponse
+	if err := c.client.Call(ctx, "contrast.agent.v1.Agent", "StatsContainer", req, &resp); err != nil {
+		return nil, err
+	}
+	return &resp, nil
+}
+
+func (c *agentClient) WaitOOM(ctx context.Context, req *Empty) (*OOMEvent, error) {
+	var resp OOMEvent
+	if err := c.client.Call(ctx, "contrast.agent.v1.Agent", "WaitOOM", req, &resp); err != nil {
 		return nil, err
 	}
 	return &resp, nil
