@@ -45,6 +45,7 @@ type pod struct {
 	id       string
 	stateDir string
 	cfg      Config
+	size     vmSize
 	vm       hypervisor.VM
 	client   *ttrpc.Client
 	agent    agentapi.AgentService
@@ -57,7 +58,7 @@ func podStateDir(cfg Config, namespace, id string) string {
 
 // bootPod starts the pod VM and waits until its agent answers. On error
 // nothing is left: no VM process, no state directory.
-func bootPod(ctx context.Context, hv hypervisor.Hypervisor, cfg Config, namespace, id, hostname string) (_ *pod, retErr error) {
+func bootPod(ctx context.Context, hv hypervisor.Hypervisor, cfg Config, size vmSize, namespace, id, hostname string) (_ *pod, retErr error) {
 	for _, f := range []struct{ key, path string }{
 		{"hypervisor.kernel", cfg.Hypervisor.Kernel}, {"hypervisor.initrd", cfg.Hypervisor.Initrd},
 	} {
@@ -90,13 +91,13 @@ func bootPod(ctx context.Context, hv hypervisor.Hypervisor, cfg Config, namespac
 		Initrd:     cfg.Hypervisor.Initrd,
 		Firmware:   cfg.Hypervisor.Firmware,
 		KernelArgs: args,
-		VCPUs:      cfg.Hypervisor.VCPUs,
-		MemoryMiB:  cfg.Hypervisor.MemoryMiB,
+		VCPUs:      size.VCPUs,
+		MemoryMiB:  size.MemoryMiB,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("start VM for pod %s: %w", id, err)
 	}
-	p := &pod{id: id, stateDir: stateDir, cfg: cfg, vm: vm}
+	p := &pod{id: id, stateDir: stateDir, cfg: cfg, size: size, vm: vm}
 	defer func() {
 		if retErr != nil {
 			p.stop(context.WithoutCancel(ctx))
@@ -111,7 +112,7 @@ func bootPod(ctx context.Context, hv hypervisor.Hypervisor, cfg Config, namespac
 	}
 	log.G(ctx).WithFields(log.Fields{
 		"pod": id, "boot": time.Since(started).Round(time.Millisecond), "kernel": health.KernelRelease,
-		"agent": health.Version, "qemu_pid": vm.Pid(),
+		"agent": health.Version, "qemu_pid": vm.Pid(), "vcpus": size.VCPUs, "memory_mib": size.MemoryMiB,
 	}).Info("pod VM ready")
 	if _, err := p.agent.CreateSandbox(ctx, &agentapi.CreateSandboxRequest{SandboxId: id, Hostname: hostname}); err != nil {
 		return nil, fmt.Errorf("set up sandbox in pod %s: %w", id, err)

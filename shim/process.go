@@ -12,18 +12,23 @@ import (
 // process.transition and nowhere else:
 //
 //	created ──start──▶ running ──exit──▶ stopped ──delete──▶ deleted
+//	   │                 │  ▲                ▲
+//	   │            pause│  │resume          │ exit (VM died)
+//	   │                 ▼  │                │
+//	   │                paused ──────────────┘
 //	   └───────────────exit (start failed, VM died)──▶ stopped
 type processState int
 
 const (
 	stateCreated processState = iota
 	stateRunning
+	statePaused
 	stateStopped
 	stateDeleted
 )
 
 func (s processState) String() string {
-	return [...]string{"created", "running", "stopped", "deleted"}[s]
+	return [...]string{"created", "running", "paused", "stopped", "deleted"}[s]
 }
 
 // stdioPaths are the stdio endpoints containerd gave for a process.
@@ -66,7 +71,9 @@ func (p *process) transition(to processState) error {
 	case stateCreated:
 		legal = to == stateRunning || to == stateStopped || to == stateDeleted
 	case stateRunning:
-		legal = to == stateStopped
+		legal = to == stateStopped || to == statePaused
+	case statePaused:
+		legal = to == stateRunning || to == stateStopped
 	case stateStopped:
 		legal = to == stateDeleted
 	}
@@ -86,6 +93,13 @@ func (p *process) setRunning(pid uint32) error {
 	}
 	p.pid = pid
 	return nil
+}
+
+// setState moves the process, for pause and resume.
+func (p *process) setState(to processState) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.transition(to)
 }
 
 // setExited records the exit once; it reports false when the process had

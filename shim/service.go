@@ -198,9 +198,6 @@ func (s *service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 	if err := agentapi.ValidateID("container id", r.ID); err != nil {
 		return nil, fmt.Errorf("%v: %w", err, errdefs.ErrInvalidArgument)
 	}
-	if r.Terminal {
-		return nil, fmt.Errorf("container %s asks for a terminal, which this runtime does not support yet: %w", r.ID, errdefs.ErrNotImplemented)
-	}
 	if r.Checkpoint != "" {
 		return nil, fmt.Errorf("restoring container %s from a checkpoint is not supported: %w", r.ID, errdefs.ErrNotImplemented)
 	}
@@ -219,7 +216,7 @@ func (s *service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 		bundle:  r.Bundle,
 		sandbox: spec.Annotations[annotationContainerType] == containerTypeSandbox,
 		execs:   map[string]*process{},
-		init:    newProcess(r.ID, "", stdioPaths{Stdin: r.Stdin, Stdout: r.Stdout, Stderr: r.Stderr}),
+		init:    newProcess(r.ID, "", stdioPaths{Stdin: r.Stdin, Stdout: r.Stdout, Stderr: r.Stderr, Terminal: r.Terminal}),
 	}
 	podID := spec.Annotations[annotationSandboxID]
 	if podID == "" {
@@ -241,8 +238,11 @@ func (s *service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 		if err != nil {
 			return nil, fmt.Errorf("hypervisor for pod %s: %w", podID, err)
 		}
-		hostname := spec.Hostname
-		p, err = bootPod(ctx, hv, cfg, namespaceOf(ctx), podID, hostname)
+		size, err := podVMSize(cfg.Hypervisor, spec.Annotations)
+		if err != nil {
+			return nil, fmt.Errorf("size of pod %s: %w", podID, err)
+		}
+		p, err = bootPod(ctx, hv, cfg, size, namespaceOf(ctx), podID, spec.Hostname)
 		if err != nil {
 			return nil, err
 		}
@@ -254,6 +254,7 @@ func (s *service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 		s.pod = p
 		s.mu.Unlock()
 		go s.watchPod(p)
+		go s.watchOOM(p)
 		c.ownsPod = !c.sandbox
 	} else if _, err := s.livePod(); err != nil {
 		return nil, err
@@ -261,6 +262,14 @@ func (s *service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 
 	pid := uint32(p.vm.Pid())
 	if !c.sandbox {
+		if spec.Linux != nil {
+			if err := p.size.fits(spec.Linux.Resources); err != nil {
+				if c.ownsPod {
+					s.stopPod(ctx)
+				}
+				return nil, fmt.Errorf("container %s: %w", r.ID, err)
+			}
+		}
 		pid, err = s.createInGuest(ctx, p, c, r, spec, specJSON)
 		if err != nil {
 			if c.ownsPod {
@@ -532,7 +541,7 @@ func (s *service) watchPod(pd *pod) {
 	// A process whose exit the agent reported just before the end keeps it.
 	for _, p := range procs {
 		p.mu.Lock()
-		running := p.state == stateRunning
+		running := p.state == stateRunning || p.state == statePaused
 		p.mu.Unlock()
 		if running {
 			s.exit(p, 128+uint32(syscall.SIGKILL), now)
@@ -584,8 +593,8 @@ func (s *service) Delete(ctx context.Context, r *taskAPI.DeleteRequest) (_ *task
 	}
 	s.lifecycle.Lock()
 	defer s.lifecycle.Unlock()
-	if state, _, _, _ := p.snapshot(); state == stateRunning {
-		return nil, fmt.Errorf("%s is still running: %w", p.name(), errdefs.ErrFailedPrecondition)
+	if state, _, _, _ := p.snapshot(); state == stateRunning || state == statePaused {
+		return nil, fmt.Errorf("%s is still %s: %w", p.name(), state, errdefs.ErrFailedPrecondition)
 	}
 	if r.ExecID != "" {
 		if err := p.markDeleted(); err != nil {
@@ -653,9 +662,6 @@ func (s *service) Exec(ctx context.Context, r *taskAPI.ExecProcessRequest) (_ *e
 	if c.sandbox {
 		return nil, fmt.Errorf("exec in the pod sandbox %s: the sandbox runs no processes: %w", c.id, errdefs.ErrNotImplemented)
 	}
-	if r.Terminal {
-		return nil, fmt.Errorf("exec %s asks for a terminal, which this runtime does not support yet: %w", r.ExecID, errdefs.ErrNotImplemented)
-	}
 	if r.Spec == nil || len(r.Spec.GetValue()) == 0 {
 		return nil, fmt.Errorf("exec %s has no process spec: %w", r.ExecID, errdefs.ErrInvalidArgument)
 	}
@@ -663,7 +669,7 @@ func (s *service) Exec(ctx context.Context, r *taskAPI.ExecProcessRequest) (_ *e
 	if err := json.Unmarshal(r.Spec.GetValue(), &proc); err != nil {
 		return nil, fmt.Errorf("exec %s: malformed process spec: %v: %w", r.ExecID, err, errdefs.ErrInvalidArgument)
 	}
-	p := newProcess(c.id, r.ExecID, stdioPaths{Stdin: r.Stdin, Stdout: r.Stdout, Stderr: r.Stderr})
+	p := newProcess(c.id, r.ExecID, stdioPaths{Stdin: r.Stdin, Stdout: r.Stdout, Stderr: r.Stderr, Terminal: r.Terminal})
 	p.spec = r.Spec.GetValue()
 	s.mu.Lock()
 	if _, ok := c.execs[r.ExecID]; ok {
@@ -689,6 +695,8 @@ func (s *service) State(ctx context.Context, r *taskAPI.StateRequest) (_ *taskAP
 		st = task.Status_CREATED
 	case stateRunning:
 		st = task.Status_RUNNING
+	case statePaused:
+		st = task.Status_PAUSED
 	case stateStopped, stateDeleted:
 		st = task.Status_STOPPED
 	}
@@ -804,25 +812,145 @@ func (s *service) Shutdown(ctx context.Context, r *taskAPI.ShutdownRequest) (*em
 	return &emptypb.Empty{}, nil
 }
 
-func notYet(what string) error {
-	return grpcErr(fmt.Errorf("%s is not supported by the contrast runtime yet: %w", what, errdefs.ErrNotImplemented))
+func (s *service) Checkpoint(context.Context, *taskAPI.CheckpointTaskRequest) (*emptypb.Empty, error) {
+	return nil, grpcErr(fmt.Errorf("checkpoint: a confidential VM's memory cannot be checkpointed by the host, so the contrast runtime does not support it: %w", errdefs.ErrNotImplemented))
 }
 
-func (s *service) Pause(context.Context, *taskAPI.PauseRequest) (*emptypb.Empty, error) {
-	return nil, notYet("pause")
+// guestContainer returns a container that runs in the guest, and the pod.
+func (s *service) guestContainer(id, what string) (*container, *pod, error) {
+	c, err := s.getContainer(id)
+	if err != nil {
+		return nil, nil, err
+	}
+	if c.sandbox {
+		return nil, nil, fmt.Errorf("%s the pod sandbox %s: it stands for the VM and runs no processes: %w", what, id, errdefs.ErrNotImplemented)
+	}
+	pd, err := s.livePod()
+	if err != nil {
+		return nil, nil, err
+	}
+	return c, pd, nil
 }
-func (s *service) Resume(context.Context, *taskAPI.ResumeRequest) (*emptypb.Empty, error) {
-	return nil, notYet("resume")
+
+func (s *service) Pause(ctx context.Context, r *taskAPI.PauseRequest) (_ *emptypb.Empty, retErr error) {
+	defer func() { retErr = grpcErr(retErr) }()
+	c, pd, err := s.guestContainer(r.ID, "pause")
+	if err != nil {
+		return nil, err
+	}
+	if _, err := pd.agent.PauseContainer(ctx, &agentapi.ContainerRequest{ContainerId: c.id}); err != nil {
+		return nil, fmt.Errorf("pause container %s: %w", c.id, err)
+	}
+	if err := c.init.setState(statePaused); err != nil {
+		return nil, err
+	}
+	s.publish(runtime.TaskPausedEventTopic, &eventstypes.TaskPaused{ContainerID: c.id})
+	return &emptypb.Empty{}, nil
 }
-func (s *service) Checkpoint(context.Context, *taskAPI.CheckpointTaskRequest) (*emptypb.Empty, error) {
-	return nil, notYet("checkpoint")
+
+func (s *service) Resume(ctx context.Context, r *taskAPI.ResumeRequest) (_ *emptypb.Empty, retErr error) {
+	defer func() { retErr = grpcErr(retErr) }()
+	c, pd, err := s.guestContainer(r.ID, "resume")
+	if err != nil {
+		return nil, err
+	}
+	if _, err := pd.agent.ResumeContainer(ctx, &agentapi.ContainerRequest{ContainerId: c.id}); err != nil {
+		return nil, fmt.Errorf("resume container %s: %w", c.id, err)
+	}
+	if err := c.init.setState(stateRunning); err != nil {
+		return nil, err
+	}
+	s.publish(runtime.TaskResumedEventTopic, &eventstypes.TaskResumed{ContainerID: c.id})
+	return &emptypb.Empty{}, nil
 }
-func (s *service) ResizePty(context.Context, *taskAPI.ResizePtyRequest) (*emptypb.Empty, error) {
-	return nil, notYet("resizing a terminal")
+
+func (s *service) ResizePty(ctx context.Context, r *taskAPI.ResizePtyRequest) (_ *emptypb.Empty, retErr error) {
+	defer func() { retErr = grpcErr(retErr) }()
+	_, p, err := s.getProcess(r.ID, r.ExecID)
+	if err != nil {
+		return nil, err
+	}
+	if !p.stdio.Terminal {
+		return nil, fmt.Errorf("resize %s: it has no terminal: %w", p.name(), errdefs.ErrFailedPrecondition)
+	}
+	pd, err := s.livePod()
+	if err != nil {
+		return nil, err
+	}
+	if _, err := pd.agent.ResizePty(ctx, &agentapi.ResizePtyRequest{
+		ContainerId: r.ID, ExecId: r.ExecID, Width: r.Width, Height: r.Height,
+	}); err != nil {
+		return nil, fmt.Errorf("resize terminal of %s: %w", p.name(), err)
+	}
+	return &emptypb.Empty{}, nil
 }
-func (s *service) Update(context.Context, *taskAPI.UpdateTaskRequest) (*emptypb.Empty, error) {
-	return nil, notYet("updating resources")
+
+func (s *service) Update(ctx context.Context, r *taskAPI.UpdateTaskRequest) (_ *emptypb.Empty, retErr error) {
+	defer func() { retErr = grpcErr(retErr) }()
+	c, pd, err := s.guestContainer(r.ID, "update")
+	if err != nil {
+		return nil, err
+	}
+	if r.Resources == nil || len(r.Resources.GetValue()) == 0 {
+		return nil, fmt.Errorf("update container %s: no resources given: %w", c.id, errdefs.ErrInvalidArgument)
+	}
+	var res specs.LinuxResources
+	if err := json.Unmarshal(r.Resources.GetValue(), &res); err != nil {
+		return nil, fmt.Errorf("update container %s: malformed resources: %v: %w", c.id, err, errdefs.ErrInvalidArgument)
+	}
+	if err := pd.size.fits(&res); err != nil {
+		return nil, fmt.Errorf("update container %s: %w", c.id, err)
+	}
+	if _, err := pd.agent.UpdateContainer(ctx, &agentapi.UpdateContainerRequest{ContainerId: c.id, Resources: r.Resources.GetValue()}); err != nil {
+		return nil, fmt.Errorf("update container %s: %w", c.id, err)
+	}
+	return &emptypb.Empty{}, nil
 }
-func (s *service) Stats(context.Context, *taskAPI.StatsRequest) (*taskAPI.StatsResponse, error) {
-	return nil, notYet("stats")
+
+func (s *service) Stats(ctx context.Context, r *taskAPI.StatsRequest) (_ *taskAPI.StatsResponse, retErr error) {
+	defer func() { retErr = grpcErr(retErr) }()
+	c, err := s.getContainer(r.ID)
+	if err != nil {
+		return nil, err
+	}
+	if c.sandbox {
+		stats, err := vmStats(c.init.pid)
+		if err != nil {
+			return nil, fmt.Errorf("stats of pod VM %s: %w", c.id, err)
+		}
+		return &taskAPI.StatsResponse{Stats: stats}, nil
+	}
+	pd, err := s.livePod()
+	if err != nil {
+		return nil, err
+	}
+	resp, err := pd.agent.StatsContainer(ctx, &agentapi.ContainerRequest{ContainerId: c.id})
+	if err != nil {
+		return nil, fmt.Errorf("stats of container %s: %w", c.id, err)
+	}
+	return &taskAPI.StatsResponse{Stats: &anypb.Any{TypeUrl: resp.TypeUrl, Value: resp.Value}}, nil
+}
+
+// watchOOM relays the guest's OOM kills to containerd until the VM ends.
+func (s *service) watchOOM(pd *pod) {
+	ctx, cancel := context.WithCancel(s.ctx)
+	defer cancel()
+	go func() {
+		select {
+		case <-pd.vm.Done():
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	for {
+		ev, err := pd.agent.WaitOOM(ctx, &agentapi.Empty{})
+		if err != nil {
+			if ctx.Err() == nil {
+				log.G(ctx).WithError(err).WithField("pod", pd.id).Warn("OOM events from the guest stopped")
+			}
+			return
+		}
+		log.G(ctx).WithField("container", ev.ContainerId).Info("container OOM-killed in the guest")
+		s.publish(runtime.TaskOOMEventTopic, &eventstypes.TaskOOM{ContainerID: ev.ContainerId})
+	}
 }
