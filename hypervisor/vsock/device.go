@@ -138,6 +138,7 @@ func (b *Backend) serveVhostUser(c *net.UnixConn) error {
 			}
 			return fmt.Errorf("read vhost-user message: %w", err)
 		}
+		log.G(b.ctx).Debugf("vhost-user %s flags=%#x size=%d fds=%d", m.name(), m.flags, len(m.payload), len(m.fds))
 		reply, err := b.handleVU(m)
 		m.closeFds()
 		var fatal fatalError
@@ -357,6 +358,10 @@ func (b *Backend) setVringFile(m *vuMessage) error {
 	case vuSetVringCall:
 		closeFd(&r.call)
 		r.call = fd
+		// An interrupt raised on the previous fd may not have reached the
+		// guest (QEMU checks its masked notifier without waiting for us):
+		// a spurious one is harmless, a lost one can hang the driver.
+		signal(fd)
 	case vuSetVringErr:
 		closeFd(&r.errFd)
 		r.errFd = fd

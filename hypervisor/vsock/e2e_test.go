@@ -56,9 +56,14 @@ func bootVM(tb testing.TB) *e2eVM {
 	if _, err := os.Stat(kernel); err != nil {
 		tb.Fatalf("CONTRAST_KERNEL: %v", err)
 	}
-	qemuBin, err := exec.LookPath("qemu-system-x86_64")
-	if err != nil {
-		tb.Fatalf("QEMU not installed (run hack/deps.sh): %v", err)
+	// CONTRAST_QEMU picks another QEMU, e.g. 10.0 unpacked from backports.
+	qemuBin := os.Getenv("CONTRAST_QEMU")
+	if qemuBin == "" {
+		var err error
+		qemuBin, err = exec.LookPath("qemu-system-x86_64")
+		if err != nil {
+			tb.Fatalf("QEMU not installed (run hack/deps.sh): %v", err)
+		}
 	}
 	dir, err := os.MkdirTemp("", "vsock-e2e")
 	if err != nil {
@@ -134,7 +139,7 @@ func bootVM(tb testing.TB) *e2eVM {
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
-	tb.Logf("guest echo server reachable %v after QEMU start", time.Since(start).Round(time.Millisecond))
+	tb.Logf("guest echo server reachable %v after starting %s", time.Since(start).Round(time.Millisecond), qemuBin)
 	return vm
 }
 

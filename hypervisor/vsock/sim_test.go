@@ -138,10 +138,12 @@ func (g *simGuest) realize() {
 	g.mustSend(vuSetOwner, 0, nil)
 	g.getU64(vuGetFeatures)
 	for i := range 2 {
-		// vhost_virtqueue_init passes the masked notifier first.
-		fd := newEventfd(t)
-		g.mustSend(vuSetVringCall, 0, u64Payload(uint64(i)), fd)
-		unix.Close(fd)
+		// vhost_virtqueue_init passes the masked notifier and an error eventfd.
+		for _, req := range []uint32{vuSetVringCall, vuSetVringErr} {
+			fd := newEventfd(t)
+			g.mustSend(req, 0, u64Payload(uint64(i)), fd)
+			unix.Close(fd)
+		}
 	}
 	reply := g.call(vuGetConfig, 0, encodeConfig(0, 0, make([]byte, 8)))
 	if len(reply) != 20 || binary.LittleEndian.Uint64(reply[12:]) != uint64(g.cid) {
@@ -149,9 +151,10 @@ func (g *simGuest) realize() {
 	}
 }
 
-// start plays the guest driver setting DRIVER_OK and QEMU starting vhost:
-// features, memory table, rings, enable. Then it posts rx buffers and
-// starts the interrupt loop.
+// start plays the guest driver setting DRIVER_OK and QEMU starting vhost,
+// in the order QEMU 7.2 and 10.0 send it: call fds, features, memory
+// table, per ring num/base/addr/kick, enable, then the unmasked call fds.
+// Then it posts rx buffers and starts the interrupt loop.
 func (g *simGuest) start() {
 	t := g.t
 	t.Helper()
@@ -174,18 +177,31 @@ func (g *simGuest) start() {
 		g.freeSlots = append(g.freeSlots, i)
 	}
 
+	var masked [2]int
+	for i, q := range g.q {
+		q.kick, q.call = newEventfd(t), newEventfd(t)
+		masked[i] = newEventfd(t)
+		g.mustSend(vuSetVringCall, 0, u64Payload(uint64(i)), masked[i])
+	}
 	g.mustSend(vuSetFeatures, 0, u64Payload(g.opts.features|vuFProtocolFeatures))
 	g.setMemTable([]regionDesc{{gpa: simGPA, size: simMemSize, uaddr: simUA, mmapOffset: simMemOff}}, g.memfd)
 	for i, q := range g.q {
-		q.kick, q.call = newEventfd(t), newEventfd(t)
 		g.mustSend(vuSetVringNum, 0, encodeVringState(uint32(i), simQueueSize))
 		g.mustSend(vuSetVringBase, 0, encodeVringState(uint32(i), 0))
 		g.mustSend(vuSetVringAddr, 0, g.vringAddrPayload(i))
 		g.mustSend(vuSetVringKick, 0, u64Payload(uint64(i)), q.kick)
-		g.mustSend(vuSetVringCall, 0, u64Payload(uint64(i)), q.call)
 	}
 	for i := range g.q {
-		g.ack(vuSetVringEnable, encodeVringState(uint32(i), 1))
+		g.ack(vuSetVringEnable, encodeVringState(uint32(i), 1)) // QEMU 10 waits; 7.2 does not
+	}
+	for i, q := range g.q {
+		g.mustSend(vuSetVringCall, 0, u64Payload(uint64(i)), q.call)
+		// Like QEMU on unmask: an interrupt raised while masked is delivered now.
+		var buf [8]byte
+		if n, _ := unix.Read(masked[i], buf[:]); n == 8 {
+			signal(q.call)
+		}
+		unix.Close(masked[i])
 	}
 	g.mu.Lock()
 	for i := range simQueueSize {
