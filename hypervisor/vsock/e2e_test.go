@@ -9,6 +9,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -101,6 +102,7 @@ func bootVM(tb testing.TB) *e2eVM {
 		"-nographic", "-nodefaults", "-no-reboot",
 		"-serial", "file:"+filepath.Join(dir, "console.log"),
 		"-kernel", kernel, "-initrd", initrd, "-append", "console=ttyS0 panic=-1",
+		"-qmp", "unix:"+filepath.Join(dir, "qmp.sock")+",server=on,wait=off",
 		"-chardev", "socket,id=vsock0,path="+vm.backend.cfg.VhostUserSocket,
 		"-device", "vhost-user-vsock-pci,chardev=vsock0",
 	)
@@ -141,6 +143,36 @@ func bootVM(tb testing.TB) *e2eVM {
 	}
 	tb.Logf("guest echo server reachable %v after starting %s", time.Since(start).Round(time.Millisecond), qemuBin)
 	return vm
+}
+
+// qmp runs QMP commands on the VM's monitor socket.
+func (vm *e2eVM) qmp(tb testing.TB, commands ...string) {
+	tb.Helper()
+	c, err := net.Dial("unix", filepath.Join(vm.dir, "qmp.sock"))
+	if err != nil {
+		tb.Fatalf("connect to QMP: %v", err)
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(30 * time.Second))
+	r := bufio.NewReader(c)
+	if _, err := r.ReadString('\n'); err != nil { // greeting
+		tb.Fatalf("QMP greeting: %v", err)
+	}
+	for _, cmd := range append([]string{"qmp_capabilities"}, commands...) {
+		fmt.Fprintf(c, `{"execute": %q}`+"\n", cmd)
+		for {
+			line, err := r.ReadString('\n')
+			if err != nil {
+				tb.Fatalf("QMP %s: %v", cmd, err)
+			}
+			if strings.Contains(line, `"return"`) {
+				break
+			}
+			if strings.Contains(line, `"error"`) {
+				tb.Fatalf("QMP %s: %s", cmd, line)
+			}
+		}
+	}
 }
 
 // buildInitramfs builds testdata/guestinit statically and packs it as /init
@@ -304,6 +336,34 @@ func TestE2EQEMU(t *testing.T) {
 				tc.name, rtts[len(rtts)/2], rtts[len(rtts)*9/10], size>>20, d.Round(time.Millisecond), mibps(size, d))
 		})
 	}
+
+	// Pausing the VM stops the vhost rings (GET_VRING_BASE); resuming
+	// restarts them with a fresh memory table. Connections survive.
+	t.Run("pause-resume", func(t *testing.T) {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		c, err := vm.backend.Dial(ctx, e2eEchoPort)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		roundTrips(t, c, 3, 64)
+		vm.qmp(t, "stop")
+		if _, err := c.Write([]byte("while paused")); err != nil {
+			t.Fatal(err)
+		}
+		_ = c.SetReadDeadline(time.Now().Add(300 * time.Millisecond))
+		if n, err := c.Read(make([]byte, 64)); !errors.Is(err, os.ErrDeadlineExceeded) {
+			t.Fatalf("a paused guest answered: %d bytes, %v", n, err)
+		}
+		vm.qmp(t, "cont")
+		got := make([]byte, len("while paused"))
+		_ = c.SetReadDeadline(time.Now().Add(30 * time.Second))
+		if _, err := io.ReadFull(c, got); err != nil || string(got) != "while paused" {
+			t.Fatalf("after resume: %q, %v", got, err)
+		}
+		echoCheck(t, c, 1<<20)
+	})
 
 	t.Run("refused", func(t *testing.T) {
 		for _, tc := range transports {
