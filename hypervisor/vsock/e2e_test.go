@@ -17,6 +17,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -36,8 +37,26 @@ type e2eVM struct {
 	backend *Backend
 	qemu    *exec.Cmd
 	exited  chan struct{}
-	stderr  *bytes.Buffer
+	stderr  *lockedBuffer
 	hello   net.Listener // <HybridSocket>_5000, the guest's greeting arrives here
+}
+
+// lockedBuffer collects QEMU's output while the test reads it.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
 }
 
 func (vm *e2eVM) console() string {
@@ -70,7 +89,7 @@ func bootVM(tb testing.TB) *e2eVM {
 		tb.Fatal(err)
 	}
 	tb.Cleanup(func() { os.RemoveAll(dir) })
-	vm := &e2eVM{dir: dir, exited: make(chan struct{}), stderr: &bytes.Buffer{}}
+	vm := &e2eVM{dir: dir, exited: make(chan struct{}), stderr: &lockedBuffer{}}
 
 	initrd := filepath.Join(dir, "initrd.cpio")
 	if err := buildInitramfs(dir, initrd); err != nil {
