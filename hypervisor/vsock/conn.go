@@ -500,6 +500,9 @@ func (q *byteQueue) tail() (a, b []byte) {
 }
 
 func (q *byteQueue) write(p []byte) {
+	if len(p) == 0 {
+		return
+	}
 	q.grow(len(p))
 	a, b := q.tail()
 	n := copy(a, p)

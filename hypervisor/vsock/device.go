@@ -353,6 +353,11 @@ func (b *Backend) setVringFile(m *vuMessage) error {
 	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
+	if b.dead {
+		// release() has run; nothing would close this fd or stop a watcher.
+		closeFd(&fd)
+		return errors.New("backend is shut down")
+	}
 	r := &b.dev.rings[index]
 	switch m.request {
 	case vuSetVringCall:

@@ -86,6 +86,7 @@ type simGuest struct {
 	fence      atomic.Uint32
 	closed     bool // torn down; guest operations fail
 	extra      []func()
+	errFds     [2]int // where the back-end reports ring errors
 }
 
 type simPacket struct {
@@ -109,7 +110,7 @@ func simDial(t testing.TB, path string, cid uint32, opts simOptions) *simGuest {
 	if err != nil {
 		t.Fatalf("connect to vhost-user socket: %v", err)
 	}
-	g := &simGuest{t: t, cid: cid, opts: opts, vu: c, memfd: -1, stopFd: -1,
+	g := &simGuest{t: t, cid: cid, opts: opts, vu: c, memfd: -1, stopFd: -1, errFds: [2]int{-1, -1},
 		conns: map[simKey]*simConn{}, listeners: map[uint32]chan *simConn{}, nextPort: 1024,
 		tap: make(chan header, 4096)}
 	g.cond = sync.NewCond(&g.mu)
@@ -139,11 +140,11 @@ func (g *simGuest) realize() {
 	g.getU64(vuGetFeatures)
 	for i := range 2 {
 		// vhost_virtqueue_init passes the masked notifier and an error eventfd.
-		for _, req := range []uint32{vuSetVringCall, vuSetVringErr} {
-			fd := newEventfd(t)
-			g.mustSend(req, 0, u64Payload(uint64(i)), fd)
-			unix.Close(fd)
-		}
+		fd := newEventfd(t)
+		g.mustSend(vuSetVringCall, 0, u64Payload(uint64(i)), fd)
+		unix.Close(fd)
+		g.errFds[i] = newEventfd(t)
+		g.mustSend(vuSetVringErr, 0, u64Payload(uint64(i)), g.errFds[i])
 	}
 	reply := g.call(vuGetConfig, 0, encodeConfig(0, 0, make([]byte, 8)))
 	if len(reply) != 20 || binary.LittleEndian.Uint64(reply[12:]) != uint64(g.cid) {
@@ -265,6 +266,8 @@ func (g *simGuest) close() {
 	}
 	closeFd(&g.stopFd)
 	closeFd(&g.memfd)
+	closeFd(&g.errFds[0])
+	closeFd(&g.errFds[1])
 	for _, f := range g.extra {
 		f()
 	}

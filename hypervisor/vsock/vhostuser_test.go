@@ -310,6 +310,11 @@ func TestBackendBrokenGuest(t *testing.T) {
 			if err == nil || !strings.Contains(err.Error(), tc.want) {
 				t.Fatalf("device stopped with %v, want an error containing %q", err, tc.want)
 			}
+			// QEMU hears of ring errors on the tx queue's error eventfd.
+			var buf [8]byte
+			if n, _ := unix.Read(g.errFds[txQueue], buf[:]); (n == 8) != strings.Contains(err.Error(), "tx queue") {
+				t.Errorf("error eventfd signalled: %v, for %v", n == 8, err)
+			}
 			if _, err := conn.Read(make([]byte, 1)); err == nil || !strings.Contains(err.Error(), tc.want) {
 				t.Fatalf("read on a connection of the failed device: %v", err)
 			}
