@@ -857,3 +857,97 @@ func benchBackend(b *testing.B) *Backend {
 	b.Cleanup(func() { be.Close() })
 	return be
 }
+
+func TestConnDeadlinesAndCloseRead(t *testing.T) {
+	b := testBackend(t)
+	g := startSim(t, b, defaultSimOptions())
+	ln := g.listen(1024)
+	conn, err := b.Dial(ctxTimeout(t), 1024)
+	if err != nil {
+		t.Fatal(err)
+	}
+	gc := g.accept(ln)
+
+	// The guest reads nothing: a write deadline ends a blocked Write.
+	conn.SetWriteDeadline(time.Now().Add(200 * time.Millisecond))
+	n, err := conn.Write(make([]byte, 2<<20))
+	var ne net.Error
+	if !errors.Is(err, os.ErrDeadlineExceeded) || !errors.As(err, &ne) || !ne.Timeout() {
+		t.Fatalf("blocked write: %d, %v; want a timeout", n, err)
+	}
+	if n < txLimit || n >= 2<<20 {
+		t.Errorf("blocked write queued %d bytes", n)
+	}
+	conn.SetWriteDeadline(time.Time{})
+
+	conn.SetReadDeadline(time.Now().Add(-time.Second))
+	if _, err := conn.Read(make([]byte, 1)); !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("read past its deadline: %v", err)
+	}
+	// Clearing the deadline while a read waits lets it go on.
+	got := make(chan error, 1)
+	conn.SetReadDeadline(time.Now().Add(time.Hour))
+	go func() {
+		buf := make([]byte, 1)
+		_, err := conn.Read(buf)
+		got <- err
+	}()
+	time.Sleep(50 * time.Millisecond)
+	conn.SetReadDeadline(time.Time{})
+	if err := gc.write([]byte("x")); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-got; err != nil {
+		t.Fatalf("read after the deadline was cleared: %v", err)
+	}
+
+	if err := conn.(*Conn).CloseRead(); err != nil {
+		t.Fatal(err)
+	}
+	g.expectPacket("SHUTDOWN RCV", func(h header) bool { return h.op == opShutdown && h.flags == shutdownRcv })
+	if _, err := conn.Read(make([]byte, 1)); err != io.EOF {
+		t.Fatalf("read after CloseRead: %v, want EOF", err)
+	}
+	conn.Close()
+}
+
+// TestByteQueue checks the ring buffer against bytes.Buffer.
+func TestByteQueue(t *testing.T) {
+	r := rand.New(rand.NewPCG(5, 6))
+	var q byteQueue
+	var ref bytes.Buffer
+	src := randomBytes(1 << 16)
+	for i := range 20000 {
+		switch r.IntN(4) {
+		case 0:
+			p := src[:r.IntN(9000)]
+			q.write(p)
+			ref.Write(p)
+		case 1:
+			n := r.IntN(9000)
+			segs := [][]byte{src[:n/3], src[n/3 : n/2], src[n/2 : n]}
+			off := r.IntN(n/3 + 1)
+			q.writeFrom(segs, off, n-off)
+			ref.Write(src[off:n])
+		case 2:
+			p := make([]byte, r.IntN(9000))
+			got := q.read(p)
+			want := ref.Next(len(p))
+			if !bytes.Equal(p[:got], want) {
+				t.Fatalf("op %d: read %d bytes that differ", i, got)
+			}
+		case 3:
+			n := r.IntN(9000)
+			a, b := q.head(n)
+			want := ref.Bytes()[:min(n, ref.Len())]
+			if !bytes.Equal(append(append([]byte(nil), a...), b...), want) {
+				t.Fatalf("op %d: head(%d) differs", i, n)
+			}
+			q.discard(len(a) + len(b))
+			ref.Next(len(a) + len(b))
+		}
+		if q.len() != ref.Len() {
+			t.Fatalf("op %d: length %d, want %d", i, q.len(), ref.Len())
+		}
+	}
+}

@@ -122,10 +122,19 @@ func (c *Conn) sendable() bool {
 		return false
 	case c.tx.len() > 0 && c.credit() > 0:
 		return true
-	case c.shutWant&^c.shutSent != 0 && c.tx.len() == 0:
+	case c.shutdownNow()&^c.shutSent != 0:
 		return true
 	}
 	return c.wantCredit
+}
+
+// shutdownNow is the SHUTDOWN flags that may go out now: SEND only once
+// the queued data is out, RCV at once.
+func (c *Conn) shutdownNow() uint32 {
+	if c.tx.len() > 0 {
+		return c.shutWant &^ shutdownSend
+	}
+	return c.shutWant
 }
 
 // nextPacket builds the next packet for the guest; the payload, if any, is
@@ -150,10 +159,10 @@ func (c *Conn) nextPacket(room int) header {
 		h.op = opRW
 		h.len = uint32(min(room, c.tx.len(), int(c.credit()), maxPayload))
 		c.txCnt += h.len
-	case c.shutWant&^c.shutSent != 0 && c.tx.len() == 0:
+	case c.shutdownNow()&^c.shutSent != 0:
 		h.op = opShutdown
-		h.flags = c.shutWant
-		c.shutSent = c.shutWant
+		h.flags = c.shutdownNow() | c.shutSent
+		c.shutSent = h.flags
 	default:
 		h.op = opCreditUpdate
 	}
