@@ -43,6 +43,12 @@ const (
 
 // Backend is a vhost-user-vsock device back-end serving one QEMU VM. It is a
 // hypervisor.Transport: Dial connects to a guest port.
+//
+// The device lives as long as QEMU's connection: when QEMU disconnects, Done
+// is closed and every connection fails. Pausing the VM (QEMU stops and later
+// restarts the rings) keeps connections; a guest that resets its vsock driver
+// without QEMU restarting (system_reset) forgets its connections, and ours
+// learn of it only when they next send (the guest answers with RST).
 type Backend struct {
 	cfg        BackendConfig
 	ctx        context.Context

@@ -326,7 +326,7 @@ func (b *Backend) setVringState(m *vuMessage) error {
 		}
 		r.enabled = num == 1
 	}
-	b.kickLocked()
+	b.kick()
 	return nil
 }
 
@@ -387,7 +387,7 @@ func (b *Backend) setVringFile(m *vuMessage) error {
 		}
 		b.wg.Add(1)
 		go b.watchKick(f)
-		b.kickLocked()
+		b.kick()
 	}
 	return nil
 }
@@ -446,7 +446,7 @@ func (b *Backend) setMemTable(m *vuMessage) error {
 		r.q.unbind()
 		r.bound = false
 	}
-	b.kickLocked()
+	b.kick()
 	b.mu.Unlock()
 	old.unmap()
 	return nil

@@ -44,15 +44,14 @@ func (b *Backend) run() {
 	}
 }
 
-// kick wakes the worker.
+// kick wakes the worker. It never blocks, so it may be called with or
+// without the lock held.
 func (b *Backend) kick() {
 	select {
 	case b.wake <- struct{}{}:
 	default:
 	}
 }
-
-func (b *Backend) kickLocked() { b.kick() }
 
 // queueLocked schedules a connection for the rx queue.
 func (b *Backend) queueLocked(c *Conn) {
