@@ -24,11 +24,15 @@ type container struct {
 	id     string
 	bundle string
 	rootfs *storage.Rootfs
+	cgroup string // the container's cgroup, below the hierarchy root
 
-	mu    sync.Mutex
-	state containerState
-	init  *process
-	execs map[string]*process
+	mu     sync.Mutex
+	state  containerState
+	paused bool
+	init   *process
+	execs  map[string]*process
+	// oom reports the container's OOM kills (nil if it cannot).
+	oom *oomWatcher
 }
 
 // processes returns init and the exec processes.

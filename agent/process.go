@@ -21,6 +21,11 @@ type process struct {
 	pid                 int
 	stdin               *stdio.Input
 	outputs             []*stdio.Output
+	// console is the pty master of a process with a terminal (for
+	// ResizePty), closed once the process is done.
+	console *os.File
+	// onExit runs once the exit is known, before WaitProcess may return it.
+	onExit func()
 
 	exited chan struct{} // closed when the process has exited
 	done   chan struct{} // closed when it has exited and its output reached the host
@@ -62,6 +67,9 @@ func (p *process) watch(ctx context.Context, exit <-chan reaper.Exit) {
 	p.mu.Unlock()
 	close(p.exited)
 	log.G(ctx).Infof("%s: %v", p, e)
+	if p.onExit != nil {
+		p.onExit()
+	}
 	for _, o := range p.outputs {
 		o.ProcessExited()
 	}
@@ -71,7 +79,32 @@ func (p *process) watch(ctx context.Context, exit <-chan reaper.Exit) {
 	if p.stdin != nil {
 		p.stdin.Close(0)
 	}
+	if p.console != nil {
+		p.console.Close()
+	}
 	close(p.done)
+}
+
+// resize sets the window size of the process's terminal.
+func (p *process) resize(width, height uint32) error {
+	if p.console == nil {
+		return precondition("resize terminal of %s: the process has no terminal", p)
+	}
+	if width > 0xffff || height > 0xffff {
+		return invalid("resize terminal of %s: %dx%d is out of range (at most 65535 columns and rows)", p, width, height)
+	}
+	select {
+	case <-p.done:
+		return precondition("resize terminal of %s: the process has exited", p)
+	default:
+	}
+	if err := setWinsize(p.console, uint16(width), uint16(height)); err != nil {
+		if errors.Is(err, os.ErrClosed) {
+			return precondition("resize terminal of %s: the process has exited", p)
+		}
+		return fmt.Errorf("resize terminal of %s: %w", p, err)
+	}
+	return nil
 }
 
 // abortIO cuts the stdio connections of an exited process whose output the
@@ -82,16 +115,38 @@ func (p *process) abortIO() {
 	}
 }
 
-// procIO are the pipes of a process being started: the child ends go to
-// runc (which passes them on to the process), the agent keeps the others.
+// procIO is the stdio of a process being started: pipes, whose child ends
+// go to runc (which passes them on to the process) while the agent keeps
+// the others, or for a terminal the socket runc sends the pty master to.
 type procIO struct {
 	child                    runc.IO
 	stdinW, stdoutR, stderrR *os.File
+	console                  *consoleSocket
+	// master is the pty master (for resizing); stdoutR and stdinTerm are
+	// duplicates of it for the copiers, which close them when they end.
+	master    *os.File
+	stdinTerm *os.File
 }
 
-// newProcIO creates a pipe for every stream st declares. The child ends are
-// owned by uid:gid so that the process can reopen them (/dev/stdout).
-func newProcIO(st *api.Stdio, uid, gid uint32) (_ *procIO, err error) {
+// checkStdio refuses stdio a process cannot have: a terminal is one
+// stream for output, stdout; it has no stderr.
+func checkStdio(st *api.Stdio) error {
+	if !st.GetTerminal() {
+		return nil
+	}
+	if st.Stderr {
+		return errors.New("a process with a terminal has no stderr stream (its output is all on stdout)")
+	}
+	if !st.Stdout {
+		return errors.New("a process with a terminal needs a stdout stream to carry the terminal's output")
+	}
+	return nil
+}
+
+// newProcIO creates a pipe for every stream st declares, or a console
+// socket in dir for a terminal. The child ends of pipes are owned by
+// uid:gid so that the process can reopen them (/dev/stdout).
+func newProcIO(st *api.Stdio, uid, gid uint32, dir string) (_ *procIO, err error) {
 	pio := &procIO{}
 	defer func() {
 		if err != nil {
@@ -100,6 +155,13 @@ func newProcIO(st *api.Stdio, uid, gid uint32) (_ *procIO, err error) {
 		}
 	}()
 	if st == nil {
+		return pio, nil
+	}
+	if st.Terminal {
+		if pio.console, err = newConsoleSocket(dir); err != nil {
+			return nil, err
+		}
+		pio.child.ConsoleSocket = pio.console.path()
 		return pio, nil
 	}
 	pipe := func(name string, want bool, childReads bool) (agentEnd, childEnd *os.File, err error) {
@@ -133,6 +195,32 @@ func newProcIO(st *api.Stdio, uid, gid uint32) (_ *procIO, err error) {
 	return pio, nil
 }
 
+// receiveTerminal takes the pty master of a terminal process once runc has
+// run; nothing to do for pipes. On error the caller still owns the process.
+func (pio *procIO) receiveTerminal(st *api.Stdio) (err error) {
+	if pio.console == nil {
+		return nil
+	}
+	defer func() {
+		if cerr := pio.console.close(); cerr != nil && err == nil {
+			err = cerr
+		}
+		pio.console = nil
+	}()
+	if pio.master, err = pio.console.receive(5 * time.Second); err != nil {
+		return err
+	}
+	if pio.stdoutR, err = dupFile(pio.master); err != nil {
+		return fmt.Errorf("terminal: %w", err)
+	}
+	if st.Stdin {
+		if pio.stdinTerm, err = dupFile(pio.master); err != nil {
+			return fmt.Errorf("terminal: %w", err)
+		}
+	}
+	return nil
+}
+
 // closeChild closes the agent's copies of the child ends: once the process
 // has them, the agent must not hold a writer, or stdout never ends.
 func (pio *procIO) closeChild() {
@@ -144,10 +232,14 @@ func (pio *procIO) closeChild() {
 }
 
 func (pio *procIO) closeAgent() {
-	for _, f := range []*os.File{pio.stdinW, pio.stdoutR, pio.stderrR} {
+	for _, f := range []*os.File{pio.stdinW, pio.stdoutR, pio.stderrR, pio.master, pio.stdinTerm} {
 		if f != nil {
 			f.Close()
 		}
+	}
+	if pio.console != nil {
+		pio.console.close()
+		pio.console = nil
 	}
 }
 
@@ -160,12 +252,16 @@ func (pio *procIO) start(ctx context.Context, hub *stdio.Hub, claimTimeout time.
 	if pio.stdinW != nil {
 		p.stdin = hub.StartInput(ctx, key(api.StreamStdin), pio.stdinW, claimTimeout)
 	}
+	if pio.stdinTerm != nil {
+		p.stdin = hub.StartInputSink(ctx, key(api.StreamStdin), stdio.NewTerminal(pio.stdinTerm), claimTimeout)
+	}
 	if pio.stdoutR != nil {
 		p.outputs = append(p.outputs, hub.StartOutput(ctx, key(api.StreamStdout), pio.stdoutR, claimTimeout))
 	}
 	if pio.stderrR != nil {
 		p.outputs = append(p.outputs, hub.StartOutput(ctx, key(api.StreamStderr), pio.stderrR, claimTimeout))
 	}
+	p.console = pio.master
 	go p.watch(ctx, exit)
 }
 

@@ -77,9 +77,13 @@ func (s *Service) intercept(ctx context.Context, unmarshal ttrpc.Unmarshaler, in
 	}
 	resp, err := method(ctx, checked)
 	lg := log.G(ctx).WithField("method", info.FullMethod).WithField("duration", time.Since(start).Round(time.Microsecond))
-	if err != nil {
+	switch {
+	case err != nil && errors.Is(err, context.Canceled):
+		// The host gave up waiting (a long poll, a dropped connection).
+		lg.WithError(err).Debug("request cancelled")
+	case err != nil:
 		lg.WithError(err).Warn("request failed")
-	} else {
+	default:
 		lg.Debug("request")
 	}
 	return resp, err

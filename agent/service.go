@@ -76,6 +76,7 @@ type Service struct {
 	cfg  Config
 	runc *runc.Runc
 	hub  *stdio.Hub
+	oom  *oomEvents
 
 	mu         sync.Mutex
 	sandboxID  string
@@ -106,6 +107,7 @@ func NewService(cfg Config) (*Service, error) {
 		cfg:        cfg,
 		runc:       &runc.Runc{Binary: cfg.RuncBinary, Root: cfg.RuncRoot, NoPivot: cfg.RuncNoPivot, Reaper: cfg.Reaper},
 		hub:        stdio.NewHub(),
+		oom:        newOOMEvents(),
 		containers: map[string]*container{},
 	}, nil
 }
@@ -183,8 +185,8 @@ func (s *Service) CreateContainer(ctx context.Context, req *api.CreateContainerR
 	if sandbox == "" {
 		return nil, precondition("create container %s: CreateSandbox was not called", id)
 	}
-	if req.Stdio.GetTerminal() {
-		return nil, status.Errorf(codes.Unimplemented, "create container %s: %v", id, guestspec.ErrTerminal)
+	if err := checkStdio(req.Stdio); err != nil {
+		return nil, invalid("create container %s: %v", id, err)
 	}
 	if req.Rootfs == nil {
 		return nil, invalid("create container %s: no rootfs device given", id)
@@ -208,11 +210,11 @@ func (s *Service) CreateContainer(ctx context.Context, req *api.CreateContainerR
 		CgroupParent: s.cfg.CgroupParent,
 		SharedFiles:  shared,
 	})
-	if errors.Is(err, guestspec.ErrTerminal) {
-		return nil, status.Errorf(codes.Unimplemented, "create %v", err) // err names the container
-	}
 	if err != nil {
-		return nil, invalid("create %v", err)
+		return nil, invalid("create %v", err) // err names the container
+	}
+	if t := req.Stdio.GetTerminal(); res.Spec.Process.Terminal != t {
+		return nil, invalid("create container %s: the spec's process.terminal is %v but the stdio request says terminal %v", id, res.Spec.Process.Terminal, t)
 	}
 
 	s.mu.Lock()
@@ -220,7 +222,7 @@ func (s *Service) CreateContainer(ctx context.Context, req *api.CreateContainerR
 		s.mu.Unlock()
 		return nil, status.Errorf(codes.AlreadyExists, "create container %s: already exists", id)
 	}
-	c := &container{id: id, bundle: bundle, rootfs: rootfs, state: stateCreating, execs: map[string]*process{}}
+	c := &container{id: id, bundle: bundle, rootfs: rootfs, cgroup: res.Spec.Linux.CgroupsPath, state: stateCreating, execs: map[string]*process{}}
 	s.containers[id] = c // reserves the id while we work without the lock
 	s.mu.Unlock()
 
@@ -278,26 +280,52 @@ func (s *Service) create(ctx context.Context, c *container, req *api.CreateConta
 		return 0, fmt.Errorf("create container %s: %w", c.id, err)
 	}
 
-	pio, err := newProcIO(req.Stdio, res.Spec.Process.User.UID, res.Spec.Process.User.GID)
+	pio, err := newProcIO(req.Stdio, res.Spec.Process.User.UID, res.Spec.Process.User.GID, s.cfg.RunDir)
 	if err != nil {
 		return 0, fmt.Errorf("create container %s: %w", c.id, err)
+	}
+	runcDelete := func() {
+		if derr := s.runc.Delete(context.WithoutCancel(ctx), c.id, true); derr != nil && !errors.Is(derr, runc.ErrNotExist) {
+			log.G(ctx).WithError(derr).Errorf("container %s: runc delete after failed create", c.id)
+		}
 	}
 	proc, err := s.runc.Create(ctx, c.id, c.bundle, pio.child)
 	pio.closeChild()
 	if err != nil {
 		pio.closeAgent()
-		if derr := s.runc.Delete(context.WithoutCancel(ctx), c.id, true); derr != nil && !errors.Is(derr, runc.ErrNotExist) {
-			log.G(ctx).WithError(derr).Errorf("container %s: runc delete after failed create", c.id)
-		}
+		runcDelete()
 		return 0, fmt.Errorf("create container %s: %w", c.id, err)
 	}
+	if err := pio.receiveTerminal(req.Stdio); err != nil {
+		pio.closeAgent()
+		runcDelete()
+		waitExit(ctx, proc.Exit)
+		return 0, fmt.Errorf("create container %s: %w", c.id, err)
+	}
+	// OOM kills are reported from now on; without a memory controller the
+	// container still runs.
+	oom, err := watchOOM(context.WithoutCancel(ctx), c.id, c.cgroup, s.oom)
+	if err != nil {
+		log.G(ctx).WithError(err).Warnf("container %s: OOM kills will not be reported", c.id)
+	}
 	p := newProcess(c.id, "", proc.Pid)
-	pio.start(context.WithoutCancel(ctx), s.hub, s.cfg.StdioTimeout, p, proc.Exit)
+	p.onExit = oom.check
 	c.mu.Lock()
+	c.oom = oom
 	c.init = p
 	c.state = stateCreated
 	c.mu.Unlock()
+	pio.start(context.WithoutCancel(ctx), s.hub, s.cfg.StdioTimeout, p, proc.Exit)
 	return proc.Pid, nil
+}
+
+// waitExit waits a bounded time for a process that was just killed.
+func waitExit(ctx context.Context, exit <-chan reaper.Exit) {
+	select {
+	case <-exit:
+	case <-time.After(exitTimeout):
+		log.G(ctx).Errorf("process did not exit within %v of SIGKILL", exitTimeout)
+	}
 }
 
 // writeFile writes a new file with exactly the given mode (no umask).
@@ -391,15 +419,15 @@ func (s *Service) ExecProcess(ctx context.Context, req *api.ExecProcessRequest) 
 		return nil, invalid("exec in container %s: %v", c.id, err)
 	}
 	what := fmt.Sprintf("exec %s in container %s", req.ExecId, c.id)
-	if req.Stdio.GetTerminal() {
-		return nil, status.Errorf(codes.Unimplemented, "%s: %v", what, guestspec.ErrTerminal)
+	if err := checkStdio(req.Stdio); err != nil {
+		return nil, invalid("%s: %v", what, err)
 	}
 	proc, notes, err := guestspec.RewriteProcess(req.Process)
-	if errors.Is(err, guestspec.ErrTerminal) {
-		return nil, status.Errorf(codes.Unimplemented, "%s: %v", what, err)
-	}
 	if err != nil {
 		return nil, invalid("%s: %v", what, err)
+	}
+	if t := req.Stdio.GetTerminal(); proc.Terminal != t {
+		return nil, invalid("%s: the process's terminal is %v but the stdio request says terminal %v", what, proc.Terminal, t)
 	}
 	if len(notes) > 0 {
 		log.G(ctx).WithField("container", c.id).Infof("exec %s: process rewritten for the guest: %s", req.ExecId, strings.Join(notes, "; "))
@@ -409,6 +437,9 @@ func (s *Service) ExecProcess(ctx context.Context, req *api.ExecProcessRequest) 
 	defer c.mu.Unlock()
 	if c.state != stateRunning || c.init.hasExited() {
 		return nil, precondition("%s: container is not running", what)
+	}
+	if c.paused {
+		return nil, precondition("%s: container is paused", what)
 	}
 	if old, ok := c.execs[req.ExecId]; ok && !old.hasExited() {
 		return nil, status.Errorf(codes.AlreadyExists, "%s: exec id is in use by pid %d", what, old.pid)
@@ -426,7 +457,7 @@ func (s *Service) ExecProcess(ctx context.Context, req *api.ExecProcessRequest) 
 	if err := writeFile(base+".json", raw, 0o600); err != nil {
 		return nil, fmt.Errorf("%s: %w", what, err)
 	}
-	pio, err := newProcIO(req.Stdio, proc.User.UID, proc.User.GID)
+	pio, err := newProcIO(req.Stdio, proc.User.UID, proc.User.GID, s.cfg.RunDir)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", what, err)
 	}
@@ -436,7 +467,15 @@ func (s *Service) ExecProcess(ctx context.Context, req *api.ExecProcessRequest) 
 		pio.closeAgent()
 		return nil, fmt.Errorf("%s: %w", what, err)
 	}
+	if err := pio.receiveTerminal(req.Stdio); err != nil {
+		pio.closeAgent()
+		// Still our child until reaped: the pid cannot have been reused.
+		_ = unix.Kill(rp.Pid, unix.SIGKILL)
+		waitExit(ctx, rp.Exit)
+		return nil, fmt.Errorf("%s: %w", what, err)
+	}
 	p := newProcess(c.id, req.ExecId, rp.Pid)
+	p.onExit = c.oom.check
 	pio.start(context.WithoutCancel(ctx), s.hub, s.cfg.StdioTimeout, p, rp.Exit)
 	c.execs[req.ExecId] = p
 	log.G(ctx).WithField("container", c.id).Infof("exec %s started, pid %d", req.ExecId, rp.Pid)
@@ -545,9 +584,14 @@ func (s *Service) RemoveContainer(ctx context.Context, req *api.RemoveContainerR
 		return nil, precondition("remove container %s: still being created", c.id)
 	}
 	c.state = stateRemoving
+	if c.oom != nil {
+		c.oom.check() // the last look before the cgroup goes
+		c.oom.stop()
+	}
 	if err := s.runc.Delete(ctx, c.id, true); err != nil && !errors.Is(err, runc.ErrNotExist) {
 		return nil, fmt.Errorf("remove container %s: %w", c.id, err)
 	}
+	c.paused = false
 	var stuck []string
 	for _, p := range c.processes() {
 		if err := waitExited(p, exitTimeout); err != nil {

@@ -16,9 +16,6 @@ import (
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 )
 
-// ErrTerminal is returned for a process that asks for a terminal.
-var ErrTerminal = errors.New("terminal (tty) processes are not supported yet")
-
 // SharedFile is a file the host sent for the bind mount at Destination.
 type SharedFile struct {
 	Destination string
@@ -99,9 +96,6 @@ func (r *Result) note(format string, args ...any) {
 }
 
 func checkProcess(p *specs.Process, notes *[]string) error {
-	if p.Terminal {
-		return ErrTerminal
-	}
 	if len(p.Args) == 0 {
 		return errors.New("process has no args")
 	}
@@ -207,6 +201,11 @@ func (r *Result) rewriteLinux(in Input) error {
 		if len(res.Rdma) > 0 {
 			r.note("dropped RDMA limits (host devices)")
 			res.Rdma = nil
+		}
+		for k := range res.Unified {
+			if err := CheckUnifiedKey(k); err != nil {
+				return err
+			}
 		}
 	}
 	cg := path.Join("/", in.CgroupParent, in.ContainerID)

@@ -2,7 +2,6 @@ package guestspec
 
 import (
 	"encoding/json"
-	"errors"
 	"path"
 	"reflect"
 	"slices"
@@ -219,7 +218,9 @@ func TestRewriteRefuses(t *testing.T) {
 		{name: "user namespace path", in: func(s *specs.Spec) {
 			s.Linux.Namespaces = append(s.Linux.Namespaces, specs.LinuxNamespace{Type: specs.UserNamespace, Path: "/proc/42/ns/user"})
 		}, wantErr: `user namespace path "/proc/42/ns/user" refers to the host`},
-		{name: "terminal", in: func(s *specs.Spec) { s.Process.Terminal = true }, wantErr: "terminal (tty) processes are not supported yet"},
+		{name: "cgroup core file", in: func(s *specs.Spec) {
+			s.Linux.Resources = &specs.LinuxResources{Unified: map[string]string{"memory.high": "1M", "cgroup.procs": "1"}}
+		}, wantErr: `unified resource "cgroup.procs" is a cgroup core file`},
 		{name: "no process", in: func(s *specs.Spec) { s.Process = nil }, wantErr: "OCI spec has no process"},
 		{name: "no args", in: func(s *specs.Spec) { s.Process.Args = nil }, wantErr: "process has no args"},
 		{name: "windows", in: func(s *specs.Spec) { s.Windows = &specs.Windows{} }, wantErr: "not for Linux"},
@@ -272,8 +273,8 @@ func TestRewriteProcess(t *testing.T) {
 	if p.ApparmorProfile != "" || len(notes) != 1 || p.User.UID != 1000 {
 		t.Errorf("process %+v notes %v", p, notes)
 	}
-	if _, _, err := RewriteProcess([]byte(`{"args":["sh"],"cwd":"/","terminal":true}`)); !errors.Is(err, ErrTerminal) {
-		t.Errorf("terminal exec: %v, want ErrTerminal", err)
+	if p, _, err := RewriteProcess([]byte(`{"args":["sh"],"cwd":"/","terminal":true,"consoleSize":{"height":24,"width":80}}`)); err != nil || !p.Terminal || p.ConsoleSize.Width != 80 {
+		t.Errorf("terminal exec: %+v %v", p, err)
 	}
 	if _, _, err := RewriteProcess([]byte(`{"cwd":"/"}`)); err == nil {
 		t.Error("exec without args accepted")
@@ -297,11 +298,18 @@ func FuzzRewrite(f *testing.F) {
 		if s.Root == nil || s.Root.Path != testRootfs {
 			t.Fatalf("root %+v", s.Root)
 		}
-		if s.Hooks != nil || s.Hostname != "" || s.Process == nil || s.Process.ApparmorProfile != "" || s.Process.SelinuxLabel != "" || s.Process.Terminal {
+		if s.Hooks != nil || s.Hostname != "" || s.Process == nil || s.Process.ApparmorProfile != "" || s.Process.SelinuxLabel != "" {
 			t.Fatalf("host settings survived: %+v", s)
 		}
 		if s.Linux.CgroupsPath != "/containers/"+testID || s.Linux.MountLabel != "" {
 			t.Fatalf("linux %+v", s.Linux)
+		}
+		if s.Linux.Resources != nil {
+			for k := range s.Linux.Resources.Unified {
+				if CheckUnifiedKey(k) != nil {
+					t.Fatalf("unified resource %q accepted", k)
+				}
+			}
 		}
 		for _, ns := range s.Linux.Namespaces {
 			if ns.Path != "" || ns.Type == specs.NetworkNamespace || ns.Type == specs.IPCNamespace || ns.Type == specs.UTSNamespace {
@@ -333,7 +341,7 @@ func FuzzRewriteProcess(f *testing.F) {
 		if err != nil {
 			return
 		}
-		if p.Terminal || len(p.Args) == 0 || p.ApparmorProfile != "" || p.SelinuxLabel != "" {
+		if len(p.Args) == 0 || p.ApparmorProfile != "" || p.SelinuxLabel != "" {
 			t.Fatalf("accepted %+v", p)
 		}
 	})

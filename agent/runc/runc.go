@@ -32,6 +32,9 @@ type Runc struct {
 // stdio fds on). Nil means /dev/null.
 type IO struct {
 	Stdin, Stdout, Stderr *os.File
+	// ConsoleSocket, for a process with a terminal, is the unix socket
+	// runc sends the pty master to (--console-socket).
+	ConsoleSocket string
 }
 
 // Process is a container process runc started: its pid and a channel that
@@ -52,13 +55,19 @@ func (r *Runc) Create(ctx context.Context, id, bundle string, stdio IO) (Process
 	if r.NoPivot {
 		args = append(args, "--no-pivot")
 	}
+	if stdio.ConsoleSocket != "" {
+		args = append(args, "--console-socket", stdio.ConsoleSocket)
+	}
 	return r.startProcess(ctx, "create", id, filepath.Join(bundle, "create.log"), pidFile, stdio, append(args, id))
 }
 
 // Exec runs `runc exec --detach` with the process in processFile.
 func (r *Runc) Exec(ctx context.Context, id, processFile, pidFile, logFile string, stdio IO) (Process, error) {
-	args := []string{"exec", "--detach", "--pid-file", pidFile, "--process", processFile, id}
-	return r.startProcess(ctx, "exec", id, logFile, pidFile, stdio, args)
+	args := []string{"exec", "--detach", "--pid-file", pidFile, "--process", processFile}
+	if stdio.ConsoleSocket != "" {
+		args = append(args, "--console-socket", stdio.ConsoleSocket)
+	}
+	return r.startProcess(ctx, "exec", id, logFile, pidFile, stdio, append(args, id))
 }
 
 // startProcess runs a runc command that leaves a process behind, whose pid
@@ -107,6 +116,25 @@ func (r *Runc) Kill(ctx context.Context, id string, sig unix.Signal, all bool) e
 		args = append(args, "--all")
 	}
 	_, err := r.run(ctx, append(args, id, strconv.Itoa(int(sig)))...)
+	return err
+}
+
+// Pause runs `runc pause`: the container's cgroup is frozen.
+func (r *Runc) Pause(ctx context.Context, id string) error {
+	_, err := r.run(ctx, "pause", id)
+	return err
+}
+
+// Resume runs `runc resume`.
+func (r *Runc) Resume(ctx context.Context, id string) error {
+	_, err := r.run(ctx, "resume", id)
+	return err
+}
+
+// Update runs `runc update --resources file`; the file holds an OCI
+// LinuxResources object as JSON.
+func (r *Runc) Update(ctx context.Context, id, resourcesFile string) error {
+	_, err := r.run(ctx, "update", "--resources", resourcesFile, id)
 	return err
 }
 

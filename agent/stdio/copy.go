@@ -88,7 +88,9 @@ func (o *Output) run(ctx context.Context, h *Hub, claimTimeout time.Duration) {
 				_ = o.r.SetReadDeadline(time.Now().Add(drainPoll))
 			}
 		default:
-			if !errors.Is(rerr, io.EOF) && !errors.Is(rerr, os.ErrClosed) {
+			// A terminal's master reads EIO once every slave fd is closed and
+			// the last byte was read: its EOF.
+			if !errors.Is(rerr, io.EOF) && !errors.Is(rerr, os.ErrClosed) && !errors.Is(rerr, unix.EIO) {
 				lg.WithError(rerr).Warn("stdio: read output pipe")
 			}
 			return
@@ -148,10 +150,31 @@ func closeConn(conn net.Conn) {
 	conn.Close()
 }
 
-// Input copies the host's stdin connection into the process's stdin pipe;
-// EOF on the connection closes the pipe.
+// Sink is the agent's end of a process's stdin.
+type Sink interface {
+	io.Writer
+	// Interrupt makes a Write in progress, and later ones, return.
+	Interrupt()
+	// Close ends the input for the process (EOF) and releases the sink.
+	Close() error
+}
+
+// pipeSink is a stdin pipe: closing it is EOF.
+type pipeSink struct{ *os.File }
+
+func (p pipeSink) Interrupt() { p.File.Close() }
+
+func (p pipeSink) Close() error {
+	if err := p.File.Close(); err != nil && !errors.Is(err, os.ErrClosed) {
+		return err
+	}
+	return nil
+}
+
+// Input copies the host's stdin connection into the process's stdin; EOF
+// on the connection ends the input (see Sink.Close).
 type Input struct {
-	w         *os.File
+	w         Sink
 	cancel    context.CancelFunc
 	closeOnce sync.Once
 	done      chan struct{}
@@ -164,6 +187,11 @@ type Input struct {
 // StartInput starts copying the connection for key, which may arrive within
 // claimTimeout, into w (the agent's end of the stdin pipe). Input owns w.
 func (h *Hub) StartInput(ctx context.Context, key Key, w *os.File, claimTimeout time.Duration) *Input {
+	return h.StartInputSink(ctx, key, pipeSink{w}, claimTimeout)
+}
+
+// StartInputSink is StartInput for any sink, such as a Terminal.
+func (h *Hub) StartInputSink(ctx context.Context, key Key, w Sink, claimTimeout time.Duration) *Input {
 	cctx, cancel := context.WithTimeout(ctx, claimTimeout)
 	i := &Input{w: w, cancel: cancel, done: make(chan struct{})}
 	go i.run(cctx, h, key)
@@ -189,17 +217,24 @@ func (i *Input) run(ctx context.Context, h *Hub, key Key) {
 	if forced {
 		return
 	}
-	if _, err := io.Copy(i.w, conn); err != nil && !errors.Is(err, os.ErrClosed) && !errors.Is(err, net.ErrClosed) && !errors.Is(err, unix.EPIPE) {
+	if _, err := io.Copy(i.w, conn); err != nil && !errors.Is(err, os.ErrClosed) && !errors.Is(err, net.ErrClosed) && !errors.Is(err, unix.EPIPE) &&
+		!errors.Is(err, os.ErrDeadlineExceeded) && !errors.Is(err, unix.EIO) {
 		log.G(ctx).WithError(err).WithField("stream", key.String()).Warn("stdio: copy stdin")
 	}
 }
 
-func (i *Input) closePipe() { i.closeOnce.Do(func() { i.w.Close() }) }
+func (i *Input) closePipe() {
+	i.closeOnce.Do(func() {
+		if err := i.w.Close(); err != nil {
+			log.L.WithError(err).Debug("stdio: end of stdin")
+		}
+	})
+}
 
-// Close closes the process's stdin. Input the host already sent (on a
+// Close ends the process's stdin. Input the host already sent (on a
 // connection that may still be on its way) is given up to grace to reach the
-// pipe; the host closes its side after its last byte. Then the connection
-// is cut.
+// process; the host closes its side after its last byte. Then the
+// connection is cut.
 func (i *Input) Close(grace time.Duration) {
 	select {
 	case <-i.done:
@@ -213,6 +248,8 @@ func (i *Input) Close(grace time.Duration) {
 		i.conn.Close()
 	}
 	i.mu.Unlock()
-	i.closePipe()
+	// A process that does not read its stdin must not hold the copier in
+	// Write; run ends the input on its way out.
+	i.w.Interrupt()
 	<-i.done
 }
