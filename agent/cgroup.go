@@ -177,6 +177,12 @@ func watchOOM(ctx context.Context, id, group string, events *oomEvents) (*oomWat
 	if err != nil {
 		return nil, err
 	}
+	return watchOOMFile(ctx, id, file, notifies, events)
+}
+
+// watchOOMFile watches the oom_kill count in file, waiting for kernfs
+// notifications if notifies, else reading it every oomPollInterval.
+func watchOOMFile(ctx context.Context, id, file string, notifies bool, events *oomEvents) (*oomWatcher, error) {
 	fd, err := unix.Open(file, unix.O_RDONLY|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return nil, fmt.Errorf("open %s: %w", file, err)

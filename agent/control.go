@@ -142,7 +142,7 @@ func (s *Service) StatsContainer(ctx context.Context, req *api.ContainerRequest)
 func (s *Service) WaitOOM(ctx context.Context, _ *api.Empty) (*api.OOMEvent, error) {
 	id, err := s.oom.wait(ctx)
 	if err != nil {
-		return nil, fmt.Errorf("wait for OOM events: %w", err)
+		return nil, ended(ctx, "wait for OOM events")
 	}
 	log.G(ctx).WithField("container", id).Info("OOM kill reported")
 	return &api.OOMEvent{ContainerId: id}, nil

@@ -78,9 +78,9 @@ func (s *Service) intercept(ctx context.Context, unmarshal ttrpc.Unmarshaler, in
 	resp, err := method(ctx, checked)
 	lg := log.G(ctx).WithField("method", info.FullMethod).WithField("duration", time.Since(start).Round(time.Microsecond))
 	switch {
-	case err != nil && errors.Is(err, context.Canceled):
+	case err != nil && ctx.Err() != nil:
 		// The host gave up waiting (a long poll, a dropped connection).
-		lg.WithError(err).Debug("request cancelled")
+		lg.WithError(err).Debug("request ended by the caller")
 	case err != nil:
 		lg.WithError(err).Warn("request failed")
 	default:

@@ -124,6 +124,13 @@ func precondition(format string, args ...any) error {
 	return status.Errorf(codes.FailedPrecondition, format, args...)
 }
 
+// ended is the error of a wait whose caller gave up (ctx ended): Canceled
+// or DeadlineExceeded, as the caller's own context says.
+func ended(ctx context.Context, format string, args ...any) error {
+	st := status.FromContextError(ctx.Err())
+	return status.Errorf(st.Code(), "%s: %v", fmt.Sprintf(format, args...), ctx.Err())
+}
+
 // Health answers with the agent version and the guest kernel release.
 func (s *Service) Health(ctx context.Context, _ *api.HealthRequest) (*api.HealthResponse, error) {
 	var u unix.Utsname
@@ -523,7 +530,7 @@ func (s *Service) WaitProcess(ctx context.Context, req *api.ProcessRequest) (*ap
 	select {
 	case <-p.done:
 	case <-ctx.Done():
-		return nil, fmt.Errorf("wait for %s: %w", p, ctx.Err())
+		return nil, ended(ctx, "wait for %s", p)
 	}
 	e := p.result()
 	return &api.WaitProcessResponse{ExitStatus: e.Code(), ExitedAtUnixNano: e.Time.UnixNano()}, nil

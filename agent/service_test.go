@@ -67,9 +67,11 @@ func runcBinary(t *testing.T) string {
 type harness struct {
 	t       *testing.T
 	client  api.AgentService
+	agent   string // the agent's socket, for more connections
 	stdio   string
 	runDir  string
 	runcDir string
+	cgroup  string // the containers' cgroup parent
 }
 
 func newHarness(t *testing.T, opts ...func(*Config)) *harness {
@@ -131,7 +133,8 @@ func newHarness(t *testing.T, opts ...func(*Config)) *harness {
 		}
 	})
 	t.Logf("runc %s, image on %s", rb, dev)
-	return &harness{t: t, client: api.NewAgentClient(client), stdio: stdioL.Addr().String(), runDir: cfg.RunDir, runcDir: cfg.RuncRoot}
+	return &harness{t: t, client: api.NewAgentClient(client), agent: agentL.Addr().String(), stdio: stdioL.Addr().String(),
+		runDir: cfg.RunDir, runcDir: cfg.RuncRoot, cgroup: cfg.CgroupParent}
 }
 
 // openStdio opens the host side of one stream.
