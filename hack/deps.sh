@@ -7,6 +7,9 @@ set -euo pipefail
 CACHE=${CONTRAST_CACHE:-$HOME/.cache/contrast}
 BIN=$CACHE/bin
 CONTAINERD_VERSION=${CONTAINERD_VERSION:-v2.4.2}
+# The latest 1.7 on the module proxy (`go list -m -versions github.com/containerd/containerd`):
+# the integration tests run every lifecycle test against both versions.
+CONTAINERD17_VERSION=${CONTAINERD17_VERSION:-v1.7.35}
 CRICTL_VERSION=${CRICTL_VERSION:-v1.34.0}
 RUNC_VERSION=${RUNC_VERSION:-v1.4.3}
 PROTOC_GEN_GO_VERSION=v1.36.12
@@ -46,10 +49,35 @@ go_install_cached() {
   ln -sf "$(basename "$out")" "$BIN/$name"
 }
 
+# go_build_scratch NAME VERSION PKG: builds PKG@VERSION once into
+# $BIN/NAME-VERSION inside a scratch module, for modules `go install` refuses
+# (containerd 1.7's go.mod has exclude directives).
+go_build_scratch() {
+  local name=$1 version=$2 pkg=$3
+  local out=$BIN/$name-$version
+  if [ ! -x "$out" ]; then
+    log "go build $pkg@$version (scratch module)"
+    local tmp; tmp=$(mktemp -d)
+    (
+      cd "$tmp"
+      go mod init contrast.local/scratch >/dev/null 2>&1
+      go get "$pkg@$version" >/dev/null
+      go build -o "$tmp/out" "$pkg"
+    )
+    mv "$tmp/out" "$out"
+    rm -rf "$tmp"
+  fi
+  ln -sf "$(basename "$out")" "$BIN/$name"
+}
+
 go_install_cached containerd "$CONTAINERD_VERSION" github.com/containerd/containerd/v2/cmd/containerd
 go_install_cached ctr "$CONTAINERD_VERSION" github.com/containerd/containerd/v2/cmd/ctr
 # the runc shim: the baseline handler the tests and benchmarks compare against
 go_install_cached containerd-shim-runc-v2 "$CONTAINERD_VERSION" github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2
+go_build_scratch containerd17 "$CONTAINERD17_VERSION" github.com/containerd/containerd/cmd/containerd
+# 2.4's runc shim refuses 1.7's flag-only start ("started through the deprecated API"):
+# containerd 1.7 gets its own, which the tests put first on its PATH.
+go_build_scratch containerd-shim-runc-v2-17 "$CONTAINERD17_VERSION" github.com/containerd/containerd/cmd/containerd-shim-runc-v2
 go_install_cached crictl "$CRICTL_VERSION" sigs.k8s.io/cri-tools/cmd/crictl
 # runc for the guest: static, with seccomp.
 CGO_ENABLED=1 go_install_cached runc-static "$RUNC_VERSION" github.com/opencontainers/runc \

@@ -16,12 +16,56 @@ import (
 	"github.com/contrast-vm/contrast/integration/harness"
 )
 
-// suite is one private containerd instance for one top-level test.
+// suite is one private containerd instance for one (sub)test.
 type suite struct {
 	ctx context.Context
 	c   *harness.Containerd
 	cri *harness.CRI
 	env harness.Env // set for suites with contrast handlers
+}
+
+// contrastHandler is the runtime handler under test.
+const contrastHandler = "contrast-cc"
+
+// handlers are the runtime handlers every behaviour test runs against:
+// runc is the baseline, with the same test and the same assertions.
+var handlers = []string{"runc", contrastHandler}
+
+// matrix runs f once per containerd version and runtime handler, as
+// subtests named containerd-<version>/<handler>, each with its own
+// containerd instance (with only the runc handler for runc, so the
+// baseline runs without the contrast build). Run one cell with
+// -run 'TestX/containerd-1.7/contrast-cc'.
+func matrix(t *testing.T, f func(t *testing.T, s *suite, handler string)) {
+	matrixWith(t, nil, f)
+}
+
+// matrixWith is matrix with the contrast handler's shim configuration
+// changed by edit (nil: the default).
+func matrixWith(t *testing.T, edit func(*harness.ShimConfig), f func(t *testing.T, s *suite, handler string)) {
+	for _, v := range harness.Versions {
+		t.Run("containerd-"+string(v), func(t *testing.T) {
+			for _, h := range handlers {
+				t.Run(h, func(t *testing.T) {
+					var s *suite
+					if h == "runc" {
+						s = newSuiteVersion(t, v)
+					} else {
+						s = newSuiteVersion(t, v, handlerSpec{name: h, edit: edit})
+					}
+					f(t, s, h)
+				})
+			}
+		})
+	}
+}
+
+// versions runs f once per containerd version, as subtests named
+// containerd-<version>.
+func versions(t *testing.T, f func(t *testing.T, v harness.Version)) {
+	for _, v := range harness.Versions {
+		t.Run("containerd-"+string(v), func(t *testing.T) { f(t, v) })
+	}
 }
 
 // handlerSpec is a contrast runtime handler a suite registers.
@@ -38,6 +82,12 @@ type handlerSpec struct {
 // guest image: their absence fails the test). Everything it starts is gone
 // when the test ends, whatever happened.
 func newSuite(t testing.TB, handlers ...handlerSpec) *suite {
+	t.Helper()
+	return newSuiteVersion(t, harness.Containerd24, handlers...)
+}
+
+// newSuiteVersion is newSuite with a chosen containerd version.
+func newSuiteVersion(t testing.TB, version harness.Version, handlers ...handlerSpec) *suite {
 	t.Helper()
 	ctx := t.Context()
 	tools, err := harness.FindTools()
@@ -59,7 +109,7 @@ func newSuite(t testing.TB, handlers ...handlerSpec) *suite {
 	for _, h := range handlers {
 		hs = append(hs, harness.Handler{Name: h.name, Shim: s.env.Shim})
 	}
-	c, err := harness.Start(ctx, harness.Options{Tools: tools, Handlers: hs})
+	c, err := harness.Start(ctx, harness.Options{Tools: tools, Handlers: hs, Version: version})
 	if err != nil {
 		t.Fatalf("start containerd: %v", err)
 	}
@@ -97,22 +147,56 @@ func newSuite(t testing.TB, handlers ...handlerSpec) *suite {
 // removed it itself).
 func (s *suite) runPod(t *testing.T, handler, name string) *harness.Pod {
 	t.Helper()
-	pod, err := s.cri.RunPod(s.ctx, harness.PodConfig{Name: name, Handler: handler})
+	return s.runPodWith(t, harness.PodConfig{Name: name, Handler: handler})
+}
+
+// runPodWith starts a pod from a full configuration and registers its
+// removal.
+func (s *suite) runPodWith(t *testing.T, pc harness.PodConfig) *harness.Pod {
+	t.Helper()
+	pod, err := s.cri.RunPod(s.ctx, pc)
 	if err != nil {
-		t.Fatalf("runp %s with handler %s: %v", name, handler, err)
+		t.Fatalf("runp %s with handler %s: %v", pc.Name, pc.Handler, err)
 	}
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-		defer cancel()
-		ids, _ := s.cri.PodIDs(ctx)
-		for _, id := range ids {
-			if id == pod.ID {
-				_ = s.cri.StopPod(ctx, pod.ID) // Stop of the suite forces what this misses
-				_ = s.cri.RemovePod(ctx, pod.ID)
-			}
-		}
-	})
+	t.Cleanup(func() { s.cleanupPod(pod) })
 	return pod
+}
+
+// cleanupPod stops and removes a pod the test did not remove itself.
+func (s *suite) cleanupPod(pod *harness.Pod) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	ids, _ := s.cri.PodIDs(ctx)
+	for _, id := range ids {
+		if id == pod.ID {
+			_ = s.cri.StopPod(ctx, pod.ID) // Stop of the suite forces what this misses
+			_ = s.cri.RemovePod(ctx, pod.ID)
+		}
+	}
+}
+
+// startWith creates and starts a container from a full configuration.
+func (s *suite) startWith(t *testing.T, pod *harness.Pod, cc harness.ContainerConfig) *harness.Container {
+	t.Helper()
+	c, err := s.cri.CreateContainer(s.ctx, pod, cc)
+	if err != nil {
+		t.Fatalf("create container %s: %v", cc.Name, err)
+	}
+	if err := s.cri.StartContainer(s.ctx, c.ID); err != nil {
+		t.Fatalf("start container %s: %v", cc.Name, err)
+	}
+	return c
+}
+
+// removeContainer stops (SIGKILL after 1s) and removes a container.
+func (s *suite) removeContainer(t *testing.T, c *harness.Container) {
+	t.Helper()
+	if err := s.cri.StopContainer(s.ctx, c.ID, time.Second); err != nil {
+		t.Errorf("crictl stop %s: %v", c.Config.Name, err)
+	}
+	if err := s.cri.RemoveContainer(s.ctx, c.ID); err != nil {
+		t.Errorf("crictl rm %s: %v", c.Config.Name, err)
+	}
 }
 
 // startContainer creates and starts a busybox container in pod.

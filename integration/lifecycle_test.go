@@ -9,36 +9,29 @@ import (
 	"github.com/contrast-vm/contrast/integration/harness"
 )
 
-// contrastHandler is the runtime handler under test.
-const contrastHandler = "contrast-cc"
-
-// TestRuncLifecycle runs the pod lifecycle against runc: it proves the
-// harness, and it is the baseline the contrast handler must match.
-func TestRuncLifecycle(t *testing.T) {
-	s := newSuite(t)
+// TestLifecycle runs the pod lifecycle with every handler on every
+// containerd version. Against runc it proves the harness and is the
+// baseline; in a pod VM, uname -r must be the guest image's kernel, not the
+// host's.
+func TestLifecycle(t *testing.T) {
 	host, err := harness.HostKernelRelease()
 	if err != nil {
 		t.Fatal(err)
 	}
-	s.lifecycle(t, "runc", host, false)
-}
-
-// TestContrastLifecycle runs the same lifecycle in a pod VM; uname -r
-// there must be the guest image's kernel, not the host's.
-func TestContrastLifecycle(t *testing.T) {
-	s := newSuite(t, handlerSpec{name: contrastHandler})
-	guest, err := harness.GuestKernelRelease(s.env.ImageDir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	host, err := harness.HostKernelRelease()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if guest == host {
-		t.Fatalf("guest kernel release %q equals the host's: uname -r could not tell a VM from the host", guest)
-	}
-	s.lifecycle(t, contrastHandler, guest, true)
+	matrix(t, func(t *testing.T, s *suite, handler string) {
+		if handler == "runc" {
+			s.lifecycle(t, handler, host, false)
+			return
+		}
+		guest, err := harness.GuestKernelRelease(s.env.ImageDir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if guest == host {
+			t.Fatalf("guest kernel release %q equals the host's: uname -r could not tell a VM from the host", guest)
+		}
+		s.lifecycle(t, handler, guest, true)
+	})
 }
 
 // lifecycle runs one pod with several containers: kernel release, 10,000

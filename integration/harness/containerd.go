@@ -4,7 +4,9 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"crypto/sha256"
 	"encoding/binary"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"net"
@@ -31,9 +33,25 @@ type Handler struct {
 	ConfigPath string
 }
 
+// Version is a containerd release line the harness can run.
+type Version string
+
+// The containerd versions the runtime supports: each lifecycle test runs
+// against both.
+const (
+	Containerd24 Version = "2.4"
+	Containerd17 Version = "1.7"
+)
+
+// Versions lists the supported containerd versions, newest first.
+var Versions = []Version{Containerd24, Containerd17}
+
 // Options configures a private containerd instance.
 type Options struct {
 	Tools Tools
+	// Version picks the containerd binary and configuration dialect
+	// (default Containerd24).
+	Version Version
 	// Handlers are added beside the runc baseline handler "runc".
 	Handlers []Handler
 	// LogLevel of containerd (default debug: the log is the first thing to
@@ -46,12 +64,16 @@ type Options struct {
 // Containerd is a running private containerd instance. Every path it
 // uses lies under Dir, so it runs beside the host's and other tests'.
 type Containerd struct {
-	Dir        string
-	Root       string
-	State      string
-	Socket     string
-	RuncRoot   string
-	SocketDir  string // shim sockets (short: at most 38 characters)
+	Version  Version
+	Dir      string
+	Root     string
+	State    string
+	Socket   string
+	RuncRoot string
+	// SocketDir holds the shim sockets (short: at most 38 characters).
+	// containerd 1.7 cannot move them: its shims listen in
+	// ShimSocketRoot under names hashed from Socket, namespace and id.
+	SocketDir  string
 	CNIConf    string
 	ConfigToml string
 	Log        string
@@ -70,11 +92,28 @@ type Containerd struct {
 	Network string
 	Subnet  string
 
-	tools  Tools
-	cmd    *exec.Cmd
-	logF   *os.File
-	exited chan struct{}
-	err    error // why containerd exited; read after exited is closed
+	tools        Tools
+	startTimeout time.Duration
+	cmd          *exec.Cmd
+	logF         *os.File
+	exited       chan struct{}
+	err          error // why containerd exited; read after exited is closed
+}
+
+// ShimSocketRoot is where containerd 1.7 and the shims it starts put shim
+// sockets (/run/containerd/s, fixed at build time), shared by every 1.7
+// instance on the host.
+const ShimSocketRoot = "/run/containerd/s"
+
+// ShimSocket is the socket path containerd 1.7's shim helpers derive for a
+// task id in namespace ns of this instance (empty for 2.4, whose sockets
+// lie in SocketDir).
+func (c *Containerd) ShimSocket(ns, id string) string {
+	if c.Version != Containerd17 {
+		return ""
+	}
+	sum := sha256.Sum256([]byte(filepath.Join(c.Socket, ns, id)))
+	return filepath.Join(ShimSocketRoot, hex.EncodeToString(sum[:]))
 }
 
 // Tools returns the tools the instance was started with.
@@ -89,11 +128,18 @@ func Start(ctx context.Context, opts Options) (_ *Containerd, retErr error) {
 	if opts.StartTimeout == 0 {
 		opts.StartTimeout = 30 * time.Second
 	}
+	if opts.Version == "" {
+		opts.Version = Containerd24
+	}
+	if opts.Version != Containerd24 && opts.Version != Containerd17 {
+		return nil, fmt.Errorf("containerd version %q: want %s or %s", opts.Version, Containerd24, Containerd17)
+	}
 	dir, n, err := makeInstanceDir()
 	if err != nil {
 		return nil, err
 	}
 	c := &Containerd{
+		Version:      opts.Version,
 		Dir:          dir,
 		Root:         filepath.Join(dir, "root"),
 		State:        filepath.Join(dir, "state"),
@@ -111,9 +157,9 @@ func Start(ctx context.Context, opts Options) (_ *Containerd, retErr error) {
 		// 10.200.0.0/13 split into /24s; the bridge carries no route off
 		// this host (no gateway, no masquerading), so a clash with another
 		// instance's subnet stays a local matter.
-		Subnet: fmt.Sprintf("10.%d.%d.0/24", 200+int(n>>8)%8, n%256),
-		tools:  opts.Tools,
-		exited: make(chan struct{}),
+		Subnet:       fmt.Sprintf("10.%d.%d.0/24", 200+int(n>>8)%8, n%256),
+		tools:        opts.Tools,
+		startTimeout: opts.StartTimeout,
 	}
 	defer func() {
 		if retErr != nil {
@@ -128,6 +174,15 @@ func Start(ctx context.Context, opts Options) (_ *Containerd, retErr error) {
 			return nil, fmt.Errorf("create %s: %w", d, err)
 		}
 	}
+	if c.Version == Containerd17 {
+		bin := filepath.Join(dir, "bin")
+		if err := os.MkdirAll(bin, 0o755); err != nil {
+			return nil, fmt.Errorf("create %s: %w", bin, err)
+		}
+		if err := os.Symlink(opts.Tools.RuncShim17, filepath.Join(bin, "containerd-shim-runc-v2")); err != nil {
+			return nil, fmt.Errorf("link containerd 1.7's runc shim: %w", err)
+		}
+	}
 	for _, h := range opts.Handlers {
 		if h.ConfigPath == "" {
 			h.ConfigPath = filepath.Join(dir, "runtime-"+h.Name+".toml")
@@ -137,30 +192,90 @@ func Start(ctx context.Context, opts Options) (_ *Containerd, retErr error) {
 	if err := c.writeConfig(opts); err != nil {
 		return nil, err
 	}
-	logF, err := os.Create(c.Log)
+	if err := c.launch(ctx); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+// binary is the containerd executable of the instance's version.
+func (c *Containerd) binary() string {
+	if c.Version == Containerd17 {
+		return c.tools.Containerd17
+	}
+	return c.tools.Containerd
+}
+
+// launch starts the containerd process (appending to its log) and waits
+// until CRI answers.
+func (c *Containerd) launch(ctx context.Context) error {
+	logF, err := os.OpenFile(c.Log, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
-		return nil, fmt.Errorf("create containerd log: %w", err)
+		return fmt.Errorf("open containerd log: %w", err)
 	}
 	c.logF = logF
-	cmd := exec.Command(opts.Tools.Containerd, "--config", c.ConfigToml)
+	cmd := exec.Command(c.binary(), "--config", c.ConfigToml)
 	cmd.Stdout, cmd.Stderr = logF, logF
 	// Own process group: a Ctrl-C at the demo's terminal reaches the
 	// demo, which then tears containerd down in order.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	// containerd looks shims up on PATH (runc's shim is called by name).
-	cmd.Env = append(os.Environ(), "PATH="+os.Getenv("PATH"))
+	// containerd looks shims up on PATH (runc's shim is called by name);
+	// a 1.7 instance finds its own runc shim first.
+	path := os.Getenv("PATH")
+	if c.Version == Containerd17 {
+		path = filepath.Join(c.Dir, "bin") + string(os.PathListSeparator) + path
+	}
+	cmd.Env = append(os.Environ(), "PATH="+path)
 	if err := cmd.Start(); err != nil {
-		return nil, fmt.Errorf("start containerd: %w", err)
+		return fmt.Errorf("start containerd %s: %w", c.binary(), err)
 	}
 	c.cmd = cmd
+	exited := make(chan struct{})
+	c.exited = exited
 	go func() {
 		c.err = cmd.Wait()
-		close(c.exited)
+		close(exited)
 	}()
-	if err := c.waitReady(ctx, opts.StartTimeout); err != nil {
-		return nil, err
+	return c.waitReady(ctx, c.startTimeout)
+}
+
+// Restart stops containerd with SIGTERM, as a service manager would, and
+// starts it again with the same configuration; shims and pods keep
+// running meanwhile, and containerd must find them again.
+func (c *Containerd) Restart(ctx context.Context) error {
+	if err := c.terminate(); err != nil {
+		return fmt.Errorf("restart containerd: %w", err)
 	}
-	return c, nil
+	if err := c.launch(ctx); err != nil {
+		return fmt.Errorf("restart containerd: %w", err)
+	}
+	return nil
+}
+
+// terminate ends the containerd process with SIGTERM (SIGKILL after 10s)
+// and closes its log; shims are left alone.
+func (c *Containerd) terminate() error {
+	if c.cmd == nil || c.cmd.Process == nil {
+		return nil
+	}
+	var err error
+	select {
+	case <-c.exited:
+	default:
+		_ = c.cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-c.exited:
+		case <-time.After(10 * time.Second):
+			_ = c.cmd.Process.Kill()
+			<-c.exited
+			err = fmt.Errorf("containerd (pid %d) ignored SIGTERM for 10s and was killed", c.cmd.Process.Pid)
+		}
+	}
+	if c.logF != nil {
+		c.logF.Close()
+		c.logF = nil
+	}
+	return err
 }
 
 func (c *Containerd) waitReady(ctx context.Context, timeout time.Duration) error {
@@ -309,18 +424,10 @@ func (c *Containerd) Stop(ctx context.Context) error {
 		case <-c.exited:
 		default:
 			c.removeAllPods(ctx)
-			_ = c.cmd.Process.Signal(syscall.SIGTERM)
-			select {
-			case <-c.exited:
-			case <-time.After(10 * time.Second):
-				_ = c.cmd.Process.Kill()
-				<-c.exited
-				errs = append(errs, fmt.Errorf("containerd (pid %d) ignored SIGTERM for 10s and was killed", c.cmd.Process.Pid))
-			}
 		}
 	}
-	if c.logF != nil {
-		c.logF.Close()
+	if err := c.terminate(); err != nil {
+		errs = append(errs, err)
 	}
 	if ps, err := c.InstanceProcesses(); err != nil {
 		errs = append(errs, err)
@@ -443,6 +550,67 @@ imports = []
     bin_dir = {{q (print .C.Dir "/image-verifier")}}
 `))
 
+// config17Template is the same instance in containerd 1.7's dialect
+// (config version 2, every CRI setting under io.containerd.grpc.v1.cri).
+var config17Template = template.Must(template.New("containerd17").Funcs(template.FuncMap{"q": strconv.Quote}).Parse(`# Written by integration/harness for a private containerd 1.7 instance.
+version = 2
+root = {{q .C.Root}}
+state = {{q .C.State}}
+# No drop-ins from /etc/containerd.
+imports = []
+
+[cgroup]
+  path = ""
+
+[grpc]
+  address = {{q .C.Socket}}
+[ttrpc]
+  address = {{q (print .C.Socket ".ttrpc")}}
+[debug]
+  level = {{q .LogLevel}}
+
+[plugins]
+  [plugins."io.containerd.grpc.v1.cri"]
+    # Present after import, so CRI never pulls.
+    sandbox_image = {{q .Pause}}
+    enable_cdi = false
+    cdi_spec_dirs = []
+    # root here lacks CAP_SYS_RESOURCE: a sandbox oom_score_adj of -998 fails.
+    restrict_oom_score_adj = true
+    netns_mounts_under_state_dir = true
+    stream_server_address = "127.0.0.1"
+    stream_server_port = "0"
+    [plugins."io.containerd.grpc.v1.cri".containerd]
+      snapshotter = "overlayfs"
+      default_runtime_name = "runc"
+      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+        runtime_type = "io.containerd.runc.v2"
+        sandbox_mode = "podsandbox"
+        [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
+          BinaryName = {{q .Runc}}
+          Root = {{q .C.RuncRoot}}
+          SystemdCgroup = false
+{{- range .Handlers}}
+      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.{{q .Name}}]
+        runtime_type = "io.containerd.contrast.v2"
+        runtime_path = {{q .Shim}}
+        sandbox_mode = "podsandbox"
+        snapshotter = "overlayfs"
+        pod_annotations = ["io.katacontainers.*", "io.contrast.*"]
+        [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.{{q .Name}}.options]
+          ConfigPath = {{q .ConfigPath}}
+{{- end}}
+    [plugins."io.containerd.grpc.v1.cri".cni]
+      bin_dir = {{q .CNIBin}}
+      conf_dir = {{q .C.CNIConf}}
+      max_conf_num = 1
+
+  [plugins."io.containerd.nri.v1.nri"]
+    disable = true
+  [plugins."io.containerd.internal.v1.opt"]
+    path = {{q (print .C.Dir "/opt")}}
+`))
+
 var cniTemplate = template.Must(template.New("cni").Funcs(template.FuncMap{"q": strconv.Quote}).Parse(`{
   "cniVersion": "1.0.0",
   "name": {{q .C.Network}},
@@ -473,7 +641,11 @@ func (c *Containerd) writeConfig(opts Options) error {
 		"Handlers": c.Handlers, "CNIBin": opts.Tools.CNIBinDir,
 	}
 	var cfg, cni bytes.Buffer
-	if err := configTemplate.Execute(&cfg, data); err != nil {
+	tmpl := configTemplate
+	if c.Version == Containerd17 {
+		tmpl = config17Template
+	}
+	if err := tmpl.Execute(&cfg, data); err != nil {
 		return fmt.Errorf("render containerd config: %w", err)
 	}
 	if err := cniTemplate.Execute(&cni, data); err != nil {

@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -57,27 +58,17 @@ func (e *CmdError) Unwrap() error { return e.Err }
 // Run runs crictl with args and returns its stdout and stderr. A non-zero
 // exit is a *CmdError.
 func (c *CRI) Run(ctx context.Context, args ...string) (stdout, stderr string, err error) {
-	timeout := c.Timeout
-	if timeout == 0 {
-		timeout = 2 * time.Minute
-	}
-	full := append([]string{
-		"--runtime-endpoint", c.Endpoint, "--image-endpoint", c.Endpoint,
-		"--timeout", timeout.String(),
-		// No /etc/crictl.yaml: flags alone configure this client.
-		"--config", filepath.Join(c.ConfigDir, "crictl.yaml"),
-	}, args...)
-	if err := os.MkdirAll(c.ConfigDir, 0o755); err != nil {
-		return "", "", fmt.Errorf("create crictl config dir: %w", err)
-	}
-	// crictl insists on reading a config file; an empty one keeps the
-	// flags authoritative.
-	if cfg := filepath.Join(c.ConfigDir, "crictl.yaml"); !exists(cfg) {
-		if err := os.WriteFile(cfg, nil, 0o644); err != nil {
-			return "", "", fmt.Errorf("write crictl config: %w", err)
-		}
+	return c.RunStdin(ctx, nil, args...)
+}
+
+// RunStdin is Run with crictl's stdin read from stdin (nil: no input).
+func (c *CRI) RunStdin(ctx context.Context, stdin io.Reader, args ...string) (stdout, stderr string, err error) {
+	full, err := c.fullArgs(args)
+	if err != nil {
+		return "", "", err
 	}
 	cmd := exec.CommandContext(ctx, c.Bin, full...)
+	cmd.Stdin = stdin
 	var out, errb bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errb
 	if err := cmd.Run(); err != nil {
@@ -89,6 +80,31 @@ func (c *CRI) Run(ctx context.Context, args ...string) (stdout, stderr string, e
 		return out.String(), errb.String(), ce
 	}
 	return out.String(), errb.String(), nil
+}
+
+// fullArgs prepends the flags that point crictl at this instance.
+func (c *CRI) fullArgs(args []string) ([]string, error) {
+	timeout := c.Timeout
+	if timeout == 0 {
+		timeout = 2 * time.Minute
+	}
+	full := append([]string{
+		"--runtime-endpoint", c.Endpoint, "--image-endpoint", c.Endpoint,
+		"--timeout", timeout.String(),
+		// No /etc/crictl.yaml: flags alone configure this client.
+		"--config", filepath.Join(c.ConfigDir, "crictl.yaml"),
+	}, args...)
+	if err := os.MkdirAll(c.ConfigDir, 0o755); err != nil {
+		return nil, fmt.Errorf("create crictl config dir: %w", err)
+	}
+	// crictl insists on reading a config file; an empty one keeps the
+	// flags authoritative.
+	if cfg := filepath.Join(c.ConfigDir, "crictl.yaml"); !exists(cfg) {
+		if err := os.WriteFile(cfg, nil, 0o644); err != nil {
+			return nil, fmt.Errorf("write crictl config: %w", err)
+		}
+	}
+	return full, nil
 }
 
 // Ready tells whether CRI reports its runtime and network ready.
@@ -125,6 +141,31 @@ type PodConfig struct {
 	Handler     string
 	Annotations map[string]string
 	Labels      map[string]string
+	// Resources are the pod's resources (linux.resources: what kubelet
+	// sets to the sum of its containers' limits); CRI passes them to the
+	// runtime as io.kubernetes.cri.sandbox-* annotations.
+	Resources *Resources
+}
+
+// Resources are CRI LinuxContainerResources; zero fields are left out.
+type Resources struct {
+	CPUPeriod   int64
+	CPUQuota    int64
+	CPUShares   int64
+	MemoryLimit int64 // bytes
+}
+
+func (r *Resources) json() map[string]any {
+	m := map[string]any{}
+	for k, v := range map[string]int64{
+		"cpu_period": r.CPUPeriod, "cpu_quota": r.CPUQuota, "cpu_shares": r.CPUShares,
+		"memory_limit_in_bytes": r.MemoryLimit,
+	} {
+		if v != 0 {
+			m[k] = v
+		}
+	}
+	return m
 }
 
 // Pod is a pod sandbox created through CRI.
@@ -160,11 +201,15 @@ func (c *CRI) RunPod(ctx context.Context, pc PodConfig) (*Pod, error) {
 		"log_directory": pod.LogDir,
 		"annotations":   pc.Annotations,
 		"labels":        pc.Labels,
-		"linux":         map[string]any{},
 	}
+	linux := map[string]any{}
 	if c.CgroupParent != "" {
-		cfg["linux"] = map[string]any{"cgroup_parent": c.CgroupParent}
+		linux["cgroup_parent"] = c.CgroupParent
 	}
+	if pc.Resources != nil {
+		linux["resources"] = pc.Resources.json()
+	}
+	cfg["linux"] = linux
 	if err := writeJSON(pod.ConfigFile, cfg); err != nil {
 		return nil, err
 	}
@@ -190,6 +235,14 @@ type ContainerConfig struct {
 	Command []string
 	Args    []string
 	Env     map[string]string
+	// TTY gives the container a terminal (its stdout and stderr are the
+	// terminal, one stream in the log).
+	TTY bool
+	// Stdin keeps the container's stdin open for `crictl attach -i`;
+	// with StdinOnce it is closed when the first attach ends.
+	Stdin     bool
+	StdinOnce bool
+	Resources *Resources
 }
 
 // Container is a container created through CRI.
@@ -218,13 +271,19 @@ func (c *CRI) CreateContainer(ctx context.Context, pod *Pod, cc ContainerConfig)
 		envs = append(envs, map[string]string{"key": k, "value": v})
 	}
 	cfg := map[string]any{
-		"metadata": map[string]any{"name": cc.Name},
-		"image":    map[string]any{"image": cc.Image},
-		"command":  cc.Command,
-		"args":     cc.Args,
-		"envs":     envs,
-		"log_path": cc.Name + ".log",
-		"linux":    map[string]any{},
+		"metadata":   map[string]any{"name": cc.Name},
+		"image":      map[string]any{"image": cc.Image},
+		"command":    cc.Command,
+		"args":       cc.Args,
+		"envs":       envs,
+		"log_path":   cc.Name + ".log",
+		"tty":        cc.TTY,
+		"stdin":      cc.Stdin,
+		"stdin_once": cc.StdinOnce,
+		"linux":      map[string]any{},
+	}
+	if cc.Resources != nil {
+		cfg["linux"] = map[string]any{"resources": cc.Resources.json()}
 	}
 	if err := writeJSON(ctr.ConfigFile, cfg); err != nil {
 		return nil, err

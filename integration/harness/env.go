@@ -73,15 +73,21 @@ func (e Env) ImageInitrd() string { return filepath.Join(e.ImageDir, "initrd") }
 // Tools are the host binaries the harness drives.
 type Tools struct {
 	Containerd string
-	Ctr        string
-	Crictl     string
+	// Containerd17 is containerd 1.7 (hack/deps.sh builds it as
+	// containerd17): the oldest version the runtime supports.
+	Containerd17 string
+	Ctr          string
+	Crictl       string
 	// RuncShim is containerd-shim-runc-v2, which containerd finds on PATH
 	// for the runc baseline handler.
-	RuncShim  string
-	Runc      string
-	QEMU      string
-	Busybox   string
-	CNIBinDir string
+	RuncShim string
+	// RuncShim17 is containerd 1.7's containerd-shim-runc-v2 (built as
+	// containerd-shim-runc-v2-17): 2.4's refuses 1.7's start dialect.
+	RuncShim17 string
+	Runc       string
+	QEMU       string
+	Busybox    string
+	CNIBinDir  string
 }
 
 // FindTools looks the tools up on PATH (containerd, ctr and crictl come
@@ -103,14 +109,16 @@ func FindTools() (Tools, error) {
 		return p
 	}
 	t := Tools{
-		Containerd: look("containerd"),
-		Ctr:        look("ctr"),
-		Crictl:     look("crictl"),
-		RuncShim:   look("containerd-shim-runc-v2"),
-		Runc:       fixed("/usr/sbin/runc", "runc"),
-		QEMU:       fixed("/usr/bin/qemu-system-x86_64", "qemu-system-x86"),
-		Busybox:    fixed("/bin/busybox", "busybox-static"),
-		CNIBinDir:  fixed("/usr/lib/cni", "containernetworking-plugins"),
+		Containerd:   look("containerd"),
+		Containerd17: look("containerd17"),
+		Ctr:          look("ctr"),
+		Crictl:       look("crictl"),
+		RuncShim:     look("containerd-shim-runc-v2"),
+		RuncShim17:   look("containerd-shim-runc-v2-17"),
+		Runc:         fixed("/usr/sbin/runc", "runc"),
+		QEMU:         fixed("/usr/bin/qemu-system-x86_64", "qemu-system-x86"),
+		Busybox:      fixed("/bin/busybox", "busybox-static"),
+		CNIBinDir:    fixed("/usr/lib/cni", "containernetworking-plugins"),
 	}
 	if err := errors.Join(errs...); err != nil {
 		return Tools{}, err

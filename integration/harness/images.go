@@ -23,8 +23,9 @@ const (
 
 // busyboxApplets get a symlink in /bin; the tests and the demo use these.
 var busyboxApplets = []string{
-	"cat", "echo", "env", "false", "head", "hostname", "id", "ls", "mkdir", "ps", "seq",
-	"sh", "sleep", "tail", "true", "uname", "wc",
+	"cat", "dd", "echo", "env", "false", "free", "grep", "head", "hostname", "id", "kill", "ls",
+	"mkdir", "nproc", "ps", "seq", "sh", "sha256sum", "sleep", "stty", "tail", "tr", "true", "tty",
+	"uname", "wc", "yes",
 }
 
 // ImageFile is one regular file, directory or symlink of an image layer.

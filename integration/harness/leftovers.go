@@ -40,12 +40,67 @@ type Snapshot struct {
 	processes map[int]Process
 	mounts    map[string]Mount
 	paths     map[string]bool
+	sockets   map[string]bool
+	netdevs   map[string]bool
+}
+
+// socketDirs are where the instance's shims and VMs bind unix sockets.
+func (c *Containerd) socketDirs() []string {
+	dirs := []string{c.Dir, "/run/contrast"}
+	if c.Version == Containerd17 {
+		dirs = append(dirs, ShimSocketRoot)
+	}
+	return dirs
+}
+
+// unixSockets lists the bound unix sockets of the host's network
+// namespace (/proc/net/unix) whose path lies under one of dirs.
+func unixSockets(dirs ...string) (map[string]bool, error) {
+	b, err := os.ReadFile("/proc/net/unix")
+	if err != nil {
+		return nil, fmt.Errorf("read /proc/net/unix: %w", err)
+	}
+	out := map[string]bool{}
+	for _, line := range strings.Split(string(b), "\n")[1:] {
+		f := strings.Fields(line)
+		if len(f) < 8 {
+			continue // unnamed socket
+		}
+		for _, d := range dirs {
+			if within(f[7], d) {
+				out[f[7]] = true
+				break
+			}
+		}
+	}
+	return out, nil
+}
+
+// netdevs lists the host's network devices a pod can leave behind: tun
+// and tap devices, and ports of the instance's bridge (veth ends).
+func (c *Containerd) netdevs() map[string]bool {
+	out := map[string]bool{}
+	for _, p := range listDir("/sys/class/net") {
+		if exists(filepath.Join(p, "tun_flags")) {
+			out[p] = true
+			continue
+		}
+		if m, err := os.Readlink(filepath.Join(p, "master")); err == nil && filepath.Base(m) == c.Bridge {
+			out[p] = true
+		}
+	}
+	return out
 }
 
 // Snapshot records the instance's processes, mounts and per-object state
 // entries, to compare with NewSince later.
 func (c *Containerd) Snapshot() (Snapshot, error) {
-	s := Snapshot{processes: map[int]Process{}, mounts: map[string]Mount{}, paths: map[string]bool{}}
+	s := Snapshot{processes: map[int]Process{}, mounts: map[string]Mount{}, paths: map[string]bool{}, netdevs: c.netdevs()}
+	socks, err := unixSockets(c.socketDirs()...)
+	if err != nil {
+		return s, err
+	}
+	s.sockets = socks
 	ps, err := c.InstanceProcesses()
 	if err != nil {
 		return s, err
@@ -62,7 +117,13 @@ func (c *Containerd) Snapshot() (Snapshot, error) {
 			s.mounts[m.Point] = m
 		}
 	}
-	for _, d := range c.objectDirs() {
+	dirs := c.objectDirs()
+	if c.Version == Containerd17 {
+		// Shared by every 1.7 instance on the host; only this harness's
+		// tests run 1.7, one at a time.
+		dirs = append(dirs, ShimSocketRoot)
+	}
+	for _, d := range dirs {
 		for _, p := range listDir(d) {
 			s.paths[p] = true
 		}
@@ -116,6 +177,16 @@ func (c *Containerd) NewSince(before Snapshot) (Leftovers, error) {
 			l.Paths = append(l.Paths, p)
 		}
 	}
+	for p := range now.sockets {
+		if !before.sockets[p] {
+			l.Sockets = append(l.Sockets, p)
+		}
+	}
+	for p := range now.netdevs {
+		if !before.netdevs[p] {
+			l.Netdevs = append(l.Netdevs, filepath.Base(p))
+		}
+	}
 	l.sort()
 	return l, nil
 }
@@ -124,6 +195,8 @@ func (l *Leftovers) sort() {
 	sort.Slice(l.Processes, func(i, j int) bool { return l.Processes[i].PID < l.Processes[j].PID })
 	sort.Slice(l.Mounts, func(i, j int) bool { return l.Mounts[i].Point < l.Mounts[j].Point })
 	sort.Strings(l.Paths)
+	sort.Strings(l.Sockets)
+	sort.Strings(l.Netdevs)
 }
 
 // PodTrace is what a running pod holds on the host, recorded while it
@@ -199,6 +272,23 @@ func (c *Containerd) PodLeftovers(t PodTrace) (Leftovers, error) {
 		return l, err
 	}
 	l.Mounts = mountsNaming(ms, t.IDs)
+	socks, err := unixSockets("/")
+	if err != nil {
+		return l, err
+	}
+	for p := range socks {
+		for _, id := range t.IDs {
+			if strings.Contains(p, id) {
+				l.Sockets = append(l.Sockets, p)
+				break
+			}
+		}
+	}
+	for _, id := range t.IDs {
+		if p := c.ShimSocket("k8s.io", id); p != "" && exists(p) {
+			l.Paths = append(l.Paths, p)
+		}
+	}
 	walkRoots := []string{c.Dir, "/run/contrast", cniCacheDir}
 	cgRoots, err := cgroupRoots()
 	if err != nil {

@@ -213,11 +213,18 @@ type Leftovers struct {
 	Processes []Process
 	Mounts    []Mount
 	Paths     []string
+	// Sockets are bound unix sockets (from /proc/net/unix: a socket
+	// still listening, whether or not its file remains).
+	Sockets []string
+	// Netdevs are host network devices: tun/tap devices and ports of the
+	// instance's bridge.
+	Netdevs []string
 }
 
 // Empty tells whether nothing is left.
 func (l Leftovers) Empty() bool {
-	return len(l.Processes) == 0 && len(l.Mounts) == 0 && len(l.Paths) == 0
+	return len(l.Processes) == 0 && len(l.Mounts) == 0 && len(l.Paths) == 0 &&
+		len(l.Sockets) == 0 && len(l.Netdevs) == 0
 }
 
 func (l Leftovers) String() string {
@@ -230,6 +237,12 @@ func (l Leftovers) String() string {
 	}
 	for _, p := range l.Paths {
 		fmt.Fprintf(&b, "path: %s\n", p)
+	}
+	for _, p := range l.Sockets {
+		fmt.Fprintf(&b, "socket: %s\n", p)
+	}
+	for _, p := range l.Netdevs {
+		fmt.Fprintf(&b, "network device: %s\n", p)
 	}
 	return b.String()
 }
