@@ -15,6 +15,10 @@ import (
 // TestContrastBadInput: each kind of bad input makes `crictl runp` fail
 // with an error that names the problem, and leaves nothing behind.
 func TestContrastBadInput(t *testing.T) {
+	versions(t, badInput)
+}
+
+func badInput(t *testing.T, v harness.Version) {
 	tools, err := harness.FindTools()
 	if err != nil {
 		t.Fatal(err)
@@ -25,7 +29,7 @@ func TestContrastBadInput(t *testing.T) {
 	}
 	const missingKernel = "/nonexistent/contrast-test/bzImage"
 	const agentReady = 5 * time.Second
-	s := newSuite(t,
+	s := newSuiteVersion(t, v,
 		handlerSpec{name: "contrast-nokernel", edit: func(c *harness.ShimConfig) { c.Kernel = missingKernel }},
 		handlerSpec{name: "contrast-false", edit: func(c *harness.ShimConfig) { c.Binary = "/bin/false" }},
 		handlerSpec{name: "contrast-mute", edit: func(c *harness.ShimConfig) {
@@ -101,8 +105,10 @@ func TestContrastBadInput(t *testing.T) {
 // TestRuncMalformedBundle runs the hand-made bundles against runc, to
 // prove that path of the harness.
 func TestRuncMalformedBundle(t *testing.T) {
-	s := newSuite(t)
-	s.malformedBundles(t, "--runtime", "io.containerd.runc.v2", "--runc-binary", s.c.Tools().Runc, "--runc-root", s.c.RuncRoot)
+	versions(t, func(t *testing.T, v harness.Version) {
+		s := newSuiteVersion(t, v)
+		s.malformedBundles(t, "--runtime", "io.containerd.runc.v2", "--runc-binary", s.c.Tools().Runc, "--runc-root", s.c.RuncRoot)
+	})
 }
 
 // malformedBundles runs hand-made OCI bundles through `ctr run --config`

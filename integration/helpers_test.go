@@ -236,6 +236,12 @@ func (s *suite) removePod(t *testing.T, pod *harness.Pod, trace harness.PodTrace
 	if err := s.cri.RemovePod(s.ctx, pod.ID); err != nil {
 		t.Fatalf("rmp: %v", err)
 	}
+	s.checkRemoved(t, pod, trace, before)
+}
+
+// checkRemoved checks that nothing of a removed pod remains (see removePod).
+func (s *suite) checkRemoved(t *testing.T, pod *harness.Pod, trace harness.PodTrace, before *harness.Snapshot) {
+	t.Helper()
 	s.expectNoLeftovers(t, "pod "+pod.Config.Name, func() (harness.Leftovers, error) { return s.c.PodLeftovers(trace) })
 	if before != nil {
 		s.expectNoLeftovers(t, "pod "+pod.Config.Name+" (instance state)", func() (harness.Leftovers, error) { return s.c.NewSince(*before) })

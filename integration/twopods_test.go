@@ -14,10 +14,8 @@ import (
 	"github.com/contrast-vm/contrast/integration/harness"
 )
 
-func TestRuncTwoPods(t *testing.T) { newSuite(t).twoPods(t, "runc") }
-
-func TestContrastTwoPods(t *testing.T) {
-	newSuite(t, handlerSpec{name: contrastHandler}).twoPods(t, contrastHandler)
+func TestTwoPods(t *testing.T) {
+	matrix(t, func(t *testing.T, s *suite, handler string) { s.twoPods(t, handler) })
 }
 
 // twoPods starts two pods at once (two VMs booting side by side for
@@ -95,7 +93,10 @@ func (s *suite) twoPods(t *testing.T, handler string) {
 // TestRuncLeftoverDetection proves the leftover checks can fail: while a
 // pod runs, they must see it.
 func TestRuncLeftoverDetection(t *testing.T) {
-	s := newSuite(t)
+	versions(t, func(t *testing.T, v harness.Version) { leftoverDetection(t, newSuiteVersion(t, v)) })
+}
+
+func leftoverDetection(t *testing.T, s *suite) {
 	before := s.snapshot(t)
 	pod := s.runPod(t, "runc", "seen")
 	c := s.startContainer(t, pod, "main", "sleep", "100000")
@@ -117,8 +118,8 @@ func TestRuncLeftoverDetection(t *testing.T) {
 		snap = snap || strings.Contains(p, "/snapshots/")
 		cgroup = cgroup || strings.HasPrefix(p, "/sys/fs/cgroup/")
 	}
-	if !netns || !snap || !cgroup || len(n.Mounts) == 0 || len(n.Processes) == 0 {
-		t.Errorf("NewSince should see the running pod's network namespace, snapshots, cgroups, mounts and processes; got:\n%s", n)
+	if !netns || !snap || !cgroup || len(n.Mounts) == 0 || len(n.Processes) == 0 || len(n.Sockets) == 0 || len(n.Netdevs) == 0 {
+		t.Errorf("NewSince should see the running pod's network namespace, snapshots, cgroups, mounts, processes, shim socket and veth; got:\n%s", n)
 	}
 	if err := s.cri.StopContainer(s.ctx, c.ID, time.Second); err != nil {
 		t.Fatal(err)
@@ -130,16 +131,18 @@ func TestRuncLeftoverDetection(t *testing.T) {
 // Stop with a pod still running leaves no process, mount, directory or
 // bridge of the instance.
 func TestRuncHarnessTeardown(t *testing.T) {
-	for _, crash := range []bool{false, true} {
-		t.Run(fmt.Sprintf("containerd-crashed=%v", crash), func(t *testing.T) { testTeardown(t, crash) })
-	}
+	versions(t, func(t *testing.T, v harness.Version) {
+		for _, crash := range []bool{false, true} {
+			t.Run(fmt.Sprintf("containerd-crashed=%v", crash), func(t *testing.T) { testTeardown(t, v, crash) })
+		}
+	})
 }
 
 // testTeardown runs a pod and tears the instance down; with crash,
 // containerd is killed first, as if it had crashed, so the pod's shim and
 // processes are orphans that Stop must find and kill.
-func testTeardown(t *testing.T, crash bool) {
-	s := newSuite(t)
+func testTeardown(t *testing.T, v harness.Version, crash bool) {
+	s := newSuiteVersion(t, v)
 	pod := s.runPod(t, "runc", "orphan")
 	c := s.startContainer(t, pod, "main", "sleep", "100000")
 	trace := s.trace(t, pod, c)

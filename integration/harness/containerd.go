@@ -94,6 +94,7 @@ type Containerd struct {
 
 	tools        Tools
 	startTimeout time.Duration
+	created      time.Time
 	cmd          *exec.Cmd
 	logF         *os.File
 	exited       chan struct{}
@@ -160,6 +161,7 @@ func Start(ctx context.Context, opts Options) (_ *Containerd, retErr error) {
 		Subnet:       fmt.Sprintf("10.%d.%d.0/24", 200+int(n>>8)%8, n%256),
 		tools:        opts.Tools,
 		startTimeout: opts.StartTimeout,
+		created:      time.Now(),
 	}
 	defer func() {
 		if retErr != nil {
@@ -196,6 +198,51 @@ func Start(ctx context.Context, opts Options) (_ *Containerd, retErr error) {
 		return nil, err
 	}
 	return c, nil
+}
+
+// RemoveStaleShimSockets removes the shim socket files of this instance
+// that nothing listens on any more (shims that died without cleaning up)
+// and returns their paths. For 2.4 those are in SocketDir; for 1.7 in the
+// shared ShimSocketRoot, where names are hashes, so it takes those that
+// appeared during the instance's life.
+func (c *Containerd) RemoveStaleShimSockets() ([]string, error) {
+	dir := c.SocketDir
+	if c.Version == Containerd17 {
+		dir = ShimSocketRoot
+	}
+	bound, err := unixSockets(dir)
+	if err != nil {
+		return nil, err
+	}
+	var stale []string
+	for _, p := range listDir(dir) {
+		st, err := os.Lstat(p)
+		if err != nil || st.Mode()&os.ModeSocket == 0 || bound[p] || st.ModTime().Before(c.created) {
+			continue
+		}
+		if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return stale, fmt.Errorf("remove stale shim socket: %w", err)
+		}
+		stale = append(stale, p)
+	}
+	return stale, nil
+}
+
+// removeStaleShimSockets is RemoveStaleShimSockets for teardown: for a
+// 1.7 instance (2.4's lie in Dir, which goes anyway), what it had to
+// remove is an error.
+func (c *Containerd) removeStaleShimSockets() error {
+	if c.Version != Containerd17 {
+		return nil
+	}
+	stale, err := c.RemoveStaleShimSockets()
+	if err != nil {
+		return err
+	}
+	if len(stale) > 0 {
+		return fmt.Errorf("removed shim sockets left in %s: %s", ShimSocketRoot, strings.Join(stale, ", "))
+	}
+	return nil
 }
 
 // binary is the containerd executable of the instance's version.
@@ -438,6 +485,9 @@ func (c *Containerd) Stop(ctx context.Context) error {
 		}
 	}
 	if err := unmountUnder(c.Dir); err != nil {
+		errs = append(errs, err)
+	}
+	if err := c.removeStaleShimSockets(); err != nil {
 		errs = append(errs, err)
 	}
 	if c.CgroupParent != "" {
