@@ -215,16 +215,21 @@ func (w *oomWatcher) run(ctx context.Context, fd int, notifies bool) {
 	defer close(w.done)
 	defer unix.Close(fd)
 	lg := log.G(ctx).WithField("container", w.id)
+	buf := make([]byte, 4096)
 	for {
 		// Reading also re-arms the notification (kernfs compares what the
 		// reader saw with the file's event count).
-		kills, err := readOOMKills(fd)
+		n, err := unix.Pread(fd, buf, 0)
 		if err != nil {
 			// The cgroup is gone (runc delete): nothing more to watch.
 			lg.WithError(err).Debugf("OOM watch: %s", w.file)
 			return
 		}
-		w.observe(kills)
+		if kills, err := parseOOMKills(buf[:n]); err != nil {
+			lg.WithError(err).Warnf("OOM watch: %s", w.file)
+		} else {
+			w.observe(kills)
+		}
 		fds := []unix.PollFd{{Fd: int32(w.stopFd), Events: unix.POLLIN}}
 		timeout := int(oomPollInterval / time.Millisecond)
 		if notifies {

@@ -458,10 +458,12 @@ func TestUpdateAndStats(t *testing.T) {
 	h.assertClean()
 }
 
-// oomSpec is a container limited to 16 MiB whose tail holds 100 MiB
-// without a newline: the kernel OOM-kills tail, the shell goes on.
+// oomSpec is a container limited to 16 MiB whose tail looks for the last
+// line of /dev/zero: the kernel OOM-kills tail, the shell goes on. (tail
+// alone allocates: a writer into a pipe to it would allocate pipe pages
+// while tail's memory is being freed, and be a second victim.)
 func oomSpec() *specs.Spec {
-	s := podSpec("/bin/sh", "-c", `head -c 100m /dev/zero | tail; echo "tail: $?"`)
+	s := podSpec("/bin/sh", "-c", `tail /dev/zero; echo "tail: $?"`)
 	limit := int64(16 << 20)
 	s.Linux.Resources.Memory = &specs.LinuxMemory{Limit: &limit}
 	return s

@@ -88,7 +88,8 @@ func newHarness(t *testing.T, opts ...func(*Config)) *harness {
 	cfg.RuncBinary = rb
 	// A cgroup parent of its own, removed at the end from every hierarchy
 	// (cgroup v1 hosts have one per controller).
-	cfg.CgroupParent = fmt.Sprintf("/contrast-agent-test-%d-%s", os.Getpid(), filepath.Base(dir))
+	// Named after the test's own temp dir (TestX123/001), unique per test.
+	cfg.CgroupParent = fmt.Sprintf("/contrast-agent-test-%d-%s", os.Getpid(), filepath.Base(filepath.Dir(dir)))
 	t.Cleanup(func() {
 		dirs, _ := filepath.Glob("/sys/fs/cgroup/*" + cfg.CgroupParent)
 		dirs = append(dirs, "/sys/fs/cgroup"+cfg.CgroupParent)
@@ -126,6 +127,19 @@ func newHarness(t *testing.T, opts ...func(*Config)) *harness {
 	}
 	client := ttrpc.NewClient(conn)
 	t.Cleanup(func() {
+		// A test that failed half-way leaves containers: remove them, so
+		// that its failure does not leave processes, mounts or cgroups.
+		svc.mu.Lock()
+		var left []string
+		for id := range svc.containers {
+			left = append(left, id)
+		}
+		svc.mu.Unlock()
+		for _, id := range left {
+			if _, err := svc.RemoveContainer(context.Background(), &api.RemoveContainerRequest{ContainerId: id}); err != nil {
+				t.Errorf("cleanup: %v", err)
+			}
+		}
 		client.Close()
 		cancel()
 		if err := <-served; err != nil {

@@ -82,7 +82,10 @@ func (h *Hub) handle(ctx context.Context, conn net.Conn) {
 	_ = conn.SetReadDeadline(time.Now().Add(h.HeaderTimeout))
 	hdr, err := api.ReadStdioHeader(conn)
 	if err == nil {
-		err = conn.SetReadDeadline(time.Time{})
+		// Fails only on a connection that is closed already (net.Pipe
+		// also when the peer closed after its header); its reader will
+		// see that.
+		_ = conn.SetReadDeadline(time.Time{})
 	}
 	if err != nil {
 		log.G(ctx).WithError(err).WithField("remote", conn.RemoteAddr()).Warn("stdio connection refused")
