@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/json"
 	"io"
@@ -15,13 +16,16 @@ import (
 	"testing"
 	"time"
 
+	v2stats "github.com/containerd/cgroups/v3/cgroup2/stats"
 	"github.com/containerd/ttrpc"
+	"github.com/containerd/typeurl/v2"
 	"github.com/contrast-vm/contrast/agent/testimage"
 	api "github.com/contrast-vm/contrast/api/agent"
 	"github.com/contrast-vm/contrast/hypervisor"
 	"github.com/contrast-vm/contrast/hypervisor/qemu"
 	"github.com/contrast-vm/contrast/vmimage"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"google.golang.org/protobuf/types/known/anypb"
 )
 
 // TestAgentInVM boots the agent as /init of the real guest kernel under
@@ -116,15 +120,17 @@ func TestAgentInVM(t *testing.T) {
 		}
 		return c
 	}
-	create := func(id string, st *api.Stdio, args ...string) {
+	// createWith creates a container as CRI would; mod adjusts the spec.
+	createWith := func(id string, st *api.Stdio, mod func(*specs.Spec), args ...string) {
 		t.Helper()
-		spec, _ := json.Marshal(&specs.Spec{
+		spec := &specs.Spec{
 			Version: specs.Version,
 			Process: &specs.Process{Args: args, Env: []string{"PATH=/bin"}, Cwd: "/"},
 			Root:    &specs.Root{Path: "rootfs"},
 			Mounts: []specs.Mount{
 				{Destination: "/proc", Type: "proc", Source: "proc"},
 				{Destination: "/dev", Type: "tmpfs", Source: "tmpfs", Options: []string{"nosuid", "mode=755"}},
+				{Destination: "/dev/pts", Type: "devpts", Source: "devpts", Options: []string{"nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"}},
 				{Destination: "/sys", Type: "sysfs", Source: "sysfs", Options: []string{"ro"}},
 				{Destination: "/sys/fs/cgroup", Type: "cgroup", Source: "cgroup", Options: []string{"ro"}},
 				{Destination: "/etc/hosts", Type: "bind", Source: "/var/lib/kubelet/pods/x/etc-hosts", Options: []string{"rbind", "ro"}},
@@ -138,9 +144,13 @@ func TestAgentInVM(t *testing.T) {
 					CPU:    &specs.LinuxCPU{Quota: ptr(int64(50000)), Period: ptr(uint64(100000))},
 				},
 			},
-		})
+		}
+		if mod != nil {
+			mod(spec)
+		}
+		raw, _ := json.Marshal(spec)
 		_, err := client.CreateContainer(ctx, &api.CreateContainerRequest{
-			ContainerId: id, Spec: spec, Stdio: st,
+			ContainerId: id, Spec: raw, Stdio: st,
 			Rootfs:      &api.BlockDevice{Serial: "busybox", Fstype: "ext4", ReadOnly: true},
 			SharedFiles: []*api.SharedFile{{Destination: "/etc/hosts", Content: []byte("10.0.0.9 pod1\n"), Mode: 0o644}},
 		})
@@ -148,6 +158,7 @@ func TestAgentInVM(t *testing.T) {
 			t.Fatalf("create %s: %v", id, err)
 		}
 	}
+	create := func(id string, st *api.Stdio, args ...string) { t.Helper(); createWith(id, st, nil, args...) }
 
 	// Output, exit code, hostname, cgroup and shared file seen inside.
 	out, errOut := stdio("c1", "", api.StreamStdout), stdio("c1", "", api.StreamStderr)
@@ -197,13 +208,60 @@ func TestAgentInVM(t *testing.T) {
 	if err != nil || len(ps.Pids) == 0 {
 		t.Errorf("ps: %+v %v", ps, err)
 	}
+	ttyExec(ctx, t, client, stdio)
+	statsAndUpdate(ctx, t, client)
 	if _, err := client.SignalProcess(ctx, &api.SignalProcessRequest{ContainerId: "c2", Signal: 9, All: true}); err != nil {
 		t.Fatal(err)
 	}
 	if w, err := client.WaitProcess(ctx, &api.ProcessRequest{ContainerId: "c2"}); err != nil || w.ExitStatus != 137 {
 		t.Fatalf("wait c2: %+v %v", w, err)
 	}
-	for _, id := range []string{"c1", "c2"} {
+
+	// Pause stops a ticking container (cgroup v2 freezer), resume restarts it.
+	ticks := stdio("c3", "", api.StreamStdout)
+	create("c3", &api.Stdio{Stdout: true}, "/bin/sh", "-c", "while true; do echo tick; sleep 0.1; done")
+	if _, err := client.StartContainer(ctx, &api.ContainerRequest{ContainerId: "c3"}); err != nil {
+		t.Fatal(err)
+	}
+	pauseResume(ctx, t, client, ticks)
+
+	// An OOM kill in a container that lives on is reported by the watch of
+	// memory.events alone (no exit to trigger a look).
+	oomOut := stdio("c4", "", api.StreamStdout)
+	createWith("c4", &api.Stdio{Stdout: true}, func(s *specs.Spec) { s.Linux.Resources.Memory.Limit = ptr(int64(16 << 20)) },
+		"/bin/sh", "-c", `tail /dev/zero; echo "tail: $?"; sleep 1000`)
+	oomSeen := make(chan string, 1)
+	go func() {
+		ev, err := client.WaitOOM(ctx, &api.Empty{})
+		if err != nil {
+			t.Errorf("WaitOOM: %v", err)
+		}
+		oomSeen <- ev.GetContainerId()
+	}()
+	if _, err := client.StartContainer(ctx, &api.ContainerRequest{ContainerId: "c4"}); err != nil {
+		t.Fatal(err)
+	}
+	if line, err := bufio.NewReader(oomOut).ReadString('\n'); err != nil || line != "tail: 137\n" {
+		t.Fatalf("c4 said %q %v: tail was not OOM-killed", line, err)
+	}
+	select {
+	case id := <-oomSeen:
+		if id != "c4" {
+			t.Errorf("OOM event for %q", id)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("no OOM event 10 s after the kill")
+	}
+
+	for _, id := range []string{"c3", "c4"} {
+		if _, err := client.SignalProcess(ctx, &api.SignalProcessRequest{ContainerId: id, Signal: 9, All: true}); err != nil {
+			t.Fatal(err)
+		}
+		if w, err := client.WaitProcess(ctx, &api.ProcessRequest{ContainerId: id}); err != nil || w.ExitStatus != 137 {
+			t.Fatalf("wait %s: %+v %v", id, w, err)
+		}
+	}
+	for _, id := range []string{"c1", "c2", "c3", "c4"} {
 		if _, err := client.RemoveContainer(ctx, &api.RemoveContainerRequest{ContainerId: id}); err != nil {
 			t.Fatalf("remove %s: %v", id, err)
 		}
@@ -212,6 +270,110 @@ func TestAgentInVM(t *testing.T) {
 }
 
 func ptr[T any](v T) *T { return &v }
+
+type stdioDialer func(id, exec string, s api.Stream) net.Conn
+
+// readUntil reads from r until what it read ends with want.
+func readUntil(t *testing.T, r net.Conn, want string) string {
+	t.Helper()
+	var got []byte
+	buf := make([]byte, 4096)
+	r.SetReadDeadline(time.Now().Add(30 * time.Second))
+	defer r.SetReadDeadline(time.Time{})
+	for !bytes.HasSuffix(got, []byte(want)) {
+		n, err := r.Read(buf)
+		got = append(got, buf[:n]...)
+		if err != nil {
+			t.Fatalf("read %q, waiting for %q: %v", got, want, err)
+		}
+	}
+	return string(got)
+}
+
+// ttyExec runs a terminal exec in c2 and resizes its terminal: stty inside
+// sees both sizes, and the line discipline's \r\n.
+func ttyExec(ctx context.Context, t *testing.T, client api.AgentService, stdio stdioDialer) {
+	t.Helper()
+	in, out := stdio("c2", "tty", api.StreamStdin), stdio("c2", "tty", api.StreamStdout)
+	proc, _ := json.Marshal(specs.Process{Args: []string{"/bin/sh", "-c", "stty size; read x; stty size"}, Env: []string{"PATH=/bin"}, Cwd: "/",
+		Terminal: true, ConsoleSize: &specs.Box{Height: 24, Width: 80}})
+	if _, err := client.ExecProcess(ctx, &api.ExecProcessRequest{ContainerId: "c2", ExecId: "tty", Process: proc,
+		Stdio: &api.Stdio{Terminal: true, Stdin: true, Stdout: true}}); err != nil {
+		t.Fatal(err)
+	}
+	readUntil(t, out, "24 80\r\n")
+	if _, err := client.ResizePty(ctx, &api.ResizePtyRequest{ContainerId: "c2", ExecId: "tty", Width: 132, Height: 43}); err != nil {
+		t.Fatal(err)
+	}
+	in.Write([]byte("go\n"))
+	if got := readUntil(t, out, "43 132\r\n"); got != "go\r\n43 132\r\n" {
+		t.Errorf("terminal after resize: %q", got)
+	}
+	if w, err := client.WaitProcess(ctx, &api.ProcessRequest{ContainerId: "c2", ExecId: "tty"}); err != nil || w.ExitStatus != 0 {
+		t.Fatalf("wait tty: %+v %v", w, err)
+	}
+}
+
+func stats(ctx context.Context, t *testing.T, client api.AgentService, id string) *v2stats.Metrics {
+	t.Helper()
+	resp, err := client.StatsContainer(ctx, &api.ContainerRequest{ContainerId: id})
+	if err != nil {
+		t.Fatal(err)
+	}
+	v, err := typeurl.UnmarshalAny(&anypb.Any{TypeUrl: resp.TypeUrl, Value: resp.Value})
+	if err != nil {
+		t.Fatalf("decode stats of type %q: %v", resp.TypeUrl, err)
+	}
+	m, ok := v.(*v2stats.Metrics)
+	if !ok {
+		t.Fatalf("stats are %T (%s), want cgroup v2 metrics", v, resp.TypeUrl)
+	}
+	return m
+}
+
+// statsAndUpdate reads c2's cgroup v2 metrics, as CRI does, and raises its
+// memory limit with runc update.
+func statsAndUpdate(ctx context.Context, t *testing.T, client api.AgentService) {
+	t.Helper()
+	m := stats(ctx, t, client, "c2")
+	t.Logf("c2: cpu %d µs, memory %d of %d bytes, %d pids", m.GetCPU().GetUsageUsec(), m.GetMemory().GetUsage(), m.GetMemory().GetUsageLimit(), m.GetPids().GetCurrent())
+	if m.GetCPU().GetUsageUsec() == 0 || m.GetMemory().GetUsage() == 0 || m.GetMemory().GetUsageLimit() != 64<<20 || m.GetPids().GetCurrent() == 0 {
+		t.Errorf("c2 stats %v", m)
+	}
+	if _, err := client.UpdateContainer(ctx, &api.UpdateContainerRequest{ContainerId: "c2", Resources: []byte(`{"memory":{"limit":134217728},"pids":{"limit":50}}`)}); err != nil {
+		t.Fatal(err)
+	}
+	if m := stats(ctx, t, client, "c2"); m.GetMemory().GetUsageLimit() != 128<<20 || m.GetPids().GetLimit() != 50 {
+		t.Errorf("after update: memory limit %d, pids limit %d", m.GetMemory().GetUsageLimit(), m.GetPids().GetLimit())
+	}
+}
+
+// pauseResume checks that a paused container writes nothing and a resumed
+// one goes on.
+func pauseResume(ctx context.Context, t *testing.T, client api.AgentService, ticks net.Conn) {
+	t.Helper()
+	readUntil(t, ticks, "tick\n")
+	if _, err := client.PauseContainer(ctx, &api.ContainerRequest{ContainerId: "c3"}); err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 4096)
+	// What was written before the pause may still be on its way.
+	ticks.SetReadDeadline(time.Now().Add(500 * time.Millisecond))
+	for {
+		if _, err := ticks.Read(buf); err != nil {
+			break
+		}
+	}
+	ticks.SetReadDeadline(time.Now().Add(2 * time.Second))
+	if n, err := ticks.Read(buf); err == nil {
+		t.Fatalf("paused container wrote %q", buf[:n])
+	}
+	if _, err := client.ResumeContainer(ctx, &api.ContainerRequest{ContainerId: "c3"}); err != nil {
+		t.Fatal(err)
+	}
+	ticks.SetReadDeadline(time.Time{})
+	readUntil(t, ticks, "tick\n")
+}
 
 // dialAgent connects to the agent once it listens.
 func dialAgent(ctx context.Context, t *testing.T, vm hypervisor.VM) api.AgentService {
