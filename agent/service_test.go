@@ -417,6 +417,8 @@ func TestServiceRefuses(t *testing.T) {
 	tty.Process.Terminal = true
 	badArgs := podSpec()
 	runcFails := podSpec("/does/not/exist")
+	runcFailsTTY := podSpec("/does/not/exist")
+	runcFailsTTY.Process.Terminal = true
 	for _, tc := range []struct {
 		name    string
 		id      string
@@ -440,6 +442,7 @@ func TestServiceRefuses(t *testing.T) {
 		{name: "not json", id: "c1", spec: "{", code: codes.InvalidArgument, wantErr: []string{"c1", "parse OCI spec"}},
 		{name: "bad id", id: "../etc", spec: good, code: codes.InvalidArgument, wantErr: []string{`"../etc"`}},
 		{name: "runc fails", id: "c1", spec: runcFails, code: codes.Unknown, wantErr: []string{"c1", "runc create", "/does/not/exist"}},
+		{name: "runc fails with a terminal", id: "c1", spec: runcFailsTTY, stdio: &api.Stdio{Terminal: true, Stdin: true, Stdout: true}, code: codes.Unknown, wantErr: []string{"c1", "runc create", "/does/not/exist"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var raw []byte
@@ -549,6 +552,9 @@ func (h *harness) assertClean() {
 	}
 	if strings.Contains(string(mi), h.runDir) {
 		h.t.Errorf("mounts left under %s", h.runDir)
+	}
+	if left, _ := filepath.Glob(filepath.Join(h.runDir, "tty-*")); len(left) > 0 {
+		h.t.Errorf("console sockets left: %v", left)
 	}
 	for _, d := range []string{filepath.Join(h.runDir, "containers"), h.runcDir} {
 		entries, err := os.ReadDir(d)

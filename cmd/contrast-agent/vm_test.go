@@ -94,7 +94,7 @@ func TestAgentInVM(t *testing.T) {
 			t.Errorf("errors in the console log:\n%s", console)
 		}
 	}()
-	client := dialAgent(ctx, t, vm)
+	client, conn := dialAgent(ctx, t, vm)
 	health, err := client.Health(ctx, &api.HealthRequest{})
 	if err != nil {
 		t.Fatal(err)
@@ -253,6 +253,17 @@ func TestAgentInVM(t *testing.T) {
 		t.Fatal("no OOM event 10 s after the kill")
 	}
 
+	// A new connection (a restarted shim) picks up where the old one was:
+	// c3 still runs, the exit of c1 is still known.
+	conn.Close()
+	client, _ = dialAgent(ctx, t, vm)
+	if w, err := client.WaitProcess(ctx, &api.ProcessRequest{ContainerId: "c1"}); err != nil || w.ExitStatus != 3 {
+		t.Errorf("wait c1 on a new connection: %+v %v", w, err)
+	}
+	if ps, err := client.ListProcesses(ctx, &api.ContainerRequest{ContainerId: "c3"}); err != nil || len(ps.Pids) == 0 {
+		t.Errorf("c3 after reconnecting: %+v %v", ps, err)
+	}
+
 	for _, id := range []string{"c3", "c4"} {
 		if _, err := client.SignalProcess(ctx, &api.SignalProcessRequest{ContainerId: id, Signal: 9, All: true}); err != nil {
 			t.Fatal(err)
@@ -376,7 +387,7 @@ func pauseResume(ctx context.Context, t *testing.T, client api.AgentService, tic
 }
 
 // dialAgent connects to the agent once it listens.
-func dialAgent(ctx context.Context, t *testing.T, vm hypervisor.VM) api.AgentService {
+func dialAgent(ctx context.Context, t *testing.T, vm hypervisor.VM) (api.AgentService, *ttrpc.Client) {
 	t.Helper()
 	deadline := time.Now().Add(2 * time.Minute)
 	for {
@@ -389,7 +400,7 @@ func dialAgent(ctx context.Context, t *testing.T, vm hypervisor.VM) api.AgentSer
 			_, err = c.Health(hctx, &api.HealthRequest{})
 			cancel()
 			if err == nil {
-				return c
+				return c, client
 			}
 			client.Close()
 		}
