@@ -88,6 +88,9 @@ func (s *suite) execTerminal(t *testing.T, c *harness.Container) {
 				}
 				return m[1]
 			}
+			if sess.Exited() {
+				t.Fatalf("exec -it (terminal exec) ended before answering `stty size`; terminal shows %q", sess.Output())
+			}
 			if time.Now().After(deadline) {
 				t.Fatalf("exec -it (terminal exec): no answer to `stty size` within a minute; terminal shows %q", sess.Output())
 			}
@@ -197,15 +200,18 @@ func (s *suite) execStdin(t *testing.T, c *harness.Container) {
 	sum := sha256.Sum256(data)
 	ctx, cancel = context.WithTimeout(s.ctx, 2*time.Minute)
 	defer cancel()
-	r, err = s.cri.ExecStdin(ctx, c.ID, bytes.NewReader(data), "sha256sum")
+	// The copy on disk tells lost data (size) from damaged data (hash).
+	r, err = s.cri.ExecStdin(ctx, c.ID, bytes.NewReader(data), "sh", "-c",
+		`cat > /tmp/stdin.bin; echo "$(wc -c < /tmp/stdin.bin) $(sha256sum < /tmp/stdin.bin)"; rm /tmp/stdin.bin`)
 	if ctx.Err() != nil {
-		t.Fatalf("exec -i: sha256sum of 1 MiB did not end within 2 minutes (stdin close, CloseIO, not forwarded)")
+		t.Fatalf("exec -i: copying 1 MiB of stdin did not end within 2 minutes (stdin close, CloseIO, not forwarded)")
 	}
 	if err != nil {
-		t.Fatalf("exec -i sha256sum: %v", err)
+		t.Fatalf("exec -i of 1 MiB: %v", err)
 	}
-	if got, want := strings.Fields(r.Stdout+" "), hex.EncodeToString(sum[:]); len(got) == 0 || got[0] != want {
-		t.Errorf("exec -i: 1 MiB of stdin hashes to %q in the container, want %s (data lost or reordered)", r.Stdout, want)
+	want := fmt.Sprintf("%d %s", len(data), hex.EncodeToString(sum[:]))
+	if got := strings.Join(strings.Fields(r.Stdout), " "); got != want+" -" {
+		t.Errorf("exec -i: 1 MiB of stdin arrived in the container as \"<bytes> <sha256>\" %q, want %q (stdin data lost or damaged)", got, want)
 	}
 }
 
@@ -240,12 +246,15 @@ func (s *suite) stats(t *testing.T, pod *harness.Pod) {
 	}
 	t.Logf("crictl stats: cpu %s, memory working set %d KiB", time.Duration(st.CPU.Nanoseconds()), st.Memory.WorkingSet()/1024)
 
+	// CRI reads a pod's own figures from its cgroup on the host
+	// (linux.cgroup_parent, which the harness creates as kubelet does):
+	// a pod VM's monitor must run in it to be accounted.
 	ps, raw, err := s.cri.PodStats(s.ctx, pod.ID)
 	if err != nil {
 		t.Fatalf("crictl statsp: %v (pod stats)", err)
 	}
 	if ps.Linux == nil || ps.Linux.CPU.Nanoseconds() == 0 || ps.Linux.Memory.WorkingSet() == 0 {
-		t.Errorf("crictl statsp: want the pod's CPU time and memory, got:\n%s", raw)
+		t.Errorf("crictl statsp: want the pod's CPU time and memory (CRI reads them from the pod's host cgroup %s: the pod's processes, a VM's too, must run in it), got:\n%s", pod.CgroupParent, raw)
 	}
 	if ps.Linux != nil {
 		t.Logf("crictl statsp: cpu %s, memory working set %d KiB, %d containers",
@@ -327,12 +336,14 @@ func cgroupLimits(t *testing.T, s *suite, c *harness.Container) string {
 	t.Helper()
 	const script = `if [ -f /sys/fs/cgroup/memory.max ]; then
   echo "mem=$(cat /sys/fs/cgroup/memory.max) cpu=$(cat /sys/fs/cgroup/cpu.max)"
-else
+elif [ -f /sys/fs/cgroup/memory/memory.limit_in_bytes ]; then
   echo "mem=$(cat /sys/fs/cgroup/memory/memory.limit_in_bytes) cpu=$(cat /sys/fs/cgroup/cpu/cpu.cfs_quota_us) $(cat /sys/fs/cgroup/cpu/cpu.cfs_period_us)"
+else
+  echo "no cgroup files in /sys/fs/cgroup: $(ls /sys/fs/cgroup)" >&2; exit 1
 fi`
 	r, err := s.cri.Exec(s.ctx, c.ID, false, "sh", "-c", script)
 	if err != nil || r.ExitCode != 0 {
-		t.Fatalf("read cgroup limits in the container: %v, exit %d, stderr %q", err, r.ExitCode, r.Stderr)
+		t.Fatalf("read the container's cgroup limits: %v, exit %d, stderr %q (the container's cgroup must be visible at /sys/fs/cgroup)", err, r.ExitCode, r.Stderr)
 	}
 	return strings.TrimSpace(r.Stdout)
 }

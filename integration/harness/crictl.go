@@ -174,6 +174,10 @@ type Pod struct {
 	Config     PodConfig
 	ConfigFile string
 	LogDir     string
+	// CgroupParent is the pod's own cgroup (under CRI.CgroupParent), which
+	// RunPod creates and RemovePod removes, as kubelet does; CRI reads the
+	// pod's usage for `crictl statsp` from it.
+	CgroupParent string
 }
 
 // RunPod writes the pod's JSON config and runs `crictl runp`.
@@ -204,7 +208,11 @@ func (c *CRI) RunPod(ctx context.Context, pc PodConfig) (*Pod, error) {
 	}
 	linux := map[string]any{}
 	if c.CgroupParent != "" {
-		linux["cgroup_parent"] = c.CgroupParent
+		pod.CgroupParent = c.CgroupParent + "/pod-" + uid
+		if err := createCgroup(pod.CgroupParent); err != nil {
+			return nil, fmt.Errorf("create cgroup of pod %s: %w", pc.Name, err)
+		}
+		linux["cgroup_parent"] = pod.CgroupParent
 	}
 	if pc.Resources != nil {
 		linux["resources"] = pc.Resources.json()
@@ -219,6 +227,11 @@ func (c *CRI) RunPod(ctx context.Context, pc PodConfig) (*Pod, error) {
 	}
 	out, _, err := c.Run(ctx, append(args, pod.ConfigFile)...)
 	if err != nil {
+		if pod.CgroupParent != "" {
+			if cerr := removeCgroups(pod.CgroupParent); cerr != nil {
+				err = errors.Join(err, fmt.Errorf("after the failed runp: %w", cerr))
+			}
+		}
 		return nil, err
 	}
 	pod.ID = strings.TrimSpace(out)
@@ -326,8 +339,21 @@ func (c *CRI) StopPod(ctx context.Context, id string) error {
 
 // RemovePod runs `crictl rmp`.
 func (c *CRI) RemovePod(ctx context.Context, id string) error {
-	_, _, err := c.Run(ctx, "rmp", id)
-	return err
+	// The pod's cgroup, which RunPod created, goes with it, as kubelet
+	// removes it: a process left in it makes that fail.
+	var cgroup string
+	if out, _, err := c.Run(ctx, "inspectp", "-o", "go-template", "--template", "{{.info.config.linux.cgroup_parent}}", id); err == nil {
+		cgroup = strings.TrimSpace(out)
+	}
+	if _, _, err := c.Run(ctx, "rmp", id); err != nil {
+		return err
+	}
+	if c.CgroupParent != "" && strings.HasPrefix(cgroup, c.CgroupParent+"/pod-") {
+		if err := removeCgroups(cgroup); err != nil {
+			return fmt.Errorf("pod %s removed, but not its cgroup: %w", id, err)
+		}
+	}
+	return nil
 }
 
 // PodIDs lists the ids of all pods (`crictl pods -q`).

@@ -328,6 +328,21 @@ func cgroupRoots() ([]string, error) {
 	return roots, nil
 }
 
+// createCgroup creates the cgroup rel (and its parents) in every
+// hierarchy.
+func createCgroup(rel string) error {
+	roots, err := cgroupRoots()
+	if err != nil {
+		return err
+	}
+	for _, root := range roots {
+		if err := os.MkdirAll(filepath.Join(root, rel), 0o755); err != nil {
+			return fmt.Errorf("create cgroup: %w", err)
+		}
+	}
+	return nil
+}
+
 // removeCgroups removes the cgroup rel (and every cgroup below it) from
 // every hierarchy, deepest first; their processes must be gone.
 func removeCgroups(rel string) error {

@@ -184,6 +184,16 @@ func (s *Session) Stderr() string {
 	return s.errOut.String()
 }
 
+// Exited tells whether crictl has exited (and its output is all in).
+func (s *Session) Exited() bool {
+	select {
+	case <-s.done:
+		return true
+	default:
+		return false
+	}
+}
+
 // WaitOutput waits until the output contains want. It fails when crictl
 // exits first or timeout passes, quoting what was printed.
 func (s *Session) WaitOutput(want string, timeout time.Duration) error {
