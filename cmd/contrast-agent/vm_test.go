@@ -264,6 +264,11 @@ func TestAgentInVM(t *testing.T) {
 		t.Errorf("c3 after reconnecting: %+v %v", ps, err)
 	}
 
+	// A paused container can still be killed (cgroup v2 lets fatal signals
+	// through the freezer).
+	if _, err := client.PauseContainer(ctx, &api.ContainerRequest{ContainerId: "c3"}); err != nil {
+		t.Fatal(err)
+	}
 	for _, id := range []string{"c3", "c4"} {
 		if _, err := client.SignalProcess(ctx, &api.SignalProcessRequest{ContainerId: id, Signal: 9, All: true}); err != nil {
 			t.Fatal(err)
