@@ -317,12 +317,12 @@ func (s *Service) create(ctx context.Context, c *container, req *api.CreateConta
 	}
 	p := newProcess(c.id, "", proc.Pid)
 	p.onExit = oom.check
+	pio.start(context.WithoutCancel(ctx), s.hub, s.cfg.StdioTimeout, p, proc.Exit)
 	c.mu.Lock()
 	c.oom = oom
 	c.init = p
 	c.state = stateCreated
 	c.mu.Unlock()
-	pio.start(context.WithoutCancel(ctx), s.hub, s.cfg.StdioTimeout, p, proc.Exit)
 	return proc.Pid, nil
 }
 
