@@ -24,7 +24,7 @@ const (
 // busyboxApplets get a symlink in /bin; the tests and the demo use these.
 var busyboxApplets = []string{
 	"cat", "dd", "echo", "env", "false", "free", "grep", "head", "hostname", "id", "kill", "ls",
-	"mkdir", "nproc", "ps", "seq", "sh", "sha256sum", "sleep", "stty", "tail", "tr", "true", "tty",
+	"mkdir", "nproc", "ps", "sed", "seq", "sh", "sha256sum", "sleep", "stty", "tail", "tr", "true", "tty",
 	"uname", "wc", "yes",
 }
 
