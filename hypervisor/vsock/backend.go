@@ -193,7 +193,9 @@ func (b *Backend) fail(err error) {
 	}
 	b.err = err
 	b.mu.Unlock()
-	log.G(b.ctx).WithError(err).Error("vhost-user-vsock device stopped")
+	// QEMU disconnecting is how every VM ends; whoever runs QEMU knows
+	// whether that was expected and reports real failures (Done, Err).
+	log.G(b.ctx).WithError(err).Debug("vhost-user-vsock device stopped")
 	b.shutdown(err)
 }
 
