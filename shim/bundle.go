@@ -22,6 +22,8 @@ type bundleRecord struct {
 	// deletion ends the pod VM.
 	PodStateDir string `json:"pod_state_dir"`
 	OwnsPod     bool   `json:"owns_pod"`
+	// Cgroup is the host cgroup the VM ran in.
+	Cgroup string `json:"cgroup,omitempty"`
 }
 
 func writeBundleRecord(bundle string, rec bundleRecord) error {
@@ -58,6 +60,9 @@ func cleanupBundle(ctx context.Context, bundle string) error {
 	}
 	if err := os.RemoveAll(rec.PodStateDir); err != nil {
 		return fmt.Errorf("remove pod state: %w", err)
+	}
+	if rec.Cgroup != "" {
+		return removeHostCgroup(rec.Cgroup)
 	}
 	return nil
 }

@@ -47,6 +47,7 @@ type pod struct {
 	cfg      Config
 	size     vmSize
 	vm       hypervisor.VM
+	cgroup   *hostCgroup // nil when the sandbox names none
 	client   *ttrpc.Client
 	agent    agentapi.AgentService
 }
@@ -58,7 +59,7 @@ func podStateDir(cfg Config, namespace, id string) string {
 
 // bootPod starts the pod VM and waits until its agent answers. On error
 // nothing is left: no VM process, no state directory.
-func bootPod(ctx context.Context, hv hypervisor.Hypervisor, cfg Config, size vmSize, namespace, id, hostname string) (_ *pod, retErr error) {
+func bootPod(ctx context.Context, hv hypervisor.Hypervisor, cfg Config, size vmSize, namespace, id, hostname, cgroupPath string) (_ *pod, retErr error) {
 	for _, f := range []struct{ key, path string }{
 		{"hypervisor.kernel", cfg.Hypervisor.Kernel}, {"hypervisor.initrd", cfg.Hypervisor.Initrd},
 	} {
@@ -103,6 +104,11 @@ func bootPod(ctx context.Context, hv hypervisor.Hypervisor, cfg Config, size vmS
 			p.stop(context.WithoutCancel(ctx))
 		}
 	}()
+	if cgroupPath != "" {
+		if p.cgroup, err = joinHostCgroup(cgroupPath, vm.Pid()); err != nil {
+			return nil, fmt.Errorf("pod %s: %w", id, err)
+		}
+	}
 	if err := p.connectAgent(ctx); err != nil {
 		return nil, err
 	}
@@ -180,6 +186,11 @@ func (p *pod) stop(ctx context.Context) error {
 	}
 	if err := p.vm.Stop(ctx); err != nil {
 		errs = append(errs, fmt.Errorf("stop VM of pod %s: %w", p.id, err))
+	}
+	if p.cgroup != nil {
+		if err := p.cgroup.remove(); err != nil {
+			errs = append(errs, fmt.Errorf("pod %s: %w", p.id, err))
+		}
 	}
 	if err := os.RemoveAll(p.stateDir); err != nil {
 		errs = append(errs, fmt.Errorf("remove state of pod %s: %w", p.id, err))

@@ -66,7 +66,7 @@ func bootForTest(t *testing.T, cfg Config, id string) (*pod, error) {
 	if err != nil {
 		return nil, err
 	}
-	return bootPod(ctx, hv, cfg, vmSize{VCPUs: cfg.Hypervisor.VCPUs, MemoryMiB: cfg.Hypervisor.MemoryMiB}, "test", id, "h-"+id)
+	return bootPod(ctx, hv, cfg, vmSize{VCPUs: cfg.Hypervisor.VCPUs, MemoryMiB: cfg.Hypervisor.MemoryMiB}, "test", id, "h-"+id, "")
 }
 
 func TestBootPod(t *testing.T) {

@@ -242,11 +242,12 @@ func (s *service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 		if err != nil {
 			return nil, fmt.Errorf("size of pod %s: %w", podID, err)
 		}
-		p, err = bootPod(ctx, hv, cfg, size, namespaceOf(ctx), podID, spec.Hostname)
+		cgroupPath := usableCgroupPath(spec)
+		p, err = bootPod(ctx, hv, cfg, size, namespaceOf(ctx), podID, spec.Hostname, cgroupPath)
 		if err != nil {
 			return nil, err
 		}
-		if err := writeBundleRecord(r.Bundle, bundleRecord{PodStateDir: p.stateDir, OwnsPod: true}); err != nil {
+		if err := writeBundleRecord(r.Bundle, bundleRecord{PodStateDir: p.stateDir, OwnsPod: true, Cgroup: cgroupPath}); err != nil {
 			p.stop(context.WithoutCancel(ctx))
 			return nil, err
 		}
@@ -365,7 +366,8 @@ func withHostIO(ctx context.Context, pd *pod, p *process, start func(*agentapi.S
 }
 
 func stdioFlags(p stdioPaths) *agentapi.Stdio {
-	return &agentapi.Stdio{Stdin: p.Stdin != "", Stdout: p.Stdout != "", Stderr: p.Stderr != "", Terminal: p.Terminal}
+	// with a terminal, containerd still names a stderr FIFO; nothing is written to it
+	return &agentapi.Stdio{Stdin: p.Stdin != "", Stdout: p.Stdout != "", Stderr: p.Stderr != "" && !p.Terminal, Terminal: p.Terminal}
 }
 
 // maxSharedFile bounds what a host file bind mount may copy into the guest.
@@ -788,7 +790,7 @@ func (s *service) CloseIO(ctx context.Context, r *taskAPI.CloseIORequest) (_ *em
 		return nil, err
 	}
 	if r.Stdin && p.io != nil {
-		p.io.closeStdin()
+		go p.io.closeStdinAfterDrain()
 	}
 	return &emptypb.Empty{}, nil
 }

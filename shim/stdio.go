@@ -24,7 +24,8 @@ import (
 // hostIO bridges a process's stdio endpoints on the host (containerd's
 // FIFOs, a file:// log or a binary:// logger) to its stdio vsock connections.
 type hostIO struct {
-	stdin    net.Conn // nil without stdin
+	stdin    net.Conn      // nil without stdin
+	stdinEOF chan struct{} // closed once everything written to the stdin FIFO was sent
 	output   sync.WaitGroup
 	closers  []func() error
 	closeMu  sync.Mutex
@@ -38,7 +39,11 @@ type closeWriter interface{ CloseWrite() error }
 // process. Guest streams are dialed before the agent is asked to start the
 // process: the agent waits for them, so no output is ever lost.
 func openHostIO(ctx context.Context, tr hypervisor.Transport, namespace, containerID, execID string, paths stdioPaths) (_ *hostIO, retErr error) {
-	h := &hostIO{}
+	h := &hostIO{stdinEOF: make(chan struct{})}
+	if paths.Terminal {
+		// a terminal has one output stream: stderr is merged into stdout
+		paths.Stderr = ""
+	}
 	defer func() {
 		if retErr != nil {
 			h.close()
@@ -93,6 +98,7 @@ func openHostIO(ctx context.Context, tr hypervisor.Transport, namespace, contain
 			if _, err := io.Copy(conn, src); err != nil && !errors.Is(err, net.ErrClosed) {
 				log.G(ctx).WithError(err).WithField("container", containerID).Debug("stdin copy ended")
 			}
+			close(h.stdinEOF)
 			h.closeStdin()
 		}()
 	}
@@ -107,6 +113,23 @@ func copyOutput(ctx context.Context, sink io.Writer, conn net.Conn, containerID 
 		_, _ = io.Copy(io.Discard, conn)
 	}
 	conn.Close()
+}
+
+// stdinDrainTimeout bounds how long CloseIO waits for what a client wrote
+// to the stdin FIFO before it closed it.
+const stdinDrainTimeout = 5 * time.Second
+
+// closeStdinAfterDrain closes stdin once the bytes still in flight from the
+// FIFO are sent: containerd closes its end of the FIFO, then calls CloseIO.
+func (h *hostIO) closeStdinAfterDrain() {
+	if h.stdin == nil {
+		return
+	}
+	select {
+	case <-h.stdinEOF:
+	case <-time.After(stdinDrainTimeout):
+	}
+	h.closeStdin()
 }
 
 // closeStdin half-closes the stdin connection: the agent closes the
