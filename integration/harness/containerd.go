@@ -176,14 +176,8 @@ func Start(ctx context.Context, opts Options) (_ *Containerd, retErr error) {
 			return nil, fmt.Errorf("create %s: %w", d, err)
 		}
 	}
-	if c.Version == Containerd17 {
-		bin := filepath.Join(dir, "bin")
-		if err := os.MkdirAll(bin, 0o755); err != nil {
-			return nil, fmt.Errorf("create %s: %w", bin, err)
-		}
-		if err := os.Symlink(opts.Tools.RuncShim17, filepath.Join(bin, "containerd-shim-runc-v2")); err != nil {
-			return nil, fmt.Errorf("link containerd 1.7's runc shim: %w", err)
-		}
+	if err := c.linkShims(opts); err != nil {
+		return nil, err
 	}
 	for _, h := range opts.Handlers {
 		if h.ConfigPath == "" {
@@ -245,6 +239,31 @@ func (c *Containerd) removeStaleShimSockets() error {
 	return nil
 }
 
+// linkShims fills the instance's bin directory, which comes first on
+// containerd's PATH, as a node's installer would fill /usr/local/bin:
+// containerd resolves a shim by name whenever the configured
+// runtime_path is not at hand (2.4 reloading running shims after a
+// restart, for one), and a 1.7 instance needs 1.7's runc shim.
+func (c *Containerd) linkShims(opts Options) error {
+	bin := filepath.Join(c.Dir, "bin")
+	if err := os.MkdirAll(bin, 0o755); err != nil {
+		return fmt.Errorf("create %s: %w", bin, err)
+	}
+	links := map[string]string{}
+	if c.Version == Containerd17 {
+		links["containerd-shim-runc-v2"] = opts.Tools.RuncShim17
+	}
+	for _, h := range opts.Handlers {
+		links[filepath.Base(h.Shim)] = h.Shim
+	}
+	for name, target := range links {
+		if err := os.Symlink(target, filepath.Join(bin, name)); err != nil {
+			return fmt.Errorf("link shim %s into %s: %w", name, bin, err)
+		}
+	}
+	return nil
+}
+
 // binary is the containerd executable of the instance's version.
 func (c *Containerd) binary() string {
 	if c.Version == Containerd17 {
@@ -266,13 +285,8 @@ func (c *Containerd) launch(ctx context.Context) error {
 	// Own process group: a Ctrl-C at the demo's terminal reaches the
 	// demo, which then tears containerd down in order.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	// containerd looks shims up on PATH (runc's shim is called by name);
-	// a 1.7 instance finds its own runc shim first.
-	path := os.Getenv("PATH")
-	if c.Version == Containerd17 {
-		path = filepath.Join(c.Dir, "bin") + string(os.PathListSeparator) + path
-	}
-	cmd.Env = append(os.Environ(), "PATH="+path)
+	// containerd looks shims up on PATH: see linkShims.
+	cmd.Env = append(os.Environ(), "PATH="+filepath.Join(c.Dir, "bin")+string(os.PathListSeparator)+os.Getenv("PATH"))
 	if err := cmd.Start(); err != nil {
 		return fmt.Errorf("start containerd %s: %w", c.binary(), err)
 	}
