@@ -2,8 +2,10 @@ package integration
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
+	"sort"
 	"strings"
 	"testing"
 	"time"
@@ -158,4 +160,109 @@ func BenchmarkGuestImage(b *testing.B) {
 		total += st.Size()
 	}
 	b.ReportMetric(float64(total)/(1<<20), "image-MiB")
+}
+
+// BenchmarkExecLatency measures the round trip of `crictl exec <c> true`
+// (the median of 20, including crictl's own start) in a runc pod and in a
+// contrast-cc pod of the same containerd, in the same run. Metrics:
+// runc-exec-ms, contrast-exec-ms and contrast/runc.
+func BenchmarkExecLatency(b *testing.B) {
+	const rounds = 20
+	s := newSuite(b, handlerSpec{name: contrastHandler})
+	ctrs := map[string]*harness.Container{}
+	for _, h := range handlers {
+		pod := s.runPod(b, h, "exec-bench")
+		ctrs[h] = s.startContainer(b, pod, "sleeper", "sleep", "100000")
+	}
+	medians := map[string]time.Duration{}
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		for _, h := range handlers {
+			ds := make([]time.Duration, rounds)
+			for j := range ds {
+				begin := time.Now()
+				r, err := s.cri.Exec(s.ctx, ctrs[h].ID, false, "true")
+				ds[j] = time.Since(begin)
+				if err != nil || r.ExitCode != 0 {
+					b.Fatalf("crictl exec true (%s): exit %d, %v", h, r.ExitCode, err)
+				}
+			}
+			medians[h] += median(ds)
+		}
+	}
+	b.StopTimer()
+	runc, contrast := medians["runc"]/time.Duration(b.N), medians[contrastHandler]/time.Duration(b.N)
+	b.ReportMetric(float64(runc.Microseconds())/1000, "runc-exec-ms")
+	b.ReportMetric(float64(contrast.Microseconds())/1000, "contrast-exec-ms")
+	b.ReportMetric(contrast.Seconds()/runc.Seconds(), "contrast/runc")
+}
+
+// BenchmarkLogThroughput measures how fast a container's stdout reaches
+// CRI's log: from `crictl start` of a container that writes 16 MiB of
+// lines until `crictl logs` returns all of it, for runc and contrast-cc in
+// the same run. Metrics: runc-log-MB/s, contrast-log-MB/s and
+// contrast/runc.
+func BenchmarkLogThroughput(b *testing.B) {
+	const size = 16 << 20
+	s := newSuite(b, handlerSpec{name: contrastHandler})
+	pods := map[string]*harness.Pod{}
+	for _, h := range handlers {
+		pods[h] = s.runPod(b, h, "log-bench")
+	}
+	took := map[string]time.Duration{}
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		for _, h := range handlers {
+			b.StopTimer()
+			c, err := s.cri.CreateContainer(s.ctx, pods[h], harness.ContainerConfig{
+				Name:    fmt.Sprintf("writer-%d", i),
+				Command: []string{"sh", "-c", fmt.Sprintf("yes %s | head -c %d", strings.Repeat("0123456789", 7), size)},
+			})
+			if err != nil {
+				b.Fatalf("create log writer (%s): %v", h, err)
+			}
+			b.StartTimer()
+			begin := time.Now()
+			if err := s.cri.StartContainer(s.ctx, c.ID); err != nil {
+				b.Fatalf("start log writer (%s): %v", h, err)
+			}
+			if _, err := s.cri.WaitContainerState(s.ctx, c.ID, "CONTAINER_EXITED", 5*time.Minute); err != nil {
+				b.Fatalf("log writer (%s): %v", h, err)
+			}
+			for {
+				out, _, err := s.cri.Logs(s.ctx, c.ID)
+				if err != nil {
+					b.Fatalf("crictl logs (%s): %v", h, err)
+				}
+				if len(out) == size {
+					break
+				}
+				if len(out) > size || time.Since(begin) > 5*time.Minute {
+					b.Fatalf("crictl logs (%s) has %d bytes, want %d", h, len(out), size)
+				}
+				time.Sleep(50 * time.Millisecond)
+			}
+			took[h] += time.Since(begin)
+			b.StopTimer()
+			if err := s.cri.RemoveContainer(s.ctx, c.ID); err != nil {
+				b.Fatalf("crictl rm (%s): %v", h, err)
+			}
+			b.StartTimer()
+		}
+	}
+	b.StopTimer()
+	mbps := func(h string) float64 { return float64(size) * float64(b.N) / 1e6 / took[h].Seconds() }
+	b.ReportMetric(mbps("runc"), "runc-log-MB/s")
+	b.ReportMetric(mbps(contrastHandler), "contrast-log-MB/s")
+	b.ReportMetric(mbps(contrastHandler)/mbps("runc"), "contrast/runc")
+}
+
+// median returns the median of ds (which it sorts).
+func median(ds []time.Duration) time.Duration {
+	sort.Slice(ds, func(i, j int) bool { return ds[i] < ds[j] })
+	n := len(ds)
+	if n%2 == 1 {
+		return ds[n/2]
+	}
+	return (ds[n/2-1] + ds[n/2]) / 2
 }

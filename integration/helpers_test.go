@@ -145,14 +145,14 @@ func newSuiteVersion(t testing.TB, version harness.Version, handlers ...handlerS
 
 // runPod starts a pod and registers its removal (a no-op once the test
 // removed it itself).
-func (s *suite) runPod(t *testing.T, handler, name string) *harness.Pod {
+func (s *suite) runPod(t testing.TB, handler, name string) *harness.Pod {
 	t.Helper()
 	return s.runPodWith(t, harness.PodConfig{Name: name, Handler: handler})
 }
 
 // runPodWith starts a pod from a full configuration and registers its
 // removal.
-func (s *suite) runPodWith(t *testing.T, pc harness.PodConfig) *harness.Pod {
+func (s *suite) runPodWith(t testing.TB, pc harness.PodConfig) *harness.Pod {
 	t.Helper()
 	pod, err := s.cri.RunPod(s.ctx, pc)
 	if err != nil {
@@ -176,7 +176,7 @@ func (s *suite) cleanupPod(pod *harness.Pod) {
 }
 
 // startWith creates and starts a container from a full configuration.
-func (s *suite) startWith(t *testing.T, pod *harness.Pod, cc harness.ContainerConfig) *harness.Container {
+func (s *suite) startWith(t testing.TB, pod *harness.Pod, cc harness.ContainerConfig) *harness.Container {
 	t.Helper()
 	c, err := s.cri.CreateContainer(s.ctx, pod, cc)
 	if err != nil {
@@ -189,7 +189,7 @@ func (s *suite) startWith(t *testing.T, pod *harness.Pod, cc harness.ContainerCo
 }
 
 // removeContainer stops (SIGKILL after 1s) and removes a container.
-func (s *suite) removeContainer(t *testing.T, c *harness.Container) {
+func (s *suite) removeContainer(t testing.TB, c *harness.Container) {
 	t.Helper()
 	if err := s.cri.StopContainer(s.ctx, c.ID, time.Second); err != nil {
 		t.Errorf("crictl stop %s: %v", c.Config.Name, err)
@@ -200,7 +200,7 @@ func (s *suite) removeContainer(t *testing.T, c *harness.Container) {
 }
 
 // startContainer creates and starts a busybox container in pod.
-func (s *suite) startContainer(t *testing.T, pod *harness.Pod, name string, command ...string) *harness.Container {
+func (s *suite) startContainer(t testing.TB, pod *harness.Pod, name string, command ...string) *harness.Container {
 	t.Helper()
 	c, err := s.cri.CreateContainer(s.ctx, pod, harness.ContainerConfig{Name: name, Command: command})
 	if err != nil {
@@ -213,7 +213,7 @@ func (s *suite) startContainer(t *testing.T, pod *harness.Pod, name string, comm
 }
 
 // waitExited waits for a container to exit and returns its status.
-func (s *suite) waitExited(t *testing.T, c *harness.Container, timeout time.Duration) harness.ContainerStatus {
+func (s *suite) waitExited(t testing.TB, c *harness.Container, timeout time.Duration) harness.ContainerStatus {
 	t.Helper()
 	st, err := s.cri.WaitContainerState(s.ctx, c.ID, "CONTAINER_EXITED", timeout)
 	if err != nil {
@@ -304,7 +304,7 @@ func (s *suite) trace(t *testing.T, pod *harness.Pod, ctrs ...*harness.Container
 }
 
 // logs returns a container's stdout as `crictl logs` shows it.
-func (s *suite) logs(t *testing.T, c *harness.Container) string {
+func (s *suite) logs(t testing.TB, c *harness.Container) string {
 	t.Helper()
 	out, _, err := s.cri.Logs(s.ctx, c.ID)
 	if err != nil {
