@@ -91,6 +91,11 @@ func RunStart(ctx context.Context, args []string, stdin io.Reader, stdout io.Wri
 		return err
 	}
 	if !modern {
+		// containerd 1.7 finds a running shim after its own restart through
+		// the bundle's address file, which the shim writes.
+		if err := writeAddressFile(address); err != nil {
+			return err
+		}
 		_, err = io.WriteString(stdout, address)
 		return err
 	}
@@ -201,6 +206,20 @@ func startShim(ctx context.Context, p startParams) (_ string, retErr error) {
 		log.G(ctx).WithError(err).Debug("cannot adjust shim OOM score")
 	}
 	return address, nil
+}
+
+// writeAddressFile records the shim address in the bundle (the working
+// directory of `start`), atomically.
+func writeAddressFile(address string) error {
+	tmp := "address.tmp"
+	if err := os.WriteFile(tmp, []byte(address), 0o600); err != nil {
+		return fmt.Errorf("write shim address: %w", err)
+	}
+	if err := os.Rename(tmp, "address"); err != nil {
+		os.Remove(tmp)
+		return fmt.Errorf("write shim address: %w", err)
+	}
+	return nil
 }
 
 // socketDirLink is the symlink in the bundle through which containerd's shim
