@@ -297,7 +297,32 @@ func (manager) Stop(ctx context.Context, id string) (cdshim.StopStatus, error) {
 	if err := cleanupBundle(ctx, bundle); err != nil {
 		return cdshim.StopStatus{}, fmt.Errorf("clean up task %s: %w", id, err)
 	}
+	removeDeadShimSocket(ctx, bundle, id)
 	return cdshim.StopStatus{ExitStatus: 128 + int(syscall.SIGKILL), ExitedAt: time.Now()}, nil
+}
+
+// removeDeadShimSocket removes the pod's shim socket when no shim answers on
+// it any more (a killed shim cannot remove it itself).
+func removeDeadShimSocket(ctx context.Context, bundle, id string) {
+	f, err := parseStartFlags(os.Args[1:])
+	if err != nil {
+		return
+	}
+	group, err := podGroup(filepath.Join(bundle, "config.json"), id)
+	if err != nil {
+		return
+	}
+	socketDir := "/run/containerd/s"
+	if dir, err := os.Readlink(filepath.Join(bundle, socketDirLink)); err == nil {
+		socketDir = dir
+	}
+	address, err := cdshim.CreateSocketAddress(ctx, socketDir, f.address, group, false)
+	if err != nil || cdshim.CanConnect(address) {
+		return
+	}
+	if err := cdshim.RemoveSocket(address); err != nil && !errors.Is(err, os.ErrNotExist) {
+		log.G(ctx).WithError(err).Warn("remove the socket of a dead shim")
+	}
 }
 
 func (manager) Info(ctx context.Context, optionsR io.Reader) (*types.RuntimeInfo, error) {
