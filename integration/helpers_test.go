@@ -258,11 +258,13 @@ func (s *suite) snapshot(t *testing.T) *harness.Snapshot {
 	return &snap
 }
 
-// expectNoLeftovers polls check for a few seconds: a process that was
-// sent SIGKILL may take a moment to be reaped.
+// expectNoLeftovers polls check for a while: a process that was sent
+// SIGKILL may take a moment to be reaped, and containerd removes
+// snapshots in its garbage collection, which it paces (seconds on a busy
+// machine).
 func (s *suite) expectNoLeftovers(t *testing.T, what string, check func() (harness.Leftovers, error)) {
 	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
+	deadline := time.Now().Add(15 * time.Second)
 	for {
 		l, err := check()
 		if err != nil {
