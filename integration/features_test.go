@@ -274,6 +274,7 @@ func (s *suite) pauseResume(t *testing.T, pod *harness.Pod) {
 		`i=0; while true; do i=$((i+1)); echo "tick $i"; sleep 0.2; done`)
 	defer s.removeContainer(t, c)
 	waitLog(t, s, c, "tick 3\n", time.Minute)
+	events := s.events(t)
 	if _, err := s.c.Ctr(s.ctx, "task", "pause", c.ID); err != nil {
 		t.Fatalf("ctr task pause: %v (Pause, freezer in the guest)", err)
 	}
@@ -301,6 +302,31 @@ func (s *suite) pauseResume(t *testing.T, pod *harness.Pod) {
 		t.Errorf("ctr task ls after resume: status %q %v, want RUNNING", st, err)
 	}
 	waitLog(t, s, c, fmt.Sprintf("tick %d\n", before+3), time.Minute)
+	for _, topic := range []string{"/tasks/paused", "/tasks/resumed"} {
+		if err := events.WaitOutput(eventLine(topic, c.ID), 10*time.Second); err != nil {
+			t.Errorf("no %s event for the container: %v", topic, err)
+		}
+	}
+}
+
+// eventLine is how `ctr events` prints an event about a container:
+// timestamp, namespace, topic, the event as JSON.
+func eventLine(topic, id string) string {
+	return fmt.Sprintf(`k8s.io %s {"container_id":%q`, topic, id)
+}
+
+// events starts `ctr events` (stopped when the test ends): containerd's
+// event stream, as CRI and other clients receive it.
+func (s *suite) events(t *testing.T) *harness.Session {
+	t.Helper()
+	ev, err := s.c.StartCtrSession(s.ctx, "events")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(ev.Kill)
+	// ctr subscribes before it prints anything; give it a moment.
+	time.Sleep(300 * time.Millisecond)
+	return ev
 }
 
 var tickRe = regexp.MustCompile(`tick (\d+)\n`)
@@ -392,6 +418,7 @@ func (s *suite) pids(t *testing.T, pod *harness.Pod) {
 // oom: a container limited to 16 MiB that allocates 64 MiB is killed, and
 // CRI says why (TaskOOM event before the exit).
 func (s *suite) oom(t *testing.T, pod *harness.Pod) {
+	events := s.events(t)
 	c := s.startWith(t, pod, harness.ContainerConfig{
 		Name: "hog",
 		// dd's 64 MiB block buffer is touched in full by the read from
@@ -419,6 +446,9 @@ func (s *suite) oom(t *testing.T, pod *harness.Pod) {
 	if st.ExitCode != 137 || st.Reason != "OOMKilled" {
 		t.Errorf("container over its memory limit: exit code %d reason %q, want 137 OOMKilled (OOM event not reported); log %q",
 			st.ExitCode, st.Reason, s.logs(t, c))
+	}
+	if err := events.WaitOutput(eventLine("/tasks/oom", c.ID), 10*time.Second); err != nil {
+		t.Errorf("no TaskOOM event: %v", err)
 	}
 }
 

@@ -16,9 +16,10 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// Session is a long-running crictl call the test talks to while it runs:
-// `crictl attach -i`, `crictl exec -i` with stdin kept open, or
-// `crictl exec -it` on a terminal the test holds the other end of.
+// Session is a long-running crictl (or ctr) call the test talks to while
+// it runs: `crictl attach -i`, `crictl exec -i` with stdin kept open,
+// `crictl exec -it` on a terminal the test holds the other end of, or
+// `ctr events`. Its messages name it "crictl" either way.
 type Session struct {
 	cmd   *exec.Cmd
 	args  []string
@@ -42,17 +43,28 @@ func (c *CRI) StartSession(ctx context.Context, args ...string) (*Session, error
 	if err != nil {
 		return nil, err
 	}
+	return startPipeSession(exec.CommandContext(ctx, c.Bin, full...), args)
+}
+
+// StartCtrSession starts ctr against this instance (k8s.io namespace)
+// with args, for a call that streams, like `ctr events`.
+func (c *Containerd) StartCtrSession(ctx context.Context, args ...string) (*Session, error) {
+	full := append([]string{"--address", c.Socket, "--namespace", "k8s.io"}, args...)
+	return startPipeSession(exec.CommandContext(ctx, c.tools.Ctr, full...), args)
+}
+
+func startPipeSession(cmd *exec.Cmd, args []string) (*Session, error) {
 	s := newSession(args)
-	s.cmd = exec.CommandContext(ctx, c.Bin, full...)
+	s.cmd = cmd
 	stdin, err := s.cmd.StdinPipe()
 	if err != nil {
-		return nil, fmt.Errorf("crictl %s: stdin pipe: %w", strings.Join(args, " "), err)
+		return nil, fmt.Errorf("%s %s: stdin pipe: %w", cmd.Path, strings.Join(args, " "), err)
 	}
 	s.stdin = stdin
 	s.cmd.Stdout = &sessionWriter{s: s, buf: &s.out}
 	s.cmd.Stderr = &sessionWriter{s: s, buf: &s.errOut}
 	if err := s.cmd.Start(); err != nil {
-		return nil, fmt.Errorf("start crictl %s: %w", strings.Join(args, " "), err)
+		return nil, fmt.Errorf("start %s %s: %w", cmd.Path, strings.Join(args, " "), err)
 	}
 	go func() {
 		s.err = s.cmd.Wait() // returns once the output pipes are drained
