@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/containerd/log"
@@ -48,6 +49,10 @@ type pod struct {
 	size     vmSize
 	vm       hypervisor.VM
 	cgroup   *hostCgroup // nil when the sandbox names none
+
+	stopOnce sync.Once
+	stopped  chan struct{} // closed when stop has finished
+	stopErr  error
 	client   *ttrpc.Client
 	agent    agentapi.AgentService
 }
@@ -98,7 +103,7 @@ func bootPod(ctx context.Context, hv hypervisor.Hypervisor, cfg Config, size vmS
 	if err != nil {
 		return nil, fmt.Errorf("start VM for pod %s: %w", id, err)
 	}
-	p := &pod{id: id, stateDir: stateDir, cfg: cfg, size: size, vm: vm}
+	p := &pod{id: id, stateDir: stateDir, cfg: cfg, size: size, vm: vm, stopped: make(chan struct{})}
 	defer func() {
 		if retErr != nil {
 			p.stop(context.WithoutCancel(ctx))
@@ -178,8 +183,18 @@ func (p *pod) consoleTail() string {
 	return "; guest console ends with:\n" + strings.Join(lines, "\n")
 }
 
-// stop ends the VM and removes the pod's state directory.
+// stop ends the VM and removes the pod's state directory. The work is done
+// once; every caller waits for it and gets its result.
 func (p *pod) stop(ctx context.Context) error {
+	p.stopOnce.Do(func() {
+		p.stopErr = p.doStop(ctx)
+		close(p.stopped)
+	})
+	<-p.stopped
+	return p.stopErr
+}
+
+func (p *pod) doStop(ctx context.Context) error {
 	var errs []error
 	if p.client != nil {
 		p.client.Close()

@@ -64,7 +64,6 @@ type service struct {
 	mu           sync.Mutex
 	pod          *pod
 	podStopping  bool // the sandbox was killed: the VM's end is expected
-	podStopErr   error
 	containers   map[string]*container
 	exitsPending sync.WaitGroup
 	detaches     sync.WaitGroup // disks being unplugged after their container was removed
@@ -724,12 +723,17 @@ func (s *service) Kill(ctx context.Context, r *taskAPI.KillRequest) (_ *emptypb.
 		return nil, fmt.Errorf("%s has already exited: %w", p.name(), errdefs.ErrNotFound)
 	}
 	if c.sandbox {
-		// The sandbox stands for the VM: signalling it ends the pod.
-		s.lifecycle.Lock()
-		defer s.lifecycle.Unlock()
-		if err := s.stopPod(ctx); err != nil {
-			return nil, err
-		}
+		// The sandbox stands for the VM: signalling it ends the pod. Like a
+		// signal, Kill returns at once; the exit event follows when the VM is
+		// gone (and Delete waits for the stop to finish).
+		s.mu.Lock()
+		s.podStopping = true
+		s.mu.Unlock()
+		go func() {
+			if err := s.stopPod(context.WithoutCancel(ctx)); err != nil {
+				log.G(ctx).WithError(err).Warn("stop pod VM")
+			}
+		}()
 		return &emptypb.Empty{}, nil
 	}
 	pd, err := s.livePod()
