@@ -72,14 +72,16 @@ func (s *suite) execTerminal(t *testing.T, c *harness.Container) {
 		t.Fatal(err)
 	}
 	defer sess.Kill()
-	size := func(marker string) string {
+	// ask types a command that prints the terminal's size and returns
+	// it, "" when stty finds no size. The marker and the answer are
+	// printed joined, so the echo of the typed line (with $(...) there)
+	// never matches.
+	ask := func(marker string) string {
 		t.Helper()
-		// The marker and size are printed joined, so the echo of the typed
-		// command line (which has $(...) there) never matches.
 		if err := sess.Write(fmt.Sprintf("echo \"%s=$(stty size) tty=$(tty)\"\r", marker)); err != nil {
 			t.Fatal(err)
 		}
-		re := regexp.MustCompile(regexp.QuoteMeta(marker) + `=(\d+ \d+) tty=(\S+)`)
+		re := regexp.MustCompile(regexp.QuoteMeta(marker) + `=(\d+ \d+)? ?tty=(\S+)`)
 		deadline := time.Now().Add(time.Minute)
 		for {
 			if m := re.FindStringSubmatch(sess.Output()); m != nil {
@@ -97,22 +99,29 @@ func (s *suite) execTerminal(t *testing.T, c *harness.Container) {
 			time.Sleep(50 * time.Millisecond)
 		}
 	}
-	if got := size("first"); got != "33 101" {
-		t.Errorf("exec -it: stty size in the container is %q, want the client terminal's \"33 101\" (initial size not passed)", got)
+	// Sizes travel asynchronously (crictl, CRI, runtime; SIGWINCH for a
+	// resize): ask until the expected one has arrived.
+	waitSize := func(prefix, want string) string {
+		t.Helper()
+		var got string
+		for i := 0; i < 40; i++ {
+			if got = ask(fmt.Sprintf("%s%d", prefix, i)); got == want {
+				if i > 0 {
+					t.Logf("size %s arrived after %d queries", want, i+1)
+				}
+				break
+			}
+			time.Sleep(250 * time.Millisecond)
+		}
+		return got
+	}
+	if got := waitSize("first", "33 101"); got != "33 101" {
+		t.Errorf("exec -it: stty size in the container is %q, want the client terminal's \"33 101\" (initial size, ResizePty right after start, lost)", got)
 	}
 	if err := sess.Resize(44, 120); err != nil {
 		t.Fatal(err)
 	}
-	// The resize travels asynchronously (SIGWINCH, crictl, CRI, runtime):
-	// ask until it has arrived.
-	var got string
-	for i := 0; i < 40; i++ {
-		if got = size(fmt.Sprintf("resized%d", i)); got == "44 120" {
-			break
-		}
-		time.Sleep(250 * time.Millisecond)
-	}
-	if got != "44 120" {
+	if got := waitSize("resized", "44 120"); got != "44 120" {
 		t.Errorf("exec -it: after resizing the client terminal to 44x120, stty size in the container is still %q (window resize, ResizePty, not forwarded)", got)
 	}
 	if err := sess.Write("exit 3\r"); err != nil {
