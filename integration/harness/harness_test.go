@@ -5,11 +5,15 @@ import (
 	"bytes"
 	"encoding/json"
 	"io"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 func TestWriteOCIArchiveIsReproducible(t *testing.T) {
@@ -117,5 +121,111 @@ func TestMatchingFollowsDescendants(t *testing.T) {
 	got := matching(ps, []string{"abc"}, nil)
 	if len(got) != 3 || got[0].PID != 10 || got[2].PID != 12 {
 		t.Errorf("got %v", got)
+	}
+}
+
+func TestOpenPTYSizeAndEcho(t *testing.T) {
+	master, slave, err := openPTY()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer master.Close()
+	defer slave.Close()
+	s := &Session{pty: master}
+	if err := s.Resize(33, 101); err != nil {
+		t.Fatal(err)
+	}
+	ws, err := unix.IoctlGetWinsize(int(slave.Fd()), unix.TIOCGWINSZ)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ws.Row != 33 || ws.Col != 101 {
+		t.Errorf("slave sees %dx%d, want 33x101", ws.Row, ws.Col)
+	}
+	// What the master writes, the slave reads (canonical mode: by line).
+	if _, err := master.Write([]byte("hello\n")); err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 64)
+	n, err := slave.Read(buf)
+	if err != nil || string(buf[:n]) != "hello\n" {
+		t.Errorf("slave read %q %v", buf[:n], err)
+	}
+}
+
+func TestSessionPipes(t *testing.T) {
+	s, err := startPipeSession(exec.Command("/bin/busybox", "cat"), []string{"cat"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Kill()
+	if err := s.Write("ping\n"); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.WaitOutput("ping\n", 10*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.CloseStdin(); err != nil {
+		t.Fatal(err)
+	}
+	if code, err := s.Wait(10 * time.Second); err != nil || code != 0 {
+		t.Errorf("cat after stdin closed: exit %d %v", code, err)
+	}
+	if err := s.WaitOutput("never", time.Second); err == nil || !strings.Contains(err.Error(), "exited") {
+		t.Errorf("WaitOutput after exit: %v, want an error saying it exited", err)
+	}
+}
+
+func TestUnixSocketsListsBound(t *testing.T) {
+	dir := t.TempDir()
+	p := filepath.Join(dir, "s.sock")
+	l, err := net.Listen("unix", p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	socks, err := unixSockets(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !socks[p] {
+		t.Errorf("bound socket %s not listed: %v", p, socks)
+	}
+	l.Close()
+	if socks, _ := unixSockets(dir); socks[p] {
+		t.Errorf("closed socket %s still listed", p)
+	}
+}
+
+// TestConfigsLoad renders the configuration of each containerd version
+// and has that containerd parse it (`config dump` reads the file and
+// fails on malformed TOML or a wrong version).
+func TestConfigsLoad(t *testing.T) {
+	tools, err := FindTools()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, v := range Versions {
+		t.Run(string(v), func(t *testing.T) {
+			dir := t.TempDir()
+			c := &Containerd{
+				Version: v, Dir: dir, Root: filepath.Join(dir, "root"), State: filepath.Join(dir, "state"),
+				Socket: filepath.Join(dir, "c.sock"), RuncRoot: filepath.Join(dir, "runc"), SocketDir: filepath.Join(dir, "sh"),
+				CNIConf: dir, ConfigToml: filepath.Join(dir, "containerd.toml"), Network: "n", Bridge: "b", Subnet: "10.0.0.0/24",
+				tools:    tools,
+				Handlers: []Handler{{Name: "contrast-cc", Shim: "/bin/true", ConfigPath: filepath.Join(dir, "shim.toml")}},
+			}
+			if err := c.writeConfig(Options{Tools: tools, LogLevel: "info"}); err != nil {
+				t.Fatal(err)
+			}
+			out, err := exec.Command(c.binary(), "--config", c.ConfigToml, "config", "dump").CombinedOutput()
+			if err != nil {
+				t.Fatalf("containerd %s config dump: %v\n%s", v, err, out)
+			}
+			for _, want := range []string{"contrast-cc", "io.containerd.contrast.v2", filepath.Join(dir, "shim.toml"), PauseImage} {
+				if !strings.Contains(string(out), want) {
+					t.Errorf("containerd %s's view of the configuration lacks %q", v, want)
+				}
+			}
+		})
 	}
 }
