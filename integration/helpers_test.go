@@ -1,7 +1,9 @@
 // Package integration holds the end-to-end tests: a private containerd
-// with the runc baseline handler and the contrast handlers, driven by
-// crictl (and ctr for hand-made bundles), checked for what they leave on
-// the host. Tests run one after another: at most two VMs run at a time.
+// (2.4 and 1.7, each test on both) with the runc baseline handler and the
+// contrast handlers, driven by crictl (and ctr where crictl has no verb),
+// checked for what they leave on the host. Every behaviour test runs the
+// same assertions against runc and contrast-cc. Tests run one after
+// another: at most two VMs run at a time, except in TestFivePods.
 package integration
 
 import (
