@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"strings"
+	"time"
 
 	"github.com/containerd/cgroups/v3"
 	"github.com/containerd/cgroups/v3/cgroup1"
@@ -60,7 +61,20 @@ func (h *hostCgroup) remove() error {
 	return removeHostCgroup(h.path)
 }
 
+// removeHostCgroup deletes a cgroup, retrying for a few seconds while a
+// process that was just killed (the VM) is still listed in it.
 func removeHostCgroup(path string) error {
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		err := deleteHostCgroup(path)
+		if err == nil || time.Now().After(deadline) {
+			return err
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func deleteHostCgroup(path string) error {
 	var err error
 	if cgroups.Mode() == cgroups.Unified {
 		var m *cgroup2.Manager

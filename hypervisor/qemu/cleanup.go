@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"time"
 
 	"github.com/containerd/log"
 	"golang.org/x/sys/unix"
@@ -53,6 +54,17 @@ func cleanup(ctx context.Context, stateDir string) error {
 	}
 	if err != nil {
 		return fmt.Errorf("read command line of pid %d: %w", pid, err)
+	}
+	if len(cmdline) == 0 {
+		// An exiting process has no command line any more: typically our
+		// QEMU, killed with its shim a moment ago. It ends on its own.
+		waitCtx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		defer cancel()
+		if err := waitPidfd(waitCtx, pidfd); err != nil {
+			return fmt.Errorf("wait for exiting pid %d: %w", pid, err)
+		}
+		removeRuntimeFiles(stateDir)
+		return nil
 	}
 	if !isOurQEMU(cmdline, pidPath) {
 		log.G(ctx).WithField("pid", pid).Infof("pid file %s names a process that is not its qemu; leaving it alone", pidPath)
