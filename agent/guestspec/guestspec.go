@@ -173,6 +173,16 @@ func (r *Result) rewriteLinux(in Input) error {
 		}
 		nss = append(nss, ns)
 	}
+	// The guest runs cgroup v2 even when the host (whose CRI wrote the spec)
+	// runs v1 and asked for no cgroup namespace: give every container one,
+	// so it sees its own cgroup as the root, as on a v2 host.
+	hasCgroupNS := false
+	for _, ns := range nss {
+		hasCgroupNS = hasCgroupNS || ns.Type == specs.CgroupNamespace
+	}
+	if !hasCgroupNS {
+		nss = append(nss, specs.LinuxNamespace{Type: specs.CgroupNamespace})
+	}
 	l.Namespaces = nss
 
 	if l.MountLabel != "" {
