@@ -10,10 +10,53 @@ import (
 	"github.com/contrast-vm/contrast/integration/harness"
 )
 
-// The agent crashing inside the guest is not tested here: from a
-// container there is no way to reach the guest's PID 1 (the container's
-// PID namespace hides it, and `kill -9 1` only hits the container's own
-// init). The agent's tests cover it.
+// TestAgentCrash crashes the guest agent (PID 1 of the pod VM): a
+// container in the VM's PID namespace (CRI NamespaceMode NODE; for a pod VM
+// the node is the VM) sends it SIGABRT, on which the Go runtime aborts. The
+// guest kernel then panics and the VM ends: it must be handled like a VM
+// death. runc has no agent, so this runs for contrast-cc only.
+func TestAgentCrash(t *testing.T) {
+	for _, v := range harness.Versions {
+		t.Run("containerd-"+string(v), func(t *testing.T) {
+			s := newSuiteVersion(t, v, handlerSpec{name: contrastHandler})
+			before := s.snapshot(t)
+			pod := s.runPodWith(t, harness.PodConfig{Name: "agentcrash", Handler: contrastHandler, HostPID: true})
+			c, err := s.cri.CreateContainer(s.ctx, pod, harness.ContainerConfig{
+				Name: "victim", Command: []string{"sh", "-c", "echo up; sleep 100000"}, HostPID: true,
+			})
+			if err != nil {
+				t.Fatalf("create: %v", err)
+			}
+			if err := s.cri.StartContainer(s.ctx, c.ID); err != nil {
+				t.Fatalf("start: %v", err)
+			}
+			waitLog(t, s, c, "up", time.Minute)
+			trace := s.trace(t, pod, c)
+			res, err := s.cri.Exec(s.ctx, c.ID, true, "cat", "/proc/1/cmdline")
+			if err != nil || !strings.HasPrefix(res.Stdout, "/init") {
+				out, _, _ := s.cri.Run(s.ctx, "inspect", c.ID)
+				t.Logf("inspect: %s", out)
+				t.Fatalf("PID 1 seen from the container is %q (%v), want the agent (/init)", res.Stdout, err)
+			}
+			// The exec itself dies with the VM: its result does not matter.
+			_, _ = s.cri.Exec(s.ctx, c.ID, true, "kill", "-ABRT", "1")
+			st, err := s.cri.WaitContainerState(s.ctx, c.ID, "CONTAINER_EXITED", time.Minute)
+			if err != nil {
+				t.Fatalf("after the agent crashed, the container did not exit: %v", err)
+			}
+			t.Logf("container: exit code %d, reason %q", st.ExitCode, st.Reason)
+			if st.ExitCode == 0 {
+				t.Error("a container whose VM died reports exit code 0")
+			}
+			waitPodState(t, s, pod, "SANDBOX_NOTREADY", time.Minute)
+			if err := s.cri.RemoveContainer(s.ctx, c.ID); err != nil {
+				t.Errorf("crictl rm after the agent crashed: %v", err)
+			}
+			s.removePodRetrying(t, pod)
+			s.checkRemoved(t, pod, trace, before)
+		})
+	}
+}
 
 // TestSandboxDeath kills a pod's sandbox from outside with SIGKILL: the
 // QEMU process of a pod VM, or, for runc, the pause process and every

@@ -49,6 +49,9 @@ type pod struct {
 	size     vmSize
 	vm       hypervisor.VM
 	cgroup   *hostCgroup // nil when the sandbox names none
+	// hostPID: the pod asked for the node's PID namespace, which in the VM
+	// is the VM's own.
+	hostPID bool
 
 	stopOnce sync.Once
 	stopped  chan struct{} // closed when stop has finished

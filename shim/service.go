@@ -256,6 +256,7 @@ func (s *service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 		go s.watchPod(p)
 		go s.watchOOM(p)
 		c.ownsPod = !c.sandbox
+		p.hostPID = c.sandbox && !hasNamespace(spec, specs.PIDNamespace)
 	} else if _, err := s.livePod(); err != nil {
 		return nil, err
 	}
@@ -269,6 +270,9 @@ func (s *service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 				}
 				return nil, fmt.Errorf("container %s: %w", r.ID, err)
 			}
+		}
+		if specJSON, err = joinPodPIDNamespace(p, spec, specJSON); err != nil {
+			return nil, fmt.Errorf("container %s: %w", r.ID, err)
 		}
 		pid, err = s.createInGuest(ctx, p, c, r, spec, specJSON)
 		if err != nil {
@@ -362,6 +366,41 @@ func withHostIO(ctx context.Context, pd *pod, p *process, start func(*agentapi.S
 	}
 	p.io = io
 	return pid, nil
+}
+
+func hasNamespace(spec *specs.Spec, typ specs.LinuxNamespaceType) bool {
+	if spec.Linux == nil {
+		return false
+	}
+	for _, ns := range spec.Linux.Namespaces {
+		if ns.Type == typ {
+			return true
+		}
+	}
+	return false
+}
+
+// joinPodPIDNamespace handles a pod in the node's PID namespace (CRI
+// NamespaceMode NODE): CRI points its containers at the sandbox's PID
+// namespace, which on the host is the VM monitor's; in the pod VM the node
+// is the VM, so such containers get no PID namespace of their own.
+func joinPodPIDNamespace(p *pod, spec *specs.Spec, specJSON []byte) ([]byte, error) {
+	if !p.hostPID || spec.Linux == nil {
+		return specJSON, nil
+	}
+	sandboxNS := fmt.Sprintf("/proc/%d/ns/pid", p.vm.Pid())
+	var kept []specs.LinuxNamespace
+	for _, ns := range spec.Linux.Namespaces {
+		if ns.Type == specs.PIDNamespace && ns.Path == sandboxNS {
+			continue
+		}
+		kept = append(kept, ns)
+	}
+	if len(kept) == len(spec.Linux.Namespaces) {
+		return specJSON, nil
+	}
+	spec.Linux.Namespaces = kept
+	return json.Marshal(spec)
 }
 
 func stdioFlags(p stdioPaths) *agentapi.Stdio {

@@ -145,7 +145,13 @@ type PodConfig struct {
 	// sets to the sum of its containers' limits); CRI passes them to the
 	// runtime as io.kubernetes.cri.sandbox-* annotations.
 	Resources *Resources
+	// HostPID puts the pod's containers in the PID namespace of the node
+	// (CRI NamespaceMode NODE); for a pod VM, the node is the VM.
+	HostPID bool
 }
+
+// nodePIDNamespace is CRI's security_context for NamespaceMode NODE.
+var nodePIDNamespace = map[string]any{"namespace_options": map[string]any{"pid": 2}}
 
 // Resources are CRI LinuxContainerResources; zero fields are left out.
 type Resources struct {
@@ -217,6 +223,9 @@ func (c *CRI) RunPod(ctx context.Context, pc PodConfig) (*Pod, error) {
 	if pc.Resources != nil {
 		linux["resources"] = pc.Resources.json()
 	}
+	if pc.HostPID {
+		linux["security_context"] = nodePIDNamespace
+	}
 	cfg["linux"] = linux
 	if err := writeJSON(pod.ConfigFile, cfg); err != nil {
 		return nil, err
@@ -256,6 +265,8 @@ type ContainerConfig struct {
 	Stdin     bool
 	StdinOnce bool
 	Resources *Resources
+	// HostPID: see PodConfig.HostPID; set both.
+	HostPID bool
 }
 
 // Container is a container created through CRI.
@@ -293,11 +304,15 @@ func (c *CRI) CreateContainer(ctx context.Context, pod *Pod, cc ContainerConfig)
 		"tty":        cc.TTY,
 		"stdin":      cc.Stdin,
 		"stdin_once": cc.StdinOnce,
-		"linux":      map[string]any{},
 	}
+	linux := map[string]any{}
 	if cc.Resources != nil {
-		cfg["linux"] = map[string]any{"resources": cc.Resources.json()}
+		linux["resources"] = cc.Resources.json()
 	}
+	if cc.HostPID {
+		linux["security_context"] = nodePIDNamespace
+	}
+	cfg["linux"] = linux
 	if err := writeJSON(ctr.ConfigFile, cfg); err != nil {
 		return nil, err
 	}
