@@ -61,12 +61,10 @@ type service struct {
 	// (Create, Start, Delete, Kill of the sandbox), so that state reads stay fast.
 	lifecycle sync.Mutex
 
-	mu           sync.Mutex
-	pod          *pod
-	podStopping  bool // the sandbox was killed: the VM's end is expected
-	containers   map[string]*container
-	exitsPending sync.WaitGroup
-	detaches     sync.WaitGroup // disks being unplugged after their container was removed
+	mu          sync.Mutex
+	pod         *pod
+	podStopping bool // the sandbox was killed: the VM's end is expected
+	containers  map[string]*container
 }
 
 // NewTaskService returns the task service; publisher and shutdown come from
@@ -488,7 +486,6 @@ func (s *service) Start(ctx context.Context, r *taskAPI.StartRequest) (_ *taskAP
 		s.publish(runtime.TaskExecStartedEventTopic, &eventstypes.TaskExecStarted{ContainerID: c.id, ExecID: r.ExecID, Pid: pid})
 	}
 	// Exits are published after the start event, never before.
-	s.exitsPending.Add(1)
 	go s.waitProcess(pd, p)
 	return &taskAPI.StartResponse{Pid: pid}, nil
 }
@@ -518,7 +515,6 @@ func (s *service) startExec(ctx context.Context, pd *pod, p *process) (uint32, e
 // waitProcess waits in the guest for a process to end, then for its output
 // to reach the host, and only then reports its exit.
 func (s *service) waitProcess(pd *pod, p *process) {
-	defer s.exitsPending.Done()
 	resp, err := pd.agent.WaitProcess(s.ctx, &agentapi.ProcessRequest{ContainerId: p.containerID, ExecId: p.execID})
 	if err != nil {
 		// The agent is gone: the pod is dead. watchPod reports the exits.
@@ -599,7 +595,6 @@ func (s *service) watchPod(pd *pod) {
 // detachDisk unplugs a removed container's rootfs disk and deletes its
 // image. When the VM stops first, the image goes with the state directory.
 func (s *service) detachDisk(pd *pod, disk hypervisor.Disk) {
-	defer s.detaches.Done()
 	ctx := context.WithoutCancel(s.ctx)
 	if err := pd.vm.DetachDisk(ctx, disk.Serial); err != nil {
 		select {
@@ -657,7 +652,6 @@ func (s *service) Delete(ctx context.Context, r *taskAPI.DeleteRequest) (_ *task
 				// The guest releases a hot-plugged disk only after the PCIe
 				// hot-plug button delay (5 s): unplug in the background so that
 				// removing a container is not held up by it.
-				s.detaches.Add(1)
 				go s.detachDisk(pd, *c.disk)
 				c.disk = nil
 			}
