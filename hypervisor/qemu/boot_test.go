@@ -113,7 +113,8 @@ func TestBoot(t *testing.T) {
 	con.wait("INIT: ready", 90*time.Second)
 	t.Logf("guest /init running %s after start", time.Since(start).Round(time.Millisecond))
 
-	con.wait("VSOCK: listening on 1024", 10*time.Second)
+	// the listener may come up before or after INIT: ready: search the whole log
+	(&console{t: t, path: vm.ConsoleLog()}).wait("VSOCK: listening on 1024", 10*time.Second)
 	if c, err := vm.Dial(ctx, 1024); err != nil {
 		t.Errorf("vsock dial: %v", err)
 	} else {
