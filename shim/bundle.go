@@ -13,15 +13,15 @@ import (
 	"github.com/contrast-vm/contrast/hypervisor/qemu"
 )
 
-// bundleRecordName is written into a task's bundle directory, so that
-// `delete` can clean up after a shim that died.
+// bundleRecordName is written into the bundle directory of the task that
+// booted the pod VM (and only that one), so that `delete` can clean up after
+// a shim that died.
 const bundleRecordName = "contrast.json"
 
 type bundleRecord struct {
 	// PodStateDir is the pod's state directory, recorded by the task whose
 	// deletion ends the pod VM.
 	PodStateDir string `json:"pod_state_dir"`
-	OwnsPod     bool   `json:"owns_pod"`
 	// Cgroup is the host cgroup the VM ran in.
 	Cgroup string `json:"cgroup,omitempty"`
 }
@@ -51,7 +51,7 @@ func cleanupBundle(ctx context.Context, bundle string) error {
 	if err := json.Unmarshal(data, &rec); err != nil {
 		return fmt.Errorf("malformed %s: %w", bundleRecordName, err)
 	}
-	if !rec.OwnsPod || rec.PodStateDir == "" {
+	if rec.PodStateDir == "" {
 		return nil
 	}
 	log.G(ctx).WithField("state", rec.PodStateDir).Info("cleaning up pod VM after its shim is gone")

@@ -244,17 +244,25 @@ func (s *service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 		if err != nil {
 			return nil, err
 		}
-		if err := writeBundleRecord(r.Bundle, bundleRecord{PodStateDir: p.stateDir, OwnsPod: true, Cgroup: cgroupPath}); err != nil {
+		if err := writeBundleRecord(r.Bundle, bundleRecord{PodStateDir: p.stateDir, Cgroup: cgroupPath}); err != nil {
 			p.stop(context.WithoutCancel(ctx))
 			return nil, err
 		}
+		p.hostPID = c.sandbox && !hasNamespace(spec, specs.PIDNamespace)
+		c.ownsPod = !c.sandbox
 		s.mu.Lock()
 		s.pod = p
 		s.mu.Unlock()
 		go s.watchPod(p)
 		go s.watchOOM(p)
-		c.ownsPod = !c.sandbox
-		p.hostPID = c.sandbox && !hasNamespace(spec, specs.PIDNamespace)
+		if c.ownsPod {
+			// a VM booted for this task alone ends with it, also when its creation fails
+			defer func() {
+				if retErr != nil {
+					s.stopPod(ctx)
+				}
+			}()
+		}
 	} else if _, err := s.livePod(); err != nil {
 		return nil, err
 	}
@@ -263,9 +271,6 @@ func (s *service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 	if !c.sandbox {
 		if spec.Linux != nil {
 			if err := p.size.fits(spec.Linux.Resources); err != nil {
-				if c.ownsPod {
-					s.stopPod(ctx)
-				}
 				return nil, fmt.Errorf("container %s: %w", r.ID, err)
 			}
 		}
@@ -274,9 +279,6 @@ func (s *service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 		}
 		pid, err = s.createInGuest(ctx, p, c, r, spec, specJSON)
 		if err != nil {
-			if c.ownsPod {
-				s.stopPod(ctx)
-			}
 			return nil, err
 		}
 	}
