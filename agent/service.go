@@ -625,3 +625,8 @@ func (s *Service) RemoveContainer(ctx context.Context, req *api.RemoveContainerR
 	log.G(ctx).WithField("container", c.id).Info("container removed")
 	return &api.Empty{}, nil
 }
+
+// SetPolicy is not served yet: the policy gate replaces this.
+func (s *Service) SetPolicy(ctx context.Context, req *api.SetPolicyRequest) (*api.SetPolicyResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "SetPolicy: this agent has no policy gate")
+}

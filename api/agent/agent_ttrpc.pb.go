@@ -9,6 +9,7 @@ import (
 
 type AgentService interface {
 	Health(context.Context, *HealthRequest) (*HealthResponse, error)
+	SetPolicy(context.Context, *SetPolicyRequest) (*SetPolicyResponse, error)
 	CreateSandbox(context.Context, *CreateSandboxRequest) (*Empty, error)
 	CreateContainer(context.Context, *CreateContainerRequest) (*CreateContainerResponse, error)
 	StartContainer(context.Context, *ContainerRequest) (*Empty, error)
@@ -35,6 +36,13 @@ func RegisterAgentService(srv *ttrpc.Server, svc AgentService) {
 					return nil, err
 				}
 				return svc.Health(ctx, &req)
+			},
+			"SetPolicy": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
+				var req SetPolicyRequest
+				if err := unmarshal(&req); err != nil {
+					return nil, err
+				}
+				return svc.SetPolicy(ctx, &req)
 			},
 			"CreateSandbox": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
 				var req CreateSandboxRequest
@@ -158,6 +166,14 @@ func NewAgentClient(client *ttrpc.Client) AgentService {
 func (c *agentClient) Health(ctx context.Context, req *HealthRequest) (*HealthResponse, error) {
 	var resp HealthResponse
 	if err := c.client.Call(ctx, "contrast.agent.v1.Agent", "Health", req, &resp); err != nil {
+		return nil, err
+	}
+	return &resp, nil
+}
+
+func (c *agentClient) SetPolicy(ctx context.Context, req *SetPolicyRequest) (*SetPolicyResponse, error) {
+	var resp SetPolicyResponse
+	if err := c.client.Call(ctx, "contrast.agent.v1.Agent", "SetPolicy", req, &resp); err != nil {
 		return nil, err
 	}
 	return &resp, nil

@@ -1,0 +1,147 @@
+// Package policy is the pod policy: what the pod's owner allows the untrusted
+// host to ask of the agent in the pod VM. A policy is one Rego module (package
+// agent_policy): the rules embedded from rules.rego, followed by the data
+// generated from the pod YAML as `policy_data := {...}` (see Data). Its
+// SHA-256 over the exact bytes is the SNP HOSTDATA the VM is launched with, so
+// the policy is part of what the hardware attests.
+//
+// The rule contract, which a hand-written policy must keep too: for each
+// request kind (Kind) the module defines a rule of that name, for example
+// `CreateContainer`, whose value is either a boolean or an object
+// {"allow": bool, "reason": string}. A kind whose rule is undefined is denied.
+// The input of every rule is built from the request by Input.
+package policy
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+)
+
+// Pod annotations that carry a policy: base64 of the Rego text. Ours first;
+// Kata's is accepted so pods written for Kata's genpolicy run unchanged.
+const (
+	Annotation     = "io.contrast.policy"
+	AnnotationKata = "io.katacontainers.config.agent.policy"
+)
+
+// Kind names a request the agent serves, and the rule that decides it.
+type Kind string
+
+// The request kinds, one per agent RPC the host can make once a policy is set.
+// Health and SetPolicy are not decided by rules: Health answers before there
+// is a policy, and SetPolicy is checked against HOSTDATA in Go.
+const (
+	CreateSandbox   Kind = "CreateSandbox"
+	CreateContainer Kind = "CreateContainer"
+	StartContainer  Kind = "StartContainer"
+	ExecProcess     Kind = "ExecProcess"
+	SignalProcess   Kind = "SignalProcess"
+	WaitProcess     Kind = "WaitProcess"
+	CloseStdin      Kind = "CloseStdin"
+	ListProcesses   Kind = "ListProcesses"
+	RemoveContainer Kind = "RemoveContainer"
+	ResizePty       Kind = "ResizePty"
+	PauseContainer  Kind = "PauseContainer"
+	ResumeContainer Kind = "ResumeContainer"
+	UpdateContainer Kind = "UpdateContainer"
+	StatsContainer  Kind = "StatsContainer"
+	WaitOOM         Kind = "WaitOOM"
+)
+
+// Kinds lists every request kind a policy decides.
+var Kinds = []Kind{
+	CreateSandbox, CreateContainer, StartContainer, ExecProcess, SignalProcess,
+	WaitProcess, CloseStdin, ListProcesses, RemoveContainer, ResizePty,
+	PauseContainer, ResumeContainer, UpdateContainer, StatsContainer, WaitOOM,
+}
+
+// Hash is the SHA-256 of the exact policy bytes: the value of SNP HOSTDATA.
+func Hash(policy []byte) [32]byte { return sha256.Sum256(policy) }
+
+// HashHex is Hash in lower-case hex, as `contrast policy hash` prints it.
+func HashHex(policy []byte) string {
+	h := Hash(policy)
+	return hex.EncodeToString(h[:])
+}
+
+// DataVersion is the version of the Data schema the embedded rules read.
+const DataVersion = 1
+
+// Data is the generated part of a policy, written into the module as
+// `policy_data := <Data as JSON>`. Container entries are keyed by the
+// container's name, so a rule finds its entry by index instead of searching.
+type Data struct {
+	Version    int                  `json:"version"`
+	Pod        Pod                  `json:"pod"`
+	Containers map[string]Container `json:"containers"`
+	// Requests allows or denies the requests that carry nothing to check
+	// beyond the container they name (Pause, Update, Stats, ...), by Kind.
+	// A kind missing here is denied.
+	Requests map[Kind]bool `json:"requests"`
+}
+
+// Pod is what the policy allows of the pod as a whole.
+type Pod struct {
+	// Namespace the pod must run in; empty allows any.
+	Namespace string `json:"namespace,omitempty"`
+	// HostnamePattern is an RE2 pattern, anchored at both ends, that the
+	// sandbox hostname must match.
+	HostnamePattern string `json:"hostname_pattern"`
+	HostNetwork     bool   `json:"host_network"`
+	HostPID         bool   `json:"host_pid"`
+	HostIPC         bool   `json:"host_ipc"`
+}
+
+// Container is what the policy allows for one container of the pod.
+type Container struct {
+	// Image is the image reference pinned by digest (name@sha256:...).
+	Image string `json:"image"`
+	// Args is the exact process argv: the YAML's command and args, or the
+	// image's entrypoint and cmd where the YAML leaves them out.
+	Args []string `json:"args"`
+	// Env holds the NAME=VALUE entries the process environment must contain,
+	// as a set (value true) so a rule looks an entry up by index.
+	Env map[string]bool `json:"env"`
+	// EnvPatterns are RE2 patterns (anchored) for further entries the
+	// environment may contain, e.g. values from secrets or the kubelet's
+	// service variables. An entry neither in Env nor matching is denied.
+	EnvPatterns []string `json:"env_patterns,omitempty"`
+	// Cwd is the working directory.
+	Cwd string `json:"cwd"`
+	// User is the process's user; nil means the policy does not pin it
+	// (the image config was not available and the YAML does not set it).
+	User *User `json:"user,omitempty"`
+	// Capabilities is the exact set each of the process's bounding,
+	// effective and permitted sets must equal (CAP_ names).
+	Capabilities    []string `json:"capabilities"`
+	Privileged      bool     `json:"privileged"`
+	NoNewPrivileges bool     `json:"no_new_privileges"`
+	ReadOnlyRoot    bool     `json:"read_only_root"`
+	// Mounts are the mounts the pod YAML adds, keyed by destination, beside
+	// the runtime's default mounts the rules know.
+	Mounts map[string]Mount `json:"mounts"`
+	// Exec lists the command lines (exact argv) the host may exec in the
+	// container: its probes' and lifecycle hooks' plus what the settings add.
+	Exec [][]string `json:"exec"`
+	// Stdin allows the host to write the container's stdin (and that of
+	// processes exec'd in it); Logs allows it to read stdout and stderr.
+	Stdin    bool `json:"stdin"`
+	Logs     bool `json:"logs"`
+	Terminal bool `json:"terminal"`
+}
+
+// User is a process's identity.
+type User struct {
+	UID            uint32   `json:"uid"`
+	GID            uint32   `json:"gid"`
+	AdditionalGIDs []uint32 `json:"additional_gids,omitempty"`
+}
+
+// Mount is an allowed mount of a container.
+type Mount struct {
+	Type string `json:"type"`
+	// SourcePattern is an RE2 pattern (anchored) for the mount source on the
+	// host; the host chooses paths, so only their shape is pinned.
+	SourcePattern string `json:"source_pattern"`
+	ReadOnly      bool   `json:"read_only"`
+}
