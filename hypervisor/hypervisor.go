@@ -37,6 +37,11 @@ type VMSpec struct {
 	KernelArgs string
 	VCPUs      int
 	MemoryMiB  int
+	// HostData is the 32 bytes the launch binds to the VM: the SHA-256 of
+	// the pod's policy. Under SEV-SNP it is the measured HOSTDATA; in a
+	// plain VM it is passed as unmeasured launch data (QEMU fw_cfg), which
+	// only the simulated SNP device of test images reads.
+	HostData [32]byte
 }
 
 // Disk is a block device image attached to a running VM.

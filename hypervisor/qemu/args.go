@@ -1,6 +1,7 @@
 package qemu
 
 import (
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"strconv"
@@ -19,6 +20,9 @@ type launchParams struct {
 
 	Kernel, Initrd, Append string
 	Firmware               string // optional -bios
+	// HostData is the launch's host data in hex, passed as the fw_cfg item
+	// HostDataFwCfg; empty passes none.
+	HostData string
 
 	ConsoleLog string
 	PIDFile    string
@@ -45,6 +49,11 @@ const (
 	vsockCharID   = "vsock0-chr"
 	rootPortIDFmt = "hotplug%d"
 )
+
+// HostDataFwCfg is the fw_cfg item that carries the launch's host data (64
+// hex characters) into a VM without SEV-SNP; the guest sees it at
+// /sys/firmware/qemu_fw_cfg/by_name/<HostDataFwCfg>/raw.
+const HostDataFwCfg = "opt/io.contrast/hostdata"
 
 func rootPortID(i int) string { return fmt.Sprintf(rootPortIDFmt, i) }
 
@@ -98,6 +107,9 @@ func buildArgs(p launchParams) ([]string, error) {
 	if p.Firmware != "" {
 		args = append(args, "-bios", p.Firmware)
 	}
+	if p.HostData != "" {
+		args = append(args, "-fw_cfg", "name="+HostDataFwCfg+",string="+p.HostData)
+	}
 	args = append(args,
 		"-chardev", "file,id="+consoleID+",path="+escapeOpt(p.ConsoleLog),
 		"-serial", "chardev:"+consoleID,
@@ -128,6 +140,11 @@ func (p launchParams) validate() error {
 	var errs []error
 	if p.Accel != AccelKVM && p.Accel != AccelTCG {
 		errs = append(errs, fmt.Errorf("accelerator %q: want %q or %q", p.Accel, AccelKVM, AccelTCG))
+	}
+	if p.HostData != "" {
+		if b, err := hex.DecodeString(p.HostData); err != nil || len(b) != 32 {
+			errs = append(errs, fmt.Errorf("host data %q: want 64 hex characters (32 bytes)", p.HostData))
+		}
 	}
 	if p.CPUModel == "" {
 		errs = append(errs, errors.New("no CPU model"))

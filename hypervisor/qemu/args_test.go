@@ -16,6 +16,7 @@ func baseParams() launchParams {
 		Kernel:          "/img/bzImage",
 		Initrd:          "/img/initrd.cpio",
 		Append:          "console=ttyS0 quiet",
+		HostData:        strings.Repeat("ab", 32),
 		ConsoleLog:      "/run/vm/console.log",
 		PIDFile:         "/run/vm/qemu.pid",
 		QMPFD:           3,
@@ -41,6 +42,7 @@ func TestBuildArgsFull(t *testing.T) {
 		"-kernel", "/img/bzImage",
 		"-initrd", "/img/initrd.cpio",
 		"-append", "console=ttyS0 quiet",
+		"-fw_cfg", "name=opt/io.contrast/hostdata,string=" + strings.Repeat("ab", 32),
 		"-chardev", "file,id=console,path=/run/vm/console.log",
 		"-serial", "chardev:console",
 		"-chardev", "socket,id=qmp,fd=3,server=on,wait=off",
@@ -124,6 +126,11 @@ func TestBuildArgsVariants(t *testing.T) {
 			},
 		},
 		{
+			name:   "no host data, no fw_cfg",
+			modify: func(p *launchParams) { p.HostData = "" },
+			noFlag: []string{"-fw_cfg"},
+		},
+		{
 			name:   "memory and cpus",
 			modify: func(p *launchParams) { p.MemoryMiB, p.VCPUs = 2048, 4 },
 			want: map[string][]string{
@@ -191,6 +198,8 @@ func TestBuildArgsInvalid(t *testing.T) {
 		{"bad vsock mode", func(p *launchParams) { p.VsockMode = "tcp" }, `vsock mode "tcp"`},
 		{"too many ports", func(p *launchParams) { p.HotplugPorts = 65 }, "hot-plug ports 65"},
 		{"stdio qmp fd", func(p *launchParams) { p.QMPFD = 1 }, "qmp descriptor 1"},
+		{"short host data", func(p *launchParams) { p.HostData = "abcd" }, `host data "abcd"`},
+		{"host data not hex", func(p *launchParams) { p.HostData = strings.Repeat("zz", 32) }, "want 64 hex characters"},
 		{"several at once", func(p *launchParams) { p.VCPUs, p.Kernel = -1, "" }, "no kernel"},
 	}
 	for _, tc := range tests {

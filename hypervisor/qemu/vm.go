@@ -3,6 +3,7 @@ package qemu
 import (
 	"bytes"
 	"context"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -225,6 +226,7 @@ func (h *Hypervisor) launch(ctx context.Context, spec hypervisor.VMSpec, cid uin
 		Initrd:       spec.Initrd,
 		Append:       spec.KernelArgs,
 		Firmware:     spec.Firmware,
+		HostData:     hex.EncodeToString(spec.HostData[:]),
 		ConsoleLog:   p(consoleLogName),
 		PIDFile:      p(pidFileName),
 		QMPFD:        3, // first of cmd.ExtraFiles
