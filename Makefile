@@ -11,10 +11,12 @@ GO ?= go
 VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X github.com/contrast-vm/contrast/shim.Version=$(VERSION)
 
-# What the tests get told: built binaries, the guest image, the kernel.
+# What the tests get told: built binaries, the guest images (release, and the
+# test image whose agent has the simulated SNP device), the kernel.
 TEST_ENV = CONTRAST_SHIM=$(BIN)/containerd-shim-contrast-v2 \
 	CONTRAST_CLI=$(BIN)/contrast \
 	CONTRAST_IMAGE=$(OUT)/image \
+	CONTRAST_TEST_IMAGE=$(OUT)/image-test \
 	CONTRAST_KERNEL=$$(hack/kernel.sh) \
 	CONTRAST_TEST_ARTIFACTS=$(OUT)/test-artifacts
 
@@ -34,16 +36,23 @@ build:
 	$(GO) build -ldflags '$(LDFLAGS)' -o $(BIN)/containerd-shim-contrast-v2 ./cmd/containerd-shim-contrast-v2
 	$(GO) build -ldflags '$(LDFLAGS)' -o $(BIN)/contrast ./cmd/contrast
 
-# The guest image: kernel (cached), static agent and runc in a reproducible initramfs.
+# The guest image: kernel (cached), static agent and runc in a reproducible
+# initramfs; and the test image, the same with the simulated SNP device.
 image: deps
 	@OUT=$(OUT) hack/image.sh >/dev/null
+	@OUT=$(OUT) VARIANT=test hack/image.sh >/dev/null
+
+# The simulated SNP device exists only in test builds (build tag).
+SIM_TAGS := contrast_simsnp
 
 vet:
 	$(GO) vet ./...
+	$(GO) vet -tags $(SIM_TAGS) ./agent/... ./cmd/contrast-agent/...
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); echo "gofmt needed"; exit 1; }
 
 unit: deps image
 	$(TEST_ENV) $(GO) test -count=1 -timeout 20m $$($(GO) list ./... | grep -v /integration)
+	$(TEST_ENV) $(GO) test -count=1 -timeout 10m -tags $(SIM_TAGS) ./agent/tee/...
 
 integration: deps build image
 	$(TEST_ENV) $(GO) test -count=1 -timeout 45m -v ./integration/... 2>&1 | tee $(OUT)/integration.log; exit $${PIPESTATUS[0]}

@@ -3,6 +3,9 @@
 # manifest.json) from the kernel of hack/kernel.sh, a static contrast-agent
 # built here and the static runc of hack/deps.sh. Prints the image directory on
 # stdout. AGENT=path uses that agent binary instead of building one.
+# VARIANT=test builds the test image into ${OUT}/image-test instead: its agent
+# has the simulated SNP device (build tag contrast_simsnp), which a release
+# image must never contain.
 # Quick when nothing changed: the Go build cache, the kernel cache and
 # `contrast image build` leaving an identical image alone.
 set -euo pipefail
@@ -11,6 +14,12 @@ cd "$here"
 CACHE=${CONTRAST_CACHE:-$HOME/.cache/contrast}
 OUT=${OUT:-_output}
 case $OUT in /*) ;; *) OUT=$here/$OUT;; esac
+VARIANT=${VARIANT:-release}
+case $VARIANT in
+  release) suffix=; tags=;;
+  test) suffix=-test; tags=contrast_simsnp;;
+  *) echo "image: VARIANT=$VARIANT: want release or test" >&2; exit 1;;
+esac
 
 log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 
@@ -25,15 +34,15 @@ if [ -n "${AGENT:-}" ]; then
   agent=$AGENT
 else
   mkdir -p "$OUT/bin"
-  agent=$OUT/bin/contrast-agent
-  log "building contrast-agent (static)"
+  agent=$OUT/bin/contrast-agent$suffix
+  log "building contrast-agent$suffix (static${tags:+, tags $tags})"
   # No build id, paths or VCS stamp: the same source gives the same agent bytes
   # (also from a tarball, and across commits that do not touch it), hence
   # the same initrd. The old file is kept when nothing changed.
-  CGO_ENABLED=0 go build -trimpath -buildvcs=false -ldflags '-s -w -buildid=' -o "$agent.tmp" ./cmd/contrast-agent
+  CGO_ENABLED=0 go build -trimpath -buildvcs=false -tags "$tags" -ldflags '-s -w -buildid=' -o "$agent.tmp" ./cmd/contrast-agent
   if cmp -s "$agent.tmp" "$agent"; then rm "$agent.tmp"; else mv "$agent.tmp" "$agent"; fi
 fi
 
-log "building guest image"
-go run ./cmd/contrast image build --kernel "$kernel" --agent "$agent" --runc "$runc" -o "$OUT/image" >&2
-echo "$OUT/image"
+log "building guest image$suffix"
+go run ./cmd/contrast image build --kernel "$kernel" --agent "$agent" --runc "$runc" -o "$OUT/image$suffix" >&2
+echo "$OUT/image$suffix"

@@ -15,15 +15,21 @@ import (
 type Env struct {
 	// Shim is the absolute path of containerd-shim-contrast-v2 (CONTRAST_SHIM).
 	Shim string
+	// CLI is the absolute path of the contrast command (CONTRAST_CLI).
+	CLI string
 	// ImageDir is the guest image directory with kernel, initrd and
 	// manifest.json (CONTRAST_IMAGE).
 	ImageDir string
+	// TestImageDir is the test build of the guest image, whose agent has
+	// the simulated SNP device (CONTRAST_TEST_IMAGE).
+	TestImageDir string
 	// Kernel is the guest bzImage (CONTRAST_KERNEL).
 	Kernel string
 }
 
-// EnvFromOS reads CONTRAST_SHIM, CONTRAST_IMAGE and CONTRAST_KERNEL and
-// checks that each names an existing file or directory.
+// EnvFromOS reads CONTRAST_SHIM, CONTRAST_CLI, CONTRAST_IMAGE,
+// CONTRAST_TEST_IMAGE and CONTRAST_KERNEL and checks that each names an
+// existing file or directory.
 func EnvFromOS() (Env, error) {
 	var errs []error
 	get := func(name, what string, dir bool) string {
@@ -50,18 +56,30 @@ func EnvFromOS() (Env, error) {
 	}
 	e := Env{
 		Shim:     get("CONTRAST_SHIM", "the containerd-shim-contrast-v2 binary", false),
+		CLI:      get("CONTRAST_CLI", "the contrast command", false),
 		ImageDir: get("CONTRAST_IMAGE", "the guest image directory (kernel, initrd, manifest.json)", true),
 		Kernel:   get("CONTRAST_KERNEL", "the guest kernel bzImage", false),
+		TestImageDir: get("CONTRAST_TEST_IMAGE",
+			"the test guest image directory, with the simulated SNP device", true),
 	}
 	if err := errors.Join(errs...); err != nil {
 		return Env{}, err
 	}
-	for _, f := range []string{"kernel", "initrd"} {
-		if _, err := os.Stat(filepath.Join(e.ImageDir, f)); err != nil {
-			return Env{}, fmt.Errorf("guest image %s: %w", e.ImageDir, err)
+	for _, dir := range []string{e.ImageDir, e.TestImageDir} {
+		for _, f := range []string{"kernel", "initrd"} {
+			if _, err := os.Stat(filepath.Join(dir, f)); err != nil {
+				return Env{}, fmt.Errorf("guest image %s: %w", dir, err)
+			}
 		}
 	}
 	return e, nil
+}
+
+// WithTestImage is the same environment booting the test image (simulated
+// SNP device) instead of the release image.
+func (e Env) WithTestImage() Env {
+	e.ImageDir = e.TestImageDir
+	return e
 }
 
 // ImageKernel is the kernel file of the guest image.

@@ -26,6 +26,9 @@ type ShimConfig struct {
 	MemoryMiB    int
 	AgentReady   time.Duration
 	Stop         time.Duration
+	// DefaultPolicy is policy.default: what pods without a policy
+	// annotation run under ("deny-all" or "allow-all").
+	DefaultPolicy string
 }
 
 // DefaultShimConfig boots the guest image of env with the host's QEMU.
@@ -45,6 +48,9 @@ func DefaultShimConfig(env Env, stateDir string) ShimConfig {
 		MemoryMiB:  512,
 		AgentReady: 30 * time.Second,
 		Stop:       10 * time.Second,
+		// Most tests exercise runtime features with pods that carry no
+		// policy; the policy tests write their own configuration.
+		DefaultPolicy: "allow-all",
 	}
 }
 
@@ -59,6 +65,9 @@ func (s ShimConfig) TOML() string {
 	fmt.Fprintf(&b, "\n[hypervisor]\nbinary = %s\naccel = %s\nkernel = %s\ninitrd = %s\nfirmware = %s\nkernel_params = %s\nvcpus = %d\nmemory_mib = %d\n",
 		q(s.Binary), q(s.Accel), q(s.Kernel), q(s.Initrd), q(s.Firmware), q(s.KernelParams), s.VCPUs, s.MemoryMiB)
 	fmt.Fprintf(&b, "\n[timeouts]\nagent_ready = %s\nstop = %s\n", q(s.AgentReady.String()), q(s.Stop.String()))
+	if s.DefaultPolicy != "" {
+		fmt.Fprintf(&b, "\n[policy]\ndefault = %s\n", q(s.DefaultPolicy))
+	}
 	return b.String()
 }
 
