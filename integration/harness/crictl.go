@@ -257,6 +257,8 @@ type ContainerConfig struct {
 	Command []string
 	Args    []string
 	Env     map[string]string
+	// WorkingDir overrides the image's working directory.
+	WorkingDir string
 	// TTY gives the container a terminal (its stdout and stderr are the
 	// terminal, one stream in the log).
 	TTY bool
@@ -295,15 +297,16 @@ func (c *CRI) CreateContainer(ctx context.Context, pod *Pod, cc ContainerConfig)
 		envs = append(envs, map[string]string{"key": k, "value": v})
 	}
 	cfg := map[string]any{
-		"metadata":   map[string]any{"name": cc.Name},
-		"image":      map[string]any{"image": cc.Image},
-		"command":    cc.Command,
-		"args":       cc.Args,
-		"envs":       envs,
-		"log_path":   cc.Name + ".log",
-		"tty":        cc.TTY,
-		"stdin":      cc.Stdin,
-		"stdin_once": cc.StdinOnce,
+		"metadata":    map[string]any{"name": cc.Name},
+		"image":       map[string]any{"image": cc.Image},
+		"command":     cc.Command,
+		"args":        cc.Args,
+		"envs":        envs,
+		"working_dir": cc.WorkingDir,
+		"log_path":    cc.Name + ".log",
+		"tty":         cc.TTY,
+		"stdin":       cc.Stdin,
+		"stdin_once":  cc.StdinOnce,
 	}
 	linux := map[string]any{}
 	if cc.Resources != nil {
