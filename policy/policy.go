@@ -8,7 +8,9 @@
 // The rule contract, which a hand-written policy must keep too: for each
 // request kind (Kind) the module defines a rule of that name, for example
 // `CreateContainer`, whose value is either a boolean or an object
-// {"allow": bool, "reason": string}. A kind whose rule is undefined is denied.
+// {"allow": bool, "reason": string}, optionally with "rule": the name of the
+// check that failed, which the denial message shows. A kind whose rule is
+// undefined is denied.
 // The input of every rule is built from the request by Input.
 package policy
 
@@ -82,7 +84,9 @@ type Data struct {
 
 // Pod is what the policy allows of the pod as a whole.
 type Pod struct {
-	// Namespace the pod must run in; empty allows any.
+	// Namespace the pod must run in; empty allows any. Checked on every
+	// CreateContainer (the io.kubernetes.cri.sandbox-namespace annotation):
+	// CreateSandbox carries no namespace.
 	Namespace string `json:"namespace,omitempty"`
 	// HostnamePattern is an RE2 pattern, anchored at both ends, that the
 	// sandbox hostname must match.
@@ -90,6 +94,9 @@ type Pod struct {
 	HostNetwork     bool   `json:"host_network"`
 	HostPID         bool   `json:"host_pid"`
 	HostIPC         bool   `json:"host_ipc"`
+	// Sysctls are the pod's sysctls (securityContext.sysctls): a container
+	// spec may set only these, each to exactly this value.
+	Sysctls map[string]string `json:"sysctls,omitempty"`
 }
 
 // Container is what the policy allows for one container of the pod.
@@ -111,12 +118,21 @@ type Container struct {
 	// User is the process's user; nil means the policy does not pin it
 	// (the image config was not available and the YAML does not set it).
 	User *User `json:"user,omitempty"`
-	// Capabilities is the exact set each of the process's bounding,
-	// effective and permitted sets must equal (CAP_ names).
+	// Capabilities (CAP_ names) is the exact set the process's bounding set
+	// must equal; its effective, permitted, inheritable and ambient sets must
+	// be subsets of it. Ignored for a privileged container.
 	Capabilities    []string `json:"capabilities"`
 	Privileged      bool     `json:"privileged"`
 	NoNewPrivileges bool     `json:"no_new_privileges"`
 	ReadOnlyRoot    bool     `json:"read_only_root"`
+	// Seccomp requires a seccomp filter (the YAML's seccompProfile is
+	// RuntimeDefault or Localhost): the rules check that the spec carries one
+	// whose default action is not SCMP_ACT_ALLOW, not its content.
+	Seccomp bool `json:"seccomp,omitempty"`
+	// ProcMountUnmasked allows the container to run without the runtime's
+	// masked and read-only /proc and /sys paths (procMount: Unmasked).
+	// Unprivileged containers otherwise must keep them.
+	ProcMountUnmasked bool `json:"proc_mount_unmasked,omitempty"`
 	// Mounts are the mounts the pod YAML adds, keyed by destination, beside
 	// the runtime's default mounts the rules know.
 	Mounts map[string]Mount `json:"mounts"`
@@ -132,8 +148,12 @@ type Container struct {
 
 // User is a process's identity.
 type User struct {
-	UID            uint32   `json:"uid"`
-	GID            uint32   `json:"gid"`
+	UID uint32 `json:"uid"`
+	GID uint32 `json:"gid"`
+	// AdditionalGIDs are the supplementary groups the process may hold
+	// beside GID: the YAML's supplementalGroups and fsGroup and the groups
+	// the image's /etc/group gives the user (CRI merges those in). A group
+	// outside them is denied.
 	AdditionalGIDs []uint32 `json:"additional_gids,omitempty"`
 }
 
