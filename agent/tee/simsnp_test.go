@@ -1,0 +1,138 @@
+//go:build contrast_simsnp
+
+package tee
+
+import (
+	"bytes"
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/google/go-sev-guest/abi"
+	"github.com/google/go-sev-guest/kds"
+	"github.com/google/go-sev-guest/verify"
+	"github.com/google/go-sev-guest/verify/trust"
+)
+
+// fakeFwCfg writes a fw_cfg sysfs tree with the HOSTDATA item holding
+// value, as the kernel shows `-fw_cfg name=opt/io.contrast/hostdata,string=value`.
+func fakeFwCfg(t *testing.T, value string) string {
+	t.Helper()
+	root := t.TempDir()
+	dir := filepath.Join(root, "by_name", "opt", "io.contrast", "hostdata")
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "raw"), []byte(value), 0o444); err != nil {
+		t.Fatal(err)
+	}
+	return root
+}
+
+const hostDataHex = "00112233445566778899aabbccddeeff0123456789abcdef0011223344556677"
+
+func TestSimulatedHostData(t *testing.T) {
+	ctx := context.Background()
+	for _, tc := range []struct {
+		name, value string
+		wantErr     string
+	}{
+		{"good", hostDataHex, ""},
+		{"upper case", strings.ToUpper(hostDataHex), "lower-case hex"},
+		{"trailing newline", hostDataHex + "\n", "exactly 64"},
+		{"short", hostDataHex[:62], "exactly 64"},
+		{"not hex", "zz" + hostDataHex[2:], "invalid byte"},
+		{"empty", "", "exactly 64"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got, err := detectSimulatedAt(ctx, fakeFwCfg(t, tc.value))
+			if tc.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+					t.Fatalf("detect: %v, want an error containing %q", err, tc.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got == nil || got.Name() != NameSNPSimulated {
+				t.Fatalf("detect: %v, want the simulated device", got)
+			}
+			hd, err := got.HostData(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if h := hexOf(hd[:]); h != hostDataHex {
+				t.Errorf("HOSTDATA %s, want %s", h, hostDataHex)
+			}
+		})
+	}
+}
+
+func TestSimulatedNotConfigured(t *testing.T) {
+	for name, root := range map[string]string{
+		"no fw_cfg device": filepath.Join(t.TempDir(), "absent"),
+		"no HOSTDATA item": t.TempDir(),
+	} {
+		got, err := detectSimulatedAt(context.Background(), root)
+		if err != nil || got != nil {
+			t.Errorf("%s: detect = %v, %v; want no TEE", name, got, err)
+		}
+	}
+}
+
+// TestSimulatedReport checks that the report parses with go-sev-guest,
+// carries HOSTDATA and REPORT_DATA, and verifies against the test roots
+// (and only against them: AMD's real roots reject it).
+func TestSimulatedReport(t *testing.T) {
+	ctx := context.Background()
+	s := &SimulatedSNP{FwCfgRoot: fakeFwCfg(t, hostDataHex)}
+	var nonce [64]byte
+	copy(nonce[:], "a verifier's nonce")
+	raw, err := s.Report(ctx, nonce)
+	if err != nil {
+		t.Fatal(err)
+	}
+	att, err := abi.ReportCertsToProto(raw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if h := hexOf(att.Report.HostData); h != hostDataHex {
+		t.Errorf("report HOSTDATA %s, want %s", h, hostDataHex)
+	}
+	if !bytes.Equal(att.Report.ReportData, nonce[:]) {
+		t.Errorf("report REPORT_DATA %x, want %x", att.Report.ReportData, nonce)
+	}
+	hd, err := hostDataOf(raw)
+	if err != nil || hexOf(hd[:]) != hostDataHex {
+		t.Errorf("hostDataOf: %x, %v", hd, err)
+	}
+
+	signer, err := s.chain()
+	if err != nil {
+		t.Fatal(err)
+	}
+	line := kds.ProductLine(simProduct())
+	testRoots := map[string][]*trust.AMDRootCerts{line: {{
+		Product: line, ProductLine: line,
+		ProductCerts: &trust.ProductCerts{Ark: signer.Ark, Ask: signer.Ask, Asvk: signer.Asvk},
+	}}}
+	if err := verify.SnpAttestation(att, &verify.Options{TrustedRoots: testRoots, DisableCertFetching: true}); err != nil {
+		t.Errorf("verify against the test roots: %v", err)
+	}
+	if err := verify.SnpAttestation(att, &verify.Options{DisableCertFetching: true}); err == nil {
+		t.Error("verify against AMD's roots accepted a simulated report")
+	}
+	// A changed HOSTDATA breaks the signature.
+	tampered := bytes.Clone(raw)
+	tampered[0xC0] ^= 1
+	tatt, err := abi.ReportCertsToProto(tampered)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := verify.SnpAttestation(tatt, &verify.Options{TrustedRoots: testRoots, DisableCertFetching: true}); err == nil {
+		t.Error("verify accepted a report whose HOSTDATA was changed after signing")
+	}
+}
