@@ -1,0 +1,162 @@
+package policy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+
+	"github.com/open-policy-agent/opa/v1/ast"
+	"github.com/open-policy-agent/opa/v1/rego"
+	"github.com/open-policy-agent/opa/v1/storage/inmem"
+)
+
+// PackagePath is the package every policy module declares.
+const PackagePath = "data.agent_policy"
+
+// moduleFile names the module in OPA's error messages ("policy.rego:12: ...").
+const moduleFile = "policy.rego"
+
+// Engine decides requests against one compiled policy module. It is
+// immutable after Compile and safe for concurrent use.
+type Engine struct {
+	queries map[Kind]rego.PreparedEvalQuery
+	// defined holds the kinds the module has a rule for; the others are
+	// denied without evaluation.
+	defined map[Kind]bool
+}
+
+// Decision is a policy's answer to one request. Rule names the check that
+// decided a denial (for example "create_container.args"), Reason says what
+// differs from the policy.
+type Decision struct {
+	Allow  bool
+	Rule   string
+	Reason string
+}
+
+// builtinsDenied are OPA built-ins a policy may not call: the agent decides
+// from the request alone, without network access or its own environment.
+var builtinsDenied = []string{"http.send", "net.lookup_ip_addr", "opa.runtime"}
+
+func capabilities() *ast.Capabilities {
+	c := ast.CapabilitiesForThisVersion()
+	c.Builtins = slices.DeleteFunc(c.Builtins, func(b *ast.Builtin) bool {
+		return slices.Contains(builtinsDenied, b.Name)
+	})
+	c.AllowNet = []string{} // Empty: no host may be reached.
+	return c
+}
+
+// Compile parses and compiles a policy module (Rego v1, package
+// agent_policy) and prepares one query per request kind. Errors name the
+// module line.
+func Compile(module []byte) (*Engine, error) {
+	caps := capabilities()
+	m, err := ast.ParseModuleWithOpts(moduleFile, string(module), ast.ParserOptions{
+		RegoVersion:  ast.RegoV1,
+		Capabilities: caps,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("policy module: %w", err)
+	}
+	if m == nil {
+		return nil, errors.New("policy module: empty")
+	}
+	if got := m.Package.Path.String(); got != PackagePath {
+		return nil, fmt.Errorf("policy module: %s:%d: package %s, want package %s",
+			moduleFile, m.Package.Location.Row, got[len("data."):], PackagePath[len("data."):])
+	}
+	compiler := ast.NewCompiler().WithCapabilities(caps)
+	compiler.Compile(map[string]*ast.Module{moduleFile: m})
+	if compiler.Failed() {
+		return nil, fmt.Errorf("policy module: %w", compiler.Errors)
+	}
+
+	ctx := context.Background()
+	store := inmem.New()
+	e := &Engine{queries: make(map[Kind]rego.PreparedEvalQuery, len(Kinds)), defined: make(map[Kind]bool, len(Kinds))}
+	for _, k := range Kinds {
+		ref := ast.MustParseRef(PackagePath + "." + string(k))
+		if len(compiler.GetRules(ref)) == 0 {
+			continue
+		}
+		e.defined[k] = true
+		q, err := rego.New(
+			rego.Compiler(compiler),
+			rego.Store(store),
+			rego.Capabilities(caps),
+			rego.ParsedQuery(ast.NewBody(ast.NewExpr(ast.NewTerm(ref)))),
+		).PrepareForEval(ctx)
+		if err != nil {
+			return nil, fmt.Errorf("policy module: prepare the %s query: %w", k, err)
+		}
+		e.queries[k] = q
+	}
+	return e, nil
+}
+
+// Decide evaluates the rule for kind with input: the document Input builds,
+// either as built or already converted with ast.InterfaceToValue (the
+// faster path when the caller holds an ast.Value). An error means the
+// request could not be judged (malformed rule value, evaluation error);
+// the Decision is a denial then too.
+func (e *Engine) Decide(ctx context.Context, kind Kind, input any) (Decision, error) {
+	if !slices.Contains(Kinds, kind) {
+		return Decision{Rule: string(kind), Reason: "unknown request kind"}, fmt.Errorf("unknown request kind %q", kind)
+	}
+	q, ok := e.queries[kind]
+	if !ok {
+		return Decision{Rule: string(kind), Reason: fmt.Sprintf("the policy has no rule %s", kind)}, nil
+	}
+	v, err := ast.InterfaceToValue(input)
+	if err != nil {
+		return Decision{Rule: string(kind), Reason: "input not convertible"}, fmt.Errorf("%s: input: %w", kind, err)
+	}
+	rs, err := q.Eval(ctx, rego.EvalParsedInput(v))
+	if err != nil {
+		return Decision{Rule: string(kind), Reason: "evaluation failed"}, fmt.Errorf("evaluate rule %s: %w", kind, err)
+	}
+	if len(rs) == 0 || len(rs[0].Expressions) == 0 {
+		return Decision{Rule: string(kind), Reason: fmt.Sprintf("the policy's rule %s is undefined for this request", kind)}, nil
+	}
+	d, err := decisionOf(kind, rs[0].Expressions[0].Value)
+	if err != nil {
+		return Decision{Rule: string(kind), Reason: "malformed rule value"}, err
+	}
+	return d, nil
+}
+
+// decisionOf reads a rule value under the contract: a boolean or an object
+// {"allow": bool, "reason": string, "rule": string}.
+func decisionOf(kind Kind, value any) (Decision, error) {
+	switch v := value.(type) {
+	case bool:
+		if v {
+			return Decision{Allow: true}, nil
+		}
+		return Decision{Rule: string(kind), Reason: fmt.Sprintf("the policy's rule %s is false", kind)}, nil
+	case map[string]any:
+		allow, ok := v["allow"].(bool)
+		if !ok {
+			return Decision{}, fmt.Errorf("rule %s: value has no boolean \"allow\": %v", kind, value)
+		}
+		reason, _ := v["reason"].(string)
+		rule, _ := v["rule"].(string)
+		if allow {
+			return Decision{Allow: true}, nil
+		}
+		if rule == "" {
+			rule = string(kind)
+		}
+		if reason == "" {
+			reason = "denied"
+		}
+		return Decision{Rule: rule, Reason: reason}, nil
+	default:
+		return Decision{}, fmt.Errorf("rule %s: value %v is neither a boolean nor an object", kind, value)
+	}
+}
+
+// Defines reports whether the module has a rule for kind.
+func (e *Engine) Defines(kind Kind) bool { return e.defined[kind] }

@@ -1,0 +1,202 @@
+package policy
+
+import (
+	"context"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/open-policy-agent/opa/v1/ast"
+
+	agentapi "github.com/contrast-vm/contrast/api/agent"
+)
+
+func TestCompileErrors(t *testing.T) {
+	tests := []struct {
+		name, module string
+		want         []string
+	}{
+		{"syntax", "package agent_policy\n\nCreateSandbox := {\n", []string{"policy.rego:4", "rego_parse_error"}},
+		{"other package", "package other\n\nCreateSandbox := true\n", []string{"policy.rego:1", "package other", "want package agent_policy"}},
+		{"no package", "CreateSandbox := true\n", []string{"policy.rego:1"}},
+		{"unsafe variable", "package agent_policy\n\nCreateSandbox if {\n\tx == 1\n}\n", []string{"policy.rego:4", "var x is unsafe"}},
+		{"http.send", "package agent_policy\n\nCreateSandbox if {\n\thttp.send({\"method\": \"get\", \"url\": \"http://example.com\"}).status_code == 200\n}\n",
+			[]string{"policy.rego:4", "http.send"}},
+		{"opa.runtime", "package agent_policy\n\nCreateSandbox if opa.runtime().env.X == \"1\"\n", []string{"policy.rego:3", "opa.runtime"}},
+		{"rego v0 syntax", "package agent_policy\n\nCreateSandbox { true }\n", []string{"policy.rego:3"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := Compile([]byte(tt.module))
+			if err == nil {
+				t.Fatal("compiled")
+			}
+			for _, w := range tt.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error %q lacks %q", err, w)
+				}
+			}
+		})
+	}
+}
+
+func TestDecideContract(t *testing.T) {
+	ctx := context.Background()
+	in := map[string]any{"kind": "StartContainer", "container_id": "x"}
+	tests := []struct {
+		name    string
+		module  string
+		kind    Kind
+		want    Decision
+		wantErr string
+	}{
+		{name: "true", module: "StartContainer := true", kind: StartContainer, want: Decision{Allow: true}},
+		{name: "false", module: "StartContainer := false", kind: StartContainer,
+			want: Decision{Rule: "StartContainer", Reason: "the policy's rule StartContainer is false"}},
+		{name: "object allow", module: `StartContainer := {"allow": true}`, kind: StartContainer, want: Decision{Allow: true}},
+		{name: "object deny with reason", module: `StartContainer := {"allow": false, "reason": "no"}`, kind: StartContainer,
+			want: Decision{Rule: "StartContainer", Reason: "no"}},
+		{name: "object deny with rule", module: `StartContainer := {"allow": false, "rule": "start.x", "reason": "no"}`, kind: StartContainer,
+			want: Decision{Rule: "start.x", Reason: "no"}},
+		{name: "undefined for the input", module: `StartContainer if input.container_id == "y"`, kind: StartContainer,
+			want: Decision{Rule: "StartContainer", Reason: "the policy's rule StartContainer is undefined for this request"}},
+		{name: "no rule", module: "PauseContainer := true", kind: StartContainer,
+			want: Decision{Rule: "StartContainer", Reason: "the policy has no rule StartContainer"}},
+		{name: "input read", module: `StartContainer if input.container_id == "x"`, kind: StartContainer, want: Decision{Allow: true}},
+		{name: "number", module: "StartContainer := 1", kind: StartContainer, wantErr: "neither a boolean nor an object"},
+		{name: "object without allow", module: `StartContainer := {"reason": "x"}`, kind: StartContainer, wantErr: `no boolean "allow"`},
+		{name: "conflict", module: "StartContainer := true if input.kind\nStartContainer := false if input.container_id", kind: StartContainer,
+			wantErr: "evaluate rule StartContainer"},
+		{name: "unknown kind", module: "StartContainer := true", kind: "Reboot", wantErr: `unknown request kind "Reboot"`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			e, err := Compile([]byte("package agent_policy\n\n" + tt.module + "\n"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			d, err := e.Decide(ctx, tt.kind, in)
+			if tt.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+					t.Fatalf("error %v, want %q", err, tt.wantErr)
+				}
+				if d.Allow {
+					t.Fatal("an error allowed the request")
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if d != tt.want {
+				t.Fatalf("decision %+v, want %+v", d, tt.want)
+			}
+		})
+	}
+}
+
+func TestAllowAllDenyAll(t *testing.T) {
+	ctx := context.Background()
+	allow, err := Compile(AllowAll())
+	if err != nil {
+		t.Fatal(err)
+	}
+	deny, err := Compile(DenyAll())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range Kinds {
+		if !allow.Defines(k) || !deny.Defines(k) {
+			t.Fatalf("%s undefined", k)
+		}
+		if d, err := allow.Decide(ctx, k, map[string]any{}); err != nil || !d.Allow {
+			t.Errorf("AllowAll %s: %+v, %v", k, d, err)
+		}
+		if d, err := deny.Decide(ctx, k, map[string]any{}); err != nil || d.Allow || d.Rule != "deny_all" {
+			t.Errorf("DenyAll %s: %+v, %v", k, d, err)
+		}
+	}
+}
+
+// TestDecideParsedInput checks that an ast.Value input decides as the map does.
+func TestDecideParsedInput(t *testing.T) {
+	e := testEngine(t)
+	req := createRequest(t, "c-1", criSpec(testContainerNamed(t, "api")), nil)
+	in, err := Input(CreateContainer, req, known)
+	if err != nil {
+		t.Fatal(err)
+	}
+	v, err := ast.InterfaceToValue(in)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, err := e.Decide(context.Background(), CreateContainer, v)
+	if err != nil || !d.Allow {
+		t.Fatalf("%+v, %v", d, err)
+	}
+}
+
+// BenchmarkDecide measures a decision as the gate makes it: the input built
+// from the request and evaluated. trivial runs AllowAll; create-container
+// runs the generated rules for a realistic pod.
+func BenchmarkDecide(b *testing.B) {
+	ctx := context.Background()
+	req := createRequest(b, "c-1", criSpec(testContainerNamed(b, "web")), nil)
+	allowAll, err := Compile(AllowAll())
+	if err != nil {
+		b.Fatal(err)
+	}
+	var nsTrivial float64
+	run := func(b *testing.B, e *Engine) {
+		b.ReportAllocs()
+		for b.Loop() {
+			in, err := Input(CreateContainer, req, nil)
+			if err != nil {
+				b.Fatal(err)
+			}
+			d, err := e.Decide(ctx, CreateContainer, in)
+			if err != nil || !d.Allow {
+				b.Fatalf("%+v, %v", d, err)
+			}
+		}
+	}
+	b.Run("trivial", func(b *testing.B) {
+		start := time.Now()
+		run(b, allowAll)
+		nsTrivial = float64(time.Since(start).Nanoseconds()) / float64(b.N)
+	})
+	b.Run("create-container", func(b *testing.B) {
+		e := testEngine(b)
+		start := time.Now()
+		run(b, e)
+		if nsTrivial > 0 {
+			b.ReportMetric(float64(time.Since(start).Nanoseconds())/float64(b.N)/nsTrivial, "x-trivial")
+		}
+	})
+	b.Run("exec-process", func(b *testing.B) {
+		e := testEngine(b)
+		web := testContainerNamed(b, "web")
+		req := &agentapi.ExecProcessRequest{ContainerId: "c-web", ExecId: "e", Process: mustJSON(b, execProcess(web, "curl", "-fsS", "http://localhost:8080/healthz"))}
+		b.ReportAllocs()
+		for b.Loop() {
+			in, err := Input(ExecProcess, req, known)
+			if err != nil {
+				b.Fatal(err)
+			}
+			if d, err := e.Decide(ctx, ExecProcess, in); err != nil || !d.Allow {
+				b.Fatalf("%+v, %v", d, err)
+			}
+		}
+	})
+	b.Run("compile", func(b *testing.B) {
+		m, err := Build(testData())
+		if err != nil {
+			b.Fatal(err)
+		}
+		for b.Loop() {
+			if _, err := Compile(m); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+}

@@ -1,0 +1,122 @@
+package policy
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"strings"
+	"sync"
+
+	"github.com/open-policy-agent/opa/v1/ast"
+	"google.golang.org/protobuf/proto"
+)
+
+// ServicePrefix is how the agent API's full ttrpc method names begin.
+const ServicePrefix = "/contrast.agent.v1.Agent/"
+
+// Gate authorizes the agent's requests against a policy and remembers which
+// container ids were created under which container name, so that requests
+// carrying only an id are judged against the right container. Safe for
+// concurrent use.
+type Gate struct {
+	engine *Engine
+
+	mu         sync.Mutex
+	containers map[string]string // container id -> name, for allowed creates
+}
+
+// NewGate returns a gate deciding with e.
+func NewGate(e *Engine) *Gate {
+	return &Gate{engine: e, containers: map[string]string{}}
+}
+
+// Denial is the error of a request the policy does not allow. Its message
+// reaches the user (crictl, kubectl describe), so it names the request, the
+// check and what differs.
+type Denial struct {
+	Kind   Kind
+	Rule   string
+	Reason string
+}
+
+func (d *Denial) Error() string {
+	if d.Rule == "" {
+		return fmt.Sprintf("policy denies %s: %s", d.Kind, d.Reason)
+	}
+	return fmt.Sprintf("policy denies %s: rule %s: %s", d.Kind, d.Rule, d.Reason)
+}
+
+// Authorize decides the request req of the full ttrpc method name (for
+// example "/contrast.agent.v1.Agent/CreateContainer"). It returns nil when
+// the policy allows it, a *Denial when it does not (also for a request it
+// cannot read), and another error when asked about Health or SetPolicy,
+// which the agent handles before any policy applies.
+func (g *Gate) Authorize(ctx context.Context, method string, req any) error {
+	name, ok := strings.CutPrefix(method, ServicePrefix)
+	if !ok {
+		return &Denial{Kind: Kind(method), Reason: fmt.Sprintf("unknown method %q", method)}
+	}
+	switch name {
+	case "Health", "SetPolicy":
+		return fmt.Errorf("policy gate: %s is the agent's to handle, no policy decides it", name)
+	}
+	kind := Kind(name)
+	if !slices.Contains(Kinds, kind) {
+		return &Denial{Kind: kind, Reason: fmt.Sprintf("unknown method %q", method)}
+	}
+	msg, ok := req.(proto.Message)
+	if !ok {
+		return &Denial{Kind: kind, Rule: "input", Reason: fmt.Sprintf("request of type %T is not an agent API message", req)}
+	}
+
+	in, err := Input(kind, msg, g.containerName)
+	if err != nil {
+		return &Denial{Kind: kind, Rule: "input", Reason: err.Error()}
+	}
+	if kind == CreateContainer {
+		// An id names one container for its life: a second create under a
+		// known id could rebind it to another container's rules.
+		if id := in["container_id"].(string); g.known(id) {
+			return &Denial{Kind: kind, Rule: "gate", Reason: fmt.Sprintf("container id %q exists already", id)}
+		}
+	}
+	v, err := ast.InterfaceToValue(in)
+	if err != nil {
+		return &Denial{Kind: kind, Rule: "input", Reason: err.Error()}
+	}
+	d, err := g.engine.Decide(ctx, kind, v)
+	if err != nil {
+		return &Denial{Kind: kind, Rule: d.Rule, Reason: err.Error()}
+	}
+	if !d.Allow {
+		return &Denial{Kind: kind, Rule: d.Rule, Reason: d.Reason}
+	}
+
+	switch kind {
+	case CreateContainer:
+		id, name := in["container_id"].(string), in["container_name"].(string)
+		g.mu.Lock()
+		defer g.mu.Unlock()
+		if _, dup := g.containers[id]; dup {
+			return &Denial{Kind: kind, Rule: "gate", Reason: fmt.Sprintf("container id %q exists already", id)}
+		}
+		g.containers[id] = name
+	case RemoveContainer:
+		g.mu.Lock()
+		delete(g.containers, in["container_id"].(string))
+		g.mu.Unlock()
+	}
+	return nil
+}
+
+func (g *Gate) containerName(id string) (string, bool) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	name, ok := g.containers[id]
+	return name, ok
+}
+
+func (g *Gate) known(id string) bool {
+	_, ok := g.containerName(id)
+	return ok
+}

@@ -1,0 +1,434 @@
+package policy
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"path"
+	"slices"
+	"strings"
+
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"google.golang.org/protobuf/proto"
+
+	agentapi "github.com/contrast-vm/contrast/api/agent"
+)
+
+// The CRI annotations the rules read from a container's spec.
+const (
+	AnnotationContainerName    = "io.kubernetes.cri.container-name"
+	AnnotationContainerType    = "io.kubernetes.cri.container-type"
+	AnnotationImageName        = "io.kubernetes.cri.image-name"
+	AnnotationSandboxName      = "io.kubernetes.cri.sandbox-name"
+	AnnotationSandboxNamespace = "io.kubernetes.cri.sandbox-namespace"
+)
+
+// Input builds the document a rule sees as `input` from an agent request.
+// containerName maps a container id to the name its CreateContainer was
+// allowed under; it serves the requests that carry only an id.
+//
+// The document holds only JSON types (maps, slices, strings, bools,
+// int64), so OPA converts it without a JSON round trip. Every document has
+//
+//	kind             string  the request kind
+//	container_id     string  "" for CreateSandbox and WaitOOM
+//	exec_id          string  the process of a request on processes ("" is the container's init)
+//	container_name   string  CreateContainer: the CRI container-name annotation;
+//	                         others: the name remembered for container_id, "" if none
+//	container_known  bool    CreateContainer: true; others: container_id has a remembered name
+//
+// and by kind:
+//
+//	CreateSandbox    sandbox_id, hostname
+//	CreateContainer  container_type, image, sandbox_name, sandbox_namespace (CRI annotations),
+//	                 annotations (all of them), process (below), read_only_root,
+//	                 mounts [{destination, type, source, read_only}],
+//	                 namespaces {type: path} (a key per namespace the container gets),
+//	                 masked_paths, readonly_paths (sets), devices [path],
+//	                 device_rules [{allow, type, major, minor, access}],
+//	                 sysctls {name: value}, seccomp {default_action} ("" without a filter),
+//	                 stdio {stdin, stdout, stderr, terminal}
+//	ExecProcess      process, stdio
+//	SignalProcess    signal, all
+//	ResizePty        width, height
+//	UpdateContainer  resources (the OCI LinuxResources as an object)
+//
+// where process is {args, env, cwd, user {uid, gid, additional_gids},
+// capabilities {bounding, effective, permitted, inheritable, ambient},
+// no_new_privileges, terminal}. A set is an object whose keys are the
+// members (values true): env is the set of NAME=VALUE entries, each
+// capability set one of CAP_ names, so rules index them and compare them
+// with set operations (object.keys) rather than iterate.
+// Paths (mount destinations, masked and read-only paths) are cleaned
+// absolute paths; a mount's type is "bind" whenever its options bind, and
+// read_only says whether the mount ends up read-only (ro, rro; rw undoes).
+//
+// Input decodes the OCI JSON as the agent does (encoding/json into the
+// runtime-spec types, nothing after the value) and refuses what runc would
+// misread or what the rules could not judge, naming the field.
+func Input(kind Kind, req proto.Message, containerName func(id string) (string, bool)) (map[string]any, error) {
+	in := map[string]any{
+		"kind":            string(kind),
+		"container_id":    "",
+		"exec_id":         "",
+		"container_name":  "",
+		"container_known": false,
+	}
+	named := func(id string) {
+		in["container_id"] = id
+		if containerName == nil {
+			return
+		}
+		if name, ok := containerName(id); ok {
+			in["container_name"] = name
+			in["container_known"] = true
+		}
+	}
+	wrongType := func() error {
+		return fmt.Errorf("%s: request of type %T", kind, req)
+	}
+	switch kind {
+	case CreateSandbox:
+		r, ok := req.(*agentapi.CreateSandboxRequest)
+		if !ok {
+			return nil, wrongType()
+		}
+		in["sandbox_id"] = r.GetSandboxId()
+		in["hostname"] = r.GetHostname()
+	case CreateContainer:
+		r, ok := req.(*agentapi.CreateContainerRequest)
+		if !ok {
+			return nil, wrongType()
+		}
+		in["container_id"] = r.GetContainerId()
+		if err := containerInput(in, r.GetSpec()); err != nil {
+			return nil, fmt.Errorf("%s %s: spec: %w", kind, r.GetContainerId(), err)
+		}
+		in["stdio"] = stdioInput(r.GetStdio())
+	case ExecProcess:
+		r, ok := req.(*agentapi.ExecProcessRequest)
+		if !ok {
+			return nil, wrongType()
+		}
+		named(r.GetContainerId())
+		in["exec_id"] = r.GetExecId()
+		var p specs.Process
+		if err := decodeJSON(r.GetProcess(), &p); err != nil {
+			return nil, fmt.Errorf("%s %s/%s: process: %w", kind, r.GetContainerId(), r.GetExecId(), err)
+		}
+		proc, err := processInput(&p)
+		if err != nil {
+			return nil, fmt.Errorf("%s %s/%s: process.%w", kind, r.GetContainerId(), r.GetExecId(), err)
+		}
+		in["process"] = proc
+		in["stdio"] = stdioInput(r.GetStdio())
+	case StartContainer, ListProcesses, PauseContainer, ResumeContainer, StatsContainer:
+		r, ok := req.(*agentapi.ContainerRequest)
+		if !ok {
+			return nil, wrongType()
+		}
+		named(r.GetContainerId())
+	case WaitProcess, CloseStdin:
+		r, ok := req.(*agentapi.ProcessRequest)
+		if !ok {
+			return nil, wrongType()
+		}
+		named(r.GetContainerId())
+		in["exec_id"] = r.GetExecId()
+	case SignalProcess:
+		r, ok := req.(*agentapi.SignalProcessRequest)
+		if !ok {
+			return nil, wrongType()
+		}
+		named(r.GetContainerId())
+		in["exec_id"] = r.GetExecId()
+		in["signal"] = int64(r.GetSignal())
+		in["all"] = r.GetAll()
+	case RemoveContainer:
+		r, ok := req.(*agentapi.RemoveContainerRequest)
+		if !ok {
+			return nil, wrongType()
+		}
+		named(r.GetContainerId())
+	case ResizePty:
+		r, ok := req.(*agentapi.ResizePtyRequest)
+		if !ok {
+			return nil, wrongType()
+		}
+		named(r.GetContainerId())
+		in["exec_id"] = r.GetExecId()
+		in["width"] = int64(r.GetWidth())
+		in["height"] = int64(r.GetHeight())
+	case UpdateContainer:
+		r, ok := req.(*agentapi.UpdateContainerRequest)
+		if !ok {
+			return nil, wrongType()
+		}
+		named(r.GetContainerId())
+		res, err := resourcesInput(r.GetResources())
+		if err != nil {
+			return nil, fmt.Errorf("%s %s: resources: %w", kind, r.GetContainerId(), err)
+		}
+		in["resources"] = res
+	case WaitOOM:
+		if _, ok := req.(*agentapi.Empty); !ok {
+			return nil, wrongType()
+		}
+	default:
+		return nil, fmt.Errorf("unknown request kind %q", kind)
+	}
+	return in, nil
+}
+
+// decodeJSON decodes one JSON value and refuses anything after it, as the
+// agent's spec rewrite does, so both read the same spec.
+func decodeJSON(raw []byte, v any) error {
+	d := json.NewDecoder(bytes.NewReader(raw))
+	if err := d.Decode(v); err != nil {
+		return err
+	}
+	if _, err := d.Token(); err != io.EOF {
+		return errors.New("trailing data after the JSON value")
+	}
+	return nil
+}
+
+func containerInput(in map[string]any, raw []byte) error {
+	var s specs.Spec
+	if err := decodeJSON(raw, &s); err != nil {
+		return err
+	}
+	if s.Process == nil {
+		return errors.New("process: missing")
+	}
+	proc, err := processInput(s.Process)
+	if err != nil {
+		return fmt.Errorf("process.%w", err)
+	}
+	in["process"] = proc
+
+	annotations := make(map[string]any, len(s.Annotations))
+	for k, v := range s.Annotations {
+		annotations[k] = v
+	}
+	in["annotations"] = annotations
+	in["container_name"] = s.Annotations[AnnotationContainerName]
+	in["container_known"] = true
+	in["container_type"] = s.Annotations[AnnotationContainerType]
+	in["image"] = s.Annotations[AnnotationImageName]
+	in["sandbox_name"] = s.Annotations[AnnotationSandboxName]
+	in["sandbox_namespace"] = s.Annotations[AnnotationSandboxNamespace]
+	in["read_only_root"] = s.Root != nil && s.Root.Readonly
+
+	mounts := make([]any, 0, len(s.Mounts))
+	for i, m := range s.Mounts {
+		mi, err := mountInput(m)
+		if err != nil {
+			return fmt.Errorf("mounts[%d]: %w", i, err)
+		}
+		mounts = append(mounts, mi)
+	}
+	in["mounts"] = mounts
+
+	l := s.Linux
+	if l == nil {
+		l = &specs.Linux{}
+	}
+	namespaces := make(map[string]any, len(l.Namespaces))
+	for i, ns := range l.Namespaces {
+		if ns.Type == "" {
+			return fmt.Errorf("linux.namespaces[%d]: no type", i)
+		}
+		if _, dup := namespaces[string(ns.Type)]; dup {
+			return fmt.Errorf("linux.namespaces[%d]: a second %s namespace", i, ns.Type)
+		}
+		namespaces[string(ns.Type)] = ns.Path
+	}
+	in["namespaces"] = namespaces
+
+	masked, err := cleanPaths("linux.maskedPaths", l.MaskedPaths)
+	if err != nil {
+		return err
+	}
+	readonly, err := cleanPaths("linux.readonlyPaths", l.ReadonlyPaths)
+	if err != nil {
+		return err
+	}
+	in["masked_paths"], in["readonly_paths"] = masked, readonly
+
+	devices := make([]string, 0, len(l.Devices))
+	for _, d := range l.Devices {
+		devices = append(devices, d.Path)
+	}
+	in["devices"] = devices
+	var rules []any
+	if l.Resources != nil {
+		for _, r := range l.Resources.Devices {
+			rule := map[string]any{"allow": r.Allow, "type": r.Type, "access": r.Access, "major": nil, "minor": nil}
+			if r.Major != nil {
+				rule["major"] = *r.Major
+			}
+			if r.Minor != nil {
+				rule["minor"] = *r.Minor
+			}
+			rules = append(rules, rule)
+		}
+	}
+	if rules == nil {
+		rules = []any{}
+	}
+	in["device_rules"] = rules
+
+	sysctls := make(map[string]any, len(l.Sysctl))
+	for k, v := range l.Sysctl {
+		sysctls[k] = v
+	}
+	in["sysctls"] = sysctls
+
+	defaultAction := ""
+	if l.Seccomp != nil {
+		defaultAction = string(l.Seccomp.DefaultAction)
+		if defaultAction == "" {
+			return errors.New("linux.seccomp.defaultAction: missing")
+		}
+	}
+	in["seccomp"] = map[string]any{"default_action": defaultAction}
+	return nil
+}
+
+// processInput returns the process part of the input; its errors name the
+// field below process.
+func processInput(p *specs.Process) (map[string]any, error) {
+	if len(p.Args) == 0 {
+		if p.CommandLine != "" {
+			return nil, errors.New("commandLine: a Windows command line, not args")
+		}
+		return nil, errors.New("args: empty")
+	}
+	env := make(map[string]any, len(p.Env))
+	names := make(map[string]int, len(p.Env))
+	for i, e := range p.Env {
+		name, _, ok := strings.Cut(e, "=")
+		if !ok || name == "" {
+			return nil, fmt.Errorf("env[%d]: %q is not NAME=VALUE", i, e)
+		}
+		if j, dup := names[name]; dup {
+			return nil, fmt.Errorf("env[%d]: %s is set again (first in env[%d]); which one a process sees differs by program", i, name, j)
+		}
+		names[name] = i
+		env[e] = true
+	}
+	gids := make([]any, 0, len(p.User.AdditionalGids))
+	for _, g := range p.User.AdditionalGids {
+		gids = append(gids, int64(g))
+	}
+	var c specs.LinuxCapabilities
+	if p.Capabilities != nil {
+		c = *p.Capabilities
+	}
+	caps := map[string]any{
+		"bounding":    setOf(c.Bounding),
+		"effective":   setOf(c.Effective),
+		"permitted":   setOf(c.Permitted),
+		"inheritable": setOf(c.Inheritable),
+		"ambient":     setOf(c.Ambient),
+	}
+	return map[string]any{
+		"args": slices.Clone(p.Args),
+		"env":  env,
+		"cwd":  p.Cwd,
+		"user": map[string]any{
+			"uid":             int64(p.User.UID),
+			"gid":             int64(p.User.GID),
+			"additional_gids": gids,
+		},
+		"capabilities":      caps,
+		"no_new_privileges": p.NoNewPrivileges,
+		"terminal":          p.Terminal,
+	}, nil
+}
+
+// setOf returns xs as an object whose keys are the members (values true):
+// rules compare such sets with object.keys and set operations, which run
+// in Go, instead of iterating in Rego.
+func setOf(xs []string) map[string]any {
+	set := make(map[string]any, len(xs))
+	for _, x := range xs {
+		set[x] = true
+	}
+	return set
+}
+
+func mountInput(m specs.Mount) (map[string]any, error) {
+	if m.Destination == "" {
+		return nil, errors.New("destination: empty")
+	}
+	// runc reads a relative destination below the root, as the agent does.
+	dest := path.Clean("/" + m.Destination)
+	typ := m.Type
+	readOnly, recursiveRO := false, false
+	for _, o := range m.Options {
+		switch o {
+		case "bind", "rbind":
+			typ = "bind"
+		case "ro":
+			readOnly = true
+		case "rw":
+			readOnly = false
+		case "rro":
+			recursiveRO = true
+		case "rrw":
+			recursiveRO = false
+		}
+	}
+	return map[string]any{
+		"destination": dest,
+		"type":        typ,
+		"source":      m.Source,
+		"read_only":   readOnly || recursiveRO,
+	}, nil
+}
+
+func cleanPaths(field string, ps []string) (map[string]any, error) {
+	out := make(map[string]any, len(ps))
+	for i, p := range ps {
+		if !path.IsAbs(p) {
+			return nil, fmt.Errorf("%s[%d]: %q is not an absolute path", field, i, p)
+		}
+		out[path.Clean(p)] = true
+	}
+	return out, nil
+}
+
+func stdioInput(s *agentapi.Stdio) map[string]any {
+	return map[string]any{
+		"stdin":    s.GetStdin(),
+		"stdout":   s.GetStdout(),
+		"stderr":   s.GetStderr(),
+		"terminal": s.GetTerminal(),
+	}
+}
+
+func resourcesInput(raw []byte) (any, error) {
+	if len(raw) == 0 {
+		return map[string]any{}, nil
+	}
+	var r specs.LinuxResources
+	if err := decodeJSON(raw, &r); err != nil {
+		return nil, err
+	}
+	// Re-encode what the agent will read, then hand rules the generic form.
+	canonical, err := json.Marshal(r)
+	if err != nil {
+		return nil, fmt.Errorf("encode: %w", err)
+	}
+	d := json.NewDecoder(bytes.NewReader(canonical))
+	d.UseNumber()
+	var v any
+	if err := d.Decode(&v); err != nil {
+		return nil, fmt.Errorf("decode: %w", err)
+	}
+	return v, nil
+}

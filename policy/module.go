@@ -1,0 +1,116 @@
+package policy
+
+import (
+	"bytes"
+	_ "embed"
+	"encoding/json"
+	"fmt"
+	"path"
+	"regexp"
+	"slices"
+	"strings"
+)
+
+// rules are the embedded rules every generated policy starts with.
+//
+//go:embed rules.rego
+var rules []byte
+
+// Build returns the policy module for d: the embedded rules followed by
+// `policy_data := <d as JSON>`. The same Data always gives the same bytes
+// (struct fields in order, map keys sorted), so the policy hash is stable.
+// Build refuses data the rules would misread: another schema version,
+// patterns that do not compile, mount destinations that are not clean
+// absolute paths.
+func Build(d Data) ([]byte, error) {
+	if err := checkData(d); err != nil {
+		return nil, fmt.Errorf("policy data: %w", err)
+	}
+	var js bytes.Buffer
+	enc := json.NewEncoder(&js)
+	enc.SetEscapeHTML(false) // Keep <, > and & readable; Rego reads them either way.
+	if err := enc.Encode(d); err != nil {
+		return nil, fmt.Errorf("policy data: encode: %w", err)
+	}
+	var b bytes.Buffer
+	b.Grow(len(rules) + js.Len() + 32)
+	b.Write(rules)
+	if !bytes.HasSuffix(rules, []byte("\n")) {
+		b.WriteByte('\n')
+	}
+	b.WriteString("\npolicy_data := ")
+	b.Write(js.Bytes()) // Encode ends it with a newline.
+	return b.Bytes(), nil
+}
+
+func checkData(d Data) error {
+	if d.Version != DataVersion {
+		return fmt.Errorf("version %d, the rules read version %d", d.Version, DataVersion)
+	}
+	if err := checkPattern("pod.hostname_pattern", d.Pod.HostnamePattern); err != nil {
+		return err
+	}
+	for name, c := range d.Containers {
+		if name == "" {
+			return fmt.Errorf("containers: a container without a name")
+		}
+		for i, p := range c.EnvPatterns {
+			if err := checkPattern(fmt.Sprintf("containers[%q].env_patterns[%d]", name, i), p); err != nil {
+				return err
+			}
+		}
+		for dest, m := range c.Mounts {
+			if !path.IsAbs(dest) || path.Clean(dest) != dest {
+				return fmt.Errorf("containers[%q].mounts: destination %q is not a clean absolute path", name, dest)
+			}
+			if err := checkPattern(fmt.Sprintf("containers[%q].mounts[%q].source_pattern", name, dest), m.SourcePattern); err != nil {
+				return err
+			}
+		}
+		for _, capName := range c.Capabilities {
+			if !strings.HasPrefix(capName, "CAP_") {
+				return fmt.Errorf("containers[%q].capabilities: %q has no CAP_ prefix", name, capName)
+			}
+		}
+		for i, args := range c.Exec {
+			if len(args) == 0 {
+				return fmt.Errorf("containers[%q].exec[%d]: empty command", name, i)
+			}
+		}
+	}
+	for k := range d.Requests {
+		if !slices.Contains(Kinds, k) {
+			return fmt.Errorf("requests: unknown request kind %q", k)
+		}
+	}
+	return nil
+}
+
+// checkPattern compiles a pattern as the rules use it (anchored RE2; OPA's
+// regex.match is Go's regexp).
+func checkPattern(field, pattern string) error {
+	if _, err := regexp.Compile("^(?:" + pattern + ")$"); err != nil {
+		return fmt.Errorf("%s: %w", field, err)
+	}
+	return nil
+}
+
+// AllowAll returns a module that allows every request: for development
+// only (the agent logs that it runs one). Its hash is stable like any other.
+func AllowAll() []byte {
+	return constantModule("allows every request (development only)", "true")
+}
+
+// DenyAll returns a module that denies every request.
+func DenyAll() []byte {
+	return constantModule("denies every request", `{"allow": false, "rule": "deny_all", "reason": "the pod's policy denies every request"}`)
+}
+
+func constantModule(what, value string) []byte {
+	var b strings.Builder
+	fmt.Fprintf(&b, "# A policy that %s.\npackage agent_policy\n\n", what)
+	for _, k := range Kinds {
+		fmt.Fprintf(&b, "%s := %s\n", k, value)
+	}
+	return []byte(b.String())
+}

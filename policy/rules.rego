@@ -1,0 +1,701 @@
+# The rules of a generated pod policy. The generator appends
+# `policy_data := {...}` (policy.Data as JSON), which every rule reads as pd.
+#
+# One rule per request kind, named after it, whose value is
+# {"allow": bool, "rule": <the check that failed>, "reason": <what differs>}.
+#
+# Checks are written positively: <kind>_ok holds the names of the checks
+# that hold, and a request is allowed only when every name in <kind>_checks
+# is among them, so a check whose data is missing or malformed denies.
+# <kind>_why explains failed checks and is evaluated only for a denial.
+#
+# Rules index rather than search: containers by name, mounts by destination,
+# environment entries, capabilities and paths as sets (the input carries
+# them as objects whose keys are the members), compared with set operations.
+package agent_policy
+
+# ---------------------------------------------------------------- verdicts
+
+CreateSandbox := allowed if {
+	all_hold(create_sandbox_checks, create_sandbox_ok)
+} else := denial("create_sandbox", create_sandbox_checks, create_sandbox_ok, create_sandbox_why)
+
+CreateContainer := allowed if {
+	all_hold(create_container_checks, create_container_ok)
+} else := denial("create_container", create_container_checks, create_container_ok, create_container_why)
+
+ExecProcess := allowed if {
+	all_hold(exec_process_checks, exec_process_ok)
+} else := denial("exec_process", exec_process_checks, exec_process_ok, exec_process_why)
+
+StartContainer := id_verdict("StartContainer")
+
+SignalProcess := id_verdict("SignalProcess")
+
+WaitProcess := id_verdict("WaitProcess")
+
+CloseStdin := id_verdict("CloseStdin")
+
+ListProcesses := id_verdict("ListProcesses")
+
+RemoveContainer := id_verdict("RemoveContainer")
+
+ResizePty := id_verdict("ResizePty")
+
+PauseContainer := id_verdict("PauseContainer")
+
+ResumeContainer := id_verdict("ResumeContainer")
+
+UpdateContainer := id_verdict("UpdateContainer")
+
+StatsContainer := id_verdict("StatsContainer")
+
+WaitOOM := id_verdict("WaitOOM")
+
+allowed := {"allow": true, "rule": "", "reason": ""}
+
+all_hold(checks, ok) if {
+	every c in checks {
+		ok[c]
+	}
+}
+
+# The first failed check in the kind's order names the rule; the other
+# failures that have an explanation follow in the reason.
+denial(prefix, checks, ok, why) := {"allow": false, "rule": concat(".", [prefix, first]), "reason": reason} if {
+	failed := [c | some c in checks; not ok[c]]
+	first := failed[0]
+	others := [concat(".", [prefix, c]) | some c in array.slice(failed, 1, count(failed)); explained(why, c)]
+	reason := with_others(explanation(why, first), others)
+}
+
+explained(why, check) if {
+	some [c, _] in why
+	c == check
+}
+
+explanation(why, check) := sort([msg | some [c, msg] in why; c == check])[0] if explained(why, check)
+
+explanation(why, check) := "the check does not hold" if not explained(why, check)
+
+with_others(detail, []) := detail
+
+with_others(detail, others) := sprintf("%s (also failed: %s)", [detail, concat(", ", others)]) if count(others) > 0
+
+# ---------------------------------------------------------------- helpers
+
+# pd is policy_data typed `any`: OPA's type checker would otherwise infer the
+# literal's exact shape and reject references to fields a particular policy
+# leaves out (an optional namespace, a null user).
+pd := object.get({"data": policy_data}, "data", null)
+
+# Patterns in the policy are anchored at both ends.
+matches(pattern, s) if regex.match(concat("", ["^(?:", pattern, ")$"]), s)
+
+q(x) := json.marshal(x)
+
+# The policy's entry for the container the request names: by the CRI
+# annotation for CreateContainer, by the name the gate remembered for the
+# container id otherwise.
+container_policy := pd.containers[input.container_name] if input.container_name != ""
+
+# flag_ok(requested, allowed): a flag the request sets needs the policy's
+# leave; a value missing on either side is undefined and fails the check.
+flag_ok(false, _)
+
+flag_ok(true, true)
+
+# ---------------------------------------------------------------- CreateSandbox
+
+create_sandbox_checks := ["hostname"]
+
+create_sandbox_ok contains "hostname" if matches(pd.pod.hostname_pattern, input.hostname)
+
+create_sandbox_why contains ["hostname", msg] if {
+	msg := sprintf("hostname %s does not match the policy's pattern %s", [q(input.hostname), q(pd.pod.hostname_pattern)])
+}
+
+# ---------------------------------------------------------------- CreateContainer
+
+create_container_checks := [
+	"type", "name", "namespace", "image", "args", "env", "env_required", "cwd", "user",
+	"capabilities", "no_new_privileges", "read_only_root", "mounts", "namespaces",
+	"masked_paths", "readonly_paths", "devices", "sysctls", "seccomp", "stdio",
+]
+
+create_container_ok contains "type" if input.container_type == "container"
+
+create_container_why contains ["type", msg] if {
+	msg := sprintf("container type %s is not \"container\"", [q(input.container_type)])
+}
+
+create_container_ok contains "name" if container_policy
+
+create_container_why contains ["name", msg] if {
+	input.container_name == ""
+	msg := "the spec names no container (annotation io.kubernetes.cri.container-name)"
+}
+
+create_container_why contains ["name", msg] if {
+	input.container_name != ""
+	msg := sprintf("container name %s is not in the policy, which names %s", [q(input.container_name), q(object.keys(pd.containers))])
+}
+
+create_container_ok contains "namespace" if namespace_ok
+
+namespace_ok if object.get(pd.pod, "namespace", "") == ""
+
+namespace_ok if input.sandbox_namespace == pd.pod.namespace
+
+create_container_why contains ["namespace", msg] if {
+	msg := sprintf("pod namespace %s is not the policy's %s", [q(input.sandbox_namespace), q(pd.pod.namespace)])
+}
+
+create_container_ok contains "image" if image_ok
+
+# The generator pins the reference the YAML names, so the annotation is
+# usually the policy's exactly; normalizing is the slower fallback.
+image_ok := true if {
+	input.image == container_policy.image
+} else := same_image(input.image, container_policy.image)
+
+create_container_why contains ["image", msg] if {
+	msg := sprintf("image %s is not the policy's %s", [q(input.image), q(container_policy.image)])
+}
+
+create_container_ok contains "args" if input.process.args == container_policy.args
+
+create_container_why contains ["args", msg] if {
+	msg := sprintf("command %s is not the policy's %s", [q(input.process.args), q(container_policy.args)])
+}
+
+create_container_ok contains "env" if count(process_env_unexpected) == 0
+
+create_container_why contains ["env", msg] if msg := env_unexpected_msg(process_env_unexpected)
+
+create_container_ok contains "env_required" if count(process_env_missing) == 0
+
+create_container_why contains ["env_required", msg] if msg := env_missing_msg(process_env_missing)
+
+create_container_ok contains "cwd" if input.process.cwd == container_policy.cwd
+
+create_container_why contains ["cwd", msg] if {
+	msg := sprintf("working directory %s is not the policy's %s", [q(input.process.cwd), q(container_policy.cwd)])
+}
+
+create_container_ok contains "user" if process_user_ok
+
+create_container_why contains ["user", msg] if msg := user_mismatch(container_policy, input.process.user)
+
+create_container_ok contains "capabilities" if container_policy.privileged == true
+
+create_container_ok contains "capabilities" if {
+	container_policy.privileged == false
+	object.keys(input.process.capabilities.bounding) == policy_caps
+	count(process_caps_beyond_bounding) == 0
+}
+
+create_container_why contains ["capabilities", msg] if msg := caps_mismatch
+
+create_container_ok contains "no_new_privileges" if input.process.no_new_privileges == container_policy.no_new_privileges
+
+create_container_why contains ["no_new_privileges", msg] if {
+	msg := sprintf("no_new_privileges is %v, the policy says %v", [input.process.no_new_privileges, container_policy.no_new_privileges])
+}
+
+create_container_ok contains "read_only_root" if input.read_only_root == container_policy.read_only_root
+
+create_container_why contains ["read_only_root", msg] if {
+	msg := sprintf("read-only root filesystem is %v, the policy says %v", [input.read_only_root, container_policy.read_only_root])
+}
+
+create_container_ok contains "mounts" if {
+	container_policy
+	count(mounts_unexplained) == 0
+}
+
+create_container_why contains ["mounts", msg] if {
+	some m in mounts_unexplained
+	msg := mount_mismatch(container_policy, m)
+}
+
+create_container_ok contains "namespaces" if {
+	container_policy
+	count(missing_namespaces) == 0
+}
+
+# The shim drops the PID namespace of a host-PID pod's containers (they
+# share the VM's); the guest drops IPC, UTS and network namespaces (the VM
+# is the pod's), but CRI sends them and their absence means host sharing.
+missing_namespaces contains "pid" if {
+	not pd.pod.host_pid
+	not input.namespaces.pid
+}
+
+missing_namespaces contains "ipc" if {
+	not pd.pod.host_ipc
+	not input.namespaces.ipc
+}
+
+missing_namespaces contains "mount" if not input.namespaces.mount
+
+create_container_why contains ["namespaces", msg] if {
+	container_policy
+	some t in missing_namespaces
+	msg := sprintf("the container has no %s namespace of its own, which the policy requires", [t])
+}
+
+# Paths every CRI runtime masks or makes read-only in an unprivileged
+# container (kubelet's defaults and containerd's).
+required_masked_paths := {
+	"/proc/acpi", "/proc/asound", "/proc/kcore", "/proc/keys", "/proc/latency_stats",
+	"/proc/timer_list", "/proc/timer_stats", "/proc/sched_debug", "/proc/scsi", "/sys/firmware",
+}
+
+required_readonly_paths := {"/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"}
+
+proc_unmasked if container_policy.privileged == true
+
+proc_unmasked if container_policy.proc_mount_unmasked == true
+
+create_container_ok contains "masked_paths" if proc_unmasked
+
+create_container_ok contains "masked_paths" if {
+	container_policy
+	count(required_masked_paths - object.keys(input.masked_paths)) == 0
+}
+
+create_container_why contains ["masked_paths", msg] if {
+	container_policy
+	missing := required_masked_paths - object.keys(input.masked_paths)
+	msg := sprintf("paths %s are not masked, as they must be in an unprivileged container", [q(sort(missing))])
+}
+
+create_container_ok contains "readonly_paths" if proc_unmasked
+
+create_container_ok contains "readonly_paths" if {
+	container_policy
+	count(required_readonly_paths - object.keys(input.readonly_paths)) == 0
+}
+
+create_container_why contains ["readonly_paths", msg] if {
+	container_policy
+	missing := required_readonly_paths - object.keys(input.readonly_paths)
+	msg := sprintf("paths %s are not read-only, as they must be in an unprivileged container", [q(sort(missing))])
+}
+
+create_container_ok contains "devices" if container_policy.privileged == true
+
+create_container_ok contains "devices" if {
+	container_policy.privileged == false
+	count(input.devices) == 0
+	every rule in input.device_rules {
+		rule.allow == false
+	}
+}
+
+create_container_why contains ["devices", msg] if {
+	container_policy
+	count(input.devices) > 0
+	msg := sprintf("device %s in an unprivileged container", [q(input.devices[0])])
+}
+
+create_container_why contains ["devices", msg] if {
+	container_policy
+	some rule in input.device_rules
+	rule.allow != false
+	msg := sprintf("device cgroup rule %s allows access in an unprivileged container", [q(rule)])
+}
+
+pod_sysctls := object.get(pd.pod, "sysctls", {})
+
+create_container_ok contains "sysctls" if {
+	container_policy
+	every k, v in input.sysctls {
+		pod_sysctls[k] == v
+	}
+}
+
+create_container_why contains ["sysctls", msg] if {
+	container_policy
+	some k, v in input.sysctls
+	not pod_sysctls[k] == v
+	msg := sprintf("sysctl %s=%s is not among the pod's %s", [k, q(v), q(pod_sysctls)])
+}
+
+create_container_ok contains "seccomp" if {
+	container_policy
+	not container_policy.seccomp
+}
+
+create_container_ok contains "seccomp" if {
+	container_policy.seccomp == true
+	not input.seccomp.default_action in {"", "SCMP_ACT_ALLOW"}
+}
+
+create_container_why contains ["seccomp", "the policy requires a seccomp filter and the spec carries none that denies by default"] if {
+	container_policy
+}
+
+create_container_ok contains "stdio" if {
+	flag_ok(input.stdio.stdin, container_policy.stdin)
+	flag_ok(input.stdio.stdout, container_policy.logs)
+	flag_ok(input.stdio.stderr, container_policy.logs)
+	flag_ok(input.stdio.terminal, container_policy.terminal)
+	flag_ok(input.process.terminal, container_policy.terminal)
+}
+
+create_container_why contains ["stdio", msg] if {
+	some [requested, allowed, msg] in [
+		[input.stdio.stdin, container_policy.stdin, "stdin requested, the policy allows none"],
+		[input.stdio.stdout, container_policy.logs, "stdout requested, the policy allows no logs"],
+		[input.stdio.stderr, container_policy.logs, "stderr requested, the policy allows no logs"],
+		[input.stdio.terminal, container_policy.terminal, "terminal requested, the policy allows none"],
+		[input.process.terminal, container_policy.terminal, "terminal requested in the process, the policy allows none"],
+	]
+	not flag_ok(requested, allowed)
+}
+
+# ---------------------------------------------------------------- ExecProcess
+
+exec_process_checks := ["container", "args", "env", "env_required", "user", "capabilities", "no_new_privileges", "stdin"]
+
+exec_process_ok contains "container" if container_known
+
+exec_process_why contains ["container", unknown_container_msg]
+
+exec_process_ok contains "args" if input.process.args in container_policy.exec
+
+exec_process_why contains ["args", msg] if {
+	msg := sprintf("command %s is not one the policy allows to exec in container %s: %s", [q(input.process.args), q(input.container_name), q(container_policy.exec)])
+}
+
+exec_process_ok contains "env" if count(process_env_unexpected) == 0
+
+exec_process_why contains ["env", msg] if msg := env_unexpected_msg(process_env_unexpected)
+
+exec_process_ok contains "env_required" if count(process_env_missing) == 0
+
+exec_process_why contains ["env_required", msg] if msg := env_missing_msg(process_env_missing)
+
+exec_process_ok contains "user" if process_user_ok
+
+exec_process_why contains ["user", msg] if msg := user_mismatch(container_policy, input.process.user)
+
+# An exec'd process gets no capability beyond the container's.
+exec_process_ok contains "capabilities" if container_policy.privileged == true
+
+exec_process_ok contains "capabilities" if {
+	container_policy.privileged == false
+	count(process_caps_beyond_policy) == 0
+}
+
+exec_process_why contains ["capabilities", msg] if {
+	some [name, extra] in process_caps_beyond_policy
+	msg := sprintf("%s capabilities %s are beyond the container's %s", [name, q(extra), q(sort(policy_caps))])
+}
+
+# An exec'd process may set no_new_privileges where the container does not,
+# never the other way round.
+exec_process_ok contains "no_new_privileges" if container_policy.no_new_privileges == false
+
+exec_process_ok contains "no_new_privileges" if input.process.no_new_privileges == true
+
+exec_process_why contains ["no_new_privileges", "no_new_privileges is off, the policy requires it"] if container_known
+
+exec_process_ok contains "stdin" if flag_ok(input.stdio.stdin, container_policy.stdin)
+
+exec_process_why contains ["stdin", msg] if {
+	container_known
+	msg := sprintf("stdin for a process in container %s, the policy allows none", [q(input.container_name)])
+}
+
+# ---------------------------------------------------------------- requests that name only ids
+
+rule_prefix := {
+	"StartContainer": "start_container",
+	"SignalProcess": "signal_process",
+	"WaitProcess": "wait_process",
+	"CloseStdin": "close_stdin",
+	"ListProcesses": "list_processes",
+	"RemoveContainer": "remove_container",
+	"ResizePty": "resize_pty",
+	"PauseContainer": "pause_container",
+	"ResumeContainer": "resume_container",
+	"UpdateContainer": "update_container",
+	"StatsContainer": "stats_container",
+	"WaitOOM": "wait_oom",
+}
+
+id_checks("WaitOOM") := ["request"]
+
+id_checks(kind) := ["request", "container"] if kind != "WaitOOM"
+
+id_ok(kind) := {c |
+	some c in id_checks(kind)
+	id_check(kind, c)
+}
+
+id_check(kind, "request") if pd.requests[kind] == true
+
+id_check(_, "container") if container_known
+
+id_why(kind) := {
+	["request", sprintf("the policy does not allow %s requests", [kind])],
+	["container", unknown_container_msg],
+}
+
+id_verdict(kind) := allowed if {
+	all_hold(id_checks(kind), id_ok(kind))
+} else := denial(rule_prefix[kind], id_checks(kind), id_ok(kind), id_why(kind))
+
+container_known if {
+	input.container_known == true
+	container_policy
+}
+
+unknown_container_msg := sprintf("container %s was not created under the policy", [q(input.container_id)]) if {
+	not input.container_known == true
+}
+
+unknown_container_msg := sprintf("container %s (%s) is not in the policy", [q(input.container_id), q(input.container_name)]) if {
+	input.container_known == true
+}
+
+# ---------------------------------------------------------------- images
+
+# Images are equal when their normalized references are: docker.io's
+# implicit registry and library/ prefix made explicit, and a tag dropped
+# where a digest pins the content.
+same_image(a, b) if normalize_image(a) == normalize_image(b)
+
+normalize_image(ref) := concat("@", [with_registry(drop_tag(name)), digest]) if {
+	[name, digest] := split(ref, "@")
+}
+
+normalize_image(ref) := with_registry(ref) if not contains(ref, "@")
+
+# A tag is a colon after the last slash.
+drop_tag(name) := substring(name, 0, last_index(name, ":")) if last_index(name, ":") > last_index(name, "/")
+
+drop_tag(name) := name if last_index(name, ":") <= last_index(name, "/")
+
+last_index(s, c) := count(s) - 1 - indexof(strings.reverse(s), c) if indexof(s, c) >= 0
+
+last_index(s, c) := -1 if indexof(s, c) < 0
+
+with_registry(name) := concat("/", ["docker.io", "library", name]) if not contains(name, "/")
+
+with_registry(name) := normalize_path(split(name, "/")) if contains(name, "/")
+
+# The first component is a registry when it has a dot or a colon or is
+# localhost; docker.io's official images live under library/.
+normalize_path(parts) := concat("/", array.concat(["docker.io"], parts)) if not is_registry(parts[0])
+
+normalize_path(parts) := concat("/", ["docker.io", "library", parts[1]]) if {
+	parts[0] in {"docker.io", "index.docker.io"}
+	count(parts) == 2
+}
+
+normalize_path(parts) := concat("/", array.concat(["docker.io"], array.slice(parts, 1, count(parts)))) if {
+	parts[0] in {"docker.io", "index.docker.io"}
+	count(parts) > 2
+}
+
+normalize_path(parts) := concat("/", parts) if {
+	is_registry(parts[0])
+	not parts[0] in {"docker.io", "index.docker.io"}
+}
+
+is_registry(host) if contains(host, ".")
+
+is_registry(host) if contains(host, ":")
+
+is_registry("localhost")
+
+# ---------------------------------------------------------------- environment
+
+# The process's entries neither in the policy's env (a set: the keys of an
+# object) nor matching one of its patterns; set difference leaves only the
+# few entries that need a pattern. The difference is taken in the rule body,
+# not in the comprehension, where an error would make an empty list.
+process_env_unexpected := unexpected if {
+	beyond := object.keys(input.process.env) - object.keys(container_policy.env)
+	unexpected := [e | some e in beyond; not env_pattern_match(e)]
+}
+
+env_pattern_match(e) if regex.match(env_pattern, e)
+
+# The policy's env patterns as one anchored alternation, matched once per
+# entry (OPA caches the compiled expression by its text).
+env_pattern := concat("", ["^(?:", concat("|", [concat("", ["(?:", p, ")"]) | some p in container_policy.env_patterns]), ")$"]) if {
+	count(container_policy.env_patterns) > 0
+}
+
+process_env_missing := object.keys(container_policy.env) - object.keys(input.process.env)
+
+env_unexpected_msg(bad) := sprintf("environment variable %s is not allowed by the policy", [q(sort(bad)[0])]) if count(bad) > 0
+
+env_missing_msg(missing) := sprintf("environment variable %s that the policy sets is missing", [q(sort(missing)[0])]) if count(missing) > 0
+
+# ---------------------------------------------------------------- user
+
+process_user_ok if {
+	container_policy
+	object.get(container_policy, "user", null) == null
+}
+
+process_user_ok if {
+	input.process.user.uid == container_policy.user.uid
+	input.process.user.gid == container_policy.user.gid
+	groups_ok(container_policy.user, input.process.user)
+}
+
+# CRI merges in the groups the image's /etc/group gives the user. For root
+# they are many and matter little (root owns what those groups would open),
+# so they are checked for other users only.
+groups_ok(u, _) if u.uid == 0
+
+groups_ok(u, user) if count(groups_beyond(u, user)) == 0
+
+groups_beyond(u, user) := {g | some g in user.additional_gids} - allowed_gids(u)
+
+allowed_gids(u) := {g | some g in object.get(u, "additional_gids", [])} | {u.gid}
+
+user_mismatch(pol, user) := sprintf("user id %d is not the policy's %d", [user.uid, pol.user.uid]) if {
+	user.uid != pol.user.uid
+}
+
+user_mismatch(pol, user) := sprintf("group id %d is not the policy's %d", [user.gid, pol.user.gid]) if {
+	user.uid == pol.user.uid
+	user.gid != pol.user.gid
+}
+
+user_mismatch(pol, user) := msg if {
+	user.uid == pol.user.uid
+	user.gid == pol.user.gid
+	not groups_ok(pol.user, user)
+	msg := sprintf("supplementary groups %s are not among the policy's %s", [q(sort(groups_beyond(pol.user, user))), q(sort(allowed_gids(pol.user)))])
+}
+
+# ---------------------------------------------------------------- capabilities
+
+policy_caps := {c | some c in container_policy.capabilities}
+
+# [set name, capabilities] for each of the process's sets but bounding that
+# holds capabilities outside its bounding set or the policy's.
+process_caps_beyond_bounding := [[name, sort(extra)] |
+	some name in ["effective", "permitted", "inheritable", "ambient"]
+	extra := object.keys(input.process.capabilities[name]) - policy_caps
+	count(extra) > 0
+]
+
+process_caps_beyond_policy := [[name, sort(extra)] |
+	some name in ["bounding", "effective", "permitted", "inheritable", "ambient"]
+	extra := object.keys(input.process.capabilities[name]) - policy_caps
+	count(extra) > 0
+]
+
+caps_mismatch := msg if {
+	bounding := object.keys(input.process.capabilities.bounding)
+	bounding != policy_caps
+	msg := sprintf("bounding capabilities differ from the policy's: added %s, missing %s", [q(sort(bounding - policy_caps)), q(sort(policy_caps - bounding))])
+}
+
+caps_mismatch := msg if {
+	object.keys(input.process.capabilities.bounding) == policy_caps
+	[name, extra] := process_caps_beyond_bounding[0]
+	msg := sprintf("%s capabilities %s are not in the policy's set %s", [name, q(extra), q(sort(policy_caps))])
+}
+
+# ---------------------------------------------------------------- mounts
+
+# The mounts containerd's CRI plugin adds itself, as [destination, type,
+# read-only] (a set, so each of the request's mounts is one lookup). Their
+# sources are virtual file systems or files the agent replaces with copies
+# the host sends (/etc/hosts and the like), so the source does not count.
+# An unprivileged container sees /sys and /sys/fs/cgroup read-only.
+runtime_mounts_unprivileged := {
+	["/proc", "proc", false], ["/proc", "proc", true],
+	["/dev", "tmpfs", false], ["/dev", "tmpfs", true],
+	["/dev/pts", "devpts", false], ["/dev/pts", "devpts", true],
+	["/dev/shm", "tmpfs", false], ["/dev/shm", "tmpfs", true],
+	["/dev/shm", "bind", false], ["/dev/shm", "bind", true],
+	["/dev/mqueue", "mqueue", false], ["/dev/mqueue", "mqueue", true],
+	["/sys", "sysfs", true],
+	["/sys/fs/cgroup", "cgroup", true], ["/sys/fs/cgroup", "cgroup2", true],
+	["/run", "tmpfs", false], ["/run", "tmpfs", true],
+	["/etc/hosts", "bind", false], ["/etc/hosts", "bind", true],
+	["/etc/hostname", "bind", false], ["/etc/hostname", "bind", true],
+	["/etc/resolv.conf", "bind", false], ["/etc/resolv.conf", "bind", true],
+	["/dev/termination-log", "bind", false], ["/dev/termination-log", "bind", true],
+}
+
+runtime_mounts_writable_when_privileged := {["/sys", "sysfs", false], ["/sys/fs/cgroup", "cgroup", false], ["/sys/fs/cgroup", "cgroup2", false]}
+
+runtime_mounts := runtime_mounts_unprivileged | runtime_mounts_writable_when_privileged if {
+	container_policy.privileged == true
+} else := runtime_mounts_unprivileged
+
+# The request's mounts that are neither an acceptable runtime mount nor
+# one the policy allows.
+mounts_unexplained := [m |
+	some m in input.mounts
+	not [m.destination, m.type, m.read_only] in runtime_mounts
+	not policy_mount_ok(m)
+]
+
+policy_mount_ok(m) if {
+	allowed := container_policy.mounts[m.destination]
+	m.type == allowed.type
+	matches(allowed.source_pattern, m.source)
+	flag_ok(not_true(m.read_only), not_true(allowed.read_only))
+}
+
+# not_true(x) is true for false: a writable mount asks for the leave a
+# policy mount gives by not being read-only.
+not_true(false) := true
+
+not_true(true) := false
+
+runtime_mount_types[dest] contains t if some [dest, t, _] in runtime_mounts_unprivileged
+
+mount_mismatch(pol, m) := msg if {
+	not pol.mounts[m.destination]
+	not runtime_mount_types[m.destination]
+	msg := sprintf("mount of %s at %s (%s) is neither a runtime default nor in the policy", [q(m.source), q(m.destination), m.type])
+}
+
+mount_mismatch(pol, m) := msg if {
+	not pol.mounts[m.destination]
+	runtime_mount_types[m.destination][m.type]
+	msg := sprintf("mount at %s is writable; it must be read-only in an unprivileged container", [q(m.destination)])
+}
+
+mount_mismatch(pol, m) := msg if {
+	not pol.mounts[m.destination]
+	types := runtime_mount_types[m.destination]
+	not types[m.type]
+	msg := sprintf("mount at %s has type %s, the runtime's is %s", [q(m.destination), q(m.type), q(sort(types))])
+}
+
+mount_mismatch(pol, m) := msg if {
+	allowed := pol.mounts[m.destination]
+	m.type != allowed.type
+	msg := sprintf("mount at %s has type %s, the policy's is %s", [q(m.destination), q(m.type), q(allowed.type)])
+}
+
+mount_mismatch(pol, m) := msg if {
+	allowed := pol.mounts[m.destination]
+	m.type == allowed.type
+	not matches(allowed.source_pattern, m.source)
+	msg := sprintf("mount at %s has source %s, which does not match the policy's %s", [q(m.destination), q(m.source), q(allowed.source_pattern)])
+}
+
+mount_mismatch(pol, m) := msg if {
+	allowed := pol.mounts[m.destination]
+	m.type == allowed.type
+	matches(allowed.source_pattern, m.source)
+	not policy_mount_ok(m)
+	msg := sprintf("mount at %s is writable, the policy has it read-only", [q(m.destination)])
+}

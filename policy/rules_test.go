@@ -1,0 +1,522 @@
+package policy
+
+import (
+	"context"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"google.golang.org/protobuf/proto"
+
+	agentapi "github.com/contrast-vm/contrast/api/agent"
+)
+
+var (
+	testEngineOnce sync.Once
+	testEngineVal  *Engine
+	testEngineErr  error
+)
+
+// testEngine compiles the policy for testData once for all tests.
+func testEngine(t testing.TB) *Engine {
+	t.Helper()
+	testEngineOnce.Do(func() {
+		m, err := Build(testData())
+		if err != nil {
+			testEngineErr = err
+			return
+		}
+		testEngineVal, testEngineErr = Compile(m)
+	})
+	if testEngineErr != nil {
+		t.Fatal(testEngineErr)
+	}
+	return testEngineVal
+}
+
+func engineFor(t testing.TB, d Data) *Engine {
+	t.Helper()
+	m, err := Build(d)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e, err := Compile(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return e
+}
+
+// known maps the test containers' ids to their names, as the gate would.
+func known(id string) (string, bool) {
+	name, ok := map[string]string{"c-web": "web", "c-api": "api", "c-metrics": "metrics", "c-ghost": "ghost"}[id]
+	return name, ok
+}
+
+func decide(t testing.TB, e *Engine, kind Kind, req proto.Message) Decision {
+	t.Helper()
+	in, err := Input(kind, req, known)
+	if err != nil {
+		t.Fatalf("Input: %v", err)
+	}
+	d, err := e.Decide(context.Background(), kind, in)
+	if err != nil {
+		t.Fatalf("Decide: %v", err)
+	}
+	return d
+}
+
+// checkDecision compares a decision with the wanted one: allowed, or denied
+// by wantRule with a reason containing every wantReason.
+func checkDecision(t *testing.T, d Decision, wantRule string, wantReason ...string) {
+	t.Helper()
+	if wantRule == "" {
+		if !d.Allow {
+			t.Fatalf("denied by %s: %s; want allowed", d.Rule, d.Reason)
+		}
+		return
+	}
+	if d.Allow {
+		t.Fatalf("allowed; want denied by %s", wantRule)
+	}
+	if d.Rule != wantRule {
+		t.Fatalf("denied by %s (%s); want rule %s", d.Rule, d.Reason, wantRule)
+	}
+	for _, w := range wantReason {
+		if !strings.Contains(d.Reason, w) {
+			t.Errorf("reason %q lacks %q", d.Reason, w)
+		}
+	}
+}
+
+func TestCreateContainerRules(t *testing.T) {
+	e := testEngine(t)
+	u32 := func(v uint32) *uint32 { return &v }
+	_ = u32
+	tests := []struct {
+		name       string
+		container  string
+		mutate     func(*specs.Spec)
+		stdio      *agentapi.Stdio
+		wantRule   string // "" for allowed
+		wantReason []string
+	}{
+		{name: "web as CRI writes it", container: "web"},
+		{name: "api as CRI writes it", container: "api"},
+		{name: "metrics as CRI writes it", container: "metrics"},
+		{name: "image without docker.io/library", container: "web", mutate: func(s *specs.Spec) {
+			s.Annotations[AnnotationImageName] = "nginx@sha256:0d17b565c37bcbd895e9d92315a05c1c3c9a29f762b011a10c54a66cd53c9b31"
+		}},
+		{name: "image with tag and digest", container: "web", mutate: func(s *specs.Spec) {
+			s.Annotations[AnnotationImageName] = "nginx:1.27@sha256:0d17b565c37bcbd895e9d92315a05c1c3c9a29f762b011a10c54a66cd53c9b31"
+		}},
+		{name: "image with index.docker.io", container: "web", mutate: func(s *specs.Spec) {
+			s.Annotations[AnnotationImageName] = "index.docker.io/library/nginx@sha256:0d17b565c37bcbd895e9d92315a05c1c3c9a29f762b011a10c54a66cd53c9b31"
+		}},
+		{name: "sandbox type", container: "web", mutate: func(s *specs.Spec) {
+			s.Annotations[AnnotationContainerType] = "sandbox"
+		}, wantRule: "create_container.type", wantReason: []string{`"sandbox"`}},
+		{name: "unknown container", container: "web", mutate: func(s *specs.Spec) {
+			s.Annotations[AnnotationContainerName] = "miner"
+		}, wantRule: "create_container.name", wantReason: []string{`"miner"`, `["api","metrics","web"]`}},
+		{name: "no container name", container: "web", mutate: func(s *specs.Spec) {
+			delete(s.Annotations, AnnotationContainerName)
+		}, wantRule: "create_container.name", wantReason: []string{"names no container"}},
+		{name: "other namespace", container: "web", mutate: func(s *specs.Spec) {
+			s.Annotations[AnnotationSandboxNamespace] = "kube-system"
+		}, wantRule: "create_container.namespace", wantReason: []string{`"kube-system"`, `"shop"`}},
+		{name: "changed image digest", container: "web", mutate: func(s *specs.Spec) {
+			s.Annotations[AnnotationImageName] = "docker.io/library/nginx@sha256:1111111111111111111111111111111111111111111111111111111111111111"
+		}, wantRule: "create_container.image", wantReason: []string{"sha256:1111", "sha256:0d17"}},
+		{name: "image by tag", container: "web", mutate: func(s *specs.Spec) {
+			s.Annotations[AnnotationImageName] = "docker.io/library/nginx:latest"
+		}, wantRule: "create_container.image"},
+		{name: "image from another registry", container: "web", mutate: func(s *specs.Spec) {
+			s.Annotations[AnnotationImageName] = "evil.io/library/nginx@sha256:0d17b565c37bcbd895e9d92315a05c1c3c9a29f762b011a10c54a66cd53c9b31"
+		}, wantRule: "create_container.image"},
+		{name: "changed command", container: "web", mutate: func(s *specs.Spec) {
+			s.Process.Args = []string{"sh", "-c", "evil"}
+		}, wantRule: "create_container.args", wantReason: []string{`command ["sh","-c","evil"] is not the policy's ["/docker-entrypoint.sh","nginx","-g","daemon off;"]`}},
+		{name: "extra argument", container: "web", mutate: func(s *specs.Spec) {
+			s.Process.Args = append(s.Process.Args, "-c", "/tmp/evil.conf")
+		}, wantRule: "create_container.args"},
+		{name: "LD_PRELOAD", container: "web", mutate: func(s *specs.Spec) {
+			s.Process.Env = append(s.Process.Env, "LD_PRELOAD=/tmp/evil.so")
+		}, wantRule: "create_container.env", wantReason: []string{`"LD_PRELOAD=/tmp/evil.so"`}},
+		{name: "changed env value", container: "web", mutate: func(s *specs.Spec) {
+			s.Process.Env[3] = strings.SplitN(s.Process.Env[3], "=", 2)[0] + "=tampered"
+		}, wantRule: "create_container.env", wantReason: []string{"=tampered"}},
+		{name: "env pattern match", container: "web", mutate: func(s *specs.Spec) {
+			s.Process.Env = append(s.Process.Env, "KUBERNETES_PORT_443_TCP_ADDR=10.96.0.1")
+		}},
+		{name: "env pattern is anchored", container: "web", mutate: func(s *specs.Spec) {
+			s.Process.Env = append(s.Process.Env, "XKUBERNETES_PORT=1")
+		}, wantRule: "create_container.env"},
+		{name: "hostname env outside the pattern", container: "web", mutate: func(s *specs.Spec) {
+			s.Process.Env[slices.Index(s.Process.Env, "HOSTNAME="+testHostname)] = "HOSTNAME=other"
+		}, wantRule: "create_container.env"},
+		{name: "env entry dropped", container: "web", mutate: func(s *specs.Spec) {
+			s.Process.Env = slices.DeleteFunc(s.Process.Env, func(e string) bool { return strings.HasPrefix(e, "WEB_SETTING_07=") })
+		}, wantRule: "create_container.env_required", wantReason: []string{"WEB_SETTING_07"}},
+		{name: "cwd", container: "api", mutate: func(s *specs.Spec) {
+			s.Process.Cwd = "/"
+		}, wantRule: "create_container.cwd", wantReason: []string{`"/" is not the policy's "/app"`}},
+		{name: "root user", container: "api", mutate: func(s *specs.Spec) {
+			s.Process.User = specs.User{UID: 0, GID: 0}
+		}, wantRule: "create_container.user", wantReason: []string{"user id 0", "65532"}},
+		{name: "group", container: "api", mutate: func(s *specs.Spec) {
+			s.Process.User.GID = 0
+		}, wantRule: "create_container.user", wantReason: []string{"group id 0"}},
+		{name: "supplementary root group", container: "api", mutate: func(s *specs.Spec) {
+			s.Process.User.AdditionalGids = append(s.Process.User.AdditionalGids, 0)
+		}, wantRule: "create_container.user", wantReason: []string{"[0]"}},
+		{name: "added capability", container: "api", mutate: func(s *specs.Spec) {
+			s.Process.Capabilities.Bounding = append(s.Process.Capabilities.Bounding, "CAP_SYS_ADMIN")
+		}, wantRule: "create_container.capabilities", wantReason: []string{`added ["CAP_SYS_ADMIN"]`}},
+		{name: "dropped capability", container: "web", mutate: func(s *specs.Spec) {
+			s.Process.Capabilities.Bounding = s.Process.Capabilities.Bounding[1:]
+			s.Process.Capabilities.Effective = s.Process.Capabilities.Effective[1:]
+			s.Process.Capabilities.Permitted = s.Process.Capabilities.Permitted[1:]
+		}, wantRule: "create_container.capabilities", wantReason: []string{`missing ["CAP_CHOWN"]`}},
+		{name: "ambient capability", container: "api", mutate: func(s *specs.Spec) {
+			s.Process.Capabilities.Ambient = []string{"CAP_NET_ADMIN"}
+		}, wantRule: "create_container.capabilities", wantReason: []string{"ambient"}},
+		{name: "fewer effective capabilities", container: "web", mutate: func(s *specs.Spec) {
+			s.Process.Capabilities.Effective = nil
+			s.Process.Capabilities.Inheritable = []string{"CAP_KILL"}
+		}},
+		{name: "privileged", container: "web", mutate: privileged, wantRule: "create_container.capabilities",
+			wantReason: []string{"CAP_SYS_ADMIN", "also failed: create_container.mounts", "create_container.masked_paths", "create_container.devices"}},
+		{name: "new privileges", container: "web", mutate: func(s *specs.Spec) {
+			s.Process.NoNewPrivileges = false
+		}, wantRule: "create_container.no_new_privileges"},
+		{name: "writable root", container: "api", mutate: func(s *specs.Spec) {
+			s.Root.Readonly = false
+		}, wantRule: "create_container.read_only_root"},
+		{name: "host mount", container: "web", mutate: func(s *specs.Spec) {
+			s.Mounts = append(s.Mounts, specs.Mount{Destination: "/host", Type: "bind", Source: "/", Options: []string{"rbind", "rw"}})
+		}, wantRule: "create_container.mounts", wantReason: []string{`mount of "/" at "/host" (bind) is neither a runtime default nor in the policy`}},
+		{name: "host mount over a volume", container: "web", mutate: func(s *specs.Spec) {
+			s.Mounts[slices.IndexFunc(s.Mounts, func(m specs.Mount) bool { return m.Destination == "/var/cache/nginx" })].Source = "/etc"
+		}, wantRule: "create_container.mounts", wantReason: []string{`source "/etc"`}},
+		{name: "read-only volume made writable", container: "web", mutate: func(s *specs.Spec) {
+			i := slices.IndexFunc(s.Mounts, func(m specs.Mount) bool { return m.Destination == "/etc/nginx/conf.d" })
+			s.Mounts[i].Options = []string{"rbind", "rprivate", "rw"}
+		}, wantRule: "create_container.mounts", wantReason: []string{"writable"}},
+		{name: "ro then rw", container: "web", mutate: func(s *specs.Spec) {
+			i := slices.IndexFunc(s.Mounts, func(m specs.Mount) bool { return m.Destination == "/etc/nginx/conf.d" })
+			s.Mounts[i].Options = []string{"rbind", "ro", "rw"}
+		}, wantRule: "create_container.mounts"},
+		{name: "volume through an unclean destination", container: "web", mutate: func(s *specs.Spec) {
+			i := slices.IndexFunc(s.Mounts, func(m specs.Mount) bool { return m.Destination == "/etc/nginx/conf.d" })
+			s.Mounts[i].Destination = "/etc/nginx/../nginx/conf.d/"
+		}},
+		{name: "tmpfs volume typed otherwise", container: "web", mutate: func(s *specs.Spec) {
+			i := slices.IndexFunc(s.Mounts, func(m specs.Mount) bool { return m.Destination == "/var/cache/nginx" })
+			s.Mounts[i] = specs.Mount{Destination: "/var/cache/nginx", Type: "tmpfs", Source: "tmpfs"}
+		}, wantRule: "create_container.mounts", wantReason: []string{`type "tmpfs"`}},
+		{name: "writable sysfs", container: "web", mutate: func(s *specs.Spec) {
+			s.Mounts[4].Options = []string{"nosuid", "noexec", "nodev", "rw"}
+		}, wantRule: "create_container.mounts", wantReason: []string{`"/sys"`, "read-only"}},
+		{name: "proc replaced by a bind", container: "web", mutate: func(s *specs.Spec) {
+			s.Mounts[0] = specs.Mount{Destination: "/proc", Type: "bind", Source: "/proc", Options: []string{"rbind"}}
+		}, wantRule: "create_container.mounts", wantReason: []string{`"/proc"`, `type "bind"`}},
+		{name: "shm as tmpfs", container: "web", mutate: func(s *specs.Spec) {
+			i := slices.IndexFunc(s.Mounts, func(m specs.Mount) bool { return m.Destination == "/dev/shm" })
+			s.Mounts[i] = specs.Mount{Destination: "/dev/shm", Type: "tmpfs", Source: "shm"}
+		}},
+		{name: "no pid namespace", container: "web", mutate: func(s *specs.Spec) {
+			s.Linux.Namespaces = slices.DeleteFunc(s.Linux.Namespaces, func(n specs.LinuxNamespace) bool { return n.Type == specs.PIDNamespace })
+		}, wantRule: "create_container.namespaces", wantReason: []string{"no pid namespace"}},
+		{name: "no ipc namespace", container: "web", mutate: func(s *specs.Spec) {
+			s.Linux.Namespaces = slices.DeleteFunc(s.Linux.Namespaces, func(n specs.LinuxNamespace) bool { return n.Type == specs.IPCNamespace })
+		}, wantRule: "create_container.namespaces", wantReason: []string{"no ipc namespace"}},
+		{name: "no mount namespace", container: "web", mutate: func(s *specs.Spec) {
+			s.Linux.Namespaces = slices.DeleteFunc(s.Linux.Namespaces, func(n specs.LinuxNamespace) bool { return n.Type == specs.MountNamespace })
+		}, wantRule: "create_container.namespaces", wantReason: []string{"no mount namespace"}},
+		{name: "kcore unmasked", container: "web", mutate: func(s *specs.Spec) {
+			s.Linux.MaskedPaths = slices.DeleteFunc(s.Linux.MaskedPaths, func(p string) bool { return p == "/proc/kcore" })
+		}, wantRule: "create_container.masked_paths", wantReason: []string{`["/proc/kcore"]`}},
+		{name: "proc/sys writable", container: "web", mutate: func(s *specs.Spec) {
+			s.Linux.ReadonlyPaths = nil
+		}, wantRule: "create_container.readonly_paths", wantReason: []string{"/proc/sys"}},
+		{name: "device", container: "web", mutate: func(s *specs.Spec) {
+			s.Linux.Devices = []specs.LinuxDevice{{Path: "/dev/kvm", Type: "c", Major: 10, Minor: 232}}
+		}, wantRule: "create_container.devices", wantReason: []string{`"/dev/kvm"`}},
+		{name: "device cgroup allows all", container: "web", mutate: func(s *specs.Spec) {
+			s.Linux.Resources.Devices = []specs.LinuxDeviceCgroup{{Allow: true, Access: "rwm"}}
+		}, wantRule: "create_container.devices"},
+		{name: "sysctl not in the pod", container: "web", mutate: func(s *specs.Spec) {
+			s.Linux.Sysctl["net.ipv4.ip_forward"] = "1"
+		}, wantRule: "create_container.sysctls", wantReason: []string{"net.ipv4.ip_forward"}},
+		{name: "sysctl changed", container: "web", mutate: func(s *specs.Spec) {
+			s.Linux.Sysctl["net.ipv4.ip_unprivileged_port_start"] = "1024"
+		}, wantRule: "create_container.sysctls"},
+		{name: "no sysctls", container: "web", mutate: func(s *specs.Spec) {
+			s.Linux.Sysctl = nil
+		}},
+		{name: "stdin", container: "web", stdio: &agentapi.Stdio{Stdin: true, Stdout: true, Stderr: true},
+			wantRule: "create_container.stdio", wantReason: []string{"stdin"}},
+		{name: "terminal", container: "web", stdio: &agentapi.Stdio{Stdout: true, Terminal: true},
+			wantRule: "create_container.stdio", wantReason: []string{"terminal"}},
+		{name: "terminal in the process", container: "web", mutate: func(s *specs.Spec) {
+			s.Process.Terminal = true
+		}, wantRule: "create_container.stdio", wantReason: []string{"terminal"}},
+		{name: "no stdio", container: "web", stdio: &agentapi.Stdio{}},
+		{name: "hooks, hostname and labels are the agent's to drop", container: "web", mutate: func(s *specs.Spec) {
+			s.Hooks = &specs.Hooks{CreateRuntime: []specs.Hook{{Path: "/usr/bin/nvidia-hook"}}}
+			s.Hostname = "web"
+			s.Process.ApparmorProfile = "cri-containerd.apparmor.d"
+		}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			spec := criSpec(testContainerNamed(t, tt.container))
+			if tt.mutate != nil {
+				tt.mutate(spec)
+			}
+			d := decide(t, e, CreateContainer, createRequest(t, "c-new", spec, tt.stdio))
+			checkDecision(t, d, tt.wantRule, tt.wantReason...)
+		})
+	}
+}
+
+// privileged turns a spec into what CRI writes for privileged: true.
+func privileged(s *specs.Spec) {
+	all := []string{"CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_SYS_ADMIN", "CAP_SYS_MODULE", "CAP_NET_ADMIN", "CAP_SYS_PTRACE"}
+	s.Process.Capabilities = &specs.LinuxCapabilities{Bounding: all, Effective: all, Permitted: all}
+	s.Linux.MaskedPaths, s.Linux.ReadonlyPaths = nil, nil
+	s.Linux.Devices = []specs.LinuxDevice{{Path: "/dev/sda", Type: "b", Major: 8}}
+	s.Linux.Resources.Devices = []specs.LinuxDeviceCgroup{{Allow: true, Access: "rwm"}}
+	for i := range s.Mounts {
+		if s.Mounts[i].Destination == "/sys" || s.Mounts[i].Destination == "/sys/fs/cgroup" {
+			s.Mounts[i].Options = []string{"nosuid", "noexec", "nodev", "rw"}
+		}
+	}
+}
+
+func TestCreateContainerPolicyVariants(t *testing.T) {
+	web := testContainerNamed(t, "web")
+	tests := []struct {
+		name     string
+		data     func(*Data)
+		mutate   func(*specs.Spec)
+		stdio    *agentapi.Stdio
+		wantRule string
+	}{
+		{name: "privileged container may be privileged", data: func(d *Data) {
+			c := d.Containers["web"]
+			c.Privileged = true
+			c.Capabilities = []string{"CAP_CHOWN"}
+			d.Containers["web"] = c
+		}, mutate: privileged},
+		{name: "host PID pod without pid namespace", data: func(d *Data) { d.Pod.HostPID = true }, mutate: func(s *specs.Spec) {
+			s.Linux.Namespaces = slices.DeleteFunc(s.Linux.Namespaces, func(n specs.LinuxNamespace) bool { return n.Type == specs.PIDNamespace })
+		}},
+		{name: "host IPC pod without ipc namespace", data: func(d *Data) { d.Pod.HostIPC = true }, mutate: func(s *specs.Spec) {
+			s.Linux.Namespaces = slices.DeleteFunc(s.Linux.Namespaces, func(n specs.LinuxNamespace) bool { return n.Type == specs.IPCNamespace })
+		}},
+		{name: "any namespace", data: func(d *Data) { d.Pod.Namespace = "" }, mutate: func(s *specs.Spec) {
+			s.Annotations[AnnotationSandboxNamespace] = "elsewhere"
+		}},
+		{name: "unpinned user", data: func(d *Data) {
+			c := d.Containers["web"]
+			c.User = nil
+			d.Containers["web"] = c
+		}, mutate: func(s *specs.Spec) { s.Process.User = specs.User{UID: 0, GID: 0} }},
+		{name: "root's groups are not checked", data: func(d *Data) {
+			c := d.Containers["web"]
+			c.User = &User{}
+			d.Containers["web"] = c
+		}, mutate: func(s *specs.Spec) {
+			s.Process.User = specs.User{AdditionalGids: []uint32{0, 1, 2, 3, 4, 6, 10, 11, 20, 26, 27}}
+		}},
+		{name: "listed supplementary groups", data: func(d *Data) {
+			c := d.Containers["web"]
+			c.User.AdditionalGIDs = []uint32{2000}
+			d.Containers["web"] = c
+		}, mutate: func(s *specs.Spec) { s.Process.User.AdditionalGids = []uint32{101, 2000} }},
+		{name: "unmasked proc allowed", data: func(d *Data) {
+			c := d.Containers["web"]
+			c.ProcMountUnmasked = true
+			d.Containers["web"] = c
+		}, mutate: func(s *specs.Spec) { s.Linux.MaskedPaths, s.Linux.ReadonlyPaths = nil, nil }},
+		{name: "seccomp required and present", data: withSeccomp, mutate: func(s *specs.Spec) {
+			s.Linux.Seccomp = &specs.LinuxSeccomp{DefaultAction: specs.ActErrno}
+		}},
+		{name: "seccomp required and dropped", data: withSeccomp, wantRule: "create_container.seccomp"},
+		{name: "seccomp required, allow-all filter", data: withSeccomp, mutate: func(s *specs.Spec) {
+			s.Linux.Seccomp = &specs.LinuxSeccomp{DefaultAction: specs.ActAllow}
+		}, wantRule: "create_container.seccomp"},
+		{name: "stdin and terminal allowed", data: func(d *Data) {
+			c := d.Containers["web"]
+			c.Stdin, c.Terminal = true, true
+			d.Containers["web"] = c
+		}, stdio: &agentapi.Stdio{Stdin: true, Stdout: true, Terminal: true}},
+		{name: "no logs", data: func(d *Data) {
+			c := d.Containers["web"]
+			c.Logs = false
+			d.Containers["web"] = c
+		}, wantRule: "create_container.stdio"},
+		{name: "null env and mounts deny", data: func(d *Data) {
+			c := d.Containers["web"]
+			c.Env, c.Mounts, c.EnvPatterns = nil, nil, nil
+			d.Containers["web"] = c
+		}, wantRule: "create_container.env"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			d := testData()
+			tt.data(&d)
+			e := engineFor(t, d)
+			spec := criSpec(web)
+			if tt.mutate != nil {
+				tt.mutate(spec)
+			}
+			checkDecision(t, decide(t, e, CreateContainer, createRequest(t, "c-new", spec, tt.stdio)), tt.wantRule)
+		})
+	}
+}
+
+func withSeccomp(d *Data) {
+	c := d.Containers["web"]
+	c.Seccomp = true
+	d.Containers["web"] = c
+}
+
+func TestCreateSandboxRules(t *testing.T) {
+	e := testEngine(t)
+	tests := []struct {
+		hostname, wantRule string
+	}{
+		{"web-7d9f8", ""},
+		{"web-abcde", ""},
+		{"web-7d9f8x", "create_sandbox.hostname"},
+		{"xweb-7d9f8", "create_sandbox.hostname"},
+		{"", "create_sandbox.hostname"},
+		{"node-1", "create_sandbox.hostname"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.hostname, func(t *testing.T) {
+			d := decide(t, e, CreateSandbox, &agentapi.CreateSandboxRequest{SandboxId: testSandboxID, Hostname: tt.hostname})
+			checkDecision(t, d, tt.wantRule)
+		})
+	}
+}
+
+func TestExecProcessRules(t *testing.T) {
+	e := testEngine(t)
+	web, api := testContainerNamed(t, "web"), testContainerNamed(t, "api")
+	tests := []struct {
+		name       string
+		container  string // id
+		process    *specs.Process
+		stdio      *agentapi.Stdio
+		wantRule   string
+		wantReason []string
+	}{
+		{name: "probe", container: "c-web", process: execProcess(web, "curl", "-fsS", "http://localhost:8080/healthz"),
+			stdio: &agentapi.Stdio{Stdout: true, Stderr: true}},
+		{name: "second command", container: "c-web", process: execProcess(web, "/usr/sbin/nginx", "-s", "quit")},
+		{name: "api probe", container: "c-api", process: execProcess(api, "/app/api", "healthcheck")},
+		{name: "command not listed", container: "c-web", process: execProcess(web, "sh"),
+			wantRule: "exec_process.args", wantReason: []string{`["sh"]`, `"web"`}},
+		{name: "other container's command", container: "c-web", process: execProcess(web, "/app/api", "healthcheck"),
+			wantRule: "exec_process.args"},
+		{name: "unknown container id", container: "c-nope", process: execProcess(web, "curl", "-fsS", "http://localhost:8080/healthz"),
+			wantRule: "exec_process.container", wantReason: []string{`"c-nope" was not created under the policy`}},
+		{name: "known id, name not in the policy", container: "c-ghost", process: execProcess(web, "curl"),
+			wantRule: "exec_process.container", wantReason: []string{`"ghost"`}},
+		{name: "LD_PRELOAD", container: "c-web", process: func() *specs.Process {
+			p := execProcess(web, "curl", "-fsS", "http://localhost:8080/healthz")
+			p.Env = append(p.Env, "LD_PRELOAD=/tmp/x.so")
+			return p
+		}(), wantRule: "exec_process.env", wantReason: []string{"LD_PRELOAD"}},
+		{name: "env dropped", container: "c-web", process: func() *specs.Process {
+			p := execProcess(web, "curl", "-fsS", "http://localhost:8080/healthz")
+			p.Env = p.Env[:5]
+			return p
+		}(), wantRule: "exec_process.env_required"},
+		{name: "as root", container: "c-web", process: func() *specs.Process {
+			p := execProcess(web, "curl", "-fsS", "http://localhost:8080/healthz")
+			p.User = specs.User{}
+			return p
+		}(), wantRule: "exec_process.user"},
+		{name: "more capabilities", container: "c-api", process: func() *specs.Process {
+			p := execProcess(api, "/app/api", "healthcheck")
+			p.Capabilities.Effective = append(p.Capabilities.Effective, "CAP_SYS_ADMIN")
+			return p
+		}(), wantRule: "exec_process.capabilities", wantReason: []string{`effective capabilities ["CAP_SYS_ADMIN"]`}},
+		{name: "fewer capabilities", container: "c-web", process: func() *specs.Process {
+			p := execProcess(web, "curl", "-fsS", "http://localhost:8080/healthz")
+			p.Capabilities = nil
+			return p
+		}()},
+		{name: "new privileges", container: "c-web", process: func() *specs.Process {
+			p := execProcess(web, "curl", "-fsS", "http://localhost:8080/healthz")
+			p.NoNewPrivileges = false
+			return p
+		}(), wantRule: "exec_process.no_new_privileges"},
+		{name: "stdin", container: "c-web", process: execProcess(web, "curl", "-fsS", "http://localhost:8080/healthz"),
+			stdio: &agentapi.Stdio{Stdin: true, Stdout: true}, wantRule: "exec_process.stdin"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			req := &agentapi.ExecProcessRequest{ContainerId: tt.container, ExecId: "exec-1", Process: mustJSON(t, tt.process), Stdio: tt.stdio}
+			checkDecision(t, decide(t, e, ExecProcess, req), tt.wantRule, tt.wantReason...)
+		})
+	}
+}
+
+// idRequest is a request of kind for container id.
+func idRequest(kind Kind, id string) proto.Message {
+	switch kind {
+	case StartContainer, ListProcesses, PauseContainer, ResumeContainer, StatsContainer:
+		return &agentapi.ContainerRequest{ContainerId: id}
+	case WaitProcess, CloseStdin:
+		return &agentapi.ProcessRequest{ContainerId: id, ExecId: "exec-1"}
+	case SignalProcess:
+		return &agentapi.SignalProcessRequest{ContainerId: id, Signal: 15}
+	case RemoveContainer:
+		return &agentapi.RemoveContainerRequest{ContainerId: id}
+	case ResizePty:
+		return &agentapi.ResizePtyRequest{ContainerId: id, Width: 80, Height: 24}
+	case UpdateContainer:
+		return &agentapi.UpdateContainerRequest{ContainerId: id, Resources: []byte(`{"cpu":{"shares":512}}`)}
+	case WaitOOM:
+		return &agentapi.Empty{}
+	}
+	return nil
+}
+
+var idKinds = []Kind{
+	StartContainer, SignalProcess, WaitProcess, CloseStdin, ListProcesses, RemoveContainer,
+	ResizePty, PauseContainer, ResumeContainer, UpdateContainer, StatsContainer, WaitOOM,
+}
+
+func TestIDRequestRules(t *testing.T) {
+	allowing := testEngine(t)
+	d := testData()
+	d.Requests = map[Kind]bool{PauseContainer: false}
+	denying := engineFor(t, d)
+	for _, kind := range idKinds {
+		prefix := map[Kind]string{
+			StartContainer: "start_container", SignalProcess: "signal_process", WaitProcess: "wait_process",
+			CloseStdin: "close_stdin", ListProcesses: "list_processes", RemoveContainer: "remove_container",
+			ResizePty: "resize_pty", PauseContainer: "pause_container", ResumeContainer: "resume_container",
+			UpdateContainer: "update_container", StatsContainer: "stats_container", WaitOOM: "wait_oom",
+		}[kind]
+		t.Run(string(kind), func(t *testing.T) {
+			checkDecision(t, decide(t, allowing, kind, idRequest(kind, "c-api")), "")
+			checkDecision(t, decide(t, denying, kind, idRequest(kind, "c-api")), prefix+".request", string(kind))
+			if kind == WaitOOM {
+				return
+			}
+			checkDecision(t, decide(t, allowing, kind, idRequest(kind, "c-unknown")), prefix+".container", `"c-unknown"`)
+			checkDecision(t, decide(t, allowing, kind, idRequest(kind, "c-ghost")), prefix+".container", `"ghost"`)
+			checkDecision(t, decide(t, denying, kind, idRequest(kind, "c-unknown")), prefix+".request", "also failed: "+prefix+".container")
+		})
+	}
+}
