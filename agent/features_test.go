@@ -415,7 +415,7 @@ func TestUpdateAndStats(t *testing.T) {
 		{"malformed", func() error {
 			_, err := h.client.UpdateContainer(ctx, &api.UpdateContainerRequest{ContainerId: "u1", Resources: []byte(`{"memory":{"limit":"lots"}}`)})
 			return err
-		}, codes.InvalidArgument, []string{"update container u1", "parse resources"}},
+		}, codes.InvalidArgument, []string{"UpdateContainer u1", "resources", "cannot unmarshal"}}, // the policy reads resources first
 		{"empty", func() error {
 			_, err := h.client.UpdateContainer(ctx, &api.UpdateContainerRequest{ContainerId: "u1"})
 			return err

@@ -10,8 +10,6 @@ import (
 	"github.com/containerd/log"
 	"github.com/containerd/ttrpc"
 	api "github.com/contrast-vm/contrast/api/agent"
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 )
 
 // Serve serves the Agent service on agentL and stdio connections on stdioL
@@ -57,23 +55,17 @@ func (s *Service) Serve(ctx context.Context, agentL, stdioL net.Listener) error 
 	return result
 }
 
-// intercept checks every request with Config.Authorize once it is decoded
-// and before the service sees it, and logs every call at debug level and
+// intercept puts every request, once it is decoded and before the service
+// sees it, through the policy gate, and logs every call at debug level and
 // every failure as a warning, so the VM's console log tells what the host
 // asked and what went wrong.
 func (s *Service) intercept(ctx context.Context, unmarshal ttrpc.Unmarshaler, info *ttrpc.UnaryServerInfo, method ttrpc.Method) (any, error) {
 	start := time.Now()
-	checked := unmarshal
-	if s.cfg.Authorize != nil {
-		checked = func(req any) error {
-			if err := unmarshal(req); err != nil {
-				return err
-			}
-			if err := s.cfg.Authorize(ctx, info.FullMethod, req); err != nil {
-				return status.Errorf(codes.PermissionDenied, "%s denied: %v", info.FullMethod, err)
-			}
-			return nil
+	checked := func(req any) error {
+		if err := unmarshal(req); err != nil {
+			return err
 		}
+		return s.policy.authorize(ctx, info.FullMethod, req)
 	}
 	resp, err := method(ctx, checked)
 	lg := log.G(ctx).WithField("method", info.FullMethod).WithField("duration", time.Since(start).Round(time.Microsecond))

@@ -19,6 +19,7 @@ import (
 	"github.com/contrast-vm/contrast/agent/runc"
 	"github.com/contrast-vm/contrast/agent/stdio"
 	"github.com/contrast-vm/contrast/agent/storage"
+	"github.com/contrast-vm/contrast/agent/tee"
 	api "github.com/contrast-vm/contrast/api/agent"
 	"golang.org/x/sys/unix"
 	"google.golang.org/grpc/codes"
@@ -46,12 +47,10 @@ type Config struct {
 	StdinGrace time.Duration
 	// SetHostname sets the VM's hostname; nil leaves it alone (tests).
 	SetHostname func(string) error
-	// Authorize, if set, sees every decoded request (method is the full
-	// ttrpc method name, e.g. "/contrast.agent.v1.Agent/CreateContainer")
-	// before the service acts on it; an error refuses the request with
-	// PermissionDenied. This is where a policy is enforced.
-	Authorize func(ctx context.Context, method string, req any) error
-	Reaper    *reaper.Reaper
+	// TEE vouches for the HOSTDATA a policy must match; nil is a
+	// development VM, where the policy is enforced but nothing is attested.
+	TEE    tee.TEE
+	Reaper *reaper.Reaper
 }
 
 // DefaultConfig is the configuration inside the VM.
@@ -73,10 +72,11 @@ func DefaultConfig(r *reaper.Reaper) Config {
 
 // Service implements api.AgentService.
 type Service struct {
-	cfg  Config
-	runc *runc.Runc
-	hub  *stdio.Hub
-	oom  *oomEvents
+	cfg    Config
+	runc   *runc.Runc
+	hub    *stdio.Hub
+	oom    *oomEvents
+	policy *policyGate
 
 	mu         sync.Mutex
 	sandboxID  string
@@ -108,6 +108,7 @@ func NewService(cfg Config) (*Service, error) {
 		runc:       &runc.Runc{Binary: cfg.RuncBinary, Root: cfg.RuncRoot, NoPivot: cfg.RuncNoPivot, Reaper: cfg.Reaper},
 		hub:        stdio.NewHub(),
 		oom:        newOOMEvents(),
+		policy:     newPolicyGate(cfg.TEE),
 		containers: map[string]*container{},
 	}, nil
 }
@@ -624,9 +625,4 @@ func (s *Service) RemoveContainer(ctx context.Context, req *api.RemoveContainerR
 	s.mu.Unlock()
 	log.G(ctx).WithField("container", c.id).Info("container removed")
 	return &api.Empty{}, nil
-}
-
-// SetPolicy is not served yet: the policy gate replaces this.
-func (s *Service) SetPolicy(ctx context.Context, req *api.SetPolicyRequest) (*api.SetPolicyResponse, error) {
-	return nil, status.Error(codes.Unimplemented, "SetPolicy: this agent has no policy gate")
 }

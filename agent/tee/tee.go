@@ -13,6 +13,10 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
+	"strings"
+
+	"golang.org/x/sys/unix"
 )
 
 // TEE is a trusted execution environment the guest can ask for launch data
@@ -42,36 +46,60 @@ const (
 )
 
 // Detect finds the TEE the guest runs in: SEV-SNP hardware if the kernel
-// offers it (configfs-tsm or /dev/sev-guest), else the simulated device if
-// it is compiled in and the launch configured it, else none (nil, nil): a
-// development VM where nothing is attested.
+// offers it (a configfs-tsm report provider "sev_guest", or
+// /dev/sev-guest), else the simulated device if it is compiled in and the
+// launch configured it, else none (nil, nil): a development VM where
+// nothing is attested. Another configfs-tsm provider (a TEE this agent does
+// not support) is an error, not "none".
 func Detect(ctx context.Context) (TEE, error) {
-	found, err := snpInterfaces(tsmReportDir, sevGuestDev)
+	provider, err := tsmProvider(tsmReportDir)
 	if err != nil {
 		return nil, err
 	}
-	if len(found) > 0 {
+	var via string
+	switch provider {
+	case "sev_guest":
+		via = "configfs-tsm provider sev_guest"
+	case "":
+		if _, err := os.Stat(sevGuestDev); err == nil {
+			via = sevGuestDev
+		} else if !errors.Is(err, os.ErrNotExist) {
+			return nil, fmt.Errorf("look for the SEV-SNP guest device: %w", err)
+		}
+	default:
+		return nil, fmt.Errorf("the guest's TEE is configfs-tsm provider %q, which this agent does not support (only sev_guest)", provider)
+	}
+	if via != "" {
 		snp, err := openSNP(ctx)
 		if err != nil {
-			return nil, fmt.Errorf("SEV-SNP guest interface %v present: %w", found, err)
+			return nil, fmt.Errorf("SEV-SNP guest interface (%s): %w", via, err)
 		}
 		return snp, nil
 	}
 	return detectSimulated(ctx)
 }
 
-// snpInterfaces lists which of the kernel's TEE interfaces exist.
-func snpInterfaces(paths ...string) ([]string, error) {
-	var found []string
-	for _, p := range paths {
-		_, err := os.Stat(p)
-		switch {
-		case err == nil:
-			found = append(found, p)
-		case errors.Is(err, os.ErrNotExist):
-		default:
-			return nil, fmt.Errorf("look for the SEV-SNP guest interface: %w", err)
-		}
+// tsmProvider names the configfs-tsm report provider ("sev_guest",
+// "tdx_guest"), or "" if configfs-tsm is absent (not built in, configfs not
+// mounted) or no TEE driver registered with it. The kernel shows the
+// provider only in a report entry, so one is made and removed.
+func tsmProvider(reportDir string) (string, error) {
+	if _, err := os.Stat(reportDir); errors.Is(err, os.ErrNotExist) {
+		return "", nil
 	}
-	return found, nil
+	entry, err := os.MkdirTemp(reportDir, "contrast-probe-")
+	if errors.Is(err, unix.ENXIO) {
+		return "", nil // configfs-tsm without a provider: not a TEE guest
+	}
+	if err != nil {
+		return "", fmt.Errorf("probe configfs-tsm: %w", err)
+	}
+	name, readErr := os.ReadFile(filepath.Join(entry, "provider"))
+	if err := os.Remove(entry); err != nil {
+		return "", fmt.Errorf("probe configfs-tsm: %w", err)
+	}
+	if readErr != nil {
+		return "", fmt.Errorf("probe configfs-tsm: %w", readErr)
+	}
+	return strings.TrimSpace(string(name)), nil
 }

@@ -3,6 +3,7 @@ package tee
 import (
 	"context"
 	"encoding/hex"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"runtime"
@@ -60,12 +61,29 @@ func TestHostDataOf(t *testing.T) {
 	}
 }
 
+func TestTSMProvider(t *testing.T) {
+	if p, err := tsmProvider(filepath.Join(t.TempDir(), "absent")); p != "" || err != nil {
+		t.Errorf("no configfs-tsm: %q, %v; want none", p, err)
+	}
+	// A directory that is not configfs: the entry lacks the provider file,
+	// and the probe removes the entry it made.
+	dir := t.TempDir()
+	if p, err := tsmProvider(dir); err == nil || !strings.Contains(err.Error(), "provider") {
+		t.Errorf("entry without a provider: %q, %v; want an error naming the provider file", p, err)
+	}
+	if left, _ := os.ReadDir(dir); len(left) > 0 {
+		t.Errorf("probe entry left behind: %v", left)
+	}
+}
+
 // TestDetectWithoutSNP runs where the host has no SEV-SNP guest interface
 // (every machine of this project): Detect finds no TEE, with or without
 // the simulated device compiled in, since nothing configured it.
 func TestDetectWithoutSNP(t *testing.T) {
-	if found, _ := snpInterfaces(tsmReportDir, sevGuestDev); len(found) > 0 {
-		t.Skipf("this machine has an SEV-SNP guest interface (%v)", found)
+	for _, p := range []string{tsmReportDir, sevGuestDev} {
+		if _, err := os.Stat(p); err == nil {
+			t.Skipf("this machine has a TEE guest interface (%s)", p)
+		}
 	}
 	got, err := Detect(context.Background())
 	if err != nil || got != nil {

@@ -21,6 +21,7 @@ import (
 	"github.com/contrast-vm/contrast/agent"
 	"github.com/contrast-vm/contrast/agent/guestinit"
 	"github.com/contrast-vm/contrast/agent/reaper"
+	"github.com/contrast-vm/contrast/agent/tee"
 	api "github.com/contrast-vm/contrast/api/agent"
 	"github.com/mdlayher/vsock"
 	"github.com/sirupsen/logrus"
@@ -81,6 +82,9 @@ func runInit() error {
 	cfg := agent.DefaultConfig(reaper.Start(ctx))
 	cfg.Version = version
 	cfg.SetHostname = guestinit.SetHostname
+	if cfg.TEE, err = detectTEE(ctx); err != nil {
+		return err
+	}
 	svc, err := agent.NewService(cfg)
 	if err != nil {
 		return err
@@ -93,6 +97,24 @@ func runInit() error {
 		return err
 	}
 	return errors.New("agent stopped serving")
+}
+
+// detectTEE finds the TEE whose HOSTDATA binds the pod policy and logs it.
+func detectTEE(ctx context.Context) (tee.TEE, error) {
+	t, err := tee.Detect(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("detect the TEE: %w", err)
+	}
+	if t == nil {
+		log.G(ctx).Warn("TEE: none: development VM, nothing is attested")
+		return nil, nil
+	}
+	if t.Name() == tee.NameSNPSimulated {
+		log.G(ctx).Warnf("TEE: %s: a test image; HOSTDATA comes from the host's fw_cfg and reports are signed with test keys, so nothing is attested", t.Name())
+	} else {
+		log.G(ctx).Infof("TEE: %s", t.Name())
+	}
+	return t, nil
 }
 
 func listenVsock() (agentL, stdioL net.Listener, err error) {
@@ -144,6 +166,9 @@ func runProcess() error {
 	cfg.RunDir, cfg.RuncBinary, cfg.RuncRoot, cfg.CgroupParent = *runDir, *runcBin, *runcRoot, *cgroupParent
 	if !*setHostname {
 		cfg.SetHostname = nil
+	}
+	if cfg.TEE, err = detectTEE(ctx); err != nil {
+		return err
 	}
 	svc, err := agent.NewService(cfg)
 	if err != nil {

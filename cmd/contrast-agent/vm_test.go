@@ -23,8 +23,11 @@ import (
 	api "github.com/contrast-vm/contrast/api/agent"
 	"github.com/contrast-vm/contrast/hypervisor"
 	"github.com/contrast-vm/contrast/hypervisor/qemu"
+	"github.com/contrast-vm/contrast/policy"
 	"github.com/contrast-vm/contrast/vmimage"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/anypb"
 )
 
@@ -102,6 +105,18 @@ func TestAgentInVM(t *testing.T) {
 	t.Logf("agent %s on kernel %s ready %v after start", health.Version, health.KernelRelease, time.Since(start).Round(time.Millisecond))
 	if health.Version != "vm-test" || !strings.HasSuffix(health.KernelRelease, "-contrast") {
 		t.Errorf("health %+v", health)
+	}
+	if _, err := client.CreateSandbox(ctx, &api.CreateSandboxRequest{SandboxId: "pod1"}); status.Code(err) != codes.PermissionDenied {
+		t.Errorf("CreateSandbox before a policy: %v, want PermissionDenied", err)
+	}
+	// The VM has no TEE (no SNP, no simulated device in this build): the
+	// policy is enforced, nothing is attested.
+	pol, err := client.SetPolicy(ctx, &api.SetPolicyRequest{Policy: policy.AllowAll()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if pol.Tee != "none" || pol.Attested || pol.PolicyHash != policy.HashHex(policy.AllowAll()) {
+		t.Errorf("SetPolicy = %+v", pol)
 	}
 	if _, err := client.CreateSandbox(ctx, &api.CreateSandboxRequest{SandboxId: "pod1", Hostname: "agent-vm-test"}); err != nil {
 		t.Fatal(err)

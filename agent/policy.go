@@ -1,0 +1,130 @@
+package agent
+
+import (
+	"context"
+	"encoding/hex"
+	"errors"
+	"path"
+	"sync"
+	"sync/atomic"
+
+	"github.com/containerd/log"
+	"github.com/contrast-vm/contrast/agent/tee"
+	api "github.com/contrast-vm/contrast/api/agent"
+	"github.com/contrast-vm/contrast/policy"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+)
+
+// The requests the policy does not decide: Health answers before there is a
+// policy, and SetPolicy is bound to HOSTDATA instead.
+const (
+	healthMethod    = "/contrast.agent.v1.Agent/Health"
+	setPolicyMethod = "/contrast.agent.v1.Agent/SetPolicy"
+)
+
+// unreadableRule is the policy.Denial rule of a request the policy could
+// not read (a malformed spec, say).
+const unreadableRule = "input"
+
+// policyGate is the agent's policy state. The host is untrusted: until
+// SetPolicy installs a policy whose hash is the VM's HOSTDATA, every request
+// but Health and SetPolicy is denied; afterwards the policy decides each
+// one. A policy is installed once and never replaced.
+type policyGate struct {
+	tee tee.TEE // nil in a development VM: nothing is attested
+
+	setMu     sync.Mutex // one SetPolicy at a time
+	installed atomic.Pointer[installedPolicy]
+}
+
+// installedPolicy is a policy SetPolicy accepted.
+type installedPolicy struct {
+	gate *policy.Gate
+	hash string // hex SHA-256 of the policy bytes
+}
+
+func newPolicyGate(t tee.TEE) *policyGate {
+	return &policyGate{tee: t}
+}
+
+// authorize decides a decoded request (method is the full ttrpc method
+// name). Its errors are PermissionDenied and name the request.
+func (g *policyGate) authorize(ctx context.Context, method string, req any) error {
+	if method == healthMethod || method == setPolicyMethod {
+		return nil
+	}
+	name := path.Base(method)
+	p := g.installed.Load()
+	if p == nil {
+		return status.Errorf(codes.PermissionDenied, "%s denied: no policy installed yet (the host must send SetPolicy first)", name)
+	}
+	err := p.gate.Authorize(ctx, method, req)
+	var denial *policy.Denial
+	switch {
+	case err == nil:
+		return nil
+	case errors.As(err, &denial) && denial.Rule == unreadableRule:
+		// Malformed, not judged: the code says so, as the service's own
+		// checks would.
+		return status.Error(codes.InvalidArgument, denial.Error())
+	case errors.As(err, &denial):
+		// The user reads this in crictl: it names the request already.
+		return status.Error(codes.PermissionDenied, denial.Error())
+	default:
+		return status.Errorf(codes.PermissionDenied, "%s denied: %v", name, err)
+	}
+}
+
+// set checks a policy against HOSTDATA and installs it. A refused policy
+// installs nothing, so the host may try again; an installed one stays.
+func (g *policyGate) set(ctx context.Context, module []byte) (*api.SetPolicyResponse, error) {
+	g.setMu.Lock()
+	defer g.setMu.Unlock()
+	if p := g.installed.Load(); p != nil {
+		return nil, status.Errorf(codes.AlreadyExists, "SetPolicy refused: policy %s is installed already, and a policy is set once and never replaced", p.hash)
+	}
+	if len(module) == 0 {
+		return nil, status.Error(codes.InvalidArgument, "SetPolicy refused: the request carries no policy")
+	}
+	sum := policy.Hash(module)
+	hash := hex.EncodeToString(sum[:])
+	resp := &api.SetPolicyResponse{Tee: "none", PolicyHash: hash}
+	lg := log.G(ctx).WithField("policy_hash", hash)
+	if g.tee != nil {
+		resp.Tee = g.tee.Name()
+		// Only the hardware vouches for HOSTDATA; the simulated device
+		// reads what the host configured.
+		resp.Attested = g.tee.Name() == tee.NameSNP
+		hostData, err := g.tee.HostData(ctx)
+		if err != nil {
+			return nil, status.Errorf(codes.Internal, "SetPolicy: read HOSTDATA from the %s TEE: %v", g.tee.Name(), err)
+		}
+		if hostData == ([32]byte{}) {
+			return nil, status.Errorf(codes.PermissionDenied, "SetPolicy refused: HOSTDATA is all zero: the VM was launched without a policy hash (TEE %s)", g.tee.Name())
+		}
+		if hostData != sum {
+			return nil, status.Errorf(codes.PermissionDenied, "SetPolicy refused: the policy's SHA-256 is %s but the VM was launched with HOSTDATA %s (TEE %s): this is not the policy the pod was started with",
+				hash, hex.EncodeToString(hostData[:]), g.tee.Name())
+		}
+	}
+	engine, err := policy.Compile(module)
+	if err != nil {
+		return nil, status.Errorf(codes.InvalidArgument, "SetPolicy refused: policy %s: %v", hash, err)
+	}
+	g.installed.Store(&installedPolicy{gate: policy.NewGate(engine), hash: hash})
+	switch {
+	case resp.Attested:
+		lg.Infof("policy installed, bound to HOSTDATA of the %s TEE", resp.Tee)
+	case g.tee != nil:
+		lg.Warnf("policy installed and enforced, bound to HOSTDATA of the %s TEE, which is not hardware: nothing is attested", resp.Tee)
+	default:
+		lg.Warn("policy installed and enforced, but there is no TEE (development VM): nothing is attested")
+	}
+	return resp, nil
+}
+
+// SetPolicy installs the pod policy once, bound to HOSTDATA (see policyGate).
+func (s *Service) SetPolicy(ctx context.Context, req *api.SetPolicyRequest) (*api.SetPolicyResponse, error) {
+	return s.policy.set(ctx, req.Policy)
+}
