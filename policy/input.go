@@ -226,7 +226,7 @@ func containerInput(in map[string]any, raw []byte) error {
 	for i, m := range s.Mounts {
 		mi, err := mountInput(m)
 		if err != nil {
-			return fmt.Errorf("mounts[%d]: %w", i, err)
+			return fmt.Errorf("mounts[%d].%w", i, err)
 		}
 		mounts = append(mounts, mi)
 	}

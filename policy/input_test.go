@@ -1,0 +1,224 @@
+package policy
+
+import (
+	"context"
+	"encoding/json"
+	"reflect"
+	"strings"
+	"testing"
+
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"google.golang.org/protobuf/proto"
+
+	agentapi "github.com/contrast-vm/contrast/api/agent"
+)
+
+func TestInputCreateContainer(t *testing.T) {
+	web := testContainerNamed(t, "web")
+	spec := criSpec(web)
+	spec.Mounts = append(spec.Mounts,
+		specs.Mount{Destination: "data//x/../y/", Type: "", Source: "/src", Options: []string{"bind", "ro", "rw"}},
+		specs.Mount{Destination: "/z", Type: "none", Source: "/src", Options: []string{"rbind", "rro"}},
+	)
+	spec.Linux.MaskedPaths = append(spec.Linux.MaskedPaths, "/proc//kcore/")
+	in, err := Input(CreateContainer, createRequest(t, "c-1", spec, &agentapi.Stdio{Stdout: true, Terminal: true}), func(string) (string, bool) {
+		t.Fatal("CreateContainer looked a name up")
+		return "", false
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]any{
+		"kind":              "CreateContainer",
+		"container_id":      "c-1",
+		"container_name":    "web",
+		"container_known":   true,
+		"container_type":    "container",
+		"image":             web.image,
+		"sandbox_name":      "web-7d9f8",
+		"sandbox_namespace": testNamespace,
+		"read_only_root":    false,
+		"stdio":             map[string]any{"stdin": false, "stdout": true, "stderr": false, "terminal": true},
+		"seccomp":           map[string]any{"default_action": ""},
+		"devices":           []string{},
+		"sysctls":           map[string]any{"net.ipv4.ip_unprivileged_port_start": "0"},
+		"namespaces": map[string]any{
+			"pid": "", "ipc": "/proc/4242/ns/ipc", "uts": "/proc/4242/ns/uts", "mount": "",
+			"network": "/var/run/netns/cni-1b2c3d4e", "cgroup": "",
+		},
+	}
+	for k, v := range want {
+		if !reflect.DeepEqual(in[k], v) {
+			t.Errorf("%s = %#v, want %#v", k, in[k], v)
+		}
+	}
+	proc := in["process"].(map[string]any)
+	if !reflect.DeepEqual(proc["args"], web.args) || proc["cwd"] != "/" || proc["no_new_privileges"] != true {
+		t.Errorf("process %v", proc)
+	}
+	if env := proc["env"].(map[string]any); env["HOSTNAME="+testHostname] != true || len(env) != len(spec.Process.Env) {
+		t.Errorf("env %v", env)
+	}
+	if user := proc["user"].(map[string]any); user["uid"] != int64(101) || !reflect.DeepEqual(user["additional_gids"], []any{int64(101)}) {
+		t.Errorf("user %v", user)
+	}
+	caps := proc["capabilities"].(map[string]any)
+	if b := caps["bounding"].(map[string]any); len(b) != len(defaultCaps) || b["CAP_KILL"] != true {
+		t.Errorf("bounding %v", b)
+	}
+	if a := caps["ambient"].(map[string]any); len(a) != 0 {
+		t.Errorf("ambient %v", a)
+	}
+	if m := in["masked_paths"].(map[string]any); m["/proc/kcore"] != true || m["/proc//kcore/"] != nil {
+		t.Errorf("masked paths not cleaned: %v", m)
+	}
+	mounts := in["mounts"].([]any)
+	last := func(i int) map[string]any { return mounts[len(mounts)-i].(map[string]any) }
+	if got, want := last(2), (map[string]any{"destination": "/data/y", "type": "bind", "source": "/src", "read_only": false}); !reflect.DeepEqual(got, want) {
+		t.Errorf("mount %v, want %v", got, want)
+	}
+	if got, want := last(1), (map[string]any{"destination": "/z", "type": "bind", "source": "/src", "read_only": true}); !reflect.DeepEqual(got, want) {
+		t.Errorf("mount %v, want %v", got, want)
+	}
+	sys := mounts[4].(map[string]any)
+	if sys["destination"] != "/sys" || sys["type"] != "sysfs" || sys["read_only"] != true {
+		t.Errorf("sysfs mount %v", sys)
+	}
+}
+
+func TestInputIDRequests(t *testing.T) {
+	tests := []struct {
+		kind Kind
+		req  proto.Message
+		want map[string]any
+	}{
+		{CreateSandbox, &agentapi.CreateSandboxRequest{SandboxId: "s", Hostname: "h"},
+			map[string]any{"sandbox_id": "s", "hostname": "h", "container_known": false, "container_id": ""}},
+		{StartContainer, &agentapi.ContainerRequest{ContainerId: "c-web"},
+			map[string]any{"container_id": "c-web", "container_name": "web", "container_known": true}},
+		{StartContainer, &agentapi.ContainerRequest{ContainerId: "c-x"},
+			map[string]any{"container_id": "c-x", "container_name": "", "container_known": false}},
+		{WaitProcess, &agentapi.ProcessRequest{ContainerId: "c-api", ExecId: "e1"},
+			map[string]any{"container_name": "api", "exec_id": "e1"}},
+		{SignalProcess, &agentapi.SignalProcessRequest{ContainerId: "c-api", ExecId: "e1", Signal: 9, All: true},
+			map[string]any{"signal": int64(9), "all": true, "exec_id": "e1"}},
+		{ResizePty, &agentapi.ResizePtyRequest{ContainerId: "c-api", Width: 120, Height: 40},
+			map[string]any{"width": int64(120), "height": int64(40)}},
+		{UpdateContainer, &agentapi.UpdateContainerRequest{ContainerId: "c-api", Resources: []byte(`{"memory":{"limit":1048576}}`)},
+			map[string]any{"resources": map[string]any{"memory": map[string]any{"limit": json.Number("1048576")}}}},
+		{UpdateContainer, &agentapi.UpdateContainerRequest{ContainerId: "c-api"},
+			map[string]any{"resources": map[string]any{}}},
+		{WaitOOM, &agentapi.Empty{}, map[string]any{"kind": "WaitOOM", "container_id": ""}},
+	}
+	for _, tt := range tests {
+		t.Run(string(tt.kind), func(t *testing.T) {
+			in, err := Input(tt.kind, tt.req, known)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for k, v := range tt.want {
+				if !reflect.DeepEqual(in[k], v) {
+					t.Errorf("%s = %#v, want %#v", k, in[k], v)
+				}
+			}
+		})
+	}
+}
+
+func TestInputRejects(t *testing.T) {
+	web := testContainerNamed(t, "web")
+	specWith := func(mutate func(*specs.Spec)) []byte {
+		s := criSpec(web)
+		mutate(s)
+		return mustJSON(t, s)
+	}
+	create := func(spec []byte) *agentapi.CreateContainerRequest {
+		return &agentapi.CreateContainerRequest{ContainerId: "c-1", Spec: spec}
+	}
+	exec := func(process string) *agentapi.ExecProcessRequest {
+		return &agentapi.ExecProcessRequest{ContainerId: "c-web", ExecId: "e", Process: []byte(process)}
+	}
+	tests := []struct {
+		name string
+		kind Kind
+		req  proto.Message
+		want string
+	}{
+		{"not JSON", CreateContainer, create([]byte("{")), "CreateContainer c-1: spec: unexpected EOF"},
+		{"trailing data", CreateContainer, create(append(specWith(func(*specs.Spec) {}), []byte(`{"process":{}}`)...)), "trailing data"},
+		{"wrong field type", CreateContainer, create([]byte(`{"process":{"args":"sh"}}`)), "process.args"},
+		{"no process", CreateContainer, create([]byte(`{"ociVersion":"1.2.1"}`)), "spec: process: missing"},
+		{"no args", CreateContainer, create(specWith(func(s *specs.Spec) { s.Process.Args = nil })), "spec: process.args: empty"},
+		{"windows command line", CreateContainer, create(specWith(func(s *specs.Spec) { s.Process.Args, s.Process.CommandLine = nil, "cmd.exe" })), "process.commandLine"},
+		{"env without =", CreateContainer, create(specWith(func(s *specs.Spec) { s.Process.Env = append(s.Process.Env, "LD_PRELOAD") })), `process.env[45]: "LD_PRELOAD" is not NAME=VALUE`},
+		{"env without name", CreateContainer, create(specWith(func(s *specs.Spec) { s.Process.Env = []string{"=x"} })), "process.env[0]"},
+		{"env set twice", CreateContainer, create(specWith(func(s *specs.Spec) {
+			s.Process.Env = append(s.Process.Env, "PATH=/tmp/evil")
+		})), "process.env[45]: PATH is set again (first in env[0])"},
+		{"mount without destination", CreateContainer, create(specWith(func(s *specs.Spec) { s.Mounts[2].Destination = "" })), "spec: mounts[2].destination: empty"},
+		{"relative masked path", CreateContainer, create(specWith(func(s *specs.Spec) { s.Linux.MaskedPaths[1] = "proc/acpi" })), `linux.maskedPaths[1]: "proc/acpi"`},
+		{"relative read-only path", CreateContainer, create(specWith(func(s *specs.Spec) { s.Linux.ReadonlyPaths[0] = "" })), "linux.readonlyPaths[0]"},
+		{"namespace without type", CreateContainer, create(specWith(func(s *specs.Spec) { s.Linux.Namespaces[2].Type = "" })), "linux.namespaces[2]: no type"},
+		{"namespace twice", CreateContainer, create(specWith(func(s *specs.Spec) {
+			s.Linux.Namespaces = append(s.Linux.Namespaces, specs.LinuxNamespace{Type: specs.PIDNamespace, Path: "/proc/1/ns/pid"})
+		})), "linux.namespaces[6]: a second pid namespace"},
+		{"seccomp without default action", CreateContainer, create(specWith(func(s *specs.Spec) { s.Linux.Seccomp = &specs.LinuxSeccomp{} })), "linux.seccomp.defaultAction"},
+		{"exec not JSON", ExecProcess, exec("sh"), "ExecProcess c-web/e: process: invalid character"},
+		{"exec without args", ExecProcess, exec(`{"cwd":"/"}`), "ExecProcess c-web/e: process.args: empty"},
+		{"exec env twice", ExecProcess, exec(`{"args":["sh"],"env":["A=1","A=2"]}`), "process.env[1]: A is set again"},
+		{"update resources not JSON", UpdateContainer, &agentapi.UpdateContainerRequest{ContainerId: "c-api", Resources: []byte("x")}, "UpdateContainer c-api: resources"},
+		{"update resources wrong type", UpdateContainer, &agentapi.UpdateContainerRequest{ContainerId: "c-api", Resources: []byte(`{"memory":{"limit":"lots"}}`)}, "resources"},
+		{"wrong request type", StartContainer, &agentapi.ProcessRequest{ContainerId: "c"}, "StartContainer: request of type *agent.ProcessRequest"},
+		{"unknown kind", Kind("Reboot"), &agentapi.Empty{}, `unknown request kind "Reboot"`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := Input(tt.kind, tt.req, known)
+			if err == nil || !strings.Contains(err.Error(), tt.want) {
+				t.Fatalf("error %v, want %q", err, tt.want)
+			}
+		})
+	}
+}
+
+// fuzzKinds are the request kinds whose payload FuzzInput varies.
+var fuzzKinds = []Kind{CreateContainer, ExecProcess, UpdateContainer}
+
+// FuzzInput feeds host-supplied bytes (a spec, an exec process, resources)
+// through Input and the rules: neither may panic, and a request Input
+// accepts must get a decision without an evaluation error (a conflict in
+// the rules shows as one).
+func FuzzInput(f *testing.F) {
+	// Small seeds keep minimizing cheap; testdata/fuzz/FuzzInput holds a
+	// full CRI spec and exec process besides.
+	f.Add(uint8(0), []byte(`{"process":{"args":["sh"],"env":["A=1"],"cwd":"/","capabilities":{"bounding":["CAP_KILL"]}},`+
+		`"root":{"readonly":true},"mounts":[{"destination":"/proc","type":"proc","source":"proc"},{"destination":"/d","type":"bind","source":"/s","options":["rbind","ro"]}],`+
+		`"annotations":{"io.kubernetes.cri.container-name":"web","io.kubernetes.cri.container-type":"container"},`+
+		`"linux":{"namespaces":[{"type":"pid"},{"type":"mount"}],"maskedPaths":["/proc/kcore"],"readonlyPaths":["/proc/sys"],"sysctl":{"a":"1"},"seccomp":{"defaultAction":"SCMP_ACT_ERRNO"}}}`))
+	f.Add(uint8(1), []byte(`{"args":["curl","-fsS","http://localhost:8080/healthz"],"env":["PATH=/bin"],"user":{"uid":101,"gid":101,"additionalGids":[101]}}`))
+	f.Add(uint8(2), []byte(`{"cpu":{"shares":512},"memory":{"limit":1048576}}`))
+	e := testEngine(f)
+	f.Fuzz(func(t *testing.T, kindIndex uint8, payload []byte) {
+		kind := fuzzKinds[int(kindIndex)%len(fuzzKinds)]
+		var req proto.Message
+		switch kind {
+		case CreateContainer:
+			req = &agentapi.CreateContainerRequest{ContainerId: "c-fuzz", Spec: payload, Stdio: &agentapi.Stdio{Stdout: true}}
+		case ExecProcess:
+			req = &agentapi.ExecProcessRequest{ContainerId: "c-web", ExecId: "e", Process: payload}
+		case UpdateContainer:
+			req = &agentapi.UpdateContainerRequest{ContainerId: "c-api", Resources: payload}
+		}
+		in, err := Input(kind, req, known)
+		if err != nil {
+			return
+		}
+		d, err := e.Decide(context.Background(), kind, in)
+		if err != nil {
+			t.Fatalf("decide %s: %v", kind, err)
+		}
+		if !d.Allow && (d.Rule == "" || d.Reason == "") {
+			t.Fatalf("denial without rule or reason: %+v", d)
+		}
+	})
+}
