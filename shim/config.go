@@ -23,6 +23,21 @@ type Config struct {
 	StateDir   string           `toml:"state_dir"`
 	Hypervisor HypervisorConfig `toml:"hypervisor"`
 	Timeouts   TimeoutsConfig   `toml:"timeouts"`
+	Policy     PolicyConfig     `toml:"policy"`
+}
+
+// Default policies for pods that carry no policy annotation.
+const (
+	// DefaultPolicyDenyAll refuses such pods before a VM is started.
+	DefaultPolicyDenyAll = "deny-all"
+	// DefaultPolicyAllowAll runs them under a policy that allows every
+	// request: for development only, and logged as such for every pod.
+	DefaultPolicyAllowAll = "allow-all"
+)
+
+// PolicyConfig chooses what happens to pods without a policy.
+type PolicyConfig struct {
+	Default string `toml:"default"`
 }
 
 // HypervisorConfig names the VM monitor and the guest image.
@@ -78,6 +93,7 @@ func DefaultConfig() Config {
 			AgentReady: Duration{30 * time.Second},
 			Stop:       Duration{10 * time.Second},
 		},
+		Policy: PolicyConfig{Default: DefaultPolicyDenyAll},
 	}
 }
 
@@ -156,6 +172,11 @@ func (c Config) Validate() error {
 	}
 	if strings.ContainsAny(h.KernelParams, "\n\x00") {
 		return fmt.Errorf("hypervisor.kernel_params: contains a newline or NUL")
+	}
+	switch c.Policy.Default {
+	case DefaultPolicyDenyAll, DefaultPolicyAllowAll:
+	default:
+		return fmt.Errorf("policy.default: %q is not one of %s, %s", c.Policy.Default, DefaultPolicyDenyAll, DefaultPolicyAllowAll)
 	}
 	if c.Timeouts.AgentReady.Duration <= 0 {
 		return fmt.Errorf("timeouts.agent_ready: must be positive, is %s", c.Timeouts.AgentReady)

@@ -21,12 +21,15 @@ memory_mib = 1024
 [timeouts]
 agent_ready = "5s"
 stop = "3s"
+[policy]
+default = "allow-all"
 `))
 	if err != nil {
 		t.Fatal(err)
 	}
 	if cfg.LogLevel != "debug" || cfg.Hypervisor.VCPUs != 2 || cfg.Hypervisor.MemoryMiB != 1024 ||
-		cfg.Timeouts.AgentReady.Duration != 5*time.Second || cfg.Hypervisor.KernelParams != "foo=bar" {
+		cfg.Timeouts.AgentReady.Duration != 5*time.Second || cfg.Hypervisor.KernelParams != "foo=bar" ||
+		cfg.Policy.Default != DefaultPolicyAllowAll {
 		t.Fatalf("parsed %+v", cfg)
 	}
 }
@@ -58,6 +61,8 @@ func TestParseConfigRejects(t *testing.T) {
 		{"[timeouts]\nstop = \"-1s\"", "timeouts.stop"},
 		{`state_dir = "run"`, "state_dir"},
 		{`log_level = `, "line 1"},
+		{"[policy]\ndefault = \"allow\"", "policy.default"},
+		{"[policy]\nfile = \"/x\"", "policy.file"},
 	}
 	for _, c := range cases {
 		_, err := ParseConfig([]byte(c.toml))

@@ -16,6 +16,7 @@ import (
 
 	agentapi "github.com/contrast-vm/contrast/api/agent"
 	"github.com/contrast-vm/contrast/hypervisor"
+	"github.com/contrast-vm/contrast/policy"
 	"github.com/contrast-vm/contrast/vmimage"
 )
 
@@ -65,9 +66,23 @@ func podStateDir(cfg Config, namespace, id string) string {
 	return filepath.Join(cfg.StateDir, namespace, id)
 }
 
-// bootPod starts the pod VM and waits until its agent answers. On error
-// nothing is left: no VM process, no state directory.
-func bootPod(ctx context.Context, hv hypervisor.Hypervisor, cfg Config, size vmSize, namespace, id, hostname, cgroupPath string) (_ *pod, retErr error) {
+// podLaunch is what a pod VM is booted for.
+type podLaunch struct {
+	Namespace, ID, Hostname string
+	Size                    vmSize
+	// CgroupPath is the sandbox's host cgroup the VM joins ("" for none).
+	CgroupPath string
+	// Policy is the Rego module the agent enforces; its SHA-256 is the
+	// launch's host data. PolicySource says where it came from.
+	Policy       []byte
+	PolicySource string
+}
+
+// bootPod starts the pod VM, waits until its agent answers, installs the
+// policy and sets up the sandbox. On error nothing is left: no VM process,
+// no state directory.
+func bootPod(ctx context.Context, hv hypervisor.Hypervisor, cfg Config, l podLaunch) (_ *pod, retErr error) {
+	id := l.ID
 	for _, f := range []struct{ key, path string }{
 		{"hypervisor.kernel", cfg.Hypervisor.Kernel}, {"hypervisor.initrd", cfg.Hypervisor.Initrd},
 	} {
@@ -75,7 +90,7 @@ func bootPod(ctx context.Context, hv hypervisor.Hypervisor, cfg Config, size vmS
 			return nil, fmt.Errorf("guest image: %s: %w", f.key, err)
 		}
 	}
-	stateDir := podStateDir(cfg, namespace, id)
+	stateDir := podStateDir(cfg, l.Namespace, id)
 	if err := os.MkdirAll(filepath.Dir(stateDir), 0o711); err != nil {
 		return nil, fmt.Errorf("create state root: %w", err)
 	}
@@ -100,20 +115,21 @@ func bootPod(ctx context.Context, hv hypervisor.Hypervisor, cfg Config, size vmS
 		Initrd:     cfg.Hypervisor.Initrd,
 		Firmware:   cfg.Hypervisor.Firmware,
 		KernelArgs: args,
-		VCPUs:      size.VCPUs,
-		MemoryMiB:  size.MemoryMiB,
+		VCPUs:      l.Size.VCPUs,
+		MemoryMiB:  l.Size.MemoryMiB,
+		HostData:   policy.Hash(l.Policy),
 	})
 	if err != nil {
 		return nil, fmt.Errorf("start VM for pod %s: %w", id, err)
 	}
-	p := &pod{id: id, stateDir: stateDir, cfg: cfg, size: size, vm: vm, stopped: make(chan struct{})}
+	p := &pod{id: id, stateDir: stateDir, cfg: cfg, size: l.Size, vm: vm, stopped: make(chan struct{})}
 	defer func() {
 		if retErr != nil {
 			p.stop(context.WithoutCancel(ctx))
 		}
 	}()
-	if cgroupPath != "" {
-		if p.cgroup, err = joinHostCgroup(cgroupPath, vm.Pid()); err != nil {
+	if l.CgroupPath != "" {
+		if p.cgroup, err = joinHostCgroup(l.CgroupPath, vm.Pid()); err != nil {
 			return nil, fmt.Errorf("pod %s: %w", id, err)
 		}
 	}
@@ -126,9 +142,12 @@ func bootPod(ctx context.Context, hv hypervisor.Hypervisor, cfg Config, size vmS
 	}
 	log.G(ctx).WithFields(log.Fields{
 		"pod": id, "boot": time.Since(started).Round(time.Millisecond), "kernel": health.KernelRelease,
-		"agent": health.Version, "qemu_pid": vm.Pid(), "vcpus": size.VCPUs, "memory_mib": size.MemoryMiB,
+		"agent": health.Version, "qemu_pid": vm.Pid(), "vcpus": l.Size.VCPUs, "memory_mib": l.Size.MemoryMiB,
 	}).Info("pod VM ready")
-	if _, err := p.agent.CreateSandbox(ctx, &agentapi.CreateSandboxRequest{SandboxId: id, Hostname: hostname}); err != nil {
+	if err := p.installPolicy(ctx, l.Policy, l.PolicySource); err != nil {
+		return nil, err
+	}
+	if _, err := p.agent.CreateSandbox(ctx, &agentapi.CreateSandboxRequest{SandboxId: id, Hostname: l.Hostname}); err != nil {
 		return nil, fmt.Errorf("set up sandbox in pod %s: %w", id, err)
 	}
 	return p, nil

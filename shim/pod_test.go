@@ -10,6 +10,7 @@ import (
 	"time"
 
 	agentapi "github.com/contrast-vm/contrast/api/agent"
+	"github.com/contrast-vm/contrast/policy"
 	"github.com/contrast-vm/contrast/vmimage"
 )
 
@@ -66,7 +67,11 @@ func bootForTest(t *testing.T, cfg Config, id string) (*pod, error) {
 	if err != nil {
 		return nil, err
 	}
-	return bootPod(ctx, hv, cfg, vmSize{VCPUs: cfg.Hypervisor.VCPUs, MemoryMiB: cfg.Hypervisor.MemoryMiB}, "test", id, "h-"+id, "")
+	return bootPod(ctx, hv, cfg, podLaunch{
+		Namespace: "test", ID: id, Hostname: "h-" + id,
+		Size:   vmSize{VCPUs: cfg.Hypervisor.VCPUs, MemoryMiB: cfg.Hypervisor.MemoryMiB},
+		Policy: policy.AllowAll(), PolicySource: "test",
+	})
 }
 
 func TestBootPod(t *testing.T) {

@@ -239,8 +239,15 @@ func (s *service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 		if err != nil {
 			return nil, fmt.Errorf("size of pod %s: %w", podID, err)
 		}
+		module, source, err := podPolicy(ctx, cfg, podID, spec.Annotations)
+		if err != nil {
+			return nil, err
+		}
 		cgroupPath := usableCgroupPath(spec)
-		p, err = bootPod(ctx, hv, cfg, size, namespaceOf(ctx), podID, spec.Hostname, cgroupPath)
+		p, err = bootPod(ctx, hv, cfg, podLaunch{
+			Namespace: namespaceOf(ctx), ID: podID, Hostname: spec.Hostname,
+			Size: size, CgroupPath: cgroupPath, Policy: module, PolicySource: source,
+		})
 		if err != nil {
 			return nil, err
 		}
