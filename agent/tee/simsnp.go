@@ -39,7 +39,7 @@ type SimulatedSNP struct {
 	// FwCfgRoot is the sysfs directory of QEMU's fw_cfg device.
 	FwCfgRoot string
 
-	mu     sync.Mutex
+	mu     sync.Mutex         // guards signer and signing
 	signer *sevtest.AmdSigner // made on first use: signing a chain takes a while under TCG
 }
 
@@ -104,7 +104,11 @@ func (s *SimulatedSNP) Report(ctx context.Context, reportData [64]byte) ([]byte,
 	if err != nil {
 		return nil, err
 	}
-	signer, err := s.chain()
+	// go-sev-guest's test signer draws from one unsynchronized random
+	// source: sign one report at a time.
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	signer, err := s.chainLocked()
 	if err != nil {
 		return nil, err
 	}
@@ -156,10 +160,8 @@ func (s *SimulatedSNP) Report(ctx context.Context, reportData [64]byte) ([]byte,
 // simProduct is the processor the simulated device claims to be.
 func simProduct() *spb.SevProduct { return abi.DefaultSevProduct() }
 
-// chain returns the test-only AMD key chain, made once.
-func (s *SimulatedSNP) chain() (*sevtest.AmdSigner, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
+// chainLocked returns the test-only AMD key chain, made once; s.mu is held.
+func (s *SimulatedSNP) chainLocked() (*sevtest.AmdSigner, error) {
 	if s.signer != nil {
 		return s.signer, nil
 	}

@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/google/go-sev-guest/abi"
@@ -110,7 +111,9 @@ func TestSimulatedReport(t *testing.T) {
 		t.Errorf("hostDataOf: %x, %v", hd, err)
 	}
 
-	signer, err := s.chain()
+	s.mu.Lock()
+	signer, err := s.chainLocked()
+	s.mu.Unlock()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -135,4 +138,31 @@ func TestSimulatedReport(t *testing.T) {
 	if err := verify.SnpAttestation(tatt, &verify.Options{TrustedRoots: testRoots, DisableCertFetching: true}); err == nil {
 		t.Error("verify accepted a report whose HOSTDATA was changed after signing")
 	}
+}
+
+// TestSimulatedReportsConcurrently makes reports from several goroutines
+// (run with -race): each verifies.
+func TestSimulatedReportsConcurrently(t *testing.T) {
+	s := &SimulatedSNP{FwCfgRoot: fakeFwCfg(t, hostDataHex)}
+	var wg sync.WaitGroup
+	for i := range 4 {
+		wg.Go(func() {
+			var nonce [64]byte
+			nonce[0] = byte(i)
+			raw, err := s.Report(context.Background(), nonce)
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			att, err := abi.ReportCertsToProto(raw)
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			if att.Report.ReportData[0] != byte(i) {
+				t.Errorf("report %d carries REPORT_DATA %x", i, att.Report.ReportData[:1])
+			}
+		})
+	}
+	wg.Wait()
 }
