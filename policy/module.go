@@ -54,6 +54,14 @@ func checkData(d Data) error {
 		if name == "" {
 			return fmt.Errorf("containers: a container without a name")
 		}
+		for e, ok := range c.Env {
+			if !ok {
+				return fmt.Errorf("containers[%q].env[%q]: false; env is a set, every entry true", name, e)
+			}
+			if k, _, found := strings.Cut(e, "="); !found || k == "" {
+				return fmt.Errorf("containers[%q].env: %q is not NAME=VALUE", name, e)
+			}
+		}
 		for i, p := range c.EnvPatterns {
 			if err := checkPattern(fmt.Sprintf("containers[%q].env_patterns[%d]", name, i), p); err != nil {
 				return err

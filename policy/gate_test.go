@@ -1,0 +1,150 @@
+package policy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"testing"
+
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+
+	agentapi "github.com/contrast-vm/contrast/api/agent"
+)
+
+func method(k Kind) string { return ServicePrefix + string(k) }
+
+func TestGateLifecycle(t *testing.T) {
+	ctx := context.Background()
+	g := NewGate(testEngine(t))
+	web := testContainerNamed(t, "web")
+	probe := &agentapi.ExecProcessRequest{ContainerId: "w1", ExecId: "p1", Process: mustJSON(t, execProcess(web, "curl", "-fsS", "http://localhost:8080/healthz"))}
+
+	steps := []struct {
+		name string
+		kind Kind
+		req  any
+		want string // "" allowed, else a substring of the denial
+	}{
+		{"sandbox", CreateSandbox, &agentapi.CreateSandboxRequest{SandboxId: testSandboxID, Hostname: testHostname}, ""},
+		{"start before create", StartContainer, &agentapi.ContainerRequest{ContainerId: "w1"}, `policy denies StartContainer: rule start_container.container: container "w1" was not created under the policy`},
+		{"exec before create", ExecProcess, probe, "rule exec_process.container"},
+		{"create web", CreateContainer, createRequest(t, "w1", criSpec(web), nil), ""},
+		{"create web again under its id", CreateContainer, createRequest(t, "w1", criSpec(testContainerNamed(t, "api")), nil), `rule gate: container id "w1" exists already`},
+		{"start", StartContainer, &agentapi.ContainerRequest{ContainerId: "w1"}, ""},
+		{"probe", ExecProcess, probe, ""},
+		{"exec shell", ExecProcess, &agentapi.ExecProcessRequest{ContainerId: "w1", ExecId: "p2", Process: mustJSON(t, execProcess(web, "sh"))}, `rule exec_process.args: command ["sh"]`},
+		{"wait probe", WaitProcess, &agentapi.ProcessRequest{ContainerId: "w1", ExecId: "p1"}, ""},
+		{"signal", SignalProcess, &agentapi.SignalProcessRequest{ContainerId: "w1", Signal: 15}, ""},
+		{"stats", StatsContainer, &agentapi.ContainerRequest{ContainerId: "w1"}, ""},
+		{"oom", WaitOOM, &agentapi.Empty{}, ""},
+		{"remove", RemoveContainer, &agentapi.RemoveContainerRequest{ContainerId: "w1"}, ""},
+		{"start after remove", StartContainer, &agentapi.ContainerRequest{ContainerId: "w1"}, "rule start_container.container"},
+		{"exec after remove", ExecProcess, probe, "rule exec_process.container"},
+		{"create again after remove", CreateContainer, createRequest(t, "w1", criSpec(web), nil), ""},
+		{"tampered create", CreateContainer, createRequest(t, "w2", func() *specs.Spec {
+			s := criSpec(web)
+			s.Process.Args = []string{"sh", "-c", "evil"}
+			return s
+		}(), nil), `policy denies CreateContainer: rule create_container.args: command ["sh","-c","evil"] is not the policy's ["/docker-entrypoint.sh","nginx","-g","daemon off;"]`},
+		{"start the denied", StartContainer, &agentapi.ContainerRequest{ContainerId: "w2"}, "rule start_container.container"},
+		{"malformed spec", CreateContainer, &agentapi.CreateContainerRequest{ContainerId: "w3", Spec: []byte(`{"process":{"args":[]}}`)},
+			"policy denies CreateContainer: rule input: CreateContainer w3: spec: process.args: empty"},
+		{"wrong message type", StartContainer, &agentapi.ProcessRequest{ContainerId: "w1"}, "rule input: StartContainer: request of type"},
+		{"not a message", StartContainer, "w1", "rule input: request of type string"},
+	}
+	for _, s := range steps {
+		err := g.Authorize(ctx, method(s.kind), s.req)
+		if s.want == "" {
+			if err != nil {
+				t.Fatalf("%s: %v", s.name, err)
+			}
+			continue
+		}
+		var d *Denial
+		if !errors.As(err, &d) {
+			t.Fatalf("%s: error %v, want a denial", s.name, err)
+		}
+		if d.Kind != s.kind || !strings.Contains(err.Error(), s.want) {
+			t.Fatalf("%s: %v (kind %s), want %q", s.name, err, d.Kind, s.want)
+		}
+	}
+}
+
+func TestGateMethods(t *testing.T) {
+	g := NewGate(testEngine(t))
+	ctx := context.Background()
+	for _, m := range []string{"/contrast.agent.v1.Agent/Health", "/contrast.agent.v1.Agent/SetPolicy"} {
+		err := g.Authorize(ctx, m, &agentapi.Empty{})
+		var d *Denial
+		if err == nil || errors.As(err, &d) || !strings.Contains(err.Error(), "agent's to handle") {
+			t.Errorf("%s: %v", m, err)
+		}
+	}
+	for _, m := range []string{"/contrast.agent.v1.Agent/Reboot", "/other.Service/StartContainer", "StartContainer", ""} {
+		err := g.Authorize(ctx, m, &agentapi.ContainerRequest{})
+		var d *Denial
+		if !errors.As(err, &d) || !strings.Contains(err.Error(), fmt.Sprintf("unknown method %q", m)) {
+			t.Errorf("%q: %v", m, err)
+		}
+	}
+}
+
+func TestDenialError(t *testing.T) {
+	tests := []struct {
+		d    Denial
+		want string
+	}{
+		{Denial{Kind: CreateContainer, Rule: "create_container.args", Reason: "command differs"}, "policy denies CreateContainer: rule create_container.args: command differs"},
+		{Denial{Kind: "Reboot", Reason: `unknown method "/x/Reboot"`}, `policy denies Reboot: unknown method "/x/Reboot"`},
+	}
+	for _, tt := range tests {
+		if got := tt.d.Error(); got != tt.want {
+			t.Errorf("%q, want %q", got, tt.want)
+		}
+	}
+}
+
+// TestGateConcurrent creates, uses and removes containers from many
+// goroutines (run with -race), each checking its own decisions.
+func TestGateConcurrent(t *testing.T) {
+	g := NewGate(testEngine(t))
+	ctx := context.Background()
+	var wg sync.WaitGroup
+	errs := make(chan error, 64)
+	for i := range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			c := testContainers()[i%3]
+			for j := range 4 {
+				id := fmt.Sprintf("c-%d-%d", i, j)
+				steps := []struct {
+					kind Kind
+					req  any
+				}{
+					{CreateContainer, createRequest(t, id, criSpec(c), nil)},
+					{StartContainer, &agentapi.ContainerRequest{ContainerId: id}},
+					{StatsContainer, &agentapi.ContainerRequest{ContainerId: id}},
+					{RemoveContainer, &agentapi.RemoveContainerRequest{ContainerId: id}},
+				}
+				for _, s := range steps {
+					if err := g.Authorize(ctx, method(s.kind), s.req); err != nil {
+						errs <- fmt.Errorf("%s %s: %w", s.kind, id, err)
+						return
+					}
+				}
+				if err := g.Authorize(ctx, method(StartContainer), &agentapi.ContainerRequest{ContainerId: id}); err == nil {
+					errs <- fmt.Errorf("start %s after remove allowed", id)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+}

@@ -1,0 +1,131 @@
+package policy
+
+import (
+	"bytes"
+	"strings"
+	"testing"
+)
+
+func TestBuildDeterministic(t *testing.T) {
+	a, err := Build(testData())
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The same data assembled in another order gives the same bytes.
+	d := testData()
+	env := map[string]bool{}
+	c := d.Containers["web"]
+	keys := make([]string, 0, len(c.Env))
+	for k := range c.Env {
+		keys = append(keys, k)
+	}
+	for i := len(keys) - 1; i >= 0; i-- {
+		env[keys[i]] = true
+	}
+	c.Env = env
+	d.Containers = map[string]Container{"web": c, "metrics": d.Containers["metrics"], "api": d.Containers["api"]}
+	b, err := Build(d)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(a, b) || HashHex(a) != HashHex(b) {
+		t.Fatal("the same data built twice differs")
+	}
+	if !bytes.HasPrefix(a, rules) {
+		t.Fatal("module does not start with the embedded rules")
+	}
+}
+
+func TestBuildLayout(t *testing.T) {
+	m, err := Build(Data{
+		Version:  DataVersion,
+		Pod:      Pod{HostnamePattern: "a<b>&c"},
+		Requests: map[Kind]bool{WaitOOM: true, StartContainer: false},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := "\npolicy_data := " +
+		`{"version":1,"pod":{"hostname_pattern":"a<b>&c","host_network":false,"host_pid":false,"host_ipc":false},` +
+		`"containers":null,"requests":{"StartContainer":false,"WaitOOM":true}}` + "\n"
+	if !strings.HasSuffix(string(m), want) {
+		t.Fatalf("module ends with\n%s\nwant\n%s", m[len(rules):], want)
+	}
+	if _, err := Compile(m); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestBuildRejects(t *testing.T) {
+	tests := []struct {
+		name   string
+		mutate func(*Data)
+		want   string
+	}{
+		{"version", func(d *Data) { d.Version = 0 }, "version 0, the rules read version 1"},
+		{"hostname pattern", func(d *Data) { d.Pod.HostnamePattern = "web-(" }, "pod.hostname_pattern: error parsing regexp"},
+		{"env pattern", func(d *Data) {
+			c := d.Containers["web"]
+			c.EnvPatterns = []string{"A=.*", "B=[z-a]"}
+			d.Containers["web"] = c
+		}, `containers["web"].env_patterns[1]`},
+		{"env false", func(d *Data) {
+			c := d.Containers["api"]
+			c.Env = map[string]bool{"A=1": false}
+			d.Containers["api"] = c
+		}, `containers["api"].env["A=1"]: false`},
+		{"env without =", func(d *Data) {
+			c := d.Containers["api"]
+			c.Env = map[string]bool{"A": true}
+			d.Containers["api"] = c
+		}, `containers["api"].env: "A" is not NAME=VALUE`},
+		{"mount destination", func(d *Data) {
+			c := d.Containers["api"]
+			c.Mounts = map[string]Mount{"/tmp/": {Type: "bind", SourcePattern: ".*"}}
+			d.Containers["api"] = c
+		}, `destination "/tmp/" is not a clean absolute path`},
+		{"mount source pattern", func(d *Data) {
+			c := d.Containers["api"]
+			c.Mounts = map[string]Mount{"/tmp": {Type: "bind", SourcePattern: "("}}
+			d.Containers["api"] = c
+		}, `containers["api"].mounts["/tmp"].source_pattern`},
+		{"capability", func(d *Data) {
+			c := d.Containers["api"]
+			c.Capabilities = []string{"NET_ADMIN"}
+			d.Containers["api"] = c
+		}, `"NET_ADMIN" has no CAP_ prefix`},
+		{"empty exec", func(d *Data) {
+			c := d.Containers["api"]
+			c.Exec = [][]string{{"true"}, {}}
+			d.Containers["api"] = c
+		}, `containers["api"].exec[1]: empty command`},
+		{"unnamed container", func(d *Data) { d.Containers[""] = Container{} }, "a container without a name"},
+		{"request kind", func(d *Data) { d.Requests["Reboot"] = true }, `unknown request kind "Reboot"`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			d := testData()
+			tt.mutate(&d)
+			_, err := Build(d)
+			if err == nil || !strings.Contains(err.Error(), tt.want) {
+				t.Fatalf("error %v, want %q", err, tt.want)
+			}
+		})
+	}
+}
+
+func TestConstantModules(t *testing.T) {
+	for name, m := range map[string][]byte{"AllowAll": AllowAll(), "DenyAll": DenyAll()} {
+		if !bytes.HasPrefix(m, []byte("# A policy that")) || !bytes.Contains(m, []byte("\npackage agent_policy\n")) {
+			t.Errorf("%s:\n%s", name, m)
+		}
+		for _, k := range Kinds {
+			if !bytes.Contains(m, []byte("\n"+string(k)+" := ")) {
+				t.Errorf("%s lacks %s", name, k)
+			}
+		}
+	}
+	if bytes.Equal(AllowAll(), DenyAll()) || HashHex(AllowAll()) != HashHex(AllowAll()) {
+		t.Fatal("constant modules are not distinct and stable")
+	}
+}
