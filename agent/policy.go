@@ -49,7 +49,8 @@ func newPolicyGate(t tee.TEE) *policyGate {
 }
 
 // authorize decides a decoded request (method is the full ttrpc method
-// name). Its errors are PermissionDenied and name the request.
+// name). Its errors name the request: PermissionDenied, or InvalidArgument
+// for a request the policy cannot read.
 func (g *policyGate) authorize(ctx context.Context, method string, req any) error {
 	if method == healthMethod || method == setPolicyMethod {
 		return nil
