@@ -153,7 +153,7 @@ type User struct {
 	// AdditionalGIDs are the supplementary groups the process may hold
 	// beside GID: the YAML's supplementalGroups and fsGroup and the groups
 	// the image's /etc/group gives the user (CRI merges those in). A group
-	// outside them is denied.
+	// outside them is denied, except for UID 0.
 	AdditionalGIDs []uint32 `json:"additional_gids,omitempty"`
 }
 
