@@ -41,7 +41,7 @@ func TestInputCreateContainer(t *testing.T) {
 		"stdio":             map[string]any{"stdin": false, "stdout": true, "stderr": false, "terminal": true},
 		"seccomp":           map[string]any{"default_action": ""},
 		"devices":           []string{},
-		"sysctls":           map[string]any{"net.ipv4.ip_unprivileged_port_start": "0"},
+		"sysctls":           map[string]any{},
 		"namespaces": map[string]any{
 			"pid": "", "ipc": "/proc/4242/ns/ipc", "uts": "/proc/4242/ns/uts", "mount": "",
 			"network": "/var/run/netns/cni-1b2c3d4e", "cgroup": "",

@@ -248,11 +248,14 @@ func TestCreateContainerRules(t *testing.T) {
 		{name: "device cgroup allows all", container: "web", mutate: func(s *specs.Spec) {
 			s.Linux.Resources.Devices = []specs.LinuxDeviceCgroup{{Allow: true, Access: "rwm"}}
 		}, wantRule: "create_container.devices"},
+		{name: "pod sysctl", container: "web", mutate: func(s *specs.Spec) {
+			s.Linux.Sysctl = map[string]string{"net.ipv4.ip_unprivileged_port_start": "0"}
+		}},
 		{name: "sysctl not in the pod", container: "web", mutate: func(s *specs.Spec) {
-			s.Linux.Sysctl["net.ipv4.ip_forward"] = "1"
+			s.Linux.Sysctl = map[string]string{"net.ipv4.ip_unprivileged_port_start": "0", "net.ipv4.ip_forward": "1"}
 		}, wantRule: "create_container.sysctls", wantReason: []string{"net.ipv4.ip_forward"}},
 		{name: "sysctl changed", container: "web", mutate: func(s *specs.Spec) {
-			s.Linux.Sysctl["net.ipv4.ip_unprivileged_port_start"] = "1024"
+			s.Linux.Sysctl = map[string]string{"net.ipv4.ip_unprivileged_port_start": "1024"}
 		}, wantRule: "create_container.sysctls"},
 		{name: "no sysctls", container: "web", mutate: func(s *specs.Spec) {
 			s.Linux.Sysctl = nil

@@ -152,7 +152,9 @@ func testData() Data {
 	return d
 }
 
-// criSpec builds the config.json containerd's CRI plugin writes for c.
+// criSpec builds the config.json containerd's CRI plugin writes for c. CRI
+// sets the pod's sysctls on the sandbox's spec only, so a container's has
+// none.
 func criSpec(c testContainer) *specs.Spec {
 	u64 := func(v uint64) *uint64 { return &v }
 	i64 := func(v int64) *int64 { return &v }
@@ -205,7 +207,6 @@ func criSpec(c testContainer) *specs.Spec {
 			"io.kubernetes.cri.sandbox-log-directory": "/var/log/pods/shop_web-7d9f8_" + testPodUID,
 		},
 		Linux: &specs.Linux{
-			Sysctl: map[string]string{"net.ipv4.ip_unprivileged_port_start": "0"},
 			Resources: &specs.LinuxResources{
 				Devices: []specs.LinuxDeviceCgroup{{Allow: false, Access: "rwm"}},
 				Memory:  &specs.LinuxMemory{Limit: i64(256 << 20)},
