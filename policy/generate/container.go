@@ -1,0 +1,406 @@
+package generate
+
+import (
+	"fmt"
+	"regexp"
+	"slices"
+	"strings"
+
+	"github.com/containerd/containerd/v2/pkg/cap"
+	corev1 "k8s.io/api/core/v1"
+
+	"github.com/contrast-vm/contrast/policy"
+)
+
+// defaultCapabilities is the capability set of containerd's default OCI spec
+// (pkg/oci defaultUnixCaps), which the CRI keeps for a container whose YAML
+// adds or drops none. TestDefaultsMatchContainerd holds it to containerd's.
+var defaultCapabilities = []string{
+	"CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FSETID", "CAP_FOWNER", "CAP_MKNOD",
+	"CAP_NET_RAW", "CAP_SETGID", "CAP_SETUID", "CAP_SETFCAP", "CAP_SETPCAP",
+	"CAP_NET_BIND_SERVICE", "CAP_SYS_CHROOT", "CAP_KILL", "CAP_AUDIT_WRITE",
+}
+
+// Paths the kubelet mounts into every container.
+const (
+	serviceAccountPath            = "/var/run/secrets/kubernetes.io/serviceaccount"
+	defaultTerminationMessagePath = "/dev/termination-log"
+	etcHostsPath                  = "/etc/hosts"
+)
+
+// pod is what the containers of one pod share.
+type pod struct {
+	spec        *corev1.PodSpec
+	labels      map[string]string
+	annotations map[string]string
+	namespace   string
+	names       podNaming // the pod's name
+	hostname    podNaming // the sandbox hostname
+	settings    Settings
+	warn        func(string)
+}
+
+// resolvedImage is a container's image as the generator knows it.
+type resolvedImage struct {
+	Image
+	// known: the config and user files were read; without a resolver only
+	// the digest is known and the image is taken to set nothing.
+	known bool
+}
+
+// containerData derives the policy entry of one container.
+func (p *pod) containerData(c *corev1.Container, img resolvedImage) (policy.Container, error) {
+	sc := c.SecurityContext
+	privileged := sc != nil && sc.Privileged != nil && *sc.Privileged
+	cfg := img.Config
+
+	env, err := computeEnv(envInput{
+		container:          c,
+		image:              cfg.Env,
+		hostname:           p.hostnameValue(),
+		enableServiceLinks: p.spec.EnableServiceLinks == nil || *p.spec.EnableServiceLinks,
+		fieldRef:           p.fieldRef,
+		warn:               p.warn,
+	})
+	if err != nil {
+		return policy.Container{}, err
+	}
+
+	args, err := p.processArgs(c, img, env.kubelet)
+	if err != nil {
+		return policy.Container{}, err
+	}
+
+	cwd := c.WorkingDir
+	if cwd == "" {
+		cwd = cfg.WorkingDir
+	}
+	if cwd == "" {
+		cwd = "/"
+	}
+
+	usr, err := processUser(c.Name, p.spec.SecurityContext, sc, cfg.User, img.EtcPasswd, img.EtcGroup)
+	if err != nil {
+		return policy.Container{}, err
+	}
+
+	caps, err := capabilities(c.Name, sc, privileged)
+	if err != nil {
+		return policy.Container{}, err
+	}
+
+	mounts, err := p.mounts(c)
+	if err != nil {
+		return policy.Container{}, err
+	}
+
+	extraExec, stdin, logs, extraEnv := p.settings.forContainer(c.Name)
+	envPatterns := append(env.patterns, extraEnv...)
+	slices.Sort(envPatterns)
+	envPatterns = slices.Compact(envPatterns)
+
+	return policy.Container{
+		Image:             img.Ref,
+		Args:              args,
+		Env:               env.exact,
+		EnvPatterns:       envPatterns,
+		Cwd:               cwd,
+		User:              usr,
+		Capabilities:      caps,
+		Privileged:        privileged,
+		NoNewPrivileges:   sc != nil && sc.AllowPrivilegeEscalation != nil && !*sc.AllowPrivilegeEscalation,
+		ReadOnlyRoot:      sc != nil && sc.ReadOnlyRootFilesystem != nil && *sc.ReadOnlyRootFilesystem,
+		Seccomp:           !privileged && p.seccomp(sc),
+		ProcMountUnmasked: sc != nil && sc.ProcMount != nil && *sc.ProcMount == corev1.UnmaskedProcMount,
+		Mounts:            mounts,
+		Exec:              execCommands(c, extraExec),
+		Stdin:             c.Stdin || stdin,
+		Logs:              logs,
+		Terminal:          c.TTY,
+	}, nil
+}
+
+// processArgs is the process's argv as containerd builds it from the
+// kubelet's command and args (both $(VAR)-expanded) and the image: command
+// replaces the entrypoint and drops the image's cmd; args replaces cmd.
+func (p *pod) processArgs(c *corev1.Container, img resolvedImage, env envLookup) ([]string, error) {
+	command, err := expandArgv("command", c.Name, c.Command, env)
+	if err != nil {
+		return nil, err
+	}
+	args, err := expandArgv("args", c.Name, c.Args, env)
+	if err != nil {
+		return nil, err
+	}
+	if len(command) == 0 {
+		if !img.known {
+			return nil, fmt.Errorf("container %s: no command, and the entrypoint of image %s is unknown without an image store; set command in the YAML or pass the containerd address", c.Name, img.Ref)
+		}
+		if len(args) == 0 {
+			args = img.Config.Cmd
+		}
+		// An entrypoint of [""] is an explicit "none" (Docker's convention).
+		if ep := img.Config.Entrypoint; len(ep) != 1 || ep[0] != "" {
+			command = ep
+		}
+	}
+	argv := append(slices.Clone(command), args...)
+	if len(argv) == 0 {
+		return nil, fmt.Errorf("container %s: neither the YAML nor image %s gives a command to run", c.Name, img.Ref)
+	}
+	return argv, nil
+}
+
+// capabilities follows the CRI: containerd's default set; add ALL gives
+// every capability and drop ALL none, then single adds and drops apply;
+// privileged gives every capability.
+func capabilities(container string, sc *corev1.SecurityContext, privileged bool) ([]string, error) {
+	all := cap.Known()
+	if privileged {
+		return sortedCaps(all), nil
+	}
+	set := slices.Clone(defaultCapabilities)
+	if sc == nil || sc.Capabilities == nil {
+		return sortedCaps(set), nil
+	}
+	names := func(list []corev1.Capability) (out []string, hasAll bool, err error) {
+		for _, c := range list {
+			name := strings.ToUpper(string(c))
+			if name == "ALL" {
+				hasAll = true
+				continue
+			}
+			if strings.HasPrefix(name, "CAP_") {
+				return nil, false, fmt.Errorf("container %s: capability %q: Kubernetes names capabilities without the CAP_ prefix (containerd would look for CAP_%s)", container, c, name)
+			}
+			if !slices.Contains(all, "CAP_"+name) {
+				return nil, false, fmt.Errorf("container %s: unknown capability %q", container, c)
+			}
+			out = append(out, "CAP_"+name)
+		}
+		return out, hasAll, nil
+	}
+	add, addAll, err := names(sc.Capabilities.Add)
+	if err != nil {
+		return nil, err
+	}
+	drop, dropAll, err := names(sc.Capabilities.Drop)
+	if err != nil {
+		return nil, err
+	}
+	if addAll {
+		set = slices.Clone(all)
+	}
+	if dropAll {
+		set = nil
+	}
+	for _, c := range add {
+		if !slices.Contains(set, c) {
+			set = append(set, c)
+		}
+	}
+	set = slices.DeleteFunc(set, func(c string) bool { return slices.Contains(drop, c) })
+	return sortedCaps(set), nil
+}
+
+func sortedCaps(caps []string) []string {
+	out := slices.Clone(caps)
+	slices.Sort(out)
+	if out == nil {
+		out = []string{}
+	}
+	return out
+}
+
+// seccomp reports whether the container runs with a seccomp filter the YAML
+// asks for (container's seccompProfile over the pod's).
+func (p *pod) seccomp(sc *corev1.SecurityContext) bool {
+	var profile *corev1.SeccompProfile
+	if p.spec.SecurityContext != nil {
+		profile = p.spec.SecurityContext.SeccompProfile
+	}
+	if sc != nil && sc.SeccompProfile != nil {
+		profile = sc.SeccompProfile
+	}
+	return profile != nil && (profile.Type == corev1.SeccompProfileTypeRuntimeDefault || profile.Type == corev1.SeccompProfileTypeLocalhost)
+}
+
+// execCommands are the command lines the host may exec: exec probes (as the
+// kubelet expands them), exec lifecycle hooks (sent as written) and the
+// settings' extra commands.
+func execCommands(c *corev1.Container, extra [][]string) [][]string {
+	var out [][]string
+	add := func(argv []string) {
+		if len(argv) == 0 {
+			return
+		}
+		if slices.ContainsFunc(out, func(have []string) bool { return slices.Equal(have, argv) }) {
+			return
+		}
+		out = append(out, argv)
+	}
+	for _, probe := range []*corev1.Probe{c.LivenessProbe, c.ReadinessProbe, c.StartupProbe} {
+		if probe != nil && probe.Exec != nil {
+			add(expandStatic(probe.Exec.Command, c.Env))
+		}
+	}
+	if c.Lifecycle != nil {
+		for _, h := range []*corev1.LifecycleHandler{c.Lifecycle.PostStart, c.Lifecycle.PreStop} {
+			if h != nil && h.Exec != nil {
+				add(h.Exec.Command)
+			}
+		}
+	}
+	for _, argv := range extra {
+		add(argv)
+	}
+	if out == nil {
+		out = [][]string{}
+	}
+	return out
+}
+
+func (p *pod) hostnameValue() envValue {
+	if p.hostname.exact != "" {
+		return exactValue(p.hostname.exact)
+	}
+	return patternValue(p.hostname.pattern)
+}
+
+// fieldRef is the value of a downward-API env field.
+func (p *pod) fieldRef(path string) (envValue, bool) {
+	if key, ok := subscript(path, "metadata.labels"); ok {
+		return p.metadataValue(p.labels, key), true
+	}
+	if key, ok := subscript(path, "metadata.annotations"); ok {
+		return p.metadataValue(p.annotations, key), true
+	}
+	switch path {
+	case "metadata.name":
+		if p.names.exact != "" {
+			return exactValue(p.names.exact), true
+		}
+		return patternValue(p.names.pattern), true
+	case "metadata.namespace":
+		if p.namespace != "" {
+			return exactValue(p.namespace), true
+		}
+		return patternValue(dnsLabel), true
+	case "metadata.uid":
+		return patternValue(podUID), true
+	case "spec.nodeName":
+		return patternValue(nodeHostname), true
+	case "spec.serviceAccountName":
+		if name := p.spec.ServiceAccountName; name != "" {
+			return exactValue(name), true
+		}
+		return exactValue("default"), true // the admission controller's default
+	case "status.hostIP", "status.podIP":
+		return patternValue(ipValue), true
+	case "status.hostIPs", "status.podIPs":
+		return patternValue(ipValue + `(?:,` + ipValue + `)*`), true
+	}
+	return envValue{}, false
+}
+
+// metadataValue: a label or annotation the template sets is pinned; one it
+// does not may be added by a controller or admission webhook.
+func (p *pod) metadataValue(m map[string]string, key string) envValue {
+	if v, ok := m[key]; ok && key != policy.Annotation {
+		return exactValue(v)
+	}
+	p.warn(fmt.Sprintf("the pod template does not set %q, which an env fieldRef reads: its value is not pinned", key))
+	return patternValue(anyValue)
+}
+
+var subscriptPattern = regexp.MustCompile(`^([a-z.]+)\['([^']*)'\]$`)
+
+func subscript(path, field string) (string, bool) {
+	m := subscriptPattern.FindStringSubmatch(path)
+	if m == nil || m[1] != field {
+		return "", false
+	}
+	return m[2], true
+}
+
+// mounts are the container's bind mounts from the kubelet: its volumeMounts,
+// the service-account token, the termination-message file and /etc/hosts.
+// The host picks the paths, so sources are pinned by shape; hostPath
+// sources are pinned exactly.
+func (p *pod) mounts(c *corev1.Container) (map[string]policy.Mount, error) {
+	root := regexp.QuoteMeta(p.settings.kubeletRoot())
+	podDir := root + `/pods/` + podUID
+	volumes := map[string]*corev1.Volume{}
+	for i := range p.spec.Volumes {
+		volumes[p.spec.Volumes[i].Name] = &p.spec.Volumes[i]
+	}
+	out := map[string]policy.Mount{}
+	for i, vm := range c.VolumeMounts {
+		if _, dup := out[vm.MountPath]; dup {
+			return nil, fmt.Errorf("container %s: two volumeMounts at %s", c.Name, vm.MountPath)
+		}
+		vol, ok := volumes[vm.Name]
+		if !ok {
+			return nil, fmt.Errorf("container %s: volumeMount %s names volume %q, which the pod does not declare", c.Name, vm.MountPath, vm.Name)
+		}
+		source, forcedRO, err := p.volumeSource(c.Name, vol, podDir)
+		if err != nil {
+			return nil, err
+		}
+		if vm.SubPath != "" || vm.SubPathExpr != "" {
+			// The kubelet binds the subpath to a per-mount file of its own.
+			source = podDir + `/volume-subpaths/` + regexp.QuoteMeta(vol.Name) + `/` + regexp.QuoteMeta(c.Name) + fmt.Sprintf(`/%d`, i)
+		}
+		out[vm.MountPath] = policy.Mount{Type: "bind", SourcePattern: source, ReadOnly: vm.ReadOnly || forcedRO}
+	}
+	automount := p.spec.AutomountServiceAccountToken == nil || *p.spec.AutomountServiceAccountToken
+	if _, taken := out[serviceAccountPath]; automount && !taken {
+		// The ServiceAccount admission controller adds the projected volume
+		// kube-api-access-<5 random characters> to every container.
+		out[serviceAccountPath] = policy.Mount{Type: "bind", SourcePattern: podDir + `/volumes/kubernetes\.io~projected/kube-api-access-[a-z0-9]{5}`, ReadOnly: true}
+	}
+	termination := c.TerminationMessagePath
+	if termination == "" {
+		termination = defaultTerminationMessagePath
+	}
+	if _, taken := out[termination]; !taken {
+		// The kubelet's per-instance file: 8 random hex digits.
+		out[termination] = policy.Mount{Type: "bind", SourcePattern: podDir + `/containers/` + regexp.QuoteMeta(c.Name) + `/[0-9a-f]{8}`}
+	}
+	if _, taken := out[etcHostsPath]; !taken {
+		out[etcHostsPath] = policy.Mount{Type: "bind", SourcePattern: podDir + `/etc-hosts`}
+	}
+	return out, nil
+}
+
+// volumeSource is the host path pattern of a volume and whether the kubelet
+// always mounts it read-only (the ones it writes itself).
+func (p *pod) volumeSource(container string, vol *corev1.Volume, podDir string) (string, bool, error) {
+	plugin := func(name string) string {
+		return podDir + `/volumes/kubernetes\.io~` + name + `/` + regexp.QuoteMeta(vol.Name)
+	}
+	switch {
+	case vol.HostPath != nil:
+		return regexp.QuoteMeta(vol.HostPath.Path), false, nil
+	case vol.EmptyDir != nil:
+		return plugin("empty-dir"), false, nil
+	case vol.ConfigMap != nil:
+		return plugin("configmap"), true, nil
+	case vol.Secret != nil:
+		return plugin("secret"), true, nil
+	case vol.Projected != nil:
+		return plugin("projected"), true, nil
+	case vol.DownwardAPI != nil:
+		return plugin("downward-api"), true, nil
+	case vol.CSI != nil:
+		return plugin("csi") + `/mount`, false, nil
+	case vol.Image != nil:
+		return "", false, fmt.Errorf("container %s: volume %s is an image volume, which this runtime does not support", container, vol.Name)
+	default:
+		// PersistentVolumeClaim, ephemeral and the remaining in-tree
+		// plugins: the directory names the persistent volume, which is
+		// only known once bound.
+		p.warn(fmt.Sprintf("container %s: volume %s: its source on the host is pinned only to the pod's volume directory", container, vol.Name))
+		return podDir + `/volumes/[^/]+/[^/]+(?:/mount)?`, false, nil
+	}
+}

@@ -1,0 +1,214 @@
+package generate
+
+import (
+	"archive/tar"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"path"
+	"strings"
+
+	containerd "github.com/containerd/containerd/v2/client"
+	"github.com/containerd/containerd/v2/core/content"
+	"github.com/containerd/containerd/v2/core/images"
+	"github.com/containerd/containerd/v2/pkg/archive/compression"
+	"github.com/containerd/errdefs"
+	"github.com/containerd/platforms"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+)
+
+// ContainerdResolver resolves images from a containerd's local image store:
+// a tag resolves to the digest the store holds for it, so the policy pins the
+// image the node will run. The images must have been pulled (crictl pull, or
+// ctr -n k8s.io images pull) before.
+type ContainerdResolver struct {
+	client    *containerd.Client
+	address   string
+	namespace string
+	platform  platforms.MatchComparer
+}
+
+// ContainerdImages connects to the containerd at address (its socket path)
+// and reads images in namespace (k8s.io is the CRI's). The connection is
+// made on the first Resolve; Close releases it.
+func ContainerdImages(address, namespace string) (*ContainerdResolver, error) {
+	if address == "" || namespace == "" {
+		return nil, errors.New("containerd images: address and namespace are required")
+	}
+	c, err := containerd.New(address, containerd.WithDefaultNamespace(namespace))
+	if err != nil {
+		return nil, fmt.Errorf("containerd at %s: %w", address, err)
+	}
+	return &ContainerdResolver{client: c, address: address, namespace: namespace, platform: platforms.Default()}, nil
+}
+
+// Close closes the connection to containerd.
+func (r *ContainerdResolver) Close() error { return r.client.Close() }
+
+// Resolve finds ref in the store. A reference with a digest is found by the
+// digest under any name, since the digest alone names the content.
+func (r *ContainerdResolver) Resolve(ctx context.Context, ref string) (Image, error) {
+	parsed, err := parseImageRef(ref)
+	if err != nil {
+		return Image{}, err
+	}
+	img, err := r.find(ctx, parsed)
+	if err != nil {
+		return Image{}, err
+	}
+	target := img.Target
+	store := r.client.ContentStore()
+	manifest, err := images.Manifest(ctx, store, target, r.platform)
+	if err != nil {
+		return Image{}, fmt.Errorf("image %s (%s): manifest for %s: %w", ref, target.Digest, platforms.DefaultString(), err)
+	}
+	var spec ocispec.Image
+	if err := readJSONBlob(ctx, store, manifest.Config, &spec); err != nil {
+		return Image{}, fmt.Errorf("image %s (%s): config: %w", ref, target.Digest, err)
+	}
+	passwd, group, err := readUserFiles(ctx, store, manifest.Layers)
+	if err != nil {
+		return Image{}, fmt.Errorf("image %s (%s): %w", ref, target.Digest, err)
+	}
+	return Image{
+		Ref:       parsed.pinned(target.Digest.String()),
+		Config:    spec.Config,
+		EtcPasswd: passwd,
+		EtcGroup:  group,
+	}, nil
+}
+
+func (r *ContainerdResolver) find(ctx context.Context, ref imageRef) (images.Image, error) {
+	store := r.client.ImageService()
+	img, err := store.Get(ctx, ref.lookupName())
+	if err == nil {
+		if ref.digest != "" && img.Target.Digest.String() != ref.digest {
+			return images.Image{}, fmt.Errorf("image %s: containerd's store has digest %s for it", ref.lookupName(), img.Target.Digest)
+		}
+		return img, nil
+	}
+	if !errdefs.IsNotFound(err) {
+		return images.Image{}, fmt.Errorf("image %s: containerd at %s: %w", ref.lookupName(), r.address, err)
+	}
+	if ref.digest != "" {
+		// CRI stores a pull by tag under the tag and the config digest, so a
+		// reference with both tag and digest may only be found by digest.
+		list, err := store.List(ctx, fmt.Sprintf("target.digest==%s", ref.digest))
+		if err != nil {
+			return images.Image{}, fmt.Errorf("images with digest %s: containerd at %s: %w", ref.digest, r.address, err)
+		}
+		for _, img := range list {
+			if p, err := parseImageRef(img.Name); err == nil && p.name == ref.name {
+				return img, nil
+			}
+		}
+	}
+	return images.Image{}, fmt.Errorf("image %s is not in containerd's store at %s (namespace %s); pull it first, e.g. crictl pull %s: %w",
+		ref.lookupName(), r.address, r.namespace, ref.lookupName(), ErrImageNotFound)
+}
+
+// maxUserFile bounds /etc/passwd and /etc/group read from an image.
+const maxUserFile = 4 << 20
+
+// readUserFiles returns /etc/passwd and /etc/group as the image's top layer
+// shows them, reading layers from the top down until both are decided (a
+// layer that holds a file, deletes it or makes /etc opaque decides it).
+func readUserFiles(ctx context.Context, store content.Provider, layers []ocispec.Descriptor) (passwd, group []byte, err error) {
+	files := map[string]*layerFile{"etc/passwd": {}, "etc/group": {}}
+	for i := len(layers) - 1; i >= 0; i-- {
+		if err := scanLayer(ctx, store, layers[i], files); err != nil {
+			return nil, nil, fmt.Errorf("layer %d (%s): %w", i, layers[i].Digest, err)
+		}
+		if files["etc/passwd"].decided && files["etc/group"].decided {
+			break
+		}
+	}
+	return files["etc/passwd"].data, files["etc/group"].data, nil
+}
+
+type layerFile struct {
+	decided bool
+	data    []byte
+}
+
+func scanLayer(ctx context.Context, store content.Provider, desc ocispec.Descriptor, files map[string]*layerFile) error {
+	ra, err := store.ReaderAt(ctx, desc)
+	if err != nil {
+		return err
+	}
+	defer ra.Close()
+	stream, err := compression.DecompressStream(content.NewReader(ra))
+	if err != nil {
+		return err
+	}
+	defer stream.Close()
+	// What this layer says, applied once the whole layer is read: within a
+	// layer, a whiteout and a file of the same path may come in any order.
+	found := map[string][]byte{}
+	deleted := map[string]bool{}
+	opaqueEtc := false
+	tr := tar.NewReader(stream)
+	for {
+		hdr, err := tr.Next()
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			return fmt.Errorf("read tar: %w", err)
+		}
+		name := strings.TrimPrefix(path.Clean("/"+hdr.Name), "/")
+		dir, base := path.Split(name)
+		switch {
+		case name == ".wh.etc" || (name == "etc" && hdr.Typeflag != tar.TypeDir):
+			opaqueEtc = true
+		case dir == "etc/" && base == ".wh..wh..opq":
+			opaqueEtc = true
+		case dir == "etc/" && strings.HasPrefix(base, ".wh."):
+			target := "etc/" + strings.TrimPrefix(base, ".wh.")
+			if _, ok := files[target]; ok {
+				deleted[target] = true
+			}
+		default:
+			if _, ok := files[name]; !ok {
+				continue
+			}
+			switch hdr.Typeflag {
+			case tar.TypeReg:
+			case tar.TypeSymlink, tar.TypeLink:
+				return fmt.Errorf("/%s is a link; reading users through links is not supported", name)
+			default:
+				deleted[name] = true // not a file: no users from it
+				continue
+			}
+			if hdr.Size > maxUserFile {
+				return fmt.Errorf("/%s is %d bytes, more than %d", name, hdr.Size, maxUserFile)
+			}
+			data, err := io.ReadAll(tr)
+			if err != nil {
+				return fmt.Errorf("read /%s: %w", name, err)
+			}
+			found[name] = data
+		}
+	}
+	for name, f := range files {
+		if f.decided {
+			continue
+		}
+		switch data, ok := found[name]; {
+		case ok:
+			f.data, f.decided = data, true
+		case deleted[name] || opaqueEtc:
+			f.decided = true
+		}
+	}
+	return nil
+}
+
+func readJSONBlob(ctx context.Context, store content.Provider, desc ocispec.Descriptor, v any) error {
+	raw, err := content.ReadBlob(ctx, store, desc)
+	if err != nil {
+		return err
+	}
+	return unmarshalJSON(raw, v)
+}

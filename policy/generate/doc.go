@@ -1,0 +1,99 @@
+// Package generate writes pod policies from Kubernetes YAML: for each
+// workload it derives policy.Data from the pod template and the images,
+// builds the module with policy.Build, and writes the YAML back with the
+// module (base64) in the pod template's io.contrast.policy annotation and
+// every image reference pinned by digest.
+//
+// # Input and output
+//
+// The input is one or more YAML documents. Pod (v1), Deployment,
+// StatefulSet, DaemonSet, ReplicaSet (apps/v1), Job and CronJob (batch/v1)
+// get a policy. Other kinds pass through byte for byte; ReplicationController,
+// PodTemplate, List and any unknown kind that carries containers are refused,
+// since their pods would run without a policy. A workload document is edited
+// in its YAML node tree (gopkg.in/yaml.v3), so comments and key order survive;
+// it is re-indented. Running the generator on its own output gives the same
+// policies and the same YAML: the annotation is replaced, Kata's policy
+// annotation is removed, and references already pinned stay as written.
+//
+// # What is pinned and what is a pattern
+//
+// The policy follows what the kubelet and containerd's CRI plugin (v2.4)
+// put into each container's OCI spec.
+//
+// Pinned exactly: the image digest; the process argv (the YAML's command
+// and args after the kubelet's $(VAR) expansion, else the image's
+// entrypoint and cmd; command replaces the entrypoint and drops cmd, args
+// replaces cmd); the working directory (workingDir, the image's, or "/");
+// the user (uid, gid and the supplementary groups a process may hold:
+// runAsUser/runAsGroup of the container over the pod, else the image's USER,
+// with /etc/passwd and /etc/group read from the image as containerd does, and
+// supplementalGroups and fsGroup); the capability set (containerd's default
+// 14, with the YAML's add and drop, ALL included; every capability when
+// privileged); privileged, allowPrivilegeEscalation: false
+// (no_new_privileges), readOnlyRootFilesystem, seccompProfile
+// RuntimeDefault/Localhost (a filter is required), procMount Unmasked; the
+// environment entries known in advance: PATH (containerd's default unless the
+// image or YAML sets it), the image's Env, env entries with a value, and
+// downward-API fields the YAML fixes (namespace, service account, labels the
+// template sets); the command lines the host may exec (exec probes,
+// expanded as the kubelet does, and exec lifecycle hooks, plus settings);
+// stdin (the YAML's stdin, or settings), tty, logs (settings); the pod's
+// namespace when the YAML sets metadata.namespace; hostNetwork, hostPID,
+// hostIPC and sysctls.
+//
+// Patterns, because the cluster picks the value after the policy is made:
+// the hostname and HOSTNAME (a Pod's spec.hostname or name is exact; a
+// controller's pods are <name>-<generated>, a StatefulSet's <name>-<ordinal>;
+// a host-network pod sees the node's); env entries from valueFrom (any value,
+// with a warning for ConfigMaps and Secrets; shapes for pod IPs, UIDs and
+// resources) and values that $(VAR)-refer to them; envFrom (any variable
+// named with the envFrom's prefix, with any value, and a warning; with no
+// prefix any name at all); the kubelet's service-link variables
+// (KUBERNETES_SERVICE_HOST etc., and every service's when enableServiceLinks
+// is not false, by their name and value shapes); mount sources (kubelet
+// paths under <kubeletRootDir>/pods/<uid>/: volumes/kubernetes.io~empty-dir,
+// ~configmap, ~secret, ~projected, ~downward-api and ~csi by volume name,
+// volume-subpaths/<volume>/<container>/<index> for subPath, the projected
+// service-account token kube-api-access-xxxxx unless
+// automountServiceAccountToken is false, containers/<name>/<8 hex> for the
+// termination-message file, etc-hosts; hostPath sources are exact; a
+// persistent volume's only to the pod's volume directory, with a warning).
+//
+// An argument that $(VAR)-refers to a value known only by a pattern is an
+// error: argv has no patterns.
+//
+// # Images
+//
+// An ImageResolver turns a reference into its digest, config and user
+// files. ContainerdImages reads a node's containerd store (the images must be
+// pulled there); StaticImages is a fixed table. With no resolver, only
+// references pinned by digest are accepted, and the image is taken to set no
+// environment, entrypoint, working directory or user (a warning says so, and
+// pods whose image does set them are refused); a container without a command
+// is then an error.
+//
+// # Settings
+//
+// Settings say what the YAML cannot. The file is JSON or YAML; unknown keys
+// are an error. Every field is optional:
+//
+//	containers:
+//	  "*":                     # every container
+//	    logs: true             # the host may read stdout/stderr (default true)
+//	    stdin: false           # the host may write stdin (default: the YAML's stdin)
+//	  app:                     # the container named app, in every workload
+//	    exec:                  # further command lines the host may exec
+//	    - ["/bin/sh", "-c", "cat /status"]
+//	    envPatterns:           # further env entries it may have (RE2, anchored)
+//	    - "DEBUG=[01]"
+//	requests:                  # kinds decided by the container alone
+//	  ResizePty: false         # default: all allowed
+//	kubeletRootDir: /var/lib/kubelet
+//
+// A named container's stdin and logs win over "*"; exec and envPatterns of
+// both apply. DefaultSettings allows StartContainer, SignalProcess,
+// WaitProcess, CloseStdin, ListProcesses, RemoveContainer, ResizePty,
+// PauseContainer, ResumeContainer, UpdateContainer, StatsContainer and
+// WaitOOM, logs for every container, and nothing else.
+package generate

@@ -1,0 +1,108 @@
+package generate
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/distribution/reference"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+)
+
+// ImageResolver finds an image by the reference a pod YAML names: a tag, a
+// digest or both.
+type ImageResolver interface {
+	Resolve(ctx context.Context, ref string) (Image, error)
+}
+
+// Image is what the policy needs of an image.
+type Image struct {
+	// Ref is the image pinned by digest, normalized: name@sha256:...
+	// (docker.io/library/nginx@sha256:... for "nginx:1.27").
+	Ref    string
+	Config ocispec.ImageConfig
+	// EtcPasswd and EtcGroup are the image's /etc/passwd and /etc/group as
+	// its top layer shows them; nil when the image has none. containerd
+	// reads them to find a user's group and supplementary groups.
+	EtcPasswd, EtcGroup []byte
+}
+
+// ErrImageNotFound is what a resolver returns (wrapped) for an image it does
+// not have.
+var ErrImageNotFound = errors.New("image not found")
+
+// StaticImages resolves from a fixed table, for tests and for images
+// described by hand. An entry is found by the reference exactly as the YAML
+// writes it, or by its normalized form (docker.io/library/... with the
+// implied :latest), or, for a reference with a digest, by that digest.
+func StaticImages(images map[string]Image) ImageResolver {
+	return staticImages(images)
+}
+
+type staticImages map[string]Image
+
+func (s staticImages) Resolve(_ context.Context, ref string) (Image, error) {
+	if img, ok := s[ref]; ok {
+		return img, nil
+	}
+	parsed, err := parseImageRef(ref)
+	if err != nil {
+		return Image{}, err
+	}
+	for key, img := range s {
+		k, err := parseImageRef(key)
+		if err != nil {
+			continue
+		}
+		if k.lookupName() == parsed.lookupName() {
+			return img, nil
+		}
+	}
+	if parsed.digest != "" {
+		for _, img := range s {
+			if p, err := parseImageRef(img.Ref); err == nil && p.digest == parsed.digest && p.name == parsed.name {
+				return img, nil
+			}
+		}
+	}
+	return Image{}, fmt.Errorf("%s: %w", ref, ErrImageNotFound)
+}
+
+// imageRef is a parsed image reference.
+type imageRef struct {
+	// name is the normalized repository (docker.io/library/nginx), tag the
+	// tag or "" and digest the digest or "".
+	name, tag, digest string
+}
+
+func parseImageRef(ref string) (imageRef, error) {
+	named, err := reference.ParseNormalizedNamed(ref)
+	if err != nil {
+		return imageRef{}, fmt.Errorf("image reference %q: %w", ref, err)
+	}
+	r := imageRef{name: named.Name()}
+	if t, ok := named.(reference.Tagged); ok {
+		r.tag = t.Tag()
+	}
+	if d, ok := named.(reference.Digested); ok {
+		r.digest = d.Digest().String()
+	}
+	return r, nil
+}
+
+// lookupName is the name containerd's CRI stores an image under for this
+// reference: name@digest when there is a digest, else name:tag with the
+// implied tag "latest".
+func (r imageRef) lookupName() string {
+	switch {
+	case r.digest != "":
+		return r.name + "@" + r.digest
+	case r.tag != "":
+		return r.name + ":" + r.tag
+	default:
+		return r.name + ":latest"
+	}
+}
+
+// pinned is the normalized reference by digest.
+func (r imageRef) pinned(digest string) string { return r.name + "@" + digest }

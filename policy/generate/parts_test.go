@@ -1,0 +1,229 @@
+package generate
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/contrast-vm/contrast/policy"
+)
+
+func TestSplitDocuments(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		in   string
+		want []string // chunks as prefix|body
+	}{
+		{"one", "a: 1\n", []string{"|a: 1\n"}},
+		{"marker first", "---\na: 1\n---\nb: 2\n", []string{"---\n|a: 1\n", "---\n|b: 2\n"}},
+		{"comments travel with the next document", "a: 1\n---\n# about b\n---\nb: 2", []string{"|a: 1\n", "---\n# about b\n|", "---\n|b: 2"}},
+		{"leading comment before marker", "# c\n---\na: 1\n", []string{"# c\n---\n|a: 1\n"}},
+		{"marker with content", "--- {a: 1}\n--- # just a comment\nb: 2\n", []string{"|--- {a: 1}\n", "--- # just a comment\n|b: 2\n"}},
+		{"end marker", "a: 1\n...\nb: 2\n", []string{"|a: 1\n...\n", "|b: 2\n"}},
+		{"not markers", "a: ---\nb: |\n  ---x\n----\n", []string{"|a: ---\nb: |\n  ---x\n----\n"}},
+		{"directive", "%YAML 1.2\n---\na: 1\n", []string{"%YAML 1.2\n---\n|a: 1\n"}},
+		{"crlf", "a: 1\r\n---\r\nb: 2\r\n", []string{"|a: 1\r\n", "---\r\n|b: 2\r\n"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var got []string
+			var joined strings.Builder
+			for _, c := range splitDocuments([]byte(tc.in)) {
+				got = append(got, string(c.prefix)+"|"+string(c.body))
+				joined.Write(c.bytes())
+			}
+			if !slices.Equal(got, tc.want) {
+				t.Errorf("chunks %q; want %q", got, tc.want)
+			}
+			if joined.String() != tc.in {
+				t.Errorf("chunks do not add up to the input: %q", joined.String())
+			}
+		})
+	}
+}
+
+func TestExpand(t *testing.T) {
+	lookup := envLookup{
+		known:   map[string]envValue{"A": exactValue("x"), "P": patternValue("[0-9]+")},
+		sources: []envSource{envFromSource("CFG_")},
+	}
+	for _, tc := range []struct {
+		in      string
+		exact   string // when the result is exact
+		matches []string
+		refuses []string
+	}{
+		{in: "plain", exact: "plain"},
+		{in: "$(A)$(A)", exact: "xx"},
+		{in: "$$(A)", exact: "$(A)"},
+		{in: "$$$(A)", exact: "$x"},
+		{in: "a$b$", exact: "a$b$"},
+		{in: "$(A", exact: "$(A"},
+		{in: "$(UNKNOWN)", exact: "$(UNKNOWN)"},
+		{in: "$()", exact: "$()"},
+		{in: "", exact: ""},
+		{in: "n=$(P).", matches: []string{"n=12."}, refuses: []string{"n=x.", "n=12"}},
+		{in: "$(CFG_X)", matches: []string{"anything", "$(CFG_X)"}},
+		{in: "[$(P)]", matches: []string{"[1]"}, refuses: []string{"1"}},
+	} {
+		got := expand(tc.in, lookup)
+		if tc.matches == nil {
+			if !got.exact || got.value != tc.exact {
+				t.Errorf("expand(%q) = %+v; want exactly %q", tc.in, got, tc.exact)
+			}
+			continue
+		}
+		if got.exact {
+			t.Errorf("expand(%q) = exact %q; want a pattern", tc.in, got.value)
+			continue
+		}
+		for _, m := range tc.matches {
+			if !matchesAny(t, []string{got.pattern}, m) {
+				t.Errorf("expand(%q) = %q does not match %q", tc.in, got.pattern, m)
+			}
+		}
+		for _, m := range tc.refuses {
+			if matchesAny(t, []string{got.pattern}, m) {
+				t.Errorf("expand(%q) = %q matches %q", tc.in, got.pattern, m)
+			}
+		}
+	}
+}
+
+func TestSettingsFiles(t *testing.T) {
+	dir := t.TempDir()
+	write := func(name, body string) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, []byte(body), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	for _, tc := range []struct {
+		name, file, body string
+		err              string
+		check            func(t *testing.T, s Settings)
+	}{
+		{name: "yaml", file: "s.yaml", body: "containers:\n  '*': {logs: false}\n  app:\n    exec: [[sh, -c, date]]\n    stdin: true\n    envPatterns: ['DEBUG=[01]']\nrequests: {UpdateContainer: false}\nkubeletRootDir: /k\n",
+			check: func(t *testing.T, s Settings) {
+				exec, stdin, logs, env := s.forContainer("app")
+				if !stdin || logs || len(exec) != 1 || !slices.Equal(env, []string{"DEBUG=[01]"}) {
+					t.Errorf("app: exec %q stdin %v logs %v env %q", exec, stdin, logs, env)
+				}
+				if _, stdin, logs, _ := s.forContainer("other"); stdin || logs {
+					t.Errorf("other: stdin %v logs %v", stdin, logs)
+				}
+				if s.Requests[policy.UpdateContainer] || !s.Requests[policy.StatsContainer] || s.kubeletRoot() != "/k" {
+					t.Errorf("requests %v root %q", s.Requests, s.kubeletRoot())
+				}
+			}},
+		{name: "json", file: "s.json", body: `{"requests": {"WaitOOM": false}}`,
+			check: func(t *testing.T, s Settings) {
+				if s.Requests[policy.WaitOOM] || !s.Requests[policy.ResizePty] || s.kubeletRoot() != DefaultKubeletRootDir {
+					t.Errorf("requests %v", s.Requests)
+				}
+				if _, _, logs, _ := s.forContainer("x"); !logs {
+					t.Error("logs not on by default")
+				}
+			}},
+		{name: "empty", file: "e.yaml", body: "", check: func(t *testing.T, s Settings) {
+			if len(s.Requests) != len(idOnlyKinds) {
+				t.Errorf("requests %v", s.Requests)
+			}
+		}},
+		{name: "unknown key", file: "u.yaml", body: "containers: {'*': {log: true}}\n", err: `unknown field "log"`},
+		{name: "unknown top key", file: "u2.yaml", body: "request: {}\n", err: `unknown field "request"`},
+		{name: "not id-only kind", file: "k.yaml", body: "requests: {ExecProcess: true}\n", err: "ExecProcess"},
+		{name: "bad pattern", file: "p.yaml", body: "containers: {a: {envPatterns: ['X=(']}}\n", err: "containers.a.envPatterns[0]"},
+		{name: "pattern shape", file: "p2.yaml", body: "containers: {a: {envPatterns: ['.*']}}\n", err: "NAME=VALUE"},
+		{name: "empty exec", file: "x.yaml", body: "containers: {a: {exec: [[]]}}\n", err: "containers.a.exec[0]"},
+		{name: "relative root", file: "r.yaml", body: "kubeletRootDir: var/lib\n", err: "absolute"},
+		{name: "missing file", file: "", err: "no such file"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			path := filepath.Join(dir, "missing.yaml")
+			if tc.file != "" {
+				path = write(tc.file, tc.body)
+			}
+			s, err := LoadSettings(path)
+			if tc.err != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.err) {
+					t.Fatalf("error %v; want one containing %q", err, tc.err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			tc.check(t, s)
+		})
+	}
+}
+
+func TestSettingsUnknownContainerWarns(t *testing.T) {
+	s := DefaultSettings()
+	s.Containers = map[string]ContainerSettings{"typo": {Stdin: ptr(true)}}
+	_, w := generate(t, podYAML("containers: [{name: c, image: busybox}]"), Options{Settings: s})
+	if !w.contains(`"typo"`) {
+		t.Errorf("no warning for a settings container no workload has: %q", w)
+	}
+}
+
+func TestExtract(t *testing.T) {
+	res, _ := generate(t, multiDoc[:strings.Index(multiDoc, "---\napiVersion: v1\nkind: ConfigMap")], Options{})
+	got, err := Extract(res.YAML)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != 1 || got[0].Document != 2 || got[0].Kind != "Deployment" || got[0].Name != "web" || got[0].Namespace != "shop" || got[0].Key != policy.Annotation {
+		t.Fatalf("extracted %+v", got)
+	}
+	if string(got[0].Policy) != string(res.Policies[0].Policy) {
+		t.Error("extracted policy differs")
+	}
+	kata := "apiVersion: v1\nkind: Pod\nmetadata:\n  name: k\n  annotations: {" + policy.AnnotationKata + ": " + policy.EncodeAnnotation([]byte("package agent_policy\n")) + "}\nspec: {}\n"
+	got, err = Extract([]byte(kata))
+	if err != nil || len(got) != 1 || got[0].Key != policy.AnnotationKata || string(got[0].Policy) != "package agent_policy\n" {
+		t.Errorf("Kata annotation: %+v, %v", got, err)
+	}
+	bad := "apiVersion: v1\nkind: ConfigMap\n---\napiVersion: v1\nkind: Pod\nmetadata:\n  name: b\n  annotations: {" + policy.Annotation + ": '!!'}\n"
+	if _, err := Extract([]byte(bad)); err == nil || !strings.Contains(err.Error(), "document 2 (Pod b)") {
+		t.Errorf("bad annotation: %v", err)
+	}
+	if got, err := Extract([]byte("apiVersion: v1\nkind: Service\n")); err != nil || len(got) != 0 {
+		t.Errorf("no workloads: %+v, %v", got, err)
+	}
+}
+
+// FuzzGenerate feeds arbitrary YAML to the generator: it must not panic, and
+// what it accepts it must accept again, unchanged, from its own output.
+func FuzzGenerate(f *testing.F) {
+	f.Add(multiDoc)
+	f.Add(podYAML("containers: [{name: c, image: busybox, env: [{name: A, value: '$(B)$$'}]}]"))
+	f.Add("apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: d}\nspec:\n  template:\n    metadata: &m {labels: {a: b}}\n    spec: {containers: [{name: c, image: busybox}]}\n")
+	f.Add("--- {a: 1}\n...\n%YAML 1.2\n---\n")
+	f.Fuzz(func(t *testing.T, in string) {
+		opts := Options{Images: testImages(), Warn: func(string) {}}
+		res, err := Generate(context.Background(), []byte(in), opts)
+		if err != nil {
+			if !strings.Contains(err.Error(), "document") && !strings.Contains(err.Error(), "settings") {
+				t.Fatalf("error names no document: %v", err)
+			}
+			return
+		}
+		again, err := Generate(context.Background(), res.YAML, opts)
+		if err != nil {
+			t.Fatalf("the output is refused: %v\n%s", err, shorten(res.YAML))
+		}
+		if len(again.Policies) != len(res.Policies) {
+			t.Fatalf("%d policies, then %d", len(res.Policies), len(again.Policies))
+		}
+		for i := range res.Policies {
+			if string(again.Policies[i].Policy) != string(res.Policies[i].Policy) {
+				t.Fatalf("policy of %s changed on the second run", res.Policies[i].Name)
+			}
+		}
+	})
+}
