@@ -1,6 +1,8 @@
 package guestinit
 
 import (
+	"bytes"
+	"errors"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -55,6 +57,9 @@ func TestMoveTree(t *testing.T) {
 	}
 	must(os.WriteFile(src+"/init", []byte("agent"), 0o755))
 	must(os.WriteFile(src+"/usr/bin/runc", []byte("runc"), 0o750))
+	big := bytes.Repeat([]byte("agent binary "), bindThreshold/8)
+	must(os.WriteFile(src+"/big", big, 0o755))
+	t.Cleanup(func() { unix.Unmount(dst+"/big", unix.MNT_DETACH) })
 	must(os.Chown(src+"/usr/bin/runc", 12, 34))
 	must(os.Chmod(src+"/usr", 0o711))
 	must(os.Symlink("usr/bin", src+"/bin"))
@@ -70,7 +75,18 @@ func TestMoveTree(t *testing.T) {
 	if b, err := os.ReadFile(dst + "/usr/bin/runc"); err != nil || string(b) != "runc" {
 		t.Fatalf("runc: %q %v", b, err)
 	}
+	// A large file is bind-mounted read-only, not copied.
+	if b, err := os.ReadFile(dst + "/big"); err != nil || !bytes.Equal(b, big) {
+		t.Fatalf("big file: %d bytes, %v", len(b), err)
+	}
+	if err := os.WriteFile(dst+"/big", []byte("changed"), 0o755); !errors.Is(err, unix.EROFS) {
+		t.Errorf("write to the bound big file: %v, want EROFS", err)
+	}
 	var st unix.Stat_t
+	must(unix.Stat(dst+"/big", &st))
+	if st.Mode&0o7777 != 0o755 {
+		t.Errorf("big file mode %o", st.Mode&0o7777)
+	}
 	must(unix.Stat(dst+"/usr/bin/runc", &st))
 	if st.Uid != 12 || st.Gid != 34 || st.Mode&0o7777 != 0o750 {
 		t.Errorf("runc owner %d:%d mode %o", st.Uid, st.Gid, st.Mode&0o7777)
