@@ -68,5 +68,16 @@ demo: deps build image
 bench: deps build image
 	$(TEST_ENV) $(GO) test -run '^$$' -bench . -benchtime 3x -timeout 30m ./integration/...
 
+# Runs every fuzz target for FUZZTIME each (the seed corpora run in `make unit`).
+FUZZTIME ?= 20s
+fuzz:
+	@set -e; for pkg in $$($(GO) list ./... | grep -v /integration); do \
+	  dir=$$($(GO) list -f '{{.Dir}}' $$pkg); \
+	  for f in $$(grep -ho '^func Fuzz[A-Za-z0-9_]*' $$dir/*_test.go 2>/dev/null | cut -c6-); do \
+	    echo "==> $$pkg $$f ($(FUZZTIME))"; \
+	    $(GO) test -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME) $$pkg; \
+	  done; \
+	done
+
 clean:
 	rm -rf $(OUT)
