@@ -1,6 +1,6 @@
-// Command contrast is the user's tool for Contrast pod VMs. For now it builds
-// the guest image; policy generation, measurement and verification come as
-// further subcommands of the same tree.
+// Command contrast is the user's tool for Contrast pod VMs: it builds the
+// guest image and writes and hashes pod policies; measurement and
+// verification come as further subcommands of the same tree.
 package main
 
 import (
@@ -19,7 +19,7 @@ import (
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	code := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
+	code := run(ctx, os.Args[1:], os.Stdin, os.Stdout, os.Stderr)
 	stop()
 	os.Exit(code)
 }
@@ -34,6 +34,7 @@ type command struct {
 }
 
 type stdio struct {
+	stdin          io.Reader
 	stdout, stderr io.Writer
 }
 
@@ -47,7 +48,7 @@ func usagef(format string, args ...any) error { return usageError{fmt.Sprintf(fo
 func commands() *command {
 	return &command{
 		name:    "contrast",
-		summary: "build and check Contrast pod VM images",
+		summary: "build Contrast pod VM images and write their policies",
 		sub: []*command{
 			{
 				name:    "image",
@@ -56,14 +57,22 @@ func commands() *command {
 					{name: "build", summary: "build a reproducible guest image", run: imageBuild},
 				},
 			},
+			{
+				name:    "policy",
+				summary: "pod policies (what the host may ask of a pod VM)",
+				sub: []*command{
+					{name: "generate", summary: "write policies into Kubernetes YAML", run: policyGenerate},
+					{name: "hash", summary: "print a policy's SHA-256 (the pod's SNP HOSTDATA)", run: policyHash},
+				},
+			},
 		},
 	}
 }
 
 // run executes the command line and returns the exit status: 0 success,
 // 1 failure, 2 usage error.
-func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
-	sio := &stdio{stdout: stdout, stderr: stderr}
+func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) int {
+	sio := &stdio{stdin: stdin, stdout: stdout, stderr: stderr}
 	root := commands()
 	fs := flag.NewFlagSet(root.name, flag.ContinueOnError)
 	fs.SetOutput(stderr)

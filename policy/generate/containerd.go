@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"path"
 	"strings"
 
@@ -35,6 +36,12 @@ type ContainerdResolver struct {
 func ContainerdImages(address, namespace string) (*ContainerdResolver, error) {
 	if address == "" || namespace == "" {
 		return nil, errors.New("containerd images: address and namespace are required")
+	}
+	// gRPC retries a missing socket until its timeout; say so at once.
+	if path, ok := strings.CutPrefix(address, "unix://"); ok || !strings.Contains(address, "://") {
+		if _, err := os.Stat(path); err != nil {
+			return nil, fmt.Errorf("containerd socket: %w", err)
+		}
 	}
 	c, err := containerd.New(address, containerd.WithDefaultNamespace(namespace))
 	if err != nil {

@@ -5,8 +5,11 @@ import (
 	"bytes"
 	"compress/gzip"
 	"context"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/containerd/containerd/v2/core/content"
 	"github.com/containerd/containerd/v2/plugins/content/local"
@@ -120,14 +123,24 @@ func TestContainerdImagesArguments(t *testing.T) {
 	if _, err := ContainerdImages("", "k8s.io"); err == nil {
 		t.Error("no error for an empty address")
 	}
-	r, err := ContainerdImages("/nonexistent/containerd.sock", "k8s.io")
+	for _, addr := range []string{"/nonexistent/containerd.sock", "unix:///nonexistent/containerd.sock"} {
+		if _, err := ContainerdImages(addr, "k8s.io"); err == nil || !strings.Contains(err.Error(), "/nonexistent/containerd.sock") {
+			t.Errorf("%s: %v; want an error naming the socket", addr, err)
+		}
+	}
+	// A socket nobody serves: the error names the address.
+	sock := filepath.Join(t.TempDir(), "c.sock")
+	if err := os.WriteFile(sock, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	r, err := ContainerdImages(sock, "k8s.io")
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer r.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), 2e9)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 	defer cancel()
-	if _, err := r.Resolve(ctx, "busybox"); err == nil || !strings.Contains(err.Error(), "/nonexistent/containerd.sock") {
+	if _, err := r.Resolve(ctx, "busybox"); err == nil || !strings.Contains(err.Error(), sock) {
 		t.Errorf("resolving without a containerd: %v", err)
 	}
 }

@@ -1,0 +1,225 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+
+	"github.com/contrast-vm/contrast/policy"
+	"github.com/contrast-vm/contrast/policy/generate"
+)
+
+var busybox = "busybox@sha256:" + strings.Repeat("ab", 32)
+
+// sampleYAML is a multi-document file as a user writes it: images pinned by
+// digest (no containerd here), commands given, a Service beside.
+var sampleYAML = `# The shop.
+apiVersion: v1
+kind: Service
+metadata: {name: web}
+spec: {ports: [{port: 80}]}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: web
+  namespace: shop
+spec:
+  replicas: 2
+  template:
+    metadata:
+      labels: {app: web}
+    spec:
+      containers:
+      - name: web # serves
+        image: ` + busybox + `
+        command: [httpd, -f]
+        readinessProbe:
+          exec: {command: [wget, -q, localhost]}
+---
+apiVersion: batch/v1
+kind: Job
+metadata: {name: migrate, namespace: shop}
+spec:
+  template:
+    spec:
+      restartPolicy: Never
+      containers:
+      - {name: migrate, image: '` + busybox + `', command: [sh, -c, 'echo done']}
+`
+
+func runCLIWithInput(t *testing.T, stdin string, args ...string) (int, string, string) {
+	t.Helper()
+	var stdout, stderr bytes.Buffer
+	code := run(context.Background(), args, strings.NewReader(stdin), &stdout, &stderr)
+	return code, stdout.String(), stderr.String()
+}
+
+var hashLine = regexp.MustCompile(`(?m)^([0-9a-f]{64}) (\S+)$`)
+
+func TestPolicyGenerateAndHash(t *testing.T) {
+	dir := t.TempDir()
+	in := filepath.Join(dir, "shop.yaml")
+	if err := os.WriteFile(in, []byte(sampleYAML), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	settings := filepath.Join(dir, "settings.yaml")
+	if err := os.WriteFile(settings, []byte("containers:\n  web: {exec: [[sh]]}\nrequests: {ResizePty: false}\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out := filepath.Join(dir, "out.yaml")
+
+	code, stdout, stderr := runCLI(t, "policy", "generate", "--settings", settings, in, "-o", out)
+	if code != 0 || stdout != "" {
+		t.Fatalf("exit %d\nstdout %s\nstderr %s", code, stdout, stderr)
+	}
+	lines := hashLine.FindAllStringSubmatch(stderr, -1)
+	if len(lines) != 2 || lines[0][2] != "Deployment/web" || lines[1][2] != "Job/migrate" {
+		t.Fatalf("stderr does not list the two workloads' hashes:\n%s", stderr)
+	}
+	if !strings.Contains(stderr, "warning: "+in+": document 2 (Deployment web): image "+busybox+": without an image store") {
+		t.Errorf("no warning about the unknown image config:\n%s", stderr)
+	}
+	written, err := os.ReadFile(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.HasPrefix(string(written), "# The shop.\napiVersion: v1\nkind: Service\nmetadata: {name: web}\n") || !strings.Contains(string(written), "- name: web # serves") {
+		t.Errorf("the output lost the Service or a comment:\n%s", written)
+	}
+	embedded, err := generate.Extract(written)
+	if err != nil || len(embedded) != 2 {
+		t.Fatalf("annotations in the output: %v, %v", embedded, err)
+	}
+	for i, e := range embedded {
+		if policy.HashHex(e.Policy) != lines[i][1] {
+			t.Errorf("%s/%s: stderr hash %s, annotation hash %s", e.Kind, e.Name, lines[i][1], policy.HashHex(e.Policy))
+		}
+	}
+	if !strings.Contains(string(embedded[0].Policy), `"exec":[["wget","-q","localhost"],["sh"]]`) || !strings.Contains(string(embedded[0].Policy), `"ResizePty":false`) {
+		t.Errorf("the settings did not reach the policy")
+	}
+
+	// hash: one line per workload for YAML with several.
+	code, stdout, stderr = runCLI(t, "policy", "hash", out)
+	if code != 0 || stdout != lines[0][0]+"\n"+lines[1][0]+"\n" {
+		t.Errorf("policy hash of the YAML: exit %d, stdout %q, stderr %q; want %q", code, stdout, stderr, lines[0][0]+"\n"+lines[1][0]+"\n")
+	}
+	// One workload: the bare hash, here from standard input.
+	job := string(written[strings.Index(string(written), "apiVersion: batch/v1"):])
+	code, stdout, _ = runCLIWithInput(t, job, "policy", "hash", "-")
+	if code != 0 || stdout != lines[1][1]+"\n" {
+		t.Errorf("policy hash of one workload: exit %d, %q; want %q", code, stdout, lines[1][1])
+	}
+	// A Rego module: its bytes, as they are.
+	rego := filepath.Join(dir, "policy.rego")
+	if err := os.WriteFile(rego, embedded[1].Policy, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	code, stdout, _ = runCLI(t, "policy", "hash", rego)
+	if code != 0 || stdout != lines[1][1]+"\n" {
+		t.Errorf("policy hash of the module: exit %d, %q; want %q", code, stdout, lines[1][1])
+	}
+	allow := policy.AllowAll()
+	code, stdout, _ = runCLIWithInput(t, string(allow), "policy", "hash", "-")
+	if code != 0 || stdout != policy.HashHex(allow)+"\n" {
+		t.Errorf("policy hash of AllowAll: exit %d, %q", code, stdout)
+	}
+
+	// Idempotent through the CLI, reading standard input.
+	code, again, _ := runCLIWithInput(t, string(written), "policy", "generate", "--settings", settings, "-")
+	if code != 0 || again != string(written) {
+		t.Errorf("second run: exit %d, output differs:\n%s", code, again)
+	}
+
+	// Several files are one stream of documents.
+	code, stdout, stderr = runCLIWithInput(t, sampleYAML, "policy", "generate", in, "-")
+	if code != 0 || strings.Count(stdout, "\n---\n") != 5 || len(hashLine.FindAllString(stderr, -1)) != 4 {
+		t.Errorf("two inputs: exit %d, %d separators, stderr:\n%s", code, strings.Count(stdout, "\n---\n"), stderr)
+	}
+}
+
+func TestPolicyCLIErrors(t *testing.T) {
+	dir := t.TempDir()
+	bad := filepath.Join(dir, "bad.yaml")
+	if err := os.WriteFile(bad, []byte("apiVersion: v1\nkind: Service\nmetadata: {name: s}\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec:\n  containers: [{name: c, image: 'busybox:1.36'}]\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	service := filepath.Join(dir, "service.yaml")
+	if err := os.WriteFile(service, []byte("apiVersion: v1\nkind: Service\nmetadata: {name: s}\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	unknownSetting := filepath.Join(dir, "settings.json")
+	if err := os.WriteFile(unknownSetting, []byte(`{"request": {}}`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		args     []string
+		code     int
+		inStderr string
+	}{
+		{[]string{"policy"}, 2, "usage: contrast policy <command>"},
+		{[]string{"policy", "generate"}, 2, "no input"},
+		{[]string{"policy", "generate", "-", "-"}, 2, "given 2 times"},
+		{[]string{"policy", "generate", "--nope", "x"}, 2, "flag provided but not defined: -nope"},
+		{[]string{"policy", "generate", "-h"}, 0, "usage: contrast policy generate [--settings FILE]"},
+		{[]string{"policy", "generate", filepath.Join(dir, "missing.yaml")}, 1, "missing.yaml: no such file"},
+		{[]string{"policy", "generate", bad}, 1, bad + ": document 2 (Pod p): container c: image busybox:1.36 is not pinned by digest"},
+		{[]string{"policy", "generate", "--settings", unknownSetting, bad}, 1, `unknown field "request"`},
+		{[]string{"policy", "generate", "--containerd-address", filepath.Join(dir, "no.sock"), bad}, 1, "no.sock"},
+		{[]string{"policy", "hash"}, 2, "no FILE"},
+		{[]string{"policy", "hash", "a", "b"}, 2, "one FILE at a time"},
+		{[]string{"policy", "hash", service}, 1, "neither a Rego module"},
+		{[]string{"policy", "hash", bad}, 1, "neither a Rego module"},
+	} {
+		code, _, stderr := runCLI(t, tc.args...)
+		if code != tc.code || !strings.Contains(stderr, tc.inStderr) {
+			t.Errorf("contrast %q: exit %d, stderr %q; want exit %d and %q", tc.args, code, stderr, tc.code, tc.inStderr)
+		}
+	}
+	if code, stdout, _ := runCLI(t, "policy", "help"); code != 0 || !strings.Contains(stdout, "generate ") || !strings.Contains(stdout, "hash ") {
+		t.Errorf("contrast policy help: exit %d, stdout %q", code, stdout)
+	}
+	// A service-only file passes through with a warning.
+	code, stdout, stderr := runCLI(t, "policy", "generate", service)
+	if code != 0 || stdout != "apiVersion: v1\nkind: Service\nmetadata: {name: s}\n" || !strings.Contains(stderr, "has no workload") {
+		t.Errorf("service only: exit %d, stdout %q, stderr %q", code, stdout, stderr)
+	}
+}
+
+// TestPolicyBinary runs the built command as a user does, with a pipe.
+func TestPolicyBinary(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds the command")
+	}
+	bin := filepath.Join(t.TempDir(), "contrast")
+	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
+		t.Fatalf("build: %v\n%s", err, out)
+	}
+	cmd := exec.Command(bin, "policy", "generate", "-")
+	cmd.Stdin = strings.NewReader(sampleYAML)
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := cmd.Run(); err != nil {
+		t.Fatalf("%v\n%s", err, stderr.String())
+	}
+	hashes := hashLine.FindAllStringSubmatch(stderr.String(), -1)
+	if len(hashes) != 2 {
+		t.Fatalf("stderr:\n%s", stderr.String())
+	}
+	hash := exec.Command(bin, "policy", "hash", "-")
+	hash.Stdin = bytes.NewReader(stdout.Bytes())
+	got, err := hash.Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := fmt.Sprintf("%s %s\n%s %s\n", hashes[0][1], "Deployment/web", hashes[1][1], "Job/migrate"); string(got) != want {
+		t.Errorf("policy hash printed %q; want %q", got, want)
+	}
+}
