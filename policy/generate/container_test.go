@@ -176,7 +176,7 @@ func TestHostnames(t *testing.T) {
 		noMatch    []string
 	}{
 		{"pod hostname", podYAML("hostname: h1\ncontainers: [{name: c, image: busybox}]"), []string{"h1"}, []string{"p"}},
-		{"host network", podYAML("hostNetwork: true\ncontainers: [{name: c, image: busybox}]"), []string{"node-1.example.com", "Node1"}, []string{"", "a b"}},
+		{"host network", podYAML("hostNetwork: true\ncontainers: [{name: c, image: busybox}]"), []string{"node-1.example.com", "Node1"}, []string{"a b"}},
 		{"fqdn", podYAML("hostname: h\nsubdomain: sub\nsetHostnameAsFQDN: true\ncontainers: [{name: c, image: busybox}]"), []string{"h.sub.ns.svc.cluster.local"}, []string{"h", "h.sub.other.svc.cluster.local"}},
 		{"long pod name", "apiVersion: v1\nkind: Pod\nmetadata: {name: " + strings.Repeat("a", 62) + "-b}\nspec: {containers: [{name: c, image: busybox}]}\n", []string{strings.Repeat("a", 62)}, []string{strings.Repeat("a", 62) + "-"}},
 		{"generateName", "apiVersion: v1\nkind: Pod\nmetadata: {generateName: job-}\nspec: {containers: [{name: c, image: busybox}]}\n", []string{"job-x2k9p"}, []string{"job-"}},
@@ -198,6 +198,13 @@ func TestHostnames(t *testing.T) {
 				if matchesAny(t, []string{w.Data.Pod.HostnamePattern}, h) {
 					t.Errorf("hostname pattern %q matches %q", w.Data.Pod.HostnamePattern, h)
 				}
+			}
+			// Only a host-network sandbox may come without a hostname.
+			if matchesAny(t, []string{w.Data.Pod.HostnamePattern}, "") != w.Data.Pod.HostNetwork {
+				t.Errorf("hostname pattern %q and the empty hostname, host network %v", w.Data.Pod.HostnamePattern, w.Data.Pod.HostNetwork)
+			}
+			if c.Env["HOSTNAME="] || matchesAny(t, c.EnvPatterns, "HOSTNAME=") {
+				t.Errorf("an empty HOSTNAME is allowed")
 			}
 		})
 	}

@@ -45,7 +45,7 @@
 // Patterns, because the cluster picks the value after the policy is made:
 // the hostname and HOSTNAME (a Pod's spec.hostname or name is exact; a
 // controller's pods are <name>-<generated>, a StatefulSet's <name>-<ordinal>;
-// a host-network pod sees the node's); env entries from valueFrom (any value,
+// a host-network pod sees the node's, and its sandbox may have none); env entries from valueFrom (any value,
 // with a warning for ConfigMaps and Secrets; shapes for pod IPs, UIDs and
 // resources) and values that $(VAR)-refer to them; envFrom (any variable
 // named with the envFrom's prefix, with any value, and a warning; with no
@@ -81,7 +81,7 @@
 //	containers:
 //	  "*":                     # every container
 //	    logs: true             # the host may read stdout/stderr (default true)
-//	    stdin: false           # the host may write stdin (default: the YAML's stdin)
+//	    stdin: false           # the host may write stdin even without the YAML's stdin: true
 //	  app:                     # the container named app, in every workload
 //	    exec:                  # further command lines the host may exec
 //	    - ["/bin/sh", "-c", "cat /status"]

@@ -258,7 +258,7 @@ func (g *generator) workload(ctx context.Context, n int, h header, body []byte, 
 		Version: policy.DataVersion,
 		Pod: policy.Pod{
 			Namespace:       h.Metadata.Namespace,
-			HostnamePattern: p.hostname.regexp(),
+			HostnamePattern: sandboxHostname(p.hostname, spec.HostNetwork),
 			HostNetwork:     spec.HostNetwork,
 			HostPID:         spec.HostPID,
 			HostIPC:         spec.HostIPC,
@@ -430,3 +430,13 @@ func (g *generator) checkSettingsNames(workloads []Workload) {
 }
 
 func unmarshalJSON(raw []byte, v any) error { return json.Unmarshal(raw, v) }
+
+// sandboxHostname is the pattern for the sandbox's hostname: a host-network
+// pod shares the node's UTS namespace, so the kubelet sets none and the
+// sandbox may come with an empty one.
+func sandboxHostname(h podNaming, hostNetwork bool) string {
+	if hostNetwork {
+		return "(?:" + h.regexp() + ")?"
+	}
+	return h.regexp()
+}

@@ -12,7 +12,8 @@ const (
 	// dnsLabel is a Kubernetes DNS-1123 label (a namespace, a pod name's
 	// generated suffix).
 	dnsLabel = `[a-z0-9](?:[-a-z0-9]*[a-z0-9])?`
-	// nodeHostname is a node's hostname, which a host-network pod sees.
+	// nodeHostname is a node's hostname, which a host-network pod sees
+	// (its sandbox may carry none: see sandboxHostname).
 	nodeHostname = `[A-Za-z0-9](?:[-.A-Za-z0-9]*[A-Za-z0-9])?`
 	// podUID is the pod's UID, part of the kubelet's paths.
 	podUID = `[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}`
