@@ -48,6 +48,10 @@ type Workload struct {
 	Data   policy.Data
 }
 
+// maxAnnotations is the API server's limit on the total size of an object's
+// annotations.
+const maxAnnotations = 256 << 10
+
 // workloadKinds are the kinds that carry a pod template, by the apiVersion
 // this generator reads them in.
 var workloadKinds = map[string]string{
@@ -302,6 +306,9 @@ func (g *generator) workload(ctx context.Context, n int, h header, body []byte, 
 	module, err := policy.Build(data)
 	if err != nil {
 		return nil, nil, fmt.Errorf("build the policy: %w", err)
+	}
+	if n := len(policy.EncodeAnnotation(module)); n > maxAnnotations {
+		return nil, nil, fmt.Errorf("the policy annotation would be %d bytes, more than the %d Kubernetes allows for all of a pod's annotations", n, maxAnnotations)
 	}
 	path := templatePaths[h.Kind]
 	if err := annotate(doc.Content[0], path, module, pinned, warn); err != nil {
