@@ -580,7 +580,7 @@ user_mismatch(pol, user) := msg if {
 
 # ---------------------------------------------------------------- capabilities
 
-policy_caps := {c | some c in container_policy.capabilities}
+policy_caps := {c | some c in container_policy.capabilities} if container_policy
 
 # [set name, capabilities] for each of the process's sets but bounding that
 # holds capabilities outside its bounding set or the policy's.

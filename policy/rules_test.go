@@ -523,3 +523,26 @@ func TestIDRequestRules(t *testing.T) {
 		})
 	}
 }
+
+// TestDenialListsOnlyExplainedFailures checks that a request for a container
+// the policy does not name is denied for that alone: the checks against the
+// container's entry cannot hold, but are not reported as failures of their own.
+func TestDenialListsOnlyExplainedFailures(t *testing.T) {
+	e := testEngine(t)
+	spec := criSpec(testContainerNamed(t, "web"))
+	spec.Annotations[AnnotationContainerName] = "miner"
+	d := decide(t, e, CreateContainer, createRequest(t, "c-new", spec, nil))
+	checkDecision(t, d, "create_container.name")
+	if strings.Contains(d.Reason, "also failed") {
+		t.Fatalf("reason %q lists other failures", d.Reason)
+	}
+	spec.Annotations[AnnotationSandboxNamespace] = "other"
+	d = decide(t, e, CreateContainer, createRequest(t, "c-new", spec, nil))
+	checkDecision(t, d, "create_container.name", "(also failed: create_container.namespace)")
+
+	d = decide(t, e, ExecProcess, &agentapi.ExecProcessRequest{ContainerId: "c-nope", Process: mustJSON(t, execProcess(testContainerNamed(t, "web"), "sh"))})
+	checkDecision(t, d, "exec_process.container")
+	if strings.Contains(d.Reason, "also failed") {
+		t.Fatalf("reason %q lists other failures", d.Reason)
+	}
+}
