@@ -77,6 +77,9 @@ type handlerSpec struct {
 	edit func(*harness.ShimConfig)
 	// raw, when set, is written as the configuration instead.
 	raw string
+	// testImage boots the test image (simulated SNP device) instead of
+	// the release image.
+	testImage bool
 }
 
 // newSuite starts containerd with the runc handler and, when contrast
@@ -127,7 +130,11 @@ func newSuiteVersion(t testing.TB, version harness.Version, handlers ...handlerS
 		}
 	})
 	for i, h := range handlers {
-		cfg := harness.DefaultShimConfig(s.env, c.ShimState)
+		env := s.env
+		if h.testImage {
+			env = env.WithTestImage()
+		}
+		cfg := harness.DefaultShimConfig(env, c.ShimState)
 		if h.edit != nil {
 			h.edit(&cfg)
 		}

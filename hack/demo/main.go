@@ -1,12 +1,14 @@
 // Command demo shows a pod VM's life through CRI, step by step: it starts
-// a private containerd with the contrast-cc runtime handler, imports a
-// busybox image, and runs a pod with crictl (runp, create, start, logs,
-// exec, stop, rm, stopp, rmp), printing each step's duration and output.
+// a private containerd with the contrast-cc runtime handler (default policy
+// deny-all), imports a busybox image, generates the pod's policy from its
+// YAML with `contrast policy generate`, and runs the pod with crictl (runp,
+// create, start, logs, exec of the commands the policy lists and of one it
+// does not, stop, rm, stopp, rmp), printing each step's duration and output.
 // Everything it starts is torn down at the end, on error and on Ctrl-C.
 //
 // It expects `make build image` to have run; `make demo` does both.
-// CONTRAST_SHIM and CONTRAST_IMAGE override the default paths under
-// _output/ of the current directory.
+// CONTRAST_SHIM, CONTRAST_CLI, CONTRAST_IMAGE and CONTRAST_TEST_IMAGE
+// override the default paths under _output/ of the current directory.
 package main
 
 import (
@@ -14,6 +16,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"os/exec"
 	"os/signal"
 	"path/filepath"
 	"strings"
@@ -69,7 +72,9 @@ func run(ctx context.Context) (retErr error) {
 	// Defaults: what `make build image` produces in this checkout.
 	if err := errors.Join(
 		setDefault("CONTRAST_SHIM", "_output/bin/containerd-shim-contrast-v2"),
+		setDefault("CONTRAST_CLI", "_output/bin/contrast"),
 		setDefault("CONTRAST_IMAGE", "_output/image"),
+		setDefault("CONTRAST_TEST_IMAGE", "_output/image-test"),
 	); err != nil {
 		return err
 	}
@@ -121,6 +126,7 @@ func run(ctx context.Context) (retErr error) {
 		}
 		cfg := harness.DefaultShimConfig(env, c.ShimState)
 		cfg.LogLevel = "info"
+		cfg.DefaultPolicy = "deny-all"
 		if err := cfg.Write(cfgPath); err != nil {
 			return nil, err
 		}
@@ -128,7 +134,7 @@ func run(ctx context.Context) (retErr error) {
 			"instance dir   " + c.Dir,
 			"containerd log " + c.Log,
 			"shim           " + env.Shim,
-			"runtime config " + cfgPath,
+			"runtime config " + cfgPath + " (pods without a policy are refused)",
 			"guest image    " + env.ImageDir + " (kernel " + guestRelease + ")",
 		}, nil
 	}); err != nil {
@@ -139,11 +145,36 @@ func run(ctx context.Context) (retErr error) {
 	}); err != nil {
 		return err
 	}
-	return demoPod(ctx, c, hostRelease)
+	return demoPod(ctx, env, c, hostRelease)
 }
 
-func demoPod(ctx context.Context, c *harness.Containerd, hostRelease string) error {
+// demoPodYAML is the demo's pod. Its probes are the commands the policy lets
+// the host exec; the demo runs them as `crictl exec`.
+const demoPodYAML = `apiVersion: v1
+kind: Pod
+metadata:
+  name: demo
+  namespace: default
+spec:
+  containers:
+  - name: hello
+    image: ` + harness.BusyboxImage + `
+    command:
+    - sh
+    - -c
+    - trap 'echo "got SIGTERM, bye"; exit 0' TERM; echo "hello from $(hostname), kernel $(uname -r)"; sleep 100000 & wait
+    livenessProbe:
+      exec:
+        command: ["uname", "-r"]
+    readinessProbe:
+      exec:
+        command: ["sh", "-c", "grep -c processor /proc/cpuinfo; exit 3"]
+`
+
+func demoPod(ctx context.Context, env harness.Env, c *harness.Containerd, hostRelease string) error {
 	cri := c.CRI()
+	var podCfg harness.PodConfig
+	var ctrCfgs []harness.ContainerConfig
 	var pod *harness.Pod
 	var ctr *harness.Container
 	var trace harness.PodTrace
@@ -157,8 +188,23 @@ func demoPod(ctx context.Context, c *harness.Containerd, hostRelease string) err
 		title string
 		f     func() ([]string, error)
 	}{
-		{"crictl runp --runtime " + handler + " (boots the pod VM)", func() (_ []string, err error) {
-			pod, err = cri.RunPod(ctx, harness.PodConfig{Name: "demo", Handler: handler})
+		{"contrast policy generate demo.yaml (image resolved in containerd's store)", func() ([]string, error) {
+			out, err := generatePolicy(ctx, env, c)
+			if err != nil {
+				return out, err
+			}
+			manifest, err := os.ReadFile(filepath.Join(c.Dir, "demo.policy.yaml"))
+			if err != nil {
+				return out, err
+			}
+			podCfg, ctrCfgs, err = harness.PodFromYAML(manifest, handler)
+			if err != nil {
+				return out, err
+			}
+			return append(out, "image pinned: "+ctrCfgs[0].Image), nil
+		}},
+		{"crictl runp --runtime " + handler + " (boots the pod VM, installs the policy)", func() (_ []string, err error) {
+			pod, err = cri.RunPod(ctx, podCfg)
 			if err != nil {
 				return nil, err
 			}
@@ -166,15 +212,14 @@ func demoPod(ctx context.Context, c *harness.Containerd, hostRelease string) err
 			if trace, err = c.TracePod(pod.ID); err == nil {
 				lines = append(lines, describeProcesses(trace.Processes)...)
 			}
-			return lines, nil
+			status, err := os.ReadFile(filepath.Join(c.ShimState, "k8s.io", pod.ID, "policy.json"))
+			if err != nil {
+				return lines, fmt.Errorf("policy status of the pod: %w", err)
+			}
+			return append(append(lines, "policy status (policy.json in the pod's state dir):"), lines2(string(status))...), nil
 		}},
 		{"crictl create", func() (_ []string, err error) {
-			ctr, err = cri.CreateContainer(ctx, pod, harness.ContainerConfig{
-				Name: "hello",
-				Command: []string{"sh", "-c",
-					`trap 'echo "got SIGTERM, bye"; exit 0' TERM; ` +
-						`echo "hello from $(hostname), kernel $(uname -r)"; sleep 100000 & wait`},
-			})
+			ctr, err = cri.CreateContainer(ctx, pod, ctrCfgs[0])
 			if err != nil {
 				return nil, err
 			}
@@ -209,6 +254,17 @@ func demoPod(ctx context.Context, c *harness.Containerd, hostRelease string) err
 				return nil, err
 			}
 			return []string{"vCPUs: " + strings.TrimSpace(r.Stdout), fmt.Sprintf("exit code: %d", r.ExitCode)}, nil
+		}},
+		{"crictl exec cat /etc/shadow (not in the policy: the agent denies it)", func() ([]string, error) {
+			_, err := cri.Exec(ctx, ctr.ID, false, "cat", "/etc/shadow")
+			if err == nil {
+				return nil, errors.New("the exec was allowed")
+			}
+			var ce *harness.CmdError
+			if errors.As(err, &ce) {
+				return lines(strings.TrimSpace(ce.Stderr)), nil
+			}
+			return nil, err
 		}},
 		{"crictl stop --timeout 10", func() ([]string, error) {
 			if err := cri.StopContainer(ctx, ctr.ID, 10*time.Second); err != nil {
@@ -278,6 +334,31 @@ func describeProcesses(ps []harness.Process) []string {
 		out = append(out, fmt.Sprintf("%-5s pid %-7d RSS %d MiB", name, p.PID, rss/1024))
 	}
 	return out
+}
+
+// generatePolicy runs `contrast policy generate` on the demo pod's YAML,
+// with the image resolved in the instance's image store.
+func generatePolicy(ctx context.Context, env harness.Env, c *harness.Containerd) ([]string, error) {
+	in := filepath.Join(c.Dir, "demo.yaml")
+	if err := os.WriteFile(in, []byte(demoPodYAML), 0o644); err != nil {
+		return nil, err
+	}
+	cmd := exec.CommandContext(ctx, env.CLI, "policy", "generate", "--containerd-address", c.Socket,
+		"--namespace", "k8s.io", "-o", filepath.Join(c.Dir, "demo.policy.yaml"), in)
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		return lines(string(out)), fmt.Errorf("contrast policy generate: %w", err)
+	}
+	return lines(string(out)), nil
+}
+
+// lines2 is lines with each line indented.
+func lines2(s string) []string {
+	ls := lines(s)
+	for i := range ls {
+		ls[i] = "  " + ls[i]
+	}
+	return ls
 }
 
 func lines(s string) []string {

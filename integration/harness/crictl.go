@@ -271,6 +271,18 @@ type ContainerConfig struct {
 	HostPID bool
 }
 
+// kubelet's default masked and read-only paths (k8s.io/kubernetes
+// pkg/securitycontext), which it sends for every container with the Default
+// procMount.
+var (
+	kubeletMaskedPaths = []string{
+		"/proc/asound", "/proc/acpi", "/proc/kcore", "/proc/keys", "/proc/latency_stats",
+		"/proc/timer_list", "/proc/timer_stats", "/proc/sched_debug", "/proc/scsi",
+		"/sys/firmware", "/sys/devices/virtual/powercap",
+	}
+	kubeletReadonlyPaths = []string{"/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"}
+)
+
 // Container is a container created through CRI.
 type Container struct {
 	ID         string
@@ -312,9 +324,15 @@ func (c *CRI) CreateContainer(ctx context.Context, pod *Pod, cc ContainerConfig)
 	if cc.Resources != nil {
 		linux["resources"] = cc.Resources.json()
 	}
+	// kubelet always sends the masked and read-only /proc and /sys paths
+	// (procMount Default); CRI leaves them empty when a client does not.
+	sc := map[string]any{"masked_paths": kubeletMaskedPaths, "readonly_paths": kubeletReadonlyPaths}
 	if cc.HostPID {
-		linux["security_context"] = nodePIDNamespace
+		for k, v := range nodePIDNamespace {
+			sc[k] = v
+		}
 	}
+	linux["security_context"] = sc
 	cfg["linux"] = linux
 	if err := writeJSON(ctr.ConfigFile, cfg); err != nil {
 		return nil, err

@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"strings"
 	"time"
 )
 
@@ -116,10 +117,17 @@ func WriteOCIArchive(path string, spec ImageSpec) error {
 		"org.opencontainers.image.ref.name": refTag(spec.Name),
 	})
 	md["platform"] = map[string]string{"architecture": "amd64", "os": "linux"}
+	// The same manifest under its digest reference (repo@sha256:...), the
+	// name a pull by digest gives an image: manifests whose images are
+	// pinned by `contrast policy generate` resolve without a registry.
+	mdDigest := descriptor("application/vnd.oci.image.manifest.v1+json", manifest, map[string]string{
+		"io.containerd.image.name": repository(spec.Name) + "@" + digest(manifest),
+	})
+	mdDigest["platform"] = md["platform"]
 	index, err := json.Marshal(map[string]any{
 		"schemaVersion": 2,
 		"mediaType":     "application/vnd.oci.image.index.v1+json",
-		"manifests":     []any{md},
+		"manifests":     []any{md, mdDigest},
 	})
 	if err != nil {
 		return fmt.Errorf("image %s: marshal index: %w", spec.Name, err)
@@ -144,6 +152,14 @@ func WriteOCIArchive(path string, spec ImageSpec) error {
 		return fmt.Errorf("write image archive %s: %w", path, err)
 	}
 	return nil
+}
+
+// repository is name without its tag.
+func repository(name string) string {
+	if tag := refTag(name); tag != name {
+		return strings.TrimSuffix(name, ":"+tag)
+	}
+	return name
 }
 
 func refTag(name string) string {

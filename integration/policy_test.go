@@ -1,0 +1,206 @@
+package integration
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/contrast-vm/contrast/integration/harness"
+	"github.com/contrast-vm/contrast/policy"
+)
+
+// policyPodYAML is the pod the policy tests generate a policy for. Its
+// liveness probe is the one command the policy lets the host exec.
+const policyPodYAML = `apiVersion: v1
+kind: Pod
+metadata:
+  name: policy-demo
+  namespace: default
+spec:
+  containers:
+  - name: app
+    image: ` + harness.BusyboxImage + `
+    command: ["sh", "-c", "echo policy-ok; exec sleep 3600"]
+    env:
+    - name: GREETING
+      value: hello
+    livenessProbe:
+      exec:
+        command: ["cat", "/etc/hostname"]
+`
+
+// hostDataForger writes a QEMU wrapper that launches the VM with other host
+// data than the shim asked for: what a malicious host could do. The
+// simulated SNP device then reports that HOSTDATA.
+func hostDataForger(t *testing.T) string {
+	t.Helper()
+	script := filepath.Join(t.TempDir(), "qemu-forge-hostdata")
+	forged := strings.Repeat("f", 64)
+	body := `#!/bin/bash
+# Launches QEMU with forged host data (integration test of the policy binding).
+args=()
+for a in "$@"; do
+  case $a in name=opt/io.contrast/hostdata,string=*) a="name=opt/io.contrast/hostdata,string=` + forged + `";; esac
+  args+=("$a")
+done
+exec /usr/bin/qemu-system-x86_64 "${args[@]}"
+`
+	if err := os.WriteFile(script, []byte(body), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	return script
+}
+
+// TestPolicy runs pods under policies generated from their YAML, on the test
+// image whose simulated SNP device reports the launch's host data: a pod
+// within its policy runs; what the policy does not allow is denied with a
+// reason crictl shows; a policy that is not the launched one never installs.
+func TestPolicy(t *testing.T) {
+	denyAll := func(c *harness.ShimConfig) { c.DefaultPolicy = "deny-all" }
+	forger := hostDataForger(t)
+	s := newSuite(t,
+		handlerSpec{name: contrastHandler, testImage: true, edit: denyAll},
+		handlerSpec{name: "contrast-forged", testImage: true, edit: func(c *harness.ShimConfig) {
+			denyAll(c)
+			c.Binary = forger
+		}},
+	)
+
+	// Generate the policy as a user would: the CLI, reading the image from
+	// containerd's store.
+	dir := t.TempDir()
+	in, out := filepath.Join(dir, "pod.yaml"), filepath.Join(dir, "pod.policy.yaml")
+	if err := os.WriteFile(in, []byte(policyPodYAML), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	gen := exec.CommandContext(s.ctx, s.env.CLI, "policy", "generate",
+		"--containerd-address", s.c.Socket, "--namespace", "k8s.io", "-o", out, in)
+	if msg, err := gen.CombinedOutput(); err != nil {
+		t.Fatalf("contrast policy generate: %v\n%s", err, msg)
+	}
+	generated, err := os.ReadFile(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("generated manifest (policy annotation cut):\n%s", cutAnnotation(string(generated)))
+	podCfg, ctrs, err := harness.PodFromYAML(generated, contrastHandler)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if podCfg.Annotations[policy.Annotation] == "" {
+		t.Fatalf("generated manifest has no %s annotation", policy.Annotation)
+	}
+	if len(ctrs) != 1 || !strings.Contains(ctrs[0].Image, "@sha256:") {
+		t.Fatalf("generated manifest's containers %+v: want one, image pinned by digest", ctrs)
+	}
+	app := ctrs[0]
+
+	t.Run("no-policy-refused", func(t *testing.T) {
+		before := s.snapshot(t)
+		_, err := s.cri.RunPod(s.ctx, harness.PodConfig{Name: "no-policy", Handler: contrastHandler})
+		if err == nil {
+			t.Fatal("runp of a pod without a policy succeeded under the deny-all default")
+		}
+		msg := cmdErrText(err)
+		t.Logf("runp: %s", msg)
+		if !containsAny(msg, "carries no policy") || !containsAny(msg, "deny-all") {
+			t.Errorf("error does not say the pod has no policy and the default is deny-all")
+		}
+		s.expectNoLeftovers(t, "refused pod", func() (harness.Leftovers, error) { return s.c.NewSince(*before) })
+	})
+
+	t.Run("allowed", func(t *testing.T) {
+		before := s.snapshot(t)
+		pod := s.runPodWith(t, podCfg)
+		c := s.startWith(t, pod, app)
+		trace := s.trace(t, pod, c)
+		waitLog(t, s, c, "policy-ok", 30*time.Second)
+
+		res, err := s.cri.Exec(s.ctx, c.ID, true, "cat", "/etc/hostname")
+		if err != nil || res.ExitCode != 0 || strings.TrimSpace(res.Stdout) != podCfg.Name {
+			t.Errorf("exec of the probe's command: %+v, %v; want the hostname %s", res, err, podCfg.Name)
+		}
+		res, err = s.cri.Exec(s.ctx, c.ID, true, "id")
+		if err == nil {
+			t.Errorf("exec of id, which the policy does not list, succeeded: %+v", res)
+		} else {
+			msg := cmdErrText(err)
+			t.Logf("denied exec: %s", msg)
+			if !containsAny(msg, "ExecProcess") || !containsAny(msg, "polic") {
+				t.Errorf("exec denial does not name the request and the policy")
+			}
+		}
+		// The pod carries no stdin: writing it is not allowed, so attach -i
+		// has nothing to attach to; logs are readable (checked above).
+		s.removeContainer(t, c)
+		s.removePod(t, pod, trace, before)
+	})
+
+	t.Run("changed-command-denied", func(t *testing.T) {
+		before := s.snapshot(t)
+		pc := podCfg
+		pc.Name = podCfg.Name // the hostname the policy pins
+		pod := s.runPodWith(t, pc)
+		trace := s.trace(t, pod)
+		tampered := app
+		tampered.Command = []string{"sh", "-c", "echo tampered; exec sleep 3600"}
+		// CRI creates the runtime's task, so the container in the VM, at
+		// `crictl start`; `crictl create` only records it.
+		c, err := s.cri.CreateContainer(s.ctx, pod, tampered)
+		if err == nil {
+			err = s.cri.StartContainer(s.ctx, c.ID)
+		}
+		if err == nil {
+			t.Fatal("a container whose command differs from the policy's was created and started")
+		}
+		msg := cmdErrText(err)
+		t.Logf("denied create: %s", msg)
+		if !containsAny(msg, "CreateContainer") || !containsAny(msg, "args", "command") || !containsAny(msg, "tampered") {
+			t.Errorf("create denial does not name the request, the rule and the command")
+		}
+		s.removePod(t, pod, trace, before)
+	})
+
+	t.Run("hostdata-mismatch", func(t *testing.T) {
+		before := s.snapshot(t)
+		pc := podCfg
+		pc.Handler = "contrast-forged"
+		_, err := s.cri.RunPod(s.ctx, pc)
+		if err == nil {
+			t.Fatal("runp succeeded although the VM was launched with other host data than the policy's hash")
+		}
+		msg := cmdErrText(err)
+		t.Logf("runp: %s", msg)
+		hash := policyHashOf(t, podCfg.Annotations[policy.Annotation])
+		if !containsAny(msg, "HOSTDATA") || !containsAny(msg, hash) || !containsAny(msg, strings.Repeat("f", 64)) {
+			t.Errorf("error does not name HOSTDATA, the policy hash %s and the launched host data", hash)
+		}
+		s.expectNoLeftovers(t, "refused pod", func() (harness.Leftovers, error) { return s.c.NewSince(*before) })
+	})
+}
+
+// policyHashOf decodes a policy annotation value and returns its hash.
+func policyHashOf(t *testing.T, annotation string) string {
+	t.Helper()
+	module, _, err := policy.DecodeAnnotation(map[string]string{policy.Annotation: annotation})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return policy.HashHex(module)
+}
+
+// cutAnnotation shortens the base64 policy in a manifest for the test log.
+func cutAnnotation(manifest string) string {
+	var b strings.Builder
+	for _, line := range strings.Split(manifest, "\n") {
+		if strings.Contains(line, policy.Annotation) && len(line) > 120 {
+			line = line[:120] + fmt.Sprintf("... (%d bytes)", len(line))
+		}
+		b.WriteString(line + "\n")
+	}
+	return b.String()
+}
