@@ -23,10 +23,6 @@ const (
 	setPolicyMethod = "/contrast.agent.v1.Agent/SetPolicy"
 )
 
-// unreadableRule is the policy.Denial rule of a request the policy could
-// not read (a malformed spec, say).
-const unreadableRule = "input"
-
 // policyGate is the agent's policy state. The host is untrusted: until
 // SetPolicy installs a policy whose hash is the VM's HOSTDATA, every request
 // but Health and SetPolicy is denied; afterwards the policy decides each
@@ -65,7 +61,7 @@ func (g *policyGate) authorize(ctx context.Context, method string, req any) erro
 	switch {
 	case err == nil:
 		return nil
-	case errors.As(err, &denial) && denial.Rule == unreadableRule:
+	case errors.As(err, &denial) && denial.Rule == policy.RuleInput:
 		// Malformed, not judged: the code says so, as the service's own
 		// checks would.
 		return status.Error(codes.InvalidArgument, denial.Error())
@@ -74,6 +70,14 @@ func (g *policyGate) authorize(ctx context.Context, method string, req any) erro
 		return status.Error(codes.PermissionDenied, denial.Error())
 	default:
 		return status.Errorf(codes.PermissionDenied, "%s denied: %v", name, err)
+	}
+}
+
+// done tells the installed policy's gate how an allowed request ended (see
+// policy.Gate.Done).
+func (g *policyGate) done(method string, req any, err error) {
+	if p := g.installed.Load(); p != nil {
+		p.gate.Done(method, req, err)
 	}
 }
 

@@ -61,13 +61,21 @@ func (s *Service) Serve(ctx context.Context, agentL, stdioL net.Listener) error 
 // asked and what went wrong.
 func (s *Service) intercept(ctx context.Context, unmarshal ttrpc.Unmarshaler, info *ttrpc.UnaryServerInfo, method ttrpc.Method) (any, error) {
 	start := time.Now()
+	var allowed any // the request, once the gate allowed it
 	checked := func(req any) error {
 		if err := unmarshal(req); err != nil {
 			return err
 		}
-		return s.policy.authorize(ctx, info.FullMethod, req)
+		if err := s.policy.authorize(ctx, info.FullMethod, req); err != nil {
+			return err
+		}
+		allowed = req
+		return nil
 	}
 	resp, err := method(ctx, checked)
+	if allowed != nil {
+		s.policy.done(info.FullMethod, allowed, err)
+	}
 	lg := log.G(ctx).WithField("method", info.FullMethod).WithField("duration", time.Since(start).Round(time.Microsecond))
 	switch {
 	case err != nil && ctx.Err() != nil:

@@ -66,12 +66,12 @@ func (g *Gate) Authorize(ctx context.Context, method string, req any) error {
 	}
 	msg, ok := req.(proto.Message)
 	if !ok {
-		return &Denial{Kind: kind, Rule: "input", Reason: fmt.Sprintf("request of type %T is not an agent API message", req)}
+		return &Denial{Kind: kind, Rule: RuleInput, Reason: fmt.Sprintf("request of type %T is not an agent API message", req)}
 	}
 
 	in, err := Input(kind, msg, g.containerName)
 	if err != nil {
-		return &Denial{Kind: kind, Rule: "input", Reason: err.Error()}
+		return &Denial{Kind: kind, Rule: RuleInput, Reason: err.Error()}
 	}
 	if kind == CreateContainer {
 		// An id names one container for its life: a second create under a
@@ -82,7 +82,7 @@ func (g *Gate) Authorize(ctx context.Context, method string, req any) error {
 	}
 	v, err := ast.InterfaceToValue(in)
 	if err != nil {
-		return &Denial{Kind: kind, Rule: "input", Reason: err.Error()}
+		return &Denial{Kind: kind, Rule: RuleInput, Reason: err.Error()}
 	}
 	d, err := g.engine.Decide(ctx, kind, v)
 	if err != nil {
@@ -101,12 +101,37 @@ func (g *Gate) Authorize(ctx context.Context, method string, req any) error {
 			return &Denial{Kind: kind, Rule: "gate", Reason: fmt.Sprintf("container id %q exists already", id)}
 		}
 		g.containers[id] = name
-	case RemoveContainer:
-		g.mu.Lock()
-		delete(g.containers, in["container_id"].(string))
-		g.mu.Unlock()
 	}
 	return nil
+}
+
+// RuleInput is the rule of a Denial for a request the gate could not read.
+const RuleInput = "input"
+
+// Done tells the gate how a request it allowed ended, so that its record of
+// containers follows the agent's: a create that failed frees its id for
+// another try, and a remove forgets the id only once it succeeded (a failed
+// remove leaves the container, and its rules, in place).
+func (g *Gate) Done(method string, req any, err error) {
+	r, ok := req.(interface{ GetContainerId() string })
+	if !ok {
+		return
+	}
+	switch Kind(strings.TrimPrefix(method, ServicePrefix)) {
+	case CreateContainer:
+		if err == nil {
+			return
+		}
+	case RemoveContainer:
+		if err != nil {
+			return
+		}
+	default:
+		return
+	}
+	g.mu.Lock()
+	delete(g.containers, r.GetContainerId())
+	g.mu.Unlock()
 }
 
 func (g *Gate) containerName(id string) (string, bool) {

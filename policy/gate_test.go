@@ -60,6 +60,7 @@ func TestGateLifecycle(t *testing.T) {
 			if err != nil {
 				t.Fatalf("%s: %v", s.name, err)
 			}
+			g.Done(method(s.kind), s.req, nil) // the agent did what was allowed
 			continue
 		}
 		var d *Denial
@@ -134,6 +135,7 @@ func TestGateConcurrent(t *testing.T) {
 						errs <- fmt.Errorf("%s %s: %w", s.kind, id, err)
 						return
 					}
+					g.Done(method(s.kind), s.req, nil)
 				}
 				if err := g.Authorize(ctx, method(StartContainer), &agentapi.ContainerRequest{ContainerId: id}); err == nil {
 					errs <- fmt.Errorf("start %s after remove allowed", id)
@@ -146,5 +148,56 @@ func TestGateConcurrent(t *testing.T) {
 	close(errs)
 	for err := range errs {
 		t.Error(err)
+	}
+}
+
+// TestGateDone checks that the gate's record of containers follows how the
+// agent's requests ended: a failed create frees its id, a failed remove
+// keeps the container and its rules, a successful remove forgets them.
+func TestGateDone(t *testing.T) {
+	g := NewGate(testEngine(t))
+	ctx := context.Background()
+	c := testContainers()[0]
+	create := createRequest(t, "c1", criSpec(c), nil)
+	remove := &agentapi.RemoveContainerRequest{ContainerId: "c1"}
+	start := &agentapi.ContainerRequest{ContainerId: "c1"}
+	authorize := func(kind Kind, req any) error { return g.Authorize(ctx, method(kind), req) }
+
+	if err := authorize(CreateContainer, create); err != nil {
+		t.Fatal(err)
+	}
+	g.Done(method(CreateContainer), create, errors.New("image device never appeared"))
+	if err := authorize(StartContainer, start); err == nil {
+		t.Error("start allowed for a container whose create failed")
+	}
+	if err := authorize(CreateContainer, create); err != nil {
+		t.Fatalf("second create after a failed one: %v", err)
+	}
+	g.Done(method(CreateContainer), create, nil)
+
+	if err := authorize(RemoveContainer, remove); err != nil {
+		t.Fatal(err)
+	}
+	g.Done(method(RemoveContainer), remove, errors.New("container is running"))
+	if err := authorize(StartContainer, start); err != nil {
+		t.Errorf("start after a failed remove: %v", err)
+	}
+	if err := authorize(RemoveContainer, remove); err != nil {
+		t.Fatal(err)
+	}
+	g.Done(method(RemoveContainer), remove, nil)
+	if err := authorize(StartContainer, start); err == nil {
+		t.Error("start allowed after the container was removed")
+	}
+	// A denied create must not free the id of the container that holds it.
+	if err := authorize(CreateContainer, create); err != nil {
+		t.Fatal(err)
+	}
+	g.Done(method(CreateContainer), create, nil)
+	if err := authorize(CreateContainer, create); err == nil {
+		t.Fatal("second create under a live id allowed")
+	}
+	if err := authorize(StartContainer, start); err != nil {
+		t.Errorf("start after a refused duplicate create: %v", err)
 	}
 }
