@@ -12,6 +12,7 @@ import (
 	"github.com/contrast-vm/contrast/agent/tee"
 	api "github.com/contrast-vm/contrast/api/agent"
 	"github.com/contrast-vm/contrast/policy"
+	"github.com/contrast-vm/contrast/policy/enforce"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 )
@@ -36,7 +37,7 @@ type policyGate struct {
 
 // installedPolicy is a policy SetPolicy accepted.
 type installedPolicy struct {
-	gate *policy.Gate
+	gate *enforce.Gate
 	hash string // hex SHA-256 of the policy bytes
 }
 
@@ -57,11 +58,11 @@ func (g *policyGate) authorize(ctx context.Context, method string, req any) erro
 		return status.Errorf(codes.PermissionDenied, "%s denied: no policy installed yet (the host must send SetPolicy first)", name)
 	}
 	err := p.gate.Authorize(ctx, method, req)
-	var denial *policy.Denial
+	var denial *enforce.Denial
 	switch {
 	case err == nil:
 		return nil
-	case errors.As(err, &denial) && denial.Rule == policy.RuleInput:
+	case errors.As(err, &denial) && denial.Rule == enforce.RuleInput:
 		// Malformed, not judged: the code says so, as the service's own
 		// checks would.
 		return status.Error(codes.InvalidArgument, denial.Error())
@@ -74,7 +75,7 @@ func (g *policyGate) authorize(ctx context.Context, method string, req any) erro
 }
 
 // done tells the installed policy's gate how an allowed request ended (see
-// policy.Gate.Done).
+// enforce.Gate.Done).
 func (g *policyGate) done(method string, req any, err error) {
 	if p := g.installed.Load(); p != nil {
 		p.gate.Done(method, req, err)
@@ -113,11 +114,11 @@ func (g *policyGate) set(ctx context.Context, module []byte) (*api.SetPolicyResp
 				hash, hex.EncodeToString(hostData[:]), g.tee.Name())
 		}
 	}
-	engine, err := policy.Compile(module)
+	engine, err := enforce.Compile(module)
 	if err != nil {
 		return nil, status.Errorf(codes.InvalidArgument, "SetPolicy refused: policy %s: %v", hash, err)
 	}
-	g.installed.Store(&installedPolicy{gate: policy.NewGate(engine), hash: hash})
+	g.installed.Store(&installedPolicy{gate: enforce.NewGate(engine), hash: hash})
 	switch {
 	case resp.Attested:
 		lg.Infof("policy installed, bound to HOSTDATA of the %s TEE", resp.Tee)

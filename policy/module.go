@@ -16,6 +16,10 @@ import (
 //go:embed rules.rego
 var rules []byte
 
+// Rules returns the embedded rules (a copy), the part every generated
+// policy shares.
+func Rules() []byte { return append([]byte(nil), rules...) }
+
 // Build returns the policy module for d: the embedded rules followed by
 // `policy_data := <d as JSON>`. The same Data always gives the same bytes
 // (struct fields in order, map keys sorted), so the policy hash is stable.

@@ -11,7 +11,7 @@
 // {"allow": bool, "reason": string}, optionally with "rule": the name of the
 // check that failed, which the denial message shows. A kind whose rule is
 // undefined is denied.
-// The input of every rule is built from the request by Input.
+// The input of every rule is built from the request by enforce.Input.
 package policy
 
 import (

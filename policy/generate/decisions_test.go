@@ -17,6 +17,7 @@ import (
 
 	agentapi "github.com/contrast-vm/contrast/api/agent"
 	"github.com/contrast-vm/contrast/policy"
+	"github.com/contrast-vm/contrast/policy/enforce"
 	"github.com/contrast-vm/contrast/policy/generate"
 )
 
@@ -223,7 +224,7 @@ type testPod struct {
 	t        *testing.T
 	name     string
 	pod      corev1.Pod
-	gate     *policy.Gate
+	gate     *enforce.Gate
 	hostname string
 }
 
@@ -243,11 +244,11 @@ func newTestPod(t *testing.T, name string, settings func(*generate.Settings)) *t
 	if len(res.Policies) != 1 {
 		t.Fatalf("generate %s: %d policies", name, len(res.Policies))
 	}
-	engine, err := policy.Compile(res.Policies[0].Policy)
+	engine, err := enforce.Compile(res.Policies[0].Policy)
 	if err != nil {
 		t.Fatalf("compile the policy of %s: %v", name, err)
 	}
-	p := &testPod{t: t, name: name, gate: policy.NewGate(engine), hostname: podHostnames[name]}
+	p := &testPod{t: t, name: name, gate: enforce.NewGate(engine), hostname: podHostnames[name]}
 	// The kubelet runs the pod from the YAML the generator wrote (images
 	// pinned), as the API server stored it.
 	p.pod = podFromYAML(t, res.YAML)
@@ -909,7 +910,7 @@ func decisionCases() []decisionCase {
 		{name: "exec in a container whose create was denied", pod: "web", before: []action{sandbox("")},
 			do: func(p *testPod) (policy.Kind, any) {
 				kind, req := create("nginx", addEnv("LD_PRELOAD=/x.so"))(p)
-				if err := p.gate.Authorize(context.Background(), policy.ServicePrefix+string(kind), req); err == nil {
+				if err := p.gate.Authorize(context.Background(), enforce.ServicePrefix+string(kind), req); err == nil {
 					p.t.Fatal("tampered create allowed")
 				}
 				return exec("nginx", []string{"cat", "/tmp/healthy"}, false, false)(p)
@@ -972,12 +973,14 @@ func TestDecisions(t *testing.T) {
 			ctx := context.Background()
 			for i, a := range tc.before {
 				kind, req := a(p)
-				if err := p.gate.Authorize(ctx, policy.ServicePrefix+string(kind), req); err != nil {
+				if err := p.gate.Authorize(ctx, enforce.ServicePrefix+string(kind), req); err != nil {
 					t.Fatalf("step %d (%s): %v", i+1, kind, err)
 				}
+				// The agent did what was allowed; the gate learns it.
+				p.gate.Done(enforce.ServicePrefix+string(kind), req, nil)
 			}
 			kind, req := tc.do(p)
-			err := p.gate.Authorize(ctx, policy.ServicePrefix+string(kind), req)
+			err := p.gate.Authorize(ctx, enforce.ServicePrefix+string(kind), req)
 			n := kinds[kind]
 			if tc.want == "" {
 				if err != nil {
@@ -985,7 +988,7 @@ func TestDecisions(t *testing.T) {
 				}
 				n[0]++
 			} else {
-				var d *policy.Denial
+				var d *enforce.Denial
 				if !errors.As(err, &d) {
 					t.Fatalf("%s: %v, want a denial by %s", kind, err, tc.want)
 				}
@@ -1016,13 +1019,13 @@ func TestDecisions(t *testing.T) {
 func TestDecisionDenialText(t *testing.T) {
 	p := newTestPod(t, "web", nil)
 	kind, req := create("nginx", withSpec(func(s *specs.Spec) { s.Process.Args = []string{"sh", "-c", "evil"} }))(p)
-	err := p.gate.Authorize(context.Background(), policy.ServicePrefix+string(kind), req)
+	err := p.gate.Authorize(context.Background(), enforce.ServicePrefix+string(kind), req)
 	want := `policy denies CreateContainer: rule create_container.args: command ["sh","-c","evil"] is not the policy's ["/docker-entrypoint.sh","nginx","-g","daemon off;"]`
 	if err == nil || err.Error() != want {
 		t.Fatalf("%v\nwant %s", err, want)
 	}
 	kind, req = create("nginx", addEnv("LD_PRELOAD=/tmp/evil.so"))(p)
-	err = p.gate.Authorize(context.Background(), policy.ServicePrefix+string(kind), req)
+	err = p.gate.Authorize(context.Background(), enforce.ServicePrefix+string(kind), req)
 	if want := `rule create_container.env: environment variable "LD_PRELOAD=/tmp/evil.so" is not allowed by the policy`; err == nil || !strings.Contains(err.Error(), want) {
 		t.Fatalf("%v\nwant %s", err, want)
 	}

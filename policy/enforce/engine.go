@@ -1,4 +1,4 @@
-package policy
+package enforce
 
 import (
 	"context"
@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"slices"
 
+	"github.com/contrast-vm/contrast/policy"
 	"github.com/open-policy-agent/opa/v1/ast"
 	"github.com/open-policy-agent/opa/v1/rego"
 	"github.com/open-policy-agent/opa/v1/storage/inmem"
@@ -20,10 +21,10 @@ const moduleFile = "policy.rego"
 // Engine decides requests against one compiled policy module. It is
 // immutable after Compile and safe for concurrent use.
 type Engine struct {
-	queries map[Kind]rego.PreparedEvalQuery
+	queries map[policy.Kind]rego.PreparedEvalQuery
 	// defined holds the kinds the module has a rule for; the others are
 	// denied without evaluation.
-	defined map[Kind]bool
+	defined map[policy.Kind]bool
 }
 
 // Decision is a policy's answer to one request. Rule names the check that
@@ -75,8 +76,8 @@ func Compile(module []byte) (*Engine, error) {
 
 	ctx := context.Background()
 	store := inmem.New()
-	e := &Engine{queries: make(map[Kind]rego.PreparedEvalQuery, len(Kinds)), defined: make(map[Kind]bool, len(Kinds))}
-	for _, k := range Kinds {
+	e := &Engine{queries: make(map[policy.Kind]rego.PreparedEvalQuery, len(policy.Kinds)), defined: make(map[policy.Kind]bool, len(policy.Kinds))}
+	for _, k := range policy.Kinds {
 		ref := ast.MustParseRef(PackagePath + "." + string(k))
 		if len(compiler.GetRules(ref)) == 0 {
 			continue
@@ -101,8 +102,8 @@ func Compile(module []byte) (*Engine, error) {
 // faster path when the caller holds an ast.Value). An error means the
 // request could not be judged (malformed rule value, evaluation error);
 // the Decision is a denial then too.
-func (e *Engine) Decide(ctx context.Context, kind Kind, input any) (Decision, error) {
-	if !slices.Contains(Kinds, kind) {
+func (e *Engine) Decide(ctx context.Context, kind policy.Kind, input any) (Decision, error) {
+	if !slices.Contains(policy.Kinds, kind) {
 		return Decision{Rule: string(kind), Reason: "unknown request kind"}, fmt.Errorf("unknown request kind %q", kind)
 	}
 	q, ok := e.queries[kind]
@@ -129,7 +130,7 @@ func (e *Engine) Decide(ctx context.Context, kind Kind, input any) (Decision, er
 
 // decisionOf reads a rule value under the contract: a boolean or an object
 // {"allow": bool, "reason": string, "rule": string}.
-func decisionOf(kind Kind, value any) (Decision, error) {
+func decisionOf(kind policy.Kind, value any) (Decision, error) {
 	switch v := value.(type) {
 	case bool:
 		if v {
@@ -159,4 +160,4 @@ func decisionOf(kind Kind, value any) (Decision, error) {
 }
 
 // Defines reports whether the module has a rule for kind.
-func (e *Engine) Defines(kind Kind) bool { return e.defined[kind] }
+func (e *Engine) Defines(kind policy.Kind) bool { return e.defined[kind] }

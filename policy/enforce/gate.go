@@ -1,4 +1,4 @@
-package policy
+package enforce
 
 import (
 	"context"
@@ -7,6 +7,7 @@ import (
 	"strings"
 	"sync"
 
+	"github.com/contrast-vm/contrast/policy"
 	"github.com/open-policy-agent/opa/v1/ast"
 	"google.golang.org/protobuf/proto"
 )
@@ -34,7 +35,7 @@ func NewGate(e *Engine) *Gate {
 // reaches the user (crictl, kubectl describe), so it names the request, the
 // check and what differs.
 type Denial struct {
-	Kind   Kind
+	Kind   policy.Kind
 	Rule   string
 	Reason string
 }
@@ -54,14 +55,14 @@ func (d *Denial) Error() string {
 func (g *Gate) Authorize(ctx context.Context, method string, req any) error {
 	name, ok := strings.CutPrefix(method, ServicePrefix)
 	if !ok {
-		return &Denial{Kind: Kind(method), Reason: fmt.Sprintf("unknown method %q", method)}
+		return &Denial{Kind: policy.Kind(method), Reason: fmt.Sprintf("unknown method %q", method)}
 	}
 	switch name {
 	case "Health", "SetPolicy":
 		return fmt.Errorf("policy gate: %s is the agent's to handle, no policy decides it", name)
 	}
-	kind := Kind(name)
-	if !slices.Contains(Kinds, kind) {
+	kind := policy.Kind(name)
+	if !slices.Contains(policy.Kinds, kind) {
 		return &Denial{Kind: kind, Reason: fmt.Sprintf("unknown method %q", method)}
 	}
 	msg, ok := req.(proto.Message)
@@ -73,7 +74,7 @@ func (g *Gate) Authorize(ctx context.Context, method string, req any) error {
 	if err != nil {
 		return &Denial{Kind: kind, Rule: RuleInput, Reason: err.Error()}
 	}
-	if kind == CreateContainer {
+	if kind == policy.CreateContainer {
 		// An id names one container for its life: a second create under a
 		// known id could rebind it to another container's rules.
 		if id := in["container_id"].(string); g.known(id) {
@@ -93,7 +94,7 @@ func (g *Gate) Authorize(ctx context.Context, method string, req any) error {
 	}
 
 	switch kind {
-	case CreateContainer:
+	case policy.CreateContainer:
 		id, name := in["container_id"].(string), in["container_name"].(string)
 		g.mu.Lock()
 		defer g.mu.Unlock()
@@ -117,12 +118,12 @@ func (g *Gate) Done(method string, req any, err error) {
 	if !ok {
 		return
 	}
-	switch Kind(strings.TrimPrefix(method, ServicePrefix)) {
-	case CreateContainer:
+	switch policy.Kind(strings.TrimPrefix(method, ServicePrefix)) {
+	case policy.CreateContainer:
 		if err == nil {
 			return
 		}
-	case RemoveContainer:
+	case policy.RemoveContainer:
 		if err != nil {
 			return
 		}

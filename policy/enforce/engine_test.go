@@ -1,4 +1,4 @@
-package policy
+package enforce
 
 import (
 	"context"
@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/contrast-vm/contrast/policy"
 	"github.com/open-policy-agent/opa/v1/ast"
 
 	agentapi "github.com/contrast-vm/contrast/api/agent"
@@ -46,26 +47,26 @@ func TestDecideContract(t *testing.T) {
 	tests := []struct {
 		name    string
 		module  string
-		kind    Kind
+		kind    policy.Kind
 		want    Decision
 		wantErr string
 	}{
-		{name: "true", module: "StartContainer := true", kind: StartContainer, want: Decision{Allow: true}},
-		{name: "false", module: "StartContainer := false", kind: StartContainer,
+		{name: "true", module: "StartContainer := true", kind: policy.StartContainer, want: Decision{Allow: true}},
+		{name: "false", module: "StartContainer := false", kind: policy.StartContainer,
 			want: Decision{Rule: "StartContainer", Reason: "the policy's rule StartContainer is false"}},
-		{name: "object allow", module: `StartContainer := {"allow": true}`, kind: StartContainer, want: Decision{Allow: true}},
-		{name: "object deny with reason", module: `StartContainer := {"allow": false, "reason": "no"}`, kind: StartContainer,
+		{name: "object allow", module: `StartContainer := {"allow": true}`, kind: policy.StartContainer, want: Decision{Allow: true}},
+		{name: "object deny with reason", module: `StartContainer := {"allow": false, "reason": "no"}`, kind: policy.StartContainer,
 			want: Decision{Rule: "StartContainer", Reason: "no"}},
-		{name: "object deny with rule", module: `StartContainer := {"allow": false, "rule": "start.x", "reason": "no"}`, kind: StartContainer,
+		{name: "object deny with rule", module: `StartContainer := {"allow": false, "rule": "start.x", "reason": "no"}`, kind: policy.StartContainer,
 			want: Decision{Rule: "start.x", Reason: "no"}},
-		{name: "undefined for the input", module: `StartContainer if input.container_id == "y"`, kind: StartContainer,
+		{name: "undefined for the input", module: `StartContainer if input.container_id == "y"`, kind: policy.StartContainer,
 			want: Decision{Rule: "StartContainer", Reason: "the policy's rule StartContainer is undefined for this request"}},
-		{name: "no rule", module: "PauseContainer := true", kind: StartContainer,
+		{name: "no rule", module: "PauseContainer := true", kind: policy.StartContainer,
 			want: Decision{Rule: "StartContainer", Reason: "the policy has no rule StartContainer"}},
-		{name: "input read", module: `StartContainer if input.container_id == "x"`, kind: StartContainer, want: Decision{Allow: true}},
-		{name: "number", module: "StartContainer := 1", kind: StartContainer, wantErr: "neither a boolean nor an object"},
-		{name: "object without allow", module: `StartContainer := {"reason": "x"}`, kind: StartContainer, wantErr: `no boolean "allow"`},
-		{name: "conflict", module: "StartContainer := true if input.kind\nStartContainer := false if input.container_id", kind: StartContainer,
+		{name: "input read", module: `StartContainer if input.container_id == "x"`, kind: policy.StartContainer, want: Decision{Allow: true}},
+		{name: "number", module: "StartContainer := 1", kind: policy.StartContainer, wantErr: "neither a boolean nor an object"},
+		{name: "object without allow", module: `StartContainer := {"reason": "x"}`, kind: policy.StartContainer, wantErr: `no boolean "allow"`},
+		{name: "conflict", module: "StartContainer := true if input.kind\nStartContainer := false if input.container_id", kind: policy.StartContainer,
 			wantErr: "evaluate rule StartContainer"},
 		{name: "unknown kind", module: "StartContainer := true", kind: "Reboot", wantErr: `unknown request kind "Reboot"`},
 	}
@@ -97,15 +98,15 @@ func TestDecideContract(t *testing.T) {
 
 func TestAllowAllDenyAll(t *testing.T) {
 	ctx := context.Background()
-	allow, err := Compile(AllowAll())
+	allow, err := Compile(policy.AllowAll())
 	if err != nil {
 		t.Fatal(err)
 	}
-	deny, err := Compile(DenyAll())
+	deny, err := Compile(policy.DenyAll())
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, k := range Kinds {
+	for _, k := range policy.Kinds {
 		if !allow.Defines(k) || !deny.Defines(k) {
 			t.Fatalf("%s undefined", k)
 		}
@@ -122,7 +123,7 @@ func TestAllowAllDenyAll(t *testing.T) {
 func TestDecideParsedInput(t *testing.T) {
 	e := testEngine(t)
 	req := createRequest(t, "c-1", criSpec(testContainerNamed(t, "api")), nil)
-	in, err := Input(CreateContainer, req, known)
+	in, err := Input(policy.CreateContainer, req, known)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -130,7 +131,7 @@ func TestDecideParsedInput(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	d, err := e.Decide(context.Background(), CreateContainer, v)
+	d, err := e.Decide(context.Background(), policy.CreateContainer, v)
 	if err != nil || !d.Allow {
 		t.Fatalf("%+v, %v", d, err)
 	}
@@ -142,7 +143,7 @@ func TestDecideParsedInput(t *testing.T) {
 func BenchmarkDecide(b *testing.B) {
 	ctx := context.Background()
 	req := createRequest(b, "c-1", criSpec(testContainerNamed(b, "web")), nil)
-	allowAll, err := Compile(AllowAll())
+	allowAll, err := Compile(policy.AllowAll())
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -150,11 +151,11 @@ func BenchmarkDecide(b *testing.B) {
 	run := func(b *testing.B, e *Engine) {
 		b.ReportAllocs()
 		for b.Loop() {
-			in, err := Input(CreateContainer, req, nil)
+			in, err := Input(policy.CreateContainer, req, nil)
 			if err != nil {
 				b.Fatal(err)
 			}
-			d, err := e.Decide(ctx, CreateContainer, in)
+			d, err := e.Decide(ctx, policy.CreateContainer, in)
 			if err != nil || !d.Allow {
 				b.Fatalf("%+v, %v", d, err)
 			}
@@ -179,17 +180,17 @@ func BenchmarkDecide(b *testing.B) {
 		req := &agentapi.ExecProcessRequest{ContainerId: "c-web", ExecId: "e", Process: mustJSON(b, execProcess(web, "curl", "-fsS", "http://localhost:8080/healthz"))}
 		b.ReportAllocs()
 		for b.Loop() {
-			in, err := Input(ExecProcess, req, known)
+			in, err := Input(policy.ExecProcess, req, known)
 			if err != nil {
 				b.Fatal(err)
 			}
-			if d, err := e.Decide(ctx, ExecProcess, in); err != nil || !d.Allow {
+			if d, err := e.Decide(ctx, policy.ExecProcess, in); err != nil || !d.Allow {
 				b.Fatalf("%+v, %v", d, err)
 			}
 		}
 	})
 	b.Run("compile", func(b *testing.B) {
-		m, err := Build(testData())
+		m, err := policy.Build(testData())
 		if err != nil {
 			b.Fatal(err)
 		}

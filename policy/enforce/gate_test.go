@@ -1,4 +1,4 @@
-package policy
+package enforce
 
 import (
 	"context"
@@ -8,12 +8,13 @@ import (
 	"sync"
 	"testing"
 
+	"github.com/contrast-vm/contrast/policy"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
 	agentapi "github.com/contrast-vm/contrast/api/agent"
 )
 
-func method(k Kind) string { return ServicePrefix + string(k) }
+func method(k policy.Kind) string { return ServicePrefix + string(k) }
 
 func TestGateLifecycle(t *testing.T) {
 	ctx := context.Background()
@@ -23,36 +24,36 @@ func TestGateLifecycle(t *testing.T) {
 
 	steps := []struct {
 		name string
-		kind Kind
+		kind policy.Kind
 		req  any
 		want string // "" allowed, else a substring of the denial
 	}{
-		{"sandbox", CreateSandbox, &agentapi.CreateSandboxRequest{SandboxId: testSandboxID, Hostname: testHostname}, ""},
-		{"start before create", StartContainer, &agentapi.ContainerRequest{ContainerId: "w1"}, `policy denies StartContainer: rule start_container.container: container "w1" was not created under the policy`},
-		{"exec before create", ExecProcess, probe, "rule exec_process.container"},
-		{"create web", CreateContainer, createRequest(t, "w1", criSpec(web), nil), ""},
-		{"create web again under its id", CreateContainer, createRequest(t, "w1", criSpec(testContainerNamed(t, "api")), nil), `rule gate: container id "w1" exists already`},
-		{"start", StartContainer, &agentapi.ContainerRequest{ContainerId: "w1"}, ""},
-		{"probe", ExecProcess, probe, ""},
-		{"exec shell", ExecProcess, &agentapi.ExecProcessRequest{ContainerId: "w1", ExecId: "p2", Process: mustJSON(t, execProcess(web, "sh"))}, `rule exec_process.args: command ["sh"]`},
-		{"wait probe", WaitProcess, &agentapi.ProcessRequest{ContainerId: "w1", ExecId: "p1"}, ""},
-		{"signal", SignalProcess, &agentapi.SignalProcessRequest{ContainerId: "w1", Signal: 15}, ""},
-		{"stats", StatsContainer, &agentapi.ContainerRequest{ContainerId: "w1"}, ""},
-		{"oom", WaitOOM, &agentapi.Empty{}, ""},
-		{"remove", RemoveContainer, &agentapi.RemoveContainerRequest{ContainerId: "w1"}, ""},
-		{"start after remove", StartContainer, &agentapi.ContainerRequest{ContainerId: "w1"}, "rule start_container.container"},
-		{"exec after remove", ExecProcess, probe, "rule exec_process.container"},
-		{"create again after remove", CreateContainer, createRequest(t, "w1", criSpec(web), nil), ""},
-		{"tampered create", CreateContainer, createRequest(t, "w2", func() *specs.Spec {
+		{"sandbox", policy.CreateSandbox, &agentapi.CreateSandboxRequest{SandboxId: testSandboxID, Hostname: testHostname}, ""},
+		{"start before create", policy.StartContainer, &agentapi.ContainerRequest{ContainerId: "w1"}, `policy denies StartContainer: rule start_container.container: container "w1" was not created under the policy`},
+		{"exec before create", policy.ExecProcess, probe, "rule exec_process.container"},
+		{"create web", policy.CreateContainer, createRequest(t, "w1", criSpec(web), nil), ""},
+		{"create web again under its id", policy.CreateContainer, createRequest(t, "w1", criSpec(testContainerNamed(t, "api")), nil), `rule gate: container id "w1" exists already`},
+		{"start", policy.StartContainer, &agentapi.ContainerRequest{ContainerId: "w1"}, ""},
+		{"probe", policy.ExecProcess, probe, ""},
+		{"exec shell", policy.ExecProcess, &agentapi.ExecProcessRequest{ContainerId: "w1", ExecId: "p2", Process: mustJSON(t, execProcess(web, "sh"))}, `rule exec_process.args: command ["sh"]`},
+		{"wait probe", policy.WaitProcess, &agentapi.ProcessRequest{ContainerId: "w1", ExecId: "p1"}, ""},
+		{"signal", policy.SignalProcess, &agentapi.SignalProcessRequest{ContainerId: "w1", Signal: 15}, ""},
+		{"stats", policy.StatsContainer, &agentapi.ContainerRequest{ContainerId: "w1"}, ""},
+		{"oom", policy.WaitOOM, &agentapi.Empty{}, ""},
+		{"remove", policy.RemoveContainer, &agentapi.RemoveContainerRequest{ContainerId: "w1"}, ""},
+		{"start after remove", policy.StartContainer, &agentapi.ContainerRequest{ContainerId: "w1"}, "rule start_container.container"},
+		{"exec after remove", policy.ExecProcess, probe, "rule exec_process.container"},
+		{"create again after remove", policy.CreateContainer, createRequest(t, "w1", criSpec(web), nil), ""},
+		{"tampered create", policy.CreateContainer, createRequest(t, "w2", func() *specs.Spec {
 			s := criSpec(web)
 			s.Process.Args = []string{"sh", "-c", "evil"}
 			return s
 		}(), nil), `policy denies CreateContainer: rule create_container.args: command ["sh","-c","evil"] is not the policy's ["/docker-entrypoint.sh","nginx","-g","daemon off;"]`},
-		{"start the denied", StartContainer, &agentapi.ContainerRequest{ContainerId: "w2"}, "rule start_container.container"},
-		{"malformed spec", CreateContainer, &agentapi.CreateContainerRequest{ContainerId: "w3", Spec: []byte(`{"process":{"args":[]}}`)},
+		{"start the denied", policy.StartContainer, &agentapi.ContainerRequest{ContainerId: "w2"}, "rule start_container.container"},
+		{"malformed spec", policy.CreateContainer, &agentapi.CreateContainerRequest{ContainerId: "w3", Spec: []byte(`{"process":{"args":[]}}`)},
 			"policy denies CreateContainer: rule input: CreateContainer w3: spec: process.args: empty"},
-		{"wrong message type", StartContainer, &agentapi.ProcessRequest{ContainerId: "w1"}, "rule input: StartContainer: request of type"},
-		{"not a message", StartContainer, "w1", "rule input: request of type string"},
+		{"wrong message type", policy.StartContainer, &agentapi.ProcessRequest{ContainerId: "w1"}, "rule input: StartContainer: request of type"},
+		{"not a message", policy.StartContainer, "w1", "rule input: request of type string"},
 	}
 	for _, s := range steps {
 		err := g.Authorize(ctx, method(s.kind), s.req)
@@ -97,7 +98,7 @@ func TestDenialError(t *testing.T) {
 		d    Denial
 		want string
 	}{
-		{Denial{Kind: CreateContainer, Rule: "create_container.args", Reason: "command differs"}, "policy denies CreateContainer: rule create_container.args: command differs"},
+		{Denial{Kind: policy.CreateContainer, Rule: "create_container.args", Reason: "command differs"}, "policy denies CreateContainer: rule create_container.args: command differs"},
 		{Denial{Kind: "Reboot", Reason: `unknown method "/x/Reboot"`}, `policy denies Reboot: unknown method "/x/Reboot"`},
 	}
 	for _, tt := range tests {
@@ -122,13 +123,13 @@ func TestGateConcurrent(t *testing.T) {
 			for j := range 4 {
 				id := fmt.Sprintf("c-%d-%d", i, j)
 				steps := []struct {
-					kind Kind
+					kind policy.Kind
 					req  any
 				}{
-					{CreateContainer, createRequest(t, id, criSpec(c), nil)},
-					{StartContainer, &agentapi.ContainerRequest{ContainerId: id}},
-					{StatsContainer, &agentapi.ContainerRequest{ContainerId: id}},
-					{RemoveContainer, &agentapi.RemoveContainerRequest{ContainerId: id}},
+					{policy.CreateContainer, createRequest(t, id, criSpec(c), nil)},
+					{policy.StartContainer, &agentapi.ContainerRequest{ContainerId: id}},
+					{policy.StatsContainer, &agentapi.ContainerRequest{ContainerId: id}},
+					{policy.RemoveContainer, &agentapi.RemoveContainerRequest{ContainerId: id}},
 				}
 				for _, s := range steps {
 					if err := g.Authorize(ctx, method(s.kind), s.req); err != nil {
@@ -137,7 +138,7 @@ func TestGateConcurrent(t *testing.T) {
 					}
 					g.Done(method(s.kind), s.req, nil)
 				}
-				if err := g.Authorize(ctx, method(StartContainer), &agentapi.ContainerRequest{ContainerId: id}); err == nil {
+				if err := g.Authorize(ctx, method(policy.StartContainer), &agentapi.ContainerRequest{ContainerId: id}); err == nil {
 					errs <- fmt.Errorf("start %s after remove allowed", id)
 					return
 				}
@@ -161,43 +162,43 @@ func TestGateDone(t *testing.T) {
 	create := createRequest(t, "c1", criSpec(c), nil)
 	remove := &agentapi.RemoveContainerRequest{ContainerId: "c1"}
 	start := &agentapi.ContainerRequest{ContainerId: "c1"}
-	authorize := func(kind Kind, req any) error { return g.Authorize(ctx, method(kind), req) }
+	authorize := func(kind policy.Kind, req any) error { return g.Authorize(ctx, method(kind), req) }
 
-	if err := authorize(CreateContainer, create); err != nil {
+	if err := authorize(policy.CreateContainer, create); err != nil {
 		t.Fatal(err)
 	}
-	g.Done(method(CreateContainer), create, errors.New("image device never appeared"))
-	if err := authorize(StartContainer, start); err == nil {
+	g.Done(method(policy.CreateContainer), create, errors.New("image device never appeared"))
+	if err := authorize(policy.StartContainer, start); err == nil {
 		t.Error("start allowed for a container whose create failed")
 	}
-	if err := authorize(CreateContainer, create); err != nil {
+	if err := authorize(policy.CreateContainer, create); err != nil {
 		t.Fatalf("second create after a failed one: %v", err)
 	}
-	g.Done(method(CreateContainer), create, nil)
+	g.Done(method(policy.CreateContainer), create, nil)
 
-	if err := authorize(RemoveContainer, remove); err != nil {
+	if err := authorize(policy.RemoveContainer, remove); err != nil {
 		t.Fatal(err)
 	}
-	g.Done(method(RemoveContainer), remove, errors.New("container is running"))
-	if err := authorize(StartContainer, start); err != nil {
+	g.Done(method(policy.RemoveContainer), remove, errors.New("container is running"))
+	if err := authorize(policy.StartContainer, start); err != nil {
 		t.Errorf("start after a failed remove: %v", err)
 	}
-	if err := authorize(RemoveContainer, remove); err != nil {
+	if err := authorize(policy.RemoveContainer, remove); err != nil {
 		t.Fatal(err)
 	}
-	g.Done(method(RemoveContainer), remove, nil)
-	if err := authorize(StartContainer, start); err == nil {
+	g.Done(method(policy.RemoveContainer), remove, nil)
+	if err := authorize(policy.StartContainer, start); err == nil {
 		t.Error("start allowed after the container was removed")
 	}
 	// A denied create must not free the id of the container that holds it.
-	if err := authorize(CreateContainer, create); err != nil {
+	if err := authorize(policy.CreateContainer, create); err != nil {
 		t.Fatal(err)
 	}
-	g.Done(method(CreateContainer), create, nil)
-	if err := authorize(CreateContainer, create); err == nil {
+	g.Done(method(policy.CreateContainer), create, nil)
+	if err := authorize(policy.CreateContainer, create); err == nil {
 		t.Fatal("second create under a live id allowed")
 	}
-	if err := authorize(StartContainer, start); err != nil {
+	if err := authorize(policy.StartContainer, start); err != nil {
 		t.Errorf("start after a refused duplicate create: %v", err)
 	}
 }

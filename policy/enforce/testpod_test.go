@@ -1,4 +1,4 @@
-package policy
+package enforce
 
 import (
 	"encoding/json"
@@ -6,6 +6,7 @@ import (
 	"slices"
 	"testing"
 
+	"github.com/contrast-vm/contrast/policy"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
 	agentapi "github.com/contrast-vm/contrast/api/agent"
@@ -100,20 +101,20 @@ func volumeSource(v testVolume) string {
 }
 
 // testData is the policy data a generator would write for testContainers.
-func testData() Data {
-	d := Data{
-		Version: DataVersion,
-		Pod: Pod{
+func testData() policy.Data {
+	d := policy.Data{
+		Version: policy.DataVersion,
+		Pod: policy.Pod{
 			Namespace:       testNamespace,
 			HostnamePattern: "web-[a-z0-9]{5}",
 			Sysctls:         map[string]string{"net.ipv4.ip_unprivileged_port_start": "0"},
 		},
-		Containers: map[string]Container{},
-		Requests:   map[Kind]bool{},
+		Containers: map[string]policy.Container{},
+		Requests:   map[policy.Kind]bool{},
 	}
-	for _, k := range Kinds {
+	for _, k := range policy.Kinds {
 		switch k {
-		case CreateSandbox, CreateContainer, ExecProcess:
+		case policy.CreateSandbox, policy.CreateContainer, policy.ExecProcess:
 		default:
 			d.Requests[k] = true
 		}
@@ -123,15 +124,15 @@ func testData() Data {
 		for _, e := range c.env {
 			env[e] = true
 		}
-		mounts := map[string]Mount{}
+		mounts := map[string]policy.Mount{}
 		for _, v := range c.volumes {
-			mounts[v.dest] = Mount{
+			mounts[v.dest] = policy.Mount{
 				Type:          "bind",
 				SourcePattern: `/var/lib/kubelet/pods/[0-9a-f-]+/volumes/kubernetes\.io~empty-dir/` + v.name,
 				ReadOnly:      v.readOnly,
 			}
 		}
-		d.Containers[c.name] = Container{
+		d.Containers[c.name] = policy.Container{
 			Image: c.image,
 			Args:  c.args,
 			Env:   env,
@@ -140,7 +141,7 @@ func testData() Data {
 				`KUBERNETES_(SERVICE|PORT)[A-Z0-9_]*=[0-9a-z.:/]*`,
 			},
 			Cwd:             c.cwd,
-			User:            &User{UID: c.uid, GID: c.gid},
+			User:            &policy.User{UID: c.uid, GID: c.gid},
 			Capabilities:    c.caps,
 			NoNewPrivileges: c.nnp,
 			ReadOnlyRoot:    c.readOnly,

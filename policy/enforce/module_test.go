@@ -1,13 +1,15 @@
-package policy
+package enforce
 
 import (
 	"bytes"
 	"strings"
 	"testing"
+
+	"github.com/contrast-vm/contrast/policy"
 )
 
 func TestBuildDeterministic(t *testing.T) {
-	a, err := Build(testData())
+	a, err := policy.Build(testData())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -23,24 +25,24 @@ func TestBuildDeterministic(t *testing.T) {
 		env[keys[i]] = true
 	}
 	c.Env = env
-	d.Containers = map[string]Container{"web": c, "metrics": d.Containers["metrics"], "api": d.Containers["api"]}
-	b, err := Build(d)
+	d.Containers = map[string]policy.Container{"web": c, "metrics": d.Containers["metrics"], "api": d.Containers["api"]}
+	b, err := policy.Build(d)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !bytes.Equal(a, b) || HashHex(a) != HashHex(b) {
+	if !bytes.Equal(a, b) || policy.HashHex(a) != policy.HashHex(b) {
 		t.Fatal("the same data built twice differs")
 	}
-	if !bytes.HasPrefix(a, rules) {
+	if !bytes.HasPrefix(a, policy.Rules()) {
 		t.Fatal("module does not start with the embedded rules")
 	}
 }
 
 func TestBuildLayout(t *testing.T) {
-	m, err := Build(Data{
-		Version:  DataVersion,
-		Pod:      Pod{HostnamePattern: "a<b>&c"},
-		Requests: map[Kind]bool{WaitOOM: true, StartContainer: false},
+	m, err := policy.Build(policy.Data{
+		Version:  policy.DataVersion,
+		Pod:      policy.Pod{HostnamePattern: "a<b>&c"},
+		Requests: map[policy.Kind]bool{policy.WaitOOM: true, policy.StartContainer: false},
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -49,7 +51,7 @@ func TestBuildLayout(t *testing.T) {
 		`{"version":1,"pod":{"hostname_pattern":"a<b>&c","host_network":false,"host_pid":false,"host_ipc":false},` +
 		`"containers":null,"requests":{"StartContainer":false,"WaitOOM":true}}` + "\n"
 	if !strings.HasSuffix(string(m), want) {
-		t.Fatalf("module ends with\n%s\nwant\n%s", m[len(rules):], want)
+		t.Fatalf("module ends with\n%s\nwant\n%s", m[len(policy.Rules()):], want)
 	}
 	if _, err := Compile(m); err != nil {
 		t.Fatal(err)
@@ -59,54 +61,54 @@ func TestBuildLayout(t *testing.T) {
 func TestBuildRejects(t *testing.T) {
 	tests := []struct {
 		name   string
-		mutate func(*Data)
+		mutate func(*policy.Data)
 		want   string
 	}{
-		{"version", func(d *Data) { d.Version = 0 }, "version 0, the rules read version 1"},
-		{"hostname pattern", func(d *Data) { d.Pod.HostnamePattern = "web-(" }, "pod.hostname_pattern: error parsing regexp"},
-		{"env pattern", func(d *Data) {
+		{"version", func(d *policy.Data) { d.Version = 0 }, "version 0, the rules read version 1"},
+		{"hostname pattern", func(d *policy.Data) { d.Pod.HostnamePattern = "web-(" }, "pod.hostname_pattern: error parsing regexp"},
+		{"env pattern", func(d *policy.Data) {
 			c := d.Containers["web"]
 			c.EnvPatterns = []string{"A=.*", "B=[z-a]"}
 			d.Containers["web"] = c
 		}, `containers["web"].env_patterns[1]`},
-		{"env false", func(d *Data) {
+		{"env false", func(d *policy.Data) {
 			c := d.Containers["api"]
 			c.Env = map[string]bool{"A=1": false}
 			d.Containers["api"] = c
 		}, `containers["api"].env["A=1"]: false`},
-		{"env without =", func(d *Data) {
+		{"env without =", func(d *policy.Data) {
 			c := d.Containers["api"]
 			c.Env = map[string]bool{"A": true}
 			d.Containers["api"] = c
 		}, `containers["api"].env: "A" is not NAME=VALUE`},
-		{"mount destination", func(d *Data) {
+		{"mount destination", func(d *policy.Data) {
 			c := d.Containers["api"]
-			c.Mounts = map[string]Mount{"/tmp/": {Type: "bind", SourcePattern: ".*"}}
+			c.Mounts = map[string]policy.Mount{"/tmp/": {Type: "bind", SourcePattern: ".*"}}
 			d.Containers["api"] = c
 		}, `destination "/tmp/" is not a clean absolute path`},
-		{"mount source pattern", func(d *Data) {
+		{"mount source pattern", func(d *policy.Data) {
 			c := d.Containers["api"]
-			c.Mounts = map[string]Mount{"/tmp": {Type: "bind", SourcePattern: "("}}
+			c.Mounts = map[string]policy.Mount{"/tmp": {Type: "bind", SourcePattern: "("}}
 			d.Containers["api"] = c
 		}, `containers["api"].mounts["/tmp"].source_pattern`},
-		{"capability", func(d *Data) {
+		{"capability", func(d *policy.Data) {
 			c := d.Containers["api"]
 			c.Capabilities = []string{"NET_ADMIN"}
 			d.Containers["api"] = c
 		}, `"NET_ADMIN" has no CAP_ prefix`},
-		{"empty exec", func(d *Data) {
+		{"empty exec", func(d *policy.Data) {
 			c := d.Containers["api"]
 			c.Exec = [][]string{{"true"}, {}}
 			d.Containers["api"] = c
 		}, `containers["api"].exec[1]: empty command`},
-		{"unnamed container", func(d *Data) { d.Containers[""] = Container{} }, "a container without a name"},
-		{"request kind", func(d *Data) { d.Requests["Reboot"] = true }, `unknown request kind "Reboot"`},
+		{"unnamed container", func(d *policy.Data) { d.Containers[""] = policy.Container{} }, "a container without a name"},
+		{"request kind", func(d *policy.Data) { d.Requests["Reboot"] = true }, `unknown request kind "Reboot"`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			d := testData()
 			tt.mutate(&d)
-			_, err := Build(d)
+			_, err := policy.Build(d)
 			if err == nil || !strings.Contains(err.Error(), tt.want) {
 				t.Fatalf("error %v, want %q", err, tt.want)
 			}
@@ -115,17 +117,17 @@ func TestBuildRejects(t *testing.T) {
 }
 
 func TestConstantModules(t *testing.T) {
-	for name, m := range map[string][]byte{"AllowAll": AllowAll(), "DenyAll": DenyAll()} {
+	for name, m := range map[string][]byte{"AllowAll": policy.AllowAll(), "DenyAll": policy.DenyAll()} {
 		if !bytes.HasPrefix(m, []byte("# A policy that")) || !bytes.Contains(m, []byte("\npackage agent_policy\n")) {
 			t.Errorf("%s:\n%s", name, m)
 		}
-		for _, k := range Kinds {
+		for _, k := range policy.Kinds {
 			if !bytes.Contains(m, []byte("\n"+string(k)+" := ")) {
 				t.Errorf("%s lacks %s", name, k)
 			}
 		}
 	}
-	if bytes.Equal(AllowAll(), DenyAll()) || HashHex(AllowAll()) != HashHex(AllowAll()) {
+	if bytes.Equal(policy.AllowAll(), policy.DenyAll()) || policy.HashHex(policy.AllowAll()) != policy.HashHex(policy.AllowAll()) {
 		t.Fatal("constant modules are not distinct and stable")
 	}
 }

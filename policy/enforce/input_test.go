@@ -1,4 +1,4 @@
-package policy
+package enforce
 
 import (
 	"context"
@@ -7,6 +7,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/contrast-vm/contrast/policy"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"google.golang.org/protobuf/proto"
 
@@ -21,7 +22,7 @@ func TestInputCreateContainer(t *testing.T) {
 		specs.Mount{Destination: "/z", Type: "none", Source: "/src", Options: []string{"rbind", "rro"}},
 	)
 	spec.Linux.MaskedPaths = append(spec.Linux.MaskedPaths, "/proc//kcore/")
-	in, err := Input(CreateContainer, createRequest(t, "c-1", spec, &agentapi.Stdio{Stdout: true, Terminal: true}), func(string) (string, bool) {
+	in, err := Input(policy.CreateContainer, createRequest(t, "c-1", spec, &agentapi.Stdio{Stdout: true, Terminal: true}), func(string) (string, bool) {
 		t.Fatal("CreateContainer looked a name up")
 		return "", false
 	})
@@ -88,27 +89,27 @@ func TestInputCreateContainer(t *testing.T) {
 
 func TestInputIDRequests(t *testing.T) {
 	tests := []struct {
-		kind Kind
+		kind policy.Kind
 		req  proto.Message
 		want map[string]any
 	}{
-		{CreateSandbox, &agentapi.CreateSandboxRequest{SandboxId: "s", Hostname: "h"},
+		{policy.CreateSandbox, &agentapi.CreateSandboxRequest{SandboxId: "s", Hostname: "h"},
 			map[string]any{"sandbox_id": "s", "hostname": "h", "container_known": false, "container_id": ""}},
-		{StartContainer, &agentapi.ContainerRequest{ContainerId: "c-web"},
+		{policy.StartContainer, &agentapi.ContainerRequest{ContainerId: "c-web"},
 			map[string]any{"container_id": "c-web", "container_name": "web", "container_known": true}},
-		{StartContainer, &agentapi.ContainerRequest{ContainerId: "c-x"},
+		{policy.StartContainer, &agentapi.ContainerRequest{ContainerId: "c-x"},
 			map[string]any{"container_id": "c-x", "container_name": "", "container_known": false}},
-		{WaitProcess, &agentapi.ProcessRequest{ContainerId: "c-api", ExecId: "e1"},
+		{policy.WaitProcess, &agentapi.ProcessRequest{ContainerId: "c-api", ExecId: "e1"},
 			map[string]any{"container_name": "api", "exec_id": "e1"}},
-		{SignalProcess, &agentapi.SignalProcessRequest{ContainerId: "c-api", ExecId: "e1", Signal: 9, All: true},
+		{policy.SignalProcess, &agentapi.SignalProcessRequest{ContainerId: "c-api", ExecId: "e1", Signal: 9, All: true},
 			map[string]any{"signal": int64(9), "all": true, "exec_id": "e1"}},
-		{ResizePty, &agentapi.ResizePtyRequest{ContainerId: "c-api", Width: 120, Height: 40},
+		{policy.ResizePty, &agentapi.ResizePtyRequest{ContainerId: "c-api", Width: 120, Height: 40},
 			map[string]any{"width": int64(120), "height": int64(40)}},
-		{UpdateContainer, &agentapi.UpdateContainerRequest{ContainerId: "c-api", Resources: []byte(`{"memory":{"limit":1048576}}`)},
+		{policy.UpdateContainer, &agentapi.UpdateContainerRequest{ContainerId: "c-api", Resources: []byte(`{"memory":{"limit":1048576}}`)},
 			map[string]any{"resources": map[string]any{"memory": map[string]any{"limit": json.Number("1048576")}}}},
-		{UpdateContainer, &agentapi.UpdateContainerRequest{ContainerId: "c-api"},
+		{policy.UpdateContainer, &agentapi.UpdateContainerRequest{ContainerId: "c-api"},
 			map[string]any{"resources": map[string]any{}}},
-		{WaitOOM, &agentapi.Empty{}, map[string]any{"kind": "WaitOOM", "container_id": ""}},
+		{policy.WaitOOM, &agentapi.Empty{}, map[string]any{"kind": "WaitOOM", "container_id": ""}},
 	}
 	for _, tt := range tests {
 		t.Run(string(tt.kind), func(t *testing.T) {
@@ -140,36 +141,36 @@ func TestInputRejects(t *testing.T) {
 	}
 	tests := []struct {
 		name string
-		kind Kind
+		kind policy.Kind
 		req  proto.Message
 		want string
 	}{
-		{"not JSON", CreateContainer, create([]byte("{")), "CreateContainer c-1: spec: unexpected EOF"},
-		{"trailing data", CreateContainer, create(append(specWith(func(*specs.Spec) {}), []byte(`{"process":{}}`)...)), "trailing data"},
-		{"wrong field type", CreateContainer, create([]byte(`{"process":{"args":"sh"}}`)), "process.args"},
-		{"no process", CreateContainer, create([]byte(`{"ociVersion":"1.2.1"}`)), "spec: process: missing"},
-		{"no args", CreateContainer, create(specWith(func(s *specs.Spec) { s.Process.Args = nil })), "spec: process.args: empty"},
-		{"windows command line", CreateContainer, create(specWith(func(s *specs.Spec) { s.Process.Args, s.Process.CommandLine = nil, "cmd.exe" })), "process.commandLine"},
-		{"env without =", CreateContainer, create(specWith(func(s *specs.Spec) { s.Process.Env = append(s.Process.Env, "LD_PRELOAD") })), `process.env[45]: "LD_PRELOAD" is not NAME=VALUE`},
-		{"env without name", CreateContainer, create(specWith(func(s *specs.Spec) { s.Process.Env = []string{"=x"} })), "process.env[0]"},
-		{"env set twice", CreateContainer, create(specWith(func(s *specs.Spec) {
+		{"not JSON", policy.CreateContainer, create([]byte("{")), "CreateContainer c-1: spec: unexpected EOF"},
+		{"trailing data", policy.CreateContainer, create(append(specWith(func(*specs.Spec) {}), []byte(`{"process":{}}`)...)), "trailing data"},
+		{"wrong field type", policy.CreateContainer, create([]byte(`{"process":{"args":"sh"}}`)), "process.args"},
+		{"no process", policy.CreateContainer, create([]byte(`{"ociVersion":"1.2.1"}`)), "spec: process: missing"},
+		{"no args", policy.CreateContainer, create(specWith(func(s *specs.Spec) { s.Process.Args = nil })), "spec: process.args: empty"},
+		{"windows command line", policy.CreateContainer, create(specWith(func(s *specs.Spec) { s.Process.Args, s.Process.CommandLine = nil, "cmd.exe" })), "process.commandLine"},
+		{"env without =", policy.CreateContainer, create(specWith(func(s *specs.Spec) { s.Process.Env = append(s.Process.Env, "LD_PRELOAD") })), `process.env[45]: "LD_PRELOAD" is not NAME=VALUE`},
+		{"env without name", policy.CreateContainer, create(specWith(func(s *specs.Spec) { s.Process.Env = []string{"=x"} })), "process.env[0]"},
+		{"env set twice", policy.CreateContainer, create(specWith(func(s *specs.Spec) {
 			s.Process.Env = append(s.Process.Env, "PATH=/tmp/evil")
 		})), "process.env[45]: PATH is set again (first in env[0])"},
-		{"mount without destination", CreateContainer, create(specWith(func(s *specs.Spec) { s.Mounts[2].Destination = "" })), "spec: mounts[2].destination: empty"},
-		{"relative masked path", CreateContainer, create(specWith(func(s *specs.Spec) { s.Linux.MaskedPaths[1] = "proc/acpi" })), `linux.maskedPaths[1]: "proc/acpi"`},
-		{"relative read-only path", CreateContainer, create(specWith(func(s *specs.Spec) { s.Linux.ReadonlyPaths[0] = "" })), "linux.readonlyPaths[0]"},
-		{"namespace without type", CreateContainer, create(specWith(func(s *specs.Spec) { s.Linux.Namespaces[2].Type = "" })), "linux.namespaces[2]: no type"},
-		{"namespace twice", CreateContainer, create(specWith(func(s *specs.Spec) {
+		{"mount without destination", policy.CreateContainer, create(specWith(func(s *specs.Spec) { s.Mounts[2].Destination = "" })), "spec: mounts[2].destination: empty"},
+		{"relative masked path", policy.CreateContainer, create(specWith(func(s *specs.Spec) { s.Linux.MaskedPaths[1] = "proc/acpi" })), `linux.maskedPaths[1]: "proc/acpi"`},
+		{"relative read-only path", policy.CreateContainer, create(specWith(func(s *specs.Spec) { s.Linux.ReadonlyPaths[0] = "" })), "linux.readonlyPaths[0]"},
+		{"namespace without type", policy.CreateContainer, create(specWith(func(s *specs.Spec) { s.Linux.Namespaces[2].Type = "" })), "linux.namespaces[2]: no type"},
+		{"namespace twice", policy.CreateContainer, create(specWith(func(s *specs.Spec) {
 			s.Linux.Namespaces = append(s.Linux.Namespaces, specs.LinuxNamespace{Type: specs.PIDNamespace, Path: "/proc/1/ns/pid"})
 		})), "linux.namespaces[6]: a second pid namespace"},
-		{"seccomp without default action", CreateContainer, create(specWith(func(s *specs.Spec) { s.Linux.Seccomp = &specs.LinuxSeccomp{} })), "linux.seccomp.defaultAction"},
-		{"exec not JSON", ExecProcess, exec("sh"), "ExecProcess c-web/e: process: invalid character"},
-		{"exec without args", ExecProcess, exec(`{"cwd":"/"}`), "ExecProcess c-web/e: process.args: empty"},
-		{"exec env twice", ExecProcess, exec(`{"args":["sh"],"env":["A=1","A=2"]}`), "process.env[1]: A is set again"},
-		{"update resources not JSON", UpdateContainer, &agentapi.UpdateContainerRequest{ContainerId: "c-api", Resources: []byte("x")}, "UpdateContainer c-api: resources"},
-		{"update resources wrong type", UpdateContainer, &agentapi.UpdateContainerRequest{ContainerId: "c-api", Resources: []byte(`{"memory":{"limit":"lots"}}`)}, "resources"},
-		{"wrong request type", StartContainer, &agentapi.ProcessRequest{ContainerId: "c"}, "StartContainer: request of type *agent.ProcessRequest"},
-		{"unknown kind", Kind("Reboot"), &agentapi.Empty{}, `unknown request kind "Reboot"`},
+		{"seccomp without default action", policy.CreateContainer, create(specWith(func(s *specs.Spec) { s.Linux.Seccomp = &specs.LinuxSeccomp{} })), "linux.seccomp.defaultAction"},
+		{"exec not JSON", policy.ExecProcess, exec("sh"), "ExecProcess c-web/e: process: invalid character"},
+		{"exec without args", policy.ExecProcess, exec(`{"cwd":"/"}`), "ExecProcess c-web/e: process.args: empty"},
+		{"exec env twice", policy.ExecProcess, exec(`{"args":["sh"],"env":["A=1","A=2"]}`), "process.env[1]: A is set again"},
+		{"update resources not JSON", policy.UpdateContainer, &agentapi.UpdateContainerRequest{ContainerId: "c-api", Resources: []byte("x")}, "UpdateContainer c-api: resources"},
+		{"update resources wrong type", policy.UpdateContainer, &agentapi.UpdateContainerRequest{ContainerId: "c-api", Resources: []byte(`{"memory":{"limit":"lots"}}`)}, "resources"},
+		{"wrong request type", policy.StartContainer, &agentapi.ProcessRequest{ContainerId: "c"}, "StartContainer: request of type *agent.ProcessRequest"},
+		{"unknown kind", policy.Kind("Reboot"), &agentapi.Empty{}, `unknown request kind "Reboot"`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -182,7 +183,7 @@ func TestInputRejects(t *testing.T) {
 }
 
 // fuzzKinds are the request kinds whose payload FuzzInput varies.
-var fuzzKinds = []Kind{CreateContainer, ExecProcess, UpdateContainer}
+var fuzzKinds = []policy.Kind{policy.CreateContainer, policy.ExecProcess, policy.UpdateContainer}
 
 // FuzzInput feeds host-supplied bytes (a spec, an exec process, resources)
 // through Input and the rules: neither may panic, and a request Input
@@ -202,11 +203,11 @@ func FuzzInput(f *testing.F) {
 		kind := fuzzKinds[int(kindIndex)%len(fuzzKinds)]
 		var req proto.Message
 		switch kind {
-		case CreateContainer:
+		case policy.CreateContainer:
 			req = &agentapi.CreateContainerRequest{ContainerId: "c-fuzz", Spec: payload, Stdio: &agentapi.Stdio{Stdout: true}}
-		case ExecProcess:
+		case policy.ExecProcess:
 			req = &agentapi.ExecProcessRequest{ContainerId: "c-web", ExecId: "e", Process: payload}
-		case UpdateContainer:
+		case policy.UpdateContainer:
 			req = &agentapi.UpdateContainerRequest{ContainerId: "c-api", Resources: payload}
 		}
 		in, err := Input(kind, req, known)

@@ -1,4 +1,4 @@
-package policy
+package enforce
 
 import (
 	"bytes"
@@ -10,6 +10,7 @@ import (
 	"slices"
 	"strings"
 
+	"github.com/contrast-vm/contrast/policy"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"google.golang.org/protobuf/proto"
 
@@ -68,7 +69,7 @@ const (
 // Input decodes the OCI JSON as the agent does (encoding/json into the
 // runtime-spec types, nothing after the value) and refuses what runc would
 // misread or what the rules could not judge, naming the field.
-func Input(kind Kind, req proto.Message, containerName func(id string) (string, bool)) (map[string]any, error) {
+func Input(kind policy.Kind, req proto.Message, containerName func(id string) (string, bool)) (map[string]any, error) {
 	in := map[string]any{
 		"kind":            string(kind),
 		"container_id":    "",
@@ -90,14 +91,14 @@ func Input(kind Kind, req proto.Message, containerName func(id string) (string, 
 		return fmt.Errorf("%s: request of type %T", kind, req)
 	}
 	switch kind {
-	case CreateSandbox:
+	case policy.CreateSandbox:
 		r, ok := req.(*agentapi.CreateSandboxRequest)
 		if !ok {
 			return nil, wrongType()
 		}
 		in["sandbox_id"] = r.GetSandboxId()
 		in["hostname"] = r.GetHostname()
-	case CreateContainer:
+	case policy.CreateContainer:
 		r, ok := req.(*agentapi.CreateContainerRequest)
 		if !ok {
 			return nil, wrongType()
@@ -107,7 +108,7 @@ func Input(kind Kind, req proto.Message, containerName func(id string) (string, 
 			return nil, fmt.Errorf("%s %s: spec: %w", kind, r.GetContainerId(), err)
 		}
 		in["stdio"] = stdioInput(r.GetStdio())
-	case ExecProcess:
+	case policy.ExecProcess:
 		r, ok := req.(*agentapi.ExecProcessRequest)
 		if !ok {
 			return nil, wrongType()
@@ -124,20 +125,20 @@ func Input(kind Kind, req proto.Message, containerName func(id string) (string, 
 		}
 		in["process"] = proc
 		in["stdio"] = stdioInput(r.GetStdio())
-	case StartContainer, ListProcesses, PauseContainer, ResumeContainer, StatsContainer:
+	case policy.StartContainer, policy.ListProcesses, policy.PauseContainer, policy.ResumeContainer, policy.StatsContainer:
 		r, ok := req.(*agentapi.ContainerRequest)
 		if !ok {
 			return nil, wrongType()
 		}
 		named(r.GetContainerId())
-	case WaitProcess, CloseStdin:
+	case policy.WaitProcess, policy.CloseStdin:
 		r, ok := req.(*agentapi.ProcessRequest)
 		if !ok {
 			return nil, wrongType()
 		}
 		named(r.GetContainerId())
 		in["exec_id"] = r.GetExecId()
-	case SignalProcess:
+	case policy.SignalProcess:
 		r, ok := req.(*agentapi.SignalProcessRequest)
 		if !ok {
 			return nil, wrongType()
@@ -146,13 +147,13 @@ func Input(kind Kind, req proto.Message, containerName func(id string) (string, 
 		in["exec_id"] = r.GetExecId()
 		in["signal"] = int64(r.GetSignal())
 		in["all"] = r.GetAll()
-	case RemoveContainer:
+	case policy.RemoveContainer:
 		r, ok := req.(*agentapi.RemoveContainerRequest)
 		if !ok {
 			return nil, wrongType()
 		}
 		named(r.GetContainerId())
-	case ResizePty:
+	case policy.ResizePty:
 		r, ok := req.(*agentapi.ResizePtyRequest)
 		if !ok {
 			return nil, wrongType()
@@ -161,7 +162,7 @@ func Input(kind Kind, req proto.Message, containerName func(id string) (string, 
 		in["exec_id"] = r.GetExecId()
 		in["width"] = int64(r.GetWidth())
 		in["height"] = int64(r.GetHeight())
-	case UpdateContainer:
+	case policy.UpdateContainer:
 		r, ok := req.(*agentapi.UpdateContainerRequest)
 		if !ok {
 			return nil, wrongType()
@@ -172,7 +173,7 @@ func Input(kind Kind, req proto.Message, containerName func(id string) (string, 
 			return nil, fmt.Errorf("%s %s: resources: %w", kind, r.GetContainerId(), err)
 		}
 		in["resources"] = res
-	case WaitOOM:
+	case policy.WaitOOM:
 		if _, ok := req.(*agentapi.Empty); !ok {
 			return nil, wrongType()
 		}

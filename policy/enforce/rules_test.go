@@ -1,4 +1,4 @@
-package policy
+package enforce
 
 import (
 	"context"
@@ -7,6 +7,7 @@ import (
 	"sync"
 	"testing"
 
+	"github.com/contrast-vm/contrast/policy"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"google.golang.org/protobuf/proto"
 
@@ -23,7 +24,7 @@ var (
 func testEngine(t testing.TB) *Engine {
 	t.Helper()
 	testEngineOnce.Do(func() {
-		m, err := Build(testData())
+		m, err := policy.Build(testData())
 		if err != nil {
 			testEngineErr = err
 			return
@@ -36,9 +37,9 @@ func testEngine(t testing.TB) *Engine {
 	return testEngineVal
 }
 
-func engineFor(t testing.TB, d Data) *Engine {
+func engineFor(t testing.TB, d policy.Data) *Engine {
 	t.Helper()
-	m, err := Build(d)
+	m, err := policy.Build(d)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -55,7 +56,7 @@ func known(id string) (string, bool) {
 	return name, ok
 }
 
-func decide(t testing.TB, e *Engine, kind Kind, req proto.Message) Decision {
+func decide(t testing.TB, e *Engine, kind policy.Kind, req proto.Message) Decision {
 	t.Helper()
 	in, err := Input(kind, req, known)
 	if err != nil {
@@ -280,7 +281,7 @@ func TestCreateContainerRules(t *testing.T) {
 			if tt.mutate != nil {
 				tt.mutate(spec)
 			}
-			d := decide(t, e, CreateContainer, createRequest(t, "c-new", spec, tt.stdio))
+			d := decide(t, e, policy.CreateContainer, createRequest(t, "c-new", spec, tt.stdio))
 			checkDecision(t, d, tt.wantRule, tt.wantReason...)
 		})
 	}
@@ -304,44 +305,44 @@ func TestCreateContainerPolicyVariants(t *testing.T) {
 	web := testContainerNamed(t, "web")
 	tests := []struct {
 		name     string
-		data     func(*Data)
+		data     func(*policy.Data)
 		mutate   func(*specs.Spec)
 		stdio    *agentapi.Stdio
 		wantRule string
 	}{
-		{name: "privileged container may be privileged", data: func(d *Data) {
+		{name: "privileged container may be privileged", data: func(d *policy.Data) {
 			c := d.Containers["web"]
 			c.Privileged = true
 			c.Capabilities = []string{"CAP_CHOWN"}
 			d.Containers["web"] = c
 		}, mutate: privileged},
-		{name: "host PID pod without pid namespace", data: func(d *Data) { d.Pod.HostPID = true }, mutate: func(s *specs.Spec) {
+		{name: "host PID pod without pid namespace", data: func(d *policy.Data) { d.Pod.HostPID = true }, mutate: func(s *specs.Spec) {
 			s.Linux.Namespaces = slices.DeleteFunc(s.Linux.Namespaces, func(n specs.LinuxNamespace) bool { return n.Type == specs.PIDNamespace })
 		}},
-		{name: "host IPC pod without ipc namespace", data: func(d *Data) { d.Pod.HostIPC = true }, mutate: func(s *specs.Spec) {
+		{name: "host IPC pod without ipc namespace", data: func(d *policy.Data) { d.Pod.HostIPC = true }, mutate: func(s *specs.Spec) {
 			s.Linux.Namespaces = slices.DeleteFunc(s.Linux.Namespaces, func(n specs.LinuxNamespace) bool { return n.Type == specs.IPCNamespace })
 		}},
-		{name: "any namespace", data: func(d *Data) { d.Pod.Namespace = "" }, mutate: func(s *specs.Spec) {
+		{name: "any namespace", data: func(d *policy.Data) { d.Pod.Namespace = "" }, mutate: func(s *specs.Spec) {
 			s.Annotations[AnnotationSandboxNamespace] = "elsewhere"
 		}},
-		{name: "unpinned user", data: func(d *Data) {
+		{name: "unpinned user", data: func(d *policy.Data) {
 			c := d.Containers["web"]
 			c.User = nil
 			d.Containers["web"] = c
 		}, mutate: func(s *specs.Spec) { s.Process.User = specs.User{UID: 0, GID: 0} }},
-		{name: "root's groups are not checked", data: func(d *Data) {
+		{name: "root's groups are not checked", data: func(d *policy.Data) {
 			c := d.Containers["web"]
-			c.User = &User{}
+			c.User = &policy.User{}
 			d.Containers["web"] = c
 		}, mutate: func(s *specs.Spec) {
 			s.Process.User = specs.User{AdditionalGids: []uint32{0, 1, 2, 3, 4, 6, 10, 11, 20, 26, 27}}
 		}},
-		{name: "listed supplementary groups", data: func(d *Data) {
+		{name: "listed supplementary groups", data: func(d *policy.Data) {
 			c := d.Containers["web"]
 			c.User.AdditionalGIDs = []uint32{2000}
 			d.Containers["web"] = c
 		}, mutate: func(s *specs.Spec) { s.Process.User.AdditionalGids = []uint32{101, 2000} }},
-		{name: "unmasked proc allowed", data: func(d *Data) {
+		{name: "unmasked proc allowed", data: func(d *policy.Data) {
 			c := d.Containers["web"]
 			c.ProcMountUnmasked = true
 			d.Containers["web"] = c
@@ -353,17 +354,17 @@ func TestCreateContainerPolicyVariants(t *testing.T) {
 		{name: "seccomp required, allow-all filter", data: withSeccomp, mutate: func(s *specs.Spec) {
 			s.Linux.Seccomp = &specs.LinuxSeccomp{DefaultAction: specs.ActAllow}
 		}, wantRule: "create_container.seccomp"},
-		{name: "stdin and terminal allowed", data: func(d *Data) {
+		{name: "stdin and terminal allowed", data: func(d *policy.Data) {
 			c := d.Containers["web"]
 			c.Stdin, c.Terminal = true, true
 			d.Containers["web"] = c
 		}, stdio: &agentapi.Stdio{Stdin: true, Stdout: true, Terminal: true}},
-		{name: "no logs", data: func(d *Data) {
+		{name: "no logs", data: func(d *policy.Data) {
 			c := d.Containers["web"]
 			c.Logs = false
 			d.Containers["web"] = c
 		}, wantRule: "create_container.stdio"},
-		{name: "null env and mounts deny", data: func(d *Data) {
+		{name: "null env and mounts deny", data: func(d *policy.Data) {
 			c := d.Containers["web"]
 			c.Env, c.Mounts, c.EnvPatterns = nil, nil, nil
 			d.Containers["web"] = c
@@ -378,12 +379,12 @@ func TestCreateContainerPolicyVariants(t *testing.T) {
 			if tt.mutate != nil {
 				tt.mutate(spec)
 			}
-			checkDecision(t, decide(t, e, CreateContainer, createRequest(t, "c-new", spec, tt.stdio)), tt.wantRule)
+			checkDecision(t, decide(t, e, policy.CreateContainer, createRequest(t, "c-new", spec, tt.stdio)), tt.wantRule)
 		})
 	}
 }
 
-func withSeccomp(d *Data) {
+func withSeccomp(d *policy.Data) {
 	c := d.Containers["web"]
 	c.Seccomp = true
 	d.Containers["web"] = c
@@ -403,7 +404,7 @@ func TestCreateSandboxRules(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.hostname, func(t *testing.T) {
-			d := decide(t, e, CreateSandbox, &agentapi.CreateSandboxRequest{SandboxId: testSandboxID, Hostname: tt.hostname})
+			d := decide(t, e, policy.CreateSandbox, &agentapi.CreateSandboxRequest{SandboxId: testSandboxID, Hostname: tt.hostname})
 			checkDecision(t, d, tt.wantRule)
 		})
 	}
@@ -468,53 +469,53 @@ func TestExecProcessRules(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			req := &agentapi.ExecProcessRequest{ContainerId: tt.container, ExecId: "exec-1", Process: mustJSON(t, tt.process), Stdio: tt.stdio}
-			checkDecision(t, decide(t, e, ExecProcess, req), tt.wantRule, tt.wantReason...)
+			checkDecision(t, decide(t, e, policy.ExecProcess, req), tt.wantRule, tt.wantReason...)
 		})
 	}
 }
 
 // idRequest is a request of kind for container id.
-func idRequest(kind Kind, id string) proto.Message {
+func idRequest(kind policy.Kind, id string) proto.Message {
 	switch kind {
-	case StartContainer, ListProcesses, PauseContainer, ResumeContainer, StatsContainer:
+	case policy.StartContainer, policy.ListProcesses, policy.PauseContainer, policy.ResumeContainer, policy.StatsContainer:
 		return &agentapi.ContainerRequest{ContainerId: id}
-	case WaitProcess, CloseStdin:
+	case policy.WaitProcess, policy.CloseStdin:
 		return &agentapi.ProcessRequest{ContainerId: id, ExecId: "exec-1"}
-	case SignalProcess:
+	case policy.SignalProcess:
 		return &agentapi.SignalProcessRequest{ContainerId: id, Signal: 15}
-	case RemoveContainer:
+	case policy.RemoveContainer:
 		return &agentapi.RemoveContainerRequest{ContainerId: id}
-	case ResizePty:
+	case policy.ResizePty:
 		return &agentapi.ResizePtyRequest{ContainerId: id, Width: 80, Height: 24}
-	case UpdateContainer:
+	case policy.UpdateContainer:
 		return &agentapi.UpdateContainerRequest{ContainerId: id, Resources: []byte(`{"cpu":{"shares":512}}`)}
-	case WaitOOM:
+	case policy.WaitOOM:
 		return &agentapi.Empty{}
 	}
 	return nil
 }
 
-var idKinds = []Kind{
-	StartContainer, SignalProcess, WaitProcess, CloseStdin, ListProcesses, RemoveContainer,
-	ResizePty, PauseContainer, ResumeContainer, UpdateContainer, StatsContainer, WaitOOM,
+var idKinds = []policy.Kind{
+	policy.StartContainer, policy.SignalProcess, policy.WaitProcess, policy.CloseStdin, policy.ListProcesses, policy.RemoveContainer,
+	policy.ResizePty, policy.PauseContainer, policy.ResumeContainer, policy.UpdateContainer, policy.StatsContainer, policy.WaitOOM,
 }
 
 func TestIDRequestRules(t *testing.T) {
 	allowing := testEngine(t)
 	d := testData()
-	d.Requests = map[Kind]bool{PauseContainer: false}
+	d.Requests = map[policy.Kind]bool{policy.PauseContainer: false}
 	denying := engineFor(t, d)
 	for _, kind := range idKinds {
-		prefix := map[Kind]string{
-			StartContainer: "start_container", SignalProcess: "signal_process", WaitProcess: "wait_process",
-			CloseStdin: "close_stdin", ListProcesses: "list_processes", RemoveContainer: "remove_container",
-			ResizePty: "resize_pty", PauseContainer: "pause_container", ResumeContainer: "resume_container",
-			UpdateContainer: "update_container", StatsContainer: "stats_container", WaitOOM: "wait_oom",
+		prefix := map[policy.Kind]string{
+			policy.StartContainer: "start_container", policy.SignalProcess: "signal_process", policy.WaitProcess: "wait_process",
+			policy.CloseStdin: "close_stdin", policy.ListProcesses: "list_processes", policy.RemoveContainer: "remove_container",
+			policy.ResizePty: "resize_pty", policy.PauseContainer: "pause_container", policy.ResumeContainer: "resume_container",
+			policy.UpdateContainer: "update_container", policy.StatsContainer: "stats_container", policy.WaitOOM: "wait_oom",
 		}[kind]
 		t.Run(string(kind), func(t *testing.T) {
 			checkDecision(t, decide(t, allowing, kind, idRequest(kind, "c-api")), "")
 			checkDecision(t, decide(t, denying, kind, idRequest(kind, "c-api")), prefix+".request", string(kind))
-			if kind == WaitOOM {
+			if kind == policy.WaitOOM {
 				return
 			}
 			checkDecision(t, decide(t, allowing, kind, idRequest(kind, "c-unknown")), prefix+".container", `"c-unknown"`)
@@ -531,16 +532,16 @@ func TestDenialListsOnlyExplainedFailures(t *testing.T) {
 	e := testEngine(t)
 	spec := criSpec(testContainerNamed(t, "web"))
 	spec.Annotations[AnnotationContainerName] = "miner"
-	d := decide(t, e, CreateContainer, createRequest(t, "c-new", spec, nil))
+	d := decide(t, e, policy.CreateContainer, createRequest(t, "c-new", spec, nil))
 	checkDecision(t, d, "create_container.name")
 	if strings.Contains(d.Reason, "also failed") {
 		t.Fatalf("reason %q lists other failures", d.Reason)
 	}
 	spec.Annotations[AnnotationSandboxNamespace] = "other"
-	d = decide(t, e, CreateContainer, createRequest(t, "c-new", spec, nil))
+	d = decide(t, e, policy.CreateContainer, createRequest(t, "c-new", spec, nil))
 	checkDecision(t, d, "create_container.name", "(also failed: create_container.namespace)")
 
-	d = decide(t, e, ExecProcess, &agentapi.ExecProcessRequest{ContainerId: "c-nope", Process: mustJSON(t, execProcess(testContainerNamed(t, "web"), "sh"))})
+	d = decide(t, e, policy.ExecProcess, &agentapi.ExecProcessRequest{ContainerId: "c-nope", Process: mustJSON(t, execProcess(testContainerNamed(t, "web"), "sh"))})
 	checkDecision(t, d, "exec_process.container")
 	if strings.Contains(d.Reason, "also failed") {
 		t.Fatalf("reason %q lists other failures", d.Reason)
