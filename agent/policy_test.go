@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -13,7 +12,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/containerd/ttrpc"
 	"github.com/contrast-vm/contrast/agent/tee"
 	api "github.com/contrast-vm/contrast/api/agent"
 	"github.com/contrast-vm/contrast/policy"
@@ -68,30 +66,8 @@ func gateClient(t *testing.T, tt tee.TEE) api.AgentService {
 	if err != nil {
 		t.Fatal(err)
 	}
-	agentL, err := net.Listen("unix", filepath.Join(dir, "agent.sock"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	stdioL, err := net.Listen("unix", filepath.Join(dir, "stdio.sock"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	served := make(chan error, 1)
-	go func() { served <- svc.Serve(ctx, agentL, stdioL) }()
-	conn, err := net.Dial("unix", agentL.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	client := ttrpc.NewClient(conn)
-	t.Cleanup(func() {
-		client.Close()
-		cancel()
-		if err := <-served; err != nil {
-			t.Errorf("Serve: %v", err)
-		}
-	})
-	return api.NewAgentClient(client)
+	client, _, _ := serveOverUnix(t, svc, dir, nil)
+	return client
 }
 
 // wantStatus checks an error's code and that its message has every part.

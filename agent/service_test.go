@@ -87,7 +87,6 @@ func newHarnessPolicy(t *testing.T, module []byte, opts ...func(*Config)) *harne
 	rb := runcBinary(t)
 	run := testimage.ReaperRunner(testReaper)
 	dev := testimage.Loop(t, run, testimage.BusyboxExt4(t, run))
-	ctx, cancel := context.WithCancel(context.Background())
 	dir := t.TempDir()
 	cfg := DefaultConfig(testReaper)
 	cfg.Version = "test"
@@ -119,22 +118,7 @@ func newHarnessPolicy(t *testing.T, module []byte, opts ...func(*Config)) *harne
 	if err != nil {
 		t.Fatal(err)
 	}
-	agentL, err := net.Listen("unix", filepath.Join(dir, "agent.sock"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	stdioL, err := net.Listen("unix", filepath.Join(dir, "stdio.sock"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	served := make(chan error, 1)
-	go func() { served <- svc.Serve(ctx, agentL, stdioL) }()
-	conn, err := net.Dial("unix", agentL.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	client := ttrpc.NewClient(conn)
-	t.Cleanup(func() {
+	client, agentAddr, stdioAddr := serveOverUnix(t, svc, dir, func() {
 		// A test that failed half-way leaves containers: remove them, so
 		// that its failure does not leave processes, mounts or cgroups.
 		svc.mu.Lock()
@@ -148,18 +132,47 @@ func newHarnessPolicy(t *testing.T, module []byte, opts ...func(*Config)) *harne
 				t.Errorf("cleanup: %v", err)
 			}
 		}
-		client.Close()
+	})
+	t.Logf("runc %s, image on %s", rb, dev)
+	if _, err := client.SetPolicy(context.Background(), &api.SetPolicyRequest{Policy: module}); err != nil {
+		t.Fatalf("install policy: %v", err)
+	}
+	return &harness{t: t, client: client, agent: agentAddr, stdio: stdioAddr,
+		runDir: cfg.RunDir, runcDir: cfg.RuncRoot, cgroup: cfg.CgroupParent}
+}
+
+// serveOverUnix serves svc on unix sockets in dir, as the shim reaches the
+// agent over vsock, and returns a client and the two socket paths. At the
+// end of the test beforeStop (if any) runs, then the server stops.
+func serveOverUnix(t *testing.T, svc *Service, dir string, beforeStop func()) (client api.AgentService, agentAddr, stdioAddr string) {
+	t.Helper()
+	agentL, err := net.Listen("unix", filepath.Join(dir, "agent.sock"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	stdioL, err := net.Listen("unix", filepath.Join(dir, "stdio.sock"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	served := make(chan error, 1)
+	go func() { served <- svc.Serve(ctx, agentL, stdioL) }()
+	conn, err := net.Dial("unix", agentL.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := ttrpc.NewClient(conn)
+	t.Cleanup(func() {
+		if beforeStop != nil {
+			beforeStop()
+		}
+		c.Close()
 		cancel()
 		if err := <-served; err != nil {
 			t.Errorf("Serve: %v", err)
 		}
 	})
-	t.Logf("runc %s, image on %s", rb, dev)
-	if _, err := api.NewAgentClient(client).SetPolicy(ctx, &api.SetPolicyRequest{Policy: module}); err != nil {
-		t.Fatalf("install policy: %v", err)
-	}
-	return &harness{t: t, client: api.NewAgentClient(client), agent: agentL.Addr().String(), stdio: stdioL.Addr().String(),
-		runDir: cfg.RunDir, runcDir: cfg.RuncRoot, cgroup: cfg.CgroupParent}
+	return api.NewAgentClient(c), agentL.Addr().String(), stdioL.Addr().String()
 }
 
 // openStdio opens the host side of one stream.
