@@ -61,8 +61,10 @@ func TestWriteOCIArchiveIsReproducible(t *testing.T) {
 			Annotations map[string]string `json:"annotations"`
 		} `json:"manifests"`
 	}
-	if err := json.Unmarshal(index, &idx); err != nil || len(idx.Manifests) != 1 ||
-		idx.Manifests[0].Annotations["io.containerd.image.name"] != BusyboxImage {
+	// The image by its tag, and the same manifest by its digest reference.
+	if err := json.Unmarshal(index, &idx); err != nil || len(idx.Manifests) != 2 ||
+		idx.Manifests[0].Annotations["io.containerd.image.name"] != BusyboxImage ||
+		!strings.HasPrefix(idx.Manifests[1].Annotations["io.containerd.image.name"], "localhost/contrast-test/busybox@sha256:") {
 		t.Errorf("index.json %s: %v", index, err)
 	}
 }
