@@ -48,7 +48,7 @@ func usagef(format string, args ...any) error { return usageError{fmt.Sprintf(fo
 func commands() *command {
 	return &command{
 		name:    "contrast",
-		summary: "build Contrast pod VM images and write their policies",
+		summary: "build Contrast pod VM images, write their policies, measure and verify them",
 		sub: []*command{
 			{
 				name:    "image",
@@ -65,6 +65,8 @@ func commands() *command {
 					{name: "hash", summary: "print a policy's SHA-256 (the pod's SNP HOSTDATA)", run: policyHash},
 				},
 			},
+			{name: "measure", summary: "compute the SEV-SNP launch measurement of a pod VM", run: measure},
+			{name: "verify", summary: "verify a pod VM's SEV-SNP attestation report", run: verify},
 		},
 	}
 }
