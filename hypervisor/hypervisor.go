@@ -31,7 +31,8 @@ type VMSpec struct {
 	// Kernel, Initrd: guest image for direct kernel boot.
 	Kernel string
 	Initrd string
-	// Firmware is optional (empty: the hypervisor's default).
+	// Firmware is optional (empty: the hypervisor's default). A confidential
+	// VM names its firmware in Confidential instead.
 	Firmware string
 	// KernelArgs is the exact kernel command line.
 	KernelArgs string
@@ -42,7 +43,42 @@ type VMSpec struct {
 	// plain VM it is passed as unmeasured launch data (QEMU fw_cfg), which
 	// only the simulated SNP device of test images reads.
 	HostData [32]byte
+	// Confidential, when set, launches the VM under AMD SEV-SNP. The
+	// hardware then measures firmware, kernel, initrd, KernelArgs, the vCPU
+	// count and CPU model, so each of them must be exactly what the verifier's
+	// reference values were computed from.
+	Confidential *SNPLaunch
+	// LaunchMeasurement is for plain VMs only (nil: none): the SEV-SNP launch
+	// measurement (48 bytes) the same launch would have. Like HostData it is
+	// passed as unmeasured launch data, for the simulated SNP device to report.
+	LaunchMeasurement []byte
 }
+
+// SNPLaunch is what an AMD SEV-SNP launch needs beyond a plain VM's.
+type SNPLaunch struct {
+	// Firmware is the OVMF AmdSevX64 image; its pages are measured, and it
+	// checks kernel, initrd and command line against the measured hashes.
+	Firmware string
+	// CPUModel is a named CPU model such as EPYC-v4, never the host's: its
+	// CPU signature is part of the measurement.
+	CPUModel string
+	// Policy is the SNP guest policy (0x30000: SMT allowed, no debugging,
+	// no migration agent).
+	Policy uint64
+	// CBitPos is the page-table bit that marks encrypted memory; 0 takes
+	// the host's (CPUID 0x8000001F), the only value SEV-SNP accepts.
+	CBitPos int
+	// ReducedPhysBits is how many physical address bits the guest loses to
+	// encryption; 0 takes 1, the value QEMU itself reports for every host.
+	ReducedPhysBits int
+	// IDBlock and IDAuth, optional, sign the launch: the base64 ID block
+	// (96 bytes) and ID authentication structure (at most 4096 bytes).
+	IDBlock, IDAuth string
+}
+
+// SNPLaunchMeasurementSize is the size of an SEV-SNP launch measurement
+// (a SHA-384 digest).
+const SNPLaunchMeasurementSize = 48
 
 // Disk is a block device image attached to a running VM.
 type Disk struct {

@@ -1,11 +1,14 @@
 package qemu
 
 import (
+	"encoding/base64"
 	"encoding/hex"
 	"errors"
 	"fmt"
 	"strconv"
 	"strings"
+
+	"github.com/contrast-vm/contrast/hypervisor"
 )
 
 // launchParams is everything the QEMU command line depends on. buildArgs
@@ -19,10 +22,15 @@ type launchParams struct {
 	MemoryMiB int
 
 	Kernel, Initrd, Append string
-	Firmware               string // optional -bios
-	// HostData is the launch's host data in hex, passed as the fw_cfg item
-	// HostDataFwCfg; empty passes none.
+	Firmware               string // -bios: optional, required under SNP
+	// HostData is the launch's host data in hex: under SNP the measured
+	// HOSTDATA, otherwise the fw_cfg item HostDataFwCfg; empty passes none.
 	HostData string
+	// SNP, when set, launches the VM under AMD SEV-SNP.
+	SNP *snpSettings
+	// LaunchMeasurement (plain VMs only) is the SNP launch measurement in
+	// hex, passed as the fw_cfg item LaunchMeasurementFwCfg; empty passes none.
+	LaunchMeasurement string
 
 	ConsoleLog string
 	PIDFile    string
@@ -43,6 +51,7 @@ type launchParams struct {
 // Device and object ids on the command line, shared with the QMP code.
 const (
 	memID         = "mem"
+	sevID         = "sev0"
 	consoleID     = "console"
 	qmpID         = "qmp"
 	vsockID       = "vsock0"
@@ -54,6 +63,11 @@ const (
 // hex characters) into a VM without SEV-SNP; the guest sees it at
 // /sys/firmware/qemu_fw_cfg/by_name/<HostDataFwCfg>/raw.
 const HostDataFwCfg = "opt/io.contrast/hostdata"
+
+// LaunchMeasurementFwCfg is the fw_cfg item that carries, into a VM without
+// SEV-SNP, the launch measurement the same launch would have under SNP (96
+// hex characters), for the simulated SNP device of test images to report.
+const LaunchMeasurementFwCfg = "opt/io.contrast/launch-measurement"
 
 func rootPortID(i int) string { return fmt.Sprintf(rootPortIDFmt, i) }
 
@@ -85,21 +99,32 @@ func buildArgs(p launchParams) ([]string, error) {
 		return nil, err
 	}
 	mem := strconv.Itoa(p.MemoryMiB)
+	machine := "q35,accel=" + p.Accel + ",memory-backend=" + memID
+	if p.SNP != nil {
+		machine = "q35,accel=" + p.Accel + ",confidential-guest-support=" + sevID + ",memory-backend=" + memID
+	}
 	args := []string{
 		"-name", escapeOpt(p.Name),
 		// memory-backend: guest RAM is a shared memfd so that a vhost-user
-		// device backend (another process, or our Go code) can map it.
-		"-machine", "q35,accel=" + p.Accel + ",memory-backend=" + memID,
+		// device backend (another process, or our Go code) can map it. Under
+		// SNP, QEMU backs private memory with a guest_memfd of its own and
+		// the memfd holds only the pages the guest shares (its DMA buffers).
+		"-machine", machine,
 		"-cpu", p.CPUModel,
 		"-smp", strconv.Itoa(p.VCPUs),
 		"-m", mem + "M",
 		"-object", "memory-backend-memfd,id=" + memID + ",size=" + mem + "M,share=on",
+	}
+	if p.SNP != nil {
+		args = append(args, "-object", p.SNP.objectArg(p.HostData))
+	}
+	args = append(args,
 		"-nodefaults", "-no-user-config", "-nographic",
 		// A guest reboot ends the VM: the pod is gone, the shim reports it.
 		"-no-reboot",
 		// -kernel, -initrd and -append take their value literally.
 		"-kernel", p.Kernel,
-	}
+	)
 	if p.Initrd != "" {
 		args = append(args, "-initrd", p.Initrd)
 	}
@@ -107,8 +132,13 @@ func buildArgs(p launchParams) ([]string, error) {
 	if p.Firmware != "" {
 		args = append(args, "-bios", p.Firmware)
 	}
-	if p.HostData != "" {
+	// Unmeasured launch data exists only without SNP: under SNP the
+	// hardware reports host data and measurement itself.
+	if p.HostData != "" && p.SNP == nil {
 		args = append(args, "-fw_cfg", "name="+HostDataFwCfg+",string="+p.HostData)
+	}
+	if p.LaunchMeasurement != "" {
+		args = append(args, "-fw_cfg", "name="+LaunchMeasurementFwCfg+",string="+p.LaunchMeasurement)
 	}
 	args = append(args,
 		"-chardev", "file,id="+consoleID+",path="+escapeOpt(p.ConsoleLog),
@@ -123,17 +153,40 @@ func buildArgs(p launchParams) ([]string, error) {
 	for i := 0; i < p.HotplugPorts; i++ {
 		args = append(args, "-device", rootPortArg(i))
 	}
-	args = append(args, "-device", "virtio-rng-pci")
+	// An SNP guest refuses virtio devices that do not promise to go through
+	// the DMA API (VIRTIO_F_ACCESS_PLATFORM), which puts their buffers in
+	// memory it shares with the host; modern virtio only. QEMU makes both
+	// the default for every virtio device once confidential-guest-support
+	// is set (hot-plugged disks too); the command line says so explicitly.
+	virtio := ""
+	if p.SNP != nil {
+		virtio = ",disable-legacy=on,iommu_platform=on"
+	}
+	args = append(args, "-device", "virtio-rng-pci"+virtio)
 	switch p.VsockMode {
 	case VsockKernel:
-		args = append(args, "-device", fmt.Sprintf("vhost-vsock-pci,id=%s,guest-cid=%d", vsockID, p.GuestCID))
+		args = append(args, "-device", fmt.Sprintf("vhost-vsock-pci,id=%s,guest-cid=%d", vsockID, p.GuestCID)+virtio)
 	case VsockVhostUser:
 		args = append(args,
 			"-chardev", "socket,id="+vsockCharID+",path="+escapeOpt(p.VhostUserSocket),
-			"-device", "vhost-user-vsock-pci,id="+vsockID+",chardev="+vsockCharID,
+			"-device", "vhost-user-vsock-pci,id="+vsockID+",chardev="+vsockCharID+virtio,
 		)
 	}
 	return args, nil
+}
+
+// objectArg is the sev-snp-guest object. kernel-hashes=on puts the hashes
+// of kernel, initrd and command line into the measured firmware, which
+// refuses to boot anything else. hostDataHex is 64 hex characters.
+func (s *snpSettings) objectArg(hostDataHex string) string {
+	hostData, _ := hex.DecodeString(hostDataHex) // validated
+	a := fmt.Sprintf("sev-snp-guest,id=%s,cbitpos=%d,reduced-phys-bits=%d,policy=%#x,kernel-hashes=on,host-data=%s",
+		sevID, s.CBitPos, s.ReducedPhysBits, s.Policy, base64.StdEncoding.EncodeToString(hostData))
+	// Base64 has no commas: nothing to escape.
+	if s.IDBlock != "" {
+		a += ",id-block=" + s.IDBlock + ",id-auth=" + s.IDAuth
+	}
+	return a
 }
 
 func (p launchParams) validate() error {
@@ -148,6 +201,15 @@ func (p launchParams) validate() error {
 	}
 	if p.CPUModel == "" {
 		errs = append(errs, errors.New("no CPU model"))
+	}
+	if p.LaunchMeasurement != "" {
+		if b, err := hex.DecodeString(p.LaunchMeasurement); err != nil || len(b) != hypervisor.SNPLaunchMeasurementSize {
+			errs = append(errs, fmt.Errorf("launch measurement %q: want %d hex characters (%d bytes)",
+				p.LaunchMeasurement, 2*hypervisor.SNPLaunchMeasurementSize, hypervisor.SNPLaunchMeasurementSize))
+		}
+	}
+	if p.SNP != nil {
+		errs = append(errs, p.validateSNP())
 	}
 	if p.VCPUs < 1 {
 		errs = append(errs, fmt.Errorf("vcpus %d: want at least 1", p.VCPUs))
@@ -183,6 +245,31 @@ func (p launchParams) validate() error {
 		return fmt.Errorf("qemu arguments: %w", err)
 	}
 	return nil
+}
+
+// validateSNP refuses what cannot launch, or would launch something other
+// than what is measured, under SEV-SNP.
+func (p launchParams) validateSNP() error {
+	var errs []error
+	if p.Accel != AccelKVM {
+		errs = append(errs, fmt.Errorf("accelerator %q: SEV-SNP runs only under KVM", p.Accel))
+	}
+	if p.CPUModel == "host" || p.CPUModel == "max" {
+		// The measurement covers the CPU model's signature: it must not
+		// depend on the host the VM happens to run on.
+		errs = append(errs, fmt.Errorf("CPU model %q: SEV-SNP needs a named model (like EPYC-v4)", p.CPUModel))
+	}
+	if p.Firmware == "" {
+		errs = append(errs, errors.New("no firmware: SEV-SNP needs an OVMF AmdSevX64 build"))
+	}
+	if p.HostData == "" {
+		errs = append(errs, errors.New("no host data: SEV-SNP always sets HOSTDATA"))
+	}
+	if p.LaunchMeasurement != "" {
+		errs = append(errs, errors.New("launch measurement given: under SEV-SNP the hardware measures the launch"))
+	}
+	errs = append(errs, p.SNP.validate())
+	return errors.Join(errs...)
 }
 
 // minMemoryMiB keeps obviously broken sizes (0, a number of bytes mistaken

@@ -1,6 +1,7 @@
 package qemu
 
 import (
+	"encoding/base64"
 	"slices"
 	"strings"
 	"testing"
@@ -236,5 +237,200 @@ func TestCIDInUse(t *testing.T) {
 		if c := randomCID(); c < 3 || c >= 1<<31 {
 			t.Fatalf("random CID %d out of range", c)
 		}
+	}
+}
+
+func snpParams() launchParams {
+	p := baseParams()
+	p.Accel, p.CPUModel = AccelKVM, "EPYC-v4"
+	p.Firmware = "/fw/OVMF.amdsev.fd"
+	p.HostData = "00" + strings.Repeat("ab", 31)
+	p.SNP = &snpSettings{CBitPos: 51, ReducedPhysBits: 1, Policy: 0x30000}
+	return p
+}
+
+func TestBuildArgsSNPFull(t *testing.T) {
+	got, err := buildArgs(snpParams())
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []string{
+		"-name", "pod1",
+		"-machine", "q35,accel=kvm,confidential-guest-support=sev0,memory-backend=mem",
+		"-cpu", "EPYC-v4",
+		"-smp", "2",
+		"-m", "512M",
+		"-object", "memory-backend-memfd,id=mem,size=512M,share=on",
+		// host data: 0x00 0xab×31 in base64
+		"-object", "sev-snp-guest,id=sev0,cbitpos=51,reduced-phys-bits=1,policy=0x30000,kernel-hashes=on,host-data=AKurq6urq6urq6urq6urq6urq6urq6urq6urq6urq6s=",
+		"-nodefaults", "-no-user-config", "-nographic", "-no-reboot",
+		"-kernel", "/img/bzImage",
+		"-initrd", "/img/initrd.cpio",
+		"-append", "console=ttyS0 quiet",
+		"-bios", "/fw/OVMF.amdsev.fd",
+		"-chardev", "file,id=console,path=/run/vm/console.log",
+		"-serial", "chardev:console",
+		"-chardev", "socket,id=qmp,fd=3,server=on,wait=off",
+		"-mon", "chardev=qmp,mode=control",
+		"-pidfile", "/run/vm/qemu.pid",
+		"-global", "ICH9-LPC.acpi-pci-hotplug-with-bridge-support=off",
+		"-device", "pcie-root-port,id=hotplug0,bus=pcie.0,chassis=1,addr=0x10.0,io-reserve=0,multifunction=on",
+		"-device", "pcie-root-port,id=hotplug1,bus=pcie.0,chassis=2,addr=0x10.1,io-reserve=0",
+		"-device", "virtio-rng-pci,disable-legacy=on,iommu_platform=on",
+		"-chardev", "socket,id=vsock0-chr,path=/run/vm/vhost-user-vsock.sock",
+		"-device", "vhost-user-vsock-pci,id=vsock0,chardev=vsock0-chr,disable-legacy=on,iommu_platform=on",
+	}
+	if !slices.Equal(got, want) {
+		t.Errorf("args:\n got %q\nwant %q", got, want)
+	}
+}
+
+func TestBuildArgsSNPVariants(t *testing.T) {
+	idBlock := base64.StdEncoding.EncodeToString(make([]byte, 96))
+	idAuth := base64.StdEncoding.EncodeToString(make([]byte, 4096))
+	tests := []struct {
+		name   string
+		modify func(*launchParams)
+		want   map[string][]string
+	}{
+		{
+			name: "kernel vhost-vsock",
+			modify: func(p *launchParams) {
+				p.VsockMode, p.GuestCID, p.VhostUserSocket = VsockKernel, 77, ""
+			},
+			want: map[string][]string{"-device": {"vhost-vsock-pci,id=vsock0,guest-cid=77,disable-legacy=on,iommu_platform=on"}},
+		},
+		{
+			name:   "signed launch",
+			modify: func(p *launchParams) { p.SNP.IDBlock, p.SNP.IDAuth = idBlock, idAuth },
+			want: map[string][]string{"-object": {"sev-snp-guest,id=sev0,cbitpos=51,reduced-phys-bits=1,policy=0x30000,kernel-hashes=on,host-data=" +
+				"AKurq6urq6urq6urq6urq6urq6urq6urq6urq6urq6s=,id-block=" + idBlock + ",id-auth=" + idAuth}},
+		},
+		{
+			name:   "host cbitpos and policy with debugging",
+			modify: func(p *launchParams) { p.SNP.CBitPos, p.SNP.ReducedPhysBits, p.SNP.Policy = 47, 5, 0xb0000 },
+			want: map[string][]string{"-object": {"sev-snp-guest,id=sev0,cbitpos=47,reduced-phys-bits=5,policy=0xb0000,kernel-hashes=on,host-data=" +
+				"AKurq6urq6urq6urq6urq6urq6urq6urq6urq6urq6s="}},
+		},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			p := snpParams()
+			tc.modify(&p)
+			args, err := buildArgs(p)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for flag, vals := range tc.want {
+				for _, v := range vals {
+					if have := argsAfter(args, flag); !slices.Contains(have, v) {
+						t.Errorf("%s %q missing; have %q", flag, v, have)
+					}
+				}
+			}
+		})
+	}
+}
+
+// TestBuildArgsSNPOmitsPlainOnly: nothing that only a plain VM may have
+// reaches an SNP command line, whatever else is set.
+func TestBuildArgsSNPOmitsPlainOnly(t *testing.T) {
+	for _, vsockMode := range []string{VsockKernel, VsockVhostUser} {
+		p := snpParams()
+		p.VsockMode, p.GuestCID = vsockMode, 5
+		args, err := buildArgs(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if slices.Contains(args, "-fw_cfg") {
+			t.Errorf("%s: -fw_cfg present (host data must come from the hardware): %q", vsockMode, argsAfter(args, "-fw_cfg"))
+		}
+		for _, cpu := range argsAfter(args, "-cpu") {
+			if cpu == "host" || cpu == "max" {
+				t.Errorf("%s: -cpu %s", vsockMode, cpu)
+			}
+		}
+		for _, m := range argsAfter(args, "-machine") {
+			if !strings.Contains(m, "confidential-guest-support=sev0") || !strings.Contains(m, "accel=kvm") {
+				t.Errorf("%s: -machine %s", vsockMode, m)
+			}
+		}
+		for _, d := range argsAfter(args, "-device") {
+			if strings.HasPrefix(d, "pcie-root-port,") {
+				continue
+			}
+			if !strings.HasSuffix(d, ",disable-legacy=on,iommu_platform=on") {
+				t.Errorf("%s: virtio device %q without disable-legacy=on,iommu_platform=on", vsockMode, d)
+			}
+		}
+		for _, o := range argsAfter(args, "-object") {
+			if strings.HasPrefix(o, "sev-snp-guest,") && !strings.Contains(o, ",kernel-hashes=on,") {
+				t.Errorf("%s: %s without kernel-hashes=on", vsockMode, o)
+			}
+		}
+		if len(argsAfter(args, "-bios")) != 1 {
+			t.Errorf("%s: want exactly one -bios, have %q", vsockMode, argsAfter(args, "-bios"))
+		}
+	}
+
+	// The plain VM keeps its fw_cfg items and carries no SNP object.
+	p := baseParams()
+	p.LaunchMeasurement = strings.Repeat("cd", 48)
+	args, err := buildArgs(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fwcfg := argsAfter(args, "-fw_cfg")
+	if !slices.Equal(fwcfg, []string{
+		"name=opt/io.contrast/hostdata,string=" + strings.Repeat("ab", 32),
+		"name=opt/io.contrast/launch-measurement,string=" + strings.Repeat("cd", 48),
+	}) {
+		t.Errorf("plain VM fw_cfg items %q", fwcfg)
+	}
+	for _, o := range argsAfter(args, "-object") {
+		if strings.HasPrefix(o, "sev-snp-guest") {
+			t.Errorf("plain VM with %s", o)
+		}
+	}
+}
+
+func TestBuildArgsSNPInvalid(t *testing.T) {
+	tests := []struct {
+		name   string
+		modify func(*launchParams)
+		want   string
+	}{
+		{"tcg", func(p *launchParams) { p.Accel = AccelTCG }, "SEV-SNP runs only under KVM"},
+		{"host cpu", func(p *launchParams) { p.CPUModel = "host" }, `CPU model "host"`},
+		{"max cpu", func(p *launchParams) { p.CPUModel = "max" }, `CPU model "max"`},
+		{"no firmware", func(p *launchParams) { p.Firmware = "" }, "no firmware"},
+		{"no host data", func(p *launchParams) { p.HostData = "" }, "no host data"},
+		{"measurement under snp", func(p *launchParams) { p.LaunchMeasurement = strings.Repeat("cd", 48) }, "the hardware measures"},
+		{"cbitpos 0", func(p *launchParams) { p.SNP.CBitPos = 0 }, "cbitpos 0"},
+		{"cbitpos 64", func(p *launchParams) { p.SNP.CBitPos = 64 }, "cbitpos 64"},
+		{"reduced phys bits 0", func(p *launchParams) { p.SNP.ReducedPhysBits = 0 }, "reduced-phys-bits 0"},
+		{"policy without bit 16", func(p *launchParams) { p.SNP.Policy = 0x20000 }, "bit 16"},
+		{"id block alone", func(p *launchParams) { p.SNP.IDBlock = base64.StdEncoding.EncodeToString(make([]byte, 96)) }, "give both or neither"},
+		{"short id block", func(p *launchParams) {
+			p.SNP.IDBlock, p.SNP.IDAuth = base64.StdEncoding.EncodeToString(make([]byte, 95)), "AA=="
+		}, "exactly 96 bytes"},
+		{"id auth not base64", func(p *launchParams) {
+			p.SNP.IDBlock, p.SNP.IDAuth = base64.StdEncoding.EncodeToString(make([]byte, 96)), "a,b"
+		}, "ID auth"},
+		{"plain measurement not hex", func(p *launchParams) { p.SNP, p.Accel, p.LaunchMeasurement = nil, AccelTCG, strings.Repeat("z", 96) }, "want 96 hex characters"},
+		{"plain measurement short", func(p *launchParams) { p.SNP, p.Accel, p.LaunchMeasurement = nil, AccelTCG, "abcd" }, `launch measurement "abcd"`},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			p := snpParams()
+			tc.modify(&p)
+			args, err := buildArgs(p)
+			if err == nil {
+				t.Fatalf("no error; args %q", args)
+			}
+			if !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("error %q does not mention %q", err, tc.want)
+			}
+		})
 	}
 }

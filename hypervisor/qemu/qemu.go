@@ -21,7 +21,8 @@ type Config struct {
 	// Accel is "auto" (default: KVM when it can really boot a guest, TCG
 	// otherwise), "kvm" or "tcg".
 	Accel string
-	// CPUModel is QEMU's -cpu (default: host under KVM, max under TCG).
+	// CPUModel is QEMU's -cpu (default: host under KVM, max under TCG). A
+	// confidential VM names its own (hypervisor.SNPLaunch.CPUModel).
 	CPUModel string
 	// Vsock is "auto" (default: kernel vhost-vsock when /dev/vhost-vsock
 	// opens, our vhost-user backend otherwise), "kernel" or "vhost-user".
@@ -67,6 +68,10 @@ func (s Selection) String() string {
 type Hypervisor struct {
 	cfg Config
 	sel Selection
+	// snpHostMissing lists what keeps this host from launching SEV-SNP
+	// guests and hostCBitPos reads its C-bit position; tests replace them.
+	snpHostMissing func() []string
+	hostCBitPos    func() (int, error)
 }
 
 var _ hypervisor.Hypervisor = (*Hypervisor)(nil)
@@ -117,14 +122,19 @@ func New(cfg Config) (*Hypervisor, error) {
 	if cpu == "" {
 		cpu = defaultCPUModel(accel)
 	}
-	return &Hypervisor{cfg: cfg, sel: Selection{
-		Binary:      bin,
-		Accel:       accel,
-		AccelReason: accelWhy,
-		CPUModel:    cpu,
-		Vsock:       vmode,
-		VsockReason: vsockWhy,
-	}}, nil
+	return &Hypervisor{
+		cfg: cfg,
+		sel: Selection{
+			Binary:      bin,
+			Accel:       accel,
+			AccelReason: accelWhy,
+			CPUModel:    cpu,
+			Vsock:       vmode,
+			VsockReason: vsockWhy,
+		},
+		snpHostMissing: func() []string { return snpHostMissing(sevSNPParam, sevDevice) },
+		hostCBitPos:    hostCBitPos,
+	}, nil
 }
 
 // Selection tells which binary, accelerator, CPU model and vsock transport

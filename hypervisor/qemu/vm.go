@@ -65,12 +65,16 @@ func (h *Hypervisor) StartVM(ctx context.Context, spec hypervisor.VMSpec) (*VM, 
 	if err := h.checkSpec(spec); err != nil {
 		return nil, fmt.Errorf("start qemu for vm %s: %w", spec.ID, err)
 	}
+	snp, err := h.prepareSNP(spec)
+	if err != nil {
+		return nil, fmt.Errorf("start qemu for vm %s: %w", spec.ID, err)
+	}
 	for attempt := 1; ; attempt++ {
 		cid := uint32(vhostUserGuestCID)
 		if h.sel.Vsock == VsockKernel {
 			cid = randomCID()
 		}
-		vm, err := h.launch(ctx, spec, cid)
+		vm, err := h.launch(ctx, spec, cid, snp)
 		if err == nil {
 			return vm, nil
 		}
@@ -103,9 +107,25 @@ func (h *Hypervisor) checkSpec(spec hypervisor.VMSpec) error {
 		return fmt.Errorf("state dir %s is too long for its unix sockets (%d bytes, at most %d fit)",
 			spec.StateDir, len(spec.StateDir), maxSocketPath-(len(longest)-len(spec.StateDir)))
 	}
+	firmware := spec.Firmware
+	if spec.Confidential != nil {
+		if spec.Firmware != "" {
+			return errors.New("firmware given beside a confidential launch, which names its own")
+		}
+		if spec.Confidential.Firmware == "" {
+			return errors.New("confidential launch without firmware: SEV-SNP needs an OVMF AmdSevX64 build")
+		}
+		if spec.LaunchMeasurement != nil {
+			return errors.New("launch measurement given for a confidential launch: the hardware measures it")
+		}
+		firmware = spec.Confidential.Firmware
+	}
+	if n := len(spec.LaunchMeasurement); n != 0 && n != hypervisor.SNPLaunchMeasurementSize {
+		return fmt.Errorf("launch measurement of %d bytes: want %d", n, hypervisor.SNPLaunchMeasurementSize)
+	}
 	// QEMU would say the same, later and less clearly.
 	for _, f := range []struct{ what, path string }{
-		{"kernel", spec.Kernel}, {"initrd", spec.Initrd}, {"firmware", spec.Firmware},
+		{"kernel", spec.Kernel}, {"initrd", spec.Initrd}, {"firmware", firmware},
 	} {
 		if f.path == "" {
 			if f.what == "kernel" {
@@ -122,6 +142,28 @@ func (h *Hypervisor) checkSpec(spec hypervisor.VMSpec) error {
 		}
 	}
 	return nil
+}
+
+// prepareSNP checks that this host can launch spec's confidential VM and
+// resolves the host-dependent settings; nil for a plain VM.
+func (h *Hypervisor) prepareSNP(spec hypervisor.VMSpec) (*snpSettings, error) {
+	if spec.Confidential == nil {
+		return nil, nil
+	}
+	var missing []string
+	if h.sel.Accel != AccelKVM {
+		missing = append(missing, fmt.Sprintf("the accelerator is %s (%s), and only KVM can run SEV-SNP guests",
+			h.sel.Accel, h.sel.AccelReason))
+	}
+	missing = append(missing, h.snpHostMissing()...)
+	if len(missing) > 0 {
+		return nil, snpHostError(missing)
+	}
+	s, err := resolveSNP(spec.Confidential, h.hostCBitPos)
+	if err != nil {
+		return nil, err
+	}
+	return &s, nil
 }
 
 // exitError is QEMU ending before it was ready, with what it said.
@@ -179,7 +221,7 @@ type VM struct {
 
 var _ hypervisor.VM = (*VM)(nil)
 
-func (h *Hypervisor) launch(ctx context.Context, spec hypervisor.VMSpec, cid uint32) (_ *VM, retErr error) {
+func (h *Hypervisor) launch(ctx context.Context, spec hypervisor.VMSpec, cid uint32, snp *snpSettings) (_ *VM, retErr error) {
 	p := func(name string) string { return filepath.Join(spec.StateDir, name) }
 	lg := log.G(ctx).WithField("vm", spec.ID)
 	// Leftovers of an earlier run would confuse QEMU (a stale pidfile) or
@@ -217,21 +259,27 @@ func (h *Hypervisor) launch(ctx context.Context, spec hypervisor.VMSpec, cid uin
 	}()
 
 	lp := launchParams{
-		Name:         spec.ID,
-		Accel:        h.sel.Accel,
-		CPUModel:     h.sel.CPUModel,
-		VCPUs:        spec.VCPUs,
-		MemoryMiB:    spec.MemoryMiB,
-		Kernel:       spec.Kernel,
-		Initrd:       spec.Initrd,
-		Append:       spec.KernelArgs,
-		Firmware:     spec.Firmware,
-		HostData:     hex.EncodeToString(spec.HostData[:]),
-		ConsoleLog:   p(consoleLogName),
-		PIDFile:      p(pidFileName),
-		QMPFD:        3, // first of cmd.ExtraFiles
-		HotplugPorts: h.cfg.HotplugPorts,
-		VsockMode:    h.sel.Vsock,
+		Name:              spec.ID,
+		Accel:             h.sel.Accel,
+		CPUModel:          h.sel.CPUModel,
+		VCPUs:             spec.VCPUs,
+		MemoryMiB:         spec.MemoryMiB,
+		Kernel:            spec.Kernel,
+		Initrd:            spec.Initrd,
+		Append:            spec.KernelArgs,
+		Firmware:          spec.Firmware,
+		HostData:          hex.EncodeToString(spec.HostData[:]),
+		LaunchMeasurement: hex.EncodeToString(spec.LaunchMeasurement),
+		ConsoleLog:        p(consoleLogName),
+		PIDFile:           p(pidFileName),
+		QMPFD:             3, // first of cmd.ExtraFiles
+		HotplugPorts:      h.cfg.HotplugPorts,
+		VsockMode:         h.sel.Vsock,
+	}
+	if snp != nil {
+		lp.SNP = snp
+		lp.CPUModel = spec.Confidential.CPUModel
+		lp.Firmware = spec.Confidential.Firmware
 	}
 	switch h.sel.Vsock {
 	case VsockKernel:
