@@ -48,6 +48,9 @@ const (
 	UpdateContainer Kind = "UpdateContainer"
 	StatsContainer  Kind = "StatsContainer"
 	WaitOOM         Kind = "WaitOOM"
+	// GetReport asks the TEE for an attestation report carrying the
+	// caller's nonce; it names no container.
+	GetReport Kind = "GetReport"
 )
 
 // Kinds lists every request kind a policy decides.
@@ -55,6 +58,7 @@ var Kinds = []Kind{
 	CreateSandbox, CreateContainer, StartContainer, ExecProcess, SignalProcess,
 	WaitProcess, CloseStdin, ListProcesses, RemoveContainer, ResizePty,
 	PauseContainer, ResumeContainer, UpdateContainer, StatsContainer, WaitOOM,
+	GetReport,
 }
 
 // Hash is the SHA-256 of the exact policy bytes: the value of SNP HOSTDATA.

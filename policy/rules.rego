@@ -52,6 +52,8 @@ StatsContainer := id_verdict("StatsContainer")
 
 WaitOOM := id_verdict("WaitOOM")
 
+GetReport := id_verdict("GetReport")
+
 allowed := {"allow": true, "rule": "", "reason": ""}
 
 all_hold(checks, ok) if {
@@ -410,7 +412,7 @@ exec_process_why contains ["stdin", msg] if {
 	msg := sprintf("stdin for a process in container %s, the policy allows none", [q(input.container_name)])
 }
 
-# ---------------------------------------------------------------- requests that name only ids
+# ---------------------------------------------------------------- requests that name only ids (or nothing)
 
 rule_prefix := {
 	"StartContainer": "start_container",
@@ -425,11 +427,15 @@ rule_prefix := {
 	"UpdateContainer": "update_container",
 	"StatsContainer": "stats_container",
 	"WaitOOM": "wait_oom",
+	"GetReport": "get_report",
 }
 
-id_checks("WaitOOM") := ["request"]
+# Kinds that name no container: the policy's leave alone decides them.
+pod_wide_kinds := {"WaitOOM", "GetReport"}
 
-id_checks(kind) := ["request", "container"] if kind != "WaitOOM"
+id_checks(kind) := ["request"] if pod_wide_kinds[kind]
+
+id_checks(kind) := ["request", "container"] if not pod_wide_kinds[kind]
 
 id_ok(kind) := {c |
 	some c in id_checks(kind)

@@ -1263,6 +1263,116 @@ func (x *OOMEvent) GetContainerId() string {
 	return ""
 }
 
+type GetReportRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Exactly 64 bytes, placed verbatim in the report's REPORT_DATA.
+	ReportData    []byte `protobuf:"bytes,1,opt,name=report_data,json=reportData,proto3" json:"report_data,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetReportRequest) Reset() {
+	*x = GetReportRequest{}
+	mi := &file_api_agent_agent_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetReportRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetReportRequest) ProtoMessage() {}
+
+func (x *GetReportRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_api_agent_agent_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetReportRequest.ProtoReflect.Descriptor instead.
+func (*GetReportRequest) Descriptor() ([]byte, []int) {
+	return file_api_agent_agent_proto_rawDescGZIP(), []int{23}
+}
+
+func (x *GetReportRequest) GetReportData() []byte {
+	if x != nil {
+		return x.ReportData
+	}
+	return nil
+}
+
+type GetReportResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The raw report as the TEE signed it (SEV-SNP: the 1184-byte
+	// ATTESTATION_REPORT, go-sev-guest abi layout).
+	Report []byte `protobuf:"bytes,1,opt,name=report,proto3" json:"report,omitempty"`
+	// The certificate table the TEE returned with it (SEV-SNP GUID table:
+	// VCEK, ASK, ARK, ...), or empty when it has none.
+	Certs []byte `protobuf:"bytes,2,opt,name=certs,proto3" json:"certs,omitempty"`
+	// The TEE that signed: "snp" or "snp-simulated".
+	Tee           string `protobuf:"bytes,3,opt,name=tee,proto3" json:"tee,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetReportResponse) Reset() {
+	*x = GetReportResponse{}
+	mi := &file_api_agent_agent_proto_msgTypes[24]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetReportResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetReportResponse) ProtoMessage() {}
+
+func (x *GetReportResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_api_agent_agent_proto_msgTypes[24]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetReportResponse.ProtoReflect.Descriptor instead.
+func (*GetReportResponse) Descriptor() ([]byte, []int) {
+	return file_api_agent_agent_proto_rawDescGZIP(), []int{24}
+}
+
+func (x *GetReportResponse) GetReport() []byte {
+	if x != nil {
+		return x.Report
+	}
+	return nil
+}
+
+func (x *GetReportResponse) GetCerts() []byte {
+	if x != nil {
+		return x.Certs
+	}
+	return nil
+}
+
+func (x *GetReportResponse) GetTee() string {
+	if x != nil {
+		return x.Tee
+	}
+	return ""
+}
+
 var File_api_agent_agent_proto protoreflect.FileDescriptor
 
 const file_api_agent_agent_proto_rawDesc = "" +
@@ -1343,7 +1453,14 @@ const file_api_agent_agent_proto_rawDesc = "" +
 	"\btype_url\x18\x01 \x01(\tR\atypeUrl\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\fR\x05value\"-\n" +
 	"\bOOMEvent\x12!\n" +
-	"\fcontainer_id\x18\x01 \x01(\tR\vcontainerId2\xb7\v\n" +
+	"\fcontainer_id\x18\x01 \x01(\tR\vcontainerId\"3\n" +
+	"\x10GetReportRequest\x12\x1f\n" +
+	"\vreport_data\x18\x01 \x01(\fR\n" +
+	"reportData\"S\n" +
+	"\x11GetReportResponse\x12\x16\n" +
+	"\x06report\x18\x01 \x01(\fR\x06report\x12\x14\n" +
+	"\x05certs\x18\x02 \x01(\fR\x05certs\x12\x10\n" +
+	"\x03tee\x18\x03 \x01(\tR\x03tee2\x8f\f\n" +
 	"\x05Agent\x12M\n" +
 	"\x06Health\x12 .contrast.agent.v1.HealthRequest\x1a!.contrast.agent.v1.HealthResponse\x12V\n" +
 	"\tSetPolicy\x12#.contrast.agent.v1.SetPolicyRequest\x1a$.contrast.agent.v1.SetPolicyResponse\x12R\n" +
@@ -1362,7 +1479,8 @@ const file_api_agent_agent_proto_rawDesc = "" +
 	"\x0fResumeContainer\x12#.contrast.agent.v1.ContainerRequest\x1a\x18.contrast.agent.v1.Empty\x12V\n" +
 	"\x0fUpdateContainer\x12).contrast.agent.v1.UpdateContainerRequest\x1a\x18.contrast.agent.v1.Empty\x12`\n" +
 	"\x0eStatsContainer\x12#.contrast.agent.v1.ContainerRequest\x1a).contrast.agent.v1.StatsContainerResponse\x12@\n" +
-	"\aWaitOOM\x12\x18.contrast.agent.v1.Empty\x1a\x1b.contrast.agent.v1.OOMEventB1Z/github.com/contrast-vm/contrast/api/agent;agentb\x06proto3"
+	"\aWaitOOM\x12\x18.contrast.agent.v1.Empty\x1a\x1b.contrast.agent.v1.OOMEvent\x12V\n" +
+	"\tGetReport\x12#.contrast.agent.v1.GetReportRequest\x1a$.contrast.agent.v1.GetReportResponseB1Z/github.com/contrast-vm/contrast/api/agent;agentb\x06proto3"
 
 var (
 	file_api_agent_agent_proto_rawDescOnce sync.Once
@@ -1376,7 +1494,7 @@ func file_api_agent_agent_proto_rawDescGZIP() []byte {
 	return file_api_agent_agent_proto_rawDescData
 }
 
-var file_api_agent_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 23)
+var file_api_agent_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 25)
 var file_api_agent_agent_proto_goTypes = []any{
 	(*Empty)(nil),                   // 0: contrast.agent.v1.Empty
 	(*HealthRequest)(nil),           // 1: contrast.agent.v1.HealthRequest
@@ -1401,6 +1519,8 @@ var file_api_agent_agent_proto_goTypes = []any{
 	(*UpdateContainerRequest)(nil),  // 20: contrast.agent.v1.UpdateContainerRequest
 	(*StatsContainerResponse)(nil),  // 21: contrast.agent.v1.StatsContainerResponse
 	(*OOMEvent)(nil),                // 22: contrast.agent.v1.OOMEvent
+	(*GetReportRequest)(nil),        // 23: contrast.agent.v1.GetReportRequest
+	(*GetReportResponse)(nil),       // 24: contrast.agent.v1.GetReportResponse
 }
 var file_api_agent_agent_proto_depIdxs = []int32{
 	6,  // 0: contrast.agent.v1.CreateContainerRequest.rootfs:type_name -> contrast.agent.v1.BlockDevice
@@ -1424,25 +1544,27 @@ var file_api_agent_agent_proto_depIdxs = []int32{
 	20, // 18: contrast.agent.v1.Agent.UpdateContainer:input_type -> contrast.agent.v1.UpdateContainerRequest
 	11, // 19: contrast.agent.v1.Agent.StatsContainer:input_type -> contrast.agent.v1.ContainerRequest
 	0,  // 20: contrast.agent.v1.Agent.WaitOOM:input_type -> contrast.agent.v1.Empty
-	2,  // 21: contrast.agent.v1.Agent.Health:output_type -> contrast.agent.v1.HealthResponse
-	4,  // 22: contrast.agent.v1.Agent.SetPolicy:output_type -> contrast.agent.v1.SetPolicyResponse
-	0,  // 23: contrast.agent.v1.Agent.CreateSandbox:output_type -> contrast.agent.v1.Empty
-	10, // 24: contrast.agent.v1.Agent.CreateContainer:output_type -> contrast.agent.v1.CreateContainerResponse
-	0,  // 25: contrast.agent.v1.Agent.StartContainer:output_type -> contrast.agent.v1.Empty
-	14, // 26: contrast.agent.v1.Agent.ExecProcess:output_type -> contrast.agent.v1.ExecProcessResponse
-	0,  // 27: contrast.agent.v1.Agent.SignalProcess:output_type -> contrast.agent.v1.Empty
-	16, // 28: contrast.agent.v1.Agent.WaitProcess:output_type -> contrast.agent.v1.WaitProcessResponse
-	0,  // 29: contrast.agent.v1.Agent.CloseStdin:output_type -> contrast.agent.v1.Empty
-	17, // 30: contrast.agent.v1.Agent.ListProcesses:output_type -> contrast.agent.v1.ListProcessesResponse
-	0,  // 31: contrast.agent.v1.Agent.RemoveContainer:output_type -> contrast.agent.v1.Empty
-	0,  // 32: contrast.agent.v1.Agent.ResizePty:output_type -> contrast.agent.v1.Empty
-	0,  // 33: contrast.agent.v1.Agent.PauseContainer:output_type -> contrast.agent.v1.Empty
-	0,  // 34: contrast.agent.v1.Agent.ResumeContainer:output_type -> contrast.agent.v1.Empty
-	0,  // 35: contrast.agent.v1.Agent.UpdateContainer:output_type -> contrast.agent.v1.Empty
-	21, // 36: contrast.agent.v1.Agent.StatsContainer:output_type -> contrast.agent.v1.StatsContainerResponse
-	22, // 37: contrast.agent.v1.Agent.WaitOOM:output_type -> contrast.agent.v1.OOMEvent
-	21, // [21:38] is the sub-list for method output_type
-	4,  // [4:21] is the sub-list for method input_type
+	23, // 21: contrast.agent.v1.Agent.GetReport:input_type -> contrast.agent.v1.GetReportRequest
+	2,  // 22: contrast.agent.v1.Agent.Health:output_type -> contrast.agent.v1.HealthResponse
+	4,  // 23: contrast.agent.v1.Agent.SetPolicy:output_type -> contrast.agent.v1.SetPolicyResponse
+	0,  // 24: contrast.agent.v1.Agent.CreateSandbox:output_type -> contrast.agent.v1.Empty
+	10, // 25: contrast.agent.v1.Agent.CreateContainer:output_type -> contrast.agent.v1.CreateContainerResponse
+	0,  // 26: contrast.agent.v1.Agent.StartContainer:output_type -> contrast.agent.v1.Empty
+	14, // 27: contrast.agent.v1.Agent.ExecProcess:output_type -> contrast.agent.v1.ExecProcessResponse
+	0,  // 28: contrast.agent.v1.Agent.SignalProcess:output_type -> contrast.agent.v1.Empty
+	16, // 29: contrast.agent.v1.Agent.WaitProcess:output_type -> contrast.agent.v1.WaitProcessResponse
+	0,  // 30: contrast.agent.v1.Agent.CloseStdin:output_type -> contrast.agent.v1.Empty
+	17, // 31: contrast.agent.v1.Agent.ListProcesses:output_type -> contrast.agent.v1.ListProcessesResponse
+	0,  // 32: contrast.agent.v1.Agent.RemoveContainer:output_type -> contrast.agent.v1.Empty
+	0,  // 33: contrast.agent.v1.Agent.ResizePty:output_type -> contrast.agent.v1.Empty
+	0,  // 34: contrast.agent.v1.Agent.PauseContainer:output_type -> contrast.agent.v1.Empty
+	0,  // 35: contrast.agent.v1.Agent.ResumeContainer:output_type -> contrast.agent.v1.Empty
+	0,  // 36: contrast.agent.v1.Agent.UpdateContainer:output_type -> contrast.agent.v1.Empty
+	21, // 37: contrast.agent.v1.Agent.StatsContainer:output_type -> contrast.agent.v1.StatsContainerResponse
+	22, // 38: contrast.agent.v1.Agent.WaitOOM:output_type -> contrast.agent.v1.OOMEvent
+	24, // 39: contrast.agent.v1.Agent.GetReport:output_type -> contrast.agent.v1.GetReportResponse
+	22, // [22:40] is the sub-list for method output_type
+	4,  // [4:22] is the sub-list for method input_type
 	4,  // [4:4] is the sub-list for extension type_name
 	4,  // [4:4] is the sub-list for extension extendee
 	0,  // [0:4] is the sub-list for field type_name
@@ -1459,7 +1581,7 @@ func file_api_agent_agent_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_api_agent_agent_proto_rawDesc), len(file_api_agent_agent_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   23,
+			NumMessages:   25,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

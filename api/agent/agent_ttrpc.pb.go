@@ -25,6 +25,7 @@ type AgentService interface {
 	UpdateContainer(context.Context, *UpdateContainerRequest) (*Empty, error)
 	StatsContainer(context.Context, *ContainerRequest) (*StatsContainerResponse, error)
 	WaitOOM(context.Context, *Empty) (*OOMEvent, error)
+	GetReport(context.Context, *GetReportRequest) (*GetReportResponse, error)
 }
 
 func RegisterAgentService(srv *ttrpc.Server, svc AgentService) {
@@ -148,6 +149,13 @@ func RegisterAgentService(srv *ttrpc.Server, svc AgentService) {
 					return nil, err
 				}
 				return svc.WaitOOM(ctx, &req)
+			},
+			"GetReport": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
+				var req GetReportRequest
+				if err := unmarshal(&req); err != nil {
+					return nil, err
+				}
+				return svc.GetReport(ctx, &req)
 			},
 		},
 	})
@@ -294,6 +302,14 @@ func (c *agentClient) StatsContainer(ctx context.Context, req *ContainerRequest)
 func (c *agentClient) WaitOOM(ctx context.Context, req *Empty) (*OOMEvent, error) {
 	var resp OOMEvent
 	if err := c.client.Call(ctx, "contrast.agent.v1.Agent", "WaitOOM", req, &resp); err != nil {
+		return nil, err
+	}
+	return &resp, nil
+}
+
+func (c *agentClient) GetReport(ctx context.Context, req *GetReportRequest) (*GetReportResponse, error) {
+	var resp GetReportResponse
+	if err := c.client.Call(ctx, "contrast.agent.v1.Agent", "GetReport", req, &resp); err != nil {
 		return nil, err
 	}
 	return &resp, nil

@@ -2,6 +2,7 @@ package enforce
 
 import (
 	"bytes"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -34,7 +35,7 @@ const (
 // int64), so OPA converts it without a JSON round trip. Every document has
 //
 //	kind             string  the request kind
-//	container_id     string  "" for CreateSandbox and WaitOOM
+//	container_id     string  "" for CreateSandbox, WaitOOM and GetReport
 //	exec_id          string  the process of a request on processes ("" is the container's init)
 //	container_name   string  CreateContainer: the CRI container-name annotation;
 //	                         others: the name remembered for container_id, "" if none
@@ -55,6 +56,7 @@ const (
 //	SignalProcess    signal, all
 //	ResizePty        width, height
 //	UpdateContainer  resources (the OCI LinuxResources as an object)
+//	GetReport        report_data (the nonce, lower-case hex)
 //
 // where process is {args, env, cwd, user {uid, gid, additional_gids},
 // capabilities {bounding, effective, permitted, inheritable, ambient},
@@ -177,6 +179,12 @@ func Input(kind policy.Kind, req proto.Message, containerName func(id string) (s
 		if _, ok := req.(*agentapi.Empty); !ok {
 			return nil, wrongType()
 		}
+	case policy.GetReport:
+		r, ok := req.(*agentapi.GetReportRequest)
+		if !ok {
+			return nil, wrongType()
+		}
+		in["report_data"] = hex.EncodeToString(r.GetReportData())
 	default:
 		return nil, fmt.Errorf("unknown request kind %q", kind)
 	}

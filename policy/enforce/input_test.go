@@ -110,6 +110,8 @@ func TestInputIDRequests(t *testing.T) {
 		{policy.UpdateContainer, &agentapi.UpdateContainerRequest{ContainerId: "c-api"},
 			map[string]any{"resources": map[string]any{}}},
 		{policy.WaitOOM, &agentapi.Empty{}, map[string]any{"kind": "WaitOOM", "container_id": ""}},
+		{policy.GetReport, &agentapi.GetReportRequest{ReportData: []byte{0xab, 0x01}},
+			map[string]any{"kind": "GetReport", "container_id": "", "report_data": "ab01"}},
 	}
 	for _, tt := range tests {
 		t.Run(string(tt.kind), func(t *testing.T) {

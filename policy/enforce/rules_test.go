@@ -491,6 +491,8 @@ func idRequest(kind policy.Kind, id string) proto.Message {
 		return &agentapi.UpdateContainerRequest{ContainerId: id, Resources: []byte(`{"cpu":{"shares":512}}`)}
 	case policy.WaitOOM:
 		return &agentapi.Empty{}
+	case policy.GetReport:
+		return &agentapi.GetReportRequest{ReportData: make([]byte, 64)}
 	}
 	return nil
 }
@@ -498,6 +500,7 @@ func idRequest(kind policy.Kind, id string) proto.Message {
 var idKinds = []policy.Kind{
 	policy.StartContainer, policy.SignalProcess, policy.WaitProcess, policy.CloseStdin, policy.ListProcesses, policy.RemoveContainer,
 	policy.ResizePty, policy.PauseContainer, policy.ResumeContainer, policy.UpdateContainer, policy.StatsContainer, policy.WaitOOM,
+	policy.GetReport,
 }
 
 func TestIDRequestRules(t *testing.T) {
@@ -511,12 +514,13 @@ func TestIDRequestRules(t *testing.T) {
 			policy.CloseStdin: "close_stdin", policy.ListProcesses: "list_processes", policy.RemoveContainer: "remove_container",
 			policy.ResizePty: "resize_pty", policy.PauseContainer: "pause_container", policy.ResumeContainer: "resume_container",
 			policy.UpdateContainer: "update_container", policy.StatsContainer: "stats_container", policy.WaitOOM: "wait_oom",
+			policy.GetReport: "get_report",
 		}[kind]
 		t.Run(string(kind), func(t *testing.T) {
 			checkDecision(t, decide(t, allowing, kind, idRequest(kind, "c-api")), "")
 			checkDecision(t, decide(t, denying, kind, idRequest(kind, "c-api")), prefix+".request", string(kind))
-			if kind == policy.WaitOOM {
-				return
+			if kind == policy.WaitOOM || kind == policy.GetReport {
+				return // they name no container
 			}
 			checkDecision(t, decide(t, allowing, kind, idRequest(kind, "c-unknown")), prefix+".container", `"c-unknown"`)
 			checkDecision(t, decide(t, allowing, kind, idRequest(kind, "c-ghost")), prefix+".container", `"ghost"`)

@@ -676,6 +676,8 @@ func onContainer(kind policy.Kind, container string) action {
 			return kind, &agentapi.UpdateContainerRequest{ContainerId: cid, Resources: []byte(`{"memory":{"limit":268435456},"cpu":{"shares":512}}`)}
 		case policy.WaitOOM:
 			return kind, &agentapi.Empty{}
+		case policy.GetReport:
+			return kind, &agentapi.GetReportRequest{ReportData: make([]byte, 64)}
 		}
 		p.t.Fatalf("no request for %s", kind)
 		return "", nil
@@ -943,6 +945,9 @@ func decisionCases() []decisionCase {
 		decisionCase{name: "WaitOOM", pod: "web", before: []action{sandbox("")}, do: onContainer(policy.WaitOOM, "")},
 		decisionCase{name: "WaitOOM when the settings deny it", pod: "web", settings: func(s *generate.Settings) { s.Requests[policy.WaitOOM] = false },
 			do: onContainer(policy.WaitOOM, ""), want: "wait_oom.request"},
+		decisionCase{name: "GetReport", pod: "web", before: []action{sandbox("")}, do: onContainer(policy.GetReport, "")},
+		decisionCase{name: "GetReport when the settings deny it", pod: "web", settings: func(s *generate.Settings) { s.Requests[policy.GetReport] = false },
+			do: onContainer(policy.GetReport, ""), want: "get_report.request"},
 		decisionCase{name: "resize the debug shell's terminal", pod: "debug", before: started("shell"), do: onContainer(policy.ResizePty, "shell")},
 		decisionCase{name: "close the debug shell's stdin", pod: "debug", before: started("shell"), do: onContainer(policy.CloseStdin, "shell")},
 	)

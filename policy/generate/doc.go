@@ -94,6 +94,7 @@
 // A named container's stdin and logs win over "*"; exec and envPatterns of
 // both apply. DefaultSettings allows StartContainer, SignalProcess,
 // WaitProcess, CloseStdin, ListProcesses, RemoveContainer, ResizePty,
-// PauseContainer, ResumeContainer, UpdateContainer, StatsContainer and
-// WaitOOM, logs for every container, and nothing else.
+// PauseContainer, ResumeContainer, UpdateContainer, StatsContainer, WaitOOM
+// and GetReport (an attestation report reveals only what a verifier
+// checks), logs for every container, and nothing else.
 package generate

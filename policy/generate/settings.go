@@ -52,11 +52,14 @@ const AllContainers = "*"
 const DefaultKubeletRootDir = "/var/lib/kubelet"
 
 // idOnlyKinds are the request kinds the rules decide by Data.Requests: they
-// name a container and carry nothing else the policy checks.
+// name a container (or, WaitOOM and GetReport, none) and carry nothing else
+// the policy checks. GetReport is allowed by default: a report reveals
+// only what a verifier checks (measurement, policy hash, the caller's nonce).
 var idOnlyKinds = []policy.Kind{
 	policy.StartContainer, policy.SignalProcess, policy.WaitProcess, policy.CloseStdin,
 	policy.ListProcesses, policy.RemoveContainer, policy.ResizePty, policy.PauseContainer,
 	policy.ResumeContainer, policy.UpdateContainer, policy.StatsContainer, policy.WaitOOM,
+	policy.GetReport,
 }
 
 // DefaultSettings allows every request kind decided by the container alone,
