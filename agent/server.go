@@ -14,6 +14,8 @@ import (
 
 // Serve serves the Agent service on agentL and stdio connections on stdioL
 // until ctx ends (then it returns nil) or a listener fails. It closes both.
+// With Config.AttestationEndpoint it serves the containers' attestation
+// endpoint too.
 func (s *Service) Serve(ctx context.Context, agentL, stdioL net.Listener) error {
 	srv, err := ttrpc.NewServer(ttrpc.WithUnaryServerInterceptor(s.intercept))
 	if err != nil {
@@ -22,9 +24,22 @@ func (s *Service) Serve(ctx context.Context, agentL, stdioL net.Listener) error 
 		return fmt.Errorf("create ttrpc server: %w", err)
 	}
 	api.RegisterAgentService(srv, s)
+	var attestL net.Listener
+	if dir := s.attestationDir(); dir != "" {
+		if attestL, err = listenAttestation(dir); err != nil {
+			agentL.Close()
+			stdioL.Close()
+			return err
+		}
+	}
 
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	var attestErr chan error // nil, never ready, without the endpoint
+	if attestL != nil {
+		attestErr = make(chan error, 1)
+		go func() { attestErr <- s.serveAttestation(ctx, attestL) }()
+	}
 	stdioErr := make(chan error, 1)
 	go func() { stdioErr <- s.hub.Serve(ctx, stdioL) }()
 	agentErr := make(chan error, 1)
@@ -40,6 +55,9 @@ func (s *Service) Serve(ctx context.Context, agentL, stdioL net.Listener) error 
 	case err := <-stdioErr:
 		result = err
 		stdioErr <- nil
+	case err := <-attestErr:
+		result = err
+		attestErr <- nil
 	}
 	cancel()
 	// Close stops new requests and closes every connection.
@@ -51,6 +69,11 @@ func (s *Service) Serve(ctx context.Context, agentL, stdioL net.Listener) error 
 	}
 	if err := <-stdioErr; err != nil && result == nil {
 		result = err
+	}
+	if attestErr != nil {
+		if err := <-attestErr; err != nil && result == nil {
+			result = err
+		}
 	}
 	return result
 }

@@ -1,5 +1,30 @@
 // Package agent is the guest agent: it serves the Agent ttrpc service (see
 // api/agent) and runs the pod's containers with runc inside the VM.
+//
+// # Attestation
+//
+// The host asks for an attestation report with the GetReport RPC, which the
+// policy decides like every request. The pod's own containers ask the agent
+// directly, through a local endpoint the host never sees: the agent listens
+// on a unix socket in the guest (RunDir/attestation/attest.sock) and
+// bind-mounts its directory read-only into every container at
+// /run/contrast/attestation (AttestationMountPoint). The protocol is
+// HTTP/1.1:
+//
+//	GET /v1/report?nonce=<128 hex digits: 64 bytes, the report's REPORT_DATA>
+//
+//	200 application/json {"tee":"snp","report":"<base64>","certs":"<base64, or empty>"}
+//
+// report is the raw signed SEV-SNP ATTESTATION_REPORT (1184 bytes), certs
+// the certificate table the firmware returned with it (VCEK, ASK, ARK) or
+// "" when the host provisioned none; tee is "snp", or "snp-simulated" in a
+// test image. Errors are application/json {"error":"<what is wrong>"}: 400
+// for a missing or malformed nonce or another parameter, 404 for another
+// path, 405 for another method, 501 when the VM has no TEE (a development
+// VM: retrying does not help), 500 when the TEE fails. From a container:
+//
+//	curl --unix-socket /run/contrast/attestation/attest.sock \
+//	  "http://localhost/v1/report?nonce=$(head -c64 /dev/urandom | xxd -p -c64)"
 package agent
 
 import (
@@ -49,8 +74,12 @@ type Config struct {
 	SetHostname func(string) error
 	// TEE vouches for the HOSTDATA a policy must match; nil is a
 	// development VM, where the policy is enforced but nothing is attested.
-	TEE    tee.TEE
-	Reaper *reaper.Reaper
+	TEE tee.TEE
+	// AttestationEndpoint serves reports to the containers on a unix
+	// socket in RunDir/attestation, mounted into each at
+	// AttestationMountPoint (see the package documentation).
+	AttestationEndpoint bool
+	Reaper              *reaper.Reaper
 }
 
 // DefaultConfig is the configuration inside the VM.
@@ -66,7 +95,9 @@ func DefaultConfig(r *reaper.Reaper) Config {
 		StdioTimeout:  30 * time.Second,
 		StdinGrace:    2 * time.Second,
 		SetHostname:   func(h string) error { return unix.Sethostname([]byte(h)) },
-		Reaper:        r,
+
+		AttestationEndpoint: true,
+		Reaper:              r,
 	}
 }
 
@@ -217,6 +248,9 @@ func (s *Service) CreateContainer(ctx context.Context, req *api.CreateContainerR
 		SharedDir:    filepath.Join(bundle, "shared"),
 		CgroupParent: s.cfg.CgroupParent,
 		SharedFiles:  shared,
+		// The host does not ask for this mount, so the policy, which judges
+		// the host's spec, neither sees nor needs to allow it.
+		AttestationDir: s.attestationDir(),
 	})
 	if err != nil {
 		return nil, invalid("create %v", err) // err names the container

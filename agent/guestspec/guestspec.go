@@ -33,7 +33,15 @@ type Input struct {
 	// CgroupParent is the guest cgroup under which the container's cgroup goes.
 	CgroupParent string
 	SharedFiles  []SharedFile
+	// AttestationDir is the guest directory of the agent's attestation
+	// endpoint, bind-mounted read-only at AttestationMountPoint; "" mounts
+	// nothing.
+	AttestationDir string
 }
+
+// AttestationMountPoint is where a container finds the agent's attestation
+// endpoint: a directory holding its unix socket.
+const AttestationMountPoint = "/run/contrast/attestation"
 
 // File is a file the caller must write before running runc.
 type File struct {
@@ -282,6 +290,15 @@ func (r *Result) rewriteMounts(in Input) error {
 		if !used[f.Destination] {
 			r.note("shared file for %s ignored: no bind mount there", f.Destination)
 		}
+	}
+	if in.AttestationDir != "" {
+		// Last, so that no mount of the spec covers it.
+		r.Spec.Mounts = append(r.Spec.Mounts, specs.Mount{
+			Destination: AttestationMountPoint,
+			Type:        "bind",
+			Source:      in.AttestationDir,
+			Options:     []string{"rbind", "ro", "nosuid", "nodev", "noexec"},
+		})
 	}
 	return nil
 }

@@ -347,3 +347,47 @@ func FuzzRewriteProcess(f *testing.F) {
 		}
 	})
 }
+
+// TestRewriteAttestationMount checks that the agent's attestation endpoint
+// is mounted read-only into the container, after (over) the spec's own
+// mounts, and only when the agent serves one.
+func TestRewriteAttestationMount(t *testing.T) {
+	in := criSpec()
+	// A tmpfs the spec puts over /run must not hide the endpoint.
+	in.Mounts = append(in.Mounts, specs.Mount{Destination: "/run", Type: "tmpfs", Source: "tmpfs"})
+	raw, err := json.Marshal(in)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		dir  string
+		want *specs.Mount
+	}{
+		{dir: ""},
+		{dir: "/run/contrast/attestation", want: &specs.Mount{
+			Destination: AttestationMountPoint, Type: "bind", Source: "/run/contrast/attestation",
+			Options: []string{"rbind", "ro", "nosuid", "nodev", "noexec"},
+		}},
+	} {
+		input := testInput
+		input.AttestationDir = tc.dir
+		res, err := Rewrite(raw, input)
+		if err != nil {
+			t.Fatal(err)
+		}
+		mounts := res.Spec.Mounts
+		last := mounts[len(mounts)-1]
+		if tc.want == nil {
+			if last.Destination != "/run" {
+				t.Errorf("no endpoint: last mount %+v, want the spec's /run", last)
+			}
+			continue
+		}
+		if !reflect.DeepEqual(last, *tc.want) {
+			t.Errorf("last mount %+v, want %+v", last, *tc.want)
+		}
+		if len(mounts) != len(in.Mounts)+1 {
+			t.Errorf("%d mounts, want the spec's %d and the endpoint", len(mounts), len(in.Mounts))
+		}
+	}
+}

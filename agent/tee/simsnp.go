@@ -24,6 +24,12 @@ import (
 // HOSTDATA as exactly 64 lower-case hex characters.
 const HostDataFwCfgName = "opt/io.contrast/hostdata"
 
+// MeasurementFwCfgName is the fw_cfg item that tells the simulated device
+// the launch MEASUREMENT to report (what SNP firmware would have computed
+// from the firmware, kernel, initrd and command line): exactly 96
+// lower-case hex characters. Without it the device reports zeros.
+const MeasurementFwCfgName = "opt/io.contrast/launch-measurement"
+
 // DefaultFwCfgRoot is where the kernel (CONFIG_FW_CFG_SYSFS) shows fw_cfg.
 const DefaultFwCfgRoot = "/sys/firmware/qemu_fw_cfg"
 
@@ -60,11 +66,16 @@ func detectSimulatedAt(ctx context.Context, fwCfgRoot string) (TEE, error) {
 	if _, err := s.HostData(ctx); err != nil {
 		return nil, err
 	}
+	if _, err := s.Measurement(ctx); err != nil {
+		return nil, err
+	}
 	return s, nil
 }
 
-func (s *SimulatedSNP) hostDataPath() string {
-	return filepath.Join(s.FwCfgRoot, "by_name", filepath.FromSlash(HostDataFwCfgName), "raw")
+func (s *SimulatedSNP) hostDataPath() string { return s.fwCfgPath(HostDataFwCfgName) }
+
+func (s *SimulatedSNP) fwCfgPath(name string) string {
+	return filepath.Join(s.FwCfgRoot, "by_name", filepath.FromSlash(name), "raw")
 }
 
 // Name is NameSNPSimulated.
@@ -73,19 +84,44 @@ func (*SimulatedSNP) Name() string { return NameSNPSimulated }
 // HostData reads HOSTDATA from fw_cfg.
 func (s *SimulatedSNP) HostData(context.Context) ([32]byte, error) {
 	var hd [32]byte
-	p := s.hostDataPath()
-	raw, err := os.ReadFile(p)
+	raw, err := os.ReadFile(s.hostDataPath())
 	if err != nil {
 		return hd, fmt.Errorf("simulated SNP: read HOSTDATA from fw_cfg: %w", err)
 	}
-	text := string(raw)
-	if len(text) != 2*len(hd) || strings.ToLower(text) != text {
-		return hd, fmt.Errorf("simulated SNP: fw_cfg %s holds %q: want exactly %d lower-case hex characters", HostDataFwCfgName, truncate(text, 80), 2*len(hd))
-	}
-	if _, err := hex.Decode(hd[:], raw); err != nil {
-		return hd, fmt.Errorf("simulated SNP: fw_cfg %s: %w", HostDataFwCfgName, err)
+	if err := decodeFwCfgHex(HostDataFwCfgName, raw, hd[:]); err != nil {
+		return hd, err
 	}
 	return hd, nil
+}
+
+// Measurement reads the launch MEASUREMENT from fw_cfg: zero when the
+// launch configured none.
+func (s *SimulatedSNP) Measurement(context.Context) ([abi.MeasurementSize]byte, error) {
+	var m [abi.MeasurementSize]byte
+	raw, err := os.ReadFile(s.fwCfgPath(MeasurementFwCfgName))
+	if errors.Is(err, os.ErrNotExist) {
+		return m, nil
+	}
+	if err != nil {
+		return m, fmt.Errorf("simulated SNP: read MEASUREMENT from fw_cfg: %w", err)
+	}
+	if err := decodeFwCfgHex(MeasurementFwCfgName, raw, m[:]); err != nil {
+		return m, err
+	}
+	return m, nil
+}
+
+// decodeFwCfgHex decodes the fw_cfg item name, which must be exactly
+// 2*len(dst) lower-case hex characters, into dst.
+func decodeFwCfgHex(name string, raw, dst []byte) error {
+	text := string(raw)
+	if len(text) != 2*len(dst) || strings.ToLower(text) != text {
+		return fmt.Errorf("simulated SNP: fw_cfg %s holds %q: want exactly %d lower-case hex characters", name, truncate(text, 80), 2*len(dst))
+	}
+	if _, err := hex.Decode(dst, raw); err != nil {
+		return fmt.Errorf("simulated SNP: fw_cfg %s: %w", name, err)
+	}
+	return nil
 }
 
 func truncate(s string, n int) string {
@@ -96,11 +132,16 @@ func truncate(s string, n int) string {
 }
 
 // Report builds an SNP report (version 2, go-sev-guest abi layout) with the
-// fw_cfg HOSTDATA and reportData, signs it with the test VCEK and appends
+// fw_cfg HOSTDATA and MEASUREMENT and reportData, signs it with the test
+// VCEK and appends
 // the test certificate table (ARK, ASK, VCEK, ...) and the platform info a
 // verifier needs to pick the product.
 func (s *SimulatedSNP) Report(ctx context.Context, reportData [64]byte) ([]byte, error) {
 	hd, err := s.HostData(ctx)
+	if err != nil {
+		return nil, err
+	}
+	measurement, err := s.Measurement(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -119,7 +160,7 @@ func (s *SimulatedSNP) Report(ctx context.Context, reportData [64]byte) ([]byte,
 		ImageId:         make([]byte, abi.ImageIDSize),
 		SignatureAlgo:   abi.SignEcdsaP384Sha384,
 		ReportData:      reportData[:],
-		Measurement:     make([]byte, abi.MeasurementSize),
+		Measurement:     measurement[:],
 		HostData:        hd[:],
 		IdKeyDigest:     make([]byte, abi.IDKeyDigestSize),
 		AuthorKeyDigest: make([]byte, abi.AuthorKeyDigestSize),

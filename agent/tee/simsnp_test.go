@@ -22,15 +22,72 @@ import (
 func fakeFwCfg(t *testing.T, value string) string {
 	t.Helper()
 	root := t.TempDir()
-	dir := filepath.Join(root, "by_name", "opt", "io.contrast", "hostdata")
+	addFwCfg(t, root, HostDataFwCfgName, value)
+	return root
+}
+
+// addFwCfg adds the item name to the fw_cfg sysfs tree at root.
+func addFwCfg(t *testing.T, root, name, value string) {
+	t.Helper()
+	dir := filepath.Join(root, "by_name", filepath.FromSlash(name))
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		t.Fatal(err)
 	}
 	if err := os.WriteFile(filepath.Join(dir, "raw"), []byte(value), 0o444); err != nil {
 		t.Fatal(err)
 	}
-	return root
 }
+
+const measurementHex = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
+
+// TestSimulatedMeasurement checks the MEASUREMENT the device reports: the
+// fw_cfg item when the launch set it, zeros when not, and a malformed item
+// refused when the device is detected.
+func TestSimulatedMeasurement(t *testing.T) {
+	ctx := context.Background()
+	for _, tc := range []struct {
+		name    string
+		value   *string // nil: no item
+		want    string
+		wantErr string
+	}{
+		{name: "set", value: ptr(measurementHex), want: measurementHex},
+		{name: "absent", want: strings.Repeat("00", abi.MeasurementSize)},
+		{name: "short", value: ptr(measurementHex[:94]), wantErr: "exactly 96"},
+		{name: "upper case", value: ptr(strings.ToUpper(measurementHex)), wantErr: "lower-case hex"},
+		{name: "not hex", value: ptr("zz" + measurementHex[2:]), wantErr: "invalid byte"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			root := fakeFwCfg(t, hostDataHex)
+			if tc.value != nil {
+				addFwCfg(t, root, MeasurementFwCfgName, *tc.value)
+			}
+			got, err := detectSimulatedAt(ctx, root)
+			if tc.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.wantErr) || !strings.Contains(err.Error(), MeasurementFwCfgName) {
+					t.Fatalf("detect: %v, want an error naming %s and containing %q", err, MeasurementFwCfgName, tc.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			raw, err := got.Report(ctx, [64]byte{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			att, err := abi.ReportCertsToProto(raw)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if m := hexOf(att.Report.Measurement); m != tc.want {
+				t.Errorf("report MEASUREMENT %s, want %s", m, tc.want)
+			}
+		})
+	}
+}
+
+func ptr[T any](v T) *T { return &v }
 
 const hostDataHex = "00112233445566778899aabbccddeeff0123456789abcdef0011223344556677"
 
