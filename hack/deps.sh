@@ -84,4 +84,110 @@ CGO_ENABLED=1 go_install_cached runc-static "$RUNC_VERSION" github.com/openconta
   -tags "seccomp netgo osusergo" -ldflags '-extldflags "-static" -s -w'
 go_install_cached protoc-gen-go "$PROTOC_GEN_GO_VERSION" google.golang.org/protobuf/cmd/protoc-gen-go
 go_install_cached protoc-gen-go-ttrpc "$PROTOC_GEN_TTRPC_VERSION" github.com/containerd/ttrpc/cmd/protoc-gen-go-ttrpc
+
+# debian_archive prints the URI and keyring ("-" for none) of the Debian
+# archive the machine's apt sources already use for its own release, so
+# that backports come from the same mirror. Never name a mirror here.
+debian_archive() {
+  local codename=$1
+  local f
+  for f in /etc/apt/sources.list.d/*.sources; do
+    [ -r "$f" ] || continue
+    # deb822: stanzas separated by blank lines.
+    awk -v want="$codename" '
+      function flush() {
+        if (types ~ /(^| )deb( |$)/ && (" " suites " ") ~ (" " want " ") && uri != "") {
+          print uri, (key == "" ? "-" : key); found = 1; exit
+        }
+        types = suites = uri = key = ""
+      }
+      /^[ \t]*$/ { flush(); next }
+      /^#/ { next }
+      tolower($1) == "types:" { $1 = ""; types = substr($0, 2) }
+      tolower($1) == "suites:" { $1 = ""; suites = substr($0, 2) }
+      tolower($1) == "uris:" { uri = $2 }
+      tolower($1) == "signed-by:" { key = $2 }
+      END { if (!found) flush() }
+    ' "$f" | head -n1
+  done
+  if [ -r /etc/apt/sources.list ]; then
+    # one-line format: deb [options] URI suite components
+    awk -v want="$codename" '
+      $1 == "deb" {
+        i = 2; key = "-"
+        if ($2 ~ /^\[/) {
+          for (; i <= NF; i++) {
+            if ($i ~ /^\[?signed-by=/) { key = $i; sub(/^\[?signed-by=/, "", key); sub(/\]$/, "", key) }
+            if ($i ~ /\]$/) { i++; break }
+          }
+        }
+        if ($(i + 1) == want) { print $i, key; exit }
+      }' /etc/apt/sources.list
+  fi
+}
+
+# QEMU >= 9.1 parses the SEV-SNP arguments (Debian 12's QEMU is 7.2). QEMU 10
+# from <release>-backports is unpacked (dpkg -x) into the cache, keyed by its
+# version, and never installed: the system keeps its own QEMU. It runs through
+# a wrapper that points QEMU at its modules and data files:
+# $CACHE/qemu10/bin/qemu-system-x86_64 (the tests' CONTRAST_QEMU_SNP).
+QEMU10_VERSION=${QEMU10_VERSION:-1:10.0.2+ds-2+deb13u1~bpo12+1}
+install_qemu10() {
+  local dir=$CACHE/qemu10 version=$QEMU10_VERSION
+  local root=$dir/${version//[:~+]/_}
+  if [ ! -x "$root/usr/bin/qemu-system-x86_64" ]; then
+    local codename
+    codename=$(. /etc/os-release && echo "${VERSION_CODENAME:-}")
+    [ -n "$codename" ] || { echo "deps: no VERSION_CODENAME in /etc/os-release" >&2; return 1; }
+    local uri key
+    read -r uri key < <(debian_archive "$codename") || true
+    if [ -z "${uri:-}" ]; then
+      echo "deps: no apt source for Debian $codename in /etc/apt/sources.list{,.d/*.sources}: cannot find the archive for $codename-backports" >&2
+      return 1
+    fi
+    log "QEMU $version from $codename-backports ($uri), unpacked into $root"
+    # A private apt state: the machine's sources and lists stay as they are.
+    local apt=$dir/apt
+    mkdir -p "$apt/sources" "$apt/lists/partial" "$apt/cache/archives/partial"
+    {
+      echo "Types: deb"
+      echo "URIs: $uri"
+      echo "Suites: $codename-backports"
+      echo "Components: main"
+      [ "$key" = "-" ] || echo "Signed-By: $key"
+    } >"$apt/sources/backports.sources"
+    local opts=(
+      -o Dir::Etc::SourceList=/dev/null -o "Dir::Etc::SourceParts=$apt/sources"
+      -o "Dir::State::Lists=$apt/lists" -o "Dir::Cache=$apt/cache"
+      -o APT::Sandbox::User=root -q
+    )
+    apt-get "${opts[@]}" update >/dev/null
+    local tmp; tmp=$(mktemp -d "$dir/.unpack.XXXXXX")
+    local pkgs=(qemu-system-x86 qemu-system-common qemu-system-data)
+    if ! (cd "$tmp" && apt-get "${opts[@]}" download "${pkgs[@]/%/=$version}" >/dev/null); then
+      rm -rf "$tmp"
+      echo "deps: QEMU $version is not in $codename-backports (any more?); available:" >&2
+      apt-cache "${opts[@]}" madison qemu-system-x86 >&2 || true
+      echo "deps: set QEMU10_VERSION to one of them" >&2
+      return 1
+    fi
+    mkdir "$tmp/root"
+    local deb
+    for deb in "$tmp"/*.deb; do dpkg -x "$deb" "$tmp/root"; done
+    rm -rf "$root"
+    mv "$tmp/root" "$root"
+    rm -rf "$tmp"
+  fi
+  mkdir -p "$dir/bin"
+  cat >"$dir/bin/qemu-system-x86_64.tmp" <<WRAPPER
+#!/bin/sh
+# QEMU $version, unpacked by hack/deps.sh: its modules and firmware data
+# live next to it, not where the binary was built to look.
+QEMU_MODULE_DIR='$root/usr/lib/x86_64-linux-gnu/qemu' exec '$root/usr/bin/qemu-system-x86_64' -L '$root/usr/share/qemu' "\$@"
+WRAPPER
+  chmod +x "$dir/bin/qemu-system-x86_64.tmp"
+  mv "$dir/bin/qemu-system-x86_64.tmp" "$dir/bin/qemu-system-x86_64"
+}
+install_qemu10
+
 log "dependencies ready in $BIN"
