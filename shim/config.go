@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"github.com/BurntSushi/toml"
+
+	"github.com/contrast-vm/contrast/vmimage/snp"
 )
 
 // DefaultConfigPath is read when the runtime handler passes no ConfigPath option.
@@ -24,6 +26,38 @@ type Config struct {
 	Hypervisor HypervisorConfig `toml:"hypervisor"`
 	Timeouts   TimeoutsConfig   `toml:"timeouts"`
 	Policy     PolicyConfig     `toml:"policy"`
+	SNP        SNPConfig        `toml:"snp"`
+}
+
+// Confidential computing modes (hypervisor.confidential).
+const (
+	// ConfidentialNone runs plain VMs: nothing is measured or attested.
+	ConfidentialNone = "none"
+	// ConfidentialSNP launches every pod VM under AMD SEV-SNP.
+	ConfidentialSNP = "snp"
+)
+
+// SNPConfig is the AMD SEV-SNP launch. Its firmware also matters without
+// SNP: a plain VM is then told the measurement the same launch would have,
+// for the simulated SNP device of test images.
+type SNPConfig struct {
+	// Firmware is the OVMF AmdSevX64 build (QEMU -bios); required in snp mode.
+	Firmware string `toml:"firmware"`
+	// CPUModel is a named QEMU CPU model, never "host": its signature is
+	// measured.
+	CPUModel string `toml:"cpu_model"`
+	// Policy is the SNP guest policy (64 bits, written as 0x30000). An
+	// int64: the TOML decoder wraps a negative number into a uint64.
+	Policy int64 `toml:"policy"`
+	// CBitPos and ReducedPhysBits: 0 takes the host's C-bit position
+	// (CPUID 0x8000001F) and 1 reduced bit.
+	CBitPos         int `toml:"cbitpos"`
+	ReducedPhysBits int `toml:"reduced_phys_bits"`
+	// IDBlock and IDAuth are files holding a base64 ID block and ID
+	// authentication structure (contrast measure --id-key writes them); the
+	// firmware then refuses a launch whose measurement or policy differ.
+	IDBlock string `toml:"id_block"`
+	IDAuth  string `toml:"id_auth"`
 }
 
 // Default policies for pods that carry no policy annotation.
@@ -43,7 +77,8 @@ type PolicyConfig struct {
 // HypervisorConfig names the VM monitor and the guest image.
 type HypervisorConfig struct {
 	Binary       string `toml:"binary"`
-	Accel        string `toml:"accel"` // auto, kvm or tcg
+	Accel        string `toml:"accel"`        // auto, kvm or tcg
+	Confidential string `toml:"confidential"` // none or snp
 	Kernel       string `toml:"kernel"`
 	Initrd       string `toml:"initrd"`
 	Firmware     string `toml:"firmware"`
@@ -82,20 +117,35 @@ func DefaultConfig() Config {
 		LogLevel: "info",
 		StateDir: "/run/contrast",
 		Hypervisor: HypervisorConfig{
-			Binary:    "/usr/bin/qemu-system-x86_64",
-			Accel:     "auto",
-			Kernel:    "/opt/contrast/image/kernel",
-			Initrd:    "/opt/contrast/image/initrd",
-			VCPUs:     1,
-			MemoryMiB: 512,
+			Binary:       "/usr/bin/qemu-system-x86_64",
+			Accel:        "auto",
+			Confidential: ConfidentialNone,
+			Kernel:       "/opt/contrast/image/kernel",
+			Initrd:       "/opt/contrast/image/initrd",
+			VCPUs:        1,
+			MemoryMiB:    512,
 		},
 		Timeouts: TimeoutsConfig{
 			AgentReady: Duration{30 * time.Second},
 			Stop:       Duration{10 * time.Second},
 		},
 		Policy: PolicyConfig{Default: DefaultPolicyDenyAll},
+		SNP: SNPConfig{
+			CPUModel: DefaultSNPCPUModel,
+			Policy:   DefaultSNPPolicy,
+		},
 	}
 }
+
+// SNP launch defaults.
+const (
+	// DefaultSNPCPUModel runs on every SEV-SNP generation (Milan, Genoa,
+	// Turin) and is what sev-snp-measure assumes.
+	DefaultSNPCPUModel = "EPYC-v4"
+	// DefaultSNPPolicy allows SMT (bit 17) and nothing else: no debugging,
+	// no migration agent, single socket not required (bit 16 must be one).
+	DefaultSNPPolicy = 0x30000
+)
 
 // LoadConfig reads a configuration file. Unknown keys and bad values are
 // errors that name the key.
@@ -173,6 +223,9 @@ func (c Config) Validate() error {
 	if strings.ContainsAny(h.KernelParams, "\n\x00") {
 		return fmt.Errorf("hypervisor.kernel_params: contains a newline or NUL")
 	}
+	if err := c.validateSNP(); err != nil {
+		return err
+	}
 	switch c.Policy.Default {
 	case DefaultPolicyDenyAll, DefaultPolicyAllowAll:
 	default:
@@ -183,6 +236,66 @@ func (c Config) Validate() error {
 	}
 	if c.Timeouts.Stop.Duration <= 0 {
 		return fmt.Errorf("timeouts.stop: must be positive, is %s", c.Timeouts.Stop)
+	}
+	return nil
+}
+
+// snpPolicyMustBeOne is bit 16 of the SNP guest policy, reserved as one.
+const snpPolicyMustBeOne = 1 << 16
+
+// validateSNP checks hypervisor.confidential and the [snp] section.
+func (c Config) validateSNP() error {
+	h, s := c.Hypervisor, c.SNP
+	switch h.Confidential {
+	case ConfidentialNone, ConfidentialSNP:
+	default:
+		return fmt.Errorf("hypervisor.confidential: %q is not one of %s, %s", h.Confidential, ConfidentialNone, ConfidentialSNP)
+	}
+	for _, p := range []struct{ key, val string }{
+		{"snp.firmware", s.Firmware}, {"snp.id_block", s.IDBlock}, {"snp.id_auth", s.IDAuth},
+	} {
+		if p.val != "" && !filepath.IsAbs(p.val) {
+			return fmt.Errorf("%s: %q is not an absolute path", p.key, p.val)
+		}
+	}
+	switch s.CPUModel {
+	case "host", "max":
+		return fmt.Errorf("snp.cpu_model: %q depends on the host, but the CPU model is measured: name one (like %s)", s.CPUModel, DefaultSNPCPUModel)
+	}
+	if _, err := snp.VCPUSignature(s.CPUModel); err != nil {
+		return fmt.Errorf("snp.cpu_model: %w", err)
+	}
+	if s.Policy < 0 {
+		return fmt.Errorf("snp.policy: %d is negative", s.Policy)
+	}
+	if s.Policy&snpPolicyMustBeOne == 0 {
+		return fmt.Errorf("snp.policy: %#x lacks bit 16 (0x10000), which SEV-SNP requires set", s.Policy)
+	}
+	if s.CBitPos < 0 || s.CBitPos > 63 {
+		return fmt.Errorf("snp.cbitpos: %d is outside 0..63 (0: the host's)", s.CBitPos)
+	}
+	if s.ReducedPhysBits < 0 || s.ReducedPhysBits > 63 {
+		return fmt.Errorf("snp.reduced_phys_bits: %d is outside 0..63 (0: 1)", s.ReducedPhysBits)
+	}
+	if (s.IDBlock == "") != (s.IDAuth == "") {
+		return errors.New("snp.id_block, snp.id_auth: give both or neither (the firmware checks an ID block only with its signature)")
+	}
+	if h.Confidential != ConfidentialSNP {
+		return nil
+	}
+	if s.Firmware == "" {
+		return errors.New("snp.firmware: must be set when hypervisor.confidential is snp (an OVMF AmdSevX64 build)")
+	}
+	if h.Firmware != "" {
+		return errors.New("hypervisor.firmware: must be empty when hypervisor.confidential is snp: the SNP firmware is snp.firmware")
+	}
+	if h.Accel == "tcg" {
+		return errors.New("hypervisor.accel: tcg cannot run SEV-SNP guests (hypervisor.confidential is snp): use auto or kvm")
+	}
+	if h.KernelParams != "" {
+		return errors.New("hypervisor.kernel_params: must be empty when hypervisor.confidential is snp: " +
+			"the kernel command line is measured, and a verifier compares it with the image's reference values, " +
+			"so the guest boots with the image's own command line (set it when building the image)")
 	}
 	return nil
 }

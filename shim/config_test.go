@@ -34,6 +34,41 @@ default = "allow-all"
 	}
 }
 
+func TestParseConfigSNP(t *testing.T) {
+	cfg, err := ParseConfig([]byte(`
+[hypervisor]
+accel = "kvm"
+confidential = "snp"
+[snp]
+firmware = "/opt/contrast/OVMF.amdsev.fd"
+cpu_model = "EPYC-Genoa"
+policy = 0x30000
+cbitpos = 51
+reduced_phys_bits = 1
+id_block = "/etc/contrast/id-block.b64"
+id_auth = "/etc/contrast/id-auth.b64"
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := SNPConfig{
+		Firmware: "/opt/contrast/OVMF.amdsev.fd", CPUModel: "EPYC-Genoa", Policy: 0x30000, CBitPos: 51, ReducedPhysBits: 1,
+		IDBlock: "/etc/contrast/id-block.b64", IDAuth: "/etc/contrast/id-auth.b64",
+	}
+	if cfg.Hypervisor.Confidential != ConfidentialSNP || cfg.SNP != want {
+		t.Fatalf("parsed %+v, %+v", cfg.Hypervisor, cfg.SNP)
+	}
+
+	// The firmware alone, for a plain VM's expected measurement.
+	cfg, err = ParseConfig([]byte("[snp]\nfirmware = \"/fw/OVMF.amdsev.fd\"\n[hypervisor]\nkernel_params = \"x=1\"\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Hypervisor.Confidential != ConfidentialNone || cfg.SNP.CPUModel != DefaultSNPCPUModel || cfg.SNP.Policy != DefaultSNPPolicy {
+		t.Fatalf("defaults not kept: %+v, %+v", cfg.Hypervisor, cfg.SNP)
+	}
+}
+
 func TestParseConfigDefaults(t *testing.T) {
 	cfg, err := ParseConfig(nil)
 	if err != nil {
@@ -63,6 +98,26 @@ func TestParseConfigRejects(t *testing.T) {
 		{`log_level = `, "line 1"},
 		{"[policy]\ndefault = \"allow\"", "policy.default"},
 		{"[policy]\nfile = \"/x\"", "policy.file"},
+		{"[hypervisor]\nconfidential = \"sev\"", "hypervisor.confidential"},
+		{"[hypervisor]\nconfidential = true", "confidential"},
+		{"[snp]\nfirmwre = \"/x\"", "snp.firmwre"},
+		{"[snp]\nfirmware = \"ovmf.fd\"", "snp.firmware"},
+		{"[snp]\ncpu_model = \"host\"", "snp.cpu_model"},
+		{"[snp]\ncpu_model = \"max\"", "snp.cpu_model"},
+		{"[snp]\ncpu_model = \"Skylake-Server\"", "snp.cpu_model"},
+		{"[snp]\ncpu_model = \"\"", "snp.cpu_model"},
+		{"[snp]\npolicy = 0x20000", "snp.policy"},
+		{"[snp]\npolicy = -1", "policy"},
+		{"[snp]\npolicy = \"0x30000\"", "policy"},
+		{"[snp]\ncbitpos = 64", "snp.cbitpos"},
+		{"[snp]\ncbitpos = -1", "snp.cbitpos"},
+		{"[snp]\nreduced_phys_bits = 99", "snp.reduced_phys_bits"},
+		{"[snp]\nid_block = \"/a\"", "snp.id_block, snp.id_auth"},
+		{"[snp]\nid_auth = \"/a\"\nid_block = \"b\"", "snp.id_block"},
+		{"[hypervisor]\nconfidential = \"snp\"", "snp.firmware: must be set"},
+		{"[hypervisor]\nconfidential = \"snp\"\nfirmware = \"/fw/OVMF.fd\"\n[snp]\nfirmware = \"/fw/amdsev.fd\"", "hypervisor.firmware"},
+		{"[hypervisor]\nconfidential = \"snp\"\naccel = \"tcg\"\n[snp]\nfirmware = \"/fw/amdsev.fd\"", "hypervisor.accel"},
+		{"[hypervisor]\nconfidential = \"snp\"\nkernel_params = \"debug\"\n[snp]\nfirmware = \"/fw/amdsev.fd\"", "hypervisor.kernel_params: must be empty when hypervisor.confidential is snp: the kernel command line is measured"},
 	}
 	for _, c := range cases {
 		_, err := ParseConfig([]byte(c.toml))
@@ -79,6 +134,8 @@ func TestParseConfigRejects(t *testing.T) {
 func FuzzParseConfig(f *testing.F) {
 	f.Add([]byte("[hypervisor]\nvcpus = 2\n"))
 	f.Add([]byte("log_level = \"info\"\n[timeouts]\nstop = \"1s\"\n"))
+	f.Add([]byte("[hypervisor]\nconfidential = \"snp\"\n[snp]\nfirmware = \"/fw/amdsev.fd\"\npolicy = 0x30000\n"))
+	f.Add([]byte("[snp]\ncpu_model = \"EPYC-Milan\"\ncbitpos = 51\nreduced_phys_bits = 1\nid_block = \"/b\"\nid_auth = \"/a\"\n"))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		cfg, err := ParseConfig(data)
 		if err == nil {
