@@ -29,8 +29,8 @@ import (
 // manifest, which also proves kernel and initrd are the ones built together),
 // the agent's log level, then the configured kernel_params. Under SEV-SNP the
 // command line is measured, so it is exactly the image's own and the image
-// must have a manifest. It also returns the image, nil when the configured
-// kernel and initrd have no manifest.
+// must have a manifest. It also returns the image when its manifest
+// describes both the configured kernel and initrd, nil otherwise.
 func guestKernelArgs(cfg Config) (string, *vmimage.Image, error) {
 	confidential := cfg.Hypervisor.Confidential == ConfidentialSNP
 	args := vmimage.DefaultKernelCmdline
@@ -41,12 +41,17 @@ func guestKernelArgs(cfg Config) (string, *vmimage.Image, error) {
 		if err != nil {
 			return "", nil, fmt.Errorf("guest image: %w", err)
 		}
-		if loaded.Initrd() == filepath.Clean(cfg.Hypervisor.Initrd) && loaded.Kernel() == filepath.Clean(cfg.Hypervisor.Kernel) {
-			im = loaded
-			args = im.KernelCmdline()
-		} else if confidential {
+		sameInitrd := loaded.Initrd() == filepath.Clean(cfg.Hypervisor.Initrd)
+		sameKernel := loaded.Kernel() == filepath.Clean(cfg.Hypervisor.Kernel)
+		if confidential && !(sameInitrd && sameKernel) {
 			return "", nil, fmt.Errorf("guest image %s: hypervisor.kernel and hypervisor.initrd must be the image's %s and %s "+
 				"when hypervisor.confidential is snp: its manifest holds the measured command line", dir, vmimage.KernelFile, vmimage.InitrdFile)
+		}
+		if sameInitrd {
+			args = loaded.KernelCmdline()
+		}
+		if sameInitrd && sameKernel {
+			im = loaded
 		}
 	}
 	if confidential {
