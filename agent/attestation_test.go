@@ -18,6 +18,7 @@ import (
 
 	"github.com/contrast-vm/contrast/agent/tee"
 	api "github.com/contrast-vm/contrast/api/agent"
+	"github.com/contrast-vm/contrast/attest"
 	"github.com/contrast-vm/contrast/policy"
 	"github.com/google/go-sev-guest/abi"
 	"google.golang.org/grpc/codes"
@@ -245,6 +246,11 @@ func TestAttestationEndpoint(t *testing.T) {
 			}
 			if rd := got.Report[reportDataOffset : reportDataOffset+ReportDataSize]; !bytes.Equal(rd, nonce) {
 				t.Errorf("REPORT_DATA %x, want the nonce %x", rd, nonce)
+			}
+			// What a container gets, contrast verify --report reads.
+			ev, err := attest.ReadEvidence(body)
+			if err != nil || ev.TEE != got.TEE || !bytes.Equal(ev.Report, got.Report) || !bytes.Equal(ev.Certs, got.Certs) {
+				t.Errorf("attest.ReadEvidence: %+v, %v", ev, err)
 			}
 		})
 	}
