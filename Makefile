@@ -18,6 +18,7 @@ TEST_ENV = CONTRAST_SHIM=$(BIN)/containerd-shim-contrast-v2 \
 	CONTRAST_IMAGE=$(OUT)/image \
 	CONTRAST_TEST_IMAGE=$(OUT)/image-test \
 	CONTRAST_KERNEL=$$(hack/kernel.sh) \
+	CONTRAST_QEMU_SNP=$(CONTRAST_CACHE)/qemu10/bin/qemu-system-x86_64 \
 	CONTRAST_TEST_ARTIFACTS=$(OUT)/test-artifacts
 
 .PHONY: all deps generate build image test unit integration demo bench vet fuzz clean
