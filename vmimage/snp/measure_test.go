@@ -207,6 +207,12 @@ func TestMeasureEveryInputCounts(t *testing.T) {
 func TestMeasureErrors(t *testing.T) {
 	amd := readFixture(t, "ovmf_AmdSev_suffix.bin")
 	x64 := readFixture(t, "ovmf_OvmfX64_suffix.bin")
+	// In the fixture, the hash table entry's address is at 0xf84 and the
+	// reset block's AP address at 0xfb8.
+	hashTableMoved := bytes.Clone(amd)
+	copy(hashTableMoved[0xf84:], []byte{0, 0, 0x70, 0})
+	noAPReset := bytes.Clone(amd)
+	copy(noAPReset[0xfb8:], []byte{0, 0, 0, 0})
 	for _, tc := range []struct {
 		name string
 		l    Launch
@@ -215,6 +221,8 @@ func TestMeasureErrors(t *testing.T) {
 		// test_snp_with_ovmfx64_and_kernel_should_fail: the Python tool says
 		// "Kernel specified but OVMF metadata doesn't include SNP_KERNEL_HASHES section".
 		{"kernel without kernel-hashes section", Launch{Firmware: x64, VCPUs: 1, VCPUType: "EPYC-v4", Kernel: emptyKernel(t, "")}, "no SNP_KERNEL_HASHES section"},
+		{"hash table outside its section", Launch{Firmware: hashTableMoved, VCPUs: 1, VCPUType: "EPYC-v4", Kernel: emptyKernel(t, "")}, "lies outside its SNP_KERNEL_HASHES section"},
+		{"no AP reset address", Launch{Firmware: noAPReset, VCPUs: 2, VCPUType: "EPYC-v4"}, "no AP start address"},
 		{"unknown vcpu type", Launch{Firmware: amd, VCPUs: 1, VCPUType: "EPYC-v9"}, "known: EPYC, EPYC-v1"},
 		{"type and signature disagree", Launch{Firmware: amd, VCPUs: 1, VCPUType: "EPYC-v4", VCPUSig: 1}, "contradicts"},
 		{"no vcpus", Launch{Firmware: amd, VCPUType: "EPYC-v4"}, "vCPU count 0"},

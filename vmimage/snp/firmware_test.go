@@ -1,0 +1,198 @@
+package snp
+
+import (
+	"bytes"
+	"encoding/binary"
+	"encoding/hex"
+	"strings"
+	"testing"
+)
+
+// Offsets in ovmf_AmdSev_suffix.bin (a 4096-byte image), read off its footer.
+const (
+	fixtureFooterSize = 4096 - 32 - 18         // size field of the footer entry
+	fixtureResetEntry = fixtureFooterSize - 18 // size field of the SEV-ES reset block entry
+)
+
+func TestParseFirmwareMalformed(t *testing.T) {
+	amd := readFixture(t, "ovmf_AmdSev_suffix.bin")
+	fw, err := ParseFirmware(amd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Where the metadata header sits in the fixture.
+	table, err := parseFooterTable(amd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	metaStart := len(amd) - int(binary.LittleEndian.Uint32(table[guidSEVMetadata]))
+	if !bytes.Equal(amd[metaStart:metaStart+4], []byte("ASEV")) || len(fw.Sections) == 0 {
+		t.Fatalf("fixture's metadata not found at %#x", metaStart)
+	}
+
+	edit := func(f func(b []byte) []byte) []byte { return f(bytes.Clone(amd)) }
+	put16 := func(off int, v uint16) []byte {
+		return edit(func(b []byte) []byte { binary.LittleEndian.PutUint16(b[off:], v); return b })
+	}
+	put32 := func(off int, v uint32) []byte {
+		return edit(func(b []byte) []byte { binary.LittleEndian.PutUint32(b[off:], v); return b })
+	}
+	for _, tc := range []struct {
+		name string
+		fw   []byte
+		want string
+	}{
+		{"empty", nil, "firmware is empty"},
+		{"not whole pages", amd[:4000], "not a whole number of 4096-byte pages"},
+		{"no footer", make([]byte, PageSize), "no OVMF footer table"},
+		{"footer table too large", put16(fixtureFooterSize, 0xffff), "does not fit before the footer"},
+		{"footer table smaller than its header", put16(fixtureFooterSize, 3), "does not fit before the footer"},
+		{"entry size below header", put16(fixtureResetEntry, 2), "claims 2 bytes"},
+		{"entry size beyond table", put16(fixtureResetEntry, 0x4000), "claims 16384 bytes"},
+		{"metadata signature", edit(func(b []byte) []byte { b[metaStart] = 'X'; return b }), `signature is "XSEV"`},
+		{"metadata version", put32(metaStart+8, 2), "version 2"},
+		{"metadata too many sections", put32(metaStart+12, 1000), "cannot hold 1000 sections"},
+		{"metadata size beyond image", put32(metaStart+4, 0x10000), "cannot hold"},
+		{"section type unknown", put32(metaStart+16+8, 9), "unknown section type 0x9"},
+		{"section not page aligned", put32(metaStart+16, 0x800001), "not whole pages"},
+		{"section empty", put32(metaStart+16+4, 0), "not whole pages"},
+		{"section above 4 GiB", put32(metaStart+16, 0xfffff000), "ends above 4 GiB"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := ParseFirmware(tc.fw)
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("error %v, want one containing %q", err, tc.want)
+			}
+		})
+	}
+}
+
+func TestGUID(t *testing.T) {
+	const s = "96b582de-1fb2-45f7-baea-a366c55a082d"
+	g, err := parseGUID(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Stored mixed-endian, as in the firmware's last bytes.
+	want := []byte{0xde, 0x82, 0xb5, 0x96, 0xb2, 0x1f, 0xf7, 0x45, 0xba, 0xea, 0xa3, 0x66, 0xc5, 0x5a, 0x08, 0x2d}
+	if !bytes.Equal(g[:], want) {
+		t.Errorf("parseGUID = % x, want % x", g, want)
+	}
+	if g.String() != s {
+		t.Errorf("String() = %s, want %s", g, s)
+	}
+	for _, bad := range []string{"", "96b582de1fb245f7baeaa366c55a082d", "96b582de-1fb2-45f7-baea-a366c55a082g"} {
+		if _, err := parseGUID(bad); err == nil {
+			t.Errorf("parseGUID(%q) accepted", bad)
+		}
+	}
+}
+
+// FuzzParseFirmware feeds arbitrary images to the parser and, when one is
+// accepted, measures launches with it: untrusted firmware must give an
+// error, never a panic or an out-of-range read.
+//
+// An input is the end of an image: it is measured as given and also padded
+// in front with zeros to whole pages, since everything the parser reads
+// hangs off the image's last bytes. The seeds are the fixtures with their SEV
+// metadata moved next to the footer table (compactFirmware), a few hundred
+// bytes each: the fuzzer minimizes interesting inputs in time quadratic in
+// their length, which for a whole 4 KiB page takes about a minute each.
+func FuzzParseFirmware(f *testing.F) {
+	for _, name := range []string{"ovmf_AmdSev_suffix.bin", "ovmf_OvmfX64_suffix.bin"} {
+		f.Add(compactFirmware(f, readFixture(f, name)))
+	}
+	kernel := emptyKernel(f, "console=ttyS0")
+	check := func(t *testing.T, b []byte) {
+		fw, err := ParseFirmware(b)
+		if err != nil {
+			if fw != nil {
+				t.Fatal("firmware returned with an error")
+			}
+			return
+		}
+		if fw.GPA()+uint64(len(fw.Data)) != fourGiB {
+			t.Fatalf("firmware at %#x does not end at 4 GiB", fw.GPA())
+		}
+		var pages uint64
+		for _, s := range fw.Sections {
+			if s.GPA%PageSize != 0 || s.Size%PageSize != 0 || uint64(s.GPA)+uint64(s.Size) > fourGiB {
+				t.Fatalf("section accepted out of bounds: %+v", s)
+			}
+			pages += uint64(s.Size) / PageSize
+		}
+		// Keep the work per input small: large sections are many pages.
+		if pages > 1<<12 {
+			return
+		}
+		for _, l := range []Launch{
+			{Firmware: b, VCPUs: 1, VCPUType: "EPYC-v4", GuestFeatures: 1},
+			{Firmware: b, VCPUs: 3, VCPUType: "EPYC-Milan", GuestFeatures: 1, Kernel: kernel},
+			{Firmware: b, VCPUs: 2, VMM: VMMEC2, Kernel: kernel},
+			{Firmware: b, VCPUs: 2, VMM: VMMGCE},
+		} {
+			d1, err1 := Measure(l)
+			d2, err2 := Measure(l)
+			if (err1 == nil) != (err2 == nil) || d1 != d2 {
+				t.Fatalf("Measure is not deterministic: %x %v, %x %v", d1, err1, d2, err2)
+			}
+		}
+	}
+	f.Fuzz(func(t *testing.T, tail []byte) {
+		check(t, tail)
+		if len(tail) > 2*PageSize || len(tail)%PageSize == 0 {
+			return
+		}
+		img := make([]byte, (len(tail)+PageSize-1)/PageSize*PageSize)
+		copy(img[len(img)-len(tail):], tail)
+		check(t, img)
+	})
+}
+
+// compactFirmware returns the end of an OVMF image from the SEV metadata
+// on, with the code between the metadata and the footer table cut out and
+// the metadata's offset adjusted: padded to a page it parses and measures
+// like the original.
+func compactFirmware(t testing.TB, img []byte) []byte {
+	t.Helper()
+	footerStart := len(img) - footerOffsetFromEnd - entryHeaderSize
+	tableStart := footerStart - (int(binary.LittleEndian.Uint16(img[footerStart:])) - entryHeaderSize)
+	table, err := parseFooterTable(img)
+	if err != nil {
+		t.Fatal(err)
+	}
+	entry, ok := table[guidSEVMetadata]
+	if !ok {
+		return bytes.Clone(img[tableStart:])
+	}
+	metaStart := len(img) - int(binary.LittleEndian.Uint32(entry))
+	metaSize := int(binary.LittleEndian.Uint32(img[metaStart+4:]))
+	out := append(bytes.Clone(img[metaStart:metaStart+metaSize]), img[tableStart:]...)
+	// The entry's data precedes its size and GUID; it keeps its distance
+	// from the end.
+	guidAt := bytes.LastIndex(img, guidSEVMetadata[:])
+	entryAt := len(out) - (len(img) - (guidAt - 2 - len(entry)))
+	binary.LittleEndian.PutUint32(out[entryAt:], uint32(len(out)))
+	return out
+}
+
+func TestCompactFirmwareMeasuresAlike(t *testing.T) {
+	for _, v := range snpVectors {
+		if v.firmware != "ovmf_AmdSev_suffix.bin" {
+			continue
+		}
+		l := v.launch(t)
+		tail := compactFirmware(t, l.Firmware)
+		img := make([]byte, PageSize)
+		copy(img[PageSize-len(tail):], tail)
+		l.Firmware = img
+		l.FirmwareDigest = (*[DigestSize]byte)(mustHex(t, ovmfHashAmdSev)) // the page itself differs
+		got, err := Measure(l)
+		if err != nil {
+			t.Fatalf("%s: %v", v.name, err)
+		}
+		if hex.EncodeToString(got[:]) != v.want {
+			t.Errorf("%s on the compacted firmware: %x, want %s", v.name, got, v.want)
+		}
+	}
+}
