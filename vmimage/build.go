@@ -53,6 +53,9 @@ type Options struct {
 	OutDir string
 	// KernelCmdline overrides DefaultKernelCmdline.
 	KernelCmdline string
+	// Reference, if set, makes Build write the image's SEV-SNP reference
+	// measurements (reference.json) for that firmware and those vCPUs.
+	Reference *ReferenceOptions
 	// Progress, if set, is told about each step: done = 0 when it starts,
 	// done = total when it ends, and in between for long steps.
 	Progress func(step string, done, total int64)
@@ -61,6 +64,8 @@ type Options struct {
 // BuildResult is what Build made.
 type BuildResult struct {
 	Image *Image
+	// Reference is what reference.json holds; nil when none was asked for.
+	Reference *Reference
 	// Unchanged is true when OutDir already held this exact image; it was left
 	// untouched.
 	Unchanged bool
@@ -96,6 +101,13 @@ func Build(ctx context.Context, opts Options) (*BuildResult, error) {
 	runc, err := describeBinary("runc", GuestRuncPath, opts.Runc)
 	if err != nil {
 		return nil, fmt.Errorf("build guest image: %w", err)
+	}
+	// The firmware is checked before the long part of the build.
+	var refFirmware *referenceFirmware
+	if opts.Reference != nil {
+		if refFirmware, err = loadReferenceFirmware(*opts.Reference); err != nil {
+			return nil, fmt.Errorf("build guest image: %w", err)
+		}
 	}
 	out, err := filepath.Abs(opts.OutDir)
 	if err != nil {
@@ -144,6 +156,22 @@ func Build(ctx context.Context, opts Options) (*BuildResult, error) {
 		return nil, fmt.Errorf("build guest image: write initrd: %w", err)
 	}
 	m.Files = []File{initrd, kernel} // sorted by name
+	var ref *Reference
+	var refRaw []byte
+	if refFirmware != nil {
+		if ref, err = refFirmware.reference(&m); err != nil {
+			return nil, fmt.Errorf("build guest image: %w", err)
+		}
+		if refRaw, err = ref.Marshal(); err != nil {
+			return nil, fmt.Errorf("build guest image: %w", err)
+		}
+		if _, err := writeFile(ctx, filepath.Join(tmp, ReferenceFile), progress, int64(len(refRaw)), func(w io.Writer) error {
+			_, err := w.Write(refRaw)
+			return err
+		}); err != nil {
+			return nil, fmt.Errorf("build guest image: write %s: %w", ReferenceFile, err)
+		}
+	}
 	raw, err := m.marshal()
 	if err != nil {
 		return nil, fmt.Errorf("build guest image: %w", err)
@@ -161,10 +189,10 @@ func Build(ctx context.Context, opts Options) (*BuildResult, error) {
 	if exists {
 		// Same inputs, same bytes: keep the old files (and their mtimes) when
 		// they still are what their manifest says.
-		if old, err := os.ReadFile(filepath.Join(out, ManifestFile)); err == nil && bytes.Equal(old, raw) {
+		if old, err := os.ReadFile(filepath.Join(out, ManifestFile)); err == nil && bytes.Equal(old, raw) && sameReference(out, refRaw) {
 			if im, err := Load(out); err == nil {
 				log.G(ctx).WithField("dir", out).Debug("guest image up to date")
-				return &BuildResult{Image: im, Unchanged: true}, nil
+				return &BuildResult{Image: im, Reference: ref, Unchanged: true}, nil
 			}
 		}
 		// Atomic swap: readers see the old image or the new one, never a mix.
@@ -178,7 +206,17 @@ func Build(ctx context.Context, opts Options) (*BuildResult, error) {
 		return nil, fmt.Errorf("build guest image: %w", err)
 	}
 	log.G(ctx).WithField("dir", out).WithField("initrd", initrd.SHA256).Debug("guest image built")
-	return &BuildResult{Image: &Image{Dir: out, Manifest: m}}, nil
+	return &BuildResult{Image: &Image{Dir: out, Manifest: m}, Reference: ref}, nil
+}
+
+// sameReference tells whether the image in dir has reference.json with
+// content want, or, for want nil, none.
+func sameReference(dir string, want []byte) bool {
+	old, err := os.ReadFile(filepath.Join(dir, ReferenceFile))
+	if errors.Is(err, fs.ErrNotExist) {
+		return want == nil
+	}
+	return err == nil && want != nil && bytes.Equal(old, want)
 }
 
 func (o *Options) validate() error {
@@ -190,7 +228,12 @@ func (o *Options) validate() error {
 		}
 	}
 	if o.KernelCmdline != "" {
-		return checkCmdline(o.KernelCmdline)
+		if err := checkCmdline(o.KernelCmdline); err != nil {
+			return err
+		}
+	}
+	if o.Reference != nil {
+		return o.Reference.validate()
 	}
 	return nil
 }
@@ -224,7 +267,7 @@ func checkOutDir(out string) (bool, error) {
 	}
 	for _, e := range entries {
 		switch e.Name() {
-		case KernelFile, InitrdFile, ManifestFile:
+		case KernelFile, InitrdFile, ManifestFile, ReferenceFile:
 		default:
 			return false, fmt.Errorf("output %s holds %s: it is not an image directory, refusing to replace it", out, e.Name())
 		}

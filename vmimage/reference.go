@@ -1,0 +1,414 @@
+package vmimage
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+
+	"github.com/contrast-vm/contrast/vmimage/snp"
+)
+
+// ReferenceFile is the image directory's file of SEV-SNP reference
+// measurements, written by Build when it is given a firmware.
+const ReferenceFile = "reference.json"
+
+// referenceSchema is bumped when a reader of an older reference would
+// misunderstand a newer one.
+const referenceSchema = 1
+
+// Reference holds the SEV-SNP launch measurements a pod VM booted from an
+// image has: one per vCPU count the runtime may choose, all for the same
+// firmware, kernel, initrd, command line, vCPU type and guest features. A
+// verifier accepts an attestation report whose MEASUREMENT is one of them.
+//
+// It is written as reference.json next to the image, indented, fields in
+// this order, and depends only on the build's inputs:
+//
+//	{
+//	  "schema": 1,
+//	  "firmware": {"size": 4194304, "sha256": "<64 hex>"},
+//	  "kernelSHA256": "<64 hex>",
+//	  "initrdSHA256": "<64 hex>",
+//	  "kernelCmdline": "console=ttyS0 ...",
+//	  "vcpuType": "EPYC-v4",
+//	  "vcpuSignature": "0x800f12",
+//	  "guestFeatures": "0x1",
+//	  "measurements": [{"vcpus": 1, "measurement": "<96 hex>"}, ...]
+//	}
+//
+// The measurement covers the firmware, kernel, initrd and command line only
+// through their digests here, so these name exactly what was measured.
+type Reference struct {
+	Schema int `json:"schema"`
+	// Firmware is the OVMF AmdSevX64 image (QEMU -bios) measured.
+	Firmware ReferenceFirmware `json:"firmware"`
+	// KernelSHA256 and InitrdSHA256 are the image's kernel and initrd, as in
+	// its manifest; the launch measures their SHA-256.
+	KernelSHA256 string `json:"kernelSHA256"`
+	InitrdSHA256 string `json:"initrdSHA256"`
+	// KernelCmdline is the manifest's command line, measured with its NUL.
+	KernelCmdline string `json:"kernelCmdline"`
+	// VCPUType is the QEMU CPU model (-cpu) and VCPUSignature its CPUID
+	// signature, which each vCPU's initial state (VMSA) carries.
+	VCPUType      string    `json:"vcpuType"`
+	VCPUSignature HexUint64 `json:"vcpuSignature"`
+	// GuestFeatures is the VMSA's SEV_FEATURES (QEMU >= 9.1: 0x1).
+	GuestFeatures HexUint64 `json:"guestFeatures"`
+	// Measurements are sorted by vCPU count, one per count.
+	Measurements []ReferenceMeasurement `json:"measurements"`
+}
+
+// ReferenceFirmware identifies the firmware a reference was computed for.
+type ReferenceFirmware struct {
+	Size   int64  `json:"size"`
+	SHA256 string `json:"sha256"`
+}
+
+// ReferenceMeasurement is the launch MEASUREMENT of a VM with VCPUs vCPUs,
+// 96 lower-case hex digits.
+type ReferenceMeasurement struct {
+	VCPUs       int    `json:"vcpus"`
+	Measurement string `json:"measurement"`
+}
+
+// HexUint64 is a number written in JSON as a hex string ("0x1"), the way
+// CPU signatures and feature masks are read.
+type HexUint64 uint64
+
+func (h HexUint64) MarshalJSON() ([]byte, error) {
+	return json.Marshal("0x" + strconv.FormatUint(uint64(h), 16))
+}
+
+func (h *HexUint64) UnmarshalJSON(b []byte) error {
+	var s string
+	if err := json.Unmarshal(b, &s); err != nil {
+		return fmt.Errorf("want a hex string like \"0x1\": %w", err)
+	}
+	if !strings.HasPrefix(s, "0x") {
+		return fmt.Errorf("%q: want a hex string like \"0x1\"", s)
+	}
+	v, err := strconv.ParseUint(s[2:], 16, 64)
+	if err != nil {
+		return fmt.Errorf("%q: %w", s, err)
+	}
+	*h = HexUint64(v)
+	return nil
+}
+
+// Measurement returns the reference measurement for a vCPU count.
+func (r *Reference) Measurement(vcpus int) ([snp.DigestSize]byte, bool) {
+	for _, m := range r.Measurements {
+		if m.VCPUs == vcpus {
+			d, err := parseDigest(m.Measurement)
+			return d, err == nil
+		}
+	}
+	return [snp.DigestSize]byte{}, false
+}
+
+// Match tells which vCPU count's reference measurement equals m.
+func (r *Reference) Match(m [snp.DigestSize]byte) (vcpus int, ok bool) {
+	want := hex.EncodeToString(m[:])
+	for _, ref := range r.Measurements {
+		if ref.Measurement == want {
+			return ref.VCPUs, true
+		}
+	}
+	return 0, false
+}
+
+// ReferenceOptions make Build compute the image's reference measurements.
+type ReferenceOptions struct {
+	// Firmware is the OVMF AmdSevX64 image the runtime boots the image with.
+	Firmware string
+	// VCPUType is the QEMU CPU model (default DefaultVCPUType).
+	VCPUType string
+	// MaxVCPUs: measurements are computed for 1 to MaxVCPUs vCPUs (default
+	// DefaultMaxVCPUs).
+	MaxVCPUs int
+	// GuestFeatures is the VMSA's SEV_FEATURES (0: DefaultGuestFeatures).
+	GuestFeatures uint64
+}
+
+// Defaults of ReferenceOptions.
+const (
+	DefaultVCPUType = "EPYC-v4"
+	DefaultMaxVCPUs = 8
+	// DefaultGuestFeatures is what QEMU >= 9.1 sets for an SNP guest unless
+	// told otherwise: SNPActive only.
+	DefaultGuestFeatures = 0x1
+	// maxReferenceVCPUs bounds MaxVCPUs (QEMU's q35 limit).
+	maxReferenceVCPUs = 4096
+)
+
+func (o *ReferenceOptions) withDefaults() ReferenceOptions {
+	r := *o
+	if r.VCPUType == "" {
+		r.VCPUType = DefaultVCPUType
+	}
+	if r.MaxVCPUs == 0 {
+		r.MaxVCPUs = DefaultMaxVCPUs
+	}
+	if r.GuestFeatures == 0 {
+		r.GuestFeatures = DefaultGuestFeatures
+	}
+	return r
+}
+
+func (o *ReferenceOptions) validate() error {
+	if o.Firmware == "" {
+		return errors.New("reference measurements: no firmware given")
+	}
+	if o.MaxVCPUs < 0 || o.MaxVCPUs > maxReferenceVCPUs {
+		return fmt.Errorf("reference measurements: maximum vCPU count %d: want 1 to %d", o.MaxVCPUs, maxReferenceVCPUs)
+	}
+	if o.VCPUType != "" {
+		if _, err := snp.VCPUSignature(o.VCPUType); err != nil {
+			return fmt.Errorf("reference measurements: %w", err)
+		}
+	}
+	return nil
+}
+
+// ComputeReference computes the reference measurements of an image with
+// the given manifest for the firmware and vCPU settings of opts.
+func ComputeReference(m *Manifest, opts ReferenceOptions) (*Reference, error) {
+	fw, err := loadReferenceFirmware(opts)
+	if err != nil {
+		return nil, err
+	}
+	return fw.reference(m)
+}
+
+// referenceFirmware is a firmware read and checked for reference
+// measurements, with the options to measure it with.
+type referenceFirmware struct {
+	opts   ReferenceOptions // with defaults
+	image  []byte
+	digest [snp.DigestSize]byte // of its pages: hashed once for all vCPU counts
+}
+
+func loadReferenceFirmware(opts ReferenceOptions) (*referenceFirmware, error) {
+	if err := opts.validate(); err != nil {
+		return nil, err
+	}
+	fw := &referenceFirmware{opts: opts.withDefaults()}
+	var err error
+	if fw.image, err = os.ReadFile(fw.opts.Firmware); err != nil {
+		return nil, fmt.Errorf("reference measurements: firmware: %w", err)
+	}
+	if fw.digest, err = snp.FirmwareDigest(fw.image); err != nil {
+		return nil, fmt.Errorf("reference measurements: firmware %s: %w", fw.opts.Firmware, err)
+	}
+	return fw, nil
+}
+
+func (fw *referenceFirmware) reference(m *Manifest) (*Reference, error) {
+	o := fw.opts
+	kernel, okK := m.File(KernelFile)
+	initrd, okI := m.File(InitrdFile)
+	if !okK || !okI {
+		return nil, errors.New("reference measurements: the manifest lists no kernel or initrd")
+	}
+	kh := &snp.KernelHashes{Cmdline: snp.CmdlineHash(m.KernelCmdline)}
+	if err := decodeHex(kh.Kernel[:], kernel.SHA256); err != nil {
+		return nil, fmt.Errorf("reference measurements: kernel sha256: %w", err)
+	}
+	if err := decodeHex(kh.Initrd[:], initrd.SHA256); err != nil {
+		return nil, fmt.Errorf("reference measurements: initrd sha256: %w", err)
+	}
+	sig, err := snp.VCPUSignature(o.VCPUType)
+	if err != nil {
+		return nil, fmt.Errorf("reference measurements: %w", err)
+	}
+	fwSum := sha256.Sum256(fw.image)
+	ref := &Reference{
+		Schema:        referenceSchema,
+		Firmware:      ReferenceFirmware{Size: int64(len(fw.image)), SHA256: hex.EncodeToString(fwSum[:])},
+		KernelSHA256:  kernel.SHA256,
+		InitrdSHA256:  initrd.SHA256,
+		KernelCmdline: m.KernelCmdline,
+		VCPUType:      o.VCPUType,
+		VCPUSignature: HexUint64(sig),
+		GuestFeatures: HexUint64(o.GuestFeatures),
+	}
+	for n := 1; n <= o.MaxVCPUs; n++ {
+		d, err := snp.Measure(snp.Launch{
+			Firmware:       fw.image,
+			FirmwareDigest: &fw.digest,
+			Kernel:         kh,
+			VCPUs:          n,
+			VCPUType:       o.VCPUType,
+			GuestFeatures:  o.GuestFeatures,
+		})
+		if err != nil {
+			return nil, fmt.Errorf("reference measurements: firmware %s: %w", o.Firmware, err)
+		}
+		ref.Measurements = append(ref.Measurements, ReferenceMeasurement{VCPUs: n, Measurement: hex.EncodeToString(d[:])})
+	}
+	return ref, nil
+}
+
+// Marshal encodes r as reference.json holds it.
+func (r *Reference) Marshal() ([]byte, error) {
+	b, err := json.MarshalIndent(r, "", "  ")
+	if err != nil {
+		return nil, fmt.Errorf("encode reference: %w", err)
+	}
+	return append(b, '\n'), nil
+}
+
+// WriteReference writes r to path.
+func WriteReference(path string, r *Reference) error {
+	if err := r.validate(); err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	b, err := r.Marshal()
+	if err != nil {
+		return err
+	}
+	if err := os.WriteFile(path, b, 0o644); err != nil {
+		return fmt.Errorf("write reference: %w", err)
+	}
+	return nil
+}
+
+// ReadReference reads and checks a reference.json file, which may have
+// been copied away from its image.
+func ReadReference(path string) (*Reference, error) {
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("reference measurements: %w", err)
+	}
+	r, err := ParseReference(raw)
+	if err != nil {
+		return nil, fmt.Errorf("reference measurements %s: %w", path, err)
+	}
+	return r, nil
+}
+
+// ParseReference decodes and checks the contents of a reference.json.
+func ParseReference(raw []byte) (*Reference, error) {
+	r := &Reference{}
+	dec := json.NewDecoder(bytes.NewReader(raw))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(r); err != nil {
+		return nil, fmt.Errorf("malformed: %w", err)
+	}
+	if dec.More() {
+		return nil, errors.New("malformed: data after the JSON object")
+	}
+	if err := r.validate(); err != nil {
+		return nil, err
+	}
+	return r, nil
+}
+
+// LoadReference reads the reference measurements of the image in dir and
+// checks that they are for that image's kernel, initrd and command line.
+// The image's files are not read; Load checks those against the manifest.
+func LoadReference(dir string) (*Reference, error) {
+	p := filepath.Join(dir, ReferenceFile)
+	if _, err := os.Stat(p); errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("guest image %s has no %s (build it with `contrast image build --firmware`)", dir, ReferenceFile)
+	}
+	r, err := ReadReference(p)
+	if err != nil {
+		return nil, err
+	}
+	raw, err := os.ReadFile(filepath.Join(dir, ManifestFile))
+	if err != nil {
+		return nil, fmt.Errorf("guest image %s: %w", dir, err)
+	}
+	var m Manifest
+	if err := json.Unmarshal(raw, &m); err != nil {
+		return nil, fmt.Errorf("guest image %s: %s is malformed: %w", dir, ManifestFile, err)
+	}
+	if err := r.matches(&m); err != nil {
+		return nil, fmt.Errorf("guest image %s: %s does not belong to this image: %w", dir, ReferenceFile, err)
+	}
+	return r, nil
+}
+
+func (r *Reference) matches(m *Manifest) error {
+	kernel, _ := m.File(KernelFile)
+	initrd, _ := m.File(InitrdFile)
+	switch {
+	case r.KernelCmdline != m.KernelCmdline:
+		return fmt.Errorf("kernel command line %q, the manifest says %q", r.KernelCmdline, m.KernelCmdline)
+	case r.KernelSHA256 != kernel.SHA256:
+		return fmt.Errorf("kernel sha256 %s, the manifest says %s", r.KernelSHA256, kernel.SHA256)
+	case r.InitrdSHA256 != initrd.SHA256:
+		return fmt.Errorf("initrd sha256 %s, the manifest says %s", r.InitrdSHA256, initrd.SHA256)
+	}
+	return nil
+}
+
+func (r *Reference) validate() error {
+	if r.Schema != referenceSchema {
+		return fmt.Errorf("schema %d, this build reads schema %d", r.Schema, referenceSchema)
+	}
+	for _, h := range []struct{ name, val string }{
+		{"firmware sha256", r.Firmware.SHA256}, {"kernelSHA256", r.KernelSHA256}, {"initrdSHA256", r.InitrdSHA256},
+	} {
+		if !isLowerHex(h.val, sha256.Size) {
+			return fmt.Errorf("%s %q is not %d lower-case hex digits", h.name, h.val, 2*sha256.Size)
+		}
+	}
+	if r.Firmware.Size <= 0 {
+		return fmt.Errorf("firmware size %d", r.Firmware.Size)
+	}
+	if err := checkCmdline(r.KernelCmdline); err != nil {
+		return err
+	}
+	sig, err := snp.VCPUSignature(r.VCPUType)
+	if err != nil {
+		return fmt.Errorf("vcpuType: %w", err)
+	}
+	if uint64(r.VCPUSignature) != uint64(sig) {
+		return fmt.Errorf("vcpuSignature %#x is not that of vCPU type %s (%#x)", uint64(r.VCPUSignature), r.VCPUType, sig)
+	}
+	if len(r.Measurements) == 0 {
+		return errors.New("no measurements")
+	}
+	for i, m := range r.Measurements {
+		if m.VCPUs < 1 || (i > 0 && m.VCPUs <= r.Measurements[i-1].VCPUs) {
+			return fmt.Errorf("measurements: vCPU count %d out of order or repeated", m.VCPUs)
+		}
+		if !isLowerHex(m.Measurement, snp.DigestSize) {
+			return fmt.Errorf("measurement for %d vCPUs %q is not %d lower-case hex digits", m.VCPUs, m.Measurement, 2*snp.DigestSize)
+		}
+	}
+	return nil
+}
+
+func isLowerHex(s string, size int) bool {
+	b, err := hex.DecodeString(s)
+	return err == nil && len(b) == size && strings.ToLower(s) == s
+}
+
+func parseDigest(s string) ([snp.DigestSize]byte, error) {
+	var d [snp.DigestSize]byte
+	err := decodeHex(d[:], s)
+	return d, err
+}
+
+func decodeHex(dst []byte, s string) error {
+	b, err := hex.DecodeString(s)
+	if err != nil {
+		return err
+	}
+	if len(b) != len(dst) {
+		return fmt.Errorf("%d bytes, want %d", len(b), len(dst))
+	}
+	copy(dst, b)
+	return nil
+}
