@@ -19,6 +19,8 @@ import (
 	sevtest "github.com/google/go-sev-guest/testing"
 	"github.com/google/go-sev-guest/verify/testdata"
 	"github.com/google/go-sev-guest/verify/trust"
+
+	"github.com/contrast-vm/contrast/vmimage"
 )
 
 // The real, AMD-signed sample report go-sev-guest ships (verify/testdata:
@@ -524,5 +526,33 @@ func TestParseMeasurement(t *testing.T) {
 		if _, err := ParseMeasurement(in); err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("ParseMeasurement(%q): %v, want %q", in, err, want)
 		}
+	}
+}
+
+func TestImageReferences(t *testing.T) {
+	ref := &vmimage.Reference{Measurements: []vmimage.ReferenceMeasurement{
+		{VCPUs: 1, Measurement: strings.Repeat("01", 48)},
+		{VCPUs: 2, Measurement: sampleMeasurement},
+	}}
+	refs, err := ImageReferences(ref, "image/reference.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(refs) != 2 || refs[1].Label != "image/reference.json, 2 vCPUs" || hex.EncodeToString(refs[1].Measurement[:]) != sampleMeasurement {
+		t.Fatalf("%+v", refs)
+	}
+	res, err := Verify(sampleReport, nil, Options{References: refs, VCEK: sampleVCEK, Now: sampleTime})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c, _ := res.Check(CheckMeasurement); c.Status != Pass || !strings.Contains(c.Reason, "the reference for image/reference.json, 2 vCPUs") {
+		t.Errorf("measurement: %+v", c)
+	}
+	ref.Measurements[0].Measurement = "short"
+	if _, err := ImageReferences(ref, "r"); err == nil || !strings.Contains(err.Error(), "1 vCPUs") {
+		t.Errorf("malformed measurement: %v", err)
+	}
+	if _, err := ImageReferences(&vmimage.Reference{}, "r"); err == nil {
+		t.Error("no measurements: no error")
 	}
 }

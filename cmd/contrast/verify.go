@@ -21,6 +21,7 @@ import (
 	"github.com/contrast-vm/contrast/hypervisor/vsock"
 	"github.com/contrast-vm/contrast/policy"
 	"github.com/contrast-vm/contrast/policy/generate"
+	"github.com/contrast-vm/contrast/vmimage"
 )
 
 // Where the shim keeps a pod VM's hybrid vsock socket: <state dir>/<namespace>/<sandbox id>/vsock.sock
@@ -35,7 +36,7 @@ const (
 const nonceSize = 64
 
 const verifyUsage = `(--pod SANDBOX_ID [--state-dir DIR] [--namespace NS] | --report FILE [--certs FILE])
-       [--nonce HEX] [--reference REF.json | --measurement HEX...] [--policy FILE | --pod-yaml FILE]
+       [--nonce HEX] [--reference REF.json|IMAGE_DIR | --measurement HEX...] [--policy FILE | --pod-yaml FILE]
        [--vcek FILE] [--min-tcb TCB] [--product LINE] [--trusted-chain FILE] [--save-report FILE] [--json]`
 
 const verifySummary = `Verifies a pod VM's SEV-SNP attestation report and prints one line per check:
@@ -66,7 +67,7 @@ func verify(ctx context.Context, sio *stdio, args []string) error {
 	reportPath := fs.String("report", "", "verify a saved report (JSON from --save-report or the attestation endpoint, or raw)")
 	certsPath := fs.String("certs", "", "the report's certificate table, raw (with --report)")
 	nonceHex := fs.String("nonce", "", "the nonce (64 bytes, 128 hex digits) the report must carry; with --pod, sent instead of a random one")
-	referencePath := fs.String("reference", "", "reference measurements of the guest image (reference.json, written by contrast image build --firmware)")
+	referencePath := fs.String("reference", "", "reference measurements: a guest image's reference.json (contrast image build --firmware) or the image directory")
 	var measurements []string
 	fs.Func("measurement", "an acceptable MEASUREMENT, 96 hex digits (repeatable)", func(s string) error {
 		measurements = append(measurements, s)
@@ -369,7 +370,22 @@ func orEmpty(s []string) []string {
 	return s
 }
 
-// loadReferences reads the reference measurements of a guest image.
+// loadReferences reads the reference measurements of a guest image: its
+// reference.json, or the image directory (whose manifest the reference must
+// match).
 func loadReferences(path string) ([]attest.Reference, error) {
-	return nil, fmt.Errorf("--reference %s: reading reference.json is not built yet (use --measurement)", path)
+	fi, err := os.Stat(path)
+	if err != nil {
+		return nil, fmt.Errorf("--reference: %w", err)
+	}
+	var ref *vmimage.Reference
+	if fi.IsDir() {
+		ref, err = vmimage.LoadReference(path)
+	} else {
+		ref, err = vmimage.ReadReference(path)
+	}
+	if err != nil {
+		return nil, err
+	}
+	return attest.ImageReferences(ref, path)
 }

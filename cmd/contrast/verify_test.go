@@ -26,6 +26,8 @@ import (
 	"github.com/contrast-vm/contrast/agent/tee"
 	api "github.com/contrast-vm/contrast/api/agent"
 	"github.com/contrast-vm/contrast/policy"
+	"github.com/contrast-vm/contrast/vmimage"
+	"github.com/contrast-vm/contrast/vmimage/snp"
 )
 
 // testSNP signs reports as the agent's simulated SNP device does: with
@@ -109,6 +111,34 @@ func writeTemp(t *testing.T, name string, content []byte) string {
 	t.Helper()
 	p := filepath.Join(t.TempDir(), name)
 	if err := os.WriteFile(p, content, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// referenceFile writes a reference.json as contrast image build
+// --firmware does, listing measurements by vCPU count (1, 2, ...).
+func referenceFile(t *testing.T, measurements ...[48]byte) string {
+	t.Helper()
+	sig, err := snp.VCPUSignature(vmimage.DefaultVCPUType)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ref := &vmimage.Reference{
+		Schema:        1,
+		Firmware:      vmimage.ReferenceFirmware{Size: 4 << 20, SHA256: strings.Repeat("1", 64)},
+		KernelSHA256:  strings.Repeat("2", 64),
+		InitrdSHA256:  strings.Repeat("3", 64),
+		KernelCmdline: "console=ttyS0",
+		VCPUType:      vmimage.DefaultVCPUType,
+		VCPUSignature: vmimage.HexUint64(sig),
+		GuestFeatures: vmimage.DefaultGuestFeatures,
+	}
+	for i, m := range measurements {
+		ref.Measurements = append(ref.Measurements, vmimage.ReferenceMeasurement{VCPUs: i + 1, Measurement: hex.EncodeToString(m[:])})
+	}
+	p := filepath.Join(t.TempDir(), vmimage.ReferenceFile)
+	if err := vmimage.WriteReference(p, ref); err != nil {
 		t.Fatal(err)
 	}
 	return p
@@ -293,10 +323,14 @@ func TestVerifyPod(t *testing.T) {
 	yaml := podYAML(t, module)
 	pod := []string{"verify", "--pod", "sandbox1", "--state-dir", stateDir, "--trusted-chain", chain}
 
+	// The image's reference lists the launch's measurement for 2 vCPUs.
+	reference := referenceFile(t, [48]byte{1}, measurement, [48]byte{3})
+	otherReference := referenceFile(t, [48]byte{1}, [48]byte{2})
 	saved := filepath.Join(t.TempDir(), "saved.json")
-	code, stdout, stderr := runCLI(t, append(pod, "--measurement", measurementHex, "--pod-yaml", yaml, "--save-report", saved)...)
+	code, stdout, stderr := runCLI(t, append(pod, "--reference", reference, "--pod-yaml", yaml, "--save-report", saved)...)
 	t.Logf("stdout:\n%s", stdout)
-	if code != 0 || !strings.Contains(stdout, "verdict: VERIFIED\n") || !strings.Contains(stdout, "report from pod sandbox1 (TEE snp-simulated)") {
+	if code != 0 || !strings.Contains(stdout, "verdict: VERIFIED\n") || !strings.Contains(stdout, "report from pod sandbox1 (TEE snp-simulated)") ||
+		!strings.Contains(stdout, "is the reference for "+reference+", 2 vCPUs") {
 		t.Fatalf("exit %d\nstdout %s\nstderr %s", code, stdout, stderr)
 	}
 	nonce := lineValue(t, stdout, "  nonce        ")
@@ -309,7 +343,9 @@ func TestVerifyPod(t *testing.T) {
 	}{
 		{"other policy", append(pod, "--measurement", measurementHex, "--policy", writeTemp(t, "other.rego", policy.DenyAll())),
 			"host_data", "FAIL host_data   HOSTDATA " + policy.HashHex(module) + " is not the policy's SHA-256 " + policy.HashHex(policy.DenyAll())},
-		{"other launch", append(pod, "--measurement", strings.Repeat("00", 48), "--pod-yaml", yaml),
+		{"other launch", append(pod, "--reference", otherReference, "--pod-yaml", yaml),
+			"measurement", "FAIL measurement MEASUREMENT " + measurementHex + " is none of the 2 reference values"},
+		{"other launch, --measurement", append(pod, "--measurement", strings.Repeat("00", 48), "--pod-yaml", yaml),
 			"measurement", "FAIL measurement MEASUREMENT " + measurementHex + " is none of the 1 reference values"},
 		{"replayed report, new nonce", []string{"verify", "--report", saved, "--trusted-chain", chain, "--measurement", measurementHex, "--pod-yaml", yaml, "--nonce", strings.Repeat("ee", 64)},
 			"report_data", "FAIL report_data REPORT_DATA " + nonce + " is not the nonce " + strings.Repeat("ee", 64)},
@@ -355,4 +391,23 @@ func lineValue(t *testing.T, out, prefix string) string {
 	}
 	t.Fatalf("no line %q in\n%s", prefix, out)
 	return ""
+}
+
+// TestVerifyReferenceErrors checks that a bad --reference stops before any
+// report is read, naming the problem.
+func TestVerifyReferenceErrors(t *testing.T) {
+	report := writeTemp(t, "report.bin", testdata.AttestationBytes)
+	for _, tc := range []struct {
+		reference, want string
+	}{
+		{filepath.Join(t.TempDir(), "absent.json"), "no such file"},
+		{writeTemp(t, "reference.json", []byte(`{"schema": 7}`)), "schema 7"},
+		{writeTemp(t, "reference.json", []byte(`not json`)), "malformed"},
+		{t.TempDir(), "has no reference.json (build it with `contrast image build --firmware`)"},
+	} {
+		code, stdout, stderr := runCLI(t, "verify", "--report", report, "--reference", tc.reference)
+		if code != 1 || stdout != "" || !strings.Contains(stderr, tc.want) {
+			t.Errorf("--reference %s: exit %d, stdout %q, stderr %q; want 1 and %q", tc.reference, code, stdout, stderr, tc.want)
+		}
+	}
 }
