@@ -1,0 +1,175 @@
+package main
+
+import (
+	"bytes"
+	"encoding/base64"
+	"encoding/hex"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/contrast-vm/contrast/vmimage/snp"
+)
+
+const (
+	fixtureOVMF    = "../../vmimage/snp/testdata/ovmf_AmdSev_suffix.bin"
+	fixtureOVMFX64 = "../../vmimage/snp/testdata/ovmf_OvmfX64_suffix.bin"
+	fixtureIDKey   = "../../vmimage/snp/testdata/id_key_test.pem"
+	fixtureAuthor  = "../../vmimage/snp/testdata/author_key_test.pem"
+)
+
+// TestMeasureCLI runs sev-snp-measure's test vectors (tests/test_guest.py)
+// through the command line, with the tool's own flags: its tests pass
+// /dev/null as kernel and initrd, here empty files.
+func TestMeasureCLI(t *testing.T) {
+	dir := t.TempDir()
+	empty := filepath.Join(dir, "empty")
+	if err := os.WriteFile(empty, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	const snpDefault = "803f691094946e42068aaa3a8f9e26a5c89f36f7b73ecfb28c653360fe4b3aba7e534442e7e1e17895dfe778d0228977"
+	b64 := func(h string) string {
+		b, err := hex.DecodeString(h)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return base64.StdEncoding.EncodeToString(b)
+	}
+	for _, tc := range []struct {
+		name string
+		args []string
+		want string
+	}{
+		{"test_snp_default", []string{"--mode", "snp", "--ovmf", fixtureOVMF, "--kernel", empty, "--initrd", empty,
+			"--append", "console=ttyS0 loglevel=7", "--vcpus", "1", "--vcpu-type", "EPYC-v4", "--guest-features", "0x21"}, snpDefault},
+		{"test_snp_default, signature", []string{"--mode", "snp", "--ovmf", fixtureOVMF, "--kernel", empty, "--initrd", empty,
+			"--append", "console=ttyS0 loglevel=7", "--vcpus", "1", "--vcpu-sig", "0x800f12", "--guest-features", "0x21"}, snpDefault},
+		{"test_snp_default, family", []string{"--mode", "snp", "--ovmf", fixtureOVMF, "--kernel", empty, "--initrd", empty,
+			"--append", "console=ttyS0 loglevel=7", "--vcpus", "1", "--vcpu-family", "23", "--vcpu-model", "1", "--vcpu-stepping", "2", "--guest-features", "0x21"}, snpDefault},
+		{"test_snp_default, base64", []string{"--mode", "snp", "--ovmf", fixtureOVMF, "--kernel", empty, "--initrd", empty,
+			"--append", "console=ttyS0 loglevel=7", "--vcpus", "1", "--vcpu-type", "EPYC-v4", "--guest-features", "0x21", "--output-format", "base64"}, b64(snpDefault)},
+		// The default guest features are 0x1.
+		{"test_snp_with_multiple_vcpus_feature_snp_only", []string{"--mode", "snp", "--ovmf", fixtureOVMF, "--kernel", empty, "--initrd", empty,
+			"--vcpus", "4", "--vcpu-type", "EPYC-v4"}, "5061fffb019493a903613d56d54b94912a1a2f9e4502385f5c194616753720a92441310ba6c4933de877c36e23046ad5"},
+		{"test_snp_without_kernel_feature_snp_only", []string{"--mode", "snp", "--ovmf", fixtureOVMF, "--vcpus", "1", "--vcpu-type", "EPYC-v4"},
+			"19358ba9a7615534a9a1e2f0dfc29384dcd4dcb7062ff9c6013b26869a5fc6ecabe033c48dd6f6db5d6d76e7c5df632d"},
+		{"test_snp_ovmf_hash_gen_default", []string{"--mode", "snp", "--ovmf", fixtureOVMF, "--kernel", empty, "--initrd", empty,
+			"--vcpus", "1", "--vcpu-type", "EPYC-v4", "--guest-features", "0x21",
+			"--snp-ovmf-hash", "086e2e9149ebf45abdc3445fba5b2da8270bdbb04094d7a2c37faaa4b24af3aa16aff8c374c2a55c467a50da6d466b74"},
+			"329c8ce0972ae52343b64d34a434a86f245dfd74f5ed7aae15d22efc78fb9683632b9b50e4e1d7fa41179ef98a7ef198"},
+		{"test_snp_gce_with_multiple_vcpus_default", []string{"--mode", "snp", "--ovmf", fixtureOVMF, "--kernel", empty, "--initrd", empty,
+			"--vcpus", "4", "--vmm-type", "gce"},
+			"5c5debf100fc339f90276e761ee1f1658d08922c3b20e2a2e6c7a6c3370b2452a15a00eae11886a93d6fd1e7ab81e29d"},
+		{"test_snp_ec2_default", []string{"--mode", "snp", "--ovmf", fixtureOVMF, "--kernel", empty, "--initrd", empty,
+			"--vcpus", "1", "--vcpu-type", "EPYC-v4", "--guest-features", "0x21", "--vmm-type", "ec2"},
+			"0ce9ccc06bab55eebe8abc234f3df6514883977a68a591b71052498ab52b2f1aa415db338033946ef93aa8278c0d67fb"},
+		{"snp:ovmf-hash", []string{"--mode", "snp:ovmf-hash", "--ovmf", fixtureOVMF},
+			"086e2e9149ebf45abdc3445fba5b2da8270bdbb04094d7a2c37faaa4b24af3aa16aff8c374c2a55c467a50da6d466b74"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			code, stdout, stderr := runCLI(t, append([]string{"measure"}, tc.args...)...)
+			if code != 0 || stdout != tc.want+"\n" {
+				t.Errorf("exit %d\nstdout %q\nwant   %q\nstderr %s", code, stdout, tc.want+"\n", stderr)
+			}
+		})
+	}
+}
+
+func TestMeasureCLIErrors(t *testing.T) {
+	base := []string{"measure", "--mode", "snp", "--ovmf", fixtureOVMF}
+	for _, tc := range []struct {
+		name string
+		args []string
+		code int
+		want string
+	}{
+		{"no mode", []string{"measure", "--ovmf", fixtureOVMF}, 2, "missing --mode"},
+		{"sev mode", []string{"measure", "--mode", "sev", "--ovmf", fixtureOVMF}, 2, "--mode sev is not supported"},
+		{"svsm mode", []string{"measure", "--mode", "snp:svsm", "--ovmf", fixtureOVMF}, 2, "--mode snp:svsm is not supported"},
+		{"unknown mode", []string{"measure", "--mode", "tdx", "--ovmf", fixtureOVMF}, 2, `unknown --mode "tdx"`},
+		{"no ovmf", []string{"measure", "--mode", "snp"}, 2, "missing --ovmf"},
+		{"no vcpus", append(base, "--vcpu-type", "EPYC-v4"), 2, "missing --vcpus"},
+		{"no vcpu type", append(base, "--vcpus", "1"), 2, "missing --vcpu-type, --vcpu-sig or --vcpu-family (vCPU types: EPYC, "},
+		{"unknown vcpu type", append(base, "--vcpus", "1", "--vcpu-type", "EPYC-v9"), 2, `unknown vCPU type "EPYC-v9" (known: EPYC, EPYC-v1,`},
+		{"type and signature", append(base, "--vcpus", "1", "--vcpu-type", "EPYC-v4", "--vcpu-sig", "1"), 2, "give one of"},
+		{"partial family", append(base, "--vcpus", "1", "--vcpu-family", "25"), 2, "go together"},
+		{"signature too wide", append(base, "--vcpus", "1", "--vcpu-sig", "0x100000000"), 2, "value out of range"},
+		{"initrd without kernel", append(base, "--vcpus", "1", "--vcpu-type", "EPYC-v4", "--initrd", "x"), 2, "need --kernel"},
+		{"output format", append(base, "--vcpus", "1", "--vcpu-type", "EPYC-v4", "--output-format", "raw"), 2, "--output-format"},
+		{"bad ovmf hash", append(base, "--vcpus", "1", "--vcpu-type", "EPYC-v4", "--snp-ovmf-hash", "abc"), 2, "--snp-ovmf-hash: want 96 hex digits"},
+		{"vmm type", append(base, "--vcpus", "1", "--vcpu-type", "EPYC-v4", "--vmm-type", "xen"), 2, `unknown VMM type "xen"`},
+		{"id key without outputs", append(base, "--vcpus", "1", "--vcpu-type", "EPYC-v4", "--id-key", fixtureIDKey), 2, "an ID block needs --id-key, --id-block-out and --id-auth-out"},
+		{"bad family id", append(base, "--vcpus", "1", "--vcpu-type", "EPYC-v4", "--family-id", "00"), 2, "want 32 hex digits"},
+		{"missing firmware", []string{"measure", "--mode", "snp", "--ovmf", "/nonexistent", "--vcpus", "1", "--vcpu-type", "EPYC-v4"}, 1, "--ovmf: open /nonexistent"},
+		{"missing kernel", append(base, "--vcpus", "1", "--vcpu-type", "EPYC-v4", "--kernel", "/nonexistent"), 1, "kernel: open /nonexistent"},
+		{"firmware without kernel hashes", []string{"measure", "--mode", "snp", "--ovmf", fixtureOVMFX64, "--kernel", fixtureOVMF,
+			"--vcpus", "1", "--vcpu-type", "EPYC-v4"}, 1, "no SNP_KERNEL_HASHES section"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			code, stdout, stderr := runCLI(t, tc.args...)
+			if code != tc.code || !strings.Contains(stderr, tc.want) || stdout != "" {
+				t.Errorf("exit %d, stdout %q, stderr %q; want exit %d and %q", code, stdout, stderr, tc.code, tc.want)
+			}
+		})
+	}
+}
+
+func TestMeasureCLIIDBlock(t *testing.T) {
+	dir := t.TempDir()
+	blockOut, authOut := filepath.Join(dir, "id-block"), filepath.Join(dir, "id-auth")
+	for _, author := range []bool{false, true} {
+		args := []string{"measure", "--mode", "snp", "--ovmf", fixtureOVMF, "--vcpus", "2", "--vcpu-type", "EPYC-Milan",
+			"--id-key", fixtureIDKey, "--policy", "0x30000", "--family-id", strings.Repeat("ab", 16),
+			"--id-block-out", blockOut, "--id-auth-out", authOut}
+		if author {
+			args = append(args, "--author-key", fixtureAuthor)
+		}
+		code, stdout, stderr := runCLI(t, args...)
+		if code != 0 {
+			t.Fatalf("exit %d: %s", code, stderr)
+		}
+		// sev-snp-measure's tests/test_id_block.py: the test ID key's digest.
+		if !strings.Contains(stderr, "ID_KEY_DIGEST     870b7e35c53f8a72d0d322f75ab2af8262792aaf6579622ce4131c3f21f289e77cb0560a5e3b90b3932e674ec709cb14") {
+			t.Errorf("stderr lacks the ID key digest: %s", stderr)
+		}
+		if got := strings.Contains(stderr, "AUTHOR_KEY_DIGEST 63111c34"); got != author {
+			t.Errorf("author key digest reported: %v, want %v: %s", got, author, stderr)
+		}
+		measurement, err := hex.DecodeString(strings.TrimSpace(stdout))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var files [2][]byte
+		for i, p := range []string{blockOut, authOut} {
+			raw, err := os.ReadFile(p)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if bytes.ContainsAny(raw, "\n ") {
+				t.Errorf("%s holds white space; QEMU wants bare base64", p)
+			}
+			if files[i], err = base64.StdEncoding.DecodeString(string(raw)); err != nil {
+				t.Fatalf("%s: %v", p, err)
+			}
+		}
+		block, auth := files[0], files[1]
+		if len(block) != snp.IDBlockSize || len(auth) != snp.IDAuthSize {
+			t.Fatalf("ID block %d bytes, ID auth %d", len(block), len(auth))
+		}
+		if !bytes.Equal(block[:snp.DigestSize], measurement) {
+			t.Errorf("ID block digest %x, printed measurement %x", block[:snp.DigestSize], measurement)
+		}
+		if !bytes.Equal(block[0x30:0x40], bytes.Repeat([]byte{0xab}, 16)) {
+			t.Errorf("family ID %x", block[0x30:0x40])
+		}
+		if _, err := snp.VerifyIDBlock(block, auth); err != nil {
+			t.Errorf("author %v: %v", author, err)
+		}
+	}
+	code, _, stderr := runCLI(t, "measure", "--mode", "snp", "--ovmf", fixtureOVMF, "--vcpus", "1", "--vcpu-type", "EPYC-v4",
+		"--id-key", fixtureIDKey, "--policy", "0x10000", "--id-block-out", blockOut, "--id-auth-out", authOut)
+	if code != 1 || !strings.Contains(stderr, "guest policy 0x10000") {
+		t.Errorf("policy without reserved bit 17: exit %d, %s", code, stderr)
+	}
+}
