@@ -2,22 +2,32 @@ package main
 
 import (
 	"context"
+	"flag"
 	"fmt"
+	"path/filepath"
 	"strings"
 
 	"github.com/contrast-vm/contrast/vmimage"
+	"github.com/contrast-vm/contrast/vmimage/snp"
 )
 
 func imageBuild(ctx context.Context, sio *stdio, args []string) error {
-	fs := newFlagSet(sio, "contrast image build", "--kernel PATH --agent PATH --runc PATH -o DIR",
+	fs := newFlagSet(sio, "contrast image build", "--kernel PATH --agent PATH --runc PATH -o DIR [--firmware OVMF.fd [--vcpus-max N] [--vcpu-type TYPE]]",
 		"Builds the guest image: copies the kernel, writes a reproducible initramfs\n"+
 			"(the agent as /init, runc as /usr/bin/runc) and manifest.json into DIR.\n"+
-			"DIR is replaced atomically; it is left alone when it already holds this image.")
+			"DIR is replaced atomically; it is left alone when it already holds this image.\n\n"+
+			"With --firmware (the OVMF AmdSevX64 build the runtime boots SEV-SNP pod VMs\n"+
+			"with), it also writes "+vmimage.ReferenceFile+": the launch MEASUREMENT of the image\n"+
+			"for 1 to N vCPUs of that CPU model (guest features 0x1, QEMU >= 9.1's), against\n"+
+			"which `contrast verify --reference` checks reports.")
 	kernel := fs.String("kernel", "", "guest kernel bzImage (hack/kernel.sh prints its path)")
 	agent := fs.String("agent", "", "static contrast-agent binary")
 	runc := fs.String("runc", "", "static runc binary")
 	out := fs.String("o", "", "output directory")
 	cmdline := fs.String("cmdline", "", "kernel command line (default: "+vmimage.DefaultKernelCmdline+")")
+	firmware := fs.String("firmware", "", "OVMF AmdSevX64 firmware: write the image's SEV-SNP reference measurements")
+	vcpusMax := fs.Int("vcpus-max", vmimage.DefaultMaxVCPUs, "reference measurements for 1 to this many vCPUs (with --firmware)")
+	vcpuType := fs.String("vcpu-type", vmimage.DefaultVCPUType, "QEMU CPU model of the vCPUs (with --firmware)")
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
@@ -30,6 +40,18 @@ func imageBuild(ctx context.Context, sio *stdio, args []string) error {
 	if len(missing) > 0 {
 		return usagef("missing %s", strings.Join(missing, ", "))
 	}
+	var ref *vmimage.ReferenceOptions
+	if *firmware != "" {
+		if *vcpusMax < 1 {
+			return usagef("--vcpus-max %d: want at least 1", *vcpusMax)
+		}
+		if _, err := snp.VCPUSignature(*vcpuType); err != nil {
+			return usagef("--vcpu-type: %v", err)
+		}
+		ref = &vmimage.ReferenceOptions{Firmware: *firmware, VCPUType: *vcpuType, MaxVCPUs: *vcpusMax}
+	} else if flagSet(fs, "vcpus-max") || flagSet(fs, "vcpu-type") {
+		return usagef("--vcpus-max and --vcpu-type need --firmware")
+	}
 
 	p := newProgress(sio.stderr)
 	res, err := vmimage.Build(ctx, vmimage.Options{
@@ -38,6 +60,7 @@ func imageBuild(ctx context.Context, sio *stdio, args []string) error {
 		Runc:          *runc,
 		OutDir:        *out,
 		KernelCmdline: *cmdline,
+		Reference:     ref,
 		Progress:      p.report,
 	})
 	if err != nil {
@@ -50,5 +73,19 @@ func imageBuild(ctx context.Context, sio *stdio, args []string) error {
 		state = "up to date"
 	}
 	fmt.Fprintf(sio.stdout, "guest image %s %s: kernel %s, initrd sha256 %s\n", res.Image.Dir, state, m.KernelRelease, initrd.SHA256)
+	if res.Reference == nil {
+		fmt.Fprintf(sio.stderr, "no --firmware given: no SEV-SNP reference measurements (%s) written\n", vmimage.ReferenceFile)
+		return nil
+	}
+	r := res.Reference
+	fmt.Fprintf(sio.stdout, "reference measurements %s: firmware sha256 %s, %s, 1 to %d vCPUs\n",
+		filepath.Join(res.Image.Dir, vmimage.ReferenceFile), r.Firmware.SHA256, r.VCPUType, len(r.Measurements))
 	return nil
+}
+
+// flagSet tells whether the named flag was given on the command line.
+func flagSet(fs *flag.FlagSet, name string) bool {
+	set := false
+	fs.Visit(func(f *flag.Flag) { set = set || f.Name == name })
+	return set
 }

@@ -3,12 +3,16 @@ package main
 import (
 	"bytes"
 	"encoding/base64"
+	"encoding/binary"
 	"encoding/hex"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 
+	"github.com/contrast-vm/contrast/vmimage"
 	"github.com/contrast-vm/contrast/vmimage/snp"
 )
 
@@ -171,5 +175,98 @@ func TestMeasureCLIIDBlock(t *testing.T) {
 		"--id-key", fixtureIDKey, "--policy", "0x10000", "--id-block-out", blockOut, "--id-auth-out", authOut)
 	if code != 1 || !strings.Contains(stderr, "guest policy 0x10000") {
 		t.Errorf("policy without reserved bit 17: exit %d, %s", code, stderr)
+	}
+}
+
+// TestImageBuildReference builds an image with --firmware and checks that
+// reference.json holds what `contrast measure` prints for the image's files,
+// for each vCPU count, and that a rebuild gives the same bytes.
+func TestImageBuildReference(t *testing.T) {
+	dir := t.TempDir()
+	kernel := filepath.Join(dir, "bzImage")
+	k := make([]byte, 0x1000)
+	binary.LittleEndian.PutUint16(k[0x1fe:], 0xaa55)
+	copy(k[0x202:], "HdrS")
+	binary.LittleEndian.PutUint16(k[0x206:], 0x020f)
+	binary.LittleEndian.PutUint16(k[0x20e:], 0x200)
+	copy(k[0x400:], "6.12.0-ref (test@test) #1\x00")
+	if err := os.WriteFile(kernel, k, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	static := filepath.Join(dir, "static")
+	build := exec.Command("go", "build", "-o", static, "../../vmimage/testdata/bootinit")
+	build.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("build static test binary: %v\n%s", err, out)
+	}
+	out := filepath.Join(dir, "image")
+	args := []string{"image", "build", "--kernel", kernel, "--agent", static, "--runc", static, "-o", out,
+		"--firmware", fixtureOVMF, "--vcpus-max", "3", "--vcpu-type", "EPYC-Genoa"}
+	code, stdout, stderr := runCLI(t, args...)
+	if code != 0 || !strings.Contains(stdout, "reference measurements "+filepath.Join(out, "reference.json")) ||
+		!strings.Contains(stdout, "EPYC-Genoa, 1 to 3 vCPUs") {
+		t.Fatalf("exit %d\nstdout %s\nstderr %s", code, stdout, stderr)
+	}
+	first, err := os.ReadFile(filepath.Join(out, "reference.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ref, err := vmimage.LoadReference(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for n := 1; n <= 3; n++ {
+		code, stdout, stderr := runCLI(t, "measure", "--mode", "snp", "--ovmf", fixtureOVMF,
+			"--kernel", filepath.Join(out, "kernel"), "--initrd", filepath.Join(out, "initrd"), "--append", ref.KernelCmdline,
+			"--vcpus", strconv.Itoa(n), "--vcpu-type", "EPYC-Genoa")
+		if code != 0 {
+			t.Fatalf("measure: %s", stderr)
+		}
+		want, ok := ref.Measurement(n)
+		if !ok || strings.TrimSpace(stdout) != hex.EncodeToString(want[:]) {
+			t.Errorf("%d vCPUs: contrast measure says %s, reference.json %x", n, stdout, want)
+		}
+	}
+
+	// Rebuilding elsewhere gives the same reference.json.
+	args[9] = filepath.Join(dir, "image2")
+	if code, _, stderr := runCLI(t, args...); code != 0 {
+		t.Fatalf("second build: %s", stderr)
+	}
+	second, err := os.ReadFile(filepath.Join(dir, "image2", "reference.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(first, second) {
+		t.Errorf("reference.json differs between builds:\n%s\n%s", first, second)
+	}
+
+	// Without --firmware: none, and stderr says so.
+	code, _, stderr = runCLI(t, "image", "build", "--kernel", kernel, "--agent", static, "--runc", static, "-o", filepath.Join(dir, "image3"))
+	if code != 0 || !strings.Contains(stderr, "no --firmware given: no SEV-SNP reference measurements (reference.json) written") {
+		t.Errorf("exit %d, stderr %s", code, stderr)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "image3", "reference.json")); !os.IsNotExist(err) {
+		t.Errorf("reference.json written without --firmware: %v", err)
+	}
+
+	for _, tc := range []struct {
+		extra []string
+		code  int
+		want  string
+	}{
+		{[]string{"--vcpus-max", "4"}, 2, "--vcpus-max and --vcpu-type need --firmware"},
+		{[]string{"--firmware", fixtureOVMF, "--vcpu-type", "Skylake"}, 2, `unknown vCPU type "Skylake"`},
+		{[]string{"--firmware", fixtureOVMF, "--vcpus-max", "0"}, 2, "--vcpus-max 0"},
+		{[]string{"--firmware", fixtureOVMFX64}, 1, "no SNP_KERNEL_HASHES section"},
+	} {
+		args := append([]string{"image", "build", "--kernel", kernel, "--agent", static, "--runc", static, "-o", filepath.Join(dir, "bad")}, tc.extra...)
+		code, _, stderr := runCLI(t, args...)
+		if code != tc.code || !strings.Contains(stderr, tc.want) {
+			t.Errorf("%q: exit %d, stderr %s; want %d and %q", tc.extra, code, stderr, tc.code, tc.want)
+		}
+		if _, err := os.Stat(filepath.Join(dir, "bad")); !os.IsNotExist(err) {
+			t.Errorf("%q: failed build left its output: %v", tc.extra, err)
+		}
 	}
 }
