@@ -5,7 +5,11 @@
 # stdout. AGENT=path uses that agent binary instead of building one.
 # VARIANT=test builds the test image into ${OUT}/image-test instead: its agent
 # has the simulated SNP device (build tag contrast_simsnp), which a release
-# image must never contain.
+# image must never contain, and its reference.json holds the SEV-SNP launch
+# measurements computed against the firmware fixture of vmimage/snp/testdata
+# (no OVMF AmdSevX64 build exists on these machines), the same fixture the
+# tests' runtime configuration names, so the simulated device and the
+# references agree. FIRMWARE=path writes reference.json for another firmware.
 # Quick when nothing changed: the Go build cache, the kernel cache and
 # `contrast image build` leaving an identical image alone.
 set -euo pipefail
@@ -16,8 +20,8 @@ OUT=${OUT:-_output}
 case $OUT in /*) ;; *) OUT=$here/$OUT;; esac
 VARIANT=${VARIANT:-release}
 case $VARIANT in
-  release) suffix=; tags=;;
-  test) suffix=-test; tags=contrast_simsnp;;
+  release) suffix=; tags=; firmware=${FIRMWARE:-};;
+  test) suffix=-test; tags=contrast_simsnp; firmware=${FIRMWARE:-$here/vmimage/snp/testdata/ovmf_AmdSev_suffix.bin};;
   *) echo "image: VARIANT=$VARIANT: want release or test" >&2; exit 1;;
 esac
 
@@ -44,5 +48,5 @@ else
 fi
 
 log "building guest image$suffix"
-go run ./cmd/contrast image build --kernel "$kernel" --agent "$agent" --runc "$runc" -o "$OUT/image$suffix" >&2
+go run ./cmd/contrast image build --kernel "$kernel" --agent "$agent" --runc "$runc" ${firmware:+--firmware "$firmware"} -o "$OUT/image$suffix" >&2
 echo "$OUT/image$suffix"

@@ -106,9 +106,15 @@ func TestPodVMSpec(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if want := imageCmdline + " contrast.log_level=info foo=bar"; spec.KernelArgs != want {
+		// At the default log level nothing but kernel_params is appended.
+		if want := imageCmdline + " foo=bar"; spec.KernelArgs != want {
 			t.Errorf("command line %q, want %q", spec.KernelArgs, want)
 		}
+		cfg.LogLevel = "debug"
+		if spec, err := podVMSpec(ctx, cfg, launch); err != nil || spec.KernelArgs != imageCmdline+" contrast.log_level=debug foo=bar" {
+			t.Errorf("debug: command line %q (%v)", spec.KernelArgs, err)
+		}
+		cfg.LogLevel = "info"
 		if spec.Confidential != nil || spec.LaunchMeasurement != nil || spec.Firmware != "/fw/OVMF.fd" {
 			t.Errorf("plain VM spec %+v", spec)
 		}
@@ -154,7 +160,7 @@ func TestPodVMSpec(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if !strings.HasPrefix(specBare.KernelArgs, vmimage.DefaultKernelCmdline+" ") {
+		if specBare.KernelArgs != vmimage.DefaultKernelCmdline {
 			t.Errorf("no manifest: command line %q", specBare.KernelArgs)
 		}
 		if want := measureFiles(t, cfg, specBare.KernelArgs, 2); hex.EncodeToString(specBare.LaunchMeasurement) != hex.EncodeToString(want) {

@@ -59,7 +59,12 @@ func guestKernelArgs(cfg Config) (string, *vmimage.Image, error) {
 		// contrast.log_level); log_level applies to the shim alone.
 		return args, im, nil
 	}
-	args += " contrast.log_level=" + cfg.LogLevel
+	// The guest logs at info unless told otherwise; only another level is
+	// appended, so a plain VM at the default level boots the image's own
+	// command line, whose measurement the image's reference values hold.
+	if cfg.LogLevel != "info" {
+		args += " contrast.log_level=" + cfg.LogLevel
+	}
 	if cfg.Hypervisor.KernelParams != "" {
 		args += " " + cfg.Hypervisor.KernelParams
 	}

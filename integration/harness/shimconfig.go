@@ -29,6 +29,10 @@ type ShimConfig struct {
 	// DefaultPolicy is policy.default: what pods without a policy
 	// annotation run under ("deny-all" or "allow-all").
 	DefaultPolicy string
+	// SNPFirmware is snp.firmware: in a plain VM, the firmware the shim
+	// computes the expected launch measurement with, for the simulated
+	// SNP device of the test image.
+	SNPFirmware string
 }
 
 // DefaultShimConfig boots the guest image of env with the host's QEMU.
@@ -67,6 +71,9 @@ func (s ShimConfig) TOML() string {
 	fmt.Fprintf(&b, "\n[timeouts]\nagent_ready = %s\nstop = %s\n", q(s.AgentReady.String()), q(s.Stop.String()))
 	if s.DefaultPolicy != "" {
 		fmt.Fprintf(&b, "\n[policy]\ndefault = %s\n", q(s.DefaultPolicy))
+	}
+	if s.SNPFirmware != "" {
+		fmt.Fprintf(&b, "\n[snp]\nfirmware = %s\n", q(s.SNPFirmware))
 	}
 	return b.String()
 }
