@@ -5,7 +5,6 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -18,18 +17,18 @@ import (
 
 	"github.com/contrast-vm/contrast/api/agent"
 	"github.com/contrast-vm/contrast/attest"
-	"github.com/contrast-vm/contrast/hypervisor/vsock"
+	"github.com/contrast-vm/contrast/hypervisor/qemu"
 	"github.com/contrast-vm/contrast/policy"
 	"github.com/contrast-vm/contrast/policy/generate"
 	"github.com/contrast-vm/contrast/vmimage"
 )
 
-// Where the shim keeps a pod VM's hybrid vsock socket: <state dir>/<namespace>/<sandbox id>/vsock.sock
-// (shim.podStateDir and hypervisor/qemu's hybridSocketName).
+// Where the shim keeps a pod VM's state: <state dir>/<namespace>/<sandbox
+// id> (shim.podStateDir), which qemu.DialGuest reaches the guest from.
 const (
 	defaultStateDir  = "/run/contrast"
 	defaultNamespace = "k8s.io"
-	podVsockSocket   = "vsock.sock"
+	podVsockSocket   = "vsock.sock" // the hybrid socket, for tests that stand in for a VM
 )
 
 // nonceSize is the size of SEV-SNP REPORT_DATA, which carries the nonce.
@@ -190,10 +189,9 @@ func verify(ctx context.Context, sio *stdio, args []string) error {
 			}
 			nonce = &n
 		}
-		sock := filepath.Join(*stateDir, *namespace, *pod, podVsockSocket)
 		fctx, cancel := context.WithTimeout(ctx, *timeout)
 		var err error
-		ev, err = fetchReport(fctx, sock, *nonce)
+		ev, err = fetchReport(fctx, filepath.Join(*stateDir, *namespace, *pod), *nonce)
 		cancel()
 		if err != nil {
 			return fmt.Errorf("pod %s: %w", *pod, err)
@@ -280,16 +278,10 @@ func policyHashOfYAML(path string) ([32]byte, error) {
 	return [32]byte{}, fmt.Errorf("%s carries %d policies (%s): give a YAML with the one workload whose pod is verified", path, len(embedded), strings.Join(names, ", "))
 }
 
-// fetchReport asks the agent of the pod VM behind the hybrid vsock socket
-// for a report carrying nonce.
-func fetchReport(ctx context.Context, sock string, nonce [nonceSize]byte) (attest.Evidence, error) {
-	if _, err := os.Stat(sock); err != nil {
-		if errors.Is(err, os.ErrNotExist) {
-			return attest.Evidence{}, fmt.Errorf("no vsock socket %s: is the pod running under this --state-dir and --namespace, with the vhost-user vsock backend?", sock)
-		}
-		return attest.Evidence{}, err
-	}
-	conn, err := vsock.HybridTransport{Path: sock}.Dial(ctx, agent.AgentPort)
+// fetchReport asks the agent of the pod VM whose state directory is
+// podDir for a report carrying nonce.
+func fetchReport(ctx context.Context, podDir string, nonce [nonceSize]byte) (attest.Evidence, error) {
+	conn, err := qemu.DialGuest(ctx, podDir, agent.AgentPort)
 	if err != nil {
 		return attest.Evidence{}, fmt.Errorf("reach the agent: %w", err)
 	}

@@ -352,7 +352,7 @@ func TestVerifyPod(t *testing.T) {
 		{"AMD's roots only", []string{"verify", "--pod", "sandbox1", "--state-dir", stateDir, "--measurement", measurementHex, "--pod-yaml", yaml},
 			"signature", "FAIL signature   VCEK could not be verified by any trusted roots"},
 		{"other namespace", []string{"verify", "--pod", "sandbox1", "--state-dir", stateDir, "--namespace", "default"},
-			"", "no vsock socket " + filepath.Join(stateDir, "default", "sandbox1", podVsockSocket)},
+			"", "no VM in " + filepath.Join(stateDir, "default", "sandbox1")},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			code, stdout, stderr := runCLI(t, tc.args...)

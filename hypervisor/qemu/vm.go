@@ -32,6 +32,9 @@ const (
 	qemuLogName         = "qemu.log"
 	hybridSocketName    = "vsock.sock"
 	vhostUserSocketName = "vhost-user-vsock.sock"
+	// guestCIDName records the guest's vsock CID when the VM uses kernel
+	// vhost-vsock, so tools on the host (contrast verify) reach its agent.
+	guestCIDName = "vsock-cid"
 )
 
 // maxSocketPath is the longest unix socket path the kernel takes
@@ -311,6 +314,9 @@ func (h *Hypervisor) launch(ctx context.Context, spec hypervisor.VMSpec, cid uin
 	switch h.sel.Vsock {
 	case VsockKernel:
 		vm.vsock = newKernelVsock(cid)
+		if err := os.WriteFile(p(guestCIDName), []byte(strconv.FormatUint(uint64(cid), 10)+"\n"), 0o644); err != nil {
+			return nil, fmt.Errorf("record guest CID: %w", err)
+		}
 	case VsockVhostUser:
 		b, err := newVhostUserVsock(cid, lp.VhostUserSocket, p(hybridSocketName))
 		if err != nil {
@@ -587,7 +593,7 @@ func (vm *VM) Stop(ctx context.Context) error {
 // removeRuntimeFiles deletes sockets and the pid file, keeping the logs a
 // person reads after a failure.
 func removeRuntimeFiles(stateDir string) {
-	for _, n := range []string{qmpSocketName, pidFileName, hybridSocketName, vhostUserSocketName} {
+	for _, n := range []string{qmpSocketName, pidFileName, hybridSocketName, vhostUserSocketName, guestCIDName} {
 		os.Remove(filepath.Join(stateDir, n))
 	}
 	// Guest-initiated hybrid vsock connections land on <socket>_<port>.

@@ -1,0 +1,67 @@
+package qemu
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestDialGuestErrors(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	if _, err := DialGuest(ctx, dir, 1024); err == nil || !strings.Contains(err.Error(), "no VM in "+dir) {
+		t.Errorf("empty state dir: %v", err)
+	}
+	for _, bad := range []string{"", "two", "2", "-5", "99999999999"} {
+		if err := os.WriteFile(filepath.Join(dir, guestCIDName), []byte(bad+"\n"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := DialGuest(ctx, dir, 1024); err == nil || !strings.Contains(err.Error(), "is not a guest CID") {
+			t.Errorf("CID file %q: %v", bad, err)
+		}
+	}
+}
+
+// TestDialGuestHybrid reaches a stand-in for the vhost-user backend's hybrid
+// socket, which takes precedence over a recorded CID.
+func TestDialGuestHybrid(t *testing.T) {
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, guestCIDName), []byte("1234\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	l, err := net.Listen("unix", filepath.Join(dir, hybridSocketName))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	go func() {
+		c, err := l.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		line, _ := bufio.NewReader(c).ReadString('\n')
+		var port uint32
+		if _, err := fmt.Sscanf(line, "CONNECT %d\n", &port); err == nil {
+			fmt.Fprintf(c, "OK %d\n", port)
+			c.Write([]byte("agent"))
+		}
+	}()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	conn, err := DialGuest(ctx, dir, 1024)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	buf := make([]byte, 5)
+	if _, err := conn.Read(buf); err != nil || string(buf) != "agent" {
+		t.Errorf("read %q, %v", buf, err)
+	}
+}
