@@ -56,10 +56,7 @@ func verifyRun(t *testing.T, s *suite, args ...string) (string, int) {
 // would: against the image's reference values and the pod YAML. Each way a
 // report can be wrong fails, naming the check.
 func TestAttestation(t *testing.T) {
-	fixture, err := filepath.Abs("../vmimage/snp/testdata/ovmf_AmdSev_suffix.bin")
-	if err != nil {
-		t.Fatal(err)
-	}
+	fixture := snpFirmwareFixture(t)
 	launch := func(c *harness.ShimConfig) {
 		c.DefaultPolicy = "deny-all"
 		// The guest boots the image's own command line, as under SNP.
@@ -188,4 +185,19 @@ func generatePolicyFile(t *testing.T, s *suite, podYAML, out string) {
 	if msg, err := gen.CombinedOutput(); err != nil {
 		t.Fatalf("contrast policy generate: %v\n%s", err, msg)
 	}
+}
+
+// snpFirmwareFixture is the 4 KiB OVMF AmdSevX64 fixture (its SEV metadata
+// and kernel-hashes section) that the test image's reference values were
+// computed against (hack/image.sh); no full AmdSev build exists here.
+func snpFirmwareFixture(t testing.TB) string {
+	t.Helper()
+	p, err := filepath.Abs("../vmimage/snp/testdata/ovmf_AmdSev_suffix.bin")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(p); err != nil {
+		t.Fatal(err)
+	}
+	return p
 }

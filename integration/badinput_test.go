@@ -37,6 +37,10 @@ func badInput(t *testing.T, v harness.Version) {
 			c.AgentReady = agentReady
 		}},
 		handlerSpec{name: "contrast-badconfig", raw: "[hypervisor]\nvcpus = 0\n"},
+		handlerSpec{name: "contrast-snp", edit: func(c *harness.ShimConfig) {
+			c.Confidential = "snp"
+			c.SNPFirmware = snpFirmwareFixture(t)
+		}},
 	)
 
 	cases := []struct {
@@ -61,6 +65,12 @@ func badInput(t *testing.T, v harness.Version) {
 			want:        [][]string{{"agent"}, {"timeout", "timed out", "deadline", agentReady.String()}},
 			minDuration: agentReady,
 			maxDuration: agentReady + 45*time.Second,
+		},
+		{
+			// This host has no SEV-SNP: the VM must not start at all.
+			name: "confidential-without-snp", handler: "contrast-snp",
+			want:        [][]string{{"SEV-SNP"}},
+			maxDuration: 30 * time.Second,
 		},
 		{
 			name: "invalid-runtime-config", handler: "contrast-badconfig",

@@ -33,6 +33,8 @@ type ShimConfig struct {
 	// computes the expected launch measurement with, for the simulated
 	// SNP device of the test image.
 	SNPFirmware string
+	// Confidential is hypervisor.confidential ("" leaves the default, none).
+	Confidential string
 }
 
 // DefaultShimConfig boots the guest image of env with the host's QEMU.
@@ -68,6 +70,9 @@ func (s ShimConfig) TOML() string {
 	}
 	fmt.Fprintf(&b, "\n[hypervisor]\nbinary = %s\naccel = %s\nkernel = %s\ninitrd = %s\nfirmware = %s\nkernel_params = %s\nvcpus = %d\nmemory_mib = %d\n",
 		q(s.Binary), q(s.Accel), q(s.Kernel), q(s.Initrd), q(s.Firmware), q(s.KernelParams), s.VCPUs, s.MemoryMiB)
+	if s.Confidential != "" {
+		fmt.Fprintf(&b, "confidential = %s\n", q(s.Confidential))
+	}
 	fmt.Fprintf(&b, "\n[timeouts]\nagent_ready = %s\nstop = %s\n", q(s.AgentReady.String()), q(s.Stop.String()))
 	if s.DefaultPolicy != "" {
 		fmt.Fprintf(&b, "\n[policy]\ndefault = %s\n", q(s.DefaultPolicy))
