@@ -3,7 +3,6 @@ package integration
 import (
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -72,16 +71,8 @@ func TestPolicy(t *testing.T) {
 
 	// Generate the policy as a user would: the CLI, reading the image from
 	// containerd's store.
-	dir := t.TempDir()
-	in, out := filepath.Join(dir, "pod.yaml"), filepath.Join(dir, "pod.policy.yaml")
-	if err := os.WriteFile(in, []byte(policyPodYAML), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	gen := exec.CommandContext(s.ctx, s.env.CLI, "policy", "generate",
-		"--containerd-address", s.c.Socket, "--namespace", "k8s.io", "-o", out, in)
-	if msg, err := gen.CombinedOutput(); err != nil {
-		t.Fatalf("contrast policy generate: %v\n%s", err, msg)
-	}
+	out := filepath.Join(t.TempDir(), "pod.policy.yaml")
+	generatePolicyFile(t, s, policyPodYAML, out)
 	generated, err := os.ReadFile(out)
 	if err != nil {
 		t.Fatal(err)
