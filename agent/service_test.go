@@ -61,7 +61,7 @@ func runcBinary(t *testing.T) string {
 			return p
 		}
 	}
-	t.Skip("no runc binary (set CONTRAST_RUNC)")
+	t.Fatal("no runc binary: run `make deps` (it builds runc-static) or set CONTRAST_RUNC")
 	return ""
 }
 
