@@ -57,7 +57,7 @@ func TestMoveTree(t *testing.T) {
 	}
 	must(os.WriteFile(src+"/init", []byte("agent"), 0o755))
 	must(os.WriteFile(src+"/usr/bin/runc", []byte("runc"), 0o750))
-	big := bytes.Repeat([]byte("agent binary "), bindThreshold/8)
+	big := bytes.Repeat([]byte("agent binary "), 1<<17)
 	must(os.WriteFile(src+"/big", big, 0o755))
 	t.Cleanup(func() { unix.Unmount(dst+"/big", unix.MNT_DETACH) })
 	must(os.Chown(src+"/usr/bin/runc", 12, 34))
@@ -70,12 +70,12 @@ func TestMoveTree(t *testing.T) {
 	t.Cleanup(func() { unix.Unmount(src+"/mnt", unix.MNT_DETACH) })
 	must(os.WriteFile(src+"/mnt/other-fs", nil, 0o644))
 
-	must(MoveTree(src, dst, func(p string) bool { return p == src+"/skipme" }))
+	must(MoveTree(src, dst, func(p string) bool { return p == src+"/skipme" }, func(p string) bool { return p == src+"/big" }))
 
 	if b, err := os.ReadFile(dst + "/usr/bin/runc"); err != nil || string(b) != "runc" {
 		t.Fatalf("runc: %q %v", b, err)
 	}
-	// A large file is bind-mounted read-only, not copied.
+	// The file bind says so of is bind-mounted read-only, not copied.
 	if b, err := os.ReadFile(dst + "/big"); err != nil || !bytes.Equal(b, big) {
 		t.Fatalf("big file: %d bytes, %v", len(b), err)
 	}
