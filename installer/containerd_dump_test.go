@@ -1,0 +1,159 @@
+package installer
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+)
+
+// containerdBinary finds a containerd build in $CONTRAST_CACHE/bin (default
+// $HOME/.cache/contrast/bin, where hack/deps.sh puts them); the test skips
+// when it is not there.
+func containerdBinary(t *testing.T, name string) string {
+	t.Helper()
+	cache := os.Getenv("CONTRAST_CACHE")
+	if cache == "" {
+		cache = filepath.Join(os.Getenv("HOME"), ".cache", "contrast")
+	}
+	path := filepath.Join(cache, "bin", name)
+	if _, err := os.Stat(path); err != nil {
+		t.Skipf("%s not found (hack/deps.sh builds it; CONTRAST_CACHE sets the cache): %v", name, err)
+	}
+	return path
+}
+
+// TestContainerdAcceptsConfig has the real containerd merge the patched main
+// config with the drop-in (`containerd config dump`) and checks the handler
+// is there and the main file's settings and runtimes survive the merge.
+func TestContainerdAcceptsConfig(t *testing.T) {
+	tests := []struct {
+		binary string
+		file   string
+		// keep are settings of main that the merged config must still hold.
+		keep map[string]any
+	}{
+		{binary: "containerd", file: "containerd24-default.toml"},
+		{binary: "containerd", file: "k3s-v3.toml", keep: map[string]any{
+			"plugins.io.containerd.cri.v1.images.pinned_images.sandbox":                           "rancher/mirrored-pause:3.6",
+			"plugins.io.containerd.cri.v1.runtime.containerd.runtimes.runc.options.SystemdCgroup": true,
+			"plugins.io.containerd.cri.v1.runtime.enable_unprivileged_ports":                      true,
+		}},
+		{binary: "containerd", file: "runtimes-imports-v3.toml", keep: map[string]any{
+			"plugins.io.containerd.cri.v1.runtime.containerd.runtimes.kata-qemu.runtime_path":                    "/opt/kata/bin/containerd-shim-kata-v2",
+			"plugins.io.containerd.cri.v1.runtime.containerd.runtimes.nvidia.options.BinaryName":                 "/usr/bin/nvidia-container-runtime",
+			"plugins.io.containerd.cri.v1.runtime.containerd.runtimes.kata-qemu.privileged_without_host_devices": true,
+		}},
+		{binary: "containerd17", file: "containerd17-default.toml"},
+		{binary: "containerd17", file: "k3s-v2.toml", keep: map[string]any{
+			"plugins.io.containerd.grpc.v1.cri.sandbox_image":                                 "rancher/mirrored-pause:3.6",
+			"plugins.io.containerd.grpc.v1.cri.containerd.runtimes.nvidia.options.BinaryName": "/usr/bin/nvidia-container-runtime",
+			"plugins.io.containerd.grpc.v1.cri.containerd.disable_snapshot_annotations":       true,
+			"plugins.io.containerd.grpc.v1.cri.cni.conf_dir":                                  "/var/lib/rancher/k3s/agent/etc/cni/net.d",
+		}},
+		{binary: "containerd17", file: "runtimes-imports-v2.toml", keep: map[string]any{
+			"plugins.io.containerd.grpc.v1.cri.sandbox_image":                         "registry.k8s.io/pause:3.9",
+			"plugins.io.containerd.grpc.v1.cri.containerd.runtimes.kata.runtime_type": "io.containerd.kata.v2",
+			"oom_score": int64(-999),
+		}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.binary+"/"+tc.file, func(t *testing.T) {
+			containerd := containerdBinary(t, tc.binary)
+			dir := t.TempDir()
+			mainPath := filepath.Join(dir, "config.toml")
+			dropInPath := filepath.Join(dir, "contrast", "containerd.toml")
+			rt := testRuntime()
+			rt.Snapshotter = "overlayfs"
+
+			// Other tools' drop-ins the main file imports move into dir,
+			// holding only their version.
+			version, err := ConfigVersion(readTestdata(t, tc.file))
+			if err != nil {
+				t.Fatal(err)
+			}
+			otherDropIns := filepath.Join(dir, "conf.d")
+			main := []byte(strings.ReplaceAll(string(readTestdata(t, tc.file)), "/etc/containerd/conf.d", otherDropIns))
+			for _, name := range []string{"nvidia.toml", "kata.toml"} {
+				if err := os.MkdirAll(otherDropIns, 0o755); err != nil {
+					t.Fatal(err)
+				}
+				if err := os.WriteFile(filepath.Join(otherDropIns, name), fmt.Appendf(nil, "version = %d\n", version), 0o644); err != nil {
+					t.Fatal(err)
+				}
+			}
+			newMain, dropIn, err := Configure(main, dropInPath, rt)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := os.MkdirAll(filepath.Dir(dropInPath), 0o755); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.WriteFile(mainPath, newMain, 0o644); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.WriteFile(dropInPath, dropIn, 0o644); err != nil {
+				t.Fatal(err)
+			}
+
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			out, err := exec.CommandContext(ctx, containerd, "--config", mainPath, "config", "dump").Output()
+			if err != nil {
+				var stderr []byte
+				if ee, ok := err.(*exec.ExitError); ok {
+					stderr = ee.Stderr
+				}
+				t.Fatalf("%s config dump: %v\n%s", tc.binary, err, stderr)
+			}
+			merged := mustParse(t, "config dump", out)
+
+			table, ok := lookup(merged, RuntimeTablePath(version, rt.Handler))
+			if !ok {
+				t.Fatalf("merged config has no runtime %s:\n%s", rt.Handler, out)
+			}
+			runtime := table.(map[string]any)
+			want := map[string]any{
+				"runtime_type": RuntimeType,
+				"runtime_path": rt.RuntimePath,
+				"snapshotter":  rt.Snapshotter,
+			}
+			for key, value := range want {
+				if runtime[key] != value {
+					t.Errorf("merged runtime %s = %v, want %v", key, runtime[key], value)
+				}
+			}
+			if got := stringList(t, runtime["pod_annotations"]); !reflect.DeepEqual(got, DefaultPodAnnotations) {
+				t.Errorf("merged pod_annotations = %q, want %q", got, DefaultPodAnnotations)
+			}
+			if options, _ := runtime["options"].(map[string]any); options["ConfigPath"] != rt.ConfigPath {
+				t.Errorf("merged options = %v, want ConfigPath %s", runtime["options"], rt.ConfigPath)
+			}
+			// The stock runc runtime is still there.
+			if _, ok := lookup(merged, RuntimeTablePath(version, "runc")); !ok {
+				t.Errorf("merged config lost the runc runtime:\n%s", out)
+			}
+			for dotted, value := range tc.keep {
+				got, ok := lookup(merged, splitPluginPath(dotted))
+				if !ok || !reflect.DeepEqual(got, value) {
+					t.Errorf("merged %s = %v (present %v), want %v", dotted, got, ok, value)
+				}
+			}
+		})
+	}
+}
+
+// splitPluginPath splits "plugins.<plugin id>.rest.of.path", where the
+// plugin id contains dots itself (io.containerd.x.v1.name: five parts).
+func splitPluginPath(dotted string) []string {
+	parts := strings.Split(dotted, ".")
+	if parts[0] != "plugins" {
+		return parts
+	}
+	return append([]string{"plugins", strings.Join(parts[1:6], ".")}, parts[6:]...)
+}
