@@ -1,0 +1,150 @@
+package integration
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/contrast-vm/contrast/installer"
+	"github.com/contrast-vm/contrast/integration/harness"
+)
+
+// TestInstaller runs the node installer against a private containerd 2.4:
+// install (containerd restarted by the installer, which waits for the new
+// handler over CRI), a pod VM under the installed handler, a second
+// install that changes nothing, and an uninstall after which the handler,
+// its files and the config entries are gone.
+//
+// containerd here runs on this machine's root, so the installer's host
+// root is "/" and everything it writes goes to a temporary prefix and
+// drop-in directory: the paths it writes into the config are the paths
+// containerd reads. (The host-root translation is covered by the unit
+// tests of package installer.)
+func TestInstaller(t *testing.T) {
+	env, err := harness.EnvFromOS()
+	if err != nil {
+		t.Fatalf("the installer test needs the built shim and guest image:\n%v", err)
+	}
+	s := newSuiteVersion(t, harness.Containerd24)
+	ctx := s.ctx
+	original, err := os.ReadFile(s.c.ConfigToml)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	// The payload as the installer image carries it.
+	src := t.TempDir()
+	for rel, from := range map[string]string{
+		installer.ShimPath:    env.Shim,
+		installer.KernelPath:  env.ImageKernel(),
+		installer.InitrdPath:  env.ImageInitrd(),
+		"image/manifest.json": filepath.Join(env.ImageDir, "manifest.json"),
+	} {
+		p := filepath.Join(src, rel)
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Symlink(from, p); err != nil {
+			t.Fatal(err)
+		}
+	}
+	tmpl := harness.DefaultShimConfig(env, s.c.ShimState)
+	tmpl.Kernel, tmpl.Initrd = "{{.Kernel}}", "{{.Initrd}}"
+	if err := os.WriteFile(filepath.Join(src, installer.RuntimeConfigPath), []byte(tmpl.TOML()), 0o644); err != nil {
+		t.Fatal(err)
+	}
+
+	host := t.TempDir()
+	restarts := 0
+	opts := installer.Options{
+		HostRoot:         "/",
+		Prefix:           filepath.Join(host, "opt/contrast"),
+		DropInDir:        filepath.Join(host, "etc/containerd/conf.d"),
+		ContainerdConfig: s.c.ConfigToml,
+		Source:           src,
+		Restart: func(ctx context.Context) error {
+			restarts++
+			return s.c.Restart(ctx)
+		},
+		WaitHandlers: installer.WaitCRI(s.c.Socket, 200*time.Millisecond),
+		WaitTimeout:  time.Minute,
+	}
+
+	res, err := installer.Install(ctx, opts)
+	if err != nil {
+		t.Fatalf("install: %v\ncontainerd log:\n%s", err, s.c.LogTail(40))
+	}
+	if !res.Changed || restarts != 1 {
+		t.Fatalf("install: changed %v after %d restarts, want a change and one restart", res.Changed, restarts)
+	}
+	t.Logf("installed handler %s in %s", res.Handler, res.Dir)
+	handlers, err := installer.CRIHandlers(ctx, s.c.Socket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(strings.Join(handlers, " "), res.Handler) {
+		t.Fatalf("containerd reports handlers %v, not %s", handlers, res.Handler)
+	}
+
+	pod := s.runPod(t, res.Handler, "installed")
+	c := s.startContainer(t, pod, "hello", "echo", "hello from the installed handler")
+	if st := s.waitExited(t, c, time.Minute); st.ExitCode != 0 {
+		t.Errorf("container exited with %d", st.ExitCode)
+	}
+	if out, _, err := s.cri.Logs(ctx, c.ID); err != nil || !strings.Contains(out, "hello from the installed handler") {
+		t.Errorf("container logs %q, %v", out, err)
+	}
+	if err := s.cri.StopPod(ctx, pod.ID); err != nil {
+		t.Fatalf("stopp: %v", err)
+	}
+	if err := s.cri.RemovePod(ctx, pod.ID); err != nil {
+		t.Fatalf("rmp: %v", err)
+	}
+
+	pid := s.c.PID()
+	again, err := installer.Install(ctx, opts)
+	if err != nil {
+		t.Fatalf("second install: %v", err)
+	}
+	if again.Changed || restarts != 1 || s.c.PID() != pid || again.Handler != res.Handler {
+		t.Errorf("second install: changed %v, %d restarts, handler %s: want a no-op", again.Changed, restarts, again.Handler)
+	}
+
+	un, err := installer.Uninstall(ctx, opts, res.Handler)
+	if err != nil {
+		t.Fatalf("uninstall: %v\ncontainerd log:\n%s", err, s.c.LogTail(40))
+	}
+	if !un.Changed || restarts != 2 {
+		t.Errorf("uninstall: changed %v after %d restarts", un.Changed, restarts)
+	}
+	if _, err := os.Stat(res.Dir); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("handler directory %s after uninstall: %v", res.Dir, err)
+	}
+	for _, d := range res.DropIns {
+		if _, err := os.Stat(d); !errors.Is(err, fs.ErrNotExist) {
+			t.Errorf("drop-in %s after uninstall: %v", d, err)
+		}
+	}
+	if now, err := os.ReadFile(s.c.ConfigToml); err != nil || !bytes.Equal(now, original) {
+		t.Errorf("containerd config after uninstall differs from the original (%v):\n%s", err, now)
+	}
+	handlers, err = installer.CRIHandlers(ctx, s.c.Socket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(strings.Join(handlers, " "), res.Handler) {
+		t.Errorf("containerd still reports handler %s after uninstall: %v", res.Handler, handlers)
+	}
+	if pod, err := s.cri.RunPod(ctx, harness.PodConfig{Name: "uninstalled", Handler: res.Handler}); err == nil {
+		s.cleanupPod(pod)
+		t.Errorf("runp with the uninstalled handler %s succeeded", res.Handler)
+	} else if !strings.Contains(err.Error(), res.Handler) {
+		t.Errorf("runp with the uninstalled handler: %v, want an error naming it", err)
+	}
+}
