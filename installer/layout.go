@@ -244,7 +244,12 @@ func Install(ctx context.Context, opts Options) (*Result, error) {
 	if opts.Alias != "" {
 		names = append(names, opts.Alias)
 	}
+	version, err := ConfigVersion(main)
+	if err != nil {
+		return nil, fmt.Errorf("containerd config %s: %w", opts.ContainerdConfig, err)
+	}
 	newMain := main
+	var prevDropIn []byte
 	for _, n := range names {
 		rt := Runtime{
 			Handler:     n,
@@ -254,9 +259,15 @@ func Install(ctx context.Context, opts Options) (*Result, error) {
 		}
 		dropInPath := opts.dropIn(n)
 		m, dropIn, err := Configure(newMain, dropInPath, rt)
+		if err == nil && version == 2 && prevDropIn != nil {
+			// containerd 1.7 takes the CRI table of the last import
+			// whole: the alias's drop-in must carry the handler too.
+			_, dropIn, err = Configure(prevDropIn, dropInPath, rt)
+		}
 		if err != nil {
 			return nil, errors.Join(fmt.Errorf("configure containerd %s for %s: %w", opts.ContainerdConfig, n, err), j.rollback())
 		}
+		prevDropIn = dropIn
 		if m != nil {
 			newMain = m
 		}

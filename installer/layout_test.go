@@ -187,6 +187,13 @@ func TestInstallLifecycle(t *testing.T) {
 					t.Errorf("drop-in %s (%v) does not name the installed shim:\n%s", d, err, b)
 				}
 			}
+			if tc.name == "v2" {
+				// containerd 1.7 takes the last import's CRI table whole.
+				b, _ := os.ReadFile(filepath.Join(h.root, "/etc/containerd/conf.d/contrast-contrast.toml"))
+				if !bytes.Contains(b, []byte(res.Handler)) {
+					t.Errorf("v2 alias drop-in lacks the handler %s:\n%s", res.Handler, b)
+				}
+			}
 			if !strings.Contains(string(main), "# keep me") && tc.name == "v3" {
 				t.Errorf("comment lost from main config:\n%s", main)
 			}
