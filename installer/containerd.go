@@ -256,12 +256,14 @@ func dropInFor(main map[string]any, version int, rt Runtime) ([]byte, error) {
 		"version": version,
 		"plugins": map[string]any{CRIPluginID(version): plugin},
 	}
-	body, err := toml.Marshal(doc)
-	if err != nil {
+	var out bytes.Buffer
+	fmt.Fprintf(&out, "# containerd runtime handler %s, written by contrast-node-installer.\n# Uninstall removes this file; edits are overwritten on install.\n", rt.Handler)
+	enc := toml.NewEncoder(&out)
+	enc.SetIndentTables(true)
+	if err := enc.Encode(doc); err != nil {
 		return nil, fmt.Errorf("encoding drop-in for runtime %s: %w", rt.Handler, err)
 	}
-	header := fmt.Sprintf("# containerd runtime handler %s, written by contrast-node-installer.\n# Uninstall removes this file; edits are overwritten on install.\n", rt.Handler)
-	return append([]byte(header), body...), nil
+	return out.Bytes(), nil
 }
 
 // setPath stores value at path below table, creating the intermediate

@@ -157,3 +157,30 @@ func splitPluginPath(dotted string) []string {
 	}
 	return append([]string{"plugins", strings.Join(parts[1:6], ".")}, parts[6:]...)
 }
+
+// TestContainerd17ReplacesPluginTables pins the containerd 1.7 behaviour that
+// makes the version 2 drop-in carry main's whole CRI table: an imported file's
+// plugin table replaces the main file's instead of merging with it.
+func TestContainerd17ReplacesPluginTables(t *testing.T) {
+	containerd := containerdBinary(t, "containerd17")
+	dir := t.TempDir()
+	dropInPath := filepath.Join(dir, "runtime-only.toml")
+	mainPath := filepath.Join(dir, "config.toml")
+	main := "version = 2\nimports = [" + tomlString(dropInPath) + "]\n[plugins.\"io.containerd.grpc.v1.cri\"]\n  sandbox_image = \"example.com/pause:1\"\n"
+	dropIn := "version = 2\n[plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.x]\n  runtime_type = \"io.containerd.runc.v2\"\n"
+	if err := os.WriteFile(mainPath, []byte(main), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(dropInPath, []byte(dropIn), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out, err := exec.Command(containerd, "--config", mainPath, "config", "dump").Output()
+	if err != nil {
+		t.Fatalf("config dump: %v", err)
+	}
+	merged := mustParse(t, "config dump", out)
+	got, _ := lookup(merged, []string{"plugins", "io.containerd.grpc.v1.cri", "sandbox_image"})
+	if got == "example.com/pause:1" {
+		t.Fatal("containerd 1.7 merged the imported CRI table into main's: a runtime-only drop-in would do for version 2")
+	}
+}
