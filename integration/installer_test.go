@@ -7,6 +7,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -15,7 +16,8 @@ import (
 	"github.com/contrast-vm/contrast/integration/harness"
 )
 
-// TestInstaller runs the node installer against a private containerd 2.4:
+// TestInstaller runs the node installer against a private containerd
+// (2.4 and 1.7):
 // install (containerd restarted by the installer, which waits for the new
 // handler over CRI), a pod VM under the installed handler, a second
 // install that changes nothing, and an uninstall after which the handler,
@@ -27,11 +29,15 @@ import (
 // containerd reads. (The host-root translation is covered by the unit
 // tests of package installer.)
 func TestInstaller(t *testing.T) {
+	versions(t, testInstaller)
+}
+
+func testInstaller(t *testing.T, v harness.Version) {
 	env, err := harness.EnvFromOS()
 	if err != nil {
 		t.Fatalf("the installer test needs the built shim and guest image:\n%v", err)
 	}
-	s := newSuiteVersion(t, harness.Containerd24)
+	s := newSuiteVersion(t, v)
 	ctx := s.ctx
 	original, err := os.ReadFile(s.c.ConfigToml)
 	if err != nil {
@@ -68,6 +74,7 @@ func TestInstaller(t *testing.T) {
 		DropInDir:        filepath.Join(host, "etc/containerd/conf.d"),
 		ContainerdConfig: s.c.ConfigToml,
 		Source:           src,
+		Alias:            "contrast-stable",
 		Restart: func(ctx context.Context) error {
 			restarts++
 			return s.c.Restart(ctx)
@@ -92,19 +99,21 @@ func TestInstaller(t *testing.T) {
 		t.Fatalf("containerd reports handlers %v, not %s", handlers, res.Handler)
 	}
 
-	pod := s.runPod(t, res.Handler, "installed")
-	c := s.startContainer(t, pod, "hello", "echo", "hello from the installed handler")
-	if st := s.waitExited(t, c, time.Minute); st.ExitCode != 0 {
-		t.Errorf("container exited with %d", st.ExitCode)
-	}
-	if out, _, err := s.cri.Logs(ctx, c.ID); err != nil || !strings.Contains(out, "hello from the installed handler") {
-		t.Errorf("container logs %q, %v", out, err)
-	}
-	if err := s.cri.StopPod(ctx, pod.ID); err != nil {
-		t.Fatalf("stopp: %v", err)
-	}
-	if err := s.cri.RemovePod(ctx, pod.ID); err != nil {
-		t.Fatalf("rmp: %v", err)
+	for _, h := range []string{res.Handler, res.Alias} {
+		pod := s.runPod(t, h, "installed")
+		c := s.startContainer(t, pod, "hello", "echo", "hello from "+h)
+		if st := s.waitExited(t, c, time.Minute); st.ExitCode != 0 {
+			t.Errorf("container exited with %d", st.ExitCode)
+		}
+		if out, _, err := s.cri.Logs(ctx, c.ID); err != nil || !strings.Contains(out, "hello from "+h) {
+			t.Errorf("container logs %q, %v", out, err)
+		}
+		if err := s.cri.StopPod(ctx, pod.ID); err != nil {
+			t.Fatalf("stopp: %v", err)
+		}
+		if err := s.cri.RemovePod(ctx, pod.ID); err != nil {
+			t.Fatalf("rmp: %v", err)
+		}
 	}
 
 	pid := s.c.PID()
@@ -120,7 +129,7 @@ func TestInstaller(t *testing.T) {
 	if err != nil {
 		t.Fatalf("uninstall: %v\ncontainerd log:\n%s", err, s.c.LogTail(40))
 	}
-	if !un.Changed || restarts != 2 {
+	if !un.Changed || restarts != 2 || un.Alias != res.Alias || len(un.DropIns) != 2 {
 		t.Errorf("uninstall: changed %v after %d restarts", un.Changed, restarts)
 	}
 	if _, err := os.Stat(res.Dir); !errors.Is(err, fs.ErrNotExist) {
@@ -138,13 +147,39 @@ func TestInstaller(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if strings.Contains(strings.Join(handlers, " "), res.Handler) {
-		t.Errorf("containerd still reports handler %s after uninstall: %v", res.Handler, handlers)
+	for _, h := range []string{res.Handler, res.Alias} {
+		if slices.Contains(handlers, h) {
+			t.Errorf("containerd still reports handler %s after uninstall: %v", h, handlers)
+		}
+		if pod, err := s.cri.RunPod(ctx, harness.PodConfig{Name: "uninstalled", Handler: h}); err == nil {
+			s.cleanupPod(pod)
+			t.Errorf("runp with the uninstalled handler %s succeeded", h)
+		} else if !strings.Contains(err.Error(), h) {
+			t.Errorf("runp with the uninstalled handler: %v, want an error naming it", err)
+		}
 	}
-	if pod, err := s.cri.RunPod(ctx, harness.PodConfig{Name: "uninstalled", Handler: res.Handler}); err == nil {
-		s.cleanupPod(pod)
-		t.Errorf("runp with the uninstalled handler %s succeeded", res.Handler)
-	} else if !strings.Contains(err.Error(), res.Handler) {
-		t.Errorf("runp with the uninstalled handler: %v, want an error naming it", err)
+
+	// containerd that never serves the handler: the install fails within
+	// its timeout, and containerd runs on the old configuration again.
+	opts.WaitTimeout = 5 * time.Second
+	wait := opts.WaitHandlers
+	opts.WaitHandlers = func(ctx context.Context, names []string) error {
+		return wait(ctx, append(names, "never-configured"))
+	}
+	restarts = 0
+	if _, err := installer.Install(ctx, opts); err == nil || !strings.Contains(err.Error(), "never-configured") {
+		t.Fatalf("install with a handler that never appears: %v, want an error naming it", err)
+	}
+	if restarts != 2 {
+		t.Errorf("failed install restarted containerd %d times, want 2 (install, restore)", restarts)
+	}
+	if now, err := os.ReadFile(s.c.ConfigToml); err != nil || !bytes.Equal(now, original) {
+		t.Errorf("containerd config after a failed install differs from the original (%v):\n%s", err, now)
+	}
+	if _, err := os.Stat(res.Dir); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("handler directory %s after a failed install: %v", res.Dir, err)
+	}
+	if ready, err := s.cri.Ready(ctx); err != nil || !ready {
+		t.Errorf("containerd after a failed install: ready %v, %v", ready, err)
 	}
 }
