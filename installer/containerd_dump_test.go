@@ -23,7 +23,7 @@ func containerdBinary(t *testing.T, name string) string {
 	}
 	path := filepath.Join(cache, "bin", name)
 	if _, err := os.Stat(path); err != nil {
-		t.Skipf("%s not found (hack/deps.sh builds it; CONTRAST_CACHE sets the cache): %v", name, err)
+		t.Fatalf("%s not found: run `make deps` (hack/deps.sh builds it; CONTRAST_CACHE sets the cache): %v", name, err)
 	}
 	return path
 }
