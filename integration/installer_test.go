@@ -161,7 +161,8 @@ func testInstaller(t *testing.T, v harness.Version) {
 
 	// containerd that never serves the handler: the install fails within
 	// its timeout, and containerd runs on the old configuration again.
-	opts.WaitTimeout = 5 * time.Second
+	// Long enough for containerd to restart on a busy machine.
+	opts.WaitTimeout = 15 * time.Second
 	wait := opts.WaitHandlers
 	opts.WaitHandlers = func(ctx context.Context, names []string) error {
 		return wait(ctx, append(names, "never-configured"))
