@@ -258,6 +258,14 @@ func Install(ctx context.Context, opts Options) (*Result, error) {
 			Snapshotter: opts.Snapshotter,
 		}
 		dropInPath := opts.dropIn(n)
+		if version == 2 && n == opts.Alias {
+			// containerd 1.7 serves only the handlers of the last
+			// imported CRI table: the alias must stay last, or a newer
+			// versioned handler's drop-in would hide it.
+			if newMain, err = moveLast(newMain, dropInPath); err != nil {
+				return nil, errors.Join(err, j.rollback())
+			}
+		}
 		m, dropIn, err := Configure(newMain, dropInPath, rt)
 		if err == nil && version == 2 && prevDropIn != nil {
 			// containerd 1.7 takes the CRI table of the last import
@@ -428,6 +436,28 @@ func Status(opts Options) ([]Installed, error) {
 		out = append(out, in)
 	}
 	return out, nil
+}
+
+// moveLast takes dropInPath out of main's imports unless it is the last
+// entry, so that Configure appends it again.
+func moveLast(main []byte, dropInPath string) ([]byte, error) {
+	var cfg struct {
+		Imports []string `toml:"imports"`
+	}
+	if _, err := toml.Decode(string(main), &cfg); err != nil {
+		return nil, fmt.Errorf("containerd config imports: %w", err)
+	}
+	if len(cfg.Imports) == 0 || cfg.Imports[len(cfg.Imports)-1] == dropInPath || !slices.Contains(cfg.Imports, dropInPath) {
+		return main, nil
+	}
+	m, err := Unconfigure(main, dropInPath)
+	if err != nil {
+		return nil, fmt.Errorf("move %s to the end of containerd's imports: %w", dropInPath, err)
+	}
+	if m == nil {
+		return main, nil
+	}
+	return m, nil
 }
 
 func readMain(opts *Options) ([]byte, error) {

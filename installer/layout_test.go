@@ -43,11 +43,11 @@ func writePayload(t *testing.T, shim string) string {
 	t.Helper()
 	src := t.TempDir()
 	for rel, data := range map[string]string{
-		ShimPath:             shim,
-		KernelPath:           "kernel",
-		InitrdPath:           "initrd",
+		ShimPath:              shim,
+		KernelPath:            "kernel",
+		InitrdPath:            "initrd",
 		"image/manifest.json": "{}",
-		RuntimeConfigPath:    testRuntimeTemplate,
+		RuntimeConfigPath:     testRuntimeTemplate,
 	} {
 		p := filepath.Join(src, rel)
 		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
@@ -292,6 +292,35 @@ func TestInstallSideBySide(t *testing.T) {
 	st, err = Status(h.opts(""))
 	if err != nil || len(st) != 1 || st[0].Handler != b.Handler || !st[0].Imported {
 		t.Fatalf("status after removing %s: %+v, %v", a.Handler, st, err)
+	}
+}
+
+// TestUpgradeAliasV2: on config version 2 a newer install moves the
+// alias's import last, where containerd 1.7 takes its CRI table from.
+func TestUpgradeAliasV2(t *testing.T) {
+	ctx := context.Background()
+	h := newTestHost(t, testMainV2)
+	var last *Result
+	for _, shim := range []string{"shim v1", "shim v2"} {
+		o := h.opts(writePayload(t, shim))
+		o.Alias = "contrast"
+		res, err := Install(ctx, o)
+		if err != nil {
+			t.Fatal(err)
+		}
+		last = res
+	}
+	var cfg struct{ Imports []string }
+	if _, err := toml.DecodeFile(filepath.Join(h.root, DefaultContainerdConfig), &cfg); err != nil {
+		t.Fatal(err)
+	}
+	alias := "/etc/containerd/conf.d/contrast-contrast.toml"
+	if len(cfg.Imports) != 3 || cfg.Imports[2] != alias {
+		t.Fatalf("imports %v, want both handlers and the alias last", cfg.Imports)
+	}
+	b, err := os.ReadFile(filepath.Join(h.root, alias))
+	if err != nil || !bytes.Contains(b, []byte(last.Dir+"/")) || !bytes.Contains(b, []byte(last.Handler)) {
+		t.Errorf("alias drop-in (%v) does not carry the new handler %s:\n%s", err, last.Handler, b)
 	}
 }
 
