@@ -36,6 +36,7 @@ build:
 	@mkdir -p $(BIN)
 	$(GO) build -ldflags '$(LDFLAGS)' -o $(BIN)/containerd-shim-contrast-v2 ./cmd/containerd-shim-contrast-v2
 	$(GO) build -ldflags '$(LDFLAGS)' -o $(BIN)/contrast ./cmd/contrast
+	$(GO) build -ldflags '$(LDFLAGS)' -o $(BIN)/contrast-node-installer ./cmd/contrast-node-installer
 
 # The guest image: kernel (cached), static agent and runc in a reproducible
 # initramfs; and the test image, the same with the simulated SNP device.
