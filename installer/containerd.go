@@ -182,8 +182,26 @@ func (rt Runtime) validate() error {
 // the user later changes in main's CRI table are shadowed by the drop-in
 // until Configure runs again.
 func Configure(main []byte, dropInPath string, rt Runtime) (newMain, dropIn []byte, err error) {
-	if err := rt.validate(); err != nil {
-		return nil, nil, err
+	return ConfigureAll(main, dropInPath, []Runtime{rt})
+}
+
+// ConfigureAll is Configure for several runtimes sharing one drop-in, in
+// the order given. On version 2 this is the only way to serve more than one
+// handler from drop-ins: containerd 1.7 keeps only the CRI table of the last
+// imported file, so every handler has to be in that one table.
+func ConfigureAll(main []byte, dropInPath string, rts []Runtime) (newMain, dropIn []byte, err error) {
+	if len(rts) == 0 {
+		return nil, nil, errors.New("no runtime to configure")
+	}
+	seen := map[string]bool{}
+	for _, rt := range rts {
+		if err := rt.validate(); err != nil {
+			return nil, nil, err
+		}
+		if seen[rt.Handler] {
+			return nil, nil, fmt.Errorf("runtime handler %s given twice", rt.Handler)
+		}
+		seen[rt.Handler] = true
 	}
 	if !filepath.IsAbs(dropInPath) {
 		return nil, nil, fmt.Errorf("drop-in path %q is not absolute", dropInPath)
@@ -200,12 +218,14 @@ func Configure(main []byte, dropInPath string, rt Runtime) (newMain, dropIn []by
 	if err != nil {
 		return nil, nil, err
 	}
-	runtimePath := RuntimeTablePath(version, rt.Handler)
-	if _, exists := lookup(doc, runtimePath); exists {
-		return nil, nil, fmt.Errorf("containerd config already defines runtime %q (%s): the installed handler would shadow it", rt.Handler, strings.Join(runtimePath, "."))
+	for _, rt := range rts {
+		runtimePath := RuntimeTablePath(version, rt.Handler)
+		if _, exists := lookup(doc, runtimePath); exists {
+			return nil, nil, fmt.Errorf("containerd config already defines runtime %q (%s): the installed handler would shadow it", rt.Handler, strings.Join(runtimePath, "."))
+		}
 	}
 
-	dropIn, err = dropInFor(doc, version, rt)
+	dropIn, err = dropInFor(doc, version, rts)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -219,7 +239,7 @@ func Configure(main []byte, dropInPath string, rt Runtime) (newMain, dropIn []by
 	return newMain, dropIn, nil
 }
 
-func dropInFor(main map[string]any, version int, rt Runtime) ([]byte, error) {
+func runtimeTable(version int, rt Runtime) map[string]any {
 	annotations := rt.PodAnnotations
 	if annotations == nil {
 		annotations = DefaultPodAnnotations
@@ -236,7 +256,10 @@ func dropInFor(main map[string]any, version int, rt Runtime) ([]byte, error) {
 	if rt.Snapshotter != "" {
 		table["snapshotter"] = rt.Snapshotter
 	}
+	return table
+}
 
+func dropInFor(main map[string]any, version int, rts []Runtime) ([]byte, error) {
 	plugin := map[string]any{}
 	if version == 2 {
 		// containerd 1.7 replaces the plugin table as a whole, so carry
@@ -249,19 +272,27 @@ func dropInFor(main map[string]any, version int, rt Runtime) ([]byte, error) {
 			plugin = existingTable
 		}
 	}
-	if err := setPath(plugin, []string{"containerd", "runtimes", rt.Handler}, table); err != nil {
-		return nil, fmt.Errorf("containerd config plugins.%q: %w", CRIPluginID(version), err)
+	names := make([]string, 0, len(rts))
+	for _, rt := range rts {
+		if err := setPath(plugin, []string{"containerd", "runtimes", rt.Handler}, runtimeTable(version, rt)); err != nil {
+			return nil, fmt.Errorf("containerd config plugins.%q: %w", CRIPluginID(version), err)
+		}
+		names = append(names, rt.Handler)
 	}
 	doc := map[string]any{
 		"version": version,
 		"plugins": map[string]any{CRIPluginID(version): plugin},
 	}
 	var out bytes.Buffer
-	fmt.Fprintf(&out, "# containerd runtime handler %s, written by contrast-node-installer.\n# Uninstall removes this file; edits are overwritten on install.\n", rt.Handler)
+	what := "handler " + names[0]
+	if len(names) > 1 {
+		what = "handlers " + strings.Join(names, ", ")
+	}
+	fmt.Fprintf(&out, "# containerd runtime %s, written by contrast-node-installer.\n# Uninstall removes this file; edits are overwritten on install.\n", what)
 	enc := toml.NewEncoder(&out)
 	enc.SetIndentTables(true)
 	if err := enc.Encode(doc); err != nil {
-		return nil, fmt.Errorf("encoding drop-in for runtime %s: %w", rt.Handler, err)
+		return nil, fmt.Errorf("encoding drop-in for runtime %s: %w", strings.Join(names, ", "), err)
 	}
 	return out.Bytes(), nil
 }

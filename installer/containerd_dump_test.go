@@ -1,15 +1,19 @@
 package installer
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/BurntSushi/toml"
 )
 
 // containerdBinary finds a containerd build in $CONTRAST_CACHE/bin (default
@@ -182,5 +186,152 @@ func TestContainerd17ReplacesPluginTables(t *testing.T) {
 	got, _ := lookup(merged, []string{"plugins", "io.containerd.grpc.v1.cri", "sandbox_image"})
 	if got == "example.com/pause:1" {
 		t.Fatal("containerd 1.7 merged the imported CRI table into main's: a runtime-only drop-in would do for version 2")
+	}
+}
+
+// TestInstallSideBySideV2 installs two payloads side by side on containerd
+// 1.7's stock config and has the real containerd17 merge the result: both
+// handlers and the alias must be there, since containerd 1.7 keeps only the
+// last imported CRI table. Uninstalling either leaves the other served, and
+// the last uninstall restores the config byte for byte.
+func TestInstallSideBySideV2(t *testing.T) {
+	containerd := containerdBinary(t, "containerd17")
+	for _, removeFirst := range []string{"older", "newer"} {
+		t.Run("remove "+removeFirst+" first", func(t *testing.T) {
+			ctx := context.Background()
+			// containerd reads the drop-in paths the installer writes into
+			// the config, so the host root is "/" and all paths are in dir.
+			dir := t.TempDir()
+			original := readTestdata(t, "containerd17-default.toml")
+			mainPath := filepath.Join(dir, "etc/containerd/config.toml")
+			if err := os.MkdirAll(filepath.Dir(mainPath), 0o755); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.WriteFile(mainPath, original, 0o644); err != nil {
+				t.Fatal(err)
+			}
+			opts := func(shim string) Options {
+				return Options{
+					HostRoot:         "/",
+					Prefix:           filepath.Join(dir, "opt/contrast"),
+					DropInDir:        filepath.Join(dir, "etc/containerd/conf.d"),
+					ContainerdConfig: mainPath,
+					Source:           writePayload(t, shim),
+					Alias:            "contrast",
+				}
+			}
+			dump := func() map[string]any {
+				t.Helper()
+				out, err := exec.Command(containerd, "--config", mainPath, "config", "dump").Output()
+				if err != nil {
+					t.Fatalf("containerd17 config dump: %v", err)
+				}
+				return mustParse(t, "config dump", out)
+			}
+			// served says which runtimes the merged config has, and the
+			// handler directory each one's shim is in.
+			served := func(merged map[string]any) map[string]string {
+				t.Helper()
+				out := map[string]string{}
+				runtimes, _ := lookup(merged, RuntimeTablePath(2, "")[:4])
+				for name, table := range runtimes.(map[string]any) {
+					path, _ := table.(map[string]any)["runtime_path"].(string)
+					out[name] = filepath.Base(filepath.Dir(filepath.Dir(path)))
+				}
+				return out
+			}
+
+			older, err := Install(ctx, opts("shim v1"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			newer, err := Install(ctx, opts("shim v2"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if older.Handler == newer.Handler {
+				t.Fatalf("both payloads install as %s", older.Handler)
+			}
+			merged := dump()
+			got := served(merged)
+			want := map[string]string{"runc": ".", older.Handler: older.Handler, newer.Handler: newer.Handler, "contrast": newer.Handler}
+			if !reflect.DeepEqual(got, want) {
+				t.Fatalf("containerd 1.7 serves %v, want %v", got, want)
+			}
+			// main's CRI settings survive in the shared drop-in.
+			if v, _ := lookup(merged, []string{"plugins", CRIPluginID(2), "sandbox_image"}); v != "registry.k8s.io/pause:3.8" {
+				t.Errorf("merged sandbox_image = %v, want main's", v)
+			}
+			var cfg struct{ Imports []string }
+			if _, err := toml.DecodeFile(mainPath, &cfg); err != nil {
+				t.Fatal(err)
+			}
+			if shared := filepath.Join(dir, "etc/containerd/conf.d/contrast.toml"); !slices.Equal(cfg.Imports, []string{shared}) {
+				t.Errorf("imports %v, want only %s", cfg.Imports, shared)
+			}
+			st, err := Status(opts(""))
+			if err != nil || len(st) != 2 || !st[0].Imported || !st[1].Imported {
+				t.Fatalf("status %+v, %v: want both handlers imported", st, err)
+			}
+			for _, in := range st {
+				wantAliases := []string(nil)
+				if in.Handler == newer.Handler {
+					wantAliases = []string{"contrast"}
+				}
+				if !slices.Equal(in.Aliases, wantAliases) {
+					t.Errorf("status of %s: aliases %v, want %v", in.Handler, in.Aliases, wantAliases)
+				}
+			}
+			// A second install changes nothing.
+			if res, err := Install(ctx, opts("shim v2")); err != nil || res.Changed {
+				t.Errorf("second install of %s: %+v, %v", newer.Handler, res, err)
+			}
+			// Installing the older payload again points the alias at it,
+			// once.
+			for i, wantChanged := range []bool{true, false} {
+				if res, err := Install(ctx, opts("shim v1")); err != nil || res.Changed != wantChanged {
+					t.Fatalf("reinstall %d of %s: %+v, %v; want changed %v", i+1, older.Handler, res, err, wantChanged)
+				}
+			}
+			if got := served(dump()); got["contrast"] != older.Handler || got[newer.Handler] != newer.Handler {
+				t.Fatalf("after reinstalling %s containerd 1.7 serves %v", older.Handler, got)
+			}
+			// From here on the alias's handler is the newer one.
+			older, newer = newer, older
+
+			first, second := older, newer
+			if removeFirst == "newer" {
+				first, second = newer, older
+			}
+			un, err := Uninstall(ctx, opts(""), first.Handler)
+			if err != nil {
+				t.Fatal(err)
+			}
+			want = map[string]string{"runc": ".", second.Handler: second.Handler}
+			if first == older {
+				want["contrast"] = newer.Handler
+			} else if un.Alias != "contrast" {
+				t.Errorf("uninstall of the alias's handler: alias %q, want contrast", un.Alias)
+			}
+			if got := served(dump()); !reflect.DeepEqual(got, want) {
+				t.Errorf("after uninstalling %s containerd 1.7 serves %v, want %v", first.Handler, got, want)
+			}
+			if st, err := Status(opts("")); err != nil || len(st) != 1 || st[0].Handler != second.Handler || !st[0].Imported {
+				t.Errorf("status after uninstalling %s: %+v, %v", first.Handler, st, err)
+			}
+
+			if _, err := Uninstall(ctx, opts(""), second.Handler); err != nil {
+				t.Fatal(err)
+			}
+			if now, err := os.ReadFile(mainPath); err != nil || !bytes.Equal(now, original) {
+				t.Errorf("config after the last uninstall differs from the original (%v):\n%s", err, now)
+			}
+			if entries, err := os.ReadDir(filepath.Join(dir, "etc/containerd/conf.d")); err != nil || len(entries) != 0 {
+				t.Errorf("drop-ins after the last uninstall: %v, %v", entries, err)
+			}
+			if got := served(dump()); !reflect.DeepEqual(got, map[string]string{"runc": "."}) {
+				t.Errorf("after the last uninstall containerd 1.7 serves %v", got)
+			}
+		})
 	}
 }

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"maps"
 	"os"
 	"path/filepath"
 	"slices"
@@ -56,7 +57,11 @@ type Options struct {
 	// ContainerdConfig is containerd's main configuration file
 	// (default /etc/containerd/config.toml).
 	ContainerdConfig string
-	// DropInDir holds the installer's drop-in files (default /etc/containerd/conf.d).
+	// DropInDir holds the installer's drop-in files (default
+	// /etc/containerd/conf.d): contrast-<name>.toml per handler and alias
+	// on config version 3 and 4; on version 2 one contrast.toml holding
+	// every installed handler and alias, since containerd 1.7 keeps only
+	// the last imported CRI table.
 	DropInDir string
 	// Snapshotter of the handler ("" leaves containerd's default).
 	Snapshotter string
@@ -234,6 +239,10 @@ func Install(ctx context.Context, opts Options) (*Result, error) {
 	if err != nil {
 		return nil, err
 	}
+	version, err := ConfigVersion(main)
+	if err != nil {
+		return nil, fmt.Errorf("containerd config %s: %w", opts.ContainerdConfig, err)
+	}
 	j := &journal{}
 	changed, err := installTree(j, opts.host(hostDir), files)
 	if err != nil {
@@ -244,47 +253,51 @@ func Install(ctx context.Context, opts Options) (*Result, error) {
 	if opts.Alias != "" {
 		names = append(names, opts.Alias)
 	}
-	version, err := ConfigVersion(main)
-	if err != nil {
-		return nil, fmt.Errorf("containerd config %s: %w", opts.ContainerdConfig, err)
-	}
 	newMain := main
-	var prevDropIn []byte
-	for _, n := range names {
-		rt := Runtime{
-			Handler:     n,
-			RuntimePath: filepath.Join(hostDir, ShimPath),
-			ConfigPath:  filepath.Join(hostDir, RuntimeConfigPath),
-			Snapshotter: opts.Snapshotter,
-		}
-		dropInPath := opts.dropIn(n)
-		if version == 2 && n == opts.Alias {
-			// containerd 1.7 serves only the handlers of the last
-			// imported CRI table: the alias must stay last, or a newer
-			// versioned handler's drop-in would hide it.
-			if newMain, err = moveLast(newMain, dropInPath); err != nil {
-				return nil, errors.Join(err, j.rollback())
-			}
-		}
-		m, dropIn, err := Configure(newMain, dropInPath, rt)
-		if err == nil && version == 2 && prevDropIn != nil {
-			// containerd 1.7 takes the CRI table of the last import
-			// whole: the alias's drop-in must carry the handler too.
-			_, dropIn, err = Configure(prevDropIn, dropInPath, rt)
-		}
-		if err != nil {
-			return nil, errors.Join(fmt.Errorf("configure containerd %s for %s: %w", opts.ContainerdConfig, n, err), j.rollback())
-		}
-		prevDropIn = dropIn
-		if m != nil {
-			newMain = m
-		}
-		res.DropIns = append(res.DropIns, dropInPath)
-		c, err := j.writeFile(opts.host(dropInPath), dropIn)
+	waitFor := slices.Clone(names)
+	if version == 2 {
+		// containerd 1.7 serves only the CRI table of the last imported
+		// file: every handler installed side by side shares one drop-in.
+		rts, _, err := sharedRuntimes(&opts, "", opts.Alias, name)
 		if err != nil {
 			return nil, errors.Join(err, j.rollback())
 		}
+		m, c, err := applyShared(j, &opts, main, rts)
+		if err != nil {
+			return nil, errors.Join(err, j.rollback())
+		}
+		newMain = m
+		res.DropIns = append(res.DropIns, opts.sharedDropIn())
 		res.Changed = res.Changed || c
+		// Wait for the older handlers too: they must survive the restart.
+		for _, rt := range rts {
+			if !slices.Contains(waitFor, rt.Handler) {
+				waitFor = append(waitFor, rt.Handler)
+			}
+		}
+	} else {
+		for _, n := range names {
+			rt := Runtime{
+				Handler:     n,
+				RuntimePath: filepath.Join(hostDir, ShimPath),
+				ConfigPath:  filepath.Join(hostDir, RuntimeConfigPath),
+				Snapshotter: opts.Snapshotter,
+			}
+			dropInPath := opts.dropIn(n)
+			m, dropIn, err := Configure(newMain, dropInPath, rt)
+			if err != nil {
+				return nil, errors.Join(fmt.Errorf("configure containerd %s for %s: %w", opts.ContainerdConfig, n, err), j.rollback())
+			}
+			if m != nil {
+				newMain = m
+			}
+			res.DropIns = append(res.DropIns, dropInPath)
+			c, err := j.writeFile(opts.host(dropInPath), dropIn)
+			if err != nil {
+				return nil, errors.Join(err, j.rollback())
+			}
+			res.Changed = res.Changed || c
+		}
 	}
 	if !bytes.Equal(newMain, main) {
 		res.Backup, err = j.replaceMain(&opts, main, newMain)
@@ -296,7 +309,7 @@ func Install(ctx context.Context, opts Options) (*Result, error) {
 	if !res.Changed {
 		return res, nil
 	}
-	if err := restartAndWait(ctx, &opts, names); err != nil {
+	if err := restartAndWait(ctx, &opts, waitFor); err != nil {
 		return nil, errors.Join(err, restore(ctx, &opts, j))
 	}
 	if err := j.commit(); err != nil {
@@ -327,32 +340,53 @@ func Uninstall(ctx context.Context, opts Options, handler string) (*Result, erro
 	if err != nil {
 		return nil, err
 	}
-	j := &journal{}
-	dropIns := []string{opts.dropIn(handler)}
-	if opts.Alias != "" {
-		// The alias goes with the handler it points at, not with another.
-		b, err := os.ReadFile(opts.host(opts.dropIn(opts.Alias)))
-		if err == nil && bytes.Contains(b, []byte(hostDir+"/")) {
-			dropIns = append(dropIns, opts.dropIn(opts.Alias))
-			res.Alias = opts.Alias
-		}
+	version, err := ConfigVersion(main)
+	if err != nil {
+		return nil, fmt.Errorf("containerd config %s: %w", opts.ContainerdConfig, err)
 	}
+	j := &journal{}
 	newMain := main
-	for _, d := range dropIns {
-		m, err := Unconfigure(newMain, d)
+	if version == 2 {
+		rts, dropped, err := sharedRuntimes(&opts, handler, "", "")
 		if err != nil {
-			return nil, fmt.Errorf("unconfigure containerd %s: %w", opts.ContainerdConfig, err)
+			return nil, err
 		}
-		if m != nil {
-			newMain = m
-		}
-		c, err := j.removeFile(opts.host(d))
+		m, c, err := applyShared(j, &opts, main, rts)
 		if err != nil {
 			return nil, errors.Join(err, j.rollback())
 		}
+		newMain = m
+		res.Alias = strings.Join(dropped, ", ")
 		if c {
-			res.DropIns = append(res.DropIns, d)
+			res.DropIns = append(res.DropIns, opts.sharedDropIn())
 			res.Changed = true
+		}
+	} else {
+		dropIns := []string{opts.dropIn(handler)}
+		if opts.Alias != "" {
+			// The alias goes with the handler it points at, not with another.
+			b, err := os.ReadFile(opts.host(opts.dropIn(opts.Alias)))
+			if err == nil && bytes.Contains(b, []byte(hostDir+"/")) {
+				dropIns = append(dropIns, opts.dropIn(opts.Alias))
+				res.Alias = opts.Alias
+			}
+		}
+		for _, d := range dropIns {
+			m, err := Unconfigure(newMain, d)
+			if err != nil {
+				return nil, errors.Join(fmt.Errorf("unconfigure containerd %s: %w", opts.ContainerdConfig, err), j.rollback())
+			}
+			if m != nil {
+				newMain = m
+			}
+			c, err := j.removeFile(opts.host(d))
+			if err != nil {
+				return nil, errors.Join(err, j.rollback())
+			}
+			if c {
+				res.DropIns = append(res.DropIns, d)
+				res.Changed = true
+			}
 		}
 	}
 	if !bytes.Equal(newMain, main) {
@@ -382,8 +416,9 @@ func Uninstall(ctx context.Context, opts Options, handler string) (*Result, erro
 type Installed struct {
 	Handler string
 	Dir     string
-	// DropIn is the handler's drop-in ("" when missing); Imported says
-	// whether the main config imports it.
+	// DropIn is the drop-in that configures the handler ("" when none
+	// does; on config version 2 the shared one); Imported says whether the
+	// main config imports it.
 	DropIn   string
 	Imported bool
 	// Aliases are drop-ins of other names that point at this handler.
@@ -399,30 +434,36 @@ func Status(opts Options) ([]Installed, error) {
 	if err != nil {
 		return nil, err
 	}
-	var cfg struct {
-		Imports []string `toml:"imports"`
-	}
-	if _, err := toml.Decode(string(main), &cfg); err != nil {
+	doc, err := parse(main)
+	if err != nil {
 		return nil, fmt.Errorf("containerd config %s: %w", opts.ContainerdConfig, err)
 	}
-	entries, err := os.ReadDir(opts.host(opts.Prefix))
-	if errors.Is(err, fs.ErrNotExist) {
-		return nil, nil
-	}
+	version, err := versionOf(doc)
 	if err != nil {
-		return nil, fmt.Errorf("read prefix: %w", err)
+		return nil, fmt.Errorf("containerd config %s: %w", opts.ContainerdConfig, err)
 	}
-	dropIns, _ := filepath.Glob(filepath.Join(opts.host(opts.DropInDir), "contrast-*.toml"))
+	imports, err := importsOf(doc)
+	if err != nil {
+		return nil, fmt.Errorf("containerd config %s: %w", opts.ContainerdConfig, err)
+	}
+	handlers, err := installedHandlers(&opts)
+	if err != nil {
+		return nil, err
+	}
+	if version == 2 {
+		return sharedStatus(&opts, handlers, imported(imports, opts.sharedDropIn()))
+	}
+	dropIns, err := filepath.Glob(filepath.Join(opts.host(opts.DropInDir), "contrast-*.toml"))
+	if err != nil {
+		return nil, fmt.Errorf("list drop-ins: %w", err)
+	}
 	var out []Installed
-	for _, e := range entries {
-		if !e.IsDir() || strings.Contains(e.Name(), ".tmp-") || strings.Contains(e.Name(), ".old-") {
-			continue
-		}
-		in := Installed{Handler: e.Name(), Dir: filepath.Join(opts.Prefix, e.Name())}
+	for _, h := range handlers {
+		in := Installed{Handler: h, Dir: filepath.Join(opts.Prefix, h)}
 		d := opts.dropIn(in.Handler)
 		if _, err := os.Stat(opts.host(d)); err == nil {
 			in.DropIn = d
-			in.Imported = slices.Contains(cfg.Imports, d)
+			in.Imported = imported(imports, d)
 		}
 		for _, p := range dropIns {
 			alias := strings.TrimSuffix(strings.TrimPrefix(filepath.Base(p), "contrast-"), ".toml")
@@ -438,26 +479,184 @@ func Status(opts Options) ([]Installed, error) {
 	return out, nil
 }
 
-// moveLast takes dropInPath out of main's imports unless it is the last
-// entry, so that Configure appends it again.
-func moveLast(main []byte, dropInPath string) ([]byte, error) {
-	var cfg struct {
-		Imports []string `toml:"imports"`
-	}
-	if _, err := toml.Decode(string(main), &cfg); err != nil {
-		return nil, fmt.Errorf("containerd config imports: %w", err)
-	}
-	if len(cfg.Imports) == 0 || cfg.Imports[len(cfg.Imports)-1] == dropInPath || !slices.Contains(cfg.Imports, dropInPath) {
-		return main, nil
-	}
-	m, err := Unconfigure(main, dropInPath)
+// sharedStatus is Status on config version 2, where the shared drop-in
+// holds every handler and alias.
+func sharedStatus(opts *Options, handlers []string, isImported bool) ([]Installed, error) {
+	existing, err := readSharedRuntimes(opts)
 	if err != nil {
-		return nil, fmt.Errorf("move %s to the end of containerd's imports: %w", dropInPath, err)
+		return nil, err
+	}
+	var out []Installed
+	for _, h := range handlers {
+		in := Installed{Handler: h, Dir: filepath.Join(opts.Prefix, h)}
+		if _, ok := existing[h]; ok {
+			in.DropIn = opts.sharedDropIn()
+			in.Imported = isImported
+		}
+		for _, name := range slices.Sorted(maps.Keys(existing)) {
+			if name != h && !slices.Contains(handlers, name) && existing[name].handler(opts) == h {
+				in.Aliases = append(in.Aliases, name)
+			}
+		}
+		out = append(out, in)
+	}
+	return out, nil
+}
+
+// sharedDropIn is the drop-in that holds every handler on config version 2.
+func (o *Options) sharedDropIn() string { return filepath.Join(o.DropInDir, "contrast.toml") }
+
+// installedHandlers lists the handler directories under the prefix, sorted:
+// they are the record of what is installed.
+func installedHandlers(opts *Options) ([]string, error) {
+	entries, err := os.ReadDir(opts.host(opts.Prefix))
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read prefix: %w", err)
+	}
+	var out []string
+	for _, e := range entries {
+		// Skip what installTree and the journal leave beside a handler.
+		if !e.IsDir() || strings.Contains(e.Name(), ".tmp-") || strings.Contains(e.Name(), ".old-") {
+			continue
+		}
+		out = append(out, e.Name())
+	}
+	return out, nil
+}
+
+// sharedRuntime is what the shared drop-in says of one runtime.
+type sharedRuntime struct {
+	runtimePath, snapshotter string
+}
+
+// handler is the handler directory the runtime's shim is in ("" if none
+// under the prefix).
+func (r sharedRuntime) handler(opts *Options) string {
+	rel, err := filepath.Rel(opts.Prefix, r.runtimePath)
+	if err != nil {
+		return ""
+	}
+	h, rest, ok := strings.Cut(filepath.ToSlash(rel), "/")
+	if !ok || rest != ShimPath || !validName(h) {
+		return ""
+	}
+	return h
+}
+
+// readSharedRuntimes reads the runtimes of the shared drop-in (none when
+// it is missing).
+func readSharedRuntimes(opts *Options) (map[string]sharedRuntime, error) {
+	path := opts.sharedDropIn()
+	data, err := os.ReadFile(opts.host(path))
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read drop-in: %w", err)
+	}
+	doc, err := parse(data)
+	if err != nil {
+		return nil, fmt.Errorf("drop-in %s: %w", path, err)
+	}
+	raw, ok := lookup(doc, RuntimeTablePath(2, "")[:4])
+	if !ok {
+		return nil, nil
+	}
+	tables, ok := raw.(map[string]any)
+	if !ok {
+		return nil, fmt.Errorf("drop-in %s: runtimes is %T, not a table", path, raw)
+	}
+	out := map[string]sharedRuntime{}
+	for name, t := range tables {
+		table, ok := t.(map[string]any)
+		if !ok {
+			return nil, fmt.Errorf("drop-in %s: runtime %s is %T, not a table", path, name, t)
+		}
+		if table["runtime_type"] != RuntimeType {
+			continue // main's own runtimes, carried over
+		}
+		rp, _ := table["runtime_path"].(string)
+		sn, _ := table["snapshotter"].(string)
+		out[name] = sharedRuntime{runtimePath: rp, snapshotter: sn}
+	}
+	return out, nil
+}
+
+// sharedRuntimes is what the shared drop-in must hold: every handler
+// directory under the prefix except removed, then the aliases of the
+// current drop-in whose handler stays, with alias (unless "") pointing at
+// target. It also returns the aliases that go with removed.
+func sharedRuntimes(opts *Options, removed, alias, target string) (rts []Runtime, dropped []string, err error) {
+	handlers, err := installedHandlers(opts)
+	if err != nil {
+		return nil, nil, err
+	}
+	handlers = slices.DeleteFunc(handlers, func(h string) bool { return h == removed })
+	existing, err := readSharedRuntimes(opts)
+	if err != nil {
+		return nil, nil, err
+	}
+	runtimeOf := func(name, h string) Runtime {
+		dir := filepath.Join(opts.Prefix, h)
+		rt := Runtime{Handler: name, RuntimePath: filepath.Join(dir, ShimPath), ConfigPath: filepath.Join(dir, RuntimeConfigPath), Snapshotter: opts.Snapshotter}
+		// Keep the snapshotter each older handler was installed with.
+		if old, ok := existing[name]; ok && h != target {
+			rt.Snapshotter = old.snapshotter
+		}
+		return rt
+	}
+	for _, h := range handlers {
+		rts = append(rts, runtimeOf(h, h))
+	}
+	aliases := map[string]string{}
+	for name, r := range existing {
+		if slices.Contains(handlers, name) || name == removed {
+			continue
+		}
+		if h := r.handler(opts); h != "" && slices.Contains(handlers, h) {
+			aliases[name] = h
+		} else {
+			dropped = append(dropped, name)
+		}
+	}
+	if alias != "" {
+		aliases[alias] = target
+		dropped = slices.DeleteFunc(dropped, func(n string) bool { return n == alias })
+	}
+	for _, name := range slices.Sorted(maps.Keys(aliases)) {
+		rts = append(rts, runtimeOf(name, aliases[name]))
+	}
+	slices.Sort(dropped)
+	return rts, dropped, nil
+}
+
+// applyShared writes the shared drop-in for rts and imports it, or removes
+// both when rts is empty; it returns the new main config.
+func applyShared(j *journal, opts *Options, main []byte, rts []Runtime) ([]byte, bool, error) {
+	path := opts.sharedDropIn()
+	if len(rts) == 0 {
+		m, err := Unconfigure(main, path)
+		if err != nil {
+			return nil, false, fmt.Errorf("unconfigure containerd %s: %w", opts.ContainerdConfig, err)
+		}
+		if m == nil {
+			m = main
+		}
+		c, err := j.removeFile(opts.host(path))
+		return m, c, err
+	}
+	m, dropIn, err := ConfigureAll(main, path, rts)
+	if err != nil {
+		return nil, false, fmt.Errorf("configure containerd %s: %w", opts.ContainerdConfig, err)
 	}
 	if m == nil {
-		return main, nil
+		m = main
 	}
-	return m, nil
+	c, err := j.writeFile(opts.host(path), dropIn)
+	return m, c, err
 }
 
 func readMain(opts *Options) ([]byte, error) {

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"io/fs"
+	"maps"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -177,22 +178,26 @@ func TestInstallLifecycle(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			for _, n := range []string{res.Handler, "contrast"} {
-				d := "/etc/containerd/conf.d/contrast-" + n + ".toml"
+			dropIns := map[string]string{
+				res.Handler: "/etc/containerd/conf.d/contrast-" + res.Handler + ".toml",
+				"contrast":  "/etc/containerd/conf.d/contrast-contrast.toml",
+			}
+			if tc.name == "v2" {
+				// containerd 1.7 takes the last import's CRI table whole:
+				// one drop-in holds every handler.
+				dropIns = map[string]string{res.Handler: "/etc/containerd/conf.d/contrast.toml", "contrast": "/etc/containerd/conf.d/contrast.toml"}
+			}
+			for n, d := range dropIns {
 				if !slices.Contains(res.DropIns, d) || !bytes.Contains(main, []byte(d)) {
 					t.Errorf("drop-in %s: not in %v or not imported by:\n%s", d, res.DropIns, main)
 				}
 				b, err := os.ReadFile(filepath.Join(h.root, d))
-				if err != nil || !bytes.Contains(b, []byte(dir+"/"+ShimPath)) {
-					t.Errorf("drop-in %s (%v) does not name the installed shim:\n%s", d, err, b)
+				if err != nil || !bytes.Contains(b, []byte(dir+"/"+ShimPath)) || !bytes.Contains(b, []byte(n)) {
+					t.Errorf("drop-in %s (%v) does not name %s and the installed shim:\n%s", d, err, n, b)
 				}
 			}
-			if tc.name == "v2" {
-				// containerd 1.7 takes the last import's CRI table whole.
-				b, _ := os.ReadFile(filepath.Join(h.root, "/etc/containerd/conf.d/contrast-contrast.toml"))
-				if !bytes.Contains(b, []byte(res.Handler)) {
-					t.Errorf("v2 alias drop-in lacks the handler %s:\n%s", res.Handler, b)
-				}
+			if len(res.DropIns) != len(slices.Compact(slices.Sorted(maps.Values(dropIns)))) {
+				t.Errorf("drop-ins %v, want %v", res.DropIns, dropIns)
 			}
 			if !strings.Contains(string(main), "# keep me") && tc.name == "v3" {
 				t.Errorf("comment lost from main config:\n%s", main)
@@ -295,35 +300,6 @@ func TestInstallSideBySide(t *testing.T) {
 	}
 }
 
-// TestUpgradeAliasV2: on config version 2 a newer install moves the
-// alias's import last, where containerd 1.7 takes its CRI table from.
-func TestUpgradeAliasV2(t *testing.T) {
-	ctx := context.Background()
-	h := newTestHost(t, testMainV2)
-	var last *Result
-	for _, shim := range []string{"shim v1", "shim v2"} {
-		o := h.opts(writePayload(t, shim))
-		o.Alias = "contrast"
-		res, err := Install(ctx, o)
-		if err != nil {
-			t.Fatal(err)
-		}
-		last = res
-	}
-	var cfg struct{ Imports []string }
-	if _, err := toml.DecodeFile(filepath.Join(h.root, DefaultContainerdConfig), &cfg); err != nil {
-		t.Fatal(err)
-	}
-	alias := "/etc/containerd/conf.d/contrast-contrast.toml"
-	if len(cfg.Imports) != 3 || cfg.Imports[2] != alias {
-		t.Fatalf("imports %v, want both handlers and the alias last", cfg.Imports)
-	}
-	b, err := os.ReadFile(filepath.Join(h.root, alias))
-	if err != nil || !bytes.Contains(b, []byte(last.Dir+"/")) || !bytes.Contains(b, []byte(last.Handler)) {
-		t.Errorf("alias drop-in (%v) does not carry the new handler %s:\n%s", err, last.Handler, b)
-	}
-}
-
 // TestInstallFailures: every failure leaves the host as it was.
 func TestInstallFailures(t *testing.T) {
 	for _, tc := range []struct {
@@ -338,6 +314,15 @@ func TestInstallFailures(t *testing.T) {
 			h.failRst = errors.New("systemctl: unit not found")
 		}, want: "unit not found"},
 		{name: "handler never appears", main: testMainV3, setup: func(_ *testing.T, h *testHost, _ *Options) {
+			h.failWait = context.DeadlineExceeded
+		}, want: "after restart"},
+		{name: "v2 beside an installed handler, new one never appears", main: testMainV2, setup: func(t *testing.T, h *testHost, _ *Options) {
+			o := h.opts(writePayload(t, "older shim"))
+			o.Alias = "contrast"
+			if _, err := Install(context.Background(), o); err != nil {
+				t.Fatal(err)
+			}
+			h.restarts = 0
 			h.failWait = context.DeadlineExceeded
 		}, want: "after restart"},
 		{name: "prefix not writable", main: testMainV3, setup: func(t *testing.T, h *testHost, _ *Options) {
