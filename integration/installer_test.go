@@ -20,8 +20,10 @@ import (
 // (2.4 and 1.7):
 // install (containerd restarted by the installer, which waits for the new
 // handler over CRI), a pod VM under the installed handler, a second
-// install that changes nothing, and an uninstall after which the handler,
-// its files and the config entries are gone.
+// install that changes nothing, a newer version installed side by side
+// (a pod VM under the older handler, then the newer one uninstalled), and
+// an uninstall after which the handler, its files and the config entries
+// are gone.
 //
 // containerd here runs on this machine's root, so the installer's host
 // root is "/" and everything it writes goes to a temporary prefix and
@@ -44,27 +46,37 @@ func testInstaller(t *testing.T, v harness.Version) {
 		t.Fatal(err)
 	}
 
-	// The payload as the installer image carries it.
-	src := t.TempDir()
-	for rel, from := range map[string]string{
-		installer.ShimPath:    env.Shim,
-		installer.KernelPath:  env.ImageKernel(),
-		installer.InitrdPath:  env.ImageInitrd(),
-		"image/manifest.json": filepath.Join(env.ImageDir, "manifest.json"),
-	} {
-		p := filepath.Join(src, rel)
-		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.Symlink(from, p); err != nil {
-			t.Fatal(err)
-		}
-	}
+	// The payload as the installer image carries it; release makes
+	// payloads of different versions.
 	tmpl := harness.DefaultShimConfig(env, s.c.ShimState)
 	tmpl.Kernel, tmpl.Initrd = "{{.Kernel}}", "{{.Initrd}}"
-	if err := os.WriteFile(filepath.Join(src, installer.RuntimeConfigPath), []byte(tmpl.TOML()), 0o644); err != nil {
-		t.Fatal(err)
+	payload := func(release string) string {
+		src := t.TempDir()
+		for rel, from := range map[string]string{
+			installer.ShimPath:    env.Shim,
+			installer.KernelPath:  env.ImageKernel(),
+			installer.InitrdPath:  env.ImageInitrd(),
+			"image/manifest.json": filepath.Join(env.ImageDir, "manifest.json"),
+		} {
+			p := filepath.Join(src, rel)
+			if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.Symlink(from, p); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := os.WriteFile(filepath.Join(src, installer.RuntimeConfigPath), []byte(tmpl.TOML()), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if release != "" {
+			if err := os.WriteFile(filepath.Join(src, "image/release"), []byte(release+"\n"), 0o644); err != nil {
+				t.Fatal(err)
+			}
+		}
+		return src
 	}
+	src := payload("")
 
 	host := t.TempDir()
 	restarts := 0
@@ -99,7 +111,10 @@ func testInstaller(t *testing.T, v harness.Version) {
 		t.Fatalf("containerd reports handlers %v, not %s", handlers, res.Handler)
 	}
 
-	for _, h := range []string{res.Handler, res.Alias} {
+	// runHello runs a pod VM under handler h with one container that
+	// echoes, and removes the pod again.
+	runHello := func(h string) {
+		t.Helper()
 		pod := s.runPod(t, h, "installed")
 		c := s.startContainer(t, pod, "hello", "echo", "hello from "+h)
 		if st := s.waitExited(t, c, time.Minute); st.ExitCode != 0 {
@@ -115,6 +130,9 @@ func testInstaller(t *testing.T, v harness.Version) {
 			t.Fatalf("rmp: %v", err)
 		}
 	}
+	for _, h := range []string{res.Handler, res.Alias} {
+		runHello(h)
+	}
 
 	pid := s.c.PID()
 	again, err := installer.Install(ctx, opts)
@@ -125,12 +143,50 @@ func testInstaller(t *testing.T, v harness.Version) {
 		t.Errorf("second install: changed %v, %d restarts, handler %s: want a no-op", again.Changed, restarts, again.Handler)
 	}
 
+	// A newer version installs side by side (the alias stays where it
+	// is): the older handler keeps working, on containerd 1.7 too, which
+	// keeps only the last imported CRI table.
+	newer := opts
+	newer.Alias = ""
+	newer.Source = payload("newer")
+	res2, err := installer.Install(ctx, newer)
+	if err != nil {
+		t.Fatalf("install of a newer version: %v\ncontainerd log:\n%s", err, s.c.LogTail(40))
+	}
+	if !res2.Changed || restarts != 2 || res2.Handler == res.Handler {
+		t.Fatalf("install of a newer version: handler %s (older %s), changed %v, %d restarts", res2.Handler, res.Handler, res2.Changed, restarts)
+	}
+	handlers, err = installer.CRIHandlers(ctx, s.c.Socket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, h := range []string{res.Handler, res.Alias, res2.Handler} {
+		if !slices.Contains(handlers, h) {
+			t.Errorf("with two versions installed containerd lacks %s: %v", h, handlers)
+		}
+	}
+	runHello(res.Handler)
+	un2, err := installer.Uninstall(ctx, newer, res2.Handler)
+	if err != nil {
+		t.Fatalf("uninstall of the newer version: %v\ncontainerd log:\n%s", err, s.c.LogTail(40))
+	}
+	if !un2.Changed || restarts != 3 || un2.Alias != "" {
+		t.Errorf("uninstall of the newer version: changed %v after %d restarts, alias %q", un2.Changed, restarts, un2.Alias)
+	}
+	handlers, err = installer.CRIHandlers(ctx, s.c.Socket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Contains(handlers, res.Handler) || !slices.Contains(handlers, res.Alias) || slices.Contains(handlers, res2.Handler) {
+		t.Errorf("after uninstalling the newer %s containerd reports %v, want %s and %s only of ours", res2.Handler, handlers, res.Handler, res.Alias)
+	}
+
 	un, err := installer.Uninstall(ctx, opts, res.Handler)
 	if err != nil {
 		t.Fatalf("uninstall: %v\ncontainerd log:\n%s", err, s.c.LogTail(40))
 	}
-	if !un.Changed || restarts != 2 || un.Alias != res.Alias || len(un.DropIns) != 2 {
-		t.Errorf("uninstall: changed %v after %d restarts", un.Changed, restarts)
+	if !un.Changed || restarts != 4 || un.Alias != res.Alias || len(un.DropIns) != len(res.DropIns) {
+		t.Errorf("uninstall: changed %v after %d restarts, alias %q, drop-ins %v", un.Changed, restarts, un.Alias, un.DropIns)
 	}
 	if _, err := os.Stat(res.Dir); !errors.Is(err, fs.ErrNotExist) {
 		t.Errorf("handler directory %s after uninstall: %v", res.Dir, err)
