@@ -107,6 +107,21 @@ func openNamespace(path string) (netns.NsHandle, error) {
 	return ns, nil
 }
 
+// openNetlink opens the network namespace at path and a netlink handle in it.
+// The caller closes both.
+func openNetlink(path string) (netns.NsHandle, *netlink.Handle, error) {
+	ns, err := openNamespace(path)
+	if err != nil {
+		return netns.None(), nil, err
+	}
+	handle, err := netlink.NewHandleAt(ns)
+	if err != nil {
+		ns.Close()
+		return netns.None(), nil, fmt.Errorf("netlink in network namespace %s: %w", path, err)
+	}
+	return ns, handle, nil
+}
+
 // inNamespace runs fn on an OS thread switched into ns. It runs on a fresh
 // goroutine: if the thread cannot be switched back to its original namespace,
 // the goroutine exits with the thread still locked, and the Go runtime then
@@ -152,15 +167,11 @@ func inNamespace(ns netns.NsHandle, fn func() error) error {
 // Inspect reads the CNI interface of the network namespace at netnsPath: the
 // one interface other than loopback with a global-scope address.
 func Inspect(netnsPath string) (*Interface, error) {
-	ns, err := openNamespace(netnsPath)
+	ns, handle, err := openNetlink(netnsPath)
 	if err != nil {
 		return nil, err
 	}
 	defer ns.Close()
-	handle, err := netlink.NewHandleAt(ns)
-	if err != nil {
-		return nil, fmt.Errorf("netlink in network namespace %s: %w", netnsPath, err)
-	}
 	defer handle.Close()
 
 	links, err := handle.LinkList()
@@ -285,15 +296,11 @@ func Attach(netnsPath, ifName, tapName string) (tap *Tap, err error) {
 	if err := checkLinkName(tapName); err != nil {
 		return nil, fmt.Errorf("tap name: %w", err)
 	}
-	ns, err := openNamespace(netnsPath)
+	ns, handle, err := openNetlink(netnsPath)
 	if err != nil {
 		return nil, err
 	}
 	defer ns.Close()
-	handle, err := netlink.NewHandleAt(ns)
-	if err != nil {
-		return nil, fmt.Errorf("netlink in network namespace %s: %w", netnsPath, err)
-	}
 	defer handle.Close()
 	wrap := func(format string, args ...any) error {
 		return fmt.Errorf("attach tap %s to %s in network namespace %s: %w", tapName, ifName, netnsPath, fmt.Errorf(format, args...))
@@ -441,7 +448,7 @@ func hasIngressQdisc(handle *netlink.Handle, link netlink.Link) (bool, error) {
 // CNI interface. It succeeds when there is nothing left to remove: the tap is
 // gone (VM died, Detach ran before), or the namespace is.
 func Detach(netnsPath, tapName string) error {
-	ns, err := openNamespace(netnsPath)
+	ns, handle, err := openNetlink(netnsPath)
 	if errors.Is(err, errNamespaceGone) {
 		return nil
 	}
@@ -449,10 +456,6 @@ func Detach(netnsPath, tapName string) error {
 		return err
 	}
 	defer ns.Close()
-	handle, err := netlink.NewHandleAt(ns)
-	if err != nil {
-		return fmt.Errorf("netlink in network namespace %s: %w", netnsPath, err)
-	}
 	defer handle.Close()
 	wrap := func(err error) error {
 		return fmt.Errorf("detach tap %s in network namespace %s: %w", tapName, netnsPath, err)

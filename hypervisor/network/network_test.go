@@ -182,20 +182,24 @@ func TestInspectErrors(t *testing.T) {
 	}
 }
 
+// testHandle is a netlink handle in the namespace at path, closed when the
+// test ends.
+func testHandle(t *testing.T, path string) *netlink.Handle {
+	t.Helper()
+	ns, h, err := openNetlink(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ns.Close()
+	t.Cleanup(h.Close)
+	return h
+}
+
 // namespaceState lists links, qdiscs and filters of a namespace, to compare
 // the namespace before Attach and after Detach.
 func namespaceState(t *testing.T, path string) []string {
 	t.Helper()
-	ns, err := netns.GetFromPath(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ns.Close()
-	h, err := netlink.NewHandleAt(ns)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer h.Close()
+	h := testHandle(t, path)
 	links, err := h.LinkList()
 	if err != nil {
 		t.Fatal(err)
@@ -226,16 +230,7 @@ func namespaceState(t *testing.T, path string) []string {
 // redirectTargets returns the targets of the mirred redirects of link's ingress filters.
 func redirectTargets(t *testing.T, path, link string) []int {
 	t.Helper()
-	ns, err := netns.GetFromPath(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ns.Close()
-	h, err := netlink.NewHandleAt(ns)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer h.Close()
+	h := testHandle(t, path)
 	l, err := h.LinkByName(link)
 	if err != nil {
 		t.Fatal(err)
@@ -266,16 +261,7 @@ func redirectTargets(t *testing.T, path, link string) []int {
 // addIngressQdisc stands for another user of eth0's ingress hook.
 func addIngressQdisc(t *testing.T, path, link string) {
 	t.Helper()
-	ns, err := netns.GetFromPath(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ns.Close()
-	h, err := netlink.NewHandleAt(ns)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer h.Close()
+	h := testHandle(t, path)
 	if err := h.QdiscAdd(ingressQdisc(linkIndex(t, path, link))); err != nil {
 		t.Fatalf("add ingress qdisc to %s: %v", link, err)
 	}
@@ -283,16 +269,7 @@ func addIngressQdisc(t *testing.T, path, link string) {
 
 func linkIndex(t *testing.T, path, name string) int {
 	t.Helper()
-	ns, err := netns.GetFromPath(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ns.Close()
-	h, err := netlink.NewHandleAt(ns)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer h.Close()
+	h := testHandle(t, path)
 	l, err := h.LinkByName(name)
 	if err != nil {
 		t.Fatal(err)
