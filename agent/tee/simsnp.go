@@ -13,22 +13,21 @@ import (
 	"sync"
 	"time"
 
+	api "github.com/contrast-vm/contrast/api/agent"
 	"github.com/google/go-sev-guest/abi"
 	"github.com/google/go-sev-guest/kds"
 	spb "github.com/google/go-sev-guest/proto/sevsnp"
 	sevtest "github.com/google/go-sev-guest/testing"
 )
 
-// HostDataFwCfgName is the fw_cfg item the launch sets for the simulated
-// device: QEMU `-fw_cfg name=opt/io.contrast/hostdata,string=<hex>`, the
-// HOSTDATA as exactly 64 lower-case hex characters.
-const HostDataFwCfgName = "opt/io.contrast/hostdata"
-
-// MeasurementFwCfgName is the fw_cfg item that tells the simulated device
-// the launch MEASUREMENT to report (what SNP firmware would have computed
-// from the firmware, kernel, initrd and command line): exactly 96
-// lower-case hex characters. Without it the device reports zeros.
-const MeasurementFwCfgName = "opt/io.contrast/launch-measurement"
+// The fw_cfg items the launch sets for the simulated device (see api/agent):
+// the HOSTDATA, and the launch MEASUREMENT to report (what SNP firmware would
+// have computed from the firmware, kernel, initrd and command line; without
+// it the device reports zeros).
+const (
+	HostDataFwCfgName    = api.FwCfgHostData
+	MeasurementFwCfgName = api.FwCfgLaunchMeasurement
+)
 
 // DefaultFwCfgRoot is where the kernel (CONFIG_FW_CFG_SYSFS) shows fw_cfg.
 const DefaultFwCfgRoot = "/sys/firmware/qemu_fw_cfg"

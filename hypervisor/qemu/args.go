@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"strings"
 
+	agentapi "github.com/contrast-vm/contrast/api/agent"
 	"github.com/contrast-vm/contrast/hypervisor"
 )
 
@@ -59,15 +60,13 @@ const (
 	rootPortIDFmt = "hotplug%d"
 )
 
-// HostDataFwCfg is the fw_cfg item that carries the launch's host data (64
-// hex characters) into a VM without SEV-SNP; the guest sees it at
-// /sys/firmware/qemu_fw_cfg/by_name/<HostDataFwCfg>/raw.
-const HostDataFwCfg = "opt/io.contrast/hostdata"
-
-// LaunchMeasurementFwCfg is the fw_cfg item that carries, into a VM without
-// SEV-SNP, the launch measurement the same launch would have under SNP (96
-// hex characters), for the simulated SNP device of test images to report.
-const LaunchMeasurementFwCfg = "opt/io.contrast/launch-measurement"
+// The fw_cfg items that carry, into a VM without SEV-SNP, the launch's host
+// data and the measurement the same launch would have under SNP (the
+// contract with the guest is in api/agent).
+const (
+	HostDataFwCfg          = agentapi.FwCfgHostData
+	LaunchMeasurementFwCfg = agentapi.FwCfgLaunchMeasurement
+)
 
 func rootPortID(i int) string { return fmt.Sprintf(rootPortIDFmt, i) }
 
