@@ -20,8 +20,8 @@ import (
 // The requests the policy does not decide: Health answers before there is a
 // policy, and SetPolicy is bound to HOSTDATA instead.
 const (
-	healthMethod    = "/contrast.agent.v1.Agent/Health"
-	setPolicyMethod = "/contrast.agent.v1.Agent/SetPolicy"
+	healthMethod    = enforce.ServicePrefix + "Health"
+	setPolicyMethod = enforce.ServicePrefix + "SetPolicy"
 )
 
 // policyGate is the agent's policy state. The host is untrusted: until

@@ -28,7 +28,6 @@ import (
 const (
 	defaultStateDir  = "/run/contrast"
 	defaultNamespace = "k8s.io"
-	podVsockSocket   = "vsock.sock" // the hybrid socket, for tests that stand in for a VM
 )
 
 // nonceSize is the size of SEV-SNP REPORT_DATA, which carries the nonce.

@@ -184,7 +184,8 @@ func servePodVM(t *testing.T, stateDir, namespace, id string, snp tee.TEE, modul
 	if err != nil {
 		t.Fatal(err)
 	}
-	hybrid, err := net.Listen("unix", filepath.Join(dir, podVsockSocket))
+	// The vhost-user vsock backend's hybrid socket, which qemu.DialGuest tries first.
+	hybrid, err := net.Listen("unix", filepath.Join(dir, "vsock.sock"))
 	if err != nil {
 		t.Fatal(err)
 	}
