@@ -47,23 +47,7 @@ func TestUsage(t *testing.T) {
 
 func TestImageBuild(t *testing.T) {
 	dir := t.TempDir()
-	// A bzImage setup header with a version string: all the build reads of a kernel.
-	kernel := filepath.Join(dir, "bzImage")
-	k := make([]byte, 0x1000)
-	binary.LittleEndian.PutUint16(k[0x1fe:], 0xaa55)
-	copy(k[0x202:], "HdrS")
-	binary.LittleEndian.PutUint16(k[0x206:], 0x020f)
-	binary.LittleEndian.PutUint16(k[0x20e:], 0x200)
-	copy(k[0x400:], "6.12.0-cli (test@test) #1\x00")
-	if err := os.WriteFile(kernel, k, 0o644); err != nil {
-		t.Fatal(err)
-	}
-	static := filepath.Join(dir, "static")
-	build := exec.Command("go", "build", "-o", static, "../../vmimage/testdata/bootinit")
-	build.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("build static test binary: %v\n%s", err, out)
-	}
+	kernel, static := imageInputs(t, dir, "6.12.0-cli")
 	out := filepath.Join(dir, "out", "image")
 	args := []string{"image", "build", "--kernel", kernel, "--agent", static, "--runc", static, "-o", out}
 
@@ -92,4 +76,28 @@ func TestImageBuild(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(dir, "other")); !os.IsNotExist(err) {
 		t.Errorf("failed build left %s behind (%v)", filepath.Join(dir, "other"), err)
 	}
+}
+
+// imageInputs writes what `contrast image build` needs into dir: a bzImage
+// setup header with the version string release (all the build reads of a
+// kernel) and a static binary to stand for the agent and runc.
+func imageInputs(t *testing.T, dir, release string) (kernel, static string) {
+	t.Helper()
+	kernel = filepath.Join(dir, "bzImage")
+	k := make([]byte, 0x1000)
+	binary.LittleEndian.PutUint16(k[0x1fe:], 0xaa55)
+	copy(k[0x202:], "HdrS")
+	binary.LittleEndian.PutUint16(k[0x206:], 0x020f)
+	binary.LittleEndian.PutUint16(k[0x20e:], 0x200)
+	copy(k[0x400:], release+" (test@test) #1\x00")
+	if err := os.WriteFile(kernel, k, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	static = filepath.Join(dir, "static")
+	build := exec.Command("go", "build", "-o", static, "../../vmimage/testdata/bootinit")
+	build.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("build static test binary: %v\n%s", err, out)
+	}
+	return kernel, static
 }

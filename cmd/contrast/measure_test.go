@@ -3,10 +3,8 @@ package main
 import (
 	"bytes"
 	"encoding/base64"
-	"encoding/binary"
 	"encoding/hex"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -183,22 +181,7 @@ func TestMeasureCLIIDBlock(t *testing.T) {
 // for each vCPU count, and that a rebuild gives the same bytes.
 func TestImageBuildReference(t *testing.T) {
 	dir := t.TempDir()
-	kernel := filepath.Join(dir, "bzImage")
-	k := make([]byte, 0x1000)
-	binary.LittleEndian.PutUint16(k[0x1fe:], 0xaa55)
-	copy(k[0x202:], "HdrS")
-	binary.LittleEndian.PutUint16(k[0x206:], 0x020f)
-	binary.LittleEndian.PutUint16(k[0x20e:], 0x200)
-	copy(k[0x400:], "6.12.0-ref (test@test) #1\x00")
-	if err := os.WriteFile(kernel, k, 0o644); err != nil {
-		t.Fatal(err)
-	}
-	static := filepath.Join(dir, "static")
-	build := exec.Command("go", "build", "-o", static, "../../vmimage/testdata/bootinit")
-	build.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("build static test binary: %v\n%s", err, out)
-	}
+	kernel, static := imageInputs(t, dir, "6.12.0-ref")
 	out := filepath.Join(dir, "image")
 	args := []string{"image", "build", "--kernel", kernel, "--agent", static, "--runc", static, "-o", out,
 		"--firmware", fixtureOVMF, "--vcpus-max", "3", "--vcpu-type", "EPYC-Genoa"}
