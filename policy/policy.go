@@ -51,6 +51,9 @@ const (
 	// GetReport asks the TEE for an attestation report carrying the
 	// caller's nonce; it names no container.
 	GetReport Kind = "GetReport"
+	// ConfigureNetwork configures the pod VM's NICs, routes and neighbours
+	// (the pod's CNI network); it names no container.
+	ConfigureNetwork Kind = "ConfigureNetwork"
 )
 
 // Kinds lists every request kind a policy decides.
@@ -58,7 +61,7 @@ var Kinds = []Kind{
 	CreateSandbox, CreateContainer, StartContainer, ExecProcess, SignalProcess,
 	WaitProcess, CloseStdin, ListProcesses, RemoveContainer, ResizePty,
 	PauseContainer, ResumeContainer, UpdateContainer, StatsContainer, WaitOOM,
-	GetReport,
+	GetReport, ConfigureNetwork,
 }
 
 // Hash is the SHA-256 of the exact policy bytes: the value of SNP HOSTDATA.

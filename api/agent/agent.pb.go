@@ -1373,6 +1373,282 @@ func (x *GetReportResponse) GetTee() string {
 	return ""
 }
 
+// A NIC the host attached to the pod VM (virtio-net), as the guest must
+// configure it.
+type NetworkInterface struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Name the NIC gets in the guest: the CNI interface's (eth0).
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// MAC of the NIC, the CNI interface's: how the agent finds it.
+	Mac string `protobuf:"bytes,2,opt,name=mac,proto3" json:"mac,omitempty"`
+	Mtu uint32 `protobuf:"varint,3,opt,name=mtu,proto3" json:"mtu,omitempty"`
+	// Addresses in CIDR notation (10.88.0.5/16, fd00::5/64).
+	Addresses     []string `protobuf:"bytes,4,rep,name=addresses,proto3" json:"addresses,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *NetworkInterface) Reset() {
+	*x = NetworkInterface{}
+	mi := &file_api_agent_agent_proto_msgTypes[25]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *NetworkInterface) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*NetworkInterface) ProtoMessage() {}
+
+func (x *NetworkInterface) ProtoReflect() protoreflect.Message {
+	mi := &file_api_agent_agent_proto_msgTypes[25]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use NetworkInterface.ProtoReflect.Descriptor instead.
+func (*NetworkInterface) Descriptor() ([]byte, []int) {
+	return file_api_agent_agent_proto_rawDescGZIP(), []int{25}
+}
+
+func (x *NetworkInterface) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *NetworkInterface) GetMac() string {
+	if x != nil {
+		return x.Mac
+	}
+	return ""
+}
+
+func (x *NetworkInterface) GetMtu() uint32 {
+	if x != nil {
+		return x.Mtu
+	}
+	return 0
+}
+
+func (x *NetworkInterface) GetAddresses() []string {
+	if x != nil {
+		return x.Addresses
+	}
+	return nil
+}
+
+type NetworkRoute struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Destination in CIDR notation; 0.0.0.0/0 or ::/0 for a default route.
+	Destination string `protobuf:"bytes,1,opt,name=destination,proto3" json:"destination,omitempty"`
+	// Gateway address; empty for a route directly on the link.
+	Gateway string `protobuf:"bytes,2,opt,name=gateway,proto3" json:"gateway,omitempty"`
+	// Preferred source address; empty for none.
+	Source string `protobuf:"bytes,3,opt,name=source,proto3" json:"source,omitempty"`
+	// The interface (its name in the guest) the route goes through.
+	Device string `protobuf:"bytes,4,opt,name=device,proto3" json:"device,omitempty"`
+	// The destination is on the link: scope link, no gateway.
+	LinkScope     bool `protobuf:"varint,5,opt,name=link_scope,json=linkScope,proto3" json:"link_scope,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *NetworkRoute) Reset() {
+	*x = NetworkRoute{}
+	mi := &file_api_agent_agent_proto_msgTypes[26]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *NetworkRoute) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*NetworkRoute) ProtoMessage() {}
+
+func (x *NetworkRoute) ProtoReflect() protoreflect.Message {
+	mi := &file_api_agent_agent_proto_msgTypes[26]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use NetworkRoute.ProtoReflect.Descriptor instead.
+func (*NetworkRoute) Descriptor() ([]byte, []int) {
+	return file_api_agent_agent_proto_rawDescGZIP(), []int{26}
+}
+
+func (x *NetworkRoute) GetDestination() string {
+	if x != nil {
+		return x.Destination
+	}
+	return ""
+}
+
+func (x *NetworkRoute) GetGateway() string {
+	if x != nil {
+		return x.Gateway
+	}
+	return ""
+}
+
+func (x *NetworkRoute) GetSource() string {
+	if x != nil {
+		return x.Source
+	}
+	return ""
+}
+
+func (x *NetworkRoute) GetDevice() string {
+	if x != nil {
+		return x.Device
+	}
+	return ""
+}
+
+func (x *NetworkRoute) GetLinkScope() bool {
+	if x != nil {
+		return x.LinkScope
+	}
+	return false
+}
+
+// A permanent neighbour (ARP or NDP) entry.
+type NetworkNeighbor struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Ip    string                 `protobuf:"bytes,1,opt,name=ip,proto3" json:"ip,omitempty"`
+	Mac   string                 `protobuf:"bytes,2,opt,name=mac,proto3" json:"mac,omitempty"`
+	// The interface (its name in the guest) the neighbour is on.
+	Device        string `protobuf:"bytes,3,opt,name=device,proto3" json:"device,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *NetworkNeighbor) Reset() {
+	*x = NetworkNeighbor{}
+	mi := &file_api_agent_agent_proto_msgTypes[27]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *NetworkNeighbor) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*NetworkNeighbor) ProtoMessage() {}
+
+func (x *NetworkNeighbor) ProtoReflect() protoreflect.Message {
+	mi := &file_api_agent_agent_proto_msgTypes[27]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use NetworkNeighbor.ProtoReflect.Descriptor instead.
+func (*NetworkNeighbor) Descriptor() ([]byte, []int) {
+	return file_api_agent_agent_proto_rawDescGZIP(), []int{27}
+}
+
+func (x *NetworkNeighbor) GetIp() string {
+	if x != nil {
+		return x.Ip
+	}
+	return ""
+}
+
+func (x *NetworkNeighbor) GetMac() string {
+	if x != nil {
+		return x.Mac
+	}
+	return ""
+}
+
+func (x *NetworkNeighbor) GetDevice() string {
+	if x != nil {
+		return x.Device
+	}
+	return ""
+}
+
+type ConfigureNetworkRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Interfaces    []*NetworkInterface    `protobuf:"bytes,1,rep,name=interfaces,proto3" json:"interfaces,omitempty"`
+	Routes        []*NetworkRoute        `protobuf:"bytes,2,rep,name=routes,proto3" json:"routes,omitempty"`
+	Neighbors     []*NetworkNeighbor     `protobuf:"bytes,3,rep,name=neighbors,proto3" json:"neighbors,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ConfigureNetworkRequest) Reset() {
+	*x = ConfigureNetworkRequest{}
+	mi := &file_api_agent_agent_proto_msgTypes[28]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ConfigureNetworkRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ConfigureNetworkRequest) ProtoMessage() {}
+
+func (x *ConfigureNetworkRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_api_agent_agent_proto_msgTypes[28]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ConfigureNetworkRequest.ProtoReflect.Descriptor instead.
+func (*ConfigureNetworkRequest) Descriptor() ([]byte, []int) {
+	return file_api_agent_agent_proto_rawDescGZIP(), []int{28}
+}
+
+func (x *ConfigureNetworkRequest) GetInterfaces() []*NetworkInterface {
+	if x != nil {
+		return x.Interfaces
+	}
+	return nil
+}
+
+func (x *ConfigureNetworkRequest) GetRoutes() []*NetworkRoute {
+	if x != nil {
+		return x.Routes
+	}
+	return nil
+}
+
+func (x *ConfigureNetworkRequest) GetNeighbors() []*NetworkNeighbor {
+	if x != nil {
+		return x.Neighbors
+	}
+	return nil
+}
+
 var File_api_agent_agent_proto protoreflect.FileDescriptor
 
 const file_api_agent_agent_proto_rawDesc = "" +
@@ -1460,7 +1736,29 @@ const file_api_agent_agent_proto_rawDesc = "" +
 	"\x11GetReportResponse\x12\x16\n" +
 	"\x06report\x18\x01 \x01(\fR\x06report\x12\x14\n" +
 	"\x05certs\x18\x02 \x01(\fR\x05certs\x12\x10\n" +
-	"\x03tee\x18\x03 \x01(\tR\x03tee2\x8f\f\n" +
+	"\x03tee\x18\x03 \x01(\tR\x03tee\"h\n" +
+	"\x10NetworkInterface\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x10\n" +
+	"\x03mac\x18\x02 \x01(\tR\x03mac\x12\x10\n" +
+	"\x03mtu\x18\x03 \x01(\rR\x03mtu\x12\x1c\n" +
+	"\taddresses\x18\x04 \x03(\tR\taddresses\"\x99\x01\n" +
+	"\fNetworkRoute\x12 \n" +
+	"\vdestination\x18\x01 \x01(\tR\vdestination\x12\x18\n" +
+	"\agateway\x18\x02 \x01(\tR\agateway\x12\x16\n" +
+	"\x06source\x18\x03 \x01(\tR\x06source\x12\x16\n" +
+	"\x06device\x18\x04 \x01(\tR\x06device\x12\x1d\n" +
+	"\n" +
+	"link_scope\x18\x05 \x01(\bR\tlinkScope\"K\n" +
+	"\x0fNetworkNeighbor\x12\x0e\n" +
+	"\x02ip\x18\x01 \x01(\tR\x02ip\x12\x10\n" +
+	"\x03mac\x18\x02 \x01(\tR\x03mac\x12\x16\n" +
+	"\x06device\x18\x03 \x01(\tR\x06device\"\xd9\x01\n" +
+	"\x17ConfigureNetworkRequest\x12C\n" +
+	"\n" +
+	"interfaces\x18\x01 \x03(\v2#.contrast.agent.v1.NetworkInterfaceR\n" +
+	"interfaces\x127\n" +
+	"\x06routes\x18\x02 \x03(\v2\x1f.contrast.agent.v1.NetworkRouteR\x06routes\x12@\n" +
+	"\tneighbors\x18\x03 \x03(\v2\".contrast.agent.v1.NetworkNeighborR\tneighbors2\xe9\f\n" +
 	"\x05Agent\x12M\n" +
 	"\x06Health\x12 .contrast.agent.v1.HealthRequest\x1a!.contrast.agent.v1.HealthResponse\x12V\n" +
 	"\tSetPolicy\x12#.contrast.agent.v1.SetPolicyRequest\x1a$.contrast.agent.v1.SetPolicyResponse\x12R\n" +
@@ -1480,7 +1778,8 @@ const file_api_agent_agent_proto_rawDesc = "" +
 	"\x0fUpdateContainer\x12).contrast.agent.v1.UpdateContainerRequest\x1a\x18.contrast.agent.v1.Empty\x12`\n" +
 	"\x0eStatsContainer\x12#.contrast.agent.v1.ContainerRequest\x1a).contrast.agent.v1.StatsContainerResponse\x12@\n" +
 	"\aWaitOOM\x12\x18.contrast.agent.v1.Empty\x1a\x1b.contrast.agent.v1.OOMEvent\x12V\n" +
-	"\tGetReport\x12#.contrast.agent.v1.GetReportRequest\x1a$.contrast.agent.v1.GetReportResponseB1Z/github.com/contrast-vm/contrast/api/agent;agentb\x06proto3"
+	"\tGetReport\x12#.contrast.agent.v1.GetReportRequest\x1a$.contrast.agent.v1.GetReportResponse\x12X\n" +
+	"\x10ConfigureNetwork\x12*.contrast.agent.v1.ConfigureNetworkRequest\x1a\x18.contrast.agent.v1.EmptyB1Z/github.com/contrast-vm/contrast/api/agent;agentb\x06proto3"
 
 var (
 	file_api_agent_agent_proto_rawDescOnce sync.Once
@@ -1494,7 +1793,7 @@ func file_api_agent_agent_proto_rawDescGZIP() []byte {
 	return file_api_agent_agent_proto_rawDescData
 }
 
-var file_api_agent_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 25)
+var file_api_agent_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 29)
 var file_api_agent_agent_proto_goTypes = []any{
 	(*Empty)(nil),                   // 0: contrast.agent.v1.Empty
 	(*HealthRequest)(nil),           // 1: contrast.agent.v1.HealthRequest
@@ -1521,53 +1820,62 @@ var file_api_agent_agent_proto_goTypes = []any{
 	(*OOMEvent)(nil),                // 22: contrast.agent.v1.OOMEvent
 	(*GetReportRequest)(nil),        // 23: contrast.agent.v1.GetReportRequest
 	(*GetReportResponse)(nil),       // 24: contrast.agent.v1.GetReportResponse
+	(*NetworkInterface)(nil),        // 25: contrast.agent.v1.NetworkInterface
+	(*NetworkRoute)(nil),            // 26: contrast.agent.v1.NetworkRoute
+	(*NetworkNeighbor)(nil),         // 27: contrast.agent.v1.NetworkNeighbor
+	(*ConfigureNetworkRequest)(nil), // 28: contrast.agent.v1.ConfigureNetworkRequest
 }
 var file_api_agent_agent_proto_depIdxs = []int32{
 	6,  // 0: contrast.agent.v1.CreateContainerRequest.rootfs:type_name -> contrast.agent.v1.BlockDevice
 	7,  // 1: contrast.agent.v1.CreateContainerRequest.shared_files:type_name -> contrast.agent.v1.SharedFile
 	8,  // 2: contrast.agent.v1.CreateContainerRequest.stdio:type_name -> contrast.agent.v1.Stdio
 	8,  // 3: contrast.agent.v1.ExecProcessRequest.stdio:type_name -> contrast.agent.v1.Stdio
-	1,  // 4: contrast.agent.v1.Agent.Health:input_type -> contrast.agent.v1.HealthRequest
-	3,  // 5: contrast.agent.v1.Agent.SetPolicy:input_type -> contrast.agent.v1.SetPolicyRequest
-	5,  // 6: contrast.agent.v1.Agent.CreateSandbox:input_type -> contrast.agent.v1.CreateSandboxRequest
-	9,  // 7: contrast.agent.v1.Agent.CreateContainer:input_type -> contrast.agent.v1.CreateContainerRequest
-	11, // 8: contrast.agent.v1.Agent.StartContainer:input_type -> contrast.agent.v1.ContainerRequest
-	13, // 9: contrast.agent.v1.Agent.ExecProcess:input_type -> contrast.agent.v1.ExecProcessRequest
-	15, // 10: contrast.agent.v1.Agent.SignalProcess:input_type -> contrast.agent.v1.SignalProcessRequest
-	12, // 11: contrast.agent.v1.Agent.WaitProcess:input_type -> contrast.agent.v1.ProcessRequest
-	12, // 12: contrast.agent.v1.Agent.CloseStdin:input_type -> contrast.agent.v1.ProcessRequest
-	11, // 13: contrast.agent.v1.Agent.ListProcesses:input_type -> contrast.agent.v1.ContainerRequest
-	18, // 14: contrast.agent.v1.Agent.RemoveContainer:input_type -> contrast.agent.v1.RemoveContainerRequest
-	19, // 15: contrast.agent.v1.Agent.ResizePty:input_type -> contrast.agent.v1.ResizePtyRequest
-	11, // 16: contrast.agent.v1.Agent.PauseContainer:input_type -> contrast.agent.v1.ContainerRequest
-	11, // 17: contrast.agent.v1.Agent.ResumeContainer:input_type -> contrast.agent.v1.ContainerRequest
-	20, // 18: contrast.agent.v1.Agent.UpdateContainer:input_type -> contrast.agent.v1.UpdateContainerRequest
-	11, // 19: contrast.agent.v1.Agent.StatsContainer:input_type -> contrast.agent.v1.ContainerRequest
-	0,  // 20: contrast.agent.v1.Agent.WaitOOM:input_type -> contrast.agent.v1.Empty
-	23, // 21: contrast.agent.v1.Agent.GetReport:input_type -> contrast.agent.v1.GetReportRequest
-	2,  // 22: contrast.agent.v1.Agent.Health:output_type -> contrast.agent.v1.HealthResponse
-	4,  // 23: contrast.agent.v1.Agent.SetPolicy:output_type -> contrast.agent.v1.SetPolicyResponse
-	0,  // 24: contrast.agent.v1.Agent.CreateSandbox:output_type -> contrast.agent.v1.Empty
-	10, // 25: contrast.agent.v1.Agent.CreateContainer:output_type -> contrast.agent.v1.CreateContainerResponse
-	0,  // 26: contrast.agent.v1.Agent.StartContainer:output_type -> contrast.agent.v1.Empty
-	14, // 27: contrast.agent.v1.Agent.ExecProcess:output_type -> contrast.agent.v1.ExecProcessResponse
-	0,  // 28: contrast.agent.v1.Agent.SignalProcess:output_type -> contrast.agent.v1.Empty
-	16, // 29: contrast.agent.v1.Agent.WaitProcess:output_type -> contrast.agent.v1.WaitProcessResponse
-	0,  // 30: contrast.agent.v1.Agent.CloseStdin:output_type -> contrast.agent.v1.Empty
-	17, // 31: contrast.agent.v1.Agent.ListProcesses:output_type -> contrast.agent.v1.ListProcessesResponse
-	0,  // 32: contrast.agent.v1.Agent.RemoveContainer:output_type -> contrast.agent.v1.Empty
-	0,  // 33: contrast.agent.v1.Agent.ResizePty:output_type -> contrast.agent.v1.Empty
-	0,  // 34: contrast.agent.v1.Agent.PauseContainer:output_type -> contrast.agent.v1.Empty
-	0,  // 35: contrast.agent.v1.Agent.ResumeContainer:output_type -> contrast.agent.v1.Empty
-	0,  // 36: contrast.agent.v1.Agent.UpdateContainer:output_type -> contrast.agent.v1.Empty
-	21, // 37: contrast.agent.v1.Agent.StatsContainer:output_type -> contrast.agent.v1.StatsContainerResponse
-	22, // 38: contrast.agent.v1.Agent.WaitOOM:output_type -> contrast.agent.v1.OOMEvent
-	24, // 39: contrast.agent.v1.Agent.GetReport:output_type -> contrast.agent.v1.GetReportResponse
-	22, // [22:40] is the sub-list for method output_type
-	4,  // [4:22] is the sub-list for method input_type
-	4,  // [4:4] is the sub-list for extension type_name
-	4,  // [4:4] is the sub-list for extension extendee
-	0,  // [0:4] is the sub-list for field type_name
+	25, // 4: contrast.agent.v1.ConfigureNetworkRequest.interfaces:type_name -> contrast.agent.v1.NetworkInterface
+	26, // 5: contrast.agent.v1.ConfigureNetworkRequest.routes:type_name -> contrast.agent.v1.NetworkRoute
+	27, // 6: contrast.agent.v1.ConfigureNetworkRequest.neighbors:type_name -> contrast.agent.v1.NetworkNeighbor
+	1,  // 7: contrast.agent.v1.Agent.Health:input_type -> contrast.agent.v1.HealthRequest
+	3,  // 8: contrast.agent.v1.Agent.SetPolicy:input_type -> contrast.agent.v1.SetPolicyRequest
+	5,  // 9: contrast.agent.v1.Agent.CreateSandbox:input_type -> contrast.agent.v1.CreateSandboxRequest
+	9,  // 10: contrast.agent.v1.Agent.CreateContainer:input_type -> contrast.agent.v1.CreateContainerRequest
+	11, // 11: contrast.agent.v1.Agent.StartContainer:input_type -> contrast.agent.v1.ContainerRequest
+	13, // 12: contrast.agent.v1.Agent.ExecProcess:input_type -> contrast.agent.v1.ExecProcessRequest
+	15, // 13: contrast.agent.v1.Agent.SignalProcess:input_type -> contrast.agent.v1.SignalProcessRequest
+	12, // 14: contrast.agent.v1.Agent.WaitProcess:input_type -> contrast.agent.v1.ProcessRequest
+	12, // 15: contrast.agent.v1.Agent.CloseStdin:input_type -> contrast.agent.v1.ProcessRequest
+	11, // 16: contrast.agent.v1.Agent.ListProcesses:input_type -> contrast.agent.v1.ContainerRequest
+	18, // 17: contrast.agent.v1.Agent.RemoveContainer:input_type -> contrast.agent.v1.RemoveContainerRequest
+	19, // 18: contrast.agent.v1.Agent.ResizePty:input_type -> contrast.agent.v1.ResizePtyRequest
+	11, // 19: contrast.agent.v1.Agent.PauseContainer:input_type -> contrast.agent.v1.ContainerRequest
+	11, // 20: contrast.agent.v1.Agent.ResumeContainer:input_type -> contrast.agent.v1.ContainerRequest
+	20, // 21: contrast.agent.v1.Agent.UpdateContainer:input_type -> contrast.agent.v1.UpdateContainerRequest
+	11, // 22: contrast.agent.v1.Agent.StatsContainer:input_type -> contrast.agent.v1.ContainerRequest
+	0,  // 23: contrast.agent.v1.Agent.WaitOOM:input_type -> contrast.agent.v1.Empty
+	23, // 24: contrast.agent.v1.Agent.GetReport:input_type -> contrast.agent.v1.GetReportRequest
+	28, // 25: contrast.agent.v1.Agent.ConfigureNetwork:input_type -> contrast.agent.v1.ConfigureNetworkRequest
+	2,  // 26: contrast.agent.v1.Agent.Health:output_type -> contrast.agent.v1.HealthResponse
+	4,  // 27: contrast.agent.v1.Agent.SetPolicy:output_type -> contrast.agent.v1.SetPolicyResponse
+	0,  // 28: contrast.agent.v1.Agent.CreateSandbox:output_type -> contrast.agent.v1.Empty
+	10, // 29: contrast.agent.v1.Agent.CreateContainer:output_type -> contrast.agent.v1.CreateContainerResponse
+	0,  // 30: contrast.agent.v1.Agent.StartContainer:output_type -> contrast.agent.v1.Empty
+	14, // 31: contrast.agent.v1.Agent.ExecProcess:output_type -> contrast.agent.v1.ExecProcessResponse
+	0,  // 32: contrast.agent.v1.Agent.SignalProcess:output_type -> contrast.agent.v1.Empty
+	16, // 33: contrast.agent.v1.Agent.WaitProcess:output_type -> contrast.agent.v1.WaitProcessResponse
+	0,  // 34: contrast.agent.v1.Agent.CloseStdin:output_type -> contrast.agent.v1.Empty
+	17, // 35: contrast.agent.v1.Agent.ListProcesses:output_type -> contrast.agent.v1.ListProcessesResponse
+	0,  // 36: contrast.agent.v1.Agent.RemoveContainer:output_type -> contrast.agent.v1.Empty
+	0,  // 37: contrast.agent.v1.Agent.ResizePty:output_type -> contrast.agent.v1.Empty
+	0,  // 38: contrast.agent.v1.Agent.PauseContainer:output_type -> contrast.agent.v1.Empty
+	0,  // 39: contrast.agent.v1.Agent.ResumeContainer:output_type -> contrast.agent.v1.Empty
+	0,  // 40: contrast.agent.v1.Agent.UpdateContainer:output_type -> contrast.agent.v1.Empty
+	21, // 41: contrast.agent.v1.Agent.StatsContainer:output_type -> contrast.agent.v1.StatsContainerResponse
+	22, // 42: contrast.agent.v1.Agent.WaitOOM:output_type -> contrast.agent.v1.OOMEvent
+	24, // 43: contrast.agent.v1.Agent.GetReport:output_type -> contrast.agent.v1.GetReportResponse
+	0,  // 44: contrast.agent.v1.Agent.ConfigureNetwork:output_type -> contrast.agent.v1.Empty
+	26, // [26:45] is the sub-list for method output_type
+	7,  // [7:26] is the sub-list for method input_type
+	7,  // [7:7] is the sub-list for extension type_name
+	7,  // [7:7] is the sub-list for extension extendee
+	0,  // [0:7] is the sub-list for field type_name
 }
 
 func init() { file_api_agent_agent_proto_init() }
@@ -1581,7 +1889,7 @@ func file_api_agent_agent_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_api_agent_agent_proto_rawDesc), len(file_api_agent_agent_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   25,
+			NumMessages:   29,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

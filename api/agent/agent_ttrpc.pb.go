@@ -26,6 +26,7 @@ type AgentService interface {
 	StatsContainer(context.Context, *ContainerRequest) (*StatsContainerResponse, error)
 	WaitOOM(context.Context, *Empty) (*OOMEvent, error)
 	GetReport(context.Context, *GetReportRequest) (*GetReportResponse, error)
+	ConfigureNetwork(context.Context, *ConfigureNetworkRequest) (*Empty, error)
 }
 
 func RegisterAgentService(srv *ttrpc.Server, svc AgentService) {
@@ -156,6 +157,13 @@ func RegisterAgentService(srv *ttrpc.Server, svc AgentService) {
 					return nil, err
 				}
 				return svc.GetReport(ctx, &req)
+			},
+			"ConfigureNetwork": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
+				var req ConfigureNetworkRequest
+				if err := unmarshal(&req); err != nil {
+					return nil, err
+				}
+				return svc.ConfigureNetwork(ctx, &req)
 			},
 		},
 	})
@@ -310,6 +318,14 @@ func (c *agentClient) WaitOOM(ctx context.Context, req *Empty) (*OOMEvent, error
 func (c *agentClient) GetReport(ctx context.Context, req *GetReportRequest) (*GetReportResponse, error) {
 	var resp GetReportResponse
 	if err := c.client.Call(ctx, "contrast.agent.v1.Agent", "GetReport", req, &resp); err != nil {
+		return nil, err
+	}
+	return &resp, nil
+}
+
+func (c *agentClient) ConfigureNetwork(ctx context.Context, req *ConfigureNetworkRequest) (*Empty, error) {
+	var resp Empty
+	if err := c.client.Call(ctx, "contrast.agent.v1.Agent", "ConfigureNetwork", req, &resp); err != nil {
 		return nil, err
 	}
 	return &resp, nil
