@@ -6,6 +6,7 @@ package hypervisor
 import (
 	"context"
 	"net"
+	"os"
 )
 
 // Transport reaches vsock ports inside the guest.
@@ -52,6 +53,20 @@ type VMSpec struct {
 	// measurement (48 bytes) the same launch would have. Like HostData it is
 	// passed as unmeasured launch data, for the simulated SNP device to report.
 	LaunchMeasurement []byte
+	// NICs are the VM's network cards, in order.
+	NICs []NIC
+}
+
+// NIC is a virtio network card backed by a tap device on the host.
+type NIC struct {
+	// Tap is the tap device's queue, opened with IFF_VNET_HDR and without
+	// IFF_MULTI_QUEUE. The VM monitor gets its own copy; the caller keeps
+	// and closes this one.
+	Tap *os.File
+	// MAC is the card's address as the guest sees it.
+	MAC net.HardwareAddr
+	// MTU is offered to the guest driver (virtio-net's host MTU feature).
+	MTU int
 }
 
 // SNPLaunch is what an AMD SEV-SNP launch needs beyond a plain VM's.

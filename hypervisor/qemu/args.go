@@ -5,6 +5,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"net"
 	"strconv"
 	"strings"
 
@@ -43,6 +44,9 @@ type launchParams struct {
 	// HotplugPorts is the number of pcie-root-ports left free for disks.
 	HotplugPorts int
 
+	// NICs are virtio-net cards on tap devices QEMU inherits.
+	NICs []nicParams
+
 	VsockMode string // VsockKernel or VsockVhostUser
 	GuestCID  uint32 // VsockKernel
 	// VhostUserSocket is the backend's listening socket (VsockVhostUser).
@@ -67,6 +71,14 @@ const (
 	HostDataFwCfg          = agentapi.FwCfgHostData
 	LaunchMeasurementFwCfg = agentapi.FwCfgLaunchMeasurement
 )
+
+// nicParams is one network card: the descriptor number, in QEMU, of its
+// tap device, and what the guest sees.
+type nicParams struct {
+	TapFD int
+	MAC   string
+	MTU   int
+}
 
 func rootPortID(i int) string { return fmt.Sprintf(rootPortIDFmt, i) }
 
@@ -162,6 +174,16 @@ func buildArgs(p launchParams) ([]string, error) {
 		virtio = ",disable-legacy=on,iommu_platform=on"
 	}
 	args = append(args, "-device", "virtio-rng-pci"+virtio)
+	for i, n := range p.NICs {
+		// vhost=off: the packets go through QEMU, which works without the
+		// vhost-net kernel module. romfile= drops the PXE option ROM, which
+		// a direct kernel boot never runs.
+		id := fmt.Sprintf("net%d", i)
+		args = append(args,
+			"-netdev", fmt.Sprintf("tap,id=%s,fd=%d,vhost=off", id, n.TapFD),
+			"-device", fmt.Sprintf("virtio-net-pci,netdev=%s,mac=%s,host_mtu=%d,romfile=", id, n.MAC, n.MTU)+virtio,
+		)
+	}
 	switch p.VsockMode {
 	case VsockKernel:
 		args = append(args, "-device", fmt.Sprintf("vhost-vsock-pci,id=%s,guest-cid=%d", vsockID, p.GuestCID)+virtio)
@@ -228,6 +250,11 @@ func (p launchParams) validate() error {
 	if p.HotplugPorts < 0 || p.HotplugPorts > maxHotplugPorts {
 		errs = append(errs, fmt.Errorf("hot-plug ports %d: want 0 to %d", p.HotplugPorts, maxHotplugPorts))
 	}
+	for i, n := range p.NICs {
+		if err := n.validate(p.QMPFD); err != nil {
+			errs = append(errs, fmt.Errorf("network card %d: %w", i, err))
+		}
+	}
 	switch p.VsockMode {
 	case VsockKernel:
 		if p.GuestCID < 3 {
@@ -244,6 +271,28 @@ func (p launchParams) validate() error {
 		return fmt.Errorf("qemu arguments: %w", err)
 	}
 	return nil
+}
+
+// QEMU's virtio-net accepts a host MTU from 68 (IPv4's minimum) to 65535.
+const (
+	minNICMTU = 68
+	maxNICMTU = 65535
+)
+
+func (n nicParams) validate(qmpFD int) error {
+	var errs []error
+	if n.TapFD < 3 || n.TapFD == qmpFD {
+		errs = append(errs, fmt.Errorf("tap descriptor %d: want an inherited descriptor ≥ 3 other than QMP's", n.TapFD))
+	}
+	if mac, err := net.ParseMAC(n.MAC); err != nil || len(mac) != 6 {
+		errs = append(errs, fmt.Errorf("MAC %q: want a 6-byte MAC such as 02:00:00:00:00:01", n.MAC))
+	} else if mac[0]&1 != 0 {
+		errs = append(errs, fmt.Errorf("MAC %s is a multicast address", n.MAC))
+	}
+	if n.MTU < minNICMTU || n.MTU > maxNICMTU {
+		errs = append(errs, fmt.Errorf("MTU %d: want %d to %d", n.MTU, minNICMTU, maxNICMTU))
+	}
+	return errors.Join(errs...)
 }
 
 // validateSNP refuses what cannot launch, or would launch something other

@@ -141,6 +141,24 @@ func TestBuildArgsVariants(t *testing.T) {
 			},
 		},
 		{
+			name: "network cards on inherited taps",
+			modify: func(p *launchParams) {
+				p.NICs = []nicParams{{TapFD: 4, MAC: "0a:58:0a:58:00:05", MTU: 1450}, {TapFD: 5, MAC: "02:00:00:00:00:02", MTU: 9000}}
+			},
+			want: map[string][]string{
+				"-netdev": {"tap,id=net0,fd=4,vhost=off", "tap,id=net1,fd=5,vhost=off"},
+				"-device": {
+					"virtio-net-pci,netdev=net0,mac=0a:58:0a:58:00:05,host_mtu=1450,romfile=",
+					"virtio-net-pci,netdev=net1,mac=02:00:00:00:00:02,host_mtu=9000,romfile=",
+				},
+			},
+		},
+		{
+			name:   "no network card by default",
+			modify: func(*launchParams) {},
+			noFlag: []string{"-netdev"},
+		},
+		{
 			name:   "root ports eight to a slot",
 			modify: func(p *launchParams) { p.HotplugPorts = 10 },
 			want: map[string][]string{"-device": {
@@ -201,6 +219,10 @@ func TestBuildArgsInvalid(t *testing.T) {
 		{"stdio qmp fd", func(p *launchParams) { p.QMPFD = 1 }, "qmp descriptor 1"},
 		{"short host data", func(p *launchParams) { p.HostData = "abcd" }, `host data "abcd"`},
 		{"host data not hex", func(p *launchParams) { p.HostData = strings.Repeat("zz", 32) }, "want 64 hex characters"},
+		{"nic on qmp fd", func(p *launchParams) { p.NICs = []nicParams{{TapFD: 3, MAC: "02:00:00:00:00:01", MTU: 1500}} }, "network card 0: tap descriptor 3"},
+		{"nic bad mac", func(p *launchParams) { p.NICs = []nicParams{{TapFD: 4, MAC: "02:00:00", MTU: 1500}} }, `MAC "02:00:00"`},
+		{"nic multicast mac", func(p *launchParams) { p.NICs = []nicParams{{TapFD: 4, MAC: "01:00:5e:00:00:01", MTU: 1500}} }, "multicast"},
+		{"nic mtu", func(p *launchParams) { p.NICs = []nicParams{{TapFD: 4, MAC: "02:00:00:00:00:01", MTU: 0}} }, "MTU 0"},
 		{"several at once", func(p *launchParams) { p.VCPUs, p.Kernel = -1, "" }, "no kernel"},
 	}
 	for _, tc := range tests {
@@ -338,6 +360,7 @@ func TestBuildArgsSNPOmitsPlainOnly(t *testing.T) {
 	for _, vsockMode := range []string{VsockKernel, VsockVhostUser} {
 		p := snpParams()
 		p.VsockMode, p.GuestCID = vsockMode, 5
+		p.NICs = []nicParams{{TapFD: 4, MAC: "0a:58:0a:58:00:05", MTU: 1500}}
 		args, err := buildArgs(p)
 		if err != nil {
 			t.Fatal(err)

@@ -284,6 +284,15 @@ func (h *Hypervisor) launch(ctx context.Context, spec hypervisor.VMSpec, cid uin
 		lp.CPUModel = spec.Confidential.CPUModel
 		lp.Firmware = spec.Confidential.Firmware
 	}
+	// Inherited descriptors: QMP's is 3, the taps' follow.
+	var tapFiles []*os.File
+	for i, n := range spec.NICs {
+		if n.Tap == nil {
+			return nil, fmt.Errorf("network card %d has no tap device", i)
+		}
+		tapFiles = append(tapFiles, n.Tap)
+		lp.NICs = append(lp.NICs, nicParams{TapFD: lp.QMPFD + 1 + i, MAC: n.MAC.String(), MTU: n.MTU})
+	}
 	switch h.sel.Vsock {
 	case VsockKernel:
 		lp.GuestCID = cid
@@ -342,7 +351,7 @@ func (h *Hypervisor) launch(ctx context.Context, spec hypervisor.VMSpec, cid uin
 	cmd.Dir = spec.StateDir
 	cmd.Stdout = logf
 	cmd.Stderr = logf
-	cmd.ExtraFiles = []*os.File{qmpFile}
+	cmd.ExtraFiles = append([]*os.File{qmpFile}, tapFiles...)
 	// Its own process group: a signal meant for the shim's group (a
 	// terminal's ^C) must not take the VM down with it.
 	// QEMU dies with the process that started it: without the shim its vsock
