@@ -4,7 +4,9 @@ import (
 	"bytes"
 	_ "embed"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"net/netip"
 	"path"
 	"regexp"
 	"slices"
@@ -94,6 +96,47 @@ func checkData(d Data) error {
 		if !slices.Contains(Kinds, k) {
 			return fmt.Errorf("requests: unknown request kind %q", k)
 		}
+	}
+	return checkNetwork(d.Network)
+}
+
+// checkNetwork refuses network data the rules would misread: a pattern that
+// does not compile, bounds that allow nothing by mistake, prefixes OPA's
+// net.cidr_contains could not parse or would read otherwise than written.
+func checkNetwork(n Network) error {
+	if err := checkPattern("network.interface_pattern", n.InterfacePattern); err != nil {
+		return err
+	}
+	if n.MaxInterfaces < 0 {
+		return fmt.Errorf("network.max_interfaces: %d is negative", n.MaxInterfaces)
+	}
+	if n.MTUMin < 0 || n.MTUMin > n.MTUMax {
+		return fmt.Errorf("network: mtu_min %d and mtu_max %d are no range", n.MTUMin, n.MTUMax)
+	}
+	if n.Allow && n.ForbiddenPrefixes == nil {
+		return errors.New("network.forbidden_prefixes: missing while network.allow is set; list the prefixes the host may not configure (an empty list forbids none)")
+	}
+	for i, s := range n.ForbiddenPrefixes {
+		if err := CheckPrefix(s); err != nil {
+			return fmt.Errorf("network.forbidden_prefixes[%d]: %w", i, err)
+		}
+	}
+	return nil
+}
+
+// CheckPrefix accepts a CIDR prefix in the form the rules compare against:
+// no host bits set (OPA would drop them silently) and not IPv4-mapped IPv6
+// (Go's net package, which OPA uses, reads those as IPv4).
+func CheckPrefix(s string) error {
+	p, err := netip.ParsePrefix(s)
+	if err != nil {
+		return fmt.Errorf("%q is not a CIDR prefix: %w", s, err)
+	}
+	if p.Addr().Is4In6() {
+		return fmt.Errorf("%q is an IPv4-mapped IPv6 prefix; write the IPv4 prefix", s)
+	}
+	if m := p.Masked(); m != p {
+		return fmt.Errorf("%q has host bits set; the prefix is %s", s, m)
 	}
 	return nil
 }

@@ -87,6 +87,35 @@ type Data struct {
 	// beyond the container they name (Pause, Update, Stats, ...), by Kind.
 	// A kind missing here is denied.
 	Requests map[Kind]bool `json:"requests"`
+	// Network decides ConfigureNetwork: what the host may configure of the
+	// pod VM's network. Left out (the zero value), every ConfigureNetwork is
+	// denied.
+	Network Network `json:"network,omitzero"`
+}
+
+// Network is what the host may configure of the pod VM's network. The host
+// runs CNI and picks the addresses, so the policy cannot pin them; it keeps
+// the host from configuring what would reach or subvert traffic that stays
+// inside the VM (loopback, the unspecified address, multicast) and from
+// renaming or reconfiguring lo.
+type Network struct {
+	// Allow allows ConfigureNetwork at all; false denies every request.
+	Allow bool `json:"allow"`
+	// InterfacePattern is an RE2 pattern, anchored at both ends, that every
+	// interface name must match; "lo" is denied whatever it says.
+	InterfacePattern string `json:"interface_pattern"`
+	// MaxInterfaces is the most interfaces one request may configure.
+	MaxInterfaces int `json:"max_interfaces"`
+	// MTUMin and MTUMax bound every interface's MTU (inclusive).
+	MTUMin int `json:"mtu_min"`
+	MTUMax int `json:"mtu_max"`
+	// ForbiddenPrefixes are CIDR prefixes no interface address, route
+	// destination, gateway or neighbour may lie inside. A route destination
+	// is forbidden only when it lies wholly inside one: a default route
+	// (0.0.0.0/0, ::/0) is not inside 0.0.0.0/32. Required (may be empty)
+	// when Allow is set, so that a policy that forgot the list does not
+	// silently forbid nothing.
+	ForbiddenPrefixes []string `json:"forbidden_prefixes"`
 }
 
 // Pod is what the policy allows of the pod as a whole.

@@ -54,6 +54,10 @@ WaitOOM := id_verdict("WaitOOM")
 
 GetReport := id_verdict("GetReport")
 
+ConfigureNetwork := allowed if {
+	all_hold(configure_network_checks, configure_network_ok)
+} else := denial("configure_network", configure_network_checks, configure_network_ok, configure_network_why)
+
 allowed := {"allow": true, "rule": "", "reason": ""}
 
 all_hold(checks, ok) if {
@@ -466,6 +470,203 @@ unknown_container_msg := sprintf("container %s was not created under the policy"
 
 unknown_container_msg := sprintf("container %s (%s) is not in the policy", [q(input.container_id), q(input.container_name)]) if {
 	input.container_known == true
+}
+
+# ---------------------------------------------------------------- ConfigureNetwork
+
+# The host runs CNI and picks the pod's addresses, so the policy cannot pin
+# them. It keeps the host from reaching traffic that stays inside the VM:
+# lo is never the host's to configure, and no address, route, gateway or
+# neighbour may lie in a forbidden prefix (loopback, unspecified,
+# multicast). A route's destination is forbidden only when it lies wholly
+# inside such a prefix, so default routes (0.0.0.0/0, ::/0) pass.
+# Input gives MACs and addresses in canonical form (see enforce.Input), so
+# they compare as strings.
+configure_network_checks := [
+	"request", "interface_count", "interface_name", "interface_mac", "interface_mtu",
+	"interface_address", "route_device", "route_destination", "route_gateway",
+	"route_source", "neighbor_device", "neighbor_ip", "neighbor_mac",
+]
+
+network := pd.network
+
+# The forbidden prefixes; undefined, and so every check that needs them
+# failed, when the policy's list is missing.
+network_forbidden := p if {
+	p := network.forbidden_prefixes
+	is_array(p)
+}
+
+configure_network_ok contains "request" if network.allow == true
+
+configure_network_why contains ["request", "the policy does not allow the host to configure the pod's network"]
+
+configure_network_ok contains "interface_count" if count(input.interfaces) <= network.max_interfaces
+
+configure_network_why contains ["interface_count", msg] if {
+	msg := sprintf("%d interfaces, the policy allows at most %d", [count(input.interfaces), network.max_interfaces])
+}
+
+configure_network_ok contains "interface_name" if {
+	every nic in input.interfaces {
+		interface_name_ok(nic.name)
+	}
+}
+
+interface_name_ok(name) if {
+	name != "lo"
+	matches(network.interface_pattern, name)
+}
+
+configure_network_why contains ["interface_name", msg] if {
+	some nic in input.interfaces
+	not interface_name_ok(nic.name)
+	msg := sprintf("interface name %s does not match the policy's pattern %s (lo is never allowed)", [q(nic.name), q(network.interface_pattern)])
+}
+
+# A unicast MAC has the low bit of its first octet clear; all zeros is no
+# station's.
+unicast_mac(mac) if {
+	regex.match(`^[0-9a-f][02468ace](:[0-9a-f]{2}){5}$`, mac)
+	mac != "00:00:00:00:00:00"
+}
+
+configure_network_ok contains "interface_mac" if {
+	every nic in input.interfaces {
+		unicast_mac(nic.mac)
+	}
+}
+
+configure_network_why contains ["interface_mac", msg] if {
+	some nic in input.interfaces
+	not unicast_mac(nic.mac)
+	msg := sprintf("interface %s has MAC %s, which is not a unicast address", [q(nic.name), nic.mac])
+}
+
+configure_network_ok contains "interface_mtu" if {
+	every nic in input.interfaces {
+		mtu_in_range(nic.mtu)
+	}
+}
+
+configure_network_why contains ["interface_mtu", msg] if {
+	some nic in input.interfaces
+	not mtu_in_range(nic.mtu)
+	msg := sprintf("interface %s has MTU %d, outside the policy's %d to %d", [q(nic.name), nic.mtu, network.mtu_min, network.mtu_max])
+}
+
+mtu_in_range(mtu) if {
+	mtu >= network.mtu_min
+	mtu <= network.mtu_max
+}
+
+# [ip, interface, address] per interface address: net.cidr_contains_matches
+# reads the first element of each, so one call judges every address.
+interface_addresses := [[split(a, "/")[0], nic.name, a] |
+	some nic in input.interfaces
+	some a in nic.addresses
+]
+
+interface_names := {nic.name | some nic in input.interfaces}
+
+interface_ips := {ip | some [ip, _, _] in interface_addresses}
+
+# forbidden_matches(items) are the [prefix index, item index] pairs of the
+# items inside a forbidden prefix.
+forbidden_matches(items) := net.cidr_contains_matches(network_forbidden, items)
+
+configure_network_ok contains "interface_address" if count(forbidden_matches(interface_addresses)) == 0
+
+configure_network_why contains ["interface_address", msg] if {
+	some [f, j] in forbidden_matches(interface_addresses)
+	[_, name, a] := interface_addresses[j]
+	msg := sprintf("interface %s has address %s, inside the forbidden prefix %s", [q(name), a, network_forbidden[f]])
+}
+
+configure_network_ok contains "route_device" if {
+	every r in input.routes {
+		device_ok(r.device)
+	}
+}
+
+device_ok(device) if {
+	device != "lo"
+	interface_names[device]
+}
+
+configure_network_why contains ["route_device", msg] if {
+	some r in input.routes
+	not device_ok(r.device)
+	msg := sprintf("route to %s goes through device %s, which is not one of the request's interfaces %s", [r.destination, q(r.device), q(sort(interface_names))])
+}
+
+route_destinations := [r.destination | some r in input.routes]
+
+configure_network_ok contains "route_destination" if count(forbidden_matches(route_destinations)) == 0
+
+configure_network_why contains ["route_destination", msg] if {
+	some [f, j] in forbidden_matches(route_destinations)
+	msg := sprintf("route destination %s lies inside the forbidden prefix %s", [route_destinations[j], network_forbidden[f]])
+}
+
+route_gateways := [r.gateway | some r in input.routes; r.gateway != ""]
+
+configure_network_ok contains "route_gateway" if count(forbidden_matches(route_gateways)) == 0
+
+configure_network_why contains ["route_gateway", msg] if {
+	some [f, j] in forbidden_matches(route_gateways)
+	msg := sprintf("route gateway %s lies inside the forbidden prefix %s", [route_gateways[j], network_forbidden[f]])
+}
+
+# A preferred source must be the pod's own: another would let replies to
+# the pod's traffic go where the host says.
+configure_network_ok contains "route_source" if {
+	every r in input.routes {
+		source_ok(r.source)
+	}
+}
+
+source_ok("")
+
+source_ok(ip) if interface_ips[ip]
+
+configure_network_why contains ["route_source", msg] if {
+	some r in input.routes
+	not source_ok(r.source)
+	msg := sprintf("route to %s has source %s, which is not an address of the request's interfaces %s", [r.destination, r.source, q(sort(interface_ips))])
+}
+
+configure_network_ok contains "neighbor_device" if {
+	every nb in input.neighbors {
+		device_ok(nb.device)
+	}
+}
+
+configure_network_why contains ["neighbor_device", msg] if {
+	some nb in input.neighbors
+	not device_ok(nb.device)
+	msg := sprintf("neighbour %s is on device %s, which is not one of the request's interfaces %s", [nb.ip, q(nb.device), q(sort(interface_names))])
+}
+
+neighbor_ips := [nb.ip | some nb in input.neighbors]
+
+configure_network_ok contains "neighbor_ip" if count(forbidden_matches(neighbor_ips)) == 0
+
+configure_network_why contains ["neighbor_ip", msg] if {
+	some [f, j] in forbidden_matches(neighbor_ips)
+	msg := sprintf("neighbour %s lies inside the forbidden prefix %s", [neighbor_ips[j], network_forbidden[f]])
+}
+
+configure_network_ok contains "neighbor_mac" if {
+	every nb in input.neighbors {
+		unicast_mac(nb.mac)
+	}
+}
+
+configure_network_why contains ["neighbor_mac", msg] if {
+	some nb in input.neighbors
+	not unicast_mac(nb.mac)
+	msg := sprintf("neighbour %s has MAC %s, which is not a unicast address", [nb.ip, nb.mac])
 }
 
 # ---------------------------------------------------------------- images

@@ -7,6 +7,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
+	"net/netip"
 	"path"
 	"slices"
 	"strings"
@@ -35,7 +37,7 @@ const (
 // int64), so OPA converts it without a JSON round trip. Every document has
 //
 //	kind             string  the request kind
-//	container_id     string  "" for CreateSandbox, WaitOOM and GetReport
+//	container_id     string  "" for CreateSandbox, WaitOOM, GetReport and ConfigureNetwork
 //	exec_id          string  the process of a request on processes ("" is the container's init)
 //	container_name   string  CreateContainer: the CRI container-name annotation;
 //	                         others: the name remembered for container_id, "" if none
@@ -57,6 +59,9 @@ const (
 //	ResizePty        width, height
 //	UpdateContainer  resources (the OCI LinuxResources as an object)
 //	GetReport        report_data (the nonce, lower-case hex)
+//	ConfigureNetwork interfaces [{name, mac, mtu, addresses [cidr]}],
+//	                 routes [{destination, gateway, source, device, link_scope}],
+//	                 neighbors [{ip, mac, device}]
 //
 // where process is {args, env, cwd, user {uid, gid, additional_gids},
 // capabilities {bounding, effective, permitted, inheritable, ambient},
@@ -64,6 +69,12 @@ const (
 // members (values true): env is the set of NAME=VALUE entries, each
 // capability set one of CAP_ names, so rules index them and compare them
 // with set operations (object.keys) rather than iterate.
+// Network values are canonical, so rules compare them as strings: a MAC is
+// six lower-case colon-separated octets; an address is an IP in Go's
+// netip form (lower-case, IPv6 compressed), gateway and source "" when
+// unset; an interface address keeps its host bits (10.88.0.5/16); a route
+// destination has none. Input refuses unparseable values, IPv4-mapped IPv6
+// and zoned addresses, and an interface name or MAC given twice.
 // Paths (mount destinations, masked and read-only paths) are cleaned
 // absolute paths; a mount's type is "bind" whenever its options bind, and
 // read_only says whether the mount ends up read-only (ro, rro; rw undoes).
@@ -185,6 +196,14 @@ func Input(kind policy.Kind, req proto.Message, containerName func(id string) (s
 			return nil, wrongType()
 		}
 		in["report_data"] = hex.EncodeToString(r.GetReportData())
+	case policy.ConfigureNetwork:
+		r, ok := req.(*agentapi.ConfigureNetworkRequest)
+		if !ok {
+			return nil, wrongType()
+		}
+		if err := networkInput(in, r); err != nil {
+			return nil, fmt.Errorf("%s: %w", kind, err)
+		}
 	default:
 		return nil, fmt.Errorf("unknown request kind %q", kind)
 	}
@@ -440,4 +459,137 @@ func resourcesInput(raw []byte) (any, error) {
 		return nil, fmt.Errorf("decode: %w", err)
 	}
 	return v, nil
+}
+
+// networkInput adds the interfaces, routes and neighbours of a
+// ConfigureNetwork request to in; its errors name the field.
+func networkInput(in map[string]any, r *agentapi.ConfigureNetworkRequest) error {
+	interfaces := make([]any, 0, len(r.GetInterfaces()))
+	names := make(map[string]int, len(r.GetInterfaces()))
+	macs := make(map[string]int, len(r.GetInterfaces()))
+	for i, nic := range r.GetInterfaces() {
+		field := fmt.Sprintf("interfaces[%d]", i)
+		if j, dup := names[nic.GetName()]; dup {
+			return fmt.Errorf("%s.name: %q again (first interfaces[%d])", field, nic.GetName(), j)
+		}
+		names[nic.GetName()] = i
+		mac, err := macInput(field+".mac", nic.GetMac())
+		if err != nil {
+			return err
+		}
+		if j, dup := macs[mac]; dup {
+			return fmt.Errorf("%s.mac: %s again (first interfaces[%d]); the agent finds a NIC by its MAC", field, mac, j)
+		}
+		macs[mac] = i
+		addresses := make([]any, 0, len(nic.GetAddresses()))
+		for j, a := range nic.GetAddresses() {
+			p, err := netip.ParsePrefix(a)
+			if err != nil {
+				return fmt.Errorf("%s.addresses[%d]: %q is not an address in CIDR notation: %w", field, j, a, err)
+			}
+			if err := plainAddr(p.Addr()); err != nil {
+				return fmt.Errorf("%s.addresses[%d]: %q %w", field, j, a, err)
+			}
+			addresses = append(addresses, p.String())
+		}
+		interfaces = append(interfaces, map[string]any{
+			"name":      nic.GetName(),
+			"mac":       mac,
+			"mtu":       int64(nic.GetMtu()),
+			"addresses": addresses,
+		})
+	}
+	in["interfaces"] = interfaces
+
+	routes := make([]any, 0, len(r.GetRoutes()))
+	for i, rt := range r.GetRoutes() {
+		field := fmt.Sprintf("routes[%d]", i)
+		dest, err := netip.ParsePrefix(rt.GetDestination())
+		if err != nil {
+			return fmt.Errorf("%s.destination: %q is not a prefix in CIDR notation: %w", field, rt.GetDestination(), err)
+		}
+		if err := plainAddr(dest.Addr()); err != nil {
+			return fmt.Errorf("%s.destination: %q %w", field, rt.GetDestination(), err)
+		}
+		if m := dest.Masked(); m != dest {
+			return fmt.Errorf("%s.destination: %q has host bits set (the prefix is %s)", field, rt.GetDestination(), m)
+		}
+		gateway, err := optionalIPInput(field+".gateway", rt.GetGateway())
+		if err != nil {
+			return err
+		}
+		source, err := optionalIPInput(field+".source", rt.GetSource())
+		if err != nil {
+			return err
+		}
+		routes = append(routes, map[string]any{
+			"destination": dest.String(),
+			"gateway":     gateway,
+			"source":      source,
+			"device":      rt.GetDevice(),
+			"link_scope":  rt.GetLinkScope(),
+		})
+	}
+	in["routes"] = routes
+
+	neighbors := make([]any, 0, len(r.GetNeighbors()))
+	for i, nb := range r.GetNeighbors() {
+		field := fmt.Sprintf("neighbors[%d]", i)
+		ip, err := netip.ParseAddr(nb.GetIp())
+		if err != nil {
+			return fmt.Errorf("%s.ip: %q is not an IP address: %w", field, nb.GetIp(), err)
+		}
+		if err := plainAddr(ip); err != nil {
+			return fmt.Errorf("%s.ip: %q %w", field, nb.GetIp(), err)
+		}
+		mac, err := macInput(field+".mac", nb.GetMac())
+		if err != nil {
+			return err
+		}
+		neighbors = append(neighbors, map[string]any{"ip": ip.String(), "mac": mac, "device": nb.GetDevice()})
+	}
+	in["neighbors"] = neighbors
+	return nil
+}
+
+// macInput returns an Ethernet MAC in lower-case colon form. The NIC is a
+// virtio-net card: longer hardware addresses (EUI-64, InfiniBand) are not
+// its.
+func macInput(field, s string) (string, error) {
+	hw, err := net.ParseMAC(s)
+	if err != nil {
+		return "", fmt.Errorf("%s: %q is not a MAC address: %w", field, s, err)
+	}
+	if len(hw) != 6 {
+		return "", fmt.Errorf("%s: %q is not a 48-bit Ethernet MAC address", field, s)
+	}
+	return hw.String(), nil
+}
+
+// optionalIPInput returns an IP in canonical form, "" for "".
+func optionalIPInput(field, s string) (string, error) {
+	if s == "" {
+		return "", nil
+	}
+	ip, err := netip.ParseAddr(s)
+	if err != nil {
+		return "", fmt.Errorf("%s: %q is not an IP address: %w", field, s, err)
+	}
+	if err := plainAddr(ip); err != nil {
+		return "", fmt.Errorf("%s: %q %w", field, s, err)
+	}
+	return ip.String(), nil
+}
+
+// plainAddr refuses the address forms rules could misjudge: OPA's
+// net.cidr_contains reads an IPv4-mapped IPv6 address as IPv4, which the
+// kernel would not, and cannot parse a zone.
+func plainAddr(a netip.Addr) error {
+	if a.Is4In6() {
+		return errors.New("is an IPv4-mapped IPv6 address; write the IPv4 address")
+	}
+	if a.Zone() != "" {
+		return errors.New("has a zone; the device names the link")
+	}
+	return nil
 }
