@@ -24,6 +24,10 @@ type bundleRecord struct {
 	PodStateDir string `json:"pod_state_dir"`
 	// Cgroup is the host cgroup the VM ran in.
 	Cgroup string `json:"cgroup,omitempty"`
+	// NetNS and Tap: the tap device the shim added to the sandbox's
+	// network namespace.
+	NetNS string `json:"netns,omitempty"`
+	Tap   string `json:"tap,omitempty"`
 }
 
 func writeBundleRecord(bundle string, rec bundleRecord) error {
@@ -60,6 +64,9 @@ func cleanupBundle(ctx context.Context, bundle string) error {
 	}
 	if err := os.RemoveAll(rec.PodStateDir); err != nil {
 		return fmt.Errorf("remove pod state: %w", err)
+	}
+	if err := cleanupNetwork(rec.NetNS, rec.Tap); err != nil {
+		return fmt.Errorf("remove pod network: %w", err)
 	}
 	if rec.Cgroup != "" {
 		return removeHostCgroup(rec.Cgroup)

@@ -244,6 +244,8 @@ type pod struct {
 	// hostPID: the pod asked for the node's PID namespace, which in the VM
 	// is the VM's own.
 	hostPID bool
+	// network is the pod's CNI network the VM took over; nil for none.
+	network *podNetwork
 
 	stopOnce sync.Once
 	stopped  chan struct{} // closed when stop has finished
@@ -263,6 +265,9 @@ type podLaunch struct {
 	Size                    vmSize
 	// CgroupPath is the sandbox's host cgroup the VM joins ("" for none).
 	CgroupPath string
+	// NetNS is the sandbox's network namespace, set up by CNI, whose
+	// interface the VM takes over ("" for a VM without network).
+	NetNS string
 	// Policy is the Rego module the agent enforces; its SHA-256 is the
 	// launch's host data. PolicySource says where it came from.
 	Policy       []byte
@@ -299,12 +304,27 @@ func bootPod(ctx context.Context, hv hypervisor.Hypervisor, cfg Config, l podLau
 		return nil, fmt.Errorf("pod %s: %w", id, err)
 	}
 	spec.StateDir = stateDir
+	var podNet *podNetwork
+	if l.NetNS != "" {
+		if podNet, err = attachPodNetwork(l.NetNS); err != nil {
+			return nil, fmt.Errorf("network of pod %s: %w", id, err)
+		}
+		spec.NICs = []hypervisor.NIC{podNet.nic()}
+	}
 	started := time.Now()
 	vm, err := hv.Start(ctx, spec)
+	if podNet != nil {
+		podNet.releaseTapFile()
+	}
 	if err != nil {
+		if podNet != nil {
+			if detachErr := podNet.detach(); detachErr != nil {
+				err = errors.Join(err, fmt.Errorf("network of pod %s: %w", id, detachErr))
+			}
+		}
 		return nil, fmt.Errorf("start VM for pod %s: %w", id, err)
 	}
-	p := &pod{id: id, stateDir: stateDir, cfg: cfg, size: l.Size, vm: vm, stopped: make(chan struct{})}
+	p := &pod{id: id, stateDir: stateDir, cfg: cfg, size: l.Size, vm: vm, network: podNet, stopped: make(chan struct{})}
 	defer func() {
 		if retErr != nil {
 			p.stop(context.WithoutCancel(ctx))
@@ -331,6 +351,9 @@ func bootPod(ctx context.Context, hv hypervisor.Hypervisor, cfg Config, l podLau
 	}
 	if _, err := p.agent.CreateSandbox(ctx, &agentapi.CreateSandboxRequest{SandboxId: id, Hostname: l.Hostname}); err != nil {
 		return nil, fmt.Errorf("set up sandbox in pod %s: %w", id, err)
+	}
+	if err := p.configureNetwork(ctx); err != nil {
+		return nil, err
 	}
 	return p, nil
 }
@@ -405,6 +428,12 @@ func (p *pod) doStop(ctx context.Context) error {
 	}
 	if err := p.vm.Stop(ctx); err != nil {
 		errs = append(errs, fmt.Errorf("stop VM of pod %s: %w", p.id, err))
+	}
+	if p.network != nil {
+		// after the VM: QEMU holds the tap until it exits
+		if err := p.network.detach(); err != nil {
+			errs = append(errs, fmt.Errorf("network of pod %s: %w", p.id, err))
+		}
 	}
 	if p.cgroup != nil {
 		if err := p.cgroup.remove(); err != nil {

@@ -243,15 +243,23 @@ func (s *service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 		if err != nil {
 			return nil, err
 		}
+		netns, err := podNetworkNamespace(podID, spec)
+		if err != nil {
+			return nil, err
+		}
 		cgroupPath := usableCgroupPath(spec)
 		p, err = bootPod(ctx, hv, cfg, podLaunch{
 			Namespace: namespaceOf(ctx), ID: podID, Hostname: spec.Hostname,
-			Size: size, CgroupPath: cgroupPath, Policy: module, PolicySource: source,
+			Size: size, CgroupPath: cgroupPath, NetNS: netns, Policy: module, PolicySource: source,
 		})
 		if err != nil {
 			return nil, err
 		}
-		if err := writeBundleRecord(r.Bundle, bundleRecord{PodStateDir: p.stateDir, Cgroup: cgroupPath}); err != nil {
+		rec := bundleRecord{PodStateDir: p.stateDir, Cgroup: cgroupPath}
+		if p.network != nil {
+			rec.NetNS, rec.Tap = p.network.netns, p.network.tap.Name
+		}
+		if err := writeBundleRecord(r.Bundle, rec); err != nil {
 			p.stop(context.WithoutCancel(ctx))
 			return nil, err
 		}

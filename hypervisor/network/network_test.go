@@ -34,10 +34,10 @@ const virtioNetHdrLen = 10
 func requireRoot(t *testing.T) {
 	t.Helper()
 	if os.Geteuid() != 0 {
-		t.Skip("needs root to create network namespaces")
+		t.Fatal("needs root to create network namespaces (make test runs as root)")
 	}
 	if _, err := exec.LookPath("ip"); err != nil {
-		t.Skip("needs the ip command (iproute2)")
+		t.Fatal("needs the ip command: apt install iproute2 (hack/deps.sh installs it)")
 	}
 }
 

@@ -91,6 +91,9 @@ type Containerd struct {
 	Bridge  string
 	Network string
 	Subnet  string
+	// Gateway is the bridge's address in Subnet: the host's side of the
+	// pods' network and their default route.
+	Gateway string
 
 	tools        Tools
 	startTimeout time.Duration
@@ -155,10 +158,11 @@ func Start(ctx context.Context, opts Options) (_ *Containerd, retErr error) {
 		CgroupParent: "/" + filepath.Base(dir),
 		Bridge:       fmt.Sprintf("cb%06x", n),
 		Network:      fmt.Sprintf("c-%06x", n),
-		// 10.200.0.0/13 split into /24s; the bridge carries no route off
-		// this host (no gateway, no masquerading), so a clash with another
+		// 10.200.0.0/13 split into /24s; the bridge is the pods' gateway
+		// to this host only (no masquerading), so a clash with another
 		// instance's subnet stays a local matter.
 		Subnet:       fmt.Sprintf("10.%d.%d.0/24", 200+int(n>>8)%8, n%256),
+		Gateway:      fmt.Sprintf("10.%d.%d.1", 200+int(n>>8)%8, n%256),
 		tools:        opts.Tools,
 		startTimeout: opts.StartTimeout,
 		created:      time.Now(),
@@ -694,11 +698,12 @@ var cniTemplate = template.Must(template.New("cni").Funcs(template.FuncMap{"q": 
     {
       "type": "bridge",
       "bridge": {{q .C.Bridge}},
-      "isGateway": false,
+      "isGateway": true,
       "ipMasq": false,
       "ipam": {
         "type": "host-local",
-        "ranges": [[{"subnet": {{q .C.Subnet}}}]],
+        "ranges": [[{"subnet": {{q .C.Subnet}}, "gateway": {{q .C.Gateway}}}]],
+        "routes": [{"dst": "0.0.0.0/0"}],
         "dataDir": {{q (print .C.Dir "/cni/ipam")}}
       }
     }

@@ -148,10 +148,20 @@ type PodConfig struct {
 	// HostPID puts the pod's containers in the PID namespace of the node
 	// (CRI NamespaceMode NODE); for a pod VM, the node is the VM.
 	HostPID bool
+	// HostNetwork puts the pod in the node's network namespace.
+	HostNetwork bool
+	// DNS is the pod's DNS config, which CRI writes into the pod's
+	// resolv.conf; nil takes the node's.
+	DNS *DNSConfig
 }
 
-// nodePIDNamespace is CRI's security_context for NamespaceMode NODE.
-var nodePIDNamespace = map[string]any{"namespace_options": map[string]any{"pid": 2}}
+// DNSConfig is CRI's DNSConfig.
+type DNSConfig struct {
+	Servers, Searches, Options []string
+}
+
+// namespaceModeNode is CRI's NamespaceMode NODE.
+const namespaceModeNode = 2
 
 // Resources are CRI LinuxContainerResources; zero fields are left out.
 type Resources struct {
@@ -223,10 +233,22 @@ func (c *CRI) RunPod(ctx context.Context, pc PodConfig) (*Pod, error) {
 	if pc.Resources != nil {
 		linux["resources"] = pc.Resources.json()
 	}
+	nsOptions := map[string]any{}
 	if pc.HostPID {
-		linux["security_context"] = nodePIDNamespace
+		nsOptions["pid"] = namespaceModeNode
+	}
+	if pc.HostNetwork {
+		nsOptions["network"] = namespaceModeNode
+		// CRI refuses a hostname for a pod in the node's network
+		delete(cfg, "hostname")
+	}
+	if len(nsOptions) > 0 {
+		linux["security_context"] = map[string]any{"namespace_options": nsOptions}
 	}
 	cfg["linux"] = linux
+	if pc.DNS != nil {
+		cfg["dns_config"] = map[string]any{"servers": pc.DNS.Servers, "searches": pc.DNS.Searches, "options": pc.DNS.Options}
+	}
 	if err := writeJSON(pod.ConfigFile, cfg); err != nil {
 		return nil, err
 	}
@@ -328,9 +350,7 @@ func (c *CRI) CreateContainer(ctx context.Context, pod *Pod, cc ContainerConfig)
 	// (procMount Default); CRI leaves them empty when a client does not.
 	sc := map[string]any{"masked_paths": kubeletMaskedPaths, "readonly_paths": kubeletReadonlyPaths}
 	if cc.HostPID {
-		for k, v := range nodePIDNamespace {
-			sc[k] = v
-		}
+		sc["namespace_options"] = map[string]any{"pid": namespaceModeNode}
 	}
 	linux["security_context"] = sc
 	cfg["linux"] = linux
@@ -498,7 +518,11 @@ type PodStatus struct {
 	ID             string
 	State          string // SANDBOX_READY, SANDBOX_NOTREADY
 	RuntimeHandler string
-	Raw            json.RawMessage
+	// IP is the pod's address CNI gave it ("" without one).
+	IP string
+	// NetNS is the path of the sandbox's network namespace ("" in the node's).
+	NetNS string
+	Raw   json.RawMessage
 }
 
 // InspectPod runs `crictl inspectp`.
@@ -512,12 +536,34 @@ func (c *CRI) InspectPod(ctx context.Context, id string) (PodStatus, error) {
 			ID             string `json:"id"`
 			State          string `json:"state"`
 			RuntimeHandler string `json:"runtimeHandler"`
+			Network        struct {
+				IP string `json:"ip"`
+			} `json:"network"`
 		} `json:"status"`
+		Info struct {
+			RuntimeSpec struct {
+				Linux struct {
+					Namespaces []struct {
+						Type string `json:"type"`
+						Path string `json:"path"`
+					} `json:"namespaces"`
+				} `json:"linux"`
+			} `json:"runtimeSpec"`
+		} `json:"info"`
 	}
 	if err := json.Unmarshal([]byte(out), &v); err != nil {
 		return PodStatus{}, fmt.Errorf("parse crictl inspectp %s: %w", id, err)
 	}
-	return PodStatus{ID: v.Status.ID, State: v.Status.State, RuntimeHandler: v.Status.RuntimeHandler, Raw: json.RawMessage(out)}, nil
+	st := PodStatus{
+		ID: v.Status.ID, State: v.Status.State, RuntimeHandler: v.Status.RuntimeHandler,
+		IP: v.Status.Network.IP, Raw: json.RawMessage(out),
+	}
+	for _, ns := range v.Info.RuntimeSpec.Linux.Namespaces {
+		if ns.Type == "network" {
+			st.NetNS = ns.Path
+		}
+	}
+	return st, nil
 }
 
 // WaitContainerState polls `crictl inspect` until the container is in

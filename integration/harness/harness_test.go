@@ -212,7 +212,7 @@ func TestConfigsLoad(t *testing.T) {
 			c := &Containerd{
 				Version: v, Dir: dir, Root: filepath.Join(dir, "root"), State: filepath.Join(dir, "state"),
 				Socket: filepath.Join(dir, "c.sock"), RuncRoot: filepath.Join(dir, "runc"), SocketDir: filepath.Join(dir, "sh"),
-				CNIConf: dir, ConfigToml: filepath.Join(dir, "containerd.toml"), Network: "n", Bridge: "b", Subnet: "10.0.0.0/24",
+				CNIConf: dir, ConfigToml: filepath.Join(dir, "containerd.toml"), Network: "n", Bridge: "b", Subnet: "10.0.0.0/24", Gateway: "10.0.0.1",
 				tools:    tools,
 				Handlers: []Handler{{Name: "contrast-cc", Shim: "/bin/true", ConfigPath: filepath.Join(dir, "shim.toml")}},
 			}
