@@ -21,6 +21,7 @@ func TestAgentCrash(t *testing.T) {
 			s := newSuiteVersion(t, v, handlerSpec{name: contrastHandler})
 			before := s.snapshot(t)
 			pod := s.runPodWith(t, harness.PodConfig{Name: "agentcrash", Handler: contrastHandler, HostPID: true})
+			netns := s.holdPodNetNS(t, pod)
 			c, err := s.cri.CreateContainer(s.ctx, pod, harness.ContainerConfig{
 				Name: "victim", Command: []string{"sh", "-c", "echo up; sleep 100000"}, HostPID: true,
 			})
@@ -54,6 +55,7 @@ func TestAgentCrash(t *testing.T) {
 			}
 			s.removePodRetrying(t, pod)
 			s.checkRemoved(t, pod, trace, before)
+			netns.expectClean(t)
 		})
 	}
 }
@@ -67,6 +69,7 @@ func TestSandboxDeath(t *testing.T) {
 	matrix(t, func(t *testing.T, s *suite, handler string) {
 		before := s.snapshot(t)
 		pod := s.runPod(t, handler, "doomed")
+		netns := s.holdPodNetNS(t, pod)
 		a := s.startContainer(t, pod, "a", "sleep", "100000")
 		b := s.startContainer(t, pod, "b", "sh", "-c", "echo up; sleep 100000")
 		waitLog(t, s, b, "up", time.Minute)
@@ -109,6 +112,7 @@ func TestSandboxDeath(t *testing.T) {
 		}
 		s.removePodRetrying(t, pod)
 		s.checkRemoved(t, pod, trace, before)
+		netns.expectClean(t)
 	})
 }
 
@@ -120,6 +124,7 @@ func TestShimDeath(t *testing.T) {
 	matrix(t, func(t *testing.T, s *suite, handler string) {
 		before := s.snapshot(t)
 		pod := s.runPod(t, handler, "orphaned")
+		netns := s.holdPodNetNS(t, pod)
 		c := s.startContainer(t, pod, "main", "sleep", "100000")
 		trace := s.trace(t, pod, c)
 		killed := 0
@@ -158,6 +163,7 @@ func TestShimDeath(t *testing.T) {
 			t.Logf("runc shim sockets left by the killed shim (upstream behaviour; removed): %v", stale)
 		}
 		s.checkRemoved(t, pod, trace, before)
+		netns.expectClean(t)
 	})
 }
 

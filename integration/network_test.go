@@ -121,6 +121,19 @@ type netnsProbe struct {
 	handle *netlink.Handle
 }
 
+// holdPodNetNS holds the network namespace of a running pod.
+func (s *suite) holdPodNetNS(t testing.TB, pod *harness.Pod) *netnsProbe {
+	t.Helper()
+	st, err := s.cri.InspectPod(s.ctx, pod.ID)
+	if err != nil {
+		t.Fatalf("inspectp %s: %v", pod.Config.Name, err)
+	}
+	if st.NetNS == "" {
+		t.Fatalf("pod %s has no network namespace of its own", pod.Config.Name)
+	}
+	return holdNetNS(t, st.NetNS)
+}
+
 func holdNetNS(t testing.TB, path string) *netnsProbe {
 	t.Helper()
 	ns, err := netns.GetFromPath(path)
