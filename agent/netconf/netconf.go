@@ -395,7 +395,9 @@ func (a *applier) findLinks(want []iface) error {
 	}
 	var present []string
 	for _, link := range links {
-		present = append(present, fmt.Sprintf("%s %s", link.Attrs().Name, link.Attrs().HardwareAddr))
+		if link.Attrs().Flags&net.FlagLoopback == 0 {
+			present = append(present, fmt.Sprintf("%s %s", link.Attrs().Name, link.Attrs().HardwareAddr))
+		}
 	}
 	found := map[int]bool{}
 	var touched []*touchedLink
@@ -554,7 +556,9 @@ func sameNet(x, y *net.IPNet) bool {
 // with their old names and MTUs. It goes on after an error and returns all.
 func (a *applier) undo() error {
 	var errs []error
-	gone := func(err error) bool { return errors.Is(err, unix.ESRCH) || errors.Is(err, unix.ENOENT) || errors.Is(err, unix.EADDRNOTAVAIL) }
+	gone := func(err error) bool {
+		return errors.Is(err, unix.ESRCH) || errors.Is(err, unix.ENOENT) || errors.Is(err, unix.EADDRNOTAVAIL)
+	}
 	for _, n := range slices.Backward(a.neighbors) {
 		if err := a.handle.NeighDel(n); err != nil && !gone(err) {
 			errs = append(errs, fmt.Errorf("delete neighbour %s: %w", n.IP, err))

@@ -277,7 +277,7 @@ func TestApplyErrors(t *testing.T) {
 		{
 			name:    "unknown MAC",
 			req:     &api.ConfigureNetworkRequest{Interfaces: []*api.NetworkInterface{{Name: "eth0", Mac: "02:00:00:00:00:99", Addresses: []string{"10.88.0.5/16"}}}},
-			wantErr: []string{"no link has MAC 02:00:00:00:00:99", "ens3 " + mac, "peer-ens3"},
+			wantErr: []string{"no link has MAC 02:00:00:00:00:99", "(links: ", "ens3 " + mac, "peer-ens3"},
 		},
 		{
 			name:    "bad CIDR",
@@ -312,6 +312,7 @@ func TestApplyErrors(t *testing.T) {
 			if err == nil {
 				t.Fatal("Apply succeeded")
 			}
+			t.Logf("error: %v", err)
 			for _, w := range tc.wantErr {
 				if !strings.Contains(err.Error(), w) {
 					t.Errorf("error %q does not say %q", err, w)
