@@ -3,9 +3,12 @@ package integration
 import (
 	"context"
 	"fmt"
+	"io"
+	"net"
 	"os"
 	"path/filepath"
 	"sort"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -255,6 +258,93 @@ func BenchmarkLogThroughput(b *testing.B) {
 	b.ReportMetric(mbps("runc"), "runc-log-MB/s")
 	b.ReportMetric(mbps(contrastHandler), "contrast-log-MB/s")
 	b.ReportMetric(mbps(contrastHandler)/mbps("runc"), "contrast/runc")
+}
+
+// BenchmarkTCPThroughput measures TCP throughput from the host to a pod
+// over the bridge CNI network: the host sends 32 MiB to a busybox `nc`
+// in the pod, which pipes them into `wc -c` and answers the count once the
+// host has finished sending; the time runs from connect to that answer.
+// runc and contrast-cc pods of the same containerd, in the same run.
+// Metrics: runc-tcp-MB/s, contrast-tcp-MB/s and contrast/runc.
+func BenchmarkTCPThroughput(b *testing.B) {
+	const size = 32 << 20
+	s := newSuite(b, handlerSpec{name: contrastHandler})
+	addrs := map[string]string{}
+	for _, h := range handlers {
+		pod := s.runPod(b, h, "tcp-bench")
+		st, err := s.cri.InspectPod(s.ctx, pod.ID)
+		if err != nil || st.IP == "" {
+			b.Fatalf("pod IP (%s): %q %v", h, st.IP, err)
+		}
+		// -ll: nc serves every connection, each with its own wc
+		s.startContainer(b, pod, "sink", "sh", "-c", `printf '#!/bin/sh\nexec wc -c\n' > /count && chmod +x /count && exec nc -ll -p 5001 -e /count`)
+		addrs[h] = net.JoinHostPort(st.IP, "5001")
+		// the first connection waits for the server to listen
+		if _, err := sendCounted(s.ctx, addrs[h], 1, time.Minute); err != nil {
+			b.Fatalf("warm-up transfer to %s pod: %v", h, err)
+		}
+	}
+	took := map[string]time.Duration{}
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		for _, h := range handlers {
+			d, err := sendCounted(s.ctx, addrs[h], size, 10*time.Second)
+			if err != nil {
+				b.Fatalf("transfer to %s pod: %v", h, err)
+			}
+			took[h] += d
+		}
+	}
+	b.StopTimer()
+	mbps := func(h string) float64 { return float64(size) * float64(b.N) / 1e6 / took[h].Seconds() }
+	b.ReportMetric(mbps("runc"), "runc-tcp-MB/s")
+	b.ReportMetric(mbps(contrastHandler), "contrast-tcp-MB/s")
+	b.ReportMetric(mbps(contrastHandler)/mbps("runc"), "contrast/runc")
+}
+
+// sendCounted connects to addr (retrying for up to connectTimeout), sends
+// size bytes, closes its sending side and reads the byte count the server
+// answers; it returns the time from connect to the answer.
+func sendCounted(ctx context.Context, addr string, size int, connectTimeout time.Duration) (time.Duration, error) {
+	var conn net.Conn
+	var err error
+	deadline := time.Now().Add(connectTimeout)
+	for {
+		var d net.Dialer
+		dctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		conn, err = d.DialContext(dctx, "tcp", addr)
+		cancel()
+		if err == nil || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	if err != nil {
+		return 0, err
+	}
+	defer conn.Close()
+	begin := time.Now()
+	conn.SetDeadline(begin.Add(5 * time.Minute))
+	chunk := make([]byte, 256<<10)
+	for sent := 0; sent < size; {
+		n := min(len(chunk), size-sent)
+		if _, err := conn.Write(chunk[:n]); err != nil {
+			return 0, fmt.Errorf("send: %w", err)
+		}
+		sent += n
+	}
+	if err := conn.(*net.TCPConn).CloseWrite(); err != nil {
+		return 0, fmt.Errorf("close sending side: %w", err)
+	}
+	answer, err := io.ReadAll(conn)
+	took := time.Since(begin)
+	if err != nil {
+		return 0, fmt.Errorf("read the count: %w", err)
+	}
+	if got := strings.TrimSpace(string(answer)); got != strconv.Itoa(size) {
+		return 0, fmt.Errorf("the pod counted %q bytes, want %d", got, size)
+	}
+	return took, nil
 }
 
 // median returns the median of ds (which it sorts).

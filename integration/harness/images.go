@@ -24,9 +24,9 @@ const (
 
 // busyboxApplets get a symlink in /bin; the tests and the demo use these.
 var busyboxApplets = []string{
-	"cat", "dd", "echo", "env", "false", "free", "grep", "head", "hostname", "id", "kill", "ls",
-	"mkdir", "nproc", "ps", "sed", "seq", "sh", "sha256sum", "sleep", "stty", "tail", "tr", "true", "tty",
-	"uname", "wc", "yes",
+	"cat", "chmod", "dd", "echo", "env", "false", "free", "grep", "head", "hostname", "httpd", "id", "ip",
+	"kill", "ls", "mkdir", "nc", "nproc", "nslookup", "printf", "ps", "sed", "seq", "sh", "sha256sum",
+	"sleep", "stty", "tail", "tr", "true", "tty", "uname", "wc", "yes",
 }
 
 // ImageFile is one regular file, directory or symlink of an image layer.
