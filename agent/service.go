@@ -40,6 +40,7 @@ import (
 
 	"github.com/containerd/log"
 	"github.com/contrast-vm/contrast/agent/guestspec"
+	"github.com/contrast-vm/contrast/agent/netconf"
 	"github.com/contrast-vm/contrast/agent/reaper"
 	"github.com/contrast-vm/contrast/agent/runc"
 	"github.com/contrast-vm/contrast/agent/stdio"
@@ -72,6 +73,9 @@ type Config struct {
 	StdinGrace time.Duration
 	// SetHostname sets the VM's hostname; nil leaves it alone (tests).
 	SetHostname func(string) error
+	// ConfigureNetwork gives the VM the pod's network (netconf.Configure);
+	// nil leaves the network alone and only logs the request (tests).
+	ConfigureNetwork func(*api.ConfigureNetworkRequest) error
 	// TEE vouches for the HOSTDATA a policy must match; nil is a
 	// development VM, where the policy is enforced but nothing is attested.
 	TEE tee.TEE
@@ -95,6 +99,8 @@ func DefaultConfig(r *reaper.Reaper) Config {
 		StdioTimeout:  30 * time.Second,
 		StdinGrace:    2 * time.Second,
 		SetHostname:   func(h string) error { return unix.Sethostname([]byte(h)) },
+		// The agent is the VM's init: its namespace is the VM's network.
+		ConfigureNetwork: netconf.Configure,
 
 		AttestationEndpoint: true,
 		Reaper:              r,
@@ -112,6 +118,11 @@ type Service struct {
 	mu         sync.Mutex
 	sandboxID  string
 	containers map[string]*container
+
+	// networkMu serializes ConfigureNetwork, which may take a while,
+	// without holding up the other requests.
+	networkMu         sync.Mutex
+	networkConfigured bool
 }
 
 var _ api.AgentService = (*Service)(nil)
