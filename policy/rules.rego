@@ -520,8 +520,14 @@ interface_name_ok(name) if {
 
 configure_network_why contains ["interface_name", msg] if {
 	some nic in input.interfaces
-	not interface_name_ok(nic.name)
-	msg := sprintf("interface name %s does not match the policy's pattern %s (lo is never allowed)", [q(nic.name), q(network.interface_pattern)])
+	nic.name != "lo"
+	not matches(network.interface_pattern, nic.name)
+	msg := sprintf("interface name %s does not match the policy's pattern %s", [q(nic.name), q(network.interface_pattern)])
+}
+
+configure_network_why contains ["interface_name", "interface lo is the VM's loopback, never the host's to configure"] if {
+	some nic in input.interfaces
+	nic.name == "lo"
 }
 
 # A unicast MAC has the low bit of its first octet clear; all zeros is no

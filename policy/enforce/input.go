@@ -485,7 +485,7 @@ func networkInput(in map[string]any, r *agentapi.ConfigureNetworkRequest) error 
 		for j, a := range nic.GetAddresses() {
 			p, err := netip.ParsePrefix(a)
 			if err != nil {
-				return fmt.Errorf("%s.addresses[%d]: %q is not an address in CIDR notation: %w", field, j, a, err)
+				return fmt.Errorf("%s.addresses[%d]: not an address in CIDR notation: %w", field, j, err)
 			}
 			if err := plainAddr(p.Addr()); err != nil {
 				return fmt.Errorf("%s.addresses[%d]: %q %w", field, j, a, err)
@@ -506,7 +506,7 @@ func networkInput(in map[string]any, r *agentapi.ConfigureNetworkRequest) error 
 		field := fmt.Sprintf("routes[%d]", i)
 		dest, err := netip.ParsePrefix(rt.GetDestination())
 		if err != nil {
-			return fmt.Errorf("%s.destination: %q is not a prefix in CIDR notation: %w", field, rt.GetDestination(), err)
+			return fmt.Errorf("%s.destination: not a prefix in CIDR notation: %w", field, err)
 		}
 		if err := plainAddr(dest.Addr()); err != nil {
 			return fmt.Errorf("%s.destination: %q %w", field, rt.GetDestination(), err)
@@ -537,7 +537,7 @@ func networkInput(in map[string]any, r *agentapi.ConfigureNetworkRequest) error 
 		field := fmt.Sprintf("neighbors[%d]", i)
 		ip, err := netip.ParseAddr(nb.GetIp())
 		if err != nil {
-			return fmt.Errorf("%s.ip: %q is not an IP address: %w", field, nb.GetIp(), err)
+			return fmt.Errorf("%s.ip: not an IP address: %w", field, err)
 		}
 		if err := plainAddr(ip); err != nil {
 			return fmt.Errorf("%s.ip: %q %w", field, nb.GetIp(), err)
@@ -558,7 +558,7 @@ func networkInput(in map[string]any, r *agentapi.ConfigureNetworkRequest) error 
 func macInput(field, s string) (string, error) {
 	hw, err := net.ParseMAC(s)
 	if err != nil {
-		return "", fmt.Errorf("%s: %q is not a MAC address: %w", field, s, err)
+		return "", fmt.Errorf("%s: not a MAC address: %w", field, err)
 	}
 	if len(hw) != 6 {
 		return "", fmt.Errorf("%s: %q is not a 48-bit Ethernet MAC address", field, s)
@@ -573,7 +573,7 @@ func optionalIPInput(field, s string) (string, error) {
 	}
 	ip, err := netip.ParseAddr(s)
 	if err != nil {
-		return "", fmt.Errorf("%s: %q is not an IP address: %w", field, s, err)
+		return "", fmt.Errorf("%s: not an IP address: %w", field, err)
 	}
 	if err := plainAddr(ip); err != nil {
 		return "", fmt.Errorf("%s: %q %w", field, s, err)

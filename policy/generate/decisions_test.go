@@ -951,8 +951,124 @@ func decisionCases() []decisionCase {
 		decisionCase{name: "resize the debug shell's terminal", pod: "debug", before: started("shell"), do: onContainer(policy.ResizePty, "shell")},
 		decisionCase{name: "close the debug shell's stdin", pod: "debug", before: started("shell"), do: onContainer(policy.CloseStdin, "shell")},
 	)
+	return append(cases, networkCases()...)
+}
+
+// bridgeNetwork is what the shim sends for a pod on the bridge CNI plugin
+// (containerd's default 10.88.0.0/16 network): eth0 with the pod's address,
+// a default route via the bridge and the subnet on the link.
+func bridgeNetwork() *agentapi.ConfigureNetworkRequest {
+	return &agentapi.ConfigureNetworkRequest{
+		Interfaces: []*agentapi.NetworkInterface{{Name: "eth0", Mac: "0a:58:0a:58:00:05", Mtu: 1500, Addresses: []string{"10.88.0.5/16"}}},
+		Routes: []*agentapi.NetworkRoute{
+			{Destination: "0.0.0.0/0", Gateway: "10.88.0.1", Device: "eth0"},
+			{Destination: "10.88.0.0/16", Device: "eth0", LinkScope: true},
+		},
+	}
+}
+
+// calicoNetwork is what the shim sends for a pod on Calico: a /32 address,
+// the gateway 169.254.1.1 on the link and the host side's fixed MAC as a
+// permanent neighbour (written in upper case, as some tools print it).
+func calicoNetwork() *agentapi.ConfigureNetworkRequest {
+	return &agentapi.ConfigureNetworkRequest{
+		Interfaces: []*agentapi.NetworkInterface{{Name: "eth0", Mac: "a6:3f:1c:22:9b:40", Mtu: 1450, Addresses: []string{"192.168.77.10/32"}}},
+		Routes: []*agentapi.NetworkRoute{
+			{Destination: "169.254.1.1/32", Device: "eth0", LinkScope: true},
+			{Destination: "0.0.0.0/0", Gateway: "169.254.1.1", Device: "eth0"},
+		},
+		Neighbors: []*agentapi.NetworkNeighbor{{Ip: "169.254.1.1", Mac: "EE:EE:EE:EE:EE:EE", Device: "eth0"}},
+	}
+}
+
+// dualStackNetwork is bridgeNetwork with an IPv6 address and default route,
+// the IPv4 one preferring the pod's own address as its source.
+func dualStackNetwork() *agentapi.ConfigureNetworkRequest {
+	r := bridgeNetwork()
+	r.Interfaces[0].Addresses = append(r.Interfaces[0].Addresses, "FD00:10:88::5/64")
+	r.Routes[0].Source = "10.88.0.5"
+	r.Routes = append(r.Routes, &agentapi.NetworkRoute{Destination: "::/0", Gateway: "fd00:10:88::1", Source: "fd00:10:88::5", Device: "eth0"})
+	return r
+}
+
+// configureNetwork sends req (built afresh for each case), changed by tamper.
+func configureNetwork(req func() *agentapi.ConfigureNetworkRequest, tamper ...func(*agentapi.ConfigureNetworkRequest)) action {
+	return func(*testPod) (policy.Kind, any) {
+		r := req()
+		for _, f := range tamper {
+			f(r)
+		}
+		return policy.ConfigureNetwork, r
+	}
+}
+
+func networkCases() []decisionCase {
+	nic := func(f func(*agentapi.NetworkInterface)) func(*agentapi.ConfigureNetworkRequest) {
+		return func(r *agentapi.ConfigureNetworkRequest) { f(r.Interfaces[0]) }
+	}
+	addRoute := func(rt *agentapi.NetworkRoute) func(*agentapi.ConfigureNetworkRequest) {
+		return func(r *agentapi.ConfigureNetworkRequest) { r.Routes = append(r.Routes, rt) }
+	}
+	addNeighbor := func(nb *agentapi.NetworkNeighbor) func(*agentapi.ConfigureNetworkRequest) {
+		return func(r *agentapi.ConfigureNetworkRequest) { r.Neighbors = append(r.Neighbors, nb) }
+	}
+	secondNIC := func(r *agentapi.ConfigureNetworkRequest) {
+		r.Interfaces = append(r.Interfaces, &agentapi.NetworkInterface{Name: "eth1", Mac: "0a:58:0a:59:00:05", Mtu: 1500, Addresses: []string{"10.89.0.5/16"}})
+	}
+	cases := []decisionCase{
+		// As CNI plugins set pods up.
+		{name: "bridge CNI network", pod: "web", before: []action{sandbox("")}, do: configureNetwork(bridgeNetwork)},
+		{name: "dual-stack network", pod: "web", before: []action{sandbox("")}, do: configureNetwork(dualStackNetwork)},
+		{name: "Calico network through 169.254.1.1", pod: "api", before: []action{sandbox("")}, do: configureNetwork(calicoNetwork)},
+		{name: "network without routes", pod: "web", do: configureNetwork(bridgeNetwork, func(r *agentapi.ConfigureNetworkRequest) { r.Routes = nil })},
+		{name: "jumbo frames", pod: "web", do: configureNetwork(bridgeNetwork, nic(func(n *agentapi.NetworkInterface) { n.Mtu = 9000 }))},
+		{name: "two interfaces where the settings allow them", pod: "web", settings: func(s *generate.Settings) { s.Network.MaxInterfaces = 2 },
+			do: configureNetwork(bridgeNetwork, secondNIC, addRoute(&agentapi.NetworkRoute{Destination: "10.89.0.0/16", Device: "eth1", LinkScope: true}))},
+
+		// Interfaces.
+		{name: "network when the settings deny it", pod: "web", settings: func(s *generate.Settings) { s.Network.Allow = ptr(false) },
+			before: []action{sandbox("")}, do: configureNetwork(bridgeNetwork), want: "configure_network.request"},
+		{name: "loopback reconfigured", pod: "web", do: configureNetwork(bridgeNetwork, nic(func(n *agentapi.NetworkInterface) { n.Name = "lo" })), want: "configure_network.interface_name"},
+		{name: "lo even where the pattern allows it", pod: "web", settings: func(s *generate.Settings) { s.Network.InterfacePattern = ".+" },
+			do: configureNetwork(bridgeNetwork, nic(func(n *agentapi.NetworkInterface) { n.Name = "lo" })), want: "configure_network.interface_name"},
+		{name: "interface name off the pattern", pod: "web", do: configureNetwork(bridgeNetwork, nic(func(n *agentapi.NetworkInterface) { n.Name = "ens3" })), want: "configure_network.interface_name"},
+		{name: "two interfaces", pod: "web", do: configureNetwork(bridgeNetwork, secondNIC), want: "configure_network.interface_count"},
+		{name: "multicast MAC", pod: "web", do: configureNetwork(bridgeNetwork, nic(func(n *agentapi.NetworkInterface) { n.Mac = "01:00:5e:00:00:fb" })), want: "configure_network.interface_mac"},
+		{name: "all-zero MAC", pod: "web", do: configureNetwork(bridgeNetwork, nic(func(n *agentapi.NetworkInterface) { n.Mac = "00:00:00:00:00:00" })), want: "configure_network.interface_mac"},
+		{name: "MTU 0", pod: "web", do: configureNetwork(bridgeNetwork, nic(func(n *agentapi.NetworkInterface) { n.Mtu = 0 })), want: "configure_network.interface_mtu"},
+		{name: "MTU 70000", pod: "web", do: configureNetwork(bridgeNetwork, nic(func(n *agentapi.NetworkInterface) { n.Mtu = 70000 })), want: "configure_network.interface_mtu"},
+		{name: "loopback address", pod: "web", do: configureNetwork(bridgeNetwork, nic(func(n *agentapi.NetworkInterface) { n.Addresses = []string{"127.0.0.2/8"} })), want: "configure_network.interface_address"},
+		{name: "IPv6 loopback address beside the pod's", pod: "web", do: configureNetwork(dualStackNetwork, nic(func(n *agentapi.NetworkInterface) { n.Addresses = append(n.Addresses, "::1/128") })), want: "configure_network.interface_address"},
+		{name: "unspecified address", pod: "web", do: configureNetwork(bridgeNetwork, nic(func(n *agentapi.NetworkInterface) { n.Addresses = []string{"0.0.0.0/0"} })), want: "configure_network.interface_address"},
+		{name: "multicast address", pod: "web", do: configureNetwork(bridgeNetwork, nic(func(n *agentapi.NetworkInterface) { n.Addresses = []string{"ff02::1/128"} })), want: "configure_network.interface_address"},
+		{name: "address in a prefix the settings forbid", pod: "web", settings: func(s *generate.Settings) { s.Network.ForbiddenPrefixes = []string{"10.88.0.0/16"} },
+			do: configureNetwork(bridgeNetwork), want: "configure_network.interface_address"},
+
+		// Routes.
+		{name: "route through lo", pod: "web", do: configureNetwork(bridgeNetwork, addRoute(&agentapi.NetworkRoute{Destination: "10.96.0.0/12", Device: "lo", LinkScope: true})), want: "configure_network.route_device"},
+		{name: "route through an unknown device", pod: "web", do: configureNetwork(bridgeNetwork, addRoute(&agentapi.NetworkRoute{Destination: "10.96.0.0/12", Gateway: "10.88.0.1", Device: "eth1"})), want: "configure_network.route_device"},
+		{name: "route to loopback", pod: "web", do: configureNetwork(bridgeNetwork, addRoute(&agentapi.NetworkRoute{Destination: "127.0.0.0/8", Gateway: "10.88.0.1", Device: "eth0"})), want: "configure_network.route_destination"},
+		{name: "route to a loopback host", pod: "web", do: configureNetwork(dualStackNetwork, addRoute(&agentapi.NetworkRoute{Destination: "::1/128", Device: "eth0", LinkScope: true})), want: "configure_network.route_destination"},
+		{name: "route to multicast", pod: "web", do: configureNetwork(bridgeNetwork, addRoute(&agentapi.NetworkRoute{Destination: "224.0.0.0/4", Device: "eth0", LinkScope: true})), want: "configure_network.route_destination"},
+		{name: "gateway on loopback", pod: "web", do: configureNetwork(bridgeNetwork, func(r *agentapi.ConfigureNetworkRequest) { r.Routes[0].Gateway = "127.0.0.1" }), want: "configure_network.route_gateway"},
+		{name: "source not the pod's address", pod: "web", do: configureNetwork(bridgeNetwork, func(r *agentapi.ConfigureNetworkRequest) { r.Routes[0].Source = "10.88.0.6" }), want: "configure_network.route_source"},
+		{name: "source another interface's address family", pod: "web", do: configureNetwork(dualStackNetwork, func(r *agentapi.ConfigureNetworkRequest) { r.Routes[2].Source = "fd00:10:88::6" }), want: "configure_network.route_source"},
+
+		// Neighbours.
+		{name: "neighbour on an unknown device", pod: "api", do: configureNetwork(calicoNetwork, func(r *agentapi.ConfigureNetworkRequest) { r.Neighbors[0].Device = "eth1" }), want: "configure_network.neighbor_device"},
+		{name: "neighbour on lo", pod: "api", do: configureNetwork(calicoNetwork, addNeighbor(&agentapi.NetworkNeighbor{Ip: "10.0.0.1", Mac: "ee:ee:ee:ee:ee:ee", Device: "lo"})), want: "configure_network.neighbor_device"},
+		{name: "multicast neighbour", pod: "api", do: configureNetwork(calicoNetwork, addNeighbor(&agentapi.NetworkNeighbor{Ip: "224.0.0.251", Mac: "ee:ee:ee:ee:ee:ee", Device: "eth0"})), want: "configure_network.neighbor_ip"},
+		{name: "neighbour with the broadcast MAC", pod: "api", do: configureNetwork(calicoNetwork, func(r *agentapi.ConfigureNetworkRequest) { r.Neighbors[0].Mac = "ff:ff:ff:ff:ff:ff" }), want: "configure_network.neighbor_mac"},
+
+		// Requests the gate cannot read.
+		{name: "address without a prefix length", pod: "web", do: configureNetwork(bridgeNetwork, nic(func(n *agentapi.NetworkInterface) { n.Addresses = []string{"10.88.0.5"} })), want: enforce.RuleInput},
+		{name: "route destination with host bits", pod: "web", do: configureNetwork(bridgeNetwork, func(r *agentapi.ConfigureNetworkRequest) { r.Routes[1].Destination = "10.88.0.5/16" }), want: enforce.RuleInput},
+		{name: "IPv4-mapped gateway", pod: "web", do: configureNetwork(bridgeNetwork, func(r *agentapi.ConfigureNetworkRequest) { r.Routes[0].Gateway = "::ffff:127.0.0.1" }), want: enforce.RuleInput},
+	}
 	return cases
 }
+
+func ptr[T any](v T) *T { return &v }
 
 // snake is the rule prefix of a kind: StartContainer -> start_container.
 func snake(k policy.Kind) string {

@@ -90,6 +90,14 @@
 //	requests:                  # kinds decided by the container alone
 //	  ResizePty: false         # default: all allowed
 //	kubeletRootDir: /var/lib/kubelet
+//	network:                   # what the host may configure of the VM's network
+//	  allow: true              # false: ConfigureNetwork denied, the VM has only lo
+//	  interfacePattern: "eth[0-9]+"  # interface names (RE2, anchored); lo never
+//	  maxInterfaces: 1
+//	  mtuMin: 68
+//	  mtuMax: 65535
+//	  forbiddenPrefixes:       # added to the defaults, which always apply
+//	  - 10.0.0.0/24            # e.g. the node network
 //
 // A named container's stdin and logs win over "*"; exec and envPatterns of
 // both apply. DefaultSettings allows StartContainer, SignalProcess,
@@ -97,4 +105,18 @@
 // PauseContainer, ResumeContainer, UpdateContainer, StatsContainer, WaitOOM
 // and GetReport (an attestation report reveals only what a verifier
 // checks), logs for every container, and nothing else.
+//
+// # Network
+//
+// The host runs CNI and picks the pod's addresses, so the policy cannot pin
+// them; by default it lets the host configure one interface named eth<n>
+// with any MTU from 68 to 65535, its addresses, routes through it and
+// permanent neighbours on it, and keeps the host from anything that reaches
+// traffic staying inside the VM: lo is never configured, and no address,
+// gateway, neighbour or route destination may lie in a forbidden prefix
+// (DefaultForbiddenPrefixes: loopback 127.0.0.0/8 and ::1/128, unspecified
+// 0.0.0.0/32 and ::/128, multicast 224.0.0.0/4 and ff00::/8, broadcast
+// 255.255.255.255/32; default routes pass, and link-local 169.254.0.0/16,
+// through which Calico routes, is allowed). MACs must be unicast and a
+// route's preferred source one of the interfaces' addresses.
 package generate

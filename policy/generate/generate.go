@@ -269,6 +269,7 @@ func (g *generator) workload(ctx context.Context, n int, h header, body []byte, 
 		},
 		Containers: map[string]policy.Container{},
 		Requests:   maps.Clone(g.opts.Settings.Requests),
+		Network:    g.opts.Settings.Network.data(),
 	}
 	if sc := spec.SecurityContext; sc != nil && len(sc.Sysctls) > 0 {
 		data.Pod.Sysctls = map[string]string{}

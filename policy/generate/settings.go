@@ -1,6 +1,7 @@
 package generate
 
 import (
+	"cmp"
 	"fmt"
 	"os"
 	"regexp"
@@ -27,6 +28,57 @@ type Settings struct {
 	// KubeletRootDir is the kubelet's --root-dir, under which the host keeps
 	// the pod's volumes; default /var/lib/kubelet.
 	KubeletRootDir string `json:"kubeletRootDir,omitempty"`
+	// Network says what the host may configure of the pod VM's network
+	// (ConfigureNetwork). A field left out keeps its default.
+	Network NetworkSettings `json:"network,omitzero"`
+}
+
+// NetworkSettings bound what the host may configure of the pod VM's network
+// from the pod's CNI interface. The zero value of a field means its default,
+// so settings built in code need not start from DefaultSettings.
+type NetworkSettings struct {
+	// Allow lets the host configure the pod VM's network. Default true;
+	// false denies ConfigureNetwork, leaving the VM with only loopback.
+	Allow *bool `json:"allow,omitempty"`
+	// InterfacePattern is an RE2 pattern, anchored at both ends, for the
+	// interface names; default DefaultInterfacePattern. lo is denied always.
+	InterfacePattern string `json:"interfacePattern,omitempty"`
+	// MaxInterfaces is the most interfaces the host may configure; default
+	// DefaultMaxInterfaces. To allow none, set Allow to false.
+	MaxInterfaces int `json:"maxInterfaces,omitempty"`
+	// MTUMin and MTUMax bound the interfaces' MTU; defaults DefaultMTUMin
+	// and DefaultMTUMax.
+	MTUMin int `json:"mtuMin,omitempty"`
+	MTUMax int `json:"mtuMax,omitempty"`
+	// ForbiddenPrefixes are CIDR prefixes (no host bits) no address, route
+	// destination, gateway or neighbour may lie in, e.g. the node network or
+	// a metadata service. They add to DefaultForbiddenPrefixes, which always
+	// apply.
+	ForbiddenPrefixes []string `json:"forbiddenPrefixes,omitempty"`
+}
+
+// The network defaults: one CNI interface named like the bridge, Calico and
+// Cilium plugins name it, any MTU an Ethernet link can have (68 is IPv4's
+// minimum).
+const (
+	DefaultInterfacePattern = "eth[0-9]+"
+	DefaultMaxInterfaces    = 1
+	DefaultMTUMin           = 68
+	DefaultMTUMax           = 65535
+)
+
+// DefaultForbiddenPrefixes are the prefixes whose traffic stays inside the
+// VM or is no station's: loopback, the unspecified addresses (as addresses;
+// a default route's 0.0.0.0/0 does not lie inside 0.0.0.0/32), multicast
+// and IPv4's limited broadcast. Link-local 169.254.0.0/16 is not among
+// them: Calico routes through 169.254.1.1.
+func DefaultForbiddenPrefixes() []string {
+	return []string{
+		"127.0.0.0/8", "::1/128",
+		"0.0.0.0/32", "::/128",
+		"224.0.0.0/4", "ff00::/8",
+		"255.255.255.255/32",
+	}
 }
 
 // ContainerSettings are the settings for one container (or all, as "*").
@@ -69,7 +121,18 @@ func DefaultSettings() Settings {
 	for _, k := range idOnlyKinds {
 		requests[k] = true
 	}
-	return Settings{Requests: requests, KubeletRootDir: DefaultKubeletRootDir}
+	allow := true
+	return Settings{
+		Requests:       requests,
+		KubeletRootDir: DefaultKubeletRootDir,
+		Network: NetworkSettings{
+			Allow:            &allow,
+			InterfacePattern: DefaultInterfacePattern,
+			MaxInterfaces:    DefaultMaxInterfaces,
+			MTUMin:           DefaultMTUMin,
+			MTUMax:           DefaultMTUMax,
+		},
+	}
 }
 
 // LoadSettings reads settings from a JSON or YAML file over DefaultSettings:
@@ -101,6 +164,7 @@ func ParseSettings(raw []byte) (Settings, error) {
 	if file.KubeletRootDir != "" {
 		s.KubeletRootDir = file.KubeletRootDir
 	}
+	s.Network = s.Network.over(file.Network)
 	if err := s.validate(); err != nil {
 		return Settings{}, err
 	}
@@ -119,6 +183,9 @@ func (s Settings) validate() error {
 	}
 	if s.KubeletRootDir != "" && !strings.HasPrefix(s.KubeletRootDir, "/") {
 		return fmt.Errorf("kubeletRootDir %q is not an absolute path", s.KubeletRootDir)
+	}
+	if err := s.Network.validate(); err != nil {
+		return fmt.Errorf("network.%w", err)
 	}
 	for name, c := range s.Containers {
 		if name == "" {
@@ -174,4 +241,66 @@ func (s Settings) kubeletRoot() string {
 		return DefaultKubeletRootDir
 	}
 	return strings.TrimRight(s.KubeletRootDir, "/")
+}
+
+// over returns n with the fields file sets replacing n's.
+func (n NetworkSettings) over(file NetworkSettings) NetworkSettings {
+	if file.Allow != nil {
+		n.Allow = file.Allow
+	}
+	if file.InterfacePattern != "" {
+		n.InterfacePattern = file.InterfacePattern
+	}
+	if file.MaxInterfaces != 0 {
+		n.MaxInterfaces = file.MaxInterfaces
+	}
+	if file.MTUMin != 0 {
+		n.MTUMin = file.MTUMin
+	}
+	if file.MTUMax != 0 {
+		n.MTUMax = file.MTUMax
+	}
+	n.ForbiddenPrefixes = append(slices.Clone(n.ForbiddenPrefixes), file.ForbiddenPrefixes...)
+	return n
+}
+
+// validate checks the settings as they resolve with defaults; its errors
+// start with the field name.
+func (n NetworkSettings) validate() error {
+	d := n.data()
+	if _, err := regexp.Compile("^(?:" + d.InterfacePattern + ")$"); err != nil {
+		return fmt.Errorf("interfacePattern: %w", err)
+	}
+	if n.MaxInterfaces < 0 {
+		return fmt.Errorf("maxInterfaces %d is negative", n.MaxInterfaces)
+	}
+	if n.MTUMin < 0 || n.MTUMax < 0 || d.MTUMin > d.MTUMax {
+		return fmt.Errorf("mtuMin %d and mtuMax %d are no range", d.MTUMin, d.MTUMax)
+	}
+	for i, p := range n.ForbiddenPrefixes {
+		if err := policy.CheckPrefix(p); err != nil {
+			return fmt.Errorf("forbiddenPrefixes[%d]: %w", i, err)
+		}
+	}
+	return nil
+}
+
+// data is the policy's network section for these settings: zero fields take
+// their defaults, and the forbidden prefixes are the defaults and the
+// settings' own, without repeats.
+func (n NetworkSettings) data() policy.Network {
+	d := policy.Network{
+		Allow:             n.Allow == nil || *n.Allow,
+		InterfacePattern:  cmp.Or(n.InterfacePattern, DefaultInterfacePattern),
+		MaxInterfaces:     cmp.Or(n.MaxInterfaces, DefaultMaxInterfaces),
+		MTUMin:            cmp.Or(n.MTUMin, DefaultMTUMin),
+		MTUMax:            cmp.Or(n.MTUMax, DefaultMTUMax),
+		ForbiddenPrefixes: DefaultForbiddenPrefixes(),
+	}
+	for _, p := range n.ForbiddenPrefixes {
+		if !slices.Contains(d.ForbiddenPrefixes, p) {
+			d.ForbiddenPrefixes = append(d.ForbiddenPrefixes, p)
+		}
+	}
+	return d
 }
