@@ -149,6 +149,7 @@ func attestationClient(t *testing.T, tt tee.TEE) (*http.Client, string) {
 	cfg.RuncBinary = self // never run
 	cfg.Devices = loopDevices{}
 	cfg.SetHostname = nil
+	cfg.ConfigureNetwork = nil // not the VM: leave the host's network alone
 	cfg.TEE = tt
 	svc, err := NewService(cfg)
 	if err != nil {

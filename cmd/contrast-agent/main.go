@@ -166,6 +166,7 @@ func runProcess() error {
 	cfg.RunDir, cfg.RuncBinary, cfg.RuncRoot, cfg.CgroupParent = *runDir, *runcBin, *runcRoot, *cgroupParent
 	if !*setHostname {
 		cfg.SetHostname = nil
+		cfg.ConfigureNetwork = nil // not the VM: leave the host's network alone
 	}
 	if cfg.TEE, err = detectTEE(ctx); err != nil {
 		return err

@@ -178,6 +178,7 @@ func servePodVM(t *testing.T, stateDir, namespace, id string, snp tee.TEE, modul
 	cfg.RuncRoot = filepath.Join(t.TempDir(), "runc")
 	cfg.RuncBinary = self
 	cfg.SetHostname = nil
+	cfg.ConfigureNetwork = nil // not the VM: leave the host's network alone
 	cfg.AttestationEndpoint = false
 	cfg.TEE = snp
 	svc, err := agentsvc.NewService(cfg)
