@@ -110,7 +110,7 @@ func newHarnessPolicy(t *testing.T, module []byte, opts ...func(*Config)) *harne
 	cfg.DeviceTimeout = 300 * time.Millisecond
 	cfg.StdioTimeout = 5 * time.Second
 	cfg.StdinGrace = 500 * time.Millisecond
-	cfg.SetHostname = nil // not the VM: leave the host's hostname alone
+	cfg.SetHostname = nil      // not the VM: leave the host's hostname alone
 	cfg.ConfigureNetwork = nil // not the VM: leave the host's network alone
 	for _, o := range opts {
 		o(&cfg)
