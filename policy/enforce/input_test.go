@@ -128,6 +128,58 @@ func TestInputIDRequests(t *testing.T) {
 	}
 }
 
+func TestInputConfigureNetwork(t *testing.T) {
+	req := podNetwork()
+	req.Interfaces[0].Mac = "0A:58:0A:58:00:05"
+	req.Interfaces[0].Addresses[1] = "FD00:10:88:0:0:0:0:5/64"
+	req.Routes[2].Gateway = "FD00:10:88::1"
+	req.Neighbors[0].Mac = "0a-58-0a-58-00-01"
+	in, err := Input(policy.ConfigureNetwork, req, func(string) (string, bool) {
+		t.Fatal("ConfigureNetwork looked a container up")
+		return "", false
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]any{
+		"kind":            "ConfigureNetwork",
+		"container_id":    "",
+		"container_known": false,
+		"interfaces": []any{map[string]any{
+			"name": "eth0", "mac": "0a:58:0a:58:00:05", "mtu": int64(1500),
+			"addresses": []any{"10.88.0.5/16", "fd00:10:88::5/64"},
+		}},
+		"routes": []any{
+			map[string]any{"destination": "0.0.0.0/0", "gateway": "10.88.0.1", "source": "10.88.0.5", "device": "eth0", "link_scope": false},
+			map[string]any{"destination": "10.88.0.0/16", "gateway": "", "source": "", "device": "eth0", "link_scope": true},
+			map[string]any{"destination": "::/0", "gateway": "fd00:10:88::1", "source": "", "device": "eth0", "link_scope": false},
+		},
+		"neighbors": []any{map[string]any{"ip": "10.88.0.1", "mac": "0a:58:0a:58:00:01", "device": "eth0"}},
+	}
+	for k, v := range want {
+		if !reflect.DeepEqual(in[k], v) {
+			t.Errorf("%s = %#v, want %#v", k, in[k], v)
+		}
+	}
+	// An empty request is a document with empty lists, not missing ones.
+	in, err = Input(policy.ConfigureNetwork, &agentapi.ConfigureNetworkRequest{}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range []string{"interfaces", "routes", "neighbors"} {
+		if l, ok := in[k].([]any); !ok || len(l) != 0 {
+			t.Errorf("%s = %#v, want an empty list", k, in[k])
+		}
+	}
+}
+
+// network is podNetwork changed by mutate.
+func network(mutate func(*agentapi.ConfigureNetworkRequest)) *agentapi.ConfigureNetworkRequest {
+	r := podNetwork()
+	mutate(r)
+	return r
+}
+
 func TestInputRejects(t *testing.T) {
 	web := testContainerNamed(t, "web")
 	specWith := func(mutate func(*specs.Spec)) []byte {
@@ -172,6 +224,36 @@ func TestInputRejects(t *testing.T) {
 		{"update resources not JSON", policy.UpdateContainer, &agentapi.UpdateContainerRequest{ContainerId: "c-api", Resources: []byte("x")}, "UpdateContainer c-api: resources"},
 		{"update resources wrong type", policy.UpdateContainer, &agentapi.UpdateContainerRequest{ContainerId: "c-api", Resources: []byte(`{"memory":{"limit":"lots"}}`)}, "resources"},
 		{"wrong request type", policy.StartContainer, &agentapi.ProcessRequest{ContainerId: "c"}, "StartContainer: request of type *agent.ProcessRequest"},
+		{"network request type", policy.ConfigureNetwork, &agentapi.Empty{}, "ConfigureNetwork: request of type *agent.Empty"},
+		{"MAC not hex", policy.ConfigureNetwork, network(func(r *agentapi.ConfigureNetworkRequest) { r.Interfaces[0].Mac = "0a:58:0a:58:00:zz" }),
+			"ConfigureNetwork: interfaces[0].mac: not a MAC address"},
+		{"EUI-64 MAC", policy.ConfigureNetwork, network(func(r *agentapi.ConfigureNetworkRequest) { r.Interfaces[0].Mac = "0a:58:0a:58:00:05:00:01" }),
+			`interfaces[0].mac: "0a:58:0a:58:00:05:00:01" is not a 48-bit Ethernet MAC address`},
+		{"no MAC", policy.ConfigureNetwork, network(func(r *agentapi.ConfigureNetworkRequest) { r.Interfaces[0].Mac = "" }), "interfaces[0].mac"},
+		{"interface named twice", policy.ConfigureNetwork, network(func(r *agentapi.ConfigureNetworkRequest) {
+			r.Interfaces = append(r.Interfaces, &agentapi.NetworkInterface{Name: "eth0", Mac: "0a:58:0a:58:00:06"})
+		}), `interfaces[1].name: "eth0" again (first interfaces[0])`},
+		{"MAC twice", policy.ConfigureNetwork, network(func(r *agentapi.ConfigureNetworkRequest) {
+			r.Interfaces = append(r.Interfaces, &agentapi.NetworkInterface{Name: "eth1", Mac: "0A:58:0A:58:00:05"})
+		}), "interfaces[1].mac: 0a:58:0a:58:00:05 again (first interfaces[0])"},
+		{"address without length", policy.ConfigureNetwork, network(func(r *agentapi.ConfigureNetworkRequest) { r.Interfaces[0].Addresses[1] = "fd00::5" }),
+			"interfaces[0].addresses[1]: not an address in CIDR notation"},
+		{"address length too long", policy.ConfigureNetwork, network(func(r *agentapi.ConfigureNetworkRequest) { r.Interfaces[0].Addresses[0] = "10.88.0.5/33" }),
+			"interfaces[0].addresses[0]"},
+		{"IPv4-mapped address", policy.ConfigureNetwork, network(func(r *agentapi.ConfigureNetworkRequest) { r.Interfaces[0].Addresses[0] = "::ffff:127.0.0.2/104" }),
+			`interfaces[0].addresses[0]: "::ffff:127.0.0.2/104" is an IPv4-mapped IPv6 address`},
+		{"destination not a prefix", policy.ConfigureNetwork, network(func(r *agentapi.ConfigureNetworkRequest) { r.Routes[0].Destination = "default" }),
+			"routes[0].destination: not a prefix in CIDR notation"},
+		{"destination with host bits", policy.ConfigureNetwork, network(func(r *agentapi.ConfigureNetworkRequest) { r.Routes[1].Destination = "10.88.0.5/16" }),
+			`routes[1].destination: "10.88.0.5/16" has host bits set (the prefix is 10.88.0.0/16)`},
+		{"gateway not an IP", policy.ConfigureNetwork, network(func(r *agentapi.ConfigureNetworkRequest) { r.Routes[0].Gateway = "10.88.0.1/16" }),
+			"routes[0].gateway: not an IP address"},
+		{"gateway with a zone", policy.ConfigureNetwork, network(func(r *agentapi.ConfigureNetworkRequest) { r.Routes[2].Gateway = "fe80::1%eth0" }),
+			`routes[2].gateway: "fe80::1%eth0" has a zone`},
+		{"source IPv4-mapped", policy.ConfigureNetwork, network(func(r *agentapi.ConfigureNetworkRequest) { r.Routes[0].Source = "::ffff:10.88.0.5" }),
+			"routes[0].source"},
+		{"neighbour IP", policy.ConfigureNetwork, network(func(r *agentapi.ConfigureNetworkRequest) { r.Neighbors[0].Ip = "" }), "neighbors[0].ip: not an IP address"},
+		{"neighbour MAC", policy.ConfigureNetwork, network(func(r *agentapi.ConfigureNetworkRequest) { r.Neighbors[0].Mac = "0a-58" }), "neighbors[0].mac"},
 		{"unknown kind", policy.Kind("Reboot"), &agentapi.Empty{}, `unknown request kind "Reboot"`},
 	}
 	for _, tt := range tests {
@@ -185,10 +267,11 @@ func TestInputRejects(t *testing.T) {
 }
 
 // fuzzKinds are the request kinds whose payload FuzzInput varies.
-var fuzzKinds = []policy.Kind{policy.CreateContainer, policy.ExecProcess, policy.UpdateContainer}
+// New kinds go at the end, so the corpus's kind indices keep their meaning.
+var fuzzKinds = []policy.Kind{policy.CreateContainer, policy.ExecProcess, policy.UpdateContainer, policy.ConfigureNetwork}
 
-// FuzzInput feeds host-supplied bytes (a spec, an exec process, resources)
-// through Input and the rules: neither may panic, and a request Input
+// FuzzInput feeds host-supplied bytes (a spec, an exec process, resources,
+// a ConfigureNetwork request in protobuf wire form) through Input and the rules: neither may panic, and a request Input
 // accepts must get a decision without an evaluation error (a conflict in
 // the rules shows as one).
 func FuzzInput(f *testing.F) {
@@ -200,6 +283,11 @@ func FuzzInput(f *testing.F) {
 		`"linux":{"namespaces":[{"type":"pid"},{"type":"mount"}],"maskedPaths":["/proc/kcore"],"readonlyPaths":["/proc/sys"],"sysctl":{"a":"1"},"seccomp":{"defaultAction":"SCMP_ACT_ERRNO"}}}`))
 	f.Add(uint8(1), []byte(`{"args":["curl","-fsS","http://localhost:8080/healthz"],"env":["PATH=/bin"],"user":{"uid":101,"gid":101,"additionalGids":[101]}}`))
 	f.Add(uint8(2), []byte(`{"cpu":{"shares":512},"memory":{"limit":1048576}}`))
+	netSeed, err := proto.Marshal(podNetwork())
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Add(uint8(3), netSeed)
 	e := testEngine(f)
 	f.Fuzz(func(t *testing.T, kindIndex uint8, payload []byte) {
 		kind := fuzzKinds[int(kindIndex)%len(fuzzKinds)]
@@ -211,6 +299,12 @@ func FuzzInput(f *testing.F) {
 			req = &agentapi.ExecProcessRequest{ContainerId: "c-web", ExecId: "e", Process: payload}
 		case policy.UpdateContainer:
 			req = &agentapi.UpdateContainerRequest{ContainerId: "c-api", Resources: payload}
+		case policy.ConfigureNetwork:
+			r := &agentapi.ConfigureNetworkRequest{}
+			if proto.Unmarshal(payload, r) != nil {
+				return
+			}
+			req = r
 		}
 		in, err := Input(kind, req, known)
 		if err != nil {

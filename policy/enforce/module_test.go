@@ -103,6 +103,13 @@ func TestBuildRejects(t *testing.T) {
 		}, `containers["api"].exec[1]: empty command`},
 		{"unnamed container", func(d *policy.Data) { d.Containers[""] = policy.Container{} }, "a container without a name"},
 		{"request kind", func(d *policy.Data) { d.Requests["Reboot"] = true }, `unknown request kind "Reboot"`},
+		{"interface pattern", func(d *policy.Data) { d.Network.InterfacePattern = "eth[0-9" }, "network.interface_pattern: error parsing regexp"},
+		{"max interfaces", func(d *policy.Data) { d.Network.MaxInterfaces = -1 }, "network.max_interfaces: -1 is negative"},
+		{"MTU range", func(d *policy.Data) { d.Network.MTUMin, d.Network.MTUMax = 1500, 1280 }, "mtu_min 1500 and mtu_max 1280 are no range"},
+		{"forbidden prefixes missing", func(d *policy.Data) { d.Network.ForbiddenPrefixes = nil }, "network.forbidden_prefixes: missing while network.allow is set"},
+		{"forbidden prefix not a prefix", func(d *policy.Data) { d.Network.ForbiddenPrefixes[2] = "127.0.0.1" }, `network.forbidden_prefixes[2]: "127.0.0.1" is not a CIDR prefix`},
+		{"forbidden prefix with host bits", func(d *policy.Data) { d.Network.ForbiddenPrefixes[0] = "127.0.0.1/8" }, `"127.0.0.1/8" has host bits set; the prefix is 127.0.0.0/8`},
+		{"forbidden prefix IPv4-mapped", func(d *policy.Data) { d.Network.ForbiddenPrefixes[0] = "::ffff:127.0.0.0/104" }, "IPv4-mapped"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

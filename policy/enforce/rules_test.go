@@ -551,3 +551,126 @@ func TestDenialListsOnlyExplainedFailures(t *testing.T) {
 		t.Fatalf("reason %q lists other failures", d.Reason)
 	}
 }
+
+// podNetwork is the ConfigureNetwork of a dual-stack pod on the bridge CNI
+// plugin: eth0, a default route per family (the IPv4 one with the pod's
+// address as source), the subnet on the link, and a permanent neighbour.
+func podNetwork() *agentapi.ConfigureNetworkRequest {
+	return &agentapi.ConfigureNetworkRequest{
+		Interfaces: []*agentapi.NetworkInterface{{Name: "eth0", Mac: "0a:58:0a:58:00:05", Mtu: 1500, Addresses: []string{"10.88.0.5/16", "fd00:10:88::5/64"}}},
+		Routes: []*agentapi.NetworkRoute{
+			{Destination: "0.0.0.0/0", Gateway: "10.88.0.1", Source: "10.88.0.5", Device: "eth0"},
+			{Destination: "10.88.0.0/16", Device: "eth0", LinkScope: true},
+			{Destination: "::/0", Gateway: "fd00:10:88::1", Device: "eth0"},
+		},
+		Neighbors: []*agentapi.NetworkNeighbor{{Ip: "10.88.0.1", Mac: "0a:58:0a:58:00:01", Device: "eth0"}},
+	}
+}
+
+func TestConfigureNetworkRules(t *testing.T) {
+	e := testEngine(t)
+	tests := []struct {
+		name       string
+		mutate     func(*agentapi.ConfigureNetworkRequest)
+		wantRule   string
+		wantReason []string
+	}{
+		{name: "dual-stack bridge network"},
+		{name: "nothing to configure", mutate: func(r *agentapi.ConfigureNetworkRequest) { *r = agentapi.ConfigureNetworkRequest{} }},
+		{name: "Calico's link-local gateway", mutate: func(r *agentapi.ConfigureNetworkRequest) {
+			r.Routes = []*agentapi.NetworkRoute{{Destination: "169.254.1.1/32", Device: "eth0", LinkScope: true}, {Destination: "0.0.0.0/0", Gateway: "169.254.1.1", Device: "eth0"}}
+			r.Neighbors = []*agentapi.NetworkNeighbor{{Ip: "169.254.1.1", Mac: "ee:ee:ee:ee:ee:ee", Device: "eth0"}}
+		}},
+		{name: "route to a subnet that holds loopback", mutate: func(r *agentapi.ConfigureNetworkRequest) {
+			r.Routes = append(r.Routes, &agentapi.NetworkRoute{Destination: "0.0.0.0/1", Gateway: "10.88.0.1", Device: "eth0"})
+		}},
+		{name: "source in the other family", mutate: func(r *agentapi.ConfigureNetworkRequest) { r.Routes[2].Source = "fd00:10:88::5" }},
+		{name: "second interface", mutate: func(r *agentapi.ConfigureNetworkRequest) {
+			r.Interfaces = append(r.Interfaces, &agentapi.NetworkInterface{Name: "eth1", Mac: "0a:58:0a:59:00:05", Mtu: 1500})
+		}, wantRule: "configure_network.interface_count", wantReason: []string{"2 interfaces", "at most 1"}},
+		{name: "loopback", mutate: func(r *agentapi.ConfigureNetworkRequest) { r.Interfaces[0].Name = "lo" },
+			wantRule: "configure_network.interface_name", wantReason: []string{"loopback", "also failed: configure_network.route_device, configure_network.neighbor_device"}},
+		{name: "name off the pattern", mutate: func(r *agentapi.ConfigureNetworkRequest) { r.Interfaces[0].Name = "eth0x" },
+			wantRule: "configure_network.interface_name", wantReason: []string{`"eth0x"`, `"eth[0-9]+"`}},
+		{name: "multicast MAC", mutate: func(r *agentapi.ConfigureNetworkRequest) { r.Interfaces[0].Mac = "33:33:00:00:00:01" },
+			wantRule: "configure_network.interface_mac", wantReason: []string{"33:33:00:00:00:01", "unicast"}},
+		{name: "MTU below the range", mutate: func(r *agentapi.ConfigureNetworkRequest) { r.Interfaces[0].Mtu = 67 },
+			wantRule: "configure_network.interface_mtu", wantReason: []string{"MTU 67", "68 to 65535"}},
+		{name: "MTU above the range", mutate: func(r *agentapi.ConfigureNetworkRequest) { r.Interfaces[0].Mtu = 65536 },
+			wantRule: "configure_network.interface_mtu", wantReason: []string{"MTU 65536"}},
+		{name: "IPv6 unspecified address", mutate: func(r *agentapi.ConfigureNetworkRequest) { r.Interfaces[0].Addresses[1] = "::/0" },
+			wantRule: "configure_network.interface_address", wantReason: []string{"::/0", "::/128"}},
+		{name: "broadcast address", mutate: func(r *agentapi.ConfigureNetworkRequest) { r.Interfaces[0].Addresses[0] = "255.255.255.255/32" },
+			wantRule: "configure_network.interface_address", wantReason: []string{"255.255.255.255/32"}},
+		{name: "route to IPv6 multicast", mutate: func(r *agentapi.ConfigureNetworkRequest) {
+			r.Routes = append(r.Routes, &agentapi.NetworkRoute{Destination: "ff02::/16", Device: "eth0", LinkScope: true})
+		}, wantRule: "configure_network.route_destination", wantReason: []string{"ff02::/16", "ff00::/8"}},
+		{name: "route to the unspecified host", mutate: func(r *agentapi.ConfigureNetworkRequest) {
+			r.Routes = append(r.Routes, &agentapi.NetworkRoute{Destination: "0.0.0.0/32", Device: "eth0", LinkScope: true})
+		}, wantRule: "configure_network.route_destination"},
+		{name: "IPv6 gateway on loopback", mutate: func(r *agentapi.ConfigureNetworkRequest) { r.Routes[2].Gateway = "::1" },
+			wantRule: "configure_network.route_gateway", wantReason: []string{"::1", "::1/128"}},
+		{name: "route without device", mutate: func(r *agentapi.ConfigureNetworkRequest) { r.Routes[1].Device = "" },
+			wantRule: "configure_network.route_device", wantReason: []string{`device ""`, `["eth0"]`}},
+		{name: "source of no interface", mutate: func(r *agentapi.ConfigureNetworkRequest) { r.Routes[0].Source = "10.88.0.1" },
+			wantRule: "configure_network.route_source", wantReason: []string{"10.88.0.1", `["10.88.0.5","fd00:10:88::5"]`}},
+		{name: "neighbour on another device", mutate: func(r *agentapi.ConfigureNetworkRequest) { r.Neighbors[0].Device = "eth9" },
+			wantRule: "configure_network.neighbor_device", wantReason: []string{`"eth9"`}},
+		{name: "neighbour on loopback", mutate: func(r *agentapi.ConfigureNetworkRequest) { r.Neighbors[0].Ip = "127.0.0.1" },
+			wantRule: "configure_network.neighbor_ip", wantReason: []string{"127.0.0.1", "127.0.0.0/8"}},
+		{name: "neighbour with a multicast MAC", mutate: func(r *agentapi.ConfigureNetworkRequest) { r.Neighbors[0].Mac = "01:00:5e:7f:ff:fa" },
+			wantRule: "configure_network.neighbor_mac", wantReason: []string{"01:00:5e:7f:ff:fa"}},
+		{name: "neighbour with no MAC", mutate: func(r *agentapi.ConfigureNetworkRequest) { r.Neighbors[0].Mac = "00:00:00:00:00:00" },
+			wantRule: "configure_network.neighbor_mac"},
+		{name: "every failure reported", mutate: func(r *agentapi.ConfigureNetworkRequest) {
+			r.Interfaces[0].Mtu = 0
+			r.Routes[0].Gateway = "224.0.0.1"
+		}, wantRule: "configure_network.interface_mtu", wantReason: []string{"also failed: configure_network.route_gateway"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			req := podNetwork()
+			if tt.mutate != nil {
+				tt.mutate(req)
+			}
+			checkDecision(t, decide(t, e, policy.ConfigureNetwork, req), tt.wantRule, tt.wantReason...)
+		})
+	}
+}
+
+// TestConfigureNetworkData checks that the decision follows the policy's
+// network section, and that a policy without one denies.
+func TestConfigureNetworkData(t *testing.T) {
+	tests := []struct {
+		name       string
+		mutate     func(*policy.Network)
+		wantRule   string
+		wantReason []string
+	}{
+		{name: "not allowed", mutate: func(n *policy.Network) { n.Allow = false },
+			wantRule: "configure_network.request", wantReason: []string{"does not allow"}},
+		{name: "no network section", mutate: func(n *policy.Network) { *n = policy.Network{} },
+			wantRule: "configure_network.request"},
+		{name: "another interface pattern", mutate: func(n *policy.Network) { n.InterfacePattern = "net[0-9]" },
+			wantRule: "configure_network.interface_name", wantReason: []string{`"net[0-9]"`}},
+		{name: "a lower MTU ceiling", mutate: func(n *policy.Network) { n.MTUMax = 1450 },
+			wantRule: "configure_network.interface_mtu", wantReason: []string{"68 to 1450"}},
+		{name: "the pod subnet forbidden", mutate: func(n *policy.Network) { n.ForbiddenPrefixes = append(n.ForbiddenPrefixes, "10.0.0.0/8") },
+			wantRule: "configure_network.interface_address", wantReason: []string{"10.88.0.5/16", "10.0.0.0/8"}},
+		{name: "nothing forbidden", mutate: func(n *policy.Network) { n.ForbiddenPrefixes = []string{} }},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			d := testData()
+			tt.mutate(&d.Network)
+			checkDecision(t, decide(t, engineFor(t, d), policy.ConfigureNetwork, podNetwork()), tt.wantRule, tt.wantReason...)
+		})
+	}
+	// The forbidden prefixes apply whatever else the policy allows.
+	d := testData()
+	d.Network.ForbiddenPrefixes = []string{}
+	req := podNetwork()
+	req.Interfaces[0].Addresses = append(req.Interfaces[0].Addresses, "127.0.0.2/8")
+	checkDecision(t, decide(t, engineFor(t, d), policy.ConfigureNetwork, req), "")
+	checkDecision(t, decide(t, testEngine(t), policy.ConfigureNetwork, req), "configure_network.interface_address")
+}

@@ -111,6 +111,15 @@ func testData() policy.Data {
 		},
 		Containers: map[string]policy.Container{},
 		Requests:   map[policy.Kind]bool{},
+		// The generator's defaults.
+		Network: policy.Network{
+			Allow:             true,
+			InterfacePattern:  "eth[0-9]+",
+			MaxInterfaces:     1,
+			MTUMin:            68,
+			MTUMax:            65535,
+			ForbiddenPrefixes: []string{"127.0.0.0/8", "::1/128", "0.0.0.0/32", "::/128", "224.0.0.0/4", "ff00::/8", "255.255.255.255/32"},
+		},
 	}
 	for _, k := range policy.Kinds {
 		switch k {
