@@ -26,9 +26,11 @@ import (
 // Configure applies req to the network namespace of the calling thread: the
 // VM's own network, when the agent is the VM's init.
 func Configure(req *api.ConfigureNetworkRequest) error {
-	handle, err := netlink.NewHandle()
+	// Routing netlink only: without arguments NewHandle also opens XFRM
+	// and netfilter sockets, which the guest kernel does not have.
+	handle, err := netlink.NewHandle(unix.NETLINK_ROUTE)
 	if err != nil {
-		return fmt.Errorf("open netlink: %w", err)
+		return fmt.Errorf("open routing netlink: %w", err)
 	}
 	defer handle.Close()
 	return Apply(handle, req)
