@@ -1150,4 +1150,10 @@ func TestDecisionDenialText(t *testing.T) {
 	if want := `rule create_container.env: environment variable "LD_PRELOAD=/tmp/evil.so" is not allowed by the policy`; err == nil || !strings.Contains(err.Error(), want) {
 		t.Fatalf("%v\nwant %s", err, want)
 	}
+	kind, req = configureNetwork(bridgeNetwork, func(r *agentapi.ConfigureNetworkRequest) { r.Interfaces[0].Addresses = []string{"127.0.0.2/8"} })(p)
+	err = p.gate.Authorize(context.Background(), enforce.ServicePrefix+string(kind), req)
+	want = `policy denies ConfigureNetwork: rule configure_network.interface_address: interface "eth0" has address 127.0.0.2/8, inside the forbidden prefix 127.0.0.0/8`
+	if err == nil || err.Error() != want {
+		t.Fatalf("%v\nwant %s", err, want)
+	}
 }

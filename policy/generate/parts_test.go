@@ -4,6 +4,7 @@ import (
 	"context"
 	"os"
 	"path/filepath"
+	"reflect"
 	"slices"
 	"strings"
 	"testing"
@@ -133,6 +134,30 @@ func TestSettingsFiles(t *testing.T) {
 				t.Errorf("requests %v", s.Requests)
 			}
 		}},
+		{name: "network off", file: "n.yaml", body: "network: {allow: false}\n", check: func(t *testing.T, s Settings) {
+			if n := s.Network.data(); n.Allow || n.InterfacePattern != DefaultInterfacePattern || n.MaxInterfaces != 1 || n.MTUMin != 68 || n.MTUMax != 65535 {
+				t.Errorf("network %+v", n)
+			}
+		}},
+		{name: "network bounds", file: "n2.yaml", body: "network:\n  interfacePattern: 'net[0-9]'\n  maxInterfaces: 2\n  mtuMin: 1280\n  mtuMax: 9000\n  forbiddenPrefixes: [10.0.0.0/24, '::1/128']\n",
+			check: func(t *testing.T, s Settings) {
+				n := s.Network.data()
+				want := append(DefaultForbiddenPrefixes(), "10.0.0.0/24")
+				if !n.Allow || n.InterfacePattern != "net[0-9]" || n.MaxInterfaces != 2 || n.MTUMin != 1280 || n.MTUMax != 9000 || !slices.Equal(n.ForbiddenPrefixes, want) {
+					t.Errorf("network %+v", n)
+				}
+			}},
+		{name: "network defaults", file: "n3.yaml", body: "kubeletRootDir: /k\n", check: func(t *testing.T, s Settings) {
+			if n := s.Network.data(); !n.Allow || !slices.Equal(n.ForbiddenPrefixes, DefaultForbiddenPrefixes()) {
+				t.Errorf("network %+v", n)
+			}
+		}},
+		{name: "network pattern", file: "n4.yaml", body: "network: {interfacePattern: 'eth('}\n", err: "network.interfacePattern"},
+		{name: "network MTU range", file: "n5.yaml", body: "network: {mtuMin: 9000, mtuMax: 1500}\n", err: "network.mtuMin 9000 and mtuMax 1500 are no range"},
+		{name: "network MTU negative", file: "n6.yaml", body: "network: {mtuMin: -1}\n", err: "network.mtuMin -1"},
+		{name: "network interfaces negative", file: "n7.yaml", body: "network: {maxInterfaces: -2}\n", err: "network.maxInterfaces -2 is negative"},
+		{name: "network prefix host bits", file: "n8.yaml", body: "network: {forbiddenPrefixes: [10.0.0.1/24]}\n", err: `network.forbiddenPrefixes[0]: "10.0.0.1/24" has host bits set`},
+		{name: "network unknown key", file: "n9.yaml", body: "network: {allowed: true}\n", err: `unknown field "allowed"`},
 		{name: "unknown key", file: "u.yaml", body: "containers: {'*': {log: true}}\n", err: `unknown field "log"`},
 		{name: "unknown top key", file: "u2.yaml", body: "request: {}\n", err: `unknown field "request"`},
 		{name: "not id-only kind", file: "k.yaml", body: "requests: {ExecProcess: true}\n", err: "ExecProcess"},
@@ -226,4 +251,37 @@ func FuzzGenerate(f *testing.F) {
 			}
 		}
 	})
+}
+
+func TestNetworkFromSettings(t *testing.T) {
+	pod := podYAML("containers: [{name: c, image: busybox}]")
+	defaults := policy.Network{
+		Allow: true, InterfacePattern: "eth[0-9]+", MaxInterfaces: 1, MTUMin: 68, MTUMax: 65535,
+		ForbiddenPrefixes: []string{"127.0.0.0/8", "::1/128", "0.0.0.0/32", "::/128", "224.0.0.0/4", "ff00::/8", "255.255.255.255/32"},
+	}
+	for _, tc := range []struct {
+		name     string
+		settings Settings
+		want     policy.Network
+	}{
+		{"zero settings", Settings{}, defaults},
+		{"default settings", DefaultSettings(), defaults},
+		{"denied", Settings{Network: NetworkSettings{Allow: ptr(false)}}, func() policy.Network { n := defaults; n.Allow = false; return n }()},
+		{"a prefix added once", Settings{Network: NetworkSettings{ForbiddenPrefixes: []string{"169.254.169.254/32", "::1/128", "169.254.169.254/32"}}},
+			func() policy.Network {
+				n := defaults
+				n.ForbiddenPrefixes = append(DefaultForbiddenPrefixes(), "169.254.169.254/32")
+				return n
+			}()},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			res, _ := generate(t, pod, Options{Settings: tc.settings})
+			if got := res.Policies[0].Data.Network; !reflect.DeepEqual(got, tc.want) {
+				t.Errorf("network %+v, want %+v", got, tc.want)
+			}
+		})
+	}
+	if _, err := Generate(context.Background(), []byte(pod), Options{Settings: Settings{Network: NetworkSettings{MTUMax: 10}}}); err == nil || !strings.Contains(err.Error(), "settings: network.mtuMin 68 and mtuMax 10") {
+		t.Errorf("MTU range below the default minimum: %v", err)
+	}
 }
