@@ -189,6 +189,20 @@ func BenchmarkDecide(b *testing.B) {
 			}
 		}
 	})
+	b.Run("configure-network", func(b *testing.B) {
+		e := testEngine(b)
+		req := podNetwork()
+		b.ReportAllocs()
+		for b.Loop() {
+			in, err := Input(policy.ConfigureNetwork, req, nil)
+			if err != nil {
+				b.Fatal(err)
+			}
+			if d, err := e.Decide(ctx, policy.ConfigureNetwork, in); err != nil || !d.Allow {
+				b.Fatalf("%+v, %v", d, err)
+			}
+		}
+	})
 	b.Run("compile", func(b *testing.B) {
 		m, err := policy.Build(testData())
 		if err != nil {
