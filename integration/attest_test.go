@@ -174,14 +174,14 @@ func containsLine(out, status, check string) bool {
 
 // generatePolicyFile runs `contrast policy generate` on a pod YAML with the
 // image resolved in the suite's containerd.
-func generatePolicyFile(t *testing.T, s *suite, podYAML, out string) {
+func generatePolicyFile(t *testing.T, s *suite, podYAML, out string, flags ...string) {
 	t.Helper()
 	in := out + ".in.yaml"
 	if err := os.WriteFile(in, []byte(podYAML), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	gen := exec.CommandContext(s.ctx, s.env.CLI, "policy", "generate",
-		"--containerd-address", s.c.Socket, "--namespace", "k8s.io", "-o", out, in)
+	args := append([]string{"policy", "generate", "--containerd-address", s.c.Socket, "--namespace", "k8s.io", "-o", out}, flags...)
+	gen := exec.CommandContext(s.ctx, s.env.CLI, append(args, in)...)
 	if msg, err := gen.CombinedOutput(); err != nil {
 		t.Fatalf("contrast policy generate: %v\n%s", err, msg)
 	}

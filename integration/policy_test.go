@@ -156,6 +156,37 @@ func TestPolicy(t *testing.T) {
 		s.removePod(t, pod, trace, before)
 	})
 
+	// A policy whose settings forbid the pod's subnet: the host's
+	// ConfigureNetwork is denied, so the pod never starts, and nothing of
+	// it stays, in the sandbox's network namespace neither.
+	t.Run("network-denied", func(t *testing.T) {
+		before := s.snapshot(t)
+		settings := filepath.Join(t.TempDir(), "settings.yaml")
+		if err := os.WriteFile(settings, []byte("network:\n  forbiddenPrefixes: ["+s.c.Subnet+"]\n"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		out := filepath.Join(t.TempDir(), "pod.policy.yaml")
+		generatePolicyFile(t, s, policyPodYAML, out, "--settings", settings)
+		manifest, err := os.ReadFile(out)
+		if err != nil {
+			t.Fatal(err)
+		}
+		pc, _, err := harness.PodFromYAML(manifest, contrastHandler)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, err = s.cri.RunPod(s.ctx, pc)
+		if err == nil {
+			t.Fatalf("runp succeeded although the policy forbids the pod's subnet %s", s.c.Subnet)
+		}
+		msg := cmdErrText(err)
+		t.Logf("runp: %s", msg)
+		if !containsAny(msg, "policy denies ConfigureNetwork") || !containsAny(msg, "configure_network.interface_address") {
+			t.Errorf("error does not name the ConfigureNetwork request and the address rule")
+		}
+		s.expectNoLeftovers(t, "refused pod", func() (harness.Leftovers, error) { return s.c.NewSince(*before) })
+	})
+
 	t.Run("hostdata-mismatch", func(t *testing.T) {
 		before := s.snapshot(t)
 		pc := podCfg
