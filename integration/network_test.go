@@ -1,12 +1,9 @@
 package integration
 
 import (
-	"context"
 	"errors"
 	"fmt"
-	"io"
 	"net"
-	"net/http"
 	"strings"
 	"testing"
 	"time"
@@ -66,7 +63,7 @@ func (s *suite) network(t *testing.T, handler string) {
 
 	// Host to pod: HTTP on the pod IP.
 	url := "http://" + net.JoinHostPort(webStatus.IP, "8080") + "/"
-	body, err := httpGetRetrying(s.ctx, url, time.Minute)
+	body, err := harness.HTTPGet(s.ctx, url, time.Minute)
 	if err != nil {
 		t.Fatalf("GET %s from the host: %v", url, err)
 	}
@@ -207,34 +204,6 @@ func (p *netnsProbe) expectClean(t testing.TB) {
 			return
 		}
 		time.Sleep(200 * time.Millisecond)
-	}
-}
-
-// httpGetRetrying GETs url until it answers 200 (the server may still be
-// starting) or timeout passes.
-func httpGetRetrying(ctx context.Context, url string, timeout time.Duration) (string, error) {
-	client := &http.Client{Timeout: 5 * time.Second}
-	deadline := time.Now().Add(timeout)
-	for {
-		body, err := func() (string, error) {
-			resp, err := client.Get(url)
-			if err != nil {
-				return "", err
-			}
-			defer resp.Body.Close()
-			b, err := io.ReadAll(resp.Body)
-			if err != nil {
-				return "", err
-			}
-			if resp.StatusCode != http.StatusOK {
-				return "", fmt.Errorf("status %s: %s", resp.Status, b)
-			}
-			return string(b), nil
-		}()
-		if err == nil || time.Now().After(deadline) || ctx.Err() != nil {
-			return body, err
-		}
-		time.Sleep(250 * time.Millisecond)
 	}
 }
 

@@ -15,6 +15,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"os/signal"
@@ -162,7 +163,9 @@ spec:
     command:
     - sh
     - -c
-    - trap 'echo "got SIGTERM, bye"; exit 0' TERM; echo "hello from $(hostname), kernel $(uname -r)"; sleep 100000 & wait
+    - trap 'echo "got SIGTERM, bye"; exit 0' TERM; echo "hello from $(hostname), kernel $(uname -r)";
+      mkdir -p /www; echo "served by pod $(hostname) over its CNI network" > /www/index.html; httpd -p 8080 -h /www;
+      sleep 100000 & wait
     livenessProbe:
       exec:
         command: ["uname", "-r"]
@@ -247,6 +250,18 @@ func demoPod(ctx context.Context, env harness.Env, c *harness.Containerd, hostRe
 				"in the pod: " + strings.TrimSpace(r.Stdout),
 				"on the host: " + hostRelease,
 			}, nil
+		}},
+		{"the pod's network: its CNI address, in the VM, serves HTTP to the host", func() ([]string, error) {
+			st, err := cri.InspectPod(ctx, pod.ID)
+			if err != nil {
+				return nil, err
+			}
+			url := "http://" + net.JoinHostPort(st.IP, "8080") + "/"
+			body, err := harness.HTTPGet(ctx, url, 30*time.Second)
+			if err != nil {
+				return nil, err
+			}
+			return []string{"pod IP (CNI bridge " + c.Bridge + "): " + st.IP, "GET " + url + " from the host: " + strings.TrimSpace(body)}, nil
 		}},
 		{"crictl exec sh -c 'grep -c processor /proc/cpuinfo; exit 3'", func() ([]string, error) {
 			r, err := cri.Exec(ctx, ctr.ID, false, "sh", "-c", "grep -c processor /proc/cpuinfo; exit 3")
