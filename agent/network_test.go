@@ -3,15 +3,15 @@ package agent
 import (
 	"context"
 	"net"
-	"runtime"
 	"slices"
 	"testing"
 
 	"github.com/contrast-vm/contrast/agent/netconf"
 	api "github.com/contrast-vm/contrast/api/agent"
 	"github.com/vishvananda/netlink"
-	"github.com/vishvananda/netns"
 	"google.golang.org/grpc/codes"
+
+	"github.com/contrast-vm/contrast/internal/netnstest"
 )
 
 // nicNamespace makes a network namespace of the test's own holding a NIC,
@@ -19,32 +19,7 @@ import (
 // in it. The namespace goes when the test ends.
 func nicNamespace(t *testing.T, mac string) *netlink.Handle {
 	t.Helper()
-	// netns.New moves the calling thread into the new namespace: move it
-	// back before another goroutine can run on it.
-	runtime.LockOSThread()
-	defer runtime.UnlockOSThread()
-	orig, err := netns.Get()
-	if err != nil {
-		t.Fatalf("current network namespace: %v", err)
-	}
-	defer orig.Close()
-	ns, err := netns.New()
-	if err != nil {
-		t.Fatalf("new network namespace: %v", err)
-	}
-	if err := netns.Set(orig); err != nil {
-		ns.Close()
-		t.Fatalf("back to the original network namespace: %v", err)
-	}
-	handle, err := netlink.NewHandleAt(ns)
-	if err != nil {
-		ns.Close()
-		t.Fatalf("netlink in the test namespace: %v", err)
-	}
-	t.Cleanup(func() {
-		handle.Close()
-		ns.Close()
-	})
+	handle := netnstest.New(t)
 	hw, err := net.ParseMAC(mac)
 	if err != nil {
 		t.Fatal(err)

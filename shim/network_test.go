@@ -2,72 +2,37 @@ package shim
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"os/exec"
-	"path/filepath"
 	"strings"
 	"testing"
 
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
 	"github.com/contrast-vm/contrast/policy"
+
+	"github.com/contrast-vm/contrast/internal/netnstest"
 )
-
-// ipCmd runs the ip command (iproute2) and returns its output.
-func ipCmd(t *testing.T, args ...string) string {
-	t.Helper()
-	return iproute2(t, "ip", args...)
-}
-
-func iproute2(t *testing.T, tool string, args ...string) string {
-	t.Helper()
-	out, err := exec.Command(tool, args...).CombinedOutput()
-	if err != nil {
-		t.Fatalf("%s %s: %v: %s", tool, strings.Join(args, " "), err, out)
-	}
-	return string(out)
-}
-
-// testNamespace creates a named network namespace with loopback up,
-// removed when the test ends, and returns its name and path.
-func testNamespace(t *testing.T) (name, path string) {
-	t.Helper()
-	suffix := make([]byte, 4)
-	if _, err := rand.Read(suffix); err != nil {
-		t.Fatal(err)
-	}
-	name = "cshim-" + hex.EncodeToString(suffix)
-	ipCmd(t, "netns", "add", name)
-	t.Cleanup(func() {
-		if out, err := exec.Command("ip", "netns", "del", name).CombinedOutput(); err != nil {
-			t.Errorf("ip netns del %s: %v: %s", name, err, out)
-		}
-	})
-	ipCmd(t, "-n", name, "link", "set", "lo", "up")
-	return name, filepath.Join("/run/netns", name)
-}
 
 // cniLikeNamespaces is what a bridge CNI plugin leaves, without the bridge:
 // the pod's namespace holds eth0 (10.77.0.5/24, default route via .1) and
 // the peer namespace the veth's other end with 10.77.0.1/24.
 func cniLikeNamespaces(t *testing.T) (pod, podPath, peer string) {
 	t.Helper()
-	pod, podPath = testNamespace(t)
-	peer, _ = testNamespace(t)
-	ipCmd(t, "-n", pod, "link", "add", "eth0", "mtu", "1400", "type", "veth", "peer", "name", "veth0", "netns", peer)
-	ipCmd(t, "-n", peer, "addr", "add", "10.77.0.1/24", "dev", "veth0")
-	ipCmd(t, "-n", peer, "link", "set", "veth0", "up")
-	ipCmd(t, "-n", pod, "addr", "add", "10.77.0.5/24", "dev", "eth0")
-	ipCmd(t, "-n", pod, "link", "set", "eth0", "up")
-	ipCmd(t, "-n", pod, "route", "add", "default", "via", "10.77.0.1", "dev", "eth0")
+	pod, podPath = netnstest.Named(t, "cshim-")
+	peer, _ = netnstest.Named(t, "cshim-")
+	netnstest.IP(t, "-n", pod, "link", "add", "eth0", "mtu", "1400", "type", "veth", "peer", "name", "veth0", "netns", peer)
+	netnstest.IP(t, "-n", peer, "addr", "add", "10.77.0.1/24", "dev", "veth0")
+	netnstest.IP(t, "-n", peer, "link", "set", "veth0", "up")
+	netnstest.IP(t, "-n", pod, "addr", "add", "10.77.0.5/24", "dev", "eth0")
+	netnstest.IP(t, "-n", pod, "link", "set", "eth0", "up")
+	netnstest.IP(t, "-n", pod, "route", "add", "default", "via", "10.77.0.1", "dev", "eth0")
 	return pod, podPath, peer
 }
 
 // namespaceLinks lists a namespace's links and qdiscs, as `ip` shows them.
 func namespaceLinks(t *testing.T, ns string) string {
 	t.Helper()
-	return ipCmd(t, "-n", ns, "-o", "link", "show") + iproute2(t, "tc", "-n", ns, "qdisc", "show")
+	return netnstest.IP(t, "-n", ns, "-o", "link", "show") + netnstest.TC(t, "-n", ns, "qdisc", "show")
 }
 
 func bootWithNetwork(t *testing.T, cfg Config, id, netnsPath string) (*pod, error) {
@@ -125,14 +90,14 @@ func TestBootPodNetworkErrors(t *testing.T) {
 			return "", t.TempDir()
 		}, "is not a network namespace"},
 		{"no usable interface", func(t *testing.T) (string, string) {
-			ns, path := testNamespace(t)
+			ns, path := netnstest.Named(t, "cshim-")
 			// (this kernel has no dummy links)
-			ipCmd(t, "-n", ns, "link", "add", "eth0", "type", "veth", "peer", "name", "eth1")
+			netnstest.IP(t, "-n", ns, "link", "add", "eth0", "type", "veth", "peer", "name", "eth1")
 			return ns, path
 		}, "has no interface with an address besides loopback"},
 		{"tap name taken", func(t *testing.T) (string, string) {
 			ns, path, _ := cniLikeNamespaces(t)
-			ipCmd(t, "-n", ns, "link", "add", podTapName, "type", "veth", "peer", "name", "taken1")
+			netnstest.IP(t, "-n", ns, "link", "add", podTapName, "type", "veth", "peer", "name", "taken1")
 			return ns, path
 		}, "a link named " + podTapName + " exists already"},
 	}

@@ -233,22 +233,13 @@ func parse(req *api.ConfigureNetworkRequest) (*plan, error) {
 	return p, nil
 }
 
-// validateName accepts what the kernel accepts as a link name
-// (dev_valid_name), but not loopback's, which is never the host's.
+// validateName accepts what the kernel accepts as a link name, but not
+// loopback's, which is never the host's.
 func validateName(name string) error {
-	switch {
-	case name == "":
-		return errors.New("empty")
-	case len(name) >= unix.IFNAMSIZ:
-		return fmt.Errorf("%q is longer than %d bytes", name, unix.IFNAMSIZ-1)
-	case name == "." || name == "..":
-		return fmt.Errorf("%q is not a link name", name)
-	case strings.ContainsAny(name, "/: \t\n\v\f\r"):
-		return fmt.Errorf("%q contains '/', ':' or white space", name)
-	case name == "lo":
+	if name == "lo" {
 		return errors.New(`"lo" is the loopback, which is not the host's to configure`)
 	}
-	return nil
+	return api.ValidateLinkName(name)
 }
 
 // parseNICMAC parses the MAC of a NIC: an Ethernet unicast address.

@@ -3,53 +3,16 @@ package netconf
 import (
 	"fmt"
 	"net"
-	"os"
-	"runtime"
 	"slices"
 	"strings"
 	"testing"
 
 	api "github.com/contrast-vm/contrast/api/agent"
 	"github.com/vishvananda/netlink"
-	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
-)
 
-// newNamespace makes a network namespace of the test's own and returns a
-// netlink handle in it; the namespace goes when the test ends.
-func newNamespace(t *testing.T) *netlink.Handle {
-	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root (network namespaces)")
-	}
-	// netns.New moves the calling thread into the new namespace: move it
-	// back before another goroutine can run on it.
-	runtime.LockOSThread()
-	defer runtime.UnlockOSThread()
-	orig, err := netns.Get()
-	if err != nil {
-		t.Fatalf("current network namespace: %v", err)
-	}
-	defer orig.Close()
-	ns, err := netns.New()
-	if err != nil {
-		t.Fatalf("new network namespace: %v", err)
-	}
-	if err := netns.Set(orig); err != nil {
-		ns.Close()
-		t.Fatalf("back to the original network namespace: %v", err)
-	}
-	handle, err := netlink.NewHandleAt(ns)
-	if err != nil {
-		ns.Close()
-		t.Fatalf("netlink in the test namespace: %v", err)
-	}
-	t.Cleanup(func() {
-		handle.Close()
-		ns.Close() // the last reference: the kernel removes the namespace
-	})
-	return handle
-}
+	"github.com/contrast-vm/contrast/internal/netnstest"
+)
 
 // addNIC stands in for a virtio-net NIC: one end of a veth pair named name
 // with mac, whose peer (peer-<name>) is up so that the NIC has a carrier.
@@ -230,7 +193,7 @@ func TestApply(t *testing.T) {
 		},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			handle := newNamespace(t)
+			handle := netnstest.New(t)
 			for _, n := range tc.nics {
 				addNIC(t, handle, n.name, n.mac)
 			}
@@ -306,7 +269,7 @@ func TestApplyErrors(t *testing.T) {
 		},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			handle := newNamespace(t)
+			handle := netnstest.New(t)
 			addNIC(t, handle, "ens3", mac)
 			err := Apply(handle, tc.req)
 			if err == nil {

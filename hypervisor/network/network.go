@@ -15,6 +15,8 @@ import (
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
+
+	agentapi "github.com/contrast-vm/contrast/api/agent"
 )
 
 // Interface is the CNI interface of a network namespace, as the guest NIC
@@ -293,7 +295,7 @@ func permanentNeighbors(handle *netlink.Handle, index int) ([]Neighbor, error) {
 // a u32 match-all filter redirecting every frame to the other device. On error
 // nothing it created is left behind.
 func Attach(netnsPath, ifName, tapName string) (tap *Tap, err error) {
-	if err := checkLinkName(tapName); err != nil {
+	if err := agentapi.ValidateLinkName(tapName); err != nil {
 		return nil, fmt.Errorf("tap name: %w", err)
 	}
 	ns, handle, err := openNetlink(netnsPath)
@@ -383,24 +385,6 @@ func Attach(netnsPath, ifName, tapName string) (tap *Tap, err error) {
 		GuestMAC: cni.Attrs().HardwareAddr,
 		MTU:      mtu,
 	}, nil
-}
-
-// checkLinkName rejects names the kernel would refuse or rename.
-func checkLinkName(name string) error {
-	switch {
-	case name == "":
-		return errors.New("empty")
-	case len(name) >= unix.IFNAMSIZ:
-		return fmt.Errorf("%q is longer than %d bytes", name, unix.IFNAMSIZ-1)
-	case name == "." || name == "..":
-		return fmt.Errorf("%q is not a valid interface name", name)
-	}
-	for _, c := range name {
-		if c == '/' || c == ':' || c == '%' || c <= ' ' || c == 0x7f {
-			return fmt.Errorf("%q contains %q", name, c)
-		}
-	}
-	return nil
 }
 
 func ingressQdisc(linkIndex int) *netlink.Ingress {

@@ -2,14 +2,11 @@ package network
 
 import (
 	"bytes"
-	"crypto/rand"
 	"encoding/binary"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"runtime"
 	"slices"
@@ -21,6 +18,8 @@ import (
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
+
+	"github.com/contrast-vm/contrast/internal/netnstest"
 )
 
 // testEtherType is an IEEE "local experimental" EtherType, so the test frames
@@ -30,43 +29,6 @@ const testEtherType = 0x88b5
 // virtioNetHdrLen is the size of the header a tap with IFF_VNET_HDR puts
 // before every frame (struct virtio_net_hdr, no mergeable buffers).
 const virtioNetHdrLen = 10
-
-func requireRoot(t *testing.T) {
-	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Fatal("needs root to create network namespaces (make test runs as root)")
-	}
-	if _, err := exec.LookPath("ip"); err != nil {
-		t.Fatal("needs the ip command: apt install iproute2 (hack/deps.sh installs it)")
-	}
-}
-
-func run(t *testing.T, args ...string) {
-	t.Helper()
-	out, err := exec.Command("ip", args...).CombinedOutput()
-	if err != nil {
-		t.Fatalf("ip %s: %v: %s", strings.Join(args, " "), err, out)
-	}
-}
-
-// newNamespace creates a named network namespace, removed when the test ends,
-// and returns its path.
-func newNamespace(t *testing.T) (name, path string) {
-	t.Helper()
-	suffix := make([]byte, 4)
-	if _, err := rand.Read(suffix); err != nil {
-		t.Fatal(err)
-	}
-	name = "cvmtest-" + hex.EncodeToString(suffix)
-	run(t, "netns", "add", name)
-	t.Cleanup(func() {
-		if out, err := exec.Command("ip", "netns", "del", name).CombinedOutput(); err != nil {
-			t.Errorf("ip netns del %s: %v: %s", name, err, out)
-		}
-	})
-	run(t, "-n", name, "link", "set", "lo", "up")
-	return name, filepath.Join("/run/netns", name)
-}
 
 // podNetwork is what CNI's bridge plugin leaves: the pod namespace holds eth0
 // with addresses, routes and a permanent neighbour; the peer namespace holds
@@ -81,22 +43,22 @@ type podNetwork struct {
 func newPodNetwork(t *testing.T, mtu int) *podNetwork {
 	t.Helper()
 	n := &podNetwork{}
-	n.pod, n.podPath = newNamespace(t)
-	n.peer, n.peerPath = newNamespace(t)
+	n.pod, n.podPath = netnstest.Named(t, "cvmtest-")
+	n.peer, n.peerPath = netnstest.Named(t, "cvmtest-")
 	n.podMAC, _ = net.ParseMAC("02:00:00:00:00:05")
 	n.peerMAC, _ = net.ParseMAC("02:00:00:00:00:01")
-	run(t, "-n", n.pod, "link", "add", "eth0", "address", n.podMAC.String(), "mtu", fmt.Sprint(mtu),
+	netnstest.IP(t, "-n", n.pod, "link", "add", "eth0", "address", n.podMAC.String(), "mtu", fmt.Sprint(mtu),
 		"type", "veth", "peer", "name", "veth0", "address", n.peerMAC.String(), "mtu", fmt.Sprint(mtu), "netns", n.peer)
-	run(t, "-n", n.peer, "addr", "add", "10.88.0.1/16", "dev", "veth0")
-	run(t, "-n", n.peer, "addr", "add", "fd00:88::1/64", "dev", "veth0", "nodad")
-	run(t, "-n", n.peer, "link", "set", "veth0", "up")
-	run(t, "-n", n.pod, "addr", "add", "10.88.0.5/16", "dev", "eth0")
-	run(t, "-n", n.pod, "addr", "add", "fd00:88::5/64", "dev", "eth0", "nodad")
-	run(t, "-n", n.pod, "link", "set", "eth0", "up")
-	run(t, "-n", n.pod, "route", "add", "default", "via", "10.88.0.1", "dev", "eth0")
-	run(t, "-n", n.pod, "route", "add", "10.96.0.0/12", "via", "10.88.0.1", "dev", "eth0")
-	run(t, "-n", n.pod, "-6", "route", "add", "default", "via", "fd00:88::1", "dev", "eth0")
-	run(t, "-n", n.pod, "neigh", "add", "10.88.0.1", "lladdr", n.peerMAC.String(), "dev", "eth0", "nud", "permanent")
+	netnstest.IP(t, "-n", n.peer, "addr", "add", "10.88.0.1/16", "dev", "veth0")
+	netnstest.IP(t, "-n", n.peer, "addr", "add", "fd00:88::1/64", "dev", "veth0", "nodad")
+	netnstest.IP(t, "-n", n.peer, "link", "set", "veth0", "up")
+	netnstest.IP(t, "-n", n.pod, "addr", "add", "10.88.0.5/16", "dev", "eth0")
+	netnstest.IP(t, "-n", n.pod, "addr", "add", "fd00:88::5/64", "dev", "eth0", "nodad")
+	netnstest.IP(t, "-n", n.pod, "link", "set", "eth0", "up")
+	netnstest.IP(t, "-n", n.pod, "route", "add", "default", "via", "10.88.0.1", "dev", "eth0")
+	netnstest.IP(t, "-n", n.pod, "route", "add", "10.96.0.0/12", "via", "10.88.0.1", "dev", "eth0")
+	netnstest.IP(t, "-n", n.pod, "-6", "route", "add", "default", "via", "fd00:88::1", "dev", "eth0")
+	netnstest.IP(t, "-n", n.pod, "neigh", "add", "10.88.0.1", "lladdr", n.peerMAC.String(), "dev", "eth0", "nud", "permanent")
 	return n
 }
 
@@ -111,7 +73,6 @@ func routeStrings(routes []Route) []string {
 }
 
 func TestInspect(t *testing.T) {
-	requireRoot(t)
 	n := newPodNetwork(t, 1400)
 
 	iface, err := Inspect(n.podPath)
@@ -146,12 +107,11 @@ func TestInspect(t *testing.T) {
 }
 
 func TestInspectErrors(t *testing.T) {
-	requireRoot(t)
-	_, loopbackOnly := newNamespace(t)
-	twoIfaces, twoPath := newNamespace(t)
-	run(t, "-n", twoIfaces, "link", "add", "eth0", "type", "veth", "peer", "name", "eth1")
-	run(t, "-n", twoIfaces, "addr", "add", "10.1.0.2/24", "dev", "eth0")
-	run(t, "-n", twoIfaces, "addr", "add", "10.2.0.2/24", "dev", "eth1")
+	_, loopbackOnly := netnstest.Named(t, "cvmtest-")
+	twoIfaces, twoPath := netnstest.Named(t, "cvmtest-")
+	netnstest.IP(t, "-n", twoIfaces, "link", "add", "eth0", "type", "veth", "peer", "name", "eth1")
+	netnstest.IP(t, "-n", twoIfaces, "addr", "add", "10.1.0.2/24", "dev", "eth0")
+	netnstest.IP(t, "-n", twoIfaces, "addr", "add", "10.2.0.2/24", "dev", "eth1")
 	regularFile := filepath.Join(t.TempDir(), "not-a-netns")
 	if err := os.WriteFile(regularFile, nil, 0o644); err != nil {
 		t.Fatal(err)
@@ -337,7 +297,6 @@ func readTapFrame(t *testing.T, tap *os.File) []byte {
 }
 
 func TestAttachDetach(t *testing.T) {
-	requireRoot(t)
 	n := newPodNetwork(t, 1400)
 	before := namespaceState(t, n.podPath)
 
@@ -415,7 +374,6 @@ func TestAttachDetach(t *testing.T) {
 }
 
 func TestDetachAfterTapVanished(t *testing.T) {
-	requireRoot(t)
 	n := newPodNetwork(t, 1500)
 	before := namespaceState(t, n.podPath)
 	tap, err := Attach(n.podPath, "eth0", "tap1")
@@ -424,7 +382,7 @@ func TestDetachAfterTapVanished(t *testing.T) {
 	}
 	tap.File.Close()
 	// Someone else deleted the tap: eth0's filter now points nowhere.
-	run(t, "-n", n.pod, "link", "del", "tap1")
+	netnstest.IP(t, "-n", n.pod, "link", "del", "tap1")
 	if err := Detach(n.podPath, "tap1"); err != nil {
 		t.Fatal(err)
 	}
@@ -440,15 +398,14 @@ func TestDetachNamespaceGone(t *testing.T) {
 }
 
 func TestAttachErrors(t *testing.T) {
-	requireRoot(t)
 	n := newPodNetwork(t, 1500)
 	// The tap's MTU cannot reach 65535 (65535 minus its Ethernet header is the
 	// limit), so Attach fails after creating the tap and must remove it.
 	huge := newPodNetwork(t, 65535)
 	withIngress := newPodNetwork(t, 1500)
-	run(t, "-n", withIngress.pod, "link", "add", "taken", "type", "veth", "peer", "name", "taken-peer")
+	netnstest.IP(t, "-n", withIngress.pod, "link", "add", "taken", "type", "veth", "peer", "name", "taken-peer")
 	addIngressQdisc(t, withIngress.podPath, "eth0")
-	_, loopbackOnly := newNamespace(t)
+	_, loopbackOnly := netnstest.Named(t, "cvmtest-")
 
 	for _, tc := range []struct {
 		name, path, ifName, tap string
@@ -487,8 +444,7 @@ func TestAttachErrors(t *testing.T) {
 }
 
 func TestInNamespaceReturns(t *testing.T) {
-	requireRoot(t)
-	_, path := newNamespace(t)
+	_, path := netnstest.Named(t, "cvmtest-")
 	target, err := netns.GetFromPath(path)
 	if err != nil {
 		t.Fatal(err)
