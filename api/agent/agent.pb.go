@@ -509,10 +509,18 @@ type CreateContainerRequest struct {
 	ContainerId string                 `protobuf:"bytes,1,opt,name=container_id,json=containerId,proto3" json:"container_id,omitempty"`
 	// OCI runtime spec (config.json) as the host's bundle holds it; the agent
 	// rewrites what refers to the host (root path, namespace paths, host files).
-	Spec          []byte        `protobuf:"bytes,2,opt,name=spec,proto3" json:"spec,omitempty"`
-	Rootfs        *BlockDevice  `protobuf:"bytes,3,opt,name=rootfs,proto3" json:"rootfs,omitempty"`
-	SharedFiles   []*SharedFile `protobuf:"bytes,4,rep,name=shared_files,json=sharedFiles,proto3" json:"shared_files,omitempty"`
-	Stdio         *Stdio        `protobuf:"bytes,5,opt,name=stdio,proto3" json:"stdio,omitempty"`
+	Spec []byte `protobuf:"bytes,2,opt,name=spec,proto3" json:"spec,omitempty"`
+	// rootfs is an unverified image of the container's files (a task
+	// started outside CRI, whose image the host cannot name); only a policy
+	// that pins no layers for the container may allow it. Unused with layers.
+	Rootfs      *BlockDevice  `protobuf:"bytes,3,opt,name=rootfs,proto3" json:"rootfs,omitempty"`
+	SharedFiles []*SharedFile `protobuf:"bytes,4,rep,name=shared_files,json=sharedFiles,proto3" json:"shared_files,omitempty"`
+	Stdio       *Stdio        `protobuf:"bytes,5,opt,name=stdio,proto3" json:"stdio,omitempty"`
+	// layers are the container image's layers, lowest first: the agent opens
+	// each only through dm-verity with its root hash, which the policy must
+	// name for the container, and stacks them with overlayfs under a
+	// writable layer.
+	Layers        []*Layer `protobuf:"bytes,6,rep,name=layers,proto3" json:"layers,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -582,6 +590,88 @@ func (x *CreateContainerRequest) GetStdio() *Stdio {
 	return nil
 }
 
+func (x *CreateContainerRequest) GetLayers() []*Layer {
+	if x != nil {
+		return x.Layers
+	}
+	return nil
+}
+
+// An image layer the host attached as a read-only block device (found by
+// its virtio serial, like BlockDevice): an ext4 filesystem of data_blocks
+// 4096-byte blocks, followed at once by its dm-verity hash tree (format 1,
+// SHA-256, 4096-byte data and hash blocks, the salt VeritySalt, no
+// superblock). Layers shared by containers of the pod share one device.
+type Layer struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Serial string                 `protobuf:"bytes,1,opt,name=serial,proto3" json:"serial,omitempty"`
+	// The layer's diff ID: "sha256:<hex>" of its uncompressed tar.
+	Digest string `protobuf:"bytes,2,opt,name=digest,proto3" json:"digest,omitempty"`
+	// The dm-verity root hash, 64 lower-case hex characters.
+	RootHash      string `protobuf:"bytes,3,opt,name=root_hash,json=rootHash,proto3" json:"root_hash,omitempty"`
+	DataBlocks    uint64 `protobuf:"varint,4,opt,name=data_blocks,json=dataBlocks,proto3" json:"data_blocks,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Layer) Reset() {
+	*x = Layer{}
+	mi := &file_api_agent_agent_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Layer) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Layer) ProtoMessage() {}
+
+func (x *Layer) ProtoReflect() protoreflect.Message {
+	mi := &file_api_agent_agent_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Layer.ProtoReflect.Descriptor instead.
+func (*Layer) Descriptor() ([]byte, []int) {
+	return file_api_agent_agent_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *Layer) GetSerial() string {
+	if x != nil {
+		return x.Serial
+	}
+	return ""
+}
+
+func (x *Layer) GetDigest() string {
+	if x != nil {
+		return x.Digest
+	}
+	return ""
+}
+
+func (x *Layer) GetRootHash() string {
+	if x != nil {
+		return x.RootHash
+	}
+	return ""
+}
+
+func (x *Layer) GetDataBlocks() uint64 {
+	if x != nil {
+		return x.DataBlocks
+	}
+	return 0
+}
+
 type CreateContainerResponse struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Pid           uint32                 `protobuf:"varint,1,opt,name=pid,proto3" json:"pid,omitempty"`
@@ -591,7 +681,7 @@ type CreateContainerResponse struct {
 
 func (x *CreateContainerResponse) Reset() {
 	*x = CreateContainerResponse{}
-	mi := &file_api_agent_agent_proto_msgTypes[10]
+	mi := &file_api_agent_agent_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -603,7 +693,7 @@ func (x *CreateContainerResponse) String() string {
 func (*CreateContainerResponse) ProtoMessage() {}
 
 func (x *CreateContainerResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_api_agent_agent_proto_msgTypes[10]
+	mi := &file_api_agent_agent_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -616,7 +706,7 @@ func (x *CreateContainerResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateContainerResponse.ProtoReflect.Descriptor instead.
 func (*CreateContainerResponse) Descriptor() ([]byte, []int) {
-	return file_api_agent_agent_proto_rawDescGZIP(), []int{10}
+	return file_api_agent_agent_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *CreateContainerResponse) GetPid() uint32 {
@@ -635,7 +725,7 @@ type ContainerRequest struct {
 
 func (x *ContainerRequest) Reset() {
 	*x = ContainerRequest{}
-	mi := &file_api_agent_agent_proto_msgTypes[11]
+	mi := &file_api_agent_agent_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -647,7 +737,7 @@ func (x *ContainerRequest) String() string {
 func (*ContainerRequest) ProtoMessage() {}
 
 func (x *ContainerRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_agent_agent_proto_msgTypes[11]
+	mi := &file_api_agent_agent_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -660,7 +750,7 @@ func (x *ContainerRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ContainerRequest.ProtoReflect.Descriptor instead.
 func (*ContainerRequest) Descriptor() ([]byte, []int) {
-	return file_api_agent_agent_proto_rawDescGZIP(), []int{11}
+	return file_api_agent_agent_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *ContainerRequest) GetContainerId() string {
@@ -680,7 +770,7 @@ type ProcessRequest struct {
 
 func (x *ProcessRequest) Reset() {
 	*x = ProcessRequest{}
-	mi := &file_api_agent_agent_proto_msgTypes[12]
+	mi := &file_api_agent_agent_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -692,7 +782,7 @@ func (x *ProcessRequest) String() string {
 func (*ProcessRequest) ProtoMessage() {}
 
 func (x *ProcessRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_agent_agent_proto_msgTypes[12]
+	mi := &file_api_agent_agent_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -705,7 +795,7 @@ func (x *ProcessRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProcessRequest.ProtoReflect.Descriptor instead.
 func (*ProcessRequest) Descriptor() ([]byte, []int) {
-	return file_api_agent_agent_proto_rawDescGZIP(), []int{12}
+	return file_api_agent_agent_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *ProcessRequest) GetContainerId() string {
@@ -735,7 +825,7 @@ type ExecProcessRequest struct {
 
 func (x *ExecProcessRequest) Reset() {
 	*x = ExecProcessRequest{}
-	mi := &file_api_agent_agent_proto_msgTypes[13]
+	mi := &file_api_agent_agent_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -747,7 +837,7 @@ func (x *ExecProcessRequest) String() string {
 func (*ExecProcessRequest) ProtoMessage() {}
 
 func (x *ExecProcessRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_agent_agent_proto_msgTypes[13]
+	mi := &file_api_agent_agent_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -760,7 +850,7 @@ func (x *ExecProcessRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExecProcessRequest.ProtoReflect.Descriptor instead.
 func (*ExecProcessRequest) Descriptor() ([]byte, []int) {
-	return file_api_agent_agent_proto_rawDescGZIP(), []int{13}
+	return file_api_agent_agent_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *ExecProcessRequest) GetContainerId() string {
@@ -800,7 +890,7 @@ type ExecProcessResponse struct {
 
 func (x *ExecProcessResponse) Reset() {
 	*x = ExecProcessResponse{}
-	mi := &file_api_agent_agent_proto_msgTypes[14]
+	mi := &file_api_agent_agent_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -812,7 +902,7 @@ func (x *ExecProcessResponse) String() string {
 func (*ExecProcessResponse) ProtoMessage() {}
 
 func (x *ExecProcessResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_api_agent_agent_proto_msgTypes[14]
+	mi := &file_api_agent_agent_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -825,7 +915,7 @@ func (x *ExecProcessResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExecProcessResponse.ProtoReflect.Descriptor instead.
 func (*ExecProcessResponse) Descriptor() ([]byte, []int) {
-	return file_api_agent_agent_proto_rawDescGZIP(), []int{14}
+	return file_api_agent_agent_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *ExecProcessResponse) GetPid() uint32 {
@@ -848,7 +938,7 @@ type SignalProcessRequest struct {
 
 func (x *SignalProcessRequest) Reset() {
 	*x = SignalProcessRequest{}
-	mi := &file_api_agent_agent_proto_msgTypes[15]
+	mi := &file_api_agent_agent_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -860,7 +950,7 @@ func (x *SignalProcessRequest) String() string {
 func (*SignalProcessRequest) ProtoMessage() {}
 
 func (x *SignalProcessRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_agent_agent_proto_msgTypes[15]
+	mi := &file_api_agent_agent_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -873,7 +963,7 @@ func (x *SignalProcessRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SignalProcessRequest.ProtoReflect.Descriptor instead.
 func (*SignalProcessRequest) Descriptor() ([]byte, []int) {
-	return file_api_agent_agent_proto_rawDescGZIP(), []int{15}
+	return file_api_agent_agent_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *SignalProcessRequest) GetContainerId() string {
@@ -914,7 +1004,7 @@ type WaitProcessResponse struct {
 
 func (x *WaitProcessResponse) Reset() {
 	*x = WaitProcessResponse{}
-	mi := &file_api_agent_agent_proto_msgTypes[16]
+	mi := &file_api_agent_agent_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -926,7 +1016,7 @@ func (x *WaitProcessResponse) String() string {
 func (*WaitProcessResponse) ProtoMessage() {}
 
 func (x *WaitProcessResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_api_agent_agent_proto_msgTypes[16]
+	mi := &file_api_agent_agent_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -939,7 +1029,7 @@ func (x *WaitProcessResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WaitProcessResponse.ProtoReflect.Descriptor instead.
 func (*WaitProcessResponse) Descriptor() ([]byte, []int) {
-	return file_api_agent_agent_proto_rawDescGZIP(), []int{16}
+	return file_api_agent_agent_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *WaitProcessResponse) GetExitStatus() uint32 {
@@ -965,7 +1055,7 @@ type ListProcessesResponse struct {
 
 func (x *ListProcessesResponse) Reset() {
 	*x = ListProcessesResponse{}
-	mi := &file_api_agent_agent_proto_msgTypes[17]
+	mi := &file_api_agent_agent_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -977,7 +1067,7 @@ func (x *ListProcessesResponse) String() string {
 func (*ListProcessesResponse) ProtoMessage() {}
 
 func (x *ListProcessesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_api_agent_agent_proto_msgTypes[17]
+	mi := &file_api_agent_agent_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -990,7 +1080,7 @@ func (x *ListProcessesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListProcessesResponse.ProtoReflect.Descriptor instead.
 func (*ListProcessesResponse) Descriptor() ([]byte, []int) {
-	return file_api_agent_agent_proto_rawDescGZIP(), []int{17}
+	return file_api_agent_agent_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *ListProcessesResponse) GetPids() []uint32 {
@@ -1009,7 +1099,7 @@ type RemoveContainerRequest struct {
 
 func (x *RemoveContainerRequest) Reset() {
 	*x = RemoveContainerRequest{}
-	mi := &file_api_agent_agent_proto_msgTypes[18]
+	mi := &file_api_agent_agent_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1021,7 +1111,7 @@ func (x *RemoveContainerRequest) String() string {
 func (*RemoveContainerRequest) ProtoMessage() {}
 
 func (x *RemoveContainerRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_agent_agent_proto_msgTypes[18]
+	mi := &file_api_agent_agent_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1034,7 +1124,7 @@ func (x *RemoveContainerRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveContainerRequest.ProtoReflect.Descriptor instead.
 func (*RemoveContainerRequest) Descriptor() ([]byte, []int) {
-	return file_api_agent_agent_proto_rawDescGZIP(), []int{18}
+	return file_api_agent_agent_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *RemoveContainerRequest) GetContainerId() string {
@@ -1056,7 +1146,7 @@ type ResizePtyRequest struct {
 
 func (x *ResizePtyRequest) Reset() {
 	*x = ResizePtyRequest{}
-	mi := &file_api_agent_agent_proto_msgTypes[19]
+	mi := &file_api_agent_agent_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1068,7 +1158,7 @@ func (x *ResizePtyRequest) String() string {
 func (*ResizePtyRequest) ProtoMessage() {}
 
 func (x *ResizePtyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_agent_agent_proto_msgTypes[19]
+	mi := &file_api_agent_agent_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1081,7 +1171,7 @@ func (x *ResizePtyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResizePtyRequest.ProtoReflect.Descriptor instead.
 func (*ResizePtyRequest) Descriptor() ([]byte, []int) {
-	return file_api_agent_agent_proto_rawDescGZIP(), []int{19}
+	return file_api_agent_agent_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *ResizePtyRequest) GetContainerId() string {
@@ -1123,7 +1213,7 @@ type UpdateContainerRequest struct {
 
 func (x *UpdateContainerRequest) Reset() {
 	*x = UpdateContainerRequest{}
-	mi := &file_api_agent_agent_proto_msgTypes[20]
+	mi := &file_api_agent_agent_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1135,7 +1225,7 @@ func (x *UpdateContainerRequest) String() string {
 func (*UpdateContainerRequest) ProtoMessage() {}
 
 func (x *UpdateContainerRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_agent_agent_proto_msgTypes[20]
+	mi := &file_api_agent_agent_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1148,7 +1238,7 @@ func (x *UpdateContainerRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateContainerRequest.ProtoReflect.Descriptor instead.
 func (*UpdateContainerRequest) Descriptor() ([]byte, []int) {
-	return file_api_agent_agent_proto_rawDescGZIP(), []int{20}
+	return file_api_agent_agent_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *UpdateContainerRequest) GetContainerId() string {
@@ -1177,7 +1267,7 @@ type StatsContainerResponse struct {
 
 func (x *StatsContainerResponse) Reset() {
 	*x = StatsContainerResponse{}
-	mi := &file_api_agent_agent_proto_msgTypes[21]
+	mi := &file_api_agent_agent_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1189,7 +1279,7 @@ func (x *StatsContainerResponse) String() string {
 func (*StatsContainerResponse) ProtoMessage() {}
 
 func (x *StatsContainerResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_api_agent_agent_proto_msgTypes[21]
+	mi := &file_api_agent_agent_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1202,7 +1292,7 @@ func (x *StatsContainerResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatsContainerResponse.ProtoReflect.Descriptor instead.
 func (*StatsContainerResponse) Descriptor() ([]byte, []int) {
-	return file_api_agent_agent_proto_rawDescGZIP(), []int{21}
+	return file_api_agent_agent_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *StatsContainerResponse) GetTypeUrl() string {
@@ -1228,7 +1318,7 @@ type OOMEvent struct {
 
 func (x *OOMEvent) Reset() {
 	*x = OOMEvent{}
-	mi := &file_api_agent_agent_proto_msgTypes[22]
+	mi := &file_api_agent_agent_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1240,7 +1330,7 @@ func (x *OOMEvent) String() string {
 func (*OOMEvent) ProtoMessage() {}
 
 func (x *OOMEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_api_agent_agent_proto_msgTypes[22]
+	mi := &file_api_agent_agent_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1253,7 +1343,7 @@ func (x *OOMEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use OOMEvent.ProtoReflect.Descriptor instead.
 func (*OOMEvent) Descriptor() ([]byte, []int) {
-	return file_api_agent_agent_proto_rawDescGZIP(), []int{22}
+	return file_api_agent_agent_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *OOMEvent) GetContainerId() string {
@@ -1273,7 +1363,7 @@ type GetReportRequest struct {
 
 func (x *GetReportRequest) Reset() {
 	*x = GetReportRequest{}
-	mi := &file_api_agent_agent_proto_msgTypes[23]
+	mi := &file_api_agent_agent_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1285,7 +1375,7 @@ func (x *GetReportRequest) String() string {
 func (*GetReportRequest) ProtoMessage() {}
 
 func (x *GetReportRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_agent_agent_proto_msgTypes[23]
+	mi := &file_api_agent_agent_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1298,7 +1388,7 @@ func (x *GetReportRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetReportRequest.ProtoReflect.Descriptor instead.
 func (*GetReportRequest) Descriptor() ([]byte, []int) {
-	return file_api_agent_agent_proto_rawDescGZIP(), []int{23}
+	return file_api_agent_agent_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *GetReportRequest) GetReportData() []byte {
@@ -1324,7 +1414,7 @@ type GetReportResponse struct {
 
 func (x *GetReportResponse) Reset() {
 	*x = GetReportResponse{}
-	mi := &file_api_agent_agent_proto_msgTypes[24]
+	mi := &file_api_agent_agent_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1336,7 +1426,7 @@ func (x *GetReportResponse) String() string {
 func (*GetReportResponse) ProtoMessage() {}
 
 func (x *GetReportResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_api_agent_agent_proto_msgTypes[24]
+	mi := &file_api_agent_agent_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1349,7 +1439,7 @@ func (x *GetReportResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetReportResponse.ProtoReflect.Descriptor instead.
 func (*GetReportResponse) Descriptor() ([]byte, []int) {
-	return file_api_agent_agent_proto_rawDescGZIP(), []int{24}
+	return file_api_agent_agent_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *GetReportResponse) GetReport() []byte {
@@ -1390,7 +1480,7 @@ type NetworkInterface struct {
 
 func (x *NetworkInterface) Reset() {
 	*x = NetworkInterface{}
-	mi := &file_api_agent_agent_proto_msgTypes[25]
+	mi := &file_api_agent_agent_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1402,7 +1492,7 @@ func (x *NetworkInterface) String() string {
 func (*NetworkInterface) ProtoMessage() {}
 
 func (x *NetworkInterface) ProtoReflect() protoreflect.Message {
-	mi := &file_api_agent_agent_proto_msgTypes[25]
+	mi := &file_api_agent_agent_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1415,7 +1505,7 @@ func (x *NetworkInterface) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NetworkInterface.ProtoReflect.Descriptor instead.
 func (*NetworkInterface) Descriptor() ([]byte, []int) {
-	return file_api_agent_agent_proto_rawDescGZIP(), []int{25}
+	return file_api_agent_agent_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *NetworkInterface) GetName() string {
@@ -1464,7 +1554,7 @@ type NetworkRoute struct {
 
 func (x *NetworkRoute) Reset() {
 	*x = NetworkRoute{}
-	mi := &file_api_agent_agent_proto_msgTypes[26]
+	mi := &file_api_agent_agent_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1476,7 +1566,7 @@ func (x *NetworkRoute) String() string {
 func (*NetworkRoute) ProtoMessage() {}
 
 func (x *NetworkRoute) ProtoReflect() protoreflect.Message {
-	mi := &file_api_agent_agent_proto_msgTypes[26]
+	mi := &file_api_agent_agent_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1489,7 +1579,7 @@ func (x *NetworkRoute) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NetworkRoute.ProtoReflect.Descriptor instead.
 func (*NetworkRoute) Descriptor() ([]byte, []int) {
-	return file_api_agent_agent_proto_rawDescGZIP(), []int{26}
+	return file_api_agent_agent_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *NetworkRoute) GetDestination() string {
@@ -1540,7 +1630,7 @@ type NetworkNeighbor struct {
 
 func (x *NetworkNeighbor) Reset() {
 	*x = NetworkNeighbor{}
-	mi := &file_api_agent_agent_proto_msgTypes[27]
+	mi := &file_api_agent_agent_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1552,7 +1642,7 @@ func (x *NetworkNeighbor) String() string {
 func (*NetworkNeighbor) ProtoMessage() {}
 
 func (x *NetworkNeighbor) ProtoReflect() protoreflect.Message {
-	mi := &file_api_agent_agent_proto_msgTypes[27]
+	mi := &file_api_agent_agent_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1565,7 +1655,7 @@ func (x *NetworkNeighbor) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NetworkNeighbor.ProtoReflect.Descriptor instead.
 func (*NetworkNeighbor) Descriptor() ([]byte, []int) {
-	return file_api_agent_agent_proto_rawDescGZIP(), []int{27}
+	return file_api_agent_agent_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *NetworkNeighbor) GetIp() string {
@@ -1600,7 +1690,7 @@ type ConfigureNetworkRequest struct {
 
 func (x *ConfigureNetworkRequest) Reset() {
 	*x = ConfigureNetworkRequest{}
-	mi := &file_api_agent_agent_proto_msgTypes[28]
+	mi := &file_api_agent_agent_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1612,7 +1702,7 @@ func (x *ConfigureNetworkRequest) String() string {
 func (*ConfigureNetworkRequest) ProtoMessage() {}
 
 func (x *ConfigureNetworkRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_agent_agent_proto_msgTypes[28]
+	mi := &file_api_agent_agent_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1625,7 +1715,7 @@ func (x *ConfigureNetworkRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConfigureNetworkRequest.ProtoReflect.Descriptor instead.
 func (*ConfigureNetworkRequest) Descriptor() ([]byte, []int) {
-	return file_api_agent_agent_proto_rawDescGZIP(), []int{28}
+	return file_api_agent_agent_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *ConfigureNetworkRequest) GetInterfaces() []*NetworkInterface {
@@ -1683,13 +1773,20 @@ const file_api_agent_agent_proto_rawDesc = "" +
 	"\x05stdin\x18\x01 \x01(\bR\x05stdin\x12\x16\n" +
 	"\x06stdout\x18\x02 \x01(\bR\x06stdout\x12\x16\n" +
 	"\x06stderr\x18\x03 \x01(\bR\x06stderr\x12\x1a\n" +
-	"\bterminal\x18\x04 \x01(\bR\bterminal\"\xf9\x01\n" +
+	"\bterminal\x18\x04 \x01(\bR\bterminal\"\xab\x02\n" +
 	"\x16CreateContainerRequest\x12!\n" +
 	"\fcontainer_id\x18\x01 \x01(\tR\vcontainerId\x12\x12\n" +
 	"\x04spec\x18\x02 \x01(\fR\x04spec\x126\n" +
 	"\x06rootfs\x18\x03 \x01(\v2\x1e.contrast.agent.v1.BlockDeviceR\x06rootfs\x12@\n" +
 	"\fshared_files\x18\x04 \x03(\v2\x1d.contrast.agent.v1.SharedFileR\vsharedFiles\x12.\n" +
-	"\x05stdio\x18\x05 \x01(\v2\x18.contrast.agent.v1.StdioR\x05stdio\"+\n" +
+	"\x05stdio\x18\x05 \x01(\v2\x18.contrast.agent.v1.StdioR\x05stdio\x120\n" +
+	"\x06layers\x18\x06 \x03(\v2\x18.contrast.agent.v1.LayerR\x06layers\"u\n" +
+	"\x05Layer\x12\x16\n" +
+	"\x06serial\x18\x01 \x01(\tR\x06serial\x12\x16\n" +
+	"\x06digest\x18\x02 \x01(\tR\x06digest\x12\x1b\n" +
+	"\troot_hash\x18\x03 \x01(\tR\brootHash\x12\x1f\n" +
+	"\vdata_blocks\x18\x04 \x01(\x04R\n" +
+	"dataBlocks\"+\n" +
 	"\x17CreateContainerResponse\x12\x10\n" +
 	"\x03pid\x18\x01 \x01(\rR\x03pid\"5\n" +
 	"\x10ContainerRequest\x12!\n" +
@@ -1793,7 +1890,7 @@ func file_api_agent_agent_proto_rawDescGZIP() []byte {
 	return file_api_agent_agent_proto_rawDescData
 }
 
-var file_api_agent_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 29)
+var file_api_agent_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 30)
 var file_api_agent_agent_proto_goTypes = []any{
 	(*Empty)(nil),                   // 0: contrast.agent.v1.Empty
 	(*HealthRequest)(nil),           // 1: contrast.agent.v1.HealthRequest
@@ -1805,77 +1902,79 @@ var file_api_agent_agent_proto_goTypes = []any{
 	(*SharedFile)(nil),              // 7: contrast.agent.v1.SharedFile
 	(*Stdio)(nil),                   // 8: contrast.agent.v1.Stdio
 	(*CreateContainerRequest)(nil),  // 9: contrast.agent.v1.CreateContainerRequest
-	(*CreateContainerResponse)(nil), // 10: contrast.agent.v1.CreateContainerResponse
-	(*ContainerRequest)(nil),        // 11: contrast.agent.v1.ContainerRequest
-	(*ProcessRequest)(nil),          // 12: contrast.agent.v1.ProcessRequest
-	(*ExecProcessRequest)(nil),      // 13: contrast.agent.v1.ExecProcessRequest
-	(*ExecProcessResponse)(nil),     // 14: contrast.agent.v1.ExecProcessResponse
-	(*SignalProcessRequest)(nil),    // 15: contrast.agent.v1.SignalProcessRequest
-	(*WaitProcessResponse)(nil),     // 16: contrast.agent.v1.WaitProcessResponse
-	(*ListProcessesResponse)(nil),   // 17: contrast.agent.v1.ListProcessesResponse
-	(*RemoveContainerRequest)(nil),  // 18: contrast.agent.v1.RemoveContainerRequest
-	(*ResizePtyRequest)(nil),        // 19: contrast.agent.v1.ResizePtyRequest
-	(*UpdateContainerRequest)(nil),  // 20: contrast.agent.v1.UpdateContainerRequest
-	(*StatsContainerResponse)(nil),  // 21: contrast.agent.v1.StatsContainerResponse
-	(*OOMEvent)(nil),                // 22: contrast.agent.v1.OOMEvent
-	(*GetReportRequest)(nil),        // 23: contrast.agent.v1.GetReportRequest
-	(*GetReportResponse)(nil),       // 24: contrast.agent.v1.GetReportResponse
-	(*NetworkInterface)(nil),        // 25: contrast.agent.v1.NetworkInterface
-	(*NetworkRoute)(nil),            // 26: contrast.agent.v1.NetworkRoute
-	(*NetworkNeighbor)(nil),         // 27: contrast.agent.v1.NetworkNeighbor
-	(*ConfigureNetworkRequest)(nil), // 28: contrast.agent.v1.ConfigureNetworkRequest
+	(*Layer)(nil),                   // 10: contrast.agent.v1.Layer
+	(*CreateContainerResponse)(nil), // 11: contrast.agent.v1.CreateContainerResponse
+	(*ContainerRequest)(nil),        // 12: contrast.agent.v1.ContainerRequest
+	(*ProcessRequest)(nil),          // 13: contrast.agent.v1.ProcessRequest
+	(*ExecProcessRequest)(nil),      // 14: contrast.agent.v1.ExecProcessRequest
+	(*ExecProcessResponse)(nil),     // 15: contrast.agent.v1.ExecProcessResponse
+	(*SignalProcessRequest)(nil),    // 16: contrast.agent.v1.SignalProcessRequest
+	(*WaitProcessResponse)(nil),     // 17: contrast.agent.v1.WaitProcessResponse
+	(*ListProcessesResponse)(nil),   // 18: contrast.agent.v1.ListProcessesResponse
+	(*RemoveContainerRequest)(nil),  // 19: contrast.agent.v1.RemoveContainerRequest
+	(*ResizePtyRequest)(nil),        // 20: contrast.agent.v1.ResizePtyRequest
+	(*UpdateContainerRequest)(nil),  // 21: contrast.agent.v1.UpdateContainerRequest
+	(*StatsContainerResponse)(nil),  // 22: contrast.agent.v1.StatsContainerResponse
+	(*OOMEvent)(nil),                // 23: contrast.agent.v1.OOMEvent
+	(*GetReportRequest)(nil),        // 24: contrast.agent.v1.GetReportRequest
+	(*GetReportResponse)(nil),       // 25: contrast.agent.v1.GetReportResponse
+	(*NetworkInterface)(nil),        // 26: contrast.agent.v1.NetworkInterface
+	(*NetworkRoute)(nil),            // 27: contrast.agent.v1.NetworkRoute
+	(*NetworkNeighbor)(nil),         // 28: contrast.agent.v1.NetworkNeighbor
+	(*ConfigureNetworkRequest)(nil), // 29: contrast.agent.v1.ConfigureNetworkRequest
 }
 var file_api_agent_agent_proto_depIdxs = []int32{
 	6,  // 0: contrast.agent.v1.CreateContainerRequest.rootfs:type_name -> contrast.agent.v1.BlockDevice
 	7,  // 1: contrast.agent.v1.CreateContainerRequest.shared_files:type_name -> contrast.agent.v1.SharedFile
 	8,  // 2: contrast.agent.v1.CreateContainerRequest.stdio:type_name -> contrast.agent.v1.Stdio
-	8,  // 3: contrast.agent.v1.ExecProcessRequest.stdio:type_name -> contrast.agent.v1.Stdio
-	25, // 4: contrast.agent.v1.ConfigureNetworkRequest.interfaces:type_name -> contrast.agent.v1.NetworkInterface
-	26, // 5: contrast.agent.v1.ConfigureNetworkRequest.routes:type_name -> contrast.agent.v1.NetworkRoute
-	27, // 6: contrast.agent.v1.ConfigureNetworkRequest.neighbors:type_name -> contrast.agent.v1.NetworkNeighbor
-	1,  // 7: contrast.agent.v1.Agent.Health:input_type -> contrast.agent.v1.HealthRequest
-	3,  // 8: contrast.agent.v1.Agent.SetPolicy:input_type -> contrast.agent.v1.SetPolicyRequest
-	5,  // 9: contrast.agent.v1.Agent.CreateSandbox:input_type -> contrast.agent.v1.CreateSandboxRequest
-	9,  // 10: contrast.agent.v1.Agent.CreateContainer:input_type -> contrast.agent.v1.CreateContainerRequest
-	11, // 11: contrast.agent.v1.Agent.StartContainer:input_type -> contrast.agent.v1.ContainerRequest
-	13, // 12: contrast.agent.v1.Agent.ExecProcess:input_type -> contrast.agent.v1.ExecProcessRequest
-	15, // 13: contrast.agent.v1.Agent.SignalProcess:input_type -> contrast.agent.v1.SignalProcessRequest
-	12, // 14: contrast.agent.v1.Agent.WaitProcess:input_type -> contrast.agent.v1.ProcessRequest
-	12, // 15: contrast.agent.v1.Agent.CloseStdin:input_type -> contrast.agent.v1.ProcessRequest
-	11, // 16: contrast.agent.v1.Agent.ListProcesses:input_type -> contrast.agent.v1.ContainerRequest
-	18, // 17: contrast.agent.v1.Agent.RemoveContainer:input_type -> contrast.agent.v1.RemoveContainerRequest
-	19, // 18: contrast.agent.v1.Agent.ResizePty:input_type -> contrast.agent.v1.ResizePtyRequest
-	11, // 19: contrast.agent.v1.Agent.PauseContainer:input_type -> contrast.agent.v1.ContainerRequest
-	11, // 20: contrast.agent.v1.Agent.ResumeContainer:input_type -> contrast.agent.v1.ContainerRequest
-	20, // 21: contrast.agent.v1.Agent.UpdateContainer:input_type -> contrast.agent.v1.UpdateContainerRequest
-	11, // 22: contrast.agent.v1.Agent.StatsContainer:input_type -> contrast.agent.v1.ContainerRequest
-	0,  // 23: contrast.agent.v1.Agent.WaitOOM:input_type -> contrast.agent.v1.Empty
-	23, // 24: contrast.agent.v1.Agent.GetReport:input_type -> contrast.agent.v1.GetReportRequest
-	28, // 25: contrast.agent.v1.Agent.ConfigureNetwork:input_type -> contrast.agent.v1.ConfigureNetworkRequest
-	2,  // 26: contrast.agent.v1.Agent.Health:output_type -> contrast.agent.v1.HealthResponse
-	4,  // 27: contrast.agent.v1.Agent.SetPolicy:output_type -> contrast.agent.v1.SetPolicyResponse
-	0,  // 28: contrast.agent.v1.Agent.CreateSandbox:output_type -> contrast.agent.v1.Empty
-	10, // 29: contrast.agent.v1.Agent.CreateContainer:output_type -> contrast.agent.v1.CreateContainerResponse
-	0,  // 30: contrast.agent.v1.Agent.StartContainer:output_type -> contrast.agent.v1.Empty
-	14, // 31: contrast.agent.v1.Agent.ExecProcess:output_type -> contrast.agent.v1.ExecProcessResponse
-	0,  // 32: contrast.agent.v1.Agent.SignalProcess:output_type -> contrast.agent.v1.Empty
-	16, // 33: contrast.agent.v1.Agent.WaitProcess:output_type -> contrast.agent.v1.WaitProcessResponse
-	0,  // 34: contrast.agent.v1.Agent.CloseStdin:output_type -> contrast.agent.v1.Empty
-	17, // 35: contrast.agent.v1.Agent.ListProcesses:output_type -> contrast.agent.v1.ListProcessesResponse
-	0,  // 36: contrast.agent.v1.Agent.RemoveContainer:output_type -> contrast.agent.v1.Empty
-	0,  // 37: contrast.agent.v1.Agent.ResizePty:output_type -> contrast.agent.v1.Empty
-	0,  // 38: contrast.agent.v1.Agent.PauseContainer:output_type -> contrast.agent.v1.Empty
-	0,  // 39: contrast.agent.v1.Agent.ResumeContainer:output_type -> contrast.agent.v1.Empty
-	0,  // 40: contrast.agent.v1.Agent.UpdateContainer:output_type -> contrast.agent.v1.Empty
-	21, // 41: contrast.agent.v1.Agent.StatsContainer:output_type -> contrast.agent.v1.StatsContainerResponse
-	22, // 42: contrast.agent.v1.Agent.WaitOOM:output_type -> contrast.agent.v1.OOMEvent
-	24, // 43: contrast.agent.v1.Agent.GetReport:output_type -> contrast.agent.v1.GetReportResponse
-	0,  // 44: contrast.agent.v1.Agent.ConfigureNetwork:output_type -> contrast.agent.v1.Empty
-	26, // [26:45] is the sub-list for method output_type
-	7,  // [7:26] is the sub-list for method input_type
-	7,  // [7:7] is the sub-list for extension type_name
-	7,  // [7:7] is the sub-list for extension extendee
-	0,  // [0:7] is the sub-list for field type_name
+	10, // 3: contrast.agent.v1.CreateContainerRequest.layers:type_name -> contrast.agent.v1.Layer
+	8,  // 4: contrast.agent.v1.ExecProcessRequest.stdio:type_name -> contrast.agent.v1.Stdio
+	26, // 5: contrast.agent.v1.ConfigureNetworkRequest.interfaces:type_name -> contrast.agent.v1.NetworkInterface
+	27, // 6: contrast.agent.v1.ConfigureNetworkRequest.routes:type_name -> contrast.agent.v1.NetworkRoute
+	28, // 7: contrast.agent.v1.ConfigureNetworkRequest.neighbors:type_name -> contrast.agent.v1.NetworkNeighbor
+	1,  // 8: contrast.agent.v1.Agent.Health:input_type -> contrast.agent.v1.HealthRequest
+	3,  // 9: contrast.agent.v1.Agent.SetPolicy:input_type -> contrast.agent.v1.SetPolicyRequest
+	5,  // 10: contrast.agent.v1.Agent.CreateSandbox:input_type -> contrast.agent.v1.CreateSandboxRequest
+	9,  // 11: contrast.agent.v1.Agent.CreateContainer:input_type -> contrast.agent.v1.CreateContainerRequest
+	12, // 12: contrast.agent.v1.Agent.StartContainer:input_type -> contrast.agent.v1.ContainerRequest
+	14, // 13: contrast.agent.v1.Agent.ExecProcess:input_type -> contrast.agent.v1.ExecProcessRequest
+	16, // 14: contrast.agent.v1.Agent.SignalProcess:input_type -> contrast.agent.v1.SignalProcessRequest
+	13, // 15: contrast.agent.v1.Agent.WaitProcess:input_type -> contrast.agent.v1.ProcessRequest
+	13, // 16: contrast.agent.v1.Agent.CloseStdin:input_type -> contrast.agent.v1.ProcessRequest
+	12, // 17: contrast.agent.v1.Agent.ListProcesses:input_type -> contrast.agent.v1.ContainerRequest
+	19, // 18: contrast.agent.v1.Agent.RemoveContainer:input_type -> contrast.agent.v1.RemoveContainerRequest
+	20, // 19: contrast.agent.v1.Agent.ResizePty:input_type -> contrast.agent.v1.ResizePtyRequest
+	12, // 20: contrast.agent.v1.Agent.PauseContainer:input_type -> contrast.agent.v1.ContainerRequest
+	12, // 21: contrast.agent.v1.Agent.ResumeContainer:input_type -> contrast.agent.v1.ContainerRequest
+	21, // 22: contrast.agent.v1.Agent.UpdateContainer:input_type -> contrast.agent.v1.UpdateContainerRequest
+	12, // 23: contrast.agent.v1.Agent.StatsContainer:input_type -> contrast.agent.v1.ContainerRequest
+	0,  // 24: contrast.agent.v1.Agent.WaitOOM:input_type -> contrast.agent.v1.Empty
+	24, // 25: contrast.agent.v1.Agent.GetReport:input_type -> contrast.agent.v1.GetReportRequest
+	29, // 26: contrast.agent.v1.Agent.ConfigureNetwork:input_type -> contrast.agent.v1.ConfigureNetworkRequest
+	2,  // 27: contrast.agent.v1.Agent.Health:output_type -> contrast.agent.v1.HealthResponse
+	4,  // 28: contrast.agent.v1.Agent.SetPolicy:output_type -> contrast.agent.v1.SetPolicyResponse
+	0,  // 29: contrast.agent.v1.Agent.CreateSandbox:output_type -> contrast.agent.v1.Empty
+	11, // 30: contrast.agent.v1.Agent.CreateContainer:output_type -> contrast.agent.v1.CreateContainerResponse
+	0,  // 31: contrast.agent.v1.Agent.StartContainer:output_type -> contrast.agent.v1.Empty
+	15, // 32: contrast.agent.v1.Agent.ExecProcess:output_type -> contrast.agent.v1.ExecProcessResponse
+	0,  // 33: contrast.agent.v1.Agent.SignalProcess:output_type -> contrast.agent.v1.Empty
+	17, // 34: contrast.agent.v1.Agent.WaitProcess:output_type -> contrast.agent.v1.WaitProcessResponse
+	0,  // 35: contrast.agent.v1.Agent.CloseStdin:output_type -> contrast.agent.v1.Empty
+	18, // 36: contrast.agent.v1.Agent.ListProcesses:output_type -> contrast.agent.v1.ListProcessesResponse
+	0,  // 37: contrast.agent.v1.Agent.RemoveContainer:output_type -> contrast.agent.v1.Empty
+	0,  // 38: contrast.agent.v1.Agent.ResizePty:output_type -> contrast.agent.v1.Empty
+	0,  // 39: contrast.agent.v1.Agent.PauseContainer:output_type -> contrast.agent.v1.Empty
+	0,  // 40: contrast.agent.v1.Agent.ResumeContainer:output_type -> contrast.agent.v1.Empty
+	0,  // 41: contrast.agent.v1.Agent.UpdateContainer:output_type -> contrast.agent.v1.Empty
+	22, // 42: contrast.agent.v1.Agent.StatsContainer:output_type -> contrast.agent.v1.StatsContainerResponse
+	23, // 43: contrast.agent.v1.Agent.WaitOOM:output_type -> contrast.agent.v1.OOMEvent
+	25, // 44: contrast.agent.v1.Agent.GetReport:output_type -> contrast.agent.v1.GetReportResponse
+	0,  // 45: contrast.agent.v1.Agent.ConfigureNetwork:output_type -> contrast.agent.v1.Empty
+	27, // [27:46] is the sub-list for method output_type
+	8,  // [8:27] is the sub-list for method input_type
+	8,  // [8:8] is the sub-list for extension type_name
+	8,  // [8:8] is the sub-list for extension extendee
+	0,  // [0:8] is the sub-list for field type_name
 }
 
 func init() { file_api_agent_agent_proto_init() }
@@ -1889,7 +1988,7 @@ func file_api_agent_agent_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_api_agent_agent_proto_rawDesc), len(file_api_agent_agent_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   29,
+			NumMessages:   30,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
