@@ -19,7 +19,7 @@ mkdir -p "$BIN"
 log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 
 apt_packages=(
-  qemu-system-x86 qemu-utils e2fsprogs erofs-utils cpio
+  qemu-system-x86 qemu-utils e2fsprogs erofs-utils cpio cryptsetup-bin
   runc containernetworking-plugins iptables busybox-static iproute2
   libseccomp-dev flex bison libelf-dev bc libssl-dev
   linux-source-6.12 xz-utils protobuf-compiler psmisc
