@@ -27,6 +27,18 @@ type Config struct {
 	Timeouts   TimeoutsConfig   `toml:"timeouts"`
 	Policy     PolicyConfig     `toml:"policy"`
 	SNP        SNPConfig        `toml:"snp"`
+	Layers     LayersConfig     `toml:"layers"`
+}
+
+// LayersConfig is the node's cache of container image layers converted to
+// dm-verity disk images, shared by every pod (and every runtime handler that
+// names the same directory).
+type LayersConfig struct {
+	// CacheDir holds the converted layers by diff ID.
+	CacheDir string `toml:"cache_dir"`
+	// CacheMaxMiB bounds the cache; the least recently used layers no pod
+	// uses go first.
+	CacheMaxMiB int64 `toml:"cache_max_mib"`
 }
 
 // Confidential computing modes (hypervisor.confidential).
@@ -130,6 +142,10 @@ func DefaultConfig() Config {
 			Stop:       Duration{10 * time.Second},
 		},
 		Policy: PolicyConfig{Default: DefaultPolicyDenyAll},
+		Layers: LayersConfig{
+			CacheDir:    "/var/cache/contrast/layers",
+			CacheMaxMiB: 20 << 10,
+		},
 		SNP: SNPConfig{
 			CPUModel: DefaultSNPCPUModel,
 			Policy:   DefaultSNPPolicy,
@@ -230,6 +246,12 @@ func (c Config) Validate() error {
 	case DefaultPolicyDenyAll, DefaultPolicyAllowAll:
 	default:
 		return fmt.Errorf("policy.default: %q is not one of %s, %s", c.Policy.Default, DefaultPolicyDenyAll, DefaultPolicyAllowAll)
+	}
+	if !filepath.IsAbs(c.Layers.CacheDir) {
+		return fmt.Errorf("layers.cache_dir: %q is not an absolute path", c.Layers.CacheDir)
+	}
+	if c.Layers.CacheMaxMiB < 1 {
+		return fmt.Errorf("layers.cache_max_mib: %d is not positive", c.Layers.CacheMaxMiB)
 	}
 	if c.Timeouts.AgentReady.Duration <= 0 {
 		return fmt.Errorf("timeouts.agent_ready: must be positive, is %s", c.Timeouts.AgentReady)

@@ -35,6 +35,20 @@ type ShimConfig struct {
 	SNPFirmware string
 	// Confidential is hypervisor.confidential ("" leaves the default, none).
 	Confidential string
+	// LayerCache is layers.cache_dir, where converted image layers are
+	// kept: by default the build cache's (shared by test runs, as a node's
+	// is by its pods); a test that corrupts a layer uses its own.
+	LayerCache string
+}
+
+// DefaultLayerCache is $CONTRAST_CACHE/layers, ~/.cache/contrast/layers
+// without it.
+func DefaultLayerCache() string {
+	root := os.Getenv("CONTRAST_CACHE")
+	if root == "" {
+		root = filepath.Join(os.Getenv("HOME"), ".cache", "contrast")
+	}
+	return filepath.Join(root, "layers")
 }
 
 // DefaultShimConfig boots the guest image of env with the host's QEMU.
@@ -57,6 +71,7 @@ func DefaultShimConfig(env Env, stateDir string) ShimConfig {
 		// Most tests exercise runtime features with pods that carry no
 		// policy; the policy tests write their own configuration.
 		DefaultPolicy: "allow-all",
+		LayerCache:    DefaultLayerCache(),
 	}
 }
 
@@ -79,6 +94,9 @@ func (s ShimConfig) TOML() string {
 	}
 	if s.SNPFirmware != "" {
 		fmt.Fprintf(&b, "\n[snp]\nfirmware = %s\n", q(s.SNPFirmware))
+	}
+	if s.LayerCache != "" {
+		fmt.Fprintf(&b, "\n[layers]\ncache_dir = %s\n", q(s.LayerCache))
 	}
 	return b.String()
 }
