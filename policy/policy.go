@@ -139,6 +139,11 @@ type Pod struct {
 type Container struct {
 	// Image is the image reference pinned by digest (name@sha256:...).
 	Image string `json:"image"`
+	// Layers are the dm-verity root hashes (64 lower-case hex) of the
+	// image's layers, lowest first: the agent opens each layer only through
+	// dm-verity with the hash at its index, and the rules deny a container
+	// whose entry pins none. Generated policies always fill it.
+	Layers []string `json:"layers"`
 	// Args is the exact process argv: the YAML's command and args, or the
 	// image's entrypoint and cmd where the YAML leaves them out.
 	Args []string `json:"args"`

@@ -124,7 +124,7 @@ create_sandbox_why contains ["hostname", msg] if {
 # ---------------------------------------------------------------- CreateContainer
 
 create_container_checks := [
-	"type", "name", "namespace", "image", "args", "env", "env_required", "cwd", "user",
+	"type", "name", "namespace", "image", "layers", "args", "env", "env_required", "cwd", "user",
 	"capabilities", "no_new_privileges", "read_only_root", "mounts", "namespaces",
 	"masked_paths", "readonly_paths", "devices", "sysctls", "seccomp", "stdio",
 ]
@@ -168,6 +168,49 @@ image_ok := true if {
 create_container_why contains ["image", msg] if {
 	msg := sprintf("image %s is not the policy's %s", [q(input.image), q(container_policy.image)])
 }
+
+# The image's files reach the container only through dm-verity: the request's
+# root hashes, lowest layer first, are the ones the policy pins, and the
+# policy pins at least one, so a container whose entry lacks layers is denied
+# rather than run on whatever the host attaches.
+create_container_ok contains "layers" if {
+	not input.unverified_rootfs
+	pinned_layers
+	[l.root_hash | some l in input.layers] == container_policy.layers
+}
+
+# pinned_layers holds when the entry pins at least one layer; a missing or
+# null list pins none.
+pinned_layers if count(container_policy.layers) > 0
+
+create_container_why contains ["layers", "the host offered an unverified rootfs"] if input.unverified_rootfs
+
+create_container_why contains ["layers", msg] if {
+	not input.unverified_rootfs
+	container_policy
+	not pinned_layers
+	msg := sprintf("the policy pins no layers for container %s", [q(input.container_name)])
+}
+
+create_container_why contains ["layers", msg] if {
+	not input.unverified_rootfs
+	pinned := count(container_policy.layers)
+	pinned > 0
+	pinned != count(input.layers)
+	msg := sprintf("container %s: the policy pins %d layers, the request has %d", [q(input.container_name), pinned, count(input.layers)])
+}
+
+create_container_why contains ["layers", msg] if {
+	not input.unverified_rootfs
+	count(container_policy.layers) == count(input.layers)
+	some i, l in input.layers
+	l.root_hash != container_policy.layers[i]
+	msg := sprintf("container %s: layer %d has root hash %s, the policy pins %s", [q(input.container_name), i, short_hash(l.root_hash), short_hash(container_policy.layers[i])])
+}
+
+short_hash(h) := concat("", [substring(h, 0, 12), "..."]) if count(h) > 12
+
+short_hash(h) := h if count(h) <= 12
 
 create_container_ok contains "args" if input.process.args == container_policy.args
 

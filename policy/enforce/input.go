@@ -53,7 +53,9 @@ const (
 //	                 masked_paths, readonly_paths (sets), devices [path],
 //	                 device_rules [{allow, type, major, minor, access}],
 //	                 sysctls {name: value}, seccomp {default_action} ("" without a filter),
-//	                 stdio {stdin, stdout, stderr, terminal}
+//	                 stdio {stdin, stdout, stderr, terminal},
+//	                 layers [{digest, root_hash}] (the image's layers, lowest first),
+//	                 unverified_rootfs (the host offered a rootfs and no layers)
 //	ExecProcess      process, stdio
 //	SignalProcess    signal, all
 //	ResizePty        width, height
@@ -121,6 +123,12 @@ func Input(kind policy.Kind, req proto.Message, containerName func(id string) (s
 			return nil, fmt.Errorf("%s %s: spec: %w", kind, r.GetContainerId(), err)
 		}
 		in["stdio"] = stdioInput(r.GetStdio())
+		layers, err := layersInput(r.GetLayers())
+		if err != nil {
+			return nil, fmt.Errorf("%s %s: %w", kind, r.GetContainerId(), err)
+		}
+		in["layers"] = layers
+		in["unverified_rootfs"] = r.GetRootfs() != nil && len(layers) == 0
 	case policy.ExecProcess:
 		r, ok := req.(*agentapi.ExecProcessRequest)
 		if !ok {
@@ -208,6 +216,36 @@ func Input(kind policy.Kind, req proto.Message, containerName func(id string) (s
 		return nil, fmt.Errorf("unknown request kind %q", kind)
 	}
 	return in, nil
+}
+
+// layersInput returns the layers' digests and root hashes, refusing a value
+// the rules would compare as a string in a form the generator never writes.
+func layersInput(layers []*agentapi.Layer) ([]any, error) {
+	out := make([]any, 0, len(layers))
+	for i, l := range layers {
+		digest, ok := strings.CutPrefix(l.GetDigest(), "sha256:")
+		if !ok || !isLowerHex(digest, 64) {
+			return nil, fmt.Errorf("layers[%d].digest %q: not sha256:<64 lower-case hex>", i, l.GetDigest())
+		}
+		if !isLowerHex(l.GetRootHash(), 64) {
+			return nil, fmt.Errorf("layers[%d].root_hash %q: not 64 lower-case hex", i, l.GetRootHash())
+		}
+		out = append(out, map[string]any{"digest": l.GetDigest(), "root_hash": l.GetRootHash()})
+	}
+	return out, nil
+}
+
+// isLowerHex reports whether s is n lower-case hex digits.
+func isLowerHex(s string, n int) bool {
+	if len(s) != n {
+		return false
+	}
+	for _, c := range []byte(s) {
+		if (c < '0' || c > '9') && (c < 'a' || c > 'f') {
+			return false
+		}
+	}
+	return true
 }
 
 // decodeJSON decodes one JSON value and refuses anything after it, as the

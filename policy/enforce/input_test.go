@@ -43,6 +43,11 @@ func TestInputCreateContainer(t *testing.T) {
 		"seccomp":           map[string]any{"default_action": ""},
 		"devices":           []string{},
 		"sysctls":           map[string]any{},
+		"unverified_rootfs": false,
+		"layers": []any{
+			map[string]any{"digest": testLayers("web")[0].GetDigest(), "root_hash": testLayers("web")[0].GetRootHash()},
+			map[string]any{"digest": testLayers("web")[1].GetDigest(), "root_hash": testLayers("web")[1].GetRootHash()},
+		},
 		"namespaces": map[string]any{
 			"pid": "", "ipc": "/proc/4242/ns/ipc", "uts": "/proc/4242/ns/uts", "mount": "",
 			"network": "/var/run/netns/cni-1b2c3d4e", "cgroup": "",
@@ -190,6 +195,12 @@ func TestInputRejects(t *testing.T) {
 	create := func(spec []byte) *agentapi.CreateContainerRequest {
 		return &agentapi.CreateContainerRequest{ContainerId: "c-1", Spec: spec}
 	}
+	withLayer := func(digest, rootHash string) *agentapi.CreateContainerRequest {
+		r := create(specWith(func(*specs.Spec) {}))
+		r.Layers = append(testLayers("web"), &agentapi.Layer{Serial: "l", Digest: digest, RootHash: rootHash})
+		return r
+	}
+	goodDigest, goodRoot := testLayers("web")[0].GetDigest(), testLayers("web")[0].GetRootHash()
 	exec := func(process string) *agentapi.ExecProcessRequest {
 		return &agentapi.ExecProcessRequest{ContainerId: "c-web", ExecId: "e", Process: []byte(process)}
 	}
@@ -218,6 +229,13 @@ func TestInputRejects(t *testing.T) {
 			s.Linux.Namespaces = append(s.Linux.Namespaces, specs.LinuxNamespace{Type: specs.PIDNamespace, Path: "/proc/1/ns/pid"})
 		})), "linux.namespaces[6]: a second pid namespace"},
 		{"seccomp without default action", policy.CreateContainer, create(specWith(func(s *specs.Spec) { s.Linux.Seccomp = &specs.LinuxSeccomp{} })), "linux.seccomp.defaultAction"},
+		{"layer digest without algorithm", policy.CreateContainer, withLayer(strings.TrimPrefix(goodDigest, "sha256:"), goodRoot), "CreateContainer c-1: layers[2].digest"},
+		{"layer digest sha512", policy.CreateContainer, withLayer("sha512:"+goodRoot, goodRoot), "layers[2].digest"},
+		{"layer digest short", policy.CreateContainer, withLayer(goodDigest[:70], goodRoot), "layers[2].digest"},
+		{"layer digest upper case", policy.CreateContainer, withLayer(strings.ToUpper(goodDigest), goodRoot), "layers[2].digest"},
+		{"layer root hash upper case", policy.CreateContainer, withLayer(goodDigest, strings.ToUpper(goodRoot)), "layers[2].root_hash"},
+		{"layer root hash empty", policy.CreateContainer, withLayer(goodDigest, ""), "layers[2].root_hash"},
+		{"layer root hash not hex", policy.CreateContainer, withLayer(goodDigest, "g"+goodRoot[1:]), "layers[2].root_hash"},
 		{"exec not JSON", policy.ExecProcess, exec("sh"), "ExecProcess c-web/e: process: invalid character"},
 		{"exec without args", policy.ExecProcess, exec(`{"cwd":"/"}`), "ExecProcess c-web/e: process.args: empty"},
 		{"exec env twice", policy.ExecProcess, exec(`{"args":["sh"],"env":["A=1","A=2"]}`), "process.env[1]: A is set again"},
@@ -318,4 +336,35 @@ func FuzzInput(f *testing.F) {
 			t.Fatalf("denial without rule or reason: %+v", d)
 		}
 	})
+}
+
+func TestInputUnverifiedRootfs(t *testing.T) {
+	spec := mustJSON(t, criSpec(testContainerNamed(t, "web")))
+	rootfs := &agentapi.BlockDevice{Serial: "rootfs", Fstype: "ext4"}
+	tests := []struct {
+		name   string
+		rootfs *agentapi.BlockDevice
+		layers []*agentapi.Layer
+		want   bool
+	}{
+		{"layers only", nil, testLayers("web"), false},
+		{"rootfs only", rootfs, nil, true},
+		{"rootfs beside layers is unused", rootfs, testLayers("web"), false},
+		{"neither", nil, nil, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			req := &agentapi.CreateContainerRequest{ContainerId: "c-1", Spec: spec, Rootfs: tt.rootfs, Layers: tt.layers}
+			in, err := Input(policy.CreateContainer, req, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if in["unverified_rootfs"] != tt.want {
+				t.Errorf("unverified_rootfs = %v, want %v", in["unverified_rootfs"], tt.want)
+			}
+			if got := len(in["layers"].([]any)); got != len(tt.layers) {
+				t.Errorf("%d layers, want %d", got, len(tt.layers))
+			}
+		})
+	}
 }

@@ -287,6 +287,70 @@ func TestCreateContainerRules(t *testing.T) {
 	}
 }
 
+func TestCreateContainerLayers(t *testing.T) {
+	web := testContainerNamed(t, "web")
+	pinned := testRootHashes("web")
+	tests := []struct {
+		name       string
+		data       func(*policy.Data) // nil: testData as it is
+		request    func(*agentapi.CreateContainerRequest)
+		wantRule   string
+		wantReason []string
+	}{
+		{name: "pinned layers in order", request: func(*agentapi.CreateContainerRequest) {}},
+		{name: "layers swapped", request: func(r *agentapi.CreateContainerRequest) {
+			r.Layers[0], r.Layers[1] = r.Layers[1], r.Layers[0]
+		}, wantRule: "create_container.layers", wantReason: []string{`"web"`, "layer 0", pinned[1][:12], pinned[0][:12]}},
+		{name: "upper layer replaced", request: func(r *agentapi.CreateContainerRequest) {
+			r.Layers[1] = testLayers("api")[1]
+		}, wantRule: "create_container.layers", wantReason: []string{"layer 1 has root hash " + testRootHashes("api")[1][:12], "the policy pins " + pinned[1][:12]}},
+		{name: "layer dropped", request: func(r *agentapi.CreateContainerRequest) {
+			r.Layers = r.Layers[:1]
+		}, wantRule: "create_container.layers", wantReason: []string{"the policy pins 2 layers, the request has 1"}},
+		{name: "layer added", request: func(r *agentapi.CreateContainerRequest) {
+			r.Layers = append(r.Layers, testLayers("api")[0])
+		}, wantRule: "create_container.layers", wantReason: []string{"the policy pins 2 layers, the request has 3"}},
+		{name: "unverified rootfs", request: func(r *agentapi.CreateContainerRequest) {
+			r.Layers = nil
+			r.Rootfs = &agentapi.BlockDevice{Serial: "rootfs", Fstype: "ext4"}
+		}, wantRule: "create_container.layers", wantReason: []string{"the host offered an unverified rootfs"}},
+		{name: "no layers at all", request: func(r *agentapi.CreateContainerRequest) {
+			r.Layers = nil
+		}, wantRule: "create_container.layers", wantReason: []string{"the request has 0"}},
+		{name: "policy pins no layers", data: func(d *policy.Data) {
+			c := d.Containers["web"]
+			c.Layers = nil
+			d.Containers["web"] = c
+		}, request: func(*agentapi.CreateContainerRequest) {}, wantRule: "create_container.layers", wantReason: []string{`pins no layers for container "web"`}},
+		{name: "policy pins no layers, unverified rootfs", data: func(d *policy.Data) {
+			c := d.Containers["web"]
+			c.Layers = nil
+			d.Containers["web"] = c
+		}, request: func(r *agentapi.CreateContainerRequest) {
+			r.Layers = nil
+			r.Rootfs = &agentapi.BlockDevice{Serial: "rootfs", Fstype: "ext4"}
+		}, wantRule: "create_container.layers", wantReason: []string{"unverified rootfs"}},
+		{name: "layers win over a rootfs", request: func(r *agentapi.CreateContainerRequest) {
+			r.Rootfs = &agentapi.BlockDevice{Serial: "rootfs", Fstype: "ext4"}
+		}},
+		{name: "another image's layers fail after the image check", request: func(r *agentapi.CreateContainerRequest) {
+			r.Layers = testLayers("api")
+		}, wantRule: "create_container.layers", wantReason: []string{"layer 0"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			d := testData()
+			if tt.data != nil {
+				tt.data(&d)
+			}
+			e := engineFor(t, d)
+			req := createRequest(t, "c-new", criSpec(web), nil)
+			tt.request(req)
+			checkDecision(t, decide(t, e, policy.CreateContainer, req), tt.wantRule, tt.wantReason...)
+		})
+	}
+}
+
 // privileged turns a spec into what CRI writes for privileged: true.
 func privileged(s *specs.Spec) {
 	all := []string{"CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_SYS_ADMIN", "CAP_SYS_MODULE", "CAP_NET_ADMIN", "CAP_SYS_PTRACE"}

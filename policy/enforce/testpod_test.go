@@ -1,6 +1,8 @@
 package enforce
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"slices"
@@ -142,9 +144,10 @@ func testData() policy.Data {
 			}
 		}
 		d.Containers[c.name] = policy.Container{
-			Image: c.image,
-			Args:  c.args,
-			Env:   env,
+			Image:  c.image,
+			Layers: testRootHashes(c.name),
+			Args:   c.args,
+			Env:    env,
 			EnvPatterns: []string{
 				`HOSTNAME=web-[a-z0-9]{5}`,
 				`KUBERNETES_(SERVICE|PORT)[A-Z0-9_]*=[0-9a-z.:/]*`,
@@ -297,9 +300,35 @@ func createRequest(t testing.TB, id string, spec *specs.Spec, stdio *agentapi.St
 	return &agentapi.CreateContainerRequest{
 		ContainerId: id,
 		Spec:        mustJSON(t, spec),
-		Rootfs:      &agentapi.BlockDevice{Serial: "rootfs-" + id, Fstype: "ext4"},
 		Stdio:       stdio,
+		Layers:      testLayers(spec.Annotations[AnnotationContainerName]),
 	}
+}
+
+// testLayers are the image layers the shim attaches for the named container:
+// two per image, their digests and root hashes derived from the name.
+func testLayers(name string) []*agentapi.Layer {
+	var layers []*agentapi.Layer
+	for i := range 2 {
+		digest := sha256.Sum256(fmt.Appendf(nil, "%s diff %d", name, i))
+		root := sha256.Sum256(fmt.Appendf(nil, "%s root %d", name, i))
+		layers = append(layers, &agentapi.Layer{
+			Serial:     fmt.Sprintf("layer-%s-%d", name, i),
+			Digest:     "sha256:" + hex.EncodeToString(digest[:]),
+			RootHash:   hex.EncodeToString(root[:]),
+			DataBlocks: 1024,
+		})
+	}
+	return layers
+}
+
+// testRootHashes are the root hashes of testLayers, as the policy pins them.
+func testRootHashes(name string) []string {
+	var hashes []string
+	for _, l := range testLayers(name) {
+		hashes = append(hashes, l.GetRootHash())
+	}
+	return hashes
 }
 
 // execProcess is the process CRI's exec sends for c: the container's own
