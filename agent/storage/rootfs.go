@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 
 	"golang.org/x/sys/unix"
 )
@@ -71,6 +72,46 @@ func (r *Rootfs) Mount(device, fstype string) (err error) {
 	if err := unix.Mount(device, r.Lower, fstype, unix.MS_RDONLY|unix.MS_NODEV, fsOptions[fstype]); err != nil {
 		return fmt.Errorf("mount %s (%s) read-only at %s: %w", device, fstype, r.Lower, err)
 	}
+	return r.mountOverlay(r.Lower)
+}
+
+// maxMountData is the size of the page the kernel copies a mount's option
+// string into, its terminating NUL included.
+const maxMountData = 4096
+
+// MountLayers mounts the overlay over image layers already mounted at
+// layerDirs, lowest layer first; Lower stays unused. On error nothing stays
+// mounted.
+func (r *Rootfs) MountLayers(layerDirs []string) (err error) {
+	if len(layerDirs) == 0 {
+		return errors.New("no image layers to stack")
+	}
+	for _, d := range layerDirs {
+		// overlayfs splits lowerdir at ':' and treats ',' as the next option.
+		if strings.ContainsAny(d, ":,\\") {
+			return fmt.Errorf("layer directory %q has a character overlayfs options cannot carry", d)
+		}
+	}
+	defer func() {
+		if err != nil {
+			if uerr := r.Unmount(); uerr != nil {
+				err = fmt.Errorf("%w (and cleaning up: %v)", err, uerr)
+			}
+		}
+	}()
+	// overlayfs lists lower directories top first.
+	top := slices.Clone(layerDirs)
+	slices.Reverse(top)
+	return r.mountOverlay(strings.Join(top, ":"))
+}
+
+// mountOverlay mounts the scratch tmpfs and the overlay over lowerdir.
+func (r *Rootfs) mountOverlay(lowerdir string) error {
+	for _, d := range []string{r.Scratch, r.Merged} {
+		if err := os.MkdirAll(d, 0o700); err != nil {
+			return fmt.Errorf("create mount point: %w", err)
+		}
+	}
 	if err := unix.Mount("tmpfs", r.Scratch, "tmpfs", unix.MS_NODEV, "mode=0700"); err != nil {
 		return fmt.Errorf("mount tmpfs at %s: %w", r.Scratch, err)
 	}
@@ -80,7 +121,10 @@ func (r *Rootfs) Mount(device, fstype string) (err error) {
 			return fmt.Errorf("create overlay dir: %w", err)
 		}
 	}
-	opts := fmt.Sprintf("lowerdir=%s,upperdir=%s,workdir=%s", r.Lower, upper, work)
+	opts := fmt.Sprintf("lowerdir=%s,upperdir=%s,workdir=%s", lowerdir, upper, work)
+	if len(opts) >= maxMountData {
+		return fmt.Errorf("overlay options for %s are %d bytes, more than the %d the kernel takes (too many layers)", r.Merged, len(opts), maxMountData-1)
+	}
 	if err := unix.Mount("overlay", r.Merged, "overlay", 0, opts); err != nil {
 		return fmt.Errorf("mount overlay at %s (%s): %w", r.Merged, opts, err)
 	}
