@@ -24,7 +24,11 @@ type container struct {
 	id     string
 	bundle string
 	rootfs *storage.Rootfs
-	cgroup string // the container's cgroup, below the hierarchy root
+	// layers are the root hashes of the image layers the rootfs stacks,
+	// held in layerSet until cleanup releases them.
+	layerSet *storage.LayerSet
+	layers   []string
+	cgroup   string // the container's cgroup, below the hierarchy root
 
 	mu     sync.Mutex
 	state  containerState
@@ -51,6 +55,14 @@ func (c *container) processes() []*process {
 func (c *container) cleanup() error {
 	if err := c.rootfs.Unmount(); err != nil {
 		return fmt.Errorf("unmount rootfs of container %s: %w", c.id, err)
+	}
+	// Top layer first; what fails stays recorded for the next try.
+	for len(c.layers) > 0 {
+		last := c.layers[len(c.layers)-1]
+		if err := c.layerSet.Release(last); err != nil {
+			return fmt.Errorf("container %s: %w", c.id, err)
+		}
+		c.layers = c.layers[:len(c.layers)-1]
 	}
 	if err := os.RemoveAll(c.bundle); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return fmt.Errorf("remove bundle of container %s: %w", c.id, err)

@@ -115,6 +115,10 @@ type Service struct {
 	oom    *oomEvents
 	policy *policyGate
 
+	// layers are the pod's image layers, opened through dm-verity and
+	// shared by the containers using them.
+	layers *storage.LayerSet
+
 	mu         sync.Mutex
 	sandboxID  string
 	containers map[string]*container
@@ -151,6 +155,7 @@ func NewService(cfg Config) (*Service, error) {
 		hub:        stdio.NewHub(),
 		oom:        newOOMEvents(),
 		policy:     newPolicyGate(cfg.TEE),
+		layers:     storage.NewLayerSet(filepath.Join(cfg.RunDir, "layers"), cfg.Devices),
 		containers: map[string]*container{},
 	}, nil
 }
@@ -238,14 +243,20 @@ func (s *Service) CreateContainer(ctx context.Context, req *api.CreateContainerR
 	if err := checkStdio(req.Stdio); err != nil {
 		return nil, invalid("create container %s: %v", id, err)
 	}
-	if req.Rootfs == nil {
-		return nil, invalid("create container %s: no rootfs device given", id)
-	}
-	if err := storage.ValidateSerial(req.Rootfs.Serial); err != nil {
+	layers, err := imageLayers(req.Layers)
+	if err != nil {
 		return nil, invalid("create container %s: %v", id, err)
 	}
-	if err := storage.ValidateFSType(req.Rootfs.Fstype); err != nil {
-		return nil, invalid("create container %s: rootfs device %s: %v", id, req.Rootfs.Serial, err)
+	if len(layers) == 0 {
+		if req.Rootfs == nil {
+			return nil, invalid("create container %s: neither image layers nor a rootfs device given", id)
+		}
+		if err := storage.ValidateSerial(req.Rootfs.Serial); err != nil {
+			return nil, invalid("create container %s: %v", id, err)
+		}
+		if err := storage.ValidateFSType(req.Rootfs.Fstype); err != nil {
+			return nil, invalid("create container %s: rootfs device %s: %v", id, req.Rootfs.Serial, err)
+		}
 	}
 	bundle := filepath.Join(s.cfg.RunDir, "containers", id)
 	shared := make([]guestspec.SharedFile, 0, len(req.SharedFiles))
@@ -275,7 +286,7 @@ func (s *Service) CreateContainer(ctx context.Context, req *api.CreateContainerR
 		s.mu.Unlock()
 		return nil, status.Errorf(codes.AlreadyExists, "create container %s: already exists", id)
 	}
-	c := &container{id: id, bundle: bundle, rootfs: rootfs, cgroup: res.Spec.Linux.CgroupsPath, state: stateCreating, execs: map[string]*process{}}
+	c := &container{id: id, bundle: bundle, rootfs: rootfs, layerSet: s.layers, cgroup: res.Spec.Linux.CgroupsPath, state: stateCreating, execs: map[string]*process{}}
 	s.containers[id] = c // reserves the id while we work without the lock
 	s.mu.Unlock()
 
@@ -283,7 +294,7 @@ func (s *Service) CreateContainer(ctx context.Context, req *api.CreateContainerR
 	if len(res.Notes) > 0 {
 		lg.Info("spec rewritten for the guest: " + strings.Join(res.Notes, "; "))
 	}
-	pid, err := s.create(ctx, c, req, res)
+	pid, err := s.create(ctx, c, req, layers, res)
 	if err != nil {
 		s.mu.Lock()
 		delete(s.containers, id)
@@ -294,7 +305,7 @@ func (s *Service) CreateContainer(ctx context.Context, req *api.CreateContainerR
 	return &api.CreateContainerResponse{Pid: uint32(pid)}, nil
 }
 
-func (s *Service) create(ctx context.Context, c *container, req *api.CreateContainerRequest, res *guestspec.Result) (_ int, err error) {
+func (s *Service) create(ctx context.Context, c *container, req *api.CreateContainerRequest, layers []storage.Layer, res *guestspec.Result) (_ int, err error) {
 	if err := os.Mkdir(c.bundle, 0o700); err != nil {
 		return 0, fmt.Errorf("create container %s: create bundle: %w", c.id, err)
 	}
@@ -306,14 +317,20 @@ func (s *Service) create(ctx context.Context, c *container, req *api.CreateConta
 		}
 	}()
 
-	dctx, cancel := context.WithTimeout(ctx, s.cfg.DeviceTimeout)
-	dev, err := s.cfg.Devices.Find(dctx, req.Rootfs.Serial)
-	cancel()
-	if err != nil {
-		return 0, fmt.Errorf("create container %s: rootfs device (waited up to %v): %w", c.id, s.cfg.DeviceTimeout, err)
-	}
-	if err := c.rootfs.Mount(dev, req.Rootfs.Fstype); err != nil {
-		return 0, fmt.Errorf("create container %s: rootfs from device %s (serial %s): %w", c.id, dev, req.Rootfs.Serial, err)
+	if len(layers) > 0 {
+		if err := s.mountLayers(ctx, c, layers); err != nil {
+			return 0, err
+		}
+	} else {
+		dctx, cancel := context.WithTimeout(ctx, s.cfg.DeviceTimeout)
+		dev, err := s.cfg.Devices.Find(dctx, req.Rootfs.Serial)
+		cancel()
+		if err != nil {
+			return 0, fmt.Errorf("create container %s: rootfs device (waited up to %v): %w", c.id, s.cfg.DeviceTimeout, err)
+		}
+		if err := c.rootfs.Mount(dev, req.Rootfs.Fstype); err != nil {
+			return 0, fmt.Errorf("create container %s: rootfs from device %s (serial %s): %w", c.id, dev, req.Rootfs.Serial, err)
+		}
 	}
 	if len(res.Files) > 0 {
 		if err := os.Mkdir(filepath.Join(c.bundle, "shared"), 0o700); err != nil {
@@ -616,6 +633,44 @@ func (s *Service) ListProcesses(ctx context.Context, req *api.ContainerRequest) 
 
 // exitTimeout bounds the wait for processes runc delete --force killed.
 const exitTimeout = 10 * time.Second
+
+// imageLayers checks the layers of a create request (lowest first); errors
+// name the layer's index and field.
+func imageLayers(in []*api.Layer) ([]storage.Layer, error) {
+	layers := make([]storage.Layer, 0, len(in))
+	for i, l := range in {
+		if l == nil {
+			return nil, fmt.Errorf("layer %d is empty", i)
+		}
+		layer := storage.Layer{Serial: l.Serial, Digest: l.Digest, RootHash: l.RootHash, DataBlocks: l.DataBlocks}
+		if err := layer.Validate(); err != nil {
+			return nil, fmt.Errorf("layer %d: %w", i, err)
+		}
+		layers = append(layers, layer)
+	}
+	return layers, nil
+}
+
+// mountLayers opens the container's image layers through dm-verity
+// (reusing those other containers of the pod opened) and stacks them into
+// its rootfs. What it acquired is recorded in c, whose cleanup releases it.
+func (s *Service) mountLayers(ctx context.Context, c *container, layers []storage.Layer) error {
+	dirs := make([]string, 0, len(layers))
+	for i, l := range layers {
+		dctx, cancel := context.WithTimeout(ctx, s.cfg.DeviceTimeout)
+		dir, err := c.layerSet.Acquire(dctx, l)
+		cancel()
+		if err != nil {
+			return fmt.Errorf("create container %s: layer %d: %w", c.id, i, err)
+		}
+		c.layers = append(c.layers, l.RootHash)
+		dirs = append(dirs, dir)
+	}
+	if err := c.rootfs.MountLayers(dirs); err != nil {
+		return fmt.Errorf("create container %s: rootfs from %d layers: %w", c.id, len(layers), err)
+	}
+	return nil
+}
 
 // RemoveContainer kills what is left of the container and removes its
 // mounts and bundle. Removing an unknown container succeeds, so the host
