@@ -8,6 +8,7 @@ package layer
 import (
 	"bufio"
 	"crypto/sha256"
+	"encoding/binary"
 	"encoding/hex"
 	"fmt"
 	"io"
@@ -52,8 +53,7 @@ func Convert(tar io.Reader, out *os.File, progress func(tarBytesRead int64)) (In
 	in := io.TeeReader(counted, hasher)
 	// Not tar2ext4.AppendDMVerity: its verity superblock carries a random
 	// UUID, and the file would differ on every conversion. The maximum disk
-	// size shapes the metadata, so it is part of the format: the one of
-	// hcsshim's ConvertAndComputeRootDigest, so both give the same root hash.
+	// size shapes the metadata, so it is part of the format.
 	err := tar2ext4.ConvertTarToExt4(in, out, tar2ext4.ConvertWhiteout, tar2ext4.MaximumDiskSize(maxLayerSize))
 	if err != nil {
 		return Info{}, fmt.Errorf("converting layer tar to ext4: %w", err)
@@ -72,6 +72,9 @@ func Convert(tar io.Reader, out *os.File, progress func(tarBytesRead int64)) (In
 		return Info{}, fmt.Errorf("ext4 image %s is %d bytes, not a positive multiple of %d", out.Name(), ext4Size, agent.VerityBlockSize)
 	}
 	if err := checkSuperblockSize(out, ext4Size); err != nil {
+		return Info{}, err
+	}
+	if err := padInodeBitmaps(out); err != nil {
 		return Info{}, err
 	}
 
@@ -110,6 +113,57 @@ func checkSuperblockSize(f *os.File, ext4Size int64) error {
 	}
 	if blockSize != agent.VerityBlockSize || fsSize != ext4Size {
 		return fmt.Errorf("ext4 superblock of %s says %d bytes in %d-byte blocks, the file has %d bytes", f.Name(), fsSize, blockSize, ext4Size)
+	}
+	return nil
+}
+
+// Offsets in the ext4 superblock (at byte 1024) and in a 32-byte group
+// descriptor (the file system has no 64bit feature), from the ext4 disk
+// layout.
+const (
+	superblockOffset         = 1024
+	sbInodesCount            = 0x0
+	sbInodesPerGroup         = 0x28
+	groupDescriptorSize      = 32
+	gdInodeBitmap            = 0x4
+	groupDescriptorsFirstBlk = 1
+)
+
+// padInodeBitmaps sets the bits after the last inode of each group in the
+// inode bitmaps, as e2fsck expects and compactext4 leaves clear: without
+// this `e2fsck -fn` reports every layer as damaged. Nothing the kernel reads
+// changes; no checksums cover the bitmaps here (no metadata_csum).
+func padInodeBitmaps(f *os.File) error {
+	sb := make([]byte, 1024)
+	if _, err := f.ReadAt(sb, superblockOffset); err != nil {
+		return fmt.Errorf("reading the ext4 superblock of %s: %w", f.Name(), err)
+	}
+	inodes := binary.LittleEndian.Uint32(sb[sbInodesCount:])
+	perGroup := binary.LittleEndian.Uint32(sb[sbInodesPerGroup:])
+	const bitsPerBlock = agent.VerityBlockSize * 8
+	if perGroup == 0 || perGroup > bitsPerBlock || inodes%perGroup != 0 {
+		return fmt.Errorf("ext4 superblock of %s: %d inodes in groups of %d", f.Name(), inodes, perGroup)
+	}
+	if perGroup == bitsPerBlock {
+		return nil
+	}
+	groups := inodes / perGroup
+	descriptors := make([]byte, groups*groupDescriptorSize)
+	if _, err := f.ReadAt(descriptors, groupDescriptorsFirstBlk*agent.VerityBlockSize); err != nil {
+		return fmt.Errorf("reading the ext4 group descriptors of %s: %w", f.Name(), err)
+	}
+	bitmap := make([]byte, agent.VerityBlockSize)
+	for g := range groups {
+		block := int64(binary.LittleEndian.Uint32(descriptors[g*groupDescriptorSize+gdInodeBitmap:]))
+		if _, err := f.ReadAt(bitmap, block*agent.VerityBlockSize); err != nil {
+			return fmt.Errorf("reading inode bitmap %d of %s: %w", g, f.Name(), err)
+		}
+		for bit := perGroup; bit < bitsPerBlock; bit++ {
+			bitmap[bit/8] |= 1 << (bit % 8)
+		}
+		if _, err := f.WriteAt(bitmap, block*agent.VerityBlockSize); err != nil {
+			return fmt.Errorf("writing inode bitmap %d of %s: %w", g, f.Name(), err)
+		}
 	}
 	return nil
 }
