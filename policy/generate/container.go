@@ -46,6 +46,8 @@ type resolvedImage struct {
 	// known: the config and user files were read; without a resolver only
 	// the digest is known and the image is taken to set nothing.
 	known bool
+	// layers are the root hashes of the image's layers, lowest first.
+	layers []string
 }
 
 // containerData derives the policy entry of one container.
@@ -101,6 +103,7 @@ func (p *pod) containerData(c *corev1.Container, img resolvedImage) (policy.Cont
 
 	return policy.Container{
 		Image:             img.Ref,
+		Layers:            img.layers,
 		Args:              args,
 		Env:               env.exact,
 		EnvPatterns:       envPatterns,

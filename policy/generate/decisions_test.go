@@ -2,8 +2,11 @@ package generate_test
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"slices"
 	"strconv"
 	"strings"
@@ -237,6 +240,7 @@ func newTestPod(t *testing.T, name string, settings func(*generate.Settings)) *t
 	res, err := generate.Generate(context.Background(), []byte(testPods[name]), generate.Options{
 		Settings: s,
 		Images:   generate.StaticImages(testImages),
+		Layers:   testLayerSource{},
 	})
 	if err != nil {
 		t.Fatalf("generate %s: %v", name, err)
@@ -615,11 +619,53 @@ func create(container string, tamper ...func(*specs.Spec, *agentapi.Stdio)) acti
 		return policy.CreateContainer, &agentapi.CreateContainerRequest{
 			ContainerId: id(container),
 			Spec:        mustJSON(p.t, s),
-			Rootfs:      &agentapi.BlockDevice{Serial: "rootfs-" + container, Fstype: "ext4", ReadOnly: true},
 			Stdio:       stdio,
+			Layers:      p.layers(container),
 		}
 	}
 }
+
+// createWithLayers is create with the request's layers and rootfs changed by
+// tamper.
+func createWithLayers(container string, tamper func(p *testPod, r *agentapi.CreateContainerRequest)) action {
+	return func(p *testPod) (policy.Kind, any) {
+		kind, req := create(container)(p)
+		tamper(p, req.(*agentapi.CreateContainerRequest))
+		return kind, req
+	}
+}
+
+// layers are the layers the shim attaches for container: those of its image.
+func (p *testPod) layers(container string) []*agentapi.Layer {
+	ref := image(p.t, p.container(container).Image).Ref
+	var layers []*agentapi.Layer
+	for i, l := range testLayers(ref) {
+		layers = append(layers, &agentapi.Layer{Serial: fmt.Sprintf("layer-%d", i), Digest: l.DiffID, RootHash: l.RootHash, DataBlocks: 256})
+	}
+	return layers
+}
+
+// testLayers are the layers of the image pinned as ref: as many as the
+// reference is long modulo 3, plus one, so images differ in layer count;
+// diff IDs and root hashes derived from the reference.
+func testLayers(ref string) []generate.ImageLayer {
+	layers := make([]generate.ImageLayer, len(ref)%3+1)
+	for i := range layers {
+		diff := sha256.Sum256(fmt.Appendf(nil, "diff %s %d", ref, i))
+		root := sha256.Sum256(fmt.Appendf(nil, "root %s %d", ref, i))
+		layers[i] = generate.ImageLayer{DiffID: "sha256:" + hex.EncodeToString(diff[:]), RootHash: hex.EncodeToString(root[:])}
+	}
+	return layers
+}
+
+// testLayerSource serves testLayers.
+type testLayerSource struct{}
+
+func (testLayerSource) ImageLayers(_ context.Context, img generate.Image) ([]generate.ImageLayer, error) {
+	return testLayers(img.Ref), nil
+}
+
+var unverifiedRootfs = &agentapi.BlockDevice{Serial: "rootfs", Fstype: "ext4", ReadOnly: true}
 
 // createAs creates container under the id of another.
 func createAs(container, asID string) action {
@@ -786,6 +832,24 @@ func decisionCases() []decisionCase {
 		{name: "image by tag only", pod: "web", do: create("nginx", annotation("io.kubernetes.cri.image-name", "nginx:1.27")), want: "create_container.image"},
 		{name: "same digest from another registry", pod: "web", do: create("nginx", annotation("io.kubernetes.cri.image-name", "evil.example/library/nginx@"+digestNginx)), want: "create_container.image"},
 		{name: "sidecar runs the web image", pod: "web", do: create("shipper", annotation("io.kubernetes.cri.image-name", "nginx:1.27@"+digestNginx)), want: "create_container.image"},
+		{name: "sidecar runs the web image's layers", pod: "web", do: createWithLayers("shipper", func(p *testPod, r *agentapi.CreateContainerRequest) {
+			r.Layers = p.layers("nginx")
+		}), want: "create_container.layers"},
+		{name: "top layer replaced", pod: "web", do: createWithLayers("nginx", func(p *testPod, r *agentapi.CreateContainerRequest) {
+			r.Layers[len(r.Layers)-1] = p.layers("shipper")[0]
+		}), want: "create_container.layers"},
+		{name: "layer left out", pod: "web", do: createWithLayers("nginx", func(p *testPod, r *agentapi.CreateContainerRequest) {
+			r.Layers = r.Layers[1:]
+		}), want: "create_container.layers"},
+		{name: "layer added on top", pod: "web", do: createWithLayers("nginx", func(p *testPod, r *agentapi.CreateContainerRequest) {
+			r.Layers = append(r.Layers, p.layers("shipper")[0])
+		}), want: "create_container.layers"},
+		{name: "unverified rootfs instead of layers", pod: "web", do: createWithLayers("nginx", func(p *testPod, r *agentapi.CreateContainerRequest) {
+			r.Layers, r.Rootfs = nil, unverifiedRootfs
+		}), want: "create_container.layers"},
+		{name: "layers with an unused rootfs beside", pod: "web", do: createWithLayers("nginx", func(p *testPod, r *agentapi.CreateContainerRequest) {
+			r.Rootfs = unverifiedRootfs
+		})},
 		{name: "LD_PRELOAD", pod: "web", do: create("nginx", addEnv("LD_PRELOAD=/tmp/evil.so")), want: "create_container.env"},
 		{name: "changed env value", pod: "web", do: create("nginx", withSpec(func(s *specs.Spec) {
 			s.Process.Env = setEnv(s.Process.Env, "MODE=debug")

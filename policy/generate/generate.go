@@ -24,6 +24,10 @@ type Options struct {
 	// Images resolves image references to digests and configs; nil accepts
 	// only references pinned by digest, whose config is then unknown.
 	Images ImageResolver
+	// Layers computes the dm-verity root hashes of each image's layers,
+	// which every container's entry pins; an image it cannot serve fails
+	// the generation, and so does every image when it is nil.
+	Layers LayerSource
 	// Warn receives what the user should know about the policy (values not
 	// pinned, assumptions made); nil drops it.
 	Warn func(string)
@@ -359,8 +363,54 @@ func (g *generator) image(ctx context.Context, c *corev1.Container, warn func(st
 		}
 		img = resolvedImage{Image: resolved, known: true}
 	}
+	layers, err := g.layers(ctx, img.Image)
+	if err != nil {
+		return resolvedImage{}, fmt.Errorf("container %s: image %s: %w", c.Name, ref, err)
+	}
+	img.layers = layers
 	g.images[ref] = img
 	return img, nil
+}
+
+// layers returns the root hashes of img's layers, lowest first, checked
+// against the image's diff IDs when its config is known.
+func (g *generator) layers(ctx context.Context, img Image) ([]string, error) {
+	if g.opts.Layers == nil {
+		return nil, errors.New("no layer source to compute the dm-verity root hashes of its layers (give an image store: a containerd address or an OCI layout)")
+	}
+	layers, err := g.opts.Layers.ImageLayers(ctx, img)
+	if err != nil {
+		return nil, fmt.Errorf("layers: %w", err)
+	}
+	if len(layers) == 0 {
+		return nil, errors.New("the layer source found no layers; the policy must pin at least one")
+	}
+	if img.DiffIDs != nil && len(img.DiffIDs) != len(layers) {
+		return nil, fmt.Errorf("the layer source returned %d layers, the image config has %d diff IDs", len(layers), len(img.DiffIDs))
+	}
+	hashes := make([]string, len(layers))
+	for i, l := range layers {
+		if img.DiffIDs != nil && l.DiffID != img.DiffIDs[i] {
+			return nil, fmt.Errorf("layer %d: the layer source converted %s, the image config names %s", i, l.DiffID, img.DiffIDs[i])
+		}
+		if !isRootHash(l.RootHash) {
+			return nil, fmt.Errorf("layer %d (%s): root hash %q is not 64 lower-case hex characters", i, l.DiffID, l.RootHash)
+		}
+		hashes[i] = l.RootHash
+	}
+	return hashes, nil
+}
+
+func isRootHash(s string) bool {
+	if len(s) != 64 {
+		return false
+	}
+	for _, c := range []byte(s) {
+		if (c < '0' || c > '9') && (c < 'a' || c > 'f') {
+			return false
+		}
+	}
+	return true
 }
 
 // pinnedYAMLRef is the image reference written back to the YAML: as the

@@ -3,12 +3,14 @@ package generate
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"regexp"
 	"slices"
 	"strings"
 	"testing"
 
+	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/contrast-vm/contrast/policy"
@@ -63,6 +65,9 @@ func generate(t *testing.T, in string, opts Options) (*Result, warnings) {
 	var w warnings
 	if opts.Images == nil {
 		opts.Images = testImages()
+	}
+	if opts.Layers == nil {
+		opts.Layers = fakeLayers()
 	}
 	opts.Warn = w.add
 	res, err := Generate(context.Background(), []byte(in), opts)
@@ -340,6 +345,32 @@ func TestGenerateErrors(t *testing.T) {
 		{"lossy rewrite", "apiVersion: v1\nkind: Pod\nmetadata:\n  name: p\nspec:\n containers: [{name: c, image: busybox, env}]\n", Options{}, []string{"document 1 (Pod p)", "plain block style"}},
 		{"case-insensitive keys", "apiVersion: v1\nKind: Pod\nmetadata: {name: p}\n", Options{}, []string{"document 1", "apiVersion and kind"}},
 		{"duplicate keys", podYAML("containers: [{name: c, image: busybox}]\ncontainers: []"), Options{}, []string{"document 1", "containers"}},
+		{"no layer source", podYAML("containers: [{name: c, image: busybox}]"), Options{Layers: noLayers{}}, []string{"document 1 (Pod p)", "container c", "image busybox", "no layer source"}},
+		{"layer source fails", podYAML("containers: [{name: c, image: busybox}]"), Options{Layers: layerFunc(func(context.Context, Image) ([]ImageLayer, error) {
+			return nil, errors.New("blob sha256:77 missing")
+		})}, []string{"container c", "image busybox", "blob sha256:77 missing"}},
+		{"image without layers", podYAML("containers: [{name: c, image: busybox}]"), Options{Layers: layerFunc(func(context.Context, Image) ([]ImageLayer, error) {
+			return nil, nil
+		})}, []string{"container c", "image busybox", "no layers"}},
+		{"root hash not hex", podYAML("containers: [{name: c, image: busybox}]"), Options{Layers: layerFunc(func(ctx context.Context, img Image) ([]ImageLayer, error) {
+			layers, _ := fakeLayers().ImageLayers(ctx, img)
+			layers[1].RootHash = strings.ToUpper(layers[1].RootHash)
+			return layers, nil
+		})}, []string{"container c", "image busybox", "layer 1", "root hash"}},
+		{"layers of another image", podYAML("containers: [{name: c, image: busybox}]"), Options{
+			Images: StaticImages(map[string]Image{"busybox": {Ref: "docker.io/library/busybox@" + digestOf(2), Config: ocispec.ImageConfig{Cmd: []string{"sh"}},
+				DiffIDs: []string{digestOf(20), digestOf(21)}}}),
+			Layers: layerFunc(func(context.Context, Image) ([]ImageLayer, error) {
+				return []ImageLayer{{DiffID: digestOf(20), RootHash: fmt.Sprintf("%064x", 1)}, {DiffID: digestOf(22), RootHash: fmt.Sprintf("%064x", 2)}}, nil
+			}),
+		}, []string{"container c", "image busybox", "layer 1", "converted " + digestOf(22), "config names " + digestOf(21)}},
+		{"fewer layers than diff IDs", podYAML("containers: [{name: c, image: busybox}]"), Options{
+			Images: StaticImages(map[string]Image{"busybox": {Ref: "docker.io/library/busybox@" + digestOf(2), Config: ocispec.ImageConfig{Cmd: []string{"sh"}},
+				DiffIDs: []string{digestOf(20), digestOf(21)}}}),
+			Layers: layerFunc(func(context.Context, Image) ([]ImageLayer, error) {
+				return []ImageLayer{{DiffID: digestOf(20), RootHash: fmt.Sprintf("%064x", 1)}}, nil
+			}),
+		}, []string{"container c", "returned 1 layers", "2 diff IDs"}},
 		{"no command at all", podYAML("containers: [{name: c, image: 'registry.example/numeric:v1', command: []}]"), Options{Images: StaticImages(map[string]Image{
 			"registry.example/numeric:v1": {Ref: "registry.example/numeric@" + digestOf(4)},
 		})}, []string{"container c", "command to run"}},
@@ -351,6 +382,12 @@ func TestGenerateErrors(t *testing.T) {
 			}
 			if _, ok := opts.Images.(noImages); ok {
 				opts.Images = nil
+			}
+			switch opts.Layers.(type) {
+			case nil:
+				opts.Layers = fakeLayers()
+			case noLayers:
+				opts.Layers = nil
 			}
 			res, err := Generate(context.Background(), []byte(tc.in), opts)
 			if err == nil {
@@ -365,19 +402,92 @@ func TestGenerateErrors(t *testing.T) {
 	}
 }
 
+// fakeLayers derives an image's layers from its pinned reference: two, or
+// three for busybox.
+func fakeLayers() LayerSource {
+	return layerFunc(func(_ context.Context, img Image) ([]ImageLayer, error) {
+		n := 2
+		if strings.Contains(img.Ref, "busybox") {
+			n = 3
+		}
+		layers := make([]ImageLayer, n)
+		for i := range layers {
+			layers[i] = ImageLayer{DiffID: fakeDigest("diff", img.Ref, i), RootHash: strings.TrimPrefix(fakeDigest("root", img.Ref, i), "sha256:")}
+		}
+		return layers, nil
+	})
+}
+
+func fakeDigest(kind, ref string, i int) string {
+	return digest.FromString(fmt.Sprintf("%s %s %d", kind, ref, i)).String()
+}
+
+type layerFunc func(ctx context.Context, img Image) ([]ImageLayer, error)
+
+func (f layerFunc) ImageLayers(ctx context.Context, img Image) ([]ImageLayer, error) {
+	return f(ctx, img)
+}
+
+// noLayers in a test table stands for "no layer source".
+type noLayers struct{}
+
+func (noLayers) ImageLayers(context.Context, Image) ([]ImageLayer, error) { panic("not a source") }
+
 // noImages in a test table stands for "no resolver".
 type noImages struct{}
 
 func (noImages) Resolve(context.Context, string) (Image, error) { panic("unused") }
 
+// TestLayersPinned checks that every container's entry pins its image's
+// root hashes in order, and that an image shared by containers and
+// workloads is converted once.
+func TestLayersPinned(t *testing.T) {
+	converted := map[string]int{}
+	source := fakeLayers()
+	count := layerFunc(func(ctx context.Context, img Image) ([]ImageLayer, error) {
+		converted[img.Ref]++
+		return source.ImageLayers(ctx, img)
+	})
+	in := podYAML("containers: [{name: a, image: 'nginx:1.27'}, {name: b, image: busybox}]\ninitContainers: [{name: i, image: busybox}]") +
+		"---\n" + strings.Replace(podYAML("containers: [{name: c, image: 'nginx:1.27'}]"), "name: p", "name: q", 1)
+	res, _ := generate(t, in, Options{Layers: count})
+	for _, tc := range []struct {
+		workload, container, ref string
+		layers                   int
+	}{
+		{"p", "a", "docker.io/library/nginx@" + digestOf(1), 2},
+		{"p", "b", "docker.io/library/busybox@" + digestOf(2), 3},
+		{"p", "i", "docker.io/library/busybox@" + digestOf(2), 3},
+		{"q", "c", "docker.io/library/nginx@" + digestOf(1), 2},
+	} {
+		var want []string
+		for i := range tc.layers {
+			want = append(want, strings.TrimPrefix(fakeDigest("root", tc.ref, i), "sha256:"))
+		}
+		i := slices.IndexFunc(res.Policies, func(w Workload) bool { return w.Name == tc.workload })
+		if got := res.Policies[i].Data.Containers[tc.container].Layers; !slices.Equal(got, want) {
+			t.Errorf("%s/%s: layers %q, want %q", tc.workload, tc.container, got, want)
+		}
+		if !strings.Contains(string(res.Policies[i].Policy), want[len(want)-1]) {
+			t.Errorf("%s: the policy text lacks root hash %s", tc.workload, want[len(want)-1])
+		}
+	}
+	if len(converted) != 2 || converted["docker.io/library/nginx@"+digestOf(1)] != 1 || converted["docker.io/library/busybox@"+digestOf(2)] != 1 {
+		t.Errorf("conversions %v, want each image once", converted)
+	}
+}
+
 func TestWithoutResolver(t *testing.T) {
 	in := podYAML("containers:\n- name: c\n  image: 'busybox@" + digestOf(2) + "'\n  command: [sh]\n")
 	var w warnings
-	res, err := Generate(context.Background(), []byte(in), Options{Warn: w.add})
+	res, err := Generate(context.Background(), []byte(in), Options{Warn: w.add, Layers: fakeLayers()})
 	if err != nil {
 		t.Fatal(err)
 	}
 	c := onlyContainer(t, res, "c")
+	if len(c.Layers) != 3 || c.Layers[0] != strings.TrimPrefix(fakeDigest("root", c.Image, 0), "sha256:") {
+		t.Errorf("layers %q, want those of %s", c.Layers, c.Image)
+	}
 	if c.Image != "docker.io/library/busybox@"+digestOf(2) || !slices.Equal(c.Args, []string{"sh"}) || c.Cwd != "/" {
 		t.Errorf("container %+v", c)
 	}

@@ -25,6 +25,32 @@ type Image struct {
 	// its top layer shows them; nil when the image has none. containerd
 	// reads them to find a user's group and supplementary groups.
 	EtcPasswd, EtcGroup []byte
+	// Name is the name the image source holds the image under (containerd's
+	// image name, the OCI layout's ref name), which a LayerSource may need to
+	// find it again; "" when the source has none.
+	Name string
+	// DiffIDs are the config's rootfs.diff_ids, lowest layer first; nil when
+	// the config is unknown. The generator checks the layers a LayerSource
+	// returns against them, so the root hashes belong to the pinned image.
+	DiffIDs []string
+}
+
+// ImageLayer is one layer of an image as the agent opens it.
+type ImageLayer struct {
+	// DiffID is "sha256:<hex>" of the layer's uncompressed tar.
+	DiffID string
+	// RootHash is the dm-verity root hash of the layer's filesystem image,
+	// 64 lower-case hex characters.
+	RootHash string
+}
+
+// LayerSource computes the dm-verity root hashes of an image's layers, which
+// the policy pins. Conversion may be slow (it reads every layer); the
+// generator asks once per image.
+type LayerSource interface {
+	// ImageLayers returns the layers of img, as a resolver found it (Ref
+	// pinned by digest; Name and DiffIDs when known), lowest first.
+	ImageLayers(ctx context.Context, img Image) ([]ImageLayer, error)
 }
 
 // ErrImageNotFound is what a resolver returns (wrapped) for an image it does
