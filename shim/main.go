@@ -36,7 +36,11 @@ func Main(newHypervisor HypervisorFactory) {
 			if err != nil {
 				return nil, err
 			}
-			return NewTaskService(ic.Context, pub.(cdshim.Publisher), sd.(shutdown.Service), newHypervisor), nil
+			svc := NewTaskService(ic.Context, pub.(cdshim.Publisher), sd.(shutdown.Service), newHypervisor)
+			// where containerd serves its API: the content store holds the
+			// image layers the pod's containers run
+			svc.containerdAddress = ic.Properties[plugins.PropertyGRPCAddress]
+			return svc, nil
 		},
 	})
 	// The shim waits for what it starts (QEMU, mkfs, log programs) itself: a

@@ -20,6 +20,7 @@ import (
 
 	agentapi "github.com/contrast-vm/contrast/api/agent"
 	"github.com/contrast-vm/contrast/hypervisor"
+	"github.com/contrast-vm/contrast/layer"
 	"github.com/contrast-vm/contrast/policy"
 	"github.com/contrast-vm/contrast/vmimage"
 	"github.com/contrast-vm/contrast/vmimage/snp"
@@ -246,6 +247,8 @@ type pod struct {
 	hostPID bool
 	// network is the pod's CNI network the VM took over; nil for none.
 	network *podNetwork
+	// layers are the image layers attached to the VM.
+	layers *podLayers
 
 	stopOnce sync.Once
 	stopped  chan struct{} // closed when stop has finished
@@ -304,6 +307,10 @@ func bootPod(ctx context.Context, hv hypervisor.Hypervisor, cfg Config, l podLau
 		return nil, fmt.Errorf("pod %s: %w", id, err)
 	}
 	spec.StateDir = stateDir
+	cache, err := layer.OpenCache(cfg.Layers.CacheDir, cfg.Layers.CacheMaxMiB<<20)
+	if err != nil {
+		return nil, fmt.Errorf("pod %s: layer cache (layers.cache_dir): %w", id, err)
+	}
 	var podNet *podNetwork
 	if l.NetNS != "" {
 		if podNet, err = attachPodNetwork(l.NetNS); err != nil {
@@ -324,7 +331,10 @@ func bootPod(ctx context.Context, hv hypervisor.Hypervisor, cfg Config, l podLau
 		}
 		return nil, fmt.Errorf("start VM for pod %s: %w", id, err)
 	}
-	p := &pod{id: id, stateDir: stateDir, cfg: cfg, size: l.Size, vm: vm, network: podNet, stopped: make(chan struct{})}
+	p := &pod{
+		id: id, stateDir: stateDir, cfg: cfg, size: l.Size, vm: vm, network: podNet, layers: newPodLayers(cache),
+		stopped: make(chan struct{}),
+	}
 	defer func() {
 		if retErr != nil {
 			p.stop(context.WithoutCancel(ctx))
@@ -429,8 +439,9 @@ func (p *pod) doStop(ctx context.Context) error {
 	if err := p.vm.Stop(ctx); err != nil {
 		errs = append(errs, fmt.Errorf("stop VM of pod %s: %w", p.id, err))
 	}
+	// after the VM: QEMU holds the layer files and the tap until it exits
+	p.layers.close()
 	if p.network != nil {
-		// after the VM: QEMU holds the tap until it exits
 		if err := p.network.detach(); err != nil {
 			errs = append(errs, fmt.Errorf("network of pod %s: %w", p.id, err))
 		}

@@ -15,6 +15,7 @@ import (
 	taskAPI "github.com/containerd/containerd/api/runtime/task/v3"
 	"github.com/containerd/containerd/api/types/runtimeoptions/v1"
 	"github.com/containerd/containerd/api/types/task"
+	containerd "github.com/containerd/containerd/v2/client"
 	"github.com/containerd/containerd/v2/core/events"
 	"github.com/containerd/containerd/v2/core/runtime"
 	"github.com/containerd/containerd/v2/pkg/namespaces"
@@ -48,6 +49,8 @@ type container struct {
 	init    *process
 	execs   map[string]*process
 	disk    *hypervisor.Disk
+	// layers are the serials of the image layers the container uses.
+	layers []string
 }
 
 // service is the task API of one pod, served by one shim process.
@@ -56,6 +59,12 @@ type service struct {
 	publisher     events.Publisher
 	shutdown      shutdown.Service
 	newHypervisor HypervisorFactory
+	// containerdAddress is containerd's gRPC socket; client connects to it
+	// on first use.
+	containerdAddress string
+	clientOnce        sync.Once
+	client            *containerd.Client
+	clientErr         error
 
 	// lifecycle serializes the slow calls that create or remove things
 	// (Create, Start, Delete, Kill of the sandbox), so that state reads stay fast.
@@ -81,12 +90,31 @@ func NewTaskService(ctx context.Context, publisher events.Publisher, sd shutdown
 		s.mu.Lock()
 		p := s.pod
 		s.mu.Unlock()
+		var err error
 		if p != nil {
-			return p.stop(ctx)
+			err = p.stop(ctx)
 		}
-		return nil
+		if s.client != nil {
+			s.client.Close()
+		}
+		return err
 	})
 	return s
+}
+
+// containerdClient connects to containerd, once.
+func (s *service) containerdClient() (*containerd.Client, error) {
+	s.clientOnce.Do(func() {
+		if s.containerdAddress == "" {
+			s.clientErr = errors.New("containerd's address is unknown (the shim was started without -address)")
+			return
+		}
+		s.client, s.clientErr = containerd.New(s.containerdAddress)
+		if s.clientErr != nil {
+			s.clientErr = fmt.Errorf("connect to containerd at %s: %w", s.containerdAddress, s.clientErr)
+		}
+	})
+	return s.client, s.clientErr
 }
 
 // RegisterTTRPC serves task API v3 and, for containerd 1.7, v2.
@@ -312,13 +340,74 @@ func (s *service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 	return &taskAPI.CreateTaskResponse{Pid: pid}, nil
 }
 
-// createInGuest gives the container its rootfs disk and stdio and has the
-// agent create it. On error the disk is gone again.
+// createInGuest gives the container its files and stdio and has the agent
+// create it. A container CRI created from an image gets that image's layers,
+// each opened in the guest through dm-verity; a task started outside CRI gets
+// an unverified disk of its rootfs. On error the container holds nothing.
 func (s *service) createInGuest(ctx context.Context, p *pod, c *container, r *taskAPI.CreateTaskRequest, spec *specs.Spec, specJSON []byte) (_ uint32, retErr error) {
+	req := &agentapi.CreateContainerRequest{ContainerId: c.id, Spec: specJSON}
+	var disk *hypervisor.Disk
+	if image := spec.Annotations[annotationImageName]; image != "" {
+		client, err := s.containerdClient()
+		if err != nil {
+			return 0, fmt.Errorf("image of container %s: %w", c.id, err)
+		}
+		blobs, err := imageLayers(ctx, client, namespaceOf(ctx), image)
+		if err != nil {
+			return 0, fmt.Errorf("container %s: %w", c.id, err)
+		}
+		layers, serials, err := p.layers.acquire(ctx, p.vm, blobs)
+		if err != nil {
+			return 0, fmt.Errorf("image layers of container %s: %w", c.id, err)
+		}
+		defer func() {
+			if retErr != nil {
+				p.layers.release(serials)
+			}
+		}()
+		req.Layers = layers
+		c.layers = serials
+	} else {
+		var err error
+		if disk, err = attachRootfsDisk(ctx, p, c, r, spec); err != nil {
+			return 0, err
+		}
+		defer func() {
+			if retErr != nil {
+				_ = p.vm.DetachDisk(context.WithoutCancel(ctx), disk.Serial)
+				os.Remove(disk.Path)
+			}
+		}()
+		req.Rootfs = &agentapi.BlockDevice{Serial: disk.Serial, Fstype: "ext4", ReadOnly: true}
+	}
+	shared, err := sharedFiles(spec)
+	if err != nil {
+		return 0, fmt.Errorf("container %s: %w", c.id, err)
+	}
+	req.SharedFiles = shared
+	pid, err := withHostIO(ctx, p, c.init, func(stdio *agentapi.Stdio) (uint32, error) {
+		req.Stdio = stdio
+		resp, err := p.agent.CreateContainer(ctx, req)
+		if err != nil {
+			return 0, fmt.Errorf("create container %s in pod %s: %w", c.id, p.id, err)
+		}
+		return resp.Pid, nil
+	})
+	if err != nil {
+		c.layers = nil
+		return 0, err
+	}
+	c.disk = disk
+	return pid, nil
+}
+
+// attachRootfsDisk builds an ext4 image of a task's rootfs (the snapshot
+// containerd prepared, or the bundle's root directory) and attaches it.
+func attachRootfsDisk(ctx context.Context, p *pod, c *container, r *taskAPI.CreateTaskRequest, spec *specs.Spec) (_ *hypervisor.Disk, retErr error) {
 	var err error
 	diskDir := filepath.Join(p.stateDir, "disks")
 	if err = os.MkdirAll(diskDir, 0o700); err != nil {
-		return 0, err
+		return nil, err
 	}
 	disk := hypervisor.Disk{Serial: rootfsSerial(c.id), Path: filepath.Join(diskDir, c.id+".ext4"), ReadOnly: true}
 	if len(r.Rootfs) > 0 {
@@ -328,7 +417,7 @@ func (s *service) createInGuest(ctx context.Context, p *pod, c *container, r *ta
 		err = rootfsFromBundle(ctx, c.bundle, spec, disk.Path)
 	}
 	if err != nil {
-		return 0, fmt.Errorf("rootfs of container %s: %w", c.id, err)
+		return nil, fmt.Errorf("rootfs of container %s: %w", c.id, err)
 	}
 	defer func() {
 		if retErr != nil {
@@ -336,35 +425,9 @@ func (s *service) createInGuest(ctx context.Context, p *pod, c *container, r *ta
 		}
 	}()
 	if err := p.vm.AttachDisk(ctx, disk); err != nil {
-		return 0, fmt.Errorf("attach rootfs of container %s: %w", c.id, err)
+		return nil, fmt.Errorf("attach rootfs of container %s: %w", c.id, err)
 	}
-	defer func() {
-		if retErr != nil {
-			_ = p.vm.DetachDisk(context.WithoutCancel(ctx), disk.Serial)
-		}
-	}()
-	shared, err := sharedFiles(spec)
-	if err != nil {
-		return 0, fmt.Errorf("container %s: %w", c.id, err)
-	}
-	pid, err := withHostIO(ctx, p, c.init, func(stdio *agentapi.Stdio) (uint32, error) {
-		resp, err := p.agent.CreateContainer(ctx, &agentapi.CreateContainerRequest{
-			ContainerId: c.id,
-			Spec:        specJSON,
-			Rootfs:      &agentapi.BlockDevice{Serial: disk.Serial, Fstype: "ext4", ReadOnly: true},
-			SharedFiles: shared,
-			Stdio:       stdio,
-		})
-		if err != nil {
-			return 0, fmt.Errorf("create container %s in pod %s: %w", c.id, p.id, err)
-		}
-		return resp.Pid, nil
-	})
-	if err != nil {
-		return 0, err
-	}
-	c.disk = &disk
-	return pid, nil
+	return &disk, nil
 }
 
 // withHostIO connects a process's stdio to the guest, then has the agent
@@ -664,6 +727,10 @@ func (s *service) Delete(ctx context.Context, r *taskAPI.DeleteRequest) (_ *task
 		if pd, err := s.livePod(); err == nil {
 			if _, err := pd.agent.RemoveContainer(ctx, &agentapi.RemoveContainerRequest{ContainerId: c.id}); err != nil {
 				errs = append(errs, fmt.Errorf("remove container %s in guest: %w", c.id, err))
+			}
+			if len(c.layers) > 0 {
+				pd.layers.release(c.layers)
+				c.layers = nil
 			}
 			if c.disk != nil && !c.ownsPod {
 				// The guest releases a hot-plugged disk only after the PCIe
