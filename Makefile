@@ -66,8 +66,11 @@ demo: deps build image
 
 # End-to-end figures, each next to its baseline measured in the same run:
 # pod start via crictl for runc and contrast-cc, and a bare VM boot of the
-# same image to agent-ready (runp/bare-boot is the shim's overhead).
+# same image to agent-ready (runp/bare-boot is the shim's overhead); layer
+# conversion beside SHA-256 of the same bytes; pod start with a cold and a
+# warm layer cache.
 bench: deps build image
+	$(GO) test -run '^$$' -bench . -benchtime 3x ./layer/
 	$(TEST_ENV) $(GO) test -run '^$$' -bench . -benchtime 3x -timeout 30m ./integration/...
 
 # Runs every fuzz target for FUZZTIME each (the seed corpora run in `make unit`).
