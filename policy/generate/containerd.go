@@ -64,25 +64,46 @@ func (r *ContainerdResolver) Resolve(ctx context.Context, ref string) (Image, er
 	if err != nil {
 		return Image{}, err
 	}
-	target := img.Target
-	store := r.client.ContentStore()
-	manifest, err := images.Manifest(ctx, store, target, r.platform)
+	resolved, err := imageFromStore(ctx, r.client.ContentStore(), img.Target, r.platform, parsed)
 	if err != nil {
-		return Image{}, fmt.Errorf("image %s (%s): manifest for %s: %w", ref, target.Digest, platforms.DefaultString(), err)
+		return Image{}, fmt.Errorf("image %s: %w", ref, err)
+	}
+	resolved.Name = img.Name
+	return resolved, nil
+}
+
+// Client is the connection to containerd, for reading the image's layers.
+func (r *ContainerdResolver) Client() *containerd.Client { return r.client }
+
+// imageFromStore reads the image whose manifest or index is target from
+// store: its config, diff IDs and user files, pinned as ref's name at
+// target's digest.
+func imageFromStore(ctx context.Context, store content.Provider, target ocispec.Descriptor, platform platforms.MatchComparer, ref imageRef) (Image, error) {
+	manifest, err := images.Manifest(ctx, store, target, platform)
+	if err != nil {
+		return Image{}, fmt.Errorf("%s: manifest for %s: %w", target.Digest, platforms.DefaultString(), err)
 	}
 	var spec ocispec.Image
 	if err := readJSONBlob(ctx, store, manifest.Config, &spec); err != nil {
-		return Image{}, fmt.Errorf("image %s (%s): config: %w", ref, target.Digest, err)
+		return Image{}, fmt.Errorf("%s: config: %w", target.Digest, err)
 	}
 	passwd, group, err := readUserFiles(ctx, store, manifest.Layers)
 	if err != nil {
-		return Image{}, fmt.Errorf("image %s (%s): %w", ref, target.Digest, err)
+		return Image{}, fmt.Errorf("%s: %w", target.Digest, err)
+	}
+	diffIDs := make([]string, len(spec.RootFS.DiffIDs))
+	for i, d := range spec.RootFS.DiffIDs {
+		diffIDs[i] = d.String()
+	}
+	if len(diffIDs) != len(manifest.Layers) {
+		return Image{}, fmt.Errorf("%s: the config names %d layers, the manifest %d", target.Digest, len(diffIDs), len(manifest.Layers))
 	}
 	return Image{
-		Ref:       parsed.pinned(target.Digest.String()),
+		Ref:       ref.pinned(target.Digest.String()),
 		Config:    spec.Config,
 		EtcPasswd: passwd,
 		EtcGroup:  group,
+		DiffIDs:   diffIDs,
 	}, nil
 }
 
