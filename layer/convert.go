@@ -59,9 +59,13 @@ func Convert(tar io.Reader, out *os.File, progress func(tarBytesRead int64)) (In
 		return Info{}, fmt.Errorf("converting layer tar to ext4: %w", err)
 	}
 	// The tar reader stops at the end-of-archive marker; the diff ID covers
-	// the whole stream, padding included.
+	// the whole stream, padding included. An error past the marker may have
+	// reached only tar2ext4's read-ahead buffer: counted remembers it.
 	if _, err := io.Copy(io.Discard, in); err != nil {
 		return Info{}, fmt.Errorf("reading the layer tar after its end marker: %w", err)
+	}
+	if counted.err != nil {
+		return Info{}, fmt.Errorf("reading the layer tar: %w", counted.err)
 	}
 
 	ext4Size, err := out.Seek(0, io.SeekEnd)
@@ -171,15 +175,20 @@ func padInodeBitmaps(f *os.File) error {
 // maxLayerSize is the largest ext4 image a layer may become.
 const maxLayerSize = dmverity.RecommendedVHDSizeGB
 
-// countingReader reports the bytes read so far to progress.
+// countingReader reports the bytes read so far to progress, and remembers
+// the first error other than io.EOF.
 type countingReader struct {
 	r        io.Reader
 	n        int64
 	progress func(int64)
+	err      error
 }
 
 func (c *countingReader) Read(p []byte) (int, error) {
 	n, err := c.r.Read(p)
+	if err != nil && err != io.EOF && c.err == nil {
+		c.err = err
+	}
 	if n > 0 {
 		c.n += int64(n)
 		if c.progress != nil {

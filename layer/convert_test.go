@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"io"
 	"os"
 	"os/exec"
@@ -315,14 +316,23 @@ func TestConvertReportsProgressAndReadsToTheEnd(t *testing.T) {
 
 func TestConvertRejectsBadTars(t *testing.T) {
 	good := buildTar(t, testLayer())
+	failingAfter := func(data []byte) io.Reader {
+		return io.MultiReader(bytes.NewReader(data), readerFunc(func([]byte) (int, error) {
+			return 0, errors.New("digest mismatch at the end")
+		}))
+	}
 	for _, tc := range []struct {
 		name string
-		tar  []byte
+		tar  io.Reader
 		want string
 	}{
-		{"empty", nil, "empty"},
-		{"truncated", good[:len(good)/2], "converting layer tar"},
-		{"not a tar", bytes.Repeat([]byte("not a tar "), 200), "converting layer tar"},
+		{"empty", bytes.NewReader(nil), "empty"},
+		{"truncated", bytes.NewReader(good[:len(good)/2]), "converting layer tar"},
+		{"not a tar", bytes.NewReader(bytes.Repeat([]byte("not a tar "), 200)), "converting layer tar"},
+		// The source checks its digest at its end, after the end marker
+		// tar2ext4 stops at.
+		{"error after the whole tar", failingAfter(good), "digest mismatch at the end"},
+		{"error after a small tar", failingAfter(buildTar(t, manyFiles(4))), "digest mismatch at the end"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			f, err := os.Create(filepath.Join(t.TempDir(), "layer.img"))
@@ -330,7 +340,7 @@ func TestConvertRejectsBadTars(t *testing.T) {
 				t.Fatal(err)
 			}
 			defer f.Close()
-			_, err = Convert(io.MultiReader(bytes.NewReader(tc.tar)), f, nil)
+			_, err = Convert(tc.tar, f, nil)
 			if err == nil || !strings.Contains(err.Error(), tc.want) {
 				t.Fatalf("Convert = %v, want an error containing %q", err, tc.want)
 			}

@@ -159,6 +159,11 @@ func imageLayers(ctx context.Context, provider content.Provider, target ocispec.
 	if err := json.Unmarshal(configBytes, &config); err != nil {
 		return nil, fmt.Errorf("parsing config %s: %w", manifest.Config.Digest, err)
 	}
+	// images.Manifest checks the platform of an index's entries only; an
+	// image that is a lone manifest says its platform in the config.
+	if config.OS != "" && !platforms.Default().Match(config.Platform) {
+		return nil, fmt.Errorf("image is for %s, not %s", platforms.Format(config.Platform), platforms.Format(platforms.DefaultSpec()))
+	}
 	diffIDs := config.RootFS.DiffIDs
 	if len(diffIDs) != len(manifest.Layers) {
 		return nil, fmt.Errorf("manifest has %d layers, config %s has %d diff IDs", len(manifest.Layers), manifest.Config.Digest, len(diffIDs))
@@ -214,30 +219,42 @@ type checkedLayer struct {
 	blobHash   hash.Hash
 	diffID     digest.Digest
 	tarHash    hash.Hash
-	done       bool
+	// end is what every Read returns once the layer has ended.
+	end error
 }
 
 func (l *checkedLayer) Read(p []byte) (int, error) {
-	if l.done {
-		return 0, io.EOF
+	if l.end != nil {
+		// Again: a buffering reader above may have swallowed it the first
+		// time.
+		return 0, l.end
 	}
 	n, err := l.tar.Read(p)
 	l.tarHash.Write(p[:n])
-	if err != io.EOF {
-		return n, err
+	if err == nil {
+		return n, nil
 	}
-	l.done = true
+	if err == io.EOF {
+		err = l.check()
+	}
+	l.end = err
+	return n, err
+}
+
+// check returns io.EOF if the blob and the tar have their digests, an
+// error naming both digests if not.
+func (l *checkedLayer) check() error {
 	// The decompressor may stop before the blob's last bytes.
 	if _, err := io.Copy(io.Discard, l.compressed); err != nil {
-		return n, fmt.Errorf("reading the rest of layer blob %s: %w", l.blobDigest, err)
+		return fmt.Errorf("reading the rest of layer blob %s: %w", l.blobDigest, err)
 	}
 	if got := digest.NewDigest(l.blobDigest.Algorithm(), l.blobHash); got != l.blobDigest {
-		return n, fmt.Errorf("layer blob has digest %s, the manifest says %s", got, l.blobDigest)
+		return fmt.Errorf("layer blob has digest %s, the manifest says %s", got, l.blobDigest)
 	}
 	if got := digest.NewDigest(digest.SHA256, l.tarHash); got != l.diffID {
-		return n, fmt.Errorf("layer %s decompresses to diff ID %s, the config says %s", l.blobDigest, got, l.diffID)
+		return fmt.Errorf("layer %s decompresses to diff ID %s, the config says %s", l.blobDigest, got, l.diffID)
 	}
-	return n, io.EOF
+	return io.EOF
 }
 
 func (l *checkedLayer) Close() error {
