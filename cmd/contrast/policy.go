@@ -10,23 +10,31 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"time"
 
+	"github.com/schollz/progressbar/v3"
+
+	"github.com/contrast-vm/contrast/layer"
 	"github.com/contrast-vm/contrast/policy"
 	"github.com/contrast-vm/contrast/policy/generate"
 )
 
 func policyGenerate(ctx context.Context, sio *stdio, args []string) error {
-	fs := newFlagSet(sio, "contrast policy generate", "[--settings FILE] [--containerd-address ADDR] [--namespace NS] [-o OUT] FILE.yaml...",
+	fs := newFlagSet(sio, "contrast policy generate", "[--settings FILE] (--containerd-address ADDR [--namespace NS] | --oci-layout DIR) [-o OUT] FILE.yaml...",
 		"Writes each workload's policy into its pod template (annotation "+policy.Annotation+")\n"+
-			"and pins every image by digest. FILE - reads standard input; several files are\n"+
-			"written out as one stream of documents. The annotated YAML goes to OUT or\n"+
-			"standard output; each workload's policy hash (its SNP HOSTDATA) goes to\n"+
-			"standard error as \"<sha256> <Kind>/<name>\".\n\n"+
-			"Without --containerd-address, images must be pinned by digest in the YAML\n"+
-			"and their configs are unknown (the policy then assumes they set nothing).")
+			"and pins every image by digest and the dm-verity root hash of each of its\n"+
+			"layers. FILE - reads standard input; several files are written out as one\n"+
+			"stream of documents. The annotated YAML goes to OUT or standard output; each\n"+
+			"workload's policy hash (its SNP HOSTDATA) goes to standard error as\n"+
+			"\"<sha256> <Kind>/<name>\".\n\n"+
+			"The images come from containerd's image store (--containerd-address; pull\n"+
+			"them first) or an OCI image layout (--oci-layout; references match the\n"+
+			"layout's ref names). Every layer is converted to learn its root hash, with\n"+
+			"progress on standard error when it is a terminal.")
 	settingsPath := fs.String("settings", "", "settings file (JSON or YAML): exec commands, stdin, logs, env patterns, requests")
-	address := fs.String("containerd-address", "", "containerd socket whose image store resolves tags and image configs (images must be pulled)")
+	address := fs.String("containerd-address", "", "containerd socket whose image store resolves tags, image configs and layers (images must be pulled)")
 	namespace := fs.String("namespace", "k8s.io", "containerd namespace of the images (k8s.io is the CRI's)")
+	ociLayout := fs.String("oci-layout", "", "OCI image layout directory holding the images, named by their ref names")
 	out := fs.String("o", "", "write the annotated YAML to this file instead of standard output")
 	files, err := parseFlagsAndArgs(fs, args)
 	if err != nil {
@@ -49,13 +57,28 @@ func policyGenerate(ctx context.Context, sio *stdio, args []string) error {
 		Settings: settings,
 		Warn:     func(msg string) { fmt.Fprintf(sio.stderr, "warning: %s\n", msg) },
 	}
-	if *address != "" {
+	switch {
+	case *address != "" && *ociLayout != "":
+		return usagef("--containerd-address and --oci-layout both name the images; give one")
+	case *address != "":
 		images, err := generate.ContainerdImages(*address, *namespace)
 		if err != nil {
 			return err
 		}
 		defer images.Close()
 		opts.Images = images
+		opts.Layers = layerConverter{stderr: sio.stderr, blobs: func(ctx context.Context, img generate.Image) ([]layer.Blob, error) {
+			return layer.ContainerdImageLayers(ctx, images.Client(), img.Name)
+		}}
+	case *ociLayout != "":
+		images, err := generate.OCILayoutImages(*ociLayout)
+		if err != nil {
+			return err
+		}
+		opts.Images = images
+		opts.Layers = layerConverter{stderr: sio.stderr, blobs: func(ctx context.Context, img generate.Image) ([]layer.Blob, error) {
+			return layer.OCILayoutImageLayers(ctx, images.Dir(), img.Name)
+		}}
 	}
 
 	var result bytes.Buffer
@@ -94,6 +117,54 @@ func policyGenerate(ctx context.Context, sio *stdio, args []string) error {
 		return err
 	}
 	return writeFileAtomic(*out, result.Bytes())
+}
+
+// layerConverter is the generator's LayerSource: it converts each layer as
+// the shim will (ext4 and dm-verity tree, into a temporary file) to learn the
+// root hash the policy pins.
+type layerConverter struct {
+	// blobs finds the layers of an image the resolver found.
+	blobs  func(ctx context.Context, img generate.Image) ([]layer.Blob, error)
+	stderr io.Writer
+}
+
+func (c layerConverter) ImageLayers(ctx context.Context, img generate.Image) ([]generate.ImageLayer, error) {
+	if img.Name == "" {
+		return nil, fmt.Errorf("the image source has no name for %s to read its layers by", img.Ref)
+	}
+	blobs, err := c.blobs(ctx, img)
+	if err != nil {
+		return nil, err
+	}
+	tty := isTerminal(c.stderr)
+	layers := make([]generate.ImageLayer, 0, len(blobs))
+	for i, b := range blobs {
+		bar := c.progressBar(fmt.Sprintf("%s layer %d/%d", img.Name, i+1, len(blobs)), tty)
+		info, err := layer.ComputeInfo(ctx, b, func(tarBytes int64) { bar.Set64(tarBytes) })
+		if tty {
+			bar.Finish()
+			fmt.Fprintln(c.stderr) // keep each layer's line
+		}
+		if err != nil {
+			return nil, fmt.Errorf("layer %d (%s): %w", i, b.DiffID, err)
+		}
+		layers = append(layers, generate.ImageLayer{DiffID: info.DiffID.String(), RootHash: info.RootHash})
+	}
+	return layers, nil
+}
+
+// progressBar counts a layer's tar bytes on a terminal (the uncompressed
+// size is not known in advance) and shows nothing otherwise.
+func (c layerConverter) progressBar(description string, visible bool) *progressbar.ProgressBar {
+	return progressbar.NewOptions64(-1,
+		progressbar.OptionSetWriter(c.stderr),
+		progressbar.OptionSetVisibility(visible),
+		progressbar.OptionSetDescription(description),
+		progressbar.OptionShowBytes(true),
+		progressbar.OptionShowTotalBytes(true),
+		progressbar.OptionSetElapsedTime(true),
+		progressbar.OptionThrottle(100*time.Millisecond),
+	)
 }
 
 func policyHash(_ context.Context, sio *stdio, args []string) error {

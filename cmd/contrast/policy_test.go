@@ -1,24 +1,34 @@
 package main
 
 import (
+	"archive/tar"
 	"bytes"
+	"compress/gzip"
 	"context"
+	"encoding/json"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"runtime"
 	"strings"
 	"testing"
+	"time"
 
+	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+
+	"github.com/contrast-vm/contrast/layer"
 	"github.com/contrast-vm/contrast/policy"
 	"github.com/contrast-vm/contrast/policy/generate"
 )
 
-var busybox = "busybox@sha256:" + strings.Repeat("ab", 32)
+// busybox is the image of sampleYAML, which testLayout holds.
+const busybox = "busybox:1.36"
 
-// sampleYAML is a multi-document file as a user writes it: images pinned by
-// digest (no containerd here), commands given, a Service beside.
+// sampleYAML is a multi-document file as a user writes it: images by tag,
+// commands given, a Service beside.
 var sampleYAML = `# The shop.
 apiVersion: v1
 kind: Service
@@ -63,6 +73,93 @@ func runCLIWithInput(t *testing.T, stdin string, args ...string) (int, string, s
 
 var hashLine = regexp.MustCompile(`(?m)^([0-9a-f]{64}) (\S+)$`)
 
+// testImage is the image in a test OCI layout: its manifest digest and the
+// root hash of its one layer.
+type testImage struct {
+	dir, manifest, rootHash string
+}
+
+// testLayout writes an OCI layout holding busybox:1.36 as
+// docker.io/library/busybox:1.36: one gzip layer with /etc/passwd and a
+// shell, and a config for the host's architecture.
+func testLayout(t *testing.T) testImage {
+	t.Helper()
+	dir := t.TempDir()
+	blob := func(data []byte, mediaType string) ocispec.Descriptor {
+		d := digest.FromBytes(data)
+		p := filepath.Join(dir, "blobs", "sha256", d.Encoded())
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(p, data, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return ocispec.Descriptor{MediaType: mediaType, Digest: d, Size: int64(len(data))}
+	}
+	mustJSON := func(v any) []byte {
+		b, err := json.Marshal(v)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return b
+	}
+	var tarball bytes.Buffer
+	tw := tar.NewWriter(&tarball)
+	for _, f := range []struct{ name, data string }{
+		{"bin/sh", "#!/bin/true\n"},
+		{"etc/group", "root:x:0:\n"},
+		{"etc/passwd", "root:x:0:0:root:/root:/bin/sh\n"},
+	} {
+		hdr := &tar.Header{Name: f.name, Mode: 0o755, Size: int64(len(f.data)), Typeflag: tar.TypeReg, ModTime: time.Unix(0, 0)}
+		if err := tw.WriteHeader(hdr); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := tw.Write([]byte(f.data)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := tw.Close(); err != nil {
+		t.Fatal(err)
+	}
+	var gz bytes.Buffer
+	zw := gzip.NewWriter(&gz)
+	zw.Write(tarball.Bytes())
+	if err := zw.Close(); err != nil {
+		t.Fatal(err)
+	}
+	layerDesc := blob(gz.Bytes(), ocispec.MediaTypeImageLayerGzip)
+	config := blob(mustJSON(ocispec.Image{
+		Platform: ocispec.Platform{OS: "linux", Architecture: runtime.GOARCH},
+		Config:   ocispec.ImageConfig{Cmd: []string{"sh"}, Env: []string{"PATH=/bin"}},
+		RootFS:   ocispec.RootFS{Type: "layers", DiffIDs: []digest.Digest{digest.FromBytes(tarball.Bytes())}},
+	}), ocispec.MediaTypeImageConfig)
+	manifest := ocispec.Manifest{MediaType: ocispec.MediaTypeImageManifest, Config: config, Layers: []ocispec.Descriptor{layerDesc}}
+	manifest.SchemaVersion = 2
+	m := blob(mustJSON(manifest), ocispec.MediaTypeImageManifest)
+	m.Annotations = map[string]string{ocispec.AnnotationRefName: "docker.io/library/busybox:1.36"}
+	index := ocispec.Index{MediaType: ocispec.MediaTypeImageIndex, Manifests: []ocispec.Descriptor{m}}
+	index.SchemaVersion = 2
+	if err := os.WriteFile(filepath.Join(dir, "index.json"), mustJSON(index), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "oci-layout"), []byte(`{"imageLayoutVersion":"1.0.0"}`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+
+	// The root hash as the layer package converts the tar itself, apart
+	// from the blob and layout reading the CLI does.
+	out, err := os.CreateTemp(t.TempDir(), "layer")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer out.Close()
+	info, err := layer.Convert(bytes.NewReader(tarball.Bytes()), out, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return testImage{dir: dir, manifest: m.Digest.String(), rootHash: info.RootHash}
+}
+
 func TestPolicyGenerateAndHash(t *testing.T) {
 	dir := t.TempDir()
 	in := filepath.Join(dir, "shop.yaml")
@@ -74,8 +171,9 @@ func TestPolicyGenerateAndHash(t *testing.T) {
 		t.Fatal(err)
 	}
 	out := filepath.Join(dir, "out.yaml")
+	img := testLayout(t)
 
-	code, stdout, stderr := runCLI(t, "policy", "generate", "--settings", settings, in, "-o", out)
+	code, stdout, stderr := runCLI(t, "policy", "generate", "--oci-layout", img.dir, "--settings", settings, in, "-o", out)
 	if code != 0 || stdout != "" {
 		t.Fatalf("exit %d\nstdout %s\nstderr %s", code, stdout, stderr)
 	}
@@ -83,12 +181,15 @@ func TestPolicyGenerateAndHash(t *testing.T) {
 	if len(lines) != 2 || lines[0][2] != "Deployment/web" || lines[1][2] != "Job/migrate" {
 		t.Fatalf("stderr does not list the two workloads' hashes:\n%s", stderr)
 	}
-	if !strings.Contains(stderr, "warning: "+in+": document 2 (Deployment web): image "+busybox+": without an image store") {
-		t.Errorf("no warning about the unknown image config:\n%s", stderr)
+	if strings.Contains(stderr, "warning") || strings.Contains(stderr, "layer 1/1") {
+		t.Errorf("warnings or progress on a stderr that is no terminal:\n%s", stderr)
 	}
 	written, err := os.ReadFile(out)
 	if err != nil {
 		t.Fatal(err)
+	}
+	if !strings.Contains(string(written), "image: "+busybox+"@"+img.manifest) {
+		t.Errorf("the image is not pinned to the layout's digest %s:\n%s", img.manifest, written)
 	}
 	if !strings.HasPrefix(string(written), "# The shop.\napiVersion: v1\nkind: Service\nmetadata: {name: web}\n") || !strings.Contains(string(written), "- name: web # serves") {
 		t.Errorf("the output lost the Service or a comment:\n%s", written)
@@ -100,6 +201,11 @@ func TestPolicyGenerateAndHash(t *testing.T) {
 	for i, e := range embedded {
 		if policy.HashHex(e.Policy) != lines[i][1] {
 			t.Errorf("%s/%s: stderr hash %s, annotation hash %s", e.Kind, e.Name, lines[i][1], policy.HashHex(e.Policy))
+		}
+	}
+	for _, e := range embedded {
+		if !strings.Contains(string(e.Policy), `"layers":["`+img.rootHash+`"]`) {
+			t.Errorf("%s/%s: the policy text lacks the root hash", e.Kind, e.Name)
 		}
 	}
 	if !strings.Contains(string(embedded[0].Policy), `"exec":[["wget","-q","localhost"],["sh"]]`) || !strings.Contains(string(embedded[0].Policy), `"ResizePty":false`) {
@@ -133,13 +239,13 @@ func TestPolicyGenerateAndHash(t *testing.T) {
 	}
 
 	// Idempotent through the CLI, reading standard input.
-	code, again, _ := runCLIWithInput(t, string(written), "policy", "generate", "--settings", settings, "-")
+	code, again, _ := runCLIWithInput(t, string(written), "policy", "generate", "--oci-layout", img.dir, "--settings", settings, "-")
 	if code != 0 || again != string(written) {
 		t.Errorf("second run: exit %d, output differs:\n%s", code, again)
 	}
 
 	// Several files are one stream of documents.
-	code, stdout, stderr = runCLIWithInput(t, sampleYAML, "policy", "generate", in, "-")
+	code, stdout, stderr = runCLIWithInput(t, sampleYAML, "policy", "generate", "--oci-layout", img.dir, in, "-")
 	if code != 0 || strings.Count(stdout, "\n---\n") != 5 || len(hashLine.FindAllString(stderr, -1)) != 4 {
 		t.Errorf("two inputs: exit %d, %d separators, stderr:\n%s", code, strings.Count(stdout, "\n---\n"), stderr)
 	}
@@ -153,6 +259,15 @@ func TestPolicyCLIErrors(t *testing.T) {
 	}
 	service := filepath.Join(dir, "service.yaml")
 	if err := os.WriteFile(service, []byte("apiVersion: v1\nkind: Service\nmetadata: {name: s}\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	layout := testLayout(t)
+	other := filepath.Join(dir, "other.yaml")
+	if err := os.WriteFile(other, []byte("apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec:\n  containers: [{name: c, image: 'busybox:1.37'}]\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	pinned := filepath.Join(dir, "pinned.yaml")
+	if err := os.WriteFile(pinned, []byte("apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec:\n  containers: [{name: c, image: 'busybox@"+layout.manifest+"', command: [sh]}]\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	unknownSetting := filepath.Join(dir, "settings.json")
@@ -173,6 +288,10 @@ func TestPolicyCLIErrors(t *testing.T) {
 		{[]string{"policy", "generate", bad}, 1, bad + ": document 2 (Pod p): container c: image busybox:1.36 is not pinned by digest"},
 		{[]string{"policy", "generate", "--settings", unknownSetting, bad}, 1, `unknown field "request"`},
 		{[]string{"policy", "generate", "--containerd-address", filepath.Join(dir, "no.sock"), bad}, 1, "no.sock"},
+		{[]string{"policy", "generate", "--containerd-address", filepath.Join(dir, "no.sock"), "--oci-layout", dir, bad}, 2, "give one"},
+		{[]string{"policy", "generate", "--oci-layout", dir, bad}, 1, "OCI layout " + dir},
+		{[]string{"policy", "generate", "--oci-layout", layout.dir, other}, 1, other + ": document 1 (Pod p): container c: image busybox:1.37 is not in OCI layout " + layout.dir},
+		{[]string{"policy", "generate", pinned}, 1, pinned + ": document 1 (Pod p): container c: image busybox@" + layout.manifest + ": no layer source"},
 		{[]string{"policy", "hash"}, 2, "no FILE"},
 		{[]string{"policy", "hash", "a", "b"}, 2, "one FILE at a time"},
 		{[]string{"policy", "hash", service}, 1, "neither a Rego module"},
@@ -202,7 +321,7 @@ func TestPolicyBinary(t *testing.T) {
 	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
 		t.Fatalf("build: %v\n%s", err, out)
 	}
-	cmd := exec.Command(bin, "policy", "generate", "-")
+	cmd := exec.Command(bin, "policy", "generate", "--oci-layout", testLayout(t).dir, "-")
 	cmd.Stdin = strings.NewReader(sampleYAML)
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
