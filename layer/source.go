@@ -17,6 +17,7 @@ import (
 	"github.com/containerd/containerd/v2/core/content"
 	"github.com/containerd/containerd/v2/core/images"
 	"github.com/containerd/containerd/v2/pkg/archive/compression"
+	"github.com/containerd/containerd/v2/pkg/namespaces"
 	"github.com/containerd/platforms"
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
@@ -46,7 +47,13 @@ func ContainerdImageLayers(ctx context.Context, client *containerd.Client, ref s
 	if err != nil {
 		return nil, fmt.Errorf("looking up image %q in containerd: %w", ref, err)
 	}
-	blobs, err := imageLayers(ctx, client.ContentStore(), img.Target)
+	// The blobs' Open may get a context without the namespace (a cache's
+	// caller need not know containerd): the layers remember theirs.
+	ns, err := namespaces.NamespaceRequired(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("image %q in containerd: %w", ref, err)
+	}
+	blobs, err := imageLayers(ctx, namespacedProvider{client.ContentStore(), ns}, img.Target)
 	if err != nil {
 		return nil, fmt.Errorf("image %q in containerd: %w", ref, err)
 	}
@@ -292,6 +299,16 @@ func (v verifyingProvider) ReaderAt(ctx context.Context, desc ocispec.Descriptor
 type bytesReaderAt struct{ *bytes.Reader }
 
 func (bytesReaderAt) Close() error { return nil }
+
+// namespacedProvider reads blobs in containerd namespace ns.
+type namespacedProvider struct {
+	content.Provider
+	ns string
+}
+
+func (n namespacedProvider) ReaderAt(ctx context.Context, desc ocispec.Descriptor) (content.ReaderAt, error) {
+	return n.Provider.ReaderAt(namespaces.WithNamespace(ctx, n.ns), desc)
+}
 
 // layoutProvider reads blobs from an OCI layout's blobs/<alg>/<hex>.
 type layoutProvider struct {
