@@ -72,12 +72,8 @@ func (r *Rootfs) Mount(device, fstype string) (err error) {
 	if err := unix.Mount(device, r.Lower, fstype, unix.MS_RDONLY|unix.MS_NODEV, fsOptions[fstype]); err != nil {
 		return fmt.Errorf("mount %s (%s) read-only at %s: %w", device, fstype, r.Lower, err)
 	}
-	return r.mountOverlay(r.Lower)
+	return r.mountOverlay([]string{r.Lower})
 }
-
-// maxMountData is the size of the page the kernel copies a mount's option
-// string into, its terminating NUL included.
-const maxMountData = 4096
 
 // MountLayers mounts the overlay over image layers already mounted at
 // layerDirs, lowest layer first; Lower stays unused. On error nothing stays
@@ -86,12 +82,6 @@ func (r *Rootfs) MountLayers(layerDirs []string) (err error) {
 	if len(layerDirs) == 0 {
 		return errors.New("no image layers to stack")
 	}
-	for _, d := range layerDirs {
-		// overlayfs splits lowerdir at ':' and treats ',' as the next option.
-		if strings.ContainsAny(d, ":,\\") {
-			return fmt.Errorf("layer directory %q has a character overlayfs options cannot carry", d)
-		}
-	}
 	defer func() {
 		if err != nil {
 			if uerr := r.Unmount(); uerr != nil {
@@ -99,14 +89,28 @@ func (r *Rootfs) MountLayers(layerDirs []string) (err error) {
 			}
 		}
 	}()
-	// overlayfs lists lower directories top first.
-	top := slices.Clone(layerDirs)
-	slices.Reverse(top)
-	return r.mountOverlay(strings.Join(top, ":"))
+	return r.mountOverlay(overlayLowerDirs(layerDirs))
 }
 
-// mountOverlay mounts the scratch tmpfs and the overlay over lowerdir.
-func (r *Rootfs) mountOverlay(lowerdir string) error {
+// overlayLowerDirs turns layers listed lowest first into overlayfs's
+// lowerdir order, top first. overlayfs refuses a directory twice, yet an
+// image may repeat a layer: only its topmost occurrence is kept, which
+// gives the same tree, as the top one redoes all that the lower one did.
+func overlayLowerDirs(layerDirs []string) []string {
+	seen := map[string]bool{}
+	top := make([]string, 0, len(layerDirs))
+	for _, d := range slices.Backward(layerDirs) {
+		if !seen[d] {
+			seen[d] = true
+			top = append(top, d)
+		}
+	}
+	return top
+}
+
+// mountOverlay mounts the scratch tmpfs and the overlay over the lower
+// directories, top first.
+func (r *Rootfs) mountOverlay(lowerTopFirst []string) error {
 	for _, d := range []string{r.Scratch, r.Merged} {
 		if err := os.MkdirAll(d, 0o700); err != nil {
 			return fmt.Errorf("create mount point: %w", err)
@@ -121,14 +125,69 @@ func (r *Rootfs) mountOverlay(lowerdir string) error {
 			return fmt.Errorf("create overlay dir: %w", err)
 		}
 	}
-	opts := fmt.Sprintf("lowerdir=%s,upperdir=%s,workdir=%s", lowerdir, upper, work)
-	if len(opts) >= maxMountData {
-		return fmt.Errorf("overlay options for %s are %d bytes, more than the %d the kernel takes (too many layers)", r.Merged, len(opts), maxMountData-1)
-	}
-	if err := unix.Mount("overlay", r.Merged, "overlay", 0, opts); err != nil {
-		return fmt.Errorf("mount overlay at %s (%s): %w", r.Merged, opts, err)
+	if err := mountOverlayFS(r.Merged, lowerTopFirst, upper, work); err != nil {
+		return fmt.Errorf("mount overlay at %s: %w", r.Merged, err)
 	}
 	return nil
+}
+
+// mountOverlayFS mounts an overlay through the new mount API, which takes
+// each lower directory as an option of its own ("lowerdir+", Linux 6.8):
+// with mount(2) all of them share one page of options, which bounds an
+// image to about 40 layers.
+func mountOverlayFS(target string, lowerTopFirst []string, upper, work string) error {
+	fsfd, err := unix.Fsopen("overlay", unix.FSOPEN_CLOEXEC)
+	if err != nil {
+		return fmt.Errorf("fsopen overlay: %w", err)
+	}
+	defer unix.Close(fsfd)
+	set := func(key, value string) error {
+		if err := unix.FsconfigSetString(fsfd, key, value); err != nil {
+			return fmt.Errorf("option %s=%s: %w%s", key, value, err, fsContextLog(fsfd))
+		}
+		return nil
+	}
+	for _, d := range lowerTopFirst {
+		if err := set("lowerdir+", d); err != nil {
+			return err
+		}
+	}
+	if err := set("upperdir", upper); err != nil {
+		return err
+	}
+	if err := set("workdir", work); err != nil {
+		return err
+	}
+	if err := unix.FsconfigCreate(fsfd); err != nil {
+		return fmt.Errorf("create overlay over %d lower directories (top first: %s): %w%s", len(lowerTopFirst), strings.Join(lowerTopFirst, ", "), err, fsContextLog(fsfd))
+	}
+	mfd, err := unix.Fsmount(fsfd, unix.FSMOUNT_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("fsmount overlay: %w%s", err, fsContextLog(fsfd))
+	}
+	defer unix.Close(mfd)
+	if err := unix.MoveMount(mfd, "", unix.AT_FDCWD, target, unix.MOVE_MOUNT_F_EMPTY_PATH); err != nil {
+		return fmt.Errorf("move_mount overlay to %s: %w", target, err)
+	}
+	return nil
+}
+
+// fsContextLog returns what the filesystem said about a failed fsconfig
+// (the kernel queues its messages on the context), as " (kernel: ...)".
+func fsContextLog(fsfd int) string {
+	var msgs []string
+	buf := make([]byte, 1024)
+	for range 8 {
+		n, err := unix.Read(fsfd, buf)
+		if err != nil || n <= 0 {
+			break
+		}
+		msgs = append(msgs, strings.TrimSpace(string(buf[:n])))
+	}
+	if len(msgs) == 0 {
+		return ""
+	}
+	return " (kernel: " + strings.Join(msgs, "; ") + ")"
 }
 
 // Unmount undoes Mount, in reverse order; it is safe on a partly mounted or
