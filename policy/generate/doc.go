@@ -21,7 +21,8 @@
 // The policy follows what the kubelet and containerd's CRI plugin (v2.4)
 // put into each container's OCI spec.
 //
-// Pinned exactly: the image digest; the process argv (the YAML's command
+// Pinned exactly: the image digest; the dm-verity root hash of each image
+// layer, lowest first (see Images); the process argv (the YAML's command
 // and args after the kubelet's $(VAR) expansion, else the image's
 // entrypoint and cmd; command replaces the entrypoint and drops cmd, args
 // replaces cmd); the working directory (workingDir, the image's, or "/");
@@ -71,7 +72,22 @@
 // references pinned by digest are accepted, and the image is taken to set no
 // environment, entrypoint, working directory or user (a warning says so, and
 // pods whose image does set them are refused); a container without a command
-// is then an error.
+// is then an error. OCILayoutImages reads an OCI image layout directory,
+// finding an image by its ref name in index.json: a full name matches the
+// normalized reference, a bare tag (v1) the reference's tag; a reference
+// with a digest takes the entry of that digest. Its indexes, manifests and
+// configs are checked against their digests.
+//
+// A LayerSource (Options.Layers) converts each image's layers as the host
+// will attach them (ext4 with a dm-verity tree; package layer does it for
+// the CLI) and returns their diff IDs and root hashes. The generator checks
+// the diff IDs against the image config's rootfs.diff_ids, so the root
+// hashes belong to the pinned image, and writes the root hashes into the
+// container's Layers. Every container pins at least one layer: an image that
+// no layer source serves (or Layers nil) fails the generation, naming the
+// container and the image, since the rules deny a container whose entry pins
+// no layers and any request that offers an unverified rootfs instead. Each
+// image is converted once per Generate.
 //
 // # Settings
 //
