@@ -1214,6 +1214,22 @@ func TestDecisionDenialText(t *testing.T) {
 	if want := `rule create_container.env: environment variable "LD_PRELOAD=/tmp/evil.so" is not allowed by the policy`; err == nil || !strings.Contains(err.Error(), want) {
 		t.Fatalf("%v\nwant %s", err, want)
 	}
+	kind, req = createWithLayers("nginx", func(p *testPod, r *agentapi.CreateContainerRequest) {
+		r.Layers[0] = p.layers("shipper")[0]
+	})(p)
+	err = p.gate.Authorize(context.Background(), enforce.ServicePrefix+string(kind), req)
+	nginx, shipper := p.layers("nginx")[0].GetRootHash(), p.layers("shipper")[0].GetRootHash()
+	want = `policy denies CreateContainer: rule create_container.layers: container "nginx": layer 0 has root hash ` + shipper[:12] + `..., the policy pins ` + nginx[:12] + `...`
+	if err == nil || err.Error() != want {
+		t.Fatalf("%v\nwant %s", err, want)
+	}
+	kind, req = createWithLayers("nginx", func(_ *testPod, r *agentapi.CreateContainerRequest) {
+		r.Layers, r.Rootfs = nil, unverifiedRootfs
+	})(p)
+	err = p.gate.Authorize(context.Background(), enforce.ServicePrefix+string(kind), req)
+	if want := "policy denies CreateContainer: rule create_container.layers: the host offered an unverified rootfs"; err == nil || err.Error() != want {
+		t.Fatalf("%v\nwant %s", err, want)
+	}
 	kind, req = configureNetwork(bridgeNetwork, func(r *agentapi.ConfigureNetworkRequest) { r.Interfaces[0].Addresses = []string{"127.0.0.2/8"} })(p)
 	err = p.gate.Authorize(context.Background(), enforce.ServicePrefix+string(kind), req)
 	want = `policy denies ConfigureNetwork: rule configure_network.interface_address: interface "eth0" has address 127.0.0.2/8, inside the forbidden prefix 127.0.0.0/8`
