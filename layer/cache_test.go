@@ -346,7 +346,7 @@ func TestCacheEvictsLeastRecentlyUsedEntriesNotInUse(t *testing.T) {
 	// Entries in use stay, in this process and in another, over the limit.
 	_, releaseOld := get(0)
 	tick()
-	startHelper(t, control, modeHold, 2)
+	holder := startHelper(t, control, modeHold, 2)
 	tick()
 	_, release = get(3)
 	release()
@@ -360,7 +360,9 @@ func TestCacheEvictsLeastRecentlyUsedEntriesNotInUse(t *testing.T) {
 		t.Fatal(err)
 	}
 	releaseOld()
-	time.Sleep(200 * time.Millisecond) // The helper releases and exits.
+	if err := holder.Wait(); err != nil {
+		t.Fatalf("helper process: %v", err)
+	}
 	_, release = get(5)
 	release()
 	if total := totalSize(); total > c.maxBytes {

@@ -37,8 +37,8 @@ type Info struct {
 
 // Convert reads an uncompressed layer tar and writes to out an ext4 file
 // system (overlay whiteouts become 0:0 character devices, opaque directories
-// get trusted.overlay.opaque=y) followed by its dm-verity hash tree. out is
-// truncated first. progress, if not nil, is called with the number of tar
+// get trusted.overlay.opaque=y) followed by its dm-verity hash tree. out, a
+// regular file open for reading and writing, is truncated first. progress, if not nil, is called with the number of tar
 // bytes read so far.
 func Convert(tar io.Reader, out *os.File, progress func(tarBytesRead int64)) (Info, error) {
 	if err := out.Truncate(0); err != nil {
