@@ -26,12 +26,14 @@ const annotationImageName = "io.kubernetes.cri.image-name"
 func layerSerial(rootHash string) string { return "l" + rootHash[:19] }
 
 // imageLayers finds a container image in containerd's store, as CRI named
-// it (a short name like busybox:1 is stored normalized, docker.io/library/busybox:1).
+// it: CRI stores a short name like busybox:1 normalized
+// (docker.io/library/busybox:1), and a name with both tag and digest by
+// its digest alone (name@sha256:...).
 func imageLayers(ctx context.Context, client *containerd.Client, namespace, image string) ([]layer.Blob, error) {
 	ctx = namespaces.WithNamespace(ctx, namespace)
 	blobs, err := layer.ContainerdImageLayers(ctx, client, image)
 	if errdefs.IsNotFound(err) {
-		if named, perr := reference.ParseNormalizedNamed(image); perr == nil && named.String() != image {
+		if named, perr := reference.ParseDockerRef(image); perr == nil && named.String() != image {
 			blobs, err = layer.ContainerdImageLayers(ctx, client, named.String())
 		}
 	}

@@ -6,6 +6,7 @@ import (
 	"context"
 	"flag"
 	"fmt"
+	"github.com/containerd/containerd/v2/pkg/namespaces"
 	"io"
 	"os"
 	"path/filepath"
@@ -68,7 +69,7 @@ func policyGenerate(ctx context.Context, sio *stdio, args []string) error {
 		defer images.Close()
 		opts.Images = images
 		opts.Layers = layerConverter{stderr: sio.stderr, blobs: func(ctx context.Context, img generate.Image) ([]layer.Blob, error) {
-			return layer.ContainerdImageLayers(ctx, images.Client(), img.Name)
+			return layer.ContainerdImageLayers(namespaces.WithNamespace(ctx, *namespace), images.Client(), img.Name)
 		}}
 	case *ociLayout != "":
 		images, err := generate.OCILayoutImages(*ociLayout)
