@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"crypto/rand"
 	"encoding/hex"
-	"encoding/json"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -59,21 +58,6 @@ spec:
     command: ["sh", "-c", "if cat /marker.txt; then echo read-ok; else echo read-failed; fi; exec sleep 3600"]
 `
 
-// policyData returns the generated part of a policy module.
-func policyData(t *testing.T, module []byte) policy.Data {
-	t.Helper()
-	const prefix = "\npolicy_data := "
-	i := bytes.LastIndex(module, []byte(prefix))
-	if i < 0 {
-		t.Fatal("policy module has no policy_data")
-	}
-	var d policy.Data
-	if err := json.Unmarshal(module[i+len(prefix):], &d); err != nil {
-		t.Fatalf("policy_data: %v", err)
-	}
-	return d
-}
-
 // podFromPolicyFile reads a generated manifest and its policy's data.
 func podFromPolicyFile(t *testing.T, path string) (harness.PodConfig, harness.ContainerConfig, policy.Data) {
 	t.Helper()
@@ -89,7 +73,11 @@ func podFromPolicyFile(t *testing.T, path string) (harness.PodConfig, harness.Co
 	if err != nil {
 		t.Fatal(err)
 	}
-	return pc, ctrs[0], policyData(t, module)
+	data, err := policy.ParseData(module)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return pc, ctrs[0], data
 }
 
 // TestImageIntegrity: a container's image reaches the pod VM only as

@@ -44,9 +44,28 @@ func Build(d Data) ([]byte, error) {
 	if !bytes.HasSuffix(rules, []byte("\n")) {
 		b.WriteByte('\n')
 	}
-	b.WriteString("\npolicy_data := ")
+	b.WriteString(dataAssignment)
 	b.Write(js.Bytes()) // Encode ends it with a newline.
 	return b.Bytes(), nil
+}
+
+// dataAssignment starts the generated part of a module.
+const dataAssignment = "\npolicy_data := "
+
+// ParseData returns the Data of a module Build wrote: what a generated
+// policy allows, for tools that show it. A hand-written module has none.
+func ParseData(module []byte) (Data, error) {
+	i := bytes.LastIndex(module, []byte(dataAssignment))
+	if i < 0 {
+		return Data{}, errors.New("the policy has no generated data (no policy_data := ...)")
+	}
+	var d Data
+	dec := json.NewDecoder(bytes.NewReader(module[i+len(dataAssignment):]))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&d); err != nil {
+		return Data{}, fmt.Errorf("policy data: %w", err)
+	}
+	return d, nil
 }
 
 func checkData(d Data) error {

@@ -25,6 +25,7 @@ import (
 	"time"
 
 	"github.com/contrast-vm/contrast/integration/harness"
+	"github.com/contrast-vm/contrast/policy"
 )
 
 const handler = "contrast-cc"
@@ -149,6 +150,9 @@ func run(ctx context.Context) (retErr error) {
 	return demoPod(ctx, env, c, hostRelease)
 }
 
+// demoContainer is the demo pod's one container.
+const demoContainer = "hello"
+
 // demoPodYAML is the demo's pod. Its probes are the commands the policy lets
 // the host exec; the demo runs them as `crictl exec`.
 const demoPodYAML = `apiVersion: v1
@@ -158,7 +162,7 @@ metadata:
   namespace: default
 spec:
   containers:
-  - name: hello
+  - name: ` + demoContainer + `
     image: ` + harness.BusyboxImage + `
     command:
     - sh
@@ -204,7 +208,19 @@ func demoPod(ctx context.Context, env harness.Env, c *harness.Containerd, hostRe
 			if err != nil {
 				return out, err
 			}
-			return append(out, "image pinned: "+ctrCfgs[0].Image), nil
+			out = append(out, "image pinned: "+ctrCfgs[0].Image)
+			module, _, err := policy.DecodeAnnotation(podCfg.Annotations)
+			if err != nil {
+				return out, err
+			}
+			data, err := policy.ParseData(module)
+			if err != nil {
+				return out, err
+			}
+			for i, root := range data.Containers[demoContainer].Layers {
+				out = append(out, fmt.Sprintf("layer %d pinned by its dm-verity root hash %s", i, root))
+			}
+			return out, nil
 		}},
 		{"crictl runp --runtime " + handler + " (boots the pod VM, installs the policy)", func() (_ []string, err error) {
 			pod, err = cri.RunPod(ctx, podCfg)

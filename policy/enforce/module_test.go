@@ -38,6 +38,35 @@ func TestBuildDeterministic(t *testing.T) {
 	}
 }
 
+// TestParseData: the data of a built module reads back equal; modules
+// without generated data, or with data of another shape, are errors.
+func TestParseData(t *testing.T) {
+	m, err := policy.Build(testData())
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, err := policy.ParseData(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	again, err := policy.Build(d)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(m, again) {
+		t.Error("parsed data builds another module")
+	}
+	for name, module := range map[string][]byte{
+		"allow-all":     policy.AllowAll(),
+		"unknown field": append(policy.Rules(), []byte("\npolicy_data := {\"version\":1,\"surprise\":true}\n")...),
+		"not JSON":      append(policy.Rules(), []byte("\npolicy_data := {\n")...),
+	} {
+		if _, err := policy.ParseData(module); err == nil {
+			t.Errorf("%s: parsed", name)
+		}
+	}
+}
+
 func TestBuildLayout(t *testing.T) {
 	m, err := policy.Build(policy.Data{
 		Version:  policy.DataVersion,
