@@ -85,9 +85,21 @@ func (c *Cache) Get(ctx context.Context, b Blob, progress func(int64)) (Entry, f
 		}
 		lock.Close()
 
-		lock, err = c.lock(ctx, base, unix.LOCK_EX)
+		// Not waiting for the exclusive lock: if another Get converts the
+		// layer meanwhile, its users hold shared locks for as long as they
+		// use it, and this Get would wait for all of them. The shared lock
+		// above waits for a conversion instead.
+		lock, err = c.lock(ctx, base, unix.LOCK_EX|unix.LOCK_NB)
 		if err != nil {
 			return Entry{}, nil, err
+		}
+		if lock == nil {
+			select {
+			case <-ctx.Done():
+				return Entry{}, nil, fmt.Errorf("waiting for layer %s: %w", b.DiffID, ctx.Err())
+			case <-time.After(lockPoll):
+			}
+			continue
 		}
 		if _, ok := c.complete(base, b.DiffID); !ok {
 			err = c.add(ctx, base, b, progress)
@@ -112,7 +124,8 @@ func (c *Cache) Get(ctx context.Context, b Blob, progress func(int64)) (Entry, f
 	}
 }
 
-// lock opens base.lock and flocks it (how: LOCK_SH or LOCK_EX), waiting
+// lock opens base.lock and flocks it (how: LOCK_SH or LOCK_EX, with
+// LOCK_NB not to wait: then a nil file means the lock is taken), waiting
 // until it can or ctx ends. Eviction deletes lock files, so a lock counts
 // only if the file locked is still the one at that path.
 func (c *Cache) lock(ctx context.Context, base string, how int) (*os.File, error) {
@@ -126,6 +139,10 @@ func (c *Cache) lock(ctx context.Context, base string, how int) (*os.File, error
 			err = unix.Flock(int(f.Fd()), how|unix.LOCK_NB)
 			if !errors.Is(err, unix.EWOULDBLOCK) && !errors.Is(err, unix.EINTR) {
 				break
+			}
+			if how&unix.LOCK_NB != 0 && errors.Is(err, unix.EWOULDBLOCK) {
+				f.Close()
+				return nil, nil
 			}
 			select {
 			case <-ctx.Done():

@@ -77,9 +77,11 @@ func TestCacheConvertsOnceForConcurrentGets(t *testing.T) {
 	releases := make([]func(), getters)
 	errs := make([]error, getters)
 	var wg sync.WaitGroup
+	ctx, cancel := context.WithTimeout(t.Context(), 20*time.Second)
+	defer cancel()
 	for i := range getters {
 		wg.Go(func() {
-			entries[i], releases[i], errs[i] = c.Get(t.Context(), blob, nil)
+			entries[i], releases[i], errs[i] = c.Get(ctx, blob, nil)
 		})
 	}
 	wg.Wait()
@@ -92,6 +94,37 @@ func TestCacheConvertsOnceForConcurrentGets(t *testing.T) {
 	}
 	if n := opens.Load(); n != 1 {
 		t.Errorf("%d concurrent Gets opened the layer %d times, want once", getters, n)
+	}
+
+	// Holders must not stall a Get that found the entry incomplete just
+	// before another converted it: every Get here holds its entry until all
+	// have returned. The interleaving is a race, hence the rounds.
+	for round := range 15 {
+		c := openCache(t, t.TempDir(), 1<<30)
+		var roundOpens atomic.Int32
+		roundBlob := countedBlob(numberedLayer(t, 100+round), &roundOpens)
+		ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
+		held := make(chan func(), getters)
+		var wg sync.WaitGroup
+		for range getters {
+			wg.Go(func() {
+				_, release, err := c.Get(ctx, roundBlob, nil)
+				if err != nil {
+					t.Errorf("round %d: Get while others hold the entry: %v", round, err)
+					return
+				}
+				held <- release
+			})
+		}
+		wg.Wait()
+		cancel()
+		close(held)
+		for release := range held {
+			release()
+		}
+		if n := roundOpens.Load(); n != 1 {
+			t.Errorf("round %d: %d concurrent Gets opened the layer %d times, want once", round, getters, n)
+		}
 	}
 	_, want := convertFile(t, layerTar)
 	for i, e := range entries {
