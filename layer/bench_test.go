@@ -2,10 +2,8 @@ package layer
 
 import (
 	"archive/tar"
-	"bytes"
-	"crypto/sha256"
-	"io"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"testing"
@@ -38,12 +36,21 @@ func benchLayer(b *testing.B, totalSize int) []byte {
 	return buildTar(b, entries)
 }
 
-// BenchmarkConvert measures conversion against sha256 of the same bytes,
-// the least any conversion (which hashes the tar for its diff ID and the
-// ext4 for the tree) can cost.
+// BenchmarkConvert measures conversion against sha256sum of the same
+// layer file, in the same run: the least any conversion (which hashes the
+// tar for its diff ID and the ext4 for the tree) can cost.
 func BenchmarkConvert(b *testing.B) {
+	sha256sum, err := exec.LookPath("sha256sum")
+	if err != nil {
+		b.Fatal("sha256sum (coreutils) is needed as the baseline")
+	}
 	layerTar := benchLayer(b, 64<<20)
-	out, err := os.Create(filepath.Join(b.TempDir(), "layer.img"))
+	dir := b.TempDir()
+	tarPath := filepath.Join(dir, "layer.tar")
+	if err := os.WriteFile(tarPath, layerTar, 0o644); err != nil {
+		b.Fatal(err)
+	}
+	out, err := os.Create(filepath.Join(dir, "layer.img"))
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -53,19 +60,23 @@ func BenchmarkConvert(b *testing.B) {
 	var rounds int
 	var info Info
 	for b.Loop() {
+		// both read the layer from the same file (in the page cache)
+		in, err := os.Open(tarPath)
+		if err != nil {
+			b.Fatal(err)
+		}
 		start := time.Now()
-		info, err = Convert(bytes.NewReader(layerTar), out, nil)
+		info, err = Convert(in, out, nil)
+		in.Close()
 		if err != nil {
 			b.Fatal(err)
 		}
 		convertTime += time.Since(start)
 
 		start = time.Now()
-		h := sha256.New()
-		if _, err := io.Copy(h, bytes.NewReader(layerTar)); err != nil {
-			b.Fatal(err)
+		if msg, err := exec.Command(sha256sum, tarPath).CombinedOutput(); err != nil {
+			b.Fatalf("sha256sum: %v: %s", err, msg)
 		}
-		h.Sum(nil)
 		hashTime += time.Since(start)
 		rounds++
 	}
@@ -73,6 +84,6 @@ func BenchmarkConvert(b *testing.B) {
 	b.ReportMetric(float64(len(layerTar))/1e6, "tar-MB")
 	b.ReportMetric(float64(info.Size)/1e6, "image-MB")
 	b.ReportMetric(mb/convertTime.Seconds(), "convert-MB/s")
-	b.ReportMetric(mb/hashTime.Seconds(), "sha256-MB/s")
-	b.ReportMetric(hashTime.Seconds()/convertTime.Seconds(), "convert/sha256-speed")
+	b.ReportMetric(mb/hashTime.Seconds(), "sha256sum-MB/s")
+	b.ReportMetric(hashTime.Seconds()/convertTime.Seconds(), "convert/sha256sum-speed")
 }
