@@ -1,11 +1,9 @@
 package layer
 
 import (
-	"archive/tar"
 	"bytes"
 	"context"
 	"fmt"
-	"io/fs"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -15,11 +13,10 @@ import (
 	"time"
 
 	containerd "github.com/containerd/containerd/v2/client"
-	"github.com/containerd/containerd/v2/core/images"
 	"github.com/containerd/containerd/v2/pkg/namespaces"
 	"github.com/containerd/platforms"
-	"github.com/opencontainers/go-digest"
-	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+
+	"github.com/contrast-vm/contrast/internal/ocitest"
 )
 
 // containerdBinary finds the containerd that hack/deps.sh builds.
@@ -106,67 +103,16 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.cri.v1.images", 
 	}
 }
 
-// tarDir packs a directory (an OCI layout) as a tar.
-func tarDir(t *testing.T, dir string) []byte {
-	t.Helper()
-	var buf bytes.Buffer
-	tw := tar.NewWriter(&buf)
-	err := filepath.WalkDir(dir, func(path string, d fs.DirEntry, err error) error {
-		if err != nil || path == dir {
-			return err
-		}
-		rel, err := filepath.Rel(dir, path)
-		if err != nil {
-			return err
-		}
-		info, err := d.Info()
-		if err != nil {
-			return err
-		}
-		hdr, err := tar.FileInfoHeader(info, "")
-		if err != nil {
-			return err
-		}
-		hdr.Name = filepath.ToSlash(rel)
-		if err := tw.WriteHeader(hdr); err != nil {
-			return err
-		}
-		if d.IsDir() {
-			return nil
-		}
-		data, err := os.ReadFile(path)
-		if err != nil {
-			return err
-		}
-		_, err = tw.Write(data)
-		return err
-	})
-	if err == nil {
-		err = tw.Close()
-	}
-	if err != nil {
-		t.Fatalf("packing %s: %v", dir, err)
-	}
-	return buf.Bytes()
-}
-
 func TestContainerdImageLayers(t *testing.T) {
 	client := startContainerd(t)
 	ctx := namespaces.WithNamespace(t.Context(), "layer-test")
 
-	bottom := numberedLayer(t, 0)
-	top := buildTar(t, manyFiles(40))
-	l := newOCILayout(t)
-	layers := []ocispec.Descriptor{
-		l.blob(ocispec.MediaTypeImageLayerGzip, gzipped(t, bottom)),
-		l.blob(ocispec.MediaTypeImageLayer, top),
-	}
-	diffIDs := []digest.Digest{digest.FromBytes(bottom), digest.FromBytes(top)}
+	l := ocitest.New(t)
+	tl := writeTestLayers(t, l)
 	const name = "docker.io/library/layer-test:1"
-	m := l.image(platforms.DefaultSpec(), layers, diffIDs)
-	m.Annotations = map[string]string{images.AnnotationImageName: name, ocispec.AnnotationRefName: "1"}
-	l.index(m)
-	if _, err := client.Import(ctx, bytes.NewReader(tarDir(t, l.dir))); err != nil {
+	m := l.Image(ocitest.Image{Platform: platforms.DefaultSpec(), Layers: tl.blobs, DiffIDs: tl.diffIDs})
+	l.WriteIndexJSON(ocitest.ContainerdNamed(m, name, "1"))
+	if _, err := client.Import(ctx, bytes.NewReader(l.TarDir())); err != nil {
 		t.Fatalf("importing the test image into containerd: %v", err)
 	}
 
@@ -174,25 +120,14 @@ func TestContainerdImageLayers(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(blobs) != 2 {
-		t.Fatalf("got %d layers, want 2", len(blobs))
-	}
-	for i, want := range [][]byte{bottom, top} {
-		if blobs[i].DiffID != diffIDs[i] || blobs[i].CompressedSize != layers[i].Size {
-			t.Errorf("layer %d: diff ID %s, size %d; want %s, %d", i, blobs[i].DiffID, blobs[i].CompressedSize, diffIDs[i], layers[i].Size)
-		}
-		got, err := readAllLayer(t, blobs[i])
-		if err != nil || !bytes.Equal(got, want) {
-			t.Errorf("layer %d reads %d bytes, %v; want its %d-byte tar", i, len(got), err, len(want))
-		}
-	}
+	tl.check(t, blobs)
 	// Open needs no namespace from its caller.
 	entry, release, err := openCache(t, t.TempDir(), 1<<30).Get(t.Context(), blobs[0], nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	release()
-	if _, want := convertFile(t, bottom); entry.Info != want {
+	if _, want := convertFile(t, tl.tars[0]); entry.Info != want {
 		t.Errorf("cached layer from containerd = %+v, want %+v", entry.Info, want)
 	}
 

@@ -2,105 +2,53 @@ package layer
 
 import (
 	"bytes"
-	"compress/gzip"
-	"encoding/json"
 	"io"
 	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 
 	"github.com/containerd/platforms"
 	"github.com/opencontainers/go-digest"
-	"github.com/opencontainers/image-spec/specs-go"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+
+	"github.com/contrast-vm/contrast/internal/ocitest"
 )
 
-// ociLayout writes an OCI image layout in a test directory.
-type ociLayout struct {
-	t   *testing.T
-	dir string
+// testLayers are the layers both image sources are tested with: a gzip
+// one and an uncompressed one of many files.
+type testLayers struct {
+	tars    [][]byte
+	blobs   []ocispec.Descriptor
+	diffIDs []digest.Digest
 }
 
-func newOCILayout(t *testing.T) *ociLayout {
-	dir := t.TempDir()
-	writeJSON(t, filepath.Join(dir, ocispec.ImageLayoutFile), ocispec.ImageLayout{Version: ocispec.ImageLayoutVersion})
-	return &ociLayout{t: t, dir: dir}
-}
-
-func writeJSON(t *testing.T, path string, v any) {
+func writeTestLayers(t *testing.T, l *ocitest.Layout) testLayers {
 	t.Helper()
-	b, err := json.Marshal(v)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(path, b, 0o600); err != nil {
-		t.Fatal(err)
+	bottom := numberedLayer(t, 0)
+	top := buildTar(t, manyFiles(40))
+	return testLayers{
+		tars:    [][]byte{bottom, top},
+		blobs:   []ocispec.Descriptor{l.Layer(bottom, ocitest.Gzip), l.Layer(top, ocitest.Uncompressed)},
+		diffIDs: []digest.Digest{digest.FromBytes(bottom), digest.FromBytes(top)},
 	}
 }
 
-// blob stores data and returns its descriptor.
-func (l *ociLayout) blob(mediaType string, data []byte) ocispec.Descriptor {
-	l.t.Helper()
-	d := digest.FromBytes(data)
-	dir := filepath.Join(l.dir, ocispec.ImageBlobsDir, "sha256")
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		l.t.Fatal(err)
+// check fails the test unless blobs are the test layers, by diff ID, size
+// and content.
+func (tl testLayers) check(t *testing.T, blobs []Blob) {
+	t.Helper()
+	if len(blobs) != 2 {
+		t.Fatalf("got %d layers, want 2", len(blobs))
 	}
-	if err := os.WriteFile(filepath.Join(dir, d.Encoded()), data, 0o600); err != nil {
-		l.t.Fatal(err)
+	for i, want := range tl.tars {
+		if blobs[i].DiffID != tl.diffIDs[i] || blobs[i].CompressedSize != tl.blobs[i].Size {
+			t.Errorf("layer %d: diff ID %s, size %d; want %s, %d", i, blobs[i].DiffID, blobs[i].CompressedSize, tl.diffIDs[i], tl.blobs[i].Size)
+		}
+		got, err := readAllLayer(t, blobs[i])
+		if err != nil || !bytes.Equal(got, want) {
+			t.Errorf("layer %d reads %d bytes, %v; want its %d-byte tar", i, len(got), err, len(want))
+		}
 	}
-	return ocispec.Descriptor{MediaType: mediaType, Digest: d, Size: int64(len(data))}
-}
-
-func (l *ociLayout) jsonBlob(mediaType string, v any) ocispec.Descriptor {
-	l.t.Helper()
-	b, err := json.Marshal(v)
-	if err != nil {
-		l.t.Fatal(err)
-	}
-	return l.blob(mediaType, b)
-}
-
-func gzipped(t *testing.T, data []byte) []byte {
-	var buf bytes.Buffer
-	w := gzip.NewWriter(&buf)
-	if _, err := w.Write(data); err != nil {
-		t.Fatal(err)
-	}
-	if err := w.Close(); err != nil {
-		t.Fatal(err)
-	}
-	return buf.Bytes()
-}
-
-// image stores a manifest for platform with the given layer blobs and diff
-// IDs, and returns the manifest's descriptor.
-func (l *ociLayout) image(platform ocispec.Platform, layers []ocispec.Descriptor, diffIDs []digest.Digest) ocispec.Descriptor {
-	config := l.jsonBlob(ocispec.MediaTypeImageConfig, ocispec.Image{
-		Platform: platform,
-		RootFS:   ocispec.RootFS{Type: "layers", DiffIDs: diffIDs},
-	})
-	m := l.jsonBlob(ocispec.MediaTypeImageManifest, ocispec.Manifest{
-		Versioned: specs.Versioned{SchemaVersion: 2},
-		MediaType: ocispec.MediaTypeImageManifest,
-		Config:    config,
-		Layers:    layers,
-	})
-	return m
-}
-
-func (l *ociLayout) index(entries ...ocispec.Descriptor) {
-	writeJSON(l.t, filepath.Join(l.dir, ocispec.ImageIndexFile), ocispec.Index{
-		Versioned: specs.Versioned{SchemaVersion: 2},
-		MediaType: ocispec.MediaTypeImageIndex,
-		Manifests: entries,
-	})
-}
-
-func named(d ocispec.Descriptor, name string) ocispec.Descriptor {
-	d.Annotations = map[string]string{ocispec.AnnotationRefName: name}
-	return d
 }
 
 func readAllLayer(t *testing.T, b Blob) ([]byte, error) {
@@ -114,49 +62,29 @@ func readAllLayer(t *testing.T, b Blob) ([]byte, error) {
 }
 
 func TestOCILayoutImageLayers(t *testing.T) {
-	bottom := numberedLayer(t, 0)
-	top := buildTar(t, manyFiles(40))
 	host := platforms.DefaultSpec()
 	other := ocispec.Platform{OS: "linux", Architecture: "s390x"}
 	if host.Architecture == other.Architecture {
 		other.Architecture = "riscv64"
 	}
 
-	l := newOCILayout(t)
-	layers := []ocispec.Descriptor{
-		l.blob(ocispec.MediaTypeImageLayerGzip, gzipped(t, bottom)),
-		l.blob(ocispec.MediaTypeImageLayer, top), // Uncompressed.
-	}
-	diffIDs := []digest.Digest{digest.FromBytes(bottom), digest.FromBytes(top)}
-	hostImage := l.image(host, layers, diffIDs)
-	otherImage := l.image(other, layers[:1], diffIDs[:1])
+	l := ocitest.New(t)
+	tl := writeTestLayers(t, l)
+	bottom, diffIDs := tl.tars[0], tl.diffIDs
+	hostImage := l.Image(ocitest.Image{Platform: host, Layers: tl.blobs, DiffIDs: diffIDs})
+	otherImage := l.Image(ocitest.Image{Platform: other, Layers: tl.blobs[:1], DiffIDs: diffIDs[:1]})
 	hostEntry, otherEntry := hostImage, otherImage
 	hostEntry.Platform, otherEntry.Platform = &host, &other
-	multiPlatform := l.jsonBlob(ocispec.MediaTypeImageIndex, ocispec.Index{
-		Versioned: specs.Versioned{SchemaVersion: 2},
-		MediaType: ocispec.MediaTypeImageIndex,
-		Manifests: []ocispec.Descriptor{otherEntry, hostEntry},
-	})
-	l.index(named(multiPlatform, "app:multi"), named(hostImage, "app:single"))
+	multiPlatform := l.Index(otherEntry, hostEntry)
+	l.WriteIndexJSON(ocitest.Named(multiPlatform, "app:multi"), ocitest.Named(hostImage, "app:single"))
 
 	for _, ref := range []string{"app:multi", "app:single"} {
 		t.Run(ref, func(t *testing.T) {
-			blobs, err := OCILayoutImageLayers(t.Context(), l.dir, ref)
+			blobs, err := OCILayoutImageLayers(t.Context(), l.Dir, ref)
 			if err != nil {
 				t.Fatal(err)
 			}
-			if len(blobs) != 2 {
-				t.Fatalf("got %d layers, want 2", len(blobs))
-			}
-			for i, want := range [][]byte{bottom, top} {
-				if blobs[i].DiffID != diffIDs[i] || blobs[i].CompressedSize != layers[i].Size {
-					t.Errorf("layer %d: diff ID %s, size %d; want %s, %d", i, blobs[i].DiffID, blobs[i].CompressedSize, diffIDs[i], layers[i].Size)
-				}
-				got, err := readAllLayer(t, blobs[i])
-				if err != nil || !bytes.Equal(got, want) {
-					t.Errorf("layer %d reads %d bytes, %v; want its %d-byte tar", i, len(got), err, len(want))
-				}
-			}
+			tl.check(t, blobs)
 			info, err := ComputeInfo(t.Context(), blobs[0], nil)
 			if _, want := convertFile(t, bottom); err != nil || info != want {
 				t.Errorf("ComputeInfo of layer 0 = %+v, %v; want %+v", info, err, want)
@@ -172,7 +100,7 @@ func TestOCILayoutImageLayers(t *testing.T) {
 		{"unknown name", "app:gone", []string{`no image named "app:gone"`, `"app:multi", "app:single"`}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			_, err := OCILayoutImageLayers(t.Context(), l.dir, tc.ref)
+			_, err := OCILayoutImageLayers(t.Context(), l.Dir, tc.ref)
 			for _, want := range tc.want {
 				if err == nil || !strings.Contains(err.Error(), want) {
 					t.Errorf("OCILayoutImageLayers(%q) = %v, want an error containing %q", tc.ref, err, want)
@@ -182,18 +110,18 @@ func TestOCILayoutImageLayers(t *testing.T) {
 	}
 
 	t.Run("only image, no name", func(t *testing.T) {
-		single := newOCILayout(t)
-		single.index(single.image(host, []ocispec.Descriptor{single.blob(ocispec.MediaTypeImageLayerGzip, gzipped(t, bottom))}, diffIDs[:1]))
-		blobs, err := OCILayoutImageLayers(t.Context(), single.dir, "")
+		single := ocitest.New(t)
+		single.WriteIndexJSON(single.Image(ocitest.Image{Platform: host, Layers: []ocispec.Descriptor{single.Layer(bottom, ocitest.Gzip)}, DiffIDs: diffIDs[:1]}))
+		blobs, err := OCILayoutImageLayers(t.Context(), single.Dir, "")
 		if err != nil || len(blobs) != 1 || blobs[0].DiffID != diffIDs[0] {
 			t.Fatalf("OCILayoutImageLayers = %+v, %v; want the one layer %s", blobs, err, diffIDs[0])
 		}
 	})
 
 	t.Run("no image for this platform", func(t *testing.T) {
-		foreign := newOCILayout(t)
-		foreign.index(named(foreign.image(other, []ocispec.Descriptor{foreign.blob(ocispec.MediaTypeImageLayer, bottom)}, diffIDs[:1]), "x"))
-		if _, err := OCILayoutImageLayers(t.Context(), foreign.dir, "x"); err == nil {
+		foreign := ocitest.New(t)
+		foreign.WriteIndexJSON(ocitest.Named(foreign.Image(ocitest.Image{Platform: other, Layers: []ocispec.Descriptor{foreign.Layer(bottom, ocitest.Uncompressed)}, DiffIDs: diffIDs[:1]}), "x"))
+		if _, err := OCILayoutImageLayers(t.Context(), foreign.Dir, "x"); err == nil {
 			t.Fatalf("OCILayoutImageLayers found layers in an image for %s only", platforms.Format(other))
 		}
 	})
@@ -205,27 +133,26 @@ func TestOCILayoutLayersAreChecked(t *testing.T) {
 	host := platforms.DefaultSpec()
 	for _, tc := range []struct {
 		name  string
-		build func(l *ociLayout) ocispec.Descriptor
+		build func(l *ocitest.Layout) ocispec.Descriptor
 		want  string
 	}{
-		{"diff ID of another tar", func(l *ociLayout) ocispec.Descriptor {
-			return l.image(host, []ocispec.Descriptor{l.blob(ocispec.MediaTypeImageLayerGzip, gzipped(t, layerTar))}, []digest.Digest{digest.FromBytes(otherTar)})
+		{"diff ID of another tar", func(l *ocitest.Layout) ocispec.Descriptor {
+			return l.Image(ocitest.Image{Platform: host, Layers: []ocispec.Descriptor{l.Layer(layerTar, ocitest.Gzip)}, DiffIDs: []digest.Digest{digest.FromBytes(otherTar)}})
 		}, "decompresses to diff ID " + digest.FromBytes(layerTar).String() + ", the config says " + digest.FromBytes(otherTar).String()},
-		{"blob replaced", func(l *ociLayout) ocispec.Descriptor {
-			desc := l.blob(ocispec.MediaTypeImageLayerGzip, gzipped(t, layerTar))
-			replaced := gzipped(t, otherTar)
-			path := filepath.Join(l.dir, "blobs", "sha256", desc.Digest.Encoded())
-			if err := os.WriteFile(path, replaced, 0o600); err != nil {
+		{"blob replaced", func(l *ocitest.Layout) ocispec.Descriptor {
+			desc := l.Layer(layerTar, ocitest.Gzip)
+			replaced := ocitest.Gzipped(t, otherTar)
+			if err := os.WriteFile(l.BlobPath(desc.Digest), replaced, 0o600); err != nil {
 				t.Fatal(err)
 			}
 			desc.Size = int64(len(replaced))
-			return l.image(host, []ocispec.Descriptor{desc}, []digest.Digest{digest.FromBytes(otherTar)})
-		}, "the manifest says " + digest.FromBytes(gzipped(t, layerTar)).String()},
+			return l.Image(ocitest.Image{Platform: host, Layers: []ocispec.Descriptor{desc}, DiffIDs: []digest.Digest{digest.FromBytes(otherTar)}})
+		}, "the manifest says " + digest.FromBytes(ocitest.Gzipped(t, layerTar)).String()},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			l := newOCILayout(t)
-			l.index(tc.build(l))
-			blobs, err := OCILayoutImageLayers(t.Context(), l.dir, "")
+			l := ocitest.New(t)
+			l.WriteIndexJSON(tc.build(l))
+			blobs, err := OCILayoutImageLayers(t.Context(), l.Dir, "")
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -244,16 +171,16 @@ func TestOCILayoutLayersAreChecked(t *testing.T) {
 	}
 
 	t.Run("manifest altered", func(t *testing.T) {
-		l := newOCILayout(t)
-		m := l.image(host, []ocispec.Descriptor{l.blob(ocispec.MediaTypeImageLayer, layerTar)}, []digest.Digest{digest.FromBytes(layerTar)})
-		path := filepath.Join(l.dir, "blobs", "sha256", m.Digest.Encoded())
+		l := ocitest.New(t)
+		m := l.Image(ocitest.Image{Platform: host, Layers: []ocispec.Descriptor{l.Layer(layerTar, ocitest.Uncompressed)}, DiffIDs: []digest.Digest{digest.FromBytes(layerTar)}})
+		path := l.BlobPath(m.Digest)
 		data := readFile(t, path)
 		data[len(data)-2] = ' '
 		if err := os.WriteFile(path, data, 0o600); err != nil {
 			t.Fatal(err)
 		}
-		l.index(m)
-		_, err := OCILayoutImageLayers(t.Context(), l.dir, "")
+		l.WriteIndexJSON(m)
+		_, err := OCILayoutImageLayers(t.Context(), l.Dir, "")
 		if want := "its descriptor says " + m.Digest.String(); err == nil || !strings.Contains(err.Error(), want) {
 			t.Fatalf("OCILayoutImageLayers = %v, want an error containing %q", err, want)
 		}

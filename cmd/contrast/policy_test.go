@@ -1,24 +1,20 @@
 package main
 
 import (
-	"archive/tar"
 	"bytes"
-	"compress/gzip"
 	"context"
-	"encoding/json"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
-	"runtime"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
+	"github.com/contrast-vm/contrast/internal/ocitest"
 	"github.com/contrast-vm/contrast/layer"
 	"github.com/contrast-vm/contrast/policy"
 	"github.com/contrast-vm/contrast/policy/generate"
@@ -84,67 +80,18 @@ type testImage struct {
 // shell, and a config for the host's architecture.
 func testLayout(t *testing.T) testImage {
 	t.Helper()
-	dir := t.TempDir()
-	blob := func(data []byte, mediaType string) ocispec.Descriptor {
-		d := digest.FromBytes(data)
-		p := filepath.Join(dir, "blobs", "sha256", d.Encoded())
-		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(p, data, 0o644); err != nil {
-			t.Fatal(err)
-		}
-		return ocispec.Descriptor{MediaType: mediaType, Digest: d, Size: int64(len(data))}
-	}
-	mustJSON := func(v any) []byte {
-		b, err := json.Marshal(v)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return b
-	}
-	var tarball bytes.Buffer
-	tw := tar.NewWriter(&tarball)
-	for _, f := range []struct{ name, data string }{
-		{"bin/sh", "#!/bin/true\n"},
-		{"etc/group", "root:x:0:\n"},
-		{"etc/passwd", "root:x:0:0:root:/root:/bin/sh\n"},
-	} {
-		hdr := &tar.Header{Name: f.name, Mode: 0o755, Size: int64(len(f.data)), Typeflag: tar.TypeReg, ModTime: time.Unix(0, 0)}
-		if err := tw.WriteHeader(hdr); err != nil {
-			t.Fatal(err)
-		}
-		if _, err := tw.Write([]byte(f.data)); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if err := tw.Close(); err != nil {
-		t.Fatal(err)
-	}
-	var gz bytes.Buffer
-	zw := gzip.NewWriter(&gz)
-	zw.Write(tarball.Bytes())
-	if err := zw.Close(); err != nil {
-		t.Fatal(err)
-	}
-	layerDesc := blob(gz.Bytes(), ocispec.MediaTypeImageLayerGzip)
-	config := blob(mustJSON(ocispec.Image{
-		Platform: ocispec.Platform{OS: "linux", Architecture: runtime.GOARCH},
-		Config:   ocispec.ImageConfig{Cmd: []string{"sh"}, Env: []string{"PATH=/bin"}},
-		RootFS:   ocispec.RootFS{Type: "layers", DiffIDs: []digest.Digest{digest.FromBytes(tarball.Bytes())}},
-	}), ocispec.MediaTypeImageConfig)
-	manifest := ocispec.Manifest{MediaType: ocispec.MediaTypeImageManifest, Config: config, Layers: []ocispec.Descriptor{layerDesc}}
-	manifest.SchemaVersion = 2
-	m := blob(mustJSON(manifest), ocispec.MediaTypeImageManifest)
-	m.Annotations = map[string]string{ocispec.AnnotationRefName: "docker.io/library/busybox:1.36"}
-	index := ocispec.Index{MediaType: ocispec.MediaTypeImageIndex, Manifests: []ocispec.Descriptor{m}}
-	index.SchemaVersion = 2
-	if err := os.WriteFile(filepath.Join(dir, "index.json"), mustJSON(index), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(filepath.Join(dir, "oci-layout"), []byte(`{"imageLayoutVersion":"1.0.0"}`), 0o644); err != nil {
-		t.Fatal(err)
-	}
+	l := ocitest.New(t)
+	layerTar := ocitest.Tar(t, map[string]string{
+		"bin/sh":     "#!/bin/true\n",
+		"etc/group":  "root:x:0:\n",
+		"etc/passwd": "root:x:0:0:root:/root:/bin/sh\n",
+	})
+	m := l.Image(ocitest.Image{
+		Config:  ocispec.ImageConfig{Cmd: []string{"sh"}, Env: []string{"PATH=/bin"}},
+		Layers:  []ocispec.Descriptor{l.Layer(layerTar, ocitest.Gzip)},
+		DiffIDs: []digest.Digest{digest.FromBytes(layerTar)},
+	})
+	l.WriteIndexJSON(ocitest.Named(m, "docker.io/library/busybox:1.36"))
 
 	// The root hash as the layer package converts the tar itself, apart
 	// from the blob and layout reading the CLI does.
@@ -153,11 +100,11 @@ func testLayout(t *testing.T) testImage {
 		t.Fatal(err)
 	}
 	defer out.Close()
-	info, err := layer.Convert(bytes.NewReader(tarball.Bytes()), out, nil)
+	info, err := layer.Convert(bytes.NewReader(layerTar), out, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	return testImage{dir: dir, manifest: m.Digest.String(), rootHash: info.RootHash}
+	return testImage{dir: l.Dir, manifest: m.Digest.String(), rootHash: info.RootHash}
 }
 
 func TestPolicyGenerateAndHash(t *testing.T) {

@@ -1,21 +1,19 @@
 package generate
 
 import (
-	"archive/tar"
 	"bytes"
-	"compress/gzip"
 	"context"
-	"encoding/json"
 	"errors"
 	"os"
 	"path/filepath"
-	"runtime"
 	"slices"
 	"strings"
 	"testing"
 
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+
+	"github.com/contrast-vm/contrast/internal/ocitest"
 )
 
 // layoutImage is one image written into a test OCI layout.
@@ -25,83 +23,33 @@ type layoutImage struct {
 	cmd   []string
 }
 
-// writeLayout writes an OCI layout holding images and returns the digests
-// of their manifests and the diff IDs of their layers.
-func writeLayout(t *testing.T, dir string, imgs ...layoutImage) (manifests []digest.Digest, diffIDs []digest.Digest) {
+// writeLayout writes an OCI layout holding images, each with one gzip
+// layer, and returns its directory, the digests of their manifests and the
+// diff IDs of their layers.
+func writeLayout(t *testing.T, imgs ...layoutImage) (dir string, manifests []digest.Digest, diffIDs []digest.Digest) {
 	t.Helper()
-	blob := func(data []byte) ocispec.Descriptor {
-		d := digest.FromBytes(data)
-		p := filepath.Join(dir, "blobs", "sha256", d.Encoded())
-		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(p, data, 0o644); err != nil {
-			t.Fatal(err)
-		}
-		return ocispec.Descriptor{Digest: d, Size: int64(len(data))}
-	}
-	mustJSON := func(v any) []byte {
-		b, err := json.Marshal(v)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return b
-	}
-	var index ocispec.Index
-	index.SchemaVersion = 2
-	index.MediaType = ocispec.MediaTypeImageIndex
+	l := ocitest.New(t)
+	var entries []ocispec.Descriptor
 	for _, img := range imgs {
-		var tarball bytes.Buffer
-		tw := tar.NewWriter(&tarball)
-		names := make([]string, 0, len(img.files))
-		for name := range img.files {
-			names = append(names, name)
-		}
-		slices.Sort(names)
-		for _, name := range names {
-			if err := tw.WriteHeader(&tar.Header{Name: name, Mode: 0o644, Size: int64(len(img.files[name])), Typeflag: tar.TypeReg}); err != nil {
-				t.Fatal(err)
-			}
-			tw.Write([]byte(img.files[name]))
-		}
-		tw.Close()
-		var gz bytes.Buffer
-		zw := gzip.NewWriter(&gz)
-		zw.Write(tarball.Bytes())
-		zw.Close()
-		layer := blob(gz.Bytes())
-		layer.MediaType = ocispec.MediaTypeImageLayerGzip
-		diffID := digest.FromBytes(tarball.Bytes())
-		config := blob(mustJSON(ocispec.Image{
-			Platform: ocispec.Platform{OS: "linux", Architecture: runtime.GOARCH},
-			Config:   ocispec.ImageConfig{Cmd: img.cmd},
-			RootFS:   ocispec.RootFS{Type: "layers", DiffIDs: []digest.Digest{diffID}},
-		}))
-		config.MediaType = ocispec.MediaTypeImageConfig
-		manifest := ocispec.Manifest{MediaType: ocispec.MediaTypeImageManifest, Config: config, Layers: []ocispec.Descriptor{layer}}
-		manifest.SchemaVersion = 2
-		m := blob(mustJSON(manifest))
-		m.MediaType = ocispec.MediaTypeImageManifest
+		layerTar := ocitest.Tar(t, img.files)
+		diffID := digest.FromBytes(layerTar)
+		m := l.Image(ocitest.Image{
+			Config:  ocispec.ImageConfig{Cmd: img.cmd},
+			Layers:  []ocispec.Descriptor{l.Layer(layerTar, ocitest.Gzip)},
+			DiffIDs: []digest.Digest{diffID},
+		})
 		for _, name := range img.names {
-			entry := m
-			entry.Annotations = map[string]string{ocispec.AnnotationRefName: name}
-			index.Manifests = append(index.Manifests, entry)
+			entries = append(entries, ocitest.Named(m, name))
 		}
 		manifests = append(manifests, m.Digest)
 		diffIDs = append(diffIDs, diffID)
 	}
-	if err := os.WriteFile(filepath.Join(dir, "index.json"), mustJSON(index), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(filepath.Join(dir, "oci-layout"), []byte(`{"imageLayoutVersion":"1.0.0"}`), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	return manifests, diffIDs
+	l.WriteIndexJSON(entries...)
+	return l.Dir, manifests, diffIDs
 }
 
 func TestOCILayoutResolve(t *testing.T) {
-	dir := t.TempDir()
-	manifests, diffIDs := writeLayout(t, dir,
+	dir, manifests, diffIDs := writeLayout(t,
 		layoutImage{names: []string{"docker.io/library/busybox:1.36"}, cmd: []string{"sh"},
 			files: map[string]string{"etc/passwd": "root:x:0:0::/:/bin/sh\n", "etc/group": "root:x:0:\n"}},
 		layoutImage{names: []string{"v1"}, cmd: []string{"/app"}, files: map[string]string{"app": "#!"}},
@@ -144,8 +92,7 @@ func TestOCILayoutResolve(t *testing.T) {
 }
 
 func TestOCILayoutErrors(t *testing.T) {
-	dir := t.TempDir()
-	manifests, _ := writeLayout(t, dir,
+	dir, manifests, _ := writeLayout(t,
 		layoutImage{names: []string{"docker.io/library/busybox:1.36"}, cmd: []string{"sh"}, files: map[string]string{"a": "1"}},
 		layoutImage{names: []string{"v1"}, cmd: []string{"x"}, files: map[string]string{"b": "1"}},
 		layoutImage{names: []string{"v1"}, cmd: []string{"y"}, files: map[string]string{"c": "1"}},
