@@ -95,6 +95,26 @@ func splitImage(t testing.TB, path string, info Info) (dataPath, treePath string
 	return dataPath, treePath
 }
 
+// TestConvertGoldenRootHash pins the root hash of the test layer. Policies
+// pin root hashes, so a change of conversion (an hcsshim upgrade, another
+// ext4 layout, the bitmap padding) that changes them must be seen here and
+// be deliberate: every policy generated before it stops matching.
+func TestConvertGoldenRootHash(t *testing.T) {
+	const (
+		diffID     = "sha256:ab89ee8e42f0616fcfdd68b0abe2aff0a5762881e0ffe0f34473ff6077d4e1fb"
+		rootHash   = "0782b8bb4ad084c56f3ff5623263623fec835233716200ca61497bc21c22f5c0"
+		dataBlocks = 790
+	)
+	_, info := convertFile(t, buildTar(t, testLayer()))
+	if info.DiffID != diffID {
+		t.Fatalf("the test layer's tar changed (diff ID %s, was %s): the golden values below no longer apply", info.DiffID, diffID)
+	}
+	if info.RootHash != rootHash || info.DataBlocks != dataBlocks {
+		t.Errorf("root hash %s over %d blocks, was %s over %d: the conversion changed, and every pinned policy with it",
+			info.RootHash, info.DataBlocks, rootHash, dataBlocks)
+	}
+}
+
 func TestConvertIsDeterministic(t *testing.T) {
 	layerTar := buildTar(t, testLayer())
 	firstPath, first := convertFile(t, layerTar)
