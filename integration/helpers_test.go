@@ -275,6 +275,9 @@ func (s *suite) snapshot(t *testing.T) *harness.Snapshot {
 func (s *suite) expectNoLeftovers(t *testing.T, what string, check func() (harness.Leftovers, error)) {
 	t.Helper()
 	deadline := time.Now().Add(45 * time.Second)
+	// garbage collection of our own, should containerd's have missed a
+	// deletion (see CollectGarbage)
+	nextGC := time.Now().Add(5 * time.Second)
 	for {
 		l, err := check()
 		if err != nil {
@@ -286,6 +289,12 @@ func (s *suite) expectNoLeftovers(t *testing.T, what string, check func() (harne
 		if time.Now().After(deadline) {
 			t.Errorf("%s left behind:\n%s", what, l)
 			return
+		}
+		if time.Now().After(nextGC) {
+			if err := s.c.CollectGarbage(s.ctx); err != nil {
+				t.Logf("look for leftovers of %s: %v", what, err)
+			}
+			nextGC = time.Now().Add(5 * time.Second)
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
