@@ -139,17 +139,7 @@ func TestGetReport(t *testing.T) {
 func attestationClient(t *testing.T, tt tee.TEE) (*http.Client, string) {
 	t.Helper()
 	dir := t.TempDir()
-	self, err := os.Executable()
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg := DefaultConfig(testReaper)
-	cfg.RunDir = filepath.Join(dir, "run")
-	cfg.RuncRoot = filepath.Join(dir, "runc")
-	cfg.RuncBinary = self // never run
-	cfg.Devices = loopDevices{}
-	cfg.SetHostname = nil
-	cfg.ConfigureNetwork = nil // not the VM: leave the host's network alone
+	cfg := hostTestConfig(dir, testBinary(t))
 	cfg.TEE = tt
 	svc, err := NewService(cfg)
 	if err != nil {
@@ -282,15 +272,7 @@ func TestAttestationEndpointNoCerts(t *testing.T) {
 // makes no socket.
 func TestAttestationEndpointOff(t *testing.T) {
 	dir := t.TempDir()
-	self, err := os.Executable()
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg := DefaultConfig(testReaper)
-	cfg.RunDir = filepath.Join(dir, "run")
-	cfg.RuncRoot = filepath.Join(dir, "runc")
-	cfg.RuncBinary = self
-	cfg.Devices = loopDevices{}
+	cfg := hostTestConfig(dir, testBinary(t))
 	cfg.AttestationEndpoint = false
 	svc, err := NewService(cfg)
 	if err != nil {

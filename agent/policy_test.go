@@ -5,8 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"os"
-	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -47,19 +45,8 @@ func snpLaunchedWith(module []byte) testTEE {
 func gateClient(t *testing.T, tt tee.TEE) api.AgentService {
 	t.Helper()
 	dir := t.TempDir()
-	self, err := os.Executable()
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg := DefaultConfig(testReaper)
-	cfg.Version = "test"
-	cfg.RunDir = filepath.Join(dir, "run")
-	cfg.RuncRoot = filepath.Join(dir, "runc")
-	cfg.RuncBinary = self // never run: only its existence is checked
-	cfg.Devices = loopDevices{}
+	cfg := hostTestConfig(dir, testBinary(t))
 	cfg.DeviceTimeout = 100 * time.Millisecond
-	cfg.SetHostname = nil
-	cfg.ConfigureNetwork = nil // not the VM: leave the host's network alone
 	if tt != nil {
 		cfg.TEE = tt
 	}

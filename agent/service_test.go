@@ -80,6 +80,32 @@ func newHarness(t *testing.T, opts ...func(*Config)) *harness {
 	return newHarnessPolicy(t, policy.AllowAll(), opts...)
 }
 
+// hostTestConfig is a Config for a Service the tests run on the host: state
+// under dir, runc at runcBinary, no block devices, and never the host's
+// hostname or network touched (the agent is not the VM's init here).
+func hostTestConfig(dir, runcBinary string) Config {
+	cfg := DefaultConfig(testReaper)
+	cfg.Version = "test"
+	cfg.RunDir = filepath.Join(dir, "run")
+	cfg.RuncRoot = filepath.Join(dir, "runc")
+	cfg.RuncBinary = runcBinary
+	cfg.Devices = loopDevices{}
+	cfg.SetHostname = nil
+	cfg.ConfigureNetwork = nil
+	return cfg
+}
+
+// testBinary is the running test binary: a RuncBinary for services that run
+// no container (only its existence is checked).
+func testBinary(t *testing.T) string {
+	t.Helper()
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return self
+}
+
 // newHarnessPolicy serves a Service (no TEE: a development VM) and installs
 // module as its policy, as the shim does first.
 func newHarnessPolicy(t *testing.T, module []byte, opts ...func(*Config)) *harness {
@@ -88,11 +114,7 @@ func newHarnessPolicy(t *testing.T, module []byte, opts ...func(*Config)) *harne
 	run := testimage.ReaperRunner(testReaper)
 	dev := testimage.Loop(t, run, testimage.BusyboxExt4(t, run))
 	dir := t.TempDir()
-	cfg := DefaultConfig(testReaper)
-	cfg.Version = "test"
-	cfg.RunDir = filepath.Join(dir, "run")
-	cfg.RuncRoot = filepath.Join(dir, "runc")
-	cfg.RuncBinary = rb
+	cfg := hostTestConfig(dir, rb)
 	// A cgroup parent of its own, removed at the end from every hierarchy
 	// (cgroup v1 hosts have one per controller).
 	// Named after the test's own temp dir (TestX123/001), unique per test.
@@ -110,8 +132,6 @@ func newHarnessPolicy(t *testing.T, module []byte, opts ...func(*Config)) *harne
 	cfg.DeviceTimeout = 300 * time.Millisecond
 	cfg.StdioTimeout = 5 * time.Second
 	cfg.StdinGrace = 500 * time.Millisecond
-	cfg.SetHostname = nil      // not the VM: leave the host's hostname alone
-	cfg.ConfigureNetwork = nil // not the VM: leave the host's network alone
 	for _, o := range opts {
 		o(&cfg)
 	}
