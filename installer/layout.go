@@ -306,16 +306,7 @@ func Install(ctx context.Context, opts Options) (*Result, error) {
 		}
 		res.Changed = true
 	}
-	if !res.Changed {
-		return res, nil
-	}
-	if err := restartAndWait(ctx, &opts, waitFor); err != nil {
-		return nil, errors.Join(err, restore(ctx, &opts, j))
-	}
-	if err := j.commit(); err != nil {
-		return res, err
-	}
-	return res, nil
+	return finish(ctx, &opts, j, res, waitFor)
 }
 
 // Uninstall removes a handler: its drop-in (and the alias's, when the
@@ -400,16 +391,7 @@ func Uninstall(ctx context.Context, opts Options, handler string) (*Result, erro
 		return nil, errors.Join(err, j.rollback())
 	}
 	res.Changed = res.Changed || c
-	if !res.Changed {
-		return res, nil
-	}
-	if err := restartAndWait(ctx, &opts, nil); err != nil {
-		return nil, errors.Join(err, restore(ctx, &opts, j))
-	}
-	if err := j.commit(); err != nil {
-		return res, err
-	}
-	return res, nil
+	return finish(ctx, &opts, j, res, nil)
 }
 
 // Installed is one handler directory under the prefix.
@@ -811,6 +793,22 @@ func treeEqual(dir string, files map[string]fileContent) (bool, error) {
 		return false, fmt.Errorf("compare installed %s: %w", dir, err)
 	}
 	return equal && seen == len(files), nil
+}
+
+// finish ends an install or uninstall: when it changed the host, containerd
+// restarts and must report the handlers waitFor, or every change is undone;
+// then the journal is committed.
+func finish(ctx context.Context, opts *Options, j *journal, res *Result, waitFor []string) (*Result, error) {
+	if !res.Changed {
+		return res, nil
+	}
+	if err := restartAndWait(ctx, opts, waitFor); err != nil {
+		return nil, errors.Join(err, restore(ctx, opts, j))
+	}
+	if err := j.commit(); err != nil {
+		return res, err
+	}
+	return res, nil
 }
 
 // restartAndWait restarts containerd and waits for the handlers, within
