@@ -231,17 +231,13 @@ func Install(ctx context.Context, opts Options) (*Result, error) {
 	}
 	hostDir := filepath.Join(opts.Prefix, name)
 	res := &Result{Handler: name, Alias: opts.Alias, Dir: hostDir}
-	main, err := readMain(&opts)
+	main, version, err := readMain(&opts)
 	if err != nil {
 		return nil, err
 	}
 	files, err := renderTree(&opts, name, hostDir)
 	if err != nil {
 		return nil, err
-	}
-	version, err := ConfigVersion(main)
-	if err != nil {
-		return nil, fmt.Errorf("containerd config %s: %w", opts.ContainerdConfig, err)
 	}
 	j := &journal{}
 	changed, err := installTree(j, opts.host(hostDir), files)
@@ -327,13 +323,9 @@ func Uninstall(ctx context.Context, opts Options, handler string) (*Result, erro
 	}
 	hostDir := filepath.Join(opts.Prefix, handler)
 	res := &Result{Handler: handler, Dir: hostDir}
-	main, err := readMain(&opts)
+	main, version, err := readMain(&opts)
 	if err != nil {
 		return nil, err
-	}
-	version, err := ConfigVersion(main)
-	if err != nil {
-		return nil, fmt.Errorf("containerd config %s: %w", opts.ContainerdConfig, err)
 	}
 	j := &journal{}
 	newMain := main
@@ -412,7 +404,7 @@ func Status(opts Options) ([]Installed, error) {
 	if err := opts.defaults(); err != nil {
 		return nil, err
 	}
-	main, err := readMain(&opts)
+	main, _, err := readMain(&opts)
 	if err != nil {
 		return nil, err
 	}
@@ -641,15 +633,16 @@ func applyShared(j *journal, opts *Options, main []byte, rts []Runtime) ([]byte,
 	return m, c, err
 }
 
-func readMain(opts *Options) ([]byte, error) {
-	main, err := os.ReadFile(opts.host(opts.ContainerdConfig))
+// readMain reads the main containerd config and its config version.
+func readMain(opts *Options) (main []byte, version int, err error) {
+	main, err = os.ReadFile(opts.host(opts.ContainerdConfig))
 	if err != nil {
-		return nil, fmt.Errorf("read containerd config: %w", err)
+		return nil, 0, fmt.Errorf("read containerd config: %w", err)
 	}
-	if _, err := ConfigVersion(main); err != nil {
-		return nil, fmt.Errorf("containerd config %s: %w", opts.ContainerdConfig, err)
+	if version, err = ConfigVersion(main); err != nil {
+		return nil, 0, fmt.Errorf("containerd config %s: %w", opts.ContainerdConfig, err)
 	}
-	return main, nil
+	return main, version, nil
 }
 
 // renderTree is the handler directory's content: the payload with
