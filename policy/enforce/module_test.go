@@ -2,6 +2,9 @@ package enforce
 
 import (
 	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
 	"strings"
 	"testing"
 
@@ -152,18 +155,88 @@ func TestBuildRejects(t *testing.T) {
 	}
 }
 
+// constantModuleHashes are the SHA-256 of the constant modules: what a
+// pod's HOSTDATA holds when it runs one, and what a verifier compares it
+// with. Changing a module is a deliberate act that updates these.
+var constantModuleHashes = map[string]string{
+	"AllowAll": "f432525445166d4fc64910c98ce41e1de73f16d37585b95b0e51f45482f21f13",
+	"DenyAll":  "96bf287220184954f993b81de5dcf9883f717b2b0862044decde3f4aec9cebd9",
+}
+
 func TestConstantModules(t *testing.T) {
-	for name, m := range map[string][]byte{"AllowAll": policy.AllowAll(), "DenyAll": policy.DenyAll()} {
+	checkConstantModules(t, map[string]func() []byte{"AllowAll": policy.AllowAll, "DenyAll": policy.DenyAll}, policy.HashHex)
+}
+
+// TestConstantModulesCheckFails breaks, one at a time, what
+// checkConstantModules checks, and requires it to notice.
+func TestConstantModulesCheckFails(t *testing.T) {
+	calls := 0
+	unstable := func() []byte { calls++; return append(policy.AllowAll(), fmt.Sprintf("# %d\n", calls)...) }
+	edited := func() []byte { return append(policy.AllowAll(), "# edited\n"...) }
+	for name, c := range map[string]struct {
+		modules map[string]func() []byte
+		hashHex func([]byte) string
+		want    string
+	}{
+		"unstable bytes":  {map[string]func() []byte{"AllowAll": unstable, "DenyAll": policy.DenyAll}, policy.HashHex, "differ between calls"},
+		"edited module":   {map[string]func() []byte{"AllowAll": edited, "DenyAll": policy.DenyAll}, policy.HashHex, "hash changed"},
+		"allow is deny":   {map[string]func() []byte{"AllowAll": policy.DenyAll, "DenyAll": policy.DenyAll}, policy.HashHex, "are the same module"},
+		"hash not sha256": {map[string]func() []byte{"AllowAll": policy.AllowAll, "DenyAll": policy.DenyAll}, func([]byte) string { return constantModuleHashes["AllowAll"] }, "is not its SHA-256"},
+		"rule left out":   {map[string]func() []byte{"AllowAll": func() []byte { return bytes.Replace(policy.AllowAll(), []byte("\nWaitOOM := true"), nil, 1) }, "DenyAll": policy.DenyAll}, policy.HashHex, "lacks WaitOOM"},
+	} {
+		t.Run(name, func(t *testing.T) {
+			rec := &recorder{}
+			checkConstantModules(rec, c.modules, c.hashHex)
+			if !strings.Contains(rec.errors.String(), c.want) {
+				t.Errorf("the check said %q, want %q", rec.errors.String(), c.want)
+			}
+		})
+	}
+}
+
+// checkT is what checkConstantModules reports to: a test, or recorder.
+type checkT interface {
+	Helper()
+	Errorf(format string, args ...any)
+}
+
+type recorder struct{ errors strings.Builder }
+
+func (*recorder) Helper() {}
+func (r *recorder) Errorf(format string, args ...any) {
+	fmt.Fprintf(&r.errors, format+"\n", args...)
+}
+
+// checkConstantModules requires each module to be the same bytes at every
+// call, to define every request kind, to hash (with hashHex) to its
+// SHA-256 and to the pinned value, and the modules to differ.
+func checkConstantModules(t checkT, modules map[string]func() []byte, hashHex func([]byte) string) {
+	t.Helper()
+	seen := map[string]string{}
+	for name, module := range modules {
+		m := module()
 		if !bytes.HasPrefix(m, []byte("# A policy that")) || !bytes.Contains(m, []byte("\npackage agent_policy\n")) {
-			t.Errorf("%s:\n%s", name, m)
+			t.Errorf("%s is not a constant module:\n%s", name, m)
 		}
 		for _, k := range policy.Kinds {
 			if !bytes.Contains(m, []byte("\n"+string(k)+" := ")) {
 				t.Errorf("%s lacks %s", name, k)
 			}
 		}
-	}
-	if bytes.Equal(policy.AllowAll(), policy.DenyAll()) || policy.HashHex(policy.AllowAll()) != policy.HashHex(policy.AllowAll()) {
-		t.Fatal("constant modules are not distinct and stable")
+		if again := module(); !bytes.Equal(m, again) {
+			t.Errorf("%s: the bytes differ between calls", name)
+		}
+		sum := sha256.Sum256(m)
+		h := hashHex(m)
+		if h != hex.EncodeToString(sum[:]) {
+			t.Errorf("%s: hash %s is not its SHA-256 %x", name, h, sum)
+		}
+		if want := constantModuleHashes[name]; h != want {
+			t.Errorf("%s: hash changed: %s, pinned %s (HOSTDATA of every pod that runs it changes)", name, h, want)
+		}
+		if other, dup := seen[string(m)]; dup {
+			t.Errorf("%s and %s are the same module", other, name)
+		}
+		seen[string(m)] = name
 	}
 }
