@@ -13,6 +13,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/contrast-vm/contrast/internal/testenv"
+
 	"github.com/BurntSushi/toml"
 )
 
@@ -21,15 +23,7 @@ import (
 // when it is not there.
 func containerdBinary(t *testing.T, name string) string {
 	t.Helper()
-	cache := os.Getenv("CONTRAST_CACHE")
-	if cache == "" {
-		cache = filepath.Join(os.Getenv("HOME"), ".cache", "contrast")
-	}
-	path := filepath.Join(cache, "bin", name)
-	if _, err := os.Stat(path); err != nil {
-		t.Fatalf("%s not found: run `make deps` (hack/deps.sh builds it; CONTRAST_CACHE sets the cache): %v", name, err)
-	}
-	return path
+	return testenv.CachedBinary(t, name)
 }
 
 // TestContainerdAcceptsConfig has the real containerd merge the patched main

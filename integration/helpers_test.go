@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/contrast-vm/contrast/integration/harness"
+	"github.com/contrast-vm/contrast/internal/testenv"
 )
 
 // suite is one private containerd instance for one (sub)test.
@@ -97,13 +98,16 @@ func newSuiteVersion(t testing.TB, version harness.Version, handlers ...handlerS
 	ctx := t.Context()
 	tools, err := harness.FindTools()
 	if err != nil {
-		t.Fatalf("tools: %v", err)
+		testenv.Missing(t, "deps", "tools: %v", err)
 	}
 	s := &suite{ctx: ctx}
 	var hs []harness.Handler
 	if len(handlers) > 0 {
 		env, err := harness.EnvFromOS()
 		if err != nil {
+			if os.Getenv("CONTRAST_SHIM") == "" {
+				testenv.Missing(t, "integration", "contrast tests need the built shim and guest image: %v", err)
+			}
 			t.Fatalf("contrast tests need the built shim and guest image:\n%v", err)
 		}
 		s.env = env

@@ -17,6 +17,7 @@ import (
 	"github.com/containerd/platforms"
 
 	"github.com/contrast-vm/contrast/internal/ocitest"
+	"github.com/contrast-vm/contrast/internal/testenv"
 )
 
 // containerdBinary finds the containerd that hack/deps.sh builds.
@@ -25,19 +26,7 @@ func containerdBinary(t *testing.T) string {
 	if p, err := exec.LookPath("containerd"); err == nil {
 		return p
 	}
-	cache := os.Getenv("CONTRAST_CACHE")
-	if cache == "" {
-		home, err := os.UserHomeDir()
-		if err != nil {
-			t.Fatal(err)
-		}
-		cache = filepath.Join(home, ".cache", "contrast")
-	}
-	if p := filepath.Join(cache, "bin", "containerd"); isExecutable(p) {
-		return p
-	}
-	t.Fatalf("containerd not found on PATH nor in %s/bin: run hack/deps.sh, which builds it there", cache)
-	return ""
+	return testenv.CachedBinary(t, "containerd")
 }
 
 // startContainerd runs a private containerd with only its content and image

@@ -18,6 +18,7 @@ import (
 	"github.com/opencontainers/go-digest"
 
 	"github.com/contrast-vm/contrast/api/agent"
+	"github.com/contrast-vm/contrast/internal/testenv"
 )
 
 // tool finds a command the tests need, failing with how to get it.
@@ -31,7 +32,7 @@ func tool(t testing.TB, name, pkg string) string {
 			return p
 		}
 	}
-	t.Fatalf("%s not found: apt-get install %s (hack/deps.sh installs it)", name, pkg)
+	testenv.Missing(t, "deps", "%s not found (Debian package %s)", name, pkg)
 	return ""
 }
 

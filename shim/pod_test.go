@@ -10,16 +10,14 @@ import (
 	"time"
 
 	agentapi "github.com/contrast-vm/contrast/api/agent"
+	"github.com/contrast-vm/contrast/internal/testenv"
 	"github.com/contrast-vm/contrast/policy"
 	"github.com/contrast-vm/contrast/vmimage"
 )
 
 // testImage is the guest image `make image` built; tests run through make.
 func testImage(t testing.TB) (kernel, initrd string) {
-	dir := os.Getenv("CONTRAST_IMAGE")
-	if dir == "" {
-		t.Fatal("CONTRAST_IMAGE is not set: run the tests with `make test` (or set it to the dir `make image` wrote)")
-	}
+	dir := testenv.Path(t, "CONTRAST_IMAGE", "image", "the guest image directory")
 	im, err := vmimage.Load(dir)
 	if err != nil {
 		t.Fatal(err)

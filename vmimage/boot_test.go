@@ -10,6 +10,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/contrast-vm/contrast/internal/testenv"
 )
 
 // TestBootImage boots an image built by Build, with a test program as /init,
@@ -17,25 +19,12 @@ import (
 // the marker from the command line, the kernel release, /dev/console and a
 // working runc inside the guest.
 func TestBootImage(t *testing.T) {
-	kernel := os.Getenv("CONTRAST_KERNEL")
-	if kernel == "" {
-		t.Fatal("CONTRAST_KERNEL is not set: set it to a guest bzImage (hack/kernel.sh prints its path; the Makefile sets it)")
-	}
+	kernel := testenv.Kernel(t)
 	runc := os.Getenv("CONTRAST_RUNC")
 	if runc == "" {
-		cache := os.Getenv("CONTRAST_CACHE")
-		if cache == "" {
-			cache = filepath.Join(os.Getenv("HOME"), ".cache", "contrast")
-		}
-		runc = filepath.Join(cache, "bin", "runc-static")
+		runc = testenv.CachedBinary(t, "runc-static")
 	}
-	if _, err := os.Stat(runc); err != nil {
-		t.Fatalf("static runc: %v (hack/deps.sh builds it; CONTRAST_RUNC overrides the path)", err)
-	}
-	qemu, err := exec.LookPath("qemu-system-x86_64")
-	if err != nil {
-		t.Fatalf("qemu-system-x86_64 not found (hack/deps.sh installs it): %v", err)
-	}
+	qemu := testenv.Command(t, "qemu-system-x86_64", "qemu-system-x86")
 
 	ctx := context.Background()
 	res, err := Build(ctx, Options{Kernel: kernel, Agent: staticBinary, Runc: runc, OutDir: filepath.Join(t.TempDir(), "image")})

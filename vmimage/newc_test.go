@@ -10,6 +10,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/contrast-vm/contrast/internal/testenv"
+
 	"github.com/cavaliergopher/cpio"
 )
 
@@ -170,9 +172,7 @@ func TestInitramfsEntries(t *testing.T) {
 // TestInitramfsGNUCpio lists the archive with GNU cpio, a third reader, which
 // also prints device numbers.
 func TestInitramfsGNUCpio(t *testing.T) {
-	if _, err := exec.LookPath("cpio"); err != nil {
-		t.Fatal("GNU cpio not found (hack/deps.sh installs it)")
-	}
+	testenv.Command(t, "cpio", "cpio")
 	opts := testOptions(t)
 	res, err := Build(context.Background(), opts)
 	if err != nil {

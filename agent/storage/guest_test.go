@@ -16,6 +16,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	api "github.com/contrast-vm/contrast/api/agent"
+	"github.com/contrast-vm/contrast/internal/testenv"
 	"github.com/contrast-vm/contrast/vmimage"
 )
 
@@ -66,23 +67,10 @@ func TestGuestVerity(t *testing.T) {
 
 // hostBootGuest prepares the images and boots the guest.
 func hostBootGuest(t *testing.T) {
-	kernel := os.Getenv("CONTRAST_KERNEL")
-	if kernel == "" {
-		// hack/kernel.sh prints the cached kernel's path (building it the
-		// first time), as the Makefile does for CONTRAST_KERNEL.
-		out, err := exec.Command("../../hack/kernel.sh").Output()
-		if err != nil {
-			t.Fatalf("CONTRAST_KERNEL is not set and hack/kernel.sh failed: %v (set CONTRAST_KERNEL to a guest bzImage)", err)
-		}
-		kernel = strings.TrimSpace(string(out))
-	}
+	kernel := testenv.Kernel(t)
 	tools := map[string]string{}
 	for _, tool := range []string{"qemu-system-x86_64", "mkfs.ext4", "veritysetup", "go"} {
-		p, err := exec.LookPath(tool)
-		if err != nil {
-			t.Fatalf("%s not found: hack/deps.sh installs it (qemu-system-x86, e2fsprogs, cryptsetup-bin)", tool)
-		}
-		tools[tool] = p
+		tools[tool] = testenv.Command(t, tool, "qemu-system-x86, e2fsprogs, cryptsetup-bin")
 	}
 	dir := t.TempDir()
 	run := func(name string, args ...string) string {

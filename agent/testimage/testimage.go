@@ -13,6 +13,7 @@ import (
 	"testing"
 
 	"github.com/contrast-vm/contrast/agent/reaper"
+	"github.com/contrast-vm/contrast/internal/testenv"
 )
 
 // Runner runs a command to the end and returns its combined output. A test
@@ -51,11 +52,9 @@ func Require(t testing.TB) {
 	if os.Geteuid() != 0 {
 		t.Skip("needs root (loop devices, mounts)")
 	}
-	for _, bin := range []string{Busybox, "mkfs.ext4", "losetup"} {
-		if _, err := exec.LookPath(bin); err != nil {
-			t.Skipf("needs %s: %v", bin, err)
-		}
-	}
+	testenv.Command(t, Busybox, "busybox-static")
+	testenv.Command(t, "mkfs.ext4", "e2fsprogs")
+	testenv.Command(t, "losetup", "mount")
 }
 
 // BusyboxExt4 builds an ext4 image whose root is a busybox root filesystem

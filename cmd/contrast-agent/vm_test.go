@@ -23,6 +23,7 @@ import (
 	api "github.com/contrast-vm/contrast/api/agent"
 	"github.com/contrast-vm/contrast/hypervisor"
 	"github.com/contrast-vm/contrast/hypervisor/qemu"
+	"github.com/contrast-vm/contrast/internal/testenv"
 	"github.com/contrast-vm/contrast/policy"
 	"github.com/contrast-vm/contrast/vmimage"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
@@ -36,18 +37,11 @@ import (
 // does: the init work (switch from the initramfs, mounts, cgroup v2, lo,
 // hostname) and runc inside the guest are only tested here.
 func TestAgentInVM(t *testing.T) {
-	kernel := os.Getenv("CONTRAST_KERNEL")
-	if kernel == "" {
-		t.Fatal("CONTRAST_KERNEL is not set: it must name the guest bzImage (make test sets it from hack/kernel.sh)")
-	}
+	kernel := testenv.Kernel(t)
 	testimage.Require(t)
 	runc := os.Getenv("CONTRAST_RUNC")
 	if runc == "" {
-		home, _ := os.UserHomeDir()
-		runc = filepath.Join(home, ".cache/contrast/bin/runc-static")
-	}
-	if _, err := os.Stat(runc); err != nil {
-		t.Fatalf("static runc for the guest: %v (hack/deps.sh builds it; CONTRAST_RUNC overrides)", err)
+		runc = testenv.CachedBinary(t, "runc-static")
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()

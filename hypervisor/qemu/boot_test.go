@@ -15,6 +15,7 @@ import (
 	"github.com/cavaliergopher/cpio"
 
 	"github.com/contrast-vm/contrast/hypervisor"
+	"github.com/contrast-vm/contrast/internal/testenv"
 )
 
 // testInitramfs builds testdata/init statically and packs it as /init of
@@ -94,10 +95,7 @@ func (c *console) wait(want string, timeout time.Duration) string {
 // TestBoot boots the real guest kernel with a test /init, talks to it over
 // vsock and hot-plugs disks that the guest must see come and go.
 func TestBoot(t *testing.T) {
-	kernel := os.Getenv("CONTRAST_KERNEL")
-	if kernel == "" {
-		t.Fatal("CONTRAST_KERNEL is not set: it must name the guest bzImage (make test sets it from hack/kernel.sh)")
-	}
+	kernel := testenv.Kernel(t)
 	h := testHypervisor(t, Config{})
 	t.Logf("%s", h.Selection())
 	spec := testSpec(t, kernel)

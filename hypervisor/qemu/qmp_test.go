@@ -12,6 +12,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/contrast-vm/contrast/internal/testenv"
 )
 
 const qemuBinary = "/usr/bin/qemu-system-x86_64"
@@ -19,7 +21,7 @@ const qemuBinary = "/usr/bin/qemu-system-x86_64"
 func needQEMU(t *testing.T) {
 	t.Helper()
 	if _, err := os.Stat(qemuBinary); err != nil {
-		t.Fatalf("tests need QEMU at %s (hack/deps.sh installs it): %v", qemuBinary, err)
+		testenv.Missing(t, "deps", "tests need QEMU at %s (Debian package qemu-system-x86): %v", qemuBinary, err)
 	}
 }
 

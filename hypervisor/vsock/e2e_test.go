@@ -23,6 +23,7 @@ import (
 
 	"github.com/cavaliergopher/cpio"
 	"github.com/contrast-vm/contrast/hypervisor"
+	"github.com/contrast-vm/contrast/internal/testenv"
 )
 
 const (
@@ -68,21 +69,11 @@ func (vm *e2eVM) console() string {
 // until the guest's echo server answers.
 func bootVM(tb testing.TB) *e2eVM {
 	tb.Helper()
-	kernel := os.Getenv("CONTRAST_KERNEL")
-	if kernel == "" {
-		tb.Fatal("CONTRAST_KERNEL is not set: run the tests via make, or set it to the guest kernel that hack/kernel.sh prints")
-	}
-	if _, err := os.Stat(kernel); err != nil {
-		tb.Fatalf("CONTRAST_KERNEL: %v", err)
-	}
+	kernel := testenv.Kernel(tb)
 	// CONTRAST_QEMU picks another QEMU, e.g. 10.0 unpacked from backports.
 	qemuBin := os.Getenv("CONTRAST_QEMU")
 	if qemuBin == "" {
-		var err error
-		qemuBin, err = exec.LookPath("qemu-system-x86_64")
-		if err != nil {
-			tb.Fatalf("QEMU not installed (run hack/deps.sh): %v", err)
-		}
+		qemuBin = testenv.Command(tb, "qemu-system-x86_64", "qemu-system-x86")
 	}
 	dir, err := os.MkdirTemp("", "vsock-e2e")
 	if err != nil {
