@@ -26,9 +26,15 @@ type Hypervisor interface {
 type VMSpec struct {
 	// ID names the VM in logs and errors (the sandbox id).
 	ID string
-	// StateDir holds the VM's sockets, console log and other runtime files.
-	// It exists and belongs to this VM alone.
+	// StateDir holds the VM's console log, pid file and other runtime
+	// files. It exists and belongs to this VM alone; its path may be of any
+	// length.
 	StateDir string
+	// SocketDir is a short path for the VM's unix sockets, whose paths must
+	// fit sockaddr_un (107 bytes). Start creates it (it must not exist) and
+	// links it from StateDir as "sockets"; stopping the VM removes both.
+	// Empty keeps the sockets in StateDir itself, which must then be short.
+	SocketDir string
 	// Kernel, Initrd: guest image for direct kernel boot.
 	Kernel string
 	Initrd string

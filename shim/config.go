@@ -11,6 +11,7 @@ import (
 
 	"github.com/BurntSushi/toml"
 
+	"github.com/contrast-vm/contrast/hypervisor/qemu"
 	"github.com/contrast-vm/contrast/vmimage/snp"
 )
 
@@ -21,8 +22,14 @@ const DefaultConfigPath = "/etc/contrast/runtime.toml"
 type Config struct {
 	// LogLevel of the shim: debug, info, warn or error.
 	LogLevel string `toml:"log_level"`
-	// StateDir is where pod state (sockets, console log, disk images) lives.
-	StateDir   string           `toml:"state_dir"`
+	// StateDir is where pod state (console log, policy, disk images) lives:
+	// <state_dir>/<namespace>/<pod id>. Its length does not matter.
+	StateDir string `toml:"state_dir"`
+	// SocketDir holds each pod VM's unix sockets in a directory named by a
+	// hash of the pod's state directory, linked from it as "sockets": a
+	// socket's path must fit 107 bytes whatever the namespace and pod id,
+	// as containerd keeps its shims' sockets in /run/containerd/s.
+	SocketDir  string           `toml:"socket_dir"`
 	Hypervisor HypervisorConfig `toml:"hypervisor"`
 	Timeouts   TimeoutsConfig   `toml:"timeouts"`
 	Policy     PolicyConfig     `toml:"policy"`
@@ -126,8 +133,9 @@ func (d Duration) MarshalText() ([]byte, error) { return []byte(d.String()), nil
 // DefaultConfig is what a configuration file overrides.
 func DefaultConfig() Config {
 	return Config{
-		LogLevel: "info",
-		StateDir: "/run/contrast",
+		LogLevel:  "info",
+		StateDir:  "/run/contrast",
+		SocketDir: "/run/contrast/s",
 		Hypervisor: HypervisorConfig{
 			Binary:       "/usr/bin/qemu-system-x86_64",
 			Accel:        "auto",
@@ -210,6 +218,17 @@ func (c Config) Validate() error {
 	}
 	if !filepath.IsAbs(c.StateDir) {
 		return fmt.Errorf("state_dir: %q is not an absolute path", c.StateDir)
+	}
+	// The longest pod state path must fit PATH_MAX: containerd namespaces
+	// and ids are at most 76 characters.
+	if n := len(filepath.Join(c.StateDir, strings.Repeat("n", maxContainerdName), strings.Repeat("i", maxContainerdName), longestStateFileName)); n >= pathMax {
+		return fmt.Errorf("state_dir: %q is too long: a pod's files would need %d bytes of path, more than the kernel's %d", c.StateDir, n, pathMax-1)
+	}
+	if !filepath.IsAbs(c.SocketDir) {
+		return fmt.Errorf("socket_dir: %q is not an absolute path", c.SocketDir)
+	}
+	if err := qemu.CheckSocketDir(podSocketDir(c, "")); err != nil {
+		return fmt.Errorf("socket_dir: %q is too long for the pods' unix sockets: at most %d bytes fit", c.SocketDir, qemu.MaxSocketDirLen-1-podSocketHashLen)
 	}
 	h := c.Hypervisor
 	switch h.Accel {

@@ -1,9 +1,12 @@
 package shim
 
 import (
+	"fmt"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/contrast-vm/contrast/hypervisor/qemu"
 )
 
 func TestParseConfig(t *testing.T) {
@@ -131,6 +134,43 @@ func TestParseConfigRejects(t *testing.T) {
 		if !strings.Contains(err.Error(), c.wantKey) {
 			t.Errorf("%q: error %q does not name %q", c.toml, err, c.wantKey)
 		}
+	}
+}
+
+// TestSocketPathsFit: whatever the state dir (60 characters here), the
+// containerd namespace and the pod id, a pod's sockets fit sockaddr_un;
+// only socket_dir's length matters, and it is checked at load.
+func TestSocketPathsFit(t *testing.T) {
+	stateDir := "/run/" + strings.Repeat("a-platform-team-state-", 3)[:55]
+	cfg, err := ParseConfig([]byte(fmt.Sprintf("state_dir = %q\n", stateDir)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(cfg.StateDir) != 60 || cfg.SocketDir != "/run/contrast/s" {
+		t.Fatalf("state_dir %q (%d), socket_dir %q", cfg.StateDir, len(cfg.StateDir), cfg.SocketDir)
+	}
+	seen := map[string]bool{}
+	for _, ns := range []string{"k8s.io", "a-very-long-namespace-name-used-by-some-platform-team", strings.Repeat("n", 76)} {
+		for _, id := range []string{"p", strings.Repeat("f", 64), strings.Repeat("i", 76)} {
+			dir := podSocketDir(cfg, podStateDir(cfg, ns, id))
+			if err := qemu.CheckSocketDir(dir); err != nil {
+				t.Errorf("namespace %s, pod %s: %v", ns, id, err)
+			}
+			if len(dir) != len(cfg.SocketDir)+1+podSocketHashLen || seen[dir] {
+				t.Errorf("namespace %s, pod %s: socket dir %s is not of fixed length or not unique", ns, id, dir)
+			}
+			seen[dir] = true
+		}
+	}
+	// The longest socket_dir load accepts still fits.
+	longest := "/" + strings.Repeat("s", qemu.MaxSocketDirLen-podSocketHashLen-2)
+	if cfg, err := ParseConfig([]byte(fmt.Sprintf("socket_dir = %q\n", longest))); err != nil {
+		t.Errorf("socket_dir of %d bytes: %v", len(longest), err)
+	} else if err := qemu.CheckSocketDir(podSocketDir(cfg, "/run/contrast/ns/pod")); err != nil {
+		t.Errorf("socket_dir of %d bytes: %v", len(longest), err)
+	}
+	if _, err := ParseConfig([]byte(fmt.Sprintf("socket_dir = %q\n", longest+"s"))); err == nil {
+		t.Errorf("socket_dir of %d bytes accepted", len(longest)+1)
 	}
 }
 

@@ -257,10 +257,32 @@ type pod struct {
 	agent    agentapi.AgentService
 }
 
-// podStateDir is where a pod's sockets, console log and disks live.
+// podStateDir is where a pod's console log, policy and disks live.
 func podStateDir(cfg Config, namespace, id string) string {
 	return filepath.Join(cfg.StateDir, namespace, id)
 }
+
+// podSocketHashLen is how many hex digits of SHA-256 name a pod's socket
+// directory: 128 bits, no collisions among a node's pods.
+const podSocketHashLen = 32
+
+// podSocketDir is where the VM of the pod whose state directory is
+// stateDir keeps its unix sockets: a path of fixed length under
+// socket_dir, whatever the state_dir, namespace and pod id.
+func podSocketDir(cfg Config, stateDir string) string {
+	sum := sha256.Sum256([]byte(stateDir))
+	return filepath.Join(cfg.SocketDir, hex.EncodeToString(sum[:])[:podSocketHashLen])
+}
+
+// Limits a state_dir must leave room for.
+const (
+	// maxContainerdName is the longest containerd namespace or id.
+	maxContainerdName = 76
+	// longestStateFileName bounds the names of the files in a pod's state
+	// directory, disk images named by a layer digest among them.
+	longestStateFileName = "sha256-0000000000000000000000000000000000000000000000000000000000000000.img"
+	pathMax              = 4096
+)
 
 // podLaunch is what a pod VM is booted for.
 type podLaunch struct {
@@ -307,6 +329,7 @@ func bootPod(ctx context.Context, hv hypervisor.Hypervisor, cfg Config, l podLau
 		return nil, fmt.Errorf("pod %s: %w", id, err)
 	}
 	spec.StateDir = stateDir
+	spec.SocketDir = podSocketDir(cfg, stateDir)
 	cache, err := layer.OpenCache(cfg.Layers.CacheDir, cfg.Layers.CacheMaxMiB<<20)
 	if err != nil {
 		return nil, fmt.Errorf("pod %s: layer cache (layers.cache_dir): %w", id, err)

@@ -49,7 +49,7 @@ Nothing is fetched from the network: the VCEK comes from the report's certificat
 table or --vcek.
 
 --pod fetches a fresh report from a running pod VM, named by its sandbox id, through
-the shim's vsock socket (<state-dir>/<namespace>/<id>/vsock.sock), with a random nonce
+the shim's vsock socket (<state-dir>/<namespace>/<id>/sockets/vsock.sock), with a random nonce
 (or --nonce). --report reads a saved one: the JSON --save-report writes and the
 containers' attestation endpoint serves ({"tee","report","certs"}), or a raw report
 with its certificate table appended; with --nonce it must carry that nonce.

@@ -18,7 +18,8 @@ import (
 // vhost-user backend's hybrid socket, or to the guest CID recorded for
 // kernel vhost-vsock.
 func DialGuest(ctx context.Context, stateDir string, port uint32) (net.Conn, error) {
-	sock := filepath.Join(stateDir, hybridSocketName)
+	// The socket's own path is short; stateDir's may not be.
+	sock := filepath.Join(socketDirOf(stateDir), hybridSocketName)
 	if _, err := os.Stat(sock); err == nil {
 		return vsock.HybridTransport{Path: sock}.Dial(ctx, port)
 	} else if !errors.Is(err, os.ErrNotExist) {

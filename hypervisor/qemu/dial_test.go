@@ -3,6 +3,7 @@ package qemu
 import (
 	"bufio"
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -29,13 +30,27 @@ func TestDialGuestErrors(t *testing.T) {
 }
 
 // TestDialGuestHybrid reaches a stand-in for the vhost-user backend's hybrid
-// socket, which takes precedence over a recorded CID.
+// socket, which takes precedence over a recorded CID, through the state
+// dir's link to the socket dir: the state dir is longer than a socket path
+// may be.
 func TestDialGuestHybrid(t *testing.T) {
-	dir := t.TempDir()
+	root, err := os.MkdirTemp("", "qd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer os.RemoveAll(root)
+	dir := filepath.Join(root, strings.Repeat("long-state-dir/", 10))
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	sockDir, err := makeSocketDir(dir, filepath.Join(root, "s"))
+	if err != nil {
+		t.Fatal(err)
+	}
 	if err := os.WriteFile(filepath.Join(dir, guestCIDName), []byte("1234\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	l, err := net.Listen("unix", filepath.Join(dir, hybridSocketName))
+	l, err := net.Listen("unix", filepath.Join(sockDir, hybridSocketName))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -63,5 +78,12 @@ func TestDialGuestHybrid(t *testing.T) {
 	buf := make([]byte, 5)
 	if _, err := conn.Read(buf); err != nil || string(buf) != "agent" {
 		t.Errorf("read %q, %v", buf, err)
+	}
+	l.Close()
+	removeRuntimeFiles(dir)
+	for _, p := range []string{sockDir, filepath.Join(dir, socketsLinkName), filepath.Join(dir, guestCIDName)} {
+		if _, err := os.Lstat(p); !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("%s left after removeRuntimeFiles (%v)", p, err)
+		}
 	}
 }

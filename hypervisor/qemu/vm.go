@@ -102,13 +102,11 @@ func (h *Hypervisor) checkSpec(spec hypervisor.VMSpec) error {
 	} else if !fi.IsDir() {
 		return fmt.Errorf("state dir %s: not a directory", spec.StateDir)
 	}
-	longest := filepath.Join(spec.StateDir, vhostUserSocketName)
-	if l := len(filepath.Join(spec.StateDir, hybridSocketName)) + hybridPortSuffix; l > len(longest) {
-		longest = strings.Repeat("x", l)
+	if spec.SocketDir != "" && !filepath.IsAbs(spec.SocketDir) {
+		return fmt.Errorf("socket dir %q: not an absolute path", spec.SocketDir)
 	}
-	if len(longest) > maxSocketPath {
-		return fmt.Errorf("state dir %s is too long for its unix sockets (%d bytes, at most %d fit)",
-			spec.StateDir, len(spec.StateDir), maxSocketPath-(len(longest)-len(spec.StateDir)))
+	if err := CheckSocketDir(socketDirFor(spec.StateDir, spec.SocketDir)); err != nil {
+		return err
 	}
 	firmware := spec.Firmware
 	if spec.Confidential != nil {
@@ -230,6 +228,11 @@ func (h *Hypervisor) launch(ctx context.Context, spec hypervisor.VMSpec, cid uin
 	// Leftovers of an earlier run would confuse QEMU (a stale pidfile) or
 	// us (a stale socket).
 	removeRuntimeFiles(spec.StateDir)
+	sockDir, err := makeSocketDir(spec.StateDir, spec.SocketDir)
+	if err != nil {
+		return nil, err
+	}
+	sock := func(name string) string { return filepath.Join(sockDir, name) }
 
 	vm := &VM{
 		id:       spec.ID,
@@ -297,7 +300,7 @@ func (h *Hypervisor) launch(ctx context.Context, spec hypervisor.VMSpec, cid uin
 	case VsockKernel:
 		lp.GuestCID = cid
 	case VsockVhostUser:
-		lp.VhostUserSocket = p(vhostUserSocketName)
+		lp.VhostUserSocket = sock(vhostUserSocketName)
 	}
 	// Arguments first: bad input fails before anything exists.
 	args, err := buildArgs(lp)
@@ -307,7 +310,7 @@ func (h *Hypervisor) launch(ctx context.Context, spec hypervisor.VMSpec, cid uin
 
 	// QEMU inherits a socket that already listens, so connecting to it
 	// cannot race QEMU's start.
-	qmpPath := p(qmpSocketName)
+	qmpPath := sock(qmpSocketName)
 	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: qmpPath, Net: "unix"})
 	if err != nil {
 		return nil, fmt.Errorf("qmp socket: %w", err)
@@ -327,7 +330,7 @@ func (h *Hypervisor) launch(ctx context.Context, spec hypervisor.VMSpec, cid uin
 			return nil, fmt.Errorf("record guest CID: %w", err)
 		}
 	case VsockVhostUser:
-		b, err := newVhostUserVsock(cid, lp.VhostUserSocket, p(hybridSocketName))
+		b, err := newVhostUserVsock(cid, lp.VhostUserSocket, sock(hybridSocketName))
 		if err != nil {
 			return nil, err
 		}
@@ -597,20 +600,6 @@ func (vm *VM) Stop(ctx context.Context) error {
 		return fmt.Errorf("stop vm %s: %w", vm.id, err)
 	}
 	return nil
-}
-
-// removeRuntimeFiles deletes sockets and the pid file, keeping the logs a
-// person reads after a failure.
-func removeRuntimeFiles(stateDir string) {
-	for _, n := range []string{qmpSocketName, pidFileName, hybridSocketName, vhostUserSocketName, guestCIDName} {
-		os.Remove(filepath.Join(stateDir, n))
-	}
-	// Guest-initiated hybrid vsock connections land on <socket>_<port>.
-	if m, err := filepath.Glob(filepath.Join(stateDir, hybridSocketName+"_*")); err == nil {
-		for _, f := range m {
-			os.Remove(f)
-		}
-	}
 }
 
 func readPIDFile(path string) (int, error) {

@@ -69,10 +69,22 @@ func testHypervisor(t *testing.T, cfg Config) *Hypervisor {
 	return h
 }
 
+// testSpec's state directory is longer than a unix socket's path may be,
+// which must not matter: the sockets go into the short SocketDir beside it.
 func testSpec(t *testing.T, kernel string) hypervisor.VMSpec {
+	root, err := os.MkdirTemp("", "qs")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(root) })
+	state := filepath.Join(root, strings.Repeat("a-long-state-directory-", 6))
+	if err := os.Mkdir(state, 0o700); err != nil {
+		t.Fatal(err)
+	}
 	return hypervisor.VMSpec{
 		ID:         strings.ReplaceAll(t.Name(), "/", "-"),
-		StateDir:   t.TempDir(),
+		StateDir:   state,
+		SocketDir:  filepath.Join(root, testSocketDirName),
 		Kernel:     kernel,
 		KernelArgs: "console=ttyS0",
 		VCPUs:      1,
@@ -114,9 +126,16 @@ func dirNames(t *testing.T, dir string) []string {
 	return names
 }
 
-// checkOnlyLogs fails unless dir holds nothing but (some of) the log files.
+// testSocketDirName is testSpec's socket directory, beside its state dir.
+const testSocketDirName = "vm"
+
+// checkOnlyLogs fails unless dir holds nothing but (some of) the log files,
+// and testSpec's socket directory beside it is gone.
 func checkOnlyLogs(t *testing.T, dir string) {
 	t.Helper()
+	if _, err := os.Lstat(filepath.Join(filepath.Dir(dir), testSocketDirName)); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("socket directory left beside the state dir (%v)", err)
+	}
 	for _, n := range dirNames(t, dir) {
 		if n != qemuLogName && n != consoleLogName {
 			t.Errorf("%s left in the state dir (have %q)", n, dirNames(t, dir))
@@ -157,14 +176,21 @@ func TestLifecycle(t *testing.T) {
 	if err != nil || strings.TrimSpace(string(b)) != strconv.Itoa(pid) {
 		t.Errorf("pid file %q (%v), want %d", b, err, pid)
 	}
-	for _, n := range []string{qmpSocketName, consoleLogName, qemuLogName} {
+	for _, n := range []string{consoleLogName, qemuLogName} {
 		if _, err := os.Stat(filepath.Join(dir, n)); err != nil {
 			t.Errorf("state dir: %v", err)
 		}
 	}
+	// The sockets are in the socket dir, which the state dir links to.
+	if target, err := os.Readlink(filepath.Join(dir, socketsLinkName)); err != nil || target != spec.SocketDir {
+		t.Errorf("state dir's %s link: %q, %v; want %s", socketsLinkName, target, err, spec.SocketDir)
+	}
+	if fi, err := os.Stat(filepath.Join(spec.SocketDir, qmpSocketName)); err != nil || fi.Mode()&os.ModeSocket == 0 {
+		t.Errorf("qmp socket: %v", err)
+	}
 	if h.Selection().Vsock == VsockVhostUser {
 		// The vhost-user socket is gone once QEMU connected to it.
-		if fi, err := os.Stat(filepath.Join(dir, hybridSocketName)); err != nil || fi.Mode()&os.ModeSocket == 0 {
+		if fi, err := os.Stat(filepath.Join(spec.SocketDir, hybridSocketName)); err != nil || fi.Mode()&os.ModeSocket == 0 {
 			t.Errorf("hybrid vsock socket: %v", err)
 		}
 	}
@@ -426,7 +452,9 @@ func TestStartFailures(t *testing.T) {
 			want: []string{"exited with status 1", "could not load kernel"}},
 		{name: "no kernel", spec: func(s *hypervisor.VMSpec) { s.Kernel = "" }, want: []string{"no kernel"}},
 		{name: "no vcpus", spec: func(s *hypervisor.VMSpec) { s.VCPUs = 0 }, want: []string{"vcpus 0"}},
-		{name: "state dir too long", spec: func(s *hypervisor.VMSpec) { s.StateDir = longDir }, want: []string{"too long for its unix sockets"}},
+		{name: "socket dir too long", spec: func(s *hypervisor.VMSpec) { s.SocketDir = longDir }, want: []string{"too long for its unix sockets"}},
+		{name: "sockets in a state dir too long", spec: func(s *hypervisor.VMSpec) { s.StateDir, s.SocketDir = longDir, "" }, want: []string{"too long for its unix sockets"}},
+		{name: "relative socket dir", spec: func(s *hypervisor.VMSpec) { s.SocketDir = "run/s" }, want: []string{"socket dir", "not an absolute path"}},
 		{name: "state dir not a dir", spec: func(s *hypervisor.VMSpec) { s.StateDir = notDir }, want: []string{"not a directory"}},
 		{name: "relative state dir", spec: func(s *hypervisor.VMSpec) { s.StateDir = "run/vm" }, want: []string{"not an absolute path"}},
 	}

@@ -761,12 +761,12 @@ func (c *Containerd) writeConfig(opts Options) error {
 	return nil
 }
 
-// makeInstanceDir creates /tmp/c<6 hex digits>. It is this short on
-// purpose: the contrast shim keeps per-pod unix sockets at
-// <state_dir>/<namespace>/<64-digit pod id>/vhost-user-vsock.sock, and a
-// socket path must fit in 108 bytes, which leaves 13 for state_dir: the
-// instance directory itself serves as the shim's state_dir. The random
-// number also names the instance's bridge, network and cgroup parent.
+// makeInstanceDir creates /tmp/c<6 hex digits>. It is short on purpose:
+// containerd's socket_dir (at most 38 characters) and the contrast shim's
+// socket_dir (ShimSocketDir) live in it, and a unix socket's path must fit
+// in 108 bytes. The instance directory also serves as the shim's
+// state_dir. The random number also names the instance's bridge, network
+// and cgroup parent.
 func makeInstanceDir() (string, uint32, error) {
 	for range 10 {
 		var rnd [4]byte

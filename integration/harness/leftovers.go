@@ -31,6 +31,7 @@ func (c *Containerd) objectDirs() []string {
 		c.SocketDir,
 		filepath.Join(c.ShimState, "k8s.io"),
 		filepath.Join(c.ShimState, "default"),
+		ShimSocketDir(c.ShimState),
 		filepath.Join(c.Dir, "cni", "ipam", c.Network),
 	}
 }

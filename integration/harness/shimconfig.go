@@ -15,7 +15,10 @@ type ShimConfig struct {
 	LogLevel string
 	// StateDir is where the shim keeps per-pod state; tests point it into
 	// the containerd instance's directory so leftovers are easy to find.
-	StateDir     string
+	StateDir string
+	// SocketDir is socket_dir, where the shim keeps each pod VM's unix
+	// sockets (ShimSocketDir of the state dir).
+	SocketDir    string
 	Binary       string
 	Accel        string
 	Kernel       string
@@ -51,6 +54,16 @@ func DefaultLayerCache() string {
 	return filepath.Join(root, "layers")
 }
 
+// ShimSocketDir is the socket_dir the tests give a shim whose state_dir is
+// stateDir: inside it, where leftovers are found, and short (the instance
+// directory is), so that the sockets' paths fit. Empty for an empty stateDir.
+func ShimSocketDir(stateDir string) string {
+	if stateDir == "" {
+		return ""
+	}
+	return filepath.Join(stateDir, "s")
+}
+
 // DefaultShimConfig boots the guest image of env with the host's QEMU.
 func DefaultShimConfig(env Env, stateDir string) ShimConfig {
 	accel := os.Getenv("CONTRAST_ACCEL")
@@ -60,6 +73,7 @@ func DefaultShimConfig(env Env, stateDir string) ShimConfig {
 	return ShimConfig{
 		LogLevel:   "debug",
 		StateDir:   stateDir,
+		SocketDir:  ShimSocketDir(stateDir),
 		Binary:     "/usr/bin/qemu-system-x86_64",
 		Accel:      accel,
 		Kernel:     env.ImageKernel(),
@@ -82,6 +96,9 @@ func (s ShimConfig) TOML() string {
 	fmt.Fprintf(&b, "# Written by integration/harness.\nlog_level = %s\n", q(s.LogLevel))
 	if s.StateDir != "" {
 		fmt.Fprintf(&b, "state_dir = %s\n", q(s.StateDir))
+	}
+	if s.SocketDir != "" {
+		fmt.Fprintf(&b, "socket_dir = %s\n", q(s.SocketDir))
 	}
 	fmt.Fprintf(&b, "\n[hypervisor]\nbinary = %s\naccel = %s\nkernel = %s\ninitrd = %s\nfirmware = %s\nkernel_params = %s\nvcpus = %d\nmemory_mib = %d\n",
 		q(s.Binary), q(s.Accel), q(s.Kernel), q(s.Initrd), q(s.Firmware), q(s.KernelParams), s.VCPUs, s.MemoryMiB)
