@@ -4,7 +4,9 @@ import (
 	"bytes"
 	"context"
 	"encoding/base64"
+	"errors"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"os/exec"
@@ -14,15 +16,17 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/contrast-vm/contrast/internal/testenv"
 )
 
 // snpQEMUEnv names a QEMU >= 9.1 binary (hack/deps.sh unpacks QEMU 10 from
 // Debian backports to $CONTRAST_CACHE/qemu10/bin/qemu-system-x86_64).
 const snpQEMUEnv = "CONTRAST_QEMU_SNP"
 
-// hostLacksSNP matches QEMU's whole complaint when the host, not the
-// command line, is what stops an SNP launch: KVM without the SNP VM type,
-// no KVM at all, or no AMD secure processor device.
+// hostLacksSNP matches a line of QEMU's complaint when the host, not the
+// command line, is what stops an SNP launch: no KVM at all, KVM without the
+// SNP VM type, or no AMD secure processor device.
 var hostLacksSNP = regexp.MustCompile(`^qemu-system-x86_64: (` +
 	`vm-type SEV-SNP not supported by KVM` +
 	`|Could not access KVM kernel module: .*` +
@@ -31,12 +35,23 @@ var hostLacksSNP = regexp.MustCompile(`^qemu-system-x86_64: (` +
 	`|sev_common_kvm_init: Failed to open /dev/sev .*` +
 	`)$`)
 
+// onlyHostLacksSNP tells whether every line QEMU printed blames the host.
+func onlyHostLacksSNP(msg string) bool {
+	msg = strings.TrimSpace(msg)
+	if msg == "" {
+		return false
+	}
+	for _, line := range strings.Split(msg, "\n") {
+		if !hostLacksSNP.MatchString(line) {
+			return false
+		}
+	}
+	return true
+}
+
 func snpQEMU(t *testing.T) string {
 	t.Helper()
-	bin := os.Getenv(snpQEMUEnv)
-	if bin == "" {
-		t.Fatalf("%s is not set: set it to a QEMU >= 9.1 (hack/deps.sh unpacks QEMU 10 to $CONTRAST_CACHE/qemu10/bin/qemu-system-x86_64; the Makefile sets it)", snpQEMUEnv)
-	}
+	bin := testenv.Path(t, snpQEMUEnv, "deps", "a QEMU >= 9.1: hack/deps.sh unpacks QEMU 10 to $CONTRAST_CACHE/qemu10/bin/qemu-system-x86_64")
 	out, err := exec.Command(bin, "-version").CombinedOutput()
 	if err != nil {
 		t.Fatalf("%s -version: %v\n%s", bin, err, out)
@@ -112,12 +127,22 @@ func runQEMU(t *testing.T, bin string, args []string, qmp *os.File) (string, err
 }
 
 // TestSNPArgsAcceptedByQEMU10 runs a real QEMU >= 9.1 with the SNP command
-// line buildArgs writes and requires that it fails only because this host
-// cannot run SEV-SNP guests. QEMU reads -object and -machine options before
-// it sets up KVM, so every option of the sev-snp-guest object and the memory
-// backend is checked by running it; it creates devices and the CPU after
-// KVM, so their driver, property and model names are checked against QEMU's
-// own help output.
+// line buildArgs writes, in two ways that need no KVM:
+//
+//   - as it is: QEMU parses every option and creates the sev-snp-guest
+//     object and the memory backend's options, and resolves the machine's
+//     confidential-guest-support link, before it sets up the accelerator;
+//     it must then fail only because this host cannot run SEV-SNP guests
+//     (no /dev/kvm, a KVM without SEV-SNP, or no /dev/sev);
+//   - under TCG, paused, without what only KVM with SEV-SNP can realize
+//     (the sev-snp-guest object and the machine's link to it) and without
+//     the files only a booting guest reads: QEMU then creates the memory
+//     backend, the machine, the CPU model and every device with every
+//     property value (iommu_platform, disable-legacy, the root ports, the
+//     vhost-user vsock device against our own backend), and must get as
+//     far as answering QMP.
+//
+// What needs KVM with SEV-SNP itself (the launch) is skipped, saying so.
 func TestSNPArgsAcceptedByQEMU10(t *testing.T) {
 	bin := snpQEMU(t)
 	if len(snpHostMissing(sevSNPParam, sevDevice)) == 0 {
@@ -135,11 +160,17 @@ func TestSNPArgsAcceptedByQEMU10(t *testing.T) {
 			if err == nil {
 				t.Fatalf("QEMU exited 0 with the SNP command line on a host without SEV-SNP: %s", msg)
 			}
-			if !hostLacksSNP.MatchString(msg) {
+			if !onlyHostLacksSNP(msg) {
 				t.Fatalf("QEMU failed for another reason than the host's missing SEV-SNP:\n%s\ncommand: %s", msg, quoteCommand(bin, args))
 			}
 			t.Logf("QEMU: %s", msg)
 			checkLateArgs(t, bin, args)
+			if msg := runLateArgs(t, bin, args); msg != "" {
+				t.Errorf("QEMU under TCG refused the devices, CPU or memory of the SNP command line:\n%s", msg)
+			}
+			t.Run("launch", func(t *testing.T) {
+				t.Skipf("launching under SEV-SNP needs KVM with SEV-SNP: %s", strings.Join(snpHostMissing(sevSNPParam, sevDevice), "; "))
+			})
 		})
 	}
 
@@ -151,7 +182,7 @@ func TestSNPArgsAcceptedByQEMU10(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if msg, _ := runQEMU(t, bin, args, qmp); !hostLacksSNP.MatchString(msg) {
+		if msg, _ := runQEMU(t, bin, args, qmp); !onlyHostLacksSNP(msg) {
 			t.Fatalf("QEMU refused the ID block or auth: %s", msg)
 		}
 	})
@@ -203,12 +234,45 @@ func TestSNPArgsAcceptedByQEMU10(t *testing.T) {
 				t.Fatalf("no argument contains %q: %q", b.from, args)
 			}
 			msg, err := runQEMU(t, bin, args, qmp)
-			if err == nil || hostLacksSNP.MatchString(msg) || !strings.Contains(msg, b.want) {
+			if err == nil || onlyHostLacksSNP(msg) || !strings.Contains(msg, b.want) {
 				t.Fatalf("with %q QEMU said %q (exit %v), want %q", b.to, msg, err, b.want)
 			}
 		})
 	}
-	t.Run("broken late args", func(t *testing.T) {
+	// The late checks can fail too: each case breaks one device, CPU or
+	// global argument, by name or by value, and the TCG run must stop at it.
+	lateBroken := []struct{ from, to, want string }{
+		{"iommu_platform=on", "iommu_platfrom=on", "iommu_platfrom"},
+		{"iommu_platform=on", "iommu_platform=maybe", "iommu_platform"},
+		{"disable-legacy=on", "disable-legacy=of", "disable-legacy"},
+		{"EPYC-v4", "EPYC-v0", "EPYC-v0"},
+		{"io-reserve=0", "io-reserve=lots", "io-reserve"},
+		{"acpi-pci-hotplug-with-bridge-support=off", "acpi-pci-hotplug-with-bridge-support=of", "acpi-pci-hotplug-with-bridge-support"},
+		{"size=512M,share=on", "size=512Q,share=on", "size"},
+	}
+	for _, b := range lateBroken {
+		t.Run("broken late "+b.to, func(t *testing.T) {
+			p, _ := snpTestLaunch(t, VsockVhostUser)
+			args, err := buildArgs(p)
+			if err != nil {
+				t.Fatal(err)
+			}
+			replaced := false
+			for i, a := range args {
+				if strings.Contains(a, b.from) {
+					args[i], replaced = strings.Replace(a, b.from, b.to, 1), true
+				}
+			}
+			if !replaced {
+				t.Fatalf("no argument contains %q: %q", b.from, args)
+			}
+			msg := runLateArgs(t, bin, args)
+			if msg == "" || !strings.Contains(msg, b.want) {
+				t.Fatalf("with %q the TCG run said %q, want an error naming %q", b.to, msg, b.want)
+			}
+		})
+	}
+	t.Run("broken late args by help", func(t *testing.T) {
 		p, _ := snpTestLaunch(t, VsockKernel)
 		args, err := buildArgs(p)
 		if err != nil {
@@ -225,6 +289,121 @@ func TestSNPArgsAcceptedByQEMU10(t *testing.T) {
 			}
 		}
 	})
+}
+
+// runLateArgs runs QEMU under TCG, paused, with the SNP command line args
+// less what only KVM with SEV-SNP realizes (the sev-snp-guest object, the
+// machine's confidential-guest-support) and less the files only a booting
+// guest reads (-kernel, -initrd, -append, -bios). QEMU then creates the
+// memory backend, machine, CPU and every device, checking each property's
+// name and value, and answers QMP only once all exist; the run ends with
+// QMP's quit. The vhost-user vsock device is realized against our own
+// backend; the kernel's vhost-vsock device only where /dev/vhost-vsock
+// works (otherwise checkLateArgs checks it against QEMU's help). It returns
+// QEMU's complaint, or "" when QEMU got as far as QMP and quit cleanly.
+func runLateArgs(t *testing.T, bin string, args []string) string {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "late")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer os.RemoveAll(dir)
+	var late []string
+	for i := 0; i < len(args); i++ {
+		a := args[i]
+		switch {
+		case a == "-kernel" || a == "-initrd" || a == "-append" || a == "-bios":
+			i++
+			continue
+		case a == "-object" && i+1 < len(args) && strings.HasPrefix(args[i+1], "sev-snp-guest,"):
+			i++
+			continue
+		case a == "-machine" && i+1 < len(args):
+			m := strings.Replace(args[i+1], "accel=kvm,", "accel=tcg,", 1)
+			m = strings.Replace(m, "confidential-guest-support="+sevID+",", "", 1)
+			late = append(late, a, m)
+			i++
+			continue
+		case a == "-device" && i+1 < len(args) && strings.HasPrefix(args[i+1], "vhost-vsock-pci,"):
+			if ok, why := vhostVsockUsable(vhostVsockDevice); !ok {
+				t.Logf("vhost-vsock-pci not realized under TCG (checked against QEMU's help only): %s", why)
+				i++
+				continue
+			}
+		case a == "-chardev" && i+1 < len(args) && strings.HasPrefix(args[i+1], "socket,id="+vsockCharID+",path="):
+			// Our own backend answers the device's vhost-user handshake.
+			sock := filepath.Join(dir, "vu.sock")
+			b, err := newVhostUserVsock(vhostUserGuestCID, sock, filepath.Join(dir, "hy.sock"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer b.Close()
+			late = append(late, a, "socket,id="+vsockCharID+",path="+sock)
+			i++
+			continue
+		}
+		late = append(late, a)
+	}
+	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: filepath.Join(dir, "qmp.sock"), Net: "unix"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	qmpFile, err := ln.File()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer qmpFile.Close()
+
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, bin, append(late, "-S")...)
+	// Read only once QEMU has exited (exec's copying is then done).
+	var stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stderr, &stderr
+	cmd.ExtraFiles = []*os.File{qmpFile}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	// QEMU serves QMP from its main loop, which runs once every device
+	// exists; a QEMU that refused an argument exits instead, which ends
+	// the wait for its greeting.
+	qctx, stopQMP := context.WithCancel(ctx)
+	defer stopQMP()
+	exited := make(chan error, 1)
+	go func() {
+		err := cmd.Wait()
+		stopQMP()
+		exited <- err
+	}()
+	conn, err := (&net.Dialer{}).DialContext(ctx, "unix", filepath.Join(dir, "qmp.sock"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	qmp, err := newQMPClient(qctx, conn)
+	if err != nil {
+		cmd.Process.Kill()
+		if werr := <-exited; werr != nil && stderr.Len() > 0 {
+			return strings.TrimSpace(stderr.String())
+		}
+		t.Fatalf("qmp: %v (QEMU: %s)", err, stderr.String())
+	}
+	defer qmp.Close()
+	var status struct {
+		Status string `json:"status"`
+	}
+	if err := qmp.execute(ctx, "query-status", nil, &status); err != nil || status.Status != "prelaunch" {
+		t.Errorf("paused QEMU under TCG: status %q, %v", status.Status, err)
+	}
+	if err := qmp.execute(ctx, "quit", nil, nil); err != nil && !errors.Is(err, io.EOF) {
+		t.Logf("quit: %v", err)
+	}
+	if err := <-exited; err != nil {
+		return fmt.Sprintf("QEMU ended with %v after quit: %s", err, strings.TrimSpace(stderr.String()))
+	}
+	t.Logf("QEMU under TCG realized every device of the SNP command line and quit (%s)", strings.Join(late, " "))
+	return ""
 }
 
 // lateT is what checkLateArgs reports to: the test, or fakeT to prove the
