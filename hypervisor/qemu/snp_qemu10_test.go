@@ -220,19 +220,7 @@ func TestSNPArgsAcceptedByQEMU10(t *testing.T) {
 	for _, b := range broken {
 		t.Run("broken "+b.to, func(t *testing.T) {
 			p, qmp := snpTestLaunch(t, VsockKernel)
-			args, err := buildArgs(p)
-			if err != nil {
-				t.Fatal(err)
-			}
-			replaced := false
-			for i, a := range args {
-				if strings.Contains(a, b.from) {
-					args[i], replaced = strings.Replace(a, b.from, b.to, 1), true
-				}
-			}
-			if !replaced {
-				t.Fatalf("no argument contains %q: %q", b.from, args)
-			}
+			args := brokenArgs(t, p, b.from, b.to)
 			msg, err := runQEMU(t, bin, args, qmp)
 			if err == nil || onlyHostLacksSNP(msg) || !strings.Contains(msg, b.want) {
 				t.Fatalf("with %q QEMU said %q (exit %v), want %q", b.to, msg, err, b.want)
@@ -253,20 +241,7 @@ func TestSNPArgsAcceptedByQEMU10(t *testing.T) {
 	for _, b := range lateBroken {
 		t.Run("broken late "+b.to, func(t *testing.T) {
 			p, _ := snpTestLaunch(t, VsockVhostUser)
-			args, err := buildArgs(p)
-			if err != nil {
-				t.Fatal(err)
-			}
-			replaced := false
-			for i, a := range args {
-				if strings.Contains(a, b.from) {
-					args[i], replaced = strings.Replace(a, b.from, b.to, 1), true
-				}
-			}
-			if !replaced {
-				t.Fatalf("no argument contains %q: %q", b.from, args)
-			}
-			msg := runLateArgs(t, bin, args)
+			msg := runLateArgs(t, bin, brokenArgs(t, p, b.from, b.to))
 			if msg == "" || !strings.Contains(msg, b.want) {
 				t.Fatalf("with %q the TCG run said %q, want an error naming %q", b.to, msg, b.want)
 			}
@@ -289,6 +264,26 @@ func TestSNPArgsAcceptedByQEMU10(t *testing.T) {
 			}
 		}
 	})
+}
+
+// brokenArgs is p's command line with from replaced by to in every
+// argument that holds it (at least one must).
+func brokenArgs(t *testing.T, p launchParams, from, to string) []string {
+	t.Helper()
+	args, err := buildArgs(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	replaced := false
+	for i, a := range args {
+		if strings.Contains(a, from) {
+			args[i], replaced = strings.Replace(a, from, to, 1), true
+		}
+	}
+	if !replaced {
+		t.Fatalf("no argument contains %q: %q", from, args)
+	}
+	return args
 }
 
 // runLateArgs runs QEMU under TCG, paused, with the SNP command line args
