@@ -19,10 +19,7 @@ func TestContrastBadInput(t *testing.T) {
 }
 
 func badInput(t *testing.T, v harness.Version) {
-	tools, err := harness.FindTools()
-	if err != nil {
-		t.Fatal(err)
-	}
+	tools := testTools(t)
 	muteInitrd := filepath.Join(t.TempDir(), "mute-initrd")
 	if err := harness.WriteMuteInitrd(muteInitrd, tools.Busybox); err != nil {
 		t.Fatal(err)

@@ -150,10 +150,7 @@ func bareBoot(b *testing.B, env harness.Env) time.Duration {
 
 // BenchmarkGuestImage reports the size of the guest image a pod VM boots.
 func BenchmarkGuestImage(b *testing.B) {
-	env, err := harness.EnvFromOS()
-	if err != nil {
-		b.Fatal(err)
-	}
+	env := testEnv(b)
 	var total int64
 	for _, f := range []string{"kernel", "initrd"} {
 		st, err := os.Stat(filepath.Join(env.ImageDir, f))

@@ -83,6 +83,32 @@ type handlerSpec struct {
 	testImage bool
 }
 
+// testTools finds the host tools hack/deps.sh provides; without them the
+// test is skipped (a bare go test) or fails (under make).
+func testTools(t testing.TB) harness.Tools {
+	t.Helper()
+	tools, err := harness.FindTools()
+	if err != nil {
+		testenv.Missing(t, "deps", "the end-to-end tests need containerd, crictl and the rest:\n%v", err)
+	}
+	return tools
+}
+
+// testEnv is what make builds for the contrast tests: the shim, the CLI and
+// the guest images. Without CONTRAST_SHIM (a bare go test) the test is
+// skipped; a partial environment fails it.
+func testEnv(t testing.TB) harness.Env {
+	t.Helper()
+	env, err := harness.EnvFromOS()
+	if err != nil {
+		if os.Getenv("CONTRAST_SHIM") == "" {
+			testenv.Missing(t, "integration", "the contrast tests need the built shim and guest images: %v", err)
+		}
+		t.Fatalf("the contrast tests need the built shim and guest images:\n%v", err)
+	}
+	return env
+}
+
 // newSuite starts containerd with the runc handler and, when contrast
 // handlers are asked for, those too (which needs CONTRAST_SHIM and the
 // guest image: their absence fails the test). Everything it starts is gone
@@ -96,21 +122,11 @@ func newSuite(t testing.TB, handlers ...handlerSpec) *suite {
 func newSuiteVersion(t testing.TB, version harness.Version, handlers ...handlerSpec) *suite {
 	t.Helper()
 	ctx := t.Context()
-	tools, err := harness.FindTools()
-	if err != nil {
-		testenv.Missing(t, "deps", "tools: %v", err)
-	}
+	tools := testTools(t)
 	s := &suite{ctx: ctx}
 	var hs []harness.Handler
 	if len(handlers) > 0 {
-		env, err := harness.EnvFromOS()
-		if err != nil {
-			if os.Getenv("CONTRAST_SHIM") == "" {
-				testenv.Missing(t, "integration", "contrast tests need the built shim and guest image: %v", err)
-			}
-			t.Fatalf("contrast tests need the built shim and guest image:\n%v", err)
-		}
-		s.env = env
+		s.env = testEnv(t)
 	}
 	// The shim configurations go into the instance directory; the state
 	// dir they name is only known once it exists, and containerd reads

@@ -35,10 +35,7 @@ func TestInstaller(t *testing.T) {
 }
 
 func testInstaller(t *testing.T, v harness.Version) {
-	env, err := harness.EnvFromOS()
-	if err != nil {
-		t.Fatalf("the installer test needs the built shim and guest image:\n%v", err)
-	}
+	env := testEnv(t)
 	s := newSuiteVersion(t, v)
 	ctx := s.ctx
 	original, err := os.ReadFile(s.c.ConfigToml)

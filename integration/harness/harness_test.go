@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/contrast-vm/contrast/internal/testenv"
 	"golang.org/x/sys/unix"
 )
 
@@ -90,10 +91,7 @@ func TestMuteInitrdIsCpio(t *testing.T) {
 }
 
 func TestKernelFileRelease(t *testing.T) {
-	k := os.Getenv("CONTRAST_KERNEL")
-	if k == "" {
-		t.Fatal("CONTRAST_KERNEL is not set: it must name the guest bzImage (make test sets it)")
-	}
+	k := testenv.Kernel(t)
 	rel, err := KernelFileRelease(k)
 	if err != nil {
 		t.Fatal(err)
@@ -204,7 +202,7 @@ func TestUnixSocketsListsBound(t *testing.T) {
 func TestConfigsLoad(t *testing.T) {
 	tools, err := FindTools()
 	if err != nil {
-		t.Fatal(err)
+		testenv.Missing(t, "deps", "%v", err)
 	}
 	for _, v := range Versions {
 		t.Run(string(v), func(t *testing.T) {
