@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"crypto/rand"
 	"encoding/hex"
+	"fmt"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -164,13 +165,10 @@ func TestImageIntegrity(t *testing.T) {
 			err = s.cri.StartContainer(s.ctx, c.ID)
 		}
 		if err != nil {
-			// Refusing to start is right only as the integrity refusal:
-			// the guest reading the changed block through dm-verity while
-			// it opens the layer (an I/O error naming the layer).
 			msg := cmdErrText(err)
 			t.Logf("the container did not start: %s", msg)
-			if !containsAny(msg, "layer sha256:") || !containsAny(strings.ToLower(msg), "input/output error", "dm-verity", "verity") {
-				t.Errorf("the container failed to start for another reason than the changed layer's integrity: %s", msg)
+			for _, p := range tamperedLayerProblems(msg, "") {
+				t.Error(p)
 			}
 			return
 		}
@@ -181,16 +179,57 @@ func TestImageIntegrity(t *testing.T) {
 		}
 		logs := stdout + stderr
 		t.Logf("reader's log: %q", logs[:min(len(logs), 300)])
-		if strings.Contains(logs, "read-ok") {
-			t.Error("cat of the changed file succeeded")
-		}
-		if strings.Contains(logs, "contrast-integrity-marker") {
-			t.Errorf("the container read data of the changed block")
-		}
-		if !containsAny(strings.ToLower(logs), "i/o error", "input/output error") {
-			t.Errorf("the reader's error is not dm-verity's I/O error: %q", logs)
+		for _, p := range tamperedLayerProblems("", logs) {
+			t.Error(p)
 		}
 	})
+}
+
+// tamperedLayerProblems judges what became of a container whose layer had a
+// byte changed on the host: it either did not start, with startErr, or ran
+// the reader and logged logs. The one right outcome of each is the
+// integrity refusal: a start refused by an I/O error through dm-verity that
+// names the layer, or a reader that got an I/O error instead of the data.
+func tamperedLayerProblems(startErr, logs string) []string {
+	var problems []string
+	if startErr != "" {
+		if !containsAny(startErr, "layer sha256:") || !containsAny(strings.ToLower(startErr), "input/output error", "i/o error") {
+			problems = append(problems, "the container failed to start for another reason than the changed layer's integrity: "+startErr)
+		}
+		return problems
+	}
+	if strings.Contains(logs, "read-ok") {
+		problems = append(problems, "cat of the changed file succeeded")
+	}
+	if strings.Contains(logs, "contrast-integrity-marker") {
+		problems = append(problems, "the container read data of the changed block")
+	}
+	if !containsAny(strings.ToLower(logs), "i/o error", "input/output error") {
+		problems = append(problems, fmt.Sprintf("the reader's error is not dm-verity's I/O error: %q", logs))
+	}
+	return problems
+}
+
+// TestTamperedLayerProblems: the verdict of the changed-layer test fails
+// for every wrong outcome, including a start refused for another reason.
+func TestTamperedLayerProblems(t *testing.T) {
+	for _, c := range []struct {
+		name, startErr, logs string
+		ok                   bool
+	}{
+		{name: "read got EIO", logs: "cat: can't open '/data/marker': I/O error\nread-failed\n", ok: true},
+		{name: "start refused by dm-verity", startErr: "layer sha256:4f2a: mount ext4 from /dev/dm-3 (serial l1) at /run/layers/x: input/output error", ok: true},
+		{name: "read the data", logs: "contrast-integrity-marker-00ff\nread-ok\n"},
+		{name: "read failed otherwise", logs: "cat: can't open '/data/marker': No such file or directory\nread-failed\n"},
+		{name: "start refused by the policy", startErr: "create_container.layers: root hash 4f2a... is not pinned"},
+		{name: "start refused for a missing image", startErr: "failed to get image: not found"},
+		{name: "start refused by another layer error", startErr: "layer sha256:4f2a: device: no disk with serial l1"},
+		{name: "start refused by a verity setup error", startErr: "layer sha256:4f2a: open dm-verity over device /dev/vdb (serial l1): no such device"},
+	} {
+		if got := tamperedLayerProblems(c.startErr, c.logs); (len(got) == 0) != c.ok {
+			t.Errorf("%s: problems %q, want ok=%v", c.name, got, c.ok)
+		}
+	}
 }
 
 // cachedLayerHolding returns the converted layer file in the cache that
