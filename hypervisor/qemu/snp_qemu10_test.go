@@ -25,11 +25,12 @@ import (
 const snpQEMUEnv = "CONTRAST_QEMU_SNP"
 
 // hostLacksSNP matches a line of QEMU's complaint when the host, not the
-// command line, is what stops an SNP launch: no KVM at all, KVM without the
-// SNP VM type, or no AMD secure processor device.
+// command line, is what stops an SNP launch: no KVM at all, a /dev/kvm that
+// is no KVM, KVM without the SNP VM type, or no AMD secure processor device.
 var hostLacksSNP = regexp.MustCompile(`^qemu-system-x86_64: (` +
 	`vm-type SEV-SNP not supported by KVM` +
 	`|Could not access KVM kernel module: .*` +
+	`|kvm version too old` +
 	`|-accel kvm: failed to initialize kvm: .*` +
 	`|failed to initialize kvm: .*` +
 	`|sev_common_kvm_init: Failed to open /dev/sev .*` +
