@@ -187,6 +187,19 @@ func openSinks(ctx context.Context, namespace, id string, paths stdioPaths, clos
 				return nil, fmt.Errorf("open output %s: %w", path, err)
 			}
 			*closers = append(*closers, f.Close)
+			// A read side of our own keeps the FIFO open while containerd
+			// restarts: a write then waits in the pipe (and, once it is
+			// full, holds the process back) instead of failing with EPIPE
+			// and losing the rest of the stream. The restarted containerd
+			// opens the FIFO again and reads on. containerd's runc shim
+			// does the same.
+			// (A non-blocking open of a FIFO's read side returns at once;
+			// fifo.OpenFifo would open it later, in the background.)
+			keep, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NONBLOCK, 0)
+			if err != nil {
+				return nil, fmt.Errorf("open output %s for reading: %w", path, err)
+			}
+			*closers = append(*closers, keep.Close)
 			return f, nil
 		}
 		if stdout, err = open(paths.Stdout); err != nil {

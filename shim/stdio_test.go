@@ -6,7 +6,9 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
+	"time"
 )
 
 // writeAndClose writes to the sinks openSinks returned and closes them in
@@ -87,4 +89,56 @@ func TestLogURIErrors(t *testing.T) {
 			t.Errorf("%s: %d things left open after the error", c.uri, len(closers))
 		}
 	}
+}
+
+// TestFIFOSurvivesReaderRestart: containerd restarting closes the read side
+// of an output FIFO for a while; what the process writes meanwhile must wait
+// for the new reader, not fail with EPIPE and lose the rest of the stream.
+func TestFIFOSurvivesReaderRestart(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "stdout")
+	if err := syscall.Mkfifo(path, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	openReader := func() *os.File {
+		r, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NONBLOCK, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return r
+	}
+	read := func(r *os.File, want string) {
+		t.Helper()
+		r.SetReadDeadline(time.Now().Add(5 * time.Second))
+		buf := make([]byte, len(want))
+		if _, err := io.ReadFull(r, buf); err != nil || string(buf) != want {
+			t.Fatalf("read %q, %v; want %q", buf, err, want)
+		}
+	}
+	first := openReader()
+	var closers []func() error
+	stdout, _, err := openSinks(context.Background(), "k8s.io", "c1", stdioPaths{Stdout: path}, &closers)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		for i := len(closers) - 1; i >= 0; i-- {
+			closers[i]()
+		}
+	}()
+	if _, err := io.WriteString(stdout, "before\n"); err != nil {
+		t.Fatal(err)
+	}
+	read(first, "before\n")
+	first.Close() // containerd goes away
+
+	if _, err := io.WriteString(stdout, "while down\n"); err != nil {
+		t.Fatalf("write while containerd is down: %v", err)
+	}
+	second := openReader() // the restarted containerd
+	defer second.Close()
+	read(second, "while down\n")
+	if _, err := io.WriteString(stdout, "after\n"); err != nil {
+		t.Fatal(err)
+	}
+	read(second, "after\n")
 }
