@@ -23,6 +23,16 @@ TEST_ENV = CONTRAST_SHIM=$(BIN)/containerd-shim-contrast-v2 \
 
 .PHONY: all deps generate build image test unit integration demo bench vet fuzz clean
 
+# The Kubernetes node the integration tests run (kube-apiserver, controller
+# manager, scheduler, kubelet, kubectl at one pinned version, and kine): built
+# once from the Go module proxy and cached under $(CONTRAST_CACHE)/kubernetes
+# (cold: about 29 CPU-minutes). hack/kubernetes.sh prints the directory.
+TEST_ENV += CONTRAST_KUBERNETES=$$(hack/kubernetes.sh)
+.PHONY: kubernetes
+kubernetes:
+	@hack/kubernetes.sh >/dev/null
+integration bench: kubernetes
+
 all: build
 
 deps:
