@@ -92,12 +92,13 @@ func (ks *kubeSuite) apply(t testing.TB, manifest string) {
 	}
 }
 
-// waitPod waits until kubectl wait --for=condition (or jsonpath) holds for a
-// pod; on timeout it fails the test with the pod's description.
-func (ks *kubeSuite) wait(t testing.TB, what, cond string, timeout time.Duration) {
+// wait waits until `kubectl wait --for=cond` holds for what (with flags
+// such as -n); on timeout it fails the test with what's description.
+func (ks *kubeSuite) wait(t testing.TB, what, cond string, timeout time.Duration, flags ...string) {
 	t.Helper()
-	if out, err := ks.k.Kubectl(ks.ctx, "wait", what, "--for="+cond, fmt.Sprintf("--timeout=%s", timeout)); err != nil {
-		desc, _ := ks.k.Kubectl(ks.ctx, "describe", what)
+	args := append([]string{"wait", what, "--for=" + cond, fmt.Sprintf("--timeout=%s", timeout)}, flags...)
+	if out, err := ks.k.Kubectl(ks.ctx, args...); err != nil {
+		desc, _ := ks.k.Kubectl(ks.ctx, append([]string{"describe", what}, flags...)...)
 		t.Fatalf("wait for %s %s: %v\n%s%s\n%s", what, cond, err, out, cmdErrText(err), desc)
 	}
 }
@@ -156,4 +157,37 @@ func writeFileT(t testing.TB, path, data string) {
 	if err := os.WriteFile(path, []byte(data), 0o644); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// waitEvent waits for an event of reason about the pod named name and
+// returns its message.
+func (ks *kubeSuite) waitEvent(t testing.TB, name, reason string, timeout time.Duration) string {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		out, err := ks.k.Kubectl(ks.ctx, "get", "events", "--field-selector", "involvedObject.name="+name+",reason="+reason,
+			"-o", "jsonpath={range .items[*]}{.message}{\"\\n\"}{end}")
+		if err == nil && strings.TrimSpace(out) != "" {
+			return strings.TrimSpace(out)
+		}
+		if time.Now().After(deadline) {
+			desc, _ := ks.k.Kubectl(ks.ctx, "describe", "pod", name)
+			t.Fatalf("no %s event for pod %s after %s (%v)\n%s", reason, name, timeout, err, desc)
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+}
+
+// generatePolicy runs `contrast policy generate` over a manifest (images
+// read from the node's containerd) and returns the manifest with the
+// policy annotation.
+func (ks *kubeSuite) generatePolicy(t *testing.T, manifest string) string {
+	t.Helper()
+	out := filepath.Join(t.TempDir(), "policy.yaml")
+	generatePolicyFile(t, ks.suite, manifest, out)
+	b, err := os.ReadFile(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
 }
