@@ -743,3 +743,15 @@ func freePorts(n int) ([]int, error) {
 	}
 	return ports, nil
 }
+
+// StartKubectlSession starts kubectl with args and pipes for stdin,
+// stdout and stderr (kubectl logs -f, exec -i, attach -i, port-forward).
+func (k *Kube) StartKubectlSession(ctx context.Context, args ...string) (*Session, error) {
+	return startPipeSession(k.KubectlCmd(ctx, args...), args)
+}
+
+// StartKubectlTerminal starts kubectl with args on a new pseudo-terminal
+// of rows x cols (kubectl exec -it, attach -it).
+func (k *Kube) StartKubectlTerminal(ctx context.Context, rows, cols uint16, args ...string) (*Session, error) {
+	return startTerminalSession(k.KubectlCmd(ctx, args...), rows, cols, args)
+}
