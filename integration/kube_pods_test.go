@@ -252,6 +252,191 @@ func TestKubePods(t *testing.T) {
 			})
 		}
 	})
+
+	t.Run("resources", func(t *testing.T) {
+		// The RuntimeClass's overhead joins the pod's requests in
+		// scheduling; the pod's limits size the VM on top of the
+		// configured base (512 MiB, 1 vCPU), as the overhead says.
+		sized := func(name, rc string) string {
+			return podSpec(name, rc, busybox("app", "exec sleep 3600",
+				"resources: {requests: {cpu: 500m, memory: 256Mi}, limits: {cpu: 500m, memory: 256Mi}}"))
+		}
+		sideBySide(t, "sized", sized, func(t *testing.T, name, rc string) {
+			overhead := ks.kubectl(t, "get", "pod", name, "-o", "jsonpath={.spec.overhead}")
+			limit := strings.TrimSpace(ks.kubectl(t, "exec", name, "--", "cat", "/sys/fs/cgroup/memory/memory.limit_in_bytes"))
+			if limit != strconv.Itoa(256<<20) {
+				t.Errorf("container memory limit %s, want 256 MiB", limit)
+			}
+			if rc == "runc" {
+				if overhead != "" {
+					t.Errorf("runc pod has overhead %s", overhead)
+				}
+				return
+			}
+			if overhead != `{"cpu":"1","memory":"512Mi"}` {
+				t.Errorf("contrast-cc pod's overhead %s, want the RuntimeClass's", overhead)
+			}
+			nproc := strings.TrimSpace(ks.kubectl(t, "exec", name, "--", "nproc"))
+			mem := ks.kubectl(t, "exec", name, "--", "grep", "MemTotal", "/proc/meminfo")
+			var kib int
+			fmt.Sscanf(strings.TrimSpace(strings.TrimPrefix(mem, "MemTotal:")), "%d", &kib)
+			t.Logf("VM: %s vCPUs, MemTotal %d KiB", nproc, kib)
+			if nproc != "2" {
+				t.Errorf("VM has %s vCPUs, want 2 (1 base + 1 for the 500m limit)", nproc)
+			}
+			if kib > 768<<10 || kib < 640<<10 {
+				t.Errorf("VM has %d KiB of memory, want about 768 MiB (512 base + 256 limit)", kib)
+			}
+		})
+		// With the node's 2 CPUs, two contrast-cc pods of 500m each (plus
+		// 1 CPU overhead each) do not fit; two runc pods do.
+		for _, rc := range kubeHandlers {
+			ks.apply(t, sized("fit1-"+rc, rc))
+			ks.apply(t, sized("fit2-"+rc, rc))
+		}
+		ks.wait(t, "pod/fit1-"+contrastHandler, "condition=Ready", 3*time.Minute)
+		ks.wait(t, "pod/fit1-runc", "condition=Ready", 3*time.Minute)
+		ks.wait(t, "pod/fit2-runc", "condition=Ready", 3*time.Minute)
+		msg := ks.waitEvent(t, "fit2-"+contrastHandler, "FailedScheduling", 2*time.Minute)
+		if !strings.Contains(msg, "Insufficient cpu") {
+			t.Errorf("second contrast-cc pod: %s, want Insufficient cpu", msg)
+		}
+		for _, rc := range kubeHandlers {
+			ks.kubectl(t, "delete", "pod", "fit1-"+rc, "fit2-"+rc, "--wait=true", "--timeout=2m")
+		}
+	})
+
+	t.Run("containerd-restart", func(t *testing.T) {
+		// containerd restarts (as after a node upgrade) while pods run: the
+		// pods keep running, and the kubelet carries on with them.
+		for _, rc := range kubeHandlers {
+			ks.apply(t, streaming("survivor-"+rc, rc))
+		}
+		for _, rc := range kubeHandlers {
+			ks.wait(t, "pod/survivor-"+rc, "condition=Ready", 3*time.Minute)
+		}
+		vms := ks.vmPIDs(t)
+		if err := ks.c.Restart(ks.ctx); err != nil {
+			t.Fatal(err)
+		}
+		for _, rc := range kubeHandlers {
+			t.Run(rc, func(t *testing.T) {
+				name := "survivor-" + rc
+				out := ks.kubectl(t, "exec", name, "-c", "app", "--", "hostname")
+				if strings.TrimSpace(out) != name {
+					t.Errorf("exec after the restart: %q", out)
+				}
+				ks.wait(t, "pod/"+name, "condition=Ready", time.Minute)
+				if n := ks.kubectl(t, "get", "pod", name, "-o", "jsonpath={.status.containerStatuses[*].restartCount}"); n != "0 0" {
+					t.Errorf("restart counts %q after the containerd restart, want none", n)
+				}
+				logs := ks.kubectl(t, "logs", name, "-c", "app")
+				before := lastTickIn(logs)
+				ks.wait(t, "pod/"+name, "condition=Ready", time.Minute)
+				deadline := time.Now().Add(30 * time.Second)
+				for lastTickIn(ks.kubectl(t, "logs", name, "-c", "app")) <= before {
+					if time.Now().After(deadline) {
+						t.Fatalf("the log stopped at tick %d after the containerd restart", before)
+					}
+					time.Sleep(500 * time.Millisecond)
+				}
+			})
+		}
+		if now := ks.vmPIDs(t); !equalInts(now, vms) {
+			t.Errorf("VM monitors %v before the containerd restart, %v after", vms, now)
+		}
+		for _, rc := range kubeHandlers {
+			ks.kubectl(t, "delete", "pod", "survivor-"+rc, "--wait=true", "--timeout=2m")
+		}
+	})
+
+	t.Run("job", func(t *testing.T) {
+		job := func(name, rc, cmd string) string {
+			return fmt.Sprintf(`apiVersion: batch/v1
+kind: Job
+metadata:
+  name: %s
+spec:
+  backoffLimit: 0
+  template:
+    spec:
+      runtimeClassName: %s
+      automountServiceAccountToken: false
+      restartPolicy: Never
+      containers:
+%s`, name, rc, indent(busybox("work", cmd), "    "))
+		}
+		for _, rc := range kubeHandlers {
+			ks.apply(t, job("ok-"+rc, rc, "echo computed $((6*7))"))
+			ks.apply(t, job("fails-"+rc, rc, "echo giving up; exit 7"))
+		}
+		for _, rc := range kubeHandlers {
+			t.Run(rc, func(t *testing.T) {
+				ks.wait(t, "job/ok-"+rc, "condition=Complete", 3*time.Minute)
+				if out := ks.kubectl(t, "logs", "job/ok-"+rc); strings.TrimSpace(out) != "computed 42" {
+					t.Errorf("job logs %q", out)
+				}
+				ks.wait(t, "job/fails-"+rc, "condition=Failed", 3*time.Minute)
+				code := ks.kubectl(t, "get", "pods", "-l", "job-name=fails-"+rc, "-o", "jsonpath={.items[0].status.containerStatuses[0].state.terminated.exitCode}")
+				if code != "7" {
+					t.Errorf("failed job's pod exit code %q, want 7", code)
+				}
+			})
+		}
+		for _, rc := range kubeHandlers {
+			ks.kubectl(t, "delete", "job", "ok-"+rc, "fails-"+rc, "--cascade=foreground", "--wait=true", "--timeout=2m")
+		}
+	})
+
+	t.Run("deployment", func(t *testing.T) {
+		deployment := func(rc, rev string) string {
+			return fmt.Sprintf(`apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: web-%s
+spec:
+  replicas: 1
+  strategy: {type: RollingUpdate, rollingUpdate: {maxSurge: 0, maxUnavailable: 1}}
+  selector: {matchLabels: {app: web-%s}}
+  template:
+    metadata: {labels: {app: web-%s}}
+    spec:
+      runtimeClassName: %s
+      automountServiceAccountToken: false
+      terminationGracePeriodSeconds: 5
+      containers:
+%s`, rc, rc, rc, rc, indent(busybox("web", "echo revision "+rev+"; exec sleep 3600"), "    "))
+		}
+		for _, rc := range kubeHandlers {
+			ks.apply(t, deployment(rc, "1"))
+		}
+		for _, rc := range kubeHandlers {
+			ks.kubectl(t, "rollout", "status", "deployment/web-"+rc, "--timeout=3m")
+		}
+		for _, rc := range kubeHandlers {
+			ks.apply(t, deployment(rc, "2"))
+		}
+		for _, rc := range kubeHandlers {
+			t.Run(rc, func(t *testing.T) {
+				ks.kubectl(t, "rollout", "status", "deployment/web-"+rc, "--timeout=3m")
+				// Old pods terminate after the rollout counts as done.
+				pods := ks.waitPods(t, "app=web-"+rc, 1)
+				if out := ks.kubectl(t, "logs", pods[0]); !strings.Contains(out, "revision 2") {
+					t.Errorf("new pod logs %q", out)
+				}
+			})
+		}
+		if vms := ks.vmPIDs(t); len(vms) != 1 {
+			t.Errorf("%d VMs after the rollout, want the new revision's only", len(vms))
+		}
+		for _, rc := range kubeHandlers {
+			ks.kubectl(t, "delete", "deployment", "web-"+rc, "--cascade=foreground", "--wait=true", "--timeout=2m")
+		}
+		for _, rc := range kubeHandlers {
+			ks.waitPods(t, "app=web-"+rc, 0)
+		}
+		ks.expectRuntimePodGone(t, "web-.*")
+	})
 }
 
 // lastTickIn is the highest "tick N" in a log.
@@ -321,6 +506,43 @@ func (ks *kubeSuite) expectRuntimePodGone(t testing.TB, name string) {
 		}
 		if time.Now().After(deadline) {
 			t.Fatalf("pod %s: ready sandboxes %q (%v), VM monitors %v", name, out, err, vms)
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+}
+
+// indent puts prefix before every line of s.
+func indent(s, prefix string) string {
+	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
+	for i, l := range lines {
+		lines[i] = prefix + l
+	}
+	return strings.Join(lines, "\n") + "\n"
+}
+
+// waitPods waits until exactly n pods match selector, none of them being
+// deleted, and returns their names.
+func (ks *kubeSuite) waitPods(t testing.TB, selector string, n int) []string {
+	t.Helper()
+	deadline := time.Now().Add(2 * time.Minute)
+	for {
+		out, err := ks.k.Kubectl(ks.ctx, "get", "pods", "-l", selector, "-o",
+			`jsonpath={range .items[*]}{.metadata.name} {.metadata.deletionTimestamp}{"\n"}{end}`)
+		var names []string
+		deleting := false
+		for _, l := range strings.Split(strings.TrimSpace(out), "\n") {
+			f := strings.Fields(l)
+			if len(f) == 1 {
+				names = append(names, f[0])
+			} else if len(f) > 1 {
+				deleting = true
+			}
+		}
+		if err == nil && !deleting && len(names) == n {
+			return names
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("pods %s: %q (%v), want %d not being deleted", selector, out, err, n)
 		}
 		time.Sleep(500 * time.Millisecond)
 	}
