@@ -179,12 +179,15 @@ func (ks *kubeSuite) waitEvent(t testing.TB, name, reason string, timeout time.D
 }
 
 // generatePolicy runs `contrast policy generate` over a manifest (images
-// read from the node's containerd) and returns the manifest with the
-// policy annotation.
+// read from the node's containerd; the test node's kubelet root directory
+// in the settings) and returns the manifest with the policy annotation.
 func (ks *kubeSuite) generatePolicy(t *testing.T, manifest string) string {
 	t.Helper()
-	out := filepath.Join(t.TempDir(), "policy.yaml")
-	generatePolicyFile(t, ks.suite, manifest, out)
+	dir := t.TempDir()
+	settings := filepath.Join(dir, "settings.yaml")
+	writeFileT(t, settings, "kubeletRootDir: "+ks.k.KubeletRoot+"\n")
+	out := filepath.Join(dir, "policy.yaml")
+	generatePolicyFile(t, ks.suite, manifest, out, "--settings", settings)
 	b, err := os.ReadFile(out)
 	if err != nil {
 		t.Fatal(err)
