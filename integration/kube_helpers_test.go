@@ -39,7 +39,7 @@ handler: runc
 // registers the runc RuntimeClass and, when a contrast handler is there,
 // deploy/'s contrast-cc RuntimeClass. Everything is gone when the test
 // ends.
-func newKubeSuite(t *testing.T, handlers ...handlerSpec) *kubeSuite {
+func newKubeSuite(t testing.TB, handlers ...handlerSpec) *kubeSuite {
 	t.Helper()
 	kt, err := harness.FindKubeTools()
 	if err != nil {
