@@ -96,3 +96,10 @@ fuzz:
 
 clean:
 	rm -rf $(OUT)
+
+# `make demo`'s story through kubectl on a real single-node Kubernetes
+# cluster: installer DaemonSet, RuntimeClass, a Deployment with its policy,
+# logs, exec, a denied exec, delete, nothing left on the host.
+.PHONY: demo-k8s
+demo-k8s: deps build image kubernetes
+	$(TEST_ENV) $(GO) run ./hack/demo-k8s
