@@ -261,7 +261,9 @@ func StartKube(ctx context.Context, c *Containerd, opts KubeOptions) (_ *Kube, r
 	if err := k.start("kube-controller-manager", k.tools.ControllerManager, []string{
 		"--kubeconfig=" + cmConfig, "--secure-port=0", "--leader-elect=false",
 		"--service-account-private-key-file=" + saKey, "--root-ca-file=" + k.pki.CA(),
-		"--use-service-account-credentials=false",
+		// Each controller runs as its own service account, bound to its
+		// role (as kubeadm sets it up).
+		"--use-service-account-credentials=true",
 		"--flex-volume-plugin-dir=" + filepath.Join(k.Dir, "flex"),
 		"--profiling=false",
 	}, nil); err != nil {
