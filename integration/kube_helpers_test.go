@@ -134,22 +134,6 @@ func busybox(name, cmd string, extra ...string) string {
 // runs side by side in one cluster.
 var kubeHandlers = []string{"runc", contrastHandler}
 
-// ignoreOtherLinks leaves out other instances' network links (bridges,
-// veths, taps) from a host comparison, but not those of instance hex.
-func ignoreOtherLinks(hex string) func(string) bool {
-	return func(l string) bool {
-		if strings.Contains(l, hex) {
-			return false
-		}
-		for _, p := range []string{"cb", "kn", "veth", "tap", "vm"} {
-			if strings.HasPrefix(l, p) {
-				return true
-			}
-		}
-		return false
-	}
-}
-
 func instanceHex(dir string) string { return strings.TrimPrefix(filepath.Base(dir), "c") }
 
 func writeFileT(t testing.TB, path, data string) {
@@ -193,4 +177,22 @@ func (ks *kubeSuite) generatePolicy(t *testing.T, manifest string) string {
 		t.Fatal(err)
 	}
 	return string(b)
+}
+
+// waitLogs waits until `kubectl logs args...` contains want and returns
+// the logs: a container's output reaches its log file a moment after the
+// kubelet sees it running (through the VM's stdio stream, for contrast-cc).
+func (ks *kubeSuite) waitLogs(t testing.TB, want string, args ...string) string {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		out, err := ks.k.Kubectl(ks.ctx, append([]string{"logs"}, args...)...)
+		if err == nil && strings.Contains(out, want) {
+			return out
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("kubectl logs %s: %q (%v), want %q", strings.Join(args, " "), out, err, want)
+		}
+		time.Sleep(300 * time.Millisecond)
+	}
 }

@@ -141,9 +141,7 @@ func TestKubeInstaller(t *testing.T) {
 		pod := ks.generatePolicy(t, podSpec("installed", contrastHandler, busybox("app", "echo hello from the installed handler; sleep 3600")))
 		ks.apply(t, pod)
 		ks.wait(t, "pod/installed", "condition=Ready", 3*time.Minute)
-		if logs := ks.kubectl(t, "logs", "installed"); !strings.Contains(logs, "hello from the installed handler") {
-			t.Errorf("kubectl logs: %q", logs)
-		}
+		ks.waitLogs(t, "hello from the installed handler", "installed")
 		ks.kubectl(t, "delete", "pod", "installed", "--wait=true", "--timeout=2m")
 	})
 

@@ -47,10 +47,7 @@ func TestKubePods(t *testing.T) {
 	t.Run("streaming", func(t *testing.T) {
 		sideBySide(t, "stream", streaming, func(t *testing.T, name, rc string) {
 			t.Run("logs", func(t *testing.T) {
-				out := ks.kubectl(t, "logs", name, "-c", "app")
-				if !strings.Contains(out, "tick 0\n") {
-					t.Errorf("kubectl logs: %q", out)
-				}
+				out := ks.waitLogs(t, "tick 1\n", name, "-c", "app")
 				s, err := ks.k.StartKubectlSession(ks.ctx, "logs", "-f", name, "-c", "app", "--since=1s")
 				if err != nil {
 					t.Fatal(err)
@@ -373,9 +370,7 @@ spec:
 		for _, rc := range kubeHandlers {
 			t.Run(rc, func(t *testing.T) {
 				ks.wait(t, "job/ok-"+rc, "condition=Complete", 3*time.Minute)
-				if out := ks.kubectl(t, "logs", "job/ok-"+rc); strings.TrimSpace(out) != "computed 42" {
-					t.Errorf("job logs %q", out)
-				}
+				ks.waitLogs(t, "computed 42", "job/ok-"+rc)
 				ks.wait(t, "job/fails-"+rc, "condition=Failed", 3*time.Minute)
 				code := ks.kubectl(t, "get", "pods", "-l", "job-name=fails-"+rc, "-o", "jsonpath={.items[0].status.containerStatuses[0].state.terminated.exitCode}")
 				if code != "7" {
@@ -421,9 +416,7 @@ spec:
 				ks.kubectl(t, "rollout", "status", "deployment/web-"+rc, "--timeout=3m")
 				// Old pods terminate after the rollout counts as done.
 				pods := ks.waitPods(t, "app=web-"+rc, 1)
-				if out := ks.kubectl(t, "logs", pods[0]); !strings.Contains(out, "revision 2") {
-					t.Errorf("new pod logs %q", out)
-				}
+				ks.waitLogs(t, "revision 2", pods[0])
 			})
 		}
 		if vms := ks.vmPIDs(t); len(vms) != 1 {

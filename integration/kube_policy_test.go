@@ -52,9 +52,7 @@ func TestKubePolicy(t *testing.T) {
 	t.Run("generated", func(t *testing.T) {
 		ks.apply(t, ks.generatePolicy(t, kubePolicyPod))
 		ks.wait(t, "pod/guarded", "condition=Ready", 3*time.Minute)
-		if logs := ks.kubectl(t, "logs", "guarded"); !strings.Contains(logs, "policy-ok") {
-			t.Errorf("kubectl logs: %q", logs)
-		}
+		ks.waitLogs(t, "policy-ok", "guarded")
 		if out := ks.kubectl(t, "exec", "guarded", "--", "cat", "/etc/hostname"); strings.TrimSpace(out) != "guarded" {
 			t.Errorf("exec of the probe's command: %q", out)
 		}

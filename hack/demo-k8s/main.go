@@ -147,9 +147,7 @@ func run(ctx context.Context) (retErr error) {
 				return "", err
 			}
 			hex := strings.TrimPrefix(filepath.Base(c.Dir), "c")
-			if changed := after.ChangedSince(before, func(l string) bool {
-				return !strings.Contains(l, hex) && (strings.HasPrefix(l, "cb") || strings.HasPrefix(l, "kn") || strings.HasPrefix(l, "veth") || strings.HasPrefix(l, "tap"))
-			}); len(changed) > 0 {
+			if changed := after.ChangedSince(before, hex); len(changed) > 0 {
 				return strings.Join(changed, "\n"), errors.New("the host changed")
 			}
 			return "nothing left: no mount, link, iptables rule, sysctl change or file of the node outside its directory", nil

@@ -11,12 +11,15 @@ import (
 )
 
 // hostPaths are the places outside its directory a Kubernetes node (the
-// kubelet, the controller manager, kine, libcni) or a contrast runtime
-// writes to by default: a run must leave each as it found it.
+// kubelet, the controller manager, kine, libcni) or the node installer
+// writes to by default: a run must leave each as it found it. (The
+// shim's default state and layer directories, /run/contrast and
+// /var/cache/contrast, are left out: other tests on the same host use
+// them; the test node's runtime configuration points both elsewhere.)
 var hostPaths = []string{
 	"/var/log/containers", "/var/log/pods", "/var/lib/kubelet", "/var/lib/cni/results",
 	"/etc/kubernetes", "/var/run/kubernetes", "/usr/libexec/kubernetes",
-	"/run/contrast", "/var/cache/contrast", "/opt/contrast", "/etc/containerd",
+	"/opt/contrast", "/etc/containerd",
 }
 
 // instanceDir matches the directories of harness instances (this run's and
@@ -78,38 +81,62 @@ func ReadHostState() (HostState, error) {
 	return s, nil
 }
 
-// ChangedSince lists, one line each, what differs from before; links
-// named by ignoreLink (other instances' bridges, veths and taps) are left
-// out.
-func (s HostState) ChangedSince(before HostState, ignoreLink func(string) bool) []string {
+// ChangedSince lists, one line each, what differs from before. Other
+// tests run on the same host: what belongs to another harness instance
+// (instance is this run's number, the hex digits of its directory name)
+// is left out: network links (bridges, veths, taps) not named by
+// instance, network namespaces of other instances' pods under /run/netns,
+// libcni results of other instances' networks.
+func (s HostState) ChangedSince(before HostState, instance string) []string {
 	var out []string
-	diff := func(what string, now, was map[string]bool) {
+	diff := func(what string, now, was map[string]bool, ignore func(string) bool) {
 		for k := range now {
-			if !was[k] {
+			if !was[k] && !ignore(k) {
 				out = append(out, fmt.Sprintf("new %s: %s", what, k))
 			}
 		}
 		for k := range was {
-			if !now[k] {
+			if !now[k] && !ignore(k) {
 				out = append(out, fmt.Sprintf("gone %s: %s", what, k))
 			}
 		}
 	}
-	diff("mount", s.Mounts, before.Mounts)
-	links, wasLinks := map[string]bool{}, map[string]bool{}
-	for l := range s.Links {
-		if ignoreLink == nil || !ignoreLink(l) {
-			links[l] = true
+	none := func(string) bool { return false }
+	diff("mount", s.Mounts, before.Mounts, func(m string) bool {
+		return strings.Contains(m, " on /run/netns/") && !strings.Contains(m, instance)
+	})
+	diff("network link", s.Links, before.Links, func(l string) bool {
+		if strings.Contains(l, instance) {
+			return false
+		}
+		for _, p := range []string{"cb", "kn", "veth", "tap", "vm"} {
+			if strings.HasPrefix(l, p) {
+				return true
+			}
+		}
+		return false
+	})
+	diff("iptables rule", s.IPTables, before.IPTables, none)
+	others := map[string]bool{}
+	for _, ps := range []map[string]bool{s.Paths, before.Paths} {
+		for p := range ps {
+			if m := cniResult.FindStringSubmatch(filepath.Base(p)); m != nil && m[1] != instance {
+				others[m[2]] = true
+			}
 		}
 	}
-	for l := range before.Links {
-		if ignoreLink == nil || !ignoreLink(l) {
-			wasLinks[l] = true
+	diff("path", s.Paths, before.Paths, func(p string) bool {
+		if filepath.Dir(p) != cniCacheDir {
+			return false
 		}
-	}
-	diff("network link", links, wasLinks)
-	diff("iptables rule", s.IPTables, before.IPTables)
-	diff("path", s.Paths, before.Paths)
+		if m := cniResult.FindStringSubmatch(filepath.Base(p)); m != nil {
+			return m[1] != instance
+		}
+		if m := cniLoopback.FindStringSubmatch(filepath.Base(p)); m != nil {
+			return others[m[1]]
+		}
+		return false
+	})
 	for k, v := range s.Sysctls {
 		if before.Sysctls[k] != v {
 			out = append(out, fmt.Sprintf("sysctl %s: %s, was %s", k, v, before.Sysctls[k]))
@@ -118,3 +145,10 @@ func (s HostState) ChangedSince(before HostState, ignoreLink func(string) bool) 
 	sort.Strings(out)
 	return out
 }
+
+// libcni's result files of harness networks (c-<instance>-<sandbox>-<if>)
+// and of containerd's loopback network (cni-loopback-<sandbox>-lo).
+var (
+	cniResult   = regexp.MustCompile(`^c-([0-9a-f]{6})-([0-9a-f]+)-`)
+	cniLoopback = regexp.MustCompile(`^cni-loopback-([0-9a-f]+)-lo$`)
+)
