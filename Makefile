@@ -103,3 +103,13 @@ clean:
 .PHONY: demo-k8s
 demo-k8s: deps build image kubernetes
 	$(TEST_ENV) $(GO) run ./hack/demo-k8s
+
+# The node installer as the installer image carries it: static, since that
+# image has no libc (the Kubernetes tests write it without a container
+# engine: integration/harness.WriteInstallerImage).
+TEST_ENV += CONTRAST_NODE_INSTALLER=$(BIN)/contrast-node-installer-static
+.PHONY: static-installer
+build: static-installer
+static-installer:
+	@mkdir -p $(BIN)
+	CGO_ENABLED=0 $(GO) build -ldflags '$(LDFLAGS)' -o $(BIN)/contrast-node-installer-static ./cmd/contrast-node-installer

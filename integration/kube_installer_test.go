@@ -54,7 +54,10 @@ func TestKubeInstaller(t *testing.T) {
 	})
 
 	// The installer image.
-	installerBin := filepath.Join(filepath.Dir(env.Shim), "contrast-node-installer")
+	installerBin := os.Getenv("CONTRAST_NODE_INSTALLER")
+	if installerBin == "" {
+		t.Fatal("CONTRAST_NODE_INSTALLER is not set: it must name the static contrast-node-installer (make build writes it; make test sets it)")
+	}
 	tmpl, err := os.ReadFile("../deploy/runtime.toml")
 	if err != nil {
 		t.Fatal(err)
@@ -192,7 +195,8 @@ func TestKubeInstaller(t *testing.T) {
 // flags NodeInstallerManifest gives the DaemonSet.
 func uninstallPod(c *harness.Containerd, sup *harness.Supervisor, handler string) string {
 	args := []string{
-		"/contrast-node-installer", "uninstall", "--host-root=/host", "--handler=" + handler,
+		// The alias goes only when named (as the DaemonSet names it).
+		"/contrast-node-installer", "uninstall", "--host-root=/host", "--handler=" + handler, "--alias=" + contrastHandler,
 		"--prefix=" + filepath.Join(c.Dir, "opt", "contrast"),
 		"--containerd-config=" + c.ConfigToml,
 		"--drop-in-dir=" + filepath.Join(c.Dir, "conf.d"),

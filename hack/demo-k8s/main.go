@@ -11,7 +11,8 @@
 //
 // It expects `make build image` and hack/kubernetes.sh to have run;
 // `make demo-k8s` does all of it. CONTRAST_SHIM, CONTRAST_CLI,
-// CONTRAST_IMAGE and CONTRAST_KUBERNETES override the defaults.
+// CONTRAST_IMAGE, CONTRAST_NODE_INSTALLER and CONTRAST_KUBERNETES override
+// the defaults.
 package main
 
 import (
@@ -98,6 +99,7 @@ func run(ctx context.Context) (retErr error) {
 		setDefault("CONTRAST_CLI", "_output/bin/contrast"),
 		setDefault("CONTRAST_IMAGE", "_output/image"),
 		setDefault("CONTRAST_TEST_IMAGE", "_output/image-test"),
+		setDefault("CONTRAST_NODE_INSTALLER", "_output/bin/contrast-node-installer-static"),
 	); err != nil {
 		return err
 	}
@@ -200,7 +202,7 @@ func run(ctx context.Context) (retErr error) {
 			}
 			archive := filepath.Join(dir, "installer.tar")
 			if err := harness.WriteInstallerImage(archive, harness.InstallerPayload{
-				Installer: filepath.Join(filepath.Dir(env.Shim), "contrast-node-installer"), Shim: env.Shim, ImageDir: env.ImageDir,
+				Installer: os.Getenv("CONTRAST_NODE_INSTALLER"), Shim: env.Shim, ImageDir: env.ImageDir,
 				RuntimeTOML: harness.TestNodeRuntimeConfig(tmpl, c.ShimState), Busybox: tools.Busybox,
 			}); err != nil {
 				return "", err
