@@ -26,6 +26,16 @@ TEST_ENV = CONTRAST_SHIM=$(BIN)/containerd-shim-contrast-v2 \
 
 .PHONY: all deps generate build image test unit integration demo bench vet fuzz clean
 
+# The Kubernetes node the integration tests run (kube-apiserver, controller
+# manager, scheduler, kubelet, kubectl at one pinned version, and kine): built
+# once from the Go module proxy and cached under $(CONTRAST_CACHE)/kubernetes
+# (cold: about 29 CPU-minutes). hack/kubernetes.sh prints the directory.
+TEST_ENV += CONTRAST_KUBERNETES=$$(hack/kubernetes.sh)
+.PHONY: kubernetes
+kubernetes:
+	@hack/kubernetes.sh >/dev/null
+integration bench: kubernetes
+
 all: build
 
 deps:
@@ -93,3 +103,20 @@ fuzz:
 
 clean:
 	rm -rf $(OUT)
+
+# `make demo`'s story through kubectl on a real single-node Kubernetes
+# cluster: installer DaemonSet, RuntimeClass, a Deployment with its policy,
+# logs, exec, a denied exec, delete, nothing left on the host.
+.PHONY: demo-k8s
+demo-k8s: deps build image kubernetes
+	$(TEST_ENV) $(GO) run ./hack/demo-k8s
+
+# The node installer as the installer image carries it: static, since that
+# image has no libc (the Kubernetes tests write it without a container
+# engine: integration/harness.WriteInstallerImage).
+TEST_ENV += CONTRAST_NODE_INSTALLER=$(BIN)/contrast-node-installer-static
+.PHONY: static-installer
+build: static-installer
+static-installer:
+	@mkdir -p $(BIN)
+	CGO_ENABLED=0 $(GO) build -ldflags '$(LDFLAGS)' -o $(BIN)/contrast-node-installer-static ./cmd/contrast-node-installer

@@ -77,16 +77,22 @@ func startPipeSession(cmd *exec.Cmd, args []string) (*Session, error) {
 // of rows x cols, as a person at a terminal would run `crictl exec -it`:
 // crictl is the session leader with the terminal as its controlling tty,
 // so a resize of the terminal reaches it as SIGWINCH.
-func (c *CRI) StartTerminalSession(ctx context.Context, rows, cols uint16, args ...string) (_ *Session, retErr error) {
+func (c *CRI) StartTerminalSession(ctx context.Context, rows, cols uint16, args ...string) (*Session, error) {
 	full, err := c.fullArgs(args)
 	if err != nil {
 		return nil, err
 	}
+	return startTerminalSession(exec.CommandContext(ctx, c.Bin, full...), rows, cols, args)
+}
+
+// startTerminalSession starts cmd on a new pseudo-terminal (see
+// StartTerminalSession).
+func startTerminalSession(cmd *exec.Cmd, rows, cols uint16, args []string) (_ *Session, retErr error) {
 	master, slave, err := openPTY()
 	if err != nil {
 		return nil, err
 	}
-	defer slave.Close() // crictl holds its own copy
+	defer slave.Close() // the command holds its own copy
 	defer func() {
 		if retErr != nil {
 			master.Close()
@@ -97,16 +103,16 @@ func (c *CRI) StartTerminalSession(ctx context.Context, rows, cols uint16, args 
 	if err := s.Resize(rows, cols); err != nil {
 		return nil, err
 	}
-	s.cmd = exec.CommandContext(ctx, c.Bin, full...)
+	s.cmd = cmd
 	s.cmd.Stdin, s.cmd.Stdout, s.cmd.Stderr = slave, slave, slave
 	s.cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true, Setctty: true, Ctty: 0}
 	if err := s.cmd.Start(); err != nil {
-		return nil, fmt.Errorf("start crictl %s: %w", strings.Join(args, " "), err)
+		return nil, fmt.Errorf("start %s %s: %w", cmd.Path, strings.Join(args, " "), err)
 	}
 	s.copied.Add(1)
 	go func() {
 		defer s.copied.Done()
-		// Ends with EIO once crictl, the last holder of the slave, exits.
+		// Ends with EIO once the command, the last holder of the slave, exits.
 		_, _ = io.Copy(&sessionWriter{s: s, buf: &s.out}, master)
 	}()
 	go func() {

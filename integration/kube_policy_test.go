@@ -1,0 +1,75 @@
+package integration
+
+import (
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/contrast-vm/contrast/integration/harness"
+)
+
+// kubePolicyPod is the pod TestKubePolicy generates a policy for: its exec
+// liveness probe is the one command the policy lets the host exec.
+const kubePolicyPod = `apiVersion: v1
+kind: Pod
+metadata:
+  name: guarded
+  namespace: default
+spec:
+  runtimeClassName: contrast-cc
+  automountServiceAccountToken: false
+  terminationGracePeriodSeconds: 5
+  containers:
+  - name: app
+    image: ` + harness.BusyboxImage + `
+    imagePullPolicy: Never
+    command: ["sh", "-c", "echo policy-ok; exec sleep 3600"]
+    livenessProbe:
+      exec:
+        command: ["cat", "/etc/hostname"]
+      periodSeconds: 2
+`
+
+// TestKubePolicy runs a pod under the policy `contrast policy generate`
+// wrote into its YAML, on a deny-all node (the test image, whose simulated
+// SNP device reports the launch's host data): the kubelet's exec probe
+// runs, as the policy allows; `kubectl exec` of a command the policy does
+// not list fails with the policy's denial; a pod without a policy fails
+// with an event that says why.
+func TestKubePolicy(t *testing.T) {
+	ks := newKubeSuite(t, handlerSpec{name: contrastHandler, testImage: true, edit: func(c *harness.ShimConfig) { c.DefaultPolicy = "deny-all" }})
+
+	t.Run("no-policy", func(t *testing.T) {
+		ks.apply(t, podSpec("unguarded", contrastHandler, busybox("app", "sleep 3600")))
+		msg := ks.waitEvent(t, "unguarded", "FailedCreatePodSandBox", 3*time.Minute)
+		t.Logf("event: %s", msg)
+		if !containsAny(msg, "no policy") || !containsAny(msg, "deny-all") {
+			t.Errorf("the event does not say the pod has no policy and the node denies all: %s", msg)
+		}
+		ks.kubectl(t, "delete", "pod", "unguarded", "--wait=true", "--timeout=2m")
+	})
+
+	t.Run("generated", func(t *testing.T) {
+		ks.apply(t, ks.generatePolicy(t, kubePolicyPod))
+		ks.wait(t, "pod/guarded", "condition=Ready", 3*time.Minute)
+		ks.waitLogs(t, "policy-ok", "guarded")
+		if out := ks.kubectl(t, "exec", "guarded", "--", "cat", "/etc/hostname"); strings.TrimSpace(out) != "guarded" {
+			t.Errorf("exec of the probe's command: %q", out)
+		}
+		_, err := ks.k.Kubectl(ks.ctx, "exec", "guarded", "--", "id")
+		if err == nil {
+			t.Fatal("kubectl exec of id, which the policy does not list, succeeded")
+		}
+		msg := cmdErrText(err)
+		t.Logf("denied exec: %s", msg)
+		if !containsAny(msg, "polic") || !containsAny(msg, "ExecProcess") {
+			t.Errorf("kubectl exec's error does not show the policy's denial: %s", msg)
+		}
+		// The liveness probe (ExecSync every 2 s) keeps passing.
+		time.Sleep(5 * time.Second)
+		if n := ks.kubectl(t, "get", "pod", "guarded", "-o", "jsonpath={.status.containerStatuses[0].restartCount}"); n != "0" {
+			t.Errorf("the container restarted %s times: the allowed probe failed", n)
+		}
+		ks.kubectl(t, "delete", "pod", "guarded", "--wait=true", "--timeout=2m")
+	})
+}
