@@ -11,6 +11,7 @@ import (
 
 	"github.com/contrast-vm/contrast/deploy"
 	"github.com/contrast-vm/contrast/integration/harness"
+	"github.com/contrast-vm/contrast/internal/testenv"
 )
 
 // kubeSuite is a single-node Kubernetes cluster on a private containerd
@@ -43,7 +44,7 @@ func newKubeSuite(t testing.TB, handlers ...handlerSpec) *kubeSuite {
 	t.Helper()
 	kt, err := harness.FindKubeTools()
 	if err != nil {
-		t.Fatalf("Kubernetes tests need the Kubernetes binaries:\n%v", err)
+		testenv.Missing(t, "kubernetes", "Kubernetes tests need the Kubernetes binaries:\n%v", err)
 	}
 	s := newSuite(t, handlers...)
 	start := time.Now()

@@ -16,6 +16,7 @@ import (
 	"github.com/contrast-vm/contrast/deploy"
 	"github.com/contrast-vm/contrast/installer"
 	"github.com/contrast-vm/contrast/integration/harness"
+	"github.com/contrast-vm/contrast/internal/testenv"
 )
 
 // TestKubeInstaller deploys the runtime the way a user does: the node
@@ -32,10 +33,7 @@ import (
 // running the same image, it leaves containerd's configuration as it was
 // and no file of the handler.
 func TestKubeInstaller(t *testing.T) {
-	env, err := harness.EnvFromOS()
-	if err != nil {
-		t.Fatalf("the installer test needs the built shim, installer and guest image:\n%v", err)
-	}
+	env := testEnv(t)
 	ks := newKubeSuite(t)
 	ks.env = env // for contrast policy generate
 	ctx := ks.ctx
@@ -54,18 +52,12 @@ func TestKubeInstaller(t *testing.T) {
 	})
 
 	// The installer image.
-	installerBin := os.Getenv("CONTRAST_NODE_INSTALLER")
-	if installerBin == "" {
-		t.Fatal("CONTRAST_NODE_INSTALLER is not set: it must name the static contrast-node-installer (make build writes it; make test sets it)")
-	}
+	installerBin := testenv.Path(t, "CONTRAST_NODE_INSTALLER", "build", "the static contrast-node-installer")
 	tmpl, err := os.ReadFile("../deploy/runtime.toml")
 	if err != nil {
 		t.Fatal(err)
 	}
-	tools, err := harness.FindTools()
-	if err != nil {
-		t.Fatal(err)
-	}
+	tools := testTools(t)
 	archive := filepath.Join(t.TempDir(), "node-installer.tar")
 	if err := harness.WriteInstallerImage(archive, harness.InstallerPayload{
 		Installer: installerBin, Shim: env.Shim, ImageDir: env.ImageDir,

@@ -162,7 +162,7 @@ func NodeInstallerManifest(c *Containerd, sup *Supervisor, manifest []byte, temp
 // else is the shipped template.
 func TestNodeRuntimeConfig(tmpl []byte, stateDir string) []byte {
 	var b bytes.Buffer
-	fmt.Fprintf(&b, "# The test node's settings (integration/harness), then deploy/runtime.toml.\nstate_dir = %q\n\n", stateDir)
+	fmt.Fprintf(&b, "# The test node's settings (integration/harness), then deploy/runtime.toml.\nstate_dir = %q\nsocket_dir = %q\n\n", stateDir, ShimSocketDir(stateDir))
 	b.Write(tmpl)
 	fmt.Fprintf(&b, "\n[layers]\ncache_dir = %q\n", DefaultLayerCache())
 	return b.Bytes()

@@ -72,7 +72,7 @@ func TestNodeRuntimeConfigParses(t *testing.T) {
 	if err != nil {
 		t.Fatalf("%v\n%s", err, b.String())
 	}
-	if cfg.StateDir != "/tmp/c123456" || cfg.Layers.CacheDir != DefaultLayerCache() || cfg.Policy.Default != "deny-all" {
+	if cfg.StateDir != "/tmp/c123456" || cfg.SocketDir != ShimSocketDir("/tmp/c123456") || cfg.Layers.CacheDir != DefaultLayerCache() || cfg.Policy.Default != "deny-all" {
 		t.Errorf("state %s layers %s policy %s", cfg.StateDir, cfg.Layers.CacheDir, cfg.Policy.Default)
 	}
 }
