@@ -475,6 +475,24 @@ spec:
 		}
 		ks.expectRuntimePodGone(t, "web-.*")
 	})
+
+	t.Run("unsupported-volume", func(t *testing.T) {
+		// Until volumes reach the VM (issue 17), a pod that needs one fails
+		// with an event naming it; on runc it runs.
+		vol := func(name, rc string) string {
+			return podSpec(name, rc, busybox("app", "echo ok >/scratch/f; exec sleep 3600",
+				"volumeMounts: [{name: scratch-space, mountPath: /scratch}]")) + "  volumes: [{name: scratch-space, emptyDir: {}}]\n"
+		}
+		ks.apply(t, vol("vol-runc", "runc"))
+		ks.wait(t, "pod/vol-runc", "condition=Ready", 3*time.Minute)
+		ks.apply(t, vol("vol-"+contrastHandler, contrastHandler))
+		msg := ks.waitEvent(t, "vol-"+contrastHandler, "Failed", 3*time.Minute)
+		t.Logf("event: %s", msg)
+		if !strings.Contains(msg, "scratch-space") || !strings.Contains(msg, "not supported") {
+			t.Errorf("the event does not name the volume and say it is not supported: %s", msg)
+		}
+		ks.kubectl(t, "delete", "pod", "vol-runc", "vol-"+contrastHandler, "--wait=true", "--timeout=2m")
+	})
 }
 
 // lastTickIn is the highest "tick N" in a log.
