@@ -9,6 +9,8 @@ import (
 	"testing"
 	"time"
 
+	"k8s.io/apimachinery/pkg/api/resource"
+
 	"github.com/contrast-vm/contrast/integration/harness"
 )
 
@@ -318,19 +320,32 @@ func TestKubePods(t *testing.T) {
 				t.Errorf("VM has %d KiB of memory, want about 768 MiB (512 base + 256 limit)", kib)
 			}
 		})
-		// With the node's 2 CPUs, a second contrast-cc pod of 500m (plus
-		// 1 CPU of overhead each) does not fit beside the first; two runc
-		// pods of 500m do.
-		ks.apply(t, sized("fit1-"+contrastHandler, contrastHandler))
-		ks.apply(t, sized("fit2-"+contrastHandler, contrastHandler))
+		// Pods that request all the node's CPUs but the RuntimeClass's
+		// overhead (1 CPU) and a quarter: one contrast-cc pod fits, a
+		// second does not for the overhead. The runc baseline: two pods
+		// of a quarter of that request both fit.
+		alloc := ks.kubectl(t, "get", "node", ks.k.NodeName, "-o", "jsonpath={.status.allocatable.cpu}")
+		q, err := resource.ParseQuantity(alloc)
+		if err != nil {
+			t.Fatalf("node allocatable cpu %q: %v", alloc, err)
+		}
+		req := q.MilliValue() - 1250
+		if req <= 0 {
+			t.Fatalf("the node has %s CPUs: too few for this test", alloc)
+		}
+		fit := func(name, rc string, milli int64) string {
+			return podSpec(name, rc, busybox("app", "exec sleep 3600", fmt.Sprintf("resources: {requests: {cpu: %dm}}", milli)))
+		}
+		ks.apply(t, fit("fit1-"+contrastHandler, contrastHandler, req))
+		ks.apply(t, fit("fit2-"+contrastHandler, contrastHandler, req))
 		ks.wait(t, "pod/fit1-"+contrastHandler, "condition=Ready", 3*time.Minute)
 		msg := ks.waitEvent(t, "fit2-"+contrastHandler, "FailedScheduling", 2*time.Minute)
 		if !strings.Contains(msg, "Insufficient cpu") {
 			t.Errorf("second contrast-cc pod: %s, want Insufficient cpu", msg)
 		}
 		ks.kubectl(t, "delete", "pod", "fit1-"+contrastHandler, "fit2-"+contrastHandler, "--wait=true", "--timeout=2m")
-		ks.apply(t, sized("fit1-runc", "runc"))
-		ks.apply(t, sized("fit2-runc", "runc"))
+		ks.apply(t, fit("fit1-runc", "runc", req/4+1))
+		ks.apply(t, fit("fit2-runc", "runc", req/4+1))
 		ks.wait(t, "pod/fit1-runc", "condition=Ready", 3*time.Minute)
 		ks.wait(t, "pod/fit2-runc", "condition=Ready", 3*time.Minute)
 		ks.kubectl(t, "delete", "pod", "fit1-runc", "fit2-runc", "--wait=true", "--timeout=2m")
