@@ -26,10 +26,14 @@ import (
 type hostIO struct {
 	stdin    net.Conn      // nil without stdin
 	stdinEOF chan struct{} // closed once everything written to the stdin FIFO was sent
-	output   sync.WaitGroup
-	closers  []func() error
-	closeMu  sync.Mutex
-	inClosed bool
+	// stdinKeep is the shim's own write end of the stdin FIFO: the process
+	// sees EOF on CloseIO, not when containerd restarts (its write end
+	// goes then), as with containerd's runc shim.
+	stdinKeep io.Closer
+	output    sync.WaitGroup
+	closers   []func() error
+	closeMu   sync.Mutex
+	inClosed  bool
 }
 
 // closeWriter is what net.Conn implementations offer for half-close.
@@ -89,6 +93,12 @@ func openHostIO(ctx context.Context, tr hypervisor.Transport, namespace, contain
 			return nil, fmt.Errorf("open stdin %s: %w", paths.Stdin, err)
 		}
 		h.closers = append(h.closers, src.Close)
+		keep, err := fifo.OpenFifo(ctx, paths.Stdin, syscall.O_WRONLY|syscall.O_NONBLOCK, 0)
+		if err != nil {
+			return nil, fmt.Errorf("open stdin %s for writing: %w", paths.Stdin, err)
+		}
+		h.stdinKeep = keep
+		h.closers = append(h.closers, h.closeStdinKeep)
 		conn, err := dial(agentapi.StreamStdin)
 		if err != nil {
 			return nil, err
@@ -125,11 +135,26 @@ func (h *hostIO) closeStdinAfterDrain() {
 	if h.stdin == nil {
 		return
 	}
+	// With the shim's own write end gone too, the copy reads EOF once
+	// the FIFO is drained.
+	_ = h.closeStdinKeep()
 	select {
 	case <-h.stdinEOF:
 	case <-time.After(stdinDrainTimeout):
 	}
 	h.closeStdin()
+}
+
+// closeStdinKeep closes the shim's write end of the stdin FIFO, once.
+func (h *hostIO) closeStdinKeep() error {
+	h.closeMu.Lock()
+	defer h.closeMu.Unlock()
+	if h.stdinKeep == nil {
+		return nil
+	}
+	err := h.stdinKeep.Close()
+	h.stdinKeep = nil
+	return err
 }
 
 // closeStdin half-closes the stdin connection: the agent closes the

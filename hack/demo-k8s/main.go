@@ -278,7 +278,20 @@ func run(ctx context.Context) (retErr error) {
 			pods, err := kubectl("get", "pods", "-o", "wide")
 			return out + o + pods, err
 		}},
-		{"kubectl logs deployment/hello", func() (string, error) { return kubectl("logs", "deployment/hello") }},
+		{"kubectl logs deployment/hello", func() (string, error) {
+			// The output reaches the log a moment after the pod is Ready.
+			deadline := time.Now().Add(30 * time.Second)
+			for {
+				out, err := kubectl("logs", "deployment/hello")
+				if err == nil && strings.Contains(out, "hello from") || time.Now().After(deadline) {
+					if err == nil && out == "" {
+						err = errors.New("no output")
+					}
+					return out, err
+				}
+				time.Sleep(300 * time.Millisecond)
+			}
+		}},
 		{"kubectl exec deployment/hello -- cat /proc/version (the probe's command: allowed)", func() (string, error) {
 			return kubectl("exec", "deployment/hello", "--", "cat", "/proc/version")
 		}},
