@@ -172,7 +172,10 @@ func TestCreateContainerRules(t *testing.T) {
 		}, wantRule: "create_container.user", wantReason: []string{"group id 0"}},
 		{name: "supplementary root group", container: "api", mutate: func(s *specs.Spec) {
 			s.Process.User.AdditionalGids = append(s.Process.User.AdditionalGids, 0)
-		}, wantRule: "create_container.user", wantReason: []string{"[0]"}},
+		}, wantRule: "create_container.user", wantReason: []string{"[0,65532]"}},
+		{name: "primary group dropped from the supplementary ones", container: "api", mutate: func(s *specs.Spec) {
+			s.Process.User.AdditionalGids = nil
+		}, wantRule: "create_container.user"},
 		{name: "added capability", container: "api", mutate: func(s *specs.Spec) {
 			s.Process.Capabilities.Bounding = append(s.Process.Capabilities.Bounding, "CAP_SYS_ADMIN")
 		}, wantRule: "create_container.capabilities", wantReason: []string{`added ["CAP_SYS_ADMIN"]`}},
@@ -186,8 +189,13 @@ func TestCreateContainerRules(t *testing.T) {
 		}, wantRule: "create_container.capabilities", wantReason: []string{"ambient"}},
 		{name: "fewer effective capabilities", container: "web", mutate: func(s *specs.Spec) {
 			s.Process.Capabilities.Effective = nil
-			s.Process.Capabilities.Inheritable = []string{"CAP_KILL"}
 		}},
+		{name: "inheritable capability", container: "web", mutate: func(s *specs.Spec) {
+			s.Process.Capabilities.Inheritable = []string{"CAP_KILL"}
+		}, wantRule: "create_container.capabilities", wantReason: []string{"inheritable"}},
+		{name: "ambient capabilities for a non-root user", container: "api", mutate: func(s *specs.Spec) {
+			s.Process.Capabilities.Ambient = []string{"CAP_NET_BIND_SERVICE"}
+		}, wantRule: "create_container.capabilities", wantReason: []string{"ambient"}},
 		{name: "privileged", container: "web", mutate: privileged, wantRule: "create_container.capabilities",
 			wantReason: []string{"CAP_SYS_ADMIN", "also failed: create_container.mounts", "create_container.masked_paths", "create_container.devices"}},
 		{name: "new privileges", container: "web", mutate: func(s *specs.Spec) {
@@ -210,10 +218,6 @@ func TestCreateContainerRules(t *testing.T) {
 			i := slices.IndexFunc(s.Mounts, func(m specs.Mount) bool { return m.Destination == "/etc/nginx/conf.d" })
 			s.Mounts[i].Options = []string{"rbind", "ro", "rw"}
 		}, wantRule: "create_container.mounts"},
-		{name: "volume through an unclean destination", container: "web", mutate: func(s *specs.Spec) {
-			i := slices.IndexFunc(s.Mounts, func(m specs.Mount) bool { return m.Destination == "/etc/nginx/conf.d" })
-			s.Mounts[i].Destination = "/etc/nginx/../nginx/conf.d/"
-		}},
 		{name: "tmpfs volume typed otherwise", container: "web", mutate: func(s *specs.Spec) {
 			i := slices.IndexFunc(s.Mounts, func(m specs.Mount) bool { return m.Destination == "/var/cache/nginx" })
 			s.Mounts[i] = specs.Mount{Destination: "/var/cache/nginx", Type: "tmpfs", Source: "tmpfs"}
@@ -226,7 +230,57 @@ func TestCreateContainerRules(t *testing.T) {
 		}, wantRule: "create_container.mounts", wantReason: []string{`"/proc"`, `type "bind"`}},
 		{name: "shm as tmpfs", container: "web", mutate: func(s *specs.Spec) {
 			i := slices.IndexFunc(s.Mounts, func(m specs.Mount) bool { return m.Destination == "/dev/shm" })
-			s.Mounts[i] = specs.Mount{Destination: "/dev/shm", Type: "tmpfs", Source: "shm"}
+			s.Mounts[i] = specs.Mount{Destination: "/dev/shm", Type: "tmpfs", Source: "shm", Options: []string{"nosuid", "noexec", "nodev", "mode=1777", "size=65536k"}}
+		}},
+		{name: "shm as executable tmpfs", container: "web", mutate: func(s *specs.Spec) {
+			i := slices.IndexFunc(s.Mounts, func(m specs.Mount) bool { return m.Destination == "/dev/shm" })
+			s.Mounts[i] = specs.Mount{Destination: "/dev/shm", Type: "tmpfs", Source: "shm", Options: []string{"nosuid", "noexec", "nodev", "mode=1777", "size=65536k", "exec"}}
+		}, wantRule: "create_container.mounts", wantReason: []string{"noexec"}},
+		{name: "proc without nosuid", container: "web", mutate: func(s *specs.Spec) { s.Mounts[0].Options = []string{"noexec", "nodev"} }, wantRule: "create_container.mounts", wantReason: []string{"nosuid"}},
+		{name: "proc with nosuid undone", container: "web", mutate: func(s *specs.Spec) { s.Mounts[0].Options = append(s.Mounts[0].Options, "suid") }, wantRule: "create_container.mounts"},
+		{name: "dev world-writable", container: "web", mutate: func(s *specs.Spec) { s.Mounts[1].Options[2] = "mode=1777" }, wantRule: "create_container.mounts", wantReason: []string{"mode=1777"}},
+		{name: "sysfs read-only undone", container: "web", mutate: func(s *specs.Spec) { s.Mounts[4].Options = append(s.Mounts[4].Options, "rw") }, wantRule: "create_container.mounts", wantReason: []string{"writable"}},
+		{name: "read-only volume made writable by rrw", container: "web", mutate: func(s *specs.Spec) {
+			i := slices.IndexFunc(s.Mounts, func(m specs.Mount) bool { return m.Destination == "/etc/nginx/conf.d" })
+			s.Mounts[i].Options = append(s.Mounts[i].Options, "rrw")
+		}, wantRule: "create_container.mounts", wantReason: []string{"writable"}},
+		{name: "read-only volume: rrw before ro still writable in runc", container: "web", mutate: func(s *specs.Spec) {
+			i := slices.IndexFunc(s.Mounts, func(m specs.Mount) bool { return m.Destination == "/etc/nginx/conf.d" })
+			s.Mounts[i].Options = []string{"rbind", "rprivate", "rrw", "ro"}
+		}, wantRule: "create_container.mounts", wantReason: []string{"writable"}},
+		{name: "read-only volume with rro", container: "web", mutate: func(s *specs.Spec) {
+			i := slices.IndexFunc(s.Mounts, func(m specs.Mount) bool { return m.Destination == "/etc/nginx/conf.d" })
+			s.Mounts[i].Options = []string{"rbind", "rprivate", "ro", "rro"}
+		}},
+		{name: "volume with shared propagation", container: "web", mutate: func(s *specs.Spec) {
+			i := slices.IndexFunc(s.Mounts, func(m specs.Mount) bool { return m.Destination == "/var/cache/nginx" })
+			s.Mounts[i].Options = append(s.Mounts[i].Options, "rshared")
+		}, wantRule: "create_container.mounts", wantReason: []string{"propagation"}},
+		{name: "a second mount at the same destination", container: "web", mutate: func(s *specs.Spec) {
+			s.Mounts = append(s.Mounts, s.Mounts[0])
+		}, wantRule: "create_container.mounts", wantReason: []string{"two mounts"}},
+		{name: "shared root propagation", container: "web", mutate: func(s *specs.Spec) { s.Linux.RootfsPropagation = "rshared" }, wantRule: "create_container.rootfs_propagation"},
+		{name: "user namespace", container: "web", mutate: func(s *specs.Spec) {
+			s.Linux.Namespaces = append(s.Linux.Namespaces, specs.LinuxNamespace{Type: specs.UserNamespace})
+			s.Linux.UIDMappings = []specs.LinuxIDMapping{{ContainerID: 101, HostID: 0, Size: 1}}
+			s.Linux.GIDMappings = []specs.LinuxIDMapping{{ContainerID: 101, HostID: 0, Size: 1}}
+		}, wantRule: "create_container.namespaces", wantReason: []string{"user namespace", "also failed: create_container.id_mappings"}},
+		{name: "id mappings without a user namespace", container: "web", mutate: func(s *specs.Spec) {
+			s.Linux.UIDMappings = []specs.LinuxIDMapping{{ContainerID: 0, HostID: 0, Size: 65536}}
+		}, wantRule: "create_container.id_mappings"},
+		{name: "time namespace", container: "web", mutate: func(s *specs.Spec) {
+			s.Linux.Namespaces = append(s.Linux.Namespaces, specs.LinuxNamespace{Type: specs.TimeNamespace})
+		}, wantRule: "create_container.namespaces", wantReason: []string{"time namespace"}},
+		{name: "rlimit added", container: "web", mutate: func(s *specs.Spec) {
+			s.Process.Rlimits = []specs.POSIXRlimit{{Type: "RLIMIT_NPROC", Soft: 1, Hard: 1}}
+		}, wantRule: "create_container.rlimits"},
+		{name: "OOM score below the QoS class's", container: "web", mutate: func(s *specs.Spec) { *s.Process.OOMScoreAdj = -1000 }, wantRule: "create_container.oom_score_adj"},
+		{name: "no OOM score", container: "web", mutate: func(s *specs.Spec) { s.Process.OOMScoreAdj = nil }, wantRule: "create_container.oom_score_adj"},
+		{name: "env: the pod's value of an image variable wins", container: "web", mutate: func(s *specs.Spec) {
+			s.Process.Env = append(s.Process.Env, "WEB_SETTING_01=overridden")
+		}, wantRule: "create_container.env", wantReason: []string{"WEB_SETTING_01=overridden"}},
+		{name: "env: a pinned value repeated", container: "web", mutate: func(s *specs.Spec) {
+			s.Process.Env = append(s.Process.Env, s.Process.Env[3])
 		}},
 		{name: "no pid namespace", container: "web", mutate: func(s *specs.Spec) {
 			s.Linux.Namespaces = slices.DeleteFunc(s.Linux.Namespaces, func(n specs.LinuxNamespace) bool { return n.Type == specs.PIDNamespace })
@@ -394,12 +448,42 @@ func TestCreateContainerPolicyVariants(t *testing.T) {
 			c.User = nil
 			d.Containers["web"] = c
 		}, mutate: func(s *specs.Spec) { s.Process.User = specs.User{UID: 0, GID: 0} }},
-		{name: "root's groups are not checked", data: func(d *policy.Data) {
+		{name: "root's groups are pinned", data: func(d *policy.Data) {
 			c := d.Containers["web"]
 			c.User = &policy.User{}
 			d.Containers["web"] = c
 		}, mutate: func(s *specs.Spec) {
 			s.Process.User = specs.User{AdditionalGids: []uint32{0, 1, 2, 3, 4, 6, 10, 11, 20, 26, 27}}
+		}, wantRule: "create_container.user"},
+		{name: "root's groups as pinned", data: func(d *policy.Data) {
+			c := d.Containers["web"]
+			c.User = &policy.User{AdditionalGIDs: []uint32{0, 1, 2, 3, 4, 6, 10, 11, 20, 26, 27}}
+			d.Containers["web"] = c
+		}, mutate: func(s *specs.Spec) {
+			s.Process.User = specs.User{AdditionalGids: []uint32{0, 1, 2, 3, 4, 6, 10, 11, 20, 26, 27}}
+		}},
+		{name: "user namespace of a hostUsers: false pod", data: withUserNamespace, mutate: func(s *specs.Spec) {
+			s.Linux.Namespaces = append(s.Linux.Namespaces, specs.LinuxNamespace{Type: specs.UserNamespace})
+			s.Linux.UIDMappings = []specs.LinuxIDMapping{{ContainerID: 0, HostID: 3 * 65536, Size: 65536}}
+			s.Linux.GIDMappings = []specs.LinuxIDMapping{{ContainerID: 0, HostID: 3 * 65536, Size: 65536}}
+		}},
+		{name: "user namespace mapping the VM's root", data: withUserNamespace, mutate: func(s *specs.Spec) {
+			s.Linux.Namespaces = append(s.Linux.Namespaces, specs.LinuxNamespace{Type: specs.UserNamespace})
+			s.Linux.UIDMappings = []specs.LinuxIDMapping{{ContainerID: 0, HostID: 0, Size: 65536}}
+			s.Linux.GIDMappings = []specs.LinuxIDMapping{{ContainerID: 0, HostID: 0, Size: 65536}}
+		}, wantRule: "create_container.id_mappings"},
+		{name: "user namespace: gids mapped elsewhere", data: withUserNamespace, mutate: func(s *specs.Spec) {
+			s.Linux.Namespaces = append(s.Linux.Namespaces, specs.LinuxNamespace{Type: specs.UserNamespace})
+			s.Linux.UIDMappings = []specs.LinuxIDMapping{{ContainerID: 0, HostID: 3 * 65536, Size: 65536}}
+			s.Linux.GIDMappings = []specs.LinuxIDMapping{{ContainerID: 0, HostID: 0, Size: 65536}}
+		}, wantRule: "create_container.id_mappings"},
+		{name: "user namespace required and missing", data: withUserNamespace, wantRule: "create_container.namespaces"},
+		{name: "rlimits as pinned", data: func(d *policy.Data) {
+			c := d.Containers["web"]
+			c.Rlimits = map[string][2]int64{"RLIMIT_NOFILE": {1024, 4096}}
+			d.Containers["web"] = c
+		}, mutate: func(s *specs.Spec) {
+			s.Process.Rlimits = []specs.POSIXRlimit{{Type: "RLIMIT_NOFILE", Soft: 1, Hard: 1}, {Type: "RLIMIT_NOFILE", Soft: 1024, Hard: 4096}}
 		}},
 		{name: "listed supplementary groups", data: func(d *policy.Data) {
 			c := d.Containers["web"]
@@ -411,23 +495,38 @@ func TestCreateContainerPolicyVariants(t *testing.T) {
 			c.ProcMountUnmasked = true
 			d.Containers["web"] = c
 		}, mutate: func(s *specs.Spec) { s.Linux.MaskedPaths, s.Linux.ReadonlyPaths = nil, nil }},
-		{name: "seccomp required and present", data: withSeccomp, mutate: func(s *specs.Spec) {
-			s.Linux.Seccomp = &specs.LinuxSeccomp{DefaultAction: specs.ActErrno}
-		}},
-		{name: "seccomp required and dropped", data: withSeccomp, wantRule: "create_container.seccomp"},
-		{name: "seccomp required, allow-all filter", data: withSeccomp, mutate: func(s *specs.Spec) {
+		{name: "seccomp pinned and present", data: withSeccomp, mutate: func(s *specs.Spec) { s.Linux.Seccomp = testSeccomp() }},
+		{name: "seccomp pinned and dropped", data: withSeccomp, wantRule: "create_container.seccomp"},
+		{name: "seccomp pinned, allow-all filter", data: withSeccomp, mutate: func(s *specs.Spec) {
 			s.Linux.Seccomp = &specs.LinuxSeccomp{DefaultAction: specs.ActAllow}
+		}, wantRule: "create_container.seccomp"},
+		{name: "seccomp pinned, setuid made a no-op", data: withSeccomp, mutate: func(s *specs.Spec) {
+			s.Linux.Seccomp = testSeccomp()
+			s.Linux.Seccomp.Syscalls = append(s.Linux.Seccomp.Syscalls, specs.LinuxSyscall{Names: []string{"setuid", "setgid", "setgroups", "capset"}, Action: specs.ActErrno, ErrnoRet: new(uint)})
+		}, wantRule: "create_container.seccomp"},
+		{name: "seccomp pinned, an argument changed", data: withSeccomp, mutate: func(s *specs.Spec) {
+			s.Linux.Seccomp = testSeccomp()
+			s.Linux.Seccomp.Syscalls[1].Args[0].Value = 0
+		}, wantRule: "create_container.seccomp"},
+		{name: "seccomp pinned, an architecture dropped", data: withSeccomp, mutate: func(s *specs.Spec) {
+			s.Linux.Seccomp = testSeccomp()
+			s.Linux.Seccomp.Architectures = s.Linux.Seccomp.Architectures[:1]
+		}, wantRule: "create_container.seccomp"},
+		{name: "seccomp pinned, a flag added", data: withSeccomp, mutate: func(s *specs.Spec) {
+			s.Linux.Seccomp = testSeccomp()
+			s.Linux.Seccomp.Flags = []specs.LinuxSeccompFlag{specs.LinuxSeccompFlagLog}
 		}, wantRule: "create_container.seccomp"},
 		{name: "stdin and terminal allowed", data: func(d *policy.Data) {
 			c := d.Containers["web"]
 			c.Stdin, c.Terminal = true, true
 			d.Containers["web"] = c
 		}, stdio: &agentapi.Stdio{Stdin: true, Stdout: true, Terminal: true}},
+		// The agent discards the output: containerd always opens the streams.
 		{name: "no logs", data: func(d *policy.Data) {
 			c := d.Containers["web"]
 			c.Logs = false
 			d.Containers["web"] = c
-		}, wantRule: "create_container.stdio"},
+		}},
 		{name: "null env and mounts deny", data: func(d *policy.Data) {
 			c := d.Containers["web"]
 			c.Env, c.Mounts, c.EnvPatterns = nil, nil, nil
@@ -448,9 +547,32 @@ func TestCreateContainerPolicyVariants(t *testing.T) {
 	}
 }
 
+// testSeccomp is a small filter in containerd's style: errno by default,
+// syscalls allowed by name and by argument.
+func testSeccomp() *specs.LinuxSeccomp {
+	return &specs.LinuxSeccomp{
+		DefaultAction: specs.ActErrno,
+		Architectures: []specs.Arch{specs.ArchX86_64, specs.ArchX86, specs.ArchX32},
+		Syscalls: []specs.LinuxSyscall{
+			{Names: []string{"read", "write", "setuid", "capset"}, Action: specs.ActAllow},
+			{Names: []string{"personality"}, Action: specs.ActAllow, Args: []specs.LinuxSeccompArg{{Index: 0, Value: 8, Op: specs.OpEqualTo}}},
+		},
+	}
+}
+
+func withUserNamespace(d *policy.Data) {
+	c := d.Containers["web"]
+	c.UserNamespace = &policy.UserNamespace{Size: 65536, HostIDMin: 65536}
+	d.Containers["web"] = c
+}
+
 func withSeccomp(d *policy.Data) {
 	c := d.Containers["web"]
-	c.Seccomp = true
+	sum, err := policy.SeccompHash(testSeccomp())
+	if err != nil {
+		panic(err)
+	}
+	c.Seccomp = &policy.Seccomp{Profile: "RuntimeDefault", SHA256: sum}
 	d.Containers["web"] = c
 }
 

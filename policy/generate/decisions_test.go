@@ -12,6 +12,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/containerd/containerd/v2/contrib/seccomp"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	appsv1 "k8s.io/api/apps/v1"
@@ -572,11 +573,8 @@ func (p *testPod) criSpec(name string) *specs.Spec {
 		},
 	}
 	if sp := sc.SeccompProfile; sp != nil && sp.Type == corev1.SeccompProfileTypeRuntimeDefault && !privileged {
-		s.Linux.Seccomp = &specs.LinuxSeccomp{
-			DefaultAction: specs.ActErrno,
-			Architectures: []specs.Arch{specs.ArchX86_64, specs.ArchX86, specs.ArchX32},
-			Syscalls:      []specs.LinuxSyscall{{Names: []string{"accept", "read", "write"}, Action: specs.ActAllow}},
-		}
+		// CRI's WithDefaultProfile, after the capabilities.
+		s.Linux.Seccomp = seccomp.DefaultProfile(s)
 	}
 	if privileged {
 		s.Linux.MaskedPaths, s.Linux.ReadonlyPaths = nil, nil
@@ -824,7 +822,7 @@ func decisionCases() []decisionCase {
 		{name: "image by reference without the tag", pod: "web", do: create("nginx", annotation("io.kubernetes.cri.image-name", "nginx@"+digestNginx))},
 		{name: "fewer effective capabilities", pod: "web", do: create("nginx", withSpec(func(s *specs.Spec) { s.Process.Capabilities.Effective = nil }))},
 		{name: "shm as tmpfs", pod: "web", do: create("nginx", withSpec(func(s *specs.Spec) {
-			*mountAt("/dev/shm")(s) = specs.Mount{Destination: "/dev/shm", Type: "tmpfs", Source: "shm", Options: []string{"nosuid", "noexec", "nodev", "mode=1777"}}
+			*mountAt("/dev/shm")(s) = specs.Mount{Destination: "/dev/shm", Type: "tmpfs", Source: "shm", Options: []string{"nosuid", "noexec", "nodev", "mode=1777", "size=65536k"}}
 		}))},
 
 		// CreateContainer tampered with.
@@ -873,7 +871,7 @@ func decisionCases() []decisionCase {
 			s.Process.Capabilities.Bounding = append(s.Process.Capabilities.Bounding, "CAP_SYS_ADMIN")
 			s.Process.Capabilities.Effective = append(s.Process.Capabilities.Effective, "CAP_SYS_ADMIN")
 		})), want: "create_container.capabilities"},
-		{name: "ambient capability", pod: "web", do: create("nginx", withSpec(func(s *specs.Spec) { s.Process.Capabilities.Ambient = []string{"CAP_NET_RAW"} }))},
+		{name: "ambient capability", pod: "web", do: create("nginx", withSpec(func(s *specs.Spec) { s.Process.Capabilities.Ambient = []string{"CAP_NET_RAW"} })), want: "create_container.capabilities"},
 		{name: "ambient capability beyond the set", pod: "web", do: create("nginx", withSpec(func(s *specs.Spec) { s.Process.Capabilities.Ambient = []string{"CAP_NET_ADMIN"} })), want: "create_container.capabilities"},
 		{name: "privileged", pod: "web", do: create("nginx", privileged), want: "create_container.capabilities"},
 		{name: "privileged sidecar", pod: "web", do: create("shipper", privileged), want: "create_container.capabilities"},
@@ -920,7 +918,7 @@ func decisionCases() []decisionCase {
 		{name: "no logs when denied", pod: "web", settings: func(s *generate.Settings) {
 			no := false
 			s.Containers["nginx"] = generate.ContainerSettings{Logs: &no}
-		}, do: create("nginx"), want: "create_container.stdio"},
+		}, do: create("nginx")}, // the agent discards the output
 		{name: "unknown container", pod: "web", do: create("nginx", annotation("io.kubernetes.cri.container-name", "miner")), want: "create_container.name"},
 		{name: "another pod's container", pod: "web", do: func(p *testPod) (policy.Kind, any) {
 			other := newTestPod(p.t, "debug", nil)

@@ -252,7 +252,16 @@ func (g *generator) workload(ctx context.Context, n int, h header, body []byte, 
 	}
 
 	names := podNames(h.Kind, h.Metadata.Name, h.Metadata.GenerateName)
+	var indexed bool
+	switch o := obj.(type) {
+	case *batchv1.Job:
+		indexed = o.Spec.CompletionMode != nil && *o.Spec.CompletionMode == batchv1.IndexedCompletion
+	case *batchv1.CronJob:
+		m := o.Spec.JobTemplate.Spec.CompletionMode
+		indexed = m != nil && *m == batchv1.IndexedCompletion
+	}
 	p := &pod{
+		indexedJob:  indexed,
 		spec:        spec,
 		labels:      tmpl.meta.Labels,
 		annotations: tmpl.meta.Annotations,

@@ -2,6 +2,7 @@ package generate
 
 import (
 	"cmp"
+	"encoding/json"
 	"fmt"
 	"os"
 	"regexp"
@@ -31,6 +32,10 @@ type Settings struct {
 	// Network says what the host may configure of the pod VM's network
 	// (ConfigureNetwork). A field left out keeps its default.
 	Network NetworkSettings `json:"network,omitzero"`
+	// SeccompProfiles holds the content (an OCI LinuxSeccomp as JSON) of
+	// each Localhost seccomp profile the pods name, by localhostProfile:
+	// the file lives on the node, so the policy pins it only when given.
+	SeccompProfiles map[string]json.RawMessage `json:"seccompProfiles,omitempty"`
 }
 
 // NetworkSettings bound what the host may configure of the pod VM's network
