@@ -644,6 +644,47 @@ func TestExecProcessRules(t *testing.T) {
 			p.Capabilities = nil
 			return p
 		}()},
+		{name: "ambient capabilities", container: "c-api", process: func() *specs.Process {
+			p := execProcess(api, "/app/api", "healthcheck")
+			p.Capabilities.Ambient = []string{"CAP_NET_BIND_SERVICE"}
+			return p
+		}(), wantRule: "exec_process.capabilities", wantReason: []string{"ambient"}},
+		{name: "other working directory", container: "c-api", process: func() *specs.Process {
+			p := execProcess(api, "/app/api", "healthcheck")
+			p.Cwd = "/tmp"
+			return p
+		}(), wantRule: "exec_process.cwd", wantReason: []string{`"/tmp"`, `"/app"`}},
+		{name: "terminal", container: "c-web", process: func() *specs.Process {
+			p := execProcess(web, "curl", "-fsS", "http://localhost:8080/healthz")
+			p.Terminal = true
+			return p
+		}(), stdio: &agentapi.Stdio{Stdout: true, Terminal: true}, wantRule: "exec_process.terminal"},
+		{name: "terminal in the process only", container: "c-web", process: func() *specs.Process {
+			p := execProcess(web, "curl", "-fsS", "http://localhost:8080/healthz")
+			p.Terminal = true
+			return p
+		}(), wantRule: "exec_process.terminal"},
+		{name: "rlimits", container: "c-web", process: func() *specs.Process {
+			p := execProcess(web, "curl", "-fsS", "http://localhost:8080/healthz")
+			p.Rlimits = []specs.POSIXRlimit{{Type: "RLIMIT_CORE", Soft: 1 << 40, Hard: 1 << 40}}
+			return p
+		}(), wantRule: "exec_process.rlimits"},
+		{name: "OOM score", container: "c-web", process: func() *specs.Process {
+			p := execProcess(web, "curl", "-fsS", "http://localhost:8080/healthz")
+			*p.OOMScoreAdj = -999
+			return p
+		}(), wantRule: "exec_process.oom_score_adj"},
+		{name: "supplementary group added", container: "c-web", process: func() *specs.Process {
+			p := execProcess(web, "curl", "-fsS", "http://localhost:8080/healthz")
+			p.User.AdditionalGids = append(p.User.AdditionalGids, 0)
+			return p
+		}(), wantRule: "exec_process.user"},
+		{name: "env: a pinned variable overridden by a later entry", container: "c-web", process: func() *specs.Process {
+			p := execProcess(web, "curl", "-fsS", "http://localhost:8080/healthz")
+			p.Env = append(p.Env, "PATH=/tmp/evil")
+			return p
+		}(), wantRule: "exec_process.env", wantReason: []string{"PATH=/tmp/evil"}},
+
 		{name: "new privileges", container: "c-web", process: func() *specs.Process {
 			p := execProcess(web, "curl", "-fsS", "http://localhost:8080/healthz")
 			p.NoNewPrivileges = false
