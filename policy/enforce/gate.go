@@ -24,11 +24,14 @@ type Gate struct {
 
 	mu         sync.Mutex
 	containers map[string]string // container id -> name, for allowed creates
+	// discard holds the ids of allowed containers whose output the host
+	// may not read.
+	discard map[string]bool
 }
 
 // NewGate returns a gate deciding with e.
 func NewGate(e *Engine) *Gate {
-	return &Gate{engine: e, containers: map[string]string{}}
+	return &Gate{engine: e, containers: map[string]string{}, discard: map[string]bool{}}
 }
 
 // Denial is the error of a request the policy does not allow. Its message
@@ -102,8 +105,19 @@ func (g *Gate) Authorize(ctx context.Context, method string, req any) error {
 			return &Denial{Kind: kind, Rule: "gate", Reason: fmt.Sprintf("container id %q exists already", id)}
 		}
 		g.containers[id] = name
+		g.discard[id] = d.DiscardOutput
 	}
 	return nil
+}
+
+// DiscardOutput reports whether the host may not read the output of
+// container id (and of what is exec'd in it): true for an id the gate did
+// not allow, so nothing unknown leaks.
+func (g *Gate) DiscardOutput(id string) bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	discard, ok := g.discard[id]
+	return !ok || discard
 }
 
 // RuleInput is the rule of a Denial for a request the gate could not read.
@@ -132,6 +146,7 @@ func (g *Gate) Done(method string, req any, err error) {
 	}
 	g.mu.Lock()
 	delete(g.containers, r.GetContainerId())
+	delete(g.discard, r.GetContainerId())
 	g.mu.Unlock()
 }
 
