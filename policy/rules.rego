@@ -1099,6 +1099,20 @@ create_container_ok contains "mounts" if {
 	container_policy
 	count(mounts_unexplained) == 0
 	count(mounts_repeated) == 0
+	count(mounts_missing) == 0
+}
+
+# Dropping a mount changes what the container sees as much as adding one:
+# without /dev the image's device nodes show, without a volume the image's
+# files stand in for the pod's. containerd always sends these runtime
+# mounts, the kubelet every volume mount the policy names.
+required_runtime_mounts := {"/proc", "/dev", "/dev/pts", "/dev/mqueue", "/sys", "/sys/fs/cgroup", "/dev/shm", "/etc/hostname", "/etc/resolv.conf"}
+
+mounts_missing := (required_runtime_mounts | object.keys(container_policy.mounts)) - {m.destination | some m in input.mounts}
+
+create_container_why contains ["mounts", msg] if {
+	count(mounts_missing) > 0
+	msg := sprintf("mounts at %s are missing", [q(sort(mounts_missing))])
 }
 
 create_container_why contains ["mounts", msg] if {

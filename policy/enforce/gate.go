@@ -29,6 +29,9 @@ type Gate struct {
 	discard map[string]bool
 }
 
+// Engine is the engine the gate decides with.
+func (g *Gate) Engine() *Engine { return g.engine }
+
 // NewGate returns a gate deciding with e.
 func NewGate(e *Engine) *Gate {
 	return &Gate{engine: e, containers: map[string]string{}, discard: map[string]bool{}}

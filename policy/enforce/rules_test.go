@@ -259,6 +259,11 @@ func TestCreateContainerRules(t *testing.T) {
 		{name: "a second mount at the same destination", container: "web", mutate: func(s *specs.Spec) {
 			s.Mounts = append(s.Mounts, s.Mounts[0])
 		}, wantRule: "create_container.mounts", wantReason: []string{"two mounts"}},
+		{name: "no mounts at all", container: "web", mutate: func(s *specs.Spec) { s.Mounts = nil }, wantRule: "create_container.mounts", wantReason: []string{"missing"}},
+		{name: "read-only volume dropped", container: "web", mutate: func(s *specs.Spec) {
+			s.Mounts = slices.DeleteFunc(s.Mounts, func(m specs.Mount) bool { return m.Destination == "/etc/nginx/conf.d" })
+		}, wantRule: "create_container.mounts", wantReason: []string{`["/etc/nginx/conf.d"]`}},
+		{name: "dev dropped", container: "web", mutate: func(s *specs.Spec) { s.Mounts = slices.Delete(s.Mounts, 1, 2) }, wantRule: "create_container.mounts", wantReason: []string{`"/dev"`}},
 		{name: "shared root propagation", container: "web", mutate: func(s *specs.Spec) { s.Linux.RootfsPropagation = "rshared" }, wantRule: "create_container.rootfs_propagation"},
 		{name: "user namespace", container: "web", mutate: func(s *specs.Spec) {
 			s.Linux.Namespaces = append(s.Linux.Namespaces, specs.LinuxNamespace{Type: specs.UserNamespace})
