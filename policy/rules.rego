@@ -391,12 +391,21 @@ create_container_why contains ["readonly_paths", msg] if {
 
 create_container_ok contains "devices" if container_policy.privileged == true
 
+# An unprivileged container gets no devices and exactly containerd's
+# device cgroup rule, which denies every device (runc adds the standard
+# ones: null, zero, tty, ...).
 create_container_ok contains "devices" if {
 	container_policy.privileged == false
 	count(input.devices) == 0
-	every rule in input.device_rules {
-		rule.allow == false
-	}
+	input.device_rules == [deny_all_devices]
+}
+
+deny_all_devices := {"allow": false, "type": "", "access": "rwm", "major": null, "minor": null}
+
+create_container_why contains ["devices", msg] if {
+	container_policy.privileged == false
+	input.device_rules != [deny_all_devices]
+	msg := sprintf("device cgroup rules %s are not containerd's %s", [q(input.device_rules), q([deny_all_devices])])
 }
 
 create_container_why contains ["devices", msg] if {
