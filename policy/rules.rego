@@ -359,6 +359,14 @@ required_masked_paths := {
 
 required_readonly_paths := {"/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"}
 
+# Paths the runtimes' defaults may mask besides: masking any other path
+# would hide a file of the image or a volume behind an empty one.
+optional_masked_paths := {"/proc/interrupts", "/sys/devices/virtual/powercap"}
+
+masked_paths_beyond := object.keys(input.masked_paths) - (required_masked_paths | optional_masked_paths)
+
+readonly_paths_beyond := object.keys(input.readonly_paths) - required_readonly_paths
+
 proc_unmasked if container_policy.privileged == true
 
 proc_unmasked if container_policy.proc_mount_unmasked == true
@@ -368,6 +376,12 @@ create_container_ok contains "masked_paths" if proc_unmasked
 create_container_ok contains "masked_paths" if {
 	container_policy
 	count(required_masked_paths - object.keys(input.masked_paths)) == 0
+	count(masked_paths_beyond) == 0
+}
+
+create_container_why contains ["masked_paths", msg] if {
+	count(masked_paths_beyond) > 0
+	msg := sprintf("paths %s are masked, which no runtime default masks", [q(sort(masked_paths_beyond))])
 }
 
 create_container_why contains ["masked_paths", msg] if {
@@ -381,6 +395,12 @@ create_container_ok contains "readonly_paths" if proc_unmasked
 create_container_ok contains "readonly_paths" if {
 	container_policy
 	count(required_readonly_paths - object.keys(input.readonly_paths)) == 0
+	count(readonly_paths_beyond) == 0
+}
+
+create_container_why contains ["readonly_paths", msg] if {
+	count(readonly_paths_beyond) > 0
+	msg := sprintf("paths %s are read-only, which no runtime default makes read-only", [q(sort(readonly_paths_beyond))])
 }
 
 create_container_why contains ["readonly_paths", msg] if {

@@ -172,7 +172,8 @@ func (r *fuzzBytes) next() uint16 {
 // isolationView is what of a rewritten spec decides isolation, in a form
 // where equal means equal for runc: the effective environment, sets as
 // sorted lists, mounts with their flags as runc derives them. Host paths
-// of bind mounts (the agent replaces them with its own copies) and resource
+// of bind mounts (the agent replaces them with its own copies), the names
+// virtual file systems are mounted under, and resource
 // limits (the host sizes the VM anyway) are left out.
 func isolationView(s *specs.Spec) map[string]any {
 	p := s.Process
@@ -187,7 +188,9 @@ func isolationView(s *specs.Spec) map[string]any {
 	}
 	caps := map[string][]string{}
 	if c := p.Capabilities; c != nil {
-		for name, set := range map[string][]string{"b": c.Bounding, "e": c.Effective, "p": c.Permitted, "i": c.Inheritable, "a": c.Ambient} {
+		// Effective and permitted are compared apart (capsWithin): the
+		// policy lets the host hand out fewer, never more.
+		for name, set := range map[string][]string{"b": c.Bounding, "i": c.Inheritable, "a": c.Ambient} {
 			caps[name] = sortedSet(set)
 		}
 	}
@@ -237,6 +240,12 @@ func mountView(m specs.Mount) map[string]any {
 			rec[f[0]] = &v
 			continue
 		}
+		// Recursive or not and private or slave make no difference for
+		// the agent's own files and directories bound in: they carry no
+		// submounts and no mount events reach them.
+		if bind && slices.Contains([]string{"bind", "rbind", "private", "rprivate", "slave", "rslave"}, o) {
+			continue
+		}
 		rest = append(rest, o)
 	}
 	flags := map[string]bool{}
@@ -248,9 +257,9 @@ func mountView(m specs.Mount) map[string]any {
 	}
 	v := map[string]any{"dest": m.Destination, "bind": bind, "type": m.Type, "flags": flags, "other": sortedSet(rest),
 		"uidmap": m.UIDMappings, "gidmap": m.GIDMappings}
-	if !bind {
-		v["source"] = m.Source
-	}
+	// The source of a bind mount is a host path the agent replaces; that of
+	// a virtual file system (proc, tmpfs, ...) is only a name the kernel
+	// shows in /proc/mounts.
 	return v
 }
 
@@ -327,6 +336,15 @@ func FuzzDifferential(f *testing.F) {
 		got := rewrite(raw, dests)
 		if got == nil {
 			return // the agent refuses it
+		}
+		if bc, gc := baseSpec.Process.Capabilities, got.Process.Capabilities; gc != nil && bc != nil {
+			for _, pair := range [][2][]string{{gc.Effective, bc.Effective}, {gc.Permitted, bc.Permitted}} {
+				for _, c := range pair[0] {
+					if !slices.Contains(pair[1], c) {
+						t.Fatalf("%s/%s: the policy allows capability %s beyond the unmutated set %v: %s", tgt[0], tgt[1], c, pair[1], raw)
+					}
+				}
+			}
 		}
 		want, have := isolationView(baseSpec), isolationView(got)
 		if slices.Contains(baseSpec.Process.Capabilities.Bounding, "CAP_SYS_ADMIN") {
