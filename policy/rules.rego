@@ -510,6 +510,12 @@ create_container_ok contains "stdio" if {
 	flag_ok(input.stdio.stdin, container_policy.stdin)
 	flag_ok(input.stdio.terminal, container_policy.terminal)
 	flag_ok(input.process.terminal, container_policy.terminal)
+	input.stdio.terminal == input.process.terminal
+}
+
+create_container_why contains ["stdio", msg] if {
+	input.stdio.terminal != input.process.terminal
+	msg := sprintf("the process's terminal is %v, the stdio request's %v", [input.process.terminal, input.stdio.terminal])
 }
 
 create_container_why contains ["stdio", msg] if {

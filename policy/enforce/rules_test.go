@@ -525,7 +525,12 @@ func TestCreateContainerPolicyVariants(t *testing.T) {
 			c := d.Containers["web"]
 			c.Stdin, c.Terminal = true, true
 			d.Containers["web"] = c
-		}, stdio: &agentapi.Stdio{Stdin: true, Stdout: true, Terminal: true}},
+		}, mutate: func(s *specs.Spec) { s.Process.Terminal = true }, stdio: &agentapi.Stdio{Stdin: true, Stdout: true, Terminal: true}},
+		{name: "terminal in the stdio request only", data: func(d *policy.Data) {
+			c := d.Containers["web"]
+			c.Stdin, c.Terminal = true, true
+			d.Containers["web"] = c
+		}, stdio: &agentapi.Stdio{Stdin: true, Stdout: true, Terminal: true}, wantRule: "create_container.stdio"},
 		// The agent discards the output: containerd always opens the streams.
 		{name: "no logs", data: func(d *policy.Data) {
 			c := d.Containers["web"]

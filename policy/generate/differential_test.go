@@ -182,6 +182,13 @@ func isolationView(s *specs.Spec) map[string]any {
 		name, value, _ := strings.Cut(e, "=")
 		env[name] = value
 	}
+	// The service-link variables are the cluster's to set (pinned by
+	// pattern, each may be absent): left out.
+	for name := range env {
+		if strings.HasPrefix(name, "KUBERNETES_") {
+			delete(env, name)
+		}
+	}
 	rlimits := map[string][2]uint64{}
 	for _, r := range p.Rlimits {
 		rlimits[r.Type] = [2]uint64{r.Soft, r.Hard}
