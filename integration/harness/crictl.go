@@ -291,6 +291,59 @@ type ContainerConfig struct {
 	Resources *Resources
 	// HostPID: see PodConfig.HostPID; set both.
 	HostPID bool
+	// OOMScoreAdj is linux.resources.oom_score_adj, which the kubelet
+	// always sends (by QoS class: 1000 for BestEffort); nil sends none,
+	// as a bare crictl client does.
+	OOMScoreAdj *int64
+	// Security is the part of linux.security_context beyond the masked
+	// and read-only paths; nil sends none.
+	Security *SecurityContext
+}
+
+// SecurityContext is the part of CRI's LinuxContainerSecurityContext the
+// tests set, as the kubelet fills it from a pod's and a container's
+// securityContext.
+type SecurityContext struct {
+	RunAsUser, RunAsGroup *int64
+	SupplementalGroups    []int64
+	ReadOnlyRootfs        bool
+	NoNewPrivs            bool
+	// CapAdd and CapDrop are capability names as the YAML writes them
+	// (NET_BIND_SERVICE, ALL).
+	CapAdd, CapDrop []string
+	// Seccomp is the profile type: "RuntimeDefault", "Unconfined" (what
+	// the kubelet sends without a profile or seccompDefault), or "" to
+	// send none.
+	Seccomp string
+}
+
+// json renders the context into sc (CRI JSON, as crictl reads it).
+func (s *SecurityContext) json(sc map[string]any) error {
+	if s.RunAsUser != nil {
+		sc["run_as_user"] = map[string]any{"value": *s.RunAsUser}
+	}
+	if s.RunAsGroup != nil {
+		sc["run_as_group"] = map[string]any{"value": *s.RunAsGroup}
+	}
+	if len(s.SupplementalGroups) > 0 {
+		sc["supplemental_groups"] = s.SupplementalGroups
+	}
+	sc["readonly_rootfs"] = s.ReadOnlyRootfs
+	sc["no_new_privs"] = s.NoNewPrivs
+	if len(s.CapAdd) > 0 || len(s.CapDrop) > 0 {
+		sc["capabilities"] = map[string]any{"add_capabilities": s.CapAdd, "drop_capabilities": s.CapDrop}
+	}
+	// CRI's SecurityProfile.ProfileType: RuntimeDefault 0, Unconfined 1.
+	switch s.Seccomp {
+	case "":
+	case "RuntimeDefault":
+		sc["seccomp"] = map[string]any{"profile_type": 0}
+	case "Unconfined":
+		sc["seccomp"] = map[string]any{"profile_type": 1}
+	default:
+		return fmt.Errorf("seccomp profile %q is not emulated", s.Seccomp)
+	}
+	return nil
 }
 
 // kubelet's default masked and read-only paths (k8s.io/kubernetes
@@ -343,12 +396,24 @@ func (c *CRI) CreateContainer(ctx context.Context, pod *Pod, cc ContainerConfig)
 		"stdin_once":  cc.StdinOnce,
 	}
 	linux := map[string]any{}
-	if cc.Resources != nil {
-		linux["resources"] = cc.Resources.json()
+	if cc.Resources != nil || cc.OOMScoreAdj != nil {
+		res := map[string]any{}
+		if cc.Resources != nil {
+			res = cc.Resources.json()
+		}
+		if cc.OOMScoreAdj != nil {
+			res["oom_score_adj"] = *cc.OOMScoreAdj
+		}
+		linux["resources"] = res
 	}
 	// kubelet always sends the masked and read-only /proc and /sys paths
 	// (procMount Default); CRI leaves them empty when a client does not.
 	sc := map[string]any{"masked_paths": kubeletMaskedPaths, "readonly_paths": kubeletReadonlyPaths}
+	if cc.Security != nil {
+		if err := cc.Security.json(sc); err != nil {
+			return nil, fmt.Errorf("container %s: %w", cc.Name, err)
+		}
+	}
 	if cc.HostPID {
 		sc["namespace_options"] = map[string]any{"pid": namespaceModeNode}
 	}
