@@ -208,8 +208,11 @@ type Seccomp struct {
 	// default profile for the container's capabilities) or
 	// "Localhost/<path>" (a profile the settings supply).
 	Profile string `json:"profile"`
-	// SHA256 is SeccompHash of the filter.
-	SHA256 string `json:"sha256"`
+	// SHA256 holds the SeccompHash of each filter the profile may arrive
+	// as, each naming who renders it ("containerd-2", "containerd-1.7",
+	// or the profile for a Localhost one): a runtime's default profile
+	// differs between release lines. The spec's filter must be one of them.
+	SHA256 map[string]string `json:"sha256"`
 }
 
 // SeccompHash is the lower-case hex SHA-256 of a seccomp filter as

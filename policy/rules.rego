@@ -465,7 +465,9 @@ create_container_ok contains "seccomp" if {
 	input.seccomp == null
 }
 
-create_container_ok contains "seccomp" if input.seccomp.sha256 == container_policy.seccomp.sha256
+# One of the renderings the policy pins: a runtime's default profile
+# differs between its release lines.
+create_container_ok contains "seccomp" if container_policy.seccomp.sha256[input.seccomp.sha256]
 
 create_container_why contains ["seccomp", msg] if {
 	container_policy
@@ -481,8 +483,9 @@ create_container_why contains ["seccomp", msg] if {
 
 create_container_why contains ["seccomp", msg] if {
 	input.seccomp != null
-	input.seccomp.sha256 != container_policy.seccomp.sha256
-	msg := sprintf("the seccomp filter (default action %s, %d syscall rules, sha256 %s) is not the policy's %s profile (sha256 %s)", [input.seccomp.default_action, input.seccomp.syscall_rules, short_hash(input.seccomp.sha256), container_policy.seccomp.profile, short_hash(container_policy.seccomp.sha256)])
+	not container_policy.seccomp.sha256[input.seccomp.sha256]
+	pinned := [sprintf("%s %s", [by, short_hash(h)]) | some h, by in container_policy.seccomp.sha256]
+	msg := sprintf("the seccomp filter (default action %s, %d syscall rules, sha256 %s) is none of the policy's renderings of the %s profile (%s)", [input.seccomp.default_action, input.seccomp.syscall_rules, short_hash(input.seccomp.sha256), container_policy.seccomp.profile, concat(", ", sort(pinned))])
 }
 
 create_container_ok contains "rlimits" if rlimits_ok

@@ -501,6 +501,11 @@ func TestCreateContainerPolicyVariants(t *testing.T) {
 			d.Containers["web"] = c
 		}, mutate: func(s *specs.Spec) { s.Linux.MaskedPaths, s.Linux.ReadonlyPaths = nil, nil }},
 		{name: "seccomp pinned and present", data: withSeccomp, mutate: func(s *specs.Spec) { s.Linux.Seccomp = testSeccomp() }},
+		{name: "seccomp pinned, the other runtime's rendering", data: withSeccomp, mutate: func(s *specs.Spec) { s.Linux.Seccomp = testSeccompOlder() }},
+		{name: "seccomp pinned, the older rendering with one more syscall", data: withSeccomp, mutate: func(s *specs.Spec) {
+			s.Linux.Seccomp = testSeccompOlder()
+			s.Linux.Seccomp.Syscalls[0].Names = append(s.Linux.Seccomp.Syscalls[0].Names, "ptrace")
+		}, wantRule: "create_container.seccomp"},
 		{name: "seccomp pinned and dropped", data: withSeccomp, wantRule: "create_container.seccomp"},
 		{name: "seccomp pinned, allow-all filter", data: withSeccomp, mutate: func(s *specs.Spec) {
 			s.Linux.Seccomp = &specs.LinuxSeccomp{DefaultAction: specs.ActAllow}
@@ -576,14 +581,28 @@ func withUserNamespace(d *policy.Data) {
 	d.Containers["web"] = c
 }
 
+// withSeccomp pins two renderings of the profile, as a policy for nodes of
+// both containerd release lines does: testSeccomp and testSeccompOlder.
 func withSeccomp(d *policy.Data) {
 	c := d.Containers["web"]
-	sum, err := policy.SeccompHash(testSeccomp())
-	if err != nil {
-		panic(err)
+	sums := map[string]string{}
+	for by, f := range map[string]*specs.LinuxSeccomp{"containerd-2": testSeccomp(), "containerd-1.7": testSeccompOlder()} {
+		sum, err := policy.SeccompHash(f)
+		if err != nil {
+			panic(err)
+		}
+		sums[sum] = by
 	}
-	c.Seccomp = &policy.Seccomp{Profile: "RuntimeDefault", SHA256: sum}
+	c.Seccomp = &policy.Seccomp{Profile: "RuntimeDefault", SHA256: sums}
 	d.Containers["web"] = c
+}
+
+// testSeccompOlder is testSeccomp as an older runtime renders it: one
+// more syscall allowed.
+func testSeccompOlder() *specs.LinuxSeccomp {
+	f := testSeccomp()
+	f.Syscalls[0].Names = append(f.Syscalls[0].Names, "io_uring_setup")
+	return f
 }
 
 func TestCreateSandboxRules(t *testing.T) {

@@ -14,6 +14,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 
 	"github.com/contrast-vm/contrast/policy"
+	"github.com/contrast-vm/contrast/policy/generate/internal/seccomp17"
 )
 
 // defaultCapabilities is the capability set of containerd's default OCI spec
@@ -246,8 +247,8 @@ func (p *pod) seccomp(container string, sc *corev1.SecurityContext, privileged b
 	if privileged || profile == nil || profile.Type == corev1.SeccompProfileTypeUnconfined {
 		return nil, nil
 	}
-	var filter *specs.LinuxSeccomp
 	name := string(profile.Type)
+	filters := map[string]*specs.LinuxSeccomp{}
 	switch profile.Type {
 	case corev1.SeccompProfileTypeRuntimeDefault:
 		if runtime.GOOS != "linux" || runtime.GOARCH != "amd64" {
@@ -257,7 +258,17 @@ func (p *pod) seccomp(container string, sc *corev1.SecurityContext, privileged b
 		if err != nil {
 			return nil, err
 		}
-		filter = seccomp.DefaultProfile(&specs.Spec{Process: &specs.Process{Capabilities: &specs.LinuxCapabilities{Bounding: caps}}})
+		spec := &specs.Spec{Process: &specs.Process{Capabilities: &specs.LinuxCapabilities{Bounding: caps}}}
+		for _, r := range p.settings.runtimeDefaultSeccomp() {
+			switch r {
+			case RuntimeContainerd2:
+				filters[r] = seccomp.DefaultProfile(spec)
+			case RuntimeContainerd17:
+				filters[r] = seccomp17.DefaultProfile(spec)
+			default:
+				return nil, fmt.Errorf("container %s: seccompProfile RuntimeDefault: no rendering for runtime %q", container, r)
+			}
+		}
 	case corev1.SeccompProfileTypeLocalhost:
 		if profile.LocalhostProfile == nil {
 			return nil, fmt.Errorf("container %s: seccompProfile Localhost names no localhostProfile", container)
@@ -267,19 +278,27 @@ func (p *pod) seccomp(container string, sc *corev1.SecurityContext, privileged b
 		if !ok {
 			return nil, fmt.Errorf("container %s: seccompProfile Localhost %s: the settings supply no content for it (seccompProfiles), and the policy pins a filter only by its content", container, *profile.LocalhostProfile)
 		}
-		filter = &specs.LinuxSeccomp{}
+		filter := &specs.LinuxSeccomp{}
 		// containerd reads the file with encoding/json into the same type.
 		if err := json.Unmarshal(content, filter); err != nil {
 			return nil, fmt.Errorf("container %s: seccomp profile %s from the settings: %w", container, *profile.LocalhostProfile, err)
 		}
+		filters[name] = filter
 	default:
 		return nil, fmt.Errorf("container %s: seccompProfile type %q is not one Kubernetes knows", container, profile.Type)
 	}
-	sum, err := policy.SeccompHash(filter)
-	if err != nil {
-		return nil, fmt.Errorf("container %s: %w", container, err)
+	sums := make(map[string]string, len(filters))
+	for by, f := range filters {
+		sum, err := policy.SeccompHash(f)
+		if err != nil {
+			return nil, fmt.Errorf("container %s: %w", container, err)
+		}
+		if other, dup := sums[sum]; dup {
+			by = min(by, other) + "," + max(by, other)
+		}
+		sums[sum] = by
 	}
-	return &policy.Seccomp{Profile: name, SHA256: sum}, nil
+	return &policy.Seccomp{Profile: name, SHA256: sums}, nil
 }
 
 // criCapabilityOrder is the bounding set in the order CRI builds it
