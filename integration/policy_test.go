@@ -20,6 +20,7 @@ metadata:
   name: policy-demo
   namespace: default
 spec:
+  automountServiceAccountToken: false
   containers:
   - name: app
     image: ` + harness.BusyboxImage + `

@@ -161,13 +161,24 @@ create_container_why contains ["namespace", msg] if {
 create_container_ok contains "image" if image_ok
 
 # The generator pins the reference the YAML names, so the annotation is
-# usually the policy's exactly; normalizing is the slower fallback.
+# usually the policy's exactly (containerd 2); normalizing is the slower
+# fallback. containerd 1.7 names the image by the first name the node
+# stores it under instead, a tag: a tag of the policy's repository passes,
+# since the layers pin the content.
 image_ok := true if {
 	input.image == container_policy.image
-} else := same_image(input.image, container_policy.image)
+} else := true if {
+	same_image(input.image, container_policy.image)
+} else := same_repository_tag(input.image, container_policy.image)
+
+same_repository_tag(ref, pinned) if {
+	not contains(ref, "@")
+	[name, _] := split(pinned, "@")
+	with_registry(drop_tag(ref)) == with_registry(drop_tag(name))
+}
 
 create_container_why contains ["image", msg] if {
-	msg := sprintf("image %s is not the policy's %s", [q(input.image), q(container_policy.image)])
+	msg := sprintf("image %s is neither the policy's %s nor a tag of its repository", [q(input.image), q(container_policy.image)])
 }
 
 # The image's files reach the container only through dm-verity: the request's

@@ -27,6 +27,9 @@ type CRI struct {
 	ConfigDir string
 	// LogDir holds one CRI log directory per pod.
 	LogDir string
+	// KubeletRoot stands for the kubelet's --root-dir: the files the
+	// kubelet gives containers (ContainerConfig.KubeletFiles) live under it.
+	KubeletRoot string
 	// CgroupParent is the pods' cgroup parent (empty: CRI's default).
 	CgroupParent string
 	// Timeout is crictl's per-call timeout (default 2m: a pod VM boots
@@ -186,7 +189,10 @@ func (r *Resources) json() map[string]any {
 
 // Pod is a pod sandbox created through CRI.
 type Pod struct {
-	ID         string
+	ID string
+	// UID is the pod's metadata.uid, a UUID as the API server gives it;
+	// the kubelet's files for the pod lie under KubeletRoot/pods/<UID>.
+	UID        string
 	Config     PodConfig
 	ConfigFile string
 	LogDir     string
@@ -206,7 +212,12 @@ func (c *CRI) RunPod(ctx context.Context, pc PodConfig) (*Pod, error) {
 		return nil, err
 	}
 	uid := pc.Name + "-" + suffix
+	podUID, err := randomUUID()
+	if err != nil {
+		return nil, err
+	}
 	pod := &Pod{
+		UID:        podUID,
 		Config:     pc,
 		ConfigFile: filepath.Join(c.ConfigDir, "pod-"+uid+".json"),
 		LogDir:     filepath.Join(c.LogDir, uid),
@@ -216,7 +227,7 @@ func (c *CRI) RunPod(ctx context.Context, pc PodConfig) (*Pod, error) {
 		return nil, fmt.Errorf("create pod log directory: %w", err)
 	}
 	cfg := map[string]any{
-		"metadata":      map[string]any{"name": pc.Name, "namespace": pc.Namespace, "uid": uid, "attempt": 0},
+		"metadata":      map[string]any{"name": pc.Name, "namespace": pc.Namespace, "uid": podUID, "attempt": 0},
 		"hostname":      pc.Name,
 		"log_directory": pod.LogDir,
 		"annotations":   pc.Annotations,
@@ -298,6 +309,11 @@ type ContainerConfig struct {
 	// Security is the part of linux.security_context beyond the masked
 	// and read-only paths; nil sends none.
 	Security *SecurityContext
+	// KubeletFiles gives the container the files the kubelet mounts into
+	// every container of a pod in its own network: its /etc/hosts
+	// (KubeletRoot/pods/<uid>/etc-hosts) and a termination log
+	// (pods/<uid>/containers/<name>/<8 hex>) at /dev/termination-log.
+	KubeletFiles bool
 }
 
 // SecurityContext is the part of CRI's LinuxContainerSecurityContext the
@@ -395,6 +411,13 @@ func (c *CRI) CreateContainer(ctx context.Context, pod *Pod, cc ContainerConfig)
 		"stdin":       cc.Stdin,
 		"stdin_once":  cc.StdinOnce,
 	}
+	if cc.KubeletFiles {
+		mounts, err := c.kubeletFiles(pod, cc.Name)
+		if err != nil {
+			return nil, fmt.Errorf("container %s: %w", cc.Name, err)
+		}
+		cfg["mounts"] = mounts
+	}
 	linux := map[string]any{}
 	if cc.Resources != nil || cc.OOMScoreAdj != nil {
 		res := map[string]any{}
@@ -431,6 +454,42 @@ func (c *CRI) CreateContainer(ctx context.Context, pod *Pod, cc ContainerConfig)
 		return nil, fmt.Errorf("crictl create printed %q, want a container id", out)
 	}
 	return ctr, nil
+}
+
+// kubeletFiles writes the files the kubelet mounts into a container
+// (pkg/kubelet/kubelet_pods.go makeMounts: etc-hosts, and the termination
+// log the kubelet reads back after the container exits) and returns them
+// as CRI mounts.
+func (c *CRI) kubeletFiles(pod *Pod, container string) ([]map[string]any, error) {
+	if c.KubeletRoot == "" {
+		return nil, errors.New("kubelet files asked for, but the CRI has no KubeletRoot")
+	}
+	podDir := filepath.Join(c.KubeletRoot, "pods", pod.UID)
+	hostname := pod.Config.Name
+	hosts := filepath.Join(podDir, "etc-hosts")
+	hostsContent := "# Kubernetes-managed hosts file.\n127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
+	if hostname != "" {
+		hostsContent += "127.0.1.1\t" + hostname + "\n"
+	}
+	id, err := randomHex(4)
+	if err != nil {
+		return nil, err
+	}
+	termDir := filepath.Join(podDir, "containers", container)
+	term := filepath.Join(termDir, id)
+	if err := os.MkdirAll(termDir, 0o750); err != nil {
+		return nil, err
+	}
+	if err := os.WriteFile(hosts, []byte(hostsContent), 0o644); err != nil {
+		return nil, err
+	}
+	if err := os.WriteFile(term, nil, 0o666); err != nil {
+		return nil, err
+	}
+	return []map[string]any{
+		{"container_path": "/etc/hosts", "host_path": hosts},
+		{"container_path": "/dev/termination-log", "host_path": term},
+	}, nil
 }
 
 // StartContainer runs `crictl start`.
@@ -666,6 +725,18 @@ func writeJSON(path string, v any) error {
 		return fmt.Errorf("write %s: %w", path, err)
 	}
 	return nil
+}
+
+// randomUUID returns a random (version 4) UUID.
+func randomUUID() (string, error) {
+	b := make([]byte, 16)
+	if _, err := rand.Read(b); err != nil {
+		return "", err
+	}
+	b[6] = b[6]&0x0f | 0x40
+	b[8] = b[8]&0x3f | 0x80
+	h := hex.EncodeToString(b)
+	return h[:8] + "-" + h[8:12] + "-" + h[12:16] + "-" + h[16:20] + "-" + h[20:], nil
 }
 
 func randomHex(n int) (string, error) {

@@ -17,7 +17,8 @@ const bestEffortOOMScoreAdj = 1000
 // kubelet would send for it, for the fields the tests use: name, namespace,
 // annotations, and per container name, image, command, args, env with
 // values, workingDir, tty and stdin; the oom_score_adj of its QoS class
-// (BestEffort); from the pod's and the container's securityContext the
+// (BestEffort); the kubelet's /etc/hosts and termination log
+// (ContainerConfig.KubeletFiles); from the pod's and the container's securityContext the
 // user and group ids, supplemental groups, capabilities, seccomp profile
 // (RuntimeDefault or Unconfined), allowPrivilegeEscalation and
 // readOnlyRootFilesystem, merged as the kubelet merges them. Anything else
@@ -35,6 +36,11 @@ func PodFromYAML(doc []byte, handler string) (PodConfig, []ContainerConfig, erro
 	spec := pod.Spec
 	if len(spec.Volumes) > 0 || len(spec.InitContainers) > 0 || spec.HostPID || spec.HostNetwork {
 		return PodConfig{}, nil, fmt.Errorf("pod %s: volumes, init containers and host namespaces are not emulated", pod.Name)
+	}
+	// The service account token is a projected volume, a host directory,
+	// which the pod VM cannot bind.
+	if spec.AutomountServiceAccountToken == nil || *spec.AutomountServiceAccountToken {
+		return PodConfig{}, nil, fmt.Errorf("pod %s: the service account token volume is not emulated: set automountServiceAccountToken: false", pod.Name)
 	}
 	podSC := spec.SecurityContext
 	if podSC == nil {
@@ -59,7 +65,7 @@ func PodFromYAML(doc []byte, handler string) (PodConfig, []ContainerConfig, erro
 		cc := ContainerConfig{
 			Name: c.Name, Image: c.Image, Command: c.Command, Args: c.Args,
 			WorkingDir: c.WorkingDir, TTY: c.TTY, Stdin: c.Stdin, StdinOnce: c.StdinOnce,
-			OOMScoreAdj: &oom, Security: sec,
+			OOMScoreAdj: &oom, Security: sec, KubeletFiles: true,
 		}
 		for _, e := range c.Env {
 			if e.ValueFrom != nil {

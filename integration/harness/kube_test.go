@@ -10,7 +10,7 @@ import (
 // container's securityContext and the QoS oom_score_adj, and that fields
 // the harness does not emulate are refused rather than dropped.
 func TestPodFromYAMLSecurity(t *testing.T) {
-	const head = "apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec:\n"
+	const head = "apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec:\n  automountServiceAccountToken: false\n"
 	i64 := func(v int64) *int64 { return &v }
 	cases := []struct {
 		name, spec string

@@ -131,8 +131,19 @@ func TestCreateContainerRules(t *testing.T) {
 		{name: "changed image digest", container: "web", mutate: func(s *specs.Spec) {
 			s.Annotations[AnnotationImageName] = "docker.io/library/nginx@sha256:1111111111111111111111111111111111111111111111111111111111111111"
 		}, wantRule: "create_container.image", wantReason: []string{"sha256:1111", "sha256:0d17"}},
-		{name: "image by tag", container: "web", mutate: func(s *specs.Spec) {
-			s.Annotations[AnnotationImageName] = "docker.io/library/nginx:latest"
+		// containerd 1.7 names the image by the tag the node stores it
+		// under; the layers pin the content.
+		{name: "image by a tag of its repository (containerd 1.7)", container: "web", mutate: func(s *specs.Spec) {
+			s.Annotations[AnnotationImageName] = "nginx:latest"
+		}},
+		{name: "image by a tag of another repository", container: "web", mutate: func(s *specs.Spec) {
+			s.Annotations[AnnotationImageName] = "docker.io/library/nginx-evil:latest"
+		}, wantRule: "create_container.image", wantReason: []string{"nor a tag of its repository"}},
+		{name: "image by a tag on another registry", container: "web", mutate: func(s *specs.Spec) {
+			s.Annotations[AnnotationImageName] = "evil.io/library/nginx:1.27"
+		}, wantRule: "create_container.image"},
+		{name: "image by tag with another digest", container: "web", mutate: func(s *specs.Spec) {
+			s.Annotations[AnnotationImageName] = "nginx:1.27@sha256:1111111111111111111111111111111111111111111111111111111111111111"
 		}, wantRule: "create_container.image"},
 		{name: "image from another registry", container: "web", mutate: func(s *specs.Spec) {
 			s.Annotations[AnnotationImageName] = "evil.io/library/nginx@sha256:0d17b565c37bcbd895e9d92315a05c1c3c9a29f762b011a10c54a66cd53c9b31"

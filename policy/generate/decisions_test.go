@@ -925,7 +925,10 @@ func decisionCases() []decisionCase {
 
 		// CreateContainer tampered with.
 		{name: "changed image digest", pod: "web", do: create("nginx", annotation("io.kubernetes.cri.image-name", "nginx:1.27@"+digestOther)), want: "create_container.image"},
-		{name: "image by tag only", pod: "web", do: create("nginx", annotation("io.kubernetes.cri.image-name", "nginx:1.27")), want: "create_container.image"},
+		// containerd 1.7 names the image by the first name the node
+		// stores it under; the layers pin the content.
+		{name: "image by a tag of its repository (containerd 1.7)", pod: "web", do: create("nginx", annotation("io.kubernetes.cri.image-name", "nginx:1.27"))},
+		{name: "image by a tag of another repository", pod: "web", do: create("nginx", annotation("io.kubernetes.cri.image-name", "busybox:1.36")), want: "create_container.image"},
 		{name: "same digest from another registry", pod: "web", do: create("nginx", annotation("io.kubernetes.cri.image-name", "evil.example/library/nginx@"+digestNginx)), want: "create_container.image"},
 		{name: "sidecar runs the web image", pod: "web", do: create("shipper", annotation("io.kubernetes.cri.image-name", "nginx:1.27@"+digestNginx)), want: "create_container.image"},
 		{name: "sidecar runs the web image's layers", pod: "web", do: createWithLayers("shipper", func(p *testPod, r *agentapi.CreateContainerRequest) {
