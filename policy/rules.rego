@@ -1088,20 +1088,20 @@ oom_score_adj_msg := sprintf("oom_score_adj %s is outside the policy's %s", [q(i
 # virtual file systems or files the agent replaces with copies the host
 # sends (/etc/hosts and the like), so the source does not count.
 runtime_mounts := {
-	"/proc": {"proc": {"flags": {"nosuid", "noexec", "nodev"}, "data": set(), "ro": false}},
-	"/dev": {"tmpfs": {"flags": {"nosuid"}, "data": {"mode=755", "size=65536k"}, "ro": false}},
-	"/dev/pts": {"devpts": {"flags": {"nosuid", "noexec"}, "data": {"newinstance", "ptmxmode=0666", "mode=0620", "gid=5"}, "ro": false}},
-	"/dev/mqueue": {"mqueue": {"flags": {"nosuid", "noexec", "nodev"}, "data": set(), "ro": false}},
-	"/sys": {"sysfs": {"flags": {"nosuid", "noexec", "nodev"}, "data": set(), "ro": true}},
+	"/proc": {"proc": {"flags": {"nosuid", "noexec", "nodev"}, "data": {}, "ro": false}},
+	"/dev": {"tmpfs": {"flags": {"nosuid"}, "data": {"mode=755": true, "size=65536k": true}, "ro": false}},
+	"/dev/pts": {"devpts": {"flags": {"nosuid", "noexec"}, "data": {"newinstance": true, "ptmxmode=0666": true, "mode=0620": true, "gid=5": true}, "ro": false}},
+	"/dev/mqueue": {"mqueue": {"flags": {"nosuid", "noexec", "nodev"}, "data": {}, "ro": false}},
+	"/sys": {"sysfs": {"flags": {"nosuid", "noexec", "nodev"}, "data": {}, "ro": true}},
 	"/sys/fs/cgroup": {
-		"cgroup": {"flags": {"nosuid", "noexec", "nodev"}, "data": set(), "ro": true},
-		"cgroup2": {"flags": {"nosuid", "noexec", "nodev"}, "data": set(), "ro": true},
+		"cgroup": {"flags": {"nosuid", "noexec", "nodev"}, "data": {}, "ro": true},
+		"cgroup2": {"flags": {"nosuid", "noexec", "nodev"}, "data": {}, "ro": true},
 	},
 	# The sandbox's shm, which the agent replaces with a tmpfs of its own,
 	# or such a tmpfs.
 	"/dev/shm": {
 		"bind": runtime_file,
-		"tmpfs": {"flags": {"nosuid", "noexec", "nodev"}, "data": {"mode=1777", "size=65536k"}, "ro": false},
+		"tmpfs": {"flags": {"nosuid", "noexec", "nodev"}, "data": {"mode=1777": true, "size=65536k": true}, "ro": false},
 	},
 	"/etc/hosts": {"bind": runtime_file},
 	"/etc/hostname": {"bind": runtime_file},
@@ -1110,19 +1110,21 @@ runtime_mounts := {
 }
 
 # A file the agent replaces with the copy the host sends.
-runtime_file := {"flags": set(), "data": set(), "ro": false}
+runtime_file := {"flags": set(), "data": {}, "ro": false}
 
 # Propagation a mount may have: shared would carry mounts between the
 # container and the VM.
 quiet_propagation := {"", "private", "rprivate", "slave", "rslave"}
 
-mount_flags(m) := {f | some f in ["nosuid", "noexec", "nodev"]; m[f] == true}
-
+# Input gives a mount's flags (nosuid, noexec, nodev that hold) and its
+# file system data as sets (objects), so they compare without iterating.
 runtime_mount_ok(m) if {
 	r := runtime_mounts[m.destination][m.type]
-	count(r.flags - mount_flags(m)) == 0
-	{d | some d in m.data} == r.data
-	m.propagation in quiet_propagation
+	every f in r.flags {
+		m.flags[f]
+	}
+	m.data_set == r.data
+	quiet_propagation[m.propagation]
 	read_only_ok(m, r)
 }
 
@@ -1140,14 +1142,10 @@ mounts_unexplained := [m |
 	not policy_mount_ok(m)
 ]
 
-mount_destinations := [m.destination | some m in input.mounts]
-
-mounts_repeated := {d | some i, d in mount_destinations; some j, e in mount_destinations; i < j; d == e}
-
+# Input refuses a second mount at a destination.
 create_container_ok contains "mounts" if {
 	container_policy
 	count(mounts_unexplained) == 0
-	count(mounts_repeated) == 0
 	count(mounts_missing) == 0
 }
 
@@ -1157,16 +1155,11 @@ create_container_ok contains "mounts" if {
 # mounts, the kubelet every volume mount the policy names.
 required_runtime_mounts := {"/proc", "/dev", "/dev/pts", "/dev/mqueue", "/sys", "/sys/fs/cgroup", "/dev/shm", "/etc/hostname", "/etc/resolv.conf"}
 
-mounts_missing := (required_runtime_mounts | object.keys(container_policy.mounts)) - {m.destination | some m in input.mounts}
+mounts_missing := (required_runtime_mounts | object.keys(container_policy.mounts)) - object.keys(input.mount_destinations)
 
 create_container_why contains ["mounts", msg] if {
 	count(mounts_missing) > 0
 	msg := sprintf("mounts at %s are missing", [q(sort(mounts_missing))])
-}
-
-create_container_why contains ["mounts", msg] if {
-	some d in mounts_repeated
-	msg := sprintf("two mounts at %s", [q(d)])
 }
 
 policy_mount_ok(m) if {
@@ -1199,7 +1192,7 @@ mount_mismatch(pol, m) := msg if {
 mount_mismatch(pol, m) := msg if {
 	not pol.mounts[m.destination]
 	r := runtime_mounts[m.destination][m.type]
-	missing := r.flags - mount_flags(m)
+	missing := r.flags - object.keys(m.flags)
 	count(missing) > 0
 	msg := sprintf("mount at %s lacks %s, which runtime mounts have", [q(m.destination), q(sort(missing))])
 }
@@ -1207,9 +1200,8 @@ mount_mismatch(pol, m) := msg if {
 mount_mismatch(pol, m) := msg if {
 	not pol.mounts[m.destination]
 	r := runtime_mounts[m.destination][m.type]
-	opts := {d | some d in m.data}
-	opts != r.data
-	msg := sprintf("mount at %s has options %s, the runtime's are %s", [q(m.destination), q(sort(opts)), q(sort(r.data))])
+	m.data_set != r.data
+	msg := sprintf("mount at %s has options %s, the runtime's are %s", [q(m.destination), q(sort(object.keys(m.data_set))), q(sort(object.keys(r.data)))])
 }
 
 mount_mismatch(pol, m) := msg if {

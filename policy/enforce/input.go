@@ -48,7 +48,10 @@ const (
 //	CreateSandbox    sandbox_id, hostname
 //	CreateContainer  container_type, image, sandbox_name, sandbox_namespace (CRI annotations),
 //	                 annotations (all of them), process (below), read_only_root,
-//	                 mounts [{destination, type, source, read_only}],
+//	                 mounts [{destination, type, source, read_only, nosuid, nodev, noexec,
+//	                 flags (the set of those three that hold), propagation, data,
+//	                 data_set (data as a set)}], mount_destinations (a set; a
+//	                 destination given twice is refused),
 //	                 namespaces {type: path} (a key per namespace the container gets),
 //	                 masked_paths, readonly_paths (sets), devices [path],
 //	                 device_rules [{allow, type, major, minor, access}],
@@ -304,14 +307,25 @@ func containerInput(in map[string]any, raw []byte) error {
 	in["read_only_root"] = s.Root != nil && s.Root.Readonly
 
 	mounts := make([]any, 0, len(s.Mounts))
+	destinations := make(map[string]any, len(s.Mounts))
+	first := make(map[string]int, len(s.Mounts))
 	for i, m := range s.Mounts {
 		mi, err := mountInput(m)
 		if err != nil {
 			return fmt.Errorf("mounts[%d].%w", i, err)
 		}
+		// runc mounts over the earlier mount: what a rule judged at the
+		// destination would not be what the container sees. No runtime
+		// sends two.
+		if j, dup := first[m.Destination]; dup {
+			return fmt.Errorf("mounts[%d].destination: %q again (first mounts[%d]): two mounts at one destination", i, m.Destination, j)
+		}
+		first[m.Destination] = i
+		destinations[m.Destination] = true
 		mounts = append(mounts, mi)
 	}
 	in["mounts"] = mounts
+	in["mount_destinations"] = destinations
 
 	l := s.Linux
 	if l == nil {
@@ -588,6 +602,16 @@ func mountInput(m specs.Mount) (map[string]any, error) {
 		}
 		return runc && st.last
 	}
+	flagSet := make(map[string]any, 3)
+	for _, f := range []string{"nosuid", "nodev", "noexec"} {
+		if set(f) {
+			flagSet[f] = true
+		}
+	}
+	dataSet := make(map[string]any, len(data))
+	for _, d := range data {
+		dataSet[d.(string)] = true
+	}
 	return map[string]any{
 		"destination": m.Destination,
 		"type":        typ,
@@ -596,8 +620,10 @@ func mountInput(m specs.Mount) (map[string]any, error) {
 		"nosuid":      set("nosuid"),
 		"nodev":       set("nodev"),
 		"noexec":      set("noexec"),
+		"flags":       flagSet,
 		"propagation": propagation,
 		"data":        data,
+		"data_set":    dataSet,
 	}, nil
 }
 

@@ -85,8 +85,12 @@ func TestInputCreateContainer(t *testing.T) {
 	mounts := in["mounts"].([]any)
 	last := func(i int) map[string]any { return mounts[len(mounts)-i].(map[string]any) }
 	bindMount := func(dest string, ro, nosuid bool) map[string]any {
-		return map[string]any{"destination": dest, "type": "bind", "source": "/src", "read_only": ro, "nosuid": nosuid,
-			"nodev": false, "noexec": false, "propagation": "", "data": []any{}}
+		m := map[string]any{"destination": dest, "type": "bind", "source": "/src", "read_only": ro, "nosuid": nosuid,
+			"nodev": false, "noexec": false, "flags": map[string]any{}, "propagation": "", "data": []any{}, "data_set": map[string]any{}}
+		if nosuid {
+			m["flags"] = map[string]any{"nosuid": true}
+		}
+		return m
 	}
 	if got, want := last(3), bindMount("/data/y", false, false); !reflect.DeepEqual(got, want) {
 		t.Errorf("mount %v, want %v", got, want)
@@ -242,6 +246,8 @@ func TestInputRejects(t *testing.T) {
 			s.Mounts[7].UIDMappings = []specs.LinuxIDMapping{{ContainerID: 0, HostID: 0, Size: 1}}
 		})), "mounts[].uidMappings: must be absent"},
 		{"idmap option", policy.CreateContainer, create(specWith(func(s *specs.Spec) { s.Mounts[7].Options = append(s.Mounts[7].Options, "idmap") })), `"idmap" is not allowed`},
+		{"a second mount at a destination", policy.CreateContainer, create(specWith(func(s *specs.Spec) { s.Mounts = append(s.Mounts, s.Mounts[0]) })),
+			`destination: "/proc" again (first mounts[0])`},
 		{"data on a bind mount", policy.CreateContainer, create(specWith(func(s *specs.Spec) { s.Mounts[7].Options = append(s.Mounts[7].Options, "size=1k") })), "a bind mount takes no file system data"},
 		{"unknown JSON field", policy.CreateContainer, create([]byte(`{"process":{"args":["sh"]},"linux":{"landlock":{}}}`)), `unknown field "landlock"`},
 		{"umask", policy.CreateContainer, create(specWith(func(s *specs.Spec) { s.Process.User.Umask = new(uint32) })), "process.user.umask: must be absent"},

@@ -267,9 +267,6 @@ func TestCreateContainerRules(t *testing.T) {
 			i := slices.IndexFunc(s.Mounts, func(m specs.Mount) bool { return m.Destination == "/var/cache/nginx" })
 			s.Mounts[i].Options = append(s.Mounts[i].Options, "rshared")
 		}, wantRule: "create_container.mounts", wantReason: []string{"propagation"}},
-		{name: "a second mount at the same destination", container: "web", mutate: func(s *specs.Spec) {
-			s.Mounts = append(s.Mounts, s.Mounts[0])
-		}, wantRule: "create_container.mounts", wantReason: []string{"two mounts"}},
 		{name: "no mounts at all", container: "web", mutate: func(s *specs.Spec) { s.Mounts = nil }, wantRule: "create_container.mounts", wantReason: []string{"missing"}},
 		{name: "read-only volume dropped", container: "web", mutate: func(s *specs.Spec) {
 			s.Mounts = slices.DeleteFunc(s.Mounts, func(m specs.Mount) bool { return m.Destination == "/etc/nginx/conf.d" })
