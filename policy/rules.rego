@@ -1081,66 +1081,32 @@ oom_score_adj_msg := sprintf("oom_score_adj %s is outside the policy's %s", [q(i
 
 # ---------------------------------------------------------------- mounts
 
-# The mounts containerd's CRI plugin adds itself, by destination: their
-# types, the flags runc must set (input derives them as runc does), their
-# file system data exactly as containerd writes it, and whether an
-# unprivileged container must get them read-only. Their sources are
-# virtual file systems or files the agent replaces with copies the host
-# sends (/etc/hosts and the like), so the source does not count.
-runtime_mounts := {
-	"/proc": {"proc": {"flags": {"nosuid", "noexec", "nodev"}, "data": {}, "ro": false}},
-	"/dev": {"tmpfs": {"flags": {"nosuid"}, "data": {"mode=755": true, "size=65536k": true}, "ro": false}},
-	"/dev/pts": {"devpts": {"flags": {"nosuid", "noexec"}, "data": {"newinstance": true, "ptmxmode=0666": true, "mode=0620": true, "gid=5": true}, "ro": false}},
-	"/dev/mqueue": {"mqueue": {"flags": {"nosuid", "noexec", "nodev"}, "data": {}, "ro": false}},
-	"/sys": {"sysfs": {"flags": {"nosuid", "noexec", "nodev"}, "data": {}, "ro": true}},
-	"/sys/fs/cgroup": {
-		"cgroup": {"flags": {"nosuid", "noexec", "nodev"}, "data": {}, "ro": true},
-		"cgroup2": {"flags": {"nosuid", "noexec", "nodev"}, "data": {}, "ro": true},
-	},
-	# The sandbox's shm, which the agent replaces with a tmpfs of its own,
-	# or such a tmpfs.
-	"/dev/shm": {
-		"bind": runtime_file,
-		"tmpfs": {"flags": {"nosuid", "noexec", "nodev"}, "data": {"mode=1777": true, "size=65536k": true}, "ro": false},
-	},
-	"/etc/hosts": {"bind": runtime_file},
-	"/etc/hostname": {"bind": runtime_file},
-	"/etc/resolv.conf": {"bind": runtime_file},
-	"/dev/termination-log": {"bind": runtime_file},
-}
-
-# A file the agent replaces with the copy the host sends.
-runtime_file := {"flags": set(), "data": {}, "ro": false}
+# containerd's CRI plugin adds mounts to every container itself (/proc,
+# /dev, /sys, /dev/shm, /etc/hostname, ...). Input judges them against its
+# table of those mounts, which does not depend on the policy
+# (enforce.runtimeMounts: type, flags, file system data, propagation, and
+# whether an unprivileged container needs them read-only); it hands the
+# rules only the mounts beyond that table, each with its "runtime" verdict
+# ("writable": a runtime mount that must be read-only unless privileged;
+# "other") and the reason, which the rules name when the policy does not
+# allow the mount either.
 
 # Propagation a mount may have: shared would carry mounts between the
 # container and the VM.
 quiet_propagation := {"", "private", "rprivate", "slave", "rslave"}
 
-# Input gives a mount's flags (nosuid, noexec, nodev that hold) and its
-# file system data as sets (objects), so they compare without iterating.
-runtime_mount_ok(m) if {
-	r := runtime_mounts[m.destination][m.type]
-	every f in r.flags {
-		m.flags[f]
-	}
-	m.data_set == r.data
-	quiet_propagation[m.propagation]
-	read_only_ok(m, r)
-}
-
-read_only_ok(m, _) if m.read_only == true
-
-read_only_ok(_, r) if r.ro == false
-
-read_only_ok(_, _) if container_policy.privileged == true
-
 # The request's mounts that are neither an acceptable runtime mount nor
 # one the policy allows.
 mounts_unexplained := [m |
-	some m in input.mounts
-	not runtime_mount_ok(m)
+	some m in input.mounts_beyond_runtime
+	not privileged_runtime_mount(m)
 	not policy_mount_ok(m)
 ]
+
+privileged_runtime_mount(m) if {
+	m.runtime == "writable"
+	container_policy.privileged == true
+}
 
 # Input refuses a second mount at a destination.
 create_container_ok contains "mounts" if {
@@ -1176,63 +1142,22 @@ not_true(false) := true
 
 not_true(true) := false
 
-mount_mismatch(pol, m) := msg if {
-	not pol.mounts[m.destination]
-	not runtime_mounts[m.destination]
-	msg := sprintf("mount of %s at %s (%s) is neither a runtime default nor in the policy", [q(m.source), q(m.destination), m.type])
-}
+mount_mismatch(pol, m) := m.runtime_why if not pol.mounts[m.destination]
 
-mount_mismatch(pol, m) := msg if {
-	not pol.mounts[m.destination]
-	types := object.keys(runtime_mounts[m.destination])
-	not types[m.type]
-	msg := sprintf("mount at %s has type %s, the runtime's is %s", [q(m.destination), q(m.type), q(sort(types))])
-}
+mount_mismatch(pol, m) := policy_mount_why(pol.mounts[m.destination], m)
 
-mount_mismatch(pol, m) := msg if {
-	not pol.mounts[m.destination]
-	r := runtime_mounts[m.destination][m.type]
-	missing := r.flags - object.keys(m.flags)
-	count(missing) > 0
-	msg := sprintf("mount at %s lacks %s, which runtime mounts have", [q(m.destination), q(sort(missing))])
-}
-
-mount_mismatch(pol, m) := msg if {
-	not pol.mounts[m.destination]
-	r := runtime_mounts[m.destination][m.type]
-	m.data_set != r.data
-	msg := sprintf("mount at %s has options %s, the runtime's are %s", [q(m.destination), q(sort(object.keys(m.data_set))), q(sort(object.keys(r.data)))])
-}
-
-mount_mismatch(pol, m) := msg if {
-	not m.propagation in quiet_propagation
-	msg := sprintf("mount at %s has propagation %s", [q(m.destination), q(m.propagation)])
-}
-
-mount_mismatch(pol, m) := msg if {
-	not pol.mounts[m.destination]
-	r := runtime_mounts[m.destination][m.type]
-	not read_only_ok(m, r)
-	msg := sprintf("mount at %s is writable; it must be read-only in an unprivileged container", [q(m.destination)])
-}
-
-mount_mismatch(pol, m) := msg if {
-	allowed := pol.mounts[m.destination]
+# Why a mount at a destination the policy names is not the policy's: the
+# first difference.
+policy_mount_why(allowed, m) := msg if {
 	m.type != allowed.type
 	msg := sprintf("mount at %s has type %s, the policy's is %s", [q(m.destination), q(m.type), q(allowed.type)])
-}
-
-mount_mismatch(pol, m) := msg if {
-	allowed := pol.mounts[m.destination]
-	m.type == allowed.type
+} else := msg if {
 	not matches(allowed.source_pattern, m.source)
 	msg := sprintf("mount at %s has source %s, which does not match the policy's %s", [q(m.destination), q(m.source), q(allowed.source_pattern)])
-}
-
-mount_mismatch(pol, m) := msg if {
-	allowed := pol.mounts[m.destination]
-	m.type == allowed.type
-	matches(allowed.source_pattern, m.source)
+} else := msg if {
 	not flag_ok(not_true(m.read_only), not_true(allowed.read_only))
 	msg := sprintf("mount at %s is writable, the policy has it read-only", [q(m.destination)])
+} else := msg if {
+	not m.propagation in quiet_propagation
+	msg := sprintf("mount at %s has propagation %s", [q(m.destination), q(m.propagation)])
 }

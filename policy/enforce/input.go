@@ -50,8 +50,10 @@ const (
 //	                 annotations (all of them), process (below), read_only_root,
 //	                 mounts [{destination, type, source, read_only, nosuid, nodev, noexec,
 //	                 flags (the set of those three that hold), propagation, data,
-//	                 data_set (data as a set)}], mount_destinations (a set; a
-//	                 destination given twice is refused),
+//	                 data_set (data as a set), runtime, runtime_why}],
+//	                 mount_destinations (a set; a destination given twice is
+//	                 refused), mounts_beyond_runtime (the mounts whose runtime
+//	                 is not "ok": see judgeRuntimeMount),
 //	                 namespaces {type: path} (a key per namespace the container gets),
 //	                 masked_paths, readonly_paths (sets), devices [path],
 //	                 device_rules [{allow, type, major, minor, access}],
@@ -309,6 +311,7 @@ func containerInput(in map[string]any, raw []byte) error {
 	mounts := make([]any, 0, len(s.Mounts))
 	destinations := make(map[string]any, len(s.Mounts))
 	first := make(map[string]int, len(s.Mounts))
+	beyond := []any{}
 	for i, m := range s.Mounts {
 		mi, err := mountInput(m)
 		if err != nil {
@@ -322,10 +325,15 @@ func containerInput(in map[string]any, raw []byte) error {
 		}
 		first[m.Destination] = i
 		destinations[m.Destination] = true
+		mi["runtime"], mi["runtime_why"] = judgeRuntimeMount(mi)
+		if mi["runtime"] != runtimeOK {
+			beyond = append(beyond, mi)
+		}
 		mounts = append(mounts, mi)
 	}
 	in["mounts"] = mounts
 	in["mount_destinations"] = destinations
+	in["mounts_beyond_runtime"] = beyond
 
 	l := s.Linux
 	if l == nil {

@@ -90,6 +90,8 @@ func TestInputCreateContainer(t *testing.T) {
 		if nosuid {
 			m["flags"] = map[string]any{"nosuid": true}
 		}
+		m["runtime"] = "other"
+		m["runtime_why"] = `mount of "/src" at "` + dest + `" (bind) is neither a runtime default nor in the policy`
 		return m
 	}
 	if got, want := last(3), bindMount("/data/y", false, false); !reflect.DeepEqual(got, want) {
