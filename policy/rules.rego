@@ -188,7 +188,7 @@ create_container_why contains ["image", msg] if {
 create_container_ok contains "layers" if {
 	not input.unverified_rootfs
 	pinned_layers
-	[l.root_hash | some l in input.layers] == container_policy.layers
+	input.layer_root_hashes == container_policy.layers
 }
 
 # pinned_layers holds when the entry pins at least one layer; a missing or
@@ -253,8 +253,9 @@ create_container_ok contains "capabilities" if container_policy.privileged == tr
 create_container_ok contains "capabilities" if {
 	container_policy.privileged == false
 	object.keys(input.process.capabilities.bounding) == policy_caps
-	count(process_caps_beyond_bounding) == 0
-	count(process_caps_inherited) == 0
+	count(input.process.capabilities_beyond_bounding) == 0
+	count(input.process.capabilities.inheritable) == 0
+	count(input.process.capabilities.ambient) == 0
 }
 
 create_container_why contains ["capabilities", msg] if msg := caps_mismatch
@@ -428,15 +429,15 @@ create_container_ok contains "devices" if container_policy.privileged == true
 create_container_ok contains "devices" if {
 	container_policy.privileged == false
 	count(input.devices) == 0
-	input.device_rules == [deny_all_devices]
+	input.device_rules == deny_all_device_rules
 }
 
-deny_all_devices := {"allow": false, "type": "", "access": "rwm", "major": null, "minor": null}
+deny_all_device_rules := [{"allow": false, "type": "", "access": "rwm", "major": null, "minor": null}]
 
 create_container_why contains ["devices", msg] if {
 	container_policy.privileged == false
-	input.device_rules != [deny_all_devices]
-	msg := sprintf("device cgroup rules %s are not containerd's %s", [q(input.device_rules), q([deny_all_devices])])
+	input.device_rules != deny_all_device_rules
+	msg := sprintf("device cgroup rules %s are not containerd's %s", [q(input.device_rules), q(deny_all_device_rules)])
 }
 
 create_container_why contains ["devices", msg] if {
@@ -1017,11 +1018,9 @@ policy_caps := {c | some c in container_policy.capabilities} if container_policy
 
 # [set name, capabilities] for each of the process's sets but bounding that
 # holds capabilities outside its bounding set or the policy's.
-process_caps_beyond_bounding := [[name, sort(extra)] |
-	some name in ["effective", "permitted", "inheritable", "ambient"]
-	extra := object.keys(input.process.capabilities[name]) - policy_caps
-	count(extra) > 0
-]
+# [set name, capabilities] for each of the process's sets but bounding
+# that holds capabilities outside its bounding set (Input finds them).
+process_caps_beyond_bounding := input.process.capabilities_beyond_bounding
 
 # CRI sends no inheritable or ambient capabilities: ambient ones would give a
 # non-root process capabilities across execve that the container's own

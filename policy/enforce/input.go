@@ -60,6 +60,7 @@ const (
 //	                 sysctls {name: value}, seccomp {default_action} ("" without a filter),
 //	                 stdio {stdin, stdout, stderr, terminal},
 //	                 layers [{digest, root_hash}] (the image's layers, lowest first),
+//	                 layer_root_hashes (their root hashes, in that order),
 //	                 unverified_rootfs (the host offered a rootfs and no layers)
 //	ExecProcess      process, stdio
 //	SignalProcess    signal, all
@@ -72,6 +73,8 @@ const (
 //
 // where process is {args, env, cwd, user {uid, gid, additional_gids},
 // capabilities {bounding, effective, permitted, inheritable, ambient},
+// capabilities_beyond_bounding [[set, [CAP_...]]] (the capabilities of
+// each other set outside the bounding set, sorted),
 // no_new_privileges, terminal}. A set is an object whose keys are the
 // members (values true): env is the set of NAME=VALUE entries, each
 // capability set one of CAP_ names, so rules index them and compare them
@@ -133,6 +136,11 @@ func Input(kind policy.Kind, req proto.Message, containerName func(id string) (s
 			return nil, fmt.Errorf("%s %s: %w", kind, r.GetContainerId(), err)
 		}
 		in["layers"] = layers
+		hashes := make([]any, len(layers))
+		for i, l := range layers {
+			hashes[i] = l.(map[string]any)["root_hash"]
+		}
+		in["layer_root_hashes"] = hashes
 		in["unverified_rootfs"] = r.GetRootfs() != nil && len(layers) == 0
 	case policy.ExecProcess:
 		r, ok := req.(*agentapi.ExecProcessRequest)
@@ -469,6 +477,29 @@ func processInput(p *specs.Process) (map[string]any, error) {
 		"inheritable": setOf(c.Inheritable),
 		"ambient":     setOf(c.Ambient),
 	}
+	// [set, [capabilities]] for each set but bounding that holds
+	// capabilities outside the bounding set: whatever the policy, the
+	// bounding set must hold every capability a process has.
+	beyondBounding := []any{}
+	for _, set := range []struct {
+		name string
+		caps []string
+	}{{"effective", c.Effective}, {"permitted", c.Permitted}, {"inheritable", c.Inheritable}, {"ambient", c.Ambient}} {
+		var extra []string
+		for _, x := range set.caps {
+			if !slices.Contains(c.Bounding, x) && !slices.Contains(extra, x) {
+				extra = append(extra, x)
+			}
+		}
+		if len(extra) > 0 {
+			slices.Sort(extra)
+			list := make([]any, len(extra))
+			for i, x := range extra {
+				list[i] = x
+			}
+			beyondBounding = append(beyondBounding, []any{set.name, list})
+		}
+	}
 	// runc sets the limits in order: the last of a type holds.
 	rlimits := make(map[string]any, len(p.Rlimits))
 	for _, r := range p.Rlimits {
@@ -487,11 +518,12 @@ func processInput(p *specs.Process) (map[string]any, error) {
 			"gid":             int64(p.User.GID),
 			"additional_gids": gids,
 		},
-		"capabilities":      caps,
-		"no_new_privileges": p.NoNewPrivileges,
-		"terminal":          p.Terminal,
-		"rlimits":           rlimits,
-		"oom_score_adj":     oom,
+		"capabilities":                 caps,
+		"capabilities_beyond_bounding": beyondBounding,
+		"no_new_privileges":            p.NoNewPrivileges,
+		"terminal":                     p.Terminal,
+		"rlimits":                      rlimits,
+		"oom_score_adj":                oom,
 	}, nil
 }
 

@@ -201,6 +201,12 @@ func TestCreateContainerRules(t *testing.T) {
 		{name: "fewer effective capabilities", container: "web", mutate: func(s *specs.Spec) {
 			s.Process.Capabilities.Effective = nil
 		}},
+		{name: "effective capability beyond the bounding set", container: "api", mutate: func(s *specs.Spec) {
+			s.Process.Capabilities.Effective = append(s.Process.Capabilities.Effective, "CAP_SYS_ADMIN")
+		}, wantRule: "create_container.capabilities", wantReason: []string{`effective capabilities ["CAP_SYS_ADMIN"]`}},
+		{name: "permitted capability beyond the bounding set", container: "api", mutate: func(s *specs.Spec) {
+			s.Process.Capabilities.Permitted = append(s.Process.Capabilities.Permitted, "CAP_NET_RAW", "CAP_BPF")
+		}, wantRule: "create_container.capabilities", wantReason: []string{`permitted capabilities ["CAP_BPF","CAP_NET_RAW"]`}},
 		{name: "inheritable capability", container: "web", mutate: func(s *specs.Spec) {
 			s.Process.Capabilities.Inheritable = []string{"CAP_KILL"}
 		}, wantRule: "create_container.capabilities", wantReason: []string{"inheritable"}},
