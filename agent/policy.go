@@ -81,6 +81,14 @@ func (g *policyGate) discardOutput(id string) bool {
 	return p == nil || p.gate.DiscardOutput(id)
 }
 
+// exited tells the installed policy's gate that the init process of
+// container id exited with status (see enforce.Gate.Exited).
+func (g *policyGate) exited(id string, status int) {
+	if p := g.installed.Load(); p != nil {
+		p.gate.Exited(id, status)
+	}
+}
+
 // done tells the installed policy's gate how an allowed request ended (see
 // enforce.Gate.Done).
 func (g *policyGate) done(method string, req any, err error) {

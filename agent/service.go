@@ -379,7 +379,11 @@ func (s *Service) create(ctx context.Context, c *container, req *api.CreateConta
 		log.G(ctx).WithError(err).Warnf("container %s: OOM kills will not be reported", c.id)
 	}
 	p := newProcess(c.id, "", proc.Pid)
-	p.onExit = oom.check
+	p.onExit = func() {
+		oom.check()
+		// The policy keeps init containers in order by which completed.
+		s.policy.exited(c.id, int(p.result().Code()))
+	}
 	pio.start(context.WithoutCancel(ctx), s.hub, s.cfg.StdioTimeout, p, proc.Exit, s.policy.discardOutput(c.id))
 	c.mu.Lock()
 	c.oom = oom

@@ -137,6 +137,19 @@ type Pod struct {
 	// Sysctls are the pod's sysctls (securityContext.sysctls): a container
 	// spec may set only these, each to exactly this value.
 	Sysctls map[string]string `json:"sysctls,omitempty"`
+	// InitContainers are the pod's init containers in the YAML's order,
+	// which the kubelet runs one after another, each to completion (exit
+	// 0) before the next, and all before the app containers; a sidecar
+	// (restartPolicy: Always) need only have been created. An init
+	// container other than a sidecar is not created again once an app
+	// container has been.
+	InitContainers []InitContainer `json:"init_containers,omitempty"`
+}
+
+// InitContainer is one init container of the pod.
+type InitContainer struct {
+	Name    string `json:"name"`
+	Sidecar bool   `json:"sidecar"`
 }
 
 // Container is what the policy allows for one container of the pod.

@@ -127,7 +127,7 @@ create_container_checks := [
 	"type", "name", "namespace", "image", "layers", "args", "env", "env_required", "cwd", "user",
 	"capabilities", "no_new_privileges", "read_only_root", "mounts", "namespaces", "id_mappings",
 	"masked_paths", "readonly_paths", "devices", "sysctls", "seccomp", "rlimits", "oom_score_adj",
-	"rootfs_propagation", "stdio",
+	"rootfs_propagation", "stdio", "init_order",
 ]
 
 create_container_ok contains "type" if input.container_type == "container"
@@ -540,6 +540,76 @@ create_container_why contains ["stdio", msg] if {
 		[input.process.terminal, container_policy.terminal, "terminal requested in the process, the policy allows none"],
 	]
 	not flag_ok(requested, allowed)
+}
+
+# Init containers run one after another in the YAML's order, each to
+# completion, and all before the app containers (a sidecar, restartPolicy
+# Always, need only have been created); once an app container has been
+# created, an init container that is not a sidecar is not created again.
+# The gate gives the pod's progress as input.pod_state {created,
+# completed}: sets of container names.
+init_containers := object.get(pd.pod, "init_containers", [])
+
+init_index := {c.name: i | some i, c in init_containers}
+
+init_done(c) if input.pod_state.completed[c.name]
+
+init_done(c) if {
+	c.sidecar
+	input.pod_state.created[c.name]
+}
+
+inits_before(i) := array.slice(init_containers, 0, i)
+
+app_created if {
+	some name, _ in input.pod_state.created
+	not init_index[name]
+}
+
+create_container_ok contains "init_order" if {
+	count(init_containers) == 0
+}
+
+create_container_ok contains "init_order" if {
+	container_policy
+	not init_index[input.container_name]
+	every c in init_containers {
+		init_done(c)
+	}
+}
+
+create_container_ok contains "init_order" if {
+	i := init_index[input.container_name]
+	not app_created_blocks(init_containers[i])
+	every c in inits_before(i) {
+		init_done(c)
+	}
+}
+
+app_created_blocks(c) if {
+	not c.sidecar
+	app_created
+}
+
+create_container_why contains ["init_order", msg] if {
+	container_policy
+	not init_index[input.container_name]
+	pending := [c.name | some c in init_containers; not init_done(c)]
+	count(pending) > 0
+	msg := sprintf("app container %s before the init containers %s completed", [q(input.container_name), q(pending)])
+}
+
+create_container_why contains ["init_order", msg] if {
+	i := init_index[input.container_name]
+	pending := [c.name | some c in inits_before(i); not init_done(c)]
+	count(pending) > 0
+	msg := sprintf("init container %s before the init containers %s completed", [q(input.container_name), q(pending)])
+}
+
+create_container_why contains ["init_order", msg] if {
+	i := init_index[input.container_name]
+	app_created_blocks(init_containers[i])
+	msg := sprintf("init container %s after the pod's app containers were created", [q(input.container_name)])
 }
 
 # ---------------------------------------------------------------- ExecProcess

@@ -284,6 +284,10 @@ func (g *generator) workload(ctx context.Context, n int, h header, body []byte, 
 		Requests:   maps.Clone(g.opts.Settings.Requests),
 		Network:    g.opts.Settings.Network.data(),
 	}
+	for _, c := range spec.InitContainers {
+		sidecar := c.RestartPolicy != nil && *c.RestartPolicy == corev1.ContainerRestartPolicyAlways
+		data.Pod.InitContainers = append(data.Pod.InitContainers, policy.InitContainer{Name: c.Name, Sidecar: sidecar})
+	}
 	if sc := spec.SecurityContext; sc != nil && len(sc.Sysctls) > 0 {
 		data.Pod.Sysctls = map[string]string{}
 		for _, s := range sc.Sysctls {
