@@ -373,3 +373,114 @@ func FuzzDifferential(f *testing.F) {
 		}
 	})
 }
+
+// execFuzzTargets are the execs the fuzzer starts from: pod, container and
+// a command line the policy lets the host exec there (a probe's, a
+// lifecycle hook's, or one the settings add).
+var execFuzzTargets = []struct {
+	pod, container string
+	args           []string
+	tty            bool
+}{
+	{"web", "nginx", []string{"cat", "/tmp/healthy"}, false},
+	{"web", "nginx", []string{"/usr/sbin/nginx", "-s", "quit"}, false},
+	{"debug", "shell", []string{"sh"}, true},
+}
+
+// processView is what of an exec'd process (after the agent's rewrite)
+// decides isolation, as isolationView has it for a container; args apart.
+func processView(p *specs.Process) map[string]any {
+	s := &specs.Spec{Process: p, Root: &specs.Root{}, Linux: &specs.Linux{}}
+	v := isolationView(s)
+	for k := range v {
+		switch k {
+		case "args", "env", "cwd", "uid", "gid", "gids", "umask", "username", "caps", "rlimits", "oom", "scheduler",
+			"ioprio", "affinity", "apparmor", "selinux", "commandLine", "terminal":
+		default:
+			delete(v, k)
+		}
+	}
+	delete(v, "args")
+	return v
+}
+
+// FuzzDifferentialExec mutates the ExecProcess requests CRI sends for the
+// allowed execs of the test pods, after the container's own create. When
+// the policy allows a mutated request and the agent accepts its process,
+// the process must be the unmutated one but for its command line (one the
+// policy lists), no_new_privileges (which an exec may turn on) and fewer
+// effective or permitted capabilities.
+func FuzzDifferentialExec(f *testing.F) {
+	for i := range execFuzzTargets {
+		f.Add(uint8(i), []byte{})
+		f.Add(uint8(i), []byte{1, 0, 3, 0, 7, 0, 2, 0, 9, 0})
+	}
+	f.Fuzz(func(t *testing.T, target uint8, b []byte) {
+		tgt := execFuzzTargets[int(target)%len(execFuzzTargets)]
+		p := fuzzPod(t, tgt.pod)
+		ctx := context.Background()
+		created := func() *enforce.Gate {
+			g := enforce.NewGate(p.gate.Engine())
+			kind, req := create(tgt.container)(p)
+			if err := g.Authorize(ctx, enforce.ServicePrefix+string(kind), req); err != nil {
+				t.Fatalf("the container's create is denied: %v", err)
+			}
+			g.Done(enforce.ServicePrefix+string(kind), req, nil)
+			return g
+		}
+		_, base := exec(tgt.container, tgt.args, false, tgt.tty)(p)
+		baseReq := base.(*agentapi.ExecProcessRequest)
+		if err := created().Authorize(ctx, enforce.ServicePrefix+string(policy.ExecProcess), baseReq); err != nil {
+			t.Fatalf("the unmutated exec is denied: %v", err)
+		}
+		baseProc, _, err := guestspec.RewriteProcess(baseReq.Process)
+		if err != nil {
+			t.Fatalf("the agent refuses the unmutated process: %v", err)
+		}
+
+		var tree any
+		if err := json.Unmarshal(baseReq.Process, &tree); err != nil {
+			t.Fatal(err)
+		}
+		r := &fuzzBytes{b: b}
+		changed := false
+		for range 1 + int(r.next()%2) {
+			var ok bool
+			tree, ok = mutate(tree, r)
+			changed = changed || ok
+		}
+		raw, err := json.Marshal(tree)
+		if err != nil || !changed {
+			return
+		}
+		req := &agentapi.ExecProcessRequest{ContainerId: baseReq.ContainerId, ExecId: baseReq.ExecId, Process: raw, Stdio: baseReq.Stdio}
+		if created().Authorize(ctx, enforce.ServicePrefix+string(policy.ExecProcess), req) != nil {
+			return
+		}
+		got, _, err := guestspec.RewriteProcess(raw)
+		if err != nil {
+			return // the agent refuses it
+		}
+		if bc, gc := baseProc.Capabilities, got.Capabilities; gc != nil && bc != nil {
+			for _, pair := range [][2][]string{{gc.Effective, bc.Effective}, {gc.Permitted, bc.Permitted}} {
+				for _, c := range pair[0] {
+					if !slices.Contains(pair[1], c) {
+						t.Fatalf("%s/%s: the policy allows capability %s beyond the unmutated set %v: %s", tgt.pod, tgt.container, c, pair[1], raw)
+					}
+				}
+			}
+		}
+		if baseProc.NoNewPrivileges && !got.NoNewPrivileges {
+			t.Fatalf("%s/%s: the policy allows an exec without no_new_privileges in a container with it: %s", tgt.pod, tgt.container, raw)
+		}
+		want, have := processView(baseProc), processView(got)
+		if !reflect.DeepEqual(want, have) {
+			for k := range want {
+				if !reflect.DeepEqual(want[k], have[k]) {
+					t.Errorf("%s/%s: the policy allows an exec whose process differs in %s:\n got %s\nwant %s", tgt.pod, tgt.container, k, mustJSON(t, have[k]), mustJSON(t, want[k]))
+				}
+			}
+			t.Fatalf("mutated process: %s", raw)
+		}
+	})
+}
