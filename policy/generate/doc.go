@@ -18,8 +18,15 @@
 //
 // # What is pinned and what is a pattern
 //
-// The policy follows what the kubelet and containerd's CRI plugin (v2.4)
-// put into each container's OCI spec.
+// The policy follows what the kubelet and containerd's CRI plugin (v2.4,
+// and 1.7: see testdata/containerd for requests captured from both) put
+// into each container's OCI spec.
+//
+// Pinned for the pod: the init containers in the YAML's order, sidecars
+// (restartPolicy: Always) marked; the agent lets each run only after the
+// ones before it completed (a sidecar: was created), app containers only
+// after all, and no init container but a sidecar again once an app
+// container was created.
 //
 // Pinned exactly: the image digest; the dm-verity root hash of each image
 // layer, lowest first (see Images); the process argv (the YAML's command
