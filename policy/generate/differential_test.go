@@ -262,7 +262,13 @@ func mountView(m specs.Mount) map[string]any {
 			flags[f] = *r
 		}
 	}
-	v := map[string]any{"dest": m.Destination, "bind": bind, "type": m.Type, "flags": flags, "other": sortedSet(rest),
+	// runc binds when the options say so, whatever the type: mount(2)
+	// ignores the file system type of a bind.
+	typ := m.Type
+	if bind {
+		typ = "bind"
+	}
+	v := map[string]any{"dest": m.Destination, "bind": bind, "type": typ, "flags": flags, "other": sortedSet(rest),
 		"uidmap": m.UIDMappings, "gidmap": m.GIDMappings}
 	// The source of a bind mount is a host path the agent replaces; that of
 	// a virtual file system (proc, tmpfs, ...) is only a name the kernel
