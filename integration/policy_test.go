@@ -364,3 +364,86 @@ func containsExactLine(out, want string) bool {
 	}
 	return false
 }
+
+// initPodYAML has an init container that must complete before the app.
+const initPodYAML = `apiVersion: v1
+kind: Pod
+metadata:
+  name: init-demo
+  namespace: default
+spec:
+  automountServiceAccountToken: false
+  initContainers:
+  - name: prepare
+    image: ` + harness.BusyboxImage + `
+    command: ["sh", "-c", "echo prepared"]
+  containers:
+  - name: app
+    image: ` + harness.BusyboxImage + `
+    command: ["sh", "-c", "echo app-ok; exec sleep 3600"]
+`
+
+// TestPolicyInitContainers runs a pod with an init container under its
+// generated policy as the kubelet does (the init container to completion,
+// then the app), through the agent, which reports the init container's
+// exit to the policy: allowed. Out of order, each is denied: the app
+// before the init container completed, the init container again after the
+// app was created.
+func TestPolicyInitContainers(t *testing.T) {
+	s := newSuite(t, handlerSpec{name: contrastHandler, testImage: true, edit: func(c *harness.ShimConfig) { c.DefaultPolicy = "deny-all" }})
+	out := filepath.Join(t.TempDir(), "init.policy.yaml")
+	generatePolicyFile(t, s, initPodYAML, out)
+	manifest, err := os.ReadFile(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pc, ccs, err := harness.PodFromYAML(manifest, contrastHandler)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(ccs) != 2 || !ccs[0].Init || ccs[1].Init {
+		t.Fatalf("containers %+v: want the init container, then the app", ccs)
+	}
+	prepare, app := ccs[0], ccs[1]
+	before := s.snapshot(t)
+	pod := s.runPodWith(t, pc)
+	trace := s.trace(t, pod)
+
+	denied := func(cc harness.ContainerConfig, want string) {
+		t.Helper()
+		c, err := s.cri.CreateContainer(s.ctx, pod, cc)
+		if err == nil {
+			err = s.cri.StartContainer(s.ctx, c.ID)
+		}
+		if err == nil {
+			t.Fatalf("container %s was created and started out of order", cc.Name)
+		}
+		msg := cmdErrText(err)
+		t.Logf("denied: %s", msg)
+		if !containsAny(msg, "create_container.init_order") || !containsAny(msg, want) {
+			t.Errorf("the denial of %s does not name the init_order rule and %q", cc.Name, want)
+		}
+		if c != nil {
+			if err := s.cri.RemoveContainer(s.ctx, c.ID); err != nil {
+				t.Errorf("crictl rm %s: %v", cc.Name, err)
+			}
+		}
+	}
+
+	denied(app, "before the init containers")
+	c := s.startWith(t, pod, prepare)
+	if st := s.waitExited(t, c, time.Minute); st.ExitCode != 0 {
+		t.Fatalf("init container exited %d", st.ExitCode)
+	}
+	a := s.startWith(t, pod, app)
+	waitLog(t, s, a, "app-ok", time.Minute)
+	// CRI reserves a name per attempt: the completed one goes first, as
+	// the kubelet's next attempt would carry another number.
+	if err := s.cri.RemoveContainer(s.ctx, c.ID); err != nil {
+		t.Errorf("crictl rm prepare: %v", err)
+	}
+	denied(prepare, "after the pod's app containers")
+	s.removeContainer(t, a)
+	trace.IDs = append(trace.IDs, c.ID, a.ID)
+	s.removePod(t, pod, trace, before)
+}

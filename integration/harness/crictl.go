@@ -309,6 +309,10 @@ type ContainerConfig struct {
 	// Security is the part of linux.security_context beyond the masked
 	// and read-only paths; nil sends none.
 	Security *SecurityContext
+	// Init marks an init container (PodFromYAML): the kubelet runs it to
+	// completion before the next container; CreateContainer does not
+	// read it.
+	Init bool
 	// KubeletFiles gives the container the files the kubelet mounts into
 	// every container of a pod in its own network: its /etc/hosts
 	// (KubeletRoot/pods/<uid>/etc-hosts) and a termination log

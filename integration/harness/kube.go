@@ -14,7 +14,8 @@ import (
 const bestEffortOOMScoreAdj = 1000
 
 // PodFromYAML turns a Kubernetes Pod manifest into the CRI configurations
-// kubelet would send for it, for the fields the tests use: name, namespace,
+// kubelet would send for it, init containers first (Init set) in their
+// order, for the fields the tests use: name, namespace,
 // annotations, and per container name, image, command, args, env with
 // values, workingDir, tty and stdin; the oom_score_adj of its QoS class
 // (BestEffort); the kubelet's /etc/hosts and termination log
@@ -34,8 +35,8 @@ func PodFromYAML(doc []byte, handler string) (PodConfig, []ContainerConfig, erro
 		return PodConfig{}, nil, fmt.Errorf("manifest kind %q: want Pod", pod.Kind)
 	}
 	spec := pod.Spec
-	if len(spec.Volumes) > 0 || len(spec.InitContainers) > 0 || spec.HostPID || spec.HostNetwork {
-		return PodConfig{}, nil, fmt.Errorf("pod %s: volumes, init containers and host namespaces are not emulated", pod.Name)
+	if len(spec.Volumes) > 0 || spec.HostPID || spec.HostNetwork {
+		return PodConfig{}, nil, fmt.Errorf("pod %s: volumes and host namespaces are not emulated", pod.Name)
 	}
 	// The service account token is a projected volume, a host directory,
 	// which the pod VM cannot bind.
@@ -53,7 +54,11 @@ func PodFromYAML(doc []byte, handler string) (PodConfig, []ContainerConfig, erro
 	}
 	pc := PodConfig{Name: pod.Name, Namespace: pod.Namespace, Handler: handler, Annotations: pod.Annotations, Labels: pod.Labels}
 	var ccs []ContainerConfig
-	for _, c := range spec.Containers {
+	for i, c := range append(append([]corev1.Container(nil), spec.InitContainers...), spec.Containers...) {
+		init := i < len(spec.InitContainers)
+		if init && c.RestartPolicy != nil {
+			return PodConfig{}, nil, fmt.Errorf("init container %s: restartPolicy (sidecars) is not emulated", c.Name)
+		}
 		if len(c.VolumeMounts) > 0 || len(c.EnvFrom) > 0 || c.Resources.Limits != nil || c.Resources.Requests != nil {
 			return PodConfig{}, nil, fmt.Errorf("container %s: volume mounts, envFrom, requests and limits are not emulated", c.Name)
 		}
@@ -65,7 +70,7 @@ func PodFromYAML(doc []byte, handler string) (PodConfig, []ContainerConfig, erro
 		cc := ContainerConfig{
 			Name: c.Name, Image: c.Image, Command: c.Command, Args: c.Args,
 			WorkingDir: c.WorkingDir, TTY: c.TTY, Stdin: c.Stdin, StdinOnce: c.StdinOnce,
-			OOMScoreAdj: &oom, Security: sec, KubeletFiles: true,
+			OOMScoreAdj: &oom, Security: sec, KubeletFiles: true, Init: init,
 		}
 		for _, e := range c.Env {
 			if e.ValueFrom != nil {
