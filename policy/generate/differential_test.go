@@ -222,9 +222,18 @@ func isolationView(s *specs.Spec) map[string]any {
 		"rootRO": s.Root.Readonly, "mounts": mounts, "hooks": s.Hooks, "hostname": s.Hostname,
 		"namespaces": l.Namespaces, "uidmap": l.UIDMappings, "gidmap": l.GIDMappings, "sysctl": l.Sysctl,
 		"devices": l.Devices, "devRules": devRules, "seccomp": l.Seccomp, "propagation": l.RootfsPropagation,
-		"masked": sortedSet(l.MaskedPaths), "readonly": sortedSet(l.ReadonlyPaths), "personality": l.Personality,
+		"masked": sortedSet(slices.DeleteFunc(slices.Clone(l.MaskedPaths), optionalMask)), "readonly": sortedSet(l.ReadonlyPaths), "personality": l.Personality,
 		"time": l.TimeOffsets, "mempolicy": l.MemoryPolicy, "netdev": l.NetDevices, "mountLabel": l.MountLabel,
 	}
+}
+
+// optionalMask reports the masked paths the rules leave to the runtime's
+// version (kubelet and containerd releases differ in them): the VM is the
+// pod's own, so its interrupt counts (/proc/interrupts) and power capping
+// (which the guest kernel has not) tell a container nothing of another
+// tenant.
+func optionalMask(p string) bool {
+	return p == "/proc/interrupts" || p == "/sys/devices/virtual/powercap"
 }
 
 // mountView follows runc: within ro/rw and within rro/rrw the last option
