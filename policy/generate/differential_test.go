@@ -227,6 +227,14 @@ func isolationView(s *specs.Spec) map[string]any {
 	}
 }
 
+// timeOptions are the mount options that change only access-time
+// bookkeeping (enforce's list).
+var timeOptions = []string{
+	"atime", "noatime", "diratime", "nodiratime", "relatime", "norelatime", "strictatime", "nostrictatime",
+	"ratime", "rnoatime", "rdiratime", "rnodiratime", "rrelatime", "rnorelatime", "rstrictatime", "rnostrictatime",
+	"lazytime", "nolazytime", "sync", "async", "dirsync", "silent", "loud", "defaults",
+}
+
 // optionalMask reports the masked paths the rules leave to the runtime's
 // version (kubelet and containerd releases differ in them): the VM is the
 // pod's own, so its interrupt counts (/proc/interrupts) and power capping
@@ -260,6 +268,10 @@ func mountView(m specs.Mount) map[string]any {
 		// the agent's own files and directories bound in: they carry no
 		// submounts and no mount events reach them.
 		if bind && slices.Contains([]string{"bind", "rbind", "private", "rprivate", "slave", "rslave"}, o) {
+			continue
+		}
+		// Access-time bookkeeping isolates nothing; the rules ignore it.
+		if slices.Contains(timeOptions, o) {
 			continue
 		}
 		rest = append(rest, o)
