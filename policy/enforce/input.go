@@ -333,7 +333,7 @@ func containerInput(in map[string]any, raw []byte) error {
 		}
 		first[m.Destination] = i
 		destinations[m.Destination] = true
-		mi["runtime"], mi["runtime_why"] = judgeRuntimeMount(mi)
+		mi["runtime"], mi["runtime_why"] = judgeRuntimeMount(mi, s.Root != nil && s.Root.Readonly)
 		if mi["runtime"] != runtimeOK {
 			beyond = append(beyond, mi)
 		}

@@ -18,10 +18,18 @@ type runtimeMount struct {
 	flags []string
 	data  []string
 	ro    bool
+	// roAsRoot: containerd binds the file read-only exactly when the
+	// container's root is read-only.
+	roAsRoot bool
 }
 
-// runtimeFile is a file the agent replaces with the copy the host sends.
-var runtimeFile = runtimeMount{}
+// runtimeFile is a file the agent replaces with the copy the host sends;
+// criFile one of containerd's own files for the container, read-only with
+// a read-only root.
+var (
+	runtimeFile = runtimeMount{}
+	criFile     = runtimeMount{roAsRoot: true}
+)
 
 // runtimeMounts are the runtime mounts by destination and type.
 var runtimeMounts = map[string]map[string]runtimeMount{
@@ -40,9 +48,9 @@ var runtimeMounts = map[string]map[string]runtimeMount{
 		"bind":  runtimeFile,
 		"tmpfs": {flags: []string{"nosuid", "noexec", "nodev"}, data: []string{"mode=1777", "size=65536k"}},
 	},
-	"/etc/hosts":           {"bind": runtimeFile},
-	"/etc/hostname":        {"bind": runtimeFile},
-	"/etc/resolv.conf":     {"bind": runtimeFile},
+	"/etc/hosts":           {"bind": criFile},
+	"/etc/hostname":        {"bind": criFile},
+	"/etc/resolv.conf":     {"bind": criFile},
 	"/dev/termination-log": {"bind": runtimeFile},
 }
 
@@ -57,11 +65,11 @@ const (
 	runtimeOther    = "other"    // not a runtime mount: the policy must allow it
 )
 
-// judgeRuntimeMount classifies a mount of the input (mountInput's map)
-// against runtimeMounts: its "runtime" value and, unless ok, why it is not
-// a runtime mount (what the rules say when the policy does not allow it
-// either).
-func judgeRuntimeMount(m map[string]any) (string, string) {
+// judgeRuntimeMount classifies a mount of the input (mountInput's map) of
+// a container whose root is read-only or not against runtimeMounts: its
+// "runtime" value and, unless ok, why it is not a runtime mount (what the
+// rules say when the policy does not allow it either).
+func judgeRuntimeMount(m map[string]any, readOnlyRoot bool) (string, string) {
 	dest, typ := m["destination"].(string), m["type"].(string)
 	q := func(v any) string { b, _ := json.Marshal(v); return string(b) }
 	types, ok := runtimeMounts[dest]
@@ -96,6 +104,9 @@ func judgeRuntimeMount(m map[string]any) (string, string) {
 	}
 	if p := m["propagation"].(string); !slices.Contains(quietPropagation, p) {
 		return runtimeOther, fmt.Sprintf("mount at %s has propagation %s", q(dest), q(p))
+	}
+	if ro := m["read_only"] == true; r.roAsRoot && ro != readOnlyRoot {
+		return runtimeOther, fmt.Sprintf("mount at %s is read-only %v in a container whose root is read-only %v; containerd binds it as the root", q(dest), ro, readOnlyRoot)
 	}
 	if r.ro && m["read_only"] != true {
 		return runtimeWritable, fmt.Sprintf("mount at %s is writable; it must be read-only in an unprivileged container", q(dest))

@@ -120,6 +120,13 @@ func TestRealContainerdRequests(t *testing.T) {
 					mutation{name: "uid changed", f: func(s *specs.Spec) { s.Process.User.UID = 0 }, want: "create_container.user"},
 					mutation{name: "no_new_privileges dropped", f: func(s *specs.Spec) { s.Process.NoNewPrivileges = false }, want: "create_container.no_new_privileges"},
 					mutation{name: "root writable", f: func(s *specs.Spec) { s.Root.Readonly = false }, want: "create_container.read_only_root"},
+					mutation{name: "/etc/hostname writable under a read-only root", f: func(s *specs.Spec) {
+						for i, m := range s.Mounts {
+							if m.Destination == "/etc/hostname" {
+								s.Mounts[i].Options = []string{"rbind", "rprivate", "rw"}
+							}
+						}
+					}, want: "create_container.mounts"},
 					mutation{name: "image PATH instead of the YAML's", f: func(s *specs.Spec) {
 						for i, e := range s.Process.Env {
 							if strings.HasPrefix(e, "PATH=") {
