@@ -171,6 +171,10 @@ type Container struct {
 	// environment may contain, e.g. values from secrets or the kubelet's
 	// service variables. An entry neither in Env nor matching is denied.
 	EnvPatterns []string `json:"env_patterns,omitempty"`
+	// EnvRequiredNames are names the environment must hold although only
+	// a pattern pins their value (HOSTNAME of a pod whose name is a
+	// pattern): containerd always sets them.
+	EnvRequiredNames []string `json:"env_required_names,omitempty"`
 	// Cwd is the working directory.
 	Cwd string `json:"cwd"`
 	// User is the process's user; nil means the policy does not pin it

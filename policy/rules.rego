@@ -1033,7 +1033,13 @@ env_pattern := concat("", ["^(?:", concat("|", [concat("", ["(?:", p, ")"]) | so
 	count(container_policy.env_patterns) > 0
 }
 
-process_env_missing := object.keys(container_policy.env) - object.keys(input.process.env)
+process_env_missing := (object.keys(container_policy.env) - object.keys(input.process.env)) | process_env_names_missing
+
+# Names the process must have whose value only a pattern pins.
+process_env_names_missing := {sprintf("%s=...", [n]) |
+	some n in object.get(container_policy, "env_required_names", [])
+	not input.process.env_names[n]
+}
 
 env_unexpected_msg(bad) := sprintf("environment variable %s is not allowed by the policy", [q(sort(bad)[0])]) if count(bad) > 0
 

@@ -459,8 +459,10 @@ func processInput(p *specs.Process) (map[string]any, error) {
 		effective[name] = value
 	}
 	env := make(map[string]any, len(effective))
+	names := make(map[string]any, len(effective))
 	for name, value := range effective {
 		env[name+"="+value] = true
+		names[name] = true
 	}
 	gids := make([]any, 0, len(p.User.AdditionalGids))
 	for _, g := range p.User.AdditionalGids {
@@ -510,9 +512,10 @@ func processInput(p *specs.Process) (map[string]any, error) {
 		oom = int64(*p.OOMScoreAdj)
 	}
 	return map[string]any{
-		"args": slices.Clone(p.Args),
-		"env":  env,
-		"cwd":  p.Cwd,
+		"args":      slices.Clone(p.Args),
+		"env":       env,
+		"env_names": names,
+		"cwd":       p.Cwd,
 		"user": map[string]any{
 			"uid":             int64(p.User.UID),
 			"gid":             int64(p.User.GID),

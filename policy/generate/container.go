@@ -121,6 +121,7 @@ func (p *pod) containerData(c *corev1.Container, img resolvedImage) (policy.Cont
 		Args:              args,
 		Env:               env.exact,
 		EnvPatterns:       envPatterns,
+		EnvRequiredNames:  env.required,
 		Cwd:               cwd,
 		User:              usr,
 		Capabilities:      caps,

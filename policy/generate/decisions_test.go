@@ -912,6 +912,11 @@ func decisionCases() []decisionCase {
 			s.Process.Env = append([]string{"MODE=debug"}, s.Process.Env...)
 		}))},
 		{name: "Indexed Job", pod: "indexed", do: create("worker")},
+		// The pod's hostname is a pattern, so HOSTNAME is too; containerd
+		// always sets it.
+		{name: "Indexed Job without HOSTNAME", pod: "indexed", do: create("worker", withSpec(func(s *specs.Spec) {
+			s.Process.Env = slices.DeleteFunc(s.Process.Env, func(e string) bool { return strings.HasPrefix(e, "HOSTNAME=") })
+		})), want: "create_container.env_required"},
 		{name: "Indexed Job, index not a number", pod: "indexed", do: create("worker", addEnv("JOB_COMPLETION_INDEX=$(id)")), want: "create_container.env"},
 		{name: "interactive shell as CRI creates it", pod: "debug", before: started(), do: create("shell")},
 		{name: "privileged node agent as CRI creates it", pod: "node-agent", before: started(), do: create("agent")},

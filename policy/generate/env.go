@@ -115,6 +115,9 @@ type envInput struct {
 type containerEnv struct {
 	exact    map[string]bool // NAME=VALUE entries the process must have
 	patterns []string        // NAME=VALUE patterns for entries it may have
+	// required are names the process must have although a pattern
+	// gives their value: what containerd always sets (PATH, HOSTNAME).
+	required []string
 	// kubelet is the environment the kubelet sends, which $(VAR) in
 	// command and args expands against.
 	kubelet envLookup
@@ -279,6 +282,7 @@ func computeEnv(in envInput) (containerEnv, error) {
 			env.exact[name+"="+v.value] = true
 		} else {
 			env.patterns = append(env.patterns, name+"="+v.pattern)
+			env.required = append(env.required, name)
 		}
 	}
 	for _, s := range lookup.sources {
