@@ -468,10 +468,12 @@ func processInput(p *specs.Process) (map[string]any, error) {
 	for _, g := range p.User.AdditionalGids {
 		gids = append(gids, int64(g))
 	}
-	var c specs.LinuxCapabilities
-	if p.Capabilities != nil {
-		c = *p.Capabilities
+	// runc changes no capability of a process whose spec names none: it
+	// would keep every capability of the agent's root.
+	if p.Capabilities == nil {
+		return nil, errors.New("capabilities: missing; runc would leave the process every capability of the VM's root")
 	}
+	c := *p.Capabilities
 	caps := map[string]any{
 		"bounding":    setOf(c.Bounding),
 		"effective":   setOf(c.Effective),

@@ -248,6 +248,9 @@ func TestInputRejects(t *testing.T) {
 			s.Mounts[7].UIDMappings = []specs.LinuxIDMapping{{ContainerID: 0, HostID: 0, Size: 1}}
 		})), "mounts[].uidMappings: must be absent"},
 		{"idmap option", policy.CreateContainer, create(specWith(func(s *specs.Spec) { s.Mounts[7].Options = append(s.Mounts[7].Options, "idmap") })), `"idmap" is not allowed`},
+		// runc changes no capability of a process whose spec names none.
+		{"no capabilities at all", policy.CreateContainer, create(specWith(func(s *specs.Spec) { s.Process.Capabilities = nil })),
+			"process.capabilities: missing"},
 		{"a second mount at a destination", policy.CreateContainer, create(specWith(func(s *specs.Spec) { s.Mounts = append(s.Mounts, s.Mounts[0]) })),
 			`destination: "/proc" again (first mounts[0])`},
 		{"data on a bind mount", policy.CreateContainer, create(specWith(func(s *specs.Spec) { s.Mounts[7].Options = append(s.Mounts[7].Options, "size=1k") })), "a bind mount takes no file system data"},
@@ -264,6 +267,7 @@ func TestInputRejects(t *testing.T) {
 		{"windows section", policy.CreateContainer, create(specWith(func(s *specs.Spec) { s.Windows = &specs.Windows{} })), "windows: must be absent"},
 		{"runc annotation", policy.CreateContainer, create(specWith(func(s *specs.Spec) { s.Annotations["org.systemd.property.DeviceAllow"] = "'char-* rwm'" })), "runc reads annotations"},
 		{"exec umask", policy.ExecProcess, exec(`{"args":["sh"],"user":{"uid":0,"gid":0,"umask":0}}`), "process.user.umask: must be absent"},
+		{"exec without capabilities", policy.ExecProcess, exec(`{"args":["sh"],"user":{"uid":0,"gid":0},"cwd":"/"}`), "process.capabilities: missing"},
 		{"exec CPU affinity", policy.ExecProcess, exec(`{"args":["sh"],"execCPUAffinity":{"initial":"0"}}`), "process.execCPUAffinity"},
 		{"mount without destination", policy.CreateContainer, create(specWith(func(s *specs.Spec) { s.Mounts[2].Destination = "" })), "spec: mounts[2].destination: empty"},
 		{"relative masked path", policy.CreateContainer, create(specWith(func(s *specs.Spec) { s.Linux.MaskedPaths[1] = "proc/acpi" })), `linux.maskedPaths[1]: "proc/acpi"`},

@@ -684,7 +684,7 @@ func TestExecProcessRules(t *testing.T) {
 		}(), wantRule: "exec_process.capabilities", wantReason: []string{`effective capabilities ["CAP_SYS_ADMIN"]`}},
 		{name: "fewer capabilities", container: "c-web", process: func() *specs.Process {
 			p := execProcess(web, "curl", "-fsS", "http://localhost:8080/healthz")
-			p.Capabilities = nil
+			p.Capabilities = &specs.LinuxCapabilities{}
 			return p
 		}()},
 		{name: "ambient capabilities", container: "c-api", process: func() *specs.Process {
