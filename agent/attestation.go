@@ -58,10 +58,17 @@ func getAttestationReport(ctx context.Context, t tee.TEE, reportData []byte) (*a
 	}, nil
 }
 
-// GetReport returns a fresh attestation report with the caller's report
-// data (see api.AgentService). The policy gate has decided it already.
+// GetReport returns a fresh attestation report bound to the caller's nonce (see api.AgentService). The policy gate has decided it already.
+//
+// The report carries api.HostReportData of the host's nonce, never the
+// nonce itself: REPORT_DATA of the host's choosing could pass for what a
+// workload's report asserts (see api.HostReportDataPrefix).
 func (s *Service) GetReport(ctx context.Context, req *api.GetReportRequest) (*api.GetReportResponse, error) {
-	r, err := getAttestationReport(ctx, s.cfg.TEE, req.ReportData)
+	if len(req.ReportData) != ReportDataSize {
+		return nil, invalid("get report: %v", badReportDataError{len(req.ReportData)})
+	}
+	data := api.HostReportData(req.ReportData)
+	r, err := getAttestationReport(ctx, s.cfg.TEE, data[:])
 	var bad badReportDataError
 	switch {
 	case errors.As(err, &bad):

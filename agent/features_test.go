@@ -70,6 +70,11 @@ func (h *harness) execSpec(id, execID string, st *api.Stdio, p specs.Process) er
 		p.Env = []string{"PATH=/bin"}
 	}
 	p.Cwd = "/"
+	if p.Capabilities == nil {
+		// CRI copies the container's; the agent refuses a process
+		// without any (runc would leave it every capability).
+		p.Capabilities = &specs.LinuxCapabilities{}
+	}
 	raw, _ := json.Marshal(p)
 	_, err := h.client.ExecProcess(context.Background(), &api.ExecProcessRequest{ContainerId: id, ExecId: execID, Process: raw, Stdio: st})
 	return err

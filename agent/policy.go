@@ -74,6 +74,21 @@ func (g *policyGate) authorize(ctx context.Context, method string, req any) erro
 	}
 }
 
+// discardOutput reports whether the policy allows the host no logs of the
+// container id; true without a policy.
+func (g *policyGate) discardOutput(id string) bool {
+	p := g.installed.Load()
+	return p == nil || p.gate.DiscardOutput(id)
+}
+
+// exited tells the installed policy's gate that the init process of
+// container id exited with status (see enforce.Gate.Exited).
+func (g *policyGate) exited(id string, status int) {
+	if p := g.installed.Load(); p != nil {
+		p.gate.Exited(id, status)
+	}
+}
+
 // done tells the installed policy's gate how an allowed request ended (see
 // enforce.Gate.Done).
 func (g *policyGate) done(method string, req any, err error) {

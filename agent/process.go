@@ -245,7 +245,13 @@ func (pio *procIO) closeAgent() {
 
 // start hands the agent ends to the hub's copiers and starts watching the
 // process's exit.
-func (pio *procIO) start(ctx context.Context, hub *stdio.Hub, claimTimeout time.Duration, p *process, exit <-chan reaper.Exit) {
+// discard drains the output without handing it to the host (the policy
+// allows no logs).
+func (pio *procIO) start(ctx context.Context, hub *stdio.Hub, claimTimeout time.Duration, p *process, exit <-chan reaper.Exit, discard bool) {
+	startOutput := hub.StartOutput
+	if discard {
+		startOutput = hub.StartDiscardedOutput
+	}
 	key := func(s api.Stream) stdio.Key {
 		return stdio.Key{ContainerID: p.containerID, ExecID: p.execID, Stream: s}
 	}
@@ -256,10 +262,10 @@ func (pio *procIO) start(ctx context.Context, hub *stdio.Hub, claimTimeout time.
 		p.stdin = hub.StartInputSink(ctx, key(api.StreamStdin), stdio.NewTerminal(pio.stdinTerm), claimTimeout)
 	}
 	if pio.stdoutR != nil {
-		p.outputs = append(p.outputs, hub.StartOutput(ctx, key(api.StreamStdout), pio.stdoutR, claimTimeout))
+		p.outputs = append(p.outputs, startOutput(ctx, key(api.StreamStdout), pio.stdoutR, claimTimeout))
 	}
 	if pio.stderrR != nil {
-		p.outputs = append(p.outputs, hub.StartOutput(ctx, key(api.StreamStderr), pio.stderrR, claimTimeout))
+		p.outputs = append(p.outputs, startOutput(ctx, key(api.StreamStderr), pio.stderrR, claimTimeout))
 	}
 	p.console = pio.master
 	go p.watch(ctx, exit)

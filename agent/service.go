@@ -379,8 +379,12 @@ func (s *Service) create(ctx context.Context, c *container, req *api.CreateConta
 		log.G(ctx).WithError(err).Warnf("container %s: OOM kills will not be reported", c.id)
 	}
 	p := newProcess(c.id, "", proc.Pid)
-	p.onExit = oom.check
-	pio.start(context.WithoutCancel(ctx), s.hub, s.cfg.StdioTimeout, p, proc.Exit)
+	p.onExit = func() {
+		oom.check()
+		// The policy keeps init containers in order by which completed.
+		s.policy.exited(c.id, int(p.result().Code()))
+	}
+	pio.start(context.WithoutCancel(ctx), s.hub, s.cfg.StdioTimeout, p, proc.Exit, s.policy.discardOutput(c.id))
 	c.mu.Lock()
 	c.oom = oom
 	c.init = p
@@ -546,7 +550,7 @@ func (s *Service) ExecProcess(ctx context.Context, req *api.ExecProcessRequest) 
 	}
 	p := newProcess(c.id, req.ExecId, rp.Pid)
 	p.onExit = c.oom.check
-	pio.start(context.WithoutCancel(ctx), s.hub, s.cfg.StdioTimeout, p, rp.Exit)
+	pio.start(context.WithoutCancel(ctx), s.hub, s.cfg.StdioTimeout, p, rp.Exit, s.policy.discardOutput(c.id))
 	c.execs[req.ExecId] = p
 	log.G(ctx).WithField("container", c.id).Infof("exec %s started, pid %d", req.ExecId, rp.Pid)
 	return &api.ExecProcessResponse{Pid: uint32(rp.Pid)}, nil

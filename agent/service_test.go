@@ -269,7 +269,7 @@ func (h *harness) wait(ctx context.Context, id, exec string) (*api.WaitProcessRe
 
 func (h *harness) exec(id, execID string, st *api.Stdio, args ...string) {
 	h.t.Helper()
-	proc, _ := json.Marshal(specs.Process{Args: args, Env: []string{"PATH=/bin"}, Cwd: "/"})
+	proc, _ := json.Marshal(specs.Process{Args: args, Env: []string{"PATH=/bin"}, Cwd: "/", Capabilities: &specs.LinuxCapabilities{}})
 	if _, err := h.client.ExecProcess(context.Background(), &api.ExecProcessRequest{ContainerId: id, ExecId: execID, Process: proc, Stdio: st}); err != nil {
 		h.t.Fatalf("exec %s: %v", execID, err)
 	}
@@ -426,7 +426,7 @@ func TestService(t *testing.T) {
 		if rest, _ := io.ReadAll(initLines); len(rest) != 0 {
 			t.Errorf("init wrote %q", rest)
 		}
-		proc, _ := json.Marshal(specs.Process{Args: []string{"true"}, Cwd: "/"})
+		proc, _ := json.Marshal(specs.Process{Args: []string{"true"}, Cwd: "/", Capabilities: &specs.LinuxCapabilities{}})
 		if _, err := h.client.ExecProcess(ctx, &api.ExecProcessRequest{ContainerId: "c2", ExecId: "e3", Process: proc}); status.Code(err) != codes.FailedPrecondition {
 			t.Errorf("exec in a stopped container: %v", err)
 		}
@@ -536,7 +536,7 @@ func TestServiceRefuses(t *testing.T) {
 		code codes.Code
 	}{
 		{"exec before start", func() error {
-			_, err := h.client.ExecProcess(ctx, &api.ExecProcessRequest{ContainerId: "c1", ExecId: "e1", Process: []byte(`{"args":["true"],"cwd":"/"}`)})
+			_, err := h.client.ExecProcess(ctx, &api.ExecProcessRequest{ContainerId: "c1", ExecId: "e1", Process: []byte(`{"args":["true"],"cwd":"/","capabilities":{}}`)})
 			return err
 		}, codes.FailedPrecondition},
 		{"signal 0", func() error {

@@ -180,7 +180,26 @@ func generatePolicyFile(t *testing.T, s *suite, podYAML, out string, flags ...st
 	if err := os.WriteFile(in, []byte(podYAML), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	args := append([]string{"policy", "generate", "--containerd-address", s.c.Socket, "--namespace", "k8s.io", "-o", out}, flags...)
+	// The kubelet files the harness mounts (etc-hosts, termination log)
+	// lie under the instance's stand-in for the kubelet's root dir; a
+	// test's own settings file adds its lines to that one.
+	settings := out + ".settings.yaml"
+	lines := "kubeletRootDir: " + s.c.KubeletRoot() + "\n"
+	for i := 0; i < len(flags); i++ {
+		if flags[i] == "--settings" && i+1 < len(flags) {
+			extra, err := os.ReadFile(flags[i+1])
+			if err != nil {
+				t.Fatal(err)
+			}
+			lines += string(extra)
+			flags = append(flags[:i:i], flags[i+2:]...)
+			i--
+		}
+	}
+	if err := os.WriteFile(settings, []byte(lines), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	args := append([]string{"policy", "generate", "--containerd-address", s.c.Socket, "--namespace", "k8s.io", "--settings", settings, "-o", out}, flags...)
 	gen := exec.CommandContext(s.ctx, s.env.CLI, append(args, in)...)
 	if msg, err := gen.CombinedOutput(); err != nil {
 		t.Fatalf("contrast policy generate: %v\n%s", err, msg)

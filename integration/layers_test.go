@@ -53,6 +53,7 @@ metadata:
   name: marked
   namespace: default
 spec:
+  automountServiceAccountToken: false
   containers:
   - name: reader
     image: ` + markedImage + `

@@ -20,6 +20,7 @@ metadata:
   name: policy-demo
   namespace: default
 spec:
+  automountServiceAccountToken: false
   containers:
   - name: app
     image: ` + harness.BusyboxImage + `
@@ -55,13 +56,19 @@ exec /usr/bin/qemu-system-x86_64 "${args[@]}"
 }
 
 // TestPolicy runs pods under policies generated from their YAML, on the test
-// image whose simulated SNP device reports the launch's host data: a pod
+// image whose simulated SNP device reports the launch's host data, with
+// containerd 2.4 and 1.7 (whose requests differ: see
+// policy/generate/testdata/containerd): a pod
 // within its policy runs; what the policy does not allow is denied with a
 // reason crictl shows; a policy that is not the launched one never installs.
 func TestPolicy(t *testing.T) {
+	versions(t, testPolicy)
+}
+
+func testPolicy(t *testing.T, v harness.Version) {
 	denyAll := func(c *harness.ShimConfig) { c.DefaultPolicy = "deny-all" }
 	forger := hostDataForger(t)
-	s := newSuite(t,
+	s := newSuiteVersion(t, v,
 		handlerSpec{name: contrastHandler, testImage: true, edit: denyAll},
 		handlerSpec{name: "contrast-forged", testImage: true, edit: func(c *harness.ShimConfig) {
 			denyAll(c)
@@ -225,4 +232,218 @@ func cutAnnotation(manifest string) string {
 		b.WriteString(line + "\n")
 	}
 	return b.String()
+}
+
+// lockedPodYAML is a pod with the security context a hardened workload
+// has: ids, supplemental groups, capabilities dropped but one,
+// no_new_privs, a read-only root, the RuntimeDefault seccomp profile, and a
+// PATH overriding the image's ENV. Its container prints what the kernel
+// says of its process, then sleeps.
+const lockedPodYAML = `apiVersion: v1
+kind: Pod
+metadata:
+  name: locked
+  namespace: default
+spec:
+  automountServiceAccountToken: false
+  securityContext:
+    supplementalGroups: [4000]
+  containers:
+  - name: app
+    image: ` + harness.BusyboxImage + `
+    command: ["sh", "-c", "grep -E '^(Uid|Gid|Groups|Cap|NoNewPrivs|Seccomp)' /proc/self/status; echo PATH=$PATH; echo status-done; exec sleep 3600"]
+    env:
+    - {name: PATH, value: "/bin:/sbin"}
+    securityContext:
+      runAsUser: 1000
+      runAsGroup: 3000
+      allowPrivilegeEscalation: false
+      readOnlyRootFilesystem: true
+      capabilities: {drop: [ALL], add: [NET_BIND_SERVICE]}
+      seccompProfile: {type: RuntimeDefault}
+`
+
+// lockedStatus is what the container of lockedPodYAML must print: the
+// policy's uid, gid and groups, only CAP_NET_BIND_SERVICE (bit 10) in the
+// bounding set and none effective (a non-root process), no_new_privs, a
+// seccomp filter, and the YAML's PATH over the image's.
+var lockedStatus = []string{
+	"Uid:\t1000\t1000\t1000\t1000", "Gid:\t3000\t3000\t3000\t3000", "Groups:\t3000 4000",
+	"CapInh:\t0000000000000000", "CapPrm:\t0000000000000000", "CapEff:\t0000000000000000",
+	"CapBnd:\t0000000000000400", "CapAmb:\t0000000000000000",
+	"NoNewPrivs:\t1", "Seccomp:\t2", "PATH=/bin:/sbin",
+}
+
+// TestPolicySecurityContext runs lockedPodYAML under its generated policy
+// through real runc in the guest, with containerd 2.4 and 1.7, beside the
+// runc baseline on the host: the process ends with the policy's ids,
+// capabilities, no_new_privs and seccomp filter, exactly as on the host;
+// and a host that drops the seccomp filter, or keeps the image's PATH, is
+// denied, naming the rule.
+func TestPolicySecurityContext(t *testing.T) {
+	versions(t, func(t *testing.T, v harness.Version) {
+		s := newSuiteVersion(t, v, handlerSpec{name: contrastHandler, testImage: true, edit: func(c *harness.ShimConfig) { c.DefaultPolicy = "deny-all" }})
+		out := filepath.Join(t.TempDir(), "locked.policy.yaml")
+		generatePolicyFile(t, s, lockedPodYAML, out)
+		manifest, err := os.ReadFile(out)
+		if err != nil {
+			t.Fatal(err)
+		}
+		status := map[string]string{}
+		for _, h := range handlers {
+			t.Run(h, func(t *testing.T) {
+				pc, ccs, err := harness.PodFromYAML(manifest, h)
+				if err != nil {
+					t.Fatal(err)
+				}
+				before := s.snapshot(t)
+				pod := s.runPodWith(t, pc)
+				c := s.startWith(t, pod, ccs[0])
+				trace := s.trace(t, pod, c)
+				waitLog(t, s, c, "status-done", 60*time.Second)
+				status[h] = strings.ReplaceAll(s.logs(t, c), "\r", "")
+				t.Logf("%s:\n%s", h, status[h])
+				for _, want := range lockedStatus {
+					if !containsExactLine(status[h], want) {
+						t.Errorf("the container's status lacks the line %q", want)
+					}
+				}
+				s.removeContainer(t, c)
+				s.removePod(t, pod, trace, before)
+			})
+		}
+		if status["runc"] != "" && status[contrastHandler] != status["runc"] {
+			t.Errorf("the process in the pod VM differs from runc's on the host:\n%s\nrunc:\n%s", status[contrastHandler], status["runc"])
+		}
+
+		pc, ccs, err := harness.PodFromYAML(manifest, contrastHandler)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, tc := range []struct {
+			name, rule string
+			tamper     func(cc *harness.ContainerConfig)
+		}{
+			{"seccomp-dropped-denied", "create_container.seccomp", func(cc *harness.ContainerConfig) {
+				sec := *cc.Security
+				sec.Seccomp = "Unconfined"
+				cc.Security = &sec
+			}},
+			{"image-path-denied", "create_container.env", func(cc *harness.ContainerConfig) { cc.Env = nil }},
+		} {
+			t.Run(tc.name, func(t *testing.T) {
+				before := s.snapshot(t)
+				pod := s.runPodWith(t, pc)
+				trace := s.trace(t, pod)
+				cc := ccs[0]
+				tc.tamper(&cc)
+				c, err := s.cri.CreateContainer(s.ctx, pod, cc)
+				if err == nil {
+					err = s.cri.StartContainer(s.ctx, c.ID)
+				}
+				if err == nil {
+					t.Fatal("the tampered container was created and started")
+				}
+				msg := cmdErrText(err)
+				t.Logf("denied: %s", msg)
+				if !containsAny(msg, "policy denies CreateContainer") || !containsAny(msg, tc.rule) {
+					t.Errorf("the denial does not name CreateContainer and the rule %s", tc.rule)
+				}
+				s.removePod(t, pod, trace, before)
+			})
+		}
+	})
+}
+
+// containsExactLine reports whether out has the line want (trailing blanks aside).
+func containsExactLine(out, want string) bool {
+	for _, l := range strings.Split(out, "\n") {
+		if strings.TrimRight(l, " ") == want {
+			return true
+		}
+	}
+	return false
+}
+
+// initPodYAML has an init container that must complete before the app.
+const initPodYAML = `apiVersion: v1
+kind: Pod
+metadata:
+  name: init-demo
+  namespace: default
+spec:
+  automountServiceAccountToken: false
+  initContainers:
+  - name: prepare
+    image: ` + harness.BusyboxImage + `
+    command: ["sh", "-c", "echo prepared"]
+  containers:
+  - name: app
+    image: ` + harness.BusyboxImage + `
+    command: ["sh", "-c", "echo app-ok; exec sleep 3600"]
+`
+
+// TestPolicyInitContainers runs a pod with an init container under its
+// generated policy as the kubelet does (the init container to completion,
+// then the app), through the agent, which reports the init container's
+// exit to the policy: allowed. Out of order, each is denied: the app
+// before the init container completed, the init container again after the
+// app was created.
+func TestPolicyInitContainers(t *testing.T) {
+	s := newSuite(t, handlerSpec{name: contrastHandler, testImage: true, edit: func(c *harness.ShimConfig) { c.DefaultPolicy = "deny-all" }})
+	out := filepath.Join(t.TempDir(), "init.policy.yaml")
+	generatePolicyFile(t, s, initPodYAML, out)
+	manifest, err := os.ReadFile(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pc, ccs, err := harness.PodFromYAML(manifest, contrastHandler)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(ccs) != 2 || !ccs[0].Init || ccs[1].Init {
+		t.Fatalf("containers %+v: want the init container, then the app", ccs)
+	}
+	prepare, app := ccs[0], ccs[1]
+	before := s.snapshot(t)
+	pod := s.runPodWith(t, pc)
+	trace := s.trace(t, pod)
+
+	denied := func(cc harness.ContainerConfig, want string) {
+		t.Helper()
+		c, err := s.cri.CreateContainer(s.ctx, pod, cc)
+		if err == nil {
+			err = s.cri.StartContainer(s.ctx, c.ID)
+		}
+		if err == nil {
+			t.Fatalf("container %s was created and started out of order", cc.Name)
+		}
+		msg := cmdErrText(err)
+		t.Logf("denied: %s", msg)
+		if !containsAny(msg, "create_container.init_order") || !containsAny(msg, want) {
+			t.Errorf("the denial of %s does not name the init_order rule and %q", cc.Name, want)
+		}
+		if c != nil {
+			if err := s.cri.RemoveContainer(s.ctx, c.ID); err != nil {
+				t.Errorf("crictl rm %s: %v", cc.Name, err)
+			}
+		}
+	}
+
+	denied(app, "before the init containers")
+	c := s.startWith(t, pod, prepare)
+	if st := s.waitExited(t, c, time.Minute); st.ExitCode != 0 {
+		t.Fatalf("init container exited %d", st.ExitCode)
+	}
+	a := s.startWith(t, pod, app)
+	waitLog(t, s, a, "app-ok", time.Minute)
+	// CRI reserves a name per attempt: the completed one goes first, as
+	// the kubelet's next attempt would carry another number.
+	if err := s.cri.RemoveContainer(s.ctx, c.ID); err != nil {
+		t.Errorf("crictl rm prepare: %v", err)
+	}
+	denied(prepare, "after the pod's app containers")
+	s.removeContainer(t, a)
+	trace.IDs = append(trace.IDs, c.ID, a.ID)
+	s.removePod(t, pod, trace, before)
 }

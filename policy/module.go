@@ -75,6 +75,13 @@ func checkData(d Data) error {
 	if err := checkPattern("pod.hostname_pattern", d.Pod.HostnamePattern); err != nil {
 		return err
 	}
+	seen := map[string]bool{}
+	for i, ic := range d.Pod.InitContainers {
+		if _, ok := d.Containers[ic.Name]; !ok || seen[ic.Name] {
+			return fmt.Errorf("pod.init_containers[%d]: %q is not a container of the policy, or named twice", i, ic.Name)
+		}
+		seen[ic.Name] = true
+	}
 	for name, c := range d.Containers {
 		if name == "" {
 			return fmt.Errorf("containers: a container without a name")

@@ -17,6 +17,10 @@ package policy
 import (
 	"crypto/sha256"
 	"encoding/hex"
+	"encoding/json"
+	"fmt"
+
+	specs "github.com/opencontainers/runtime-spec/specs-go"
 )
 
 // Pod annotations that carry a policy: base64 of the Rego text. Ours first;
@@ -133,6 +137,19 @@ type Pod struct {
 	// Sysctls are the pod's sysctls (securityContext.sysctls): a container
 	// spec may set only these, each to exactly this value.
 	Sysctls map[string]string `json:"sysctls,omitempty"`
+	// InitContainers are the pod's init containers in the YAML's order,
+	// which the kubelet runs one after another, each to completion (exit
+	// 0) before the next, and all before the app containers; a sidecar
+	// (restartPolicy: Always) need only have been created. An init
+	// container other than a sidecar is not created again once an app
+	// container has been.
+	InitContainers []InitContainer `json:"init_containers,omitempty"`
+}
+
+// InitContainer is one init container of the pod.
+type InitContainer struct {
+	Name    string `json:"name"`
+	Sidecar bool   `json:"sidecar"`
 }
 
 // Container is what the policy allows for one container of the pod.
@@ -154,6 +171,10 @@ type Container struct {
 	// environment may contain, e.g. values from secrets or the kubelet's
 	// service variables. An entry neither in Env nor matching is denied.
 	EnvPatterns []string `json:"env_patterns,omitempty"`
+	// EnvRequiredNames are names the environment must hold although only
+	// a pattern pins their value (HOSTNAME of a pod whose name is a
+	// pattern): containerd always sets them.
+	EnvRequiredNames []string `json:"env_required_names,omitempty"`
 	// Cwd is the working directory.
 	Cwd string `json:"cwd"`
 	// User is the process's user; nil means the policy does not pin it
@@ -166,10 +187,21 @@ type Container struct {
 	Privileged      bool     `json:"privileged"`
 	NoNewPrivileges bool     `json:"no_new_privileges"`
 	ReadOnlyRoot    bool     `json:"read_only_root"`
-	// Seccomp requires a seccomp filter (the YAML's seccompProfile is
-	// RuntimeDefault or Localhost): the rules check that the spec carries one
-	// whose default action is not SCMP_ACT_ALLOW, not its content.
-	Seccomp bool `json:"seccomp,omitempty"`
+	// Seccomp pins the container's seccomp filter in full; nil means none
+	// (Unconfined, or a privileged container), and then a spec carrying a
+	// filter is denied: a filter can make setuid or capset fail silently.
+	Seccomp *Seccomp `json:"seccomp,omitempty"`
+	// Rlimits are the process's resource limits by type (RLIMIT_NOFILE),
+	// [soft, hard] with -1 for unlimited; none without an entry (CRI sends
+	// none). The spec's must equal them.
+	Rlimits map[string][2]int64 `json:"rlimits,omitempty"`
+	// OOMScoreAdj bounds the process's oom_score_adj (inclusive): the
+	// kubelet derives it from the pod's QoS class and containerd may only
+	// raise it. A lower value would make the OOM killer pick the agent.
+	OOMScoreAdj [2]int64 `json:"oom_score_adj"`
+	// UserNamespace is the uid and gid mapping of a pod with hostUsers:
+	// false; nil denies user namespaces and id mappings.
+	UserNamespace *UserNamespace `json:"user_namespace,omitempty"`
 	// ProcMountUnmasked allows the container to run without the runtime's
 	// masked and read-only /proc and /sys paths (procMount: Unmasked).
 	// Unprivileged containers otherwise must keep them.
@@ -185,6 +217,41 @@ type Container struct {
 	Stdin    bool `json:"stdin"`
 	Logs     bool `json:"logs"`
 	Terminal bool `json:"terminal"`
+}
+
+// Seccomp is a pinned seccomp filter.
+type Seccomp struct {
+	// Profile says where it comes from: "RuntimeDefault" (containerd's
+	// default profile for the container's capabilities) or
+	// "Localhost/<path>" (a profile the settings supply).
+	Profile string `json:"profile"`
+	// SHA256 holds the SeccompHash of each filter the profile may arrive
+	// as, each naming who renders it ("containerd-2", "containerd-1.7",
+	// or the profile for a Localhost one): a runtime's default profile
+	// differs between release lines. The spec's filter must be one of them.
+	SHA256 map[string]string `json:"sha256"`
+}
+
+// SeccompHash is the lower-case hex SHA-256 of a seccomp filter as
+// encoding/json writes the runtime-spec value: the form the agent hands
+// runc, so two filters with the same hash are the same filter.
+func SeccompHash(sc *specs.LinuxSeccomp) (string, error) {
+	b, err := json.Marshal(sc)
+	if err != nil {
+		return "", fmt.Errorf("encode seccomp filter: %w", err)
+	}
+	sum := sha256.Sum256(b)
+	return hex.EncodeToString(sum[:]), nil
+}
+
+// UserNamespace is the id mapping a container of a pod with hostUsers:
+// false must get: the kubelet picks the host range when the pod starts, so
+// the policy pins its shape: one range from container id 0 of Size ids,
+// starting at a multiple of Size no lower than HostIDMin (never the VM's
+// root), the same for uids and gids.
+type UserNamespace struct {
+	Size      int64 `json:"size"`
+	HostIDMin int64 `json:"host_id_min"`
 }
 
 // User is a process's identity.

@@ -20,7 +20,7 @@ CreateSandbox := allowed if {
 	all_hold(create_sandbox_checks, create_sandbox_ok)
 } else := denial("create_sandbox", create_sandbox_checks, create_sandbox_ok, create_sandbox_why)
 
-CreateContainer := allowed if {
+CreateContainer := {"allow": true, "rule": "", "reason": "", "discard_output": container_policy.logs != true} if {
 	all_hold(create_container_checks, create_container_ok)
 } else := denial("create_container", create_container_checks, create_container_ok, create_container_why)
 
@@ -125,8 +125,9 @@ create_sandbox_why contains ["hostname", msg] if {
 
 create_container_checks := [
 	"type", "name", "namespace", "image", "layers", "args", "env", "env_required", "cwd", "user",
-	"capabilities", "no_new_privileges", "read_only_root", "mounts", "namespaces",
-	"masked_paths", "readonly_paths", "devices", "sysctls", "seccomp", "stdio",
+	"capabilities", "no_new_privileges", "read_only_root", "mounts", "namespaces", "id_mappings",
+	"masked_paths", "readonly_paths", "devices", "sysctls", "seccomp", "rlimits", "oom_score_adj",
+	"rootfs_propagation", "stdio", "init_order",
 ]
 
 create_container_ok contains "type" if input.container_type == "container"
@@ -160,13 +161,24 @@ create_container_why contains ["namespace", msg] if {
 create_container_ok contains "image" if image_ok
 
 # The generator pins the reference the YAML names, so the annotation is
-# usually the policy's exactly; normalizing is the slower fallback.
+# usually the policy's exactly (containerd 2); normalizing is the slower
+# fallback. containerd 1.7 names the image by the first name the node
+# stores it under instead, a tag: a tag of the policy's repository passes,
+# since the layers pin the content.
 image_ok := true if {
 	input.image == container_policy.image
-} else := same_image(input.image, container_policy.image)
+} else := true if {
+	same_image(input.image, container_policy.image)
+} else := same_repository_tag(input.image, container_policy.image)
+
+same_repository_tag(ref, pinned) if {
+	not contains(ref, "@")
+	[name, _] := split(pinned, "@")
+	with_registry(drop_tag(ref)) == with_registry(drop_tag(name))
+}
 
 create_container_why contains ["image", msg] if {
-	msg := sprintf("image %s is not the policy's %s", [q(input.image), q(container_policy.image)])
+	msg := sprintf("image %s is neither the policy's %s nor a tag of its repository", [q(input.image), q(container_policy.image)])
 }
 
 # The image's files reach the container only through dm-verity: the request's
@@ -176,7 +188,7 @@ create_container_why contains ["image", msg] if {
 create_container_ok contains "layers" if {
 	not input.unverified_rootfs
 	pinned_layers
-	[l.root_hash | some l in input.layers] == container_policy.layers
+	input.layer_root_hashes == container_policy.layers
 }
 
 # pinned_layers holds when the entry pins at least one layer; a missing or
@@ -241,7 +253,9 @@ create_container_ok contains "capabilities" if container_policy.privileged == tr
 create_container_ok contains "capabilities" if {
 	container_policy.privileged == false
 	object.keys(input.process.capabilities.bounding) == policy_caps
-	count(process_caps_beyond_bounding) == 0
+	count(input.process.capabilities_beyond_bounding) == 0
+	count(input.process.capabilities.inheritable) == 0
+	count(input.process.capabilities.ambient) == 0
 }
 
 create_container_why contains ["capabilities", msg] if msg := caps_mismatch
@@ -258,11 +272,6 @@ create_container_why contains ["read_only_root", msg] if {
 	msg := sprintf("read-only root filesystem is %v, the policy says %v", [input.read_only_root, container_policy.read_only_root])
 }
 
-create_container_ok contains "mounts" if {
-	container_policy
-	count(mounts_unexplained) == 0
-}
-
 create_container_why contains ["mounts", msg] if {
 	some m in mounts_unexplained
 	msg := mount_mismatch(container_policy, m)
@@ -271,6 +280,65 @@ create_container_why contains ["mounts", msg] if {
 create_container_ok contains "namespaces" if {
 	container_policy
 	count(missing_namespaces) == 0
+	count(unexpected_namespaces) == 0
+}
+
+# The namespace types runc knows; user only for a pod with hostUsers:
+# false, time never (no YAML asks for one).
+known_namespaces := {"pid", "ipc", "uts", "mount", "network", "cgroup"}
+
+unexpected_namespaces contains t if {
+	some t, _ in input.namespaces
+	not known_namespaces[t]
+	not user_namespace_ok(t)
+}
+
+user_namespace_ok("user") if {
+	container_policy.user_namespace
+	input.namespaces.user == ""
+}
+
+missing_namespaces contains "user" if {
+	container_policy.user_namespace
+	not "user" in object.keys(input.namespaces)
+}
+
+create_container_why contains ["namespaces", msg] if {
+	container_policy
+	some t in unexpected_namespaces
+	msg := sprintf("a %s namespace, which the policy does not allow", [t])
+}
+
+# Id mappings: none, unless the pod asked for its own user namespace; then
+# one range of the policy's size from container id 0 to a host range that
+# starts at a multiple of the size above the VM's own ids, the same for
+# groups.
+create_container_ok contains "id_mappings" if {
+	container_policy
+	not container_policy.user_namespace
+	count(input.uid_mappings) == 0
+	count(input.gid_mappings) == 0
+}
+
+create_container_ok contains "id_mappings" if {
+	ns := container_policy.user_namespace
+	[[first, host, size]] := input.uid_mappings
+	first == 0
+	size == ns.size
+	host >= ns.host_id_min
+	host % size == 0
+	input.gid_mappings == input.uid_mappings
+}
+
+create_container_why contains ["id_mappings", msg] if {
+	container_policy
+	not container_policy.user_namespace
+	msg := sprintf("uid mappings %s and gid mappings %s, but the pod runs in the VM's user namespace (hostUsers is not false)", [q(input.uid_mappings), q(input.gid_mappings)])
+}
+
+create_container_why contains ["id_mappings", msg] if {
+	ns := container_policy.user_namespace
+	msg := sprintf("uid mappings %s and gid mappings %s are not one range [0, a multiple of %d from %d, %d] for both", [q(input.uid_mappings), q(input.gid_mappings), ns.size, ns.host_id_min, ns.size])
 }
 
 # The shim drops the PID namespace of a host-PID pod's containers (they
@@ -303,6 +371,14 @@ required_masked_paths := {
 
 required_readonly_paths := {"/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"}
 
+# Paths the runtimes' defaults may mask besides: masking any other path
+# would hide a file of the image or a volume behind an empty one.
+optional_masked_paths := {"/proc/interrupts", "/sys/devices/virtual/powercap"}
+
+masked_paths_beyond := object.keys(input.masked_paths) - (required_masked_paths | optional_masked_paths)
+
+readonly_paths_beyond := object.keys(input.readonly_paths) - required_readonly_paths
+
 proc_unmasked if container_policy.privileged == true
 
 proc_unmasked if container_policy.proc_mount_unmasked == true
@@ -312,6 +388,12 @@ create_container_ok contains "masked_paths" if proc_unmasked
 create_container_ok contains "masked_paths" if {
 	container_policy
 	count(required_masked_paths - object.keys(input.masked_paths)) == 0
+	count(masked_paths_beyond) == 0
+}
+
+create_container_why contains ["masked_paths", msg] if {
+	count(masked_paths_beyond) > 0
+	msg := sprintf("paths %s are masked, which no runtime default masks", [q(sort(masked_paths_beyond))])
 }
 
 create_container_why contains ["masked_paths", msg] if {
@@ -325,6 +407,12 @@ create_container_ok contains "readonly_paths" if proc_unmasked
 create_container_ok contains "readonly_paths" if {
 	container_policy
 	count(required_readonly_paths - object.keys(input.readonly_paths)) == 0
+	count(readonly_paths_beyond) == 0
+}
+
+create_container_why contains ["readonly_paths", msg] if {
+	count(readonly_paths_beyond) > 0
+	msg := sprintf("paths %s are read-only, which no runtime default makes read-only", [q(sort(readonly_paths_beyond))])
 }
 
 create_container_why contains ["readonly_paths", msg] if {
@@ -335,12 +423,21 @@ create_container_why contains ["readonly_paths", msg] if {
 
 create_container_ok contains "devices" if container_policy.privileged == true
 
+# An unprivileged container gets no devices and exactly containerd's
+# device cgroup rule, which denies every device (runc adds the standard
+# ones: null, zero, tty, ...).
 create_container_ok contains "devices" if {
 	container_policy.privileged == false
 	count(input.devices) == 0
-	every rule in input.device_rules {
-		rule.allow == false
-	}
+	input.device_rules == deny_all_device_rules
+}
+
+deny_all_device_rules := [{"allow": false, "type": "", "access": "rwm", "major": null, "minor": null}]
+
+create_container_why contains ["devices", msg] if {
+	container_policy.privileged == false
+	input.device_rules != deny_all_device_rules
+	msg := sprintf("device cgroup rules %s are not containerd's %s", [q(input.device_rules), q(deny_all_device_rules)])
 }
 
 create_container_why contains ["devices", msg] if {
@@ -372,42 +469,155 @@ create_container_why contains ["sysctls", msg] if {
 	msg := sprintf("sysctl %s=%s is not among the pod's %s", [k, q(v), q(pod_sysctls)])
 }
 
+# The filter is pinned whole: a rule the host adds can make setuid or
+# capset return success without acting, before runc drops privileges.
 create_container_ok contains "seccomp" if {
 	container_policy
 	not container_policy.seccomp
+	input.seccomp == null
 }
 
-create_container_ok contains "seccomp" if {
-	container_policy.seccomp == true
-	not input.seccomp.default_action in {"", "SCMP_ACT_ALLOW"}
-}
+# One of the renderings the policy pins: a runtime's default profile
+# differs between its release lines.
+create_container_ok contains "seccomp" if container_policy.seccomp.sha256[input.seccomp.sha256]
 
-create_container_why contains ["seccomp", "the policy requires a seccomp filter and the spec carries none that denies by default"] if {
+create_container_why contains ["seccomp", msg] if {
 	container_policy
+	not container_policy.seccomp
+	input.seccomp != null
+	msg := sprintf("the spec carries a seccomp filter (default action %s, %d syscall rules); the policy runs the container without one", [input.seccomp.default_action, input.seccomp.syscall_rules])
 }
 
+create_container_why contains ["seccomp", msg] if {
+	input.seccomp == null
+	msg := sprintf("the spec carries no seccomp filter; the policy pins the %s profile", [container_policy.seccomp.profile])
+}
+
+create_container_why contains ["seccomp", msg] if {
+	input.seccomp != null
+	not container_policy.seccomp.sha256[input.seccomp.sha256]
+	pinned := [sprintf("%s %s", [by, short_hash(h)]) | some h, by in container_policy.seccomp.sha256]
+	msg := sprintf("the seccomp filter (default action %s, %d syscall rules, sha256 %s) is none of the policy's renderings of the %s profile (%s)", [input.seccomp.default_action, input.seccomp.syscall_rules, short_hash(input.seccomp.sha256), container_policy.seccomp.profile, concat(", ", sort(pinned))])
+}
+
+create_container_ok contains "rlimits" if rlimits_ok
+
+create_container_why contains ["rlimits", msg] if msg := rlimits_msg
+
+create_container_ok contains "oom_score_adj" if oom_score_adj_ok
+
+create_container_why contains ["oom_score_adj", msg] if msg := oom_score_adj_msg
+
+# Shared propagation would carry the container's mounts into the VM's
+# namespace; only a privileged container, which may mount anyway, gets it.
+create_container_ok contains "rootfs_propagation" if input.rootfs_propagation in {"", "private", "rprivate", "slave", "rslave"}
+
+create_container_ok contains "rootfs_propagation" if container_policy.privileged == true
+
+create_container_why contains ["rootfs_propagation", msg] if {
+	msg := sprintf("root file system propagation %s in an unprivileged container", [q(input.rootfs_propagation)])
+}
+
+# containerd opens stdout and stderr for every container; where the
+# policy allows no logs the agent discards the output (see
+# CreateContainer's discard_output), so the streams themselves pass.
 create_container_ok contains "stdio" if {
 	flag_ok(input.stdio.stdin, container_policy.stdin)
-	flag_ok(input.stdio.stdout, container_policy.logs)
-	flag_ok(input.stdio.stderr, container_policy.logs)
 	flag_ok(input.stdio.terminal, container_policy.terminal)
 	flag_ok(input.process.terminal, container_policy.terminal)
+	input.stdio.terminal == input.process.terminal
+}
+
+create_container_why contains ["stdio", msg] if {
+	input.stdio.terminal != input.process.terminal
+	msg := sprintf("the process's terminal is %v, the stdio request's %v", [input.process.terminal, input.stdio.terminal])
 }
 
 create_container_why contains ["stdio", msg] if {
 	some [requested, allowed, msg] in [
 		[input.stdio.stdin, container_policy.stdin, "stdin requested, the policy allows none"],
-		[input.stdio.stdout, container_policy.logs, "stdout requested, the policy allows no logs"],
-		[input.stdio.stderr, container_policy.logs, "stderr requested, the policy allows no logs"],
 		[input.stdio.terminal, container_policy.terminal, "terminal requested, the policy allows none"],
 		[input.process.terminal, container_policy.terminal, "terminal requested in the process, the policy allows none"],
 	]
 	not flag_ok(requested, allowed)
 }
 
+# Init containers run one after another in the YAML's order, each to
+# completion, and all before the app containers (a sidecar, restartPolicy
+# Always, need only have been created); once an app container has been
+# created, an init container that is not a sidecar is not created again.
+# The gate gives the pod's progress as input.pod_state {created,
+# completed}: sets of container names.
+init_containers := object.get(pd.pod, "init_containers", [])
+
+init_index := {c.name: i | some i, c in init_containers}
+
+init_done(c) if input.pod_state.completed[c.name]
+
+init_done(c) if {
+	c.sidecar
+	input.pod_state.created[c.name]
+}
+
+inits_before(i) := array.slice(init_containers, 0, i)
+
+app_created if {
+	some name, _ in input.pod_state.created
+	not init_index[name]
+}
+
+create_container_ok contains "init_order" if {
+	count(init_containers) == 0
+}
+
+create_container_ok contains "init_order" if {
+	container_policy
+	not init_index[input.container_name]
+	every c in init_containers {
+		init_done(c)
+	}
+}
+
+create_container_ok contains "init_order" if {
+	i := init_index[input.container_name]
+	not app_created_blocks(init_containers[i])
+	every c in inits_before(i) {
+		init_done(c)
+	}
+}
+
+app_created_blocks(c) if {
+	not c.sidecar
+	app_created
+}
+
+create_container_why contains ["init_order", msg] if {
+	container_policy
+	not init_index[input.container_name]
+	pending := [c.name | some c in init_containers; not init_done(c)]
+	count(pending) > 0
+	msg := sprintf("app container %s before the init containers %s completed", [q(input.container_name), q(pending)])
+}
+
+create_container_why contains ["init_order", msg] if {
+	i := init_index[input.container_name]
+	pending := [c.name | some c in inits_before(i); not init_done(c)]
+	count(pending) > 0
+	msg := sprintf("init container %s before the init containers %s completed", [q(input.container_name), q(pending)])
+}
+
+create_container_why contains ["init_order", msg] if {
+	i := init_index[input.container_name]
+	app_created_blocks(init_containers[i])
+	msg := sprintf("init container %s after the pod's app containers were created", [q(input.container_name)])
+}
+
 # ---------------------------------------------------------------- ExecProcess
 
-exec_process_checks := ["container", "args", "env", "env_required", "user", "capabilities", "no_new_privileges", "stdin"]
+exec_process_checks := [
+	"container", "args", "env", "env_required", "cwd", "user", "capabilities", "no_new_privileges",
+	"terminal", "stdin", "rlimits", "oom_score_adj",
+]
 
 exec_process_ok contains "container" if container_known
 
@@ -431,18 +641,53 @@ exec_process_ok contains "user" if process_user_ok
 
 exec_process_why contains ["user", msg] if msg := user_mismatch(container_policy, input.process.user)
 
-# An exec'd process gets no capability beyond the container's.
+# An exec'd process gets no capability beyond the container's, and none
+# to inherit across execve.
 exec_process_ok contains "capabilities" if container_policy.privileged == true
 
 exec_process_ok contains "capabilities" if {
 	container_policy.privileged == false
 	count(process_caps_beyond_policy) == 0
+	count(process_caps_inherited) == 0
 }
 
 exec_process_why contains ["capabilities", msg] if {
 	some [name, extra] in process_caps_beyond_policy
 	msg := sprintf("%s capabilities %s are beyond the container's %s", [name, q(extra), q(sort(policy_caps))])
 }
+
+exec_process_why contains ["capabilities", msg] if {
+	some [name, caps] in process_caps_inherited
+	msg := sprintf("%s capabilities %s, which the policy never gives", [name, q(caps)])
+}
+
+# CRI execs in the container's working directory.
+exec_process_ok contains "cwd" if input.process.cwd == container_policy.cwd
+
+exec_process_why contains ["cwd", msg] if {
+	container_known
+	msg := sprintf("working directory %s is not the container's %s", [q(input.process.cwd), q(container_policy.cwd)])
+}
+
+# A terminal only where the YAML gives the container one, and the stdio
+# request and the process agree.
+exec_process_ok contains "terminal" if {
+	flag_ok(input.process.terminal, container_policy.terminal)
+	input.stdio.terminal == input.process.terminal
+}
+
+exec_process_why contains ["terminal", msg] if {
+	container_known
+	msg := sprintf("terminal %v (stdio terminal %v) for a process in container %s, whose policy allows a terminal: %v", [input.process.terminal, input.stdio.terminal, q(input.container_name), container_policy.terminal])
+}
+
+exec_process_ok contains "rlimits" if rlimits_ok
+
+exec_process_why contains ["rlimits", msg] if msg := rlimits_msg
+
+exec_process_ok contains "oom_score_adj" if oom_score_adj_ok
+
+exec_process_why contains ["oom_score_adj", msg] if msg := oom_score_adj_msg
 
 # An exec'd process may set no_new_privileges where the container does not,
 # never the other way round.
@@ -788,7 +1033,13 @@ env_pattern := concat("", ["^(?:", concat("|", [concat("", ["(?:", p, ")"]) | so
 	count(container_policy.env_patterns) > 0
 }
 
-process_env_missing := object.keys(container_policy.env) - object.keys(input.process.env)
+process_env_missing := (object.keys(container_policy.env) - object.keys(input.process.env)) | process_env_names_missing
+
+# Names the process must have whose value only a pattern pins.
+process_env_names_missing := {sprintf("%s=...", [n]) |
+	some n in object.get(container_policy, "env_required_names", [])
+	not input.process.env_names[n]
+}
 
 env_unexpected_msg(bad) := sprintf("environment variable %s is not allowed by the policy", [q(sort(bad)[0])]) if count(bad) > 0
 
@@ -807,14 +1058,17 @@ process_user_ok if {
 	groups_ok(container_policy.user, input.process.user)
 }
 
-# CRI merges in the groups the image's /etc/group gives the user. For root
-# they are many and matter little (root owns what those groups would open),
-# so they are checked for other users only.
-groups_ok(u, _) if u.uid == 0
-
-groups_ok(u, user) if count(groups_beyond(u, user)) == 0
+# The supplementary groups are pinned, root's too: the primary group, the
+# groups the image's /etc/group gives the user (CRI merges them in) and the
+# pod's supplementalGroups and fsGroup, no more and no fewer.
+groups_ok(u, user) if {
+	count(groups_beyond(u, user)) == 0
+	count(groups_missing(u, user)) == 0
+}
 
 groups_beyond(u, user) := {g | some g in user.additional_gids} - allowed_gids(u)
+
+groups_missing(u, user) := allowed_gids(u) - {g | some g in user.additional_gids}
 
 allowed_gids(u) := {g | some g in object.get(u, "additional_gids", [])} | {u.gid}
 
@@ -831,7 +1085,7 @@ user_mismatch(pol, user) := msg if {
 	user.uid == pol.user.uid
 	user.gid == pol.user.gid
 	not groups_ok(pol.user, user)
-	msg := sprintf("supplementary groups %s are not among the policy's %s", [q(sort(groups_beyond(pol.user, user))), q(sort(allowed_gids(pol.user)))])
+	msg := sprintf("supplementary groups %s are not the policy's %s", [q(sort({g | some g in user.additional_gids})), q(sort(allowed_gids(pol.user)))])
 }
 
 # ---------------------------------------------------------------- capabilities
@@ -840,10 +1094,16 @@ policy_caps := {c | some c in container_policy.capabilities} if container_policy
 
 # [set name, capabilities] for each of the process's sets but bounding that
 # holds capabilities outside its bounding set or the policy's.
-process_caps_beyond_bounding := [[name, sort(extra)] |
-	some name in ["effective", "permitted", "inheritable", "ambient"]
-	extra := object.keys(input.process.capabilities[name]) - policy_caps
-	count(extra) > 0
+# [set name, capabilities] for each of the process's sets but bounding
+# that holds capabilities outside its bounding set (Input finds them).
+process_caps_beyond_bounding := input.process.capabilities_beyond_bounding
+
+# CRI sends no inheritable or ambient capabilities: ambient ones would give a
+# non-root process capabilities across execve that the container's own
+# process does not keep.
+process_caps_inherited := [[name, sort(object.keys(input.process.capabilities[name]))] |
+	some name in ["inheritable", "ambient"]
+	count(input.process.capabilities[name]) > 0
 ]
 
 process_caps_beyond_policy := [[name, sort(extra)] |
@@ -864,48 +1124,91 @@ caps_mismatch := msg if {
 	msg := sprintf("%s capabilities %s are not in the policy's set %s", [name, q(extra), q(sort(policy_caps))])
 }
 
-# ---------------------------------------------------------------- mounts
-
-# The mounts containerd's CRI plugin adds itself, as [destination, type,
-# read-only] (a set, so each of the request's mounts is one lookup). Their
-# sources are virtual file systems or files the agent replaces with copies
-# the host sends (/etc/hosts and the like), so the source does not count.
-# An unprivileged container sees /sys and /sys/fs/cgroup read-only.
-runtime_mounts_unprivileged := {
-	["/proc", "proc", false], ["/proc", "proc", true],
-	["/dev", "tmpfs", false], ["/dev", "tmpfs", true],
-	["/dev/pts", "devpts", false], ["/dev/pts", "devpts", true],
-	["/dev/shm", "tmpfs", false], ["/dev/shm", "tmpfs", true],
-	["/dev/shm", "bind", false], ["/dev/shm", "bind", true],
-	["/dev/mqueue", "mqueue", false], ["/dev/mqueue", "mqueue", true],
-	["/sys", "sysfs", true],
-	["/sys/fs/cgroup", "cgroup", true], ["/sys/fs/cgroup", "cgroup2", true],
-	["/run", "tmpfs", false], ["/run", "tmpfs", true],
-	["/etc/hosts", "bind", false], ["/etc/hosts", "bind", true],
-	["/etc/hostname", "bind", false], ["/etc/hostname", "bind", true],
-	["/etc/resolv.conf", "bind", false], ["/etc/resolv.conf", "bind", true],
-	["/dev/termination-log", "bind", false], ["/dev/termination-log", "bind", true],
+caps_mismatch := msg if {
+	object.keys(input.process.capabilities.bounding) == policy_caps
+	count(process_caps_beyond_bounding) == 0
+	[name, caps] := process_caps_inherited[0]
+	msg := sprintf("%s capabilities %s, which the policy never gives", [name, q(caps)])
 }
 
-runtime_mounts_writable_when_privileged := {["/sys", "sysfs", false], ["/sys/fs/cgroup", "cgroup", false], ["/sys/fs/cgroup", "cgroup2", false]}
+# ---------------------------------------------------------------- rlimits, OOM score
 
-runtime_mounts := runtime_mounts_unprivileged | runtime_mounts_writable_when_privileged if {
-	container_policy.privileged == true
-} else := runtime_mounts_unprivileged
+# The limits as runc applies them (the last of a type) equal the policy's.
+rlimits_ok if input.process.rlimits == object.get(container_policy, "rlimits", {})
+
+rlimits_msg := sprintf("resource limits %s are not the policy's %s", [q(input.process.rlimits), q(object.get(container_policy, "rlimits", {}))]) if {
+	container_policy
+	not rlimits_ok
+}
+
+# A score below the policy's range would have the OOM killer pick the
+# agent first; none at all would inherit the agent's.
+oom_score_adj_ok if {
+	[low, high] := container_policy.oom_score_adj
+	input.process.oom_score_adj >= low
+	input.process.oom_score_adj <= high
+}
+
+oom_score_adj_msg := sprintf("oom_score_adj %s is outside the policy's %s", [q(input.process.oom_score_adj), q(container_policy.oom_score_adj)]) if {
+	container_policy
+	not oom_score_adj_ok
+}
+
+# ---------------------------------------------------------------- mounts
+
+# containerd's CRI plugin adds mounts to every container itself (/proc,
+# /dev, /sys, /dev/shm, /etc/hostname, ...). Input judges them against its
+# table of those mounts, which does not depend on the policy
+# (enforce.runtimeMounts: type, flags, file system data, propagation, and
+# whether an unprivileged container needs them read-only); it hands the
+# rules only the mounts beyond that table, each with its "runtime" verdict
+# ("writable": a runtime mount that must be read-only unless privileged;
+# "other") and the reason, which the rules name when the policy does not
+# allow the mount either.
+
+# Propagation a mount may have: shared would carry mounts between the
+# container and the VM.
+quiet_propagation := {"", "private", "rprivate", "slave", "rslave"}
 
 # The request's mounts that are neither an acceptable runtime mount nor
 # one the policy allows.
 mounts_unexplained := [m |
-	some m in input.mounts
-	not [m.destination, m.type, m.read_only] in runtime_mounts
+	some m in input.mounts_beyond_runtime
+	not privileged_runtime_mount(m)
 	not policy_mount_ok(m)
 ]
+
+privileged_runtime_mount(m) if {
+	m.runtime == "writable"
+	container_policy.privileged == true
+}
+
+# Input refuses a second mount at a destination.
+create_container_ok contains "mounts" if {
+	container_policy
+	count(mounts_unexplained) == 0
+	count(mounts_missing) == 0
+}
+
+# Dropping a mount changes what the container sees as much as adding one:
+# without /dev the image's device nodes show, without a volume the image's
+# files stand in for the pod's. containerd always sends these runtime
+# mounts, the kubelet every volume mount the policy names.
+required_runtime_mounts := {"/proc", "/dev", "/dev/pts", "/dev/mqueue", "/sys", "/sys/fs/cgroup", "/dev/shm", "/etc/hostname", "/etc/resolv.conf"}
+
+mounts_missing := (required_runtime_mounts | object.keys(container_policy.mounts)) - object.keys(input.mount_destinations)
+
+create_container_why contains ["mounts", msg] if {
+	count(mounts_missing) > 0
+	msg := sprintf("mounts at %s are missing", [q(sort(mounts_missing))])
+}
 
 policy_mount_ok(m) if {
 	allowed := container_policy.mounts[m.destination]
 	m.type == allowed.type
 	matches(allowed.source_pattern, m.source)
 	flag_ok(not_true(m.read_only), not_true(allowed.read_only))
+	m.propagation in quiet_propagation
 }
 
 # not_true(x) is true for false: a writable mount asks for the leave a
@@ -914,44 +1217,22 @@ not_true(false) := true
 
 not_true(true) := false
 
-runtime_mount_types[dest] contains t if some [dest, t, _] in runtime_mounts_unprivileged
+mount_mismatch(pol, m) := m.runtime_why if not pol.mounts[m.destination]
 
-mount_mismatch(pol, m) := msg if {
-	not pol.mounts[m.destination]
-	not runtime_mount_types[m.destination]
-	msg := sprintf("mount of %s at %s (%s) is neither a runtime default nor in the policy", [q(m.source), q(m.destination), m.type])
-}
+mount_mismatch(pol, m) := policy_mount_why(pol.mounts[m.destination], m)
 
-mount_mismatch(pol, m) := msg if {
-	not pol.mounts[m.destination]
-	runtime_mount_types[m.destination][m.type]
-	msg := sprintf("mount at %s is writable; it must be read-only in an unprivileged container", [q(m.destination)])
-}
-
-mount_mismatch(pol, m) := msg if {
-	not pol.mounts[m.destination]
-	types := runtime_mount_types[m.destination]
-	not types[m.type]
-	msg := sprintf("mount at %s has type %s, the runtime's is %s", [q(m.destination), q(m.type), q(sort(types))])
-}
-
-mount_mismatch(pol, m) := msg if {
-	allowed := pol.mounts[m.destination]
+# Why a mount at a destination the policy names is not the policy's: the
+# first difference.
+policy_mount_why(allowed, m) := msg if {
 	m.type != allowed.type
 	msg := sprintf("mount at %s has type %s, the policy's is %s", [q(m.destination), q(m.type), q(allowed.type)])
-}
-
-mount_mismatch(pol, m) := msg if {
-	allowed := pol.mounts[m.destination]
-	m.type == allowed.type
+} else := msg if {
 	not matches(allowed.source_pattern, m.source)
 	msg := sprintf("mount at %s has source %s, which does not match the policy's %s", [q(m.destination), q(m.source), q(allowed.source_pattern)])
-}
-
-mount_mismatch(pol, m) := msg if {
-	allowed := pol.mounts[m.destination]
-	m.type == allowed.type
-	matches(allowed.source_pattern, m.source)
-	not policy_mount_ok(m)
+} else := msg if {
+	not flag_ok(not_true(m.read_only), not_true(allowed.read_only))
 	msg := sprintf("mount at %s is writable, the policy has it read-only", [q(m.destination)])
+} else := msg if {
+	not m.propagation in quiet_propagation
+	msg := sprintf("mount at %s has propagation %s", [q(m.destination), q(m.propagation)])
 }

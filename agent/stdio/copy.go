@@ -29,6 +29,10 @@ type Output struct {
 	drainOne sync.Once
 	done     chan struct{}
 
+	// discard: the policy allows the host no logs of the process; its
+	// stream is claimed (so the host sees it end) but gets nothing.
+	discard bool
+
 	mu    sync.Mutex
 	conn  net.Conn
 	abort bool
@@ -40,6 +44,15 @@ type Output struct {
 // the process never blocks forever. Output owns r.
 func (h *Hub) StartOutput(ctx context.Context, key Key, r *os.File, claimTimeout time.Duration) *Output {
 	o := &Output{key: key, r: r, exited: make(chan struct{}), drained: make(chan struct{}), done: make(chan struct{})}
+	go o.run(ctx, h, claimTimeout)
+	return o
+}
+
+// StartDiscardedOutput is StartOutput for a process whose output the host
+// may not read: the stream is drained into nothing, and the host's
+// connection, once claimed, only ends with it.
+func (h *Hub) StartDiscardedOutput(ctx context.Context, key Key, r *os.File, claimTimeout time.Duration) *Output {
+	o := &Output{key: key, r: r, discard: true, exited: make(chan struct{}), drained: make(chan struct{}), done: make(chan struct{})}
 	go o.run(ctx, h, claimTimeout)
 	return o
 }
@@ -65,6 +78,9 @@ func (o *Output) run(ctx context.Context, h *Hub, claimTimeout time.Duration) {
 		o.mu.Unlock()
 		defer closeConn(conn)
 		w = conn
+		if o.discard {
+			w = io.Discard
+		}
 	}
 
 	buf := make([]byte, 32<<10)

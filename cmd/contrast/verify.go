@@ -34,14 +34,17 @@ const (
 const nonceSize = 64
 
 const verifyUsage = `(--pod SANDBOX_ID [--state-dir DIR] [--namespace NS] | --report FILE [--certs FILE])
-       [--nonce HEX] [--reference REF.json|IMAGE_DIR | --measurement HEX...] [--policy FILE | --pod-yaml FILE]
+       [--nonce HEX [--workload]] [--reference REF.json|IMAGE_DIR | --measurement HEX...] [--policy FILE | --pod-yaml FILE]
        [--vcek FILE] [--min-tcb TCB] [--product LINE] [--trusted-chain FILE] [--save-report FILE] [--json]`
 
 const verifySummary = `Verifies a pod VM's SEV-SNP attestation report and prints one line per check:
   signature    the VCEK chains to AMD's root keys (embedded; or --trusted-chain) and signed the report
   measurement  MEASUREMENT is a reference value (the launch's firmware, kernel, initrd, command line, vCPUs)
   host_data    HOSTDATA is the SHA-256 of the pod's policy
-  report_data  REPORT_DATA is the nonce (the report is fresh, not replayed)
+  report_data  REPORT_DATA binds the nonce (the report is fresh, not replayed): a report
+               the host asked for (GetReport: --pod, --save-report) carries SHA-512 of a
+               fixed prefix and the nonce, one a container got from its attestation
+               endpoint (--workload) the nonce itself
   debug        the guest policy forbids debugging
   tcb          the reported TCB is the VCEK's, committed, and at least --min-tcb
 A check whose expected value is not given is skipped (SKIP), never passed.
@@ -65,6 +68,7 @@ func verify(ctx context.Context, sio *stdio, args []string) error {
 	reportPath := fs.String("report", "", "verify a saved report (JSON from --save-report or the attestation endpoint, or raw)")
 	certsPath := fs.String("certs", "", "the report's certificate table, raw (with --report)")
 	nonceHex := fs.String("nonce", "", "the nonce (64 bytes, 128 hex digits) the report must carry; with --pod, sent instead of a random one")
+	workload := fs.Bool("workload", false, "the --report came from a container's attestation endpoint: REPORT_DATA is the nonce itself, not the host's GetReport form")
 	referencePath := fs.String("reference", "", "reference measurements: a guest image's reference.json (contrast image build --firmware) or the image directory")
 	var measurements []string
 	fs.Func("measurement", "an acceptable MEASUREMENT, 96 hex digits (repeatable)", func(s string) error {
@@ -93,6 +97,8 @@ func verify(ctx context.Context, sio *stdio, args []string) error {
 		return usagef("--pod and --report exclude each other")
 	case *certsPath != "" && *reportPath == "":
 		return usagef("--certs goes with --report")
+	case *workload && (*reportPath == "" || *nonceHex == ""):
+		return usagef("--workload goes with --report and --nonce: a report fetched with --pod is the host's")
 	case (set["state-dir"] || set["namespace"] || set["timeout"]) && *pod == "":
 		return usagef("--state-dir, --namespace and --timeout go with --pod")
 	case *referencePath != "" && len(measurements) > 0:
@@ -224,7 +230,14 @@ func verify(ctx context.Context, sio *stdio, args []string) error {
 		}
 	}
 
-	opts.ReportData = nonce
+	if nonce != nil {
+		want := *nonce
+		if !*workload {
+			// The agent binds a host's nonce in a domain of its own.
+			want = agent.HostReportData(nonce[:])
+		}
+		opts.ReportData = &want
+	}
 	res, err := attest.Verify(ev.Report, ev.Certs, opts)
 	if err != nil {
 		return fmt.Errorf("%s: %w", source, err)

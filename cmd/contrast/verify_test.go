@@ -270,7 +270,9 @@ func TestVerifySampleReport(t *testing.T) {
 	vcek := writeTemp(t, "vcek.der", testdata.VcekBytes)
 	nonce := "0102030405" + strings.Repeat("00", 59)
 	measurement := "b07af9620f3b839b47996422ddec6058338951d984e312115131ea82705eaf5b6bdf8a9ece31a5a608eb0cf2e4872b01"
-	args := []string{"verify", "--report", report, "--vcek", vcek, "--nonce", nonce, "--measurement", measurement, "--min-tcb", "bl=2,tee=0,snp=5,ucode=68"}
+	// A report of AMD's sample carries the nonce verbatim, as the containers'
+	// attestation endpoint writes it.
+	args := []string{"verify", "--report", report, "--workload", "--vcek", vcek, "--nonce", nonce, "--measurement", measurement, "--min-tcb", "bl=2,tee=0,snp=5,ucode=68"}
 
 	code, stdout, stderr := runCLI(t, args...)
 	t.Logf("stdout:\n%s", stdout)
@@ -350,7 +352,9 @@ func TestVerifyPod(t *testing.T) {
 		{"other launch, --measurement", append(pod, "--measurement", strings.Repeat("00", 48), "--pod-yaml", yaml),
 			"measurement", "FAIL measurement MEASUREMENT " + measurementHex + " is none of the 1 reference values"},
 		{"replayed report, new nonce", []string{"verify", "--report", saved, "--trusted-chain", chain, "--measurement", measurementHex, "--pod-yaml", yaml, "--nonce", strings.Repeat("ee", 64)},
-			"report_data", "FAIL report_data REPORT_DATA " + nonce + " is not the nonce " + strings.Repeat("ee", 64)},
+			"report_data", "FAIL report_data REPORT_DATA " + hostReportData(t, nonce) + " is not the nonce " + hostReportData(t, strings.Repeat("ee", 64))},
+		{"host's report taken for a workload's", []string{"verify", "--report", saved, "--workload", "--trusted-chain", chain, "--measurement", measurementHex, "--pod-yaml", yaml, "--nonce", nonce},
+			"report_data", "FAIL report_data REPORT_DATA " + hostReportData(t, nonce) + " is not the nonce " + nonce},
 		{"AMD's roots only", []string{"verify", "--pod", "sandbox1", "--state-dir", stateDir, "--measurement", measurementHex, "--pod-yaml", yaml},
 			"signature", "FAIL signature   VCEK could not be verified by any trusted roots"},
 		{"other namespace", []string{"verify", "--pod", "sandbox1", "--state-dir", stateDir, "--namespace", "default"},
@@ -412,4 +416,15 @@ func TestVerifyReferenceErrors(t *testing.T) {
 			t.Errorf("--reference %s: exit %d, stdout %q, stderr %q; want 1 and %q", tc.reference, code, stdout, stderr, tc.want)
 		}
 	}
+}
+
+// hostReportData is the REPORT_DATA of a GetReport with the nonce in hex.
+func hostReportData(t *testing.T, nonce string) string {
+	t.Helper()
+	b, err := hex.DecodeString(nonce)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := api.HostReportData(b)
+	return hex.EncodeToString(d[:])
 }

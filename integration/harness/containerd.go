@@ -388,9 +388,14 @@ func (c *Containerd) PID() int {
 func (c *Containerd) CRI() *CRI {
 	return &CRI{
 		Bin: c.tools.Crictl, Endpoint: "unix://" + c.Socket, ConfigDir: filepath.Join(c.Dir, "cri"),
-		LogDir: c.PodLogs, CgroupParent: c.CgroupParent,
+		LogDir: c.PodLogs, CgroupParent: c.CgroupParent, KubeletRoot: c.KubeletRoot(),
 	}
 }
+
+// KubeletRoot is where the harness keeps what the kubelet would keep under
+// its --root-dir (pods/<uid>/etc-hosts, containers/<name>/<id>): the
+// kubeletRootDir policies for this instance are generated with.
+func (c *Containerd) KubeletRoot() string { return filepath.Join(c.Dir, "kubelet") }
 
 // Ctr runs ctr against this instance in CRI's namespace, k8s.io, and
 // returns its stdout.

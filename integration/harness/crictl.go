@@ -27,6 +27,9 @@ type CRI struct {
 	ConfigDir string
 	// LogDir holds one CRI log directory per pod.
 	LogDir string
+	// KubeletRoot stands for the kubelet's --root-dir: the files the
+	// kubelet gives containers (ContainerConfig.KubeletFiles) live under it.
+	KubeletRoot string
 	// CgroupParent is the pods' cgroup parent (empty: CRI's default).
 	CgroupParent string
 	// Timeout is crictl's per-call timeout (default 2m: a pod VM boots
@@ -186,7 +189,10 @@ func (r *Resources) json() map[string]any {
 
 // Pod is a pod sandbox created through CRI.
 type Pod struct {
-	ID         string
+	ID string
+	// UID is the pod's metadata.uid, a UUID as the API server gives it;
+	// the kubelet's files for the pod lie under KubeletRoot/pods/<UID>.
+	UID        string
 	Config     PodConfig
 	ConfigFile string
 	LogDir     string
@@ -206,7 +212,12 @@ func (c *CRI) RunPod(ctx context.Context, pc PodConfig) (*Pod, error) {
 		return nil, err
 	}
 	uid := pc.Name + "-" + suffix
+	podUID, err := randomUUID()
+	if err != nil {
+		return nil, err
+	}
 	pod := &Pod{
+		UID:        podUID,
 		Config:     pc,
 		ConfigFile: filepath.Join(c.ConfigDir, "pod-"+uid+".json"),
 		LogDir:     filepath.Join(c.LogDir, uid),
@@ -216,7 +227,7 @@ func (c *CRI) RunPod(ctx context.Context, pc PodConfig) (*Pod, error) {
 		return nil, fmt.Errorf("create pod log directory: %w", err)
 	}
 	cfg := map[string]any{
-		"metadata":      map[string]any{"name": pc.Name, "namespace": pc.Namespace, "uid": uid, "attempt": 0},
+		"metadata":      map[string]any{"name": pc.Name, "namespace": pc.Namespace, "uid": podUID, "attempt": 0},
 		"hostname":      pc.Name,
 		"log_directory": pod.LogDir,
 		"annotations":   pc.Annotations,
@@ -291,6 +302,68 @@ type ContainerConfig struct {
 	Resources *Resources
 	// HostPID: see PodConfig.HostPID; set both.
 	HostPID bool
+	// OOMScoreAdj is linux.resources.oom_score_adj, which the kubelet
+	// always sends (by QoS class: 1000 for BestEffort); nil sends none,
+	// as a bare crictl client does.
+	OOMScoreAdj *int64
+	// Security is the part of linux.security_context beyond the masked
+	// and read-only paths; nil sends none.
+	Security *SecurityContext
+	// Init marks an init container (PodFromYAML): the kubelet runs it to
+	// completion before the next container; CreateContainer does not
+	// read it.
+	Init bool
+	// KubeletFiles gives the container the files the kubelet mounts into
+	// every container of a pod in its own network: its /etc/hosts
+	// (KubeletRoot/pods/<uid>/etc-hosts) and a termination log
+	// (pods/<uid>/containers/<name>/<8 hex>) at /dev/termination-log.
+	KubeletFiles bool
+}
+
+// SecurityContext is the part of CRI's LinuxContainerSecurityContext the
+// tests set, as the kubelet fills it from a pod's and a container's
+// securityContext.
+type SecurityContext struct {
+	RunAsUser, RunAsGroup *int64
+	SupplementalGroups    []int64
+	ReadOnlyRootfs        bool
+	NoNewPrivs            bool
+	// CapAdd and CapDrop are capability names as the YAML writes them
+	// (NET_BIND_SERVICE, ALL).
+	CapAdd, CapDrop []string
+	// Seccomp is the profile type: "RuntimeDefault", "Unconfined" (what
+	// the kubelet sends without a profile or seccompDefault), or "" to
+	// send none.
+	Seccomp string
+}
+
+// json renders the context into sc (CRI JSON, as crictl reads it).
+func (s *SecurityContext) json(sc map[string]any) error {
+	if s.RunAsUser != nil {
+		sc["run_as_user"] = map[string]any{"value": *s.RunAsUser}
+	}
+	if s.RunAsGroup != nil {
+		sc["run_as_group"] = map[string]any{"value": *s.RunAsGroup}
+	}
+	if len(s.SupplementalGroups) > 0 {
+		sc["supplemental_groups"] = s.SupplementalGroups
+	}
+	sc["readonly_rootfs"] = s.ReadOnlyRootfs
+	sc["no_new_privs"] = s.NoNewPrivs
+	if len(s.CapAdd) > 0 || len(s.CapDrop) > 0 {
+		sc["capabilities"] = map[string]any{"add_capabilities": s.CapAdd, "drop_capabilities": s.CapDrop}
+	}
+	// CRI's SecurityProfile.ProfileType: RuntimeDefault 0, Unconfined 1.
+	switch s.Seccomp {
+	case "":
+	case "RuntimeDefault":
+		sc["seccomp"] = map[string]any{"profile_type": 0}
+	case "Unconfined":
+		sc["seccomp"] = map[string]any{"profile_type": 1}
+	default:
+		return fmt.Errorf("seccomp profile %q is not emulated", s.Seccomp)
+	}
+	return nil
 }
 
 // kubelet's default masked and read-only paths (k8s.io/kubernetes
@@ -342,13 +415,32 @@ func (c *CRI) CreateContainer(ctx context.Context, pod *Pod, cc ContainerConfig)
 		"stdin":       cc.Stdin,
 		"stdin_once":  cc.StdinOnce,
 	}
+	if cc.KubeletFiles {
+		mounts, err := c.kubeletFiles(pod, cc.Name)
+		if err != nil {
+			return nil, fmt.Errorf("container %s: %w", cc.Name, err)
+		}
+		cfg["mounts"] = mounts
+	}
 	linux := map[string]any{}
-	if cc.Resources != nil {
-		linux["resources"] = cc.Resources.json()
+	if cc.Resources != nil || cc.OOMScoreAdj != nil {
+		res := map[string]any{}
+		if cc.Resources != nil {
+			res = cc.Resources.json()
+		}
+		if cc.OOMScoreAdj != nil {
+			res["oom_score_adj"] = *cc.OOMScoreAdj
+		}
+		linux["resources"] = res
 	}
 	// kubelet always sends the masked and read-only /proc and /sys paths
 	// (procMount Default); CRI leaves them empty when a client does not.
 	sc := map[string]any{"masked_paths": kubeletMaskedPaths, "readonly_paths": kubeletReadonlyPaths}
+	if cc.Security != nil {
+		if err := cc.Security.json(sc); err != nil {
+			return nil, fmt.Errorf("container %s: %w", cc.Name, err)
+		}
+	}
 	if cc.HostPID {
 		sc["namespace_options"] = map[string]any{"pid": namespaceModeNode}
 	}
@@ -366,6 +458,42 @@ func (c *CRI) CreateContainer(ctx context.Context, pod *Pod, cc ContainerConfig)
 		return nil, fmt.Errorf("crictl create printed %q, want a container id", out)
 	}
 	return ctr, nil
+}
+
+// kubeletFiles writes the files the kubelet mounts into a container
+// (pkg/kubelet/kubelet_pods.go makeMounts: etc-hosts, and the termination
+// log the kubelet reads back after the container exits) and returns them
+// as CRI mounts.
+func (c *CRI) kubeletFiles(pod *Pod, container string) ([]map[string]any, error) {
+	if c.KubeletRoot == "" {
+		return nil, errors.New("kubelet files asked for, but the CRI has no KubeletRoot")
+	}
+	podDir := filepath.Join(c.KubeletRoot, "pods", pod.UID)
+	hostname := pod.Config.Name
+	hosts := filepath.Join(podDir, "etc-hosts")
+	hostsContent := "# Kubernetes-managed hosts file.\n127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
+	if hostname != "" {
+		hostsContent += "127.0.1.1\t" + hostname + "\n"
+	}
+	id, err := randomHex(4)
+	if err != nil {
+		return nil, err
+	}
+	termDir := filepath.Join(podDir, "containers", container)
+	term := filepath.Join(termDir, id)
+	if err := os.MkdirAll(termDir, 0o750); err != nil {
+		return nil, err
+	}
+	if err := os.WriteFile(hosts, []byte(hostsContent), 0o644); err != nil {
+		return nil, err
+	}
+	if err := os.WriteFile(term, nil, 0o666); err != nil {
+		return nil, err
+	}
+	return []map[string]any{
+		{"container_path": "/etc/hosts", "host_path": hosts},
+		{"container_path": "/dev/termination-log", "host_path": term},
+	}, nil
 }
 
 // StartContainer runs `crictl start`.
@@ -601,6 +729,18 @@ func writeJSON(path string, v any) error {
 		return fmt.Errorf("write %s: %w", path, err)
 	}
 	return nil
+}
+
+// randomUUID returns a random (version 4) UUID.
+func randomUUID() (string, error) {
+	b := make([]byte, 16)
+	if _, err := rand.Read(b); err != nil {
+		return "", err
+	}
+	b[6] = b[6]&0x0f | 0x40
+	b[8] = b[8]&0x3f | 0x80
+	h := hex.EncodeToString(b)
+	return h[:8] + "-" + h[8:12] + "-" + h[12:16] + "-" + h[16:20] + "-" + h[20:], nil
 }
 
 func randomHex(n int) (string, error) {

@@ -34,6 +34,9 @@ type Decision struct {
 	Allow  bool
 	Rule   string
 	Reason string
+	// DiscardOutput: an allowed CreateContainer whose output the host may
+	// not read (the rule value's "discard_output"); the agent drains it.
+	DiscardOutput bool
 }
 
 // builtinsDenied are OPA built-ins a policy may not call: the agent decides
@@ -145,7 +148,8 @@ func decisionOf(kind policy.Kind, value any) (Decision, error) {
 		reason, _ := v["reason"].(string)
 		rule, _ := v["rule"].(string)
 		if allow {
-			return Decision{Allow: true}, nil
+			discard, _ := v["discard_output"].(bool)
+			return Decision{Allow: true, DiscardOutput: discard}, nil
 		}
 		if rule == "" {
 			rule = string(kind)

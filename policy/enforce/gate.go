@@ -24,11 +24,22 @@ type Gate struct {
 
 	mu         sync.Mutex
 	containers map[string]string // container id -> name, for allowed creates
+	// discard holds the ids of allowed containers whose output the host
+	// may not read.
+	discard map[string]bool
+	// created holds the names of the containers the agent has created,
+	// completed those of containers whose process exited with status 0:
+	// the pod's progress, which the rules read (input.pod_state) to keep
+	// init containers in order.
+	created, completed map[string]bool
 }
+
+// Engine is the engine the gate decides with.
+func (g *Gate) Engine() *Engine { return g.engine }
 
 // NewGate returns a gate deciding with e.
 func NewGate(e *Engine) *Gate {
-	return &Gate{engine: e, containers: map[string]string{}}
+	return &Gate{engine: e, containers: map[string]string{}, discard: map[string]bool{}, created: map[string]bool{}, completed: map[string]bool{}}
 }
 
 // Denial is the error of a request the policy does not allow. Its message
@@ -80,6 +91,7 @@ func (g *Gate) Authorize(ctx context.Context, method string, req any) error {
 		if id := in["container_id"].(string); g.known(id) {
 			return &Denial{Kind: kind, Rule: "gate", Reason: fmt.Sprintf("container id %q exists already", id)}
 		}
+		in["pod_state"] = g.podState()
 	}
 	v, err := ast.InterfaceToValue(in)
 	if err != nil {
@@ -102,8 +114,19 @@ func (g *Gate) Authorize(ctx context.Context, method string, req any) error {
 			return &Denial{Kind: kind, Rule: "gate", Reason: fmt.Sprintf("container id %q exists already", id)}
 		}
 		g.containers[id] = name
+		g.discard[id] = d.DiscardOutput
 	}
 	return nil
+}
+
+// DiscardOutput reports whether the host may not read the output of
+// container id (and of what is exec'd in it): true for an id the gate did
+// not allow, so nothing unknown leaks.
+func (g *Gate) DiscardOutput(id string) bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	discard, ok := g.discard[id]
+	return !ok || discard
 }
 
 // RuleInput is the rule of a Denial for a request the gate could not read.
@@ -121,6 +144,11 @@ func (g *Gate) Done(method string, req any, err error) {
 	switch policy.Kind(strings.TrimPrefix(method, ServicePrefix)) {
 	case policy.CreateContainer:
 		if err == nil {
+			g.mu.Lock()
+			if name, ok := g.containers[r.GetContainerId()]; ok {
+				g.created[name] = true
+			}
+			g.mu.Unlock()
 			return
 		}
 	case policy.RemoveContainer:
@@ -132,6 +160,7 @@ func (g *Gate) Done(method string, req any, err error) {
 	}
 	g.mu.Lock()
 	delete(g.containers, r.GetContainerId())
+	delete(g.discard, r.GetContainerId())
 	g.mu.Unlock()
 }
 
@@ -145,4 +174,31 @@ func (g *Gate) containerName(id string) (string, bool) {
 func (g *Gate) known(id string) bool {
 	_, ok := g.containerName(id)
 	return ok
+}
+
+// Exited tells the gate that the process of container id exited with
+// status: a container that exits with 0 has completed (what an init
+// container must do before the next may run).
+func (g *Gate) Exited(id string, status int) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if name, ok := g.containers[id]; ok && status == 0 {
+		g.completed[name] = true
+	}
+}
+
+// podState is the input's pod_state: the sets of container names created
+// and completed so far.
+func (g *Gate) podState() map[string]any {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	created := make(map[string]any, len(g.created))
+	for n := range g.created {
+		created[n] = true
+	}
+	completed := make(map[string]any, len(g.completed))
+	for n := range g.completed {
+		completed[n] = true
+	}
+	return map[string]any{"created": created, "completed": completed}
 }

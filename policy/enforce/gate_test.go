@@ -202,3 +202,24 @@ func TestGateDone(t *testing.T) {
 		t.Errorf("start after a refused duplicate create: %v", err)
 	}
 }
+
+// TestGateDiscardOutput: a container whose policy allows no logs is created
+// (containerd opens its streams regardless) and the gate tells the agent to
+// discard its output; unknown ids are discarded too.
+func TestGateDiscardOutput(t *testing.T) {
+	d := testData()
+	web := d.Containers["web"]
+	web.Logs = false
+	d.Containers["web"] = web
+	g := NewGate(engineFor(t, d))
+	ctx := context.Background()
+	for _, name := range []string{"web", "api"} {
+		req := createRequest(t, "c-"+name, criSpec(testContainerNamed(t, name)), nil)
+		if err := g.Authorize(ctx, ServicePrefix+"CreateContainer", req); err != nil {
+			t.Fatalf("create %s: %v", name, err)
+		}
+	}
+	if !g.DiscardOutput("c-web") || g.DiscardOutput("c-api") || !g.DiscardOutput("c-unknown") {
+		t.Errorf("discard web %v, api %v, unknown %v; want true, false, true", g.DiscardOutput("c-web"), g.DiscardOutput("c-api"), g.DiscardOutput("c-unknown"))
+	}
+}

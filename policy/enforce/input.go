@@ -48,13 +48,19 @@ const (
 //	CreateSandbox    sandbox_id, hostname
 //	CreateContainer  container_type, image, sandbox_name, sandbox_namespace (CRI annotations),
 //	                 annotations (all of them), process (below), read_only_root,
-//	                 mounts [{destination, type, source, read_only}],
+//	                 mounts [{destination, type, source, read_only, nosuid, nodev, noexec,
+//	                 flags (the set of those three that hold), propagation, data,
+//	                 data_set (data as a set), runtime, runtime_why}],
+//	                 mount_destinations (a set; a destination given twice is
+//	                 refused), mounts_beyond_runtime (the mounts whose runtime
+//	                 is not "ok": see judgeRuntimeMount),
 //	                 namespaces {type: path} (a key per namespace the container gets),
 //	                 masked_paths, readonly_paths (sets), devices [path],
 //	                 device_rules [{allow, type, major, minor, access}],
 //	                 sysctls {name: value}, seccomp {default_action} ("" without a filter),
 //	                 stdio {stdin, stdout, stderr, terminal},
 //	                 layers [{digest, root_hash}] (the image's layers, lowest first),
+//	                 layer_root_hashes (their root hashes, in that order),
 //	                 unverified_rootfs (the host offered a rootfs and no layers)
 //	ExecProcess      process, stdio
 //	SignalProcess    signal, all
@@ -67,6 +73,8 @@ const (
 //
 // where process is {args, env, cwd, user {uid, gid, additional_gids},
 // capabilities {bounding, effective, permitted, inheritable, ambient},
+// capabilities_beyond_bounding [[set, [CAP_...]]] (the capabilities of
+// each other set outside the bounding set, sorted),
 // no_new_privileges, terminal}. A set is an object whose keys are the
 // members (values true): env is the set of NAME=VALUE entries, each
 // capability set one of CAP_ names, so rules index them and compare them
@@ -128,6 +136,11 @@ func Input(kind policy.Kind, req proto.Message, containerName func(id string) (s
 			return nil, fmt.Errorf("%s %s: %w", kind, r.GetContainerId(), err)
 		}
 		in["layers"] = layers
+		hashes := make([]any, len(layers))
+		for i, l := range layers {
+			hashes[i] = l.(map[string]any)["root_hash"]
+		}
+		in["layer_root_hashes"] = hashes
 		in["unverified_rootfs"] = r.GetRootfs() != nil && len(layers) == 0
 	case policy.ExecProcess:
 		r, ok := req.(*agentapi.ExecProcessRequest)
@@ -252,6 +265,9 @@ func isLowerHex(s string, n int) bool {
 // agent's spec rewrite does, so both read the same spec.
 func decodeJSON(raw []byte, v any) error {
 	d := json.NewDecoder(bytes.NewReader(raw))
+	// A field the runtime-spec types lack would be dropped silently; the
+	// request is refused instead, naming it.
+	d.DisallowUnknownFields()
 	if err := d.Decode(v); err != nil {
 		return err
 	}
@@ -261,9 +277,16 @@ func decodeJSON(raw []byte, v any) error {
 	return nil
 }
 
+// runcAnnotationPrefixes are annotations runc (and the systemd cgroup
+// driver) read as settings; only the CRI's own annotations reach a rule.
+var runcAnnotationPrefixes = []string{"org.systemd.property.", "org.criu.", "org.opencontainers.runc.", "run.oci."}
+
 func containerInput(in map[string]any, raw []byte) error {
 	var s specs.Spec
 	if err := decodeJSON(raw, &s); err != nil {
+		return err
+	}
+	if err := checkFields(&s, specFields, ""); err != nil {
 		return err
 	}
 	if s.Process == nil {
@@ -277,6 +300,11 @@ func containerInput(in map[string]any, raw []byte) error {
 
 	annotations := make(map[string]any, len(s.Annotations))
 	for k, v := range s.Annotations {
+		for _, p := range runcAnnotationPrefixes {
+			if strings.HasPrefix(k, p) {
+				return fmt.Errorf("annotations[%q]: runc reads annotations beginning %q as settings", k, p)
+			}
+		}
 		annotations[k] = v
 	}
 	in["annotations"] = annotations
@@ -289,19 +317,38 @@ func containerInput(in map[string]any, raw []byte) error {
 	in["read_only_root"] = s.Root != nil && s.Root.Readonly
 
 	mounts := make([]any, 0, len(s.Mounts))
+	destinations := make(map[string]any, len(s.Mounts))
+	first := make(map[string]int, len(s.Mounts))
+	beyond := []any{}
 	for i, m := range s.Mounts {
 		mi, err := mountInput(m)
 		if err != nil {
 			return fmt.Errorf("mounts[%d].%w", i, err)
 		}
+		// runc mounts over the earlier mount: what a rule judged at the
+		// destination would not be what the container sees. No runtime
+		// sends two.
+		if j, dup := first[m.Destination]; dup {
+			return fmt.Errorf("mounts[%d].destination: %q again (first mounts[%d]): two mounts at one destination", i, m.Destination, j)
+		}
+		first[m.Destination] = i
+		destinations[m.Destination] = true
+		mi["runtime"], mi["runtime_why"] = judgeRuntimeMount(mi, s.Root != nil && s.Root.Readonly)
+		if mi["runtime"] != runtimeOK {
+			beyond = append(beyond, mi)
+		}
 		mounts = append(mounts, mi)
 	}
 	in["mounts"] = mounts
+	in["mount_destinations"] = destinations
+	in["mounts_beyond_runtime"] = beyond
 
 	l := s.Linux
 	if l == nil {
 		l = &specs.Linux{}
 	}
+	in["uid_mappings"] = idMappings(l.UIDMappings)
+	in["gid_mappings"] = idMappings(l.GIDMappings)
 	namespaces := make(map[string]any, len(l.Namespaces))
 	for i, ns := range l.Namespaces {
 		if ns.Type == "" {
@@ -323,6 +370,7 @@ func containerInput(in map[string]any, raw []byte) error {
 		return err
 	}
 	in["masked_paths"], in["readonly_paths"] = masked, readonly
+	in["rootfs_propagation"] = l.RootfsPropagation
 
 	devices := make([]string, 0, len(l.Devices))
 	for _, d := range l.Devices {
@@ -353,47 +401,79 @@ func containerInput(in map[string]any, raw []byte) error {
 	}
 	in["sysctls"] = sysctls
 
-	defaultAction := ""
-	if l.Seccomp != nil {
-		defaultAction = string(l.Seccomp.DefaultAction)
-		if defaultAction == "" {
-			return errors.New("linux.seccomp.defaultAction: missing")
-		}
+	seccomp, err := seccompInput(l.Seccomp)
+	if err != nil {
+		return fmt.Errorf("linux.seccomp: %w", err)
 	}
-	in["seccomp"] = map[string]any{"default_action": defaultAction}
+	in["seccomp"] = seccomp
 	return nil
 }
 
+// seccompInput is what rules see of a seccomp filter: null without one,
+// else its default action and the SHA-256 of the whole filter as the agent
+// hands it to runc (encoding/json of the decoded value), which a policy
+// pins (policy.SeccompHash computes the same).
+func seccompInput(sc *specs.LinuxSeccomp) (any, error) {
+	if sc == nil {
+		return nil, nil
+	}
+	if sc.DefaultAction == "" {
+		return nil, errors.New("defaultAction: missing")
+	}
+	sum, err := policy.SeccompHash(sc)
+	if err != nil {
+		return nil, err
+	}
+	return map[string]any{"default_action": string(sc.DefaultAction), "sha256": sum, "syscall_rules": int64(len(sc.Syscalls))}, nil
+}
+
+func idMappings(ms []specs.LinuxIDMapping) []any {
+	out := make([]any, 0, len(ms))
+	for _, m := range ms {
+		out = append(out, []any{int64(m.ContainerID), int64(m.HostID), int64(m.Size)})
+	}
+	return out
+}
+
 // processInput returns the process part of the input; its errors name the
-// field below process.
+// field below process. The fields processFields does not judge must be
+// absent.
 func processInput(p *specs.Process) (map[string]any, error) {
+	if err := checkFields(p, processFields, ""); err != nil {
+		return nil, err
+	}
 	if len(p.Args) == 0 {
-		if p.CommandLine != "" {
-			return nil, errors.New("commandLine: a Windows command line, not args")
-		}
 		return nil, errors.New("args: empty")
 	}
-	env := make(map[string]any, len(p.Env))
-	names := make(map[string]int, len(p.Env))
+	// runc sets the entries in order (setenv): the last value of a name is
+	// the one the process sees. Rules judge that effective environment.
+	effective := make(map[string]string, len(p.Env))
 	for i, e := range p.Env {
-		name, _, ok := strings.Cut(e, "=")
+		name, value, ok := strings.Cut(e, "=")
 		if !ok || name == "" {
 			return nil, fmt.Errorf("env[%d]: %q is not NAME=VALUE", i, e)
 		}
-		if j, dup := names[name]; dup {
-			return nil, fmt.Errorf("env[%d]: %s is set again (first in env[%d]); which one a process sees differs by program", i, name, j)
+		if strings.IndexByte(e, 0) >= 0 {
+			return nil, fmt.Errorf("env[%d]: %q holds a NUL byte", i, name)
 		}
-		names[name] = i
-		env[e] = true
+		effective[name] = value
+	}
+	env := make(map[string]any, len(effective))
+	names := make(map[string]any, len(effective))
+	for name, value := range effective {
+		env[name+"="+value] = true
+		names[name] = true
 	}
 	gids := make([]any, 0, len(p.User.AdditionalGids))
 	for _, g := range p.User.AdditionalGids {
 		gids = append(gids, int64(g))
 	}
-	var c specs.LinuxCapabilities
-	if p.Capabilities != nil {
-		c = *p.Capabilities
+	// runc changes no capability of a process whose spec names none: it
+	// would keep every capability of the agent's root.
+	if p.Capabilities == nil {
+		return nil, errors.New("capabilities: missing; runc would leave the process every capability of the VM's root")
 	}
+	c := *p.Capabilities
 	caps := map[string]any{
 		"bounding":    setOf(c.Bounding),
 		"effective":   setOf(c.Effective),
@@ -401,19 +481,64 @@ func processInput(p *specs.Process) (map[string]any, error) {
 		"inheritable": setOf(c.Inheritable),
 		"ambient":     setOf(c.Ambient),
 	}
+	// [set, [capabilities]] for each set but bounding that holds
+	// capabilities outside the bounding set: whatever the policy, the
+	// bounding set must hold every capability a process has.
+	beyondBounding := []any{}
+	for _, set := range []struct {
+		name string
+		caps []string
+	}{{"effective", c.Effective}, {"permitted", c.Permitted}, {"inheritable", c.Inheritable}, {"ambient", c.Ambient}} {
+		var extra []string
+		for _, x := range set.caps {
+			if !slices.Contains(c.Bounding, x) && !slices.Contains(extra, x) {
+				extra = append(extra, x)
+			}
+		}
+		if len(extra) > 0 {
+			slices.Sort(extra)
+			list := make([]any, len(extra))
+			for i, x := range extra {
+				list[i] = x
+			}
+			beyondBounding = append(beyondBounding, []any{set.name, list})
+		}
+	}
+	// runc sets the limits in order: the last of a type holds.
+	rlimits := make(map[string]any, len(p.Rlimits))
+	for _, r := range p.Rlimits {
+		rlimits[r.Type] = []any{int64FromU(r.Soft), int64FromU(r.Hard)}
+	}
+	var oom any
+	if p.OOMScoreAdj != nil {
+		oom = int64(*p.OOMScoreAdj)
+	}
 	return map[string]any{
-		"args": slices.Clone(p.Args),
-		"env":  env,
-		"cwd":  p.Cwd,
+		"args":      slices.Clone(p.Args),
+		"env":       env,
+		"env_names": names,
+		"cwd":       p.Cwd,
 		"user": map[string]any{
 			"uid":             int64(p.User.UID),
 			"gid":             int64(p.User.GID),
 			"additional_gids": gids,
 		},
-		"capabilities":      caps,
-		"no_new_privileges": p.NoNewPrivileges,
-		"terminal":          p.Terminal,
+		"capabilities":                 caps,
+		"capabilities_beyond_bounding": beyondBounding,
+		"no_new_privileges":            p.NoNewPrivileges,
+		"terminal":                     p.Terminal,
+		"rlimits":                      rlimits,
+		"oom_score_adj":                oom,
 	}, nil
+}
+
+// int64FromU maps a limit to int64, RLIM_INFINITY (and anything beyond
+// int64) to -1.
+func int64FromU(v uint64) int64 {
+	if v > 1<<63-1 {
+		return -1
+	}
+	return int64(v)
 }
 
 // setOf returns xs as an object whose keys are the members (values true):
@@ -427,43 +552,136 @@ func setOf(xs []string) map[string]any {
 	return set
 }
 
+// Mount options as runc reads them (libcontainer/specconv): flags a later
+// option can undo, recursive attributes (bind mounts only), propagation,
+// and everything else passed to the file system as data.
+var (
+	// flagOptions maps an option to the flag it sets (true) or clears.
+	flagOptions = map[string]struct {
+		flag string
+		set  bool
+	}{
+		"ro": {"ro", true}, "rw": {"ro", false},
+		"nosuid": {"nosuid", true}, "suid": {"nosuid", false},
+		"nodev": {"nodev", true}, "dev": {"nodev", false},
+		"noexec": {"noexec", true}, "exec": {"noexec", false},
+		"rro": {"ro", true}, "rrw": {"ro", false},
+		"rnosuid": {"nosuid", true}, "rsuid": {"nosuid", false},
+		"rnodev": {"nodev", true}, "rdev": {"nodev", false},
+		"rnoexec": {"noexec", true}, "rexec": {"noexec", false},
+	}
+	// timeOptions change only access-time bookkeeping.
+	timeOptions = []string{
+		"atime", "noatime", "diratime", "nodiratime", "relatime", "norelatime", "strictatime", "nostrictatime",
+		"ratime", "rnoatime", "rdiratime", "rnodiratime", "rrelatime", "rnorelatime", "rstrictatime", "rnostrictatime",
+		"lazytime", "nolazytime", "sync", "async", "dirsync", "silent", "loud", "defaults",
+	}
+	propagationOptions = []string{"private", "rprivate", "slave", "rslave", "shared", "rshared", "unbindable", "runbindable"}
+	// refusedOptions change what a mount is beyond what the rules judge.
+	refusedOptions = []string{
+		"remount", "mand", "nomand", "acl", "noacl", "iversion", "noiversion",
+		"symfollow", "nosymfollow", "rsymfollow", "rnosymfollow", "tmpcopyup", "idmap", "ridmap",
+	}
+)
+
+// mountInput describes a mount as runc will make it: its destination as
+// sent (a path that is not clean and absolute is refused: runc would
+// resolve it otherwise than a rule reads it), "bind" as type whenever it
+// binds, and whether it ends up read-only, nosuid, nodev and noexec.
+// Within ro/rw and within rro/rrw the last option wins; on a bind mount runc
+// applies the recursive attribute after the flag, so it decides when
+// present, while the house rule reads the last of all four as deciding: a
+// flag counts as set only when both readings set it. rro and the other
+// recursive attributes are refused on a mount that does not bind.
 func mountInput(m specs.Mount) (map[string]any, error) {
 	if m.Destination == "" {
 		return nil, errors.New("destination: empty")
 	}
-	// runc reads a relative destination below the root, as the agent does.
-	dest := path.Clean("/" + m.Destination)
+	if !path.IsAbs(m.Destination) || path.Clean(m.Destination) != m.Destination {
+		return nil, fmt.Errorf("destination: %q is not a clean absolute path", m.Destination)
+	}
+	bind := m.Type == "bind" || slices.Contains(m.Options, "bind") || slices.Contains(m.Options, "rbind")
 	typ := m.Type
-	readOnly, recursiveRO := false, false
-	for _, o := range m.Options {
-		switch o {
-		case "bind", "rbind":
-			typ = "bind"
-		case "ro":
-			readOnly = true
-		case "rw":
-			readOnly = false
-		case "rro":
-			recursiveRO = true
-		case "rrw":
-			recursiveRO = false
+	if bind {
+		typ = "bind"
+	}
+	type state struct {
+		plain, last bool
+		rec         *bool
+	}
+	flags := map[string]*state{"ro": {}, "nosuid": {}, "nodev": {}, "noexec": {}}
+	propagation := ""
+	data := []any{}
+	for i, o := range m.Options {
+		f, isFlag := flagOptions[o]
+		recursive := isFlag && o != "ro" && o != "rw" && strings.HasPrefix(o, "r")
+		switch {
+		case o == "bind" || o == "rbind":
+		case recursive && !bind:
+			return nil, fmt.Errorf("options[%d]: %q on a mount that does not bind (runc applies recursive attributes to bind mounts only)", i, o)
+		case recursive:
+			st := flags[f.flag]
+			st.rec, st.last = &f.set, f.set
+		case isFlag:
+			st := flags[f.flag]
+			st.plain, st.last = f.set, f.set
+		case slices.Contains(timeOptions, o):
+		case slices.Contains(propagationOptions, o):
+			propagation = o
+		case slices.Contains(refusedOptions, o):
+			return nil, fmt.Errorf("options[%d]: %q is not allowed in the pod VM", i, o)
+		case o == "":
+			return nil, fmt.Errorf("options[%d]: empty", i)
+		default:
+			if bind {
+				return nil, fmt.Errorf("options[%d]: %q: a bind mount takes no file system data", i, o)
+			}
+			data = append(data, o)
 		}
 	}
+	set := func(name string) bool {
+		st := flags[name]
+		runc := st.plain
+		if st.rec != nil {
+			runc = *st.rec
+		}
+		return runc && st.last
+	}
+	flagSet := make(map[string]any, 3)
+	for _, f := range []string{"nosuid", "nodev", "noexec"} {
+		if set(f) {
+			flagSet[f] = true
+		}
+	}
+	dataSet := make(map[string]any, len(data))
+	for _, d := range data {
+		dataSet[d.(string)] = true
+	}
 	return map[string]any{
-		"destination": dest,
+		"destination": m.Destination,
 		"type":        typ,
 		"source":      m.Source,
-		"read_only":   readOnly || recursiveRO,
+		"read_only":   set("ro"),
+		"nosuid":      set("nosuid"),
+		"nodev":       set("nodev"),
+		"noexec":      set("noexec"),
+		"flags":       flagSet,
+		"propagation": propagation,
+		"data":        data,
+		"data_set":    dataSet,
 	}, nil
 }
 
+// cleanPaths returns the paths as a set, refusing one that is not already
+// clean and absolute: runc masks exactly the path it is given and skips
+// one it cannot find, so a rule must see that path, not a cleaned one.
 func cleanPaths(field string, ps []string) (map[string]any, error) {
 	out := make(map[string]any, len(ps))
 	for i, p := range ps {
-		if !path.IsAbs(p) {
-			return nil, fmt.Errorf("%s[%d]: %q is not an absolute path", field, i, p)
+		if !path.IsAbs(p) || path.Clean(p) != p {
+			return nil, fmt.Errorf("%s[%d]: %q is not a clean absolute path", field, i, p)
 		}
-		out[path.Clean(p)] = true
+		out[p] = true
 	}
 	return out, nil
 }

@@ -18,10 +18,13 @@ func TestInputCreateContainer(t *testing.T) {
 	web := testContainerNamed(t, "web")
 	spec := criSpec(web)
 	spec.Mounts = append(spec.Mounts,
-		specs.Mount{Destination: "data//x/../y/", Type: "", Source: "/src", Options: []string{"bind", "ro", "rw"}},
+		specs.Mount{Destination: "/data/y", Type: "", Source: "/src", Options: []string{"bind", "ro", "rw"}},
 		specs.Mount{Destination: "/z", Type: "none", Source: "/src", Options: []string{"rbind", "rro"}},
+		// runc applies rrw after ro: writable, whatever the order.
+		specs.Mount{Destination: "/w", Type: "bind", Source: "/src", Options: []string{"rbind", "rrw", "ro", "nosuid", "rsuid"}},
 	)
-	spec.Linux.MaskedPaths = append(spec.Linux.MaskedPaths, "/proc//kcore/")
+	// The image's and the pod's value of a name: runc keeps the last.
+	spec.Process.Env = append(spec.Process.Env, "WEB_SETTING_01=from-the-pod")
 	in, err := Input(policy.CreateContainer, createRequest(t, "c-1", spec, &agentapi.Stdio{Stdout: true, Terminal: true}), func(string) (string, bool) {
 		t.Fatal("CreateContainer looked a name up")
 		return "", false
@@ -40,7 +43,7 @@ func TestInputCreateContainer(t *testing.T) {
 		"sandbox_namespace": testNamespace,
 		"read_only_root":    false,
 		"stdio":             map[string]any{"stdin": false, "stdout": true, "stderr": false, "terminal": true},
-		"seccomp":           map[string]any{"default_action": ""},
+		"seccomp":           nil,
 		"devices":           []string{},
 		"sysctls":           map[string]any{},
 		"unverified_rootfs": false,
@@ -62,7 +65,8 @@ func TestInputCreateContainer(t *testing.T) {
 	if !reflect.DeepEqual(proc["args"], web.args) || proc["cwd"] != "/" || proc["no_new_privileges"] != true {
 		t.Errorf("process %v", proc)
 	}
-	if env := proc["env"].(map[string]any); env["HOSTNAME="+testHostname] != true || len(env) != len(spec.Process.Env) {
+	if env := proc["env"].(map[string]any); env["HOSTNAME="+testHostname] != true || len(env) != len(spec.Process.Env)-1 ||
+		env["WEB_SETTING_01=from-the-pod"] != true || env["WEB_SETTING_01=value-7919-WEB"] != nil {
 		t.Errorf("env %v", env)
 	}
 	if user := proc["user"].(map[string]any); user["uid"] != int64(101) || !reflect.DeepEqual(user["additional_gids"], []any{int64(101)}) {
@@ -75,15 +79,28 @@ func TestInputCreateContainer(t *testing.T) {
 	if a := caps["ambient"].(map[string]any); len(a) != 0 {
 		t.Errorf("ambient %v", a)
 	}
-	if m := in["masked_paths"].(map[string]any); m["/proc/kcore"] != true || m["/proc//kcore/"] != nil {
-		t.Errorf("masked paths not cleaned: %v", m)
+	if m := in["masked_paths"].(map[string]any); m["/proc/kcore"] != true {
+		t.Errorf("masked paths: %v", m)
 	}
 	mounts := in["mounts"].([]any)
 	last := func(i int) map[string]any { return mounts[len(mounts)-i].(map[string]any) }
-	if got, want := last(2), (map[string]any{"destination": "/data/y", "type": "bind", "source": "/src", "read_only": false}); !reflect.DeepEqual(got, want) {
+	bindMount := func(dest string, ro, nosuid bool) map[string]any {
+		m := map[string]any{"destination": dest, "type": "bind", "source": "/src", "read_only": ro, "nosuid": nosuid,
+			"nodev": false, "noexec": false, "flags": map[string]any{}, "propagation": "", "data": []any{}, "data_set": map[string]any{}}
+		if nosuid {
+			m["flags"] = map[string]any{"nosuid": true}
+		}
+		m["runtime"] = "other"
+		m["runtime_why"] = `mount of "/src" at "` + dest + `" (bind) is neither a runtime default nor in the policy`
+		return m
+	}
+	if got, want := last(3), bindMount("/data/y", false, false); !reflect.DeepEqual(got, want) {
 		t.Errorf("mount %v, want %v", got, want)
 	}
-	if got, want := last(1), (map[string]any{"destination": "/z", "type": "bind", "source": "/src", "read_only": true}); !reflect.DeepEqual(got, want) {
+	if got, want := last(2), bindMount("/z", true, false); !reflect.DeepEqual(got, want) {
+		t.Errorf("mount %v, want %v", got, want)
+	}
+	if got, want := last(1), bindMount("/w", false, false); !reflect.DeepEqual(got, want) {
 		t.Errorf("mount %v, want %v", got, want)
 	}
 	sys := mounts[4].(map[string]any)
@@ -218,9 +235,40 @@ func TestInputRejects(t *testing.T) {
 		{"windows command line", policy.CreateContainer, create(specWith(func(s *specs.Spec) { s.Process.Args, s.Process.CommandLine = nil, "cmd.exe" })), "process.commandLine"},
 		{"env without =", policy.CreateContainer, create(specWith(func(s *specs.Spec) { s.Process.Env = append(s.Process.Env, "LD_PRELOAD") })), `process.env[45]: "LD_PRELOAD" is not NAME=VALUE`},
 		{"env without name", policy.CreateContainer, create(specWith(func(s *specs.Spec) { s.Process.Env = []string{"=x"} })), "process.env[0]"},
-		{"env set twice", policy.CreateContainer, create(specWith(func(s *specs.Spec) {
-			s.Process.Env = append(s.Process.Env, "PATH=/tmp/evil")
-		})), "process.env[45]: PATH is set again (first in env[0])"},
+		{"env with a NUL", policy.CreateContainer, create(specWith(func(s *specs.Spec) { s.Process.Env = append(s.Process.Env, "A=b\x00c") })), `process.env[45]: "A" holds a NUL byte`},
+		{"unclean mount destination", policy.CreateContainer, create(specWith(func(s *specs.Spec) { s.Mounts[7].Destination = "/etc/nginx/../nginx/conf.d/" })),
+			`mounts[7].destination: "/etc/nginx/../nginx/conf.d/" is not a clean absolute path`},
+		{"relative mount destination", policy.CreateContainer, create(specWith(func(s *specs.Spec) { s.Mounts[0].Destination = "proc" })), `mounts[0].destination: "proc"`},
+		{"masked path through ..", policy.CreateContainer, create(specWith(func(s *specs.Spec) { s.Linux.MaskedPaths[3] = "/proc/nonexistent/../keys" })),
+			`linux.maskedPaths[3]: "/proc/nonexistent/../keys" is not a clean absolute path`},
+		{"read-only path with a trailing slash", policy.CreateContainer, create(specWith(func(s *specs.Spec) { s.Linux.ReadonlyPaths[3] = "/proc/sys/" })), `linux.readonlyPaths[3]`},
+		{"rro off a bind mount", policy.CreateContainer, create(specWith(func(s *specs.Spec) { s.Mounts[4].Options = append(s.Mounts[4].Options, "rro") })),
+			`mounts[4].options[4]: "rro" on a mount that does not bind`},
+		{"idmapped mount", policy.CreateContainer, create(specWith(func(s *specs.Spec) {
+			s.Mounts[7].UIDMappings = []specs.LinuxIDMapping{{ContainerID: 0, HostID: 0, Size: 1}}
+		})), "mounts[].uidMappings: must be absent"},
+		{"idmap option", policy.CreateContainer, create(specWith(func(s *specs.Spec) { s.Mounts[7].Options = append(s.Mounts[7].Options, "idmap") })), `"idmap" is not allowed`},
+		// runc changes no capability of a process whose spec names none.
+		{"no capabilities at all", policy.CreateContainer, create(specWith(func(s *specs.Spec) { s.Process.Capabilities = nil })),
+			"process.capabilities: missing"},
+		{"a second mount at a destination", policy.CreateContainer, create(specWith(func(s *specs.Spec) { s.Mounts = append(s.Mounts, s.Mounts[0]) })),
+			`destination: "/proc" again (first mounts[0])`},
+		{"data on a bind mount", policy.CreateContainer, create(specWith(func(s *specs.Spec) { s.Mounts[7].Options = append(s.Mounts[7].Options, "size=1k") })), "a bind mount takes no file system data"},
+		{"unknown JSON field", policy.CreateContainer, create([]byte(`{"process":{"args":["sh"]},"linux":{"landlock":{}}}`)), `unknown field "landlock"`},
+		{"umask", policy.CreateContainer, create(specWith(func(s *specs.Spec) { s.Process.User.Umask = new(uint32) })), "process.user.umask: must be absent"},
+		{"scheduler", policy.CreateContainer, create(specWith(func(s *specs.Spec) { s.Process.Scheduler = &specs.Scheduler{Policy: specs.SchedFIFO, Priority: 99} })), "process.scheduler: must be absent"},
+		{"io priority", policy.CreateContainer, create(specWith(func(s *specs.Spec) { s.Process.IOPriority = &specs.LinuxIOPriority{Class: specs.IOPRIO_CLASS_RT} })), "process.ioPriority"},
+		{"personality", policy.CreateContainer, create(specWith(func(s *specs.Spec) { s.Linux.Personality = &specs.LinuxPersonality{Domain: specs.PerLinux32} })), "linux.personality: must be absent"},
+		{"time offsets", policy.CreateContainer, create(specWith(func(s *specs.Spec) {
+			s.Linux.TimeOffsets = map[string]specs.LinuxTimeOffset{"monotonic": {Secs: 86400}}
+		})), "linux.timeOffsets: must be absent"},
+		{"memory policy", policy.CreateContainer, create(specWith(func(s *specs.Spec) { s.Linux.MemoryPolicy = &specs.LinuxMemoryPolicy{Mode: "MPOL_BIND", Nodes: "0"} })), "linux.memoryPolicy"},
+		{"net devices", policy.CreateContainer, create(specWith(func(s *specs.Spec) { s.Linux.NetDevices = map[string]specs.LinuxNetDevice{"eth9": {}} })), "linux.netDevices"},
+		{"windows section", policy.CreateContainer, create(specWith(func(s *specs.Spec) { s.Windows = &specs.Windows{} })), "windows: must be absent"},
+		{"runc annotation", policy.CreateContainer, create(specWith(func(s *specs.Spec) { s.Annotations["org.systemd.property.DeviceAllow"] = "'char-* rwm'" })), "runc reads annotations"},
+		{"exec umask", policy.ExecProcess, exec(`{"args":["sh"],"user":{"uid":0,"gid":0,"umask":0}}`), "process.user.umask: must be absent"},
+		{"exec without capabilities", policy.ExecProcess, exec(`{"args":["sh"],"user":{"uid":0,"gid":0},"cwd":"/"}`), "process.capabilities: missing"},
+		{"exec CPU affinity", policy.ExecProcess, exec(`{"args":["sh"],"execCPUAffinity":{"initial":"0"}}`), "process.execCPUAffinity"},
 		{"mount without destination", policy.CreateContainer, create(specWith(func(s *specs.Spec) { s.Mounts[2].Destination = "" })), "spec: mounts[2].destination: empty"},
 		{"relative masked path", policy.CreateContainer, create(specWith(func(s *specs.Spec) { s.Linux.MaskedPaths[1] = "proc/acpi" })), `linux.maskedPaths[1]: "proc/acpi"`},
 		{"relative read-only path", policy.CreateContainer, create(specWith(func(s *specs.Spec) { s.Linux.ReadonlyPaths[0] = "" })), "linux.readonlyPaths[0]"},
@@ -228,7 +276,7 @@ func TestInputRejects(t *testing.T) {
 		{"namespace twice", policy.CreateContainer, create(specWith(func(s *specs.Spec) {
 			s.Linux.Namespaces = append(s.Linux.Namespaces, specs.LinuxNamespace{Type: specs.PIDNamespace, Path: "/proc/1/ns/pid"})
 		})), "linux.namespaces[6]: a second pid namespace"},
-		{"seccomp without default action", policy.CreateContainer, create(specWith(func(s *specs.Spec) { s.Linux.Seccomp = &specs.LinuxSeccomp{} })), "linux.seccomp.defaultAction"},
+		{"seccomp without default action", policy.CreateContainer, create(specWith(func(s *specs.Spec) { s.Linux.Seccomp = &specs.LinuxSeccomp{} })), "linux.seccomp: defaultAction: missing"},
 		{"layer digest without algorithm", policy.CreateContainer, withLayer(strings.TrimPrefix(goodDigest, "sha256:"), goodRoot), "CreateContainer c-1: layers[2].digest"},
 		{"layer digest sha512", policy.CreateContainer, withLayer("sha512:"+goodRoot, goodRoot), "layers[2].digest"},
 		{"layer digest short", policy.CreateContainer, withLayer(goodDigest[:70], goodRoot), "layers[2].digest"},
@@ -238,7 +286,6 @@ func TestInputRejects(t *testing.T) {
 		{"layer root hash not hex", policy.CreateContainer, withLayer(goodDigest, "g"+goodRoot[1:]), "layers[2].root_hash"},
 		{"exec not JSON", policy.ExecProcess, exec("sh"), "ExecProcess c-web/e: process: invalid character"},
 		{"exec without args", policy.ExecProcess, exec(`{"cwd":"/"}`), "ExecProcess c-web/e: process.args: empty"},
-		{"exec env twice", policy.ExecProcess, exec(`{"args":["sh"],"env":["A=1","A=2"]}`), "process.env[1]: A is set again"},
 		{"update resources not JSON", policy.UpdateContainer, &agentapi.UpdateContainerRequest{ContainerId: "c-api", Resources: []byte("x")}, "UpdateContainer c-api: resources"},
 		{"update resources wrong type", policy.UpdateContainer, &agentapi.UpdateContainerRequest{ContainerId: "c-api", Resources: []byte(`{"memory":{"limit":"lots"}}`)}, "resources"},
 		{"wrong request type", policy.StartContainer, &agentapi.ProcessRequest{ContainerId: "c"}, "StartContainer: request of type *agent.ProcessRequest"},

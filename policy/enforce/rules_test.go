@@ -131,8 +131,19 @@ func TestCreateContainerRules(t *testing.T) {
 		{name: "changed image digest", container: "web", mutate: func(s *specs.Spec) {
 			s.Annotations[AnnotationImageName] = "docker.io/library/nginx@sha256:1111111111111111111111111111111111111111111111111111111111111111"
 		}, wantRule: "create_container.image", wantReason: []string{"sha256:1111", "sha256:0d17"}},
-		{name: "image by tag", container: "web", mutate: func(s *specs.Spec) {
-			s.Annotations[AnnotationImageName] = "docker.io/library/nginx:latest"
+		// containerd 1.7 names the image by the tag the node stores it
+		// under; the layers pin the content.
+		{name: "image by a tag of its repository (containerd 1.7)", container: "web", mutate: func(s *specs.Spec) {
+			s.Annotations[AnnotationImageName] = "nginx:latest"
+		}},
+		{name: "image by a tag of another repository", container: "web", mutate: func(s *specs.Spec) {
+			s.Annotations[AnnotationImageName] = "docker.io/library/nginx-evil:latest"
+		}, wantRule: "create_container.image", wantReason: []string{"nor a tag of its repository"}},
+		{name: "image by a tag on another registry", container: "web", mutate: func(s *specs.Spec) {
+			s.Annotations[AnnotationImageName] = "evil.io/library/nginx:1.27"
+		}, wantRule: "create_container.image"},
+		{name: "image by tag with another digest", container: "web", mutate: func(s *specs.Spec) {
+			s.Annotations[AnnotationImageName] = "nginx:1.27@sha256:1111111111111111111111111111111111111111111111111111111111111111"
 		}, wantRule: "create_container.image"},
 		{name: "image from another registry", container: "web", mutate: func(s *specs.Spec) {
 			s.Annotations[AnnotationImageName] = "evil.io/library/nginx@sha256:0d17b565c37bcbd895e9d92315a05c1c3c9a29f762b011a10c54a66cd53c9b31"
@@ -172,7 +183,10 @@ func TestCreateContainerRules(t *testing.T) {
 		}, wantRule: "create_container.user", wantReason: []string{"group id 0"}},
 		{name: "supplementary root group", container: "api", mutate: func(s *specs.Spec) {
 			s.Process.User.AdditionalGids = append(s.Process.User.AdditionalGids, 0)
-		}, wantRule: "create_container.user", wantReason: []string{"[0]"}},
+		}, wantRule: "create_container.user", wantReason: []string{"[0,65532]"}},
+		{name: "primary group dropped from the supplementary ones", container: "api", mutate: func(s *specs.Spec) {
+			s.Process.User.AdditionalGids = nil
+		}, wantRule: "create_container.user"},
 		{name: "added capability", container: "api", mutate: func(s *specs.Spec) {
 			s.Process.Capabilities.Bounding = append(s.Process.Capabilities.Bounding, "CAP_SYS_ADMIN")
 		}, wantRule: "create_container.capabilities", wantReason: []string{`added ["CAP_SYS_ADMIN"]`}},
@@ -186,8 +200,19 @@ func TestCreateContainerRules(t *testing.T) {
 		}, wantRule: "create_container.capabilities", wantReason: []string{"ambient"}},
 		{name: "fewer effective capabilities", container: "web", mutate: func(s *specs.Spec) {
 			s.Process.Capabilities.Effective = nil
-			s.Process.Capabilities.Inheritable = []string{"CAP_KILL"}
 		}},
+		{name: "effective capability beyond the bounding set", container: "api", mutate: func(s *specs.Spec) {
+			s.Process.Capabilities.Effective = append(s.Process.Capabilities.Effective, "CAP_SYS_ADMIN")
+		}, wantRule: "create_container.capabilities", wantReason: []string{`effective capabilities ["CAP_SYS_ADMIN"]`}},
+		{name: "permitted capability beyond the bounding set", container: "api", mutate: func(s *specs.Spec) {
+			s.Process.Capabilities.Permitted = append(s.Process.Capabilities.Permitted, "CAP_NET_RAW", "CAP_BPF")
+		}, wantRule: "create_container.capabilities", wantReason: []string{`permitted capabilities ["CAP_BPF","CAP_NET_RAW"]`}},
+		{name: "inheritable capability", container: "web", mutate: func(s *specs.Spec) {
+			s.Process.Capabilities.Inheritable = []string{"CAP_KILL"}
+		}, wantRule: "create_container.capabilities", wantReason: []string{"inheritable"}},
+		{name: "ambient capabilities for a non-root user", container: "api", mutate: func(s *specs.Spec) {
+			s.Process.Capabilities.Ambient = []string{"CAP_NET_BIND_SERVICE"}
+		}, wantRule: "create_container.capabilities", wantReason: []string{"ambient"}},
 		{name: "privileged", container: "web", mutate: privileged, wantRule: "create_container.capabilities",
 			wantReason: []string{"CAP_SYS_ADMIN", "also failed: create_container.mounts", "create_container.masked_paths", "create_container.devices"}},
 		{name: "new privileges", container: "web", mutate: func(s *specs.Spec) {
@@ -210,10 +235,6 @@ func TestCreateContainerRules(t *testing.T) {
 			i := slices.IndexFunc(s.Mounts, func(m specs.Mount) bool { return m.Destination == "/etc/nginx/conf.d" })
 			s.Mounts[i].Options = []string{"rbind", "ro", "rw"}
 		}, wantRule: "create_container.mounts"},
-		{name: "volume through an unclean destination", container: "web", mutate: func(s *specs.Spec) {
-			i := slices.IndexFunc(s.Mounts, func(m specs.Mount) bool { return m.Destination == "/etc/nginx/conf.d" })
-			s.Mounts[i].Destination = "/etc/nginx/../nginx/conf.d/"
-		}},
 		{name: "tmpfs volume typed otherwise", container: "web", mutate: func(s *specs.Spec) {
 			i := slices.IndexFunc(s.Mounts, func(m specs.Mount) bool { return m.Destination == "/var/cache/nginx" })
 			s.Mounts[i] = specs.Mount{Destination: "/var/cache/nginx", Type: "tmpfs", Source: "tmpfs"}
@@ -226,7 +247,59 @@ func TestCreateContainerRules(t *testing.T) {
 		}, wantRule: "create_container.mounts", wantReason: []string{`"/proc"`, `type "bind"`}},
 		{name: "shm as tmpfs", container: "web", mutate: func(s *specs.Spec) {
 			i := slices.IndexFunc(s.Mounts, func(m specs.Mount) bool { return m.Destination == "/dev/shm" })
-			s.Mounts[i] = specs.Mount{Destination: "/dev/shm", Type: "tmpfs", Source: "shm"}
+			s.Mounts[i] = specs.Mount{Destination: "/dev/shm", Type: "tmpfs", Source: "shm", Options: []string{"nosuid", "noexec", "nodev", "mode=1777", "size=65536k"}}
+		}},
+		{name: "shm as executable tmpfs", container: "web", mutate: func(s *specs.Spec) {
+			i := slices.IndexFunc(s.Mounts, func(m specs.Mount) bool { return m.Destination == "/dev/shm" })
+			s.Mounts[i] = specs.Mount{Destination: "/dev/shm", Type: "tmpfs", Source: "shm", Options: []string{"nosuid", "noexec", "nodev", "mode=1777", "size=65536k", "exec"}}
+		}, wantRule: "create_container.mounts", wantReason: []string{"noexec"}},
+		{name: "proc without nosuid", container: "web", mutate: func(s *specs.Spec) { s.Mounts[0].Options = []string{"noexec", "nodev"} }, wantRule: "create_container.mounts", wantReason: []string{"nosuid"}},
+		{name: "proc with nosuid undone", container: "web", mutate: func(s *specs.Spec) { s.Mounts[0].Options = append(s.Mounts[0].Options, "suid") }, wantRule: "create_container.mounts"},
+		{name: "dev world-writable", container: "web", mutate: func(s *specs.Spec) { s.Mounts[1].Options[2] = "mode=1777" }, wantRule: "create_container.mounts", wantReason: []string{"mode=1777"}},
+		{name: "sysfs read-only undone", container: "web", mutate: func(s *specs.Spec) { s.Mounts[4].Options = append(s.Mounts[4].Options, "rw") }, wantRule: "create_container.mounts", wantReason: []string{"writable"}},
+		{name: "read-only volume made writable by rrw", container: "web", mutate: func(s *specs.Spec) {
+			i := slices.IndexFunc(s.Mounts, func(m specs.Mount) bool { return m.Destination == "/etc/nginx/conf.d" })
+			s.Mounts[i].Options = append(s.Mounts[i].Options, "rrw")
+		}, wantRule: "create_container.mounts", wantReason: []string{"writable"}},
+		{name: "read-only volume: rrw before ro still writable in runc", container: "web", mutate: func(s *specs.Spec) {
+			i := slices.IndexFunc(s.Mounts, func(m specs.Mount) bool { return m.Destination == "/etc/nginx/conf.d" })
+			s.Mounts[i].Options = []string{"rbind", "rprivate", "rrw", "ro"}
+		}, wantRule: "create_container.mounts", wantReason: []string{"writable"}},
+		{name: "read-only volume with rro", container: "web", mutate: func(s *specs.Spec) {
+			i := slices.IndexFunc(s.Mounts, func(m specs.Mount) bool { return m.Destination == "/etc/nginx/conf.d" })
+			s.Mounts[i].Options = []string{"rbind", "rprivate", "ro", "rro"}
+		}},
+		{name: "volume with shared propagation", container: "web", mutate: func(s *specs.Spec) {
+			i := slices.IndexFunc(s.Mounts, func(m specs.Mount) bool { return m.Destination == "/var/cache/nginx" })
+			s.Mounts[i].Options = append(s.Mounts[i].Options, "rshared")
+		}, wantRule: "create_container.mounts", wantReason: []string{"propagation"}},
+		{name: "no mounts at all", container: "web", mutate: func(s *specs.Spec) { s.Mounts = nil }, wantRule: "create_container.mounts", wantReason: []string{"missing"}},
+		{name: "read-only volume dropped", container: "web", mutate: func(s *specs.Spec) {
+			s.Mounts = slices.DeleteFunc(s.Mounts, func(m specs.Mount) bool { return m.Destination == "/etc/nginx/conf.d" })
+		}, wantRule: "create_container.mounts", wantReason: []string{`["/etc/nginx/conf.d"]`}},
+		{name: "dev dropped", container: "web", mutate: func(s *specs.Spec) { s.Mounts = slices.Delete(s.Mounts, 1, 2) }, wantRule: "create_container.mounts", wantReason: []string{`"/dev"`}},
+		{name: "shared root propagation", container: "web", mutate: func(s *specs.Spec) { s.Linux.RootfsPropagation = "rshared" }, wantRule: "create_container.rootfs_propagation"},
+		{name: "user namespace", container: "web", mutate: func(s *specs.Spec) {
+			s.Linux.Namespaces = append(s.Linux.Namespaces, specs.LinuxNamespace{Type: specs.UserNamespace})
+			s.Linux.UIDMappings = []specs.LinuxIDMapping{{ContainerID: 101, HostID: 0, Size: 1}}
+			s.Linux.GIDMappings = []specs.LinuxIDMapping{{ContainerID: 101, HostID: 0, Size: 1}}
+		}, wantRule: "create_container.namespaces", wantReason: []string{"user namespace", "also failed: create_container.id_mappings"}},
+		{name: "id mappings without a user namespace", container: "web", mutate: func(s *specs.Spec) {
+			s.Linux.UIDMappings = []specs.LinuxIDMapping{{ContainerID: 0, HostID: 0, Size: 65536}}
+		}, wantRule: "create_container.id_mappings"},
+		{name: "time namespace", container: "web", mutate: func(s *specs.Spec) {
+			s.Linux.Namespaces = append(s.Linux.Namespaces, specs.LinuxNamespace{Type: specs.TimeNamespace})
+		}, wantRule: "create_container.namespaces", wantReason: []string{"time namespace"}},
+		{name: "rlimit added", container: "web", mutate: func(s *specs.Spec) {
+			s.Process.Rlimits = []specs.POSIXRlimit{{Type: "RLIMIT_NPROC", Soft: 1, Hard: 1}}
+		}, wantRule: "create_container.rlimits"},
+		{name: "OOM score below the QoS class's", container: "web", mutate: func(s *specs.Spec) { *s.Process.OOMScoreAdj = -1000 }, wantRule: "create_container.oom_score_adj"},
+		{name: "no OOM score", container: "web", mutate: func(s *specs.Spec) { s.Process.OOMScoreAdj = nil }, wantRule: "create_container.oom_score_adj"},
+		{name: "env: the pod's value of an image variable wins", container: "web", mutate: func(s *specs.Spec) {
+			s.Process.Env = append(s.Process.Env, "WEB_SETTING_01=overridden")
+		}, wantRule: "create_container.env", wantReason: []string{"WEB_SETTING_01=overridden"}},
+		{name: "env: a pinned value repeated", container: "web", mutate: func(s *specs.Spec) {
+			s.Process.Env = append(s.Process.Env, s.Process.Env[3])
 		}},
 		{name: "no pid namespace", container: "web", mutate: func(s *specs.Spec) {
 			s.Linux.Namespaces = slices.DeleteFunc(s.Linux.Namespaces, func(n specs.LinuxNamespace) bool { return n.Type == specs.PIDNamespace })
@@ -394,12 +467,42 @@ func TestCreateContainerPolicyVariants(t *testing.T) {
 			c.User = nil
 			d.Containers["web"] = c
 		}, mutate: func(s *specs.Spec) { s.Process.User = specs.User{UID: 0, GID: 0} }},
-		{name: "root's groups are not checked", data: func(d *policy.Data) {
+		{name: "root's groups are pinned", data: func(d *policy.Data) {
 			c := d.Containers["web"]
 			c.User = &policy.User{}
 			d.Containers["web"] = c
 		}, mutate: func(s *specs.Spec) {
 			s.Process.User = specs.User{AdditionalGids: []uint32{0, 1, 2, 3, 4, 6, 10, 11, 20, 26, 27}}
+		}, wantRule: "create_container.user"},
+		{name: "root's groups as pinned", data: func(d *policy.Data) {
+			c := d.Containers["web"]
+			c.User = &policy.User{AdditionalGIDs: []uint32{0, 1, 2, 3, 4, 6, 10, 11, 20, 26, 27}}
+			d.Containers["web"] = c
+		}, mutate: func(s *specs.Spec) {
+			s.Process.User = specs.User{AdditionalGids: []uint32{0, 1, 2, 3, 4, 6, 10, 11, 20, 26, 27}}
+		}},
+		{name: "user namespace of a hostUsers: false pod", data: withUserNamespace, mutate: func(s *specs.Spec) {
+			s.Linux.Namespaces = append(s.Linux.Namespaces, specs.LinuxNamespace{Type: specs.UserNamespace})
+			s.Linux.UIDMappings = []specs.LinuxIDMapping{{ContainerID: 0, HostID: 3 * 65536, Size: 65536}}
+			s.Linux.GIDMappings = []specs.LinuxIDMapping{{ContainerID: 0, HostID: 3 * 65536, Size: 65536}}
+		}},
+		{name: "user namespace mapping the VM's root", data: withUserNamespace, mutate: func(s *specs.Spec) {
+			s.Linux.Namespaces = append(s.Linux.Namespaces, specs.LinuxNamespace{Type: specs.UserNamespace})
+			s.Linux.UIDMappings = []specs.LinuxIDMapping{{ContainerID: 0, HostID: 0, Size: 65536}}
+			s.Linux.GIDMappings = []specs.LinuxIDMapping{{ContainerID: 0, HostID: 0, Size: 65536}}
+		}, wantRule: "create_container.id_mappings"},
+		{name: "user namespace: gids mapped elsewhere", data: withUserNamespace, mutate: func(s *specs.Spec) {
+			s.Linux.Namespaces = append(s.Linux.Namespaces, specs.LinuxNamespace{Type: specs.UserNamespace})
+			s.Linux.UIDMappings = []specs.LinuxIDMapping{{ContainerID: 0, HostID: 3 * 65536, Size: 65536}}
+			s.Linux.GIDMappings = []specs.LinuxIDMapping{{ContainerID: 0, HostID: 0, Size: 65536}}
+		}, wantRule: "create_container.id_mappings"},
+		{name: "user namespace required and missing", data: withUserNamespace, wantRule: "create_container.namespaces"},
+		{name: "rlimits as pinned", data: func(d *policy.Data) {
+			c := d.Containers["web"]
+			c.Rlimits = map[string][2]int64{"RLIMIT_NOFILE": {1024, 4096}}
+			d.Containers["web"] = c
+		}, mutate: func(s *specs.Spec) {
+			s.Process.Rlimits = []specs.POSIXRlimit{{Type: "RLIMIT_NOFILE", Soft: 1, Hard: 1}, {Type: "RLIMIT_NOFILE", Soft: 1024, Hard: 4096}}
 		}},
 		{name: "listed supplementary groups", data: func(d *policy.Data) {
 			c := d.Containers["web"]
@@ -411,23 +514,48 @@ func TestCreateContainerPolicyVariants(t *testing.T) {
 			c.ProcMountUnmasked = true
 			d.Containers["web"] = c
 		}, mutate: func(s *specs.Spec) { s.Linux.MaskedPaths, s.Linux.ReadonlyPaths = nil, nil }},
-		{name: "seccomp required and present", data: withSeccomp, mutate: func(s *specs.Spec) {
-			s.Linux.Seccomp = &specs.LinuxSeccomp{DefaultAction: specs.ActErrno}
-		}},
-		{name: "seccomp required and dropped", data: withSeccomp, wantRule: "create_container.seccomp"},
-		{name: "seccomp required, allow-all filter", data: withSeccomp, mutate: func(s *specs.Spec) {
+		{name: "seccomp pinned and present", data: withSeccomp, mutate: func(s *specs.Spec) { s.Linux.Seccomp = testSeccomp() }},
+		{name: "seccomp pinned, the other runtime's rendering", data: withSeccomp, mutate: func(s *specs.Spec) { s.Linux.Seccomp = testSeccompOlder() }},
+		{name: "seccomp pinned, the older rendering with one more syscall", data: withSeccomp, mutate: func(s *specs.Spec) {
+			s.Linux.Seccomp = testSeccompOlder()
+			s.Linux.Seccomp.Syscalls[0].Names = append(s.Linux.Seccomp.Syscalls[0].Names, "ptrace")
+		}, wantRule: "create_container.seccomp"},
+		{name: "seccomp pinned and dropped", data: withSeccomp, wantRule: "create_container.seccomp"},
+		{name: "seccomp pinned, allow-all filter", data: withSeccomp, mutate: func(s *specs.Spec) {
 			s.Linux.Seccomp = &specs.LinuxSeccomp{DefaultAction: specs.ActAllow}
+		}, wantRule: "create_container.seccomp"},
+		{name: "seccomp pinned, setuid made a no-op", data: withSeccomp, mutate: func(s *specs.Spec) {
+			s.Linux.Seccomp = testSeccomp()
+			s.Linux.Seccomp.Syscalls = append(s.Linux.Seccomp.Syscalls, specs.LinuxSyscall{Names: []string{"setuid", "setgid", "setgroups", "capset"}, Action: specs.ActErrno, ErrnoRet: new(uint)})
+		}, wantRule: "create_container.seccomp"},
+		{name: "seccomp pinned, an argument changed", data: withSeccomp, mutate: func(s *specs.Spec) {
+			s.Linux.Seccomp = testSeccomp()
+			s.Linux.Seccomp.Syscalls[1].Args[0].Value = 0
+		}, wantRule: "create_container.seccomp"},
+		{name: "seccomp pinned, an architecture dropped", data: withSeccomp, mutate: func(s *specs.Spec) {
+			s.Linux.Seccomp = testSeccomp()
+			s.Linux.Seccomp.Architectures = s.Linux.Seccomp.Architectures[:1]
+		}, wantRule: "create_container.seccomp"},
+		{name: "seccomp pinned, a flag added", data: withSeccomp, mutate: func(s *specs.Spec) {
+			s.Linux.Seccomp = testSeccomp()
+			s.Linux.Seccomp.Flags = []specs.LinuxSeccompFlag{specs.LinuxSeccompFlagLog}
 		}, wantRule: "create_container.seccomp"},
 		{name: "stdin and terminal allowed", data: func(d *policy.Data) {
 			c := d.Containers["web"]
 			c.Stdin, c.Terminal = true, true
 			d.Containers["web"] = c
-		}, stdio: &agentapi.Stdio{Stdin: true, Stdout: true, Terminal: true}},
+		}, mutate: func(s *specs.Spec) { s.Process.Terminal = true }, stdio: &agentapi.Stdio{Stdin: true, Stdout: true, Terminal: true}},
+		{name: "terminal in the stdio request only", data: func(d *policy.Data) {
+			c := d.Containers["web"]
+			c.Stdin, c.Terminal = true, true
+			d.Containers["web"] = c
+		}, stdio: &agentapi.Stdio{Stdin: true, Stdout: true, Terminal: true}, wantRule: "create_container.stdio"},
+		// The agent discards the output: containerd always opens the streams.
 		{name: "no logs", data: func(d *policy.Data) {
 			c := d.Containers["web"]
 			c.Logs = false
 			d.Containers["web"] = c
-		}, wantRule: "create_container.stdio"},
+		}},
 		{name: "null env and mounts deny", data: func(d *policy.Data) {
 			c := d.Containers["web"]
 			c.Env, c.Mounts, c.EnvPatterns = nil, nil, nil
@@ -448,10 +576,47 @@ func TestCreateContainerPolicyVariants(t *testing.T) {
 	}
 }
 
+// testSeccomp is a small filter in containerd's style: errno by default,
+// syscalls allowed by name and by argument.
+func testSeccomp() *specs.LinuxSeccomp {
+	return &specs.LinuxSeccomp{
+		DefaultAction: specs.ActErrno,
+		Architectures: []specs.Arch{specs.ArchX86_64, specs.ArchX86, specs.ArchX32},
+		Syscalls: []specs.LinuxSyscall{
+			{Names: []string{"read", "write", "setuid", "capset"}, Action: specs.ActAllow},
+			{Names: []string{"personality"}, Action: specs.ActAllow, Args: []specs.LinuxSeccompArg{{Index: 0, Value: 8, Op: specs.OpEqualTo}}},
+		},
+	}
+}
+
+func withUserNamespace(d *policy.Data) {
+	c := d.Containers["web"]
+	c.UserNamespace = &policy.UserNamespace{Size: 65536, HostIDMin: 65536}
+	d.Containers["web"] = c
+}
+
+// withSeccomp pins two renderings of the profile, as a policy for nodes of
+// both containerd release lines does: testSeccomp and testSeccompOlder.
 func withSeccomp(d *policy.Data) {
 	c := d.Containers["web"]
-	c.Seccomp = true
+	sums := map[string]string{}
+	for by, f := range map[string]*specs.LinuxSeccomp{"containerd-2": testSeccomp(), "containerd-1.7": testSeccompOlder()} {
+		sum, err := policy.SeccompHash(f)
+		if err != nil {
+			panic(err)
+		}
+		sums[sum] = by
+	}
+	c.Seccomp = &policy.Seccomp{Profile: "RuntimeDefault", SHA256: sums}
 	d.Containers["web"] = c
+}
+
+// testSeccompOlder is testSeccomp as an older runtime renders it: one
+// more syscall allowed.
+func testSeccompOlder() *specs.LinuxSeccomp {
+	f := testSeccomp()
+	f.Syscalls[0].Names = append(f.Syscalls[0].Names, "io_uring_setup")
+	return f
 }
 
 func TestCreateSandboxRules(t *testing.T) {
@@ -519,9 +684,50 @@ func TestExecProcessRules(t *testing.T) {
 		}(), wantRule: "exec_process.capabilities", wantReason: []string{`effective capabilities ["CAP_SYS_ADMIN"]`}},
 		{name: "fewer capabilities", container: "c-web", process: func() *specs.Process {
 			p := execProcess(web, "curl", "-fsS", "http://localhost:8080/healthz")
-			p.Capabilities = nil
+			p.Capabilities = &specs.LinuxCapabilities{}
 			return p
 		}()},
+		{name: "ambient capabilities", container: "c-api", process: func() *specs.Process {
+			p := execProcess(api, "/app/api", "healthcheck")
+			p.Capabilities.Ambient = []string{"CAP_NET_BIND_SERVICE"}
+			return p
+		}(), wantRule: "exec_process.capabilities", wantReason: []string{"ambient"}},
+		{name: "other working directory", container: "c-api", process: func() *specs.Process {
+			p := execProcess(api, "/app/api", "healthcheck")
+			p.Cwd = "/tmp"
+			return p
+		}(), wantRule: "exec_process.cwd", wantReason: []string{`"/tmp"`, `"/app"`}},
+		{name: "terminal", container: "c-web", process: func() *specs.Process {
+			p := execProcess(web, "curl", "-fsS", "http://localhost:8080/healthz")
+			p.Terminal = true
+			return p
+		}(), stdio: &agentapi.Stdio{Stdout: true, Terminal: true}, wantRule: "exec_process.terminal"},
+		{name: "terminal in the process only", container: "c-web", process: func() *specs.Process {
+			p := execProcess(web, "curl", "-fsS", "http://localhost:8080/healthz")
+			p.Terminal = true
+			return p
+		}(), wantRule: "exec_process.terminal"},
+		{name: "rlimits", container: "c-web", process: func() *specs.Process {
+			p := execProcess(web, "curl", "-fsS", "http://localhost:8080/healthz")
+			p.Rlimits = []specs.POSIXRlimit{{Type: "RLIMIT_CORE", Soft: 1 << 40, Hard: 1 << 40}}
+			return p
+		}(), wantRule: "exec_process.rlimits"},
+		{name: "OOM score", container: "c-web", process: func() *specs.Process {
+			p := execProcess(web, "curl", "-fsS", "http://localhost:8080/healthz")
+			*p.OOMScoreAdj = -999
+			return p
+		}(), wantRule: "exec_process.oom_score_adj"},
+		{name: "supplementary group added", container: "c-web", process: func() *specs.Process {
+			p := execProcess(web, "curl", "-fsS", "http://localhost:8080/healthz")
+			p.User.AdditionalGids = append(p.User.AdditionalGids, 0)
+			return p
+		}(), wantRule: "exec_process.user"},
+		{name: "env: a pinned variable overridden by a later entry", container: "c-web", process: func() *specs.Process {
+			p := execProcess(web, "curl", "-fsS", "http://localhost:8080/healthz")
+			p.Env = append(p.Env, "PATH=/tmp/evil")
+			return p
+		}(), wantRule: "exec_process.env", wantReason: []string{"PATH=/tmp/evil"}},
+
 		{name: "new privileges", container: "c-web", process: func() *specs.Process {
 			p := execProcess(web, "curl", "-fsS", "http://localhost:8080/healthz")
 			p.NoNewPrivileges = false

@@ -153,8 +153,9 @@ func testData() policy.Data {
 				`KUBERNETES_(SERVICE|PORT)[A-Z0-9_]*=[0-9a-z.:/]*`,
 			},
 			Cwd:             c.cwd,
-			User:            &policy.User{UID: c.uid, GID: c.gid},
+			User:            &policy.User{UID: c.uid, GID: c.gid, AdditionalGIDs: []uint32{c.gid}},
 			Capabilities:    c.caps,
+			OOMScoreAdj:     [2]int64{1000, 1000}, // BestEffort
 			NoNewPrivileges: c.nnp,
 			ReadOnlyRoot:    c.readOnly,
 			Mounts:          mounts,

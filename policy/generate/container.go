@@ -1,15 +1,20 @@
 package generate
 
 import (
+	"encoding/json"
 	"fmt"
 	"regexp"
+	"runtime"
 	"slices"
 	"strings"
 
+	"github.com/containerd/containerd/v2/contrib/seccomp"
 	"github.com/containerd/containerd/v2/pkg/cap"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
 	corev1 "k8s.io/api/core/v1"
 
 	"github.com/contrast-vm/contrast/policy"
+	"github.com/contrast-vm/contrast/policy/generate/internal/seccomp17"
 )
 
 // defaultCapabilities is the capability set of containerd's default OCI spec
@@ -30,7 +35,10 @@ const (
 
 // pod is what the containers of one pod share.
 type pod struct {
-	spec        *corev1.PodSpec
+	spec *corev1.PodSpec
+	// indexedJob: the pod is an Indexed Job's, whose controller adds
+	// JOB_COMPLETION_INDEX to every container's env.
+	indexedJob  bool
 	labels      map[string]string
 	annotations map[string]string
 	namespace   string
@@ -58,6 +66,7 @@ func (p *pod) containerData(c *corev1.Container, img resolvedImage) (policy.Cont
 
 	env, err := computeEnv(envInput{
 		container:          c,
+		indexedJob:         p.indexedJob,
 		image:              cfg.Env,
 		hostname:           p.hostnameValue(),
 		enableServiceLinks: p.spec.EnableServiceLinks == nil || *p.spec.EnableServiceLinks,
@@ -96,6 +105,11 @@ func (p *pod) containerData(c *corev1.Container, img resolvedImage) (policy.Cont
 		return policy.Container{}, err
 	}
 
+	seccomp, err := p.seccomp(c.Name, sc, privileged)
+	if err != nil {
+		return policy.Container{}, err
+	}
+
 	extraExec, stdin, logs, extraEnv := p.settings.forContainer(c.Name)
 	envPatterns := append(env.patterns, extraEnv...)
 	slices.Sort(envPatterns)
@@ -107,13 +121,16 @@ func (p *pod) containerData(c *corev1.Container, img resolvedImage) (policy.Cont
 		Args:              args,
 		Env:               env.exact,
 		EnvPatterns:       envPatterns,
+		EnvRequiredNames:  env.required,
 		Cwd:               cwd,
 		User:              usr,
 		Capabilities:      caps,
 		Privileged:        privileged,
 		NoNewPrivileges:   sc != nil && sc.AllowPrivilegeEscalation != nil && !*sc.AllowPrivilegeEscalation,
 		ReadOnlyRoot:      sc != nil && sc.ReadOnlyRootFilesystem != nil && *sc.ReadOnlyRootFilesystem,
-		Seccomp:           !privileged && p.seccomp(sc),
+		Seccomp:           seccomp,
+		OOMScoreAdj:       p.oomScoreAdj(),
+		UserNamespace:     p.userNamespace(),
 		ProcMountUnmasked: sc != nil && sc.ProcMount != nil && *sc.ProcMount == corev1.UnmaskedProcMount,
 		Mounts:            mounts,
 		Exec:              execCommands(c, extraExec),
@@ -215,9 +232,12 @@ func sortedCaps(caps []string) []string {
 	return out
 }
 
-// seccomp reports whether the container runs with a seccomp filter the YAML
-// asks for (container's seccompProfile over the pod's).
-func (p *pod) seccomp(sc *corev1.SecurityContext) bool {
+// seccomp is the filter CRI gives the container for the YAML's
+// seccompProfile (the container's over the pod's): none for Unconfined, no
+// profile or a privileged container; containerd's default profile for
+// RuntimeDefault, which depends on the container's capabilities in CRI's
+// order; a Localhost profile's content from the settings.
+func (p *pod) seccomp(container string, sc *corev1.SecurityContext, privileged bool) (*policy.Seccomp, error) {
 	var profile *corev1.SeccompProfile
 	if p.spec.SecurityContext != nil {
 		profile = p.spec.SecurityContext.SeccompProfile
@@ -225,7 +245,142 @@ func (p *pod) seccomp(sc *corev1.SecurityContext) bool {
 	if sc != nil && sc.SeccompProfile != nil {
 		profile = sc.SeccompProfile
 	}
-	return profile != nil && (profile.Type == corev1.SeccompProfileTypeRuntimeDefault || profile.Type == corev1.SeccompProfileTypeLocalhost)
+	if privileged || profile == nil || profile.Type == corev1.SeccompProfileTypeUnconfined {
+		return nil, nil
+	}
+	name := string(profile.Type)
+	filters := map[string]*specs.LinuxSeccomp{}
+	switch profile.Type {
+	case corev1.SeccompProfileTypeRuntimeDefault:
+		if runtime.GOOS != "linux" || runtime.GOARCH != "amd64" {
+			return nil, fmt.Errorf("container %s: seccompProfile RuntimeDefault: containerd's default profile depends on the architecture, and this generator (%s/%s) renders it only on linux/amd64, the pod VM's", container, runtime.GOOS, runtime.GOARCH)
+		}
+		caps, err := criCapabilityOrder(container, sc)
+		if err != nil {
+			return nil, err
+		}
+		spec := &specs.Spec{Process: &specs.Process{Capabilities: &specs.LinuxCapabilities{Bounding: caps}}}
+		for _, r := range p.settings.runtimeDefaultSeccomp() {
+			switch r {
+			case RuntimeContainerd2:
+				filters[r] = seccomp.DefaultProfile(spec)
+			case RuntimeContainerd17:
+				filters[r] = seccomp17.DefaultProfile(spec)
+			default:
+				return nil, fmt.Errorf("container %s: seccompProfile RuntimeDefault: no rendering for runtime %q", container, r)
+			}
+		}
+	case corev1.SeccompProfileTypeLocalhost:
+		if profile.LocalhostProfile == nil {
+			return nil, fmt.Errorf("container %s: seccompProfile Localhost names no localhostProfile", container)
+		}
+		name = "Localhost/" + *profile.LocalhostProfile
+		content, ok := p.settings.SeccompProfiles[*profile.LocalhostProfile]
+		if !ok {
+			return nil, fmt.Errorf("container %s: seccompProfile Localhost %s: the settings supply no content for it (seccompProfiles), and the policy pins a filter only by its content", container, *profile.LocalhostProfile)
+		}
+		filter := &specs.LinuxSeccomp{}
+		// containerd reads the file with encoding/json into the same type.
+		if err := json.Unmarshal(content, filter); err != nil {
+			return nil, fmt.Errorf("container %s: seccomp profile %s from the settings: %w", container, *profile.LocalhostProfile, err)
+		}
+		filters[name] = filter
+	default:
+		return nil, fmt.Errorf("container %s: seccompProfile type %q is not one Kubernetes knows", container, profile.Type)
+	}
+	sums := make(map[string]string, len(filters))
+	for by, f := range filters {
+		sum, err := policy.SeccompHash(f)
+		if err != nil {
+			return nil, fmt.Errorf("container %s: %w", container, err)
+		}
+		if other, dup := sums[sum]; dup {
+			by = min(by, other) + "," + max(by, other)
+		}
+		sums[sum] = by
+	}
+	return &policy.Seccomp{Profile: name, SHA256: sums}, nil
+}
+
+// criCapabilityOrder is the bounding set in the order CRI builds it
+// (containerd's defaults, or every capability for add ALL, then the adds in
+// the YAML's order, less the drops): containerd's default seccomp profile
+// adds rules in that order.
+func criCapabilityOrder(container string, sc *corev1.SecurityContext) ([]string, error) {
+	set := slices.Clone(defaultCapabilities)
+	if sc == nil || sc.Capabilities == nil {
+		return set, nil
+	}
+	if slices.ContainsFunc(sc.Capabilities.Add, func(c corev1.Capability) bool { return strings.EqualFold(string(c), "ALL") }) {
+		set = cap.Known()
+	}
+	if slices.ContainsFunc(sc.Capabilities.Drop, func(c corev1.Capability) bool { return strings.EqualFold(string(c), "ALL") }) {
+		set = nil
+	}
+	for _, c := range sc.Capabilities.Add {
+		name := "CAP_" + strings.ToUpper(string(c))
+		if name != "CAP_ALL" && !slices.Contains(set, name) {
+			set = append(set, name)
+		}
+	}
+	set = slices.DeleteFunc(set, func(c string) bool {
+		return slices.ContainsFunc(sc.Capabilities.Drop, func(d corev1.Capability) bool { return "CAP_"+strings.ToUpper(string(d)) == c })
+	})
+	if set == nil {
+		set = []string{}
+	}
+	return set, nil
+}
+
+// oomScoreAdj is the range of oom_score_adj the kubelet gives the pod's
+// containers by QoS class (BestEffort 1000, Burstable 2 to 999, Guaranteed
+// -997); containerd may raise a score (restrict_oom_score_adj), never lower
+// it.
+func (p *pod) oomScoreAdj() [2]int64 {
+	switch p.qosClass() {
+	case corev1.PodQOSBestEffort:
+		return [2]int64{1000, 1000}
+	case corev1.PodQOSGuaranteed:
+		return [2]int64{-997, 1000}
+	default:
+		return [2]int64{2, 1000}
+	}
+}
+
+// qosClass follows the kubelet: BestEffort when no container requests or
+// limits CPU or memory, Guaranteed when every container limits both and
+// requests what it limits, Burstable otherwise.
+func (p *pod) qosClass() corev1.PodQOSClass {
+	requested, guaranteed := false, true
+	all := slices.Concat(p.spec.InitContainers, p.spec.Containers)
+	for _, c := range all {
+		for _, r := range []corev1.ResourceName{corev1.ResourceCPU, corev1.ResourceMemory} {
+			limit, hasLimit := c.Resources.Limits[r]
+			request, hasRequest := c.Resources.Requests[r]
+			if (hasLimit && !limit.IsZero()) || (hasRequest && !request.IsZero()) {
+				requested = true
+			}
+			if !hasLimit || limit.IsZero() || (hasRequest && request.Cmp(limit) != 0) {
+				guaranteed = false
+			}
+		}
+	}
+	switch {
+	case !requested:
+		return corev1.PodQOSBestEffort
+	case guaranteed:
+		return corev1.PodQOSGuaranteed
+	}
+	return corev1.PodQOSBurstable
+}
+
+// userNamespace is the id mapping a pod with hostUsers: false gets: the
+// kubelet's 65536 ids per pod, from a range above the node's own ids.
+func (p *pod) userNamespace() *policy.UserNamespace {
+	if p.spec.HostUsers == nil || *p.spec.HostUsers {
+		return nil
+	}
+	return &policy.UserNamespace{Size: 65536, HostIDMin: 65536}
 }
 
 // execCommands are the command lines the host may exec: exec probes (as the

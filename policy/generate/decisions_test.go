@@ -12,9 +12,11 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/containerd/containerd/v2/contrib/seccomp"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	appsv1 "k8s.io/api/apps/v1"
+	batchv1 "k8s.io/api/batch/v1"
 	corev1 "k8s.io/api/core/v1"
 	k8syaml "sigs.k8s.io/yaml"
 
@@ -201,6 +203,41 @@ spec:
 `,
 }
 
+func init() {
+	// A pod whose env overrides an image ENV: containerd sends both, the
+	// image's first.
+	testPods["override"] = `apiVersion: v1
+kind: Pod
+metadata:
+  name: override
+spec:
+  automountServiceAccountToken: false
+  containers:
+  - name: app
+    image: nginx:1.27
+    env:
+    - {name: NGINX_VERSION, value: 1.27.1-patched}
+`
+	testPods["indexed"] = `apiVersion: batch/v1
+kind: Job
+metadata:
+  name: indexed
+spec:
+  completionMode: Indexed
+  completions: 5
+  template:
+    spec:
+      restartPolicy: Never
+      automountServiceAccountToken: false
+      containers:
+      - name: worker
+        image: busybox:1.36
+        command: ["sh", "-c", "echo $JOB_COMPLETION_INDEX"]
+`
+	podHostnames["override"] = "override"
+	podHostnames["indexed"] = "indexed-3-x7k2p"
+}
+
 // podHostnames are the hostnames the cluster gives each pod: a Pod's name,
 // a Deployment's <name>-<template hash>-<suffix>, the node's for a
 // host-network pod.
@@ -271,6 +308,23 @@ func podFromYAML(t *testing.T, doc []byte) corev1.Pod {
 			t.Fatal(err)
 		}
 		return pod
+	case "Job":
+		var j batchv1.Job
+		if err := k8syaml.Unmarshal(doc, &j); err != nil {
+			t.Fatal(err)
+		}
+		meta := j.Spec.Template.ObjectMeta
+		meta.Namespace = j.Namespace
+		spec := j.Spec.Template.Spec
+		if j.Spec.CompletionMode != nil && *j.Spec.CompletionMode == batchv1.IndexedCompletion {
+			// The Job controller's addition to every container.
+			for i := range spec.Containers {
+				spec.Containers[i].Env = append(spec.Containers[i].Env, corev1.EnvVar{Name: "JOB_COMPLETION_INDEX", ValueFrom: &corev1.EnvVarSource{
+					FieldRef: &corev1.ObjectFieldSelector{FieldPath: "metadata.annotations['batch.kubernetes.io/job-completion-index']"},
+				}})
+			}
+		}
+		return corev1.Pod{ObjectMeta: meta, Spec: spec}
 	case "Deployment":
 		var d appsv1.Deployment
 		if err := k8syaml.Unmarshal(doc, &d); err != nil {
@@ -383,6 +437,14 @@ func (p *testPod) criSpec(name string) *specs.Spec {
 	// the kubelet's (service links for the API server, the YAML's env).
 	env := setEnv([]string{pathEnv}, "HOSTNAME="+p.hostname)
 	env = setEnv(env, img.Config.Env...)
+	// containerd appends a kubelet entry whose name an image entry has (only
+	// PATH and HOSTNAME are replaced); runc keeps the last.
+	var appended []string
+	for _, e := range c.Env {
+		if e.Name != "PATH" && e.Name != "HOSTNAME" && slices.ContainsFunc(env, func(x string) bool { return strings.HasPrefix(x, e.Name+"=") }) {
+			appended = append(appended, e.Name)
+		}
+	}
 	kubeletEnv := []string{
 		"KUBERNETES_SERVICE_HOST=10.96.0.1", "KUBERNETES_SERVICE_PORT=443", "KUBERNETES_SERVICE_PORT_HTTPS=443",
 		"KUBERNETES_PORT=tcp://10.96.0.1:443", "KUBERNETES_PORT_443_TCP=tcp://10.96.0.1:443",
@@ -396,12 +458,21 @@ func (p *testPod) criSpec(name string) *specs.Spec {
 			v = "s3cr3t-from-the-cluster"
 		case e.ValueFrom.FieldRef != nil && e.ValueFrom.FieldRef.FieldPath == "metadata.namespace":
 			v = p.namespace()
+		case e.ValueFrom.FieldRef != nil && e.ValueFrom.FieldRef.FieldPath == "metadata.annotations['batch.kubernetes.io/job-completion-index']":
+			v = "3"
 		default:
 			t.Fatalf("no value for env %s", e.Name)
 		}
 		kubeletEnv = append(kubeletEnv, e.Name+"="+v)
 	}
-	env = setEnv(env, kubeletEnv...)
+	for _, kv := range kubeletEnv {
+		name, _, _ := strings.Cut(kv, "=")
+		if slices.Contains(appended, name) {
+			env = append(env, kv)
+		} else {
+			env = setEnv(env, kv)
+		}
+	}
 
 	cwd := "/"
 	if img.Config.WorkingDir != "" {
@@ -572,11 +643,8 @@ func (p *testPod) criSpec(name string) *specs.Spec {
 		},
 	}
 	if sp := sc.SeccompProfile; sp != nil && sp.Type == corev1.SeccompProfileTypeRuntimeDefault && !privileged {
-		s.Linux.Seccomp = &specs.LinuxSeccomp{
-			DefaultAction: specs.ActErrno,
-			Architectures: []specs.Arch{specs.ArchX86_64, specs.ArchX86, specs.ArchX32},
-			Syscalls:      []specs.LinuxSyscall{{Names: []string{"accept", "read", "write"}, Action: specs.ActAllow}},
-		}
+		// CRI's WithDefaultProfile, after the capabilities.
+		s.Linux.Seccomp = seccomp.DefaultProfile(s)
 	}
 	if privileged {
 		s.Linux.MaskedPaths, s.Linux.ReadonlyPaths = nil, nil
@@ -817,6 +885,39 @@ func decisionCases() []decisionCase {
 		// CreateContainer as CRI asks for it.
 		{name: "nginx as CRI creates it", pod: "web", before: started(), do: create("nginx")},
 		{name: "shipper as CRI creates it", pod: "web", before: started(), do: create("shipper")},
+
+		// seccomp: the filter is pinned whole.
+		{name: "seccomp rule making setuid and capset no-ops", pod: "web", do: create("shipper", withSpec(func(s *specs.Spec) {
+			zero := uint(0)
+			s.Linux.Seccomp.Syscalls = append(s.Linux.Seccomp.Syscalls, specs.LinuxSyscall{
+				Names: []string{"setuid", "setgid", "setgroups", "capset"}, Action: specs.ActErrno, ErrnoRet: &zero,
+			})
+		})), want: "create_container.seccomp"},
+		{name: "seccomp rule prepended", pod: "web", do: create("shipper", withSpec(func(s *specs.Spec) {
+			zero := uint(0)
+			s.Linux.Seccomp.Syscalls = append([]specs.LinuxSyscall{{Names: []string{"setresuid"}, Action: specs.ActErrno, ErrnoRet: &zero}}, s.Linux.Seccomp.Syscalls...)
+		})), want: "create_container.seccomp"},
+		{name: "seccomp filter on a container without one", pod: "web", do: create("nginx", withSpec(func(s *specs.Spec) {
+			zero := uint(0)
+			s.Linux.Seccomp = &specs.LinuxSeccomp{DefaultAction: specs.ActAllow, Syscalls: []specs.LinuxSyscall{{Names: []string{"setuid"}, Action: specs.ActErrno, ErrnoRet: &zero}}}
+		})), want: "create_container.seccomp"},
+		{name: "seccomp default action log", pod: "web", do: create("shipper", withSpec(func(s *specs.Spec) { s.Linux.Seccomp.DefaultAction = specs.ActLog })), want: "create_container.seccomp"},
+		{name: "seccomp dropped", pod: "web", do: create("shipper", withSpec(func(s *specs.Spec) { s.Linux.Seccomp = nil })), want: "create_container.seccomp"},
+
+		// The effective environment: runc keeps the last value of a name.
+		{name: "image ENV overridden by the pod's env", pod: "override", do: create("app")},
+		{name: "image ENV overridden, and set again to the image's value", pod: "override", do: create("app", addEnv("NGINX_VERSION=1.27.0")), want: "create_container.env"},
+		{name: "pod env before an image entry of the same name", pod: "web", do: create("nginx", addEnv("MODE=debug")), want: "create_container.env"},
+		{name: "an image entry repeated before the pod's", pod: "web", do: create("nginx", withSpec(func(s *specs.Spec) {
+			s.Process.Env = append([]string{"MODE=debug"}, s.Process.Env...)
+		}))},
+		{name: "Indexed Job", pod: "indexed", do: create("worker")},
+		// The pod's hostname is a pattern, so HOSTNAME is too; containerd
+		// always sets it.
+		{name: "Indexed Job without HOSTNAME", pod: "indexed", do: create("worker", withSpec(func(s *specs.Spec) {
+			s.Process.Env = slices.DeleteFunc(s.Process.Env, func(e string) bool { return strings.HasPrefix(e, "HOSTNAME=") })
+		})), want: "create_container.env_required"},
+		{name: "Indexed Job, index not a number", pod: "indexed", do: create("worker", addEnv("JOB_COMPLETION_INDEX=$(id)")), want: "create_container.env"},
 		{name: "interactive shell as CRI creates it", pod: "debug", before: started(), do: create("shell")},
 		{name: "privileged node agent as CRI creates it", pod: "node-agent", before: started(), do: create("agent")},
 		{name: "api with the image's user and directory", pod: "api", before: started(), do: create("api")},
@@ -824,12 +925,15 @@ func decisionCases() []decisionCase {
 		{name: "image by reference without the tag", pod: "web", do: create("nginx", annotation("io.kubernetes.cri.image-name", "nginx@"+digestNginx))},
 		{name: "fewer effective capabilities", pod: "web", do: create("nginx", withSpec(func(s *specs.Spec) { s.Process.Capabilities.Effective = nil }))},
 		{name: "shm as tmpfs", pod: "web", do: create("nginx", withSpec(func(s *specs.Spec) {
-			*mountAt("/dev/shm")(s) = specs.Mount{Destination: "/dev/shm", Type: "tmpfs", Source: "shm", Options: []string{"nosuid", "noexec", "nodev", "mode=1777"}}
+			*mountAt("/dev/shm")(s) = specs.Mount{Destination: "/dev/shm", Type: "tmpfs", Source: "shm", Options: []string{"nosuid", "noexec", "nodev", "mode=1777", "size=65536k"}}
 		}))},
 
 		// CreateContainer tampered with.
 		{name: "changed image digest", pod: "web", do: create("nginx", annotation("io.kubernetes.cri.image-name", "nginx:1.27@"+digestOther)), want: "create_container.image"},
-		{name: "image by tag only", pod: "web", do: create("nginx", annotation("io.kubernetes.cri.image-name", "nginx:1.27")), want: "create_container.image"},
+		// containerd 1.7 names the image by the first name the node
+		// stores it under; the layers pin the content.
+		{name: "image by a tag of its repository (containerd 1.7)", pod: "web", do: create("nginx", annotation("io.kubernetes.cri.image-name", "nginx:1.27"))},
+		{name: "image by a tag of another repository", pod: "web", do: create("nginx", annotation("io.kubernetes.cri.image-name", "busybox:1.36")), want: "create_container.image"},
 		{name: "same digest from another registry", pod: "web", do: create("nginx", annotation("io.kubernetes.cri.image-name", "evil.example/library/nginx@"+digestNginx)), want: "create_container.image"},
 		{name: "sidecar runs the web image", pod: "web", do: create("shipper", annotation("io.kubernetes.cri.image-name", "nginx:1.27@"+digestNginx)), want: "create_container.image"},
 		{name: "sidecar runs the web image's layers", pod: "web", do: createWithLayers("shipper", func(p *testPod, r *agentapi.CreateContainerRequest) {
@@ -873,7 +977,7 @@ func decisionCases() []decisionCase {
 			s.Process.Capabilities.Bounding = append(s.Process.Capabilities.Bounding, "CAP_SYS_ADMIN")
 			s.Process.Capabilities.Effective = append(s.Process.Capabilities.Effective, "CAP_SYS_ADMIN")
 		})), want: "create_container.capabilities"},
-		{name: "ambient capability", pod: "web", do: create("nginx", withSpec(func(s *specs.Spec) { s.Process.Capabilities.Ambient = []string{"CAP_NET_RAW"} }))},
+		{name: "ambient capability", pod: "web", do: create("nginx", withSpec(func(s *specs.Spec) { s.Process.Capabilities.Ambient = []string{"CAP_NET_RAW"} })), want: "create_container.capabilities"},
 		{name: "ambient capability beyond the set", pod: "web", do: create("nginx", withSpec(func(s *specs.Spec) { s.Process.Capabilities.Ambient = []string{"CAP_NET_ADMIN"} })), want: "create_container.capabilities"},
 		{name: "privileged", pod: "web", do: create("nginx", privileged), want: "create_container.capabilities"},
 		{name: "privileged sidecar", pod: "web", do: create("shipper", privileged), want: "create_container.capabilities"},
@@ -920,7 +1024,7 @@ func decisionCases() []decisionCase {
 		{name: "no logs when denied", pod: "web", settings: func(s *generate.Settings) {
 			no := false
 			s.Containers["nginx"] = generate.ContainerSettings{Logs: &no}
-		}, do: create("nginx"), want: "create_container.stdio"},
+		}, do: create("nginx")}, // the agent discards the output
 		{name: "unknown container", pod: "web", do: create("nginx", annotation("io.kubernetes.cri.container-name", "miner")), want: "create_container.name"},
 		{name: "another pod's container", pod: "web", do: func(p *testPod) (policy.Kind, any) {
 			other := newTestPod(p.t, "debug", nil)

@@ -18,8 +18,15 @@
 //
 // # What is pinned and what is a pattern
 //
-// The policy follows what the kubelet and containerd's CRI plugin (v2.4)
-// put into each container's OCI spec.
+// The policy follows what the kubelet and containerd's CRI plugin (v2.4,
+// and 1.7: see testdata/containerd for requests captured from both) put
+// into each container's OCI spec.
+//
+// Pinned for the pod: the init containers in the YAML's order, sidecars
+// (restartPolicy: Always) marked; the agent lets each run only after the
+// ones before it completed (a sidecar: was created), app containers only
+// after all, and no init container but a sidecar again once an app
+// container was created.
 //
 // Pinned exactly: the image digest; the dm-verity root hash of each image
 // layer, lowest first (see Images); the process argv (the YAML's command
@@ -33,7 +40,9 @@
 // 14, with the YAML's add and drop, ALL included; every capability when
 // privileged); privileged, allowPrivilegeEscalation: false
 // (no_new_privileges), readOnlyRootFilesystem, seccompProfile
-// RuntimeDefault/Localhost (a filter is required), procMount Unmasked; the
+// RuntimeDefault/Localhost (a filter is required, pinned in full: for
+// RuntimeDefault each rendering runtimeDefaultSeccomp names, containerd 2's
+// and containerd 1.7's by default, which differ), procMount Unmasked; the
 // environment entries known in advance: PATH (containerd's default unless the
 // image or YAML sets it), the image's Env, env entries with a value, and
 // downward-API fields the YAML fixes (namespace, service account, labels the
@@ -114,6 +123,10 @@
 //	  mtuMax: 65535
 //	  forbiddenPrefixes:       # added to the defaults, which always apply
 //	  - 10.0.0.0/24            # e.g. the node network
+//	seccompProfiles:           # content of the Localhost profiles the pods name
+//	  profiles/audit.json: {"defaultAction": "SCMP_ACT_LOG"}
+//	runtimeDefaultSeccomp:     # whose RuntimeDefault profile is accepted
+//	- containerd-2             # default: containerd-2 and containerd-1.7
 //
 // A named container's stdin and logs win over "*"; exec and envPatterns of
 // both apply. DefaultSettings allows StartContainer, SignalProcess,

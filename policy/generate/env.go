@@ -31,6 +31,10 @@ import (
 // cluster decides later (values from ConfigMaps, Secrets, the downward API,
 // service addresses) becomes a pattern.
 
+// jobCompletionIndex is the variable the Job controller adds to the
+// containers of an Indexed Job.
+const jobCompletionIndex = "JOB_COMPLETION_INDEX"
+
 // ociDefaultPath is the PATH of containerd's default OCI spec (pkg/oci).
 const ociDefaultPath = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
@@ -97,7 +101,9 @@ func envFromSource(prefix string) envSource {
 
 // envInput is what the environment of one container depends on.
 type envInput struct {
-	container          *corev1.Container
+	container *corev1.Container
+	// indexedJob adds the Job controller's JOB_COMPLETION_INDEX.
+	indexedJob         bool
 	image              []string // the image config's Env
 	hostname           envValue
 	enableServiceLinks bool
@@ -109,6 +115,9 @@ type envInput struct {
 type containerEnv struct {
 	exact    map[string]bool // NAME=VALUE entries the process must have
 	patterns []string        // NAME=VALUE patterns for entries it may have
+	// required are names the process must have although a pattern
+	// gives their value: what containerd always sets (PATH, HOSTNAME).
+	required []string
 	// kubelet is the environment the kubelet sends, which $(VAR) in
 	// command and args expands against.
 	kubelet envLookup
@@ -186,21 +195,55 @@ func computeEnv(in envInput) (containerEnv, error) {
 		lookup.known[e.Name] = v
 	}
 
+	// The Job controller of an Indexed Job adds JOB_COMPLETION_INDEX to a
+	// container that does not set it, from the pod's completion-index
+	// annotation.
+	if _, set := lookup.known[jobCompletionIndex]; in.indexedJob && !set {
+		lookup.known[jobCompletionIndex] = patternValue(`[0-9]+`)
+	}
+
 	env := containerEnv{exact: map[string]bool{}, kubelet: lookup}
 	// PATH and HOSTNAME: replaced by the last image or kubelet entry.
 	path := exactValue(strings.TrimPrefix(ociDefaultPath, "PATH="))
 	hostname := in.hostname
 	replaced := map[string]*envValue{"PATH": &path, "HOSTNAME": &hostname}
 	present := map[string]bool{"PATH": true, "HOSTNAME": true}
+	// runc gives the process the last value of a name: an image entry
+	// holds only where no later image entry, kubelet entry or family member
+	// of the same name follows it.
+	imageValues := map[string]string{}
+	var imageNames []string
 	for _, kv := range in.image {
 		name, value, hasValue := strings.Cut(kv, "=")
 		if slot, ok := replaced[name]; ok {
 			*slot, present[name] = exactValue(value), hasValue
 			continue
 		}
-		if hasValue {
-			env.exact[kv] = true
+		if !hasValue {
+			continue
 		}
+		if _, seen := imageValues[name]; !seen {
+			imageNames = append(imageNames, name)
+		}
+		imageValues[name] = value
+	}
+	for _, name := range imageNames {
+		if _, overridden := lookup.known[name]; overridden {
+			continue
+		}
+		value := imageValues[name]
+		var alts []string
+		for _, s := range lookup.sources {
+			if s.name.MatchString(name) {
+				alts = append(alts, s.valueRe)
+			}
+		}
+		if len(alts) == 0 {
+			env.exact[name+"="+value] = true
+			continue
+		}
+		alts = append([]string{regexp.QuoteMeta(value)}, alts...)
+		env.patterns = append(env.patterns, regexp.QuoteMeta(name)+"=(?:"+strings.Join(alts, "|")+")")
 	}
 	for _, name := range sortedKeys(lookup.known) {
 		v := lookup.known[name]
@@ -239,6 +282,7 @@ func computeEnv(in envInput) (containerEnv, error) {
 			env.exact[name+"="+v.value] = true
 		} else {
 			env.patterns = append(env.patterns, name+"="+v.pattern)
+			env.required = append(env.required, name)
 		}
 	}
 	for _, s := range lookup.sources {

@@ -252,7 +252,16 @@ func (g *generator) workload(ctx context.Context, n int, h header, body []byte, 
 	}
 
 	names := podNames(h.Kind, h.Metadata.Name, h.Metadata.GenerateName)
+	var indexed bool
+	switch o := obj.(type) {
+	case *batchv1.Job:
+		indexed = o.Spec.CompletionMode != nil && *o.Spec.CompletionMode == batchv1.IndexedCompletion
+	case *batchv1.CronJob:
+		m := o.Spec.JobTemplate.Spec.CompletionMode
+		indexed = m != nil && *m == batchv1.IndexedCompletion
+	}
 	p := &pod{
+		indexedJob:  indexed,
 		spec:        spec,
 		labels:      tmpl.meta.Labels,
 		annotations: tmpl.meta.Annotations,
@@ -274,6 +283,10 @@ func (g *generator) workload(ctx context.Context, n int, h header, body []byte, 
 		Containers: map[string]policy.Container{},
 		Requests:   maps.Clone(g.opts.Settings.Requests),
 		Network:    g.opts.Settings.Network.data(),
+	}
+	for _, c := range spec.InitContainers {
+		sidecar := c.RestartPolicy != nil && *c.RestartPolicy == corev1.ContainerRestartPolicyAlways
+		data.Pod.InitContainers = append(data.Pod.InitContainers, policy.InitContainer{Name: c.Name, Sidecar: sidecar})
 	}
 	if sc := spec.SecurityContext; sc != nil && len(sc.Sysctls) > 0 {
 		data.Pod.Sysctls = map[string]string{}

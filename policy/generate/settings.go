@@ -2,6 +2,7 @@ package generate
 
 import (
 	"cmp"
+	"encoding/json"
 	"fmt"
 	"os"
 	"regexp"
@@ -31,6 +32,34 @@ type Settings struct {
 	// Network says what the host may configure of the pod VM's network
 	// (ConfigureNetwork). A field left out keeps its default.
 	Network NetworkSettings `json:"network,omitzero"`
+	// SeccompProfiles holds the content (an OCI LinuxSeccomp as JSON) of
+	// each Localhost seccomp profile the pods name, by localhostProfile:
+	// the file lives on the node, so the policy pins it only when given.
+	SeccompProfiles map[string]json.RawMessage `json:"seccompProfiles,omitempty"`
+	// RuntimeDefaultSeccomp names the runtimes whose rendering of
+	// seccompProfile RuntimeDefault the policy accepts, each pinned in
+	// full: RuntimeContainerd2 and RuntimeContainerd17; none named means
+	// both, the release lines nodes run. containerd 1.7's profile allows io_uring,
+	// which 2.x's denies: leave it out where no node runs 1.7.
+	RuntimeDefaultSeccomp []string `json:"runtimeDefaultSeccomp,omitempty"`
+}
+
+// The runtimes whose RuntimeDefault seccomp profile the generator renders.
+const (
+	RuntimeContainerd2  = "containerd-2"
+	RuntimeContainerd17 = "containerd-1.7"
+)
+
+// seccompRuntimes are the runtimes RuntimeDefaultSeccomp may name.
+var seccompRuntimes = []string{RuntimeContainerd2, RuntimeContainerd17}
+
+// runtimeDefaultSeccomp are the runtimes whose RuntimeDefault rendering
+// the policy accepts.
+func (s Settings) runtimeDefaultSeccomp() []string {
+	if len(s.RuntimeDefaultSeccomp) == 0 {
+		return seccompRuntimes
+	}
+	return s.RuntimeDefaultSeccomp
 }
 
 // NetworkSettings bound what the host may configure of the pod VM's network
@@ -165,6 +194,8 @@ func ParseSettings(raw []byte) (Settings, error) {
 		s.KubeletRootDir = file.KubeletRootDir
 	}
 	s.Network = s.Network.over(file.Network)
+	s.SeccompProfiles = file.SeccompProfiles
+	s.RuntimeDefaultSeccomp = file.RuntimeDefaultSeccomp
 	if err := s.validate(); err != nil {
 		return Settings{}, err
 	}
@@ -186,6 +217,11 @@ func (s Settings) validate() error {
 	}
 	if err := s.Network.validate(); err != nil {
 		return fmt.Errorf("network.%w", err)
+	}
+	for i, r := range s.RuntimeDefaultSeccomp {
+		if !slices.Contains(seccompRuntimes, r) {
+			return fmt.Errorf("runtimeDefaultSeccomp[%d] %q is not one of %s", i, r, strings.Join(seccompRuntimes, ", "))
+		}
 	}
 	for name, c := range s.Containers {
 		if name == "" {
