@@ -14,7 +14,6 @@ import (
 	corev1 "k8s.io/api/core/v1"
 
 	"github.com/contrast-vm/contrast/policy"
-	"github.com/contrast-vm/contrast/policy/generate/internal/seccomp17"
 )
 
 // defaultCapabilities is the capability set of containerd's default OCI spec
@@ -265,7 +264,9 @@ func (p *pod) seccomp(container string, sc *corev1.SecurityContext, privileged b
 			case RuntimeContainerd2:
 				filters[r] = seccomp.DefaultProfile(spec)
 			case RuntimeContainerd17:
-				filters[r] = seccomp17.DefaultProfile(spec)
+				if filters[r], err = containerd17Profile(seccomp.DefaultProfile(spec)); err != nil {
+					return nil, fmt.Errorf("container %s: seccompProfile RuntimeDefault: %w", container, err)
+				}
 			default:
 				return nil, fmt.Errorf("container %s: seccompProfile RuntimeDefault: no rendering for runtime %q", container, r)
 			}

@@ -13,7 +13,6 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/contrast-vm/contrast/policy"
-	"github.com/contrast-vm/contrast/policy/generate/internal/seccomp17"
 )
 
 // TestRuntimeDefaultSeccompMatchesContainerd holds the generator's
@@ -26,7 +25,7 @@ func TestRuntimeDefaultSeccompMatchesContainerd(t *testing.T) {
 	spec := &specs.Spec{Process: &specs.Process{Capabilities: &specs.LinuxCapabilities{Bounding: []string{"CAP_NET_BIND_SERVICE"}}}}
 	rendered := map[string]*specs.LinuxSeccomp{
 		"2.4": seccomp.DefaultProfile(spec),
-		"1.7": seccomp17.DefaultProfile(spec),
+		"1.7": must17(t, seccomp.DefaultProfile(spec)),
 	}
 	real := map[string]string{}
 	for _, v := range []string{"2.4", "1.7"} {
@@ -67,7 +66,7 @@ func TestSeccompSettings(t *testing.T) {
 		}
 		return sum
 	}
-	v2, v17 := hash(seccomp.DefaultProfile(spec)), hash(seccomp17.DefaultProfile(spec))
+	v2, v17 := hash(seccomp.DefaultProfile(spec)), hash(must17(t, seccomp.DefaultProfile(spec)))
 	local := `{"defaultAction":"SCMP_ACT_ALLOW"}`
 	cases := []struct {
 		name, settings, profile string
@@ -112,3 +111,21 @@ func TestSeccompSettings(t *testing.T) {
 }
 
 func contains(s, sub string) bool { return strings.Contains(s, sub) }
+
+// must17 is containerd17Profile, which must succeed on 2.x's rendering.
+func must17(t *testing.T, v2 *specs.LinuxSeccomp) *specs.LinuxSeccomp {
+	t.Helper()
+	p, err := containerd17Profile(v2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// TestContainerd17ProfileRefusesStrangeInput: a 2.x rendering without the
+// parts the derivation rewrites is an error, not a guess.
+func TestContainerd17ProfileRefusesStrangeInput(t *testing.T) {
+	if _, err := containerd17Profile(&specs.LinuxSeccomp{DefaultAction: specs.ActErrno}); err == nil {
+		t.Error("derived a 1.7 profile from an empty one")
+	}
+}
