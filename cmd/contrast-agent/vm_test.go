@@ -134,7 +134,7 @@ func TestAgentInVM(t *testing.T) {
 		t.Helper()
 		spec := &specs.Spec{
 			Version: specs.Version,
-			Process: &specs.Process{Args: args, Env: []string{"PATH=/bin"}, Cwd: "/"},
+			Process: &specs.Process{Args: args, Env: []string{"PATH=/bin"}, Cwd: "/", Capabilities: criCapabilities()},
 			Root:    &specs.Root{Path: "rootfs"},
 			Mounts: []specs.Mount{
 				{Destination: "/proc", Type: "proc", Source: "proc"},
@@ -203,7 +203,7 @@ func TestAgentInVM(t *testing.T) {
 		t.Fatal(err)
 	}
 	eout := stdio("c2", "e1", api.StreamStdout)
-	proc, _ := json.Marshal(specs.Process{Args: []string{"/bin/sh", "-c", "ls /; exit 4"}, Env: []string{"PATH=/bin"}, Cwd: "/"})
+	proc, _ := json.Marshal(specs.Process{Args: []string{"/bin/sh", "-c", "ls /; exit 4"}, Env: []string{"PATH=/bin"}, Cwd: "/", Capabilities: criCapabilities()})
 	if _, err := client.ExecProcess(ctx, &api.ExecProcessRequest{ContainerId: "c2", ExecId: "e1", Process: proc, Stdio: &api.Stdio{Stdout: true}}); err != nil {
 		t.Fatal(err)
 	}
@@ -320,7 +320,7 @@ func readUntil(t *testing.T, r net.Conn, want string) string {
 func ttyExec(ctx context.Context, t *testing.T, client api.AgentService, stdio stdioDialer) {
 	t.Helper()
 	in, out := stdio("c2", "tty", api.StreamStdin), stdio("c2", "tty", api.StreamStdout)
-	proc, _ := json.Marshal(specs.Process{Args: []string{"/bin/sh", "-c", "stty size; read x; stty size"}, Env: []string{"PATH=/bin"}, Cwd: "/",
+	proc, _ := json.Marshal(specs.Process{Args: []string{"/bin/sh", "-c", "stty size; read x; stty size"}, Env: []string{"PATH=/bin"}, Cwd: "/", Capabilities: criCapabilities(),
 		Terminal: true, ConsoleSize: &specs.Box{Height: 24, Width: 80}})
 	if _, err := client.ExecProcess(ctx, &api.ExecProcessRequest{ContainerId: "c2", ExecId: "tty", Process: proc,
 		Stdio: &api.Stdio{Terminal: true, Stdin: true, Stdout: true}}); err != nil {
@@ -428,4 +428,13 @@ func dialAgent(ctx context.Context, t *testing.T, vm hypervisor.VM) (api.AgentSe
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
+}
+
+// criCapabilities are the capabilities containerd's CRI gives an
+// unprivileged container (and its execs); a process without any would keep
+// every capability of the VM's root, which the agent refuses.
+func criCapabilities() *specs.LinuxCapabilities {
+	caps := []string{"CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FSETID", "CAP_FOWNER", "CAP_MKNOD", "CAP_NET_RAW",
+		"CAP_SETGID", "CAP_SETUID", "CAP_SETFCAP", "CAP_SETPCAP", "CAP_NET_BIND_SERVICE", "CAP_SYS_CHROOT", "CAP_KILL", "CAP_AUDIT_WRITE"}
+	return &specs.LinuxCapabilities{Bounding: caps, Effective: caps, Permitted: caps}
 }
