@@ -184,7 +184,7 @@ func generatePolicyFile(t *testing.T, s *suite, podYAML, out string, flags ...st
 	// lie under the instance's stand-in for the kubelet's root dir; a
 	// test's own settings file adds its lines to that one.
 	settings := out + ".settings.yaml"
-	lines := "kubeletRootDir: " + s.c.KubeletRoot() + "\n"
+	var lines string
 	for i := 0; i < len(flags); i++ {
 		if flags[i] == "--settings" && i+1 < len(flags) {
 			extra, err := os.ReadFile(flags[i+1])
@@ -195,6 +195,10 @@ func generatePolicyFile(t *testing.T, s *suite, podYAML, out string, flags ...st
 			flags = append(flags[:i:i], flags[i+2:]...)
 			i--
 		}
+	}
+	// A test on a real kubelet names that kubelet's root dir itself.
+	if !strings.Contains(lines, "kubeletRootDir:") {
+		lines = "kubeletRootDir: " + s.c.KubeletRoot() + "\n" + lines
 	}
 	if err := os.WriteFile(settings, []byte(lines), 0o644); err != nil {
 		t.Fatal(err)
