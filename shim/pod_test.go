@@ -28,6 +28,14 @@ func testImage(t testing.TB) (kernel, initrd string) {
 func testConfig(t testing.TB) Config {
 	cfg := DefaultConfig()
 	cfg.StateDir = filepath.Join(t.TempDir(), "st")
+	// A short socket dir of the test's own: the default, /run/contrast/s,
+	// would stay on the host after the test.
+	sockets, err := os.MkdirTemp("", "ss")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(sockets) })
+	cfg.SocketDir = filepath.Join(sockets, "s")
 	cfg.Hypervisor.Kernel, cfg.Hypervisor.Initrd = testImage(t)
 	cfg.Hypervisor.MemoryMiB = 256
 	cfg.Timeouts.AgentReady = Duration{30 * time.Second}
