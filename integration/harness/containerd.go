@@ -427,18 +427,8 @@ func (c *Containerd) CollectGarbage(ctx context.Context) error {
 // *CmdError.
 func (c *Containerd) CtrIn(ctx context.Context, namespace string, args ...string) (string, error) {
 	full := append([]string{"--address", c.Socket, "--namespace", namespace}, args...)
-	cmd := exec.CommandContext(ctx, c.tools.Ctr, full...)
-	var out, errb bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &errb
-	if err := cmd.Run(); err != nil {
-		ce := &CmdError{Tool: "ctr", Args: args, ExitCode: -1, Stdout: out.String(), Stderr: errb.String(), Err: err}
-		var ee *exec.ExitError
-		if errors.As(err, &ee) {
-			ce.ExitCode = ee.ExitCode()
-		}
-		return out.String(), ce
-	}
-	return out.String(), nil
+	out, _, err := runTool(exec.CommandContext(ctx, c.tools.Ctr, full...), "ctr", args)
+	return out, err
 }
 
 // ImportImages builds the test images (busybox and pause) into dir, unless

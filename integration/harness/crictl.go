@@ -48,6 +48,22 @@ type CmdError struct {
 	Err      error
 }
 
+// runTool runs cmd to its end and returns its stdout and stderr; a failure
+// is a *CmdError for tool called with args (as the caller wrote them).
+func runTool(cmd *exec.Cmd, tool string, args []string) (stdout, stderr string, err error) {
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	if err := cmd.Run(); err != nil {
+		ce := &CmdError{Tool: tool, Args: args, ExitCode: -1, Stdout: out.String(), Stderr: errb.String(), Err: err}
+		var ee *exec.ExitError
+		if errors.As(err, &ee) {
+			ce.ExitCode = ee.ExitCode()
+		}
+		return out.String(), errb.String(), ce
+	}
+	return out.String(), errb.String(), nil
+}
+
 func (e *CmdError) Error() string {
 	tool := e.Tool
 	if tool == "" {
@@ -72,17 +88,7 @@ func (c *CRI) RunStdin(ctx context.Context, stdin io.Reader, args ...string) (st
 	}
 	cmd := exec.CommandContext(ctx, c.Bin, full...)
 	cmd.Stdin = stdin
-	var out, errb bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &errb
-	if err := cmd.Run(); err != nil {
-		ce := &CmdError{Args: args, ExitCode: -1, Stdout: out.String(), Stderr: errb.String(), Err: err}
-		var ee *exec.ExitError
-		if errors.As(err, &ee) {
-			ce.ExitCode = ee.ExitCode()
-		}
-		return out.String(), errb.String(), ce
-	}
-	return out.String(), errb.String(), nil
+	return runTool(cmd, "", args)
 }
 
 // fullArgs prepends the flags that point crictl at this instance.

@@ -651,17 +651,8 @@ func (k *Kube) Kubectl(ctx context.Context, args ...string) (string, error) {
 func (k *Kube) KubectlStdin(ctx context.Context, stdin io.Reader, args ...string) (string, error) {
 	cmd := k.KubectlCmd(ctx, args...)
 	cmd.Stdin = stdin
-	var out, errb bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &errb
-	if err := cmd.Run(); err != nil {
-		ce := &CmdError{Tool: "kubectl", Args: args, ExitCode: -1, Stdout: out.String(), Stderr: errb.String(), Err: err}
-		var ee *exec.ExitError
-		if errors.As(err, &ee) {
-			ce.ExitCode = ee.ExitCode()
-		}
-		return out.String(), ce
-	}
-	return out.String(), nil
+	out, _, err := runTool(cmd, "kubectl", args)
+	return out, err
 }
 
 // KubectlCmd is a kubectl command as cluster admin, not started.
