@@ -59,13 +59,6 @@ func step(title string, f func() (string, error)) error {
 	return nil
 }
 
-func setDefault(name, value string) error {
-	if os.Getenv(name) != "" {
-		return nil
-	}
-	return os.Setenv(name, value)
-}
-
 // deployment is the application: its exec liveness probe is the one
 // command the generated policy lets the host exec.
 const deployment = `apiVersion: apps/v1
@@ -94,25 +87,9 @@ spec:
 `
 
 func run(ctx context.Context) (retErr error) {
-	if err := errors.Join(
-		setDefault("CONTRAST_SHIM", "_output/bin/containerd-shim-contrast-v2"),
-		setDefault("CONTRAST_CLI", "_output/bin/contrast"),
-		setDefault("CONTRAST_IMAGE", "_output/image"),
-		setDefault("CONTRAST_TEST_IMAGE", "_output/image-test"),
-		setDefault("CONTRAST_NODE_INSTALLER", "_output/bin/contrast-node-installer-static"),
-	); err != nil {
-		return err
-	}
-	if err := setDefault("CONTRAST_KERNEL", filepath.Join(os.Getenv("CONTRAST_IMAGE"), "kernel")); err != nil {
-		return err
-	}
-	env, err := harness.EnvFromOS()
+	env, tools, err := harness.DemoEnv("demo-k8s", "CONTRAST_NODE_INSTALLER", "_output/bin/contrast-node-installer-static")
 	if err != nil {
-		return fmt.Errorf("%w\n(run `make build image` first; `make demo-k8s` does)", err)
-	}
-	tools, err := harness.FindTools()
-	if err != nil {
-		return fmt.Errorf("%w\n(run `make deps`)", err)
+		return err
 	}
 	kt, err := harness.FindKubeTools()
 	if err != nil {

@@ -62,34 +62,11 @@ func step(title string, f func() ([]string, error)) error {
 	return nil
 }
 
-// setDefault sets an environment variable unless it is set already.
-func setDefault(name, value string) error {
-	if os.Getenv(name) != "" {
-		return nil
-	}
-	return os.Setenv(name, value)
-}
-
 func run(ctx context.Context) (retErr error) {
 	// Defaults: what `make build image` produces in this checkout.
-	if err := errors.Join(
-		setDefault("CONTRAST_SHIM", "_output/bin/containerd-shim-contrast-v2"),
-		setDefault("CONTRAST_CLI", "_output/bin/contrast"),
-		setDefault("CONTRAST_IMAGE", "_output/image"),
-		setDefault("CONTRAST_TEST_IMAGE", "_output/image-test"),
-	); err != nil {
-		return err
-	}
-	if err := setDefault("CONTRAST_KERNEL", filepath.Join(os.Getenv("CONTRAST_IMAGE"), "kernel")); err != nil {
-		return err
-	}
-	env, err := harness.EnvFromOS()
+	env, tools, err := harness.DemoEnv("demo")
 	if err != nil {
-		return fmt.Errorf("%w\n(run `make build image` first; `make demo` does)", err)
-	}
-	tools, err := harness.FindTools()
-	if err != nil {
-		return fmt.Errorf("%w\n(run `make deps`)", err)
+		return err
 	}
 	hostRelease, err := harness.HostKernelRelease()
 	if err != nil {
@@ -161,6 +138,8 @@ metadata:
   name: demo
   namespace: default
 spec:
+  # The VM cannot mount the token's volume directory yet (issue 17).
+  automountServiceAccountToken: false
   containers:
   - name: ` + demoContainer + `
     image: ` + harness.BusyboxImage + `

@@ -152,3 +152,38 @@ func HostKernelRelease() (string, error) {
 	}
 	return strings.TrimSpace(string(b)), nil
 }
+
+// DemoEnv is what the demos (hack/demo, hack/demo-k8s) run with: the
+// environment EnvFromOS reads, each variable defaulting to what `make build
+// image` writes into this checkout's _output (extra adds more such
+// defaults, name then path), and the host tools. target names the make
+// target that builds it all, for the error.
+func DemoEnv(target string, extra ...string) (Env, Tools, error) {
+	defaults := append([]string{
+		"CONTRAST_SHIM", "_output/bin/containerd-shim-contrast-v2",
+		"CONTRAST_CLI", "_output/bin/contrast",
+		"CONTRAST_IMAGE", "_output/image",
+		"CONTRAST_TEST_IMAGE", "_output/image-test",
+	}, extra...)
+	var errs []error
+	for i := 0; i+1 < len(defaults); i += 2 {
+		if os.Getenv(defaults[i]) == "" {
+			errs = append(errs, os.Setenv(defaults[i], defaults[i+1]))
+		}
+	}
+	if os.Getenv("CONTRAST_KERNEL") == "" {
+		errs = append(errs, os.Setenv("CONTRAST_KERNEL", filepath.Join(os.Getenv("CONTRAST_IMAGE"), "kernel")))
+	}
+	if err := errors.Join(errs...); err != nil {
+		return Env{}, Tools{}, err
+	}
+	env, err := EnvFromOS()
+	if err != nil {
+		return Env{}, Tools{}, fmt.Errorf("%w\n(run `make build image` first; `make %s` does)", err, target)
+	}
+	tools, err := FindTools()
+	if err != nil {
+		return Env{}, Tools{}, fmt.Errorf("%w\n(run `make deps`)", err)
+	}
+	return env, tools, nil
+}
