@@ -20,6 +20,10 @@ type Hypervisor interface {
 	// Start boots a VM. On error nothing it created is left behind (no
 	// process, socket or file outside spec.StateDir; the caller removes StateDir).
 	Start(ctx context.Context, spec VMSpec) (VM, error)
+	// Cleanup ends a VM this hypervisor started with state directory
+	// stateDir whose handle is lost (its shim died), and removes what it
+	// held outside stateDir (its sockets). Nothing to end is no error.
+	Cleanup(ctx context.Context, stateDir string) error
 }
 
 // VMSpec is what a pod VM is booted with.

@@ -9,8 +9,6 @@ import (
 	"path/filepath"
 
 	"github.com/containerd/log"
-
-	"github.com/contrast-vm/contrast/hypervisor/qemu"
 )
 
 // bundleRecordName is written into the bundle directory of the task that
@@ -18,10 +16,15 @@ import (
 // a shim that died.
 const bundleRecordName = "contrast.json"
 
+// bundleRecord is what a pod VM holds on the host: everything teardown
+// needs to release it, with or without the shim that booted it.
 type bundleRecord struct {
 	// PodStateDir is the pod's state directory, recorded by the task whose
 	// deletion ends the pod VM.
 	PodStateDir string `json:"pod_state_dir"`
+	// ConfigPath is the runtime configuration the pod was booted with,
+	// whose hypervisor finds the VM again ("" for the default).
+	ConfigPath string `json:"config_path,omitempty"`
 	// Cgroup is the host cgroup the VM ran in.
 	Cgroup string `json:"cgroup,omitempty"`
 	// NetNS and Tap: the tap device the shim added to the sandbox's
@@ -41,9 +44,39 @@ func writeBundleRecord(bundle string, rec bundleRecord) error {
 	return nil
 }
 
+// teardown releases everything a pod holds on the host, in one order for a
+// pod stopped by its shim and for one whose shim died: the VM (stopVM),
+// then the layer cache entries (nil after a dead shim: its locks died with
+// it), the tap, the cgroup and the state directory, all of which the VM
+// holds until it is gone. It goes on after an error and returns them all.
+func teardown(ctx context.Context, stopVM func(context.Context) error, rec bundleRecord, layers *podLayers) error {
+	var errs []error
+	if err := stopVM(ctx); err != nil {
+		errs = append(errs, fmt.Errorf("stop VM: %w", err))
+	}
+	if layers != nil {
+		layers.close()
+	}
+	if err := cleanupNetwork(rec.NetNS, rec.Tap); err != nil {
+		errs = append(errs, fmt.Errorf("remove network: %w", err))
+	}
+	if rec.Cgroup != "" {
+		if err := removeHostCgroup(rec.Cgroup); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if rec.PodStateDir != "" {
+		if err := os.RemoveAll(rec.PodStateDir); err != nil {
+			errs = append(errs, fmt.Errorf("remove state: %w", err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
 // cleanupBundle kills the VM and removes the state of the pod a bundle's
-// task owned. A task that owned nothing leaves nothing to clean.
-func cleanupBundle(ctx context.Context, bundle string) error {
+// task owned, through the hypervisor of the pod's configuration. A task
+// that owned nothing leaves nothing to clean.
+func cleanupBundle(ctx context.Context, bundle string, newHypervisor HypervisorFactory) error {
 	data, err := os.ReadFile(filepath.Join(bundle, bundleRecordName))
 	if errors.Is(err, os.ErrNotExist) {
 		return nil
@@ -58,18 +91,17 @@ func cleanupBundle(ctx context.Context, bundle string) error {
 	if rec.PodStateDir == "" {
 		return nil
 	}
+	cfg := DefaultConfig()
+	if rec.ConfigPath != "" {
+		if cfg, err = LoadConfig(rec.ConfigPath); err != nil {
+			return fmt.Errorf("runtime configuration of the pod in %s: %w", rec.PodStateDir, err)
+		}
+	}
+	hv, err := newHypervisor(ctx, cfg)
+	if err != nil {
+		return fmt.Errorf("hypervisor of the pod in %s: %w", rec.PodStateDir, err)
+	}
 	log.G(ctx).WithField("state", rec.PodStateDir).Info("cleaning up pod VM after its shim is gone")
-	if err := qemu.Cleanup(ctx, rec.PodStateDir); err != nil {
-		return fmt.Errorf("kill VM: %w", err)
-	}
-	if err := os.RemoveAll(rec.PodStateDir); err != nil {
-		return fmt.Errorf("remove pod state: %w", err)
-	}
-	if err := cleanupNetwork(rec.NetNS, rec.Tap); err != nil {
-		return fmt.Errorf("remove pod network: %w", err)
-	}
-	if rec.Cgroup != "" {
-		return removeHostCgroup(rec.Cgroup)
-	}
-	return nil
+	stopVM := func(ctx context.Context) error { return hv.Cleanup(ctx, rec.PodStateDir) }
+	return teardown(ctx, stopVM, rec, nil)
 }

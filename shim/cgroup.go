@@ -13,13 +13,6 @@ import (
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 )
 
-// hostCgroup is the host cgroup the pod VM runs in: the sandbox's, under the
-// pod's cgroup parent, so that kubelet and CRI account the VM to the pod
-// (`crictl statsp` reads the parent).
-type hostCgroup struct {
-	path string
-}
-
 // usableCgroupPath returns the sandbox's cgroupfs path, or "" when there is
 // none to join (no path, or a systemd slice, which this runtime does not
 // manage yet).
@@ -31,34 +24,30 @@ func usableCgroupPath(spec *specs.Spec) string {
 }
 
 // joinHostCgroup creates the cgroup (in every hierarchy on cgroup v1) and
-// moves pid into it.
-func joinHostCgroup(path string, pid int) (*hostCgroup, error) {
+// moves pid, the VM, into it: the sandbox's cgroup, under the pod's cgroup
+// parent, so that kubelet and CRI account the VM to the pod (`crictl
+// statsp` reads the parent).
+func joinHostCgroup(path string, pid int) error {
 	if cgroups.Mode() == cgroups.Unified {
 		m, err := cgroup2.NewManager("/sys/fs/cgroup", path, &cgroup2.Resources{})
 		if err != nil {
-			return nil, fmt.Errorf("create cgroup %s: %w", path, err)
+			return fmt.Errorf("create cgroup %s: %w", path, err)
 		}
 		if err := m.AddProc(uint64(pid)); err != nil {
 			_ = m.Delete()
-			return nil, fmt.Errorf("move VM into cgroup %s: %w", path, err)
+			return fmt.Errorf("move VM into cgroup %s: %w", path, err)
 		}
-		return &hostCgroup{path: path}, nil
+		return nil
 	}
 	c, err := cgroup1.New(cgroup1.StaticPath(path), &specs.LinuxResources{})
 	if err != nil {
-		return nil, fmt.Errorf("create cgroup %s: %w", path, err)
+		return fmt.Errorf("create cgroup %s: %w", path, err)
 	}
 	if err := c.AddProc(uint64(pid)); err != nil {
 		_ = c.Delete()
-		return nil, fmt.Errorf("move VM into cgroup %s: %w", path, err)
+		return fmt.Errorf("move VM into cgroup %s: %w", path, err)
 	}
-	return &hostCgroup{path: path}, nil
-}
-
-// remove deletes the cgroup once the VM has left it. A cgroup that is gone
-// already is fine.
-func (h *hostCgroup) remove() error {
-	return removeHostCgroup(h.path)
+	return nil
 }
 
 // removeHostCgroup deletes a cgroup, retrying for a few seconds while a

@@ -11,6 +11,7 @@ import (
 
 	"github.com/BurntSushi/toml"
 
+	"github.com/contrast-vm/contrast/api/podstate"
 	"github.com/contrast-vm/contrast/hypervisor/qemu"
 	"github.com/contrast-vm/contrast/vmimage/snp"
 )
@@ -134,8 +135,8 @@ func (d Duration) MarshalText() ([]byte, error) { return []byte(d.String()), nil
 func DefaultConfig() Config {
 	return Config{
 		LogLevel:  "info",
-		StateDir:  "/run/contrast",
-		SocketDir: "/run/contrast/s",
+		StateDir:  podstate.DefaultStateDir,
+		SocketDir: podstate.DefaultSocketDir,
 		Hypervisor: HypervisorConfig{
 			Binary:       "/usr/bin/qemu-system-x86_64",
 			Accel:        "auto",
@@ -228,7 +229,7 @@ func (c Config) Validate() error {
 		return fmt.Errorf("socket_dir: %q is not an absolute path", c.SocketDir)
 	}
 	if err := qemu.CheckSocketDir(podSocketDir(c, "")); err != nil {
-		return fmt.Errorf("socket_dir: %q is too long for the pods' unix sockets: at most %d bytes fit", c.SocketDir, qemu.MaxSocketDirLen-1-podSocketHashLen)
+		return fmt.Errorf("socket_dir: %q is too long for the pods' unix sockets: at most %d bytes fit", c.SocketDir, qemu.MaxSocketDirLen-1-podstate.SocketHashLen)
 	}
 	h := c.Hypervisor
 	switch h.Accel {

@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/contrast-vm/contrast/api/podstate"
 	"github.com/contrast-vm/contrast/hypervisor/qemu"
 )
 
@@ -156,14 +157,14 @@ func TestSocketPathsFit(t *testing.T) {
 			if err := qemu.CheckSocketDir(dir); err != nil {
 				t.Errorf("namespace %s, pod %s: %v", ns, id, err)
 			}
-			if len(dir) != len(cfg.SocketDir)+1+podSocketHashLen || seen[dir] {
+			if len(dir) != len(cfg.SocketDir)+1+podstate.SocketHashLen || seen[dir] {
 				t.Errorf("namespace %s, pod %s: socket dir %s is not of fixed length or not unique", ns, id, dir)
 			}
 			seen[dir] = true
 		}
 	}
 	// The longest socket_dir load accepts still fits.
-	longest := "/" + strings.Repeat("s", qemu.MaxSocketDirLen-podSocketHashLen-2)
+	longest := "/" + strings.Repeat("s", qemu.MaxSocketDirLen-podstate.SocketHashLen-2)
 	if cfg, err := ParseConfig([]byte(fmt.Sprintf("socket_dir = %q\n", longest))); err != nil {
 		t.Errorf("socket_dir of %d bytes: %v", len(longest), err)
 	} else if err := qemu.CheckSocketDir(podSocketDir(cfg, "/run/contrast/ns/pod")); err != nil {

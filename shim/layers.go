@@ -70,8 +70,30 @@ func newPodLayers(cache *layer.Cache) *podLayers {
 
 // acquire converts (through the cache) and attaches the layers of one
 // container, lowest first, and returns what the agent needs to open them.
-// On error the container holds none of them.
+// Conversion, which can take minutes for a large image, runs outside the
+// lock (the cache converts each layer once, whoever asks); only attaching
+// holds it. On error the container holds none of them.
 func (pl *podLayers) acquire(ctx context.Context, vm hypervisor.VM, blobs []layer.Blob) (_ []*agentapi.Layer, serials []string, retErr error) {
+	type converted struct {
+		entry   layer.Entry
+		release func()
+	}
+	entries := make([]converted, 0, len(blobs))
+	defer func() {
+		for _, e := range entries {
+			if e.release != nil {
+				e.release()
+			}
+		}
+	}()
+	for i, b := range blobs {
+		entry, release, err := pl.cache.Get(ctx, b, nil)
+		if err != nil {
+			return nil, nil, fmt.Errorf("layer %d (%s): %w", i, b.DiffID, err)
+		}
+		entries = append(entries, converted{entry, release})
+	}
+
 	pl.mu.Lock()
 	defer pl.mu.Unlock()
 	defer func() {
@@ -81,21 +103,17 @@ func (pl *podLayers) acquire(ctx context.Context, vm hypervisor.VM, blobs []laye
 		}
 	}()
 	var layers []*agentapi.Layer
-	for i, b := range blobs {
-		entry, release, err := pl.cache.Get(ctx, b, nil)
-		if err != nil {
-			return nil, serials, fmt.Errorf("layer %d (%s): %w", i, b.DiffID, err)
-		}
-		serial := layerSerial(entry.Info.RootHash)
+	for i := range entries {
+		e := &entries[i]
+		serial := layerSerial(e.entry.Info.RootHash)
 		a, ok := pl.attached[serial]
-		if ok {
-			release() // the attached layer holds the entry already
-		} else {
-			a = &attachedLayer{disk: hypervisor.Disk{Serial: serial, Path: entry.Path, ReadOnly: true}, info: entry.Info, release: release}
+		if !ok {
+			a = &attachedLayer{disk: hypervisor.Disk{Serial: serial, Path: e.entry.Path, ReadOnly: true}, info: e.entry.Info}
 			if err := pl.attachLocked(ctx, vm, a.disk); err != nil {
-				release()
-				return nil, serials, fmt.Errorf("layer %d (%s): %w", i, b.DiffID, err)
+				return nil, serials, fmt.Errorf("layer %d (%s): %w", i, blobs[i].DiffID, err)
 			}
+			// the attached layer keeps the conversion's hold on the entry
+			a.release, e.release = e.release, nil
 			pl.attached[serial] = a
 		}
 		a.users++

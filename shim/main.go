@@ -45,7 +45,7 @@ func Main(newHypervisor HypervisorFactory) {
 	})
 	// The shim waits for what it starts (QEMU, mkfs, log programs) itself: a
 	// process-wide reaper would steal their exit statuses.
-	cdshim.RunShim(ctx, NewManager(), func(c *cdshim.Config) {
+	cdshim.RunShim(ctx, NewManager(newHypervisor), func(c *cdshim.Config) {
 		c.NoReaper = true
 		c.NoSubreaper = true
 	})

@@ -267,10 +267,15 @@ func readBundleAnnotations(configPath string) (map[string]string, error) {
 
 // manager implements pkg/shim's Shim for the actions pkg/shim runs for us:
 // -info, delete (cleanup after a shim died) and serving.
-type manager struct{}
+type manager struct {
+	// newHypervisor finds a dead shim's VM again, for `delete`.
+	newHypervisor HypervisorFactory
+}
 
 // NewManager returns the shim manager.
-func NewManager() cdshim.Shim { return manager{} }
+func NewManager(newHypervisor HypervisorFactory) cdshim.Shim {
+	return manager{newHypervisor: newHypervisor}
+}
 
 func (manager) Name() string { return RuntimeName }
 
@@ -289,12 +294,12 @@ func (manager) Start(ctx context.Context, bp *bootapi.BootstrapParams) (*bootapi
 // Stop runs for `delete`: containerd calls it when the shim is gone (crashed
 // or killed). It kills the pod's VM and removes the pod's state, using what
 // the bundle records, and reports the task as killed.
-func (manager) Stop(ctx context.Context, id string) (cdshim.StopStatus, error) {
+func (m manager) Stop(ctx context.Context, id string) (cdshim.StopStatus, error) {
 	bundle, err := os.Getwd()
 	if err != nil {
 		return cdshim.StopStatus{}, err
 	}
-	if err := cleanupBundle(ctx, bundle); err != nil {
+	if err := cleanupBundle(ctx, bundle, m.newHypervisor); err != nil {
 		return cdshim.StopStatus{}, fmt.Errorf("clean up task %s: %w", id, err)
 	}
 	removeDeadShimSocket(ctx, bundle, id)

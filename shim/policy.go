@@ -9,15 +9,13 @@ import (
 
 	"github.com/containerd/log"
 	agentapi "github.com/contrast-vm/contrast/api/agent"
+	"github.com/contrast-vm/contrast/api/podstate"
 	"github.com/contrast-vm/contrast/policy"
 )
 
-// policyStatusFile, in the pod's state directory, records which policy the
-// agent installed and whether a TEE vouches for it, for whoever diagnoses the
-// pod on the node.
-const policyStatusFile = "policy.json"
-
-// policyStatus is the content of policyStatusFile.
+// policyStatus is the content of podstate.PolicyStatusFile: which policy
+// the agent installed and whether a TEE vouches for it, for whoever
+// diagnoses the pod on the node.
 type policyStatus struct {
 	Source     string `json:"source"` // the annotation, or "default:<name>"
 	PolicyHash string `json:"policy_hash"`
@@ -63,7 +61,7 @@ func (p *pod) installPolicy(ctx context.Context, module []byte, source string) e
 	if err != nil {
 		return fmt.Errorf("policy status of pod %s: %w", p.id, err)
 	}
-	if err := os.WriteFile(filepath.Join(p.stateDir, policyStatusFile), append(status, '\n'), 0o644); err != nil {
+	if err := os.WriteFile(filepath.Join(p.stateDir, podstate.PolicyStatusFile), append(status, '\n'), 0o644); err != nil {
 		return fmt.Errorf("record policy status of pod %s: %w", p.id, err)
 	}
 	return nil

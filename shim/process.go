@@ -6,30 +6,9 @@ import (
 	"time"
 
 	"github.com/containerd/errdefs"
+
+	"github.com/contrast-vm/contrast/api/lifecycle"
 )
-
-// processState is where a process is in its life. The legal moves are in
-// process.transition and nowhere else:
-//
-//	created ──start──▶ running ──exit──▶ stopped ──delete──▶ deleted
-//	   │                 │  ▲                ▲
-//	   │            pause│  │resume          │ exit (VM died)
-//	   │                 ▼  │                │
-//	   │                paused ──────────────┘
-//	   └───────────────exit (start failed, VM died)──▶ stopped
-type processState int
-
-const (
-	stateCreated processState = iota
-	stateRunning
-	statePaused
-	stateStopped
-	stateDeleted
-)
-
-func (s processState) String() string {
-	return [...]string{"created", "running", "paused", "stopped", "deleted"}[s]
-}
 
 // stdioPaths are the stdio endpoints containerd gave for a process.
 type stdioPaths struct {
@@ -37,24 +16,32 @@ type stdioPaths struct {
 	Terminal              bool
 }
 
-// process is a container's init or exec process running in the guest.
+// process is a container's init or exec process running in the guest (or,
+// for the sandbox, the VM itself). Its state moves only through move, which
+// checks api/lifecycle's table.
 type process struct {
 	containerID string
 	execID      string // empty for the init process
 	stdio       stdioPaths
+	spec        []byte // exec processes: the OCI process as JSON
 
 	mu         sync.Mutex
-	state      processState
+	state      lifecycle.State
 	pid        uint32
 	exitStatus uint32
 	exitedAt   time.Time
-	exited     chan struct{} // closed on the move to stopped
-	io         *hostIO       // nil until started
-	spec       []byte        // exec processes: the OCI process as JSON
+	exited     chan struct{} // closed on the move to stopped (or deleted, never started)
+	// announced is closed once the start event is published: the exit
+	// event waits for it.
+	announced chan struct{}
+	// starting: a Start is under way (the state is still created), so a
+	// second Start or a Delete is refused.
+	starting bool
+	io       *hostIO // nil until started
 }
 
 func newProcess(containerID, execID string, stdio stdioPaths) *process {
-	return &process{containerID: containerID, execID: execID, stdio: stdio, exited: make(chan struct{})}
+	return &process{containerID: containerID, execID: execID, stdio: stdio, state: lifecycle.Created, exited: make(chan struct{}), announced: make(chan struct{})}
 }
 
 func (p *process) name() string {
@@ -64,75 +51,111 @@ func (p *process) name() string {
 	return fmt.Sprintf("exec %s in container %s", p.execID, p.containerID)
 }
 
-// transition moves the process to state to, or says why it cannot.
-func (p *process) transition(to processState) error {
-	legal := false
-	switch p.state {
-	case stateCreated:
-		legal = to == stateRunning || to == stateStopped || to == stateDeleted
-	case stateRunning:
-		legal = to == stateStopped || to == statePaused
-	case statePaused:
-		legal = to == stateRunning || to == stateStopped
-	case stateStopped:
-		legal = to == stateDeleted
-	}
-	if !legal {
-		return fmt.Errorf("%s is %s, cannot become %s: %w", p.name(), p.state, to, errdefs.ErrFailedPrecondition)
+// check says whether the process may move to state to now, without moving:
+// a request checks before it sends anything to the guest.
+func (p *process) check(to lifecycle.State) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return lifecycle.Check(p.name(), p.state, to)
+}
+
+// moveLocked moves the process to state to, or says why it cannot.
+func (p *process) moveLocked(to lifecycle.State) error {
+	if err := lifecycle.Check(p.name(), p.state, to); err != nil {
+		return err
 	}
 	p.state = to
 	return nil
+}
+
+// move moves the process, for start, pause and resume.
+func (p *process) move(to lifecycle.State) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.moveLocked(to)
+}
+
+// beginStart checks that the process may start and marks the start under
+// way; endStart clears the mark.
+func (p *process) beginStart() error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.starting {
+		return fmt.Errorf("%s is being started already: %w", p.name(), errdefs.ErrFailedPrecondition)
+	}
+	if err := lifecycle.Check(p.name(), p.state, lifecycle.Running); err != nil {
+		return err
+	}
+	p.starting = true
+	return nil
+}
+
+func (p *process) endStart() {
+	p.mu.Lock()
+	p.starting = false
+	p.mu.Unlock()
 }
 
 // setRunning records a successful start.
 func (p *process) setRunning(pid uint32) error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if err := p.transition(stateRunning); err != nil {
+	if err := p.moveLocked(lifecycle.Running); err != nil {
 		return err
 	}
 	p.pid = pid
 	return nil
 }
 
-// setState moves the process, for pause and resume.
-func (p *process) setState(to processState) error {
+// setExited records the exit once. ok is false when the process had
+// already exited (for example, the VM died and the agent's answer came
+// late); wasStarted tells whether it had run (and its start was announced
+// or is being announced).
+func (p *process) setExited(status uint32, at time.Time) (wasStarted, ok bool) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	return p.transition(to)
-}
-
-// setExited records the exit once; it reports false when the process had
-// already exited (for example, the VM died and the agent's answer came late).
-func (p *process) setExited(status uint32, at time.Time) bool {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if p.state == stateStopped || p.state == stateDeleted {
-		return false
-	}
-	if err := p.transition(stateStopped); err != nil {
-		return false
+	wasStarted = p.state.Live()
+	if p.moveLocked(lifecycle.Stopped) != nil {
+		return false, false
 	}
 	p.exitStatus, p.exitedAt = status, at
 	close(p.exited)
-	return true
+	return wasStarted, true
 }
 
 // snapshot returns state, pid and exit under the lock.
-func (p *process) snapshot() (processState, uint32, uint32, time.Time) {
+func (p *process) snapshot() (lifecycle.State, uint32, uint32, time.Time) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	return p.state, p.pid, p.exitStatus, p.exitedAt
 }
 
-// markDeleted moves a stopped (or never started) process to deleted.
-func (p *process) markDeleted() error {
+// beginDelete moves a stopped (or never started) process to deleting,
+// which no other request may act on; a process being started is refused.
+func (p *process) beginDelete() error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if p.state == stateCreated {
-		// never started: it is gone without ever having run
+	if p.starting {
+		return fmt.Errorf("%s is being started: %w", p.name(), errdefs.ErrFailedPrecondition)
+	}
+	neverStarted := p.state == lifecycle.Created
+	if err := p.moveLocked(lifecycle.Deleting); err != nil {
+		return err
+	}
+	if neverStarted {
+		// gone without ever having run
 		p.exitedAt = time.Now()
 		close(p.exited)
 	}
-	return p.transition(stateDeleted)
+	return nil
+}
+
+// markDeleted ends a deletion (or a failed creation).
+func (p *process) markDeleted() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.state == lifecycle.Creating {
+		close(p.exited)
+	}
+	p.state = lifecycle.Deleted
 }

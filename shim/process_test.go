@@ -6,38 +6,29 @@ import (
 	"time"
 
 	"github.com/containerd/errdefs"
+
+	"github.com/contrast-vm/contrast/api/lifecycle"
 )
 
-func TestProcessTransitions(t *testing.T) {
-	cases := []struct {
-		from, to processState
-		ok       bool
-	}{
-		{stateCreated, stateRunning, true},
-		{stateCreated, stateStopped, true},
-		{stateCreated, stateDeleted, true},
-		{stateRunning, stateStopped, true},
-		{stateRunning, stateDeleted, false},
-		{stateRunning, statePaused, true},
-		{statePaused, stateRunning, true},
-		{statePaused, stateStopped, true},
-		{statePaused, stateDeleted, false},
-		{stateCreated, statePaused, false},
-		{stateRunning, stateCreated, false},
-		{stateStopped, stateDeleted, true},
-		{stateStopped, stateRunning, false},
-		{stateDeleted, stateRunning, false},
-		{stateDeleted, stateStopped, false},
-	}
-	for _, c := range cases {
-		p := newProcess("c", "", stdioPaths{})
-		p.state = c.from
-		err := p.transition(c.to)
-		if (err == nil) != c.ok {
-			t.Errorf("%s -> %s: err = %v, want ok=%v", c.from, c.to, err, c.ok)
-		}
-		if err != nil && !errors.Is(err, errdefs.ErrFailedPrecondition) {
-			t.Errorf("%s -> %s: error %v is not FailedPrecondition", c.from, c.to, err)
+// TestProcessMoves: a process moves by api/lifecycle's table, and a
+// refused move changes nothing.
+func TestProcessMoves(t *testing.T) {
+	for from := lifecycle.Created; from <= lifecycle.Deleted; from++ {
+		for to := lifecycle.Creating; to <= lifecycle.Deleted; to++ {
+			p := newProcess("c", "", stdioPaths{})
+			p.state = from
+			err := p.move(to)
+			if (err == nil) != lifecycle.Legal(from, to) {
+				t.Errorf("%s -> %s: err = %v", from, to, err)
+			}
+			if err != nil {
+				if !errors.Is(err, errdefs.ErrFailedPrecondition) {
+					t.Errorf("%s -> %s: error %v is not FailedPrecondition", from, to, err)
+				}
+				if p.state != from {
+					t.Errorf("%s -> %s refused, but the state became %s", from, to, p.state)
+				}
+			}
 		}
 	}
 }
@@ -48,10 +39,10 @@ func TestProcessExitOnce(t *testing.T) {
 		t.Fatal(err)
 	}
 	at := time.Unix(100, 0)
-	if !p.setExited(3, at) {
-		t.Fatal("first exit not recorded")
+	if started, ok := p.setExited(3, at); !ok || !started {
+		t.Fatalf("first exit: recorded %v, of a started process %v", ok, started)
 	}
-	if p.setExited(255, time.Now()) {
+	if _, ok := p.setExited(255, time.Now()); ok {
 		t.Fatal("second exit recorded")
 	}
 	select {
@@ -60,12 +51,13 @@ func TestProcessExitOnce(t *testing.T) {
 		t.Fatal("exited channel not closed")
 	}
 	state, pid, status, exitedAt := p.snapshot()
-	if state != stateStopped || pid != 42 || status != 3 || !exitedAt.Equal(at) {
+	if state != lifecycle.Stopped || pid != 42 || status != 3 || !exitedAt.Equal(at) {
 		t.Fatalf("got %s pid=%d status=%d at=%v", state, pid, status, exitedAt)
 	}
-	if err := p.markDeleted(); err != nil {
+	if err := p.beginDelete(); err != nil {
 		t.Fatal(err)
 	}
+	p.markDeleted()
 	if err := p.setRunning(1); err == nil {
 		t.Fatal("deleted process started again")
 	}

@@ -9,25 +9,18 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"path/filepath"
 	"strings"
 	"time"
 
 	"github.com/containerd/ttrpc"
 
 	"github.com/contrast-vm/contrast/api/agent"
+	"github.com/contrast-vm/contrast/api/podstate"
 	"github.com/contrast-vm/contrast/attest"
 	"github.com/contrast-vm/contrast/hypervisor/qemu"
 	"github.com/contrast-vm/contrast/policy"
 	"github.com/contrast-vm/contrast/policy/generate"
 	"github.com/contrast-vm/contrast/vmimage"
-)
-
-// Where the shim keeps a pod VM's state: <state dir>/<namespace>/<sandbox
-// id> (shim.podStateDir), which qemu.DialGuest reaches the guest from.
-const (
-	defaultStateDir  = "/run/contrast"
-	defaultNamespace = "k8s.io"
 )
 
 // nonceSize is the size of SEV-SNP REPORT_DATA, which carries the nonce.
@@ -63,8 +56,8 @@ Exit status: 0 every check passed or was skipped, 1 a check failed (they are nam
 func verify(ctx context.Context, sio *stdio, args []string) error {
 	fs := newFlagSet(sio, "contrast verify", verifyUsage, verifySummary)
 	pod := fs.String("pod", "", "sandbox id of a running pod VM to fetch a fresh report from")
-	stateDir := fs.String("state-dir", defaultStateDir, "the shim's state_dir (with --pod)")
-	namespace := fs.String("namespace", defaultNamespace, "containerd namespace of the pod (with --pod)")
+	stateDir := fs.String("state-dir", podstate.DefaultStateDir, "the shim's state_dir (with --pod)")
+	namespace := fs.String("namespace", podstate.KubernetesNS, "containerd namespace of the pod (with --pod)")
 	reportPath := fs.String("report", "", "verify a saved report (JSON from --save-report or the attestation endpoint, or raw)")
 	certsPath := fs.String("certs", "", "the report's certificate table, raw (with --report)")
 	nonceHex := fs.String("nonce", "", "the nonce (64 bytes, 128 hex digits) the report must carry; with --pod, sent instead of a random one")
@@ -196,7 +189,7 @@ func verify(ctx context.Context, sio *stdio, args []string) error {
 		}
 		fctx, cancel := context.WithTimeout(ctx, *timeout)
 		var err error
-		ev, err = fetchReport(fctx, filepath.Join(*stateDir, *namespace, *pod), *nonce)
+		ev, err = fetchReport(fctx, podstate.Dir(*stateDir, *namespace, *pod), *nonce)
 		cancel()
 		if err != nil {
 			return fmt.Errorf("pod %s: %w", *pod, err)

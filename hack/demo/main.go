@@ -24,6 +24,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/contrast-vm/contrast/api/podstate"
 	"github.com/contrast-vm/contrast/integration/harness"
 	"github.com/contrast-vm/contrast/policy"
 )
@@ -210,7 +211,7 @@ func demoPod(ctx context.Context, env harness.Env, c *harness.Containerd, hostRe
 			if trace, err = c.TracePod(pod.ID); err == nil {
 				lines = append(lines, describeProcesses(trace.Processes)...)
 			}
-			status, err := os.ReadFile(filepath.Join(c.ShimState, "k8s.io", pod.ID, "policy.json"))
+			status, err := os.ReadFile(filepath.Join(podstate.Dir(c.ShimState, podstate.KubernetesNS, pod.ID), podstate.PolicyStatusFile))
 			if err != nil {
 				return lines, fmt.Errorf("policy status of the pod: %w", err)
 			}

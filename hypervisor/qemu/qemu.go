@@ -4,6 +4,7 @@
 package qemu
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"os/exec"
@@ -140,3 +141,9 @@ func New(cfg Config) (*Hypervisor, error) {
 // Selection tells which binary, accelerator, CPU model and vsock transport
 // VMs use, and why.
 func (h *Hypervisor) Selection() Selection { return h.sel }
+
+// Cleanup kills the QEMU of a pod whose shim died, found from its state
+// directory, and removes its sockets.
+func (h *Hypervisor) Cleanup(ctx context.Context, stateDir string) error {
+	return Cleanup(ctx, stateDir)
+}

@@ -1,0 +1,214 @@
+package shim
+
+import (
+	"context"
+	"sync"
+	"syscall"
+	"time"
+
+	eventstypes "github.com/containerd/containerd/api/events"
+	"github.com/containerd/containerd/v2/core/runtime"
+	"github.com/containerd/containerd/v2/pkg/namespaces"
+	"github.com/containerd/containerd/v2/pkg/protobuf"
+	"github.com/containerd/log"
+
+	agentapi "github.com/contrast-vm/contrast/api/agent"
+)
+
+// The events a task publishes keep containerd's order, as its runc shim
+// does: a process's exit follows its start event (and the output it wrote),
+// and a container's init exit follows the exits of its execs.
+
+func (s *service) publish(topic string, event any) {
+	ctx := namespaces.WithNamespace(context.WithoutCancel(s.ctx), namespaceOf(s.ctx))
+	if err := s.publisher.Publish(ctx, topic, event); err != nil {
+		log.G(ctx).WithError(err).WithField("topic", topic).Error("publish event")
+	}
+}
+
+// exitOrder holds a container's init exit until the exits of its execs are
+// published: CRI takes the init exit for the end of the container.
+type exitOrder struct {
+	mu sync.Mutex
+	// liveExecs counts execs being started or running whose exit is not
+	// yet published.
+	liveExecs int
+	// heldInitExit publishes the init's exit, once liveExecs is zero.
+	heldInitExit func()
+}
+
+// execStarting counts an exec before the guest may run it.
+func (o *exitOrder) execStarting() {
+	o.mu.Lock()
+	o.liveExecs++
+	o.mu.Unlock()
+}
+
+// execEnded is called once an exec's exit is published (or its start
+// failed); the last one releases a held init exit.
+func (o *exitOrder) execEnded() {
+	o.mu.Lock()
+	o.liveExecs--
+	var publish func()
+	if o.liveExecs == 0 {
+		publish, o.heldInitExit = o.heldInitExit, nil
+	}
+	o.mu.Unlock()
+	if publish != nil {
+		publish()
+	}
+}
+
+// initEnded publishes the init's exit now, or holds it while execs live;
+// it reports whether it held it.
+func (o *exitOrder) initEnded(publish func()) bool {
+	o.mu.Lock()
+	if o.liveExecs > 0 {
+		o.heldInitExit = publish
+		o.mu.Unlock()
+		return true
+	}
+	o.mu.Unlock()
+	publish()
+	return false
+}
+
+// started records a successful start and publishes it; only then may the
+// process's exit be published.
+func (s *service) started(p *process, pid uint32, topic string, event any) error {
+	if err := p.setRunning(pid); err != nil {
+		return err
+	}
+	s.publish(topic, event)
+	close(p.announced)
+	return nil
+}
+
+// waitProcess waits in the guest for a process to end, then for its output
+// to reach the host, and only then reports its exit.
+func (s *service) waitProcess(pd *pod, c *container, p *process) {
+	resp, err := pd.agent.WaitProcess(s.ctx, &agentapi.ProcessRequest{ContainerId: p.containerID, ExecId: p.execID})
+	if err != nil {
+		// The agent is gone: the pod is dead. watchPod reports the exits.
+		select {
+		case <-pd.vm.Done():
+		case <-time.After(2 * time.Second):
+			log.G(s.ctx).WithError(err).WithField("pod", pd.id).Error("guest agent lost while the VM runs; stopping the pod VM")
+			_ = pd.vm.Stop(context.WithoutCancel(s.ctx))
+		}
+		return
+	}
+	if p.io != nil {
+		if err := p.io.waitOutput(s.ctx); err != nil {
+			log.G(s.ctx).WithError(err).Warn("output of " + p.name() + " incomplete")
+		}
+	}
+	s.exit(pd, c, p, resp.ExitStatus, time.Unix(0, resp.ExitedAtUnixNano))
+}
+
+// exit records a process's exit once and publishes it in order.
+func (s *service) exit(pd *pod, c *container, p *process, status uint32, at time.Time) {
+	wasStarted, ok := p.setExited(status, at)
+	if !ok {
+		return
+	}
+	if wasStarted {
+		<-p.announced
+	}
+	if p.io != nil {
+		p.io.close()
+	}
+	id := p.execID
+	if id == "" {
+		id = p.containerID
+	}
+	event := &eventstypes.TaskExit{
+		ContainerID: p.containerID, ID: id, Pid: p.pid, ExitStatus: status, ExitedAt: protobuf.ToTimestamp(at),
+	}
+	publish := func() { s.publish(runtime.TaskExitEventTopic, event) }
+	if p.execID != "" {
+		publish()
+		if wasStarted {
+			c.exits.execEnded()
+		}
+		return
+	}
+	if c.exits.initEnded(publish) && pd != nil && pd.hostPID {
+		// Without a PID namespace of its own the container's execs outlive
+		// its init; end them, as runc's shim does, so its exit can follow.
+		go func() {
+			if _, err := pd.agent.SignalProcess(s.ctx, &agentapi.SignalProcessRequest{
+				ContainerId: c.id, Signal: uint32(syscall.SIGKILL), All: true,
+			}); err != nil {
+				log.G(s.ctx).WithError(err).WithField("container", c.id).Warn("kill the execs that outlive the container's init")
+			}
+		}()
+	}
+}
+
+// watchPod reports every process as exited when the VM ends: a killed QEMU,
+// a crashed guest, or the sandbox stopped on purpose.
+func (s *service) watchPod(pd *pod) {
+	<-pd.vm.Done()
+	s.mu.Lock()
+	expected := s.podStopping
+	type proc struct {
+		c *container
+		p *process
+	}
+	var execs, inits []proc
+	var sandbox *container
+	for _, c := range s.containers {
+		for _, e := range c.execs {
+			execs = append(execs, proc{c, e})
+		}
+		if c.sandbox {
+			sandbox = c
+		} else {
+			inits = append(inits, proc{c, c.init})
+		}
+	}
+	s.mu.Unlock()
+	if !expected {
+		log.G(s.ctx).WithError(pd.vm.Err()).WithField("pod", pd.id).Error("pod VM stopped unexpectedly")
+	}
+	now := time.Now()
+	killed := uint32(128 + syscall.SIGKILL)
+	// A process whose exit the agent reported just before the end keeps it.
+	for _, e := range append(execs, inits...) {
+		if state, _, _, _ := e.p.snapshot(); state.Live() {
+			s.exit(nil, e.c, e.p, killed, now)
+		}
+	}
+	if sandbox != nil {
+		status := killed
+		if !expected {
+			status = 255
+		}
+		s.exit(nil, sandbox, sandbox.init, status, now)
+	}
+}
+
+// watchOOM relays the guest's OOM kills to containerd until the VM ends.
+func (s *service) watchOOM(pd *pod) {
+	ctx, cancel := context.WithCancel(s.ctx)
+	defer cancel()
+	go func() {
+		select {
+		case <-pd.vm.Done():
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	for {
+		ev, err := pd.agent.WaitOOM(ctx, &agentapi.Empty{})
+		if err != nil {
+			if ctx.Err() == nil {
+				log.G(ctx).WithError(err).WithField("pod", pd.id).Warn("OOM events from the guest stopped")
+			}
+			return
+		}
+		log.G(ctx).WithField("container", ev.ContainerId).Info("container OOM-killed in the guest")
+		s.publish(runtime.TaskOOMEventTopic, &eventstypes.TaskOOM{ContainerID: ev.ContainerId})
+	}
+}
