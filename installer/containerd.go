@@ -1,7 +1,16 @@
-// Package installer computes the containerd configuration changes that make a
-// node run pods on the contrast runtime. Everything here is a pure function
-// over configuration bytes; writing files and restarting containerd is the
-// caller's business.
+// Package installer installs the contrast runtime on a node: the payload
+// (shim, guest image, runtime configuration) in a directory per handler
+// under a prefix, and a containerd runtime handler for it.
+//
+// The files, by responsibility: containerd.go computes the configuration
+// changes, pure functions over configuration bytes; dialect.go is what a
+// config version means for them (containerd 1.7 or 2.x), chosen once from
+// the main config; install.go, uninstall.go and status.go are the three
+// commands; undo.go and files.go are the host file operations, each
+// recording its undo so that a failed install or uninstall leaves the host
+// as it was; dropins.go reads back the drop-ins, the record of which name
+// points at which handler; payload.go and options.go are the payload and
+// the paths.
 //
 // The main config file is edited as text, minimally: only its top-level
 // `imports` array changes, so comments, ordering and every other setting of

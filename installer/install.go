@@ -146,10 +146,10 @@ func installTree(u *undoStack, dir string, files map[string]fileContent) (bool, 
 		}
 		p := filepath.Join(tmp, filepath.FromSlash(rel))
 		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
-			return false, fmt.Errorf("install %s: %w", rel, err)
+			return false, fmt.Errorf("install %s into %s: %w", rel, dir, err)
 		}
 		if err := writeSynced(p, data, f.mode); err != nil {
-			return false, fmt.Errorf("install %s: %w", rel, err)
+			return false, fmt.Errorf("install %s into %s: %w", rel, dir, err)
 		}
 	}
 	if err := u.replaceDir(tmp, dir); err != nil {
