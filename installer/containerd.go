@@ -1,7 +1,16 @@
-// Package installer computes the containerd configuration changes that make a
-// node run pods on the contrast runtime. Everything here is a pure function
-// over configuration bytes; writing files and restarting containerd is the
-// caller's business.
+// Package installer installs the contrast runtime on a node: the payload
+// (shim, guest image, runtime configuration) in a directory per handler
+// under a prefix, and a containerd runtime handler for it.
+//
+// The files, by responsibility: containerd.go computes the configuration
+// changes, pure functions over configuration bytes; dialect.go is what a
+// config version means for them (containerd 1.7 or 2.x), chosen once from
+// the main config; install.go, uninstall.go and status.go are the three
+// commands; undo.go and files.go are the host file operations, each
+// recording its undo so that a failed install or uninstall leaves the host
+// as it was; dropins.go reads back the drop-ins, the record of which name
+// points at which handler; payload.go and options.go are the payload and
+// the paths.
 //
 // The main config file is edited as text, minimally: only its top-level
 // `imports` array changes, so comments, ordering and every other setting of
@@ -39,22 +48,6 @@ const RuntimeType = "io.containerd.contrast.v2"
 // importMarker tags an imports line this package created, so that Unconfigure
 // can tell it from one the user wrote and remove the whole line.
 const importMarker = "# added by contrast-node-installer"
-
-// CRIPluginID returns the id of the plugin whose config holds the CRI
-// runtimes for a config version: containerd 1.7 (version 2) keeps them in the
-// monolithic CRI plugin, 2.x (versions 3 and 4) in the runtime plugin.
-func CRIPluginID(version int) string {
-	if version == 2 {
-		return "io.containerd.grpc.v1.cri"
-	}
-	return "io.containerd.cri.v1.runtime"
-}
-
-// RuntimeTablePath returns the TOML key path of the runtime table for handler
-// in a config of the given version.
-func RuntimeTablePath(version int, handler string) []string {
-	return []string{"plugins", CRIPluginID(version), "containerd", "runtimes", handler}
-}
 
 // ConfigVersion reads the version of a containerd config: 2 (containerd 1.7)
 // or 3 (2.x); containerd 2.2 and later write 4, which has the same CRI layout
@@ -190,27 +183,42 @@ func Configure(main []byte, dropInPath string, rt Runtime) (newMain, dropIn []by
 // handler from drop-ins: containerd 1.7 keeps only the CRI table of the last
 // imported file, so every handler has to be in that one table.
 func ConfigureAll(main []byte, dropInPath string, rts []Runtime) (newMain, dropIn []byte, err error) {
+	if err := validateRuntimes(dropInPath, rts); err != nil {
+		return nil, nil, err
+	}
+	version, err := ConfigVersion(main)
+	if err != nil {
+		return nil, nil, err
+	}
+	return configure(dialectFor(version), main, dropInPath, rts)
+}
+
+func validateRuntimes(dropInPath string, rts []Runtime) error {
 	if len(rts) == 0 {
-		return nil, nil, errors.New("no runtime to configure")
+		return errors.New("no runtime to configure")
 	}
 	seen := map[string]bool{}
 	for _, rt := range rts {
 		if err := rt.validate(); err != nil {
-			return nil, nil, err
+			return err
 		}
 		if seen[rt.Handler] {
-			return nil, nil, fmt.Errorf("runtime handler %s given twice", rt.Handler)
+			return fmt.Errorf("runtime handler %s given twice", rt.Handler)
 		}
 		seen[rt.Handler] = true
 	}
 	if !filepath.IsAbs(dropInPath) {
-		return nil, nil, fmt.Errorf("drop-in path %q is not absolute", dropInPath)
+		return fmt.Errorf("drop-in path %q is not absolute", dropInPath)
 	}
-	doc, err := parse(main)
-	if err != nil {
+	return nil
+}
+
+// configure is ConfigureAll in a dialect already known.
+func configure(d dialect, main []byte, dropInPath string, rts []Runtime) (newMain, dropIn []byte, err error) {
+	if err := validateRuntimes(dropInPath, rts); err != nil {
 		return nil, nil, err
 	}
-	version, err := versionOf(doc)
+	doc, err := parse(main)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -219,13 +227,13 @@ func ConfigureAll(main []byte, dropInPath string, rts []Runtime) (newMain, dropI
 		return nil, nil, err
 	}
 	for _, rt := range rts {
-		runtimePath := RuntimeTablePath(version, rt.Handler)
+		runtimePath := d.runtimeTablePath(rt.Handler)
 		if _, exists := lookup(doc, runtimePath); exists {
 			return nil, nil, fmt.Errorf("containerd config already defines runtime %q (%s): the installed handler would shadow it", rt.Handler, strings.Join(runtimePath, "."))
 		}
 	}
 
-	dropIn, err = dropInFor(doc, version, rts)
+	dropIn, err = dropInFor(doc, d, rts)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -239,7 +247,7 @@ func ConfigureAll(main []byte, dropInPath string, rts []Runtime) (newMain, dropI
 	return newMain, dropIn, nil
 }
 
-func runtimeTable(version int, rt Runtime) map[string]any {
+func runtimeTable(d dialect, rt Runtime) map[string]any {
 	annotations := rt.PodAnnotations
 	if annotations == nil {
 		annotations = DefaultPodAnnotations
@@ -250,8 +258,8 @@ func runtimeTable(version int, rt Runtime) map[string]any {
 		"pod_annotations": annotations,
 		"options":         map[string]any{"ConfigPath": rt.ConfigPath},
 	}
-	if version >= 3 {
-		table["sandboxer"] = "podsandbox"
+	if d.sandboxer != "" {
+		table["sandboxer"] = d.sandboxer
 	}
 	if rt.Snapshotter != "" {
 		table["snapshotter"] = rt.Snapshotter
@@ -259,29 +267,27 @@ func runtimeTable(version int, rt Runtime) map[string]any {
 	return table
 }
 
-func dropInFor(main map[string]any, version int, rts []Runtime) ([]byte, error) {
+func dropInFor(main map[string]any, d dialect, rts []Runtime) ([]byte, error) {
 	plugin := map[string]any{}
-	if version == 2 {
-		// containerd 1.7 replaces the plugin table as a whole, so carry
-		// main's settings over.
-		if existing, ok := lookup(main, []string{"plugins", CRIPluginID(version)}); ok {
+	if d.carryMainCRI {
+		if existing, ok := lookup(main, []string{"plugins", d.criPlugin}); ok {
 			existingTable, ok := existing.(map[string]any)
 			if !ok {
-				return nil, fmt.Errorf("containerd config plugins.%q is %T, not a table", CRIPluginID(version), existing)
+				return nil, fmt.Errorf("containerd config plugins.%q is %T, not a table", d.criPlugin, existing)
 			}
 			plugin = existingTable
 		}
 	}
 	names := make([]string, 0, len(rts))
 	for _, rt := range rts {
-		if err := setPath(plugin, []string{"containerd", "runtimes", rt.Handler}, runtimeTable(version, rt)); err != nil {
-			return nil, fmt.Errorf("containerd config plugins.%q: %w", CRIPluginID(version), err)
+		if err := setPath(plugin, []string{"containerd", "runtimes", rt.Handler}, runtimeTable(d, rt)); err != nil {
+			return nil, fmt.Errorf("containerd config plugins.%q: %w", d.criPlugin, err)
 		}
 		names = append(names, rt.Handler)
 	}
 	doc := map[string]any{
-		"version": version,
-		"plugins": map[string]any{CRIPluginID(version): plugin},
+		"version": d.version,
+		"plugins": map[string]any{d.criPlugin: plugin},
 	}
 	var out bytes.Buffer
 	what := "handler " + names[0]

@@ -234,17 +234,7 @@ func TestInstallLifecycle(t *testing.T) {
 			if !un.Changed || h.restarts != 2 {
 				t.Errorf("uninstall: changed %v, %d restarts", un.Changed, h.restarts)
 			}
-			got := snapshot(t, h.root)
-			for p := range got {
-				if strings.Contains(p, ".contrast-backup-") {
-					delete(got, p)
-				}
-			}
-			// The drop-in directory and the prefix stay, empty.
-			for _, d := range []string{"etc/containerd/conf.d/", "opt/", "opt/contrast/"} {
-				delete(got, d)
-			}
-			if d := diffSnapshots(before, got); d != "" {
+			if d := diffSnapshots(before, snapshotAfterUninstall(t, h.root)); d != "" {
 				t.Errorf("uninstall did not restore the host: %s", d)
 			}
 			st, err = Status(opts)
@@ -253,6 +243,23 @@ func TestInstallLifecycle(t *testing.T) {
 			}
 		})
 	}
+}
+
+// snapshotAfterUninstall is the snapshot of root without what an install
+// and uninstall leave on purpose: the backups of the main config, and
+// the drop-in directory and the prefix, empty.
+func snapshotAfterUninstall(t *testing.T, root string) map[string]string {
+	t.Helper()
+	got := snapshot(t, root)
+	for p := range got {
+		if strings.Contains(p, ".contrast-backup-") {
+			delete(got, p)
+		}
+	}
+	for _, d := range []string{"etc/containerd/conf.d/", "opt/", "opt/contrast/"} {
+		delete(got, d)
+	}
+	return got
 }
 
 func diffSnapshots(want, got map[string]string) string {
