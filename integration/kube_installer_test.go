@@ -187,7 +187,8 @@ func TestKubeInstaller(t *testing.T) {
 // flags NodeInstallerManifest gives the DaemonSet.
 func uninstallPod(c *harness.Containerd, sup *harness.Supervisor, handler string) string {
 	args := []string{
-		// The alias goes only when named (as the DaemonSet names it).
+		// The alias named as the DaemonSet names it (uninstall also drops an
+		// alias that points at the removed handler without being named).
 		"/contrast-node-installer", "uninstall", "--host-root=/host", "--handler=" + handler, "--alias=" + contrastHandler,
 		"--prefix=" + filepath.Join(c.Dir, "opt", "contrast"),
 		"--containerd-config=" + c.ConfigToml,
