@@ -378,7 +378,8 @@ func (s *service) Pids(ctx context.Context, r *taskAPI.PidsRequest) (_ *taskAPI.
 		return nil, err
 	}
 	if c.sandbox {
-		return &taskAPI.PidsResponse{Processes: []*task.ProcessInfo{{Pid: c.init.pid}}}, nil
+		_, pid, _, _ := c.init.snapshot()
+		return &taskAPI.PidsResponse{Processes: []*task.ProcessInfo{{Pid: pid}}}, nil
 	}
 	pd, err := s.livePod()
 	if err != nil {
@@ -460,6 +461,10 @@ func (s *service) freeze(ctx context.Context, id string, to lifecycle.State) (_ 
 	defer c.mu.Unlock()
 	if err := c.init.check(to); err != nil {
 		return nil, err
+	}
+	// created -> running is a start, not a resume
+	if state, _, _, _ := c.init.snapshot(); to == lifecycle.Running && state != lifecycle.Paused {
+		return nil, fmt.Errorf("resume %s: it is %s, not paused: %w", c.init.name(), state, errdefs.ErrFailedPrecondition)
 	}
 	if _, err := call(pd.agent, ctx, &agentapi.ContainerRequest{ContainerId: c.id}); err != nil {
 		return nil, fmt.Errorf("%s container %s: %w", what, c.id, err)
