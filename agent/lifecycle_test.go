@@ -25,6 +25,9 @@ import (
 // (wrongly) finish.
 const settle = 300 * time.Millisecond
 
+// holdUp is how long a request that must not wait may take at most.
+const holdUp = 30 * time.Second
+
 // TestContainerBookkeeping checks the container's reservations without
 // runc: uses do not wait for each other, a change waits for the uses under
 // way, and a use waits for the change under way.
@@ -37,8 +40,10 @@ func TestContainerBookkeeping(t *testing.T) {
 		t.Fatal(err)
 	}
 	// A second use while the first is under way: no wait.
-	if err := c.beginUse(ctx, allow); err != nil {
-		t.Fatal(err)
+	quick, cancelQuick := context.WithTimeout(ctx, holdUp)
+	defer cancelQuick()
+	if err := c.beginUse(quick, allow); err != nil {
+		t.Fatalf("second use: %v", err)
 	}
 	changed := make(chan error, 1)
 	go func() { changed <- c.beginChange(ctx, allow) }()
@@ -121,10 +126,19 @@ func TestCheckMove(t *testing.T) {
 
 // runcSpy wraps the test's runc in a script that logs every command and
 // holds `runc exec` of an exec whose id starts with "held" until the test
-// releases it.
+// releases it, or ends: newSpiedHarness releases every exec before the
+// harness removes what a failed test left.
 type runcSpy struct {
 	t   *testing.T
 	dir string
+}
+
+// newSpiedHarness is newHarness with runc behind a runcSpy.
+func newSpiedHarness(t *testing.T, opts ...func(*Config)) (*harness, *runcSpy) {
+	spy := &runcSpy{t: t}
+	h := newHarness(t, append([]func(*Config){withRuncSpy(spy)}, opts...)...)
+	t.Cleanup(func() { spy.release("all") })
+	return h, spy
 }
 
 func withRuncSpy(spy *runcSpy) func(*Config) {
@@ -137,7 +151,7 @@ for a do
 	*/exec-held*.json)
 		n=$(basename "$a" .json)
 		touch %[1]s/$n.entered
-		while [ ! -e %[1]s/$n.release ]; do sleep 0.02; done
+		while [ ! -e %[1]s/$n.release ] && [ ! -e %[1]s/all.release ]; do sleep 0.02; done
 		;;
 	esac
 done
@@ -194,8 +208,13 @@ func (s *runcSpy) awaitHeld(execID string) {
 	s.t.Fatalf("exec %s never reached runc", execID)
 }
 
+// release lets the held exec execID ("all": every one) go on.
 func (s *runcSpy) release(execID string) {
-	if err := os.WriteFile(filepath.Join(s.dir, "exec-"+execID+".release"), nil, 0o644); err != nil {
+	name := "exec-" + execID + ".release"
+	if execID == "all" {
+		name = "all.release"
+	}
+	if err := os.WriteFile(filepath.Join(s.dir, name), nil, 0o644); err != nil {
 		s.t.Fatal(err)
 	}
 }
@@ -231,7 +250,7 @@ func mustFinish(t *testing.T, what string, done <-chan error) {
 		if err != nil {
 			t.Fatalf("%s: %v", what, err)
 		}
-	case <-time.After(30 * time.Second):
+	case <-time.After(holdUp):
 		t.Fatalf("%s is held up", what)
 	}
 }
@@ -257,9 +276,8 @@ func wantCode(t *testing.T, what string, err error, code codes.Code) {
 // holds up no request on another container, and that a container being
 // created refuses every other request before runc hears of it.
 func TestExecDuringOtherCreate(t *testing.T) {
-	spy := &runcSpy{t: t}
 	devices := heldDevices{entered: make(chan struct{}), release: make(chan struct{})}
-	h := newHarness(t, withRuncSpy(spy), func(cfg *Config) {
+	h, spy := newSpiedHarness(t, func(cfg *Config) {
 		devices.loopDevices = cfg.Devices.(loopDevices)
 		cfg.Devices = devices
 		cfg.DeviceTimeout = time.Minute
@@ -329,8 +347,7 @@ func mustJSON(t *testing.T, v any) []byte {
 // another exec nor the other requests on its container, while a pause
 // and a remove wait for it.
 func TestConcurrentExecs(t *testing.T) {
-	spy := &runcSpy{t: t}
-	h := newHarness(t, withRuncSpy(spy))
+	h, spy := newSpiedHarness(t)
 	h.sandbox()
 	ctx := context.Background()
 	h.create("c1", podSpec("/bin/sh", "-c", "while true; do sleep 1; done"), nil)
@@ -382,7 +399,7 @@ func TestConcurrentExecs(t *testing.T) {
 	select {
 	case err := <-late:
 		wantCode(t, "exec asked for during a pause", err, codes.FailedPrecondition)
-	case <-time.After(30 * time.Second):
+	case <-time.After(holdUp):
 		t.Fatal("exec asked for during a pause is held up")
 	}
 	if _, err := h.client.ResumeContainer(ctx, &api.ContainerRequest{ContainerId: "c1"}); err != nil {
@@ -412,8 +429,7 @@ func TestConcurrentExecs(t *testing.T) {
 // TestIllegalMoves checks that a request its container's state does not
 // allow is refused with FailedPrecondition before runc runs.
 func TestIllegalMoves(t *testing.T) {
-	spy := &runcSpy{t: t}
-	h := newHarness(t, withRuncSpy(spy))
+	h, spy := newSpiedHarness(t)
 	h.sandbox()
 	ctx := context.Background()
 	h.create("c1", podSpec("/bin/sh", "-c", "while true; do sleep 1; done"), nil)
