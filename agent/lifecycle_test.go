@@ -47,6 +47,7 @@ func TestContainerBookkeeping(t *testing.T) {
 	}
 	changed := make(chan error, 1)
 	go func() { changed <- c.beginChange(ctx, allow) }()
+	awaitChanging(t, c)
 	c.endUse(nil)
 	select {
 	case err := <-changed:
@@ -122,6 +123,21 @@ func TestCheckMove(t *testing.T) {
 			t.Errorf("remove from %s: %v", from, err)
 		}
 	}
+}
+
+// awaitChanging waits until a state change of c is under way.
+func awaitChanging(t *testing.T, c *container) {
+	t.Helper()
+	for range 3000 {
+		c.mu.Lock()
+		changing := c.changing
+		c.mu.Unlock()
+		if changing {
+			return
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	t.Fatalf("no state change of container %s began", c.id)
 }
 
 // runcSpy wraps the test's runc in a script that logs every command and
@@ -389,6 +405,10 @@ func TestConcurrentExecs(t *testing.T) {
 		return err
 	})
 	mustWait(t, "pause during an exec start", paused)
+	h.svc.mu.Lock()
+	c1 := h.svc.containers["c1"]
+	h.svc.mu.Unlock()
+	awaitChanging(t, c1)
 	late := async(func() error {
 		return h.execSpec("c1", "e3", nil, specs.Process{Args: []string{"true"}})
 	})
