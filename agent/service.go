@@ -49,7 +49,7 @@ import (
 	"github.com/contrast-vm/contrast/agent/tee"
 	api "github.com/contrast-vm/contrast/api/agent"
 	"github.com/contrast-vm/contrast/api/lifecycle"
-	"github.com/opencontainers/runtime-spec/specs-go"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"golang.org/x/sys/unix"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
