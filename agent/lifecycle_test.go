@@ -17,6 +17,7 @@ import (
 	api "github.com/contrast-vm/contrast/api/agent"
 	"github.com/contrast-vm/contrast/api/lifecycle"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"golang.org/x/sys/unix"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 )
@@ -428,8 +429,14 @@ func TestConcurrentExecs(t *testing.T) {
 	h.waitExit("c1", "held1", 4)
 
 	// A remove while an exec starts waits for it, then kills it.
+	var held2Pid uint32
 	held2 := async(func() error {
-		return h.execSpec("c1", "held2", nil, specs.Process{Args: []string{"sleep", "1000"}})
+		raw := mustJSON(t, specs.Process{Args: []string{"sleep", "1000"}, Env: []string{"PATH=/bin"}, Cwd: "/", Capabilities: &specs.LinuxCapabilities{}})
+		resp, err := h.client.ExecProcess(ctx, &api.ExecProcessRequest{ContainerId: "c1", ExecId: "held2", Process: raw})
+		if err == nil {
+			held2Pid = resp.Pid
+		}
+		return err
 	})
 	spy.awaitHeld("held2")
 	removed := async(func() error {
@@ -441,6 +448,10 @@ func TestConcurrentExecs(t *testing.T) {
 	mustFinish(t, "held exec", held2)
 	mustFinish(t, "remove", removed)
 	h.assertClean()
+	// Reaped by the test's reaper by now, unless the remove left it running.
+	if err := unix.Kill(int(held2Pid), 0); !errors.Is(err, unix.ESRCH) {
+		t.Errorf("exec held2 (pid %d) outlived the remove: kill 0: %v", held2Pid, err)
+	}
 	if got := strings.Join(spy.calls("c1"), " "); !strings.HasSuffix(got, " pause resume exec delete") {
 		t.Errorf("runc ran %s for c1", got)
 	}
