@@ -5,12 +5,13 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"path/filepath"
 	"strings"
 
+	"github.com/containerd/errdefs"
 	"github.com/containerd/log"
 	"github.com/contrast-vm/contrast/agent/guestspec"
 	api "github.com/contrast-vm/contrast/api/agent"
+	"github.com/contrast-vm/contrast/api/lifecycle"
 )
 
 // ResizePty sets the window size of a process's terminal.
@@ -25,58 +26,59 @@ func (s *Service) ResizePty(ctx context.Context, req *api.ResizePtyRequest) (*ap
 	return &api.Empty{}, nil
 }
 
-// live returns a container that has been created, is not being removed
-// and whose init process has not exited; the caller holds c.mu.
-func (s *Service) live(op, id string) (*container, error) {
-	c, err := s.lookup(op, id)
-	if err != nil {
-		return nil, err
-	}
-	c.mu.Lock()
-	switch {
-	case c.state == stateCreating || c.state == stateRemoving:
-		c.mu.Unlock()
-		return nil, precondition("%s: container %s is %s", op, id, c.state)
-	case c.init.hasExited():
-		c.mu.Unlock()
-		return nil, precondition("%s: container %s is stopped (its init process exited)", op, id)
-	}
-	return c, nil
-}
-
 // PauseContainer freezes the container's processes (runc pause: the
 // cgroup freezer).
 func (s *Service) PauseContainer(ctx context.Context, req *api.ContainerRequest) (*api.Empty, error) {
-	c, err := s.live("pause", req.ContainerId)
+	c, err := s.lookup("pause", req.ContainerId)
 	if err != nil {
 		return nil, err
 	}
-	defer c.mu.Unlock()
-	if c.paused {
-		return nil, precondition("pause: container %s is already paused", c.id)
+	// Execs being started end first: runc exec into a freezing cgroup
+	// would hang until the resume.
+	if err := c.beginChange(ctx, func(from lifecycle.State) error {
+		if err := checkMove("container "+c.id, from, lifecycle.Running, lifecycle.Paused); err != nil {
+			return refused("pause", err)
+		}
+		return nil
+	}); err != nil {
+		return nil, err
 	}
-	if err := s.runc.Pause(ctx, c.id); err != nil {
+	err = s.runc.Pause(ctx, c.id)
+	c.endChange(func() {
+		if err == nil && c.currentState() == lifecycle.Running {
+			c.state = lifecycle.Paused
+		}
+	})
+	if err != nil {
 		return nil, fmt.Errorf("pause container %s: %w", c.id, err)
 	}
-	c.paused = true
 	log.G(ctx).WithField("container", c.id).Info("container paused")
 	return &api.Empty{}, nil
 }
 
 // ResumeContainer thaws a paused container.
 func (s *Service) ResumeContainer(ctx context.Context, req *api.ContainerRequest) (*api.Empty, error) {
-	c, err := s.live("resume", req.ContainerId)
+	c, err := s.lookup("resume", req.ContainerId)
 	if err != nil {
 		return nil, err
 	}
-	defer c.mu.Unlock()
-	if !c.paused {
-		return nil, precondition("resume: container %s is not paused", c.id)
+	if err := c.beginChange(ctx, func(from lifecycle.State) error {
+		if err := checkMove("container "+c.id, from, lifecycle.Paused, lifecycle.Running); err != nil {
+			return refused("resume", err)
+		}
+		return nil
+	}); err != nil {
+		return nil, err
 	}
-	if err := s.runc.Resume(ctx, c.id); err != nil {
+	err = s.runc.Resume(ctx, c.id)
+	c.endChange(func() {
+		if err == nil && c.currentState() == lifecycle.Paused {
+			c.state = lifecycle.Running
+		}
+	})
+	if err != nil {
 		return nil, fmt.Errorf("resume container %s: %w", c.id, err)
 	}
-	c.paused = false
 	log.G(ctx).WithField("container", c.id).Info("container resumed")
 	return &api.Empty{}, nil
 }
@@ -92,23 +94,38 @@ func (s *Service) UpdateContainer(ctx context.Context, req *api.UpdateContainerR
 	if err != nil {
 		return nil, invalid("update container %s: %v", req.ContainerId, err)
 	}
-	c, err := s.live("update container", req.ContainerId)
+	c, err := s.lookup("update container", req.ContainerId)
 	if err != nil {
 		return nil, err
 	}
-	defer c.mu.Unlock()
+	// An update changes no state, but needs the container to stay: a use.
+	if err := c.beginUse(ctx, func(from lifecycle.State) error {
+		if from != lifecycle.Created && !from.Live() {
+			return refused("update container", fmt.Errorf("container %s is %s, not created, running or paused: %w", c.id, from, errdefs.ErrFailedPrecondition))
+		}
+		return nil
+	}); err != nil {
+		return nil, err
+	}
+	defer c.endUse(nil)
 	lg := log.G(ctx).WithField("container", c.id)
 	if len(notes) > 0 {
 		lg.Info("resources rewritten for the guest: " + strings.Join(notes, "; "))
 	}
-	file := filepath.Join(c.bundle, "update.json")
-	if err := os.Remove(file); err != nil && !errors.Is(err, os.ErrNotExist) {
+	// A file of its own: updates of one container may run at once.
+	f, err := os.CreateTemp(c.bundle, "update-*.json")
+	if err != nil {
 		return nil, fmt.Errorf("update container %s: %w", c.id, err)
 	}
-	if err := writeFile(file, res, 0o600); err != nil {
-		return nil, fmt.Errorf("update container %s: %w", c.id, err)
+	defer os.Remove(f.Name())
+	_, err = f.Write(res)
+	if cerr := f.Close(); err == nil {
+		err = cerr
 	}
-	if err := s.runc.Update(ctx, c.id, file); err != nil {
+	if err != nil {
+		return nil, fmt.Errorf("update container %s: write %s: %w", c.id, f.Name(), err)
+	}
+	if err := s.runc.Update(ctx, c.id, f.Name()); err != nil {
 		return nil, fmt.Errorf("update container %s: %w", c.id, err)
 	}
 	lg.Infof("resources updated: %s", res)
@@ -122,9 +139,9 @@ func (s *Service) StatsContainer(ctx context.Context, req *api.ContainerRequest)
 		return nil, err
 	}
 	c.mu.Lock()
-	st := c.state
+	st := c.currentState()
 	c.mu.Unlock()
-	if st == stateCreating || st == stateRemoving {
+	if st == lifecycle.Creating || st >= lifecycle.Deleting {
 		return nil, precondition("stats: container %s is %s", c.id, st)
 	}
 	typeURL, value, err := cgroupStats(c.cgroup)

@@ -302,10 +302,10 @@ func TestPauseResume(t *testing.T) {
 		{"pause twice", func() error {
 			_, err := h.client.PauseContainer(ctx, &api.ContainerRequest{ContainerId: "p1"})
 			return err
-		}, codes.FailedPrecondition, "already paused"},
+		}, codes.FailedPrecondition, "container p1 is paused, cannot become paused"},
 		{"exec while paused", func() error {
 			return h.execSpec("p1", "e1", nil, specs.Process{Args: []string{"true"}})
-		}, codes.FailedPrecondition, "container is paused"},
+		}, codes.FailedPrecondition, "container p1 is paused, not running"},
 		{"pause unknown", func() error {
 			_, err := h.client.PauseContainer(ctx, &api.ContainerRequest{ContainerId: "nope"})
 			return err

@@ -13,6 +13,7 @@ import (
 	"github.com/contrast-vm/contrast/agent/runc"
 	"github.com/contrast-vm/contrast/agent/stdio"
 	api "github.com/contrast-vm/contrast/api/agent"
+	"github.com/contrast-vm/contrast/api/lifecycle"
 )
 
 // process is a container's init or exec process.
@@ -30,7 +31,10 @@ type process struct {
 	exited chan struct{} // closed when the process has exited
 	done   chan struct{} // closed when it has exited and its output reached the host
 	mu     sync.Mutex
-	exit   reaper.Exit
+	// st is Created (an init process runc created, waiting for its
+	// container's start), Running or Stopped (exited).
+	st   lifecycle.State
+	exit reaper.Exit
 }
 
 func (p *process) String() string {
@@ -40,13 +44,20 @@ func (p *process) String() string {
 	return fmt.Sprintf("exec %s (pid %d) in container %s", p.execID, p.pid, p.containerID)
 }
 
-// hasExited reports whether the process has exited.
-func (p *process) hasExited() bool {
-	select {
-	case <-p.exited:
-		return true
-	default:
-		return false
+// state is where the process is in its life.
+func (p *process) state() lifecycle.State {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.st
+}
+
+// started records that the init process's container started, unless the
+// process exited meanwhile.
+func (p *process) started() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if lifecycle.Legal(p.st, lifecycle.Running) {
+		p.st = lifecycle.Running
 	}
 }
 
@@ -64,6 +75,7 @@ func (p *process) watch(ctx context.Context, exit <-chan reaper.Exit) {
 	e := <-exit
 	p.mu.Lock()
 	p.exit = e
+	p.st = lifecycle.Stopped // legal from created and running alike
 	p.mu.Unlock()
 	close(p.exited)
 	log.G(ctx).Infof("%s: %v", p, e)
@@ -271,8 +283,14 @@ func (pio *procIO) start(ctx context.Context, hub *stdio.Hub, claimTimeout time.
 	go p.watch(ctx, exit)
 }
 
+// newProcess is a process runc created: an init process (execID empty)
+// waiting for its container's start, or a running exec process.
 func newProcess(containerID, execID string, pid int) *process {
-	return &process{containerID: containerID, execID: execID, pid: pid, exited: make(chan struct{}), done: make(chan struct{})}
+	st := lifecycle.Running
+	if execID == "" {
+		st = lifecycle.Created
+	}
+	return &process{containerID: containerID, execID: execID, pid: pid, st: st, exited: make(chan struct{}), done: make(chan struct{})}
 }
 
 // waitExited waits for p to exit, at most d.

@@ -38,6 +38,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/containerd/errdefs"
 	"github.com/containerd/log"
 	"github.com/contrast-vm/contrast/agent/guestspec"
 	"github.com/contrast-vm/contrast/agent/netconf"
@@ -47,6 +48,8 @@ import (
 	"github.com/contrast-vm/contrast/agent/storage"
 	"github.com/contrast-vm/contrast/agent/tee"
 	api "github.com/contrast-vm/contrast/api/agent"
+	"github.com/contrast-vm/contrast/api/lifecycle"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"golang.org/x/sys/unix"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -286,7 +289,7 @@ func (s *Service) CreateContainer(ctx context.Context, req *api.CreateContainerR
 		s.mu.Unlock()
 		return nil, status.Errorf(codes.AlreadyExists, "create container %s: already exists", id)
 	}
-	c := &container{id: id, bundle: bundle, rootfs: rootfs, layerSet: s.layers, cgroup: res.Spec.Linux.CgroupsPath, state: stateCreating, execs: map[string]*process{}}
+	c := newContainer(id, bundle, rootfs, s.layers, res.Spec.Linux.CgroupsPath)
 	s.containers[id] = c // reserves the id while we work without the lock
 	s.mu.Unlock()
 
@@ -296,6 +299,9 @@ func (s *Service) CreateContainer(ctx context.Context, req *api.CreateContainerR
 	}
 	pid, err := s.create(ctx, c, req, layers, res)
 	if err != nil {
+		c.mu.Lock()
+		c.state = lifecycle.Deleted // creating -> deleted: the create failed
+		c.mu.Unlock()
 		s.mu.Lock()
 		delete(s.containers, id)
 		s.mu.Unlock()
@@ -388,7 +394,7 @@ func (s *Service) create(ctx context.Context, c *container, req *api.CreateConta
 	c.mu.Lock()
 	c.oom = oom
 	c.init = p
-	c.state = stateCreated
+	c.state = lifecycle.Created // always legal from creating, the only state a create sees
 	c.mu.Unlock()
 	return proc.Pid, nil
 }
@@ -448,13 +454,19 @@ func (s *Service) lookupProcess(op, id, execID string) (*container, *process, er
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.state == stateCreating {
-		return nil, nil, precondition("%s: container %s is still being created", op, id)
+	switch st := c.currentState(); st {
+	case lifecycle.Creating:
+		return nil, nil, precondition("%s: container %s is %s", op, id, st)
+	case lifecycle.Deleted:
+		return nil, nil, notFound("%s: container %s not found", op, id)
 	}
 	if execID == "" {
 		return c, c.init, nil
 	}
 	p, ok := c.execs[execID]
+	if !ok && c.starting[execID] {
+		return nil, nil, precondition("%s: exec %s in container %s is %s", op, execID, id, lifecycle.Creating)
+	}
 	if !ok {
 		return nil, nil, notFound("%s: exec %s not found in container %s", op, execID, id)
 	}
@@ -467,18 +479,25 @@ func (s *Service) StartContainer(ctx context.Context, req *api.ContainerRequest)
 	if err != nil {
 		return nil, err
 	}
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.state != stateCreated {
-		return nil, precondition("start container %s: container is %s, not created", c.id, c.state)
+	what := "container " + c.id
+	if err := c.beginChange(ctx, func(from lifecycle.State) error {
+		if err := checkMove(what, from, lifecycle.Created, lifecycle.Running); err != nil {
+			return refused("start container", err)
+		}
+		return nil
+	}); err != nil {
+		return nil, err
 	}
-	if c.init.hasExited() {
-		return nil, precondition("start container %s: init process already exited", c.id)
-	}
-	if err := s.runc.Start(ctx, c.id); err != nil {
+	err = s.runc.Start(ctx, c.id)
+	c.endChange(func() {
+		if err == nil && c.currentState() == lifecycle.Created {
+			c.state = lifecycle.Running
+			c.init.started()
+		}
+	})
+	if err != nil {
 		return nil, fmt.Errorf("start container %s: %w", c.id, err)
 	}
-	c.state = stateRunning
 	log.G(ctx).WithField("container", c.id).Info("container started")
 	return &api.Empty{}, nil
 }
@@ -507,22 +526,44 @@ func (s *Service) ExecProcess(ctx context.Context, req *api.ExecProcessRequest) 
 		log.G(ctx).WithField("container", c.id).Infof("exec %s: process rewritten for the guest: %s", req.ExecId, strings.Join(notes, "; "))
 	}
 
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.state != stateRunning || c.init.hasExited() {
-		return nil, precondition("%s: container is not running", what)
+	if err := c.beginUse(ctx, func(from lifecycle.State) error {
+		if from != lifecycle.Running {
+			return refused(what, fmt.Errorf("container %s is %s, not running: %w", c.id, from, errdefs.ErrFailedPrecondition))
+		}
+		if c.starting[req.ExecId] {
+			return status.Errorf(codes.AlreadyExists, "%s: exec id is in use by an exec being started", what)
+		}
+		if old, ok := c.execs[req.ExecId]; ok && !old.state().Ended() {
+			return status.Errorf(codes.AlreadyExists, "%s: exec id is in use by pid %d", what, old.pid)
+		}
+		c.starting[req.ExecId] = true
+		return nil
+	}); err != nil {
+		return nil, err
 	}
-	if c.paused {
-		return nil, precondition("%s: container is paused", what)
+	// runc runs without the lock: the reservation keeps the id, and the
+	// use keeps the container from changing state (a pause, a remove).
+	p, err := s.startExec(ctx, c, req.ExecId, req.Stdio, proc, what)
+	c.endUse(func() {
+		delete(c.starting, req.ExecId)
+		if err == nil {
+			c.execs[req.ExecId] = p
+		}
+	})
+	if err != nil {
+		return nil, err
 	}
-	if old, ok := c.execs[req.ExecId]; ok && !old.hasExited() {
-		return nil, status.Errorf(codes.AlreadyExists, "%s: exec id is in use by pid %d", what, old.pid)
-	}
+	log.G(ctx).WithField("container", c.id).Infof("exec %s started, pid %d", req.ExecId, p.pid)
+	return &api.ExecProcessResponse{Pid: uint32(p.pid)}, nil
+}
+
+// startExec runs runc exec for an exec whose id ExecProcess reserved.
+func (s *Service) startExec(ctx context.Context, c *container, execID string, st *api.Stdio, proc *specs.Process, what string) (*process, error) {
 	raw, err := json.Marshal(proc)
 	if err != nil {
 		return nil, fmt.Errorf("%s: encode process: %w", what, err)
 	}
-	base := filepath.Join(c.bundle, "exec-"+req.ExecId)
+	base := filepath.Join(c.bundle, "exec-"+execID)
 	for _, suffix := range []string{".json", ".pid", ".log"} {
 		if err := os.Remove(base + suffix); err != nil && !errors.Is(err, os.ErrNotExist) {
 			return nil, fmt.Errorf("%s: %w", what, err)
@@ -531,7 +572,7 @@ func (s *Service) ExecProcess(ctx context.Context, req *api.ExecProcessRequest) 
 	if err := writeFile(base+".json", raw, 0o600); err != nil {
 		return nil, fmt.Errorf("%s: %w", what, err)
 	}
-	pio, err := newProcIO(req.Stdio, proc.User.UID, proc.User.GID, s.cfg.RunDir)
+	pio, err := newProcIO(st, proc.User.UID, proc.User.GID, s.cfg.RunDir)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", what, err)
 	}
@@ -541,19 +582,17 @@ func (s *Service) ExecProcess(ctx context.Context, req *api.ExecProcessRequest) 
 		pio.closeAgent()
 		return nil, fmt.Errorf("%s: %w", what, err)
 	}
-	if err := pio.receiveTerminal(req.Stdio); err != nil {
+	if err := pio.receiveTerminal(st); err != nil {
 		pio.closeAgent()
 		// Still our child until reaped: the pid cannot have been reused.
 		_ = unix.Kill(rp.Pid, unix.SIGKILL)
 		waitExit(ctx, rp.Exit)
 		return nil, fmt.Errorf("%s: %w", what, err)
 	}
-	p := newProcess(c.id, req.ExecId, rp.Pid)
+	p := newProcess(c.id, execID, rp.Pid)
 	p.onExit = c.oom.check
 	pio.start(context.WithoutCancel(ctx), s.hub, s.cfg.StdioTimeout, p, rp.Exit, s.policy.discardOutput(c.id))
-	c.execs[req.ExecId] = p
-	log.G(ctx).WithField("container", c.id).Infof("exec %s started, pid %d", req.ExecId, rp.Pid)
-	return &api.ExecProcessResponse{Pid: uint32(rp.Pid)}, nil
+	return p, nil
 }
 
 // SignalProcess signals the init process (through runc, optionally all the
@@ -567,7 +606,7 @@ func (s *Service) SignalProcess(ctx context.Context, req *api.SignalProcessReque
 		return nil, invalid("signal %s: %d is not a signal number", p, req.Signal)
 	}
 	sig := unix.Signal(req.Signal)
-	if p.hasExited() && !req.All {
+	if p.state().Ended() && !req.All {
 		return nil, notFound("signal %s: process already exited", p)
 	}
 	log.G(ctx).WithField("container", c.id).Infof("signal %v to %s (all: %v)", sig, p, req.All)
@@ -621,7 +660,7 @@ func (s *Service) ListProcesses(ctx context.Context, req *api.ContainerRequest) 
 	if err != nil {
 		return nil, err
 	}
-	if p.hasExited() {
+	if p.state().Ended() {
 		return &api.ListProcessesResponse{}, nil
 	}
 	pids, err := s.runc.Ps(ctx, c.id)
@@ -690,22 +729,51 @@ func (s *Service) RemoveContainer(ctx context.Context, req *api.RemoveContainerR
 		log.G(ctx).Infof("remove container %s: not found, nothing to do", req.ContainerId)
 		return &api.Empty{}, nil
 	}
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.state == stateCreating {
-		return nil, precondition("remove container %s: still being created", c.id)
+	what := "container " + c.id
+	gone := false // a remove that ran meanwhile removed it
+	if err := c.beginChange(ctx, func(from lifecycle.State) error {
+		if gone = from == lifecycle.Deleted; gone {
+			return nil
+		}
+		if err := checkRemove(what, from); err != nil {
+			return refused("remove container", err)
+		}
+		return nil
+	}); err != nil {
+		return nil, err
 	}
-	c.state = stateRemoving
+	if gone {
+		c.endChange(nil)
+		return &api.Empty{}, nil
+	}
+	c.mu.Lock()
+	c.state = lifecycle.Deleting // no exec or other change starts from now on
+	procs := c.processes()
+	c.mu.Unlock()
+	if err := s.remove(ctx, c, procs); err != nil {
+		c.endChange(nil) // still deleting: the host may try again
+		return nil, err
+	}
+	c.endChange(func() { c.state = lifecycle.Deleted })
+	s.mu.Lock()
+	delete(s.containers, c.id)
+	s.mu.Unlock()
+	log.G(ctx).WithField("container", c.id).Info("container removed")
+	return &api.Empty{}, nil
+}
+
+// remove kills the container's processes (procs), waits for them and
+// removes what the container holds in the VM.
+func (s *Service) remove(ctx context.Context, c *container, procs []*process) error {
 	if c.oom != nil {
 		c.oom.check() // the last look before the cgroup goes
 		c.oom.stop()
 	}
 	if err := s.runc.Delete(ctx, c.id, true); err != nil && !errors.Is(err, runc.ErrNotExist) {
-		return nil, fmt.Errorf("remove container %s: %w", c.id, err)
+		return fmt.Errorf("remove container %s: %w", c.id, err)
 	}
-	c.paused = false
 	var stuck []string
-	for _, p := range c.processes() {
+	for _, p := range procs {
 		if err := waitExited(p, exitTimeout); err != nil {
 			stuck = append(stuck, p.String())
 			continue
@@ -719,14 +787,10 @@ func (s *Service) RemoveContainer(ctx context.Context, req *api.RemoveContainerR
 		}
 	}
 	if len(stuck) > 0 {
-		return nil, fmt.Errorf("remove container %s: %s still running after runc delete --force", c.id, strings.Join(stuck, ", "))
+		return fmt.Errorf("remove container %s: %s still running after runc delete --force", c.id, strings.Join(stuck, ", "))
 	}
 	if err := c.cleanup(); err != nil {
-		return nil, fmt.Errorf("remove container %s: %w", c.id, err)
+		return fmt.Errorf("remove container %s: %w", c.id, err)
 	}
-	s.mu.Lock()
-	delete(s.containers, c.id)
-	s.mu.Unlock()
-	log.G(ctx).WithField("container", c.id).Info("container removed")
-	return &api.Empty{}, nil
+	return nil
 }

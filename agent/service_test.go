@@ -74,6 +74,9 @@ type harness struct {
 	runDir  string
 	runcDir string
 	cgroup  string // the containers' cgroup parent
+	// svc is the service behind client, for tests that must see its
+	// bookkeeping to order their requests.
+	svc *Service
 }
 
 // newHarness serves a Service under the allow-all policy.
@@ -160,7 +163,7 @@ func newHarnessPolicy(t *testing.T, module []byte, opts ...func(*Config)) *harne
 		t.Fatalf("install policy: %v", err)
 	}
 	return &harness{t: t, client: client, agent: agentAddr, stdio: stdioAddr,
-		runDir: cfg.RunDir, runcDir: cfg.RuncRoot, cgroup: cfg.CgroupParent}
+		runDir: cfg.RunDir, runcDir: cfg.RuncRoot, cgroup: cfg.CgroupParent, svc: svc}
 }
 
 // serveOverUnix serves svc on unix sockets in dir, as the shim reaches the

@@ -109,6 +109,9 @@ type heldLayer struct {
 	refs    int
 	opened  bool // the dm-verity device exists
 	mounted bool
+	// opening is closed when the Acquire opening the layer is done with
+	// it; nil once it is (then refs says whether it succeeded).
+	opening chan struct{}
 }
 
 // LayerSet holds the pod's open image layers: each opened once through
@@ -118,8 +121,10 @@ type LayerSet struct {
 	devices DeviceFinder
 	ops     LayerOps
 
-	// mu is held through a whole Acquire, device wait included, so that a
-	// layer two containers ask for at once is opened once.
+	// mu guards held; it is not held while a layer's device is awaited
+	// and opened, so that one container's layer waiting for its device
+	// holds up no other. A layer two containers ask for at once is opened
+	// once: the second waits for the first's opening.
 	mu   sync.Mutex
 	held map[string]*heldLayer // by root hash
 }
@@ -147,31 +152,65 @@ func (s *LayerSet) Acquire(ctx context.Context, l Layer) (string, error) {
 		return "", err
 	}
 	s.mu.Lock()
-	defer s.mu.Unlock()
-	if h, ok := s.held[l.RootHash]; ok {
+	for {
+		h, ok := s.held[l.RootHash]
+		if !ok {
+			break
+		}
+		if h.opening != nil {
+			// Another Acquire is opening it: wait and look again.
+			opening := h.opening
+			s.mu.Unlock()
+			select {
+			case <-opening:
+			case <-ctx.Done():
+				return "", fmt.Errorf("layer %s: waiting for another open of it: %w", l.Digest, ctx.Err())
+			}
+			s.mu.Lock()
+			continue
+		}
 		if h.refs > 0 {
+			defer s.mu.Unlock()
 			if h.layer.DataBlocks != l.DataBlocks {
 				return "", fmt.Errorf("layer %s (root hash %s) is open with %d data blocks, now announced with %d", l.Digest, l.RootHash, h.layer.DataBlocks, l.DataBlocks)
 			}
 			h.refs++
 			return h.dir, nil
 		}
-		// A previous release failed half-way: finish it before reopening.
+		// A previous release or open failed half-way: finish it before
+		// reopening.
 		if err := s.teardown(h); err != nil {
+			s.mu.Unlock()
 			return "", fmt.Errorf("layer %s: earlier close is unfinished: %w", l.Digest, err)
 		}
+		delete(s.held, l.RootHash)
 	}
-	h := &heldLayer{layer: l, dmName: verityName(l.RootHash), dir: filepath.Join(s.dir, l.RootHash)}
-	if err := s.open(ctx, h); err != nil {
+	h := &heldLayer{layer: l, dmName: verityName(l.RootHash), dir: filepath.Join(s.dir, l.RootHash), opening: make(chan struct{})}
+	s.held[l.RootHash] = h // the reservation the others wait for
+	s.mu.Unlock()
+
+	err := s.open(ctx, h)
+	leftOver := false
+	if err != nil {
 		if terr := s.teardown(h); terr != nil {
-			s.held[l.RootHash] = h // left for a retry
-			return "", fmt.Errorf("%w (and cleaning up: %v)", err, terr)
+			err = fmt.Errorf("%w (and cleaning up: %v)", err, terr)
+			leftOver = true
 		}
-		return "", err
 	}
-	h.refs = 1
-	s.held[l.RootHash] = h
-	return h.dir, nil
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	close(h.opening)
+	h.opening = nil
+	switch {
+	case err == nil:
+		h.refs = 1
+		return h.dir, nil
+	case !leftOver:
+		delete(s.held, l.RootHash)
+	}
+	// A half torn down layer stays, unreferenced, for the next Acquire
+	// or Release to finish.
+	return "", err
 }
 
 func (s *LayerSet) open(ctx context.Context, h *heldLayer) error {
@@ -224,7 +263,7 @@ func (s *LayerSet) Release(rootHash string) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	h, ok := s.held[rootHash]
-	if !ok {
+	if !ok || h.opening != nil {
 		return fmt.Errorf("release layer with root hash %q: not held", rootHash)
 	}
 	if h.refs > 0 {

@@ -9,7 +9,10 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
+	"time"
 
 	api "github.com/contrast-vm/contrast/api/agent"
 )
@@ -115,6 +118,7 @@ func (f fakeDevices) Find(_ context.Context, serial string) (string, error) {
 
 // recordingOps records the operations and fails those named in fail.
 type recordingOps struct {
+	mu    sync.Mutex // Acquires of different layers open them at once
 	size  uint64
 	fail  map[string]error // by operation name
 	calls []string
@@ -127,11 +131,15 @@ func newRecordingOps() *recordingOps {
 }
 
 func (o *recordingOps) DeviceSize(device string) (uint64, error) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
 	o.calls = append(o.calls, "size "+device)
 	return o.size, o.fail["size"]
 }
 
 func (o *recordingOps) OpenVerity(name, device string, dataBlocks uint64, rootHash string) (string, error) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
 	o.calls = append(o.calls, fmt.Sprintf("open %s %s %d %s", name, device, dataBlocks, rootHash))
 	if err := o.fail["open"]; err != nil {
 		return "", err
@@ -141,6 +149,8 @@ func (o *recordingOps) OpenVerity(name, device string, dataBlocks uint64, rootHa
 }
 
 func (o *recordingOps) CloseVerity(name string) error {
+	o.mu.Lock()
+	defer o.mu.Unlock()
 	o.calls = append(o.calls, "close "+name)
 	if err := o.fail["close"]; err != nil {
 		return err
@@ -150,6 +160,8 @@ func (o *recordingOps) CloseVerity(name string) error {
 }
 
 func (o *recordingOps) MountReadOnly(node, dir string) error {
+	o.mu.Lock()
+	defer o.mu.Unlock()
 	o.calls = append(o.calls, "mount "+node+" "+dir)
 	if err := o.fail["mount"]; err != nil {
 		return err
@@ -159,6 +171,8 @@ func (o *recordingOps) MountReadOnly(node, dir string) error {
 }
 
 func (o *recordingOps) Unmount(dir string) error {
+	o.mu.Lock()
+	defer o.mu.Unlock()
 	o.calls = append(o.calls, "unmount "+dir)
 	if err := o.fail["unmount"]; err != nil {
 		return err
@@ -411,4 +425,90 @@ func TestRootfsMountLayers(t *testing.T) {
 			assertNoMountsUnder(t, dir)
 		})
 	}
+}
+
+// gatedDevices finds serial "gated" (as device /dev/gated) only once the
+// test closes release, counting the lookups.
+type gatedDevices struct {
+	fakeDevices
+	release chan struct{}
+	finds   atomic.Int32
+}
+
+func (d *gatedDevices) Find(ctx context.Context, serial string) (string, error) {
+	if serial != "gated" {
+		return d.fakeDevices.Find(ctx, serial)
+	}
+	d.finds.Add(1)
+	select {
+	case <-d.release:
+		return "/dev/gated", nil
+	case <-ctx.Done():
+		return "", ctx.Err()
+	}
+}
+
+// TestLayerSetOpensAtOnce checks that a layer waiting for its device
+// holds up no other layer, and that a second Acquire of it waits for the
+// first's open instead of opening it again.
+func TestLayerSetOpensAtOnce(t *testing.T) {
+	ops := newRecordingOps()
+	devices := &gatedDevices{fakeDevices: fakeDevices{"layer-a": "/dev/vdb"}, release: make(chan struct{})}
+	set := NewLayerSetWithOps("/run/l", devices, ops)
+	gated := Layer{Serial: "gated", Digest: "sha256:" + hex64("e"), RootHash: hex64("f"), DataBlocks: 7}
+	ctx := context.Background()
+	type result struct {
+		dir string
+		err error
+	}
+	acquire := func(ctx context.Context, l Layer) <-chan result {
+		done := make(chan result, 1)
+		go func() {
+			dir, err := set.Acquire(ctx, l)
+			done <- result{dir, err}
+		}()
+		return done
+	}
+	first := acquire(ctx, gated)
+	for devices.finds.Load() == 0 {
+		time.Sleep(time.Millisecond)
+	}
+	select {
+	case r := <-acquire(ctx, goodLayer()):
+		if r.err != nil {
+			t.Fatal(r.err)
+		}
+	case <-time.After(10 * time.Second):
+		close(devices.release) // lets the test end
+		t.Fatal("a layer whose device is there waits for another's")
+	}
+	second := acquire(ctx, gated)
+	impatient, cancelImpatient := context.WithCancel(ctx)
+	third := acquire(impatient, gated)
+	cancelImpatient()
+	if r := <-third; r.err == nil || !strings.Contains(r.err.Error(), "waiting for another open") {
+		t.Fatalf("Acquire given up while another opens the layer: %q %v", r.dir, r.err)
+	}
+	select {
+	case r := <-second:
+		t.Fatalf("second Acquire did not wait for the open under way: %q %v", r.dir, r.err)
+	case <-time.After(100 * time.Millisecond):
+	}
+	close(devices.release)
+	r1, r2 := <-first, <-second
+	if r1.err != nil || r2.err != nil || r1.dir != r2.dir {
+		t.Fatalf("Acquires: %q %v, %q %v", r1.dir, r1.err, r2.dir, r2.err)
+	}
+	if n := devices.finds.Load(); n != 1 {
+		t.Errorf("device looked up %d times, want once", n)
+	}
+	if n := set.Refs(gated.RootHash); n != 2 {
+		t.Errorf("gated layer has %d references, want 2", n)
+	}
+	for _, h := range []string{gated.RootHash, gated.RootHash, goodLayer().RootHash} {
+		if err := set.Release(h); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ops.assertNothingOpen(t)
 }
