@@ -9,6 +9,7 @@ import (
 	"sync"
 
 	taskAPI "github.com/containerd/containerd/api/runtime/task/v3"
+	"github.com/containerd/errdefs"
 	"github.com/containerd/log"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
@@ -41,6 +42,18 @@ type container struct {
 	disk  *hypervisor.Disk
 	// layers are the serials of the image layers the container uses.
 	layers []string
+}
+
+// lock takes the container's lifecycle lock, but refuses at once while
+// the container is being created: Create holds the lock for as long as
+// that takes (its image may be converting), and nothing may act on the
+// container before Create returns.
+func (c *container) lock() error {
+	if state, _, _, _ := c.init.snapshot(); state == lifecycle.Creating {
+		return fmt.Errorf("%s is %s: %w", c.init.name(), state, errdefs.ErrFailedPrecondition)
+	}
+	c.mu.Lock()
+	return nil
 }
 
 func newContainer(r *taskAPI.CreateTaskRequest, spec *specs.Spec) *container {

@@ -130,7 +130,9 @@ func (s *service) Start(ctx context.Context, r *taskAPI.StartRequest) (_ *taskAP
 	if r.ExecID != "" {
 		return s.startExec(ctx, c, p)
 	}
-	c.mu.Lock()
+	if err := c.lock(); err != nil {
+		return nil, err
+	}
 	defer c.mu.Unlock()
 	if err := p.beginStart(); err != nil {
 		return nil, err
@@ -226,7 +228,9 @@ func (s *service) Delete(ctx context.Context, r *taskAPI.DeleteRequest) (_ *task
 		return &taskAPI.DeleteResponse{Pid: pid, ExitStatus: status, ExitedAt: protobuf.ToTimestamp(at)}, nil
 	}
 
-	c.mu.Lock()
+	if err := c.lock(); err != nil {
+		return nil, err
+	}
 	defer c.mu.Unlock()
 	if err := p.beginDelete(); err != nil {
 		return nil, err
@@ -457,7 +461,9 @@ func (s *service) freeze(ctx context.Context, id string, to lifecycle.State) (_ 
 	if err != nil {
 		return nil, err
 	}
-	c.mu.Lock()
+	if err := c.lock(); err != nil {
+		return nil, err
+	}
 	defer c.mu.Unlock()
 	if err := c.init.check(to); err != nil {
 		return nil, err
@@ -515,7 +521,9 @@ func (s *service) Update(ctx context.Context, r *taskAPI.UpdateTaskRequest) (_ *
 	if err := pd.size.fits(&res); err != nil {
 		return nil, fmt.Errorf("update container %s: %w", c.id, err)
 	}
-	c.mu.Lock()
+	if err := c.lock(); err != nil {
+		return nil, err
+	}
 	defer c.mu.Unlock()
 	if _, err := pd.agent.UpdateContainer(ctx, &agentapi.UpdateContainerRequest{ContainerId: c.id, Resources: r.Resources.GetValue()}); err != nil {
 		return nil, fmt.Errorf("update container %s: %w", c.id, err)
