@@ -14,6 +14,8 @@ CRICTL_VERSION=${CRICTL_VERSION:-v1.34.0}
 RUNC_VERSION=${RUNC_VERSION:-v1.4.3}
 PROTOC_GEN_GO_VERSION=v1.36.12
 PROTOC_GEN_TTRPC_VERSION=v1.2.10
+# make vet's linter; a new version may report new findings, so it moves on purpose.
+STATICCHECK_VERSION=v0.8.2
 mkdir -p "$BIN"
 
 log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
@@ -84,6 +86,7 @@ CGO_ENABLED=1 go_install_cached runc-static "$RUNC_VERSION" github.com/openconta
   -tags "seccomp netgo osusergo" -ldflags '-extldflags "-static" -s -w'
 go_install_cached protoc-gen-go "$PROTOC_GEN_GO_VERSION" google.golang.org/protobuf/cmd/protoc-gen-go
 go_install_cached protoc-gen-go-ttrpc "$PROTOC_GEN_TTRPC_VERSION" github.com/containerd/ttrpc/cmd/protoc-gen-go-ttrpc
+go_install_cached staticcheck "$STATICCHECK_VERSION" honnef.co/go/tools/cmd/staticcheck
 
 # debian_archive prints the URI and keyring ("-" for none) of the Debian
 # archive the machine's apt sources already use for its own release, so

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# make test: runs every stage (vet, unit, integration) even when an earlier
-# one fails, then prints one summary of what failed and exits non-zero if
+# make test: runs every stage (vet with gofmt and staticcheck, unit under the
+# race detector, integration) even when an earlier one fails, then prints one
+# summary of what failed and exits non-zero if
 # anything did. Each stage's output is kept in $OUT/<stage>.log.
 set -uo pipefail
 OUT=${OUT:-_output}

@@ -145,6 +145,10 @@ func TestKubeInstaller(t *testing.T) {
 	pid := ks.c.PID()
 	applyInstaller("2")
 	out = installerLog("unchanged: handler " + handler)
+	t.Logf("second installer:\n%s", out)
+	if strings.Contains(out, "installed: handler") || !strings.Contains(out, "unchanged: handler "+handler+" in "+dir+"\n") {
+		t.Errorf("second install: the log says it installed, or names another directory than %s: %s", dir, out)
+	}
 	if sup.Restarts() != 1 || ks.c.PID() != pid {
 		t.Errorf("second install: %d restarts, containerd pid %d (was %d); want no restart", sup.Restarts(), ks.c.PID(), pid)
 	}

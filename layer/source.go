@@ -8,10 +8,6 @@ import (
 	"fmt"
 	"hash"
 	"io"
-	"os"
-	"path/filepath"
-	"sort"
-	"strings"
 
 	containerd "github.com/containerd/containerd/v2/client"
 	"github.com/containerd/containerd/v2/core/content"
@@ -21,6 +17,8 @@ import (
 	"github.com/containerd/platforms"
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+
+	"github.com/contrast-vm/contrast/internal/ocilayout"
 )
 
 // Blob is one layer of an image, as a source to convert.
@@ -61,97 +59,30 @@ func ContainerdImageLayers(ctx context.Context, client *containerd.Client, ref s
 }
 
 // OCILayoutImageLayers returns the layers, bottom first, of an image in the
-// OCI image layout directory dir, for the host platform. ref picks the image
-// by its org.opencontainers.image.ref.name (or io.containerd.image.name)
-// annotation in index.json; "" picks the only image there is.
+// OCI image layout directory dir, for the host platform. ref names the image
+// by the rules of package ocilayout (the reference the policy generator
+// resolved, e.g. pinned by digest); "" picks the only image there is.
 func OCILayoutImageLayers(ctx context.Context, dir, ref string) ([]Blob, error) {
-	layoutFile, err := os.ReadFile(filepath.Join(dir, ocispec.ImageLayoutFile))
+	layout, err := ocilayout.Open(dir)
 	if err != nil {
-		return nil, fmt.Errorf("reading OCI layout %s: %w", dir, err)
+		return nil, err
 	}
-	var layout ocispec.ImageLayout
-	if err := json.Unmarshal(layoutFile, &layout); err != nil {
-		return nil, fmt.Errorf("parsing %s in %s: %w", ocispec.ImageLayoutFile, dir, err)
-	}
-	if layout.Version != ocispec.ImageLayoutVersion {
-		return nil, fmt.Errorf("OCI layout %s has version %q, want %q", dir, layout.Version, ocispec.ImageLayoutVersion)
-	}
-	indexFile, err := os.ReadFile(filepath.Join(dir, ocispec.ImageIndexFile))
+	img, err := layout.Resolve(ref, platforms.Default())
 	if err != nil {
-		return nil, fmt.Errorf("reading OCI layout %s: %w", dir, err)
+		return nil, err
 	}
-	var index ocispec.Index
-	if err := json.Unmarshal(indexFile, &index); err != nil {
-		return nil, fmt.Errorf("parsing %s in %s: %w", ocispec.ImageIndexFile, dir, err)
-	}
-	target, err := pickImage(index.Manifests, ref)
-	if err != nil {
-		return nil, fmt.Errorf("OCI layout %s: %w", dir, err)
-	}
-	blobs, err := imageLayers(ctx, layoutProvider{dir: dir}, target)
+	blobs, err := pairLayers(img.Manifest, img.Config, func(desc ocispec.Descriptor) blobOpener {
+		return func(context.Context) (io.ReadCloser, error) { return layout.OpenBlob(desc) }
+	})
 	if err != nil {
 		return nil, fmt.Errorf("OCI layout %s, image %q: %w", dir, ref, err)
 	}
 	return blobs, nil
 }
 
-// pickImage finds the entry of index.json named ref. Entries of other
-// platforms under the same name (as some exporters write them) are left to
-// the host-platform match that follows.
-func pickImage(entries []ocispec.Descriptor, ref string) (ocispec.Descriptor, error) {
-	if len(entries) == 0 {
-		return ocispec.Descriptor{}, errors.New("index.json lists no images")
-	}
-	var picked []ocispec.Descriptor
-	if ref == "" {
-		picked = entries
-	} else {
-		for _, e := range entries {
-			if e.Annotations[ocispec.AnnotationRefName] == ref || e.Annotations[images.AnnotationImageName] == ref {
-				picked = append(picked, e)
-			}
-		}
-	}
-	if len(picked) == 0 {
-		return ocispec.Descriptor{}, fmt.Errorf("no image named %q; index.json has %s", ref, imageNames(entries))
-	}
-	if len(picked) == 1 {
-		return picked[0], nil
-	}
-	host := platforms.Default()
-	var matching []ocispec.Descriptor
-	for _, e := range picked {
-		if e.Platform != nil && host.Match(*e.Platform) {
-			matching = append(matching, e)
-		}
-	}
-	if len(matching) == 1 {
-		return matching[0], nil
-	}
-	if ref == "" {
-		return ocispec.Descriptor{}, fmt.Errorf("index.json has %d images, name one of %s", len(entries), imageNames(entries))
-	}
-	return ocispec.Descriptor{}, fmt.Errorf("%d images named %q, %d of them for platform %s", len(picked), ref, len(matching), platforms.Format(platforms.DefaultSpec()))
-}
-
-func imageNames(entries []ocispec.Descriptor) string {
-	var names []string
-	for _, e := range entries {
-		name := e.Annotations[ocispec.AnnotationRefName]
-		if name == "" {
-			name = e.Annotations[images.AnnotationImageName]
-		}
-		if name == "" {
-			name = "(unnamed " + e.Digest.String() + ")"
-		}
-		names = append(names, fmt.Sprintf("%q", name))
-	}
-	sort.Strings(names)
-	return strings.Join(names, ", ")
-}
-
-// imageLayers resolves target (index or manifest) to the host platform's
-// manifest and pairs its layers with the config's diff IDs.
+// imageLayers resolves target (index or manifest) in containerd's content
+// store to the host platform's manifest and pairs its layers with the
+// config's diff IDs.
 func imageLayers(ctx context.Context, provider content.Provider, target ocispec.Descriptor) ([]Blob, error) {
 	verified := verifyingProvider{provider}
 	manifest, err := images.Manifest(ctx, verified, target, platforms.Default())
@@ -171,6 +102,32 @@ func imageLayers(ctx context.Context, provider content.Provider, target ocispec.
 	if config.OS != "" && !platforms.Default().Match(config.Platform) {
 		return nil, fmt.Errorf("image is for %s, not %s", platforms.Format(config.Platform), platforms.Format(platforms.DefaultSpec()))
 	}
+	return pairLayers(manifest, config, func(desc ocispec.Descriptor) blobOpener {
+		return func(ctx context.Context) (io.ReadCloser, error) {
+			if err := desc.Digest.Validate(); err != nil {
+				return nil, fmt.Errorf("layer blob digest %q: %w", desc.Digest, err)
+			}
+			ra, err := provider.ReaderAt(ctx, desc)
+			if err != nil {
+				return nil, fmt.Errorf("opening layer blob %s: %w", desc.Digest, err)
+			}
+			return readCloser{ocilayout.VerifyReader(content.NewReader(ra), desc, "containerd's content store"), ra}, nil
+		}
+	})
+}
+
+// blobOpener opens a layer blob as stored (compressed or not); its reads
+// fail at the end (with an *ocilayout.BlobError) unless the bytes match the
+// blob's descriptor.
+type blobOpener func(ctx context.Context) (io.ReadCloser, error)
+
+type readCloser struct {
+	io.Reader
+	io.Closer
+}
+
+// pairLayers pairs a manifest's layers with the config's diff IDs.
+func pairLayers(manifest ocispec.Manifest, config ocispec.Image, open func(ocispec.Descriptor) blobOpener) ([]Blob, error) {
 	diffIDs := config.RootFS.DiffIDs
 	if len(diffIDs) != len(manifest.Layers) {
 		return nil, fmt.Errorf("manifest has %d layers, config %s has %d diff IDs", len(manifest.Layers), manifest.Config.Digest, len(diffIDs))
@@ -183,7 +140,7 @@ func imageLayers(ctx context.Context, provider content.Provider, target ocispec.
 		blobs[i] = Blob{
 			DiffID:         diffIDs[i],
 			CompressedSize: desc.Size,
-			Open:           layerOpener(provider, desc, diffIDs[i]),
+			Open:           layerOpener(open(desc), desc, diffIDs[i]),
 		}
 	}
 	return blobs, nil
@@ -191,39 +148,41 @@ func imageLayers(ctx context.Context, provider content.Provider, target ocispec.
 
 // layerOpener opens a layer blob, decompressed (gzip, zstd or none), checking
 // at the end both the blob's digest and the diff ID.
-func layerOpener(provider content.Provider, desc ocispec.Descriptor, diffID digest.Digest) func(context.Context) (io.ReadCloser, error) {
+func layerOpener(open blobOpener, desc ocispec.Descriptor, diffID digest.Digest) func(context.Context) (io.ReadCloser, error) {
 	return func(ctx context.Context) (io.ReadCloser, error) {
-		ra, err := provider.ReaderAt(ctx, desc)
+		blob, err := open(ctx)
 		if err != nil {
-			return nil, fmt.Errorf("opening layer blob %s: %w", desc.Digest, err)
+			return nil, err
 		}
-		blobHash := desc.Digest.Algorithm().Hash()
-		if err := desc.Digest.Validate(); err != nil {
-			ra.Close()
-			return nil, fmt.Errorf("layer blob digest %q: %w", desc.Digest, err)
-		}
-		compressed := io.TeeReader(content.NewReader(ra), blobHash)
-		tar, err := compression.DecompressStream(compressed)
+		tar, err := compression.DecompressStream(blob)
 		if err != nil {
-			ra.Close()
-			return nil, fmt.Errorf("decompressing layer blob %s: %w", desc.Digest, err)
+			blob.Close()
+			return nil, fmt.Errorf("decompressing layer blob %s: %w", desc.Digest, explainBlobError(err))
 		}
 		return &checkedLayer{
-			tar: tar, compressed: compressed, blob: ra,
-			blobDigest: desc.Digest, blobHash: blobHash,
+			tar: tar, blob: blob, blobDigest: desc.Digest,
 			diffID: diffID, tarHash: digest.SHA256.Hash(),
 		}, nil
 	}
 }
 
+// explainBlobError words a blob that is not the manifest's for the layer
+// it is.
+func explainBlobError(err error) error {
+	var blobErr *ocilayout.BlobError
+	if errors.As(err, &blobErr) && blobErr.Got != "" {
+		return fmt.Errorf("layer blob has digest %s, the manifest says %s (%s)", blobErr.Got, blobErr.Blob, blobErr.Where)
+	}
+	return err
+}
+
 // checkedLayer is a decompressed layer whose final Read fails unless the
-// compressed bytes match the blob digest and the tar matches the diff ID.
+// compressed bytes match the blob's descriptor and the tar matches the diff
+// ID.
 type checkedLayer struct {
 	tar        compression.DecompressReadCloser
-	compressed io.Reader
-	blob       io.Closer
+	blob       io.ReadCloser // verified by its descriptor
 	blobDigest digest.Digest
-	blobHash   hash.Hash
 	diffID     digest.Digest
 	tarHash    hash.Hash
 	// end is what every Read returns once the layer has ended.
@@ -243,6 +202,8 @@ func (l *checkedLayer) Read(p []byte) (int, error) {
 	}
 	if err == io.EOF {
 		err = l.check()
+	} else {
+		err = explainBlobError(err)
 	}
 	l.end = err
 	return n, err
@@ -251,12 +212,10 @@ func (l *checkedLayer) Read(p []byte) (int, error) {
 // check returns io.EOF if the blob and the tar have their digests, an
 // error naming both digests if not.
 func (l *checkedLayer) check() error {
-	// The decompressor may stop before the blob's last bytes.
-	if _, err := io.Copy(io.Discard, l.compressed); err != nil {
-		return fmt.Errorf("reading the rest of layer blob %s: %w", l.blobDigest, err)
-	}
-	if got := digest.NewDigest(l.blobDigest.Algorithm(), l.blobHash); got != l.blobDigest {
-		return fmt.Errorf("layer blob has digest %s, the manifest says %s", got, l.blobDigest)
+	// The decompressor may stop before the blob's last bytes; the blob's
+	// own check is at its end.
+	if _, err := io.Copy(io.Discard, l.blob); err != nil {
+		return fmt.Errorf("reading the rest of layer blob %s: %w", l.blobDigest, explainBlobError(err))
 	}
 	if got := digest.NewDigest(digest.SHA256, l.tarHash); got != l.diffID {
 		return fmt.Errorf("layer %s decompresses to diff ID %s, the config says %s", l.blobDigest, got, l.diffID)
@@ -309,36 +268,3 @@ type namespacedProvider struct {
 func (n namespacedProvider) ReaderAt(ctx context.Context, desc ocispec.Descriptor) (content.ReaderAt, error) {
 	return n.Provider.ReaderAt(namespaces.WithNamespace(ctx, n.ns), desc)
 }
-
-// layoutProvider reads blobs from an OCI layout's blobs/<alg>/<hex>.
-type layoutProvider struct {
-	dir string
-}
-
-func (l layoutProvider) ReaderAt(ctx context.Context, desc ocispec.Descriptor) (content.ReaderAt, error) {
-	if err := desc.Digest.Validate(); err != nil {
-		return nil, fmt.Errorf("blob digest %q: %w", desc.Digest, err)
-	}
-	path := filepath.Join(l.dir, ocispec.ImageBlobsDir, desc.Digest.Algorithm().String(), desc.Digest.Encoded())
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, fmt.Errorf("opening blob %s: %w", desc.Digest, err)
-	}
-	st, err := f.Stat()
-	if err != nil {
-		f.Close()
-		return nil, fmt.Errorf("blob %s: %w", desc.Digest, err)
-	}
-	if desc.Size != 0 && st.Size() != desc.Size {
-		f.Close()
-		return nil, fmt.Errorf("blob %s is %d bytes, its descriptor says %d", path, st.Size(), desc.Size)
-	}
-	return fileReaderAt{File: f, size: st.Size()}, nil
-}
-
-type fileReaderAt struct {
-	*os.File
-	size int64
-}
-
-func (f fileReaderAt) Size() int64 { return f.size }

@@ -135,7 +135,8 @@ func (r *Result) rewrite(in Input) error {
 
 	if s.Hooks != nil {
 		h := s.Hooks
-		n := len(h.Prestart) + len(h.CreateRuntime) + len(h.CreateContainer) + len(h.StartContainer) + len(h.Poststart) + len(h.Poststop) //nolint:staticcheck // Prestart is deprecated but still sent
+		//lint:ignore SA1019 Prestart is deprecated in the spec, but runc still runs it: it is counted and dropped like the others.
+		n := len(h.Prestart) + len(h.CreateRuntime) + len(h.CreateContainer) + len(h.StartContainer) + len(h.Poststart) + len(h.Poststop)
 		if n > 0 {
 			r.note("dropped %d OCI hooks (they name host binaries)", n)
 		}

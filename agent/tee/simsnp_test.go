@@ -5,6 +5,7 @@ package tee
 import (
 	"bytes"
 	"context"
+	"encoding/hex"
 	"os"
 	"path/filepath"
 	"strings"
@@ -80,7 +81,7 @@ func TestSimulatedMeasurement(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if m := hexOf(att.Report.Measurement); m != tc.want {
+			if m := hex.EncodeToString(att.Report.Measurement); m != tc.want {
 				t.Errorf("report MEASUREMENT %s, want %s", m, tc.want)
 			}
 		})
@@ -122,7 +123,7 @@ func TestSimulatedHostData(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if h := hexOf(hd[:]); h != hostDataHex {
+			if h := hex.EncodeToString(hd[:]); h != hostDataHex {
 				t.Errorf("HOSTDATA %s, want %s", h, hostDataHex)
 			}
 		})
@@ -157,14 +158,14 @@ func TestSimulatedReport(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if h := hexOf(att.Report.HostData); h != hostDataHex {
+	if h := hex.EncodeToString(att.Report.HostData); h != hostDataHex {
 		t.Errorf("report HOSTDATA %s, want %s", h, hostDataHex)
 	}
 	if !bytes.Equal(att.Report.ReportData, nonce[:]) {
 		t.Errorf("report REPORT_DATA %x, want %x", att.Report.ReportData, nonce)
 	}
 	hd, err := hostDataOf(raw)
-	if err != nil || hexOf(hd[:]) != hostDataHex {
+	if err != nil || hex.EncodeToString(hd[:]) != hostDataHex {
 		t.Errorf("hostDataOf: %x, %v", hd, err)
 	}
 

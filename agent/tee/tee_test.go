@@ -2,11 +2,9 @@ package tee
 
 import (
 	"context"
-	"encoding/hex"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"slices"
 	"strings"
 	"testing"
@@ -14,8 +12,6 @@ import (
 	"github.com/google/go-sev-guest/abi"
 	spb "github.com/google/go-sev-guest/proto/sevsnp"
 )
-
-func hexOf(b []byte) string { return hex.EncodeToString(b) }
 
 func TestHostDataOf(t *testing.T) {
 	want := [32]byte{1, 2, 3, 31: 0xff}
@@ -95,7 +91,8 @@ func TestDetectWithoutSNP(t *testing.T) {
 // contrast_simsnp tag contains neither the simulated device nor the test
 // key chain it signs with.
 func TestSimulatedDeviceOnlyInTaggedBuilds(t *testing.T) {
-	gobin := filepath.Join(runtime.GOROOT(), "bin", "go")
+	// go test puts its own GOROOT/bin first on the test's PATH.
+	const gobin = "go"
 	list := func(tags string, args ...string) string {
 		t.Helper()
 		cmd := exec.Command(gobin, append([]string{"list", "-tags=" + tags}, args...)...)

@@ -10,7 +10,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"slices"
 	"strings"
 	"testing"
@@ -48,8 +47,8 @@ func TestAgentInVM(t *testing.T) {
 
 	dir := t.TempDir()
 	agentBin := filepath.Join(dir, "contrast-agent")
-	gobin := filepath.Join(runtime.GOROOT(), "bin", "go")
-	build := exec.Command(gobin, "build", "-trimpath", "-ldflags", "-X main.version=vm-test", "-o", agentBin, ".")
+	// go test puts its own GOROOT/bin first on the test's PATH.
+	build := exec.Command("go", "build", "-trimpath", "-ldflags", "-X main.version=vm-test", "-o", agentBin, ".")
 	build.Env = append(os.Environ(), "CGO_ENABLED=0")
 	if out, err := build.CombinedOutput(); err != nil {
 		t.Fatalf("build agent: %v\n%s", err, out)

@@ -78,7 +78,8 @@ func policyGenerate(ctx context.Context, sio *stdio, args []string) error {
 		}
 		opts.Images = images
 		opts.Layers = layerConverter{stderr: sio.stderr, blobs: func(ctx context.Context, img generate.Image) ([]layer.Blob, error) {
-			return layer.OCILayoutImageLayers(ctx, images.Dir(), img.Name)
+			// By the pinned reference: the layers of the very image the policy names.
+			return layer.OCILayoutImageLayers(ctx, images.Dir(), img.Ref)
 		}}
 	}
 

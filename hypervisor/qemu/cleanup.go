@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/containerd/log"
@@ -47,17 +49,17 @@ func cleanup(ctx context.Context, stateDir string) error {
 	}
 	defer unix.Close(pidfd)
 
-	cmdline, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
-	if errors.Is(err, os.ErrNotExist) {
+	kind, err := identify(pid, pidfd, pidPath)
+	if err != nil {
+		return err
+	}
+	switch kind {
+	case processEnded:
 		removeRuntimeFiles(stateDir)
 		return nil
-	}
-	if err != nil {
-		return fmt.Errorf("read command line of pid %d: %w", pid, err)
-	}
-	if len(cmdline) == 0 {
-		// An exiting process has no command line any more: typically our
-		// QEMU, killed with its shim a moment ago. It ends on its own.
+	case processExiting:
+		// Typically our QEMU, killed with its shim a moment ago: it ends on
+		// its own.
 		waitCtx, cancel := context.WithTimeout(ctx, 10*time.Second)
 		defer cancel()
 		if err := waitPidfd(waitCtx, pidfd); err != nil {
@@ -65,8 +67,7 @@ func cleanup(ctx context.Context, stateDir string) error {
 		}
 		removeRuntimeFiles(stateDir)
 		return nil
-	}
-	if !isOurQEMU(cmdline, pidPath) {
+	case processOther:
 		log.G(ctx).WithField("pid", pid).Infof("pid file %s names a process that is not its qemu; leaving it alone", pidPath)
 		removeRuntimeFiles(stateDir)
 		return nil
@@ -80,6 +81,92 @@ func cleanup(ctx context.Context, stateDir string) error {
 	log.G(ctx).WithField("pid", pid).Info("killed leftover qemu")
 	removeRuntimeFiles(stateDir)
 	return nil
+}
+
+// processKind is what the pid in a pid file turned out to be.
+type processKind int
+
+const (
+	processEnded   processKind = iota // no such process (any more)
+	processExiting                    // in exit or a zombie: it ends on its own
+	processOurQEMU                    // a QEMU started with this very pid file
+	processOther                      // anything else: a recycled pid
+)
+
+// identify tells what the process behind pid (pinned by pidfd) is.
+//
+// An empty /proc/<pid>/cmdline does not by itself mean "exiting": a process
+// in the middle of execve has one too, between the kernel installing the new
+// address space and recording the argument strings in it, and a loaded
+// machine can stretch that window. The kernel's own word for exiting is in
+// /proc/<pid>/stat: state Z or X, or the PF_EXITING flag, which do_exit sets
+// before it drops the address space (and with it the command line). Our QEMU
+// wrote the pid file itself, long after its exec, so a live process with an
+// empty command line is never ours.
+func identify(pid, pidfd int, pidPath string) (processKind, error) {
+	cmdline, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+	if errors.Is(err, os.ErrNotExist) || errors.Is(err, unix.ESRCH) {
+		return processEnded, nil
+	}
+	if err != nil {
+		return 0, fmt.Errorf("read command line of pid %d: %w", pid, err)
+	}
+	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if errors.Is(err, os.ErrNotExist) || errors.Is(err, unix.ESRCH) {
+		return processEnded, nil
+	}
+	if err != nil {
+		return 0, fmt.Errorf("read stat of pid %d: %w", pid, err)
+	}
+	state, flags, err := parseProcStat(stat)
+	if err != nil {
+		return 0, fmt.Errorf("pid %d: %w", pid, err)
+	}
+	// A pid is reused only after its process is reaped: if the pinned
+	// process still exists now, both files above were about it.
+	if err := unix.PidfdSendSignal(pidfd, 0, nil, 0); errors.Is(err, unix.ESRCH) {
+		return processEnded, nil
+	} else if err != nil {
+		return 0, fmt.Errorf("signal 0 to pid %d: %w", pid, err)
+	}
+	return classify(cmdline, state, flags, pidPath), nil
+}
+
+// pfExiting is the kernel's PF_EXITING task flag (include/linux/sched.h),
+// set as a process starts to exit.
+const pfExiting = 0x4
+
+// classify decides from a process's command line and its /proc stat state
+// and flags.
+func classify(cmdline []byte, state byte, flags uint64, pidPath string) processKind {
+	switch {
+	case state == 'Z' || state == 'X' || flags&pfExiting != 0:
+		return processExiting
+	case isOurQEMU(cmdline, pidPath):
+		return processOurQEMU
+	default:
+		return processOther
+	}
+}
+
+// parseProcStat returns the state and the flags of a /proc/<pid>/stat line.
+// The command name in parentheses may itself hold spaces and parentheses,
+// so the fields are counted from its last ')'.
+func parseProcStat(stat []byte) (state byte, flags uint64, err error) {
+	end := bytes.LastIndexByte(stat, ')')
+	if end < 0 {
+		return 0, 0, fmt.Errorf("malformed /proc stat %q", truncate(string(stat), 80))
+	}
+	// After the name: state ppid pgrp session tty_nr tpgid flags ...
+	fields := strings.Fields(string(stat[end+1:]))
+	if len(fields) < 7 || len(fields[0]) != 1 {
+		return 0, 0, fmt.Errorf("malformed /proc stat %q", truncate(string(stat), 80))
+	}
+	flags, err = strconv.ParseUint(fields[6], 10, 64)
+	if err != nil {
+		return 0, 0, fmt.Errorf("malformed flags in /proc stat %q: %w", truncate(string(stat), 80), err)
+	}
+	return fields[0][0], flags, nil
 }
 
 // isOurQEMU tells whether a NUL-separated /proc/<pid>/cmdline is a QEMU

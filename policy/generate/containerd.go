@@ -87,7 +87,14 @@ func imageFromStore(ctx context.Context, store content.Provider, target ocispec.
 	if err := readJSONBlob(ctx, store, manifest.Config, &spec); err != nil {
 		return Image{}, fmt.Errorf("%s: config: %w", target.Digest, err)
 	}
-	passwd, group, err := readUserFiles(ctx, store, manifest.Layers)
+	return assembleImage(ctx, target, ref, manifest, spec, providerOpener(store))
+}
+
+// assembleImage is what an image source gives once it has found the
+// manifest and the config of target: the config, diff IDs and user files,
+// pinned as ref's name at target's digest.
+func assembleImage(ctx context.Context, target ocispec.Descriptor, ref imageRef, manifest ocispec.Manifest, spec ocispec.Image, open blobOpener) (Image, error) {
+	passwd, group, err := readUserFilesFrom(ctx, open, manifest.Layers)
 	if err != nil {
 		return Image{}, fmt.Errorf("%s: %w", target.Digest, err)
 	}
@@ -105,6 +112,24 @@ func imageFromStore(ctx context.Context, store content.Provider, target ocispec.
 		EtcGroup:  group,
 		DiffIDs:   diffIDs,
 	}, nil
+}
+
+// blobOpener opens a layer blob as stored (compressed or not).
+type blobOpener func(ctx context.Context, desc ocispec.Descriptor) (io.ReadCloser, error)
+
+// providerOpener opens blobs of a content store (containerd's checks
+// digests as it stores them).
+func providerOpener(store content.Provider) blobOpener {
+	return func(ctx context.Context, desc ocispec.Descriptor) (io.ReadCloser, error) {
+		ra, err := store.ReaderAt(ctx, desc)
+		if err != nil {
+			return nil, err
+		}
+		return struct {
+			io.Reader
+			io.Closer
+		}{content.NewReader(ra), ra}, nil
+	}
 }
 
 func (r *ContainerdResolver) find(ctx context.Context, ref imageRef) (images.Image, error) {
@@ -143,9 +168,13 @@ const maxUserFile = 4 << 20
 // shows them, reading layers from the top down until both are decided (a
 // layer that holds a file, deletes it or makes /etc opaque decides it).
 func readUserFiles(ctx context.Context, store content.Provider, layers []ocispec.Descriptor) (passwd, group []byte, err error) {
+	return readUserFilesFrom(ctx, providerOpener(store), layers)
+}
+
+func readUserFilesFrom(ctx context.Context, open blobOpener, layers []ocispec.Descriptor) (passwd, group []byte, err error) {
 	files := map[string]*layerFile{"etc/passwd": {}, "etc/group": {}}
 	for i := len(layers) - 1; i >= 0; i-- {
-		if err := scanLayer(ctx, store, layers[i], files); err != nil {
+		if err := scanLayer(ctx, open, layers[i], files); err != nil {
 			return nil, nil, fmt.Errorf("layer %d (%s): %w", i, layers[i].Digest, err)
 		}
 		if files["etc/passwd"].decided && files["etc/group"].decided {
@@ -160,17 +189,34 @@ type layerFile struct {
 	data    []byte
 }
 
-func scanLayer(ctx context.Context, store content.Provider, desc ocispec.Descriptor, files map[string]*layerFile) error {
-	ra, err := store.ReaderAt(ctx, desc)
+func scanLayer(ctx context.Context, open blobOpener, desc ocispec.Descriptor, files map[string]*layerFile) error {
+	blob, err := open(ctx, desc)
 	if err != nil {
 		return err
 	}
-	defer ra.Close()
-	stream, err := compression.DecompressStream(content.NewReader(ra))
+	defer blob.Close()
+	stream, err := compression.DecompressStream(blob)
 	if err != nil {
 		return err
 	}
 	defer stream.Close()
+	if err := scanTar(stream, files); err != nil {
+		return err
+	}
+	// To its end, where a verifying source checks the blob's digest: the
+	// tar's end marker may come before the end of the decompressed stream,
+	// and that before the end of the blob.
+	if _, err := io.Copy(io.Discard, stream); err != nil {
+		return fmt.Errorf("read layer: %w", err)
+	}
+	if _, err := io.Copy(io.Discard, blob); err != nil {
+		return fmt.Errorf("read layer: %w", err)
+	}
+	return nil
+}
+
+// scanTar applies what a layer tar says about files.
+func scanTar(stream io.Reader, files map[string]*layerFile) error {
 	// What this layer says, applied once the whole layer is read: within a
 	// layer, a whiteout and a file of the same path may come in any order.
 	found := map[string][]byte{}

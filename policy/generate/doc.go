@@ -81,11 +81,13 @@
 // references pinned by digest are accepted, and the image is taken to set no
 // environment, entrypoint, working directory or user (a warning says so, and
 // pods whose image does set them are refused); a container without a command
-// is then an error. OCILayoutImages reads an OCI image layout directory,
+// is then an error. OCILayoutImages reads an OCI image layout directory
+// through package internal/ocilayout, which the layer converter shares,
 // finding an image by its ref name in index.json: a full name matches the
 // normalized reference, a bare tag (v1) the reference's tag; a reference
-// with a digest takes the entry of that digest. Its indexes, manifests and
-// configs are checked against their digests.
+// with a digest takes the entry of that digest. Every blob it reads
+// (indexes, manifests, configs and the layers the user files come from) is
+// checked against its size and digest.
 //
 // A LayerSource (Options.Layers) converts each image's layers as the host
 // will attach them (ext4 with a dm-verity tree; package layer does it for

@@ -142,3 +142,33 @@ func TestOCILayoutErrors(t *testing.T) {
 		t.Errorf("empty directory: %v", err)
 	}
 }
+
+// TestOCILayoutLayerIsChecked: the user files come from a layer whose bytes
+// must be the manifest's, however large (this one is over 16 MiB, which
+// blobs were once read unchecked beyond); here a tar whose /etc/passwd was
+// edited in place stays a valid tar, and only its digest tells.
+func TestOCILayoutLayerIsChecked(t *testing.T) {
+	l := ocitest.New(t)
+	layerTar := ocitest.Tar(t, map[string]string{
+		"etc/passwd": "root:x:0:0::/:/bin/sh\n",
+		"filler":     strings.Repeat("x", 17<<20),
+	})
+	desc := l.Layer(layerTar, ocitest.Uncompressed)
+	m := l.Image(ocitest.Image{Layers: []ocispec.Descriptor{desc}, DiffIDs: []digest.Digest{digest.FromBytes(layerTar)}})
+	l.WriteIndexJSON(ocitest.Named(m, "registry.example/app:1"))
+	r, err := OCILayoutImages(l.Dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if img, err := r.Resolve(context.Background(), "registry.example/app:1"); err != nil || !strings.HasPrefix(string(img.EtcPasswd), "root:x:0:0") {
+		t.Fatalf("untouched layer: %q, %v", img.EtcPasswd, err)
+	}
+	edited := bytes.Replace(layerTar, []byte("root:x:0:0"), []byte("root:x:0:7"), 1)
+	if err := os.WriteFile(l.BlobPath(desc.Digest), edited, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	img, err := r.Resolve(context.Background(), "registry.example/app:1")
+	if err == nil || !strings.Contains(err.Error(), "its descriptor says "+desc.Digest.String()) {
+		t.Fatalf("edited layer: passwd %q, %v; want an error naming the layer's digest", img.EtcPasswd, err)
+	}
+}
