@@ -59,17 +59,19 @@ func (o *exitOrder) execEnded() {
 	}
 }
 
-// initEnded publishes the init's exit now, or holds it while execs live;
-// it reports whether it held it.
-func (o *exitOrder) initEnded(publish func()) bool {
+// initEnded records the init's exit now, or holds it while execs live
+// (the first report of it wins); it reports whether it held it.
+func (o *exitOrder) initEnded(record func()) bool {
 	o.mu.Lock()
 	if o.liveExecs > 0 {
-		o.heldInitExit = publish
+		if o.heldInitExit == nil {
+			o.heldInitExit = record
+		}
 		o.mu.Unlock()
 		return true
 	}
 	o.mu.Unlock()
-	publish()
+	record()
 	return false
 }
 
@@ -106,11 +108,36 @@ func (s *service) waitProcess(pd *pod, c *container, p *process) {
 	s.exit(pd, c, p, resp.ExitStatus, time.Unix(0, resp.ExitedAtUnixNano))
 }
 
-// exit records a process's exit once and publishes it in order.
+// exit records a process's exit once and publishes it, in containerd's
+// order: a container's init exit, and with it Wait's return, only once its
+// execs' exits are out.
 func (s *service) exit(pd *pod, c *container, p *process, status uint32, at time.Time) {
+	if p.execID != "" {
+		if wasStarted := s.recordExit(p, status, at); wasStarted {
+			c.exits.execEnded()
+		}
+		return
+	}
+	held := c.exits.initEnded(func() { s.recordExit(p, status, at) })
+	if held && pd != nil && pd.hostPID {
+		// Without a PID namespace of its own the container's execs outlive
+		// its init; end them, as runc's shim does, so its exit can follow.
+		go func() {
+			if _, err := pd.agent.SignalProcess(s.ctx, &agentapi.SignalProcessRequest{
+				ContainerId: c.id, Signal: uint32(syscall.SIGKILL), All: true,
+			}); err != nil {
+				log.G(s.ctx).WithError(err).WithField("container", c.id).Warn("kill the execs that outlive the container's init")
+			}
+		}()
+	}
+}
+
+// recordExit records the exit, once, and publishes it after the start
+// event; it reports whether the process had been started.
+func (s *service) recordExit(p *process, status uint32, at time.Time) (wasStarted bool) {
 	wasStarted, ok := p.setExited(status, at)
 	if !ok {
-		return
+		return false
 	}
 	if wasStarted {
 		<-p.announced
@@ -122,28 +149,10 @@ func (s *service) exit(pd *pod, c *container, p *process, status uint32, at time
 	if id == "" {
 		id = p.containerID
 	}
-	event := &eventstypes.TaskExit{
+	s.publish(runtime.TaskExitEventTopic, &eventstypes.TaskExit{
 		ContainerID: p.containerID, ID: id, Pid: p.pid, ExitStatus: status, ExitedAt: protobuf.ToTimestamp(at),
-	}
-	publish := func() { s.publish(runtime.TaskExitEventTopic, event) }
-	if p.execID != "" {
-		publish()
-		if wasStarted {
-			c.exits.execEnded()
-		}
-		return
-	}
-	if c.exits.initEnded(publish) && pd != nil && pd.hostPID {
-		// Without a PID namespace of its own the container's execs outlive
-		// its init; end them, as runc's shim does, so its exit can follow.
-		go func() {
-			if _, err := pd.agent.SignalProcess(s.ctx, &agentapi.SignalProcessRequest{
-				ContainerId: c.id, Signal: uint32(syscall.SIGKILL), All: true,
-			}); err != nil {
-				log.G(s.ctx).WithError(err).WithField("container", c.id).Warn("kill the execs that outlive the container's init")
-			}
-		}()
-	}
+	})
+	return wasStarted
 }
 
 // watchPod reports every process as exited when the VM ends: a killed QEMU,
