@@ -619,7 +619,7 @@ create_container_why contains ["init_order", msg] if {
 # ---------------------------------------------------------------- ExecProcess
 
 exec_process_checks := [
-	"container", "args", "env", "env_required", "cwd", "user", "capabilities", "no_new_privileges",
+	"container", "args", "env", "env_required", "env_as_created", "cwd", "user", "capabilities", "no_new_privileges",
 	"terminal", "stdin", "rlimits", "oom_score_adj",
 ]
 
@@ -640,6 +640,34 @@ exec_process_why contains ["env", msg] if msg := env_unexpected_msg(process_env_
 exec_process_ok contains "env_required" if count(process_env_missing) == 0
 
 exec_process_why contains ["env_required", msg] if msg := env_missing_msg(process_env_missing)
+
+# containerd builds an exec's process from the container's own (the spec's
+# process with the exec's args and terminal), so its environment is the one
+# the container was created with, values from Secrets and the cluster's
+# service variables included: input.container_env, which the gate
+# remembers from the allowed CreateContainer. (containerd sets TERM=xterm
+# for an exec with a terminal, which a container with a terminal has
+# already.)
+exec_process_ok contains "env_as_created" if input.process.env == input.container_env
+
+exec_process_why contains ["env_as_created", msg] if {
+	container_known
+	not input.container_env
+	msg := sprintf("the environment container %s was created with is not known", [q(input.container_id)])
+}
+
+# Names only: the values may be secrets. The differences are taken in the
+# body, where a missing side leaves the rule undefined.
+exec_process_why contains ["env_as_created", msg] if {
+	container_known
+	changed := object.remove(input.container_env, input.process.env)
+	extra := object.remove(input.process.env, input.container_env)
+	names := {n | some e, _ in changed; [n, _] := split_env(e)}
+	added := {n | some e, _ in extra; [n, _] := split_env(e)}
+	msg := sprintf("the environment differs from the one container %s was created with: variables %s are not as created, %s are not the container's", [q(input.container_id), q(sort(names)), q(sort(added))])
+}
+
+split_env(e) := [substring(e, 0, i), substring(e, i + 1, -1)] if i := indexof(e, "=")
 
 exec_process_ok contains "user" if process_user_ok
 

@@ -178,12 +178,16 @@ func BenchmarkDecide(b *testing.B) {
 		e := testEngine(b)
 		web := testContainerNamed(b, "web")
 		req := &agentapi.ExecProcessRequest{ContainerId: "c-web", ExecId: "e", Process: mustJSON(b, execProcess(web, "curl", "-fsS", "http://localhost:8080/healthz"))}
+		// What the gate adds: the environment the container was created with.
+		created := map[string]any{"container_id": "c-web"}
+		addCreatedEnv(b, created)
 		b.ReportAllocs()
 		for b.Loop() {
 			in, err := Input(policy.ExecProcess, req, known)
 			if err != nil {
 				b.Fatal(err)
 			}
+			in["container_env"] = created["container_env"]
 			if d, err := e.Decide(ctx, policy.ExecProcess, in); err != nil || !d.Allow {
 				b.Fatalf("%+v, %v", d, err)
 			}
