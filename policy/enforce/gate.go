@@ -8,7 +8,6 @@ import (
 	"sync"
 
 	"github.com/contrast-vm/contrast/policy"
-	"github.com/open-policy-agent/opa/v1/ast"
 	"google.golang.org/protobuf/proto"
 )
 
@@ -106,7 +105,7 @@ func (g *Gate) Authorize(ctx context.Context, method string, req any) error {
 			in["container_env"] = env
 		}
 	}
-	v, err := ast.InterfaceToValue(in)
+	v, err := g.engine.Value(in)
 	if err != nil {
 		return &Denial{Kind: kind, Rule: RuleInput, Reason: err.Error()}
 	}
