@@ -581,19 +581,20 @@ app_created if {
 	not init_index[name]
 }
 
-create_container_ok contains "init_order" if {
-	count(init_containers) == 0
-}
+create_container_ok contains "init_order" if init_order_ok
 
-create_container_ok contains "init_order" if {
+# Alternatives in an else chain: the first that holds decides, and the
+# others are not evaluated (a pod without init containers, the usual case,
+# needs no more).
+init_order_ok := true if {
+	count(init_containers) == 0
+} else := true if {
 	container_policy
 	not init_index[input.container_name]
 	every c in init_containers {
 		init_done(c)
 	}
-}
-
-create_container_ok contains "init_order" if {
+} else := true if {
 	i := init_index[input.container_name]
 	not app_created_blocks(init_containers[i])
 	every c in inits_before(i) {
@@ -1098,15 +1099,13 @@ env_missing_msg(missing) := sprintf("environment variable %s that the policy set
 
 # ---------------------------------------------------------------- user
 
-process_user_ok if {
-	container_policy
-	object.get(container_policy, "user", null) == null
-}
-
-process_user_ok if {
+process_user_ok := true if {
 	input.process.user.uid == container_policy.user.uid
 	input.process.user.gid == container_policy.user.gid
 	groups_ok
+} else := true if {
+	container_policy
+	object.get(container_policy, "user", null) == null
 }
 
 # The supplementary groups are pinned, root's too: the primary group, the
