@@ -7,6 +7,10 @@
 # Checks are written positively: <kind>_ok holds the names of the checks
 # that hold, and a request is allowed only when every name in <kind>_checks
 # is among them, so a check whose data is missing or malformed denies.
+# CreateContainer and ExecProcess, the kinds decided most, also list their
+# checks as a set (<kind>_check_set, the same names; a test holds them
+# equal) and compare by set difference, which costs far less than
+# iterating the list.
 # <kind>_why explains failed checks and is evaluated only for a denial.
 #
 # Rules index rather than search: containers by name, mounts by destination,
@@ -21,11 +25,11 @@ CreateSandbox := allowed if {
 } else := denial("create_sandbox", create_sandbox_checks, create_sandbox_ok, create_sandbox_why)
 
 CreateContainer := {"allow": true, "rule": "", "reason": "", "discard_output": container_policy.logs != true} if {
-	all_hold(create_container_checks, create_container_ok)
+	count(create_container_check_set - create_container_ok) == 0
 } else := denial("create_container", create_container_checks, create_container_ok, create_container_why)
 
 ExecProcess := allowed if {
-	all_hold(exec_process_checks, exec_process_ok)
+	count(exec_process_check_set - exec_process_ok) == 0
 } else := denial("exec_process", exec_process_checks, exec_process_ok, exec_process_why)
 
 StartContainer := id_verdict("StartContainer")
@@ -122,6 +126,13 @@ create_sandbox_why contains ["hostname", msg] if {
 }
 
 # ---------------------------------------------------------------- CreateContainer
+
+create_container_check_set := {
+	"type", "name", "namespace", "image", "layers", "args", "env", "env_required", "cwd", "user",
+	"capabilities", "no_new_privileges", "read_only_root", "mounts", "namespaces", "id_mappings",
+	"masked_paths", "readonly_paths", "devices", "sysctls", "seccomp", "rlimits", "oom_score_adj",
+	"rootfs_propagation", "stdio", "init_order",
+}
 
 create_container_checks := [
 	"type", "name", "namespace", "image", "layers", "args", "env", "env_required", "cwd", "user",
@@ -246,7 +257,7 @@ create_container_why contains ["cwd", msg] if {
 
 create_container_ok contains "user" if process_user_ok
 
-create_container_why contains ["user", msg] if msg := user_mismatch(container_policy, input.process.user)
+create_container_why contains ["user", msg] if msg := user_mismatch
 
 create_container_ok contains "capabilities" if container_policy.privileged == true
 
@@ -288,8 +299,7 @@ create_container_ok contains "namespaces" if {
 known_namespaces := {"pid", "ipc", "uts", "mount", "network", "cgroup"}
 
 unexpected_namespaces contains t if {
-	some t, _ in input.namespaces
-	not known_namespaces[t]
+	some t in object.keys(input.namespaces) - known_namespaces
 	not user_namespace_ok(t)
 }
 
@@ -375,9 +385,14 @@ required_readonly_paths := {"/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "
 # would hide a file of the image or a volume behind an empty one.
 optional_masked_paths := {"/proc/interrupts", "/sys/devices/virtual/powercap"}
 
-masked_paths_beyond := object.keys(input.masked_paths) - (required_masked_paths | optional_masked_paths)
+# The request's paths as sets, built once per request.
+masked_path_set := object.keys(input.masked_paths)
 
-readonly_paths_beyond := object.keys(input.readonly_paths) - required_readonly_paths
+readonly_path_set := object.keys(input.readonly_paths)
+
+masked_paths_beyond := (masked_path_set - required_masked_paths) - optional_masked_paths
+
+readonly_paths_beyond := readonly_path_set - required_readonly_paths
 
 proc_unmasked if container_policy.privileged == true
 
@@ -387,7 +402,7 @@ create_container_ok contains "masked_paths" if proc_unmasked
 
 create_container_ok contains "masked_paths" if {
 	container_policy
-	count(required_masked_paths - object.keys(input.masked_paths)) == 0
+	count(required_masked_paths - masked_path_set) == 0
 	count(masked_paths_beyond) == 0
 }
 
@@ -398,7 +413,7 @@ create_container_why contains ["masked_paths", msg] if {
 
 create_container_why contains ["masked_paths", msg] if {
 	container_policy
-	missing := required_masked_paths - object.keys(input.masked_paths)
+	missing := required_masked_paths - masked_path_set
 	msg := sprintf("paths %s are not masked, as they must be in an unprivileged container", [q(sort(missing))])
 }
 
@@ -406,7 +421,7 @@ create_container_ok contains "readonly_paths" if proc_unmasked
 
 create_container_ok contains "readonly_paths" if {
 	container_policy
-	count(required_readonly_paths - object.keys(input.readonly_paths)) == 0
+	count(required_readonly_paths - readonly_path_set) == 0
 	count(readonly_paths_beyond) == 0
 }
 
@@ -417,7 +432,7 @@ create_container_why contains ["readonly_paths", msg] if {
 
 create_container_why contains ["readonly_paths", msg] if {
 	container_policy
-	missing := required_readonly_paths - object.keys(input.readonly_paths)
+	missing := required_readonly_paths - readonly_path_set
 	msg := sprintf("paths %s are not read-only, as they must be in an unprivileged container", [q(sort(missing))])
 }
 
@@ -566,19 +581,20 @@ app_created if {
 	not init_index[name]
 }
 
-create_container_ok contains "init_order" if {
-	count(init_containers) == 0
-}
+create_container_ok contains "init_order" if init_order_ok
 
-create_container_ok contains "init_order" if {
+# Alternatives in an else chain: the first that holds decides, and the
+# others are not evaluated (a pod without init containers, the usual case,
+# needs no more).
+init_order_ok := true if {
+	count(init_containers) == 0
+} else := true if {
 	container_policy
 	not init_index[input.container_name]
 	every c in init_containers {
 		init_done(c)
 	}
-}
-
-create_container_ok contains "init_order" if {
+} else := true if {
 	i := init_index[input.container_name]
 	not app_created_blocks(init_containers[i])
 	every c in inits_before(i) {
@@ -614,8 +630,13 @@ create_container_why contains ["init_order", msg] if {
 
 # ---------------------------------------------------------------- ExecProcess
 
+exec_process_check_set := {
+	"container", "args", "env", "env_required", "env_as_created", "cwd", "user", "capabilities", "no_new_privileges",
+	"terminal", "stdin", "rlimits", "oom_score_adj",
+}
+
 exec_process_checks := [
-	"container", "args", "env", "env_required", "cwd", "user", "capabilities", "no_new_privileges",
+	"container", "args", "env", "env_required", "env_as_created", "cwd", "user", "capabilities", "no_new_privileges",
 	"terminal", "stdin", "rlimits", "oom_score_adj",
 ]
 
@@ -637,9 +658,37 @@ exec_process_ok contains "env_required" if count(process_env_missing) == 0
 
 exec_process_why contains ["env_required", msg] if msg := env_missing_msg(process_env_missing)
 
+# containerd builds an exec's process from the container's own (the spec's
+# process with the exec's args and terminal), so its environment is the one
+# the container was created with, values from Secrets and the cluster's
+# service variables included: input.container_env, which the gate
+# remembers from the allowed CreateContainer. (containerd sets TERM=xterm
+# for an exec with a terminal, which a container with a terminal has
+# already.)
+exec_process_ok contains "env_as_created" if input.process.env == input.container_env
+
+exec_process_why contains ["env_as_created", msg] if {
+	container_known
+	not input.container_env
+	msg := sprintf("the environment container %s was created with is not known", [q(input.container_id)])
+}
+
+# Names only: the values may be secrets. The differences are taken in the
+# body, where a missing side leaves the rule undefined.
+exec_process_why contains ["env_as_created", msg] if {
+	container_known
+	changed := object.remove(input.container_env, input.process.env)
+	extra := object.remove(input.process.env, input.container_env)
+	names := {n | some e, _ in changed; [n, _] := split_env(e)}
+	added := {n | some e, _ in extra; [n, _] := split_env(e)}
+	msg := sprintf("the environment differs from the one container %s was created with: variables %s are not as created, %s are not the container's", [q(input.container_id), q(sort(names)), q(sort(added))])
+}
+
+split_env(e) := [substring(e, 0, i), substring(e, i + 1, -1)] if i := indexof(e, "=")
+
 exec_process_ok contains "user" if process_user_ok
 
-exec_process_why contains ["user", msg] if msg := user_mismatch(container_policy, input.process.user)
+exec_process_why contains ["user", msg] if msg := user_mismatch
 
 # An exec'd process gets no capability beyond the container's, and none
 # to inherit across execve.
@@ -1019,13 +1068,16 @@ is_registry("localhost")
 # The process's entries neither in the policy's env (a set: the keys of an
 # object) nor matching one of its patterns; set difference leaves only the
 # few entries that need a pattern. The difference is taken in the rule body,
-# not in the comprehension, where an error would make an empty list.
+# not in the comprehension, where an error would make an empty list. Both
+# sets are rules, built once per request.
 process_env_unexpected := unexpected if {
-	beyond := object.keys(input.process.env) - object.keys(container_policy.env)
-	unexpected := [e | some e in beyond; not env_pattern_match(e)]
+	beyond := process_env_entries - policy_env_entries
+	unexpected := [e | some e in beyond; not regex.match(env_pattern, e)]
 }
 
-env_pattern_match(e) if regex.match(env_pattern, e)
+process_env_entries := object.keys(input.process.env)
+
+policy_env_entries := object.keys(container_policy.env)
 
 # The policy's env patterns as one anchored alternation, matched once per
 # entry (OPA caches the compiled expression by its text).
@@ -1033,7 +1085,7 @@ env_pattern := concat("", ["^(?:", concat("|", [concat("", ["(?:", p, ")"]) | so
 	count(container_policy.env_patterns) > 0
 }
 
-process_env_missing := (object.keys(container_policy.env) - object.keys(input.process.env)) | process_env_names_missing
+process_env_missing := (policy_env_entries - process_env_entries) | process_env_names_missing
 
 # Names the process must have whose value only a pattern pins.
 process_env_names_missing := {sprintf("%s=...", [n]) |
@@ -1047,45 +1099,32 @@ env_missing_msg(missing) := sprintf("environment variable %s that the policy set
 
 # ---------------------------------------------------------------- user
 
-process_user_ok if {
+process_user_ok := true if {
+	input.process.user.uid == container_policy.user.uid
+	input.process.user.gid == container_policy.user.gid
+	groups_ok
+} else := true if {
 	container_policy
 	object.get(container_policy, "user", null) == null
 }
 
-process_user_ok if {
-	input.process.user.uid == container_policy.user.uid
-	input.process.user.gid == container_policy.user.gid
-	groups_ok(container_policy.user, input.process.user)
-}
-
 # The supplementary groups are pinned, root's too: the primary group, the
 # groups the image's /etc/group gives the user (CRI merges them in) and the
-# pod's supplementalGroups and fsGroup, no more and no fewer.
-groups_ok(u, user) if {
-	count(groups_beyond(u, user)) == 0
-	count(groups_missing(u, user)) == 0
-}
+# pod's supplementalGroups and fsGroup, no more and no fewer. Both sides
+# are rules, computed once per request.
+groups_ok if process_gids == policy_gids
 
-groups_beyond(u, user) := {g | some g in user.additional_gids} - allowed_gids(u)
+process_gids := {g | some g in input.process.user.additional_gids}
 
-groups_missing(u, user) := allowed_gids(u) - {g | some g in user.additional_gids}
+policy_gids := {g | some g in object.get(container_policy.user, "additional_gids", [])} | {container_policy.user.gid}
 
-allowed_gids(u) := {g | some g in object.get(u, "additional_gids", [])} | {u.gid}
-
-user_mismatch(pol, user) := sprintf("user id %d is not the policy's %d", [user.uid, pol.user.uid]) if {
-	user.uid != pol.user.uid
-}
-
-user_mismatch(pol, user) := sprintf("group id %d is not the policy's %d", [user.gid, pol.user.gid]) if {
-	user.uid == pol.user.uid
-	user.gid != pol.user.gid
-}
-
-user_mismatch(pol, user) := msg if {
-	user.uid == pol.user.uid
-	user.gid == pol.user.gid
-	not groups_ok(pol.user, user)
-	msg := sprintf("supplementary groups %s are not the policy's %s", [q(sort({g | some g in user.additional_gids})), q(sort(allowed_gids(pol.user)))])
+user_mismatch := sprintf("user id %d is not the policy's %d", [input.process.user.uid, container_policy.user.uid]) if {
+	input.process.user.uid != container_policy.user.uid
+} else := sprintf("group id %d is not the policy's %d", [input.process.user.gid, container_policy.user.gid]) if {
+	input.process.user.gid != container_policy.user.gid
+} else := msg if {
+	not groups_ok
+	msg := sprintf("supplementary groups %s are not the policy's %s", [q(sort(process_gids)), q(sort(policy_gids))])
 }
 
 # ---------------------------------------------------------------- capabilities
@@ -1206,16 +1245,18 @@ create_container_why contains ["mounts", msg] if {
 policy_mount_ok(m) if {
 	allowed := container_policy.mounts[m.destination]
 	m.type == allowed.type
-	matches(allowed.source_pattern, m.source)
-	flag_ok(not_true(m.read_only), not_true(allowed.read_only))
+	# matches(), inline: this runs for every volume of every container.
+	regex.match(concat("", ["^(?:", allowed.source_pattern, ")$"]), m.source)
+	writable_ok(m.read_only, allowed.read_only)
 	m.propagation in quiet_propagation
 }
 
-# not_true(x) is true for false: a writable mount asks for the leave a
-# policy mount gives by not being read-only.
-not_true(false) := true
+# writable_ok(read_only, allowed_read_only): a writable mount needs the
+# leave a policy mount gives by not being read-only; a value missing or
+# not boolean on either side fails the check.
+writable_ok(true, allowed) if is_boolean(allowed)
 
-not_true(true) := false
+writable_ok(false, false)
 
 mount_mismatch(pol, m) := m.runtime_why if not pol.mounts[m.destination]
 
@@ -1230,7 +1271,7 @@ policy_mount_why(allowed, m) := msg if {
 	not matches(allowed.source_pattern, m.source)
 	msg := sprintf("mount at %s has source %s, which does not match the policy's %s", [q(m.destination), q(m.source), q(allowed.source_pattern)])
 } else := msg if {
-	not flag_ok(not_true(m.read_only), not_true(allowed.read_only))
+	not writable_ok(m.read_only, allowed.read_only)
 	msg := sprintf("mount at %s is writable, the policy has it read-only", [q(m.destination)])
 } else := msg if {
 	not m.propagation in quiet_propagation

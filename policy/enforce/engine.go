@@ -25,6 +25,12 @@ type Engine struct {
 	// defined holds the kinds the module has a rule for; the others are
 	// denied without evaluation.
 	defined map[policy.Kind]bool
+	// inputKeys are the top-level input keys the module refers to, when it
+	// refers to input only by constant keys (wholeInput false): a key no
+	// rule names cannot change a decision, so Decide leaves it out of the
+	// value it converts for OPA.
+	inputKeys  map[string]bool
+	wholeInput bool
 }
 
 // Decision is a policy's answer to one request. Rule names the check that
@@ -80,6 +86,7 @@ func Compile(module []byte) (*Engine, error) {
 	ctx := context.Background()
 	store := inmem.New()
 	e := &Engine{queries: make(map[policy.Kind]rego.PreparedEvalQuery, len(policy.Kinds)), defined: make(map[policy.Kind]bool, len(policy.Kinds))}
+	e.inputKeys, e.wholeInput = inputKeysOf(compiler.Modules)
 	for _, k := range policy.Kinds {
 		ref := ast.MustParseRef(PackagePath + "." + string(k))
 		if len(compiler.GetRules(ref)) == 0 {
@@ -100,11 +107,65 @@ func Compile(module []byte) (*Engine, error) {
 	return e, nil
 }
 
+// inputKeysOf returns the top-level input keys the modules refer to, and
+// whether they refer to input otherwise (input whole, or by a key computed
+// at evaluation), which needs all of it.
+func inputKeysOf(modules map[string]*ast.Module) (map[string]bool, bool) {
+	keys := map[string]bool{}
+	whole := false
+	var visit func(t *ast.Term) bool
+	visit = func(t *ast.Term) bool {
+		switch v := t.Value.(type) {
+		case ast.Ref:
+			if !v.HasPrefix(ast.InputRootRef) {
+				return false
+			}
+			key, ok := ast.String(""), false
+			if len(v) > 1 {
+				key, ok = v[1].Value.(ast.String)
+			}
+			if !ok {
+				whole = true
+				return true
+			}
+			keys[string(key)] = true
+			// Terms further down the ref may refer to input too.
+			for _, rest := range v[2:] {
+				ast.WalkTerms(rest, visit)
+			}
+			return true
+		case ast.Var:
+			if v.Equal(ast.InputRootDocument.Value) {
+				whole = true
+			}
+		}
+		return false
+	}
+	for _, m := range modules {
+		ast.WalkTerms(m, visit)
+	}
+	return keys, whole
+}
+
+// Value converts an input document (as Input builds it) for Decide,
+// leaving out the top-level keys the module never refers to.
+func (e *Engine) Value(input map[string]any) (ast.Value, error) {
+	if e.wholeInput {
+		return ast.InterfaceToValue(input)
+	}
+	used := make(map[string]any, len(e.inputKeys))
+	for k, v := range input {
+		if e.inputKeys[k] {
+			used[k] = v
+		}
+	}
+	return ast.InterfaceToValue(used)
+}
+
 // Decide evaluates the rule for kind with input: the document Input builds,
-// either as built or already converted with ast.InterfaceToValue (the
-// faster path when the caller holds an ast.Value). An error means the
-// request could not be judged (malformed rule value, evaluation error);
-// the Decision is a denial then too.
+// either as built or already converted (Value; the faster path). An error
+// means the request could not be judged (malformed rule value, evaluation
+// error); the Decision is a denial then too.
 func (e *Engine) Decide(ctx context.Context, kind policy.Kind, input any) (Decision, error) {
 	if !slices.Contains(policy.Kinds, kind) {
 		return Decision{Rule: string(kind), Reason: "unknown request kind"}, fmt.Errorf("unknown request kind %q", kind)
@@ -113,7 +174,13 @@ func (e *Engine) Decide(ctx context.Context, kind policy.Kind, input any) (Decis
 	if !ok {
 		return Decision{Rule: string(kind), Reason: fmt.Sprintf("the policy has no rule %s", kind)}, nil
 	}
-	v, err := ast.InterfaceToValue(input)
+	var v ast.Value
+	var err error
+	if m, ok := input.(map[string]any); ok {
+		v, err = e.Value(m)
+	} else {
+		v, err = ast.InterfaceToValue(input)
+	}
 	if err != nil {
 		return Decision{Rule: string(kind), Reason: "input not convertible"}, fmt.Errorf("%s: input: %w", kind, err)
 	}

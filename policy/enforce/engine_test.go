@@ -2,6 +2,8 @@ package enforce
 
 import (
 	"context"
+	"maps"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -178,12 +180,16 @@ func BenchmarkDecide(b *testing.B) {
 		e := testEngine(b)
 		web := testContainerNamed(b, "web")
 		req := &agentapi.ExecProcessRequest{ContainerId: "c-web", ExecId: "e", Process: mustJSON(b, execProcess(web, "curl", "-fsS", "http://localhost:8080/healthz"))}
+		// What the gate adds: the environment the container was created with.
+		created := map[string]any{"container_id": "c-web"}
+		addCreatedEnv(b, created)
 		b.ReportAllocs()
 		for b.Loop() {
 			in, err := Input(policy.ExecProcess, req, known)
 			if err != nil {
 				b.Fatal(err)
 			}
+			in["container_env"] = created["container_env"]
 			if d, err := e.Decide(ctx, policy.ExecProcess, in); err != nil || !d.Allow {
 				b.Fatalf("%+v, %v", d, err)
 			}
@@ -214,4 +220,62 @@ func BenchmarkDecide(b *testing.B) {
 			}
 		}
 	})
+}
+
+// TestInputKeys: the engine converts only the input keys the module names,
+// and all of input where a rule reads it whole or by a computed key.
+func TestInputKeys(t *testing.T) {
+	tests := []struct {
+		name   string
+		module string
+		keys   []string
+		whole  bool
+	}{
+		{"constant keys", "StartContainer if input.a.b == 1\n\nStopped if input.c[input.d] == 2", []string{"a", "c", "d"}, false},
+		{"none", "StartContainer := true", nil, false},
+		{"whole", "StartContainer if count(input) > 2", nil, true},
+		{"computed key", "StartContainer if {\n\tsome k\n\tinput[k] == 1\n}", nil, true},
+		{"as an argument", "f(x) := x.a\n\nStartContainer if f(input) == 1", nil, true},
+		{"in a comprehension", "StartContainer if count([x | some x in input.list; x == input.want]) > 0", []string{"list", "want"}, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			e, err := Compile([]byte("package agent_policy\n\n" + tt.module + "\n"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if e.wholeInput != tt.whole {
+				t.Fatalf("whole input %v, want %v", e.wholeInput, tt.whole)
+			}
+			if !tt.whole {
+				got := slices.Sorted(maps.Keys(e.inputKeys))
+				if !slices.Equal(got, tt.keys) {
+					t.Fatalf("keys %q, want %q", got, tt.keys)
+				}
+			}
+		})
+	}
+
+	// A key no rule names is not converted: a value OPA cannot convert
+	// there changes nothing, while a module that reads input whole fails.
+	in := map[string]any{"a": map[string]any{"b": int64(1)}, "unread": make(chan int)}
+	e, err := Compile([]byte("package agent_policy\n\nStartContainer if input.a.b == 1\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d, err := e.Decide(context.Background(), policy.StartContainer, in); err != nil || !d.Allow {
+		t.Fatalf("module reading input.a: %+v, %v", d, err)
+	}
+	e, err = Compile([]byte("package agent_policy\n\nStartContainer if count(input) == 2\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.Decide(context.Background(), policy.StartContainer, in); err == nil {
+		t.Fatal("module reading input whole: converted a channel")
+	}
+	// The generated rules read neither the whole input nor every key.
+	g := testEngine(t)
+	if g.wholeInput || g.inputKeys["mounts"] || g.inputKeys["annotations"] || !g.inputKeys["mounts_beyond_runtime"] {
+		t.Fatalf("generated rules: whole %v, keys %v", g.wholeInput, g.inputKeys)
+	}
 }

@@ -8,7 +8,6 @@ import (
 	"sync"
 
 	"github.com/contrast-vm/contrast/policy"
-	"github.com/open-policy-agent/opa/v1/ast"
 	"google.golang.org/protobuf/proto"
 )
 
@@ -27,6 +26,11 @@ type Gate struct {
 	// discard holds the ids of allowed containers whose output the host
 	// may not read.
 	discard map[string]bool
+	// env holds the effective environment (Input's set of NAME=VALUE) each
+	// allowed container was created with: containerd builds an exec's
+	// process from the container's, so the rules compare an exec's
+	// environment with it (input.container_env).
+	env map[string]map[string]any
 	// created holds the names of the containers the agent has created,
 	// completed those of containers whose process exited with status 0:
 	// the pod's progress, which the rules read (input.pod_state) to keep
@@ -39,7 +43,10 @@ func (g *Gate) Engine() *Engine { return g.engine }
 
 // NewGate returns a gate deciding with e.
 func NewGate(e *Engine) *Gate {
-	return &Gate{engine: e, containers: map[string]string{}, discard: map[string]bool{}, created: map[string]bool{}, completed: map[string]bool{}}
+	return &Gate{
+		engine: e, containers: map[string]string{}, discard: map[string]bool{}, env: map[string]map[string]any{},
+		created: map[string]bool{}, completed: map[string]bool{},
+	}
 }
 
 // Denial is the error of a request the policy does not allow. Its message
@@ -93,7 +100,12 @@ func (g *Gate) Authorize(ctx context.Context, method string, req any) error {
 		}
 		in["pod_state"] = g.podState()
 	}
-	v, err := ast.InterfaceToValue(in)
+	if kind == policy.ExecProcess {
+		if env, ok := g.containerEnv(in["container_id"].(string)); ok {
+			in["container_env"] = env
+		}
+	}
+	v, err := g.engine.Value(in)
 	if err != nil {
 		return &Denial{Kind: kind, Rule: RuleInput, Reason: err.Error()}
 	}
@@ -115,6 +127,7 @@ func (g *Gate) Authorize(ctx context.Context, method string, req any) error {
 		}
 		g.containers[id] = name
 		g.discard[id] = d.DiscardOutput
+		g.env[id] = in["process"].(map[string]any)["env"].(map[string]any)
 	}
 	return nil
 }
@@ -161,6 +174,7 @@ func (g *Gate) Done(method string, req any, err error) {
 	g.mu.Lock()
 	delete(g.containers, r.GetContainerId())
 	delete(g.discard, r.GetContainerId())
+	delete(g.env, r.GetContainerId())
 	g.mu.Unlock()
 }
 
@@ -169,6 +183,14 @@ func (g *Gate) containerName(id string) (string, bool) {
 	defer g.mu.Unlock()
 	name, ok := g.containers[id]
 	return name, ok
+}
+
+// containerEnv returns the environment container id was created with.
+func (g *Gate) containerEnv(id string) (map[string]any, bool) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	env, ok := g.env[id]
+	return env, ok
 }
 
 func (g *Gate) known(id string) bool {

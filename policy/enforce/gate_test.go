@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -221,5 +222,52 @@ func TestGateDiscardOutput(t *testing.T) {
 	}
 	if !g.DiscardOutput("c-web") || g.DiscardOutput("c-api") || !g.DiscardOutput("c-unknown") {
 		t.Errorf("discard web %v, api %v, unknown %v; want true, false, true", g.DiscardOutput("c-web"), g.DiscardOutput("c-api"), g.DiscardOutput("c-unknown"))
+	}
+}
+
+// TestGateExecEnvAsCreated: an exec's environment is the one its container
+// was created with, which the gate remembers per container, values only a
+// pattern pins (HOSTNAME here) included.
+func TestGateExecEnvAsCreated(t *testing.T) {
+	ctx := context.Background()
+	g := NewGate(testEngine(t))
+	web := testContainerNamed(t, "web")
+	withHostname := func(env []string, hostname string) []string {
+		env = slices.DeleteFunc(slices.Clone(env), func(e string) bool { return strings.HasPrefix(e, "HOSTNAME=") })
+		return append(env, "HOSTNAME="+hostname)
+	}
+	spec := criSpec(web)
+	spec.Process.Env = withHostname(spec.Process.Env, "web-other")
+	create := createRequest(t, "w1", spec, nil)
+	if err := g.Authorize(ctx, method(policy.CreateContainer), create); err != nil {
+		t.Fatal(err)
+	}
+	g.Done(method(policy.CreateContainer), create, nil)
+	probe := func(hostname string) *agentapi.ExecProcessRequest {
+		p := execProcess(web, "curl", "-fsS", "http://localhost:8080/healthz")
+		p.Env = withHostname(p.Env, hostname)
+		return &agentapi.ExecProcessRequest{ContainerId: "w1", ExecId: "p1", Process: mustJSON(t, p)}
+	}
+	if err := g.Authorize(ctx, method(policy.ExecProcess), probe("web-other")); err != nil {
+		t.Fatalf("exec with the created environment: %v", err)
+	}
+	err := g.Authorize(ctx, method(policy.ExecProcess), probe(testHostname))
+	if err == nil || !strings.Contains(err.Error(), `rule exec_process.env_as_created`) || !strings.Contains(err.Error(), `["HOSTNAME"]`) {
+		t.Fatalf("exec with another HOSTNAME the pattern allows: %v, want a denial by exec_process.env_as_created naming HOSTNAME", err)
+	}
+
+	// A removed container's environment is forgotten: the next create's is
+	// the one an exec must have.
+	g.Done(method(policy.RemoveContainer), &agentapi.RemoveContainerRequest{ContainerId: "w1"}, nil)
+	create = createRequest(t, "w1", criSpec(web), nil)
+	if err := g.Authorize(ctx, method(policy.CreateContainer), create); err != nil {
+		t.Fatal(err)
+	}
+	g.Done(method(policy.CreateContainer), create, nil)
+	if err := g.Authorize(ctx, method(policy.ExecProcess), probe(testHostname)); err != nil {
+		t.Fatalf("exec in the re-created container: %v", err)
+	}
+	if err := g.Authorize(ctx, method(policy.ExecProcess), probe("web-other")); err == nil {
+		t.Fatal("exec with the removed container's environment allowed")
 	}
 }

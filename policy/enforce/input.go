@@ -89,6 +89,10 @@ const (
 // absolute paths; a mount's type is "bind" whenever its options bind, and
 // read_only says whether the mount ends up read-only (ro, rro; rw undoes).
 //
+// The Gate adds what it remembers: pod_state {created, completed} (sets of
+// container names) to CreateContainer, and container_env (the env set the
+// container was created with) to ExecProcess.
+//
 // Input decodes the OCI JSON as the agent does (encoding/json into the
 // runtime-spec types, nothing after the value) and refuses what runc would
 // misread or what the rules could not judge, naming the field.

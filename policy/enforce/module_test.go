@@ -2,6 +2,7 @@ package enforce
 
 import (
 	"bytes"
+	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
@@ -9,6 +10,7 @@ import (
 	"testing"
 
 	"github.com/contrast-vm/contrast/policy"
+	"github.com/open-policy-agent/opa/v1/rego"
 )
 
 func TestBuildDeterministic(t *testing.T) {
@@ -238,5 +240,46 @@ func checkConstantModules(t checkT, modules map[string]func() []byte, hashHex fu
 			t.Errorf("%s and %s are the same module", other, name)
 		}
 		seen[string(m)] = name
+	}
+}
+
+// TestCheckSets: the set of checks a kind compares against is its ordered
+// list of checks (which names the rule of a denial), name for name, so
+// neither can drop a check the other has.
+func TestCheckSets(t *testing.T) {
+	m, err := policy.Build(testData())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, kind := range []string{"create_container", "exec_process"} {
+		r := rego.New(
+			rego.Query(fmt.Sprintf("[data.agent_policy.%[1]s_checks, data.agent_policy.%[1]s_check_set]", kind)),
+			rego.Module("policy.rego", string(m)),
+		)
+		rs, err := r.Eval(context.Background())
+		if err != nil || len(rs) != 1 {
+			t.Fatalf("%s: %v, %v", kind, rs, err)
+		}
+		pair := rs[0].Expressions[0].Value.([]any)
+		list, set := pair[0].([]any), pair[1].([]any)
+		names := map[string]int{}
+		for _, c := range list {
+			names[c.(string)]++
+		}
+		if len(list) == 0 || len(names) != len(list) {
+			t.Fatalf("%s_checks %v: empty or a name twice", kind, list)
+		}
+		inSet := map[string]bool{}
+		for _, c := range set {
+			inSet[c.(string)] = true
+		}
+		if len(inSet) != len(names) {
+			t.Errorf("%s: %d checks listed, %d in the set", kind, len(names), len(inSet))
+		}
+		for n := range names {
+			if !inSet[n] {
+				t.Errorf("%s: check %q listed, not in the set", kind, n)
+			}
+		}
 	}
 }

@@ -51,6 +51,21 @@ func engineFor(t testing.TB, d policy.Data) *Engine {
 }
 
 // known maps the test containers' ids to their names, as the gate would.
+// addCreatedEnv adds to an exec's input what the gate would: the
+// environment the known container was created with (its CRI spec's).
+func addCreatedEnv(t testing.TB, in map[string]any) {
+	t.Helper()
+	name, ok := known(in["container_id"].(string))
+	if !ok || name == "ghost" {
+		return
+	}
+	created, err := Input(policy.CreateContainer, createRequest(t, "c-"+name, criSpec(testContainerNamed(t, name)), nil), nil)
+	if err != nil {
+		t.Fatalf("Input of %s's create: %v", name, err)
+	}
+	in["container_env"] = created["process"].(map[string]any)["env"]
+}
+
 func known(id string) (string, bool) {
 	name, ok := map[string]string{"c-web": "web", "c-api": "api", "c-metrics": "metrics", "c-ghost": "ghost"}[id]
 	return name, ok
@@ -61,6 +76,9 @@ func decide(t testing.TB, e *Engine, kind policy.Kind, req proto.Message) Decisi
 	in, err := Input(kind, req, known)
 	if err != nil {
 		t.Fatalf("Input: %v", err)
+	}
+	if kind == policy.ExecProcess {
+		addCreatedEnv(t, in)
 	}
 	d, err := e.Decide(context.Background(), kind, in)
 	if err != nil {
@@ -727,6 +745,26 @@ func TestExecProcessRules(t *testing.T) {
 			p.Env = append(p.Env, "PATH=/tmp/evil")
 			return p
 		}(), wantRule: "exec_process.env", wantReason: []string{"PATH=/tmp/evil"}},
+		// containerd builds an exec's process from the container's: the
+		// variables whose values only a pattern pins (the cluster's service
+		// variables, HOSTNAME of a pod named by a pattern) keep the values
+		// the container was created with.
+		{name: "env: a service variable the container has dropped", container: "c-web", process: func() *specs.Process {
+			p := execProcess(web, "curl", "-fsS", "http://localhost:8080/healthz")
+			p.Env = slices.DeleteFunc(p.Env, func(e string) bool { return strings.HasPrefix(e, "KUBERNETES_SERVICE_HOST=") })
+			return p
+		}(), wantRule: "exec_process.env_as_created", wantReason: []string{`["KUBERNETES_SERVICE_HOST"] are not as created`}},
+		{name: "env: HOSTNAME another the pattern allows", container: "c-web", process: func() *specs.Process {
+			p := execProcess(web, "curl", "-fsS", "http://localhost:8080/healthz")
+			p.Env = slices.DeleteFunc(p.Env, func(e string) bool { return strings.HasPrefix(e, "HOSTNAME=") })
+			p.Env = append(p.Env, "HOSTNAME=web-zzzzz")
+			return p
+		}(), wantRule: "exec_process.env_as_created", wantReason: []string{`["HOSTNAME"] are not as created`}},
+		{name: "env: a service variable the container lacks", container: "c-web", process: func() *specs.Process {
+			p := execProcess(web, "curl", "-fsS", "http://localhost:8080/healthz")
+			p.Env = append(p.Env, "KUBERNETES_PORT_443_TCP_ADDR=10.96.0.1")
+			return p
+		}(), wantRule: "exec_process.env_as_created", wantReason: []string{`["KUBERNETES_PORT_443_TCP_ADDR"] are not the container's`}},
 
 		{name: "new privileges", container: "c-web", process: func() *specs.Process {
 			p := execProcess(web, "curl", "-fsS", "http://localhost:8080/healthz")

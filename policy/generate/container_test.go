@@ -75,6 +75,7 @@ func TestEnv(t *testing.T) {
 		absent      []string // entries that must not be in Env
 		allowed     []string // entries the patterns must allow
 		refused     []string // entries neither Env nor patterns allow
+		required    []string // names EnvRequiredNames must list, no more
 		warnings    []string
 		serviceLink bool
 	}{
@@ -92,12 +93,13 @@ func TestEnv(t *testing.T) {
 			absent: []string{ociDefaultPath},
 		},
 		{
-			name:    "yaml env: values, expansion, empty, duplicates of image names",
-			spec:    "containers:\n- name: c\n  image: 'nginx:1.27'\n  env:\n  - {name: A, value: one}\n  - {name: B, value: '$(A)-two'}\n  - {name: C}\n  - {name: NGINX_VERSION, value: mine}\n  - {name: PATH, value: /bin}\n  - {name: D, value: '$(KUBERNETES_SERVICE_HOST):1'}\n",
-			exact:   []string{"A=one", "B=one-two", "C=", "NGINX_VERSION=mine", "PATH=/bin"},
-			absent:  []string{"PATH=/usr/local/sbin:/usr/bin", "NGINX_VERSION=1.27.0"},
-			allowed: []string{"D=10.96.0.1:1", "D=$(KUBERNETES_SERVICE_HOST):1"},
-			refused: []string{"D=evil:1"},
+			name:     "yaml env: values, expansion, empty, duplicates of image names",
+			spec:     "containers:\n- name: c\n  image: 'nginx:1.27'\n  env:\n  - {name: A, value: one}\n  - {name: B, value: '$(A)-two'}\n  - {name: C}\n  - {name: NGINX_VERSION, value: mine}\n  - {name: PATH, value: /bin}\n  - {name: D, value: '$(KUBERNETES_SERVICE_HOST):1'}\n",
+			exact:    []string{"A=one", "B=one-two", "C=", "NGINX_VERSION=mine", "PATH=/bin"},
+			absent:   []string{"PATH=/usr/local/sbin:/usr/bin", "NGINX_VERSION=1.27.0"},
+			allowed:  []string{"D=10.96.0.1:1", "D=$(KUBERNETES_SERVICE_HOST):1"},
+			refused:  []string{"D=evil:1"},
+			required: []string{"D"},
 		},
 		{
 			name:     "valueFrom",
@@ -105,7 +107,17 @@ func TestEnv(t *testing.T) {
 			exact:    []string{"NS=ns", "NAME=p"},
 			allowed:  []string{"S=anything\nmultiline", "IP=10.1.2.3", "MEM=536870912", "APP=whatever"},
 			refused:  []string{"IP=not an ip", "MEM=lots", "NS=other"},
+			required: []string{"APP", "IP", "MEM", "S"},
 			warnings: []string{"env S comes from Secret s key k", `does not set "app"`},
+		},
+		{
+			// The kubelet leaves an optional key's variable out when the
+			// key is missing.
+			name:     "optional valueFrom",
+			spec:     "containers:\n- name: c\n  image: busybox\n  env:\n  - {name: S, valueFrom: {secretKeyRef: {name: s, key: k, optional: true}}}\n  - {name: M, valueFrom: {configMapKeyRef: {name: m, key: k, optional: true}}}\n  - {name: R, valueFrom: {configMapKeyRef: {name: m, key: r, optional: false}}}\n",
+			allowed:  []string{"S=x", "M=y", "R=z"},
+			required: []string{"R"},
+			warnings: []string{"env S comes from Secret s key k"},
 		},
 		{
 			name:     "envFrom",
@@ -120,6 +132,7 @@ func TestEnv(t *testing.T) {
 			spec:     "containers:\n- name: c\n  image: busybox\n  envFrom:\n  - {secretRef: {name: s}}\n",
 			allowed:  []string{"PATH=/evil", "ANY=1", ociDefaultPath},
 			absent:   []string{ociDefaultPath},
+			required: []string{"HOSTNAME", "PATH"},
 			warnings: []string{"envFrom Secret s has no prefix"},
 		},
 		{
@@ -159,6 +172,9 @@ func TestEnv(t *testing.T) {
 				if c.Env[e] || matchesAny(t, c.EnvPatterns, e) {
 					t.Errorf("%q is allowed; env %v patterns %q", e, c.Env, c.EnvPatterns)
 				}
+			}
+			if got := slices.Sorted(slices.Values(c.EnvRequiredNames)); !slices.Equal(got, tc.required) {
+				t.Errorf("EnvRequiredNames %q, want %q", got, tc.required)
 			}
 			for _, s := range tc.warnings {
 				if !w.contains(s) {

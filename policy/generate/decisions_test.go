@@ -967,6 +967,12 @@ func decisionCases() []decisionCase {
 		{name: "secret env with any value", pod: "web", do: create("nginx", withSpec(func(s *specs.Spec) {
 			s.Process.Env = setEnv(s.Process.Env, "DB_PASSWORD=another value")
 		}))},
+		{name: "secret env dropped", pod: "web", do: create("nginx", withSpec(func(s *specs.Spec) {
+			s.Process.Env = slices.DeleteFunc(s.Process.Env, func(e string) bool { return strings.HasPrefix(e, "DB_PASSWORD=") })
+		})), want: "create_container.env_required"},
+		{name: "namespace from the downward API dropped", pod: "api", do: create("api", withSpec(func(s *specs.Spec) {
+			s.Process.Env = slices.DeleteFunc(s.Process.Env, func(e string) bool { return strings.HasPrefix(e, "POD_NAMESPACE=") })
+		})), want: "create_container.env_required"},
 		{name: "changed command", pod: "web", do: create("nginx", withSpec(func(s *specs.Spec) { s.Process.Args = []string{"sh", "-c", "evil"} })), want: "create_container.args"},
 		{name: "extra argument", pod: "web", do: create("shipper", withSpec(func(s *specs.Spec) { s.Process.Args = append(s.Process.Args, "/etc/shadow") })), want: "create_container.args"},
 		{name: "changed working directory", pod: "api", do: create("api", withSpec(func(s *specs.Spec) { s.Process.Cwd = "/" })), want: "create_container.cwd"},
@@ -1058,6 +1064,17 @@ func decisionCases() []decisionCase {
 		{name: "probe with LD_PRELOAD", pod: "web", before: started("nginx"), do: exec("nginx", []string{"cat", "/tmp/healthy"}, false, false, func(p *specs.Process) {
 			p.Env = append(p.Env, "LD_PRELOAD=/tmp/evil.so")
 		}), want: "exec_process.env"},
+		// containerd builds an exec's process from the container's, so
+		// every variable the kubelet set for the container is there too,
+		// with the value the container was created with: one whose value
+		// only a pattern pins (from a Secret) may be neither dropped nor
+		// changed.
+		{name: "probe without the secret's variable", pod: "web", before: started("nginx"), do: exec("nginx", []string{"cat", "/tmp/healthy"}, false, false, func(p *specs.Process) {
+			p.Env = slices.DeleteFunc(p.Env, func(e string) bool { return strings.HasPrefix(e, "DB_PASSWORD=") })
+		}), want: "exec_process.env_required"},
+		{name: "probe with another value of the secret's variable", pod: "web", before: started("nginx"), do: exec("nginx", []string{"cat", "/tmp/healthy"}, false, false, func(p *specs.Process) {
+			p.Env = setEnv(p.Env, "DB_PASSWORD=another value")
+		}), want: "exec_process.env_as_created"},
 		{name: "exec as root in the sidecar", pod: "web", settings: func(s *generate.Settings) {
 			s.Containers["shipper"] = generate.ContainerSettings{Exec: [][]string{{"ls", "/logs"}}}
 		}, before: started("shipper"), do: exec("shipper", []string{"ls", "/logs"}, false, false, func(p *specs.Process) { p.User = specs.User{} }), want: "exec_process.user"},

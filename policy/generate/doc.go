@@ -70,6 +70,13 @@
 // termination-message file, etc-hosts; hostPath sources are exact; a
 // persistent volume's only to the pod's volume directory, with a warning).
 //
+// A variable whose value only a pattern pins is still required by name
+// wherever the kubelet or containerd always send it (an env entry the YAML
+// names, unless it reads an optional ConfigMap, Secret or file key; an image
+// entry a family could override; PATH, HOSTNAME; an Indexed Job's index).
+// An exec must carry exactly the environment its container was created
+// with: containerd builds an exec's process from the container's.
+//
 // An argument that $(VAR)-refers to a value known only by a pattern is an
 // error: argv has no patterns.
 //

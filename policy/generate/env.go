@@ -178,7 +178,11 @@ func computeEnv(in envInput) (containerEnv, error) {
 	}
 
 	// env entries in order: a value expands against the entries before it.
+	// optional holds the names whose last entry the kubelet leaves out when
+	// its source lacks the key (an optional ConfigMap, Secret or file key).
+	optional := map[string]bool{}
 	for _, e := range c.Env {
+		optional[e.Name] = optionalSource(e.ValueFrom)
 		var v envValue
 		switch {
 		case e.Value != "":
@@ -244,6 +248,9 @@ func computeEnv(in envInput) (containerEnv, error) {
 		}
 		alts = append([]string{regexp.QuoteMeta(value)}, alts...)
 		env.patterns = append(env.patterns, regexp.QuoteMeta(name)+"=(?:"+strings.Join(alts, "|")+")")
+		// containerd always sends the image's entry; a family member may
+		// only replace its value.
+		env.required = append(env.required, name)
 	}
 	for _, name := range sortedKeys(lookup.known) {
 		v := lookup.known[name]
@@ -253,8 +260,14 @@ func computeEnv(in envInput) (containerEnv, error) {
 		}
 		if v.exact {
 			env.exact[name+"="+v.value] = true
-		} else {
-			env.patterns = append(env.patterns, regexp.QuoteMeta(name)+"="+v.pattern)
+			continue
+		}
+		env.patterns = append(env.patterns, regexp.QuoteMeta(name)+"="+v.pattern)
+		// The kubelet always sends an entry the YAML names (and the Job
+		// controller its index): only its value is left to a pattern, so
+		// the name is required, in every exec too.
+		if !optional[name] {
+			env.required = append(env.required, name)
 		}
 	}
 	for _, name := range []string{"PATH", "HOSTNAME"} {
@@ -272,6 +285,9 @@ func computeEnv(in envInput) (containerEnv, error) {
 					alts = append([]string{v.regexp()}, alts...)
 				}
 				env.patterns = append(env.patterns, name+"=(?:"+strings.Join(alts, "|")+")")
+				if present[name] {
+					env.required = append(env.required, name)
+				}
 				continue
 			}
 		}
@@ -289,6 +305,24 @@ func computeEnv(in envInput) (containerEnv, error) {
 		env.patterns = append(env.patterns, "(?:"+s.nameRe+")="+s.valueRe)
 	}
 	return env, nil
+}
+
+// optionalSource reports whether the kubelet leaves an entry with this
+// source out when the key is missing (optional: true), rather than failing
+// the container.
+func optionalSource(src *corev1.EnvVarSource) bool {
+	optional := func(o *bool) bool { return o != nil && *o }
+	switch {
+	case src == nil:
+		return false
+	case src.ConfigMapKeyRef != nil:
+		return optional(src.ConfigMapKeyRef.Optional)
+	case src.SecretKeyRef != nil:
+		return optional(src.SecretKeyRef.Optional)
+	case src.FileKeyRef != nil:
+		return optional(src.FileKeyRef.Optional)
+	}
+	return false
 }
 
 // valueFrom is the pattern for an env entry whose value the cluster fills in.

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -31,8 +32,8 @@ import (
 //        root, seccomp RuntimeDefault, and PATH overriding the image's ENV.
 
 // realGate returns a gate over the policy of the manifest at path, rebuilt
-// with the current rules.
-func realGate(t *testing.T, manifest string) (*enforce.Gate, string) {
+// with the current rules after edit changes its data.
+func realGate(t *testing.T, manifest string, edit ...func(*policy.Data)) (*enforce.Gate, string) {
 	t.Helper()
 	raw, err := os.ReadFile(manifest)
 	if err != nil {
@@ -46,6 +47,9 @@ func realGate(t *testing.T, manifest string) (*enforce.Gate, string) {
 	data, err := policy.ParseData(module)
 	if err != nil {
 		t.Fatal(err)
+	}
+	for _, f := range edit {
+		f(&data)
 	}
 	module, err = policy.Build(data)
 	if err != nil {
@@ -166,6 +170,75 @@ func TestRealContainerdRequests(t *testing.T) {
 					var d *enforce.Denial
 					if !errors.As(err, &d) || d.Rule != m.want {
 						t.Fatalf("%v, want a denial by %s", err, m.want)
+					}
+				})
+			}
+		}
+	}
+}
+
+// TestRealContainerdExec: containerd builds an exec's process from the
+// container's spec (the spec's process with the exec's args and terminal),
+// so an exec of the real containers passes as containerd would send it,
+// and one whose environment is not the container's is denied even where
+// the policy's patterns would allow the variable.
+func TestRealContainerdExec(t *testing.T) {
+	args := []string{"cat", "/etc/hostname"}
+	for _, v := range []string{"2.4", "1.7"} {
+		for _, pod := range []string{"plain", "sec"} {
+			for _, tc := range []struct {
+				name string
+				env  func([]string) []string
+				want string
+			}{
+				{name: "as containerd builds it"},
+				{name: "a service variable the container lacks", env: func(env []string) []string {
+					return append(env, "KUBERNETES_SERVICE_HOST=10.96.0.1")
+				}, want: "exec_process.env_as_created"},
+			} {
+				t.Run(v+"/"+pod+"/"+tc.name, func(t *testing.T) {
+					dir := filepath.Join("testdata", "containerd", v)
+					manifest := filepath.Join(dir, pod+".yaml")
+					raw, err := os.ReadFile(filepath.Join(dir, pod+".spec.json"))
+					if err != nil {
+						t.Fatal(err)
+					}
+					var s specs.Spec
+					if err := json.Unmarshal(raw, &s); err != nil {
+						t.Fatal(err)
+					}
+					name := s.Annotations[enforce.AnnotationContainerName]
+					g, hostname := realGate(t, manifest, func(d *policy.Data) {
+						c := d.Containers[name]
+						c.Exec = append(c.Exec, args)
+						d.Containers[name] = c
+					})
+					ctx := context.Background()
+					if err := g.Authorize(ctx, enforce.ServicePrefix+string(policy.CreateSandbox), &agentapi.CreateSandboxRequest{SandboxId: "sb", Hostname: hostname}); err != nil {
+						t.Fatalf("CreateSandbox: %v", err)
+					}
+					create := realCreate(t, g, raw, policyData(t, manifest).Containers[name].Layers)
+					if err := g.Authorize(ctx, enforce.ServicePrefix+string(policy.CreateContainer), create); err != nil {
+						t.Fatalf("the real create is denied: %v", err)
+					}
+					g.Done(enforce.ServicePrefix+string(policy.CreateContainer), create, nil)
+
+					proc := *s.Process
+					proc.Args, proc.Terminal, proc.CommandLine = args, false, ""
+					if tc.env != nil {
+						proc.Env = tc.env(slices.Clone(proc.Env))
+					}
+					exec := &agentapi.ExecProcessRequest{ContainerId: create.ContainerId, ExecId: "probe", Process: mustJSON(t, &proc), Stdio: &agentapi.Stdio{Stdout: true, Stderr: true}}
+					err = g.Authorize(ctx, enforce.ServicePrefix+string(policy.ExecProcess), exec)
+					if tc.want == "" {
+						if err != nil {
+							t.Fatalf("the exec is denied: %v", err)
+						}
+						return
+					}
+					var d *enforce.Denial
+					if !errors.As(err, &d) || d.Rule != tc.want {
+						t.Fatalf("%v, want a denial by %s", err, tc.want)
 					}
 				})
 			}
