@@ -87,6 +87,27 @@ func TestEnv(t *testing.T) {
 			refused: []string{"LD_PRELOAD=/x.so", "HOSTNAME=q", "PATH=/tmp", "WEB_SERVICE_HOST=evil host", "WEB_PORT=http://x"},
 		},
 		{
+			// containerd adds TERM=xterm for a tty; an image or YAML TERM
+			// replaces it.
+			name:    "tty sets TERM",
+			spec:    "containers: [{name: c, image: busybox, tty: true, stdin: true}]",
+			exact:   []string{"TERM=xterm", ociDefaultPath},
+			refused: []string{"TERM=evil"},
+		},
+		{
+			name:    "yaml TERM replaces a tty's",
+			spec:    "containers: [{name: c, image: busybox, tty: true, env: [{name: TERM, value: vt100}]}]",
+			exact:   []string{"TERM=vt100"},
+			absent:  []string{"TERM=xterm"},
+			refused: []string{"TERM=xterm"},
+		},
+		{
+			name:    "no TERM without a tty",
+			spec:    "containers: [{name: c, image: busybox}]",
+			absent:  []string{"TERM=xterm"},
+			refused: []string{"TERM=xterm"},
+		},
+		{
 			name:   "image path replaces the default",
 			spec:   "containers: [{name: c, image: 'nginx:1.27'}]",
 			exact:  []string{"PATH=/usr/local/sbin:/usr/bin", "NGINX_VERSION=1.27.0"},

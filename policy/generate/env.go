@@ -12,11 +12,12 @@ import (
 // The environment a container's process gets is built in three places, and
 // this file follows each:
 //
-//  1. containerd's CRI plugin starts from the OCI default PATH, sets
-//     HOSTNAME to the sandbox's hostname, and then applies the image's Env
-//     followed by the environment the kubelet sent, in one list. Only PATH
-//     and HOSTNAME, which were there before, are replaced by a later entry
-//     (or removed by a bare NAME); every other entry is appended, so an image
+//  1. containerd's CRI plugin starts from the OCI default PATH, adds
+//     TERM=xterm for a container with a tty (oci.WithTTY), sets HOSTNAME to
+//     the sandbox's hostname, and then applies the image's Env followed by
+//     the environment the kubelet sent, in one list. Only PATH, TERM and
+//     HOSTNAME, which were there before, are replaced by a later entry (or
+//     removed by a bare NAME); every other entry is appended, so an image
 //     entry and a kubelet entry of the same name both stay.
 //  2. The kubelet sends envFrom (every key of a ConfigMap or Secret, under a
 //     prefix), then env in order (a later entry replaces an earlier one of
@@ -34,6 +35,9 @@ import (
 // jobCompletionIndex is the variable the Job controller adds to the
 // containers of an Indexed Job.
 const jobCompletionIndex = "JOB_COMPLETION_INDEX"
+
+// ttyTerm is the TERM containerd gives a container with a tty (oci.WithTTY).
+const ttyTerm = "xterm"
 
 // ociDefaultPath is the PATH of containerd's default OCI spec (pkg/oci).
 const ociDefaultPath = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -207,11 +211,18 @@ func computeEnv(in envInput) (containerEnv, error) {
 	}
 
 	env := containerEnv{exact: map[string]bool{}, kubelet: lookup}
-	// PATH and HOSTNAME: replaced by the last image or kubelet entry.
+	// PATH, HOSTNAME and a tty's TERM: replaced by the last image or
+	// kubelet entry.
 	path := exactValue(strings.TrimPrefix(ociDefaultPath, "PATH="))
 	hostname := in.hostname
 	replaced := map[string]*envValue{"PATH": &path, "HOSTNAME": &hostname}
 	present := map[string]bool{"PATH": true, "HOSTNAME": true}
+	presetNames := []string{"PATH", "HOSTNAME"}
+	if c.TTY {
+		term := exactValue(ttyTerm)
+		replaced["TERM"], present["TERM"] = &term, true
+		presetNames = append(presetNames, "TERM")
+	}
 	// runc gives the process the last value of a name: an image entry
 	// holds only where no later image entry, kubelet entry or family member
 	// of the same name follows it.
@@ -270,7 +281,7 @@ func computeEnv(in envInput) (containerEnv, error) {
 			env.required = append(env.required, name)
 		}
 	}
-	for _, name := range []string{"PATH", "HOSTNAME"} {
+	for _, name := range presetNames {
 		v := *replaced[name]
 		if _, explicit := lookup.known[name]; !explicit {
 			// A family may still set it, after the image.
