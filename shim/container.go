@@ -73,6 +73,15 @@ func newContainer(r *taskAPI.CreateTaskRequest, spec *specs.Spec) *container {
 // each opened in the guest through dm-verity; a task started outside CRI gets
 // an unverified disk of its rootfs. On error the container holds nothing.
 func (s *service) createInGuest(ctx context.Context, p *pod, c *container, r *taskAPI.CreateTaskRequest, spec *specs.Spec, specJSON []byte) (_ uint32, retErr error) {
+	if spec.Linux != nil {
+		if err := p.size.fits(spec.Linux.Resources); err != nil {
+			return 0, fmt.Errorf("container %s: %w", c.id, err)
+		}
+	}
+	specJSON, err := joinPodPIDNamespace(p, spec, specJSON)
+	if err != nil {
+		return 0, fmt.Errorf("container %s: %w", c.id, err)
+	}
 	req := &agentapi.CreateContainerRequest{ContainerId: c.id, Spec: specJSON}
 	var disk *hypervisor.Disk
 	if image := spec.Annotations[annotationImageName]; image != "" {

@@ -577,3 +577,23 @@ func TestVMDiesMidRequest(t *testing.T) {
 		t.Errorf("failed create left c2: %v", err)
 	}
 }
+
+// TestCreateBeyondVMSize: a container whose memory limit exceeds the pod
+// VM is refused before anything reaches the guest, and leaves nothing.
+func TestCreateBeyondVMSize(t *testing.T) {
+	e := newTaskEnv(t)
+	e.startSandbox("pod")
+	spec := e.containerSpec("pod", "", "sleep", "100")
+	limit := int64(e.cfg.Hypervisor.MemoryMiB+1) << 20
+	spec.Linux.Resources = &specs.LinuxResources{Memory: &specs.LinuxMemory{Limit: &limit}}
+	err := e.create("big", spec)
+	if !errdefs.IsInvalidArgument(errgrpc.ToNative(err)) || !strings.Contains(err.Error(), "exceeds the pod VM's") {
+		t.Fatalf("create beyond the VM's memory: %v", err)
+	}
+	if n := e.guestCalls("CreateContainer"); n != 0 {
+		t.Errorf("%d CreateContainer requests reached the guest", n)
+	}
+	if _, err := e.s.getContainer("big"); !errors.Is(err, errdefs.ErrNotFound) {
+		t.Errorf("refused create left its container: %v", err)
+	}
+}
