@@ -612,6 +612,13 @@ func (s *Service) SignalProcess(ctx context.Context, req *api.SignalProcessReque
 	log.G(ctx).WithField("container", c.id).Infof("signal %v to %s (all: %v)", sig, p, req.All)
 	if req.ExecId == "" {
 		if err := s.runc.Kill(ctx, c.id, sig, req.All); err != nil {
+			if runcProcessGone(err) {
+				// The init exited between the check above and runc's own
+				// (its exit not reaped yet): a signal to it is done, as
+				// with containerd's runc shim, whose callers (CRI's
+				// StopContainer, StopPodSandbox) take NotFound for that.
+				return nil, notFound("signal %s: process already exited (%v)", p, err)
+			}
 			return nil, fmt.Errorf("signal %s: %w", p, err)
 		}
 		return &api.Empty{}, nil
@@ -625,6 +632,20 @@ func (s *Service) SignalProcess(ctx context.Context, req *api.SignalProcessReque
 		return nil, fmt.Errorf("signal %s: %w", p, err)
 	}
 	return &api.Empty{}, nil
+}
+
+// runcProcessGone reports whether runc kill failed because the container's
+// processes are gone already: runc says "container not running" for a
+// stopped container, "does not exist" for one it no longer knows, and the
+// kernel's ESRCH reads "no such process".
+func runcProcessGone(err error) bool {
+	msg := strings.ToLower(err.Error())
+	for _, gone := range []string{"container not running", "does not exist", "no such process", "process already finished"} {
+		if strings.Contains(msg, gone) {
+			return true
+		}
+	}
+	return errors.Is(err, unix.ESRCH)
 }
 
 // WaitProcess waits until the process has exited and its output reached the host.

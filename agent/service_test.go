@@ -356,6 +356,10 @@ func TestService(t *testing.T) {
 		if _, err := h.client.SignalProcess(ctx, &api.SignalProcessRequest{ContainerId: "c1", Signal: 9}); status.Code(err) != codes.NotFound {
 			t.Errorf("signal to exited init: %v, want NotFound", err)
 		}
+		// With all, runc is asked, and signals what is left (nothing).
+		if _, err := h.client.SignalProcess(ctx, &api.SignalProcessRequest{ContainerId: "c1", Signal: 9, All: true}); err != nil {
+			t.Errorf("signal all to exited container: %v", err)
+		}
 	})
 
 	t.Run("exec, stdin, signals", func(t *testing.T) {
