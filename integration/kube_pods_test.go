@@ -3,6 +3,8 @@ package integration
 import (
 	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
@@ -69,6 +71,23 @@ func TestKubePods(t *testing.T) {
 				_, err := ks.k.Kubectl(ks.ctx, "exec", name, "-c", "app", "--", "sh", "-c", "exit 3")
 				if code := exitCode(err); code != 3 {
 					t.Errorf("kubectl exec of exit 3: exit code %d (%v)", code, err)
+				}
+			})
+			// kubectl cp runs tar in the container through exec, both ways.
+			t.Run("cp", func(t *testing.T) {
+				dir := t.TempDir()
+				got := filepath.Join(dir, "index.html")
+				ks.kubectl(t, "cp", "-c", "app", name+":/tmp/www/index.html", got)
+				if b, err := os.ReadFile(got); err != nil || string(b) != "served by "+name+"\n" {
+					t.Errorf("kubectl cp from the pod: %q, %v", b, err)
+				}
+				upload := filepath.Join(dir, "upload.txt")
+				if err := os.WriteFile(upload, []byte("uploaded to "+rc+"\n"), 0o644); err != nil {
+					t.Fatal(err)
+				}
+				ks.kubectl(t, "cp", "-c", "app", upload, name+":/tmp/upload.txt")
+				if out := ks.kubectl(t, "exec", name, "-c", "app", "--", "cat", "/tmp/upload.txt"); out != "uploaded to "+rc+"\n" {
+					t.Errorf("kubectl cp into the pod: the container reads %q", out)
 				}
 			})
 			t.Run("exec-stdin", func(t *testing.T) {

@@ -299,14 +299,28 @@ func dnsReply(query []byte) ([]byte, string, error) {
 func TestHostNetworkRefused(t *testing.T) {
 	versions(t, func(t *testing.T, v harness.Version) {
 		s := newSuiteVersion(t, v, handlerSpec{name: contrastHandler})
-		before := s.snapshot(t)
-		_, err := s.cri.RunPod(s.ctx, harness.PodConfig{Name: "hostnet", Handler: contrastHandler, HostNetwork: true})
-		if err == nil {
-			t.Fatal("runp of a hostNetwork pod succeeded; want it refused")
+		for _, c := range []struct {
+			name string
+			pod  harness.PodConfig
+			want []string
+		}{
+			{"hostNetwork", harness.PodConfig{Name: "hostnet", HostNetwork: true}, []string{"hostNetwork", "node's network namespace"}},
+			{"hostIPC", harness.PodConfig{Name: "hostipc", HostIPC: true}, []string{"hostIPC", "node's IPC namespace"}},
+		} {
+			t.Run(c.name, func(t *testing.T) {
+				before := s.snapshot(t)
+				c.pod.Handler = contrastHandler
+				_, err := s.cri.RunPod(s.ctx, c.pod)
+				if err == nil {
+					t.Fatalf("runp of a %s pod succeeded; want it refused", c.name)
+				}
+				for _, w := range c.want {
+					if msg := cmdErrText(err); !strings.Contains(msg, w) {
+						t.Errorf("runp error does not say %q: %s", w, msg)
+					}
+				}
+				s.expectNoLeftovers(t, "refused "+c.name+" pod", func() (harness.Leftovers, error) { return s.c.NewSince(*before) })
+			})
 		}
-		if msg := cmdErrText(err); !strings.Contains(msg, "hostNetwork") || !strings.Contains(msg, "node's network namespace") {
-			t.Errorf("runp error does not say why: %s", msg)
-		}
-		s.expectNoLeftovers(t, "refused hostNetwork pod", func() (harness.Leftovers, error) { return s.c.NewSince(*before) })
 	})
 }

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	taskAPI "github.com/containerd/containerd/api/runtime/task/v3"
+	"github.com/containerd/errdefs"
 	"github.com/containerd/log"
 	"github.com/containerd/ttrpc"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
@@ -66,6 +67,11 @@ type podLaunch struct {
 // newPodLaunch gathers what the pod's first task asks of its VM: size,
 // policy, network and cgroup, each checked before anything is started.
 func newPodLaunch(ctx context.Context, cfg Config, namespace, id string, spec *specs.Spec, sandbox bool) (podLaunch, error) {
+	if sandbox {
+		if err := refuseHostIPC(id, spec); err != nil {
+			return podLaunch{}, err
+		}
+	}
 	size, err := podVMSize(cfg.Hypervisor, spec.Annotations)
 	if err != nil {
 		return podLaunch{}, fmt.Errorf("size of pod %s: %w", id, err)
@@ -83,6 +89,20 @@ func newPodLaunch(ctx context.Context, cfg Config, namespace, id string, spec *s
 		CgroupPath: usableCgroupPath(spec), NetNS: netns, Policy: module, PolicySource: source,
 		HostPID: sandbox && !hasNamespace(spec, specs.PIDNamespace),
 	}, nil
+}
+
+// refuseHostIPC refuses a sandbox in the node's IPC namespace (CRI's
+// hostIPC: its spec has no IPC namespace of its own): the pod's containers
+// run in the VM, whose kernel cannot share the node's shared memory and
+// message queues, and starting it anyway would silently give it an IPC
+// namespace of its own.
+func refuseHostIPC(podID string, spec *specs.Spec) error {
+	if hasNamespace(spec, specs.IPCNamespace) {
+		return nil
+	}
+	return fmt.Errorf("pod %s asks for the node's IPC namespace (hostIPC): "+
+		"a pod VM has a kernel of its own and cannot share the node's IPC objects; run it without hostIPC: %w",
+		podID, errdefs.ErrNotImplemented)
 }
 
 // startPod boots the VM for the task that creates the pod (the CRI

@@ -225,7 +225,7 @@ func (e *taskEnv) startSandbox(id string) {
 	spec := &specs.Spec{
 		Version:     specs.Version,
 		Annotations: map[string]string{annotationContainerType: containerTypeSandbox, annotationSandboxID: id},
-		Linux:       &specs.Linux{Namespaces: []specs.LinuxNamespace{{Type: specs.PIDNamespace}, {Type: specs.NetworkNamespace}}},
+		Linux:       &specs.Linux{Namespaces: []specs.LinuxNamespace{{Type: specs.PIDNamespace}, {Type: specs.IPCNamespace}, {Type: specs.NetworkNamespace}}},
 	}
 	if _, err := e.s.Create(e.ctx, &taskAPI.CreateTaskRequest{ID: id, Bundle: e.bundle(id, spec), Options: e.options}); err != nil {
 		e.t.Fatalf("create sandbox: %v", err)

@@ -85,3 +85,22 @@ func TestVMStats(t *testing.T) {
 		t.Error("stats of a process that does not exist")
 	}
 }
+
+// TestRefuseHostIPC: a sandbox without an IPC namespace of its own (CRI's
+// hostIPC) is refused, naming why; one with its own is not.
+func TestRefuseHostIPC(t *testing.T) {
+	own := &specs.Spec{Linux: &specs.Linux{Namespaces: []specs.LinuxNamespace{{Type: specs.IPCNamespace}, {Type: specs.NetworkNamespace}}}}
+	if err := refuseHostIPC("p", own); err != nil {
+		t.Errorf("a pod with its own IPC namespace: %v", err)
+	}
+	for _, spec := range []*specs.Spec{
+		{Linux: &specs.Linux{Namespaces: []specs.LinuxNamespace{{Type: specs.NetworkNamespace}}}},
+		{Linux: &specs.Linux{}},
+		{},
+	} {
+		err := refuseHostIPC("p", spec)
+		if !errdefs.IsNotImplemented(err) || !strings.Contains(err.Error(), "hostIPC") {
+			t.Errorf("a pod in the node's IPC namespace: %v", err)
+		}
+	}
+}

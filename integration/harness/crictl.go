@@ -159,6 +159,8 @@ type PodConfig struct {
 	HostPID bool
 	// HostNetwork puts the pod in the node's network namespace.
 	HostNetwork bool
+	// HostIPC puts the pod in the node's IPC namespace.
+	HostIPC bool
 	// DNS is the pod's DNS config, which CRI writes into the pod's
 	// resolv.conf; nil takes the node's.
 	DNS *DNSConfig
@@ -253,6 +255,9 @@ func (c *CRI) RunPod(ctx context.Context, pc PodConfig) (*Pod, error) {
 	nsOptions := map[string]any{}
 	if pc.HostPID {
 		nsOptions["pid"] = namespaceModeNode
+	}
+	if pc.HostIPC {
+		nsOptions["ipc"] = namespaceModeNode
 	}
 	if pc.HostNetwork {
 		nsOptions["network"] = namespaceModeNode

@@ -26,7 +26,7 @@ const (
 var busyboxApplets = []string{
 	"cat", "chmod", "dd", "echo", "env", "false", "free", "grep", "head", "hostname", "httpd", "id", "ip",
 	"kill", "ls", "mkdir", "nc", "nproc", "nslookup", "printf", "ps", "sed", "seq", "sh", "sha256sum",
-	"sleep", "stty", "tail", "tr", "true", "tty", "uname", "wc", "yes",
+	"sleep", "stty", "tail", "tar", "tr", "true", "tty", "uname", "wc", "yes",
 }
 
 // ImageFile is one regular file, directory or symlink of an image layer.
