@@ -236,8 +236,8 @@ func cutAnnotation(manifest string) string {
 
 // lockedPodYAML is a pod with the security context a hardened workload
 // has: ids, supplemental groups, capabilities dropped but one,
-// no_new_privs, a read-only root, the RuntimeDefault seccomp profile, and a
-// PATH overriding the image's ENV. Its container prints what the kernel
+// no_new_privs, a read-only root, the RuntimeDefault seccomp profile, and
+// PATH and GREETING overriding the image's ENV. Its container prints what the kernel
 // says of its process, then sleeps.
 const lockedPodYAML = `apiVersion: v1
 kind: Pod
@@ -251,9 +251,10 @@ spec:
   containers:
   - name: app
     image: ` + harness.BusyboxImage + `
-    command: ["sh", "-c", "grep -E '^(Uid|Gid|Groups|Cap|NoNewPrivs|Seccomp)' /proc/self/status; echo PATH=$PATH; echo status-done; exec sleep 3600"]
+    command: ["sh", "-c", "grep -E '^(Uid|Gid|Groups|Cap|NoNewPrivs|Seccomp)' /proc/self/status; echo PATH=$PATH; echo GREETING=$GREETING; echo status-done; exec sleep 3600"]
     env:
     - {name: PATH, value: "/bin:/sbin"}
+    - {name: GREETING, value: "from the yaml"}
     securityContext:
       runAsUser: 1000
       runAsGroup: 3000
@@ -266,12 +267,12 @@ spec:
 // lockedStatus is what the container of lockedPodYAML must print: the
 // policy's uid, gid and groups, only CAP_NET_BIND_SERVICE (bit 10) in the
 // bounding set and none effective (a non-root process), no_new_privs, a
-// seccomp filter, and the YAML's PATH over the image's.
+// seccomp filter, and the YAML's PATH and GREETING over the image's.
 var lockedStatus = []string{
 	"Uid:\t1000\t1000\t1000\t1000", "Gid:\t3000\t3000\t3000\t3000", "Groups:\t3000 4000",
 	"CapInh:\t0000000000000000", "CapPrm:\t0000000000000000", "CapEff:\t0000000000000000",
 	"CapBnd:\t0000000000000400", "CapAmb:\t0000000000000000",
-	"NoNewPrivs:\t1", "Seccomp:\t2", "PATH=/bin:/sbin",
+	"NoNewPrivs:\t1", "Seccomp:\t2", "PATH=/bin:/sbin", "GREETING=from the yaml",
 }
 
 // TestPolicySecurityContext runs lockedPodYAML under its generated policy

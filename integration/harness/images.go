@@ -72,7 +72,9 @@ func BusyboxSpec(name, busyboxPath string, cmd []string) (ImageSpec, error) {
 	for _, a := range busyboxApplets {
 		files = append(files, ImageFile{Path: "bin/" + a, Mode: 0o777, Linkname: "busybox"})
 	}
-	return ImageSpec{Name: name, Files: files, Cmd: cmd, Env: []string{"PATH=/bin"}}, nil
+	// GREETING: an image variable a pod may override (containerd then sends
+	// both entries, and runc keeps the last).
+	return ImageSpec{Name: name, Files: files, Cmd: cmd, Env: []string{"PATH=/bin", "GREETING=from the image"}}, nil
 }
 
 // epoch is the timestamp of every archive entry, so the same inputs give
