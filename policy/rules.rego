@@ -635,9 +635,11 @@ exec_process_check_set := {
 	"terminal", "stdin", "rlimits", "oom_score_adj",
 }
 
+# In this order a denial names its first failed check: a terminal the
+# policy does not allow before the TERM=xterm that containerd adds for it.
 exec_process_checks := [
-	"container", "args", "env", "env_required", "env_as_created", "cwd", "user", "capabilities", "no_new_privileges",
-	"terminal", "stdin", "rlimits", "oom_score_adj",
+	"container", "args", "terminal", "stdin", "env", "env_required", "env_as_created", "cwd", "user", "capabilities",
+	"no_new_privileges", "rlimits", "oom_score_adj",
 ]
 
 exec_process_ok contains "container" if container_known
@@ -662,10 +664,17 @@ exec_process_why contains ["env_required", msg] if msg := env_missing_msg(proces
 # process with the exec's args and terminal), so its environment is the one
 # the container was created with, values from Secrets and the cluster's
 # service variables included: input.container_env, which the gate
-# remembers from the allowed CreateContainer. (containerd sets TERM=xterm
-# for an exec with a terminal, which a container with a terminal has
-# already.)
-exec_process_ok contains "env_as_created" if input.process.env == input.container_env
+# remembers from the allowed CreateContainer. An exec with a terminal gets
+# TERM=xterm over it (containerd's oci.WithEnv: it replaces a TERM, else
+# adds one).
+exec_expected_env := input.container_env if not input.process.terminal
+
+exec_expected_env := object.union(
+	{e: true | some e, _ in input.container_env; not startswith(e, "TERM=")},
+	{"TERM=xterm": true},
+) if input.process.terminal
+
+exec_process_ok contains "env_as_created" if input.process.env == exec_expected_env
 
 exec_process_why contains ["env_as_created", msg] if {
 	container_known
@@ -677,8 +686,8 @@ exec_process_why contains ["env_as_created", msg] if {
 # body, where a missing side leaves the rule undefined.
 exec_process_why contains ["env_as_created", msg] if {
 	container_known
-	changed := object.remove(input.container_env, input.process.env)
-	extra := object.remove(input.process.env, input.container_env)
+	changed := object.remove(exec_expected_env, input.process.env)
+	extra := object.remove(input.process.env, exec_expected_env)
 	names := {n | some e, _ in changed; [n, _] := split_env(e)}
 	added := {n | some e, _ in extra; [n, _] := split_env(e)}
 	msg := sprintf("the environment differs from the one container %s was created with: variables %s are not as created, %s are not the container's", [q(input.container_id), q(sort(names)), q(sort(added))])
@@ -1075,7 +1084,22 @@ process_env_unexpected := unexpected if {
 	unexpected := [e | some e in beyond; not regex.match(env_pattern, e)]
 }
 
-process_env_entries := object.keys(input.process.env)
+process_env_entries := object.keys(judged_env)
+
+# The environment the env checks judge: the process's, but for an exec
+# with a terminal TERM as its container has it. containerd sets TERM=xterm
+# over such an exec's environment; env_as_created judges that change.
+judged_env := input.process.env if not exec_with_terminal
+
+judged_env := object.union(
+	{e: true | some e, _ in input.process.env; not startswith(e, "TERM=")},
+	{e: true | some e, _ in input.container_env; startswith(e, "TERM=")},
+) if exec_with_terminal
+
+exec_with_terminal if {
+	input.container_env
+	input.process.terminal
+}
 
 policy_env_entries := object.keys(container_policy.env)
 

@@ -145,6 +145,24 @@ spec:
     securityContext:
       runAsUser: 1000
 `,
+	// A shell whose YAML sets its own TERM, which containerd's exec with a
+	// terminal replaces.
+	"debug-term": `apiVersion: v1
+kind: Pod
+metadata:
+  name: debug-term
+spec:
+  automountServiceAccountToken: false
+  containers:
+  - name: shell
+    image: busybox:1.36
+    stdin: true
+    tty: true
+    env:
+    - {name: TERM, value: vt100}
+    securityContext:
+      runAsUser: 1000
+`,
 	// A node agent: host namespaces, privileged, a host path.
 	"node-agent": `apiVersion: v1
 kind: Pod
@@ -244,6 +262,7 @@ spec:
 var podHostnames = map[string]string{
 	"web":        "web",
 	"debug":      "debug",
+	"debug-term": "debug-term",
 	"node-agent": "worker-3",
 	"api":        "api-7c9d8f6b5-x2k9p",
 }
@@ -433,15 +452,21 @@ func (p *testPod) criSpec(name string) *specs.Spec {
 		args = slices.Concat(img.Config.Entrypoint, c.Args)
 	}
 
-	// Environment: containerd's default PATH, HOSTNAME, the image's, then
-	// the kubelet's (service links for the API server, the YAML's env).
-	env := setEnv([]string{pathEnv}, "HOSTNAME="+p.hostname)
+	// Environment: containerd's default PATH, a tty's TERM (oci.WithTTY),
+	// HOSTNAME, the image's, then the kubelet's (service links for the API
+	// server, the YAML's env).
+	preset := []string{pathEnv}
+	if c.TTY {
+		preset = append(preset, "TERM=xterm")
+	}
+	env := setEnv(preset, "HOSTNAME="+p.hostname)
 	env = setEnv(env, img.Config.Env...)
 	// containerd appends a kubelet entry whose name an image entry has (only
-	// PATH and HOSTNAME are replaced); runc keeps the last.
+	// PATH, TERM and HOSTNAME, there before, are replaced); runc keeps the last.
 	var appended []string
 	for _, e := range c.Env {
-		if e.Name != "PATH" && e.Name != "HOSTNAME" && slices.ContainsFunc(env, func(x string) bool { return strings.HasPrefix(x, e.Name+"=") }) {
+		replaced := e.Name == "PATH" || e.Name == "HOSTNAME" || (c.TTY && e.Name == "TERM")
+		if !replaced && slices.ContainsFunc(env, func(x string) bool { return strings.HasPrefix(x, e.Name+"=") }) {
 			appended = append(appended, e.Name)
 		}
 	}
@@ -750,6 +775,11 @@ func exec(container string, args []string, stdin, tty bool, tamper ...func(*spec
 	return func(p *testPod) (policy.Kind, any) {
 		proc := p.criSpec(container).Process
 		proc.Args, proc.Terminal = args, tty
+		if tty {
+			// containerd's exec with a terminal: TERM=xterm over the
+			// container's (oci.WithEnv replaces a TERM, else adds one)
+			proc.Env = setEnv(proc.Env, "TERM=xterm")
+		}
 		for _, f := range tamper {
 			f(proc)
 		}
@@ -1091,6 +1121,11 @@ func decisionCases() []decisionCase {
 		}, before: started("shipper"), do: exec("shipper", []string{"ls", "/logs"}, false, false, func(p *specs.Process) { p.NoNewPrivileges = false }), want: "exec_process.no_new_privileges"},
 		{name: "interactive shell in the debug pod", pod: "debug", before: started("shell"), do: exec("shell", []string{"sh"}, true, true)},
 		{name: "another command in the debug pod", pod: "debug", before: started("shell"), do: exec("shell", []string{"sh", "-c", "id"}, true, true), want: "exec_process.args"},
+		{name: "interactive shell over a YAML TERM", pod: "debug-term", before: started("shell"), do: exec("shell", []string{"sh"}, true, true)},
+		{name: "interactive shell keeping the YAML TERM, unlike containerd", pod: "debug-term", before: started("shell"),
+			do: exec("shell", []string{"sh"}, true, true, func(p *specs.Process) { p.Env = setEnv(p.Env, "TERM=vt100") }), want: "exec_process.env_as_created"},
+		{name: "exec without a terminal, TERM changed", pod: "debug-term", before: started("shell"),
+			do: exec("shell", []string{"sh"}, true, false, func(p *specs.Process) { p.Env = setEnv(p.Env, "TERM=xterm") }), want: "exec_process.env"},
 		{name: "exec before the container exists", pod: "web", before: started(), do: exec("nginx", []string{"cat", "/tmp/healthy"}, false, false), want: "exec_process.container"},
 		{name: "exec after remove", pod: "web", before: append(started("nginx"), onContainer(policy.RemoveContainer, "nginx")),
 			do: exec("nginx", []string{"cat", "/tmp/healthy"}, false, false), want: "exec_process.container"},
