@@ -7,7 +7,6 @@ import (
 	"os"
 	"sync"
 
-	"github.com/containerd/errdefs"
 	"github.com/containerd/errdefs/pkg/errgrpc"
 	"github.com/contrast-vm/contrast/agent/storage"
 	"github.com/contrast-vm/contrast/api/lifecycle"
@@ -178,19 +177,6 @@ func (c *container) processes() []*process {
 // does not allow: FailedPrecondition, as containerd maps it.
 func refused(op string, err error) error {
 	return errgrpc.ToGRPC(fmt.Errorf("%s: %w", op, err))
-}
-
-// checkMove checks a request that moves a container (what) from want to
-// to when it is in from: the move must be legal, and from must be want
-// (start and resume both move to running, from different states).
-func checkMove(what string, from, want, to lifecycle.State) error {
-	if err := lifecycle.Check(what, from, to); err != nil {
-		return err
-	}
-	if from != want {
-		return fmt.Errorf("%s is %s, not %s: %w", what, from, want, errdefs.ErrFailedPrecondition)
-	}
-	return nil
 }
 
 // checkRemove checks a remove of a container (what) in state from. A live

@@ -36,7 +36,7 @@ func (s *Service) PauseContainer(ctx context.Context, req *api.ContainerRequest)
 	// Execs being started end first: runc exec into a freezing cgroup
 	// would hang until the resume.
 	if err := c.beginChange(ctx, func(from lifecycle.State) error {
-		if err := checkMove("container "+c.id, from, lifecycle.Running, lifecycle.Paused); err != nil {
+		if err := lifecycle.CheckOp("container "+c.id, from, lifecycle.Pause); err != nil {
 			return refused("pause", err)
 		}
 		return nil
@@ -63,7 +63,7 @@ func (s *Service) ResumeContainer(ctx context.Context, req *api.ContainerRequest
 		return nil, err
 	}
 	if err := c.beginChange(ctx, func(from lifecycle.State) error {
-		if err := checkMove("container "+c.id, from, lifecycle.Paused, lifecycle.Running); err != nil {
+		if err := lifecycle.CheckOp("container "+c.id, from, lifecycle.Resume); err != nil {
 			return refused("resume", err)
 		}
 		return nil

@@ -111,7 +111,7 @@ func TestCheckMove(t *testing.T) {
 		{lifecycle.Running, lifecycle.Paused, lifecycle.Running, false}, // resume of a running container
 		{lifecycle.Created, lifecycle.Running, lifecycle.Paused, false}, // pause of a created container
 	} {
-		err := checkMove("container c1", tc.from, tc.want, tc.to)
+		err := lifecycle.CheckOp("container c1", tc.from, lifecycle.Op{From: tc.want, To: tc.to})
 		if (err == nil) != tc.ok || (err != nil && !errors.Is(err, errdefs.ErrFailedPrecondition)) {
 			t.Errorf("%s (want %s) -> %s: %v", tc.from, tc.want, tc.to, err)
 		}

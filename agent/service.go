@@ -481,7 +481,7 @@ func (s *Service) StartContainer(ctx context.Context, req *api.ContainerRequest)
 	}
 	what := "container " + c.id
 	if err := c.beginChange(ctx, func(from lifecycle.State) error {
-		if err := checkMove(what, from, lifecycle.Created, lifecycle.Running); err != nil {
+		if err := lifecycle.CheckOp(what, from, lifecycle.Start); err != nil {
 			return refused("start container", err)
 		}
 		return nil

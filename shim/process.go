@@ -51,12 +51,12 @@ func (p *process) name() string {
 	return fmt.Sprintf("exec %s in container %s", p.execID, p.containerID)
 }
 
-// check says whether the process may move to state to now, without moving:
+// check says whether the process may take op's edge now, without moving:
 // a request checks before it sends anything to the guest.
-func (p *process) check(to lifecycle.State) error {
+func (p *process) check(op lifecycle.Op) error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	return lifecycle.Check(p.name(), p.state, to)
+	return lifecycle.CheckOp(p.name(), p.state, op)
 }
 
 // moveLocked moves the process to state to, or says why it cannot.
@@ -83,7 +83,7 @@ func (p *process) beginStart() error {
 	if p.starting {
 		return fmt.Errorf("%s is being started already: %w", p.name(), errdefs.ErrFailedPrecondition)
 	}
-	if err := lifecycle.Check(p.name(), p.state, lifecycle.Running); err != nil {
+	if err := lifecycle.CheckOp(p.name(), p.state, lifecycle.Start); err != nil {
 		return err
 	}
 	p.starting = true

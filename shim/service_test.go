@@ -347,6 +347,8 @@ func TestTaskLifecycle(t *testing.T) {
 	}
 	err = e.exec(e.ctx, "c1", "e2", "true")
 	wantPrecondition(t, "exec in a paused container", err)
+	_, err = e.s.Start(e.ctx, &taskAPI.StartRequest{ID: "c1"})
+	wantPrecondition(t, "start of a paused container", err)
 	if _, err := e.s.Resume(e.ctx, &taskAPI.ResumeRequest{ID: "c1"}); err != nil {
 		t.Fatal(err)
 	}
@@ -358,6 +360,9 @@ func TestTaskLifecycle(t *testing.T) {
 	wantPrecondition(t, "exec in a stopped container", err)
 	if n := e.guestCalls("ExecProcess"); n != 1 {
 		t.Errorf("%d ExecProcess requests reached the guest, want 1 (refused execs must not)", n)
+	}
+	if n := e.guestCalls("StartContainer"); n != 1 {
+		t.Errorf("%d StartContainer requests reached the guest, want 1 (refused starts must not)", n)
 	}
 	if err := e.delete("c1", ""); err != nil {
 		t.Fatal(err)

@@ -442,19 +442,19 @@ func (s *service) Checkpoint(context.Context, *taskAPI.CheckpointTaskRequest) (*
 // Pause freezes a running container; the move is checked before the guest
 // is asked.
 func (s *service) Pause(ctx context.Context, r *taskAPI.PauseRequest) (*emptypb.Empty, error) {
-	return s.freeze(ctx, r.ID, lifecycle.Paused)
+	return s.freeze(ctx, r.ID, lifecycle.Pause)
 }
 
 // Resume thaws a paused container.
 func (s *service) Resume(ctx context.Context, r *taskAPI.ResumeRequest) (*emptypb.Empty, error) {
-	return s.freeze(ctx, r.ID, lifecycle.Running)
+	return s.freeze(ctx, r.ID, lifecycle.Resume)
 }
 
-// freeze pauses (to Paused) or resumes (to Running) a container.
-func (s *service) freeze(ctx context.Context, id string, to lifecycle.State) (_ *emptypb.Empty, retErr error) {
+// freeze pauses (op Pause) or resumes (op Resume) a container.
+func (s *service) freeze(ctx context.Context, id string, op lifecycle.Op) (_ *emptypb.Empty, retErr error) {
 	defer func() { retErr = grpcErr(retErr) }()
 	what, call, topic, event := "pause", agentapi.AgentService.PauseContainer, runtime.TaskPausedEventTopic, any(&eventstypes.TaskPaused{ContainerID: id})
-	if to == lifecycle.Running {
+	if op == lifecycle.Resume {
 		what, call, topic, event = "resume", agentapi.AgentService.ResumeContainer, runtime.TaskResumedEventTopic, &eventstypes.TaskResumed{ContainerID: id}
 	}
 	c, pd, err := s.guestContainer(id, what)
@@ -465,17 +465,13 @@ func (s *service) freeze(ctx context.Context, id string, to lifecycle.State) (_ 
 		return nil, err
 	}
 	defer c.mu.Unlock()
-	if err := c.init.check(to); err != nil {
+	if err := c.init.check(op); err != nil {
 		return nil, err
-	}
-	// created -> running is a start, not a resume
-	if state, _, _, _ := c.init.snapshot(); to == lifecycle.Running && state != lifecycle.Paused {
-		return nil, fmt.Errorf("resume %s: it is %s, not paused: %w", c.init.name(), state, errdefs.ErrFailedPrecondition)
 	}
 	if _, err := call(pd.agent, ctx, &agentapi.ContainerRequest{ContainerId: c.id}); err != nil {
 		return nil, fmt.Errorf("%s container %s: %w", what, c.id, err)
 	}
-	if err := c.init.move(to); err != nil {
+	if err := c.init.move(op.To); err != nil {
 		return nil, err
 	}
 	s.publish(topic, event)

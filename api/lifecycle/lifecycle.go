@@ -85,6 +85,31 @@ func Check(what string, from, to State) error {
 	return fmt.Errorf("%s is %s, cannot become %s: %w", what, from, to, errdefs.ErrFailedPrecondition)
 }
 
+// Op is a request that moves along one edge of the table. Two edges lead
+// to running (start, from created; resume, from paused), so a request
+// names its edge, not only where it goes.
+type Op struct{ From, To State }
+
+// The requests whose edge the destination alone does not name.
+var (
+	Start  = Op{Created, Running}
+	Pause  = Op{Running, Paused}
+	Resume = Op{Paused, Running}
+)
+
+// CheckOp returns nil when what, in state from, may take op's edge, else an
+// error naming what, its state and the move, wrapping
+// errdefs.ErrFailedPrecondition.
+func CheckOp(what string, from State, op Op) error {
+	if err := Check(what, from, op.To); err != nil {
+		return err
+	}
+	if from != op.From {
+		return fmt.Errorf("%s is %s, not %s: %w", what, from, op.From, errdefs.ErrFailedPrecondition)
+	}
+	return nil
+}
+
 // Live reports whether a process in state s may still run or be signalled:
 // running or paused.
 func (s State) Live() bool { return s == Running || s == Paused }

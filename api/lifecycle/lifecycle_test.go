@@ -51,3 +51,20 @@ func TestPredicates(t *testing.T) {
 		}
 	}
 }
+
+func TestCheckOp(t *testing.T) {
+	for _, op := range []Op{Start, Pause, Resume} {
+		if !Legal(op.From, op.To) {
+			t.Errorf("%s -> %s is no edge of the table", op.From, op.To)
+		}
+		for from := Creating; from <= Deleted; from++ {
+			err := CheckOp("container c1", from, op)
+			if (err == nil) != (from == op.From) {
+				t.Errorf("%s -> %s from %s: %v", op.From, op.To, from, err)
+			}
+			if err != nil && (!errors.Is(err, errdefs.ErrFailedPrecondition) || !strings.Contains(err.Error(), from.String())) {
+				t.Errorf("%s -> %s from %s: %v names no state or is no FailedPrecondition", op.From, op.To, from, err)
+			}
+		}
+	}
+}
