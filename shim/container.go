@@ -262,32 +262,29 @@ func isBind(m specs.Mount) bool {
 // removeFromGuest has the agent remove a deleted container and gives back
 // what it held: its layers, its rootfs disk, its stdio.
 func (s *service) removeFromGuest(ctx context.Context, c *container) error {
+	s.mu.Lock()
+	layers, disk := c.layers, c.disk
+	c.layers, c.disk = nil, nil
+	s.mu.Unlock()
 	var err error
-	if pd, liveErr := s.livePod(); liveErr == nil {
+	pd, liveErr := s.livePod()
+	if liveErr == nil {
 		if _, rmErr := pd.agent.RemoveContainer(ctx, &agentapi.RemoveContainerRequest{ContainerId: c.id}); rmErr != nil {
 			err = fmt.Errorf("remove container %s in guest: %w", c.id, rmErr)
 		}
-		s.mu.Lock()
-		layers, disk := c.layers, c.disk
-		c.layers = nil
-		if !c.ownsPod {
-			c.disk = nil
-		}
-		s.mu.Unlock()
 		if len(layers) > 0 {
 			pd.layers.release(layers)
 		}
-		if disk != nil && !c.ownsPod {
-			// The guest releases a hot-plugged disk only after the PCIe
-			// hot-plug button delay (5 s): unplug in the background so that
-			// removing a container is not held up by it.
-			go s.detachDisk(pd, *disk)
-		}
 	}
-	s.mu.Lock()
-	disk := c.disk
-	s.mu.Unlock()
-	if disk != nil {
+	switch {
+	case disk == nil:
+	case liveErr == nil && !c.ownsPod:
+		// The guest releases a hot-plugged disk only after the PCIe
+		// hot-plug button delay (5 s): unplug in the background so that
+		// removing a container is not held up by it.
+		go s.detachDisk(pd, *disk)
+	default:
+		// the VM is gone or goes with this task
 		os.Remove(disk.Path)
 	}
 	if c.init.io != nil {
