@@ -205,7 +205,7 @@ func (h *agentVMHypervisor) Start(ctx context.Context, spec hypervisor.VMSpec) (
 	go func() {
 		err := cmd.Wait()
 		vm.mu.Lock()
-		if !vm.stopping {
+		if !vm.stopped {
 			vm.err = fmt.Errorf("agent VM ended: %v", err)
 		}
 		vm.mu.Unlock()
@@ -233,11 +233,10 @@ type agentVM struct {
 	cmd                         *exec.Cmd
 	done                        chan struct{}
 
-	mu       sync.Mutex
-	err      error
-	stopping bool
-	loops    map[string]string // serial -> loop device
-	stopped  bool
+	mu      sync.Mutex
+	err     error
+	loops   map[string]string // serial -> loop device
+	stopped bool
 }
 
 func (vm *agentVM) Dial(ctx context.Context, port uint32) (net.Conn, error) {
@@ -307,7 +306,7 @@ func (vm *agentVM) Stop(ctx context.Context) error {
 		<-vm.done
 		return nil
 	}
-	vm.stopped, vm.stopping = true, true
+	vm.stopped = true
 	vm.mu.Unlock()
 	_ = vm.cmd.Process.Signal(syscall.SIGTERM)
 	select {
