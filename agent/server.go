@@ -12,70 +12,93 @@ import (
 	api "github.com/contrast-vm/contrast/api/agent"
 )
 
-// Serve serves the Agent service on agentL and stdio connections on stdioL
-// until ctx ends (then it returns nil) or a listener fails. It closes both.
-// With Config.AttestationEndpoint it serves the containers' attestation
-// endpoint too.
-func (s *Service) Serve(ctx context.Context, agentL, stdioL net.Listener) error {
+// Listeners are what the agent serves on: the Agent API (ttrpc), the stdio
+// connections, and the port-forward connections (nil: the VM forwards no
+// port).
+type Listeners struct {
+	Agent, Stdio, Forward net.Listener
+}
+
+func (l Listeners) closeAll() {
+	for _, ln := range []net.Listener{l.Agent, l.Stdio, l.Forward} {
+		if ln != nil {
+			ln.Close()
+		}
+	}
+}
+
+// Serve serves the Agent service, stdio and port-forward connections on
+// ls until ctx ends (then it returns nil) or a listener fails. It closes
+// them all. With Config.AttestationEndpoint it serves the containers'
+// attestation endpoint too.
+func (s *Service) Serve(ctx context.Context, ls Listeners) error {
 	srv, err := ttrpc.NewServer(ttrpc.WithUnaryServerInterceptor(s.intercept))
 	if err != nil {
-		agentL.Close()
-		stdioL.Close()
+		ls.closeAll()
 		return fmt.Errorf("create ttrpc server: %w", err)
 	}
 	api.RegisterAgentService(srv, s)
 	var attestL net.Listener
 	if dir := s.attestationDir(); dir != "" {
 		if attestL, err = listenAttestation(dir); err != nil {
-			agentL.Close()
-			stdioL.Close()
+			ls.closeAll()
 			return err
 		}
 	}
 
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	var attestErr chan error // nil, never ready, without the endpoint
-	if attestL != nil {
-		attestErr = make(chan error, 1)
-		go func() { attestErr <- s.serveAttestation(ctx, attestL) }()
+	// Every server sends its result once; the first to end, or ctx, stops
+	// them all.
+	ended := make(chan error, 4)
+	servers := 0
+	start := func(serve func() error) {
+		servers++
+		go func() { ended <- serve() }()
 	}
-	stdioErr := make(chan error, 1)
-	go func() { stdioErr <- s.hub.Serve(ctx, stdioL) }()
-	agentErr := make(chan error, 1)
-	go func() { agentErr <- srv.Serve(ctx, agentL) }()
-	log.G(ctx).Infof("agent serving on %v (ttrpc) and %v (stdio)", agentL.Addr(), stdioL.Addr())
+	start(func() error {
+		if err := srv.Serve(ctx, ls.Agent); err != nil && !errors.Is(err, ttrpc.ErrServerClosed) {
+			return fmt.Errorf("serve agent API: %w", err)
+		}
+		return nil
+	})
+	start(func() error { return s.hub.Serve(ctx, ls.Stdio) })
+	if ls.Forward != nil {
+		start(func() error { return s.serveForward(ctx, ls.Forward) })
+	}
+	if attestL != nil {
+		start(func() error { return s.serveAttestation(ctx, attestL) })
+	}
+	log.G(ctx).Infof("agent serving on %v (ttrpc), %v (stdio) and %v (port forward)", ls.Agent.Addr(), ls.Stdio.Addr(), addrOf(ls.Forward))
 
 	var result error
+	waiting := servers
 	select {
 	case <-ctx.Done():
-	case err := <-agentErr:
-		result = fmt.Errorf("serve agent API: %w", err)
-		agentErr <- nil
-	case err := <-stdioErr:
-		result = err
-		stdioErr <- nil
-	case err := <-attestErr:
-		result = err
-		attestErr <- nil
+	case result = <-ended:
+		waiting--
+		if result == nil {
+			result = errors.New("agent: a server stopped on its own")
+		}
 	}
 	cancel()
 	// Close stops new requests and closes every connection.
 	if err := srv.Close(); err != nil {
 		log.G(ctx).WithError(err).Warn("close ttrpc server")
 	}
-	if err := <-agentErr; err != nil && !errors.Is(err, ttrpc.ErrServerClosed) && result == nil {
-		result = fmt.Errorf("serve agent API: %w", err)
-	}
-	if err := <-stdioErr; err != nil && result == nil {
-		result = err
-	}
-	if attestErr != nil {
-		if err := <-attestErr; err != nil && result == nil {
+	for ; waiting > 0; waiting-- {
+		if err := <-ended; err != nil && result == nil {
 			result = err
 		}
 	}
 	return result
+}
+
+func addrOf(l net.Listener) any {
+	if l == nil {
+		return "none"
+	}
+	return l.Addr()
 }
 
 // intercept puts every request, once it is decoded and before the service

@@ -167,7 +167,8 @@ func newHarnessPolicy(t *testing.T, module []byte, opts ...func(*Config)) *harne
 }
 
 // serveOverUnix serves svc on unix sockets in dir, as the shim reaches the
-// agent over vsock, and returns a client and the two socket paths. At the
+// agent over vsock, and returns a client and the two socket paths; the
+// port-forward socket is forwardSocket in dir. At the
 // end of the test beforeStop (if any) runs, then the server stops.
 func serveOverUnix(t *testing.T, svc *Service, dir string, beforeStop func()) (client api.AgentService, agentAddr, stdioAddr string) {
 	t.Helper()
@@ -179,9 +180,13 @@ func serveOverUnix(t *testing.T, svc *Service, dir string, beforeStop func()) (c
 	if err != nil {
 		t.Fatal(err)
 	}
+	forwardL, err := net.Listen("unix", filepath.Join(dir, forwardSocket))
+	if err != nil {
+		t.Fatal(err)
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	served := make(chan error, 1)
-	go func() { served <- svc.Serve(ctx, agentL, stdioL) }()
+	go func() { served <- svc.Serve(ctx, Listeners{Agent: agentL, Stdio: stdioL, Forward: forwardL}) }()
 	conn, err := net.Dial("unix", agentL.Addr().String())
 	if err != nil {
 		t.Fatal(err)

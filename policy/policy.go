@@ -58,6 +58,10 @@ const (
 	// ConfigureNetwork configures the pod VM's NICs, routes and neighbours
 	// (the pod's CNI network); it names no container.
 	ConfigureNetwork Kind = "ConfigureNetwork"
+	// PortForward connects the host to a TCP port on the pod's loopback
+	// (kubectl port-forward); it names no container. It is no RPC but a
+	// connection to the agent's forward port (api/agent ForwardHeader).
+	PortForward Kind = "PortForward"
 )
 
 // Kinds lists every request kind a policy decides.
@@ -65,7 +69,7 @@ var Kinds = []Kind{
 	CreateSandbox, CreateContainer, StartContainer, ExecProcess, SignalProcess,
 	WaitProcess, CloseStdin, ListProcesses, RemoveContainer, ResizePty,
 	PauseContainer, ResumeContainer, UpdateContainer, StatsContainer, WaitOOM,
-	GetReport, ConfigureNetwork,
+	GetReport, ConfigureNetwork, PortForward,
 }
 
 // Hash is the SHA-256 of the exact policy bytes: the value of SNP HOSTDATA.
@@ -95,6 +99,19 @@ type Data struct {
 	// pod VM's network. Left out (the zero value), every ConfigureNetwork is
 	// denied.
 	Network Network `json:"network,omitzero"`
+	// PortForward decides PortForward: the ports the host may connect to.
+	// Left out, every PortForward is denied.
+	PortForward Forwarding `json:"port_forward,omitzero"`
+}
+
+// Forwarding is what the host may reach of the pod through the agent's
+// forward port. Unlike the pod's network, which the host reaches anyway,
+// it connects to the pod's loopback, where services listen that expect
+// only the pod's own containers as clients; so only named ports are open.
+type Forwarding struct {
+	// Ports are the TCP ports (1..65535) on the pod's loopback the host
+	// may connect to; none denies every PortForward.
+	Ports []int `json:"ports"`
 }
 
 // Network is what the host may configure of the pod VM's network. The host

@@ -62,6 +62,10 @@ ConfigureNetwork := allowed if {
 	all_hold(configure_network_checks, configure_network_ok)
 } else := denial("configure_network", configure_network_checks, configure_network_ok, configure_network_why)
 
+PortForward := allowed if {
+	all_hold(port_forward_checks, port_forward_ok)
+} else := denial("port_forward", port_forward_checks, port_forward_ok, port_forward_why)
+
 allowed := {"allow": true, "rule": "", "reason": ""}
 
 all_hold(checks, ok) if {
@@ -1300,4 +1304,29 @@ policy_mount_why(allowed, m) := msg if {
 } else := msg if {
 	not m.propagation in quiet_propagation
 	msg := sprintf("mount at %s has propagation %s", [q(m.destination), q(m.propagation)])
+}
+
+# ---------------------------------------------------------------- PortForward
+
+# kubectl port-forward reaches the pod's loopback, where services listen
+# that expect only the pod's own containers as clients: only the ports the
+# policy names are open to the host.
+port_forward_checks := ["port"]
+
+forward_ports := object.get(object.get(pd, "port_forward", {}), "ports", [])
+
+port_forward_ok contains "port" if {
+	is_array(forward_ports)
+	some p in forward_ports
+	p == input.port
+}
+
+port_forward_why contains ["port", msg] if {
+	count(forward_ports) == 0
+	msg := sprintf("port %d: the policy allows no port forwarding", [input.port])
+}
+
+port_forward_why contains ["port", msg] if {
+	count(forward_ports) > 0
+	msg := sprintf("port %d is not among the ports the policy allows to forward to, %v", [input.port, forward_ports])
 }

@@ -1,7 +1,9 @@
 // The shim <-> guest agent protocol. ttrpc over vsock, guest port 1024
 // (AgentPort). Process stdio travels on separate vsock connections to guest
 // port 1025 (StdioPort), each opened with a StdioHeader (see stdio.go), so
-// every stream has its own flow control and back-pressure.
+// every stream has its own flow control and back-pressure. Port-forwarded
+// TCP connections (kubectl port-forward) travel on vsock connections to
+// guest port 1026 (ForwardPort), each opened with a ForwardHeader.
 //
 // The host is untrusted: the agent checks every request.
 
@@ -1739,6 +1741,55 @@ func (x *ConfigureNetworkRequest) GetNeighbors() []*NetworkNeighbor {
 	return nil
 }
 
+// PortForwardRequest is what the host asks on a connection to guest port
+// 1026 (ForwardPort, see forward.go): a TCP connection to this port on the
+// pod's loopback (kubectl port-forward). It is not an RPC: the agent builds
+// it from the connection's header line so that the policy decides it like
+// every other request (kind PortForward).
+type PortForwardRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Port          uint32                 `protobuf:"varint,1,opt,name=port,proto3" json:"port,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PortForwardRequest) Reset() {
+	*x = PortForwardRequest{}
+	mi := &file_api_agent_agent_proto_msgTypes[30]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PortForwardRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PortForwardRequest) ProtoMessage() {}
+
+func (x *PortForwardRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_api_agent_agent_proto_msgTypes[30]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PortForwardRequest.ProtoReflect.Descriptor instead.
+func (*PortForwardRequest) Descriptor() ([]byte, []int) {
+	return file_api_agent_agent_proto_rawDescGZIP(), []int{30}
+}
+
+func (x *PortForwardRequest) GetPort() uint32 {
+	if x != nil {
+		return x.Port
+	}
+	return 0
+}
+
 var File_api_agent_agent_proto protoreflect.FileDescriptor
 
 const file_api_agent_agent_proto_rawDesc = "" +
@@ -1855,7 +1906,9 @@ const file_api_agent_agent_proto_rawDesc = "" +
 	"interfaces\x18\x01 \x03(\v2#.contrast.agent.v1.NetworkInterfaceR\n" +
 	"interfaces\x127\n" +
 	"\x06routes\x18\x02 \x03(\v2\x1f.contrast.agent.v1.NetworkRouteR\x06routes\x12@\n" +
-	"\tneighbors\x18\x03 \x03(\v2\".contrast.agent.v1.NetworkNeighborR\tneighbors2\xe9\f\n" +
+	"\tneighbors\x18\x03 \x03(\v2\".contrast.agent.v1.NetworkNeighborR\tneighbors\"(\n" +
+	"\x12PortForwardRequest\x12\x12\n" +
+	"\x04port\x18\x01 \x01(\rR\x04port2\xe9\f\n" +
 	"\x05Agent\x12M\n" +
 	"\x06Health\x12 .contrast.agent.v1.HealthRequest\x1a!.contrast.agent.v1.HealthResponse\x12V\n" +
 	"\tSetPolicy\x12#.contrast.agent.v1.SetPolicyRequest\x1a$.contrast.agent.v1.SetPolicyResponse\x12R\n" +
@@ -1890,7 +1943,7 @@ func file_api_agent_agent_proto_rawDescGZIP() []byte {
 	return file_api_agent_agent_proto_rawDescData
 }
 
-var file_api_agent_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 30)
+var file_api_agent_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 31)
 var file_api_agent_agent_proto_goTypes = []any{
 	(*Empty)(nil),                   // 0: contrast.agent.v1.Empty
 	(*HealthRequest)(nil),           // 1: contrast.agent.v1.HealthRequest
@@ -1922,6 +1975,7 @@ var file_api_agent_agent_proto_goTypes = []any{
 	(*NetworkRoute)(nil),            // 27: contrast.agent.v1.NetworkRoute
 	(*NetworkNeighbor)(nil),         // 28: contrast.agent.v1.NetworkNeighbor
 	(*ConfigureNetworkRequest)(nil), // 29: contrast.agent.v1.ConfigureNetworkRequest
+	(*PortForwardRequest)(nil),      // 30: contrast.agent.v1.PortForwardRequest
 }
 var file_api_agent_agent_proto_depIdxs = []int32{
 	6,  // 0: contrast.agent.v1.CreateContainerRequest.rootfs:type_name -> contrast.agent.v1.BlockDevice
@@ -1988,7 +2042,7 @@ func file_api_agent_agent_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_api_agent_agent_proto_rawDesc), len(file_api_agent_agent_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   30,
+			NumMessages:   31,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

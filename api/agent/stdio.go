@@ -10,6 +10,9 @@ import (
 const (
 	AgentPort = 1024 // ttrpc Agent service
 	StdioPort = 1025 // one connection per stdio stream, opened with a StdioHeader
+	// ForwardPort: one connection per port-forwarded TCP connection, opened
+	// with a ForwardHeader and answered with a ForwardReply.
+	ForwardPort = 1026
 )
 
 // Stream names one stdio stream of a process.
@@ -52,21 +55,11 @@ func (h StdioHeader) WriteTo(w io.Writer) (int64, error) {
 // ReadStdioHeader reads one header line byte by byte, so nothing of the stream
 // that follows is consumed.
 func ReadStdioHeader(r io.Reader) (StdioHeader, error) {
-	var line []byte
-	var b [1]byte
-	for {
-		if _, err := io.ReadFull(r, b[:]); err != nil {
-			return StdioHeader{}, fmt.Errorf("read stdio header: %w", err)
-		}
-		if b[0] == '\n' {
-			break
-		}
-		line = append(line, b[0])
-		if len(line) > maxHeaderLen {
-			return StdioHeader{}, fmt.Errorf("stdio header longer than %d bytes", maxHeaderLen)
-		}
+	line, err := readLine(r, "stdio header")
+	if err != nil {
+		return StdioHeader{}, err
 	}
-	return ParseStdioHeader(string(line))
+	return ParseStdioHeader(line)
 }
 
 // ParseStdioHeader parses a header line without its newline.

@@ -89,11 +89,11 @@ func runInit() error {
 	if err != nil {
 		return err
 	}
-	agentL, stdioL, err := listenVsock()
+	ls, err := listenVsock()
 	if err != nil {
 		return err
 	}
-	if err := svc.Serve(ctx, agentL, stdioL); err != nil {
+	if err := svc.Serve(ctx, ls); err != nil {
 		return err
 	}
 	return errors.New("agent stopped serving")
@@ -117,17 +117,23 @@ func detectTEE(ctx context.Context) (tee.TEE, error) {
 	return t, nil
 }
 
-func listenVsock() (agentL, stdioL net.Listener, err error) {
-	agentL, err = vsock.ListenContextID(unix.VMADDR_CID_ANY, api.AgentPort, nil)
-	if err != nil {
-		return nil, nil, fmt.Errorf("listen on vsock port %d: %w", api.AgentPort, err)
+func listenVsock() (agent.Listeners, error) {
+	var ls agent.Listeners
+	for _, l := range []struct {
+		port uint32
+		to   *net.Listener
+	}{{api.AgentPort, &ls.Agent}, {api.StdioPort, &ls.Stdio}, {api.ForwardPort, &ls.Forward}} {
+		var err error
+		if *l.to, err = vsock.ListenContextID(unix.VMADDR_CID_ANY, l.port, nil); err != nil {
+			for _, open := range []net.Listener{ls.Agent, ls.Stdio} {
+				if open != nil {
+					open.Close()
+				}
+			}
+			return agent.Listeners{}, fmt.Errorf("listen on vsock port %d: %w", l.port, err)
+		}
 	}
-	stdioL, err = vsock.ListenContextID(unix.VMADDR_CID_ANY, api.StdioPort, nil)
-	if err != nil {
-		agentL.Close()
-		return nil, nil, fmt.Errorf("listen on vsock port %d: %w", api.StdioPort, err)
-	}
-	return agentL, stdioL, nil
+	return ls, nil
 }
 
 // runProcess is the agent started as an ordinary process.
@@ -135,6 +141,7 @@ func runProcess() error {
 	def := agent.DefaultConfig(nil)
 	agentSock := flag.String("agent-socket", "", "serve the Agent API on this unix socket instead of vsock")
 	stdioSock := flag.String("stdio-socket", "", "accept stdio connections on this unix socket instead of vsock")
+	forwardSock := flag.String("forward-socket", "", "with -agent-socket: accept port-forward connections on this unix socket (default: none)")
 	runDir := flag.String("run-dir", def.RunDir, "state directory (container bundles)")
 	runcBin := flag.String("runc", def.RuncBinary, "runc binary")
 	runcRoot := flag.String("runc-root", def.RuncRoot, "runc state directory (--root)")
@@ -175,17 +182,24 @@ func runProcess() error {
 	if err != nil {
 		return err
 	}
-	var agentL, stdioL net.Listener
+	var ls agent.Listeners
 	if *agentSock != "" {
-		if agentL, err = net.Listen("unix", *agentSock); err != nil {
+		if ls.Agent, err = net.Listen("unix", *agentSock); err != nil {
 			return err
 		}
-		if stdioL, err = net.Listen("unix", *stdioSock); err != nil {
-			agentL.Close()
+		if ls.Stdio, err = net.Listen("unix", *stdioSock); err != nil {
+			ls.Agent.Close()
 			return err
 		}
-	} else if agentL, stdioL, err = listenVsock(); err != nil {
+		if *forwardSock != "" {
+			if ls.Forward, err = net.Listen("unix", *forwardSock); err != nil {
+				ls.Agent.Close()
+				ls.Stdio.Close()
+				return err
+			}
+		}
+	} else if ls, err = listenVsock(); err != nil {
 		return err
 	}
-	return svc.Serve(ctx, agentL, stdioL)
+	return svc.Serve(ctx, ls)
 }

@@ -37,7 +37,7 @@ const (
 // int64), so OPA converts it without a JSON round trip. Every document has
 //
 //	kind             string  the request kind
-//	container_id     string  "" for CreateSandbox, WaitOOM, GetReport and ConfigureNetwork
+//	container_id     string  "" for CreateSandbox, WaitOOM, GetReport, ConfigureNetwork and PortForward
 //	exec_id          string  the process of a request on processes ("" is the container's init)
 //	container_name   string  CreateContainer: the CRI container-name annotation;
 //	                         others: the name remembered for container_id, "" if none
@@ -70,6 +70,7 @@ const (
 //	ConfigureNetwork interfaces [{name, mac, mtu, addresses [cidr]}],
 //	                 routes [{destination, gateway, source, device, link_scope}],
 //	                 neighbors [{ip, mac, device}]
+//	PortForward      port (1..65535)
 //
 // where process is {args, env, cwd, user {uid, gid, additional_gids},
 // capabilities {bounding, effective, permitted, inheritable, ambient},
@@ -229,6 +230,15 @@ func Input(kind policy.Kind, req proto.Message, containerName func(id string) (s
 		if err := networkInput(in, r); err != nil {
 			return nil, fmt.Errorf("%s: %w", kind, err)
 		}
+	case policy.PortForward:
+		r, ok := req.(*agentapi.PortForwardRequest)
+		if !ok {
+			return nil, wrongType()
+		}
+		if r.GetPort() == 0 || r.GetPort() > 65535 {
+			return nil, fmt.Errorf("%s: port %d is not a TCP port (1..65535)", kind, r.GetPort())
+		}
+		in["port"] = int64(r.GetPort())
 	default:
 		return nil, fmt.Errorf("unknown request kind %q", kind)
 	}

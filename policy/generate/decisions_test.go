@@ -87,6 +87,9 @@ spec:
   containers:
   - name: nginx
     image: nginx:1.27
+    ports:
+    - {containerPort: 80}
+    - {containerPort: 9125, protocol: UDP}
     env:
     - name: MODE
       value: production
@@ -828,6 +831,13 @@ func onContainer(kind policy.Kind, container string) action {
 	}
 }
 
+// forward is a port-forward to port on the pod's loopback.
+func forward(port uint32) action {
+	return func(*testPod) (policy.Kind, any) {
+		return policy.PortForward, &agentapi.PortForwardRequest{Port: port}
+	}
+}
+
 func mustJSON(t *testing.T, v any) []byte {
 	t.Helper()
 	b, err := json.Marshal(v)
@@ -1165,6 +1175,16 @@ func decisionCases() []decisionCase {
 		decisionCase{name: "WaitOOM", pod: "web", before: []action{sandbox("")}, do: onContainer(policy.WaitOOM, "")},
 		decisionCase{name: "WaitOOM when the settings deny it", pod: "web", settings: func(s *generate.Settings) { s.Requests[policy.WaitOOM] = false },
 			do: onContainer(policy.WaitOOM, ""), want: "wait_oom.request"},
+		decisionCase{name: "PortForward to a declared TCP port", pod: "web", before: []action{sandbox("")}, do: forward(80)},
+		decisionCase{name: "PortForward to an undeclared port", pod: "web", before: []action{sandbox("")}, do: forward(22), want: "port_forward.port"},
+		decisionCase{name: "PortForward to a port declared for UDP", pod: "web", do: forward(9125), want: "port_forward.port"},
+		decisionCase{name: "PortForward in a pod that declares no port", pod: "debug", do: forward(80), want: "port_forward.port"},
+		decisionCase{name: "PortForward to port 0", pod: "web", do: forward(0), want: enforce.RuleInput},
+		decisionCase{name: "PortForward to a port beyond 65535", pod: "web", do: forward(65536 + 80), want: enforce.RuleInput},
+		decisionCase{name: "PortForward when the settings close the declared ports", pod: "web",
+			settings: func(s *generate.Settings) { s.PortForward.DeclaredPorts = new(bool) }, do: forward(80), want: "port_forward.port"},
+		decisionCase{name: "PortForward to a port the settings open", pod: "debug",
+			settings: func(s *generate.Settings) { s.PortForward.Ports = []int{6060} }, do: forward(6060)},
 		decisionCase{name: "GetReport", pod: "web", before: []action{sandbox("")}, do: onContainer(policy.GetReport, "")},
 		decisionCase{name: "GetReport when the settings deny it", pod: "web", settings: func(s *generate.Settings) { s.Requests[policy.GetReport] = false },
 			do: onContainer(policy.GetReport, ""), want: "get_report.request"},

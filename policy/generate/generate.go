@@ -280,9 +280,10 @@ func (g *generator) workload(ctx context.Context, n int, h header, body []byte, 
 			HostPID:         spec.HostPID,
 			HostIPC:         spec.HostIPC,
 		},
-		Containers: map[string]policy.Container{},
-		Requests:   maps.Clone(g.opts.Settings.Requests),
-		Network:    g.opts.Settings.Network.data(),
+		Containers:  map[string]policy.Container{},
+		Requests:    maps.Clone(g.opts.Settings.Requests),
+		Network:     g.opts.Settings.Network.data(),
+		PortForward: g.opts.Settings.PortForward.data(spec),
 	}
 	for _, c := range spec.InitContainers {
 		sidecar := c.RestartPolicy != nil && *c.RestartPolicy == corev1.ContainerRestartPolicyAlways

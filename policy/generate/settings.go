@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strings"
 
+	corev1 "k8s.io/api/core/v1"
 	"sigs.k8s.io/yaml"
 
 	"github.com/contrast-vm/contrast/policy"
@@ -42,6 +43,50 @@ type Settings struct {
 	// both, the release lines nodes run. containerd 1.7's profile allows io_uring,
 	// which 2.x's denies: leave it out where no node runs 1.7.
 	RuntimeDefaultSeccomp []string `json:"runtimeDefaultSeccomp,omitempty"`
+	// PortForward says which ports on the pod's loopback the host may
+	// connect to (kubectl port-forward).
+	PortForward PortForwardSettings `json:"portForward,omitzero"`
+}
+
+// PortForwardSettings choose the TCP ports the host may forward to. By
+// default they are the ports the pod's containers declare (containerPorts
+// of protocol TCP): the ports a Kubernetes user port-forwards to. A port on
+// the pod's loopback that no container declares (an admin endpoint, a
+// sidecar's local API) stays closed unless named here.
+type PortForwardSettings struct {
+	// DeclaredPorts opens the containers' declared TCP ports; default true.
+	DeclaredPorts *bool `json:"declaredPorts,omitempty"`
+	// Ports are further TCP ports (1..65535) to open.
+	Ports []int `json:"ports,omitempty"`
+}
+
+// data is the policy's port list for the pod spec: the declared TCP ports
+// (when allowed) and the named ones, sorted, each once.
+func (f PortForwardSettings) data(spec *corev1.PodSpec) policy.Forwarding {
+	var ports []int
+	if f.DeclaredPorts == nil || *f.DeclaredPorts {
+		for _, list := range [][]corev1.Container{spec.InitContainers, spec.Containers} {
+			for _, c := range list {
+				for _, p := range c.Ports {
+					if p.Protocol == "" || p.Protocol == corev1.ProtocolTCP {
+						ports = append(ports, int(p.ContainerPort))
+					}
+				}
+			}
+		}
+	}
+	ports = append(ports, f.Ports...)
+	slices.Sort(ports)
+	return policy.Forwarding{Ports: slices.Compact(ports)}
+}
+
+func (f PortForwardSettings) validate() error {
+	for i, p := range f.Ports {
+		if p < 1 || p > 65535 {
+			return fmt.Errorf("ports[%d] %d is not a TCP port (1..65535)", i, p)
+		}
+	}
+	return nil
 }
 
 // The runtimes whose RuntimeDefault seccomp profile the generator renders.
@@ -196,6 +241,7 @@ func ParseSettings(raw []byte) (Settings, error) {
 	s.Network = s.Network.over(file.Network)
 	s.SeccompProfiles = file.SeccompProfiles
 	s.RuntimeDefaultSeccomp = file.RuntimeDefaultSeccomp
+	s.PortForward = file.PortForward
 	if err := s.validate(); err != nil {
 		return Settings{}, err
 	}
@@ -217,6 +263,9 @@ func (s Settings) validate() error {
 	}
 	if err := s.Network.validate(); err != nil {
 		return fmt.Errorf("network.%w", err)
+	}
+	if err := s.PortForward.validate(); err != nil {
+		return fmt.Errorf("portForward.%w", err)
 	}
 	for i, r := range s.RuntimeDefaultSeccomp {
 		if !slices.Contains(seccompRuntimes, r) {

@@ -1,0 +1,132 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/containerd/log"
+	api "github.com/contrast-vm/contrast/api/agent"
+	"github.com/contrast-vm/contrast/policy/enforce"
+)
+
+// portForwardMethod is the name the policy gate judges a port-forward
+// connection under, as if it were an RPC (policy kind PortForward).
+const portForwardMethod = enforce.ServicePrefix + "PortForward"
+
+// Bounds of a port-forward connection's setup: the host's header, and the
+// agent's dial of the pod's port.
+const (
+	forwardHeaderTimeout = 10 * time.Second
+	forwardDialTimeout   = 5 * time.Second
+)
+
+// serveForward accepts the host's port-forward connections on l (api/agent
+// ForwardPort) until ctx ends; each asks for one TCP connection to a port
+// on the pod's loopback (kubectl port-forward).
+func (s *Service) serveForward(ctx context.Context, l net.Listener) error {
+	stop := context.AfterFunc(ctx, func() { l.Close() })
+	defer stop()
+	defer l.Close()
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	for {
+		conn, err := l.Accept()
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				continue
+			}
+			return fmt.Errorf("accept port-forward connection: %w", err)
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			s.forward(ctx, conn)
+		}()
+	}
+}
+
+// forward serves one port-forward connection: it reads the header, has
+// the policy judge it, connects to the port, answers, and then copies both
+// ways until both directions ended (or ctx does).
+func (s *Service) forward(ctx context.Context, host net.Conn) {
+	defer host.Close()
+	lg := log.G(ctx).WithField("forward", host.RemoteAddr())
+	_ = host.SetReadDeadline(time.Now().Add(forwardHeaderTimeout))
+	hdr, err := api.ReadForwardHeader(host)
+	if err != nil {
+		lg.WithError(err).Warn("port forward: refused a connection")
+		_ = api.WriteForwardReply(host, err)
+		return
+	}
+	_ = host.SetReadDeadline(time.Time{})
+	lg = lg.WithField("port", hdr.Port)
+
+	target, err := s.dialForward(ctx, hdr.Port)
+	if err != nil {
+		lg.WithError(err).Warn("port forward refused")
+		_ = api.WriteForwardReply(host, err)
+		return
+	}
+	defer target.Close()
+	if err := api.WriteForwardReply(host, nil); err != nil {
+		lg.WithError(err).Warn("port forward: answer the host")
+		return
+	}
+	lg.Debug("port forward open")
+	stop := context.AfterFunc(ctx, func() { host.Close(); target.Close() })
+	defer stop()
+	splice(host, target)
+	lg.Debug("port forward closed")
+}
+
+// dialForward decides a port-forward to port with the policy and connects
+// to it on the pod's loopback: IPv4 first, then IPv6, as containerd's CRI
+// does for a runc pod.
+func (s *Service) dialForward(ctx context.Context, port uint16) (net.Conn, error) {
+	if err := s.policy.authorize(ctx, portForwardMethod, &api.PortForwardRequest{Port: uint32(port)}); err != nil {
+		return nil, err
+	}
+	d := net.Dialer{Timeout: forwardDialTimeout}
+	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(int(port)))
+	conn, err4 := d.DialContext(ctx, "tcp4", addr)
+	if err4 == nil {
+		return conn, nil
+	}
+	conn, err6 := d.DialContext(ctx, "tcp6", net.JoinHostPort("::1", strconv.Itoa(int(port))))
+	if err6 == nil {
+		return conn, nil
+	}
+	return nil, fmt.Errorf("connect to port %d in the pod: IPv4: %v; IPv6: %v", port, err4, err6)
+}
+
+// splice copies a to b and b to a; a direction whose reader reaches EOF
+// closes the other side's write half, so each end sees the other's
+// shutdown. It returns when both directions ended.
+func splice(a, b net.Conn) {
+	done := make(chan struct{}, 2)
+	one := func(dst, src net.Conn) {
+		_, err := io.Copy(dst, src)
+		if cw, ok := dst.(interface{ CloseWrite() error }); ok && err == nil {
+			_ = cw.CloseWrite()
+		} else {
+			// An error (a reset) ends both directions.
+			dst.Close()
+			src.Close()
+		}
+		done <- struct{}{}
+	}
+	go one(a, b)
+	go one(b, a)
+	<-done
+	<-done
+}
