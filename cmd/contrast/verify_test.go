@@ -196,7 +196,9 @@ func servePodVM(t *testing.T, stateDir, namespace, id string, snp tee.TEE, modul
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	served := make(chan error, 1)
-	go func() { served <- svc.Serve(ctx, agentsvc.Listeners{Agent: hybridListener{hybrid, api.AgentPort}, Stdio: stdioL}) }()
+	go func() {
+		served <- svc.Serve(ctx, agentsvc.Listeners{Agent: hybridListener{hybrid, api.AgentPort}, Stdio: stdioL})
+	}()
 	t.Cleanup(func() {
 		cancel()
 		if err := <-served; err != nil {
