@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"strconv"
 	"sync"
@@ -12,6 +11,7 @@ import (
 
 	"github.com/containerd/log"
 	api "github.com/contrast-vm/contrast/api/agent"
+	"github.com/contrast-vm/contrast/internal/splice"
 	"github.com/contrast-vm/contrast/policy/enforce"
 )
 
@@ -60,7 +60,7 @@ func (s *Service) serveForward(ctx context.Context, l net.Listener) error {
 // ways until both directions ended (or ctx does).
 func (s *Service) forward(ctx context.Context, host net.Conn) {
 	defer host.Close()
-	lg := log.G(ctx).WithField("forward", host.RemoteAddr())
+	lg := log.G(ctx).WithField("method", portForwardMethod)
 	_ = host.SetReadDeadline(time.Now().Add(forwardHeaderTimeout))
 	hdr, err := api.ReadForwardHeader(host)
 	if err != nil {
@@ -82,11 +82,11 @@ func (s *Service) forward(ctx context.Context, host net.Conn) {
 		lg.WithError(err).Warn("port forward: answer the host")
 		return
 	}
-	lg.Debug("port forward open")
+	lg.Debug("request: port forward open")
 	stop := context.AfterFunc(ctx, func() { host.Close(); target.Close() })
 	defer stop()
-	splice(host, target)
-	lg.Debug("port forward closed")
+	splice.Splice(host, target)
+	log.G(ctx).WithField("port", hdr.Port).Debug("port forward closed")
 }
 
 // dialForward decides a port-forward to port with the policy and connects
@@ -107,26 +107,4 @@ func (s *Service) dialForward(ctx context.Context, port uint16) (net.Conn, error
 		return conn, nil
 	}
 	return nil, fmt.Errorf("connect to port %d in the pod: IPv4: %v; IPv6: %v", port, err4, err6)
-}
-
-// splice copies a to b and b to a; a direction whose reader reaches EOF
-// closes the other side's write half, so each end sees the other's
-// shutdown. It returns when both directions ended.
-func splice(a, b net.Conn) {
-	done := make(chan struct{}, 2)
-	one := func(dst, src net.Conn) {
-		_, err := io.Copy(dst, src)
-		if cw, ok := dst.(interface{ CloseWrite() error }); ok && err == nil {
-			_ = cw.CloseWrite()
-		} else {
-			// An error (a reset) ends both directions.
-			dst.Close()
-			src.Close()
-		}
-		done <- struct{}{}
-	}
-	go one(a, b)
-	go one(b, a)
-	<-done
-	<-done
 }

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -196,4 +197,27 @@ func (ks *kubeSuite) waitLogs(t testing.TB, want string, args ...string) string 
 		}
 		time.Sleep(300 * time.Millisecond)
 	}
+}
+
+// portForwardGet runs `kubectl port-forward` to the pod's port and GETs
+// path through it. The error says what failed, with kubectl's stderr.
+func (ks *kubeSuite) portForwardGet(t *testing.T, pod string, port int, path string) (string, error) {
+	t.Helper()
+	s, err := ks.k.StartKubectlSession(ks.ctx, "port-forward", "pod/"+pod, fmt.Sprintf(":%d", port))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Kill()
+	if err := s.WaitOutput("Forwarding from 127.0.0.1:", 30*time.Second); err != nil {
+		t.Fatalf("kubectl port-forward: %v; stderr %q", err, s.Stderr())
+	}
+	m := regexp.MustCompile(`Forwarding from 127\.0\.0\.1:(\d+)`).FindStringSubmatch(s.Output())
+	if m == nil {
+		t.Fatalf("port-forward output: %q", s.Output())
+	}
+	body, err := harness.HTTPGet(ks.ctx, "http://127.0.0.1:"+m[1]+path, 10*time.Second)
+	if err != nil {
+		return body, fmt.Errorf("%w; kubectl: %q", err, s.Stderr())
+	}
+	return body, nil
 }

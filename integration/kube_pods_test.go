@@ -138,32 +138,14 @@ func TestKubePods(t *testing.T) {
 					}
 				}
 			})
-			// port-forward is runc's only, for now: containerd's CRI serves
-			// it by dialling localhost:<port> inside the sandbox's network
-			// namespace, which for a pod VM is the host side of the tap
-			// (nothing listens there; the guest's traffic bypasses that
-			// stack through tc redirects). Reaching the guest needs the
-			// shim and agent to carry the connection over vsock: open work
-			// of issue 16, reported with the branch.
-			if rc != "runc" {
-				return
-			}
+			// containerd's CRI dials localhost:8080 in the sandbox's
+			// network namespace; for contrast-cc the shim takes that
+			// connection there and carries it to the agent, which the
+			// policy lets connect to the declared port in the VM.
 			t.Run("port-forward", func(t *testing.T) {
-				s, err := ks.k.StartKubectlSession(ks.ctx, "port-forward", "pod/"+name, ":8080")
-				if err != nil {
-					t.Fatal(err)
-				}
-				defer s.Kill()
-				if err := s.WaitOutput("Forwarding from 127.0.0.1:", 30*time.Second); err != nil {
-					t.Fatal(err)
-				}
-				m := regexp.MustCompile(`Forwarding from 127\.0\.0\.1:(\d+)`).FindStringSubmatch(s.Output())
-				if m == nil {
-					t.Fatalf("port-forward output: %q", s.Output())
-				}
-				body, err := harness.HTTPGet(ks.ctx, "http://127.0.0.1:"+m[1]+"/", 30*time.Second)
+				body, err := ks.portForwardGet(t, name, 8080, "/")
 				if err != nil || strings.TrimSpace(body) != "served by "+name {
-					t.Errorf("GET through port-forward: %q, %v; kubectl: %q", body, err, s.Stderr())
+					t.Errorf("GET through port-forward: %q, %v", body, err)
 				}
 			})
 		})

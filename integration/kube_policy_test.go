@@ -23,7 +23,9 @@ spec:
   - name: app
     image: ` + harness.BusyboxImage + `
     imagePullPolicy: Never
-    command: ["sh", "-c", "echo policy-ok; exec sleep 3600"]
+    command: ["sh", "-c", "mkdir -p /tmp/pub /tmp/admin; echo public >/tmp/pub/index.html; echo admin >/tmp/admin/index.html; httpd -p 8080 -h /tmp/pub; httpd -p 127.0.0.1:9090 -h /tmp/admin; echo policy-ok; exec sleep 3600"]
+    ports:
+    - containerPort: 8080
     livenessProbe:
       exec:
         command: ["cat", "/etc/hostname"]
@@ -34,8 +36,9 @@ spec:
 // wrote into its YAML, on a deny-all node (the test image, whose simulated
 // SNP device reports the launch's host data): the kubelet's exec probe
 // runs, as the policy allows; `kubectl exec` of a command the policy does
-// not list fails with the policy's denial; a pod without a policy fails
-// with an event that says why.
+// not list fails with the policy's denial; kubectl port-forward reaches the
+// declared port but not a loopback-only one the pod does not declare; a
+// pod without a policy fails with an event that says why.
 func TestKubePolicy(t *testing.T) {
 	ks := newKubeSuite(t, handlerSpec{name: contrastHandler, testImage: true, edit: func(c *harness.ShimConfig) { c.DefaultPolicy = "deny-all" }})
 
@@ -64,6 +67,17 @@ func TestKubePolicy(t *testing.T) {
 		t.Logf("denied exec: %s", msg)
 		if !containsAny(msg, "polic") || !containsAny(msg, "ExecProcess") {
 			t.Errorf("kubectl exec's error does not show the policy's denial: %s", msg)
+		}
+		// The declared port forwards; the undeclared loopback-only admin
+		// port, which a runc pod would expose to port-forward, does not.
+		if body, err := ks.portForwardGet(t, "guarded", 8080, "/"); err != nil || strings.TrimSpace(body) != "public" {
+			t.Errorf("port-forward to the declared port: %q, %v", body, err)
+		}
+		if body, err := ks.portForwardGet(t, "guarded", 9090, "/"); err == nil {
+			t.Errorf("port-forward to the undeclared port 9090 got %q; the policy should deny it", body)
+		}
+		if denied := ks.c.LogGrep("policy denies PortForward"); !strings.Contains(denied, "port 9090") {
+			t.Errorf("the shim's log does not show the policy's denial of port 9090: %q", denied)
 		}
 		// The liveness probe (ExecSync every 2 s) keeps passing.
 		time.Sleep(5 * time.Second)

@@ -110,10 +110,14 @@ func serveAgentVM(arg string) error {
 	if err != nil {
 		return err
 	}
+	forwardL, err := net.Listen("unix", filepath.Join(dir, "forward.sock"))
+	if err != nil {
+		return err
+	}
 	sigs := make(chan os.Signal, 1)
 	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGUSR1)
 	served := make(chan error, 1)
-	go func() { served <- svc.Serve(ctx, agentL, stdioL) }()
+	go func() { served <- svc.Serve(ctx, agent.Listeners{Agent: agentL, Stdio: stdioL, Forward: forwardL}) }()
 	select {
 	case err := <-served:
 		return err
@@ -240,7 +244,7 @@ type agentVM struct {
 }
 
 func (vm *agentVM) Dial(ctx context.Context, port uint32) (net.Conn, error) {
-	name := map[uint32]string{agentapi.AgentPort: "agent.sock", agentapi.StdioPort: "stdio.sock"}[port]
+	name := map[uint32]string{agentapi.AgentPort: "agent.sock", agentapi.StdioPort: "stdio.sock", agentapi.ForwardPort: "forward.sock"}[port]
 	if name == "" {
 		return nil, fmt.Errorf("agent VM has no port %d", port)
 	}

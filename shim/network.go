@@ -2,6 +2,7 @@ package shim
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 
@@ -131,11 +132,21 @@ func (p *pod) configureNetwork(ctx context.Context) error {
 	return nil
 }
 
-// cleanupNetwork removes what the shim left in a namespace, from a bundle
-// record, after the shim is gone.
+// cleanupNetwork removes what the shim added to a sandbox's namespace
+// (the port-forward redirect, the tap and its redirects), from a bundle
+// record, whether or not the shim is still there.
 func cleanupNetwork(netnsPath, tapName string) error {
-	if netnsPath == "" || tapName == "" {
+	if netnsPath == "" {
 		return nil
 	}
-	return network.Detach(netnsPath, tapName)
+	var errs []error
+	if err := network.RemoveLoopbackRedirect(netnsPath); err != nil {
+		errs = append(errs, err)
+	}
+	if tapName != "" {
+		if err := network.Detach(netnsPath, tapName); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
 }

@@ -39,6 +39,9 @@ type pod struct {
 	network *podNetwork
 	// layers are the image layers attached to the VM.
 	layers *podLayers
+	// forwarder carries kubectl port-forward into the VM; nil without a
+	// network, or where the namespace could not be set up for it.
+	forwarder *portForwarder
 
 	stopOnce sync.Once
 	stopped  chan struct{} // closed when stop has finished
@@ -232,6 +235,13 @@ func bootPod(ctx context.Context, hv hypervisor.Hypervisor, cfg Config, l podLau
 	if err := p.configureNetwork(ctx); err != nil {
 		return nil, err
 	}
+	if podNet != nil {
+		// A node whose kernel lacks nftables' nat loses port-forward
+		// only, as it would with runc pods and a broken loopback.
+		if p.forwarder, err = startPortForward(ctx, id, podNet.netns, vm); err != nil {
+			log.G(ctx).WithError(err).Warn("pod runs without kubectl port-forward")
+		}
+	}
 	return p, nil
 }
 
@@ -301,6 +311,13 @@ func (p *pod) stop(ctx context.Context) error {
 func (p *pod) doStop(ctx context.Context) error {
 	if p.client != nil {
 		p.client.Close()
+	}
+	if p.forwarder != nil {
+		// teardown removes the redirect again; closing here first ends
+		// the forwarded connections before the VM goes.
+		if err := p.forwarder.close(); err != nil {
+			log.G(ctx).WithError(err).WithField("pod", p.id).Warn("stop port forwarding")
+		}
 	}
 	if err := teardown(ctx, p.vm.Stop, p.record, p.layers); err != nil {
 		return fmt.Errorf("pod %s: %w", p.id, err)

@@ -221,11 +221,15 @@ func (e *taskEnv) bundle(id string, spec *specs.Spec) string {
 
 // startSandbox creates and starts the pod's sandbox task, which boots the
 // agent VM.
-func (e *taskEnv) startSandbox(id string) {
+func (e *taskEnv) startSandbox(id string) { e.startSandboxIn(id, "") }
+
+// startSandboxIn is startSandbox in the network namespace at netns, as CNI
+// set it up ("": a new, empty one).
+func (e *taskEnv) startSandboxIn(id, netns string) {
 	spec := &specs.Spec{
 		Version:     specs.Version,
 		Annotations: map[string]string{annotationContainerType: containerTypeSandbox, annotationSandboxID: id},
-		Linux:       &specs.Linux{Namespaces: []specs.LinuxNamespace{{Type: specs.PIDNamespace}, {Type: specs.IPCNamespace}, {Type: specs.NetworkNamespace}}},
+		Linux:       &specs.Linux{Namespaces: []specs.LinuxNamespace{{Type: specs.PIDNamespace}, {Type: specs.IPCNamespace}, {Type: specs.NetworkNamespace, Path: netns}}},
 	}
 	if _, err := e.s.Create(e.ctx, &taskAPI.CreateTaskRequest{ID: id, Bundle: e.bundle(id, spec), Options: e.options}); err != nil {
 		e.t.Fatalf("create sandbox: %v", err)
