@@ -136,6 +136,9 @@
 //	  profiles/audit.json: {"defaultAction": "SCMP_ACT_LOG"}
 //	runtimeDefaultSeccomp:     # whose RuntimeDefault profile is accepted
 //	- containerd-2             # default: containerd-2 and containerd-1.7
+//	portForward:               # ports on the pod's loopback kubectl port-forward may reach
+//	  declaredPorts: true      # the containers' TCP containerPorts (default true)
+//	  ports: [6060]            # and these
 //
 // A named container's stdin and logs win over "*"; exec and envPatterns of
 // both apply. DefaultSettings allows StartContainer, SignalProcess,
@@ -157,4 +160,12 @@
 // 255.255.255.255/32; default routes pass, and link-local 169.254.0.0/16,
 // through which Calico routes, is allowed). MACs must be unicast and a
 // route's preferred source one of the interfaces' addresses.
+//
+// # Port forwarding
+//
+// kubectl port-forward connects the host to a port on the pod's loopback,
+// where a pod may serve what it means only for its own containers. The
+// policy opens the ports the containers declare (containerPorts of protocol
+// TCP, init containers' too) and those the settings name; every other
+// PortForward is denied.
 package generate
