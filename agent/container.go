@@ -31,6 +31,10 @@ type container struct {
 	layerSet *storage.LayerSet
 	layers   []string
 	cgroup   string // the container's cgroup, below the hierarchy root
+	// sharedCopies maps the mount destinations of the host files the
+	// host sent (shared files) to their guest copies, which the container
+	// bind-mounts. Set before the container is known, then read only.
+	sharedCopies map[string]string
 
 	mu sync.Mutex
 	// state is read through currentState, which notices an init exit.

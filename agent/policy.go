@@ -81,6 +81,15 @@ func (g *policyGate) discardOutput(id string) bool {
 	return p == nil || p.gate.DiscardOutput(id)
 }
 
+// writeBack returns the mount destinations whose guest copies the host may
+// read back from container id; none without a policy.
+func (g *policyGate) writeBack(id string) []string {
+	if p := g.installed.Load(); p != nil {
+		return p.gate.WriteBack(id)
+	}
+	return nil
+}
+
 // exited tells the installed policy's gate that the init process of
 // container id exited with status (see enforce.Gate.Exited).
 func (g *policyGate) exited(id string, status int) {

@@ -32,6 +32,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -290,6 +291,10 @@ func (s *Service) CreateContainer(ctx context.Context, req *api.CreateContainerR
 		return nil, status.Errorf(codes.AlreadyExists, "create container %s: already exists", id)
 	}
 	c := newContainer(id, bundle, rootfs, s.layers, res.Spec.Linux.CgroupsPath)
+	c.sharedCopies = make(map[string]string, len(res.Files))
+	for _, f := range res.Files {
+		c.sharedCopies[f.Destination] = f.Path
+	}
 	s.containers[id] = c // reserves the id while we work without the lock
 	s.mu.Unlock()
 
@@ -650,7 +655,7 @@ func runcProcessGone(err error) bool {
 
 // WaitProcess waits until the process has exited and its output reached the host.
 func (s *Service) WaitProcess(ctx context.Context, req *api.ProcessRequest) (*api.WaitProcessResponse, error) {
-	_, p, err := s.lookupProcess("wait", req.ContainerId, req.ExecId)
+	c, p, err := s.lookupProcess("wait", req.ContainerId, req.ExecId)
 	if err != nil {
 		return nil, err
 	}
@@ -660,7 +665,56 @@ func (s *Service) WaitProcess(ctx context.Context, req *api.ProcessRequest) (*ap
 		return nil, ended(ctx, "wait for %s", p)
 	}
 	e := p.result()
-	return &api.WaitProcessResponse{ExitStatus: e.Code(), ExitedAtUnixNano: e.Time.UnixNano()}, nil
+	resp := &api.WaitProcessResponse{ExitStatus: e.Code(), ExitedAtUnixNano: e.Time.UnixNano()}
+	if req.ExecId == "" {
+		resp.WrittenBack = s.writtenBack(ctx, c)
+	}
+	return resp, nil
+}
+
+// writtenBack reads what the host may read back of container c's shared
+// files (its termination message): the guest copies at the destinations
+// the policy marks, each cut at api.MaxWrittenBack bytes. A destination
+// without a guest copy has nothing to give; a copy that cannot be read is
+// logged and left out, as the exit must still reach the host.
+func (s *Service) writtenBack(ctx context.Context, c *container) []*api.SharedFile {
+	var files []*api.SharedFile
+	for _, dest := range s.policy.writeBack(c.id) {
+		copyPath, ok := c.sharedCopies[dest]
+		if !ok {
+			continue
+		}
+		content, err := readWrittenBack(copyPath)
+		if err != nil {
+			log.G(ctx).WithError(err).WithField("container", c.id).Warnf("the host does not get back the file at %s", dest)
+			continue
+		}
+		files = append(files, &api.SharedFile{Destination: dest, Content: content})
+	}
+	return files
+}
+
+// readWrittenBack reads up to api.MaxWrittenBack bytes of the regular file
+// at path, whose last component may not be a symlink. O_NONBLOCK keeps a
+// FIFO planted there from holding up the open.
+func readWrittenBack(path string) ([]byte, error) {
+	f, err := os.OpenFile(path, os.O_RDONLY|unix.O_NOFOLLOW|unix.O_NONBLOCK, 0)
+	if err != nil {
+		return nil, fmt.Errorf("open the guest copy: %w", err)
+	}
+	defer f.Close()
+	info, err := f.Stat()
+	if err != nil {
+		return nil, fmt.Errorf("guest copy %s: %w", path, err)
+	}
+	if !info.Mode().IsRegular() {
+		return nil, fmt.Errorf("guest copy %s is a %v, not a regular file", path, info.Mode().Type())
+	}
+	content, err := io.ReadAll(io.LimitReader(f, api.MaxWrittenBack))
+	if err != nil {
+		return nil, fmt.Errorf("read the guest copy %s: %w", path, err)
+	}
+	return content, nil
 }
 
 // CloseStdin closes the stdin of a process after what the host sent.

@@ -231,13 +231,9 @@ func TestKubePods(t *testing.T) {
 							t.Errorf("FallbackToLogsOnError: message %q, want the log's tail", msg)
 						}
 					})
-				// The file the container writes to its termination-message
-				// path lies in the guest: carrying it back to the kubelet's
-				// file is issue 17's (with its policy setting); runc only
-				// until then.
-				if rc != "runc" {
-					return
-				}
+				// In a pod VM the file lies in the guest: the agent hands it
+				// back with the container's exit, as the generated policy
+				// marks the termination-message mount write_back.
 				name = "msgfile-" + rc
 				one(t, name, withPolicy(podSpec(name, rc, busybox("app", "echo written to the file >/dev/termination-log; exit 0")), "Never"),
 					"jsonpath={.status.phase}=Succeeded", func(t *testing.T) {

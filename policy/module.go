@@ -178,20 +178,31 @@ func checkPattern(field, pattern string) error {
 
 // AllowAll returns a module that allows every request: for development
 // only (the agent logs that it runs one). Its hash is stable like any other.
+// The host may read everything, so it gets back what a container writes to
+// the kubelet's termination-message file (a bind of
+// <kubelet root>/pods/<uid>/containers/<name>/<id>), as with runc.
 func AllowAll() []byte {
-	return constantModule("allows every request (development only)", "true")
+	return constantModule("allows every request (development only)", "true", map[Kind]string{
+		CreateContainer: `{"allow": true, "write_back": sort([m.destination | some m in input.mounts; m.type == "bind"; regex.match("/pods/[^/]+/containers/[^/]+/[0-9a-f]+$", m.source)])}`,
+	})
 }
 
 // DenyAll returns a module that denies every request.
 func DenyAll() []byte {
-	return constantModule("denies every request", `{"allow": false, "rule": "deny_all", "reason": "the pod's policy denies every request"}`)
+	return constantModule("denies every request", `{"allow": false, "rule": "deny_all", "reason": "the pod's policy denies every request"}`, nil)
 }
 
-func constantModule(what, value string) []byte {
+// constantModule decides every kind with value, or with its own value in
+// byKind.
+func constantModule(what, value string, byKind map[Kind]string) []byte {
 	var b strings.Builder
 	fmt.Fprintf(&b, "# A policy that %s.\npackage agent_policy\n\n", what)
 	for _, k := range Kinds {
-		fmt.Fprintf(&b, "%s := %s\n", k, value)
+		v := value
+		if own, ok := byKind[k]; ok {
+			v = own
+		}
+		fmt.Fprintf(&b, "%s := %s\n", k, v)
 	}
 	return []byte(b.String())
 }

@@ -289,4 +289,9 @@ type Mount struct {
 	// host; the host chooses paths, so only their shape is pinned.
 	SourcePattern string `json:"source_pattern"`
 	ReadOnly      bool   `json:"read_only"`
+	// WriteBack lets the host read back what the container wrote to the
+	// guest copy of this host file, with the exit of its init process:
+	// the kubelet's termination-message file, which it reads on the host.
+	// It has no effect in a container whose output the host may not read.
+	WriteBack bool `json:"write_back,omitempty"`
 }

@@ -24,7 +24,7 @@ CreateSandbox := allowed if {
 	all_hold(create_sandbox_checks, create_sandbox_ok)
 } else := denial("create_sandbox", create_sandbox_checks, create_sandbox_ok, create_sandbox_why)
 
-CreateContainer := {"allow": true, "rule": "", "reason": "", "discard_output": container_policy.logs != true} if {
+CreateContainer := {"allow": true, "rule": "", "reason": "", "discard_output": container_policy.logs != true, "write_back": write_back} if {
 	count(create_container_check_set - create_container_ok) == 0
 } else := denial("create_container", create_container_checks, create_container_ok, create_container_why)
 
@@ -1278,6 +1278,18 @@ policy_mount_ok(m) if {
 	writable_ok(m.read_only, allowed.read_only)
 	m.propagation in quiet_propagation
 }
+
+# The destinations of the host files whose guest copy the host gets back
+# with the init's exit (the termination message): those the policy marks
+# write_back, only in a container whose output the host may read, as a
+# message is output.
+write_back := sort([d |
+	some d, m in container_policy.mounts
+	m.write_back == true
+	input.mount_destinations[d]
+]) if {
+	container_policy.logs == true
+} else := []
 
 # writable_ok(read_only, allowed_read_only): a writable mount needs the
 # leave a policy mount gives by not being read-only; a value missing or

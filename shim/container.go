@@ -6,12 +6,14 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 
 	taskAPI "github.com/containerd/containerd/api/runtime/task/v3"
 	"github.com/containerd/errdefs"
 	"github.com/containerd/log"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"golang.org/x/sys/unix"
 
 	agentapi "github.com/contrast-vm/contrast/api/agent"
 	"github.com/contrast-vm/contrast/api/lifecycle"
@@ -42,6 +44,12 @@ type container struct {
 	disk  *hypervisor.Disk
 	// layers are the serials of the image layers the container uses.
 	layers []string
+
+	// writableFiles maps the destinations of the container's writable
+	// bind mounts of host files to their sources: where what the guest
+	// hands back with the init's exit (the termination message) goes.
+	// Set at creation, then read only.
+	writableFiles map[string]string
 }
 
 // lock takes the container's lifecycle lock, but refuses at once while
@@ -63,6 +71,8 @@ func newContainer(r *taskAPI.CreateTaskRequest, spec *specs.Spec) *container {
 		sandbox: spec.Annotations[annotationContainerType] == containerTypeSandbox,
 		execs:   map[string]*process{},
 		init:    newProcess(r.ID, "", stdioPaths{Stdin: r.Stdin, Stdout: r.Stdout, Stderr: r.Stderr, Terminal: r.Terminal}),
+
+		writableFiles: writableFileBinds(spec),
 	}
 	c.init.state = lifecycle.Creating
 	return c
@@ -245,6 +255,69 @@ func sharedFiles(spec *specs.Spec) ([]*agentapi.SharedFile, error) {
 		files = append(files, &agentapi.SharedFile{Destination: m.Destination, Content: data, Mode: uint32(info.Mode().Perm())})
 	}
 	return files, nil
+}
+
+// writableFileBinds returns the destinations and sources of the spec's
+// bind mounts that the container may write and whose source is a regular
+// file (not a symlink) on the host.
+func writableFileBinds(spec *specs.Spec) map[string]string {
+	files := map[string]string{}
+	for _, m := range spec.Mounts {
+		if !isBind(m) || slices.Contains(m.Options, "ro") || slices.Contains(m.Options, "rro") {
+			continue
+		}
+		if info, err := os.Lstat(m.Source); err == nil && info.Mode().IsRegular() {
+			files[m.Destination] = m.Source
+		}
+	}
+	return files
+}
+
+// writeBack writes what the guest handed back with the init's exit into
+// the host files the container binds writable. A failure is logged: the
+// exit is reported regardless.
+func (c *container) writeBack(ctx context.Context, files []*agentapi.SharedFile) {
+	for _, f := range files {
+		lg := log.G(ctx).WithFields(log.Fields{"container": c.id, "destination": f.Destination})
+		source, ok := c.writableFiles[f.Destination]
+		if !ok {
+			lg.Warn("the guest handed back a file for a destination that is no writable bind mount of a host file; ignored")
+			continue
+		}
+		if err := writeHostFile(source, f.Content); err != nil {
+			lg.WithError(err).Error("write back the container's file to the host")
+		}
+	}
+}
+
+// writeHostFile replaces the content of the existing regular file at path
+// with at most agentapi.MaxWrittenBack bytes of content, keeping its mode.
+// It follows no symlink at path's last component and opens nothing else
+// (a FIFO, a device) there.
+func writeHostFile(path string, content []byte) error {
+	content = content[:min(len(content), agentapi.MaxWrittenBack)]
+	f, err := os.OpenFile(path, os.O_WRONLY|unix.O_NOFOLLOW|unix.O_NONBLOCK|unix.O_NOCTTY, 0)
+	if err != nil {
+		return fmt.Errorf("open host file: %w", err)
+	}
+	defer f.Close()
+	info, err := f.Stat()
+	if err != nil {
+		return fmt.Errorf("host file %s: %w", path, err)
+	}
+	if !info.Mode().IsRegular() {
+		return fmt.Errorf("host file %s is a %v, not a regular file", path, info.Mode().Type())
+	}
+	if err := f.Truncate(0); err != nil {
+		return fmt.Errorf("truncate host file %s: %w", path, err)
+	}
+	if _, err := f.Write(content); err != nil {
+		return fmt.Errorf("write host file %s: %w", path, err)
+	}
+	if err := f.Close(); err != nil {
+		return fmt.Errorf("write host file %s: %w", path, err)
+	}
+	return nil
 }
 
 func isBind(m specs.Mount) bool {

@@ -105,6 +105,11 @@ func (s *service) waitProcess(pd *pod, c *container, p *process) {
 			log.G(s.ctx).WithError(err).Warn("output of " + p.name() + " incomplete")
 		}
 	}
+	if p.execID == "" {
+		// Before the exit is out: the kubelet reads the termination
+		// message from the host file once it sees the container exited.
+		c.writeBack(s.ctx, resp.WrittenBack)
+	}
 	s.exit(pd, c, p, resp.ExitStatus, time.Unix(0, resp.ExitedAtUnixNano))
 }
 

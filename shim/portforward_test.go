@@ -92,7 +92,7 @@ func TestPortForward(t *testing.T) {
 	e := newTaskEnv(t)
 	name, path := cniNamespace(t)
 	port := upperEcho(t)
-	e.startSandboxIn("pod", path)
+	e.startSandboxWith("pod", path, nil)
 
 	for i := range 3 {
 		c, err := dialInNamespace(t, path, fmt.Sprintf("localhost:%d", port))

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -39,6 +40,14 @@ type recordingPublisher struct {
 	mu     sync.Mutex
 	events []string
 	notify chan struct{}
+	// onExit, if set, is called with a TaskExit's ID as it is published.
+	onExit func(id string)
+}
+
+func (p *recordingPublisher) setOnExit(f func(id string)) {
+	p.mu.Lock()
+	p.onExit = f
+	p.mu.Unlock()
 }
 
 func newRecordingPublisher() *recordingPublisher {
@@ -69,7 +78,11 @@ func (p *recordingPublisher) Publish(_ context.Context, topic string, event even
 	}
 	p.mu.Lock()
 	p.events = append(p.events, name)
+	onExit := p.onExit
 	p.mu.Unlock()
+	if e, ok := event.(*eventstypes.TaskExit); ok && onExit != nil {
+		onExit(e.ID)
+	}
 	select {
 	case p.notify <- struct{}{}:
 	default:
@@ -221,16 +234,18 @@ func (e *taskEnv) bundle(id string, spec *specs.Spec) string {
 
 // startSandbox creates and starts the pod's sandbox task, which boots the
 // agent VM.
-func (e *taskEnv) startSandbox(id string) { e.startSandboxIn(id, "") }
+func (e *taskEnv) startSandbox(id string) { e.startSandboxWith(id, "", nil) }
 
-// startSandboxIn is startSandbox in the network namespace at netns, as CNI
-// set it up ("": a new, empty one).
-func (e *taskEnv) startSandboxIn(id, netns string) {
+// startSandboxWith is startSandbox in the network namespace at netns, as
+// CNI set it up ("": a new, empty one), with more annotations on the
+// sandbox (a policy).
+func (e *taskEnv) startSandboxWith(id, netns string, annotations map[string]string) {
 	spec := &specs.Spec{
 		Version:     specs.Version,
 		Annotations: map[string]string{annotationContainerType: containerTypeSandbox, annotationSandboxID: id},
 		Linux:       &specs.Linux{Namespaces: []specs.LinuxNamespace{{Type: specs.PIDNamespace}, {Type: specs.IPCNamespace}, {Type: specs.NetworkNamespace, Path: netns}}},
 	}
+	maps.Copy(spec.Annotations, annotations)
 	if _, err := e.s.Create(e.ctx, &taskAPI.CreateTaskRequest{ID: id, Bundle: e.bundle(id, spec), Options: e.options}); err != nil {
 		e.t.Fatalf("create sandbox: %v", err)
 	}

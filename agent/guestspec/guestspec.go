@@ -48,6 +48,9 @@ type File struct {
 	Path    string
 	Content []byte
 	Mode    uint32
+	// Destination is the mount destination of the shared file this is the
+	// guest copy of.
+	Destination string
 }
 
 // Result is the guest spec, the files it refers to and notes on what was
@@ -270,7 +273,7 @@ func (r *Result) rewriteMounts(in Input) error {
 			if mode == 0 {
 				mode = 0o644
 			}
-			r.Files = append(r.Files, File{Path: p, Content: f.Content, Mode: mode})
+			r.Files = append(r.Files, File{Path: p, Content: f.Content, Mode: mode, Destination: dest})
 			r.note("bind mount at %s: host file %q replaced by the shared copy %s", m.Destination, m.Source, p)
 			m.Source = p
 			continue

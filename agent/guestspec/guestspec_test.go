@@ -106,9 +106,9 @@ func guestSpec() *specs.Spec {
 
 func guestFiles() []File {
 	return []File{
-		{Path: testShared + "/00-etc_hosts", Content: []byte("127.0.0.1 localhost\n"), Mode: 0o644},
-		{Path: testShared + "/01-etc_hostname", Content: []byte("pod\n"), Mode: 0o644},
-		{Path: testShared + "/02-etc_resolv.conf", Content: []byte("nameserver 10.0.0.10\n"), Mode: 0o644},
+		{Path: testShared + "/00-etc_hosts", Content: []byte("127.0.0.1 localhost\n"), Mode: 0o644, Destination: "/etc/hosts"},
+		{Path: testShared + "/01-etc_hostname", Content: []byte("pod\n"), Mode: 0o644, Destination: "/etc/hostname"},
+		{Path: testShared + "/02-etc_resolv.conf", Content: []byte("nameserver 10.0.0.10\n"), Mode: 0o644, Destination: "/etc/resolv.conf"},
 	}
 }
 

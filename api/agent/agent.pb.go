@@ -1000,8 +1000,13 @@ type WaitProcessResponse struct {
 	state            protoimpl.MessageState `protogen:"open.v1"`
 	ExitStatus       uint32                 `protobuf:"varint,1,opt,name=exit_status,json=exitStatus,proto3" json:"exit_status,omitempty"`
 	ExitedAtUnixNano int64                  `protobuf:"varint,2,opt,name=exited_at_unix_nano,json=exitedAtUnixNano,proto3" json:"exited_at_unix_nano,omitempty"`
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	// written_back: for a container's init process only, the content (at
+	// most MaxWrittenBack bytes) the guest copies of the shared files at
+	// the destinations the policy lets the host read back (the kubelet's
+	// termination message) hold at the exit; mode is unset.
+	WrittenBack   []*SharedFile `protobuf:"bytes,3,rep,name=written_back,json=writtenBack,proto3" json:"written_back,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *WaitProcessResponse) Reset() {
@@ -1046,6 +1051,13 @@ func (x *WaitProcessResponse) GetExitedAtUnixNano() int64 {
 		return x.ExitedAtUnixNano
 	}
 	return 0
+}
+
+func (x *WaitProcessResponse) GetWrittenBack() []*SharedFile {
+	if x != nil {
+		return x.WrittenBack
+	}
+	return nil
 }
 
 type ListProcessesResponse struct {
@@ -1856,11 +1868,12 @@ const file_api_agent_agent_proto_rawDesc = "" +
 	"\fcontainer_id\x18\x01 \x01(\tR\vcontainerId\x12\x17\n" +
 	"\aexec_id\x18\x02 \x01(\tR\x06execId\x12\x16\n" +
 	"\x06signal\x18\x03 \x01(\rR\x06signal\x12\x10\n" +
-	"\x03all\x18\x04 \x01(\bR\x03all\"e\n" +
+	"\x03all\x18\x04 \x01(\bR\x03all\"\xa7\x01\n" +
 	"\x13WaitProcessResponse\x12\x1f\n" +
 	"\vexit_status\x18\x01 \x01(\rR\n" +
 	"exitStatus\x12-\n" +
-	"\x13exited_at_unix_nano\x18\x02 \x01(\x03R\x10exitedAtUnixNano\"+\n" +
+	"\x13exited_at_unix_nano\x18\x02 \x01(\x03R\x10exitedAtUnixNano\x12@\n" +
+	"\fwritten_back\x18\x03 \x03(\v2\x1d.contrast.agent.v1.SharedFileR\vwrittenBack\"+\n" +
 	"\x15ListProcessesResponse\x12\x12\n" +
 	"\x04pids\x18\x01 \x03(\rR\x04pids\";\n" +
 	"\x16RemoveContainerRequest\x12!\n" +
@@ -1983,52 +1996,53 @@ var file_api_agent_agent_proto_depIdxs = []int32{
 	8,  // 2: contrast.agent.v1.CreateContainerRequest.stdio:type_name -> contrast.agent.v1.Stdio
 	10, // 3: contrast.agent.v1.CreateContainerRequest.layers:type_name -> contrast.agent.v1.Layer
 	8,  // 4: contrast.agent.v1.ExecProcessRequest.stdio:type_name -> contrast.agent.v1.Stdio
-	26, // 5: contrast.agent.v1.ConfigureNetworkRequest.interfaces:type_name -> contrast.agent.v1.NetworkInterface
-	27, // 6: contrast.agent.v1.ConfigureNetworkRequest.routes:type_name -> contrast.agent.v1.NetworkRoute
-	28, // 7: contrast.agent.v1.ConfigureNetworkRequest.neighbors:type_name -> contrast.agent.v1.NetworkNeighbor
-	1,  // 8: contrast.agent.v1.Agent.Health:input_type -> contrast.agent.v1.HealthRequest
-	3,  // 9: contrast.agent.v1.Agent.SetPolicy:input_type -> contrast.agent.v1.SetPolicyRequest
-	5,  // 10: contrast.agent.v1.Agent.CreateSandbox:input_type -> contrast.agent.v1.CreateSandboxRequest
-	9,  // 11: contrast.agent.v1.Agent.CreateContainer:input_type -> contrast.agent.v1.CreateContainerRequest
-	12, // 12: contrast.agent.v1.Agent.StartContainer:input_type -> contrast.agent.v1.ContainerRequest
-	14, // 13: contrast.agent.v1.Agent.ExecProcess:input_type -> contrast.agent.v1.ExecProcessRequest
-	16, // 14: contrast.agent.v1.Agent.SignalProcess:input_type -> contrast.agent.v1.SignalProcessRequest
-	13, // 15: contrast.agent.v1.Agent.WaitProcess:input_type -> contrast.agent.v1.ProcessRequest
-	13, // 16: contrast.agent.v1.Agent.CloseStdin:input_type -> contrast.agent.v1.ProcessRequest
-	12, // 17: contrast.agent.v1.Agent.ListProcesses:input_type -> contrast.agent.v1.ContainerRequest
-	19, // 18: contrast.agent.v1.Agent.RemoveContainer:input_type -> contrast.agent.v1.RemoveContainerRequest
-	20, // 19: contrast.agent.v1.Agent.ResizePty:input_type -> contrast.agent.v1.ResizePtyRequest
-	12, // 20: contrast.agent.v1.Agent.PauseContainer:input_type -> contrast.agent.v1.ContainerRequest
-	12, // 21: contrast.agent.v1.Agent.ResumeContainer:input_type -> contrast.agent.v1.ContainerRequest
-	21, // 22: contrast.agent.v1.Agent.UpdateContainer:input_type -> contrast.agent.v1.UpdateContainerRequest
-	12, // 23: contrast.agent.v1.Agent.StatsContainer:input_type -> contrast.agent.v1.ContainerRequest
-	0,  // 24: contrast.agent.v1.Agent.WaitOOM:input_type -> contrast.agent.v1.Empty
-	24, // 25: contrast.agent.v1.Agent.GetReport:input_type -> contrast.agent.v1.GetReportRequest
-	29, // 26: contrast.agent.v1.Agent.ConfigureNetwork:input_type -> contrast.agent.v1.ConfigureNetworkRequest
-	2,  // 27: contrast.agent.v1.Agent.Health:output_type -> contrast.agent.v1.HealthResponse
-	4,  // 28: contrast.agent.v1.Agent.SetPolicy:output_type -> contrast.agent.v1.SetPolicyResponse
-	0,  // 29: contrast.agent.v1.Agent.CreateSandbox:output_type -> contrast.agent.v1.Empty
-	11, // 30: contrast.agent.v1.Agent.CreateContainer:output_type -> contrast.agent.v1.CreateContainerResponse
-	0,  // 31: contrast.agent.v1.Agent.StartContainer:output_type -> contrast.agent.v1.Empty
-	15, // 32: contrast.agent.v1.Agent.ExecProcess:output_type -> contrast.agent.v1.ExecProcessResponse
-	0,  // 33: contrast.agent.v1.Agent.SignalProcess:output_type -> contrast.agent.v1.Empty
-	17, // 34: contrast.agent.v1.Agent.WaitProcess:output_type -> contrast.agent.v1.WaitProcessResponse
-	0,  // 35: contrast.agent.v1.Agent.CloseStdin:output_type -> contrast.agent.v1.Empty
-	18, // 36: contrast.agent.v1.Agent.ListProcesses:output_type -> contrast.agent.v1.ListProcessesResponse
-	0,  // 37: contrast.agent.v1.Agent.RemoveContainer:output_type -> contrast.agent.v1.Empty
-	0,  // 38: contrast.agent.v1.Agent.ResizePty:output_type -> contrast.agent.v1.Empty
-	0,  // 39: contrast.agent.v1.Agent.PauseContainer:output_type -> contrast.agent.v1.Empty
-	0,  // 40: contrast.agent.v1.Agent.ResumeContainer:output_type -> contrast.agent.v1.Empty
-	0,  // 41: contrast.agent.v1.Agent.UpdateContainer:output_type -> contrast.agent.v1.Empty
-	22, // 42: contrast.agent.v1.Agent.StatsContainer:output_type -> contrast.agent.v1.StatsContainerResponse
-	23, // 43: contrast.agent.v1.Agent.WaitOOM:output_type -> contrast.agent.v1.OOMEvent
-	25, // 44: contrast.agent.v1.Agent.GetReport:output_type -> contrast.agent.v1.GetReportResponse
-	0,  // 45: contrast.agent.v1.Agent.ConfigureNetwork:output_type -> contrast.agent.v1.Empty
-	27, // [27:46] is the sub-list for method output_type
-	8,  // [8:27] is the sub-list for method input_type
-	8,  // [8:8] is the sub-list for extension type_name
-	8,  // [8:8] is the sub-list for extension extendee
-	0,  // [0:8] is the sub-list for field type_name
+	7,  // 5: contrast.agent.v1.WaitProcessResponse.written_back:type_name -> contrast.agent.v1.SharedFile
+	26, // 6: contrast.agent.v1.ConfigureNetworkRequest.interfaces:type_name -> contrast.agent.v1.NetworkInterface
+	27, // 7: contrast.agent.v1.ConfigureNetworkRequest.routes:type_name -> contrast.agent.v1.NetworkRoute
+	28, // 8: contrast.agent.v1.ConfigureNetworkRequest.neighbors:type_name -> contrast.agent.v1.NetworkNeighbor
+	1,  // 9: contrast.agent.v1.Agent.Health:input_type -> contrast.agent.v1.HealthRequest
+	3,  // 10: contrast.agent.v1.Agent.SetPolicy:input_type -> contrast.agent.v1.SetPolicyRequest
+	5,  // 11: contrast.agent.v1.Agent.CreateSandbox:input_type -> contrast.agent.v1.CreateSandboxRequest
+	9,  // 12: contrast.agent.v1.Agent.CreateContainer:input_type -> contrast.agent.v1.CreateContainerRequest
+	12, // 13: contrast.agent.v1.Agent.StartContainer:input_type -> contrast.agent.v1.ContainerRequest
+	14, // 14: contrast.agent.v1.Agent.ExecProcess:input_type -> contrast.agent.v1.ExecProcessRequest
+	16, // 15: contrast.agent.v1.Agent.SignalProcess:input_type -> contrast.agent.v1.SignalProcessRequest
+	13, // 16: contrast.agent.v1.Agent.WaitProcess:input_type -> contrast.agent.v1.ProcessRequest
+	13, // 17: contrast.agent.v1.Agent.CloseStdin:input_type -> contrast.agent.v1.ProcessRequest
+	12, // 18: contrast.agent.v1.Agent.ListProcesses:input_type -> contrast.agent.v1.ContainerRequest
+	19, // 19: contrast.agent.v1.Agent.RemoveContainer:input_type -> contrast.agent.v1.RemoveContainerRequest
+	20, // 20: contrast.agent.v1.Agent.ResizePty:input_type -> contrast.agent.v1.ResizePtyRequest
+	12, // 21: contrast.agent.v1.Agent.PauseContainer:input_type -> contrast.agent.v1.ContainerRequest
+	12, // 22: contrast.agent.v1.Agent.ResumeContainer:input_type -> contrast.agent.v1.ContainerRequest
+	21, // 23: contrast.agent.v1.Agent.UpdateContainer:input_type -> contrast.agent.v1.UpdateContainerRequest
+	12, // 24: contrast.agent.v1.Agent.StatsContainer:input_type -> contrast.agent.v1.ContainerRequest
+	0,  // 25: contrast.agent.v1.Agent.WaitOOM:input_type -> contrast.agent.v1.Empty
+	24, // 26: contrast.agent.v1.Agent.GetReport:input_type -> contrast.agent.v1.GetReportRequest
+	29, // 27: contrast.agent.v1.Agent.ConfigureNetwork:input_type -> contrast.agent.v1.ConfigureNetworkRequest
+	2,  // 28: contrast.agent.v1.Agent.Health:output_type -> contrast.agent.v1.HealthResponse
+	4,  // 29: contrast.agent.v1.Agent.SetPolicy:output_type -> contrast.agent.v1.SetPolicyResponse
+	0,  // 30: contrast.agent.v1.Agent.CreateSandbox:output_type -> contrast.agent.v1.Empty
+	11, // 31: contrast.agent.v1.Agent.CreateContainer:output_type -> contrast.agent.v1.CreateContainerResponse
+	0,  // 32: contrast.agent.v1.Agent.StartContainer:output_type -> contrast.agent.v1.Empty
+	15, // 33: contrast.agent.v1.Agent.ExecProcess:output_type -> contrast.agent.v1.ExecProcessResponse
+	0,  // 34: contrast.agent.v1.Agent.SignalProcess:output_type -> contrast.agent.v1.Empty
+	17, // 35: contrast.agent.v1.Agent.WaitProcess:output_type -> contrast.agent.v1.WaitProcessResponse
+	0,  // 36: contrast.agent.v1.Agent.CloseStdin:output_type -> contrast.agent.v1.Empty
+	18, // 37: contrast.agent.v1.Agent.ListProcesses:output_type -> contrast.agent.v1.ListProcessesResponse
+	0,  // 38: contrast.agent.v1.Agent.RemoveContainer:output_type -> contrast.agent.v1.Empty
+	0,  // 39: contrast.agent.v1.Agent.ResizePty:output_type -> contrast.agent.v1.Empty
+	0,  // 40: contrast.agent.v1.Agent.PauseContainer:output_type -> contrast.agent.v1.Empty
+	0,  // 41: contrast.agent.v1.Agent.ResumeContainer:output_type -> contrast.agent.v1.Empty
+	0,  // 42: contrast.agent.v1.Agent.UpdateContainer:output_type -> contrast.agent.v1.Empty
+	22, // 43: contrast.agent.v1.Agent.StatsContainer:output_type -> contrast.agent.v1.StatsContainerResponse
+	23, // 44: contrast.agent.v1.Agent.WaitOOM:output_type -> contrast.agent.v1.OOMEvent
+	25, // 45: contrast.agent.v1.Agent.GetReport:output_type -> contrast.agent.v1.GetReportResponse
+	0,  // 46: contrast.agent.v1.Agent.ConfigureNetwork:output_type -> contrast.agent.v1.Empty
+	28, // [28:47] is the sub-list for method output_type
+	9,  // [9:28] is the sub-list for method input_type
+	9,  // [9:9] is the sub-list for extension type_name
+	9,  // [9:9] is the sub-list for extension extendee
+	0,  // [0:9] is the sub-list for field type_name
 }
 
 func init() { file_api_agent_agent_proto_init() }

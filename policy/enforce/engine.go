@@ -43,6 +43,10 @@ type Decision struct {
 	// DiscardOutput: an allowed CreateContainer whose output the host may
 	// not read (the rule value's "discard_output"); the agent drains it.
 	DiscardOutput bool
+	// WriteBack: the mount destinations of an allowed CreateContainer whose
+	// guest copies the host gets back with the init's exit (the rule
+	// value's "write_back"); never any with DiscardOutput.
+	WriteBack []string
 }
 
 // builtinsDenied are OPA built-ins a policy may not call: the agent decides
@@ -216,7 +220,15 @@ func decisionOf(kind policy.Kind, value any) (Decision, error) {
 		rule, _ := v["rule"].(string)
 		if allow {
 			discard, _ := v["discard_output"].(bool)
-			return Decision{Allow: true, DiscardOutput: discard}, nil
+			writeBack, err := writeBackOf(v["write_back"])
+			if err != nil {
+				return Decision{}, fmt.Errorf("rule %s: %w", kind, err)
+			}
+			if discard {
+				// A file's content is output too.
+				writeBack = nil
+			}
+			return Decision{Allow: true, DiscardOutput: discard, WriteBack: writeBack}, nil
 		}
 		if rule == "" {
 			rule = string(kind)
@@ -228,6 +240,27 @@ func decisionOf(kind policy.Kind, value any) (Decision, error) {
 	default:
 		return Decision{}, fmt.Errorf("rule %s: value %v is neither a boolean nor an object", kind, value)
 	}
+}
+
+// writeBackOf reads a rule value's "write_back": absent, or a list of
+// mount destinations.
+func writeBackOf(value any) ([]string, error) {
+	if value == nil {
+		return nil, nil
+	}
+	list, ok := value.([]any)
+	if !ok {
+		return nil, fmt.Errorf("\"write_back\" is %v, not a list of mount destinations", value)
+	}
+	dests := make([]string, 0, len(list))
+	for _, d := range list {
+		dest, ok := d.(string)
+		if !ok {
+			return nil, fmt.Errorf("\"write_back\" holds %v, not a mount destination", d)
+		}
+		dests = append(dests, dest)
+	}
+	return dests, nil
 }
 
 // Defines reports whether the module has a rule for kind.

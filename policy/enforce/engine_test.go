@@ -3,6 +3,7 @@ package enforce
 import (
 	"context"
 	"maps"
+	"reflect"
 	"slices"
 	"strings"
 	"testing"
@@ -71,6 +72,14 @@ func TestDecideContract(t *testing.T) {
 		{name: "conflict", module: "StartContainer := true if input.kind\nStartContainer := false if input.container_id", kind: policy.StartContainer,
 			wantErr: "evaluate rule StartContainer"},
 		{name: "unknown kind", module: "StartContainer := true", kind: "Reboot", wantErr: `unknown request kind "Reboot"`},
+		{name: "write back", module: `StartContainer := {"allow": true, "write_back": ["/dev/termination-log"]}`, kind: policy.StartContainer,
+			want: Decision{Allow: true, WriteBack: []string{"/dev/termination-log"}}},
+		{name: "write back of discarded output", module: `StartContainer := {"allow": true, "discard_output": true, "write_back": ["/dev/termination-log"]}`,
+			kind: policy.StartContainer, want: Decision{Allow: true, DiscardOutput: true}},
+		{name: "write back not a list", module: `StartContainer := {"allow": true, "write_back": true}`, kind: policy.StartContainer,
+			wantErr: `"write_back" is true, not a list`},
+		{name: "write back not a path", module: `StartContainer := {"allow": true, "write_back": [1]}`, kind: policy.StartContainer,
+			wantErr: `"write_back" holds 1`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -91,7 +100,7 @@ func TestDecideContract(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if d != tt.want {
+			if !reflect.DeepEqual(d, tt.want) {
 				t.Fatalf("decision %+v, want %+v", d, tt.want)
 			}
 		})

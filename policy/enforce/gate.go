@@ -26,6 +26,9 @@ type Gate struct {
 	// discard holds the ids of allowed containers whose output the host
 	// may not read.
 	discard map[string]bool
+	// writeBack holds, per allowed container id, the mount destinations
+	// whose guest copies the host gets back (Decision.WriteBack).
+	writeBack map[string][]string
 	// env holds the effective environment (Input's set of NAME=VALUE) each
 	// allowed container was created with: containerd builds an exec's
 	// process from the container's, so the rules compare an exec's
@@ -45,7 +48,7 @@ func (g *Gate) Engine() *Engine { return g.engine }
 func NewGate(e *Engine) *Gate {
 	return &Gate{
 		engine: e, containers: map[string]string{}, discard: map[string]bool{}, env: map[string]map[string]any{},
-		created: map[string]bool{}, completed: map[string]bool{},
+		writeBack: map[string][]string{}, created: map[string]bool{}, completed: map[string]bool{},
 	}
 }
 
@@ -127,6 +130,9 @@ func (g *Gate) Authorize(ctx context.Context, method string, req any) error {
 		}
 		g.containers[id] = name
 		g.discard[id] = d.DiscardOutput
+		if len(d.WriteBack) > 0 && !d.DiscardOutput {
+			g.writeBack[id] = d.WriteBack
+		}
 		g.env[id] = in["process"].(map[string]any)["env"].(map[string]any)
 	}
 	return nil
@@ -140,6 +146,18 @@ func (g *Gate) DiscardOutput(id string) bool {
 	defer g.mu.Unlock()
 	discard, ok := g.discard[id]
 	return !ok || discard
+}
+
+// WriteBack returns the mount destinations of container id whose guest
+// copies the host may read back: none for an id the gate did not allow or
+// whose output is discarded, and none the policy did not mark.
+func (g *Gate) WriteBack(id string) []string {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.discard[id] {
+		return nil
+	}
+	return slices.Clone(g.writeBack[id])
 }
 
 // RuleInput is the rule of a Denial for a request the gate could not read.
@@ -174,6 +192,7 @@ func (g *Gate) Done(method string, req any, err error) {
 	g.mu.Lock()
 	delete(g.containers, r.GetContainerId())
 	delete(g.discard, r.GetContainerId())
+	delete(g.writeBack, r.GetContainerId())
 	delete(g.env, r.GetContainerId())
 	g.mu.Unlock()
 }

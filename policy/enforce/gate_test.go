@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
 	"strings"
 	"sync"
@@ -269,5 +270,44 @@ func TestGateExecEnvAsCreated(t *testing.T) {
 	}
 	if err := g.Authorize(ctx, method(policy.ExecProcess), probe("web-other")); err == nil {
 		t.Fatal("exec with the removed container's environment allowed")
+	}
+}
+
+// TestGateWriteBack: the host gets back the guest copy of a host file only
+// at a destination the policy marks write_back, and only from a container
+// whose output it may read; an unknown or removed id gets nothing.
+func TestGateWriteBack(t *testing.T) {
+	const termination = "/dev/termination-log"
+	d := testData()
+	mark := func(name string, logs bool) {
+		c := d.Containers[name]
+		c.Mounts = maps.Clone(c.Mounts)
+		c.Mounts[termination] = policy.Mount{
+			Type: "bind", SourcePattern: `/var/lib/kubelet/pods/[0-9a-f-]+/containers/` + name + `/[0-9a-f]{8}`, WriteBack: true,
+		}
+		c.Logs = logs
+		d.Containers[name] = c
+	}
+	mark("web", true)
+	mark("metrics", false) // marked, but the host may not read its output
+	g := NewGate(engineFor(t, d))
+	ctx := context.Background()
+	for _, name := range []string{"web", "api", "metrics"} {
+		req := createRequest(t, "c-"+name, criSpec(testContainerNamed(t, name)), nil)
+		if err := g.Authorize(ctx, method(policy.CreateContainer), req); err != nil {
+			t.Fatalf("create %s: %v", name, err)
+		}
+		g.Done(method(policy.CreateContainer), req, nil)
+	}
+	for id, want := range map[string][]string{
+		"c-web": {termination}, "c-api": nil, "c-metrics": nil, "c-unknown": nil,
+	} {
+		if got := g.WriteBack(id); !slices.Equal(got, want) {
+			t.Errorf("write back of %s: %q, want %q", id, got, want)
+		}
+	}
+	g.Done(method(policy.RemoveContainer), &agentapi.RemoveContainerRequest{ContainerId: "c-web"}, nil)
+	if got := g.WriteBack("c-web"); got != nil {
+		t.Errorf("write back of a removed container: %q", got)
 	}
 }

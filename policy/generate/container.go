@@ -523,8 +523,10 @@ func (p *pod) mounts(c *corev1.Container) (map[string]policy.Mount, error) {
 		termination = defaultTerminationMessagePath
 	}
 	if _, taken := out[termination]; !taken {
-		// The kubelet's per-instance file: 8 random hex digits.
-		out[termination] = policy.Mount{Type: "bind", SourcePattern: podDir + `/containers/` + regexp.QuoteMeta(c.Name) + `/[0-9a-f]{8}`}
+		// The kubelet's per-instance file: 8 random hex digits. It reads
+		// the message there once the container exited, so the guest's
+		// copy goes back to the host.
+		out[termination] = policy.Mount{Type: "bind", SourcePattern: podDir + `/containers/` + regexp.QuoteMeta(c.Name) + `/[0-9a-f]{8}`, WriteBack: true}
 	}
 	if _, taken := out[etcHostsPath]; !taken {
 		out[etcHostsPath] = policy.Mount{Type: "bind", SourcePattern: podDir + `/etc-hosts`}

@@ -394,6 +394,12 @@ initContainers:
 	if _, ok := c.Mounts[defaultTerminationMessagePath]; ok {
 		t.Errorf("default termination path despite terminationMessagePath")
 	}
+	for dest, m := range c.Mounts {
+		// Only the termination message goes back to the host.
+		if m.WriteBack != (dest == "/tmp/msg") {
+			t.Errorf("mount at %s: write back %v", dest, m.WriteBack)
+		}
+	}
 	if len(c.Mounts) != 11 {
 		t.Errorf("%d mounts; want 11: %v", len(c.Mounts), c.Mounts)
 	}

@@ -1413,3 +1413,34 @@ func TestDecisionDenialText(t *testing.T) {
 		t.Fatalf("%v\nwant %s", err, want)
 	}
 }
+
+// TestDecisionWriteBack: a generated policy gives the host back the guest
+// copy of the termination-message file, and nothing else, of a container
+// whose output it may read; of one whose output is discarded, nothing.
+func TestDecisionWriteBack(t *testing.T) {
+	ctx := context.Background()
+	for _, tc := range []struct {
+		name string
+		logs bool
+		want []string
+	}{
+		{name: "logs", logs: true, want: []string{"/dev/termination-log"}},
+		{name: "output discarded", logs: false, want: nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p := newTestPod(t, "web", func(s *generate.Settings) {
+				s.Containers["nginx"] = generate.ContainerSettings{Logs: &tc.logs}
+			})
+			for _, a := range []action{sandbox(""), create("nginx")} {
+				kind, req := a(p)
+				if err := p.gate.Authorize(ctx, enforce.ServicePrefix+string(kind), req); err != nil {
+					t.Fatalf("%s: %v", kind, err)
+				}
+				p.gate.Done(enforce.ServicePrefix+string(kind), req, nil)
+			}
+			if got := p.gate.WriteBack(id("nginx")); !slices.Equal(got, tc.want) {
+				t.Errorf("write back %q, want %q", got, tc.want)
+			}
+		})
+	}
+}

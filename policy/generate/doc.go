@@ -69,6 +69,9 @@
 // automountServiceAccountToken is false, containers/<name>/<8 hex> for the
 // termination-message file, etc-hosts; hostPath sources are exact; a
 // persistent volume's only to the pod's volume directory, with a warning).
+// The termination-message mount alone is marked write_back: the host gets
+// back what the container wrote there (the kubelet reads it after the exit),
+// unless the container's logs are withheld.
 //
 // A variable whose value only a pattern pins is still required by name
 // wherever the kubelet or containerd always send it (an env entry the YAML

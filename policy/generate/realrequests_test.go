@@ -305,3 +305,55 @@ func TestRealSeccompRenderings(t *testing.T) {
 		}
 	}
 }
+
+// TestRealContainerdWriteBack: the real requests, judged by the policy
+// their manifest was generated with before write_back existed, get nothing
+// back; once the policy marks the termination-message mount, that one.
+func TestRealContainerdWriteBack(t *testing.T) {
+	const termination = "/dev/termination-log"
+	for _, v := range []string{"2.4", "1.7"} {
+		dir := filepath.Join("testdata", "containerd", v)
+		spec, err := os.ReadFile(filepath.Join(dir, "plain.spec.json"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var s specs.Spec
+		if err := json.Unmarshal(spec, &s); err != nil {
+			t.Fatal(err)
+		}
+		name := s.Annotations[enforce.AnnotationContainerName]
+		mark := func(d *policy.Data) {
+			c := d.Containers[name]
+			m, ok := c.Mounts[termination]
+			if !ok {
+				t.Fatalf("the policy has no mount at %s", termination)
+			}
+			m.WriteBack = true
+			c.Mounts[termination] = m
+		}
+		for _, tc := range []struct {
+			name string
+			edit []func(*policy.Data)
+			want []string
+		}{
+			{name: "unmarked"},
+			{name: "marked", edit: []func(*policy.Data){mark}, want: []string{termination}},
+		} {
+			t.Run(v+"/"+tc.name, func(t *testing.T) {
+				manifest := filepath.Join(dir, "plain.yaml")
+				g, hostname := realGate(t, manifest, tc.edit...)
+				ctx := context.Background()
+				if err := g.Authorize(ctx, enforce.ServicePrefix+string(policy.CreateSandbox), &agentapi.CreateSandboxRequest{SandboxId: "sb", Hostname: hostname}); err != nil {
+					t.Fatalf("CreateSandbox: %v", err)
+				}
+				layers := policyData(t, manifest).Containers[name].Layers
+				if err := g.Authorize(ctx, enforce.ServicePrefix+string(policy.CreateContainer), realCreate(t, g, spec, layers)); err != nil {
+					t.Fatalf("the real request is denied: %v", err)
+				}
+				if got := g.WriteBack("ctr-real"); !slices.Equal(got, tc.want) {
+					t.Errorf("write back %q, want %q", got, tc.want)
+				}
+			})
+		}
+	}
+}
