@@ -88,6 +88,9 @@ type Config struct {
 	// AttestationMountPoint (see the package documentation).
 	AttestationEndpoint bool
 	Reaper              *reaper.Reaper
+	// VolumeBytes caps what the kubelet-managed volumes the host shares
+	// (ShareVolume) may hold in the guest's memory, all together.
+	VolumeBytes int64
 }
 
 // DefaultConfig is the configuration inside the VM.
@@ -108,6 +111,7 @@ func DefaultConfig(r *reaper.Reaper) Config {
 
 		AttestationEndpoint: true,
 		Reaper:              r,
+		VolumeBytes:         DefaultVolumeBytes,
 	}
 }
 
@@ -131,6 +135,9 @@ type Service struct {
 	// without holding up the other requests.
 	networkMu         sync.Mutex
 	networkConfigured bool
+
+	// volumes are the kubelet-managed volumes the host shared.
+	volumes *volumeSet
 }
 
 var _ api.AgentService = (*Service)(nil)
@@ -160,6 +167,7 @@ func NewService(cfg Config) (*Service, error) {
 		oom:        newOOMEvents(),
 		policy:     newPolicyGate(cfg.TEE),
 		layers:     storage.NewLayerSet(filepath.Join(cfg.RunDir, "layers"), cfg.Devices),
+		volumes:    newVolumeSet(filepath.Join(cfg.RunDir, "volumes"), cfg.VolumeBytes),
 		containers: map[string]*container{},
 	}, nil
 }
@@ -277,6 +285,7 @@ func (s *Service) CreateContainer(ctx context.Context, req *api.CreateContainerR
 		// The host does not ask for this mount, so the policy, which judges
 		// the host's spec, neither sees nor needs to allow it.
 		AttestationDir: s.attestationDir(),
+		VolumeSource:   s.volumes.mountSource,
 	})
 	if err != nil {
 		return nil, invalid("create %v", err) // err names the container

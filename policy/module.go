@@ -75,6 +75,14 @@ func checkData(d Data) error {
 	if err := checkPattern("pod.hostname_pattern", d.Pod.HostnamePattern); err != nil {
 		return err
 	}
+	for i, v := range d.Pod.Volumes {
+		if err := checkPattern(fmt.Sprintf("pod.volumes[%d].name_pattern", i), v.NamePattern); err != nil {
+			return err
+		}
+		if v.MaxBytes <= 0 {
+			return fmt.Errorf("pod.volumes[%d].max_bytes: %d is not a size", i, v.MaxBytes)
+		}
+	}
 	seen := map[string]bool{}
 	for i, ic := range d.Pod.InitContainers {
 		if _, ok := d.Containers[ic.Name]; !ok || seen[ic.Name] {

@@ -62,6 +62,10 @@ const (
 	// (kubectl port-forward); it names no container. It is no RPC but a
 	// connection to the agent's forward port (api/agent ForwardHeader).
 	PortForward Kind = "PortForward"
+	// ShareVolume puts a kubelet-managed volume (ConfigMap, Secret,
+	// projected, downward API) into the VM or updates it; it names no
+	// container.
+	ShareVolume Kind = "ShareVolume"
 )
 
 // Kinds lists every request kind a policy decides.
@@ -69,7 +73,7 @@ var Kinds = []Kind{
 	CreateSandbox, CreateContainer, StartContainer, ExecProcess, SignalProcess,
 	WaitProcess, CloseStdin, ListProcesses, RemoveContainer, ResizePty,
 	PauseContainer, ResumeContainer, UpdateContainer, StatsContainer, WaitOOM,
-	GetReport, ConfigureNetwork, PortForward,
+	GetReport, ConfigureNetwork, PortForward, ShareVolume,
 }
 
 // Hash is the SHA-256 of the exact policy bytes: the value of SNP HOSTDATA.
@@ -161,6 +165,27 @@ type Pod struct {
 	// container other than a sidecar is not created again once an app
 	// container has been.
 	InitContainers []InitContainer `json:"init_containers,omitempty"`
+	// Volumes are the kubelet-managed volumes the host may share with the
+	// VM (ShareVolume); a container mounts one where its mounts allow.
+	Volumes []Volume `json:"volumes,omitempty"`
+}
+
+// Volume is a kubelet-managed volume the host may put into the VM.
+type Volume struct {
+	// Kind is the kubelet's plugin: configmap, secret, projected or
+	// downward-api.
+	Kind string `json:"kind"`
+	// NamePattern is an RE2 pattern, anchored at both ends, for the
+	// volume's name in the pod (a name, quoted, or the service-account
+	// token's kube-api-access-<5 random characters>).
+	NamePattern string `json:"name_pattern"`
+	// MaxBytes bounds the contents of the volume's files together.
+	MaxBytes int64 `json:"max_bytes"`
+	// Keys, when set, pins the volume's content: each key (a top-level
+	// name of the volume, as the container sees it) and the SHA-256 (hex)
+	// of the file it leads to. A share with other keys or content is
+	// denied, and the container keeps the last content shared.
+	Keys map[string]string `json:"keys,omitempty"`
 }
 
 // InitContainer is one init container of the pod.

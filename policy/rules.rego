@@ -62,6 +62,10 @@ ConfigureNetwork := allowed if {
 	all_hold(configure_network_checks, configure_network_ok)
 } else := denial("configure_network", configure_network_checks, configure_network_ok, configure_network_why)
 
+ShareVolume := allowed if {
+	all_hold(share_volume_checks, share_volume_ok)
+} else := denial("share_volume", share_volume_checks, share_volume_ok, share_volume_why)
+
 PortForward := allowed if {
 	all_hold(port_forward_checks, port_forward_ok)
 } else := denial("port_forward", port_forward_checks, port_forward_ok, port_forward_why)
@@ -1341,4 +1345,45 @@ port_forward_why contains ["port", msg] if {
 port_forward_why contains ["port", msg] if {
 	count(forward_ports) > 0
 	msg := sprintf("port %d is not among the ports the policy allows to forward to, %v", [input.port, forward_ports])
+}
+
+# ---------------------------------------------------------------- ShareVolume
+
+# The host puts a kubelet-managed volume (ConfigMap, Secret, projected,
+# downward API) into the VM: only the pod's own volumes, of their kind, no
+# larger than the policy says, and, where the policy pins them, with
+# exactly the keys and content the owner gave. Input already refused trees
+# with other file types or links leaving the volume.
+share_volume_checks := ["volume", "size", "content"]
+
+policy_volumes := object.get(pd.pod, "volumes", [])
+
+share_volume_policy := v if {
+	some v in policy_volumes
+	v.kind == input.volume_kind
+	regex.match(concat("", ["^(?:", v.name_pattern, ")$"]), input.volume_name)
+}
+
+share_volume_ok contains "volume" if share_volume_policy
+
+share_volume_why contains ["volume", msg] if {
+	msg := sprintf("%s volume %s is not one of the pod's volumes in the policy", [input.volume_kind, q(input.volume_name)])
+}
+
+share_volume_ok contains "size" if input.total_bytes <= share_volume_policy.max_bytes
+
+share_volume_why contains ["size", msg] if {
+	msg := sprintf("%s volume %s holds %d bytes, the policy allows at most %d", [input.volume_kind, q(input.volume_name), input.total_bytes, share_volume_policy.max_bytes])
+}
+
+share_volume_ok contains "content" if {
+	share_volume_policy
+	not share_volume_policy.keys
+}
+
+share_volume_ok contains "content" if input.keys == share_volume_policy.keys
+
+share_volume_why contains ["content", msg] if {
+	pinned := share_volume_policy.keys
+	msg := sprintf("%s volume %s: keys and content %s are not the pinned %s", [input.volume_kind, q(input.volume_name), q(input.keys), q(pinned)])
 }

@@ -123,6 +123,9 @@ func (s *service) createInGuest(ctx context.Context, p *pod, c *container, r *ta
 		}()
 		req.Rootfs = &agentapi.BlockDevice{Serial: disk.Serial, Fstype: "ext4", ReadOnly: true}
 	}
+	if err := p.volumes.ensure(ctx, spec); err != nil {
+		return 0, fmt.Errorf("container %s: %w", c.id, err)
+	}
 	shared, err := sharedFiles(spec)
 	if err != nil {
 		return 0, fmt.Errorf("container %s: %w", c.id, err)

@@ -39,6 +39,9 @@ type pod struct {
 	network *podNetwork
 	// layers are the image layers attached to the VM.
 	layers *podLayers
+	// volumes are the kubelet-managed volumes shared with the VM and kept
+	// live.
+	volumes *podVolumes
 	// forwarder carries kubectl port-forward into the VM; nil without a
 	// network, or where the namespace could not be set up for it.
 	forwarder *portForwarder
@@ -226,6 +229,10 @@ func bootPod(ctx context.Context, hv hypervisor.Hypervisor, cfg Config, l podLau
 		"pod": id, "boot": time.Since(started).Round(time.Millisecond), "kernel": health.KernelRelease,
 		"agent": health.Version, "qemu_pid": vm.Pid(), "vcpus": l.Size.VCPUs, "memory_mib": l.Size.MemoryMiB,
 	}).Info("pod VM ready")
+	p.volumes = newPodVolumes(ctx, id, func(ctx context.Context, req *agentapi.ShareVolumeRequest) error {
+		_, err := p.agent.ShareVolume(ctx, req)
+		return err
+	})
 	if err := p.installPolicy(ctx, l.Policy, l.PolicySource); err != nil {
 		return nil, err
 	}
@@ -311,6 +318,9 @@ func (p *pod) stop(ctx context.Context) error {
 func (p *pod) doStop(ctx context.Context) error {
 	if p.client != nil {
 		p.client.Close()
+	}
+	if p.volumes != nil {
+		p.volumes.close()
 	}
 	if p.forwarder != nil {
 		// teardown removes the redirect again; closing here first ends

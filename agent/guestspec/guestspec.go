@@ -37,6 +37,10 @@ type Input struct {
 	// endpoint, bind-mounted read-only at AttestationMountPoint; "" mounts
 	// nothing.
 	AttestationDir string
+	// VolumeSource maps a bind mount's host source to the guest directory
+	// of the kubelet-managed volume it is (isVolume), or fails for a
+	// volume the host has not shared; nil: no volumes.
+	VolumeSource func(hostSource string) (guest string, isVolume bool, err error)
 }
 
 // AttestationMountPoint is where a container finds the agent's attestation
@@ -262,6 +266,18 @@ func (r *Result) rewriteMounts(in Input) error {
 				return fmt.Errorf("mount of %q (type %q) at %q refers to the host", m.Source, m.Type, m.Destination)
 			}
 			continue
+		}
+		if in.VolumeSource != nil {
+			// A kubelet-managed volume the host shared (ShareVolume).
+			guest, isVolume, err := in.VolumeSource(m.Source)
+			if err != nil {
+				return fmt.Errorf("bind mount at %s: %w", m.Destination, err)
+			}
+			if isVolume {
+				r.note("bind mount at %s: host volume %q replaced by the guest's copy %s", m.Destination, m.Source, guest)
+				m.Source = guest
+				continue
+			}
 		}
 		if f, ok := shared[dest]; ok {
 			if used[dest] {

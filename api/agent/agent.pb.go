@@ -1802,6 +1802,165 @@ func (x *PortForwardRequest) GetPort() uint32 {
 	return 0
 }
 
+// ShareVolumeRequest is a kubelet-managed volume's whole tree.
+type ShareVolumeRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// kind is the kubelet's volume plugin: configmap, secret, projected or
+	// downward-api (its directory kubernetes.io~<kind>).
+	Kind string `protobuf:"bytes,1,opt,name=kind,proto3" json:"kind,omitempty"`
+	// name is the pod's name for the volume (its directory's name).
+	Name          string        `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	Files         []*VolumeFile `protobuf:"bytes,3,rep,name=files,proto3" json:"files,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ShareVolumeRequest) Reset() {
+	*x = ShareVolumeRequest{}
+	mi := &file_api_agent_agent_proto_msgTypes[31]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ShareVolumeRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ShareVolumeRequest) ProtoMessage() {}
+
+func (x *ShareVolumeRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_api_agent_agent_proto_msgTypes[31]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ShareVolumeRequest.ProtoReflect.Descriptor instead.
+func (*ShareVolumeRequest) Descriptor() ([]byte, []int) {
+	return file_api_agent_agent_proto_rawDescGZIP(), []int{31}
+}
+
+func (x *ShareVolumeRequest) GetKind() string {
+	if x != nil {
+		return x.Kind
+	}
+	return ""
+}
+
+func (x *ShareVolumeRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *ShareVolumeRequest) GetFiles() []*VolumeFile {
+	if x != nil {
+		return x.Files
+	}
+	return nil
+}
+
+// VolumeFile is one entry of a volume's tree.
+type VolumeFile struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// path is relative to the volume's root, "/"-separated and clean.
+	Path string `protobuf:"bytes,1,opt,name=path,proto3" json:"path,omitempty"`
+	// type is "file", "dir" or "symlink".
+	Type          string `protobuf:"bytes,2,opt,name=type,proto3" json:"type,omitempty"`
+	Mode          uint32 `protobuf:"varint,3,opt,name=mode,proto3" json:"mode,omitempty"` // permission bits
+	Uid           uint32 `protobuf:"varint,4,opt,name=uid,proto3" json:"uid,omitempty"`
+	Gid           uint32 `protobuf:"varint,5,opt,name=gid,proto3" json:"gid,omitempty"`
+	Content       []byte `protobuf:"bytes,6,opt,name=content,proto3" json:"content,omitempty"` // a file's bytes
+	Target        string `protobuf:"bytes,7,opt,name=target,proto3" json:"target,omitempty"`   // a symlink's target
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *VolumeFile) Reset() {
+	*x = VolumeFile{}
+	mi := &file_api_agent_agent_proto_msgTypes[32]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *VolumeFile) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*VolumeFile) ProtoMessage() {}
+
+func (x *VolumeFile) ProtoReflect() protoreflect.Message {
+	mi := &file_api_agent_agent_proto_msgTypes[32]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use VolumeFile.ProtoReflect.Descriptor instead.
+func (*VolumeFile) Descriptor() ([]byte, []int) {
+	return file_api_agent_agent_proto_rawDescGZIP(), []int{32}
+}
+
+func (x *VolumeFile) GetPath() string {
+	if x != nil {
+		return x.Path
+	}
+	return ""
+}
+
+func (x *VolumeFile) GetType() string {
+	if x != nil {
+		return x.Type
+	}
+	return ""
+}
+
+func (x *VolumeFile) GetMode() uint32 {
+	if x != nil {
+		return x.Mode
+	}
+	return 0
+}
+
+func (x *VolumeFile) GetUid() uint32 {
+	if x != nil {
+		return x.Uid
+	}
+	return 0
+}
+
+func (x *VolumeFile) GetGid() uint32 {
+	if x != nil {
+		return x.Gid
+	}
+	return 0
+}
+
+func (x *VolumeFile) GetContent() []byte {
+	if x != nil {
+		return x.Content
+	}
+	return nil
+}
+
+func (x *VolumeFile) GetTarget() string {
+	if x != nil {
+		return x.Target
+	}
+	return ""
+}
+
 var File_api_agent_agent_proto protoreflect.FileDescriptor
 
 const file_api_agent_agent_proto_rawDesc = "" +
@@ -1921,7 +2080,20 @@ const file_api_agent_agent_proto_rawDesc = "" +
 	"\x06routes\x18\x02 \x03(\v2\x1f.contrast.agent.v1.NetworkRouteR\x06routes\x12@\n" +
 	"\tneighbors\x18\x03 \x03(\v2\".contrast.agent.v1.NetworkNeighborR\tneighbors\"(\n" +
 	"\x12PortForwardRequest\x12\x12\n" +
-	"\x04port\x18\x01 \x01(\rR\x04port2\xe9\f\n" +
+	"\x04port\x18\x01 \x01(\rR\x04port\"q\n" +
+	"\x12ShareVolumeRequest\x12\x12\n" +
+	"\x04kind\x18\x01 \x01(\tR\x04kind\x12\x12\n" +
+	"\x04name\x18\x02 \x01(\tR\x04name\x123\n" +
+	"\x05files\x18\x03 \x03(\v2\x1d.contrast.agent.v1.VolumeFileR\x05files\"\x9e\x01\n" +
+	"\n" +
+	"VolumeFile\x12\x12\n" +
+	"\x04path\x18\x01 \x01(\tR\x04path\x12\x12\n" +
+	"\x04type\x18\x02 \x01(\tR\x04type\x12\x12\n" +
+	"\x04mode\x18\x03 \x01(\rR\x04mode\x12\x10\n" +
+	"\x03uid\x18\x04 \x01(\rR\x03uid\x12\x10\n" +
+	"\x03gid\x18\x05 \x01(\rR\x03gid\x12\x18\n" +
+	"\acontent\x18\x06 \x01(\fR\acontent\x12\x16\n" +
+	"\x06target\x18\a \x01(\tR\x06target2\xb9\r\n" +
 	"\x05Agent\x12M\n" +
 	"\x06Health\x12 .contrast.agent.v1.HealthRequest\x1a!.contrast.agent.v1.HealthResponse\x12V\n" +
 	"\tSetPolicy\x12#.contrast.agent.v1.SetPolicyRequest\x1a$.contrast.agent.v1.SetPolicyResponse\x12R\n" +
@@ -1942,7 +2114,8 @@ const file_api_agent_agent_proto_rawDesc = "" +
 	"\x0eStatsContainer\x12#.contrast.agent.v1.ContainerRequest\x1a).contrast.agent.v1.StatsContainerResponse\x12@\n" +
 	"\aWaitOOM\x12\x18.contrast.agent.v1.Empty\x1a\x1b.contrast.agent.v1.OOMEvent\x12V\n" +
 	"\tGetReport\x12#.contrast.agent.v1.GetReportRequest\x1a$.contrast.agent.v1.GetReportResponse\x12X\n" +
-	"\x10ConfigureNetwork\x12*.contrast.agent.v1.ConfigureNetworkRequest\x1a\x18.contrast.agent.v1.EmptyB1Z/github.com/contrast-vm/contrast/api/agent;agentb\x06proto3"
+	"\x10ConfigureNetwork\x12*.contrast.agent.v1.ConfigureNetworkRequest\x1a\x18.contrast.agent.v1.Empty\x12N\n" +
+	"\vShareVolume\x12%.contrast.agent.v1.ShareVolumeRequest\x1a\x18.contrast.agent.v1.EmptyB1Z/github.com/contrast-vm/contrast/api/agent;agentb\x06proto3"
 
 var (
 	file_api_agent_agent_proto_rawDescOnce sync.Once
@@ -1956,7 +2129,7 @@ func file_api_agent_agent_proto_rawDescGZIP() []byte {
 	return file_api_agent_agent_proto_rawDescData
 }
 
-var file_api_agent_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 31)
+var file_api_agent_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 33)
 var file_api_agent_agent_proto_goTypes = []any{
 	(*Empty)(nil),                   // 0: contrast.agent.v1.Empty
 	(*HealthRequest)(nil),           // 1: contrast.agent.v1.HealthRequest
@@ -1989,6 +2162,8 @@ var file_api_agent_agent_proto_goTypes = []any{
 	(*NetworkNeighbor)(nil),         // 28: contrast.agent.v1.NetworkNeighbor
 	(*ConfigureNetworkRequest)(nil), // 29: contrast.agent.v1.ConfigureNetworkRequest
 	(*PortForwardRequest)(nil),      // 30: contrast.agent.v1.PortForwardRequest
+	(*ShareVolumeRequest)(nil),      // 31: contrast.agent.v1.ShareVolumeRequest
+	(*VolumeFile)(nil),              // 32: contrast.agent.v1.VolumeFile
 }
 var file_api_agent_agent_proto_depIdxs = []int32{
 	6,  // 0: contrast.agent.v1.CreateContainerRequest.rootfs:type_name -> contrast.agent.v1.BlockDevice
@@ -2000,49 +2175,52 @@ var file_api_agent_agent_proto_depIdxs = []int32{
 	26, // 6: contrast.agent.v1.ConfigureNetworkRequest.interfaces:type_name -> contrast.agent.v1.NetworkInterface
 	27, // 7: contrast.agent.v1.ConfigureNetworkRequest.routes:type_name -> contrast.agent.v1.NetworkRoute
 	28, // 8: contrast.agent.v1.ConfigureNetworkRequest.neighbors:type_name -> contrast.agent.v1.NetworkNeighbor
-	1,  // 9: contrast.agent.v1.Agent.Health:input_type -> contrast.agent.v1.HealthRequest
-	3,  // 10: contrast.agent.v1.Agent.SetPolicy:input_type -> contrast.agent.v1.SetPolicyRequest
-	5,  // 11: contrast.agent.v1.Agent.CreateSandbox:input_type -> contrast.agent.v1.CreateSandboxRequest
-	9,  // 12: contrast.agent.v1.Agent.CreateContainer:input_type -> contrast.agent.v1.CreateContainerRequest
-	12, // 13: contrast.agent.v1.Agent.StartContainer:input_type -> contrast.agent.v1.ContainerRequest
-	14, // 14: contrast.agent.v1.Agent.ExecProcess:input_type -> contrast.agent.v1.ExecProcessRequest
-	16, // 15: contrast.agent.v1.Agent.SignalProcess:input_type -> contrast.agent.v1.SignalProcessRequest
-	13, // 16: contrast.agent.v1.Agent.WaitProcess:input_type -> contrast.agent.v1.ProcessRequest
-	13, // 17: contrast.agent.v1.Agent.CloseStdin:input_type -> contrast.agent.v1.ProcessRequest
-	12, // 18: contrast.agent.v1.Agent.ListProcesses:input_type -> contrast.agent.v1.ContainerRequest
-	19, // 19: contrast.agent.v1.Agent.RemoveContainer:input_type -> contrast.agent.v1.RemoveContainerRequest
-	20, // 20: contrast.agent.v1.Agent.ResizePty:input_type -> contrast.agent.v1.ResizePtyRequest
-	12, // 21: contrast.agent.v1.Agent.PauseContainer:input_type -> contrast.agent.v1.ContainerRequest
-	12, // 22: contrast.agent.v1.Agent.ResumeContainer:input_type -> contrast.agent.v1.ContainerRequest
-	21, // 23: contrast.agent.v1.Agent.UpdateContainer:input_type -> contrast.agent.v1.UpdateContainerRequest
-	12, // 24: contrast.agent.v1.Agent.StatsContainer:input_type -> contrast.agent.v1.ContainerRequest
-	0,  // 25: contrast.agent.v1.Agent.WaitOOM:input_type -> contrast.agent.v1.Empty
-	24, // 26: contrast.agent.v1.Agent.GetReport:input_type -> contrast.agent.v1.GetReportRequest
-	29, // 27: contrast.agent.v1.Agent.ConfigureNetwork:input_type -> contrast.agent.v1.ConfigureNetworkRequest
-	2,  // 28: contrast.agent.v1.Agent.Health:output_type -> contrast.agent.v1.HealthResponse
-	4,  // 29: contrast.agent.v1.Agent.SetPolicy:output_type -> contrast.agent.v1.SetPolicyResponse
-	0,  // 30: contrast.agent.v1.Agent.CreateSandbox:output_type -> contrast.agent.v1.Empty
-	11, // 31: contrast.agent.v1.Agent.CreateContainer:output_type -> contrast.agent.v1.CreateContainerResponse
-	0,  // 32: contrast.agent.v1.Agent.StartContainer:output_type -> contrast.agent.v1.Empty
-	15, // 33: contrast.agent.v1.Agent.ExecProcess:output_type -> contrast.agent.v1.ExecProcessResponse
-	0,  // 34: contrast.agent.v1.Agent.SignalProcess:output_type -> contrast.agent.v1.Empty
-	17, // 35: contrast.agent.v1.Agent.WaitProcess:output_type -> contrast.agent.v1.WaitProcessResponse
-	0,  // 36: contrast.agent.v1.Agent.CloseStdin:output_type -> contrast.agent.v1.Empty
-	18, // 37: contrast.agent.v1.Agent.ListProcesses:output_type -> contrast.agent.v1.ListProcessesResponse
-	0,  // 38: contrast.agent.v1.Agent.RemoveContainer:output_type -> contrast.agent.v1.Empty
-	0,  // 39: contrast.agent.v1.Agent.ResizePty:output_type -> contrast.agent.v1.Empty
-	0,  // 40: contrast.agent.v1.Agent.PauseContainer:output_type -> contrast.agent.v1.Empty
-	0,  // 41: contrast.agent.v1.Agent.ResumeContainer:output_type -> contrast.agent.v1.Empty
-	0,  // 42: contrast.agent.v1.Agent.UpdateContainer:output_type -> contrast.agent.v1.Empty
-	22, // 43: contrast.agent.v1.Agent.StatsContainer:output_type -> contrast.agent.v1.StatsContainerResponse
-	23, // 44: contrast.agent.v1.Agent.WaitOOM:output_type -> contrast.agent.v1.OOMEvent
-	25, // 45: contrast.agent.v1.Agent.GetReport:output_type -> contrast.agent.v1.GetReportResponse
-	0,  // 46: contrast.agent.v1.Agent.ConfigureNetwork:output_type -> contrast.agent.v1.Empty
-	28, // [28:47] is the sub-list for method output_type
-	9,  // [9:28] is the sub-list for method input_type
-	9,  // [9:9] is the sub-list for extension type_name
-	9,  // [9:9] is the sub-list for extension extendee
-	0,  // [0:9] is the sub-list for field type_name
+	32, // 9: contrast.agent.v1.ShareVolumeRequest.files:type_name -> contrast.agent.v1.VolumeFile
+	1,  // 10: contrast.agent.v1.Agent.Health:input_type -> contrast.agent.v1.HealthRequest
+	3,  // 11: contrast.agent.v1.Agent.SetPolicy:input_type -> contrast.agent.v1.SetPolicyRequest
+	5,  // 12: contrast.agent.v1.Agent.CreateSandbox:input_type -> contrast.agent.v1.CreateSandboxRequest
+	9,  // 13: contrast.agent.v1.Agent.CreateContainer:input_type -> contrast.agent.v1.CreateContainerRequest
+	12, // 14: contrast.agent.v1.Agent.StartContainer:input_type -> contrast.agent.v1.ContainerRequest
+	14, // 15: contrast.agent.v1.Agent.ExecProcess:input_type -> contrast.agent.v1.ExecProcessRequest
+	16, // 16: contrast.agent.v1.Agent.SignalProcess:input_type -> contrast.agent.v1.SignalProcessRequest
+	13, // 17: contrast.agent.v1.Agent.WaitProcess:input_type -> contrast.agent.v1.ProcessRequest
+	13, // 18: contrast.agent.v1.Agent.CloseStdin:input_type -> contrast.agent.v1.ProcessRequest
+	12, // 19: contrast.agent.v1.Agent.ListProcesses:input_type -> contrast.agent.v1.ContainerRequest
+	19, // 20: contrast.agent.v1.Agent.RemoveContainer:input_type -> contrast.agent.v1.RemoveContainerRequest
+	20, // 21: contrast.agent.v1.Agent.ResizePty:input_type -> contrast.agent.v1.ResizePtyRequest
+	12, // 22: contrast.agent.v1.Agent.PauseContainer:input_type -> contrast.agent.v1.ContainerRequest
+	12, // 23: contrast.agent.v1.Agent.ResumeContainer:input_type -> contrast.agent.v1.ContainerRequest
+	21, // 24: contrast.agent.v1.Agent.UpdateContainer:input_type -> contrast.agent.v1.UpdateContainerRequest
+	12, // 25: contrast.agent.v1.Agent.StatsContainer:input_type -> contrast.agent.v1.ContainerRequest
+	0,  // 26: contrast.agent.v1.Agent.WaitOOM:input_type -> contrast.agent.v1.Empty
+	24, // 27: contrast.agent.v1.Agent.GetReport:input_type -> contrast.agent.v1.GetReportRequest
+	29, // 28: contrast.agent.v1.Agent.ConfigureNetwork:input_type -> contrast.agent.v1.ConfigureNetworkRequest
+	31, // 29: contrast.agent.v1.Agent.ShareVolume:input_type -> contrast.agent.v1.ShareVolumeRequest
+	2,  // 30: contrast.agent.v1.Agent.Health:output_type -> contrast.agent.v1.HealthResponse
+	4,  // 31: contrast.agent.v1.Agent.SetPolicy:output_type -> contrast.agent.v1.SetPolicyResponse
+	0,  // 32: contrast.agent.v1.Agent.CreateSandbox:output_type -> contrast.agent.v1.Empty
+	11, // 33: contrast.agent.v1.Agent.CreateContainer:output_type -> contrast.agent.v1.CreateContainerResponse
+	0,  // 34: contrast.agent.v1.Agent.StartContainer:output_type -> contrast.agent.v1.Empty
+	15, // 35: contrast.agent.v1.Agent.ExecProcess:output_type -> contrast.agent.v1.ExecProcessResponse
+	0,  // 36: contrast.agent.v1.Agent.SignalProcess:output_type -> contrast.agent.v1.Empty
+	17, // 37: contrast.agent.v1.Agent.WaitProcess:output_type -> contrast.agent.v1.WaitProcessResponse
+	0,  // 38: contrast.agent.v1.Agent.CloseStdin:output_type -> contrast.agent.v1.Empty
+	18, // 39: contrast.agent.v1.Agent.ListProcesses:output_type -> contrast.agent.v1.ListProcessesResponse
+	0,  // 40: contrast.agent.v1.Agent.RemoveContainer:output_type -> contrast.agent.v1.Empty
+	0,  // 41: contrast.agent.v1.Agent.ResizePty:output_type -> contrast.agent.v1.Empty
+	0,  // 42: contrast.agent.v1.Agent.PauseContainer:output_type -> contrast.agent.v1.Empty
+	0,  // 43: contrast.agent.v1.Agent.ResumeContainer:output_type -> contrast.agent.v1.Empty
+	0,  // 44: contrast.agent.v1.Agent.UpdateContainer:output_type -> contrast.agent.v1.Empty
+	22, // 45: contrast.agent.v1.Agent.StatsContainer:output_type -> contrast.agent.v1.StatsContainerResponse
+	23, // 46: contrast.agent.v1.Agent.WaitOOM:output_type -> contrast.agent.v1.OOMEvent
+	25, // 47: contrast.agent.v1.Agent.GetReport:output_type -> contrast.agent.v1.GetReportResponse
+	0,  // 48: contrast.agent.v1.Agent.ConfigureNetwork:output_type -> contrast.agent.v1.Empty
+	0,  // 49: contrast.agent.v1.Agent.ShareVolume:output_type -> contrast.agent.v1.Empty
+	30, // [30:50] is the sub-list for method output_type
+	10, // [10:30] is the sub-list for method input_type
+	10, // [10:10] is the sub-list for extension type_name
+	10, // [10:10] is the sub-list for extension extendee
+	0,  // [0:10] is the sub-list for field type_name
 }
 
 func init() { file_api_agent_agent_proto_init() }
@@ -2056,7 +2234,7 @@ func file_api_agent_agent_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_api_agent_agent_proto_rawDesc), len(file_api_agent_agent_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   31,
+			NumMessages:   33,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

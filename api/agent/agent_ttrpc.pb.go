@@ -27,6 +27,7 @@ type AgentService interface {
 	WaitOOM(context.Context, *Empty) (*OOMEvent, error)
 	GetReport(context.Context, *GetReportRequest) (*GetReportResponse, error)
 	ConfigureNetwork(context.Context, *ConfigureNetworkRequest) (*Empty, error)
+	ShareVolume(context.Context, *ShareVolumeRequest) (*Empty, error)
 }
 
 func RegisterAgentService(srv *ttrpc.Server, svc AgentService) {
@@ -164,6 +165,13 @@ func RegisterAgentService(srv *ttrpc.Server, svc AgentService) {
 					return nil, err
 				}
 				return svc.ConfigureNetwork(ctx, &req)
+			},
+			"ShareVolume": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
+				var req ShareVolumeRequest
+				if err := unmarshal(&req); err != nil {
+					return nil, err
+				}
+				return svc.ShareVolume(ctx, &req)
 			},
 		},
 	})
@@ -326,6 +334,14 @@ func (c *agentClient) GetReport(ctx context.Context, req *GetReportRequest) (*Ge
 func (c *agentClient) ConfigureNetwork(ctx context.Context, req *ConfigureNetworkRequest) (*Empty, error) {
 	var resp Empty
 	if err := c.client.Call(ctx, "contrast.agent.v1.Agent", "ConfigureNetwork", req, &resp); err != nil {
+		return nil, err
+	}
+	return &resp, nil
+}
+
+func (c *agentClient) ShareVolume(ctx context.Context, req *ShareVolumeRequest) (*Empty, error) {
+	var resp Empty
+	if err := c.client.Call(ctx, "contrast.agent.v1.Agent", "ShareVolume", req, &resp); err != nil {
 		return nil, err
 	}
 	return &resp, nil

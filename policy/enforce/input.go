@@ -2,6 +2,7 @@ package enforce
 
 import (
 	"bytes"
+	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -71,6 +72,10 @@ const (
 //	                 routes [{destination, gateway, source, device, link_scope}],
 //	                 neighbors [{ip, mac, device}]
 //	PortForward      port (1..65535)
+//	ShareVolume      volume_kind, volume_name, total_bytes, files [{path, type, mode, uid, gid, size}],
+//	                 keys {top-level name: SHA-256 (hex) of the regular file it leads to}
+//	                 (Input refuses a tree api/agent.CheckVolumeTree refuses: other
+//	                 types than files, directories and symlinks, links that leave the volume)
 //
 // where process is {args, env, cwd, user {uid, gid, additional_gids},
 // capabilities {bounding, effective, permitted, inheritable, ambient},
@@ -228,6 +233,14 @@ func Input(kind policy.Kind, req proto.Message, containerName func(id string) (s
 			return nil, wrongType()
 		}
 		if err := networkInput(in, r); err != nil {
+			return nil, fmt.Errorf("%s: %w", kind, err)
+		}
+	case policy.ShareVolume:
+		r, ok := req.(*agentapi.ShareVolumeRequest)
+		if !ok {
+			return nil, wrongType()
+		}
+		if err := volumeInput(in, r); err != nil {
 			return nil, fmt.Errorf("%s: %w", kind, err)
 		}
 	case policy.PortForward:
@@ -862,4 +875,100 @@ func plainAddr(a netip.Addr) error {
 		return errors.New("has a zone; the device names the link")
 	}
 	return nil
+}
+
+// volumeInput describes a ShareVolume request: the tree, checked as the
+// agent checks it, and the content each top-level key leads to, resolved
+// through the tree's own symlinks (the kubelet's key -> ..data/key ->
+// ..<timestamp>/key), for the rules that pin it.
+func volumeInput(in map[string]any, r *agentapi.ShareVolumeRequest) error {
+	if err := agentapi.CheckVolumeName(r.GetKind(), r.GetName()); err != nil {
+		return err
+	}
+	if err := agentapi.CheckVolumeTree(r.GetFiles()); err != nil {
+		return fmt.Errorf("%s volume %s: %w", r.GetKind(), r.GetName(), err)
+	}
+	in["volume_kind"] = r.GetKind()
+	in["volume_name"] = r.GetName()
+	in["total_bytes"] = agentapi.VolumeBytes(r.GetFiles())
+	byPath := map[string]*agentapi.VolumeFile{}
+	files := make([]any, 0, len(r.GetFiles()))
+	for _, f := range r.GetFiles() {
+		byPath[f.GetPath()] = f
+		files = append(files, map[string]any{
+			"path": f.GetPath(), "type": f.GetType(), "mode": int64(f.GetMode()),
+			"uid": int64(f.GetUid()), "gid": int64(f.GetGid()), "size": int64(len(f.GetContent())),
+		})
+	}
+	in["files"] = files
+	keys := map[string]any{}
+	for _, f := range r.GetFiles() {
+		if strings.Contains(f.GetPath(), "/") || strings.HasPrefix(f.GetPath(), "..") {
+			continue // not a key the container sees
+		}
+		if target, ok := resolveVolumeFile(byPath, f.GetPath()); ok {
+			sum := sha256.Sum256(target.GetContent())
+			keys[f.GetPath()] = hex.EncodeToString(sum[:])
+		} else {
+			keys[f.GetPath()] = ""
+		}
+	}
+	in["keys"] = keys
+	return nil
+}
+
+// resolveVolumeFile follows p through the tree's symlinks (each relative
+// to its own directory, downward only) to a regular file.
+func resolveVolumeFile(byPath map[string]*agentapi.VolumeFile, p string) (*agentapi.VolumeFile, bool) {
+	for hops := 0; hops < 16; hops++ {
+		// Resolve the directories on the way first.
+		dir, base := path.Split(p)
+		if dir != "" {
+			d, ok := resolveVolumeDir(byPath, strings.TrimSuffix(dir, "/"), hops)
+			if !ok {
+				return nil, false
+			}
+			p = path.Join(d, base)
+		}
+		f, ok := byPath[p]
+		if !ok {
+			return nil, false
+		}
+		switch f.GetType() {
+		case agentapi.VolumeFileRegular:
+			return f, true
+		case agentapi.VolumeFileSymlink:
+			p = path.Join(path.Dir(p), f.GetTarget())
+		default:
+			return nil, false
+		}
+	}
+	return nil, false
+}
+
+// resolveVolumeDir resolves a directory path whose components may be
+// symlinks to the real directory's path.
+func resolveVolumeDir(byPath map[string]*agentapi.VolumeFile, p string, hops int) (string, bool) {
+	resolved := ""
+	for _, c := range strings.Split(p, "/") {
+		next := path.Join(resolved, c)
+		for ; hops < 16; hops++ {
+			f, ok := byPath[next]
+			if !ok {
+				return "", false
+			}
+			if f.GetType() == agentapi.VolumeFileDir {
+				break
+			}
+			if f.GetType() != agentapi.VolumeFileSymlink {
+				return "", false
+			}
+			next = path.Join(path.Dir(next), f.GetTarget())
+		}
+		if hops >= 16 {
+			return "", false
+		}
+		resolved = next
+	}
+	return resolved, true
 }

@@ -534,6 +534,44 @@ func (p *pod) mounts(c *corev1.Container) (map[string]policy.Mount, error) {
 	return out, nil
 }
 
+// The most a kubelet-managed volume's files may hold together: a ConfigMap
+// or Secret holds at most 1 MiB in Kubernetes, and so does each source of a
+// projected volume; the service-account token's volume holds a token, the
+// cluster's CA and the namespace.
+const (
+	maxVolumeSourceBytes = 1 << 20
+	maxTokenVolumeBytes  = 64 << 10
+)
+
+// sharedVolumes are the pod's kubelet-managed volumes the host may put into
+// the VM (ShareVolume): ConfigMaps, Secrets, projected and downward-API
+// volumes by their names in the pod, and the service-account token's
+// projected volume the admission controller adds.
+func (p *pod) sharedVolumes() []policy.Volume {
+	var out []policy.Volume
+	for _, vol := range p.spec.Volumes {
+		v := policy.Volume{NamePattern: regexp.QuoteMeta(vol.Name), MaxBytes: maxVolumeSourceBytes}
+		switch {
+		case vol.ConfigMap != nil:
+			v.Kind = "configmap"
+		case vol.Secret != nil:
+			v.Kind = "secret"
+		case vol.DownwardAPI != nil:
+			v.Kind = "downward-api"
+		case vol.Projected != nil:
+			v.Kind = "projected"
+			v.MaxBytes = int64(max(1, len(vol.Projected.Sources))) * maxVolumeSourceBytes
+		default:
+			continue
+		}
+		out = append(out, v)
+	}
+	if p.spec.AutomountServiceAccountToken == nil || *p.spec.AutomountServiceAccountToken {
+		out = append(out, policy.Volume{Kind: "projected", NamePattern: `kube-api-access-[a-z0-9]{5}`, MaxBytes: maxTokenVolumeBytes})
+	}
+	return out
+}
+
 // volumeSource is the host path pattern of a volume and whether the kubelet
 // always mounts it read-only (the ones it writes itself).
 func (p *pod) volumeSource(container string, vol *corev1.Volume, podDir string) (string, bool, error) {

@@ -831,6 +831,20 @@ func onContainer(kind policy.Kind, container string) action {
 	}
 }
 
+// share is a ShareVolume of a volume in the kubelet's atomic-writer layout
+// with one key, plus whatever extra entries.
+func share(kind, name string, content []byte, extra ...*agentapi.VolumeFile) action {
+	return func(*testPod) (policy.Kind, any) {
+		files := []*agentapi.VolumeFile{
+			{Path: "..2026_12_07_16_00_00.000000001", Type: "dir", Mode: 0o755},
+			{Path: "..2026_12_07_16_00_00.000000001/key", Type: "file", Mode: 0o644, Content: content},
+			{Path: "..data", Type: "symlink", Target: "..2026_12_07_16_00_00.000000001"},
+			{Path: "key", Type: "symlink", Target: "..data/key"},
+		}
+		return policy.ShareVolume, &agentapi.ShareVolumeRequest{Kind: kind, Name: name, Files: append(files, extra...)}
+	}
+}
+
 // forward is a port-forward to port on the pod's loopback.
 func forward(port uint32) action {
 	return func(*testPod) (policy.Kind, any) {
@@ -1175,6 +1189,21 @@ func decisionCases() []decisionCase {
 		decisionCase{name: "WaitOOM", pod: "web", before: []action{sandbox("")}, do: onContainer(policy.WaitOOM, "")},
 		decisionCase{name: "WaitOOM when the settings deny it", pod: "web", settings: func(s *generate.Settings) { s.Requests[policy.WaitOOM] = false },
 			do: onContainer(policy.WaitOOM, ""), want: "wait_oom.request"},
+		decisionCase{name: "ShareVolume of the pod's ConfigMap volume", pod: "web", do: share("configmap", "config", []byte("worker_processes 2;\n"))},
+		decisionCase{name: "ShareVolume of the service-account token", pod: "web", do: share("projected", "kube-api-access-x7k2q", []byte("eyJhbGciOi"))},
+		decisionCase{name: "ShareVolume of the token in a pod without one", pod: "debug", do: share("projected", "kube-api-access-x7k2q", []byte("eyJhbGciOi")), want: "share_volume.volume"},
+		decisionCase{name: "ShareVolume under another kind", pod: "web", do: share("secret", "config", []byte("x")), want: "share_volume.volume"},
+		decisionCase{name: "ShareVolume of a volume the pod does not have", pod: "web", do: share("configmap", "other", []byte("x")), want: "share_volume.volume"},
+		decisionCase{name: "ShareVolume of the emptyDir's name", pod: "web", do: share("configmap", "cache", []byte("x")), want: "share_volume.volume"},
+		decisionCase{name: "ShareVolume larger than a ConfigMap can be", pod: "web", do: share("configmap", "config", make([]byte, 1<<20+1)), want: "share_volume.size"},
+		decisionCase{name: "ShareVolume with a symlink out of the volume", pod: "web",
+			do: share("configmap", "config", []byte("x"), &agentapi.VolumeFile{Path: "passwd", Type: "symlink", Target: "../../../etc/passwd"}), want: enforce.RuleInput},
+		decisionCase{name: "ShareVolume with an absolute symlink", pod: "web",
+			do: share("configmap", "config", []byte("x"), &agentapi.VolumeFile{Path: "passwd", Type: "symlink", Target: "/etc/passwd"}), want: enforce.RuleInput},
+		decisionCase{name: "ShareVolume with a FIFO", pod: "web",
+			do: share("configmap", "config", []byte("x"), &agentapi.VolumeFile{Path: "pipe", Type: "fifo"}), want: enforce.RuleInput},
+		decisionCase{name: "ShareVolume with a file in a directory not given", pod: "web",
+			do: share("configmap", "config", []byte("x"), &agentapi.VolumeFile{Path: "sub/file", Type: "file"}), want: enforce.RuleInput},
 		decisionCase{name: "PortForward to a declared TCP port", pod: "web", before: []action{sandbox("")}, do: forward(80)},
 		decisionCase{name: "PortForward to an undeclared port", pod: "web", before: []action{sandbox("")}, do: forward(22), want: "port_forward.port"},
 		decisionCase{name: "PortForward to a port declared for UDP", pod: "web", do: forward(9125), want: "port_forward.port"},

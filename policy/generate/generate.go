@@ -296,6 +296,8 @@ func (g *generator) workload(ctx context.Context, n int, h header, body []byte, 
 		}
 	}
 
+	data.Pod.Volumes = p.sharedVolumes()
+
 	pinned := map[string][]string{} // node list key → pinned refs, by index
 	for _, list := range []struct {
 		key        string
