@@ -185,12 +185,16 @@ func (h *hostIO) waitOutput(ctx context.Context) error {
 	}
 }
 
-// close releases every host endpoint and connection.
+// close releases every host endpoint and connection, once: the exit
+// watcher and Delete may both call it.
 func (h *hostIO) close() {
-	for i := len(h.closers) - 1; i >= 0; i-- {
-		_ = h.closers[i]()
-	}
+	h.closeMu.Lock()
+	closers := h.closers
 	h.closers = nil
+	h.closeMu.Unlock()
+	for i := len(closers) - 1; i >= 0; i-- {
+		_ = closers[i]()
+	}
 }
 
 // openSinks opens the host side of stdout and stderr: FIFOs (CRI and ctr),
