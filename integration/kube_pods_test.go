@@ -151,6 +151,84 @@ func TestKubePods(t *testing.T) {
 		})
 	})
 
+	// Kubelet-managed volumes: a ConfigMap, a Secret and the default
+	// service-account token, read in the container and kept live.
+	t.Run("volumes", func(t *testing.T) {
+		objects := func(rc, greeting string, extra bool) string {
+			other := ""
+			if extra {
+				other = "\n  other: soon gone"
+			}
+			return fmt.Sprintf("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: settings-%[1]s\ndata:\n  greeting: %[2]s%[3]s\n---\n"+
+				"apiVersion: v1\nkind: Secret\nmetadata:\n  name: creds-%[1]s\nstringData:\n  password: s3cret-%[1]s\n", rc, greeting, other)
+		}
+		mounted := func(name, rc string) string {
+			spec := podSpec(name, rc, busybox("app", "exec sleep 3600",
+				"volumeMounts: [{name: settings, mountPath: /etc/settings}, {name: creds, mountPath: /etc/creds}]"))
+			spec = strings.Replace(spec, "automountServiceAccountToken: false", "automountServiceAccountToken: true", 1)
+			return spec + fmt.Sprintf("  volumes:\n  - {name: settings, configMap: {name: settings-%[1]s}}\n  - {name: creds, secret: {secretName: creds-%[1]s}}\n", rc)
+		}
+		for _, rc := range kubeHandlers {
+			ks.apply(t, objects(rc, "hello", true))
+		}
+		sideBySide(t, "volumes", mounted, func(t *testing.T, name, rc string) {
+			read := func(p string) string {
+				return ks.kubectl(t, "exec", name, "--", "cat", p)
+			}
+			if got := read("/etc/settings/greeting"); got != "hello" {
+				t.Errorf("ConfigMap key: %q", got)
+			}
+			if got := read("/etc/creds/password"); got != "s3cret-"+rc {
+				t.Errorf("Secret key: %q", got)
+			}
+			uid := ks.kubectl(t, "get", "pod", name, "-o", "jsonpath={.metadata.uid}")
+			tokens, _ := filepath.Glob(filepath.Join(ks.k.KubeletRoot, "pods", uid, "volumes", "kubernetes.io~projected", "kube-api-access-*", "token"))
+			if len(tokens) != 1 {
+				t.Fatalf("the kubelet's token file: %v", tokens)
+			}
+			hostToken, err := os.ReadFile(tokens[0])
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := read("/var/run/secrets/kubernetes.io/serviceaccount/token"); got != string(hostToken) || got == "" {
+				t.Errorf("the container's token (%d bytes) is not the kubelet's (%d bytes)", len(got), len(hostToken))
+			}
+			if got := read("/var/run/secrets/kubernetes.io/serviceaccount/namespace"); got != "default" {
+				t.Errorf("service-account namespace: %q", got)
+			}
+
+			// An update: the kubelet rewrites the volume on the host at
+			// its next sync; from then the container sees it shortly.
+			ks.apply(t, objects(rc, "bonjour", false))
+			hostKey := filepath.Join(ks.k.KubeletRoot, "pods", uid, "volumes", "kubernetes.io~configmap", "settings", "greeting")
+			deadline := time.Now().Add(3 * time.Minute)
+			for {
+				if b, _ := os.ReadFile(hostKey); string(b) == "bonjour" {
+					break
+				}
+				if time.Now().After(deadline) {
+					t.Fatalf("the kubelet did not update the ConfigMap volume on the host")
+				}
+				time.Sleep(50 * time.Millisecond)
+			}
+			onHost := time.Now()
+			for {
+				out, _ := ks.k.Kubectl(ks.ctx, "exec", name, "--", "sh", "-c", "cat /etc/settings/greeting; test -e /etc/settings/other && echo ' other'")
+				if out == "bonjour" {
+					break
+				}
+				if time.Since(onHost) > 30*time.Second {
+					t.Fatalf("30 s after the kubelet's update the container reads %q, want bonjour and no key other", out)
+				}
+			}
+			t.Logf("%s: the ConfigMap update reached the container %s after the kubelet wrote it (kubectl exec round trips included)", rc, time.Since(onHost).Round(time.Millisecond))
+		})
+		for _, rc := range kubeHandlers {
+			ks.kubectl(t, "delete", "configmap", "settings-"+rc)
+			ks.kubectl(t, "delete", "secret", "creds-"+rc)
+		}
+	})
+
 	t.Run("probes", func(t *testing.T) {
 		// Exec readiness, HTTP liveness, TCP readiness on a second
 		// server; killing the HTTP server makes the kubelet restart the

@@ -17,13 +17,15 @@ metadata:
   namespace: default
 spec:
   runtimeClassName: contrast-cc
-  automountServiceAccountToken: false
   terminationGracePeriodSeconds: 5
+  volumes:
+  - {name: settings, configMap: {name: guarded-settings}}
   containers:
   - name: app
     image: ` + harness.BusyboxImage + `
     imagePullPolicy: Never
-    command: ["sh", "-c", "mkdir -p /tmp/pub /tmp/admin; echo public >/tmp/pub/index.html; echo admin >/tmp/admin/index.html; httpd -p 8080 -h /tmp/pub; httpd -p 127.0.0.1:9090 -h /tmp/admin; echo policy-ok; exec sleep 3600"]
+    volumeMounts: [{name: settings, mountPath: /etc/settings}]
+    command: ["sh", "-c", "mkdir -p /tmp/pub /tmp/admin; echo public >/tmp/pub/index.html; echo admin >/tmp/admin/index.html; httpd -p 8080 -h /tmp/pub; httpd -p 127.0.0.1:9090 -h /tmp/admin; echo policy-ok $(cat /etc/settings/greeting) token-$(test -s /var/run/secrets/kubernetes.io/serviceaccount/token && echo ok); exec sleep 3600"]
     ports:
     - containerPort: 8080
     livenessProbe:
@@ -53,9 +55,12 @@ func TestKubePolicy(t *testing.T) {
 	})
 
 	t.Run("generated", func(t *testing.T) {
+		// The generated policy lets the host share the pod's ConfigMap
+		// volume and its service-account token, and nothing else.
+		ks.apply(t, "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: guarded-settings\ndata:\n  greeting: hello\n")
 		ks.apply(t, ks.generatePolicy(t, kubePolicyPod))
 		ks.wait(t, "pod/guarded", "condition=Ready", 3*time.Minute)
-		ks.waitLogs(t, "policy-ok", "guarded")
+		ks.waitLogs(t, "policy-ok hello token-ok", "guarded")
 		if out := ks.kubectl(t, "exec", "guarded", "--", "cat", "/etc/hostname"); strings.TrimSpace(out) != "guarded" {
 			t.Errorf("exec of the probe's command: %q", out)
 		}

@@ -353,6 +353,9 @@ imageGCHighThresholdPercent: 100
 imageGCLowThresholdPercent: 99
 runtimeRequestTimeout: 4m
 shutdownGracePeriod: 0s
+# A changed ConfigMap or Secret reaches a pod's volume at its next sync
+# (default every minute): the tests wait less.
+syncFrequency: 10s
 `))
 
 // startKubelet writes the kubelet's configuration and starts it in its
