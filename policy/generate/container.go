@@ -45,6 +45,9 @@ type pod struct {
 	hostname    podNaming // the sandbox hostname
 	settings    Settings
 	warn        func(string)
+	// objects are the input's ConfigMaps and Secrets, whose content the
+	// policy pins where the settings say so.
+	objects volumeObjects
 }
 
 // resolvedImage is a container's image as the generator knows it.
@@ -554,8 +557,10 @@ func (p *pod) sharedVolumes() []policy.Volume {
 		switch {
 		case vol.ConfigMap != nil:
 			v.Kind = "configmap"
+			v.Keys = p.pinned(&vol)
 		case vol.Secret != nil:
 			v.Kind = "secret"
+			v.Keys = p.pinned(&vol)
 		case vol.DownwardAPI != nil:
 			v.Kind = "downward-api"
 		case vol.Projected != nil:
@@ -570,6 +575,21 @@ func (p *pod) sharedVolumes() []policy.Volume {
 		out = append(out, policy.Volume{Kind: "projected", NamePattern: `kube-api-access-[a-z0-9]{5}`, MaxBytes: maxTokenVolumeBytes})
 	}
 	return out
+}
+
+// pinned is the pinned content of a ConfigMap or Secret volume, when the
+// settings ask for it; a volume it cannot pin is left unpinned, with a
+// warning.
+func (p *pod) pinned(vol *corev1.Volume) map[string]string {
+	if !p.settings.PinVolumeContent {
+		return nil
+	}
+	keys, why := p.objects.pinnedKeys(p.namespace, vol)
+	if keys == nil {
+		p.warn(fmt.Sprintf("volume %s: content not pinned: %s", vol.Name, why))
+		return nil
+	}
+	return keys
 }
 
 // volumeSource is the host path pattern of a volume and whether the kubelet

@@ -139,6 +139,7 @@
 //	  profiles/audit.json: {"defaultAction": "SCMP_ACT_LOG"}
 //	runtimeDefaultSeccomp:     # whose RuntimeDefault profile is accepted
 //	- containerd-2             # default: containerd-2 and containerd-1.7
+//	pinVolumeContent: false    # pin ConfigMap/Secret volumes to the objects in the input
 //	portForward:               # ports on the pod's loopback kubectl port-forward may reach
 //	  declaredPorts: true      # the containers' TCP containerPorts (default true)
 //	  ports: [6060]            # and these
@@ -163,6 +164,18 @@
 // 255.255.255.255/32; default routes pass, and link-local 169.254.0.0/16,
 // through which Calico routes, is allowed). MACs must be unicast and a
 // route's preferred source one of the interfaces' addresses.
+//
+// # Volumes
+//
+// The kubelet writes ConfigMap, Secret, projected and downward-API volumes
+// on the host; the shim shares each with the VM (ShareVolume) and again at
+// every update. The policy lets the host share the pod's own volumes of
+// those kinds, by name (the service-account token's kube-api-access-<5>
+// too, unless automountServiceAccountToken is false), each at most 1 MiB
+// per source (64 KiB for the token). With pinVolumeContent, a ConfigMap or
+// Secret volume whose object is in the input beside the workload is pinned
+// to its keys and content: the host can serve nothing else for it, and an
+// update it cannot serve is refused while the container keeps what it had.
 //
 // # Port forwarding
 //

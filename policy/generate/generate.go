@@ -90,10 +90,18 @@ func Generate(ctx context.Context, in []byte, opts Options) (*Result, error) {
 		return nil, fmt.Errorf("settings: %w", err)
 	}
 
+	chunks := splitDocuments(in)
+	if g.opts.Settings.PinVolumeContent {
+		objs, err := collectVolumeObjects(chunks)
+		if err != nil {
+			return nil, err
+		}
+		g.volumeObjects = objs
+	}
 	var out bytes.Buffer
 	res := &Result{}
 	n := 0
-	for _, c := range splitDocuments(in) {
+	for _, c := range chunks {
 		doc, err := parseChunk(c)
 		if err != nil {
 			return nil, fmt.Errorf("%s: %w", describe(n+1, "", ""), err)
@@ -126,6 +134,9 @@ func Generate(ctx context.Context, in []byte, opts Options) (*Result, error) {
 type generator struct {
 	opts   Options
 	images map[string]resolvedImage // by reference as written
+	// volumeObjects are the input's ConfigMaps and Secrets, read when the
+	// settings pin volume content.
+	volumeObjects volumeObjects
 }
 
 // header is what every Kubernetes object has.
@@ -270,6 +281,7 @@ func (g *generator) workload(ctx context.Context, n int, h header, body []byte, 
 		hostname:    hostnamePattern(h.Kind, names, spec, h.Metadata.Namespace),
 		settings:    g.opts.Settings,
 		warn:        warn,
+		objects:     g.volumeObjects,
 	}
 	data := policy.Data{
 		Version: policy.DataVersion,

@@ -46,6 +46,12 @@ type Settings struct {
 	// PortForward says which ports on the pod's loopback the host may
 	// connect to (kubectl port-forward).
 	PortForward PortForwardSettings `json:"portForward,omitzero"`
+	// PinVolumeContent pins the content of each ConfigMap and Secret volume
+	// whose object is in the input beside the workload: the host can then
+	// serve no other keys or content (an update it cannot pin is refused,
+	// and the container keeps the content it had). Default false: a
+	// ConfigMap changes without a new policy.
+	PinVolumeContent bool `json:"pinVolumeContent,omitempty"`
 }
 
 // PortForwardSettings choose the TCP ports the host may forward to. By
@@ -242,6 +248,7 @@ func ParseSettings(raw []byte) (Settings, error) {
 	s.SeccompProfiles = file.SeccompProfiles
 	s.RuntimeDefaultSeccomp = file.RuntimeDefaultSeccomp
 	s.PortForward = file.PortForward
+	s.PinVolumeContent = file.PinVolumeContent
 	if err := s.validate(); err != nil {
 		return Settings{}, err
 	}
