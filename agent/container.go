@@ -26,6 +26,10 @@ type container struct {
 	id     string
 	bundle string
 	rootfs *storage.Rootfs
+	// subPathMounts are the binds of its subPath mounts (bindSubPaths),
+	// in subPathDir.
+	subPathMounts []string
+	subPathDir    string
 	// layers are the root hashes of the image layers the rootfs stacks,
 	// held in layerSet until cleanup releases them.
 	layerSet *storage.LayerSet
@@ -202,6 +206,9 @@ func checkRemove(what string, from lifecycle.State) error {
 
 // cleanup unmounts the rootfs and removes the bundle; safe to repeat.
 func (c *container) cleanup() error {
+	if err := c.unbindSubPaths(); err != nil {
+		return fmt.Errorf("container %s: %w", c.id, err)
+	}
 	if err := c.rootfs.Unmount(); err != nil {
 		return fmt.Errorf("unmount rootfs of container %s: %w", c.id, err)
 	}

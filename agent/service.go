@@ -286,6 +286,7 @@ func (s *Service) CreateContainer(ctx context.Context, req *api.CreateContainerR
 		// the host's spec, neither sees nor needs to allow it.
 		AttestationDir: s.attestationDir(),
 		VolumeSource:   s.volumes.mountSource,
+		SubPaths:       subPathsOf(req.SubPaths),
 	})
 	if err != nil {
 		return nil, invalid("create %v", err) // err names the container
@@ -361,6 +362,9 @@ func (s *Service) create(ctx context.Context, c *container, req *api.CreateConta
 		if err := writeFile(f.Path, f.Content, os.FileMode(f.Mode)); err != nil {
 			return 0, fmt.Errorf("create container %s: shared file: %w", c.id, err)
 		}
+	}
+	if err := s.bindSubPaths(c, res); err != nil {
+		return 0, fmt.Errorf("create container %s: %w", c.id, err)
 	}
 	spec, err := json.Marshal(res.Spec)
 	if err != nil {
@@ -877,4 +881,16 @@ func (s *Service) remove(ctx context.Context, c *container, procs []*process) er
 		return fmt.Errorf("remove container %s: %w", c.id, err)
 	}
 	return nil
+}
+
+// subPathsOf indexes a request's subPath mounts by destination.
+func subPathsOf(list []*api.SubPath) map[string]guestspec.SubPath {
+	if len(list) == 0 {
+		return nil
+	}
+	out := make(map[string]guestspec.SubPath, len(list))
+	for _, sp := range list {
+		out[sp.Destination] = guestspec.SubPath{Volume: sp.Volume, Path: sp.Path}
+	}
+	return out
 }

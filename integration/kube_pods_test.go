@@ -164,7 +164,7 @@ func TestKubePods(t *testing.T) {
 		}
 		mounted := func(name, rc string) string {
 			spec := podSpec(name, rc, busybox("app", "exec sleep 3600",
-				"volumeMounts: [{name: settings, mountPath: /etc/settings}, {name: creds, mountPath: /etc/creds}]"))
+				"volumeMounts: [{name: settings, mountPath: /etc/settings}, {name: creds, mountPath: /etc/creds}, {name: settings, mountPath: /etc/greeting.txt, subPath: greeting}]"))
 			spec = strings.Replace(spec, "automountServiceAccountToken: false", "automountServiceAccountToken: true", 1)
 			return spec + fmt.Sprintf("  volumes:\n  - {name: settings, configMap: {name: settings-%[1]s}}\n  - {name: creds, secret: {secretName: creds-%[1]s}}\n", rc)
 		}
@@ -180,6 +180,10 @@ func TestKubePods(t *testing.T) {
 			}
 			if got := read("/etc/creds/password"); got != "s3cret-"+rc {
 				t.Errorf("Secret key: %q", got)
+			}
+			// A subPath file is the key's content at the container's start.
+			if got := read("/etc/greeting.txt"); got != "hello" {
+				t.Errorf("subPath file: %q", got)
 			}
 			uid := ks.kubectl(t, "get", "pod", name, "-o", "jsonpath={.metadata.uid}")
 			tokens, _ := filepath.Glob(filepath.Join(ks.k.KubeletRoot, "pods", uid, "volumes", "kubernetes.io~projected", "kube-api-access-*", "token"))

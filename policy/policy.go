@@ -319,4 +319,10 @@ type Mount struct {
 	// the kubelet's termination-message file, which it reads on the host.
 	// It has no effect in a container whose output the host may not read.
 	WriteBack bool `json:"write_back,omitempty"`
+	// SubPathPattern and SubPathVolumePattern (RE2, anchored) allow a
+	// directory subPath mount: the path inside the volume, and the
+	// volume's host directory, the host names for it. Without them a
+	// mount with a subPath is denied.
+	SubPathPattern       string `json:"sub_path_pattern,omitempty"`
+	SubPathVolumePattern string `json:"sub_path_volume_pattern,omitempty"`
 }

@@ -1281,6 +1281,16 @@ policy_mount_ok(m) if {
 	regex.match(concat("", ["^(?:", allowed.source_pattern, ")$"]), m.source)
 	writable_ok(m.read_only, allowed.read_only)
 	m.propagation in quiet_propagation
+	sub_path_ok(m, allowed)
+}
+
+# A directory subPath names its volume and the path inside it, which the
+# policy must allow; a mount without one binds what its source is.
+sub_path_ok(m, _) if not m.sub_path
+
+sub_path_ok(m, allowed) if {
+	regex.match(concat("", ["^(?:", allowed.sub_path_volume_pattern, ")$"]), m.sub_path.volume)
+	regex.match(concat("", ["^(?:", allowed.sub_path_pattern, ")$"]), m.sub_path.path)
 }
 
 # The destinations of the host files whose guest copy the host gets back

@@ -123,7 +123,12 @@ func (s *service) createInGuest(ctx context.Context, p *pod, c *container, r *ta
 		}()
 		req.Rootfs = &agentapi.BlockDevice{Serial: disk.Serial, Fstype: "ext4", ReadOnly: true}
 	}
-	if err := p.volumes.ensure(ctx, spec); err != nil {
+	subs, err := subPaths(spec)
+	if err != nil {
+		return 0, fmt.Errorf("container %s: %w", c.id, err)
+	}
+	req.SubPaths = subs
+	if err := p.volumes.ensure(ctx, spec, subs); err != nil {
 		return 0, fmt.Errorf("container %s: %w", c.id, err)
 	}
 	shared, err := sharedFiles(spec)

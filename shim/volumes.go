@@ -54,19 +54,26 @@ func newPodVolumes(ctx context.Context, podID string, share func(context.Context
 	return v
 }
 
-// ensure shares every kubelet volume the spec bind-mounts that is not
-// shared yet, and starts watching it.
-func (v *podVolumes) ensure(ctx context.Context, spec *specs.Spec) error {
+// ensure shares every kubelet volume the spec bind-mounts, or one of its
+// directory subPaths names, that is not shared yet, and starts watching it.
+func (v *podVolumes) ensure(ctx context.Context, spec *specs.Spec, subPaths []*agentapi.SubPath) error {
+	type use struct{ source, destination string }
+	var uses []use
 	for _, m := range spec.Mounts {
-		if !isBind(m) {
-			continue
+		if isBind(m) {
+			uses = append(uses, use{m.Source, m.Destination})
 		}
-		kind, name, ok := agentapi.ParseVolumeSource(m.Source)
+	}
+	for _, sp := range subPaths {
+		uses = append(uses, use{sp.Volume, sp.Destination})
+	}
+	for _, u := range uses {
+		kind, name, ok := agentapi.ParseVolumeSource(u.source)
 		if !ok {
 			continue
 		}
-		if err := v.ensureOne(ctx, kind, name, filepath.Clean(m.Source)); err != nil {
-			return fmt.Errorf("%s volume %s at %s: %w", kind, name, m.Destination, err)
+		if err := v.ensureOne(ctx, kind, name, filepath.Clean(u.source)); err != nil {
+			return fmt.Errorf("%s volume %s at %s: %w", kind, name, u.destination, err)
 		}
 	}
 	return nil

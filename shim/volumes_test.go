@@ -156,3 +156,45 @@ func TestSharedVolume(t *testing.T) {
 		}
 	}
 }
+
+// TestSubPathMount: a directory subPath of a volume reaches the container
+// as that directory of the guest's copy: the shim finds it in the volume
+// the kubelet bound it from, the agent binds it without following links.
+func TestSubPathMount(t *testing.T) {
+	e := newTaskEnv(t)
+	vol := newKubeletVolume(t, "configmap", "config")
+	var payload string
+	vol.write(map[string]string{"top": "x"}, func(p string) {
+		payload = p
+		if err := os.MkdirAll(filepath.Join(p, "conf"), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(p, "conf", "app.conf"), []byte("nested"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	})
+	// The kubelet's bind of the subPath directory.
+	podDir := filepath.Dir(filepath.Dir(filepath.Dir(vol.dir)))
+	source := filepath.Join(podDir, "volume-subpaths", "config", "c1", "0")
+	if err := os.MkdirAll(source, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Mount(filepath.Join(payload, "conf"), source, "", unix.MS_BIND, ""); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { unix.Unmount(source, unix.MNT_DETACH) })
+
+	e.startSandbox("pod")
+	spec := e.containerSpec("pod", "", "sleep", "600")
+	// Only the subPath: the volume is shared for it all the same.
+	spec.Mounts = append(spec.Mounts, bindMount("/etc/app", source, "ro"))
+	e.mustRun("c1", spec)
+	if _, ok := e.holds("c1", `test "$(cat /etc/app/app.conf)" = nested && ! test -e /etc/app/top`, 0); !ok {
+		t.Error("the container does not see the subPath directory")
+	}
+	e.kill("c1")
+	e.wait("c1", "")
+	if err := e.delete("c1", ""); err != nil {
+		t.Fatal(err)
+	}
+}

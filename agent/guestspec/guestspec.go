@@ -37,10 +37,28 @@ type Input struct {
 	// endpoint, bind-mounted read-only at AttestationMountPoint; "" mounts
 	// nothing.
 	AttestationDir string
+	// SubPaths are the directory subPath mounts, by destination: the
+	// mount binds Path inside the volume whose host directory is Volume.
+	SubPaths map[string]SubPath
 	// VolumeSource maps a bind mount's host source to the guest directory
 	// of the kubelet-managed volume it is (isVolume), or fails for a
 	// volume the host has not shared; nil: no volumes.
 	VolumeSource func(hostSource string) (guest string, isVolume bool, err error)
+}
+
+// SubPath is a directory inside a volume that a mount binds.
+type SubPath struct {
+	Volume string // the volume's host directory
+	Path   string // relative to the volume, clean, no "." or ".." components
+}
+
+// SubPathMount is a mount of the rewritten spec whose source is a volume's
+// guest directory, of which the agent must bind Path instead (resolving
+// it inside the volume, never through a symlink: a container may have
+// planted one).
+type SubPathMount struct {
+	Index int // in Spec.Mounts
+	Path  string
 }
 
 // AttestationMountPoint is where a container finds the agent's attestation
@@ -63,6 +81,9 @@ type Result struct {
 	Spec  *specs.Spec
 	Files []File
 	Notes []string
+	// SubPaths are the mounts whose source the agent must narrow to a
+	// path inside the volume.
+	SubPaths []SubPathMount
 }
 
 // virtualFS are mount types that refer to no host path or device.
@@ -258,9 +279,21 @@ func (r *Result) rewriteMounts(in Input) error {
 		shared[f.Destination] = f
 	}
 	used := map[string]bool{}
+	subUsed := map[string]bool{}
 	for i := range r.Spec.Mounts {
 		m := &r.Spec.Mounts[i]
 		dest := path.Clean("/" + m.Destination)
+		if sp, ok := in.SubPaths[dest]; ok && isBind(*m) {
+			// The volume itself is mapped below like any volume mount;
+			// the agent then narrows it to the subPath.
+			if subUsed[dest] {
+				return fmt.Errorf("two bind mounts at %q", m.Destination)
+			}
+			subUsed[dest] = true
+			r.note("subPath mount at %s: %q is %s inside volume %s", m.Destination, m.Source, sp.Path, sp.Volume)
+			m.Source = sp.Volume
+			r.SubPaths = append(r.SubPaths, SubPathMount{Index: i, Path: sp.Path})
+		}
 		if !isBind(*m) {
 			if !slices.Contains(virtualFS, m.Type) {
 				return fmt.Errorf("mount of %q (type %q) at %q refers to the host", m.Source, m.Type, m.Destination)
@@ -305,6 +338,11 @@ func (r *Result) rewriteMounts(in Input) error {
 			continue
 		}
 		return fmt.Errorf("bind mount of host path %q to %q is not supported in the VM (no shared file was sent for it)", m.Source, m.Destination)
+	}
+	for dest := range in.SubPaths {
+		if !subUsed[dest] {
+			return fmt.Errorf("subPath for %s: no bind mount there", dest)
+		}
 	}
 	for _, f := range in.SharedFiles {
 		if !used[f.Destination] {

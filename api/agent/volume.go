@@ -93,6 +93,11 @@ func CheckVolumeTree(files []*VolumeFile) error {
 	return nil
 }
 
+// CheckRelativePath requires a relative, clean path without "." or ".."
+// components: one that stays below the directory it is taken from, as long
+// as no symlink is followed.
+func CheckRelativePath(p string) error { return checkRelative(p) }
+
 // checkRelative requires a relative, clean path without "." or ".."
 // components.
 func checkRelative(p string) error {

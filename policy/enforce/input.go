@@ -62,7 +62,8 @@ const (
 //	                 stdio {stdin, stdout, stderr, terminal},
 //	                 layers [{digest, root_hash}] (the image's layers, lowest first),
 //	                 layer_root_hashes (their root hashes, in that order),
-//	                 unverified_rootfs (the host offered a rootfs and no layers)
+//	                 unverified_rootfs (the host offered a rootfs and no layers);
+//	                 a mount with a directory subPath carries sub_path {volume, path}
 //	ExecProcess      process, stdio
 //	SignalProcess    signal, all
 //	ResizePty        width, height
@@ -139,6 +140,9 @@ func Input(kind policy.Kind, req proto.Message, containerName func(id string) (s
 		in["container_id"] = r.GetContainerId()
 		if err := containerInput(in, r.GetSpec()); err != nil {
 			return nil, fmt.Errorf("%s %s: spec: %w", kind, r.GetContainerId(), err)
+		}
+		if err := subPathsInput(in, r.GetSubPaths()); err != nil {
+			return nil, fmt.Errorf("%s %s: %w", kind, r.GetContainerId(), err)
 		}
 		in["stdio"] = stdioInput(r.GetStdio())
 		layers, err := layersInput(r.GetLayers())
@@ -971,4 +975,34 @@ func resolveVolumeDir(byPath map[string]*agentapi.VolumeFile, p string, hops int
 		resolved = next
 	}
 	return resolved, true
+}
+
+// subPathsInput adds each directory subPath to its mount, refusing one
+// for no bind mount, given twice, or a path that is not clean and
+// relative or steps up.
+func subPathsInput(in map[string]any, subPaths []*agentapi.SubPath) error {
+	mounts, _ := in["mounts"].([]any)
+	for i, sp := range subPaths {
+		if err := agentapi.CheckRelativePath(sp.GetPath()); err != nil {
+			return fmt.Errorf("sub_paths[%d]: path %q: %w", i, sp.GetPath(), err)
+		}
+		if v := sp.GetVolume(); !path.IsAbs(v) || path.Clean(v) != v {
+			return fmt.Errorf("sub_paths[%d]: volume %q is not a clean absolute path", i, v)
+		}
+		var found map[string]any
+		for _, m := range mounts {
+			mi := m.(map[string]any)
+			if mi["destination"] == path.Clean("/"+sp.GetDestination()) && mi["type"] == "bind" {
+				found = mi
+			}
+		}
+		if found == nil {
+			return fmt.Errorf("sub_paths[%d]: no bind mount at %q", i, sp.GetDestination())
+		}
+		if _, dup := found["sub_path"]; dup {
+			return fmt.Errorf("sub_paths[%d]: a second subPath for %q", i, sp.GetDestination())
+		}
+		found["sub_path"] = map[string]any{"volume": sp.GetVolume(), "path": sp.GetPath()}
+	}
+	return nil
 }

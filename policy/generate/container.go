@@ -3,6 +3,7 @@ package generate
 import (
 	"encoding/json"
 	"fmt"
+	"path"
 	"regexp"
 	"runtime"
 	"slices"
@@ -509,11 +510,15 @@ func (p *pod) mounts(c *corev1.Container) (map[string]policy.Mount, error) {
 		if err != nil {
 			return nil, err
 		}
+		m := policy.Mount{Type: "bind", SourcePattern: source, ReadOnly: vm.ReadOnly || forcedRO}
 		if vm.SubPath != "" || vm.SubPathExpr != "" {
-			// The kubelet binds the subpath to a per-mount file of its own.
-			source = podDir + `/volume-subpaths/` + regexp.QuoteMeta(vol.Name) + `/` + regexp.QuoteMeta(c.Name) + fmt.Sprintf(`/%d`, i)
+			// The kubelet binds the subpath to a per-mount file of its own;
+			// a directory's volume and path reach the agent beside it.
+			m.SourcePattern = podDir + `/volume-subpaths/` + regexp.QuoteMeta(vol.Name) + `/` + regexp.QuoteMeta(c.Name) + fmt.Sprintf(`/%d`, i)
+			m.SubPathVolumePattern = source
+			m.SubPathPattern = subPathPattern(vm)
 		}
-		out[vm.MountPath] = policy.Mount{Type: "bind", SourcePattern: source, ReadOnly: vm.ReadOnly || forcedRO}
+		out[vm.MountPath] = m
 	}
 	automount := p.spec.AutomountServiceAccountToken == nil || *p.spec.AutomountServiceAccountToken
 	if _, taken := out[serviceAccountPath]; automount && !taken {
@@ -575,6 +580,20 @@ func (p *pod) sharedVolumes() []policy.Volume {
 		out = append(out, policy.Volume{Kind: "projected", NamePattern: `kube-api-access-[a-z0-9]{5}`, MaxBytes: maxTokenVolumeBytes})
 	}
 	return out
+}
+
+// subPathExprVar is a $(VAR) reference of a subPathExpr, after
+// regexp.QuoteMeta.
+var subPathExprVar = regexp.MustCompile(`\\\$\\\(([A-Za-z_][A-Za-z0-9_]*)\\\)`)
+
+// subPathPattern is what the path of a volumeMount's subPath may be: the
+// subPath itself, or a subPathExpr with each $(VAR) standing for any one
+// path component (the kubelet expands it from the container's env).
+func subPathPattern(vm corev1.VolumeMount) string {
+	if vm.SubPath != "" {
+		return regexp.QuoteMeta(path.Clean(vm.SubPath))
+	}
+	return subPathExprVar.ReplaceAllString(regexp.QuoteMeta(path.Clean(vm.SubPathExpr)), `[^/]*`)
 }
 
 // pinned is the pinned content of a ConfigMap or Secret volume, when the

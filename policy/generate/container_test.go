@@ -2,6 +2,7 @@ package generate
 
 import (
 	"context"
+	"regexp"
 	"slices"
 	"strings"
 	"testing"
@@ -11,6 +12,7 @@ import (
 	"github.com/containerd/containerd/v2/pkg/namespaces"
 	"github.com/containerd/containerd/v2/pkg/oci"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+	corev1 "k8s.io/api/core/v1"
 
 	"github.com/contrast-vm/contrast/policy"
 )
@@ -452,4 +454,29 @@ func allCaps() []string { return cap.Known() }
 
 func ocispecConfig(entrypoint, cmd []string) ocispec.ImageConfig {
 	return ocispec.ImageConfig{Entrypoint: entrypoint, Cmd: cmd}
+}
+
+func TestSubPathPattern(t *testing.T) {
+	for _, tc := range []struct {
+		vm       corev1.VolumeMount
+		match    []string
+		mismatch []string
+	}{
+		{corev1.VolumeMount{SubPath: "db/data"}, []string{"db/data"}, []string{"db", "db/data/x", "dbxdata"}},
+		{corev1.VolumeMount{SubPath: "a.b/"}, []string{"a.b"}, []string{"axb"}},
+		{corev1.VolumeMount{SubPathExpr: "logs/$(POD_NAME)"}, []string{"logs/web-1", "logs/x"}, []string{"logs/a/b", "other/web-1"}},
+		{corev1.VolumeMount{SubPathExpr: "$(NS)-$(POD)"}, []string{"default-web", "a-b"}, []string{"a/b-c"}},
+	} {
+		re := regexp.MustCompile("^(?:" + subPathPattern(tc.vm) + ")$")
+		for _, m := range tc.match {
+			if !re.MatchString(m) {
+				t.Errorf("%+v: pattern %s does not match %q", tc.vm, re, m)
+			}
+		}
+		for _, m := range tc.mismatch {
+			if re.MatchString(m) {
+				t.Errorf("%+v: pattern %s matches %q", tc.vm, re, m)
+			}
+		}
+	}
 }

@@ -133,6 +133,23 @@ spec:
     configMap:
       name: nginx-config
 `,
+	// A database keeping its data and logs in subdirectories of an
+	// emptyDir (directory subPaths).
+	"subpaths": `apiVersion: v1
+kind: Pod
+metadata:
+  name: subpaths
+spec:
+  automountServiceAccountToken: false
+  containers:
+  - name: db
+    image: busybox:1.36
+    command: ["sleep", "3600"]
+    volumeMounts:
+    - {name: data, mountPath: /var/lib/db, subPath: db/data}
+  volumes:
+  - {name: data, emptyDir: {}}
+`,
 	// An interactive pod: stdin and a terminal.
 	"debug": `apiVersion: v1
 kind: Pod
@@ -268,6 +285,7 @@ var podHostnames = map[string]string{
 	"debug-term": "debug-term",
 	"node-agent": "worker-3",
 	"api":        "api-7c9d8f6b5-x2k9p",
+	"subpaths":   "subpaths",
 }
 
 // testSettings are the settings every case's policy is generated with,
@@ -605,6 +623,9 @@ func (p *testPod) criSpec(name string) *specs.Spec {
 		default:
 			t.Fatalf("volume %s: no source", v.Name)
 		}
+		if vm.SubPath != "" || vm.SubPathExpr != "" {
+			src = fmt.Sprintf("%s/volume-subpaths/%s/%s/%d", kubelet, vm.Name, c.Name, slices.IndexFunc(c.VolumeMounts, func(m corev1.VolumeMount) bool { return m.MountPath == vm.MountPath }))
+		}
 		mounts = append(mounts, bind(vm.MountPath, src, vm.ReadOnly))
 	}
 	if pod.AutomountServiceAccountToken == nil || *pod.AutomountServiceAccountToken {
@@ -842,6 +863,14 @@ func share(kind, name string, content []byte, extra ...*agentapi.VolumeFile) act
 			{Path: "key", Type: "symlink", Target: "..data/key"},
 		}
 		return policy.ShareVolume, &agentapi.ShareVolumeRequest{Kind: kind, Name: name, Files: append(files, extra...)}
+	}
+}
+
+// subPath adds a directory subPath at dest: path inside the pod's volume
+// kubernetes.io~<volume>.
+func subPath(dest, volume, path string) func(*testPod, *agentapi.CreateContainerRequest) {
+	return func(_ *testPod, r *agentapi.CreateContainerRequest) {
+		r.SubPaths = append(r.SubPaths, &agentapi.SubPath{Destination: dest, Volume: kubelet + "/volumes/kubernetes.io~" + volume, Path: path})
 	}
 }
 
@@ -1189,6 +1218,19 @@ func decisionCases() []decisionCase {
 		decisionCase{name: "WaitOOM", pod: "web", before: []action{sandbox("")}, do: onContainer(policy.WaitOOM, "")},
 		decisionCase{name: "WaitOOM when the settings deny it", pod: "web", settings: func(s *generate.Settings) { s.Requests[policy.WaitOOM] = false },
 			do: onContainer(policy.WaitOOM, ""), want: "wait_oom.request"},
+		decisionCase{name: "CreateContainer with a directory subPath", pod: "subpaths", before: []action{sandbox("")},
+			do: createWithLayers("db", subPath("/var/lib/db", "empty-dir/data", "db/data"))},
+		decisionCase{name: "CreateContainer with a subPath copied as a file", pod: "subpaths", before: []action{sandbox("")}, do: create("db")},
+		decisionCase{name: "CreateContainer with another subPath", pod: "subpaths", before: []action{sandbox("")},
+			do: createWithLayers("db", subPath("/var/lib/db", "empty-dir/data", "db")), want: "create_container.mounts"},
+		decisionCase{name: "CreateContainer with a subPath of another volume", pod: "subpaths", before: []action{sandbox("")},
+			do: createWithLayers("db", subPath("/var/lib/db", "empty-dir/other", "db/data")), want: "create_container.mounts"},
+		decisionCase{name: "CreateContainer with a subPath stepping up", pod: "subpaths", before: []action{sandbox("")},
+			do: createWithLayers("db", subPath("/var/lib/db", "empty-dir/data", "db/../../x")), want: enforce.RuleInput},
+		decisionCase{name: "CreateContainer with a subPath for a mount that has none", pod: "web", before: []action{sandbox("")},
+			do: createWithLayers("nginx", subPath("/var/cache/nginx", "empty-dir/cache", "x")), want: "create_container.mounts"},
+		decisionCase{name: "CreateContainer with a subPath where no mount is", pod: "subpaths", before: []action{sandbox("")},
+			do: createWithLayers("db", subPath("/srv", "empty-dir/data", "db/data")), want: enforce.RuleInput},
 		decisionCase{name: "ShareVolume of the pod's ConfigMap volume", pod: "web", do: share("configmap", "config", []byte("worker_processes 2;\n"))},
 		decisionCase{name: "ShareVolume of the service-account token", pod: "web", do: share("projected", "kube-api-access-x7k2q", []byte("eyJhbGciOi"))},
 		decisionCase{name: "ShareVolume of the token in a pod without one", pod: "debug", do: share("projected", "kube-api-access-x7k2q", []byte("eyJhbGciOi")), want: "share_volume.volume"},

@@ -37,13 +37,13 @@ func collectVolumeObjects(chunks []chunk) (volumeObjects, error) {
 		case "ConfigMap":
 			var cm corev1.ConfigMap
 			if _, err := decodeObject(c.body, &cm); err != nil {
-				return objs, fmt.Errorf("ConfigMap %s: %w", h.Metadata.Name, err)
+				return objs, fmt.Errorf("read ConfigMap %s: %w", h.Metadata.Name, err)
 			}
 			objs.configMaps[objectKey(cm.Namespace, cm.Name)] = &cm
 		case "Secret":
 			var s corev1.Secret
 			if _, err := decodeObject(c.body, &s); err != nil {
-				return objs, fmt.Errorf("Secret %s: %w", h.Metadata.Name, err)
+				return objs, fmt.Errorf("read Secret %s: %w", h.Metadata.Name, err)
 			}
 			objs.secrets[objectKey(s.Namespace, s.Name)] = &s
 		}
