@@ -509,3 +509,20 @@ func lastLines(s string, n int) string {
 	}
 	return strings.Join(lines, "\n")
 }
+
+// TestRuntimeFeatures: containerd 2.4's CRI introspects each runtime
+// handler at start (containerd 1.7 does not): ours reports its features,
+// recursive read-only mounts among them, and not user namespaces.
+func TestRuntimeFeatures(t *testing.T) {
+	s := newSuiteVersion(t, harness.Containerd24, handlerSpec{name: contrastHandler})
+	quoted := `\"` + contrastHandler + `\"`
+	if got := s.c.LogGrep("failed to introspect features of runtime " + quoted); got != "" {
+		t.Errorf("containerd could not read our features: %s", got)
+	}
+	if got := s.c.LogGrep("runtime " + quoted + " supports recursive read-only mounts"); got == "" {
+		t.Errorf("containerd's log does not say our runtime supports recursive read-only mounts:\n%s", s.c.LogGrep(contrastHandler))
+	}
+	if got := s.c.LogGrep("runtime " + quoted + " supports CRI userns: false"); got == "" {
+		t.Errorf("containerd's log does not say our runtime lacks CRI user namespaces:\n%s", s.c.LogGrep(contrastHandler))
+	}
+}

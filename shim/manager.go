@@ -18,6 +18,7 @@ import (
 	"github.com/containerd/containerd/v2/pkg/namespaces"
 	cdshim "github.com/containerd/containerd/v2/pkg/shim"
 	"github.com/containerd/log"
+	"github.com/containerd/typeurl/v2"
 	"google.golang.org/protobuf/proto"
 )
 
@@ -330,8 +331,14 @@ func removeDeadShimSocket(ctx context.Context, bundle, id string) {
 	}
 }
 
+// Info answers containerd's introspection of the runtime (`-info`): its
+// name, version and features (runtimeFeatures).
 func (manager) Info(ctx context.Context, optionsR io.Reader) (*types.RuntimeInfo, error) {
-	return &types.RuntimeInfo{Name: RuntimeName, Version: &types.RuntimeVersion{Version: Version}}, nil
+	feats, err := typeurl.MarshalAnyToProto(runtimeFeatures())
+	if err != nil {
+		return nil, fmt.Errorf("marshal the runtime's features: %w", err)
+	}
+	return &types.RuntimeInfo{Name: RuntimeName, Version: &types.RuntimeVersion{Version: Version}, Features: feats}, nil
 }
 
 // Version of the runtime, set by the linker.

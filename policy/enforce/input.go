@@ -1006,3 +1006,18 @@ func subPathsInput(in map[string]any, subPaths []*agentapi.SubPath) error {
 	}
 	return nil
 }
+
+// MountOptions are the mount options the pod VM takes: those runc applies
+// there and the rules judge (or leave alone, as access-time
+// bookkeeping); Input refuses every other, so a runtime that reports its
+// features reports these.
+func MountOptions() []string {
+	out := []string{"bind", "rbind"}
+	for o := range flagOptions {
+		out = append(out, o)
+	}
+	out = append(out, timeOptions...)
+	out = append(out, propagationOptions...)
+	slices.Sort(out)
+	return out
+}
