@@ -506,7 +506,11 @@ func (s *Service) StartContainer(ctx context.Context, req *api.ContainerRequest)
 	}); err != nil {
 		return nil, err
 	}
+	before := processImage(c.init.pid)
 	err = s.runc.Start(ctx, c.id)
+	if err == nil {
+		waitExec(ctx, c.init.pid, before)
+	}
 	c.endChange(func() {
 		if err == nil && c.currentState() == lifecycle.Created {
 			c.state = lifecycle.Running

@@ -1,10 +1,13 @@
 package agent
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"testing"
+	"time"
 
+	api "github.com/contrast-vm/contrast/api/agent"
 	"golang.org/x/sys/unix"
 )
 
@@ -28,4 +31,35 @@ func TestRuncProcessGone(t *testing.T) {
 			t.Errorf("%v: gone %v, want %v", c.err, got, c.gone)
 		}
 	}
+}
+
+// TestStartReturnsAfterExec: when StartContainer returns, the container's
+// init runs the container's program, no longer runc's init (which, as its
+// namespace's PID 1, would ignore the SIGTERM a kubelet may send at once).
+func TestStartReturnsAfterExec(t *testing.T) {
+	h := newHarness(t)
+	if _, err := h.client.CreateSandbox(context.Background(), &api.CreateSandboxRequest{SandboxId: "pod1", Hostname: "pod"}); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 5 {
+		id := fmt.Sprintf("s%d", i)
+		pid := h.create(id, podSpec("/bin/sh", "-c", `trap "exit 7" TERM; while true; do sleep 0.01; done`), &api.Stdio{})
+		created := processImage(int(pid))
+		if _, err := h.client.StartContainer(context.Background(), &api.ContainerRequest{ContainerId: id}); err != nil {
+			t.Fatal(err)
+		}
+		if now := processImage(int(pid)); now == created {
+			t.Errorf("%s: StartContainer returned while its init still runs %s", id, created)
+		}
+		if _, err := h.client.SignalProcess(context.Background(), &api.SignalProcessRequest{ContainerId: id, Signal: uint32(unix.SIGKILL)}); err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		if _, err := h.wait(ctx, id, ""); err != nil {
+			t.Fatal(err)
+		}
+		cancel()
+		h.remove(id)
+	}
+	h.assertClean()
 }
