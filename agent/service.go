@@ -77,6 +77,9 @@ type Config struct {
 	StdinGrace time.Duration
 	// SetHostname sets the VM's hostname; nil leaves it alone (tests).
 	SetHostname func(string) error
+	// SetSysctl sets a kernel parameter of the VM (name with dots); nil
+	// leaves the kernel alone and only logs (tests).
+	SetSysctl func(name, value string) error
 	// ConfigureNetwork gives the VM the pod's network (netconf.Configure);
 	// nil leaves the network alone and only logs the request (tests).
 	ConfigureNetwork func(*api.ConfigureNetworkRequest) error
@@ -106,6 +109,7 @@ func DefaultConfig(r *reaper.Reaper) Config {
 		StdioTimeout:  30 * time.Second,
 		StdinGrace:    2 * time.Second,
 		SetHostname:   func(h string) error { return unix.Sethostname([]byte(h)) },
+		SetSysctl:     writeSysctl,
 		// The agent is the VM's init: its namespace is the VM's network.
 		ConfigureNetwork: netconf.Configure,
 
@@ -208,6 +212,11 @@ func (s *Service) CreateSandbox(ctx context.Context, req *api.CreateSandboxReque
 	if err := validateHostname(req.Hostname); err != nil {
 		return nil, invalid("create sandbox %s: %v", req.SandboxId, err)
 	}
+	for name := range req.Sysctls {
+		if err := api.CheckSysctlName(name); err != nil {
+			return nil, invalid("create sandbox %s: %v", req.SandboxId, err)
+		}
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.sandboxID != "" {
@@ -219,6 +228,9 @@ func (s *Service) CreateSandbox(ctx context.Context, req *api.CreateSandboxReque
 		} else if err := s.cfg.SetHostname(req.Hostname); err != nil {
 			return nil, fmt.Errorf("create sandbox %s: set hostname %q: %w", req.SandboxId, req.Hostname, err)
 		}
+	}
+	if err := s.setSysctls(ctx, req.SandboxId, req.Sysctls); err != nil {
+		return nil, err
 	}
 	s.sandboxID = req.SandboxId
 	log.G(ctx).Infof("sandbox %s created (hostname %q)", req.SandboxId, req.Hostname)

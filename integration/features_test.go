@@ -23,7 +23,7 @@ import (
 // feature that is missing.
 func TestTaskAPI(t *testing.T) {
 	matrix(t, func(t *testing.T, s *suite, handler string) {
-		pod := s.runPod(t, handler, "features")
+		pod := s.runPodWith(t, harness.PodConfig{Name: "features", Handler: handler, Sysctls: podSysctls})
 		// A container that stays up for exec.
 		sleeper := s.startContainer(t, pod, "sleeper", "sleep", "100000")
 
@@ -37,7 +37,31 @@ func TestTaskAPI(t *testing.T) {
 		t.Run("pids", func(t *testing.T) { s.pids(t, pod) })
 		t.Run("oom", func(t *testing.T) { s.oom(t, pod) })
 		t.Run("checkpoint", func(t *testing.T) { s.checkpoint(t, handler, sleeper) })
+		t.Run("sysctls", func(t *testing.T) { s.sysctls(t, sleeper) })
 	})
+}
+
+// podSysctls are a pod's securityContext.sysctls as the kubelet sends them:
+// two safe ones (network, IPC) and one a node must allow (unsafe, but
+// namespaced).
+var podSysctls = map[string]string{
+	"net.ipv4.ip_unprivileged_port_start": "1000",
+	"kernel.shm_rmid_forced":              "1",
+	"net.core.somaxconn":                  "2048",
+}
+
+// sysctls: the pod's sysctls are what its container reads; for a pod VM
+// the agent set them in the VM, whose kernel is the pod's.
+func (s *suite) sysctls(t *testing.T, c *harness.Container) {
+	for name, want := range podSysctls {
+		res, err := s.cri.Exec(s.ctx, c.ID, true, "cat", "/proc/sys/"+strings.ReplaceAll(name, ".", "/"))
+		if err != nil {
+			t.Fatalf("read %s: %v", name, err)
+		}
+		if got := strings.TrimSpace(res.Stdout); got != want {
+			t.Errorf("%s is %q in the container, the pod set %q", name, got, want)
+		}
+	}
 }
 
 // ttyContainer: a container created with tty=true has a terminal as its

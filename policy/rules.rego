@@ -125,12 +125,20 @@ flag_ok(true, true)
 
 # ---------------------------------------------------------------- CreateSandbox
 
-create_sandbox_checks := ["hostname"]
+create_sandbox_checks := ["hostname", "sysctls"]
 
 create_sandbox_ok contains "hostname" if matches(pd.pod.hostname_pattern, input.hostname)
 
 create_sandbox_why contains ["hostname", msg] if {
 	msg := sprintf("hostname %s does not match the policy's pattern %s", [q(input.hostname), q(pd.pod.hostname_pattern)])
+}
+
+# The VM's kernel is the pod's: the host sets exactly the pod's sysctls
+# there, each to the YAML's value.
+create_sandbox_ok contains "sysctls" if input.sysctls == pod_sysctls
+
+create_sandbox_why contains ["sysctls", msg] if {
+	msg := sprintf("sysctls %s are not the pod's %s", [q(input.sysctls), q(pod_sysctls)])
 }
 
 # ---------------------------------------------------------------- CreateContainer

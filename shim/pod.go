@@ -68,6 +68,9 @@ type podLaunch struct {
 	PolicySource string
 	// HostPID: the sandbox shares the node's PID namespace.
 	HostPID bool
+	// Sysctls are the pod's, which CRI puts on the sandbox: the VM's
+	// kernel is the pod's, so the agent sets them there.
+	Sysctls map[string]string
 }
 
 // newPodLaunch gathers what the pod's first task asks of its VM: size,
@@ -90,11 +93,15 @@ func newPodLaunch(ctx context.Context, cfg Config, namespace, id string, spec *s
 	if err != nil {
 		return podLaunch{}, err
 	}
-	return podLaunch{
+	l := podLaunch{
 		Namespace: namespace, ID: id, Hostname: spec.Hostname, Size: size,
 		CgroupPath: usableCgroupPath(spec), NetNS: netns, Policy: module, PolicySource: source,
 		HostPID: sandbox && !hasNamespace(spec, specs.PIDNamespace),
-	}, nil
+	}
+	if sandbox && spec.Linux != nil {
+		l.Sysctls = spec.Linux.Sysctl
+	}
+	return l, nil
 }
 
 // refuseHostIPC refuses a sandbox in the node's IPC namespace (CRI's
@@ -236,7 +243,7 @@ func bootPod(ctx context.Context, hv hypervisor.Hypervisor, cfg Config, l podLau
 	if err := p.installPolicy(ctx, l.Policy, l.PolicySource); err != nil {
 		return nil, err
 	}
-	if _, err := p.agent.CreateSandbox(ctx, &agentapi.CreateSandboxRequest{SandboxId: id, Hostname: l.Hostname}); err != nil {
+	if _, err := p.agent.CreateSandbox(ctx, &agentapi.CreateSandboxRequest{SandboxId: id, Hostname: l.Hostname, Sysctls: l.Sysctls}); err != nil {
 		return nil, fmt.Errorf("set up sandbox in pod %s: %w", id, err)
 	}
 	if err := p.configureNetwork(ctx); err != nil {

@@ -164,6 +164,9 @@ type PodConfig struct {
 	// DNS is the pod's DNS config, which CRI writes into the pod's
 	// resolv.conf; nil takes the node's.
 	DNS *DNSConfig
+	// Sysctls are the pod's (linux.sysctls), as the kubelet sends a pod's
+	// securityContext.sysctls.
+	Sysctls map[string]string
 }
 
 // DNSConfig is CRI's DNSConfig.
@@ -251,6 +254,9 @@ func (c *CRI) RunPod(ctx context.Context, pc PodConfig) (*Pod, error) {
 	}
 	if pc.Resources != nil {
 		linux["resources"] = pc.Resources.json()
+	}
+	if len(pc.Sysctls) > 0 {
+		linux["sysctls"] = pc.Sysctls
 	}
 	nsOptions := map[string]any{}
 	if pc.HostPID {

@@ -46,7 +46,7 @@ const (
 //
 // and by kind:
 //
-//	CreateSandbox    sandbox_id, hostname
+//	CreateSandbox    sandbox_id, hostname, sysctls {name: value} (the pod's, set in the VM)
 //	CreateContainer  container_type, image, sandbox_name, sandbox_namespace (CRI annotations),
 //	                 annotations (all of them), process (below), read_only_root,
 //	                 mounts [{destination, type, source, read_only, nosuid, nodev, noexec,
@@ -132,6 +132,14 @@ func Input(kind policy.Kind, req proto.Message, containerName func(id string) (s
 		}
 		in["sandbox_id"] = r.GetSandboxId()
 		in["hostname"] = r.GetHostname()
+		sysctls := make(map[string]any, len(r.GetSysctls()))
+		for k, v := range r.GetSysctls() {
+			if err := agentapi.CheckSysctlName(k); err != nil {
+				return nil, fmt.Errorf("%s: %w", kind, err)
+			}
+			sysctls[k] = v
+		}
+		in["sysctls"] = sysctls
 	case policy.CreateContainer:
 		r, ok := req.(*agentapi.CreateContainerRequest)
 		if !ok {

@@ -639,19 +639,25 @@ func testSeccompOlder() *specs.LinuxSeccomp {
 
 func TestCreateSandboxRules(t *testing.T) {
 	e := testEngine(t)
+	podSysctls := map[string]string{"net.ipv4.ip_unprivileged_port_start": "0"}
 	tests := []struct {
-		hostname, wantRule string
+		name, hostname string
+		sysctls        map[string]string
+		wantRule       string
 	}{
-		{"web-7d9f8", ""},
-		{"web-abcde", ""},
-		{"web-7d9f8x", "create_sandbox.hostname"},
-		{"xweb-7d9f8", "create_sandbox.hostname"},
-		{"", "create_sandbox.hostname"},
-		{"node-1", "create_sandbox.hostname"},
+		{"plain", "web-7d9f8", podSysctls, ""},
+		{"other suffix", "web-abcde", podSysctls, ""},
+		{"long", "web-7d9f8x", podSysctls, "create_sandbox.hostname"},
+		{"prefix", "xweb-7d9f8", podSysctls, "create_sandbox.hostname"},
+		{"empty", "", podSysctls, "create_sandbox.hostname"},
+		{"node", "node-1", podSysctls, "create_sandbox.hostname"},
+		{"sysctls left out", "web-7d9f8", nil, "create_sandbox.sysctls"},
+		{"sysctl changed", "web-7d9f8", map[string]string{"net.ipv4.ip_unprivileged_port_start": "1024"}, "create_sandbox.sysctls"},
+		{"sysctl added", "web-7d9f8", map[string]string{"net.ipv4.ip_unprivileged_port_start": "0", "kernel.shm_rmid_forced": "1"}, "create_sandbox.sysctls"},
 	}
 	for _, tt := range tests {
-		t.Run(tt.hostname, func(t *testing.T) {
-			d := decide(t, e, policy.CreateSandbox, &agentapi.CreateSandboxRequest{SandboxId: testSandboxID, Hostname: tt.hostname})
+		t.Run(tt.name, func(t *testing.T) {
+			d := decide(t, e, policy.CreateSandbox, &agentapi.CreateSandboxRequest{SandboxId: testSandboxID, Hostname: tt.hostname, Sysctls: tt.sysctls})
 			checkDecision(t, d, tt.wantRule)
 		})
 	}

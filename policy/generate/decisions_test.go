@@ -141,6 +141,10 @@ metadata:
   name: subpaths
 spec:
   automountServiceAccountToken: false
+  securityContext:
+    sysctls:
+    - {name: net.ipv4.ip_unprivileged_port_start, value: "0"}
+    - {name: kernel.shm_rmid_forced, value: "1"}
   containers:
   - name: db
     image: busybox:1.36
@@ -721,7 +725,24 @@ func sandbox(hostname string) action {
 		if hostname == "" {
 			hostname = p.hostname
 		}
-		return policy.CreateSandbox, &agentapi.CreateSandboxRequest{SandboxId: sandboxID, Hostname: hostname}
+		// CRI puts the pod's sysctls on the sandbox.
+		var sysctls map[string]string
+		if sc := p.pod.Spec.SecurityContext; sc != nil && len(sc.Sysctls) > 0 {
+			sysctls = map[string]string{}
+			for _, sy := range sc.Sysctls {
+				sysctls[sy.Name] = sy.Value
+			}
+		}
+		return policy.CreateSandbox, &agentapi.CreateSandboxRequest{SandboxId: sandboxID, Hostname: hostname, Sysctls: sysctls}
+	}
+}
+
+// sandboxWithSysctls is the sandbox with other sysctls.
+func sandboxWithSysctls(sysctls map[string]string) action {
+	return func(p *testPod) (policy.Kind, any) {
+		kind, req := sandbox("")(p)
+		req.(*agentapi.CreateSandboxRequest).Sysctls = sysctls
+		return kind, req
 	}
 }
 
@@ -1218,6 +1239,12 @@ func decisionCases() []decisionCase {
 		decisionCase{name: "WaitOOM", pod: "web", before: []action{sandbox("")}, do: onContainer(policy.WaitOOM, "")},
 		decisionCase{name: "WaitOOM when the settings deny it", pod: "web", settings: func(s *generate.Settings) { s.Requests[policy.WaitOOM] = false },
 			do: onContainer(policy.WaitOOM, ""), want: "wait_oom.request"},
+		decisionCase{name: "CreateSandbox with the pod's sysctls", pod: "subpaths", do: sandbox("")},
+		decisionCase{name: "CreateSandbox without the pod's sysctls", pod: "subpaths", do: sandboxWithSysctls(nil), want: "create_sandbox.sysctls"},
+		decisionCase{name: "CreateSandbox with a sysctl the pod does not set", pod: "web",
+			do: sandboxWithSysctls(map[string]string{"net.ipv4.ip_forward": "1"}), want: "create_sandbox.sysctls"},
+		decisionCase{name: "CreateSandbox with a sysctl name that is no name", pod: "subpaths",
+			do: sandboxWithSysctls(map[string]string{"net/../../x": "1"}), want: enforce.RuleInput},
 		decisionCase{name: "CreateContainer with a directory subPath", pod: "subpaths", before: []action{sandbox("")},
 			do: createWithLayers("db", subPath("/var/lib/db", "empty-dir/data", "db/data"))},
 		decisionCase{name: "CreateContainer with a subPath copied as a file", pod: "subpaths", before: []action{sandbox("")}, do: create("db")},
