@@ -37,6 +37,8 @@ type Input struct {
 	// endpoint, bind-mounted read-only at AttestationMountPoint; "" mounts
 	// nothing.
 	AttestationDir string
+	// BlockVolumes are the container's raw block volumes (see blockvolumes.go).
+	BlockVolumes []BlockVolume
 }
 
 // AttestationMountPoint is where a container finds the agent's attestation
@@ -155,6 +157,9 @@ func (r *Result) rewrite(in Input) error {
 		s.Linux = &specs.Linux{}
 	}
 	if err := r.rewriteLinux(in); err != nil {
+		return err
+	}
+	if err := r.rewriteBlockVolumes(in.BlockVolumes); err != nil {
 		return err
 	}
 	return r.rewriteMounts(in)
