@@ -262,6 +262,13 @@ func (s *Service) CreateContainer(ctx context.Context, req *api.CreateContainerR
 			return nil, invalid("create container %s: rootfs device %s: %v", id, req.Rootfs.Serial, err)
 		}
 	}
+	if err := checkBlockVolumes(req); err != nil {
+		return nil, invalid("create container %s: %v", id, err)
+	}
+	blockVolumes, err := s.findBlockVolumes(ctx, req.BlockVolumes)
+	if err != nil {
+		return nil, fmt.Errorf("create container %s: %w", id, err)
+	}
 	bundle := filepath.Join(s.cfg.RunDir, "containers", id)
 	shared := make([]guestspec.SharedFile, 0, len(req.SharedFiles))
 	for _, f := range req.SharedFiles {
@@ -277,6 +284,7 @@ func (s *Service) CreateContainer(ctx context.Context, req *api.CreateContainerR
 		// The host does not ask for this mount, so the policy, which judges
 		// the host's spec, neither sees nor needs to allow it.
 		AttestationDir: s.attestationDir(),
+		BlockVolumes:   blockVolumes,
 	})
 	if err != nil {
 		return nil, invalid("create %v", err) // err names the container
