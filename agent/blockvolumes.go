@@ -59,12 +59,11 @@ func (s *Service) findBlockVolumes(ctx context.Context, volumes []*api.BlockVolu
 		if err != nil {
 			return nil, fmt.Errorf("block volume for %s (waited up to %v): %w", v.ContainerPath, s.cfg.DeviceTimeout, err)
 		}
-		info, err := os.Stat(node)
-		if err != nil {
-			return nil, fmt.Errorf("block volume for %s: %w", v.ContainerPath, err)
+		var st unix.Stat_t
+		if err := unix.Stat(node, &st); err != nil {
+			return nil, fmt.Errorf("block volume for %s: %w", v.ContainerPath, &os.PathError{Op: "stat", Path: node, Err: err})
 		}
-		st, ok := info.Sys().(*unix.Stat_t)
-		if !ok || info.Mode()&os.ModeDevice == 0 || info.Mode()&os.ModeCharDevice != 0 {
+		if st.Mode&unix.S_IFMT != unix.S_IFBLK {
 			return nil, fmt.Errorf("block volume for %s: %s is not a block device", v.ContainerPath, node)
 		}
 		out = append(out, guestspec.BlockVolume{
