@@ -78,10 +78,15 @@ func TestRawBlockVolume(t *testing.T) {
 
 	// The same container with the device at a path the policy does not name.
 	app.Devices[0].ContainerPath = "/dev/xvdb"
-	if _, err := s.cri.CreateContainer(s.ctx, pod, app); err == nil {
+	// CRI asks the runtime only at the start.
+	denied, err := s.cri.CreateContainer(s.ctx, pod, app)
+	if err != nil {
+		t.Fatalf("crictl create: %v", err)
+	}
+	if err := s.cri.StartContainer(s.ctx, denied.ID); err == nil {
 		t.Errorf("a raw block volume at /dev/xvdb was allowed")
-	} else if msg := cmdErrText(err); !strings.Contains(msg, "policy denies CreateContainer") || !strings.Contains(msg, `"/dev/xvdb"`) {
-		t.Errorf("create with a raw block volume at /dev/xvdb: %s, want the policy's denial naming the path", msg)
+	} else if msg := cmdErrText(err); !strings.Contains(msg, "policy denies CreateContainer") || !strings.Contains(msg, "/dev/xvdb") {
+		t.Errorf("start with a raw block volume at /dev/xvdb: %s, want the policy's denial naming the path", msg)
 	}
 	s.removePod(t, pod, trace, before)
 }
