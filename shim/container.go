@@ -364,16 +364,11 @@ func (s *service) removeFromGuest(ctx context.Context, c *container) error {
 		if len(layers) > 0 {
 			pd.layers.release(layers)
 		}
-		switch {
-		case err != nil && len(volumes) > 0:
-			// The container may still use them: kept for the next try.
-			s.mu.Lock()
-			c.blockVolumes = volumes
-			s.mu.Unlock()
-		case len(volumes) > 0:
-			if dErr := detachBlockVolumes(ctx, pd.vm, volumes); dErr != nil {
-				err = errors.Join(err, fmt.Errorf("container %s: %w", c.id, dErr))
-			}
+		// Also when the guest failed to remove the container: the shim
+		// forgets it, so nothing would unplug them later, and the host
+		// device would stay open until the pod ends.
+		if dErr := detachBlockVolumes(ctx, pd.vm, volumes); dErr != nil {
+			err = errors.Join(err, fmt.Errorf("container %s: %w", c.id, dErr))
 		}
 	}
 	switch {
