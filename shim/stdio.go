@@ -32,6 +32,9 @@ type hostIO struct {
 	stdinKeep io.Closer
 	output    sync.WaitGroup
 	closers   []func() error
+	// closersMu guards closers at close, which an init's exit and the
+	// container's delete may call at once.
+	closersMu sync.Mutex
 	closeMu   sync.Mutex
 	inClosed  bool
 }
@@ -187,10 +190,13 @@ func (h *hostIO) waitOutput(ctx context.Context) error {
 
 // close releases every host endpoint and connection.
 func (h *hostIO) close() {
-	for i := len(h.closers) - 1; i >= 0; i-- {
-		_ = h.closers[i]()
-	}
+	h.closersMu.Lock()
+	closers := h.closers
 	h.closers = nil
+	h.closersMu.Unlock()
+	for i := len(closers) - 1; i >= 0; i-- {
+		_ = closers[i]()
+	}
 }
 
 // openSinks opens the host side of stdout and stderr: FIFOs (CRI and ctr),
