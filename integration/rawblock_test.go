@@ -43,9 +43,14 @@ spec:
 // a host block device (a loop device on a sparse file, as the kubelet hands
 // a block-mode volume to CRI) at its devicePath, and what it writes there
 // is on the host device; a device at a path the policy does not name is
-// denied, naming the path.
+// denied, naming the path. Both containerd versions: each writes the
+// device into the spec itself.
 func TestRawBlockVolume(t *testing.T) {
-	s := newSuite(t, handlerSpec{name: contrastHandler, testImage: true, edit: func(c *harness.ShimConfig) { c.DefaultPolicy = "deny-all" }})
+	versions(t, rawBlockVolume)
+}
+
+func rawBlockVolume(t *testing.T, v harness.Version) {
+	s := newSuiteVersion(t, v, handlerSpec{name: contrastHandler, testImage: true, edit: func(c *harness.ShimConfig) { c.DefaultPolicy = "deny-all" }})
 	loop, backing := rawBlockLoop(t)
 
 	out := filepath.Join(t.TempDir(), "pod.policy.yaml")
