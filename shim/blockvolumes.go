@@ -91,11 +91,11 @@ func (h hostDevices) node(major, minor int64) (string, error) {
 	return node, nil
 }
 
-// attachBlockVolumes hot-plugs the host devices of a container's raw block
-// volumes as read-write disks and returns what the agent needs to put them
-// at their container paths, and the serials to detach at removal. On error
-// nothing stays attached.
-func attachBlockVolumes(ctx context.Context, vm hypervisor.VM, host hostDevices, containerID string, spec *specs.Spec) (_ []*agentapi.BlockVolume, serials []string, retErr error) {
+// attachBlockVolumes hot-plugs (with attach) the host devices of a
+// container's raw block volumes as read-write disks of vm and returns what
+// the agent needs to put them at their container paths, and the serials to
+// detach at removal. On error nothing stays attached.
+func attachBlockVolumes(ctx context.Context, vm hypervisor.VM, attach func(context.Context, hypervisor.Disk) error, host hostDevices, containerID string, spec *specs.Spec) (_ []*agentapi.BlockVolume, serials []string, retErr error) {
 	devices := rawBlockDevices(spec)
 	if len(devices) == 0 {
 		return nil, nil, nil
@@ -113,7 +113,7 @@ func attachBlockVolumes(ctx context.Context, vm hypervisor.VM, host hostDevices,
 			return nil, serials, fmt.Errorf("raw block volume at %s: %w", d.Path, err)
 		}
 		disk := hypervisor.Disk{Serial: blockVolumeSerial(containerID, d.Path), Path: node}
-		if err := vm.AttachDisk(ctx, disk); err != nil {
+		if err := attach(ctx, disk); err != nil {
 			return nil, serials, fmt.Errorf("raw block volume at %s (host device %s): %w", d.Path, node, err)
 		}
 		serials = append(serials, disk.Serial)

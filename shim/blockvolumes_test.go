@@ -2,15 +2,21 @@ package shim
 
 import (
 	"bytes"
+	"context"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"golang.org/x/sys/unix"
+
+	"github.com/contrast-vm/contrast/hypervisor"
+	"github.com/contrast-vm/contrast/layer"
 )
 
 // withBlockVolume adds a raw block volume to spec as CRI writes it: the
@@ -235,4 +241,51 @@ func TestRawBlockVolumeRefused(t *testing.T) {
 			t.Errorf("create %s failed, but its raw block volume stays attached", tc.id)
 		}
 	}
+}
+
+// TestAttachBlockVolumes: volumes take ports idle layers free; when one
+// cannot be attached, those attached before are unplugged again.
+func TestAttachBlockVolumes(t *testing.T) {
+	host := fakeHostDevices(t, map[string][2]uint32{"loop3": {7, 3}, "loop4": {7, 4}})
+	cache, err := layer.OpenCache(t.TempDir(), 1<<30)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	vm := &portsVM{ports: 2}
+	pl := newPodLayers(cache)
+	attach := func(ctx context.Context, d hypervisor.Disk) error { return pl.attachDisk(ctx, vm, d) }
+	_, layerSerials, err := pl.acquire(ctx, vm, []layer.Blob{oneFileLayer(t, "base", "base")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pl.release(layerSerials) // idle: its port may go
+
+	spec := &specs.Spec{Linux: &specs.Linux{}}
+	withBlockVolume(spec, "/dev/xvda", 7, 3)
+	withBlockVolume(spec, "/dev/xvdb", 7, 4)
+	volumes, serials, err := attachBlockVolumes(ctx, vm, attach, host, "c1", spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(volumes) != 2 || volumes[0].ContainerPath != "/dev/xvda" || volumes[1].Serial != blockVolumeSerial("c1", "/dev/xvdb") {
+		t.Errorf("volumes for the agent: %v", volumes)
+	}
+	if !slices.Equal(vm.attached, serials) || !slices.Equal(vm.detached, layerSerials) {
+		t.Errorf("attached %v (want the volumes %v), detached %v (want the idle layer %v)", vm.attached, serials, vm.detached, layerSerials)
+	}
+
+	// No port left for c2's second volume: its first goes again.
+	vm.detached = nil
+	if err := detachBlockVolumes(ctx, vm, serials[1:]); err != nil {
+		t.Fatal(err)
+	}
+	_, got, err := attachBlockVolumes(ctx, vm, attach, host, "c2", spec)
+	if !errors.Is(err, errNoPort) || !strings.Contains(err.Error(), "raw block volume at /dev/xvdb") || got != nil {
+		t.Fatalf("attach with no free port: serials %v, error %v", got, err)
+	}
+	if !slices.Equal(vm.attached, serials[:1]) || !slices.Contains(vm.detached, blockVolumeSerial("c2", "/dev/xvda")) {
+		t.Errorf("after the failed attach: attached %v, detached %v; want only c1's first volume attached", vm.attached, vm.detached)
+	}
+	pl.close()
 }

@@ -131,7 +131,8 @@ func (s *service) createInGuest(ctx context.Context, p *pod, c *container, r *ta
 		return 0, fmt.Errorf("container %s: %w", c.id, err)
 	}
 	req.SharedFiles = shared
-	volumes, volumeSerials, err := attachBlockVolumes(ctx, p.vm, newHostDevices(), c.id, spec)
+	attach := func(ctx context.Context, d hypervisor.Disk) error { return p.layers.attachDisk(ctx, p.vm, d) }
+	volumes, volumeSerials, err := attachBlockVolumes(ctx, p.vm, attach, newHostDevices(), c.id, spec)
 	if err != nil {
 		return 0, fmt.Errorf("container %s: %w", c.id, err)
 	}
