@@ -1124,6 +1124,12 @@ func decisionCases() []decisionCase {
 		{name: "block volume rule that allows every device", pod: "block", do: create("db", withSpec(func(s *specs.Spec) {
 			s.Linux.Resources.Devices[1] = specs.LinuxDeviceCgroup{Allow: true, Access: "rwm"}
 		})), want: "create_container.devices"},
+		{name: "privileged container's block volume where the pod has no volumeDevice", pod: "node-agent", do: createWithLayers("agent", func(p *testPod, r *agentapi.CreateContainerRequest) {
+			s := p.criSpec("agent")
+			s.Linux.Devices = append(s.Linux.Devices, specs.LinuxDevice{Path: "/dev/xvdz", Type: "b", Major: 7, Minor: 3})
+			r.Spec = mustJSON(p.t, s)
+			r.BlockVolumes = []*agentapi.BlockVolume{{Serial: "b0", ContainerPath: "/dev/xvdz"}}
+		}), want: "create_container.block_volumes"},
 		{name: "sysctl", pod: "web", do: create("nginx", withSpec(func(s *specs.Spec) {
 			s.Linux.Sysctl = map[string]string{"kernel.core_pattern": "|/tmp/x"}
 		})), want: "create_container.sysctls"},
