@@ -282,6 +282,13 @@ func (s *Service) CreateContainer(ctx context.Context, req *api.CreateContainerR
 			return nil, invalid("create container %s: rootfs device %s: %v", id, req.Rootfs.Serial, err)
 		}
 	}
+	if err := checkBlockVolumes(req); err != nil {
+		return nil, invalid("create container %s: %v", id, err)
+	}
+	blockVolumes, err := s.findBlockVolumes(ctx, req.BlockVolumes)
+	if err != nil {
+		return nil, fmt.Errorf("create container %s: %w", id, err)
+	}
 	bundle := filepath.Join(s.cfg.RunDir, "containers", id)
 	shared := make([]guestspec.SharedFile, 0, len(req.SharedFiles))
 	for _, f := range req.SharedFiles {
@@ -299,6 +306,7 @@ func (s *Service) CreateContainer(ctx context.Context, req *api.CreateContainerR
 		AttestationDir: s.attestationDir(),
 		VolumeSource:   s.volumes.mountSource,
 		SubPaths:       subPathsOf(req.SubPaths),
+		BlockVolumes:   blockVolumes,
 	})
 	if err != nil {
 		return nil, invalid("create %v", err) // err names the container

@@ -251,6 +251,9 @@ type Container struct {
 	// Mounts are the mounts the pod YAML adds, keyed by destination, beside
 	// the runtime's default mounts the rules know.
 	Mounts map[string]Mount `json:"mounts"`
+	// BlockDevices are the container paths at which it may get raw block
+	// volumes (the pod's volumeDevices[].devicePath), sorted; no others.
+	BlockDevices []string `json:"block_devices,omitempty"`
 	// Exec lists the command lines (exact argv) the host may exec in the
 	// container: its probes' and lifecycle hooks' plus what the settings add.
 	Exec [][]string `json:"exec"`

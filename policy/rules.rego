@@ -147,14 +147,14 @@ create_container_check_set := {
 	"type", "name", "namespace", "image", "layers", "args", "env", "env_required", "cwd", "user",
 	"capabilities", "no_new_privileges", "read_only_root", "mounts", "namespaces", "id_mappings",
 	"masked_paths", "readonly_paths", "devices", "sysctls", "seccomp", "rlimits", "oom_score_adj",
-	"rootfs_propagation", "stdio", "init_order",
+	"rootfs_propagation", "stdio", "init_order", "block_volumes",
 }
 
 create_container_checks := [
 	"type", "name", "namespace", "image", "layers", "args", "env", "env_required", "cwd", "user",
 	"capabilities", "no_new_privileges", "read_only_root", "mounts", "namespaces", "id_mappings",
 	"masked_paths", "readonly_paths", "devices", "sysctls", "seccomp", "rlimits", "oom_score_adj",
-	"rootfs_propagation", "stdio", "init_order",
+	"rootfs_propagation", "stdio", "init_order", "block_volumes",
 ]
 
 create_container_ok contains "type" if input.container_type == "container"
@@ -454,34 +454,41 @@ create_container_why contains ["readonly_paths", msg] if {
 
 create_container_ok contains "devices" if container_policy.privileged == true
 
-# An unprivileged container gets no devices and exactly containerd's
-# device cgroup rule, which denies every device (runc adds the standard
-# ones: null, zero, tty, ...).
+# An unprivileged container gets no devices but its raw block volumes
+# (see Block volumes at the end), and containerd's device cgroup rule,
+# which denies every device (runc adds the standard ones: null, zero,
+# tty, ...), followed only by the rules that allow those volumes.
 create_container_ok contains "devices" if {
 	container_policy.privileged == false
-	count(input.devices) == 0
-	input.device_rules == deny_all_device_rules
+	every d in input.device_entries {
+		block_volume_device_ok(d)
+	}
+	input.device_rules[0] == deny_all_device_rules[0]
+	every rule in array.slice(input.device_rules, 1, count(input.device_rules)) {
+		block_volume_rule_ok(rule)
+	}
 }
 
 deny_all_device_rules := [{"allow": false, "type": "", "access": "rwm", "major": null, "minor": null}]
 
 create_container_why contains ["devices", msg] if {
 	container_policy.privileged == false
-	input.device_rules != deny_all_device_rules
-	msg := sprintf("device cgroup rules %s are not containerd's %s", [q(input.device_rules), q(deny_all_device_rules)])
+	not input.device_rules[0] == deny_all_device_rules[0]
+	msg := sprintf("device cgroup rules %s do not start with containerd's %s", [q(input.device_rules), q(deny_all_device_rules)])
 }
 
 create_container_why contains ["devices", msg] if {
 	container_policy
-	count(input.devices) > 0
-	msg := sprintf("device %s in an unprivileged container", [q(input.devices[0])])
+	some d in input.device_entries
+	not block_volume_device_ok(d)
+	msg := sprintf("device %s in an unprivileged container is not a raw block volume the policy allows there (block volumes at %s)", [q(d.path), q(sort(allowed_block_volumes))])
 }
 
 create_container_why contains ["devices", msg] if {
 	container_policy
-	some rule in input.device_rules
-	rule.allow != false
-	msg := sprintf("device cgroup rule %s allows access in an unprivileged container", [q(rule)])
+	some rule in array.slice(input.device_rules, 1, count(input.device_rules))
+	not block_volume_rule_ok(rule)
+	msg := sprintf("device cgroup rule %s allows access in an unprivileged container beyond its raw block volumes", [q(rule)])
 }
 
 pod_sysctls := object.get(pd.pod, "sysctls", {})
@@ -1404,4 +1411,59 @@ share_volume_ok contains "content" if input.keys == share_volume_policy.keys
 share_volume_why contains ["content", msg] if {
 	pinned := share_volume_policy.keys
 	msg := sprintf("%s volume %s: keys and content %s are not the pinned %s", [input.volume_kind, q(input.volume_name), q(input.keys), q(pinned)])
+}
+
+# ---------------------------------------------------------------- Block volumes
+
+# A raw block volume (volumeDevices) is a host block device the host attaches
+# as a disk; the agent creates its node at the container path the request
+# names, with the guest's device numbers. The policy pins the paths: the
+# pod's volumeDevices[].devicePath of the container. Its content is the
+# host's, neither confidential nor verified.
+allowed_block_volumes := {p | some p in object.get(container_policy, "block_devices", [])}
+
+create_container_ok contains "block_volumes" if {
+	container_policy
+	every p, _ in input.block_volumes {
+		block_volume_ok(p)
+	}
+}
+
+block_volume_ok(p) if {
+	allowed_block_volumes[p]
+	some d in input.device_entries
+	d.path == p
+	d.type == "b"
+}
+
+create_container_why contains ["block_volumes", msg] if {
+	some p, _ in input.block_volumes
+	not allowed_block_volumes[p]
+	msg := sprintf("block volume at %s is not one the policy allows (block volumes at %s)", [q(p), q(sort(allowed_block_volumes))])
+}
+
+create_container_why contains ["block_volumes", msg] if {
+	some p, _ in input.block_volumes
+	allowed_block_volumes[p]
+	not block_volume_ok(p)
+	msg := sprintf("block volume at %s has no block device entry there in the spec", [q(p)])
+}
+
+# A device entry of an unprivileged container: a block volume's.
+block_volume_device_ok(d) if {
+	d.type == "b"
+	input.block_volumes[d.path]
+	allowed_block_volumes[d.path]
+}
+
+# A device cgroup rule after containerd's deny-all: an allow rule for one
+# block volume's device (the agent gives it the guest device's numbers).
+block_volume_rule_ok(rule) if {
+	rule.allow == true
+	rule.type == "b"
+	regex.match("^[rwm]+$", rule.access)
+	some d in input.device_entries
+	block_volume_device_ok(d)
+	d.major == rule.major
+	d.minor == rule.minor
 }

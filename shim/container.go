@@ -3,6 +3,7 @@ package shim
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -44,6 +45,8 @@ type container struct {
 	disk  *hypervisor.Disk
 	// layers are the serials of the image layers the container uses.
 	layers []string
+	// blockVolumes are the serials of the container's raw block volumes.
+	blockVolumes []string
 
 	// writableFiles maps the destinations of the container's writable
 	// bind mounts of host files to their sources: where what the guest
@@ -136,6 +139,19 @@ func (s *service) createInGuest(ctx context.Context, p *pod, c *container, r *ta
 		return 0, fmt.Errorf("container %s: %w", c.id, err)
 	}
 	req.SharedFiles = shared
+	attach := func(ctx context.Context, d hypervisor.Disk) error { return p.layers.attachDisk(ctx, p.vm, d) }
+	volumes, volumeSerials, err := attachBlockVolumes(ctx, p.vm, attach, newHostDevices(), c.id, spec)
+	if err != nil {
+		return 0, fmt.Errorf("container %s: %w", c.id, err)
+	}
+	defer func() {
+		if retErr != nil {
+			if err := detachBlockVolumes(context.WithoutCancel(ctx), p.vm, volumeSerials); err != nil {
+				log.G(ctx).WithError(err).WithField("container", c.id).Error("detach raw block volumes after a failed create")
+			}
+		}
+	}()
+	req.BlockVolumes = volumes
 	pid, err := withHostIO(ctx, p, c.init, func(stdio *agentapi.Stdio) (uint32, error) {
 		req.Stdio = stdio
 		resp, err := p.agent.CreateContainer(ctx, req)
@@ -149,6 +165,7 @@ func (s *service) createInGuest(ctx context.Context, p *pod, c *container, r *ta
 		return 0, err
 	}
 	c.disk = disk
+	c.blockVolumes = volumeSerials
 	return pid, nil
 }
 
@@ -344,8 +361,8 @@ func isBind(m specs.Mount) bool {
 // what it held: its layers, its rootfs disk, its stdio.
 func (s *service) removeFromGuest(ctx context.Context, c *container) error {
 	s.mu.Lock()
-	layers, disk := c.layers, c.disk
-	c.layers, c.disk = nil, nil
+	layers, disk, volumes := c.layers, c.disk, c.blockVolumes
+	c.layers, c.disk, c.blockVolumes = nil, nil, nil
 	s.mu.Unlock()
 	var err error
 	pd, liveErr := s.livePod()
@@ -355,6 +372,12 @@ func (s *service) removeFromGuest(ctx context.Context, c *container) error {
 		}
 		if len(layers) > 0 {
 			pd.layers.release(layers)
+		}
+		// Also when the guest failed to remove the container: the shim
+		// forgets it, so nothing would unplug them later, and the host
+		// device would stay open until the pod ends.
+		if dErr := detachBlockVolumes(ctx, pd.vm, volumes); dErr != nil {
+			err = errors.Join(err, fmt.Errorf("container %s: %w", c.id, dErr))
 		}
 	}
 	switch {

@@ -125,8 +125,9 @@ func (pl *podLayers) acquire(ctx context.Context, vm hypervisor.VM, blobs []laye
 	return layers, serials, nil
 }
 
-// attachLocked hot-plugs a layer's disk; when that fails and idle layers
-// hold ports, those are unplugged and the attach is tried once more.
+// attachLocked hot-plugs a disk (a layer's, or another the pod needs);
+// when that fails and idle layers hold ports, those are unplugged and the
+// attach is tried once more.
 func (pl *podLayers) attachLocked(ctx context.Context, vm hypervisor.VM, disk hypervisor.Disk) error {
 	err := vm.AttachDisk(ctx, disk)
 	if err == nil {
@@ -148,8 +149,16 @@ func (pl *podLayers) attachLocked(ctx context.Context, vm hypervisor.VM, disk hy
 		delete(pl.attached, a.disk.Serial)
 		a.release()
 	}
-	log.G(ctx).WithField("unplugged", len(idle)).Info("unplugged idle image layers to attach another")
+	log.G(ctx).WithField("unplugged", len(idle)).Info("unplugged idle image layers to attach another disk")
 	return vm.AttachDisk(ctx, disk)
+}
+
+// attachDisk hot-plugs a disk that is no layer (a raw block volume), with
+// the idle layers making room as for a layer.
+func (pl *podLayers) attachDisk(ctx context.Context, vm hypervisor.VM, disk hypervisor.Disk) error {
+	pl.mu.Lock()
+	defer pl.mu.Unlock()
+	return pl.attachLocked(ctx, vm, disk)
 }
 
 // release drops one container's use of its layers; they stay attached.

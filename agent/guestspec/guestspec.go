@@ -44,6 +44,8 @@ type Input struct {
 	// of the kubelet-managed volume it is (isVolume), or fails for a
 	// volume the host has not shared; nil: no volumes.
 	VolumeSource func(hostSource string) (guest string, isVolume bool, err error)
+	// BlockVolumes are the container's raw block volumes (see blockvolumes.go).
+	BlockVolumes []BlockVolume
 }
 
 // SubPath is a directory inside a volume that a mount binds.
@@ -180,6 +182,9 @@ func (r *Result) rewrite(in Input) error {
 		s.Linux = &specs.Linux{}
 	}
 	if err := r.rewriteLinux(in); err != nil {
+		return err
+	}
+	if err := r.rewriteBlockVolumes(in.BlockVolumes); err != nil {
 		return err
 	}
 	return r.rewriteMounts(in)

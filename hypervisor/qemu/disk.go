@@ -109,6 +109,14 @@ func (vm *VM) attachDisk(ctx context.Context, d hypervisor.Disk) error {
 		NodeName string `json:"node-name"`
 		Filename string `json:"filename"`
 		ReadOnly bool   `json:"read-only"`
+		Locking  string `json:"locking,omitempty"`
+	}
+	file := fileNode{Driver: "file", NodeName: fmt.Sprintf("disk%d-file", n), Filename: d.Path, ReadOnly: d.ReadOnly}
+	if fi.Mode()&os.ModeDevice != 0 && fi.Mode()&os.ModeCharDevice == 0 {
+		// A host block device (a raw block volume) needs QEMU's host_device
+		// driver; two containers of the pod may use the same one, each
+		// through a disk of its own, so QEMU must not lock it.
+		file.Driver, file.Locking = "host_device", "off"
 	}
 	add := struct {
 		Driver   string   `json:"driver"`
@@ -119,7 +127,7 @@ func (vm *VM) attachDisk(ctx context.Context, d hypervisor.Disk) error {
 		Driver:   "raw",
 		NodeName: dk.node,
 		ReadOnly: d.ReadOnly,
-		File:     fileNode{Driver: "file", NodeName: fmt.Sprintf("disk%d-file", n), Filename: d.Path, ReadOnly: d.ReadOnly},
+		File:     file,
 	}
 	if err := vm.qmp.execute(ctx, "blockdev-add", add, nil); err != nil {
 		release()

@@ -335,6 +335,16 @@ type ContainerConfig struct {
 	// (KubeletRoot/pods/<uid>/etc-hosts) and a termination log
 	// (pods/<uid>/containers/<name>/<8 hex>) at /dev/termination-log.
 	KubeletFiles bool
+	// Devices are the host devices the container gets (the kubelet's
+	// raw block volumes, volumeDevices).
+	Devices []Device
+}
+
+// Device is a host device at a path in the container (CRI Device).
+type Device struct {
+	ContainerPath, HostPath string
+	// Permissions are the device cgroup's (the kubelet sends "mrw").
+	Permissions string
 }
 
 // SecurityContext is the part of CRI's LinuxContainerSecurityContext the
@@ -431,6 +441,13 @@ func (c *CRI) CreateContainer(ctx context.Context, pod *Pod, cc ContainerConfig)
 		"tty":         cc.TTY,
 		"stdin":       cc.Stdin,
 		"stdin_once":  cc.StdinOnce,
+	}
+	if len(cc.Devices) > 0 {
+		var devices []map[string]string
+		for _, d := range cc.Devices {
+			devices = append(devices, map[string]string{"container_path": d.ContainerPath, "host_path": d.HostPath, "permissions": d.Permissions})
+		}
+		cfg["devices"] = devices
 	}
 	if cc.KubeletFiles {
 		mounts, err := c.kubeletFiles(pod, cc.Name)

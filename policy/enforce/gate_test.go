@@ -30,7 +30,7 @@ func TestGateLifecycle(t *testing.T) {
 		req  any
 		want string // "" allowed, else a substring of the denial
 	}{
-		{"sandbox", policy.CreateSandbox, &agentapi.CreateSandboxRequest{SandboxId: testSandboxID, Hostname: testHostname}, ""},
+		{"sandbox", policy.CreateSandbox, &agentapi.CreateSandboxRequest{SandboxId: testSandboxID, Hostname: testHostname, Sysctls: map[string]string{"net.ipv4.ip_unprivileged_port_start": "0"}}, ""},
 		{"start before create", policy.StartContainer, &agentapi.ContainerRequest{ContainerId: "w1"}, `policy denies StartContainer: rule start_container.container: container "w1" was not created under the policy`},
 		{"exec before create", policy.ExecProcess, probe, "rule exec_process.container"},
 		{"create web", policy.CreateContainer, createRequest(t, "w1", criSpec(web), nil), ""},

@@ -62,7 +62,10 @@ const (
 //	                 stdio {stdin, stdout, stderr, terminal},
 //	                 layers [{digest, root_hash}] (the image's layers, lowest first),
 //	                 layer_root_hashes (their root hashes, in that order),
-//	                 unverified_rootfs (the host offered a rootfs and no layers);
+//	                 unverified_rootfs (the host offered a rootfs and no layers),
+//	                 device_entries [{path, type, major, minor}] (linux.devices in full),
+//	                 block_volumes (the set of the container paths of the raw block
+//	                 volumes the request attaches);
 //	                 a mount with a directory subPath carries sub_path {volume, path}
 //	ExecProcess      process, stdio
 //	SignalProcess    signal, all
@@ -164,6 +167,11 @@ func Input(kind policy.Kind, req proto.Message, containerName func(id string) (s
 		}
 		in["layer_root_hashes"] = hashes
 		in["unverified_rootfs"] = r.GetRootfs() != nil && len(layers) == 0
+		volumes, err := blockVolumesInput(r.GetBlockVolumes())
+		if err != nil {
+			return nil, fmt.Errorf("%s %s: %w", kind, r.GetContainerId(), err)
+		}
+		in["block_volumes"] = volumes
 	case policy.ExecProcess:
 		r, ok := req.(*agentapi.ExecProcessRequest)
 		if !ok {
@@ -268,6 +276,25 @@ func Input(kind policy.Kind, req proto.Message, containerName func(id string) (s
 		return nil, fmt.Errorf("unknown request kind %q", kind)
 	}
 	return in, nil
+}
+
+// blockVolumesInput returns the container paths of the raw block volumes
+// as a set, refusing a path given twice or not clean and absolute. The
+// serials are not the rules' business: the host attaches every disk, so a
+// volume on any of them holds nothing the host does not have.
+func blockVolumesInput(volumes []*agentapi.BlockVolume) (map[string]any, error) {
+	out := make(map[string]any, len(volumes))
+	for i, v := range volumes {
+		p := v.GetContainerPath()
+		if !path.IsAbs(p) || path.Clean(p) != p {
+			return nil, fmt.Errorf("block_volumes[%d].container_path %q: not a clean absolute path", i, p)
+		}
+		if _, dup := out[p]; dup {
+			return nil, fmt.Errorf("block_volumes[%d].container_path %q: given twice", i, p)
+		}
+		out[p] = true
+	}
+	return out, nil
 }
 
 // layersInput returns the layers' digests and root hashes, refusing a value
@@ -412,10 +439,13 @@ func containerInput(in map[string]any, raw []byte) error {
 	in["rootfs_propagation"] = l.RootfsPropagation
 
 	devices := make([]string, 0, len(l.Devices))
+	entries := make([]any, 0, len(l.Devices))
 	for _, d := range l.Devices {
 		devices = append(devices, d.Path)
+		entries = append(entries, map[string]any{"path": d.Path, "type": d.Type, "major": d.Major, "minor": d.Minor})
 	}
 	in["devices"] = devices
+	in["device_entries"] = entries
 	var rules []any
 	if l.Resources != nil {
 		for _, r := range l.Resources.Devices {

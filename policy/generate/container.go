@@ -108,6 +108,11 @@ func (p *pod) containerData(c *corev1.Container, img resolvedImage) (policy.Cont
 		return policy.Container{}, err
 	}
 
+	blockDevices, err := p.blockDevices(c)
+	if err != nil {
+		return policy.Container{}, err
+	}
+
 	seccomp, err := p.seccomp(c.Name, sc, privileged)
 	if err != nil {
 		return policy.Container{}, err
@@ -136,6 +141,7 @@ func (p *pod) containerData(c *corev1.Container, img resolvedImage) (policy.Cont
 		UserNamespace:     p.userNamespace(),
 		ProcMountUnmasked: sc != nil && sc.ProcMount != nil && *sc.ProcMount == corev1.UnmaskedProcMount,
 		Mounts:            mounts,
+		BlockDevices:      blockDevices,
 		Exec:              execCommands(c, extraExec),
 		Stdin:             c.Stdin || stdin,
 		Logs:              logs,

@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"os"
 	"slices"
 	"strconv"
 	"strings"
@@ -187,6 +188,24 @@ spec:
     securityContext:
       runAsUser: 1000
 `,
+	// A database on a raw block volume (volumeDevices).
+	"block": `apiVersion: v1
+kind: Pod
+metadata:
+  name: block
+spec:
+  automountServiceAccountToken: false
+  containers:
+  - name: db
+    image: busybox:1.36
+    command: ["sh", "-c", "dd if=/dev/xvda bs=512 count=1"]
+    volumeDevices:
+    - {name: data, devicePath: /dev/xvda}
+  volumes:
+  - name: data
+    persistentVolumeClaim:
+      claimName: data
+`,
 	// A node agent: host namespaces, privileged, a host path.
 	"node-agent": `apiVersion: v1
 kind: Pod
@@ -287,6 +306,7 @@ var podHostnames = map[string]string{
 	"web":        "web",
 	"debug":      "debug",
 	"debug-term": "debug-term",
+	"block":      "block",
 	"node-agent": "worker-3",
 	"api":        "api-7c9d8f6b5-x2k9p",
 	"subpaths":   "subpaths",
@@ -699,6 +719,14 @@ func (p *testPod) criSpec(name string) *specs.Spec {
 		// CRI's WithDefaultProfile, after the capabilities.
 		s.Linux.Seccomp = seccomp.DefaultProfile(s)
 	}
+	// Raw block volumes: the host device (a loop device here) at the
+	// container's path and an allow rule for it, as CRI's WithDevices adds
+	// them for the kubelet's devices (permissions "mrw").
+	for i, d := range c.VolumeDevices {
+		major, minor := int64(7), int64(10+i)
+		s.Linux.Devices = append(s.Linux.Devices, specs.LinuxDevice{Path: d.DevicePath, Type: "b", Major: major, Minor: minor, FileMode: ptr(os.FileMode(0o660))})
+		s.Linux.Resources.Devices = append(s.Linux.Resources.Devices, specs.LinuxDeviceCgroup{Allow: true, Type: "b", Major: &major, Minor: &minor, Access: "mrw"})
+	}
 	if privileged {
 		s.Linux.MaskedPaths, s.Linux.ReadonlyPaths = nil, nil
 		// The host's devices, and access to all of them.
@@ -755,10 +783,11 @@ func create(container string, tamper ...func(*specs.Spec, *agentapi.Stdio)) acti
 			f(s, stdio)
 		}
 		return policy.CreateContainer, &agentapi.CreateContainerRequest{
-			ContainerId: id(container),
-			Spec:        mustJSON(p.t, s),
-			Stdio:       stdio,
-			Layers:      p.layers(container),
+			ContainerId:  id(container),
+			Spec:         mustJSON(p.t, s),
+			Stdio:        stdio,
+			Layers:       p.layers(container),
+			BlockVolumes: p.blockVolumes(container),
 		}
 	}
 }
@@ -771,6 +800,16 @@ func createWithLayers(container string, tamper func(p *testPod, r *agentapi.Crea
 		tamper(p, req.(*agentapi.CreateContainerRequest))
 		return kind, req
 	}
+}
+
+// blockVolumes are the raw block volumes the shim attaches for container:
+// one per volumeDevice.
+func (p *testPod) blockVolumes(container string) []*agentapi.BlockVolume {
+	var volumes []*agentapi.BlockVolume
+	for i, d := range p.container(container).VolumeDevices {
+		volumes = append(volumes, &agentapi.BlockVolume{Serial: fmt.Sprintf("b%d", i), ContainerPath: d.DevicePath})
+	}
+	return volumes
 }
 
 // layers are the layers the shim attaches for container: those of its image.
@@ -1125,6 +1164,36 @@ func decisionCases() []decisionCase {
 		{name: "device", pod: "web", do: create("nginx", withSpec(func(s *specs.Spec) {
 			s.Linux.Devices = []specs.LinuxDevice{{Path: "/dev/mem", Type: "c", Major: 1, Minor: 1}}
 		})), want: "create_container.devices"},
+		{name: "raw block volume", pod: "block", do: create("db")},
+		{name: "block device where the pod has no volumeDevice", pod: "web", do: createWithLayers("nginx", func(p *testPod, r *agentapi.CreateContainerRequest) {
+			s := p.criSpec("nginx")
+			major, minor := int64(7), int64(3)
+			s.Linux.Devices = []specs.LinuxDevice{{Path: "/dev/xvda", Type: "b", Major: major, Minor: minor}}
+			s.Linux.Resources.Devices = append(s.Linux.Resources.Devices, specs.LinuxDeviceCgroup{Allow: true, Type: "b", Major: &major, Minor: &minor, Access: "mrw"})
+			r.Spec = mustJSON(p.t, s)
+			r.BlockVolumes = []*agentapi.BlockVolume{{Serial: "b0", ContainerPath: "/dev/xvda"}}
+		}), want: "create_container.devices"},
+		{name: "block volume at a second path", pod: "block", do: createWithLayers("db", func(p *testPod, r *agentapi.CreateContainerRequest) {
+			r.BlockVolumes = append(r.BlockVolumes, &agentapi.BlockVolume{Serial: "b1", ContainerPath: "/dev/sdz"})
+		}), want: "create_container.block_volumes"},
+		{name: "block device without its volume", pod: "block", do: createWithLayers("db", func(_ *testPod, r *agentapi.CreateContainerRequest) {
+			// runc would create the node with the host's numbers: some guest device
+			r.BlockVolumes = nil
+		}), want: "create_container.devices"},
+		{name: "block volume as a character device", pod: "block", do: create("db", withSpec(func(s *specs.Spec) { s.Linux.Devices[0].Type = "c" })), want: "create_container.devices"},
+		{name: "device rule beyond the block volume", pod: "block", do: create("db", withSpec(func(s *specs.Spec) {
+			major, minor := int64(254), int64(0)
+			s.Linux.Resources.Devices = append(s.Linux.Resources.Devices, specs.LinuxDeviceCgroup{Allow: true, Type: "b", Major: &major, Minor: &minor, Access: "rw"})
+		})), want: "create_container.devices"},
+		{name: "block volume rule that allows every device", pod: "block", do: create("db", withSpec(func(s *specs.Spec) {
+			s.Linux.Resources.Devices[1] = specs.LinuxDeviceCgroup{Allow: true, Access: "rwm"}
+		})), want: "create_container.devices"},
+		{name: "privileged container's block volume where the pod has no volumeDevice", pod: "node-agent", do: createWithLayers("agent", func(p *testPod, r *agentapi.CreateContainerRequest) {
+			s := p.criSpec("agent")
+			s.Linux.Devices = append(s.Linux.Devices, specs.LinuxDevice{Path: "/dev/xvdz", Type: "b", Major: 7, Minor: 3})
+			r.Spec = mustJSON(p.t, s)
+			r.BlockVolumes = []*agentapi.BlockVolume{{Serial: "b0", ContainerPath: "/dev/xvdz"}}
+		}), want: "create_container.block_volumes"},
 		{name: "sysctl", pod: "web", do: create("nginx", withSpec(func(s *specs.Spec) {
 			s.Linux.Sysctl = map[string]string{"kernel.core_pattern": "|/tmp/x"}
 		})), want: "create_container.sysctls"},
@@ -1502,6 +1571,15 @@ func TestDecisionDenialText(t *testing.T) {
 	})(p)
 	err = p.gate.Authorize(context.Background(), enforce.ServicePrefix+string(kind), req)
 	if want := "policy denies CreateContainer: rule create_container.layers: the host offered an unverified rootfs"; err == nil || err.Error() != want {
+		t.Fatalf("%v\nwant %s", err, want)
+	}
+	pb := newTestPod(t, "block", nil)
+	kind, req = createWithLayers("db", func(_ *testPod, r *agentapi.CreateContainerRequest) {
+		r.BlockVolumes = append(r.BlockVolumes, &agentapi.BlockVolume{Serial: "b1", ContainerPath: "/dev/sdz"})
+	})(pb)
+	err = pb.gate.Authorize(context.Background(), enforce.ServicePrefix+string(kind), req)
+	want = `policy denies CreateContainer: rule create_container.block_volumes: block volume at "/dev/sdz" is not one the policy allows (block volumes at ["/dev/xvda"])`
+	if err == nil || err.Error() != want {
 		t.Fatalf("%v\nwant %s", err, want)
 	}
 	kind, req = configureNetwork(bridgeNetwork, func(r *agentapi.ConfigureNetworkRequest) { r.Interfaces[0].Addresses = []string{"127.0.0.2/8"} })(p)

@@ -50,7 +50,9 @@
 // expanded as the kubelet does, and exec lifecycle hooks, plus settings);
 // stdin (the YAML's stdin, or settings), tty, logs (settings); the pod's
 // namespace when the YAML sets metadata.namespace; hostNetwork, hostPID,
-// hostIPC and sysctls.
+// hostIPC and sysctls; the container paths of raw block volumes
+// (volumeDevices[].devicePath: block_devices, the only paths at which a
+// container gets a block device).
 //
 // Patterns, because the cluster picks the value after the policy is made:
 // the hostname and HOSTNAME (a Pod's spec.hostname or name is exact; a
