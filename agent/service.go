@@ -34,6 +34,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -88,6 +89,9 @@ type Config struct {
 	// AttestationMountPoint (see the package documentation).
 	AttestationEndpoint bool
 	Reaper              *reaper.Reaper
+	// Scratch opens the pod's scratch disk for its emptyDir volumes; nil
+	// refuses every emptyDir that is not of medium Memory.
+	Scratch ScratchOpener
 }
 
 // DefaultConfig is the configuration inside the VM.
@@ -108,6 +112,29 @@ func DefaultConfig(r *reaper.Reaper) Config {
 
 		AttestationEndpoint: true,
 		Reaper:              r,
+		Scratch: storage.EncryptedScratch{
+			DM:     storage.NewDeviceMapper("/run/contrast/emptydir/dev"),
+			Mke2fs: GuestMke2fsPath,
+			Run:    runToSuccess(r),
+		},
+	}
+}
+
+// GuestMke2fsPath is where the guest image carries mke2fs (busybox's).
+const GuestMke2fsPath = "/usr/sbin/mke2fs"
+
+// runToSuccess runs a command through the reaper; an exit other than 0 is
+// an error.
+func runToSuccess(r *reaper.Reaper) storage.CommandRunner {
+	return func(ctx context.Context, cmd *exec.Cmd) error {
+		e, err := r.Run(ctx, cmd)
+		if err != nil {
+			return err
+		}
+		if e.Code() != 0 {
+			return fmt.Errorf("%s: %v", cmd.Path, e)
+		}
+		return nil
 	}
 }
 
@@ -122,6 +149,8 @@ type Service struct {
 	// layers are the pod's image layers, opened through dm-verity and
 	// shared by the containers using them.
 	layers *storage.LayerSet
+	// emptyDirs are the pod's emptyDir volumes (emptydir.go).
+	emptyDirs *emptyDirs
 
 	mu         sync.Mutex
 	sandboxID  string
@@ -161,6 +190,7 @@ func NewService(cfg Config) (*Service, error) {
 		policy:     newPolicyGate(cfg.TEE),
 		layers:     storage.NewLayerSet(filepath.Join(cfg.RunDir, "layers"), cfg.Devices),
 		containers: map[string]*container{},
+		emptyDirs:  newEmptyDirs(cfg),
 	}, nil
 }
 
@@ -262,6 +292,10 @@ func (s *Service) CreateContainer(ctx context.Context, req *api.CreateContainerR
 			return nil, invalid("create container %s: rootfs device %s: %v", id, req.Rootfs.Serial, err)
 		}
 	}
+	memory, err := memoryVolumes(req.MemoryVolumes)
+	if err != nil {
+		return nil, invalid("create container %s: %v", id, err)
+	}
 	bundle := filepath.Join(s.cfg.RunDir, "containers", id)
 	shared := make([]guestspec.SharedFile, 0, len(req.SharedFiles))
 	for _, f := range req.SharedFiles {
@@ -277,9 +311,13 @@ func (s *Service) CreateContainer(ctx context.Context, req *api.CreateContainerR
 		// The host does not ask for this mount, so the policy, which judges
 		// the host's spec, neither sees nor needs to allow it.
 		AttestationDir: s.attestationDir(),
+		EmptyDirs:      s.emptyDirInput(memory),
 	})
 	if err != nil {
 		return nil, invalid("create %v", err) // err names the container
+	}
+	if err := checkMemoryVolumesMounted(memory, res.EmptyDirs); err != nil {
+		return nil, invalid("create container %s: %v", id, err)
 	}
 	if t := req.Stdio.GetTerminal(); res.Spec.Process.Terminal != t {
 		return nil, invalid("create container %s: the spec's process.terminal is %v but the stdio request says terminal %v", id, res.Spec.Process.Terminal, t)
@@ -302,7 +340,7 @@ func (s *Service) CreateContainer(ctx context.Context, req *api.CreateContainerR
 	if len(res.Notes) > 0 {
 		lg.Info("spec rewritten for the guest: " + strings.Join(res.Notes, "; "))
 	}
-	pid, err := s.create(ctx, c, req, layers, res)
+	pid, err := s.create(ctx, c, req, layers, res, memory)
 	if err != nil {
 		c.mu.Lock()
 		c.state = lifecycle.Deleted // creating -> deleted: the create failed
@@ -316,7 +354,7 @@ func (s *Service) CreateContainer(ctx context.Context, req *api.CreateContainerR
 	return &api.CreateContainerResponse{Pid: uint32(pid)}, nil
 }
 
-func (s *Service) create(ctx context.Context, c *container, req *api.CreateContainerRequest, layers []storage.Layer, res *guestspec.Result) (_ int, err error) {
+func (s *Service) create(ctx context.Context, c *container, req *api.CreateContainerRequest, layers []storage.Layer, res *guestspec.Result, memory map[string]uint64) (_ int, err error) {
 	if err := os.Mkdir(c.bundle, 0o700); err != nil {
 		return 0, fmt.Errorf("create container %s: create bundle: %w", c.id, err)
 	}
@@ -342,6 +380,9 @@ func (s *Service) create(ctx context.Context, c *container, req *api.CreateConta
 		if err := c.rootfs.Mount(dev, req.Rootfs.Fstype); err != nil {
 			return 0, fmt.Errorf("create container %s: rootfs from device %s (serial %s): %w", c.id, dev, req.Rootfs.Serial, err)
 		}
+	}
+	if err := s.emptyDirs.prepare(ctx, res.EmptyDirs, memory); err != nil {
+		return 0, fmt.Errorf("create container %s: %w", c.id, err)
 	}
 	if len(res.Files) > 0 {
 		if err := os.Mkdir(filepath.Join(c.bundle, "shared"), 0o700); err != nil {

@@ -37,6 +37,8 @@ type Input struct {
 	// endpoint, bind-mounted read-only at AttestationMountPoint; "" mounts
 	// nothing.
 	AttestationDir string
+	// EmptyDirs says where the pod's emptyDir volumes are (emptydir.go).
+	EmptyDirs EmptyDirInput
 }
 
 // AttestationMountPoint is where a container finds the agent's attestation
@@ -59,6 +61,8 @@ type Result struct {
 	Spec  *specs.Spec
 	Files []File
 	Notes []string
+	// EmptyDirs are the emptyDir volumes the spec mounts, each once.
+	EmptyDirs []EmptyDir
 }
 
 // virtualFS are mount types that refer to no host path or device.
@@ -278,6 +282,13 @@ func (r *Result) rewriteMounts(in Input) error {
 			m.Source = p
 			continue
 		}
+		// --- emptyDir volumes (emptydir.go) ---
+		if ok, err := r.rewriteEmptyDir(in.EmptyDirs, m); err != nil {
+			return err
+		} else if ok {
+			continue
+		}
+		// --- end of emptyDir volumes ---
 		if dest == "/dev/shm" {
 			// The pod's shm is the sandbox's on the host; in the VM a tmpfs
 			// per container (as CRI mounts for the sandbox itself).

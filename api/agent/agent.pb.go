@@ -522,7 +522,12 @@ type CreateContainerRequest struct {
 	// each only through dm-verity with its root hash, which the policy must
 	// name for the container, and stacks them with overlayfs under a
 	// writable layer.
-	Layers        []*Layer `protobuf:"bytes,6,rep,name=layers,proto3" json:"layers,omitempty"`
+	Layers []*Layer `protobuf:"bytes,6,rep,name=layers,proto3" json:"layers,omitempty"`
+	// memory_volumes are the container's emptyDir volumes of medium Memory
+	// (on the host a tmpfs): the guest gives each a tmpfs of that size,
+	// shared by the pod's containers. Every other emptyDir of the spec
+	// lives on the pod's encrypted scratch disk (serial ScratchDiskSerial).
+	MemoryVolumes []*MemoryVolume `protobuf:"bytes,7,rep,name=memory_volumes,json=memoryVolumes,proto3" json:"memory_volumes,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -595,6 +600,13 @@ func (x *CreateContainerRequest) GetStdio() *Stdio {
 func (x *CreateContainerRequest) GetLayers() []*Layer {
 	if x != nil {
 		return x.Layers
+	}
+	return nil
+}
+
+func (x *CreateContainerRequest) GetMemoryVolumes() []*MemoryVolume {
+	if x != nil {
+		return x.MemoryVolumes
 	}
 	return nil
 }
@@ -1802,6 +1814,62 @@ func (x *PortForwardRequest) GetPort() uint32 {
 	return 0
 }
 
+// An emptyDir volume of medium Memory, named as the last component of its
+// bind mount's source (.../volumes/kubernetes.io~empty-dir/<name>).
+type MemoryVolume struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Name  string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// The tmpfs's size in bytes (the host's tmpfs: the sizeLimit); the
+	// guest caps it at its own memory.
+	SizeBytes     uint64 `protobuf:"varint,2,opt,name=size_bytes,json=sizeBytes,proto3" json:"size_bytes,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MemoryVolume) Reset() {
+	*x = MemoryVolume{}
+	mi := &file_api_agent_agent_proto_msgTypes[31]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MemoryVolume) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MemoryVolume) ProtoMessage() {}
+
+func (x *MemoryVolume) ProtoReflect() protoreflect.Message {
+	mi := &file_api_agent_agent_proto_msgTypes[31]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MemoryVolume.ProtoReflect.Descriptor instead.
+func (*MemoryVolume) Descriptor() ([]byte, []int) {
+	return file_api_agent_agent_proto_rawDescGZIP(), []int{31}
+}
+
+func (x *MemoryVolume) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *MemoryVolume) GetSizeBytes() uint64 {
+	if x != nil {
+		return x.SizeBytes
+	}
+	return 0
+}
+
 var File_api_agent_agent_proto protoreflect.FileDescriptor
 
 const file_api_agent_agent_proto_rawDesc = "" +
@@ -1836,14 +1904,15 @@ const file_api_agent_agent_proto_rawDesc = "" +
 	"\x05stdin\x18\x01 \x01(\bR\x05stdin\x12\x16\n" +
 	"\x06stdout\x18\x02 \x01(\bR\x06stdout\x12\x16\n" +
 	"\x06stderr\x18\x03 \x01(\bR\x06stderr\x12\x1a\n" +
-	"\bterminal\x18\x04 \x01(\bR\bterminal\"\xab\x02\n" +
+	"\bterminal\x18\x04 \x01(\bR\bterminal\"\xf3\x02\n" +
 	"\x16CreateContainerRequest\x12!\n" +
 	"\fcontainer_id\x18\x01 \x01(\tR\vcontainerId\x12\x12\n" +
 	"\x04spec\x18\x02 \x01(\fR\x04spec\x126\n" +
 	"\x06rootfs\x18\x03 \x01(\v2\x1e.contrast.agent.v1.BlockDeviceR\x06rootfs\x12@\n" +
 	"\fshared_files\x18\x04 \x03(\v2\x1d.contrast.agent.v1.SharedFileR\vsharedFiles\x12.\n" +
 	"\x05stdio\x18\x05 \x01(\v2\x18.contrast.agent.v1.StdioR\x05stdio\x120\n" +
-	"\x06layers\x18\x06 \x03(\v2\x18.contrast.agent.v1.LayerR\x06layers\"u\n" +
+	"\x06layers\x18\x06 \x03(\v2\x18.contrast.agent.v1.LayerR\x06layers\x12F\n" +
+	"\x0ememory_volumes\x18\a \x03(\v2\x1f.contrast.agent.v1.MemoryVolumeR\rmemoryVolumes\"u\n" +
 	"\x05Layer\x12\x16\n" +
 	"\x06serial\x18\x01 \x01(\tR\x06serial\x12\x16\n" +
 	"\x06digest\x18\x02 \x01(\tR\x06digest\x12\x1b\n" +
@@ -1921,7 +1990,11 @@ const file_api_agent_agent_proto_rawDesc = "" +
 	"\x06routes\x18\x02 \x03(\v2\x1f.contrast.agent.v1.NetworkRouteR\x06routes\x12@\n" +
 	"\tneighbors\x18\x03 \x03(\v2\".contrast.agent.v1.NetworkNeighborR\tneighbors\"(\n" +
 	"\x12PortForwardRequest\x12\x12\n" +
-	"\x04port\x18\x01 \x01(\rR\x04port2\xe9\f\n" +
+	"\x04port\x18\x01 \x01(\rR\x04port\"A\n" +
+	"\fMemoryVolume\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1d\n" +
+	"\n" +
+	"size_bytes\x18\x02 \x01(\x04R\tsizeBytes2\xe9\f\n" +
 	"\x05Agent\x12M\n" +
 	"\x06Health\x12 .contrast.agent.v1.HealthRequest\x1a!.contrast.agent.v1.HealthResponse\x12V\n" +
 	"\tSetPolicy\x12#.contrast.agent.v1.SetPolicyRequest\x1a$.contrast.agent.v1.SetPolicyResponse\x12R\n" +
@@ -1956,7 +2029,7 @@ func file_api_agent_agent_proto_rawDescGZIP() []byte {
 	return file_api_agent_agent_proto_rawDescData
 }
 
-var file_api_agent_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 31)
+var file_api_agent_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 32)
 var file_api_agent_agent_proto_goTypes = []any{
 	(*Empty)(nil),                   // 0: contrast.agent.v1.Empty
 	(*HealthRequest)(nil),           // 1: contrast.agent.v1.HealthRequest
@@ -1989,60 +2062,62 @@ var file_api_agent_agent_proto_goTypes = []any{
 	(*NetworkNeighbor)(nil),         // 28: contrast.agent.v1.NetworkNeighbor
 	(*ConfigureNetworkRequest)(nil), // 29: contrast.agent.v1.ConfigureNetworkRequest
 	(*PortForwardRequest)(nil),      // 30: contrast.agent.v1.PortForwardRequest
+	(*MemoryVolume)(nil),            // 31: contrast.agent.v1.MemoryVolume
 }
 var file_api_agent_agent_proto_depIdxs = []int32{
 	6,  // 0: contrast.agent.v1.CreateContainerRequest.rootfs:type_name -> contrast.agent.v1.BlockDevice
 	7,  // 1: contrast.agent.v1.CreateContainerRequest.shared_files:type_name -> contrast.agent.v1.SharedFile
 	8,  // 2: contrast.agent.v1.CreateContainerRequest.stdio:type_name -> contrast.agent.v1.Stdio
 	10, // 3: contrast.agent.v1.CreateContainerRequest.layers:type_name -> contrast.agent.v1.Layer
-	8,  // 4: contrast.agent.v1.ExecProcessRequest.stdio:type_name -> contrast.agent.v1.Stdio
-	7,  // 5: contrast.agent.v1.WaitProcessResponse.written_back:type_name -> contrast.agent.v1.SharedFile
-	26, // 6: contrast.agent.v1.ConfigureNetworkRequest.interfaces:type_name -> contrast.agent.v1.NetworkInterface
-	27, // 7: contrast.agent.v1.ConfigureNetworkRequest.routes:type_name -> contrast.agent.v1.NetworkRoute
-	28, // 8: contrast.agent.v1.ConfigureNetworkRequest.neighbors:type_name -> contrast.agent.v1.NetworkNeighbor
-	1,  // 9: contrast.agent.v1.Agent.Health:input_type -> contrast.agent.v1.HealthRequest
-	3,  // 10: contrast.agent.v1.Agent.SetPolicy:input_type -> contrast.agent.v1.SetPolicyRequest
-	5,  // 11: contrast.agent.v1.Agent.CreateSandbox:input_type -> contrast.agent.v1.CreateSandboxRequest
-	9,  // 12: contrast.agent.v1.Agent.CreateContainer:input_type -> contrast.agent.v1.CreateContainerRequest
-	12, // 13: contrast.agent.v1.Agent.StartContainer:input_type -> contrast.agent.v1.ContainerRequest
-	14, // 14: contrast.agent.v1.Agent.ExecProcess:input_type -> contrast.agent.v1.ExecProcessRequest
-	16, // 15: contrast.agent.v1.Agent.SignalProcess:input_type -> contrast.agent.v1.SignalProcessRequest
-	13, // 16: contrast.agent.v1.Agent.WaitProcess:input_type -> contrast.agent.v1.ProcessRequest
-	13, // 17: contrast.agent.v1.Agent.CloseStdin:input_type -> contrast.agent.v1.ProcessRequest
-	12, // 18: contrast.agent.v1.Agent.ListProcesses:input_type -> contrast.agent.v1.ContainerRequest
-	19, // 19: contrast.agent.v1.Agent.RemoveContainer:input_type -> contrast.agent.v1.RemoveContainerRequest
-	20, // 20: contrast.agent.v1.Agent.ResizePty:input_type -> contrast.agent.v1.ResizePtyRequest
-	12, // 21: contrast.agent.v1.Agent.PauseContainer:input_type -> contrast.agent.v1.ContainerRequest
-	12, // 22: contrast.agent.v1.Agent.ResumeContainer:input_type -> contrast.agent.v1.ContainerRequest
-	21, // 23: contrast.agent.v1.Agent.UpdateContainer:input_type -> contrast.agent.v1.UpdateContainerRequest
-	12, // 24: contrast.agent.v1.Agent.StatsContainer:input_type -> contrast.agent.v1.ContainerRequest
-	0,  // 25: contrast.agent.v1.Agent.WaitOOM:input_type -> contrast.agent.v1.Empty
-	24, // 26: contrast.agent.v1.Agent.GetReport:input_type -> contrast.agent.v1.GetReportRequest
-	29, // 27: contrast.agent.v1.Agent.ConfigureNetwork:input_type -> contrast.agent.v1.ConfigureNetworkRequest
-	2,  // 28: contrast.agent.v1.Agent.Health:output_type -> contrast.agent.v1.HealthResponse
-	4,  // 29: contrast.agent.v1.Agent.SetPolicy:output_type -> contrast.agent.v1.SetPolicyResponse
-	0,  // 30: contrast.agent.v1.Agent.CreateSandbox:output_type -> contrast.agent.v1.Empty
-	11, // 31: contrast.agent.v1.Agent.CreateContainer:output_type -> contrast.agent.v1.CreateContainerResponse
-	0,  // 32: contrast.agent.v1.Agent.StartContainer:output_type -> contrast.agent.v1.Empty
-	15, // 33: contrast.agent.v1.Agent.ExecProcess:output_type -> contrast.agent.v1.ExecProcessResponse
-	0,  // 34: contrast.agent.v1.Agent.SignalProcess:output_type -> contrast.agent.v1.Empty
-	17, // 35: contrast.agent.v1.Agent.WaitProcess:output_type -> contrast.agent.v1.WaitProcessResponse
-	0,  // 36: contrast.agent.v1.Agent.CloseStdin:output_type -> contrast.agent.v1.Empty
-	18, // 37: contrast.agent.v1.Agent.ListProcesses:output_type -> contrast.agent.v1.ListProcessesResponse
-	0,  // 38: contrast.agent.v1.Agent.RemoveContainer:output_type -> contrast.agent.v1.Empty
-	0,  // 39: contrast.agent.v1.Agent.ResizePty:output_type -> contrast.agent.v1.Empty
-	0,  // 40: contrast.agent.v1.Agent.PauseContainer:output_type -> contrast.agent.v1.Empty
-	0,  // 41: contrast.agent.v1.Agent.ResumeContainer:output_type -> contrast.agent.v1.Empty
-	0,  // 42: contrast.agent.v1.Agent.UpdateContainer:output_type -> contrast.agent.v1.Empty
-	22, // 43: contrast.agent.v1.Agent.StatsContainer:output_type -> contrast.agent.v1.StatsContainerResponse
-	23, // 44: contrast.agent.v1.Agent.WaitOOM:output_type -> contrast.agent.v1.OOMEvent
-	25, // 45: contrast.agent.v1.Agent.GetReport:output_type -> contrast.agent.v1.GetReportResponse
-	0,  // 46: contrast.agent.v1.Agent.ConfigureNetwork:output_type -> contrast.agent.v1.Empty
-	28, // [28:47] is the sub-list for method output_type
-	9,  // [9:28] is the sub-list for method input_type
-	9,  // [9:9] is the sub-list for extension type_name
-	9,  // [9:9] is the sub-list for extension extendee
-	0,  // [0:9] is the sub-list for field type_name
+	31, // 4: contrast.agent.v1.CreateContainerRequest.memory_volumes:type_name -> contrast.agent.v1.MemoryVolume
+	8,  // 5: contrast.agent.v1.ExecProcessRequest.stdio:type_name -> contrast.agent.v1.Stdio
+	7,  // 6: contrast.agent.v1.WaitProcessResponse.written_back:type_name -> contrast.agent.v1.SharedFile
+	26, // 7: contrast.agent.v1.ConfigureNetworkRequest.interfaces:type_name -> contrast.agent.v1.NetworkInterface
+	27, // 8: contrast.agent.v1.ConfigureNetworkRequest.routes:type_name -> contrast.agent.v1.NetworkRoute
+	28, // 9: contrast.agent.v1.ConfigureNetworkRequest.neighbors:type_name -> contrast.agent.v1.NetworkNeighbor
+	1,  // 10: contrast.agent.v1.Agent.Health:input_type -> contrast.agent.v1.HealthRequest
+	3,  // 11: contrast.agent.v1.Agent.SetPolicy:input_type -> contrast.agent.v1.SetPolicyRequest
+	5,  // 12: contrast.agent.v1.Agent.CreateSandbox:input_type -> contrast.agent.v1.CreateSandboxRequest
+	9,  // 13: contrast.agent.v1.Agent.CreateContainer:input_type -> contrast.agent.v1.CreateContainerRequest
+	12, // 14: contrast.agent.v1.Agent.StartContainer:input_type -> contrast.agent.v1.ContainerRequest
+	14, // 15: contrast.agent.v1.Agent.ExecProcess:input_type -> contrast.agent.v1.ExecProcessRequest
+	16, // 16: contrast.agent.v1.Agent.SignalProcess:input_type -> contrast.agent.v1.SignalProcessRequest
+	13, // 17: contrast.agent.v1.Agent.WaitProcess:input_type -> contrast.agent.v1.ProcessRequest
+	13, // 18: contrast.agent.v1.Agent.CloseStdin:input_type -> contrast.agent.v1.ProcessRequest
+	12, // 19: contrast.agent.v1.Agent.ListProcesses:input_type -> contrast.agent.v1.ContainerRequest
+	19, // 20: contrast.agent.v1.Agent.RemoveContainer:input_type -> contrast.agent.v1.RemoveContainerRequest
+	20, // 21: contrast.agent.v1.Agent.ResizePty:input_type -> contrast.agent.v1.ResizePtyRequest
+	12, // 22: contrast.agent.v1.Agent.PauseContainer:input_type -> contrast.agent.v1.ContainerRequest
+	12, // 23: contrast.agent.v1.Agent.ResumeContainer:input_type -> contrast.agent.v1.ContainerRequest
+	21, // 24: contrast.agent.v1.Agent.UpdateContainer:input_type -> contrast.agent.v1.UpdateContainerRequest
+	12, // 25: contrast.agent.v1.Agent.StatsContainer:input_type -> contrast.agent.v1.ContainerRequest
+	0,  // 26: contrast.agent.v1.Agent.WaitOOM:input_type -> contrast.agent.v1.Empty
+	24, // 27: contrast.agent.v1.Agent.GetReport:input_type -> contrast.agent.v1.GetReportRequest
+	29, // 28: contrast.agent.v1.Agent.ConfigureNetwork:input_type -> contrast.agent.v1.ConfigureNetworkRequest
+	2,  // 29: contrast.agent.v1.Agent.Health:output_type -> contrast.agent.v1.HealthResponse
+	4,  // 30: contrast.agent.v1.Agent.SetPolicy:output_type -> contrast.agent.v1.SetPolicyResponse
+	0,  // 31: contrast.agent.v1.Agent.CreateSandbox:output_type -> contrast.agent.v1.Empty
+	11, // 32: contrast.agent.v1.Agent.CreateContainer:output_type -> contrast.agent.v1.CreateContainerResponse
+	0,  // 33: contrast.agent.v1.Agent.StartContainer:output_type -> contrast.agent.v1.Empty
+	15, // 34: contrast.agent.v1.Agent.ExecProcess:output_type -> contrast.agent.v1.ExecProcessResponse
+	0,  // 35: contrast.agent.v1.Agent.SignalProcess:output_type -> contrast.agent.v1.Empty
+	17, // 36: contrast.agent.v1.Agent.WaitProcess:output_type -> contrast.agent.v1.WaitProcessResponse
+	0,  // 37: contrast.agent.v1.Agent.CloseStdin:output_type -> contrast.agent.v1.Empty
+	18, // 38: contrast.agent.v1.Agent.ListProcesses:output_type -> contrast.agent.v1.ListProcessesResponse
+	0,  // 39: contrast.agent.v1.Agent.RemoveContainer:output_type -> contrast.agent.v1.Empty
+	0,  // 40: contrast.agent.v1.Agent.ResizePty:output_type -> contrast.agent.v1.Empty
+	0,  // 41: contrast.agent.v1.Agent.PauseContainer:output_type -> contrast.agent.v1.Empty
+	0,  // 42: contrast.agent.v1.Agent.ResumeContainer:output_type -> contrast.agent.v1.Empty
+	0,  // 43: contrast.agent.v1.Agent.UpdateContainer:output_type -> contrast.agent.v1.Empty
+	22, // 44: contrast.agent.v1.Agent.StatsContainer:output_type -> contrast.agent.v1.StatsContainerResponse
+	23, // 45: contrast.agent.v1.Agent.WaitOOM:output_type -> contrast.agent.v1.OOMEvent
+	25, // 46: contrast.agent.v1.Agent.GetReport:output_type -> contrast.agent.v1.GetReportResponse
+	0,  // 47: contrast.agent.v1.Agent.ConfigureNetwork:output_type -> contrast.agent.v1.Empty
+	29, // [29:48] is the sub-list for method output_type
+	10, // [10:29] is the sub-list for method input_type
+	10, // [10:10] is the sub-list for extension type_name
+	10, // [10:10] is the sub-list for extension extendee
+	0,  // [0:10] is the sub-list for field type_name
 }
 
 func init() { file_api_agent_agent_proto_init() }
@@ -2056,7 +2131,7 @@ func file_api_agent_agent_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_api_agent_agent_proto_rawDesc), len(file_api_agent_agent_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   31,
+			NumMessages:   32,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
