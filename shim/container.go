@@ -128,6 +128,16 @@ func (s *service) createInGuest(ctx context.Context, p *pod, c *container, r *ta
 		return 0, fmt.Errorf("container %s: %w", c.id, err)
 	}
 	req.SharedFiles = shared
+	memory, onDisk, err := emptyDirs(spec, p.size.MemoryMiB)
+	if err != nil {
+		return 0, fmt.Errorf("container %s: %w", c.id, err)
+	}
+	req.MemoryVolumes = memory
+	if onDisk {
+		if err := p.scratch.attach(ctx, p); err != nil {
+			return 0, fmt.Errorf("container %s: emptyDir volumes: %w", c.id, err)
+		}
+	}
 	pid, err := withHostIO(ctx, p, c.init, func(stdio *agentapi.Stdio) (uint32, error) {
 		req.Stdio = stdio
 		resp, err := p.agent.CreateContainer(ctx, req)

@@ -39,6 +39,8 @@ type pod struct {
 	network *podNetwork
 	// layers are the image layers attached to the VM.
 	layers *podLayers
+	// scratch is the disk of the pod's emptyDir volumes (emptydir.go).
+	scratch podScratch
 	// forwarder carries kubectl port-forward into the VM; nil without a
 	// network, or where the namespace could not be set up for it.
 	forwarder *portForwarder
