@@ -11,6 +11,7 @@ import (
 
 	"github.com/contrast-vm/contrast/agent/guestspec"
 	api "github.com/contrast-vm/contrast/api/agent"
+	"github.com/contrast-vm/contrast/vmimage"
 )
 
 // fakeScratch "opens" the scratch disk as a plain directory, counting the
@@ -113,5 +114,12 @@ func TestMemoryVolumes(t *testing.T) {
 	mounted := []guestspec.EmptyDir{{Name: "fast", Memory: true}}
 	if err := checkMemoryVolumesMounted(map[string]uint64{"fast": 1, "other": 1}, mounted); err == nil || !strings.Contains(err.Error(), `"other"`) {
 		t.Errorf("a Memory volume the spec does not mount: %v, want refused naming it", err)
+	}
+}
+
+// The agent runs the mke2fs the image builder puts into the initramfs.
+func TestGuestMke2fsPath(t *testing.T) {
+	if GuestMke2fsPath != vmimage.GuestMke2fsPath {
+		t.Errorf("agent runs %s, the image carries mke2fs at %s", GuestMke2fsPath, vmimage.GuestMke2fsPath)
 	}
 }
