@@ -329,6 +329,15 @@ type ContainerConfig struct {
 	// (KubeletRoot/pods/<uid>/etc-hosts) and a termination log
 	// (pods/<uid>/containers/<name>/<8 hex>) at /dev/termination-log.
 	KubeletFiles bool
+	// Mounts are more CRI mounts (after the kubelet files), for host
+	// directories the test made as the kubelet would (volumes).
+	Mounts []CRIMount
+}
+
+// CRIMount is a CRI mount of a host path.
+type CRIMount struct {
+	HostPath, ContainerPath string
+	ReadOnly                bool
 }
 
 // SecurityContext is the part of CRI's LinuxContainerSecurityContext the
@@ -432,6 +441,10 @@ func (c *CRI) CreateContainer(ctx context.Context, pod *Pod, cc ContainerConfig)
 			return nil, fmt.Errorf("container %s: %w", cc.Name, err)
 		}
 		cfg["mounts"] = mounts
+	}
+	for _, m := range cc.Mounts {
+		mounts, _ := cfg["mounts"].([]map[string]any)
+		cfg["mounts"] = append(mounts, map[string]any{"container_path": m.ContainerPath, "host_path": m.HostPath, "readonly": m.ReadOnly})
 	}
 	linux := map[string]any{}
 	if cc.Resources != nil || cc.OOMScoreAdj != nil {
