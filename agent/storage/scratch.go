@@ -89,7 +89,11 @@ func (s EncryptedScratch) Open(ctx context.Context, device, dir string) (err err
 }
 
 // mkfs makes the ext2 file system: 4 KiB blocks, no blocks reserved for
-// root (the pod's containers own all of it).
+// root (the pod's containers own all of it), an inode per 64 KiB. ext2 has
+// no lazy inode table initialization, so mke2fs writes every inode table,
+// each byte through dm-crypt, at pod start: mke2fs's default of an inode
+// per 16 KiB wrote 170 MB of a 10 GiB disk, 22 s under TCG; a quarter of
+// that is still 160k inodes for 10 GiB.
 func (s EncryptedScratch) mkfs(ctx context.Context, node string) error {
 	errFile, err := os.CreateTemp("", "mke2fs-*.err")
 	if err != nil {
@@ -97,7 +101,7 @@ func (s EncryptedScratch) mkfs(ctx context.Context, node string) error {
 	}
 	defer os.Remove(errFile.Name())
 	defer errFile.Close()
-	cmd := exec.Command(s.Mke2fs, "-F", "-b", "4096", "-m", "0", "-L", "scratch", node)
+	cmd := exec.Command(s.Mke2fs, "-F", "-b", "4096", "-i", "65536", "-m", "0", "-L", "scratch", node)
 	cmd.Stderr = errFile
 	if err := s.Run(ctx, cmd); err != nil {
 		msg, _ := os.ReadFile(errFile.Name())
