@@ -294,4 +294,9 @@ type Mount struct {
 	// the kubelet's termination-message file, which it reads on the host.
 	// It has no effect in a container whose output the host may not read.
 	WriteBack bool `json:"write_back,omitempty"`
+	// Memory marks an emptyDir volume of medium Memory: the guest holds it
+	// in a tmpfs, and the host must name it so (CreateContainer's
+	// memory_volumes); every other emptyDir lives on the pod's encrypted
+	// scratch disk, and the host must not name it.
+	Memory bool `json:"memory,omitempty"`
 }

@@ -510,7 +510,8 @@ func (p *pod) mounts(c *corev1.Container) (map[string]policy.Mount, error) {
 			// The kubelet binds the subpath to a per-mount file of its own.
 			source = podDir + `/volume-subpaths/` + regexp.QuoteMeta(vol.Name) + `/` + regexp.QuoteMeta(c.Name) + fmt.Sprintf(`/%d`, i)
 		}
-		out[vm.MountPath] = policy.Mount{Type: "bind", SourcePattern: source, ReadOnly: vm.ReadOnly || forcedRO}
+		out[vm.MountPath] = policy.Mount{Type: "bind", SourcePattern: source, ReadOnly: vm.ReadOnly || forcedRO,
+			Memory: vol.EmptyDir != nil && vol.EmptyDir.Medium == corev1.StorageMediumMemory && vm.SubPath == "" && vm.SubPathExpr == ""}
 	}
 	automount := p.spec.AutomountServiceAccountToken == nil || *p.spec.AutomountServiceAccountToken
 	if _, taken := out[serviceAccountPath]; automount && !taken {
