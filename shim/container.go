@@ -133,9 +133,9 @@ func (s *service) createInGuest(ctx context.Context, p *pod, c *container, r *ta
 		return 0, fmt.Errorf("container %s: %w", c.id, err)
 	}
 	req.MemoryVolumes = memory
-	if onDisk {
+	if len(onDisk) > 0 {
 		if err := p.scratch.attach(ctx, p); err != nil {
-			return 0, fmt.Errorf("container %s: emptyDir volumes: %w", c.id, err)
+			return 0, fmt.Errorf("container %s: emptyDir volumes %q: %w", c.id, onDisk, err)
 		}
 	}
 	pid, err := withHostIO(ctx, p, c.init, func(stdio *agentapi.Stdio) (uint32, error) {

@@ -2,7 +2,6 @@ package shim
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -68,9 +67,9 @@ func (ps *podScratch) attach(ctx context.Context, p *pod) (retErr error) {
 // emptyDirs sorts a container's emptyDir mounts: those whose host
 // directory is on a tmpfs (medium Memory: the kubelet mounts one sized to
 // the sizeLimit) go to the guest as tmpfs volumes of that size, capped at
-// the VM's memory; whether any other is mounted says whether the pod needs
-// its scratch disk. The errors name the volume.
-func emptyDirs(spec *specs.Spec, vmMemoryMiB int) (memory []*agentapi.MemoryVolume, onDisk bool, err error) {
+// the VM's memory; the others (onDisk, by name) need the pod's scratch
+// disk. The errors name the volume.
+func emptyDirs(spec *specs.Spec, vmMemoryMiB int) (memory []*agentapi.MemoryVolume, onDisk []string, err error) {
 	seen := map[string]bool{}
 	for _, m := range spec.Mounts {
 		if !isBind(m) {
@@ -78,7 +77,7 @@ func emptyDirs(spec *specs.Spec, vmMemoryMiB int) (memory []*agentapi.MemoryVolu
 		}
 		name, ok, err := agentapi.EmptyDirName(m.Source)
 		if err != nil {
-			return nil, false, err
+			return nil, nil, err
 		}
 		if !ok || seen[name] {
 			continue
@@ -86,10 +85,10 @@ func emptyDirs(spec *specs.Spec, vmMemoryMiB int) (memory []*agentapi.MemoryVolu
 		seen[name] = true
 		var st unix.Statfs_t
 		if err := unix.Statfs(m.Source, &st); err != nil {
-			return nil, false, fmt.Errorf("emptyDir volume %q: medium of %s: %w", name, m.Source, err)
+			return nil, nil, fmt.Errorf("emptyDir volume %q: medium of %s: %w", name, m.Source, err)
 		}
 		if st.Type != unix.TMPFS_MAGIC {
-			onDisk = true
+			onDisk = append(onDisk, name)
 			continue
 		}
 		vmBytes := uint64(vmMemoryMiB) << 20
@@ -99,7 +98,7 @@ func emptyDirs(spec *specs.Spec, vmMemoryMiB int) (memory []*agentapi.MemoryVolu
 			size = vmBytes
 		}
 		if size == 0 {
-			return nil, false, errors.New("emptyDir volume " + name + ": the VM has no memory size")
+			return nil, nil, fmt.Errorf("emptyDir volume %q: the VM has no memory size", name)
 		}
 		memory = append(memory, &agentapi.MemoryVolume{Name: name, SizeBytes: size})
 	}

@@ -1,6 +1,7 @@
 package shim
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"os"
@@ -47,8 +48,8 @@ func TestEmptyDirsSorted(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !onDisk {
-		t.Error("the disk emptyDir needs no scratch disk")
+	if len(onDisk) != 1 || onDisk[0] != "cache" {
+		t.Errorf("volumes on the scratch disk: %q, want [cache]", onDisk)
 	}
 	want := map[string]uint64{"fast": 1 << 20, "huge": 256 << 20} // huge: capped at the VM's memory
 	if len(memory) != len(want) {
@@ -61,7 +62,7 @@ func TestEmptyDirsSorted(t *testing.T) {
 	}
 
 	_, onDisk, err = emptyDirs(&specs.Spec{Mounts: []specs.Mount{bindMount("/fast", fast, "rw")}}, 256)
-	if err != nil || onDisk {
+	if err != nil || len(onDisk) > 0 {
 		t.Errorf("only a Memory emptyDir: scratch disk needed %v, %v", onDisk, err)
 	}
 	_, _, err = emptyDirs(&specs.Spec{Mounts: []specs.Mount{bindMount("/x", filepath.Join(pod, "volumes", "kubernetes.io~empty-dir", "gone"), "rw")}}, 256)
@@ -142,5 +143,38 @@ func TestEmptyDirVolumes(t *testing.T) {
 	}
 	if _, err := os.Stat(stateDir); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("the pod's state dir (and its scratch image) stayed: %v", err)
+	}
+}
+
+// TestScratchAttachedOnce: the scratch disk is a sparse file of the
+// configured size, attached at the first need only; a failed attach
+// leaves no file and the next container tries again.
+func TestScratchAttachedOnce(t *testing.T) {
+	cfg := DefaultConfig()
+	cfg.Volumes.ScratchMiB = 64
+	vm := &portsVM{ports: 0}
+	p := &pod{id: "p", stateDir: t.TempDir(), cfg: cfg, vm: vm}
+	image := filepath.Join(p.stateDir, "disks", scratchImage)
+	if err := p.scratch.attach(context.Background(), p); !errors.Is(err, errNoPort) {
+		t.Fatalf("attach without a free port: %v, want %v", err, errNoPort)
+	}
+	if _, err := os.Stat(image); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("a failed attach left the image: %v", err)
+	}
+	vm.ports = 1
+	for range 2 {
+		if err := p.scratch.attach(context.Background(), p); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if len(vm.attached) != 1 || vm.attached[0] != agentapi.ScratchDiskSerial {
+		t.Errorf("attached %q, want the scratch disk once", vm.attached)
+	}
+	var st unix.Stat_t
+	if err := unix.Stat(image, &st); err != nil {
+		t.Fatal(err)
+	}
+	if st.Size != 64<<20 || st.Blocks != 0 {
+		t.Errorf("image of %d bytes in %d blocks, want 64 MiB and sparse", st.Size, st.Blocks)
 	}
 }
