@@ -10,6 +10,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"regexp"
 	"testing"
 	"time"
 
@@ -103,6 +104,11 @@ func TestEmptyDir(t *testing.T) {
 		}
 	}
 	t.Logf("scratch image: %d bytes of data in a %d MiB sparse file", written, scratchMiB)
+	if console, err := os.ReadFile(filepath.Join(filepath.Dir(filepath.Dir(scratch[0])), "console.log")); err == nil {
+		if line := regexp.MustCompile(`scratch disk \S+ opened[^"]*`).Find(console); line != nil {
+			t.Logf("guest: %s", line)
+		}
+	}
 
 	trace := s.trace(t, pod)
 	if err := unix.Unmount(fast, unix.MNT_DETACH); err != nil {
