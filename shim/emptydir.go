@@ -64,6 +64,19 @@ func (ps *podScratch) attach(ctx context.Context, p *pod) (retErr error) {
 	return nil
 }
 
+// isMountPoint says whether dir is the root of a file system: on another
+// device than its parent.
+func isMountPoint(dir string) (bool, error) {
+	var st, parent unix.Stat_t
+	if err := unix.Stat(dir, &st); err != nil {
+		return false, err
+	}
+	if err := unix.Stat(filepath.Join(dir, ".."), &parent); err != nil {
+		return false, err
+	}
+	return st.Dev != parent.Dev, nil
+}
+
 // emptyDirs sorts a container's emptyDir mounts: those whose host
 // directory is on a tmpfs (medium Memory: the kubelet mounts one sized to
 // the sizeLimit) go to the guest as tmpfs volumes of that size, capped at
@@ -87,7 +100,14 @@ func emptyDirs(spec *specs.Spec, vmMemoryMiB int) (memory []*agentapi.MemoryVolu
 		if err := unix.Statfs(m.Source, &st); err != nil {
 			return nil, nil, fmt.Errorf("emptyDir volume %q: medium of %s: %w", name, m.Source, err)
 		}
-		if st.Type != unix.TMPFS_MAGIC {
+		// The kubelet mounts a Memory volume's tmpfs on the volume's own
+		// directory; a directory that is merely on a tmpfs (a kubelet root
+		// in /run) is a volume on disk.
+		mountPoint, err := isMountPoint(m.Source)
+		if err != nil {
+			return nil, nil, fmt.Errorf("emptyDir volume %q: medium of %s: %w", name, m.Source, err)
+		}
+		if st.Type != unix.TMPFS_MAGIC || !mountPoint {
 			onDisk = append(onDisk, name)
 			continue
 		}

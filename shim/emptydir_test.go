@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -40,16 +41,27 @@ func TestEmptyDirsSorted(t *testing.T) {
 	disk := hostEmptyDir(t, pod, "cache", 0)
 	fast := hostEmptyDir(t, pod, "fast", 1<<20)
 	huge := hostEmptyDir(t, pod, "huge", 1<<30)
+	// a kubelet root on a tmpfs: its disk volumes are directories there
+	tmpfsRoot := filepath.Join(t.TempDir(), "tmpfs-root")
+	if err := os.Mkdir(tmpfsRoot, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Mount("tmpfs", tmpfsRoot, "tmpfs", 0, "size=1m"); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = unix.Unmount(tmpfsRoot, unix.MNT_DETACH) })
+	onTmpfs := hostEmptyDir(t, filepath.Join(tmpfsRoot, "pods", "uid"), "on-tmpfs", 0)
 	spec := &specs.Spec{Mounts: []specs.Mount{
 		bindMount("/cache", disk, "rw"), bindMount("/fast", fast, "rw"), bindMount("/fast-again", fast, "rw"), bindMount("/huge", huge, "rw"),
+		bindMount("/on-tmpfs", onTmpfs, "rw"),
 		{Destination: "/proc", Type: "proc", Source: "proc"},
 	}}
 	memory, onDisk, err := emptyDirs(spec, 256)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(onDisk) != 1 || onDisk[0] != "cache" {
-		t.Errorf("volumes on the scratch disk: %q, want [cache]", onDisk)
+	if !slices.Equal(onDisk, []string{"cache", "on-tmpfs"}) {
+		t.Errorf("volumes on the scratch disk: %q, want [cache on-tmpfs]", onDisk)
 	}
 	want := map[string]uint64{"fast": 1 << 20, "huge": 256 << 20} // huge: capped at the VM's memory
 	if len(memory) != len(want) {
