@@ -34,6 +34,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -94,6 +95,9 @@ type Config struct {
 	// VolumeBytes caps what the kubelet-managed volumes the host shares
 	// (ShareVolume) may hold in the guest's memory, all together.
 	VolumeBytes int64
+	// Scratch opens the pod's scratch disk for its emptyDir volumes; nil
+	// refuses every emptyDir that is not of medium Memory.
+	Scratch ScratchOpener
 }
 
 // DefaultConfig is the configuration inside the VM.
@@ -116,6 +120,29 @@ func DefaultConfig(r *reaper.Reaper) Config {
 		AttestationEndpoint: true,
 		Reaper:              r,
 		VolumeBytes:         DefaultVolumeBytes,
+		Scratch: storage.EncryptedScratch{
+			DM:     storage.NewDeviceMapper("/run/contrast/emptydir/dev"),
+			Mke2fs: GuestMke2fsPath,
+			Run:    runToSuccess(r),
+		},
+	}
+}
+
+// GuestMke2fsPath is where the guest image carries mke2fs (busybox's).
+const GuestMke2fsPath = "/usr/sbin/mke2fs"
+
+// runToSuccess runs a command through the reaper; an exit other than 0 is
+// an error.
+func runToSuccess(r *reaper.Reaper) storage.CommandRunner {
+	return func(ctx context.Context, cmd *exec.Cmd) error {
+		e, err := r.Run(ctx, cmd)
+		if err != nil {
+			return err
+		}
+		if e.Code() != 0 {
+			return fmt.Errorf("%s: %v", cmd.Path, e)
+		}
+		return nil
 	}
 }
 
@@ -130,6 +157,8 @@ type Service struct {
 	// layers are the pod's image layers, opened through dm-verity and
 	// shared by the containers using them.
 	layers *storage.LayerSet
+	// emptyDirs are the pod's emptyDir volumes (emptydir.go).
+	emptyDirs *emptyDirs
 
 	mu         sync.Mutex
 	sandboxID  string
@@ -173,6 +202,7 @@ func NewService(cfg Config) (*Service, error) {
 		layers:     storage.NewLayerSet(filepath.Join(cfg.RunDir, "layers"), cfg.Devices),
 		volumes:    newVolumeSet(filepath.Join(cfg.RunDir, "volumes"), cfg.VolumeBytes),
 		containers: map[string]*container{},
+		emptyDirs:  newEmptyDirs(cfg),
 	}, nil
 }
 
@@ -289,6 +319,10 @@ func (s *Service) CreateContainer(ctx context.Context, req *api.CreateContainerR
 	if err != nil {
 		return nil, fmt.Errorf("create container %s: %w", id, err)
 	}
+	memory, err := memoryVolumes(req.MemoryVolumes)
+	if err != nil {
+		return nil, invalid("create container %s: %v", id, err)
+	}
 	bundle := filepath.Join(s.cfg.RunDir, "containers", id)
 	shared := make([]guestspec.SharedFile, 0, len(req.SharedFiles))
 	for _, f := range req.SharedFiles {
@@ -307,9 +341,13 @@ func (s *Service) CreateContainer(ctx context.Context, req *api.CreateContainerR
 		VolumeSource:   s.volumes.mountSource,
 		SubPaths:       subPathsOf(req.SubPaths),
 		BlockVolumes:   blockVolumes,
+		EmptyDirs:      s.emptyDirInput(memory),
 	})
 	if err != nil {
 		return nil, invalid("create %v", err) // err names the container
+	}
+	if err := checkMemoryVolumesMounted(memory, res.EmptyDirs); err != nil {
+		return nil, invalid("create container %s: %v", id, err)
 	}
 	if t := req.Stdio.GetTerminal(); res.Spec.Process.Terminal != t {
 		return nil, invalid("create container %s: the spec's process.terminal is %v but the stdio request says terminal %v", id, res.Spec.Process.Terminal, t)
@@ -332,7 +370,7 @@ func (s *Service) CreateContainer(ctx context.Context, req *api.CreateContainerR
 	if len(res.Notes) > 0 {
 		lg.Info("spec rewritten for the guest: " + strings.Join(res.Notes, "; "))
 	}
-	pid, err := s.create(ctx, c, req, layers, res)
+	pid, err := s.create(ctx, c, req, layers, res, memory)
 	if err != nil {
 		c.mu.Lock()
 		c.state = lifecycle.Deleted // creating -> deleted: the create failed
@@ -346,7 +384,7 @@ func (s *Service) CreateContainer(ctx context.Context, req *api.CreateContainerR
 	return &api.CreateContainerResponse{Pid: uint32(pid)}, nil
 }
 
-func (s *Service) create(ctx context.Context, c *container, req *api.CreateContainerRequest, layers []storage.Layer, res *guestspec.Result) (_ int, err error) {
+func (s *Service) create(ctx context.Context, c *container, req *api.CreateContainerRequest, layers []storage.Layer, res *guestspec.Result, memory map[string]uint64) (_ int, err error) {
 	if err := os.Mkdir(c.bundle, 0o700); err != nil {
 		return 0, fmt.Errorf("create container %s: create bundle: %w", c.id, err)
 	}
@@ -372,6 +410,9 @@ func (s *Service) create(ctx context.Context, c *container, req *api.CreateConta
 		if err := c.rootfs.Mount(dev, req.Rootfs.Fstype); err != nil {
 			return 0, fmt.Errorf("create container %s: rootfs from device %s (serial %s): %w", c.id, dev, req.Rootfs.Serial, err)
 		}
+	}
+	if err := s.emptyDirs.prepare(ctx, res.EmptyDirs, memory); err != nil {
+		return 0, fmt.Errorf("create container %s: %w", c.id, err)
 	}
 	if len(res.Files) > 0 {
 		if err := os.Mkdir(filepath.Join(c.bundle, "shared"), 0o700); err != nil {

@@ -32,6 +32,12 @@ if [ ! -x "$runc" ]; then
   echo "image: $runc is missing: run hack/deps.sh" >&2
   exit 1
 fi
+# busybox-static's mke2fs (ext2) makes the pods' encrypted scratch disks in the guest
+mke2fs=${MKE2FS:-/bin/busybox}
+if [ ! -x "$mke2fs" ]; then
+  echo "image: $mke2fs (mke2fs for the guest) is missing: run hack/deps.sh" >&2
+  exit 1
+fi
 kernel=$(hack/kernel.sh)
 
 if [ -n "${AGENT:-}" ]; then
@@ -48,5 +54,5 @@ else
 fi
 
 log "building guest image$suffix"
-go run ./cmd/contrast image build --kernel "$kernel" --agent "$agent" --runc "$runc" ${firmware:+--firmware "$firmware"} -o "$OUT/image$suffix" >&2
+go run ./cmd/contrast image build --kernel "$kernel" --agent "$agent" --runc "$runc" --mke2fs "$mke2fs" ${firmware:+--firmware "$firmware"} -o "$OUT/image$suffix" >&2
 echo "$OUT/image$suffix"

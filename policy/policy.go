@@ -328,4 +328,9 @@ type Mount struct {
 	// mount with a subPath is denied.
 	SubPathPattern       string `json:"sub_path_pattern,omitempty"`
 	SubPathVolumePattern string `json:"sub_path_volume_pattern,omitempty"`
+	// Memory marks an emptyDir volume of medium Memory: the guest holds it
+	// in a tmpfs, and the host must name it so (CreateContainer's
+	// memory_volumes); every other emptyDir lives on the pod's encrypted
+	// scratch disk, and the host must not name it.
+	Memory bool `json:"memory,omitempty"`
 }

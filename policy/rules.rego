@@ -147,14 +147,14 @@ create_container_check_set := {
 	"type", "name", "namespace", "image", "layers", "args", "env", "env_required", "cwd", "user",
 	"capabilities", "no_new_privileges", "read_only_root", "mounts", "namespaces", "id_mappings",
 	"masked_paths", "readonly_paths", "devices", "sysctls", "seccomp", "rlimits", "oom_score_adj",
-	"rootfs_propagation", "stdio", "init_order", "block_volumes",
+	"rootfs_propagation", "stdio", "init_order", "block_volumes", "memory_volumes",
 }
 
 create_container_checks := [
 	"type", "name", "namespace", "image", "layers", "args", "env", "env_required", "cwd", "user",
 	"capabilities", "no_new_privileges", "read_only_root", "mounts", "namespaces", "id_mappings",
 	"masked_paths", "readonly_paths", "devices", "sysctls", "seccomp", "rlimits", "oom_score_adj",
-	"rootfs_propagation", "stdio", "init_order", "block_volumes",
+	"rootfs_propagation", "stdio", "init_order", "block_volumes", "memory_volumes",
 ]
 
 create_container_ok contains "type" if input.container_type == "container"
@@ -1466,4 +1466,37 @@ block_volume_rule_ok(rule) if {
 	block_volume_device_ok(d)
 	d.major == rule.major
 	d.minor == rule.minor
+}
+
+# ---------------------------------------------------------------- emptyDir volumes
+
+# The host names the emptyDir volumes it gives medium Memory
+# (input.memory_volumes, by volume name; Input admits only names of the
+# spec's emptyDir mounts): the guest holds those in a tmpfs, every other
+# emptyDir on the pod's encrypted scratch disk. The medium is the policy's:
+# a mount it marks memory must be named, and no other. The size is not
+# judged: the guest caps it at its memory, and the host, which sizes the VM,
+# decides availability anyway.
+create_container_ok contains "memory_volumes" if count(memory_volumes_mismatched) == 0
+
+memory_volumes_mismatched contains name if {
+	# a kubelet volume's bind is never one of containerd's own mounts
+	some m in input.mounts_beyond_runtime
+	m.type == "bind"
+	name := emptydir_volume_name(m.source)
+	pol := container_policy.mounts[m.destination]
+	object.get(pol, "memory", false) != (name in object.keys(input.memory_volumes))
+}
+
+emptydir_volume_name(source) := parts[n - 1] if {
+	parts := split(source, "/")
+	n := count(parts)
+	n >= 3
+	parts[n - 2] == "kubernetes.io~empty-dir"
+	parts[n - 3] == "volumes"
+}
+
+create_container_why contains ["memory_volumes", msg] if {
+	count(memory_volumes_mismatched) > 0
+	msg := sprintf("emptyDir volumes %s get another medium than the policy's (the host named %s as medium Memory)", [q(sort(memory_volumes_mismatched)), q(sort(object.keys(input.memory_volumes)))])
 }

@@ -36,7 +36,22 @@ type Config struct {
 	Policy     PolicyConfig     `toml:"policy"`
 	SNP        SNPConfig        `toml:"snp"`
 	Layers     LayersConfig     `toml:"layers"`
+	Volumes    VolumesConfig    `toml:"volumes"`
 }
+
+// VolumesConfig is where a pod's Kubernetes volumes live in its VM.
+type VolumesConfig struct {
+	// ScratchMiB is the size of each pod's scratch disk, which holds its
+	// emptyDir volumes (other than medium Memory), encrypted with a key
+	// only the guest knows. The disk is a sparse file in the pod's state
+	// directory: the node's disk holds only what the pod writes. CRI does
+	// not pass an emptyDir's sizeLimit, so this bounds them all together.
+	ScratchMiB int64 `toml:"scratch_mib"`
+}
+
+// minScratchMiB is the smallest scratch disk: room for the file system's
+// own structures and more.
+const minScratchMiB = 16
 
 // LayersConfig is the node's cache of container image layers converted to
 // dm-verity disk images, shared by every pod (and every runtime handler that
@@ -155,6 +170,7 @@ func DefaultConfig() Config {
 			CacheDir:    "/var/cache/contrast/layers",
 			CacheMaxMiB: 20 << 10,
 		},
+		Volumes: VolumesConfig{ScratchMiB: 10 << 10},
 		SNP: SNPConfig{
 			CPUModel: DefaultSNPCPUModel,
 			Policy:   DefaultSNPPolicy,
@@ -272,6 +288,9 @@ func (c Config) Validate() error {
 	}
 	if c.Layers.CacheMaxMiB < 1 {
 		return fmt.Errorf("layers.cache_max_mib: %d is not positive", c.Layers.CacheMaxMiB)
+	}
+	if c.Volumes.ScratchMiB < minScratchMiB || c.Volumes.ScratchMiB > 1<<30 {
+		return fmt.Errorf("volumes.scratch_mib: %d is not between %d and %d", c.Volumes.ScratchMiB, minScratchMiB, 1<<30)
 	}
 	if c.Timeouts.AgentReady.Duration <= 0 {
 		return fmt.Errorf("timeouts.agent_ready: must be positive, is %s", c.Timeouts.AgentReady)

@@ -103,6 +103,8 @@ func TestParseConfigRejects(t *testing.T) {
 		{"[policy]\ndefault = \"allow\"", "policy.default"},
 		{"[layers]\ncache_dir = \"cache\"", "layers.cache_dir"},
 		{"[layers]\ncache_max_mib = 0", "layers.cache_max_mib"},
+		{"[volumes]\nscratch_mib = 1", "volumes.scratch_mib"},
+		{"[volumes]\nscratch = 1", "volumes.scratch"},
 		{"[layers]\ncache = \"/x\"", "layers.cache"},
 		{"[policy]\nfile = \"/x\"", "policy.file"},
 		{"[hypervisor]\nconfidential = \"sev\"", "hypervisor.confidential"},

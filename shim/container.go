@@ -126,23 +126,9 @@ func (s *service) createInGuest(ctx context.Context, p *pod, c *container, r *ta
 		}()
 		req.Rootfs = &agentapi.BlockDevice{Serial: disk.Serial, Fstype: "ext4", ReadOnly: true}
 	}
-	subs, err := subPaths(spec)
+	volumeSerials, err := p.containerVolumes(ctx, c.id, spec, req)
 	if err != nil {
-		return 0, fmt.Errorf("container %s: %w", c.id, err)
-	}
-	req.SubPaths = subs
-	if err := p.volumes.ensure(ctx, spec, subs); err != nil {
-		return 0, fmt.Errorf("container %s: %w", c.id, err)
-	}
-	shared, err := sharedFiles(spec)
-	if err != nil {
-		return 0, fmt.Errorf("container %s: %w", c.id, err)
-	}
-	req.SharedFiles = shared
-	attach := func(ctx context.Context, d hypervisor.Disk) error { return p.layers.attachDisk(ctx, p.vm, d) }
-	volumes, volumeSerials, err := attachBlockVolumes(ctx, p.vm, attach, newHostDevices(), c.id, spec)
-	if err != nil {
-		return 0, fmt.Errorf("container %s: %w", c.id, err)
+		return 0, err
 	}
 	defer func() {
 		if retErr != nil {
@@ -151,7 +137,6 @@ func (s *service) createInGuest(ctx context.Context, p *pod, c *container, r *ta
 			}
 		}
 	}()
-	req.BlockVolumes = volumes
 	pid, err := withHostIO(ctx, p, c.init, func(stdio *agentapi.Stdio) (uint32, error) {
 		req.Stdio = stdio
 		resp, err := p.agent.CreateContainer(ctx, req)

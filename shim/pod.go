@@ -42,6 +42,8 @@ type pod struct {
 	// volumes are the kubelet-managed volumes shared with the VM and kept
 	// live.
 	volumes *podVolumes
+	// scratch is the disk of the pod's emptyDir volumes (emptydir.go).
+	scratch podScratch
 	// forwarder carries kubectl port-forward into the VM; nil without a
 	// network, or where the namespace could not be set up for it.
 	forwarder *portForwarder

@@ -16,6 +16,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	agentapi "github.com/contrast-vm/contrast/api/agent"
+	"github.com/contrast-vm/contrast/hypervisor"
 )
 
 // maxVolumeSnapshot bounds what the shim reads of one volume on the host;
@@ -250,4 +251,49 @@ func unixMode(m fs.FileMode) uint32 {
 		out |= unix.S_ISVTX
 	}
 	return out
+}
+
+// containerVolumes puts what the container mounts of the pod's volumes
+// into its create request: the host files it binds (copied), its
+// directory subPaths, the kubelet-managed volumes (shared, and kept live),
+// its raw block volumes (attached: their serials are returned, for the
+// caller to detach should the create fail; nothing stays attached when
+// containerVolumes fails) and its emptyDirs (Memory ones named, the
+// scratch disk attached for the others, also those only a subPath names).
+func (p *pod) containerVolumes(ctx context.Context, id string, spec *specs.Spec, req *agentapi.CreateContainerRequest) ([]string, error) {
+	subs, err := subPaths(spec)
+	if err != nil {
+		return nil, fmt.Errorf("container %s: %w", id, err)
+	}
+	req.SubPaths = subs
+	if err := p.volumes.ensure(ctx, spec, subs); err != nil {
+		return nil, fmt.Errorf("container %s: %w", id, err)
+	}
+	if req.SharedFiles, err = sharedFiles(spec); err != nil {
+		return nil, fmt.Errorf("container %s: %w", id, err)
+	}
+	memory, onDisk, err := emptyDirs(spec, p.size.MemoryMiB)
+	if err != nil {
+		return nil, fmt.Errorf("container %s: %w", id, err)
+	}
+	for _, sp := range subs {
+		if name, ok, _ := agentapi.EmptyDirName(sp.Volume); ok {
+			// A subPath's emptyDir is on the scratch disk unless a mount of
+			// the whole volume names it Memory.
+			onDisk = append(onDisk, name)
+		}
+	}
+	req.MemoryVolumes = memory
+	if len(onDisk) > 0 {
+		if err := p.scratch.attach(ctx, p); err != nil {
+			return nil, fmt.Errorf("container %s: emptyDir volumes %q: %w", id, onDisk, err)
+		}
+	}
+	attach := func(ctx context.Context, d hypervisor.Disk) error { return p.layers.attachDisk(ctx, p.vm, d) }
+	volumes, serials, err := attachBlockVolumes(ctx, p.vm, attach, newHostDevices(), id, spec)
+	if err != nil {
+		return nil, fmt.Errorf("container %s: %w", id, err)
+	}
+	req.BlockVolumes = volumes
+	return serials, nil
 }

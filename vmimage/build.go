@@ -48,6 +48,11 @@ type Options struct {
 	Agent string
 	// Runc is a static runc binary; it becomes /usr/bin/runc.
 	Runc string
+	// Mke2fs, optional, is a static mke2fs (busybox's will do: it picks
+	// its applet by the name it runs as); it becomes /usr/sbin/mke2fs, with
+	// which the agent makes the file system of a pod's encrypted scratch
+	// disk. Without it, containers with emptyDir volumes on disk fail.
+	Mke2fs string
 	// OutDir receives kernel, initrd and manifest.json. It is created if
 	// missing; if it exists it must be an image directory (or empty).
 	OutDir string
@@ -102,6 +107,16 @@ func Build(ctx context.Context, opts Options) (*BuildResult, error) {
 	if err != nil {
 		return nil, fmt.Errorf("build guest image: %w", err)
 	}
+	components := []Component{agent, runc}
+	initrdSize := agent.Size + runc.Size
+	if opts.Mke2fs != "" {
+		mke2fs, err := describeBinary("mke2fs", GuestMke2fsPath, opts.Mke2fs)
+		if err != nil {
+			return nil, fmt.Errorf("build guest image: %w", err)
+		}
+		components = append(components, mke2fs)
+		initrdSize += mke2fs.Size
+	}
 	// The firmware is checked before the long part of the build.
 	var refFirmware *referenceFirmware
 	if opts.Reference != nil {
@@ -135,7 +150,7 @@ func Build(ctx context.Context, opts Options) (*BuildResult, error) {
 		Schema:        manifestSchema,
 		KernelRelease: release,
 		KernelCmdline: cmdline,
-		Components:    []Component{agent, runc},
+		Components:    components,
 	}
 	kernel, err := writeFile(ctx, filepath.Join(tmp, KernelFile), progress, kernelInfo.Size(), func(w io.Writer) error {
 		f, err := os.Open(opts.Kernel)
@@ -149,8 +164,8 @@ func Build(ctx context.Context, opts Options) (*BuildResult, error) {
 	if err != nil {
 		return nil, fmt.Errorf("build guest image: copy kernel %s: %w", opts.Kernel, err)
 	}
-	initrd, err := writeFile(ctx, filepath.Join(tmp, InitrdFile), progress, agent.Size+runc.Size, func(w io.Writer) error {
-		return WriteInitramfs(w, guestEntries(opts.Agent, opts.Runc))
+	initrd, err := writeFile(ctx, filepath.Join(tmp, InitrdFile), progress, initrdSize, func(w io.Writer) error {
+		return WriteInitramfs(w, guestEntries(opts.Agent, opts.Runc, opts.Mke2fs))
 	})
 	if err != nil {
 		return nil, fmt.Errorf("build guest image: write initrd: %w", err)

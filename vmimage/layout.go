@@ -1,5 +1,7 @@
 package vmimage
 
+import "slices"
+
 // Paths of the binaries inside the guest.
 const (
 	// GuestAgentPath is the agent: the kernel runs /init as PID 1 and the
@@ -7,18 +9,21 @@ const (
 	GuestAgentPath = "/init"
 	// GuestRuncPath is where the agent finds runc.
 	GuestRuncPath = "/usr/bin/runc"
+	// GuestMke2fsPath is the mke2fs the agent makes the file system of the
+	// pod's encrypted scratch disk (emptyDir volumes) with.
+	GuestMke2fsPath = "/usr/sbin/mke2fs"
 )
 
 // guestEntries is the whole initramfs: the directories the agent mounts on
 // or writes to, the two device nodes the kernel needs before anything mounts
 // devtmpfs (it opens /dev/console for PID 1's stdio), the agent, runc and
-// the few files in /etc that Go and runc read.
-func guestEntries(agent, runc string) []Entry {
+// the few files in /etc that Go and runc read; mke2fs if given.
+func guestEntries(agent, runc, mke2fs string) []Entry {
 	dir := func(name string, perm uint32) Entry { return Entry{Name: name, Mode: ModeDir | perm} }
 	file := func(name, content string) Entry {
 		return Entry{Name: name, Mode: ModeRegular | 0o644, Data: []byte(content)}
 	}
-	return []Entry{
+	entries := []Entry{
 		dir("dev", 0o755),
 		{Name: "dev/console", Mode: ModeChar | 0o600, Major: 5, Minor: 1},
 		{Name: "dev/null", Mode: ModeChar | 0o666, Major: 1, Minor: 3},
@@ -43,4 +48,10 @@ func guestEntries(agent, runc string) []Entry {
 		dir("var/lib", 0o755),
 		dir("var/tmp", 0o1777),
 	}
+	if mke2fs != "" {
+		// after usr/sbin, keeping the archive in name order
+		i := slices.IndexFunc(entries, func(e Entry) bool { return e.Name == "usr/sbin" })
+		entries = slices.Insert(entries, i+1, Entry{Name: GuestMke2fsPath[1:], Mode: ModeRegular | 0o755, Source: mke2fs})
+	}
+	return entries
 }

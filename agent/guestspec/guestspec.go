@@ -46,6 +46,8 @@ type Input struct {
 	VolumeSource func(hostSource string) (guest string, isVolume bool, err error)
 	// BlockVolumes are the container's raw block volumes (see blockvolumes.go).
 	BlockVolumes []BlockVolume
+	// EmptyDirs says where the pod's emptyDir volumes are (emptydir.go).
+	EmptyDirs EmptyDirInput
 }
 
 // SubPath is a directory inside a volume that a mount binds.
@@ -86,6 +88,8 @@ type Result struct {
 	// SubPaths are the mounts whose source the agent must narrow to a
 	// path inside the volume.
 	SubPaths []SubPathMount
+	// EmptyDirs are the emptyDir volumes the spec mounts, each once.
+	EmptyDirs []EmptyDir
 }
 
 // virtualFS are mount types that refer to no host path or device.
@@ -332,6 +336,13 @@ func (r *Result) rewriteMounts(in Input) error {
 			m.Source = p
 			continue
 		}
+		// --- emptyDir volumes (emptydir.go) ---
+		if ok, err := r.rewriteEmptyDir(in.EmptyDirs, m); err != nil {
+			return err
+		} else if ok {
+			continue
+		}
+		// --- end of emptyDir volumes ---
 		if dest == "/dev/shm" {
 			// The pod's shm is the sandbox's on the host; in the VM a tmpfs
 			// per container (as CRI mounts for the sandbox itself).

@@ -255,6 +255,8 @@ func (d *DeviceMapper) ioctl(ctl *os.File, cmd dmCommand, name string, flags uin
 	if err != nil {
 		return dmReply{}, fmt.Errorf("%v for %q: %w", cmd, name, err)
 	}
+	// a table may hold a key (dm-crypt): it stays in memory no longer than needed
+	defer clear(buf)
 	raw, err := ctl.SyscallConn()
 	if err != nil {
 		return dmReply{}, fmt.Errorf("%v for %q: %w", cmd, name, err)
@@ -308,6 +310,21 @@ func verityTable(device string, dataBlocks uint64, rootHash string) dmTarget {
 // CreateReadOnly creates the device name with the one target, activates
 // it and returns its device node. On error the device is removed again.
 func (d *DeviceMapper) CreateReadOnly(name string, target dmTarget) (node string, err error) {
+	// The read-only flag on the table load opens the underlying device
+	// read-only, which the verity target demands.
+	return d.create(name, target, dmReadonlyFlag, fmt.Sprintf("%s %s", target.Type, target.Params))
+}
+
+// CreateReadWrite creates the writable device name with the one target,
+// activates it and returns its device node. Its errors never show the
+// table, which may hold a key. On error the device is removed again.
+func (d *DeviceMapper) CreateReadWrite(name string, target dmTarget) (node string, err error) {
+	return d.create(name, target, 0, target.Type+" target")
+}
+
+// create creates, loads and activates the device; flags go with every
+// request, shownTable stands for the table in an error.
+func (d *DeviceMapper) create(name string, target dmTarget, flags uint32, shownTable string) (node string, err error) {
 	if err := validateDMName(name); err != nil {
 		return "", err
 	}
@@ -319,7 +336,7 @@ func (d *DeviceMapper) CreateReadOnly(name string, target dmTarget) (node string
 	if _, err := d.ioctl(ctl, dmVersionCmd, "", 0, nil); err != nil {
 		return "", err
 	}
-	if _, err := d.ioctl(ctl, dmDevCreateCmd, name, dmReadonlyFlag, nil); err != nil {
+	if _, err := d.ioctl(ctl, dmDevCreateCmd, name, flags, nil); err != nil {
 		return "", err
 	}
 	defer func() {
@@ -329,14 +346,12 @@ func (d *DeviceMapper) CreateReadOnly(name string, target dmTarget) (node string
 			}
 		}
 	}()
-	// The read-only flag on the table load opens the underlying device
-	// read-only, which the verity target demands.
-	if _, err := d.ioctl(ctl, dmTableLoadCmd, name, dmReadonlyFlag, []dmTarget{target}); err != nil {
-		return "", fmt.Errorf("%w (table: %s %s)", err, target.Type, target.Params)
+	if _, err := d.ioctl(ctl, dmTableLoadCmd, name, flags, []dmTarget{target}); err != nil {
+		return "", fmt.Errorf("%w (table: %s)", err, shownTable)
 	}
 	// DM_DEV_SUSPEND without DM_SUSPEND_FLAG resumes: it makes the loaded
 	// table live.
-	r, err := d.ioctl(ctl, dmDevSuspendCmd, name, dmReadonlyFlag, nil)
+	r, err := d.ioctl(ctl, dmDevSuspendCmd, name, flags, nil)
 	if err != nil {
 		return "", err
 	}

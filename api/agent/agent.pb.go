@@ -540,7 +540,12 @@ type CreateContainerRequest struct {
 	// block_volumes are the container's raw block volumes (Kubernetes
 	// volumeDevices): each a host block device the host attached as a
 	// disk, for the spec's linux.devices entry at its container_path.
-	BlockVolumes  []*BlockVolume `protobuf:"bytes,7,rep,name=block_volumes,json=blockVolumes,proto3" json:"block_volumes,omitempty"`
+	BlockVolumes []*BlockVolume `protobuf:"bytes,7,rep,name=block_volumes,json=blockVolumes,proto3" json:"block_volumes,omitempty"`
+	// memory_volumes are the container's emptyDir volumes of medium Memory
+	// (on the host a tmpfs): the guest gives each a tmpfs of that size,
+	// shared by the pod's containers. Every other emptyDir of the spec
+	// lives on the pod's encrypted scratch disk (serial ScratchDiskSerial).
+	MemoryVolumes []*MemoryVolume `protobuf:"bytes,8,rep,name=memory_volumes,json=memoryVolumes,proto3" json:"memory_volumes,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -627,6 +632,13 @@ func (x *CreateContainerRequest) GetSubPaths() []*SubPath {
 func (x *CreateContainerRequest) GetBlockVolumes() []*BlockVolume {
 	if x != nil {
 		return x.BlockVolumes
+	}
+	return nil
+}
+
+func (x *CreateContainerRequest) GetMemoryVolumes() []*MemoryVolume {
+	if x != nil {
+		return x.MemoryVolumes
 	}
 	return nil
 }
@@ -2116,6 +2128,62 @@ func (x *BlockVolume) GetContainerPath() string {
 	return ""
 }
 
+// An emptyDir volume of medium Memory, named as the last component of its
+// bind mount's source (.../volumes/kubernetes.io~empty-dir/<name>).
+type MemoryVolume struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Name  string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// The tmpfs's size in bytes (the host's tmpfs: the sizeLimit); the
+	// guest caps it at its own memory.
+	SizeBytes     uint64 `protobuf:"varint,2,opt,name=size_bytes,json=sizeBytes,proto3" json:"size_bytes,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MemoryVolume) Reset() {
+	*x = MemoryVolume{}
+	mi := &file_api_agent_agent_proto_msgTypes[35]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MemoryVolume) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MemoryVolume) ProtoMessage() {}
+
+func (x *MemoryVolume) ProtoReflect() protoreflect.Message {
+	mi := &file_api_agent_agent_proto_msgTypes[35]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MemoryVolume.ProtoReflect.Descriptor instead.
+func (*MemoryVolume) Descriptor() ([]byte, []int) {
+	return file_api_agent_agent_proto_rawDescGZIP(), []int{35}
+}
+
+func (x *MemoryVolume) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *MemoryVolume) GetSizeBytes() uint64 {
+	if x != nil {
+		return x.SizeBytes
+	}
+	return 0
+}
+
 var File_api_agent_agent_proto protoreflect.FileDescriptor
 
 const file_api_agent_agent_proto_rawDesc = "" +
@@ -2154,7 +2222,7 @@ const file_api_agent_agent_proto_rawDesc = "" +
 	"\x05stdin\x18\x01 \x01(\bR\x05stdin\x12\x16\n" +
 	"\x06stdout\x18\x02 \x01(\bR\x06stdout\x12\x16\n" +
 	"\x06stderr\x18\x03 \x01(\bR\x06stderr\x12\x1a\n" +
-	"\bterminal\x18\x04 \x01(\bR\bterminal\"\xa9\x03\n" +
+	"\bterminal\x18\x04 \x01(\bR\bterminal\"\xf1\x03\n" +
 	"\x16CreateContainerRequest\x12!\n" +
 	"\fcontainer_id\x18\x01 \x01(\tR\vcontainerId\x12\x12\n" +
 	"\x04spec\x18\x02 \x01(\fR\x04spec\x126\n" +
@@ -2164,7 +2232,8 @@ const file_api_agent_agent_proto_rawDesc = "" +
 	"\x06layers\x18\x06 \x03(\v2\x18.contrast.agent.v1.LayerR\x06layers\x127\n" +
 	"\tsub_paths\x18\n" +
 	" \x03(\v2\x1a.contrast.agent.v1.SubPathR\bsubPaths\x12C\n" +
-	"\rblock_volumes\x18\a \x03(\v2\x1e.contrast.agent.v1.BlockVolumeR\fblockVolumes\"u\n" +
+	"\rblock_volumes\x18\a \x03(\v2\x1e.contrast.agent.v1.BlockVolumeR\fblockVolumes\x12F\n" +
+	"\x0ememory_volumes\x18\b \x03(\v2\x1f.contrast.agent.v1.MemoryVolumeR\rmemoryVolumes\"u\n" +
 	"\x05Layer\x12\x16\n" +
 	"\x06serial\x18\x01 \x01(\tR\x06serial\x12\x16\n" +
 	"\x06digest\x18\x02 \x01(\tR\x06digest\x12\x1b\n" +
@@ -2262,7 +2331,11 @@ const file_api_agent_agent_proto_rawDesc = "" +
 	"\x04path\x18\x03 \x01(\tR\x04path\"L\n" +
 	"\vBlockVolume\x12\x16\n" +
 	"\x06serial\x18\x01 \x01(\tR\x06serial\x12%\n" +
-	"\x0econtainer_path\x18\x02 \x01(\tR\rcontainerPath2\xb9\r\n" +
+	"\x0econtainer_path\x18\x02 \x01(\tR\rcontainerPath\"A\n" +
+	"\fMemoryVolume\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1d\n" +
+	"\n" +
+	"size_bytes\x18\x02 \x01(\x04R\tsizeBytes2\xb9\r\n" +
 	"\x05Agent\x12M\n" +
 	"\x06Health\x12 .contrast.agent.v1.HealthRequest\x1a!.contrast.agent.v1.HealthResponse\x12V\n" +
 	"\tSetPolicy\x12#.contrast.agent.v1.SetPolicyRequest\x1a$.contrast.agent.v1.SetPolicyResponse\x12R\n" +
@@ -2298,7 +2371,7 @@ func file_api_agent_agent_proto_rawDescGZIP() []byte {
 	return file_api_agent_agent_proto_rawDescData
 }
 
-var file_api_agent_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 36)
+var file_api_agent_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 37)
 var file_api_agent_agent_proto_goTypes = []any{
 	(*Empty)(nil),                   // 0: contrast.agent.v1.Empty
 	(*HealthRequest)(nil),           // 1: contrast.agent.v1.HealthRequest
@@ -2335,67 +2408,69 @@ var file_api_agent_agent_proto_goTypes = []any{
 	(*VolumeFile)(nil),              // 32: contrast.agent.v1.VolumeFile
 	(*SubPath)(nil),                 // 33: contrast.agent.v1.SubPath
 	(*BlockVolume)(nil),             // 34: contrast.agent.v1.BlockVolume
-	nil,                             // 35: contrast.agent.v1.CreateSandboxRequest.SysctlsEntry
+	(*MemoryVolume)(nil),            // 35: contrast.agent.v1.MemoryVolume
+	nil,                             // 36: contrast.agent.v1.CreateSandboxRequest.SysctlsEntry
 }
 var file_api_agent_agent_proto_depIdxs = []int32{
-	35, // 0: contrast.agent.v1.CreateSandboxRequest.sysctls:type_name -> contrast.agent.v1.CreateSandboxRequest.SysctlsEntry
+	36, // 0: contrast.agent.v1.CreateSandboxRequest.sysctls:type_name -> contrast.agent.v1.CreateSandboxRequest.SysctlsEntry
 	6,  // 1: contrast.agent.v1.CreateContainerRequest.rootfs:type_name -> contrast.agent.v1.BlockDevice
 	7,  // 2: contrast.agent.v1.CreateContainerRequest.shared_files:type_name -> contrast.agent.v1.SharedFile
 	8,  // 3: contrast.agent.v1.CreateContainerRequest.stdio:type_name -> contrast.agent.v1.Stdio
 	10, // 4: contrast.agent.v1.CreateContainerRequest.layers:type_name -> contrast.agent.v1.Layer
 	33, // 5: contrast.agent.v1.CreateContainerRequest.sub_paths:type_name -> contrast.agent.v1.SubPath
 	34, // 6: contrast.agent.v1.CreateContainerRequest.block_volumes:type_name -> contrast.agent.v1.BlockVolume
-	8,  // 7: contrast.agent.v1.ExecProcessRequest.stdio:type_name -> contrast.agent.v1.Stdio
-	7,  // 8: contrast.agent.v1.WaitProcessResponse.written_back:type_name -> contrast.agent.v1.SharedFile
-	26, // 9: contrast.agent.v1.ConfigureNetworkRequest.interfaces:type_name -> contrast.agent.v1.NetworkInterface
-	27, // 10: contrast.agent.v1.ConfigureNetworkRequest.routes:type_name -> contrast.agent.v1.NetworkRoute
-	28, // 11: contrast.agent.v1.ConfigureNetworkRequest.neighbors:type_name -> contrast.agent.v1.NetworkNeighbor
-	32, // 12: contrast.agent.v1.ShareVolumeRequest.files:type_name -> contrast.agent.v1.VolumeFile
-	1,  // 13: contrast.agent.v1.Agent.Health:input_type -> contrast.agent.v1.HealthRequest
-	3,  // 14: contrast.agent.v1.Agent.SetPolicy:input_type -> contrast.agent.v1.SetPolicyRequest
-	5,  // 15: contrast.agent.v1.Agent.CreateSandbox:input_type -> contrast.agent.v1.CreateSandboxRequest
-	9,  // 16: contrast.agent.v1.Agent.CreateContainer:input_type -> contrast.agent.v1.CreateContainerRequest
-	12, // 17: contrast.agent.v1.Agent.StartContainer:input_type -> contrast.agent.v1.ContainerRequest
-	14, // 18: contrast.agent.v1.Agent.ExecProcess:input_type -> contrast.agent.v1.ExecProcessRequest
-	16, // 19: contrast.agent.v1.Agent.SignalProcess:input_type -> contrast.agent.v1.SignalProcessRequest
-	13, // 20: contrast.agent.v1.Agent.WaitProcess:input_type -> contrast.agent.v1.ProcessRequest
-	13, // 21: contrast.agent.v1.Agent.CloseStdin:input_type -> contrast.agent.v1.ProcessRequest
-	12, // 22: contrast.agent.v1.Agent.ListProcesses:input_type -> contrast.agent.v1.ContainerRequest
-	19, // 23: contrast.agent.v1.Agent.RemoveContainer:input_type -> contrast.agent.v1.RemoveContainerRequest
-	20, // 24: contrast.agent.v1.Agent.ResizePty:input_type -> contrast.agent.v1.ResizePtyRequest
-	12, // 25: contrast.agent.v1.Agent.PauseContainer:input_type -> contrast.agent.v1.ContainerRequest
-	12, // 26: contrast.agent.v1.Agent.ResumeContainer:input_type -> contrast.agent.v1.ContainerRequest
-	21, // 27: contrast.agent.v1.Agent.UpdateContainer:input_type -> contrast.agent.v1.UpdateContainerRequest
-	12, // 28: contrast.agent.v1.Agent.StatsContainer:input_type -> contrast.agent.v1.ContainerRequest
-	0,  // 29: contrast.agent.v1.Agent.WaitOOM:input_type -> contrast.agent.v1.Empty
-	24, // 30: contrast.agent.v1.Agent.GetReport:input_type -> contrast.agent.v1.GetReportRequest
-	29, // 31: contrast.agent.v1.Agent.ConfigureNetwork:input_type -> contrast.agent.v1.ConfigureNetworkRequest
-	31, // 32: contrast.agent.v1.Agent.ShareVolume:input_type -> contrast.agent.v1.ShareVolumeRequest
-	2,  // 33: contrast.agent.v1.Agent.Health:output_type -> contrast.agent.v1.HealthResponse
-	4,  // 34: contrast.agent.v1.Agent.SetPolicy:output_type -> contrast.agent.v1.SetPolicyResponse
-	0,  // 35: contrast.agent.v1.Agent.CreateSandbox:output_type -> contrast.agent.v1.Empty
-	11, // 36: contrast.agent.v1.Agent.CreateContainer:output_type -> contrast.agent.v1.CreateContainerResponse
-	0,  // 37: contrast.agent.v1.Agent.StartContainer:output_type -> contrast.agent.v1.Empty
-	15, // 38: contrast.agent.v1.Agent.ExecProcess:output_type -> contrast.agent.v1.ExecProcessResponse
-	0,  // 39: contrast.agent.v1.Agent.SignalProcess:output_type -> contrast.agent.v1.Empty
-	17, // 40: contrast.agent.v1.Agent.WaitProcess:output_type -> contrast.agent.v1.WaitProcessResponse
-	0,  // 41: contrast.agent.v1.Agent.CloseStdin:output_type -> contrast.agent.v1.Empty
-	18, // 42: contrast.agent.v1.Agent.ListProcesses:output_type -> contrast.agent.v1.ListProcessesResponse
-	0,  // 43: contrast.agent.v1.Agent.RemoveContainer:output_type -> contrast.agent.v1.Empty
-	0,  // 44: contrast.agent.v1.Agent.ResizePty:output_type -> contrast.agent.v1.Empty
-	0,  // 45: contrast.agent.v1.Agent.PauseContainer:output_type -> contrast.agent.v1.Empty
-	0,  // 46: contrast.agent.v1.Agent.ResumeContainer:output_type -> contrast.agent.v1.Empty
-	0,  // 47: contrast.agent.v1.Agent.UpdateContainer:output_type -> contrast.agent.v1.Empty
-	22, // 48: contrast.agent.v1.Agent.StatsContainer:output_type -> contrast.agent.v1.StatsContainerResponse
-	23, // 49: contrast.agent.v1.Agent.WaitOOM:output_type -> contrast.agent.v1.OOMEvent
-	25, // 50: contrast.agent.v1.Agent.GetReport:output_type -> contrast.agent.v1.GetReportResponse
-	0,  // 51: contrast.agent.v1.Agent.ConfigureNetwork:output_type -> contrast.agent.v1.Empty
-	0,  // 52: contrast.agent.v1.Agent.ShareVolume:output_type -> contrast.agent.v1.Empty
-	33, // [33:53] is the sub-list for method output_type
-	13, // [13:33] is the sub-list for method input_type
-	13, // [13:13] is the sub-list for extension type_name
-	13, // [13:13] is the sub-list for extension extendee
-	0,  // [0:13] is the sub-list for field type_name
+	35, // 7: contrast.agent.v1.CreateContainerRequest.memory_volumes:type_name -> contrast.agent.v1.MemoryVolume
+	8,  // 8: contrast.agent.v1.ExecProcessRequest.stdio:type_name -> contrast.agent.v1.Stdio
+	7,  // 9: contrast.agent.v1.WaitProcessResponse.written_back:type_name -> contrast.agent.v1.SharedFile
+	26, // 10: contrast.agent.v1.ConfigureNetworkRequest.interfaces:type_name -> contrast.agent.v1.NetworkInterface
+	27, // 11: contrast.agent.v1.ConfigureNetworkRequest.routes:type_name -> contrast.agent.v1.NetworkRoute
+	28, // 12: contrast.agent.v1.ConfigureNetworkRequest.neighbors:type_name -> contrast.agent.v1.NetworkNeighbor
+	32, // 13: contrast.agent.v1.ShareVolumeRequest.files:type_name -> contrast.agent.v1.VolumeFile
+	1,  // 14: contrast.agent.v1.Agent.Health:input_type -> contrast.agent.v1.HealthRequest
+	3,  // 15: contrast.agent.v1.Agent.SetPolicy:input_type -> contrast.agent.v1.SetPolicyRequest
+	5,  // 16: contrast.agent.v1.Agent.CreateSandbox:input_type -> contrast.agent.v1.CreateSandboxRequest
+	9,  // 17: contrast.agent.v1.Agent.CreateContainer:input_type -> contrast.agent.v1.CreateContainerRequest
+	12, // 18: contrast.agent.v1.Agent.StartContainer:input_type -> contrast.agent.v1.ContainerRequest
+	14, // 19: contrast.agent.v1.Agent.ExecProcess:input_type -> contrast.agent.v1.ExecProcessRequest
+	16, // 20: contrast.agent.v1.Agent.SignalProcess:input_type -> contrast.agent.v1.SignalProcessRequest
+	13, // 21: contrast.agent.v1.Agent.WaitProcess:input_type -> contrast.agent.v1.ProcessRequest
+	13, // 22: contrast.agent.v1.Agent.CloseStdin:input_type -> contrast.agent.v1.ProcessRequest
+	12, // 23: contrast.agent.v1.Agent.ListProcesses:input_type -> contrast.agent.v1.ContainerRequest
+	19, // 24: contrast.agent.v1.Agent.RemoveContainer:input_type -> contrast.agent.v1.RemoveContainerRequest
+	20, // 25: contrast.agent.v1.Agent.ResizePty:input_type -> contrast.agent.v1.ResizePtyRequest
+	12, // 26: contrast.agent.v1.Agent.PauseContainer:input_type -> contrast.agent.v1.ContainerRequest
+	12, // 27: contrast.agent.v1.Agent.ResumeContainer:input_type -> contrast.agent.v1.ContainerRequest
+	21, // 28: contrast.agent.v1.Agent.UpdateContainer:input_type -> contrast.agent.v1.UpdateContainerRequest
+	12, // 29: contrast.agent.v1.Agent.StatsContainer:input_type -> contrast.agent.v1.ContainerRequest
+	0,  // 30: contrast.agent.v1.Agent.WaitOOM:input_type -> contrast.agent.v1.Empty
+	24, // 31: contrast.agent.v1.Agent.GetReport:input_type -> contrast.agent.v1.GetReportRequest
+	29, // 32: contrast.agent.v1.Agent.ConfigureNetwork:input_type -> contrast.agent.v1.ConfigureNetworkRequest
+	31, // 33: contrast.agent.v1.Agent.ShareVolume:input_type -> contrast.agent.v1.ShareVolumeRequest
+	2,  // 34: contrast.agent.v1.Agent.Health:output_type -> contrast.agent.v1.HealthResponse
+	4,  // 35: contrast.agent.v1.Agent.SetPolicy:output_type -> contrast.agent.v1.SetPolicyResponse
+	0,  // 36: contrast.agent.v1.Agent.CreateSandbox:output_type -> contrast.agent.v1.Empty
+	11, // 37: contrast.agent.v1.Agent.CreateContainer:output_type -> contrast.agent.v1.CreateContainerResponse
+	0,  // 38: contrast.agent.v1.Agent.StartContainer:output_type -> contrast.agent.v1.Empty
+	15, // 39: contrast.agent.v1.Agent.ExecProcess:output_type -> contrast.agent.v1.ExecProcessResponse
+	0,  // 40: contrast.agent.v1.Agent.SignalProcess:output_type -> contrast.agent.v1.Empty
+	17, // 41: contrast.agent.v1.Agent.WaitProcess:output_type -> contrast.agent.v1.WaitProcessResponse
+	0,  // 42: contrast.agent.v1.Agent.CloseStdin:output_type -> contrast.agent.v1.Empty
+	18, // 43: contrast.agent.v1.Agent.ListProcesses:output_type -> contrast.agent.v1.ListProcessesResponse
+	0,  // 44: contrast.agent.v1.Agent.RemoveContainer:output_type -> contrast.agent.v1.Empty
+	0,  // 45: contrast.agent.v1.Agent.ResizePty:output_type -> contrast.agent.v1.Empty
+	0,  // 46: contrast.agent.v1.Agent.PauseContainer:output_type -> contrast.agent.v1.Empty
+	0,  // 47: contrast.agent.v1.Agent.ResumeContainer:output_type -> contrast.agent.v1.Empty
+	0,  // 48: contrast.agent.v1.Agent.UpdateContainer:output_type -> contrast.agent.v1.Empty
+	22, // 49: contrast.agent.v1.Agent.StatsContainer:output_type -> contrast.agent.v1.StatsContainerResponse
+	23, // 50: contrast.agent.v1.Agent.WaitOOM:output_type -> contrast.agent.v1.OOMEvent
+	25, // 51: contrast.agent.v1.Agent.GetReport:output_type -> contrast.agent.v1.GetReportResponse
+	0,  // 52: contrast.agent.v1.Agent.ConfigureNetwork:output_type -> contrast.agent.v1.Empty
+	0,  // 53: contrast.agent.v1.Agent.ShareVolume:output_type -> contrast.agent.v1.Empty
+	34, // [34:54] is the sub-list for method output_type
+	14, // [14:34] is the sub-list for method input_type
+	14, // [14:14] is the sub-list for extension type_name
+	14, // [14:14] is the sub-list for extension extendee
+	0,  // [0:14] is the sub-list for field type_name
 }
 
 func init() { file_api_agent_agent_proto_init() }
@@ -2409,7 +2484,7 @@ func file_api_agent_agent_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_api_agent_agent_proto_rawDesc), len(file_api_agent_agent_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   36,
+			NumMessages:   37,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

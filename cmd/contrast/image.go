@@ -12,7 +12,7 @@ import (
 )
 
 func imageBuild(ctx context.Context, sio *stdio, args []string) error {
-	fs := newFlagSet(sio, "contrast image build", "--kernel PATH --agent PATH --runc PATH -o DIR [--firmware OVMF.fd [--vcpus-max N] [--vcpu-type TYPE]]",
+	fs := newFlagSet(sio, "contrast image build", "--kernel PATH --agent PATH --runc PATH [--mke2fs PATH] -o DIR [--firmware OVMF.fd [--vcpus-max N] [--vcpu-type TYPE]]",
 		"Builds the guest image: copies the kernel, writes a reproducible initramfs\n"+
 			"(the agent as /init, runc as /usr/bin/runc) and manifest.json into DIR.\n"+
 			"DIR is replaced atomically; it is left alone when it already holds this image.\n\n"+
@@ -23,6 +23,7 @@ func imageBuild(ctx context.Context, sio *stdio, args []string) error {
 	kernel := fs.String("kernel", "", "guest kernel bzImage (hack/kernel.sh prints its path)")
 	agent := fs.String("agent", "", "static contrast-agent binary")
 	runc := fs.String("runc", "", "static runc binary")
+	mke2fs := fs.String("mke2fs", "", "static mke2fs (busybox's will do) for the pods' encrypted scratch disks; without it emptyDir volumes on disk fail")
 	out := fs.String("o", "", "output directory")
 	cmdline := fs.String("cmdline", "", "kernel command line (default: "+vmimage.DefaultKernelCmdline+")")
 	firmware := fs.String("firmware", "", "OVMF AmdSevX64 firmware: write the image's SEV-SNP reference measurements")
@@ -58,6 +59,7 @@ func imageBuild(ctx context.Context, sio *stdio, args []string) error {
 		Kernel:        *kernel,
 		Agent:         *agent,
 		Runc:          *runc,
+		Mke2fs:        *mke2fs,
 		OutDir:        *out,
 		KernelCmdline: *cmdline,
 		Reference:     ref,

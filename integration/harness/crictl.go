@@ -338,6 +338,9 @@ type ContainerConfig struct {
 	// Devices are the host devices the container gets (the kubelet's
 	// raw block volumes, volumeDevices).
 	Devices []Device
+	// Mounts are more CRI mounts (after the kubelet files), for host
+	// directories the test made as the kubelet would (volumes).
+	Mounts []CRIMount
 }
 
 // Device is a host device at a path in the container (CRI Device).
@@ -345,6 +348,12 @@ type Device struct {
 	ContainerPath, HostPath string
 	// Permissions are the device cgroup's (the kubelet sends "mrw").
 	Permissions string
+}
+
+// CRIMount is a CRI mount of a host path.
+type CRIMount struct {
+	HostPath, ContainerPath string
+	ReadOnly                bool
 }
 
 // SecurityContext is the part of CRI's LinuxContainerSecurityContext the
@@ -455,6 +464,10 @@ func (c *CRI) CreateContainer(ctx context.Context, pod *Pod, cc ContainerConfig)
 			return nil, fmt.Errorf("container %s: %w", cc.Name, err)
 		}
 		cfg["mounts"] = mounts
+	}
+	for _, m := range cc.Mounts {
+		mounts, _ := cfg["mounts"].([]map[string]any)
+		cfg["mounts"] = append(mounts, map[string]any{"container_path": m.ContainerPath, "host_path": m.HostPath, "readonly": m.ReadOnly})
 	}
 	linux := map[string]any{}
 	if cc.Resources != nil || cc.OOMScoreAdj != nil {

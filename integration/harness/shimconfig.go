@@ -42,6 +42,9 @@ type ShimConfig struct {
 	// kept: by default the build cache's (shared by test runs, as a node's
 	// is by its pods); a test that corrupts a layer uses its own.
 	LayerCache string
+	// ScratchMiB is volumes.scratch_mib, the size of each pod's scratch
+	// disk for its emptyDir volumes (0 leaves the default).
+	ScratchMiB int
 }
 
 // DefaultLayerCache is $CONTRAST_CACHE/layers, ~/.cache/contrast/layers
@@ -114,6 +117,9 @@ func (s ShimConfig) TOML() string {
 	}
 	if s.LayerCache != "" {
 		fmt.Fprintf(&b, "\n[layers]\ncache_dir = %s\n", q(s.LayerCache))
+	}
+	if s.ScratchMiB != 0 {
+		fmt.Fprintf(&b, "\n[volumes]\nscratch_mib = %d\n", s.ScratchMiB)
 	}
 	return b.String()
 }

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"net"
 	"net/netip"
 	"path"
@@ -66,7 +67,10 @@ const (
 //	                 device_entries [{path, type, major, minor}] (linux.devices in full),
 //	                 block_volumes (the set of the container paths of the raw block
 //	                 volumes the request attaches);
-//	                 a mount with a directory subPath carries sub_path {volume, path}
+//	                 a mount with a directory subPath carries sub_path {volume, path};
+//	                 memory_volumes {name: size in bytes} (the emptyDir volumes the
+//	                 host says are of medium Memory; Input refuses a name that no
+//	                 bind mount's source names as an emptyDir, and size 0)
 //	ExecProcess      process, stdio
 //	SignalProcess    signal, all
 //	ResizePty        width, height
@@ -172,6 +176,11 @@ func Input(kind policy.Kind, req proto.Message, containerName func(id string) (s
 			return nil, fmt.Errorf("%s %s: %w", kind, r.GetContainerId(), err)
 		}
 		in["block_volumes"] = volumes
+		memory, err := memoryVolumesInput(r.GetMemoryVolumes(), in["mounts"])
+		if err != nil {
+			return nil, fmt.Errorf("%s %s: %w", kind, r.GetContainerId(), err)
+		}
+		in["memory_volumes"] = memory
 	case policy.ExecProcess:
 		r, ok := req.(*agentapi.ExecProcessRequest)
 		if !ok {
@@ -293,6 +302,39 @@ func blockVolumesInput(volumes []*agentapi.BlockVolume) (map[string]any, error) 
 			return nil, fmt.Errorf("block_volumes[%d].container_path %q: given twice", i, p)
 		}
 		out[p] = true
+	}
+	return out, nil
+}
+
+// memoryVolumesInput returns the Memory emptyDir volumes by name with their
+// sizes. Each must be an emptyDir the spec's bind mounts name (their sources
+// are what the rules judge), once, with a size: the guest then holds it in a
+// tmpfs of at most that size instead of on the encrypted scratch disk.
+func memoryVolumesInput(vols []*agentapi.MemoryVolume, mounts any) (map[string]any, error) {
+	emptyDirs := map[string]bool{}
+	ms, _ := mounts.([]any)
+	for _, m := range ms {
+		mm, _ := m.(map[string]any)
+		if mm["type"] != "bind" {
+			continue
+		}
+		src, _ := mm["source"].(string)
+		if name, ok, _ := agentapi.EmptyDirName(src); ok {
+			emptyDirs[name] = true
+		}
+	}
+	out := make(map[string]any, len(vols))
+	for i, v := range vols {
+		name := v.GetName()
+		switch {
+		case !emptyDirs[name]:
+			return nil, fmt.Errorf("memory_volumes[%d]: %q is no emptyDir volume the spec mounts", i, name)
+		case out[name] != nil:
+			return nil, fmt.Errorf("memory_volumes[%d]: %q given twice", i, name)
+		case v.GetSizeBytes() == 0 || v.GetSizeBytes() > math.MaxInt64:
+			return nil, fmt.Errorf("memory_volumes[%d]: %q has size %d", i, name, v.GetSizeBytes())
+		}
+		out[name] = int64(v.GetSizeBytes())
 	}
 	return out, nil
 }

@@ -524,6 +524,7 @@ func (p *pod) mounts(c *corev1.Container) (map[string]policy.Mount, error) {
 			m.SubPathVolumePattern = source
 			m.SubPathPattern = subPathPattern(vm)
 		}
+		m.Memory = vol.EmptyDir != nil && vol.EmptyDir.Medium == corev1.StorageMediumMemory && vm.SubPath == "" && vm.SubPathExpr == ""
 		out[vm.MountPath] = m
 	}
 	automount := p.spec.AutomountServiceAccountToken == nil || *p.spec.AutomountServiceAccountToken
