@@ -236,6 +236,93 @@ func TestKubePods(t *testing.T) {
 		}
 	})
 
+	// A Deployment whose two containers share a disk emptyDir (one of them
+	// through a subPath directory) and a Memory emptyDir, with a ConfigMap
+	// file by subPath: the same on runc and contrast-cc.
+	t.Run("deployment-volumes", func(t *testing.T) {
+		deployment := func(rc string) string {
+			return fmt.Sprintf(`apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: dv-%[1]s
+data:
+  motd: welcome
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: dv-%[1]s
+spec:
+  replicas: 1
+  selector: {matchLabels: {app: dv-%[1]s}}
+  template:
+    metadata:
+      labels: {app: dv-%[1]s}
+    spec:
+      runtimeClassName: %[1]s
+      terminationGracePeriodSeconds: 5
+      containers:
+      - name: writer
+        image: %[2]s
+        imagePullPolicy: Never
+        command: ["sh", "-c", "echo from-writer >/data/marker; echo in-sub >/sub/file; echo in-memory >/mem/marker; exec sleep 3600"]
+        volumeMounts:
+        - {name: data, mountPath: /data}
+        - {name: data, mountPath: /sub, subPath: nested/dir}
+        - {name: mem, mountPath: /mem}
+      - name: reader
+        image: %[2]s
+        imagePullPolicy: Never
+        command: ["sh", "-c", "exec sleep 3600"]
+        volumeMounts:
+        - {name: data, mountPath: /data}
+        - {name: mem, mountPath: /mem}
+        - {name: motd, mountPath: /etc/motd, subPath: motd}
+      volumes:
+      - {name: data, emptyDir: {}}
+      - {name: mem, emptyDir: {medium: Memory, sizeLimit: 1Mi}}
+      - {name: motd, configMap: {name: dv-%[1]s}}
+`, rc, harness.BusyboxImage)
+		}
+		for _, rc := range kubeHandlers {
+			ks.apply(t, deployment(rc))
+		}
+		for _, rc := range kubeHandlers {
+			t.Run(rc, func(t *testing.T) {
+				ks.wait(t, "deployment/dv-"+rc, "condition=Available", 3*time.Minute)
+				pod := strings.TrimPrefix(strings.TrimSpace(ks.kubectl(t, "get", "pods", "-l", "app=dv-"+rc, "-o", "name")), "pod/")
+				read := func(p string) string {
+					deadline := time.Now().Add(30 * time.Second)
+					for {
+						out, err := ks.k.Kubectl(ks.ctx, "exec", pod, "-c", "reader", "--", "cat", p)
+						if err == nil || time.Now().After(deadline) {
+							return strings.TrimSpace(out)
+						}
+						time.Sleep(300 * time.Millisecond)
+					}
+				}
+				for p, want := range map[string]string{
+					"/data/marker":          "from-writer",
+					"/data/nested/dir/file": "in-sub",
+					"/mem/marker":           "in-memory",
+					"/etc/motd":             "welcome",
+				} {
+					if got := read(p); got != want {
+						t.Errorf("reader's %s: %q, want %q", p, got, want)
+					}
+				}
+				// The Memory emptyDir holds at most its sizeLimit.
+				if _, err := ks.k.Kubectl(ks.ctx, "exec", pod, "-c", "writer", "--", "dd", "if=/dev/zero", "of=/mem/big", "bs=1024", "count=2048"); err == nil {
+					t.Errorf("2 MiB written into a Memory emptyDir of sizeLimit 1Mi")
+				}
+			})
+		}
+		for _, rc := range kubeHandlers {
+			ks.kubectl(t, "delete", "deployment", "dv-"+rc, "--wait=true", "--timeout=2m")
+			ks.kubectl(t, "delete", "configmap", "dv-"+rc)
+		}
+	})
+
 	t.Run("probes", func(t *testing.T) {
 		// Exec readiness, HTTP liveness, TCP readiness on a second
 		// server; killing the HTTP server makes the kubelet restart the
