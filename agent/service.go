@@ -92,6 +92,10 @@ type Config struct {
 	// AttestationMountPoint (see the package documentation).
 	AttestationEndpoint bool
 	Reaper              *reaper.Reaper
+	// PIDHolder is the command that holds the pod's shared PID namespace
+	// (RunPIDHolder); nil: a container asking to share the pod's PID
+	// namespace is refused.
+	PIDHolder []string
 	// VolumeBytes caps what the kubelet-managed volumes the host shares
 	// (ShareVolume) may hold in the guest's memory, all together.
 	VolumeBytes int64
@@ -120,6 +124,7 @@ func DefaultConfig(r *reaper.Reaper) Config {
 		AttestationEndpoint: true,
 		Reaper:              r,
 		VolumeBytes:         DefaultVolumeBytes,
+		PIDHolder:           []string{"/proc/self/exe", PIDHolderArg},
 		Scratch: storage.EncryptedScratch{
 			DM:     storage.NewDeviceMapper("/run/contrast/emptydir/dev"),
 			Mke2fs: GuestMke2fsPath,
@@ -171,6 +176,8 @@ type Service struct {
 
 	// volumes are the kubelet-managed volumes the host shared.
 	volumes *volumeSet
+	// pidNS is the pod's shared PID namespace (shareProcessNamespace).
+	pidNS *podPIDNamespace
 }
 
 var _ api.AgentService = (*Service)(nil)
@@ -201,6 +208,7 @@ func NewService(cfg Config) (*Service, error) {
 		policy:     newPolicyGate(cfg.TEE),
 		layers:     storage.NewLayerSet(filepath.Join(cfg.RunDir, "layers"), cfg.Devices),
 		volumes:    newVolumeSet(filepath.Join(cfg.RunDir, "volumes"), cfg.VolumeBytes),
+		pidNS:      newPodPIDNamespace(cfg.PIDHolder),
 		containers: map[string]*container{},
 		emptyDirs:  newEmptyDirs(cfg),
 	}, nil
@@ -340,6 +348,9 @@ func (s *Service) CreateContainer(ctx context.Context, req *api.CreateContainerR
 		AttestationDir: s.attestationDir(),
 		VolumeSource:   s.volumes.mountSource,
 		SubPaths:       subPathsOf(req.SubPaths),
+		PodPIDNamespace: func() (string, error) {
+			return s.pidNS.path(func(cmd *exec.Cmd) error { _, err := s.cfg.Reaper.Start(cmd); return err })
+		},
 		BlockVolumes:   blockVolumes,
 		EmptyDirs:      s.emptyDirInput(memory),
 	})

@@ -38,7 +38,42 @@ func TestTaskAPI(t *testing.T) {
 		t.Run("oom", func(t *testing.T) { s.oom(t, pod) })
 		t.Run("checkpoint", func(t *testing.T) { s.checkpoint(t, handler, sleeper) })
 		t.Run("sysctls", func(t *testing.T) { s.sysctls(t, sleeper) })
+		t.Run("shared-pid-namespace", func(t *testing.T) { s.sharedPIDNamespace(t, pod, sleeper) })
 	})
+}
+
+// sharedPIDNamespace: containers of a pod that shares its process
+// namespace (shareProcessNamespace) see each other's processes; a
+// container with its own does not see theirs.
+func (s *suite) sharedPIDNamespace(t *testing.T, pod *harness.Pod, own *harness.Container) {
+	var ids []string
+	for _, name := range []string{"shared-a", "shared-b"} {
+		c, err := s.cri.CreateContainer(s.ctx, pod, harness.ContainerConfig{Name: name, SharePID: true, Command: []string{"sleep", "7" + name[len(name)-1:] + "4242"}})
+		if err != nil {
+			t.Fatalf("create %s: %v", name, err)
+		}
+		defer s.removeContainer(t, c)
+		if err := s.cri.StartContainer(s.ctx, c.ID); err != nil {
+			t.Fatalf("start %s: %v", name, err)
+		}
+		ids = append(ids, c.ID)
+	}
+	ps := func(id string) string {
+		res, err := s.cri.Exec(s.ctx, id, true, "ps", "-o", "args")
+		if err != nil {
+			t.Fatalf("ps: %v", err)
+		}
+		return res.Stdout
+	}
+	if out := ps(ids[1]); !strings.Contains(out, "sleep 7a4242") {
+		t.Errorf("shared-b does not see shared-a's process:\n%s", out)
+	}
+	if out := ps(ids[0]); !strings.Contains(out, "sleep 7b4242") {
+		t.Errorf("shared-a does not see shared-b's process:\n%s", out)
+	}
+	if out := ps(own.ID); strings.Contains(out, "sleep 7a4242") {
+		t.Errorf("a container with a PID namespace of its own sees the shared one's processes:\n%s", out)
+	}
 }
 
 // podSysctls are a pod's securityContext.sysctls as the kubelet sends them:

@@ -155,6 +155,10 @@ type Pod struct {
 	HostNetwork     bool   `json:"host_network"`
 	HostPID         bool   `json:"host_pid"`
 	HostIPC         bool   `json:"host_ipc"`
+	// ShareProcessNamespace: the pod's containers share one PID namespace
+	// (CRI NamespaceMode POD); without it a container that asks to join
+	// the sandbox's is denied.
+	ShareProcessNamespace bool `json:"share_process_namespace,omitempty"`
 	// Sysctls are the pod's sysctls (securityContext.sysctls): a container
 	// spec may set only these, each to exactly this value.
 	Sysctls map[string]string `json:"sysctls,omitempty"`

@@ -133,12 +133,33 @@ create_sandbox_why contains ["hostname", msg] if {
 	msg := sprintf("hostname %s does not match the policy's pattern %s", [q(input.hostname), q(pd.pod.hostname_pattern)])
 }
 
-# The VM's kernel is the pod's: the host sets exactly the pod's sysctls
-# there, each to the YAML's value.
-create_sandbox_ok contains "sysctls" if input.sysctls == pod_sysctls
+# The VM's kernel is the pod's: the host sets there the pod's sysctls,
+# each to the YAML's value, and may set those containerd adds to every
+# sandbox (enable_unprivileged_ports and _icmp, on by default in 2.x) to
+# containerd's values, which a pod's own setting overrides.
+runtime_sysctls := {
+	"net.ipv4.ip_unprivileged_port_start": "0",
+	"net.ipv4.ping_group_range": "0 2147483647",
+}
+
+sandbox_sysctl_ok(name, value) if pod_sysctls[name] == value
+
+sandbox_sysctl_ok(name, value) if {
+	not pod_sysctls[name]
+	runtime_sysctls[name] == value
+}
+
+create_sandbox_ok contains "sysctls" if {
+	every name, value in input.sysctls {
+		sandbox_sysctl_ok(name, value)
+	}
+	every name, value in pod_sysctls {
+		input.sysctls[name] == value
+	}
+}
 
 create_sandbox_why contains ["sysctls", msg] if {
-	msg := sprintf("sysctls %s are not the pod's %s", [q(input.sysctls), q(pod_sysctls)])
+	msg := sprintf("sysctls %s are not the pod's %s (with containerd's %s)", [q(input.sysctls), q(pod_sysctls), q(runtime_sysctls)])
 }
 
 # ---------------------------------------------------------------- CreateContainer
@@ -308,6 +329,26 @@ create_container_ok contains "namespaces" if {
 	container_policy
 	count(missing_namespaces) == 0
 	count(unexpected_namespaces) == 0
+	pid_sharing_ok
+}
+
+# A pid namespace with a path joins the sandbox's (CRI NamespaceMode POD):
+# in the VM the pod's shared one, where the container sees, and with the
+# capabilities may signal or trace, the other containers' processes. Only
+# a pod with shareProcessNamespace asks for that.
+pid_sharing_ok if not input.namespaces.pid
+
+pid_sharing_ok if input.namespaces.pid == ""
+
+pid_sharing_ok if {
+	input.namespaces.pid != ""
+	pd.pod.share_process_namespace == true
+}
+
+create_container_why contains ["namespaces", msg] if {
+	container_policy
+	not pid_sharing_ok
+	msg := "the pod's shared PID namespace, which the policy allows only a pod with shareProcessNamespace"
 }
 
 # The namespace types runc knows; user only for a pod with hostUsers:

@@ -38,6 +38,9 @@ import (
 const agentVMEnv = "CONTRAST_SHIM_TEST_AGENT_VM"
 
 func TestMain(m *testing.M) {
+	if len(os.Args) == 2 && os.Args[1] == agent.PIDHolderArg {
+		agent.RunPIDHolder()
+	}
 	if v := os.Getenv(agentVMEnv); v != "" {
 		if err := serveAgentVM(v); err != nil {
 			fmt.Fprintln(os.Stderr, "agent VM:", err)

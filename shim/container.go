@@ -48,6 +48,11 @@ type container struct {
 	// blockVolumes are the serials of the container's raw block volumes.
 	blockVolumes []string
 
+	// sharedPID: the container joins the pod's shared PID namespace
+	// (shareProcessNamespace), where its processes outlive its init.
+	// Set at creation, then read only.
+	sharedPID bool
+
 	// writableFiles maps the destinations of the container's writable
 	// bind mounts of host files to their sources: where what the guest
 	// hands back with the init's exit (the termination message) goes.
@@ -95,6 +100,7 @@ func (s *service) createInGuest(ctx context.Context, p *pod, c *container, r *ta
 	if err != nil {
 		return 0, fmt.Errorf("container %s: %w", c.id, err)
 	}
+	c.sharedPID = !p.hostPID && sharesPodPID(spec)
 	req := &agentapi.CreateContainerRequest{ContainerId: c.id, Spec: specJSON}
 	var disk *hypervisor.Disk
 	if image := spec.Annotations[annotationImageName]; image != "" {
@@ -232,6 +238,20 @@ func joinPodPIDNamespace(p *pod, spec *specs.Spec, specJSON []byte) ([]byte, err
 	}
 	spec.Linux.Namespaces = kept
 	return json.Marshal(spec)
+}
+
+// sharesPodPID reports whether the spec joins the sandbox's PID namespace
+// (CRI NamespaceMode POD: a pid namespace with a path).
+func sharesPodPID(spec *specs.Spec) bool {
+	if spec.Linux == nil {
+		return false
+	}
+	for _, ns := range spec.Linux.Namespaces {
+		if ns.Type == specs.PIDNamespace && ns.Path != "" {
+			return true
+		}
+	}
+	return false
 }
 
 func stdioFlags(p stdioPaths) *agentapi.Stdio {

@@ -124,9 +124,10 @@ func (s *service) exit(pd *pod, c *container, p *process, status uint32, at time
 		return
 	}
 	held := c.exits.initEnded(func() { s.recordExit(p, status, at) })
-	if held && pd != nil && pd.hostPID {
-		// Without a PID namespace of its own the container's execs outlive
-		// its init; end them, as runc's shim does, so its exit can follow.
+	if held && pd != nil && (pd.hostPID || c.sharedPID) {
+		// Without a PID namespace of its own (the VM's, or the pod's
+		// shared one) the container's execs outlive its init; end them,
+		// as runc's shim does, so its exit can follow.
 		go func() {
 			if _, err := pd.agent.SignalProcess(s.ctx, &agentapi.SignalProcessRequest{
 				ContainerId: c.id, Signal: uint32(syscall.SIGKILL), All: true,

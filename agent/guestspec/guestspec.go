@@ -46,6 +46,10 @@ type Input struct {
 	VolumeSource func(hostSource string) (guest string, isVolume bool, err error)
 	// BlockVolumes are the container's raw block volumes (see blockvolumes.go).
 	BlockVolumes []BlockVolume
+	// PodPIDNamespace returns the pod's shared PID namespace, for a
+	// container that asks to join the sandbox's (CRI NamespaceMode POD);
+	// nil refuses such a container.
+	PodPIDNamespace func() (string, error)
 	// EmptyDirs says where the pod's emptyDir volumes are (emptydir.go).
 	EmptyDirs EmptyDirInput
 }
@@ -209,8 +213,18 @@ func (r *Result) rewriteLinux(in Input) error {
 			continue
 		case specs.PIDNamespace:
 			if ns.Path != "" {
-				r.note("dropped pid namespace path %q (a host path; the container gets a new pid namespace)", ns.Path)
-				ns.Path = ""
+				// CRI's NamespaceMode POD (shareProcessNamespace): the
+				// sandbox's namespace, on the host the pause process's; in
+				// the VM the pod's shared one.
+				if in.PodPIDNamespace == nil {
+					return fmt.Errorf("pid namespace path %q: the pod's shared PID namespace is not available", ns.Path)
+				}
+				p, err := in.PodPIDNamespace()
+				if err != nil {
+					return fmt.Errorf("pid namespace path %q: %w", ns.Path, err)
+				}
+				r.note("pid namespace %q becomes the pod's shared one, %s", ns.Path, p)
+				ns.Path = p
 			}
 		default:
 			if ns.Path != "" {

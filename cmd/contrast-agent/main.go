@@ -32,6 +32,10 @@ import (
 var version = "dev"
 
 func main() {
+	if len(os.Args) == 2 && os.Args[1] == agent.PIDHolderArg {
+		// PID 1 of the pod's shared PID namespace, not the VM's init.
+		agent.RunPIDHolder()
+	}
 	if os.Getpid() == 1 {
 		err := runInit()
 		// As init there is nothing to return to: the kernel would panic.

@@ -174,8 +174,12 @@ type DNSConfig struct {
 	Servers, Searches, Options []string
 }
 
-// namespaceModeNode is CRI's NamespaceMode NODE.
-const namespaceModeNode = 2
+// CRI's NamespaceModes.
+const (
+	namespaceModePod       = 0
+	namespaceModeContainer = 1
+	namespaceModeNode      = 2
+)
 
 // Resources are CRI LinuxContainerResources; zero fields are left out.
 type Resources struct {
@@ -319,6 +323,11 @@ type ContainerConfig struct {
 	Resources *Resources
 	// HostPID: see PodConfig.HostPID; set both.
 	HostPID bool
+	// SharePID puts the container in the pod's shared PID namespace, as
+	// the kubelet does for a pod with shareProcessNamespace (CRI
+	// NamespaceMode POD); without it the container gets its own, as from
+	// the kubelet.
+	SharePID bool
 	// OOMScoreAdj is linux.resources.oom_score_adj, which the kubelet
 	// always sends (by QoS class: 1000 for BestEffort); nil sends none,
 	// as a bare crictl client does.
@@ -488,9 +497,17 @@ func (c *CRI) CreateContainer(ctx context.Context, pod *Pod, cc ContainerConfig)
 			return nil, fmt.Errorf("container %s: %w", cc.Name, err)
 		}
 	}
-	if cc.HostPID {
-		sc["namespace_options"] = map[string]any{"pid": namespaceModeNode}
+	// The kubelet gives each container a PID namespace of its own
+	// (CONTAINER) unless the pod shares one (POD) or the node's (NODE);
+	// CRI's default, for a client that says nothing, is POD.
+	pidMode := namespaceModeContainer
+	switch {
+	case cc.HostPID:
+		pidMode = namespaceModeNode
+	case cc.SharePID:
+		pidMode = namespaceModePod
 	}
+	sc["namespace_options"] = map[string]any{"pid": pidMode}
 	linux["security_context"] = sc
 	cfg["linux"] = linux
 	if err := writeJSON(ctr.ConfigFile, cfg); err != nil {

@@ -83,6 +83,11 @@ func PodFromYAML(doc []byte, handler string) (PodConfig, []ContainerConfig, erro
 		}
 		ccs = append(ccs, cc)
 	}
+	if spec.ShareProcessNamespace != nil && *spec.ShareProcessNamespace {
+		for i := range ccs {
+			ccs[i].SharePID = true
+		}
+	}
 	return pc, ccs, nil
 }
 

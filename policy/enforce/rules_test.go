@@ -654,6 +654,9 @@ func TestCreateSandboxRules(t *testing.T) {
 		{"sysctls left out", "web-7d9f8", nil, "create_sandbox.sysctls"},
 		{"sysctl changed", "web-7d9f8", map[string]string{"net.ipv4.ip_unprivileged_port_start": "1024"}, "create_sandbox.sysctls"},
 		{"sysctl added", "web-7d9f8", map[string]string{"net.ipv4.ip_unprivileged_port_start": "0", "kernel.shm_rmid_forced": "1"}, "create_sandbox.sysctls"},
+		// containerd 2.x adds these to every sandbox.
+		{"containerd's own", "web-7d9f8", map[string]string{"net.ipv4.ip_unprivileged_port_start": "0", "net.ipv4.ping_group_range": "0 2147483647"}, ""},
+		{"containerd's own changed", "web-7d9f8", map[string]string{"net.ipv4.ip_unprivileged_port_start": "0", "net.ipv4.ping_group_range": "0 0"}, "create_sandbox.sysctls"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

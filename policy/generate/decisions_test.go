@@ -142,6 +142,7 @@ metadata:
   name: subpaths
 spec:
   automountServiceAccountToken: false
+  shareProcessNamespace: true
   securityContext:
     sysctls:
     - {name: net.ipv4.ip_unprivileged_port_start, value: "0"}
@@ -926,6 +927,16 @@ func share(kind, name string, content []byte, extra ...*agentapi.VolumeFile) act
 	}
 }
 
+// joinSandboxPID points the container's PID namespace at the sandbox's, as
+// CRI does for a pod with shareProcessNamespace (NamespaceMode POD).
+func joinSandboxPID(s *specs.Spec, _ *agentapi.Stdio) {
+	for i, ns := range s.Linux.Namespaces {
+		if ns.Type == specs.PIDNamespace {
+			s.Linux.Namespaces[i].Path = "/proc/4242/ns/pid"
+		}
+	}
+}
+
 // subPath adds a directory subPath at dest: path inside the pod's volume
 // kubernetes.io~<volume>.
 func subPath(dest, volume, path string) func(*testPod, *agentapi.CreateContainerRequest) {
@@ -1308,8 +1319,18 @@ func decisionCases() []decisionCase {
 		decisionCase{name: "WaitOOM", pod: "web", before: []action{sandbox("")}, do: onContainer(policy.WaitOOM, "")},
 		decisionCase{name: "WaitOOM when the settings deny it", pod: "web", settings: func(s *generate.Settings) { s.Requests[policy.WaitOOM] = false },
 			do: onContainer(policy.WaitOOM, ""), want: "wait_oom.request"},
+		decisionCase{name: "CreateContainer in the pod's shared PID namespace", pod: "subpaths", before: []action{sandbox("")},
+			do: create("db", joinSandboxPID)},
+		decisionCase{name: "CreateContainer asking for a shared PID namespace the pod does not have", pod: "web", before: []action{sandbox("")},
+			do: create("nginx", joinSandboxPID), want: "create_container.namespaces"},
 		decisionCase{name: "CreateSandbox with the pod's sysctls", pod: "subpaths", do: sandbox("")},
 		decisionCase{name: "CreateSandbox without the pod's sysctls", pod: "subpaths", do: sandboxWithSysctls(nil), want: "create_sandbox.sysctls"},
+		decisionCase{name: "CreateSandbox with containerd's sysctls beside the pod's", pod: "subpaths",
+			do: sandboxWithSysctls(map[string]string{"net.ipv4.ip_unprivileged_port_start": "0", "kernel.shm_rmid_forced": "1", "net.ipv4.ping_group_range": "0 2147483647"})},
+		decisionCase{name: "CreateSandbox with containerd's sysctls in a pod without its own", pod: "web",
+			do: sandboxWithSysctls(map[string]string{"net.ipv4.ip_unprivileged_port_start": "0", "net.ipv4.ping_group_range": "0 2147483647"})},
+		decisionCase{name: "CreateSandbox overriding the pod's sysctl with containerd's value", pod: "subpaths",
+			do: sandboxWithSysctls(map[string]string{"net.ipv4.ip_unprivileged_port_start": "1024", "kernel.shm_rmid_forced": "1"}), want: "create_sandbox.sysctls"},
 		decisionCase{name: "CreateSandbox with a sysctl the pod does not set", pod: "web",
 			do: sandboxWithSysctls(map[string]string{"net.ipv4.ip_forward": "1"}), want: "create_sandbox.sysctls"},
 		decisionCase{name: "CreateSandbox with a sysctl name that is no name", pod: "subpaths",

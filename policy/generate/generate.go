@@ -291,6 +291,8 @@ func (g *generator) workload(ctx context.Context, n int, h header, body []byte, 
 			HostNetwork:     spec.HostNetwork,
 			HostPID:         spec.HostPID,
 			HostIPC:         spec.HostIPC,
+
+			ShareProcessNamespace: spec.ShareProcessNamespace != nil && *spec.ShareProcessNamespace,
 		},
 		Containers:  map[string]policy.Container{},
 		Requests:    maps.Clone(g.opts.Settings.Requests),

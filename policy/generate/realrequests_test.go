@@ -24,7 +24,11 @@ import (
 // 1.7.35, through CRI from crictl with what the kubelet sends, see
 // integration/harness) made for the pod's container, as `ctr containers
 // info` shows it: the config.json the shim hands the agent. The policy is
-// rebuilt from the manifest's data with the current rules.
+// rebuilt from the manifest's data with the current rules. The harness's
+// containers then asked for CRI's default PID mode, POD, where the kubelet
+// sends CONTAINER unless a pod shares its process namespace: the pid
+// namespace's path (the sandbox's) is taken out of the recorded specs,
+// which is all that differs.
 //
 // plain: busybox as root, containerd's default capabilities, an env var;
 // sec:   runAsUser/runAsGroup, supplementalGroups, capabilities drop ALL
