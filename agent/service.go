@@ -351,8 +351,8 @@ func (s *Service) CreateContainer(ctx context.Context, req *api.CreateContainerR
 		PodPIDNamespace: func() (string, error) {
 			return s.pidNS.path(func(cmd *exec.Cmd) error { _, err := s.cfg.Reaper.Start(cmd); return err })
 		},
-		BlockVolumes:   blockVolumes,
-		EmptyDirs:      s.emptyDirInput(memory),
+		BlockVolumes: blockVolumes,
+		EmptyDirs:    s.emptyDirInput(memory),
 	})
 	if err != nil {
 		return nil, invalid("create %v", err) // err names the container
