@@ -47,8 +47,8 @@ func TestTaskAPI(t *testing.T) {
 // container with its own does not see theirs.
 func (s *suite) sharedPIDNamespace(t *testing.T, pod *harness.Pod, own *harness.Container) {
 	var ids []string
-	for _, name := range []string{"shared-a", "shared-b"} {
-		c, err := s.cri.CreateContainer(s.ctx, pod, harness.ContainerConfig{Name: name, SharePID: true, Command: []string{"sleep", "7" + name[len(name)-1:] + "4242"}})
+	for i, name := range []string{"shared-a", "shared-b"} {
+		c, err := s.cri.CreateContainer(s.ctx, pod, harness.ContainerConfig{Name: name, SharePID: true, Command: []string{"sleep", fmt.Sprintf("7%d4242", i)}})
 		if err != nil {
 			t.Fatalf("create %s: %v", name, err)
 		}
@@ -65,13 +65,13 @@ func (s *suite) sharedPIDNamespace(t *testing.T, pod *harness.Pod, own *harness.
 		}
 		return res.Stdout
 	}
-	if out := ps(ids[1]); !strings.Contains(out, "sleep 7a4242") {
+	if out := ps(ids[1]); !strings.Contains(out, "sleep 704242") {
 		t.Errorf("shared-b does not see shared-a's process:\n%s", out)
 	}
-	if out := ps(ids[0]); !strings.Contains(out, "sleep 7b4242") {
+	if out := ps(ids[0]); !strings.Contains(out, "sleep 714242") {
 		t.Errorf("shared-a does not see shared-b's process:\n%s", out)
 	}
-	if out := ps(own.ID); strings.Contains(out, "sleep 7a4242") {
+	if out := ps(own.ID); strings.Contains(out, "sleep 704242") {
 		t.Errorf("a container with a PID namespace of its own sees the shared one's processes:\n%s", out)
 	}
 }
