@@ -2,6 +2,7 @@ package guestspec
 
 import (
 	"encoding/json"
+	"errors"
 	"path"
 	"reflect"
 	"slices"
@@ -122,10 +123,14 @@ func TestRewrite(t *testing.T) {
 	}{
 		{name: "cri container"},
 		{
-			name: "sandbox container shares pid namespace by path",
+			name: "container joins the sandbox's pid namespace (shareProcessNamespace)",
 			in: func(s *specs.Spec) {
 				s.Linux.Namespaces[0].Path = "/proc/42/ns/pid"
 			},
+			input: func(in *Input) {
+				in.PodPIDNamespace = func() (string, error) { return "/proc/7/ns/pid", nil }
+			},
+			want: func(s *specs.Spec) { s.Linux.Namespaces[0].Path = "/proc/7/ns/pid" },
 		},
 		{
 			name: "read-only root, selinux label",
@@ -216,6 +221,12 @@ func TestRewriteRefuses(t *testing.T) {
 		{name: "block device mount", in: func(s *specs.Spec) {
 			s.Mounts = append(s.Mounts, specs.Mount{Destination: "/data", Type: "ext4", Source: "/dev/sdb"})
 		}, wantErr: `mount of "/dev/sdb" (type "ext4") at "/data" refers to the host`},
+		{name: "shared pid namespace without one", in: func(s *specs.Spec) { s.Linux.Namespaces[0].Path = "/proc/42/ns/pid" },
+			wantErr: `pid namespace path "/proc/42/ns/pid": the pod's shared PID namespace is not available`},
+		{name: "shared pid namespace that fails", in: func(s *specs.Spec) { s.Linux.Namespaces[0].Path = "/proc/42/ns/pid" },
+			input: func(in *Input) {
+				in.PodPIDNamespace = func() (string, error) { return "", errors.New("no holder") }
+			}, wantErr: `pid namespace path "/proc/42/ns/pid": no holder`},
 		{name: "user namespace path", in: func(s *specs.Spec) {
 			s.Linux.Namespaces = append(s.Linux.Namespaces, specs.LinuxNamespace{Type: specs.UserNamespace, Path: "/proc/42/ns/user"})
 		}, wantErr: `user namespace path "/proc/42/ns/user" refers to the host`},
