@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io"
 	"path"
+	"regexp"
 	"slices"
 	"strings"
 
@@ -367,7 +368,7 @@ func (r *Result) rewriteMounts(in Input) error {
 			}
 			continue
 		}
-		return fmt.Errorf("bind mount of host path %q to %q is not supported in the VM (no shared file was sent for it)", m.Source, m.Destination)
+		return unsupportedBind(*m)
 	}
 	for dest := range in.SubPaths {
 		if !subUsed[dest] {
@@ -405,4 +406,19 @@ func safeName(dest string) string {
 		}
 	}
 	return b.String()
+}
+
+// kubeletVolumeDir matches a kubelet volume directory, naming its plugin
+// and the volume.
+var kubeletVolumeDir = regexp.MustCompile(`/pods/[^/]+/volumes/kubernetes\.io~([^/]+)/([^/]+)(?:/mount)?$`)
+
+// unsupportedBind is the error for a bind of a host directory the VM has
+// no copy of: hostPath and filesystem persistent volumes, whose data lives
+// on the host and would reach the guest in the clear, unverified.
+func unsupportedBind(m specs.Mount) error {
+	const why = "a host directory cannot be shared into a confidential pod VM (hostPath and filesystem persistent volumes are not supported; ConfigMap, Secret, projected, downward-API, emptyDir and raw block volumes are)"
+	if v := kubeletVolumeDir.FindStringSubmatch(m.Source); v != nil {
+		return fmt.Errorf("volume %s (%s) at %q: bind mount of host path %q is not supported in the VM: %s", v[2], v[1], m.Destination, m.Source, why)
+	}
+	return fmt.Errorf("bind mount of host path %q to %q is not supported in the VM: %s", m.Source, m.Destination, why)
 }

@@ -216,6 +216,9 @@ func TestRewriteRefuses(t *testing.T) {
 		{name: "host dir bind", in: func(s *specs.Spec) {
 			s.Mounts = append(s.Mounts, specs.Mount{Destination: "/data", Type: "bind", Source: "/var/lib/kubelet/pods/u1d/volumes/x", Options: []string{"rbind"}})
 		}, wantErr: `bind mount of host path "/var/lib/kubelet/pods/u1d/volumes/x" to "/data"`},
+		{name: "persistent volume", in: func(s *specs.Spec) {
+			s.Mounts = append(s.Mounts, specs.Mount{Destination: "/data", Type: "bind", Source: "/var/lib/kubelet/pods/u1d/volumes/kubernetes.io~csi/pvc-1/mount", Options: []string{"rbind"}})
+		}, wantErr: `volume pvc-1 (csi) at "/data": bind mount of host path "/var/lib/kubelet/pods/u1d/volumes/kubernetes.io~csi/pvc-1/mount" is not supported in the VM: a host directory cannot be shared`},
 		{name: "host bind without shared file", input: func(in *Input) { in.SharedFiles = in.SharedFiles[1:] },
 			wantErr: `bind mount of host path "/var/lib/kubelet/pods/u1d/etc-hosts" to "/etc/hosts"`},
 		{name: "block device mount", in: func(s *specs.Spec) {
