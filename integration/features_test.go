@@ -39,7 +39,25 @@ func TestTaskAPI(t *testing.T) {
 		t.Run("checkpoint", func(t *testing.T) { s.checkpoint(t, handler, sleeper) })
 		t.Run("sysctls", func(t *testing.T) { s.sysctls(t, sleeper) })
 		t.Run("shared-pid-namespace", func(t *testing.T) { s.sharedPIDNamespace(t, pod, sleeper) })
+		t.Run("stop-after-exit", func(t *testing.T) { s.stopAfterExit(t, handler) })
 	})
+}
+
+// stopAfterExit: stopping a pod whose container exited a moment before
+// succeeds (the kubelet would retry a failed stop forever), as with runc,
+// whose shim takes signalling an exited process as done.
+func (s *suite) stopAfterExit(t *testing.T, handler string) {
+	for i := range 3 {
+		pod := s.runPod(t, handler, fmt.Sprintf("exited-%d", i))
+		c := s.startContainer(t, pod, "quick", "sh", "-c", "exit 0")
+		s.waitExited(t, c, time.Minute)
+		if err := s.cri.StopPod(s.ctx, pod.ID); err != nil {
+			t.Fatalf("stop of a pod whose container exited: %v", err)
+		}
+		if err := s.cri.RemovePod(s.ctx, pod.ID); err != nil {
+			t.Fatalf("remove: %v", err)
+		}
+	}
 }
 
 // sharedPIDNamespace: containers of a pod that shares its process
