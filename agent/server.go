@@ -77,7 +77,7 @@ func (s *Service) Serve(ctx context.Context, ls Listeners) error {
 	case <-ctx.Done():
 	case result = <-ended:
 		waiting--
-		if result == nil {
+		if result == nil && ctx.Err() == nil {
 			result = errors.New("agent: a server stopped on its own")
 		}
 	}

@@ -3,6 +3,7 @@ package agent
 import (
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -20,6 +21,7 @@ func kubeletTree(ts string, keys map[string]string) []*api.VolumeFile {
 	for k := range keys {
 		names = append(names, k)
 	}
+	slices.Sort(names) // as the shim reads a tree: in a stable order
 	for _, k := range names {
 		files = append(files, &api.VolumeFile{Path: payload + "/" + k, Type: api.VolumeFileRegular, Mode: 0o644, Gid: 2000, Content: []byte(keys[k])})
 	}
