@@ -167,6 +167,9 @@ type PodConfig struct {
 	// Sysctls are the pod's (linux.sysctls), as the kubelet sends a pod's
 	// securityContext.sysctls.
 	Sysctls map[string]string
+	// Privileged lets the pod have privileged containers (the kubelet sets
+	// it when one of them is; CRI refuses a privileged container otherwise).
+	Privileged bool
 }
 
 // DNSConfig is CRI's DNSConfig.
@@ -270,8 +273,15 @@ func (c *CRI) RunPod(ctx context.Context, pc PodConfig) (*Pod, error) {
 		// CRI refuses a hostname for a pod in the node's network
 		delete(cfg, "hostname")
 	}
+	podSecurity := map[string]any{}
 	if len(nsOptions) > 0 {
-		linux["security_context"] = map[string]any{"namespace_options": nsOptions}
+		podSecurity["namespace_options"] = nsOptions
+	}
+	if pc.Privileged {
+		podSecurity["privileged"] = true
+	}
+	if len(podSecurity) > 0 {
+		linux["security_context"] = podSecurity
 	}
 	cfg["linux"] = linux
 	if pc.DNS != nil {
@@ -367,6 +377,10 @@ type SecurityContext struct {
 	// CapAdd and CapDrop are capability names as the YAML writes them
 	// (NET_BIND_SERVICE, ALL).
 	CapAdd, CapDrop []string
+	// Privileged is securityContext.privileged: all capabilities and the
+	// node's devices, no seccomp, masked or read-only paths (the pod must
+	// be Privileged too).
+	Privileged bool
 	// Seccomp is the profile type: "RuntimeDefault", "Unconfined" (what
 	// the kubelet sends without a profile or seccompDefault), or "" to
 	// send none.
@@ -383,6 +397,9 @@ func (s *SecurityContext) json(sc map[string]any) error {
 	}
 	if len(s.SupplementalGroups) > 0 {
 		sc["supplemental_groups"] = s.SupplementalGroups
+	}
+	if s.Privileged {
+		sc["privileged"] = true
 	}
 	sc["readonly_rootfs"] = s.ReadOnlyRootfs
 	sc["no_new_privs"] = s.NoNewPrivs
