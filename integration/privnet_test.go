@@ -34,7 +34,7 @@ func TestPrivilegedNetworking(t *testing.T) {
 		// Containers of a pod share its network namespace (in a pod VM,
 		// the VM's): nettool and brctl work in new ones.
 		script := `nettool; echo "nettool-exit=$?"; ` +
-			`if busybox unshare -n busybox brctl addbr nt-ioctl; then echo brctl-addbr-ok; fi`
+			`if busybox unshare -n busybox brctl addbr nt-ioctl 2>&1; then echo brctl-addbr-ok; fi`
 		c := s.startWith(t, pod, harness.ContainerConfig{
 			Name: "nettool", Image: nettoolImage, Command: []string{"sh", "-c", script},
 			Security: &harness.SecurityContext{Privileged: true},

@@ -73,7 +73,7 @@ func newEnv() (*env, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open the new network namespace: %w", err)
 	}
-	links, err := netlink.NewHandleAt(ns)
+	links, err := netlink.NewHandleAt(ns, unix.NETLINK_ROUTE)
 	if err != nil {
 		return nil, fmt.Errorf("netlink in the new network namespace: %w", err)
 	}
