@@ -172,6 +172,29 @@ type PodConfig struct {
 	Privileged bool
 }
 
+// securityContext is the pod's linux.security_context (CRI JSON): its
+// namespace modes and whether it may have privileged containers.
+func (pc PodConfig) securityContext() map[string]any {
+	nsOptions := map[string]any{}
+	if pc.HostPID {
+		nsOptions["pid"] = namespaceModeNode
+	}
+	if pc.HostIPC {
+		nsOptions["ipc"] = namespaceModeNode
+	}
+	if pc.HostNetwork {
+		nsOptions["network"] = namespaceModeNode
+	}
+	sc := map[string]any{}
+	if len(nsOptions) > 0 {
+		sc["namespace_options"] = nsOptions
+	}
+	if pc.Privileged {
+		sc["privileged"] = true
+	}
+	return sc
+}
+
 // DNSConfig is CRI's DNSConfig.
 type DNSConfig struct {
 	Servers, Searches, Options []string
@@ -261,27 +284,12 @@ func (c *CRI) RunPod(ctx context.Context, pc PodConfig) (*Pod, error) {
 	if len(pc.Sysctls) > 0 {
 		linux["sysctls"] = pc.Sysctls
 	}
-	nsOptions := map[string]any{}
-	if pc.HostPID {
-		nsOptions["pid"] = namespaceModeNode
-	}
-	if pc.HostIPC {
-		nsOptions["ipc"] = namespaceModeNode
-	}
 	if pc.HostNetwork {
-		nsOptions["network"] = namespaceModeNode
 		// CRI refuses a hostname for a pod in the node's network
 		delete(cfg, "hostname")
 	}
-	podSecurity := map[string]any{}
-	if len(nsOptions) > 0 {
-		podSecurity["namespace_options"] = nsOptions
-	}
-	if pc.Privileged {
-		podSecurity["privileged"] = true
-	}
-	if len(podSecurity) > 0 {
-		linux["security_context"] = podSecurity
+	if sc := pc.securityContext(); len(sc) > 0 {
+		linux["security_context"] = sc
 	}
 	cfg["linux"] = linux
 	if pc.DNS != nil {
