@@ -34,7 +34,6 @@ type check struct {
 
 // env is the new network namespace the checks run in.
 type env struct {
-	ns      netns.NsHandle
 	links   *netlink.Handle
 	nftConn *nftables.Conn
 }
@@ -81,7 +80,7 @@ func newEnv() (*env, error) {
 	if err != nil {
 		return nil, fmt.Errorf("nftables connection in the new network namespace: %w", err)
 	}
-	return &env{ns: ns, links: links, nftConn: nftConn}, nil
+	return &env{links: links, nftConn: nftConn}, nil
 }
 
 var checks = []check{
@@ -205,7 +204,9 @@ func checkNftFilter(e *env) error {
 // checkNftNAT adds nat chains with masquerade and redirect rules to the
 // inet table, as a CNI plugin and a service-mesh init container do.
 func checkNftNAT(e *env) error {
-	table := &nftables.Table{Family: nftables.TableFamilyINet, Name: "nettool"}
+	// The filter check's table, made here too so that a failure there
+	// does not show here as a missing table.
+	table := e.nftConn.AddTable(&nftables.Table{Family: nftables.TableFamilyINet, Name: "nettool"})
 	post := e.nftConn.AddChain(&nftables.Chain{
 		Name: "postrouting", Table: table, Type: nftables.ChainTypeNAT,
 		Hooknum: nftables.ChainHookPostrouting, Priority: nftables.ChainPriorityNATSource,
