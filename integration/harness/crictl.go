@@ -167,6 +167,32 @@ type PodConfig struct {
 	// Sysctls are the pod's (linux.sysctls), as the kubelet sends a pod's
 	// securityContext.sysctls.
 	Sysctls map[string]string
+	// Privileged lets the pod have privileged containers (the kubelet sets
+	// it when one of them is; CRI refuses a privileged container otherwise).
+	Privileged bool
+}
+
+// securityContext is the pod's linux.security_context (CRI JSON): its
+// namespace modes and whether it may have privileged containers.
+func (pc PodConfig) securityContext() map[string]any {
+	nsOptions := map[string]any{}
+	if pc.HostPID {
+		nsOptions["pid"] = namespaceModeNode
+	}
+	if pc.HostIPC {
+		nsOptions["ipc"] = namespaceModeNode
+	}
+	if pc.HostNetwork {
+		nsOptions["network"] = namespaceModeNode
+	}
+	sc := map[string]any{}
+	if len(nsOptions) > 0 {
+		sc["namespace_options"] = nsOptions
+	}
+	if pc.Privileged {
+		sc["privileged"] = true
+	}
+	return sc
 }
 
 // DNSConfig is CRI's DNSConfig.
@@ -262,20 +288,12 @@ func (c *CRI) RunPod(ctx context.Context, pc PodConfig) (*Pod, error) {
 	if len(pc.Sysctls) > 0 {
 		linux["sysctls"] = pc.Sysctls
 	}
-	nsOptions := map[string]any{}
-	if pc.HostPID {
-		nsOptions["pid"] = namespaceModeNode
-	}
-	if pc.HostIPC {
-		nsOptions["ipc"] = namespaceModeNode
-	}
 	if pc.HostNetwork {
-		nsOptions["network"] = namespaceModeNode
 		// CRI refuses a hostname for a pod in the node's network
 		delete(cfg, "hostname")
 	}
-	if len(nsOptions) > 0 {
-		linux["security_context"] = map[string]any{"namespace_options": nsOptions}
+	if sc := pc.securityContext(); len(sc) > 0 {
+		linux["security_context"] = sc
 	}
 	cfg["linux"] = linux
 	if pc.DNS != nil {
@@ -376,6 +394,10 @@ type SecurityContext struct {
 	// CapAdd and CapDrop are capability names as the YAML writes them
 	// (NET_BIND_SERVICE, ALL).
 	CapAdd, CapDrop []string
+	// Privileged is securityContext.privileged: all capabilities and the
+	// node's devices, no seccomp, masked or read-only paths (the pod must
+	// be Privileged too).
+	Privileged bool
 	// Seccomp is the profile type: "RuntimeDefault", "Unconfined" (what
 	// the kubelet sends without a profile or seccompDefault), or "" to
 	// send none.
@@ -392,6 +414,9 @@ func (s *SecurityContext) json(sc map[string]any) error {
 	}
 	if len(s.SupplementalGroups) > 0 {
 		sc["supplemental_groups"] = s.SupplementalGroups
+	}
+	if s.Privileged {
+		sc["privileged"] = true
 	}
 	sc["readonly_rootfs"] = s.ReadOnlyRootfs
 	sc["no_new_privs"] = s.NoNewPrivs
