@@ -9,7 +9,13 @@ CACHE=${CONTRAST_CACHE:-$HOME/.cache/contrast}
 tarball=$(ls /usr/src/linux-source-6.12.tar.xz)
 srcver=$(dpkg-query -W -f='${Version}' linux-source-6.12)
 fragment=$here/vmimage/kernel/guest.config
-key=$( (echo "$srcver"; cat "$fragment") | sha256sum | cut -c1-16)
+# Reproducible build: a fixed timestamp, user, host and build number
+# (without KBUILD_BUILD_VERSION the version string counts the builds of the
+# tree, "#1", "#2", ..., so a rebuild differs in those bytes). They are part
+# of the key: a kernel built without them is not taken for one built with.
+KBUILD_BUILD_TIMESTAMP="1970-01-01" KBUILD_BUILD_USER=contrast KBUILD_BUILD_HOST=contrast KBUILD_BUILD_VERSION=1
+build_id="$KBUILD_BUILD_TIMESTAMP $KBUILD_BUILD_USER $KBUILD_BUILD_HOST $KBUILD_BUILD_VERSION"
+key=$( (echo "$srcver"; echo "$build_id"; cat "$fragment") | sha256sum | cut -c1-16)
 out=$CACHE/kernel/$key
 if [ -f "$out/bzImage" ]; then echo "$out/bzImage"; exit 0; fi
 mkdir -p "$CACHE/kernel"
@@ -21,8 +27,7 @@ if [ ! -d "$work/linux-source-6.12" ]; then
 fi
 cd "$work/linux-source-6.12"
 echo "==> configuring kernel (tinyconfig + $(basename "$fragment"))" >&2
-# reproducible build: fixed timestamp, user and host
-export KBUILD_BUILD_TIMESTAMP="1970-01-01" KBUILD_BUILD_USER=contrast KBUILD_BUILD_HOST=contrast
+export KBUILD_BUILD_TIMESTAMP KBUILD_BUILD_USER KBUILD_BUILD_HOST KBUILD_BUILD_VERSION
 make -s tinyconfig >/dev/null
 ./scripts/kconfig/merge_config.sh -m .config "$fragment" >/dev/null
 make -s olddefconfig >/dev/null
