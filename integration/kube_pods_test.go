@@ -661,19 +661,22 @@ spec:
 	})
 
 	t.Run("unsupported-volume", func(t *testing.T) {
-		// Until volumes reach the VM (issue 17), a pod that needs one fails
-		// with an event naming it; on runc it runs.
+		// A host directory (hostPath, as a filesystem persistent volume)
+		// cannot be shared into the pod VM: the pod fails with an event
+		// naming it and saying why; on runc it runs.
+		dir := t.TempDir()
 		vol := func(name, rc string) string {
 			return podSpec(name, rc, busybox("app", "echo ok >/scratch/f; exec sleep 3600",
-				"volumeMounts: [{name: scratch-space, mountPath: /scratch}]")) + "  volumes: [{name: scratch-space, emptyDir: {}}]\n"
+				"volumeMounts: [{name: node-dir, mountPath: /scratch}]")) +
+				fmt.Sprintf("  volumes: [{name: node-dir, hostPath: {path: %q, type: Directory}}]\n", dir)
 		}
 		ks.apply(t, vol("vol-runc", "runc"))
 		ks.wait(t, "pod/vol-runc", "condition=Ready", 3*time.Minute)
 		ks.apply(t, vol("vol-"+contrastHandler, contrastHandler))
 		msg := ks.waitEvent(t, "vol-"+contrastHandler, "Failed", 3*time.Minute)
 		t.Logf("event: %s", msg)
-		if !strings.Contains(msg, "scratch-space") || !strings.Contains(msg, "not supported") {
-			t.Errorf("the event does not name the volume and say it is not supported: %s", msg)
+		if !strings.Contains(msg, dir) || !strings.Contains(msg, "not supported") || !strings.Contains(msg, "hostPath") {
+			t.Errorf("the event does not name the host directory and say it is not supported, and why: %s", msg)
 		}
 		ks.kubectl(t, "delete", "pod", "vol-runc", "vol-"+contrastHandler, "--wait=true", "--timeout=2m")
 	})
