@@ -2,7 +2,6 @@ package agent
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"net"
 	"strconv"
@@ -10,6 +9,7 @@ import (
 	"time"
 
 	"github.com/containerd/log"
+	"github.com/contrast-vm/contrast/agent/stdio"
 	api "github.com/contrast-vm/contrast/api/agent"
 	"github.com/contrast-vm/contrast/internal/splice"
 	"github.com/contrast-vm/contrast/policy/enforce"
@@ -30,29 +30,15 @@ const (
 // ForwardPort) until ctx ends; each asks for one TCP connection to a port
 // on the pod's loopback (kubectl port-forward).
 func (s *Service) serveForward(ctx context.Context, l net.Listener) error {
-	stop := context.AfterFunc(ctx, func() { l.Close() })
-	defer stop()
-	defer l.Close()
 	var wg sync.WaitGroup
 	defer wg.Wait()
-	for {
-		conn, err := l.Accept()
-		if err != nil {
-			if ctx.Err() != nil {
-				return nil
-			}
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() {
-				continue
-			}
-			return fmt.Errorf("accept port-forward connection: %w", err)
-		}
+	return stdio.AcceptUntil(ctx, l, "port-forward", func(conn net.Conn) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			s.forward(ctx, conn)
 		}()
-	}
+	})
 }
 
 // forward serves one port-forward connection: it reads the header, has

@@ -57,6 +57,13 @@ func NewHub() *Hub {
 
 // Serve accepts stdio connections on l until ctx ends or l fails; it closes l.
 func (h *Hub) Serve(ctx context.Context, l net.Listener) error {
+	return AcceptUntil(ctx, l, "stdio", func(conn net.Conn) { go h.handle(ctx, conn) })
+}
+
+// AcceptUntil hands each connection accepted on l to handle until ctx ends
+// (then it returns nil) or l fails; it closes l. what names the
+// connections in its error.
+func AcceptUntil(ctx context.Context, l net.Listener, what string, handle func(net.Conn)) error {
 	stop := context.AfterFunc(ctx, func() { l.Close() })
 	defer stop()
 	defer l.Close()
@@ -70,9 +77,9 @@ func (h *Hub) Serve(ctx context.Context, l net.Listener) error {
 			if errors.As(err, &ne) && ne.Timeout() {
 				continue
 			}
-			return fmt.Errorf("accept stdio connection: %w", err)
+			return fmt.Errorf("accept %s connection: %w", what, err)
 		}
-		go h.handle(ctx, conn)
+		handle(conn)
 	}
 }
 
