@@ -57,7 +57,7 @@ func CheckVolumeTree(files []*VolumeFile) error {
 	types := map[string]string{}
 	for i, f := range files {
 		p := f.GetPath()
-		if err := checkRelative(p); err != nil {
+		if err := CheckRelativePath(p); err != nil {
 			return fmt.Errorf("files[%d]: path %q: %w", i, p, err)
 		}
 		if _, dup := types[p]; dup {
@@ -75,7 +75,7 @@ func CheckVolumeTree(files []*VolumeFile) error {
 				return fmt.Errorf("files[%d]: directory %q has content", i, p)
 			}
 		case VolumeFileSymlink:
-			if err := checkRelative(f.GetTarget()); err != nil {
+			if err := CheckRelativePath(f.GetTarget()); err != nil {
 				return fmt.Errorf("files[%d]: symlink %q: target %q: %w", i, p, f.GetTarget(), err)
 			}
 			if len(f.GetContent()) > 0 {
@@ -96,11 +96,7 @@ func CheckVolumeTree(files []*VolumeFile) error {
 // CheckRelativePath requires a relative, clean path without "." or ".."
 // components: one that stays below the directory it is taken from, as long
 // as no symlink is followed.
-func CheckRelativePath(p string) error { return checkRelative(p) }
-
-// checkRelative requires a relative, clean path without "." or ".."
-// components.
-func checkRelative(p string) error {
+func CheckRelativePath(p string) error {
 	switch {
 	case p == "":
 		return fmt.Errorf("empty")
