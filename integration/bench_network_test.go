@@ -1,11 +1,15 @@
 package integration
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
 	"net"
 	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -72,18 +76,25 @@ func BenchmarkPodNetwork(b *testing.B) {
 	if err != nil || st.IP == "" {
 		b.Fatalf("pod IP: %q %v", st.IP, err)
 	}
-	s.startContainer(b, pod, "sink", "sh", "-c", sinkCommand("/count"))
+	sink := s.startContainer(b, pod, "sink", "sh", "-c", sinkCommand("/count"))
 	bare, tc := hostTapLink(b), netnsTapLink(b)
-	startBareNetVM(b, s.env, bare)
-	startBareNetVM(b, s.env, tc)
+	// The shim runs a pod's QEMU in the pod's cgroup below the CRI cgroup
+	// parent: the bare VMs get cgroups of their own beside it, so that the
+	// host's scheduler weighs the three VMs alike.
+	barePID := startBareNetVM(b, s.env, bare)
+	joinCPUCgroup(b, s.c.CgroupParent, bare.name, barePID)
+	tcPID := startBareNetVM(b, s.env, tc)
+	joinCPUCgroup(b, s.c.CgroupParent, tc.name, tcPID)
 	sides := []struct {
-		name string
-		addr string
-		took time.Duration
+		name    string
+		addr    string
+		qemuPID int
+		took    time.Duration
+		cpu     time.Duration // QEMU's user and system time
 	}{
-		{name: "pod", addr: net.JoinHostPort(st.IP, "5001")},
-		{name: "tc", addr: net.JoinHostPort(tc.guest.IP.String(), "5001")},
-		{name: "bare", addr: net.JoinHostPort(bare.guest.IP.String(), "5001")},
+		{name: "pod", addr: net.JoinHostPort(st.IP, "5001"), qemuPID: podQEMU(b, s, pod, sink)},
+		{name: "tc", addr: net.JoinHostPort(tc.guest.IP.String(), "5001"), qemuPID: tcPID},
+		{name: "bare", addr: net.JoinHostPort(bare.guest.IP.String(), "5001"), qemuPID: barePID},
 	}
 
 	// The first connection waits for each server to listen.
@@ -101,22 +112,94 @@ func BenchmarkPodNetwork(b *testing.B) {
 		for t := 0; t < transfers; t++ {
 			for k := range sides {
 				side := &sides[(t+k)%len(sides)]
+				cpuBefore := processCPU(b, side.qemuPID)
 				d, err := sendCounted(s.ctx, side.addr, size, 10*time.Second)
 				if err != nil {
 					b.Fatalf("transfer to %s (%s): %v", side.name, side.addr, err)
 				}
 				side.took += d
+				side.cpu += processCPU(b, side.qemuPID) - cpuBefore
 			}
 		}
 	}
 	b.StopTimer()
-	mbps := map[string]float64{}
+	megabytes := float64(transfers*size) * float64(b.N) / 1e6
+	mbps, cpuPerMB := map[string]float64{}, map[string]float64{}
 	for _, side := range sides {
-		mbps[side.name] = float64(transfers*size) * float64(b.N) / 1e6 / side.took.Seconds()
+		mbps[side.name] = megabytes / side.took.Seconds()
+		cpuPerMB[side.name] = float64(side.cpu.Milliseconds()) / megabytes
 		b.ReportMetric(mbps[side.name], side.name+"-tcp-MB/s")
+		b.ReportMetric(cpuPerMB[side.name], side.name+"-qemu-CPU-ms/MB")
 	}
 	b.ReportMetric(mbps["pod"]/mbps["bare"], "pod/bare")
 	b.ReportMetric(mbps["tc"]/mbps["bare"], "tc/bare")
+	// Under TCG the guest's CPU is the bottleneck and the host's CPUs are
+	// shared with whatever else runs: what each byte costs QEMU tells the
+	// paths apart when the throughputs vary with the load.
+	b.ReportMetric(cpuPerMB["pod"]/cpuPerMB["bare"], "pod/bare-CPU-per-MB")
+}
+
+// podQEMU is the pid of the pod's QEMU.
+func podQEMU(b *testing.B, s *suite, pod *harness.Pod, c *harness.Container) int {
+	tr, err := s.c.TracePod(pod.ID, c.ID)
+	if err != nil {
+		b.Fatal(err)
+	}
+	for _, p := range tr.Processes {
+		if f := strings.Fields(p.Cmdline); len(f) > 0 && strings.Contains(filepath.Base(f[0]), "qemu-system") {
+			return p.PID
+		}
+	}
+	b.Fatalf("no QEMU among the pod's processes %v", tr.Processes)
+	return 0
+}
+
+// processCPU is the user and system time pid has used.
+func processCPU(b *testing.B, pid int) time.Duration {
+	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		b.Fatal(err)
+	}
+	// The fields after the command name, which is in parentheses and may
+	// hold spaces: utime and stime are the 14th and 15th of the line.
+	i := bytes.LastIndexByte(stat, ')')
+	f := strings.Fields(string(stat[i+1:]))
+	if i < 0 || len(f) < 13 {
+		b.Fatalf("/proc/%d/stat: %q", pid, stat)
+	}
+	var ticks int64
+	for _, v := range f[11:13] {
+		n, err := strconv.ParseInt(v, 10, 64)
+		if err != nil {
+			b.Fatalf("/proc/%d/stat: %q", pid, stat)
+		}
+		ticks += n
+	}
+	// USER_HZ is 100 on every Linux architecture Go supports here.
+	return time.Duration(ticks) * 10 * time.Millisecond
+}
+
+// joinCPUCgroup moves pid into a new cpu cgroup named for the side below
+// parent, as a pod's QEMU is below it; the cgroup is removed when b ends.
+func joinCPUCgroup(b *testing.B, parent, name string, pid int) {
+	root := "/sys/fs/cgroup/cpu" // cgroup v1
+	if _, err := os.Stat(root); err != nil {
+		root = "/sys/fs/cgroup" // unified
+	}
+	dir := filepath.Join(root, parent, "net-bench-"+name)
+	if err := os.Mkdir(dir, 0o755); err != nil {
+		b.Fatalf("cgroup for the %s VM: %v", name, err)
+	}
+	b.Cleanup(func() {
+		// The VM may still run: it goes back to the root cgroup first.
+		_ = os.WriteFile(filepath.Join(root, "cgroup.procs"), []byte(strconv.Itoa(pid)), 0)
+		if err := os.Remove(dir); err != nil {
+			b.Errorf("remove cgroup %s: %v", dir, err)
+		}
+	})
+	if err := os.WriteFile(filepath.Join(dir, "cgroup.procs"), []byte(strconv.Itoa(pid)), 0); err != nil {
+		b.Fatalf("move the %s VM into cgroup %s: %v", name, dir, err)
+	}
 }
 
 // sinkCommand is the sink's shell command; its script is written to path.
@@ -125,7 +208,8 @@ func sinkCommand(path string) string { return fmt.Sprintf(sinkScript, path, path
 // startBareNetVM boots the guest image as the shim would, with one network
 // card on link's tap, and has its agent configure the card and start the
 // sink container from a busybox disk; everything is removed when b ends.
-func startBareNetVM(b *testing.B, env harness.Env, link *bareLink) {
+// It returns QEMU's pid.
+func startBareNetVM(b *testing.B, env harness.Env, link *bareLink) (qemuPID int) {
 	testimage.Require(b)
 	ctx := context.Background()
 	im, err := vmimage.Load(env.ImageDir)
@@ -206,6 +290,7 @@ func startBareNetVM(b *testing.B, env harness.Env, link *bareLink) {
 	if _, err := agent.StartContainer(ctx, &agentapi.ContainerRequest{ContainerId: "sink"}); err != nil {
 		b.Fatalf("bare VM: start the sink container: %v", err)
 	}
+	return vm.Pid()
 }
 
 // hostTapLink creates the bare VM's tap in the host namespace, opened as
