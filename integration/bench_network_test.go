@@ -116,7 +116,7 @@ func BenchmarkPodNetwork(b *testing.B) {
 	// The VMs share the host's CPUs with everything else running, so each
 	// side gets the same bytes in several shorter transfers, the order
 	// rotating, rather than one long transfer each.
-	const transfers, size = 4, 8 << 20
+	const transfers, size = 6, 8 << 20
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
 		for t := 0; t < transfers; t++ {
