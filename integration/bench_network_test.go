@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -98,6 +99,14 @@ func BenchmarkPodNetwork(b *testing.B) {
 		{name: "bare", addr: net.JoinHostPort(bare.guest.IP.String(), "5001"), qemuPID: barePID},
 	}
 
+	// The baseline is the same network card: the pod's QEMU comes from the
+	// shim under test, the bare ones from this tree's hypervisor/qemu.
+	podNIC := nicArgs(b, sides[0].qemuPID)
+	for _, side := range sides[1:] {
+		if nic := nicArgs(b, side.qemuPID); !slices.Equal(nic, podNIC) {
+			b.Fatalf("the pod's network card is %q, the %s VM's %q: is the shim built from this tree?", podNIC, side.name, nic)
+		}
+	}
 	// The first connection waits for each server to listen.
 	for _, side := range sides {
 		if _, err := sendCounted(s.ctx, side.addr, 1, time.Minute); err != nil {
@@ -165,6 +174,33 @@ func podQEMU(b *testing.B, s *suite, pod *harness.Pod, c *harness.Container) int
 	}
 	b.Fatalf("no QEMU among the pod's processes %v", tr.Processes)
 	return 0
+}
+
+// nicArgs are the -netdev and virtio-net-pci arguments of the QEMU at pid,
+// without the MAC, which is each VM's own.
+func nicArgs(b *testing.B, pid int) []string {
+	cmdline, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+	if err != nil {
+		b.Fatal(err)
+	}
+	args := strings.Split(strings.TrimSuffix(string(cmdline), "\x00"), "\x00")
+	var nic []string
+	for i := 1; i < len(args); i++ {
+		if args[i-1] != "-netdev" && !strings.HasPrefix(args[i], "virtio-net-pci,") {
+			continue
+		}
+		var opts []string
+		for _, opt := range strings.Split(args[i], ",") {
+			if !strings.HasPrefix(opt, "mac=") {
+				opts = append(opts, opt)
+			}
+		}
+		nic = append(nic, strings.Join(opts, ","))
+	}
+	if len(nic) == 0 {
+		b.Fatalf("QEMU %d has no network card: %q", pid, args)
+	}
+	return nic
 }
 
 // processCPU is the user and system time pid has used.
