@@ -68,7 +68,9 @@ const sinkScript = `printf '#!/bin/sh\nexec wc -c\n' > %s && chmod +x %s && exec
 // ("tc"), which tells what our network path costs apart from the rest of
 // the pod. All run the same sink (busybox nc into `wc -c` in a container
 // the agent starts) and get the same bytes, alternately, in the same run.
-// Metrics: pod-, tc- and bare-tcp-MB/s, pod/bare and tc/bare.
+// Metrics per side: tcp-MB/s, QEMU's CPU ms per MB beyond its idle cost,
+// and its idle CPU %; the ratios pod/bare and tc/bare of throughput and
+// pod/bare-CPU-per-MB.
 func BenchmarkPodNetwork(b *testing.B) {
 	s := newSuite(b, handlerSpec{name: contrastHandler})
 
