@@ -14,14 +14,18 @@ import (
 	"github.com/contrast-vm/contrast/agent/stdio"
 	api "github.com/contrast-vm/contrast/api/agent"
 	"github.com/contrast-vm/contrast/api/lifecycle"
+	"golang.org/x/sys/unix"
 )
 
 // process is a container's init or exec process.
 type process struct {
 	containerID, execID string
 	pid                 int
-	stdin               *stdio.Input
-	outputs             []*stdio.Output
+	// began is when the agent started runc for the process: an exec's
+	// exit minus began is what the exec took inside the VM.
+	began   time.Time
+	stdin   *stdio.Input
+	outputs []*stdio.Output
 	// console is the pty master of a process with a terminal (for
 	// ResizePty), closed once the process is done.
 	console *os.File
@@ -59,6 +63,14 @@ func (p *process) started() {
 	if lifecycle.Legal(p.st, lifecycle.Running) {
 		p.st = lifecycle.Running
 	}
+}
+
+// runTime is how long the process took from began to its exit, valid
+// once exited is closed.
+func (p *process) runTime() time.Duration {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.exit.Time.Sub(p.began)
 }
 
 // result is the exit, valid once done is closed.
@@ -204,7 +216,28 @@ func newProcIO(st *api.Stdio, uid, gid uint32, dir string) (_ *procIO, err error
 	if pio.stderrR, pio.child.Stderr, err = pipe("stderr", st.Stderr, false); err != nil {
 		return nil, err
 	}
+	for _, r := range []*os.File{pio.stdoutR, pio.stderrR} {
+		if r != nil {
+			growPipe(r, stdio.OutputPipeSize)
+		}
+	}
 	return pio, nil
+}
+
+// growPipe gives an output pipe more room, so that the process and the
+// copier take turns less often. A pipe that stays small still works:
+// the failure is only logged.
+func growPipe(f *os.File, size int) {
+	rc, err := f.SyscallConn()
+	if err == nil {
+		cerr := rc.Control(func(fd uintptr) { _, err = unix.FcntlInt(fd, unix.F_SETPIPE_SZ, size) })
+		if cerr != nil {
+			err = cerr
+		}
+	}
+	if err != nil {
+		log.L.WithError(err).Debugf("stdio: pipe capacity stays below %d bytes", size)
+	}
 }
 
 // receiveTerminal takes the pty master of a terminal process once runc has

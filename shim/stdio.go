@@ -115,10 +115,15 @@ func openHostIO(ctx context.Context, tr hypervisor.Transport, namespace, contain
 	return h, nil
 }
 
+// outputChunk is the most copyOutput moves per read and write: large, so
+// that a fast stream crosses the vsock back-end's lock and the sink in few
+// steps (the back-end gives the guest 256 KiB of credit per connection).
+const outputChunk = 256 << 10
+
 // copyOutput copies one output stream to its sink. When the sink fails (no
 // reader any more), the stream is still drained so the process never blocks.
 func copyOutput(ctx context.Context, sink io.Writer, conn net.Conn, containerID string, stream agentapi.Stream) {
-	if _, err := io.Copy(sink, conn); err != nil {
+	if _, err := io.CopyBuffer(onlyWriter{sink}, conn, make([]byte, outputChunk)); err != nil {
 		log.G(ctx).WithError(err).WithFields(log.Fields{"container": containerID, "stream": stream}).Warn("output copy failed; discarding the rest")
 		_, _ = io.Copy(io.Discard, conn)
 	}
@@ -255,6 +260,10 @@ func openSinks(ctx context.Context, namespace, id string, paths stdioPaths, clos
 	}
 	return nil, nil, fmt.Errorf("log uri %q: unsupported scheme %q (want fifo path, file:// or binary://)", uri, u.Scheme)
 }
+
+// onlyWriter hides a sink's ReadFrom, so that io.CopyBuffer uses the
+// buffer it is given (an *os.File's ReadFrom copies through 32 KiB).
+type onlyWriter struct{ io.Writer }
 
 // lockedWriter serializes writes of two streams into one file.
 func lockedWriter(w io.Writer) io.Writer { return &syncWriter{w: w} }
