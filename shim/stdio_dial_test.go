@@ -18,10 +18,10 @@ import (
 type barrierTransport struct {
 	want, failAt int
 
-	mu      sync.Mutex
-	dials   int
-	all     chan struct{}
-	closed  int
+	mu     sync.Mutex
+	dials  int
+	all    chan struct{}
+	closed int
 }
 
 type trackedConn struct {
