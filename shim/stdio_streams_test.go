@@ -5,9 +5,14 @@ import (
 	"errors"
 	"io"
 	"net"
+	"os"
+	"path/filepath"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	agentapi "github.com/contrast-vm/contrast/api/agent"
 )
@@ -91,5 +96,35 @@ func TestDialStreamsFailureClosesTheOthers(t *testing.T) {
 	defer tr.mu.Unlock()
 	if tr.closed != len(streams)-1 {
 		t.Errorf("%d of the %d connections that opened were closed", tr.closed, len(streams)-1)
+	}
+}
+
+// An output FIFO the shim writes to holds outputFIFOSize bytes: the shim
+// and containerd's reader take turns per megabyte, not per 64 KiB.
+func TestOutputFIFOSize(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "stdout")
+	if err := syscall.Mkfifo(path, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	reader, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NONBLOCK, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer reader.Close()
+	var closers []func() error
+	if _, _, err := openSinks(context.Background(), "k8s.io", "c1", stdioPaths{Stdout: path}, &closers); err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		for i := len(closers) - 1; i >= 0; i-- {
+			closers[i]()
+		}
+	}()
+	size, err := unix.FcntlInt(reader.Fd(), unix.F_GETPIPE_SZ, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if size != outputFIFOSize {
+		t.Errorf("the FIFO holds %d bytes, want %d", size, outputFIFOSize)
 	}
 }
