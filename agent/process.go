@@ -14,7 +14,7 @@ import (
 	"github.com/contrast-vm/contrast/agent/stdio"
 	api "github.com/contrast-vm/contrast/api/agent"
 	"github.com/contrast-vm/contrast/api/lifecycle"
-	"golang.org/x/sys/unix"
+	"github.com/contrast-vm/contrast/internal/pipes"
 )
 
 // process is a container's init or exec process.
@@ -216,28 +216,17 @@ func newProcIO(st *api.Stdio, uid, gid uint32, dir string) (_ *procIO, err error
 	if pio.stderrR, pio.child.Stderr, err = pipe("stderr", st.Stderr, false); err != nil {
 		return nil, err
 	}
+	// More room: the process and the copier take turns less often. A
+	// pipe that stays small still works.
 	for _, r := range []*os.File{pio.stdoutR, pio.stderrR} {
-		if r != nil {
-			growPipe(r, stdio.OutputPipeSize)
+		if r == nil {
+			continue
+		}
+		if err := pipes.Grow(r, stdio.OutputPipeSize); err != nil {
+			log.L.WithError(err).Debug("stdio: output pipe keeps its size")
 		}
 	}
 	return pio, nil
-}
-
-// growPipe gives an output pipe more room, so that the process and the
-// copier take turns less often. A pipe that stays small still works:
-// the failure is only logged.
-func growPipe(f *os.File, size int) {
-	rc, err := f.SyscallConn()
-	if err == nil {
-		cerr := rc.Control(func(fd uintptr) { _, err = unix.FcntlInt(fd, unix.F_SETPIPE_SZ, size) })
-		if cerr != nil {
-			err = cerr
-		}
-	}
-	if err != nil {
-		log.L.WithError(err).Debugf("stdio: pipe capacity stays below %d bytes", size)
-	}
 }
 
 // receiveTerminal takes the pty master of a terminal process once runc has

@@ -1,11 +1,12 @@
 package agent
 
 import (
+	"os"
 	"testing"
 
 	"github.com/contrast-vm/contrast/agent/stdio"
 	api "github.com/contrast-vm/contrast/api/agent"
-	"golang.org/x/sys/unix"
+	"github.com/contrast-vm/contrast/internal/pipes"
 )
 
 // The output pipes get stdio.OutputPipeSize of room, no more (a host that
@@ -18,19 +19,19 @@ func TestProcIOPipeSizes(t *testing.T) {
 	}
 	defer pio.closeAgent()
 	defer pio.closeChild()
-	size := func(fd uintptr) int {
-		n, err := unix.FcntlInt(fd, unix.F_GETPIPE_SZ, 0)
+	size := func(f *os.File) int {
+		n, err := pipes.Size(f)
 		if err != nil {
 			t.Fatal(err)
 		}
 		return n
 	}
-	for name, fd := range map[string]uintptr{"stdout": pio.stdoutR.Fd(), "stderr": pio.stderrR.Fd()} {
-		if got := size(fd); got != stdio.OutputPipeSize {
+	for name, f := range map[string]*os.File{"stdout": pio.stdoutR, "stderr": pio.stderrR} {
+		if got := size(f); got != stdio.OutputPipeSize {
 			t.Errorf("%s pipe holds %d bytes, want %d", name, got, stdio.OutputPipeSize)
 		}
 	}
-	if got := size(pio.stdinW.Fd()); got >= stdio.OutputPipeSize {
+	if got := size(pio.stdinW); got >= stdio.OutputPipeSize {
 		t.Errorf("stdin pipe holds %d bytes, want the default", got)
 	}
 }

@@ -16,10 +16,10 @@ import (
 
 	"github.com/containerd/fifo"
 	"github.com/containerd/log"
-	"golang.org/x/sys/unix"
 
 	agentapi "github.com/contrast-vm/contrast/api/agent"
 	"github.com/contrast-vm/contrast/hypervisor"
+	"github.com/contrast-vm/contrast/internal/pipes"
 )
 
 // hostIO bridges a process's stdio endpoints on the host (containerd's
@@ -281,7 +281,9 @@ func openSinks(ctx context.Context, namespace, id string, paths stdioPaths, clos
 				return nil, fmt.Errorf("open output %s for reading: %w", path, err)
 			}
 			*closers = append(*closers, keep.Close)
-			growFIFO(keep, outputFIFOSize)
+			if err := pipes.Grow(keep, outputFIFOSize); err != nil {
+				log.G(ctx).WithError(err).Debug("output FIFO keeps its size")
+			}
 			return f, nil
 		}
 		if stdout, err = open(paths.Stdout); err != nil {
@@ -314,23 +316,9 @@ func openSinks(ctx context.Context, namespace, id string, paths stdioPaths, clos
 // reader take turns less often. The kernel bounds it (fs.pipe-max-size).
 const outputFIFOSize = 1 << 20
 
-// growFIFO gives a FIFO more room; one that stays small still works, so a
-// failure is only logged.
-func growFIFO(f *os.File, size int) {
-	rc, err := f.SyscallConn()
-	if err == nil {
-		cerr := rc.Control(func(fd uintptr) { _, err = unix.FcntlInt(fd, unix.F_SETPIPE_SZ, size) })
-		if cerr != nil {
-			err = cerr
-		}
-	}
-	if err != nil {
-		log.L.WithError(err).WithField("fifo", f.Name()).Debugf("output FIFO stays below %d bytes", size)
-	}
-}
-
 // onlyWriter hides a sink's ReadFrom, so that io.CopyBuffer uses the
-// buffer it is given (an *os.File's ReadFrom copies through 32 KiB).
+// buffer it is given (the pipe of a binary:// logger is an *os.File, whose
+// ReadFrom falls back to copies of 32 KiB from a vsock connection).
 type onlyWriter struct{ io.Writer }
 
 // lockedWriter serializes writes of two streams into one file.

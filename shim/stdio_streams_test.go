@@ -12,9 +12,8 @@ import (
 	"testing"
 	"time"
 
-	"golang.org/x/sys/unix"
-
 	agentapi "github.com/contrast-vm/contrast/api/agent"
+	"github.com/contrast-vm/contrast/internal/pipes"
 )
 
 // barrierTransport answers a dial only once want dials wait at once (each
@@ -120,7 +119,7 @@ func TestOutputFIFOSize(t *testing.T) {
 			closers[i]()
 		}
 	}()
-	size, err := unix.FcntlInt(reader.Fd(), unix.F_GETPIPE_SZ, 0)
+	size, err := pipes.Size(reader)
 	if err != nil {
 		t.Fatal(err)
 	}
