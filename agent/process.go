@@ -14,14 +14,18 @@ import (
 	"github.com/contrast-vm/contrast/agent/stdio"
 	api "github.com/contrast-vm/contrast/api/agent"
 	"github.com/contrast-vm/contrast/api/lifecycle"
+	"github.com/contrast-vm/contrast/internal/pipes"
 )
 
 // process is a container's init or exec process.
 type process struct {
 	containerID, execID string
 	pid                 int
-	stdin               *stdio.Input
-	outputs             []*stdio.Output
+	// began is when the agent started runc for the process: an exec's
+	// exit minus began is what the exec took inside the VM.
+	began   time.Time
+	stdin   *stdio.Input
+	outputs []*stdio.Output
 	// console is the pty master of a process with a terminal (for
 	// ResizePty), closed once the process is done.
 	console *os.File
@@ -59,6 +63,14 @@ func (p *process) started() {
 	if lifecycle.Legal(p.st, lifecycle.Running) {
 		p.st = lifecycle.Running
 	}
+}
+
+// runTime is how long the process took from began to its exit, valid
+// once exited is closed.
+func (p *process) runTime() time.Duration {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.exit.Time.Sub(p.began)
 }
 
 // result is the exit, valid once done is closed.
@@ -203,6 +215,16 @@ func newProcIO(st *api.Stdio, uid, gid uint32, dir string) (_ *procIO, err error
 	}
 	if pio.stderrR, pio.child.Stderr, err = pipe("stderr", st.Stderr, false); err != nil {
 		return nil, err
+	}
+	// More room: the process and the copier take turns less often. A
+	// pipe that stays small still works.
+	for _, r := range []*os.File{pio.stdoutR, pio.stderrR} {
+		if r == nil {
+			continue
+		}
+		if err := pipes.Grow(r, stdio.OutputPipeSize); err != nil {
+			log.L.WithError(err).Debug("stdio: output pipe keeps its size")
+		}
 	}
 	return pio, nil
 }

@@ -108,11 +108,15 @@ func addrOf(l net.Listener) any {
 func (s *Service) intercept(ctx context.Context, unmarshal ttrpc.Unmarshaler, info *ttrpc.UnaryServerInfo, method ttrpc.Method) (any, error) {
 	start := time.Now()
 	var allowed any // the request, once the gate allowed it
+	var judged time.Duration
 	checked := func(req any) error {
 		if err := unmarshal(req); err != nil {
 			return err
 		}
-		if err := s.policy.authorize(ctx, info.FullMethod, req); err != nil {
+		begin := time.Now()
+		err := s.policy.authorize(ctx, info.FullMethod, req)
+		judged = time.Since(begin)
+		if err != nil {
 			return err
 		}
 		allowed = req
@@ -122,7 +126,8 @@ func (s *Service) intercept(ctx context.Context, unmarshal ttrpc.Unmarshaler, in
 	if allowed != nil {
 		s.policy.done(info.FullMethod, allowed, err)
 	}
-	lg := log.G(ctx).WithField("method", info.FullMethod).WithField("duration", time.Since(start).Round(time.Microsecond))
+	lg := log.G(ctx).WithField("method", info.FullMethod).WithField("duration", time.Since(start).Round(time.Microsecond)).
+		WithField("policy", judged.Round(time.Microsecond))
 	switch {
 	case err != nil && ctx.Err() != nil:
 		// The host gave up waiting (a long poll, a dropped connection).

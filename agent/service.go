@@ -670,6 +670,7 @@ func (s *Service) startExec(ctx context.Context, c *container, execID string, st
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", what, err)
 	}
+	began := time.Now()
 	rp, err := s.runc.Exec(ctx, c.id, base+".json", base+".pid", base+".log", pio.child)
 	pio.closeChild()
 	if err != nil {
@@ -684,6 +685,7 @@ func (s *Service) startExec(ctx context.Context, c *container, execID string, st
 		return nil, fmt.Errorf("%s: %w", what, err)
 	}
 	p := newProcess(c.id, execID, rp.Pid)
+	p.began = began
 	p.onExit = c.oom.check
 	pio.start(context.WithoutCancel(ctx), s.hub, s.cfg.StdioTimeout, p, rp.Exit, s.policy.discardOutput(c.id))
 	return p, nil
@@ -757,6 +759,8 @@ func (s *Service) WaitProcess(ctx context.Context, req *api.ProcessRequest) (*ap
 	resp := &api.WaitProcessResponse{ExitStatus: e.Code(), ExitedAtUnixNano: e.Time.UnixNano()}
 	if req.ExecId == "" {
 		resp.WrittenBack = s.writtenBack(ctx, c)
+	} else {
+		resp.RuncExecNanos = p.runTime().Nanoseconds()
 	}
 	return resp, nil
 }

@@ -333,8 +333,8 @@ func TestService(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if w.ExitStatus != 3 || time.Since(time.Unix(0, w.ExitedAtUnixNano)) > time.Minute {
-			t.Errorf("wait: %+v, want exit 3 just now", w)
+		if w.ExitStatus != 3 || time.Since(time.Unix(0, w.ExitedAtUnixNano)) > time.Minute || w.RuncExecNanos != 0 {
+			t.Errorf("wait: %+v, want exit 3 just now (and no exec time: an init process)", w)
 		}
 		// Everything is on the connection by now: the reader ends promptly.
 		var got []string
@@ -387,6 +387,10 @@ func TestService(t *testing.T) {
 		w, err := h.wait(ctx, "c2", "e1")
 		if err != nil || w.ExitStatus != 5 {
 			t.Fatalf("exec e1: %+v %v", w, err)
+		}
+		// The guest's own time of the exec, runc included.
+		if d := time.Duration(w.RuncExecNanos); d <= 0 || d > time.Minute {
+			t.Errorf("exec e1: runc exec took %v by the agent's clock, want a positive time under a minute", d)
 		}
 		if b, _ := io.ReadAll(out); string(b) != "10.0.0.7 pod\nfrom the image\n" {
 			t.Errorf("exec e1 output %q", b)

@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"slices"
 	"sync"
+	"time"
 
 	taskAPI "github.com/containerd/containerd/api/runtime/task/v3"
 	"github.com/containerd/errdefs"
@@ -192,16 +193,21 @@ func attachRootfsDisk(ctx context.Context, p *pod, c *container, r *taskAPI.Crea
 // withHostIO connects a process's stdio to the guest, then has the agent
 // start it; the streams are closed again when that fails.
 func withHostIO(ctx context.Context, pd *pod, p *process, start func(*agentapi.Stdio) (uint32, error)) (uint32, error) {
+	begin := time.Now()
 	io, err := openHostIO(ctx, pd.vm, namespaceOf(ctx), p.containerID, p.execID, p.stdio)
 	if err != nil {
 		return 0, err
 	}
+	connected := time.Now()
 	pid, err := start(stdioFlags(p.stdio))
 	if err != nil {
 		io.close()
 		return 0, err
 	}
 	p.io = io
+	log.G(ctx).WithFields(log.Fields{
+		"stdio_us": connected.Sub(begin).Microseconds(), "start_us": time.Since(connected).Microseconds(),
+	}).Debugf("%s started in the guest", p.name())
 	return pid, nil
 }
 

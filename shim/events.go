@@ -100,10 +100,19 @@ func (s *service) waitProcess(pd *pod, c *container, p *process) {
 		}
 		return
 	}
+	waited := time.Now()
 	if p.io != nil {
 		if err := p.io.waitOutput(s.ctx); err != nil {
 			log.G(s.ctx).WithError(err).Warn("output of " + p.name() + " incomplete")
 		}
+	}
+	if p.execID != "" {
+		// What the exec took in the guest, runc included: the rest of an
+		// exec's round trip is the host's and the protocol's.
+		log.G(s.ctx).WithFields(log.Fields{
+			"container": p.containerID, "exec": p.execID, "guest_runc_exec_us": resp.RuncExecNanos / 1000,
+			"output_wait_us": time.Since(waited).Microseconds(),
+		}).Debug("exec ended in the guest")
 	}
 	if p.execID == "" {
 		// Before the exit is out: the kubelet reads the termination

@@ -19,6 +19,7 @@ import (
 
 	agentapi "github.com/contrast-vm/contrast/api/agent"
 	"github.com/contrast-vm/contrast/hypervisor"
+	"github.com/contrast-vm/contrast/internal/pipes"
 )
 
 // hostIO bridges a process's stdio endpoints on the host (containerd's
@@ -57,35 +58,35 @@ func openHostIO(ctx context.Context, tr hypervisor.Transport, namespace, contain
 	if err != nil {
 		return nil, err
 	}
-	dial := func(stream agentapi.Stream) (net.Conn, error) {
-		conn, err := tr.Dial(ctx, agentapi.StdioPort)
-		if err != nil {
-			return nil, fmt.Errorf("connect %s of %s: %w", stream, containerID, err)
-		}
-		hdr := agentapi.StdioHeader{ContainerID: containerID, ExecID: execID, Stream: stream}
-		if _, err := hdr.WriteTo(conn); err != nil {
-			conn.Close()
-			return nil, fmt.Errorf("send %s header of %s: %w", stream, containerID, err)
-		}
-		h.closers = append(h.closers, conn.Close)
-		return conn, nil
-	}
+	var streams []agentapi.Stream
 	for _, out := range []struct {
 		stream agentapi.Stream
 		sink   io.Writer
 	}{{agentapi.StreamStdout, stdout}, {agentapi.StreamStderr, stderr}} {
-		if out.sink == nil {
+		if out.sink != nil {
+			streams = append(streams, out.stream)
+		}
+	}
+	if paths.Stdin != "" {
+		streams = append(streams, agentapi.StreamStdin)
+	}
+	conns, err := dialStreams(ctx, tr, containerID, execID, streams)
+	if err != nil {
+		return nil, err
+	}
+	for _, conn := range conns {
+		h.closers = append(h.closers, conn.Close)
+	}
+	for stream, sink := range map[agentapi.Stream]io.Writer{agentapi.StreamStdout: stdout, agentapi.StreamStderr: stderr} {
+		conn := conns[stream]
+		if conn == nil {
 			continue
 		}
-		conn, err := dial(out.stream)
-		if err != nil {
-			return nil, err
-		}
 		h.output.Add(1)
-		go func(conn net.Conn, sink io.Writer, stream agentapi.Stream) {
+		go func() {
 			defer h.output.Done()
 			copyOutput(ctx, sink, conn, containerID, stream)
-		}(conn, out.sink, out.stream)
+		}()
 	}
 	if paths.Stdin != "" {
 		src, err := fifo.OpenFifo(ctx, paths.Stdin, syscall.O_RDONLY|syscall.O_NONBLOCK, 0)
@@ -99,10 +100,7 @@ func openHostIO(ctx context.Context, tr hypervisor.Transport, namespace, contain
 		}
 		h.stdinKeep = keep
 		h.closers = append(h.closers, h.closeStdinKeep)
-		conn, err := dial(agentapi.StreamStdin)
-		if err != nil {
-			return nil, err
-		}
+		conn := conns[agentapi.StreamStdin]
 		h.stdin = conn
 		go func() {
 			if _, err := io.Copy(conn, src); err != nil && !errors.Is(err, net.ErrClosed) {
@@ -115,10 +113,64 @@ func openHostIO(ctx context.Context, tr hypervisor.Transport, namespace, contain
 	return h, nil
 }
 
+// outputChunk is the most copyOutput moves per read and write: large, so
+// that a fast stream crosses the vsock back-end's lock and the sink in few
+// steps (the back-end gives the guest 256 KiB of credit per connection).
+const outputChunk = 256 << 10
+
+// dialStreams opens one guest connection per stream, all at once: each is
+// a round trip into the guest, and the process's start waits for them all.
+// On failure none stays open.
+func dialStreams(ctx context.Context, tr hypervisor.Transport, containerID, execID string, streams []agentapi.Stream) (map[agentapi.Stream]net.Conn, error) {
+	type dialed struct {
+		stream agentapi.Stream
+		conn   net.Conn
+		err    error
+	}
+	results := make(chan dialed, len(streams))
+	for _, stream := range streams {
+		go func() {
+			conn, err := dialStream(ctx, tr, containerID, execID, stream)
+			results <- dialed{stream, conn, err}
+		}()
+	}
+	conns := make(map[agentapi.Stream]net.Conn, len(streams))
+	var errs []error
+	for range streams {
+		r := <-results
+		if r.err != nil {
+			errs = append(errs, r.err)
+			continue
+		}
+		conns[r.stream] = r.conn
+	}
+	if err := errors.Join(errs...); err != nil {
+		for _, conn := range conns {
+			conn.Close()
+		}
+		return nil, err
+	}
+	return conns, nil
+}
+
+// dialStream connects to the agent's stdio port and names the stream.
+func dialStream(ctx context.Context, tr hypervisor.Transport, containerID, execID string, stream agentapi.Stream) (net.Conn, error) {
+	conn, err := tr.Dial(ctx, agentapi.StdioPort)
+	if err != nil {
+		return nil, fmt.Errorf("connect %s of %s: %w", stream, containerID, err)
+	}
+	hdr := agentapi.StdioHeader{ContainerID: containerID, ExecID: execID, Stream: stream}
+	if _, err := hdr.WriteTo(conn); err != nil {
+		conn.Close()
+		return nil, fmt.Errorf("send %s header of %s: %w", stream, containerID, err)
+	}
+	return conn, nil
+}
+
 // copyOutput copies one output stream to its sink. When the sink fails (no
 // reader any more), the stream is still drained so the process never blocks.
 func copyOutput(ctx context.Context, sink io.Writer, conn net.Conn, containerID string, stream agentapi.Stream) {
-	if _, err := io.Copy(sink, conn); err != nil {
+	if _, err := io.CopyBuffer(onlyWriter{sink}, conn, make([]byte, outputChunk)); err != nil {
 		log.G(ctx).WithError(err).WithFields(log.Fields{"container": containerID, "stream": stream}).Warn("output copy failed; discarding the rest")
 		_, _ = io.Copy(io.Discard, conn)
 	}
@@ -229,6 +281,9 @@ func openSinks(ctx context.Context, namespace, id string, paths stdioPaths, clos
 				return nil, fmt.Errorf("open output %s for reading: %w", path, err)
 			}
 			*closers = append(*closers, keep.Close)
+			if err := pipes.Grow(keep, outputFIFOSize); err != nil {
+				log.G(ctx).WithError(err).Debug("output FIFO keeps its size")
+			}
 			return f, nil
 		}
 		if stdout, err = open(paths.Stdout); err != nil {
@@ -255,6 +310,16 @@ func openSinks(ctx context.Context, namespace, id string, paths stdioPaths, clos
 	}
 	return nil, nil, fmt.Errorf("log uri %q: unsupported scheme %q (want fifo path, file:// or binary://)", uri, u.Scheme)
 }
+
+// outputFIFOSize is the capacity the shim asks for an output FIFO: room
+// for a few of copyOutput's chunks, so that the shim and containerd's
+// reader take turns less often. The kernel bounds it (fs.pipe-max-size).
+const outputFIFOSize = 1 << 20
+
+// onlyWriter hides a sink's ReadFrom, so that io.CopyBuffer uses the
+// buffer it is given (the pipe of a binary:// logger is an *os.File, whose
+// ReadFrom falls back to copies of 32 KiB from a vsock connection).
+type onlyWriter struct{ io.Writer }
 
 // lockedWriter serializes writes of two streams into one file.
 func lockedWriter(w io.Writer) io.Writer { return &syncWriter{w: w} }

@@ -17,6 +17,18 @@ import (
 // the copier looks whether the pipe is empty.
 const drainPoll = 10 * time.Millisecond
 
+// OutputPipeSize is the capacity the agent gives a process's stdout and
+// stderr pipes, and OutputChunk the most the copier moves per read and
+// write. Under TCG every guest context switch and syscall is dear, so the
+// output crosses in few large writes: a 64 KiB pipe would switch between
+// writer and copier every 64 KiB (every line, for a writer that flushes
+// lines). The bound still holds: a host that reads slowly fills the pipe,
+// and the process then blocks in write.
+const (
+	OutputPipeSize = 1 << 20
+	OutputChunk    = 256 << 10
+)
+
 // Output copies a process's stdout or stderr pipe to the host connection for
 // its key, through one fixed buffer: when the host reads slowly the pipe
 // fills and the process blocks in write, nothing piles up in the agent.
@@ -83,7 +95,7 @@ func (o *Output) run(ctx context.Context, h *Hub, claimTimeout time.Duration) {
 		}
 	}
 
-	buf := make([]byte, 32<<10)
+	buf := make([]byte, OutputChunk)
 	for {
 		n, rerr := o.r.Read(buf)
 		if n > 0 {

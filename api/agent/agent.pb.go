@@ -1048,7 +1048,12 @@ type WaitProcessResponse struct {
 	// most MaxWrittenBack bytes) the guest copies of the shared files at
 	// the destinations the policy lets the host read back (the kubelet's
 	// termination message) hold at the exit; mode is unset.
-	WrittenBack   []*SharedFile `protobuf:"bytes,3,rep,name=written_back,json=writtenBack,proto3" json:"written_back,omitempty"`
+	WrittenBack []*SharedFile `protobuf:"bytes,3,rep,name=written_back,json=writtenBack,proto3" json:"written_back,omitempty"`
+	// runc_exec_nanos: for an exec process only, the time from the agent
+	// starting `runc exec` to the process's exit, by the guest's clock: what
+	// the exec costs inside the VM, for the host's diagnostics (the host
+	// could time the exec itself, only less precisely).
+	RuncExecNanos int64 `protobuf:"varint,4,opt,name=runc_exec_nanos,json=runcExecNanos,proto3" json:"runc_exec_nanos,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1102,6 +1107,13 @@ func (x *WaitProcessResponse) GetWrittenBack() []*SharedFile {
 		return x.WrittenBack
 	}
 	return nil
+}
+
+func (x *WaitProcessResponse) GetRuncExecNanos() int64 {
+	if x != nil {
+		return x.RuncExecNanos
+	}
+	return 0
 }
 
 type ListProcessesResponse struct {
@@ -2258,12 +2270,13 @@ const file_api_agent_agent_proto_rawDesc = "" +
 	"\fcontainer_id\x18\x01 \x01(\tR\vcontainerId\x12\x17\n" +
 	"\aexec_id\x18\x02 \x01(\tR\x06execId\x12\x16\n" +
 	"\x06signal\x18\x03 \x01(\rR\x06signal\x12\x10\n" +
-	"\x03all\x18\x04 \x01(\bR\x03all\"\xa7\x01\n" +
+	"\x03all\x18\x04 \x01(\bR\x03all\"\xcf\x01\n" +
 	"\x13WaitProcessResponse\x12\x1f\n" +
 	"\vexit_status\x18\x01 \x01(\rR\n" +
 	"exitStatus\x12-\n" +
 	"\x13exited_at_unix_nano\x18\x02 \x01(\x03R\x10exitedAtUnixNano\x12@\n" +
-	"\fwritten_back\x18\x03 \x03(\v2\x1d.contrast.agent.v1.SharedFileR\vwrittenBack\"+\n" +
+	"\fwritten_back\x18\x03 \x03(\v2\x1d.contrast.agent.v1.SharedFileR\vwrittenBack\x12&\n" +
+	"\x0frunc_exec_nanos\x18\x04 \x01(\x03R\rruncExecNanos\"+\n" +
 	"\x15ListProcessesResponse\x12\x12\n" +
 	"\x04pids\x18\x01 \x03(\rR\x04pids\";\n" +
 	"\x16RemoveContainerRequest\x12!\n" +
