@@ -107,14 +107,20 @@ func addrOf(l net.Listener) any {
 // asked and what went wrong.
 func (s *Service) intercept(ctx context.Context, unmarshal ttrpc.Unmarshaler, info *ttrpc.UnaryServerInfo, method ttrpc.Method) (any, error) {
 	start := time.Now()
+	// The handlers that report their steps to the host (CreateContainer,
+	// StartContainer) find the recorder in ctx, with the policy's share.
+	phases := &api.Phases{}
+	ctx = api.WithPhases(ctx, phases)
 	var allowed any // the request, once the gate allowed it
 	checked := func(req any) error {
 		if err := unmarshal(req); err != nil {
 			return err
 		}
+		begin := phases.Since("decode", start)
 		if err := s.policy.authorize(ctx, info.FullMethod, req); err != nil {
 			return err
 		}
+		phases.Since("policy", begin)
 		allowed = req
 		return nil
 	}
