@@ -272,6 +272,13 @@ func (s *Service) CreateSandbox(ctx context.Context, req *api.CreateSandboxReque
 	}
 	s.sandboxID = req.SandboxId
 	log.G(ctx).Infof("sandbox %s created (hostname %q)", req.SandboxId, req.Hostname)
+	// The pod's first container comes next: the policy's first decision
+	// is made meanwhile, so that the container's create does not pay for it.
+	go func() {
+		if err := s.policy.warmUp(context.WithoutCancel(ctx)); err != nil {
+			log.G(ctx).WithError(err).Warn("policy warm-up failed; the first container's create decides without it")
+		}
+	}()
 	return &api.Empty{}, nil
 }
 
