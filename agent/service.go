@@ -274,11 +274,7 @@ func (s *Service) CreateSandbox(ctx context.Context, req *api.CreateSandboxReque
 	log.G(ctx).Infof("sandbox %s created (hostname %q)", req.SandboxId, req.Hostname)
 	// The pod's first container comes next: the policy's first decision
 	// is made meanwhile, so that the container's create does not pay for it.
-	go func() {
-		if err := s.policy.warmUp(context.WithoutCancel(ctx)); err != nil {
-			log.G(ctx).WithError(err).Warn("policy warm-up failed; the first container's create decides without it")
-		}
-	}()
+	s.policy.startWarmUp(ctx)
 	return &api.Empty{}, nil
 }
 

@@ -16,9 +16,42 @@ import (
 	"github.com/contrast-vm/contrast/policy/enforce"
 )
 
-// warmUpID is the container id of the made-up requests warmUp decides; no
-// request of the host ever reaches the gate with it from warmUp.
+// warmUpID is the container id of the made-up requests warmUp decides;
+// the gate's bookkeeping never sees them.
 const warmUpID = "contrast-policy-warm-up"
+
+// startWarmUp runs warmUp in the background until it is done or the pod's
+// first container's create arrives (endWarmUp), which then need not share
+// the VM's CPU with it.
+func (g *policyGate) startWarmUp(ctx context.Context) {
+	ctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	g.warmUpMu.Lock()
+	if g.stopWarmUp != nil {
+		g.warmUpMu.Unlock()
+		cancel()
+		return // one warm-up per agent
+	}
+	g.stopWarmUp = cancel
+	g.warmUpMu.Unlock()
+	go func() {
+		defer cancel()
+		switch err := g.warmUp(ctx); {
+		case err != nil && ctx.Err() != nil:
+			log.G(ctx).Debug("policy warm-up cut short: the first container's create arrived")
+		case err != nil:
+			log.G(ctx).WithError(err).Warn("policy warm-up failed; the first container's create decides without it")
+		}
+	}()
+}
+
+// endWarmUp stops a warm-up under way.
+func (g *policyGate) endWarmUp() {
+	g.warmUpMu.Lock()
+	defer g.warmUpMu.Unlock()
+	if g.stopWarmUp != nil {
+		g.stopWarmUp()
+	}
+}
 
 // warmUp decodes a made-up CreateContainer and StartContainer and has the
 // installed policy decide them once, the decisions thrown away, while the
@@ -41,6 +74,9 @@ func (g *policyGate) warmUp(ctx context.Context) error {
 	}
 	engine := p.gate.Engine()
 	for _, r := range reqs {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
 		// What the request's way in costs the first time: the protobuf
 		// coders of its type, built on first use.
 		wire, err := proto.Marshal(r.req)

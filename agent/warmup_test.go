@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"errors"
 	"testing"
 
 	"github.com/contrast-vm/contrast/policy"
@@ -26,6 +27,12 @@ func TestPolicyWarmUp(t *testing.T) {
 			}
 			if _, err := g.set(ctx, module); err != nil {
 				t.Fatal(err)
+			}
+			// the first container's create cuts it short
+			cut, cancel := context.WithCancel(ctx)
+			cancel()
+			if err := g.warmUp(cut); !errors.Is(err, context.Canceled) {
+				t.Errorf("warm-up with its context ended: %v, want context.Canceled", err)
 			}
 			if err := g.warmUp(ctx); err != nil {
 				t.Fatalf("warm-up: %v", err)
