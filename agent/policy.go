@@ -24,6 +24,9 @@ const (
 	setPolicyMethod = enforce.ServicePrefix + "SetPolicy"
 )
 
+// createContainerMethod is the request the policy warm-up prepares for.
+const createContainerMethod = enforce.ServicePrefix + "CreateContainer"
+
 // policyGate is the agent's policy state. The host is untrusted: until
 // SetPolicy installs a policy whose hash is the VM's HOSTDATA, every request
 // but Health and SetPolicy is denied; afterwards the policy decides each
@@ -33,6 +36,10 @@ type policyGate struct {
 
 	setMu     sync.Mutex // one SetPolicy at a time
 	installed atomic.Pointer[installedPolicy]
+
+	// stopWarmUp cancels the warm-up (warmup.go); nil before it started.
+	warmUpMu   sync.Mutex
+	stopWarmUp context.CancelFunc
 }
 
 // installedPolicy is a policy SetPolicy accepted.
@@ -51,6 +58,9 @@ func newPolicyGate(t tee.TEE) *policyGate {
 func (g *policyGate) authorize(ctx context.Context, method string, req any) error {
 	if method == healthMethod || method == setPolicyMethod {
 		return nil
+	}
+	if method == createContainerMethod {
+		g.endWarmUp()
 	}
 	name := path.Base(method)
 	p := g.installed.Load()

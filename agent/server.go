@@ -107,18 +107,23 @@ func addrOf(l net.Listener) any {
 // asked and what went wrong.
 func (s *Service) intercept(ctx context.Context, unmarshal ttrpc.Unmarshaler, info *ttrpc.UnaryServerInfo, method ttrpc.Method) (any, error) {
 	start := time.Now()
+	// The handlers that report their steps to the host (CreateContainer,
+	// StartContainer) find the recorder in ctx, with the policy's share.
+	phases := &api.Phases{}
+	ctx = api.WithPhases(ctx, phases)
 	var allowed any // the request, once the gate allowed it
 	var judged time.Duration
 	checked := func(req any) error {
 		if err := unmarshal(req); err != nil {
 			return err
 		}
-		begin := time.Now()
+		begin := phases.Since("decode", start)
 		err := s.policy.authorize(ctx, info.FullMethod, req)
 		judged = time.Since(begin)
 		if err != nil {
 			return err
 		}
+		phases.Add("policy", judged)
 		allowed = req
 		return nil
 	}

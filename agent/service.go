@@ -272,6 +272,9 @@ func (s *Service) CreateSandbox(ctx context.Context, req *api.CreateSandboxReque
 	}
 	s.sandboxID = req.SandboxId
 	log.G(ctx).Infof("sandbox %s created (hostname %q)", req.SandboxId, req.Hostname)
+	// The pod's first container comes next: the policy's first decision
+	// is made meanwhile, so that the container's create does not pay for it.
+	s.policy.startWarmUp(ctx)
 	return &api.Empty{}, nil
 }
 
@@ -292,6 +295,8 @@ func validateHostname(h string) error {
 // CreateContainer mounts the container's image, writes its bundle and runs
 // runc create. On error nothing of it is left behind.
 func (s *Service) CreateContainer(ctx context.Context, req *api.CreateContainerRequest) (*api.CreateContainerResponse, error) {
+	phases := api.PhasesFrom(ctx)
+	begin := time.Now()
 	id := req.ContainerId
 	if err := api.ValidateID("container id", id); err != nil {
 		return nil, invalid("create container: %v", err)
@@ -323,9 +328,13 @@ func (s *Service) CreateContainer(ctx context.Context, req *api.CreateContainerR
 	if err := checkBlockVolumes(req); err != nil {
 		return nil, invalid("create container %s: %v", id, err)
 	}
+	begin = phases.Since("check", begin)
 	blockVolumes, err := s.findBlockVolumes(ctx, req.BlockVolumes)
 	if err != nil {
 		return nil, fmt.Errorf("create container %s: %w", id, err)
+	}
+	if len(req.BlockVolumes) > 0 {
+		begin = phases.Since("block-volumes", begin)
 	}
 	memory, err := memoryVolumes(req.MemoryVolumes)
 	if err != nil {
@@ -376,6 +385,7 @@ func (s *Service) CreateContainer(ctx context.Context, req *api.CreateContainerR
 	}
 	s.containers[id] = c // reserves the id while we work without the lock
 	s.mu.Unlock()
+	phases.Since("spec", begin)
 
 	lg := log.G(ctx).WithField("container", id)
 	if len(res.Notes) > 0 {
@@ -392,10 +402,11 @@ func (s *Service) CreateContainer(ctx context.Context, req *api.CreateContainerR
 		return nil, err
 	}
 	lg.Infof("container created, init pid %d", pid)
-	return &api.CreateContainerResponse{Pid: uint32(pid)}, nil
+	return &api.CreateContainerResponse{Pid: uint32(pid), Phases: phases.List()}, nil
 }
 
 func (s *Service) create(ctx context.Context, c *container, req *api.CreateContainerRequest, layers []storage.Layer, res *guestspec.Result, memory map[string]uint64) (_ int, err error) {
+	phases := api.PhasesFrom(ctx)
 	if err := os.Mkdir(c.bundle, 0o700); err != nil {
 		return 0, fmt.Errorf("create container %s: create bundle: %w", c.id, err)
 	}
@@ -412,16 +423,20 @@ func (s *Service) create(ctx context.Context, c *container, req *api.CreateConta
 			return 0, err
 		}
 	} else {
+		begin := time.Now()
 		dctx, cancel := context.WithTimeout(ctx, s.cfg.DeviceTimeout)
 		dev, err := s.cfg.Devices.Find(dctx, req.Rootfs.Serial)
 		cancel()
 		if err != nil {
 			return 0, fmt.Errorf("create container %s: rootfs device (waited up to %v): %w", c.id, s.cfg.DeviceTimeout, err)
 		}
+		begin = phases.Since("rootfs-device", begin)
 		if err := c.rootfs.Mount(dev, req.Rootfs.Fstype); err != nil {
 			return 0, fmt.Errorf("create container %s: rootfs from device %s (serial %s): %w", c.id, dev, req.Rootfs.Serial, err)
 		}
+		phases.Since("rootfs-mount", begin)
 	}
+	begin := time.Now()
 	if err := s.emptyDirs.prepare(ctx, res.EmptyDirs, memory); err != nil {
 		return 0, fmt.Errorf("create container %s: %w", c.id, err)
 	}
@@ -438,6 +453,7 @@ func (s *Service) create(ctx context.Context, c *container, req *api.CreateConta
 	if err := s.bindSubPaths(c, res); err != nil {
 		return 0, fmt.Errorf("create container %s: %w", c.id, err)
 	}
+	begin = phases.Since("volumes", begin)
 	spec, err := json.Marshal(res.Spec)
 	if err != nil {
 		return 0, fmt.Errorf("create container %s: encode spec: %w", c.id, err)
@@ -455,7 +471,9 @@ func (s *Service) create(ctx context.Context, c *container, req *api.CreateConta
 			log.G(ctx).WithError(derr).Errorf("container %s: runc delete after failed create", c.id)
 		}
 	}
+	begin = phases.Since("bundle", begin)
 	proc, err := s.runc.Create(ctx, c.id, c.bundle, pio.child)
+	begin = phases.Since(api.PhaseRuncCreate, begin)
 	pio.closeChild()
 	if err != nil {
 		pio.closeAgent()
@@ -486,6 +504,7 @@ func (s *Service) create(ctx context.Context, c *container, req *api.CreateConta
 	c.init = p
 	c.state = lifecycle.Created // always legal from creating, the only state a create sees
 	c.mu.Unlock()
+	phases.Since("stdio", begin)
 	return proc.Pid, nil
 }
 
@@ -564,7 +583,7 @@ func (s *Service) lookupProcess(op, id, execID string) (*container, *process, er
 }
 
 // StartContainer starts the init process of a created container.
-func (s *Service) StartContainer(ctx context.Context, req *api.ContainerRequest) (*api.Empty, error) {
+func (s *Service) StartContainer(ctx context.Context, req *api.ContainerRequest) (*api.StartContainerResponse, error) {
 	c, err := s.lookup("start container", req.ContainerId)
 	if err != nil {
 		return nil, err
@@ -578,10 +597,14 @@ func (s *Service) StartContainer(ctx context.Context, req *api.ContainerRequest)
 	}); err != nil {
 		return nil, err
 	}
+	phases := api.PhasesFrom(ctx)
 	before := processImage(c.init.pid)
+	begin := time.Now()
 	err = s.runc.Start(ctx, c.id)
 	if err == nil {
+		begin = phases.Since(api.PhaseRuncStart, begin)
 		waitExec(ctx, c.init.pid, before)
+		phases.Since("exec-wait", begin)
 	}
 	c.endChange(func() {
 		if err == nil && c.currentState() == lifecycle.Created {
@@ -593,7 +616,7 @@ func (s *Service) StartContainer(ctx context.Context, req *api.ContainerRequest)
 		return nil, fmt.Errorf("start container %s: %w", c.id, err)
 	}
 	log.G(ctx).WithField("container", c.id).Info("container started")
-	return &api.Empty{}, nil
+	return &api.StartContainerResponse{Phases: phases.List()}, nil
 }
 
 // ExecProcess starts an additional process in a running container.
@@ -877,9 +900,11 @@ func (s *Service) mountLayers(ctx context.Context, c *container, layers []storag
 		c.layers = append(c.layers, l.RootHash)
 		dirs = append(dirs, dir)
 	}
+	begin := time.Now()
 	if err := c.rootfs.MountLayers(dirs); err != nil {
 		return fmt.Errorf("create container %s: rootfs from %d layers: %w", c.id, len(layers), err)
 	}
+	api.PhasesFrom(ctx).Since("overlay-mount", begin)
 	return nil
 }
 

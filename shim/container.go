@@ -54,6 +54,10 @@ type container struct {
 	// Set at creation, then read only.
 	sharedPID bool
 
+	// breakdown is where the container's create and start spent their
+	// time, logged at debug level once it started. Under mu.
+	breakdown startBreakdown
+
 	// writableFiles maps the destinations of the container's writable
 	// bind mounts of host files to their sources: where what the guest
 	// hands back with the init's exit (the termination message) goes.
@@ -102,13 +106,18 @@ func (s *service) createInGuest(ctx context.Context, p *pod, c *container, r *ta
 		return 0, fmt.Errorf("container %s: %w", c.id, err)
 	}
 	c.sharedPID = !p.hostPID && sharesPodPID(spec)
+	begin := time.Now()
+	phases := &agentapi.Phases{}
+	ctx = agentapi.WithPhases(ctx, phases)
 	req := &agentapi.CreateContainerRequest{ContainerId: c.id, Spec: specJSON}
 	var disk *hypervisor.Disk
 	if image := spec.Annotations[annotationImageName]; image != "" {
+		step := time.Now()
 		blobs, err := s.imageLayers(ctx, namespaceOf(ctx), image)
 		if err != nil {
 			return 0, fmt.Errorf("container %s: %w", c.id, err)
 		}
+		phases.Since("image-layers", step)
 		layers, serials, err := p.layers.acquire(ctx, p.vm, blobs)
 		if err != nil {
 			return 0, fmt.Errorf("image layers of container %s: %w", c.id, err)
@@ -122,9 +131,11 @@ func (s *service) createInGuest(ctx context.Context, p *pod, c *container, r *ta
 		c.layers = serials
 	} else {
 		var err error
+		step := time.Now()
 		if disk, err = attachRootfsDisk(ctx, p, c, r, spec); err != nil {
 			return 0, err
 		}
+		phases.Since("rootfs-disk", step)
 		defer func() {
 			if retErr != nil {
 				_ = p.vm.DetachDisk(context.WithoutCancel(ctx), disk.Serial)
@@ -133,10 +144,12 @@ func (s *service) createInGuest(ctx context.Context, p *pod, c *container, r *ta
 		}()
 		req.Rootfs = &agentapi.BlockDevice{Serial: disk.Serial, Fstype: "ext4", ReadOnly: true}
 	}
+	step := time.Now()
 	volumeSerials, err := p.containerVolumes(ctx, c.id, spec, req)
 	if err != nil {
 		return 0, err
 	}
+	step = phases.Since("volumes", step)
 	defer func() {
 		if retErr != nil {
 			if err := detachBlockVolumes(context.WithoutCancel(ctx), p.vm, volumeSerials); err != nil {
@@ -144,12 +157,17 @@ func (s *service) createInGuest(ctx context.Context, p *pod, c *container, r *ta
 			}
 		}
 	}()
+	var guestPhases []*agentapi.Phase
+	var rpc time.Duration
 	pid, err := withHostIO(ctx, p, c.init, func(stdio *agentapi.Stdio) (uint32, error) {
+		step = phases.Since("stdio-open", step)
 		req.Stdio = stdio
 		resp, err := p.agent.CreateContainer(ctx, req)
 		if err != nil {
 			return 0, fmt.Errorf("create container %s in pod %s: %w", c.id, p.id, err)
 		}
+		rpc = time.Since(step)
+		guestPhases = resp.Phases
 		return resp.Pid, nil
 	})
 	if err != nil {
@@ -158,6 +176,9 @@ func (s *service) createInGuest(ctx context.Context, p *pod, c *container, r *ta
 	}
 	c.disk = disk
 	c.blockVolumes = volumeSerials
+	phases.Add("agent-create", rpc)
+	c.breakdown = startBreakdown{}
+	c.breakdown.addRequest(phases, guestPhases, rpc, time.Since(begin))
 	return pid, nil
 }
 

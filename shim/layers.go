@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"time"
 
 	containerd "github.com/containerd/containerd/v2/client"
 	"github.com/containerd/containerd/v2/pkg/namespaces"
@@ -86,6 +87,8 @@ func (pl *podLayers) acquire(ctx context.Context, vm hypervisor.VM, blobs []laye
 			}
 		}
 	}()
+	phases := agentapi.PhasesFrom(ctx)
+	begin := time.Now()
 	for i, b := range blobs {
 		entry, release, err := pl.cache.Get(ctx, b, nil)
 		if err != nil {
@@ -93,6 +96,8 @@ func (pl *podLayers) acquire(ctx context.Context, vm hypervisor.VM, blobs []laye
 		}
 		entries = append(entries, converted{entry, release})
 	}
+	// a cache hit is a lookup; a miss converts the layer
+	begin = phases.Since("layer-convert", begin)
 
 	pl.mu.Lock()
 	defer pl.mu.Unlock()
@@ -102,6 +107,7 @@ func (pl *podLayers) acquire(ctx context.Context, vm hypervisor.VM, blobs []laye
 			serials = nil
 		}
 	}()
+	defer phases.Since("layer-attach", begin)
 	var layers []*agentapi.Layer
 	for i := range entries {
 		e := &entries[i]

@@ -145,16 +145,23 @@ func (s *service) Start(ctx context.Context, r *taskAPI.StartRequest) (_ *taskAP
 		}
 		return &taskAPI.StartResponse{Pid: p.pid}, nil
 	}
+	begin := time.Now()
 	pd, err := s.livePod()
 	if err != nil {
 		return nil, err
 	}
-	if _, err := pd.agent.StartContainer(ctx, &agentapi.ContainerRequest{ContainerId: c.id}); err != nil {
+	resp, err := pd.agent.StartContainer(ctx, &agentapi.ContainerRequest{ContainerId: c.id})
+	if err != nil {
 		return nil, fmt.Errorf("start container %s: %w", c.id, err)
 	}
+	rpc := time.Since(begin)
 	if err := s.started(p, p.pid, runtime.TaskStartEventTopic, start); err != nil {
 		return nil, err
 	}
+	steps := &agentapi.Phases{}
+	steps.Add("agent-start", rpc)
+	c.breakdown.addRequest(steps, resp.Phases, rpc, time.Since(begin))
+	log.G(ctx).WithFields(c.breakdown.fields()).WithField("container", c.id).Debug(startBreakdownMessage)
 	go s.waitProcess(pd, c, p)
 	return &taskAPI.StartResponse{Pid: p.pid}, nil
 }

@@ -27,11 +27,15 @@ type SysBlock struct {
 	SysDir string        // /sys/block
 	DevDir string        // /dev
 	Poll   time.Duration // how often to rescan while waiting
+	// Uevents rescans whenever the kernel announces a device (a uevent),
+	// so a hot-plugged disk is found as it appears; Poll still rescans,
+	// in case the kernel's socket buffer dropped the announcement.
+	Uevents bool
 }
 
 // NewSysBlock returns the finder for a real guest.
 func NewSysBlock() *SysBlock {
-	return &SysBlock{SysDir: "/sys/block", DevDir: "/dev", Poll: 20 * time.Millisecond}
+	return &SysBlock{SysDir: "/sys/block", DevDir: "/dev", Poll: 100 * time.Millisecond, Uevents: true}
 }
 
 // ValidateSerial checks a serial as virtio-blk can carry it: at most 20
@@ -56,6 +60,16 @@ func (b *SysBlock) Find(ctx context.Context, serial string) (string, error) {
 	if err := ValidateSerial(serial); err != nil {
 		return "", err
 	}
+	// Listen before the first scan, so that no device appears unnoticed
+	// between the two.
+	var events *uevents
+	if b.Uevents {
+		var err error
+		if events, err = listenUevents(); err != nil {
+			return "", err
+		}
+		defer events.close()
+	}
 	t := time.NewTicker(b.Poll)
 	defer t.Stop()
 	for {
@@ -74,6 +88,7 @@ func (b *SysBlock) Find(ctx context.Context, serial string) (string, error) {
 		case <-ctx.Done():
 			return "", fmt.Errorf("no block device with serial %q appeared (present: %s): %w", serial, seen, ctx.Err())
 		case <-t.C:
+		case <-events.next():
 		}
 	}
 }

@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"time"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -215,10 +216,13 @@ func (s *LayerSet) Acquire(ctx context.Context, l Layer) (string, error) {
 
 func (s *LayerSet) open(ctx context.Context, h *heldLayer) error {
 	l := h.layer
+	phases := api.PhasesFrom(ctx)
+	begin := time.Now()
 	dev, err := s.devices.Find(ctx, l.Serial)
 	if err != nil {
 		return fmt.Errorf("layer %s: device: %w", l.Digest, err)
 	}
+	begin = phases.Since("layer-device", begin)
 	size, err := s.ops.DeviceSize(dev)
 	if err != nil {
 		return fmt.Errorf("layer %s: size of device %s (serial %s): %w", l.Digest, dev, l.Serial, err)
@@ -233,10 +237,12 @@ func (s *LayerSet) open(ctx context.Context, h *heldLayer) error {
 		return fmt.Errorf("layer %s: open dm-verity over device %s (serial %s): %w", l.Digest, dev, l.Serial, err)
 	}
 	h.opened = true
+	begin = phases.Since("verity-open", begin)
 	if err := s.ops.MountReadOnly(node, h.dir); err != nil {
 		return fmt.Errorf("layer %s: mount ext4 from %s (serial %s) at %s: %w", l.Digest, node, l.Serial, h.dir, err)
 	}
 	h.mounted = true
+	phases.Since("layer-mount", begin)
 	return nil
 }
 

@@ -109,3 +109,36 @@ func assertNoMountsUnder(t *testing.T, dir string) {
 		t.Fatalf("mounts left under %s:\n%s", dir, b)
 	}
 }
+
+// TestSysBlockFindWakesOnUevent: with uevents, a device that appears is
+// found when the kernel announces one, long before the next rescan: the
+// poll here is an hour, while the test gives up after 30 s. The
+// announcement is a synthetic one of a loop device of this test.
+func TestSysBlockFindWakesOnUevent(t *testing.T) {
+	testimage.Require(t)
+	loop := testimage.Loop(t, nil, testimage.BusyboxExt4(t, nil))
+	sys, dev := t.TempDir(), t.TempDir()
+	f := &SysBlock{SysDir: sys, DevDir: dev, Poll: time.Hour, Uevents: true}
+	go func() {
+		time.Sleep(100 * time.Millisecond) // Find is waiting by now, most likely; if not, its first scan finds the device
+		if err := os.MkdirAll(filepath.Join(sys, "vdz"), 0o755); err != nil {
+			t.Error(err)
+		}
+		if err := os.WriteFile(filepath.Join(sys, "vdz", "serial"), []byte("hotplugged\n"), 0o444); err != nil {
+			t.Error(err)
+		}
+		if err := os.WriteFile(filepath.Join(dev, "vdz"), nil, 0o600); err != nil {
+			t.Error(err)
+		}
+		uevent := filepath.Join("/sys/class/block", filepath.Base(loop), "uevent")
+		if err := os.WriteFile(uevent, []byte("change"), 0o200); err != nil {
+			t.Errorf("announce a device: %v", err)
+		}
+	}()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	got, err := f.Find(ctx, "hotplugged")
+	if err != nil || got != filepath.Join(dev, "vdz") {
+		t.Fatalf("Find = %q, %v", got, err)
+	}
+}

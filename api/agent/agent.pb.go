@@ -719,8 +719,11 @@ func (x *Layer) GetDataBlocks() uint64 {
 }
 
 type CreateContainerResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Pid           uint32                 `protobuf:"varint,1,opt,name=pid,proto3" json:"pid,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Pid   uint32                 `protobuf:"varint,1,opt,name=pid,proto3" json:"pid,omitempty"`
+	// phases are the steps of the create as the agent timed them, in order
+	// (a step done once per layer appears once per layer).
+	Phases        []*Phase `protobuf:"bytes,2,rep,name=phases,proto3" json:"phases,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -762,6 +765,113 @@ func (x *CreateContainerResponse) GetPid() uint32 {
 	return 0
 }
 
+func (x *CreateContainerResponse) GetPhases() []*Phase {
+	if x != nil {
+		return x.Phases
+	}
+	return nil
+}
+
+type StartContainerResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// phases are the steps of the start as the agent timed them, in order.
+	Phases        []*Phase `protobuf:"bytes,1,rep,name=phases,proto3" json:"phases,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *StartContainerResponse) Reset() {
+	*x = StartContainerResponse{}
+	mi := &file_api_agent_agent_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *StartContainerResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*StartContainerResponse) ProtoMessage() {}
+
+func (x *StartContainerResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_api_agent_agent_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use StartContainerResponse.ProtoReflect.Descriptor instead.
+func (*StartContainerResponse) Descriptor() ([]byte, []int) {
+	return file_api_agent_agent_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *StartContainerResponse) GetPhases() []*Phase {
+	if x != nil {
+		return x.Phases
+	}
+	return nil
+}
+
+// Phase is one timed step of a request in the guest: what the shim logs as
+// the breakdown of a container's start (policy check, layer devices,
+// dm-verity, mounts, runc).
+type Phase struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	DurationNs    int64                  `protobuf:"varint,2,opt,name=duration_ns,json=durationNs,proto3" json:"duration_ns,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Phase) Reset() {
+	*x = Phase{}
+	mi := &file_api_agent_agent_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Phase) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Phase) ProtoMessage() {}
+
+func (x *Phase) ProtoReflect() protoreflect.Message {
+	mi := &file_api_agent_agent_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Phase.ProtoReflect.Descriptor instead.
+func (*Phase) Descriptor() ([]byte, []int) {
+	return file_api_agent_agent_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *Phase) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *Phase) GetDurationNs() int64 {
+	if x != nil {
+		return x.DurationNs
+	}
+	return 0
+}
+
 type ContainerRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	ContainerId   string                 `protobuf:"bytes,1,opt,name=container_id,json=containerId,proto3" json:"container_id,omitempty"`
@@ -771,7 +881,7 @@ type ContainerRequest struct {
 
 func (x *ContainerRequest) Reset() {
 	*x = ContainerRequest{}
-	mi := &file_api_agent_agent_proto_msgTypes[12]
+	mi := &file_api_agent_agent_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -783,7 +893,7 @@ func (x *ContainerRequest) String() string {
 func (*ContainerRequest) ProtoMessage() {}
 
 func (x *ContainerRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_agent_agent_proto_msgTypes[12]
+	mi := &file_api_agent_agent_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -796,7 +906,7 @@ func (x *ContainerRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ContainerRequest.ProtoReflect.Descriptor instead.
 func (*ContainerRequest) Descriptor() ([]byte, []int) {
-	return file_api_agent_agent_proto_rawDescGZIP(), []int{12}
+	return file_api_agent_agent_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *ContainerRequest) GetContainerId() string {
@@ -816,7 +926,7 @@ type ProcessRequest struct {
 
 func (x *ProcessRequest) Reset() {
 	*x = ProcessRequest{}
-	mi := &file_api_agent_agent_proto_msgTypes[13]
+	mi := &file_api_agent_agent_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -828,7 +938,7 @@ func (x *ProcessRequest) String() string {
 func (*ProcessRequest) ProtoMessage() {}
 
 func (x *ProcessRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_agent_agent_proto_msgTypes[13]
+	mi := &file_api_agent_agent_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -841,7 +951,7 @@ func (x *ProcessRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProcessRequest.ProtoReflect.Descriptor instead.
 func (*ProcessRequest) Descriptor() ([]byte, []int) {
-	return file_api_agent_agent_proto_rawDescGZIP(), []int{13}
+	return file_api_agent_agent_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *ProcessRequest) GetContainerId() string {
@@ -871,7 +981,7 @@ type ExecProcessRequest struct {
 
 func (x *ExecProcessRequest) Reset() {
 	*x = ExecProcessRequest{}
-	mi := &file_api_agent_agent_proto_msgTypes[14]
+	mi := &file_api_agent_agent_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -883,7 +993,7 @@ func (x *ExecProcessRequest) String() string {
 func (*ExecProcessRequest) ProtoMessage() {}
 
 func (x *ExecProcessRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_agent_agent_proto_msgTypes[14]
+	mi := &file_api_agent_agent_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -896,7 +1006,7 @@ func (x *ExecProcessRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExecProcessRequest.ProtoReflect.Descriptor instead.
 func (*ExecProcessRequest) Descriptor() ([]byte, []int) {
-	return file_api_agent_agent_proto_rawDescGZIP(), []int{14}
+	return file_api_agent_agent_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *ExecProcessRequest) GetContainerId() string {
@@ -936,7 +1046,7 @@ type ExecProcessResponse struct {
 
 func (x *ExecProcessResponse) Reset() {
 	*x = ExecProcessResponse{}
-	mi := &file_api_agent_agent_proto_msgTypes[15]
+	mi := &file_api_agent_agent_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -948,7 +1058,7 @@ func (x *ExecProcessResponse) String() string {
 func (*ExecProcessResponse) ProtoMessage() {}
 
 func (x *ExecProcessResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_api_agent_agent_proto_msgTypes[15]
+	mi := &file_api_agent_agent_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -961,7 +1071,7 @@ func (x *ExecProcessResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExecProcessResponse.ProtoReflect.Descriptor instead.
 func (*ExecProcessResponse) Descriptor() ([]byte, []int) {
-	return file_api_agent_agent_proto_rawDescGZIP(), []int{15}
+	return file_api_agent_agent_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *ExecProcessResponse) GetPid() uint32 {
@@ -984,7 +1094,7 @@ type SignalProcessRequest struct {
 
 func (x *SignalProcessRequest) Reset() {
 	*x = SignalProcessRequest{}
-	mi := &file_api_agent_agent_proto_msgTypes[16]
+	mi := &file_api_agent_agent_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -996,7 +1106,7 @@ func (x *SignalProcessRequest) String() string {
 func (*SignalProcessRequest) ProtoMessage() {}
 
 func (x *SignalProcessRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_agent_agent_proto_msgTypes[16]
+	mi := &file_api_agent_agent_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1009,7 +1119,7 @@ func (x *SignalProcessRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SignalProcessRequest.ProtoReflect.Descriptor instead.
 func (*SignalProcessRequest) Descriptor() ([]byte, []int) {
-	return file_api_agent_agent_proto_rawDescGZIP(), []int{16}
+	return file_api_agent_agent_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *SignalProcessRequest) GetContainerId() string {
@@ -1060,7 +1170,7 @@ type WaitProcessResponse struct {
 
 func (x *WaitProcessResponse) Reset() {
 	*x = WaitProcessResponse{}
-	mi := &file_api_agent_agent_proto_msgTypes[17]
+	mi := &file_api_agent_agent_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1072,7 +1182,7 @@ func (x *WaitProcessResponse) String() string {
 func (*WaitProcessResponse) ProtoMessage() {}
 
 func (x *WaitProcessResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_api_agent_agent_proto_msgTypes[17]
+	mi := &file_api_agent_agent_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1085,7 +1195,7 @@ func (x *WaitProcessResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WaitProcessResponse.ProtoReflect.Descriptor instead.
 func (*WaitProcessResponse) Descriptor() ([]byte, []int) {
-	return file_api_agent_agent_proto_rawDescGZIP(), []int{17}
+	return file_api_agent_agent_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *WaitProcessResponse) GetExitStatus() uint32 {
@@ -1125,7 +1235,7 @@ type ListProcessesResponse struct {
 
 func (x *ListProcessesResponse) Reset() {
 	*x = ListProcessesResponse{}
-	mi := &file_api_agent_agent_proto_msgTypes[18]
+	mi := &file_api_agent_agent_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1137,7 +1247,7 @@ func (x *ListProcessesResponse) String() string {
 func (*ListProcessesResponse) ProtoMessage() {}
 
 func (x *ListProcessesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_api_agent_agent_proto_msgTypes[18]
+	mi := &file_api_agent_agent_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1150,7 +1260,7 @@ func (x *ListProcessesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListProcessesResponse.ProtoReflect.Descriptor instead.
 func (*ListProcessesResponse) Descriptor() ([]byte, []int) {
-	return file_api_agent_agent_proto_rawDescGZIP(), []int{18}
+	return file_api_agent_agent_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *ListProcessesResponse) GetPids() []uint32 {
@@ -1169,7 +1279,7 @@ type RemoveContainerRequest struct {
 
 func (x *RemoveContainerRequest) Reset() {
 	*x = RemoveContainerRequest{}
-	mi := &file_api_agent_agent_proto_msgTypes[19]
+	mi := &file_api_agent_agent_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1181,7 +1291,7 @@ func (x *RemoveContainerRequest) String() string {
 func (*RemoveContainerRequest) ProtoMessage() {}
 
 func (x *RemoveContainerRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_agent_agent_proto_msgTypes[19]
+	mi := &file_api_agent_agent_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1194,7 +1304,7 @@ func (x *RemoveContainerRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveContainerRequest.ProtoReflect.Descriptor instead.
 func (*RemoveContainerRequest) Descriptor() ([]byte, []int) {
-	return file_api_agent_agent_proto_rawDescGZIP(), []int{19}
+	return file_api_agent_agent_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *RemoveContainerRequest) GetContainerId() string {
@@ -1216,7 +1326,7 @@ type ResizePtyRequest struct {
 
 func (x *ResizePtyRequest) Reset() {
 	*x = ResizePtyRequest{}
-	mi := &file_api_agent_agent_proto_msgTypes[20]
+	mi := &file_api_agent_agent_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1228,7 +1338,7 @@ func (x *ResizePtyRequest) String() string {
 func (*ResizePtyRequest) ProtoMessage() {}
 
 func (x *ResizePtyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_agent_agent_proto_msgTypes[20]
+	mi := &file_api_agent_agent_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1241,7 +1351,7 @@ func (x *ResizePtyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResizePtyRequest.ProtoReflect.Descriptor instead.
 func (*ResizePtyRequest) Descriptor() ([]byte, []int) {
-	return file_api_agent_agent_proto_rawDescGZIP(), []int{20}
+	return file_api_agent_agent_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *ResizePtyRequest) GetContainerId() string {
@@ -1283,7 +1393,7 @@ type UpdateContainerRequest struct {
 
 func (x *UpdateContainerRequest) Reset() {
 	*x = UpdateContainerRequest{}
-	mi := &file_api_agent_agent_proto_msgTypes[21]
+	mi := &file_api_agent_agent_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1295,7 +1405,7 @@ func (x *UpdateContainerRequest) String() string {
 func (*UpdateContainerRequest) ProtoMessage() {}
 
 func (x *UpdateContainerRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_agent_agent_proto_msgTypes[21]
+	mi := &file_api_agent_agent_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1308,7 +1418,7 @@ func (x *UpdateContainerRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateContainerRequest.ProtoReflect.Descriptor instead.
 func (*UpdateContainerRequest) Descriptor() ([]byte, []int) {
-	return file_api_agent_agent_proto_rawDescGZIP(), []int{21}
+	return file_api_agent_agent_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *UpdateContainerRequest) GetContainerId() string {
@@ -1337,7 +1447,7 @@ type StatsContainerResponse struct {
 
 func (x *StatsContainerResponse) Reset() {
 	*x = StatsContainerResponse{}
-	mi := &file_api_agent_agent_proto_msgTypes[22]
+	mi := &file_api_agent_agent_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1349,7 +1459,7 @@ func (x *StatsContainerResponse) String() string {
 func (*StatsContainerResponse) ProtoMessage() {}
 
 func (x *StatsContainerResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_api_agent_agent_proto_msgTypes[22]
+	mi := &file_api_agent_agent_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1362,7 +1472,7 @@ func (x *StatsContainerResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatsContainerResponse.ProtoReflect.Descriptor instead.
 func (*StatsContainerResponse) Descriptor() ([]byte, []int) {
-	return file_api_agent_agent_proto_rawDescGZIP(), []int{22}
+	return file_api_agent_agent_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *StatsContainerResponse) GetTypeUrl() string {
@@ -1388,7 +1498,7 @@ type OOMEvent struct {
 
 func (x *OOMEvent) Reset() {
 	*x = OOMEvent{}
-	mi := &file_api_agent_agent_proto_msgTypes[23]
+	mi := &file_api_agent_agent_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1400,7 +1510,7 @@ func (x *OOMEvent) String() string {
 func (*OOMEvent) ProtoMessage() {}
 
 func (x *OOMEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_api_agent_agent_proto_msgTypes[23]
+	mi := &file_api_agent_agent_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1413,7 +1523,7 @@ func (x *OOMEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use OOMEvent.ProtoReflect.Descriptor instead.
 func (*OOMEvent) Descriptor() ([]byte, []int) {
-	return file_api_agent_agent_proto_rawDescGZIP(), []int{23}
+	return file_api_agent_agent_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *OOMEvent) GetContainerId() string {
@@ -1433,7 +1543,7 @@ type GetReportRequest struct {
 
 func (x *GetReportRequest) Reset() {
 	*x = GetReportRequest{}
-	mi := &file_api_agent_agent_proto_msgTypes[24]
+	mi := &file_api_agent_agent_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1445,7 +1555,7 @@ func (x *GetReportRequest) String() string {
 func (*GetReportRequest) ProtoMessage() {}
 
 func (x *GetReportRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_agent_agent_proto_msgTypes[24]
+	mi := &file_api_agent_agent_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1458,7 +1568,7 @@ func (x *GetReportRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetReportRequest.ProtoReflect.Descriptor instead.
 func (*GetReportRequest) Descriptor() ([]byte, []int) {
-	return file_api_agent_agent_proto_rawDescGZIP(), []int{24}
+	return file_api_agent_agent_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *GetReportRequest) GetReportData() []byte {
@@ -1484,7 +1594,7 @@ type GetReportResponse struct {
 
 func (x *GetReportResponse) Reset() {
 	*x = GetReportResponse{}
-	mi := &file_api_agent_agent_proto_msgTypes[25]
+	mi := &file_api_agent_agent_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1496,7 +1606,7 @@ func (x *GetReportResponse) String() string {
 func (*GetReportResponse) ProtoMessage() {}
 
 func (x *GetReportResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_api_agent_agent_proto_msgTypes[25]
+	mi := &file_api_agent_agent_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1509,7 +1619,7 @@ func (x *GetReportResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetReportResponse.ProtoReflect.Descriptor instead.
 func (*GetReportResponse) Descriptor() ([]byte, []int) {
-	return file_api_agent_agent_proto_rawDescGZIP(), []int{25}
+	return file_api_agent_agent_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *GetReportResponse) GetReport() []byte {
@@ -1550,7 +1660,7 @@ type NetworkInterface struct {
 
 func (x *NetworkInterface) Reset() {
 	*x = NetworkInterface{}
-	mi := &file_api_agent_agent_proto_msgTypes[26]
+	mi := &file_api_agent_agent_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1562,7 +1672,7 @@ func (x *NetworkInterface) String() string {
 func (*NetworkInterface) ProtoMessage() {}
 
 func (x *NetworkInterface) ProtoReflect() protoreflect.Message {
-	mi := &file_api_agent_agent_proto_msgTypes[26]
+	mi := &file_api_agent_agent_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1575,7 +1685,7 @@ func (x *NetworkInterface) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NetworkInterface.ProtoReflect.Descriptor instead.
 func (*NetworkInterface) Descriptor() ([]byte, []int) {
-	return file_api_agent_agent_proto_rawDescGZIP(), []int{26}
+	return file_api_agent_agent_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *NetworkInterface) GetName() string {
@@ -1624,7 +1734,7 @@ type NetworkRoute struct {
 
 func (x *NetworkRoute) Reset() {
 	*x = NetworkRoute{}
-	mi := &file_api_agent_agent_proto_msgTypes[27]
+	mi := &file_api_agent_agent_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1636,7 +1746,7 @@ func (x *NetworkRoute) String() string {
 func (*NetworkRoute) ProtoMessage() {}
 
 func (x *NetworkRoute) ProtoReflect() protoreflect.Message {
-	mi := &file_api_agent_agent_proto_msgTypes[27]
+	mi := &file_api_agent_agent_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1649,7 +1759,7 @@ func (x *NetworkRoute) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NetworkRoute.ProtoReflect.Descriptor instead.
 func (*NetworkRoute) Descriptor() ([]byte, []int) {
-	return file_api_agent_agent_proto_rawDescGZIP(), []int{27}
+	return file_api_agent_agent_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *NetworkRoute) GetDestination() string {
@@ -1700,7 +1810,7 @@ type NetworkNeighbor struct {
 
 func (x *NetworkNeighbor) Reset() {
 	*x = NetworkNeighbor{}
-	mi := &file_api_agent_agent_proto_msgTypes[28]
+	mi := &file_api_agent_agent_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1712,7 +1822,7 @@ func (x *NetworkNeighbor) String() string {
 func (*NetworkNeighbor) ProtoMessage() {}
 
 func (x *NetworkNeighbor) ProtoReflect() protoreflect.Message {
-	mi := &file_api_agent_agent_proto_msgTypes[28]
+	mi := &file_api_agent_agent_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1725,7 +1835,7 @@ func (x *NetworkNeighbor) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NetworkNeighbor.ProtoReflect.Descriptor instead.
 func (*NetworkNeighbor) Descriptor() ([]byte, []int) {
-	return file_api_agent_agent_proto_rawDescGZIP(), []int{28}
+	return file_api_agent_agent_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *NetworkNeighbor) GetIp() string {
@@ -1760,7 +1870,7 @@ type ConfigureNetworkRequest struct {
 
 func (x *ConfigureNetworkRequest) Reset() {
 	*x = ConfigureNetworkRequest{}
-	mi := &file_api_agent_agent_proto_msgTypes[29]
+	mi := &file_api_agent_agent_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1772,7 +1882,7 @@ func (x *ConfigureNetworkRequest) String() string {
 func (*ConfigureNetworkRequest) ProtoMessage() {}
 
 func (x *ConfigureNetworkRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_agent_agent_proto_msgTypes[29]
+	mi := &file_api_agent_agent_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1785,7 +1895,7 @@ func (x *ConfigureNetworkRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConfigureNetworkRequest.ProtoReflect.Descriptor instead.
 func (*ConfigureNetworkRequest) Descriptor() ([]byte, []int) {
-	return file_api_agent_agent_proto_rawDescGZIP(), []int{29}
+	return file_api_agent_agent_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *ConfigureNetworkRequest) GetInterfaces() []*NetworkInterface {
@@ -1823,7 +1933,7 @@ type PortForwardRequest struct {
 
 func (x *PortForwardRequest) Reset() {
 	*x = PortForwardRequest{}
-	mi := &file_api_agent_agent_proto_msgTypes[30]
+	mi := &file_api_agent_agent_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1835,7 +1945,7 @@ func (x *PortForwardRequest) String() string {
 func (*PortForwardRequest) ProtoMessage() {}
 
 func (x *PortForwardRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_agent_agent_proto_msgTypes[30]
+	mi := &file_api_agent_agent_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1848,7 +1958,7 @@ func (x *PortForwardRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PortForwardRequest.ProtoReflect.Descriptor instead.
 func (*PortForwardRequest) Descriptor() ([]byte, []int) {
-	return file_api_agent_agent_proto_rawDescGZIP(), []int{30}
+	return file_api_agent_agent_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *PortForwardRequest) GetPort() uint32 {
@@ -1873,7 +1983,7 @@ type ShareVolumeRequest struct {
 
 func (x *ShareVolumeRequest) Reset() {
 	*x = ShareVolumeRequest{}
-	mi := &file_api_agent_agent_proto_msgTypes[31]
+	mi := &file_api_agent_agent_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1885,7 +1995,7 @@ func (x *ShareVolumeRequest) String() string {
 func (*ShareVolumeRequest) ProtoMessage() {}
 
 func (x *ShareVolumeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_agent_agent_proto_msgTypes[31]
+	mi := &file_api_agent_agent_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1898,7 +2008,7 @@ func (x *ShareVolumeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ShareVolumeRequest.ProtoReflect.Descriptor instead.
 func (*ShareVolumeRequest) Descriptor() ([]byte, []int) {
-	return file_api_agent_agent_proto_rawDescGZIP(), []int{31}
+	return file_api_agent_agent_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *ShareVolumeRequest) GetKind() string {
@@ -1940,7 +2050,7 @@ type VolumeFile struct {
 
 func (x *VolumeFile) Reset() {
 	*x = VolumeFile{}
-	mi := &file_api_agent_agent_proto_msgTypes[32]
+	mi := &file_api_agent_agent_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1952,7 +2062,7 @@ func (x *VolumeFile) String() string {
 func (*VolumeFile) ProtoMessage() {}
 
 func (x *VolumeFile) ProtoReflect() protoreflect.Message {
-	mi := &file_api_agent_agent_proto_msgTypes[32]
+	mi := &file_api_agent_agent_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1965,7 +2075,7 @@ func (x *VolumeFile) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VolumeFile.ProtoReflect.Descriptor instead.
 func (*VolumeFile) Descriptor() ([]byte, []int) {
-	return file_api_agent_agent_proto_rawDescGZIP(), []int{32}
+	return file_api_agent_agent_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *VolumeFile) GetPath() string {
@@ -2034,7 +2144,7 @@ type SubPath struct {
 
 func (x *SubPath) Reset() {
 	*x = SubPath{}
-	mi := &file_api_agent_agent_proto_msgTypes[33]
+	mi := &file_api_agent_agent_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2046,7 +2156,7 @@ func (x *SubPath) String() string {
 func (*SubPath) ProtoMessage() {}
 
 func (x *SubPath) ProtoReflect() protoreflect.Message {
-	mi := &file_api_agent_agent_proto_msgTypes[33]
+	mi := &file_api_agent_agent_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2059,7 +2169,7 @@ func (x *SubPath) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SubPath.ProtoReflect.Descriptor instead.
 func (*SubPath) Descriptor() ([]byte, []int) {
-	return file_api_agent_agent_proto_rawDescGZIP(), []int{33}
+	return file_api_agent_agent_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *SubPath) GetDestination() string {
@@ -2098,7 +2208,7 @@ type BlockVolume struct {
 
 func (x *BlockVolume) Reset() {
 	*x = BlockVolume{}
-	mi := &file_api_agent_agent_proto_msgTypes[34]
+	mi := &file_api_agent_agent_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2110,7 +2220,7 @@ func (x *BlockVolume) String() string {
 func (*BlockVolume) ProtoMessage() {}
 
 func (x *BlockVolume) ProtoReflect() protoreflect.Message {
-	mi := &file_api_agent_agent_proto_msgTypes[34]
+	mi := &file_api_agent_agent_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2123,7 +2233,7 @@ func (x *BlockVolume) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BlockVolume.ProtoReflect.Descriptor instead.
 func (*BlockVolume) Descriptor() ([]byte, []int) {
-	return file_api_agent_agent_proto_rawDescGZIP(), []int{34}
+	return file_api_agent_agent_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *BlockVolume) GetSerial() string {
@@ -2154,7 +2264,7 @@ type MemoryVolume struct {
 
 func (x *MemoryVolume) Reset() {
 	*x = MemoryVolume{}
-	mi := &file_api_agent_agent_proto_msgTypes[35]
+	mi := &file_api_agent_agent_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2166,7 +2276,7 @@ func (x *MemoryVolume) String() string {
 func (*MemoryVolume) ProtoMessage() {}
 
 func (x *MemoryVolume) ProtoReflect() protoreflect.Message {
-	mi := &file_api_agent_agent_proto_msgTypes[35]
+	mi := &file_api_agent_agent_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2179,7 +2289,7 @@ func (x *MemoryVolume) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MemoryVolume.ProtoReflect.Descriptor instead.
 func (*MemoryVolume) Descriptor() ([]byte, []int) {
-	return file_api_agent_agent_proto_rawDescGZIP(), []int{35}
+	return file_api_agent_agent_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *MemoryVolume) GetName() string {
@@ -2251,9 +2361,16 @@ const file_api_agent_agent_proto_rawDesc = "" +
 	"\x06digest\x18\x02 \x01(\tR\x06digest\x12\x1b\n" +
 	"\troot_hash\x18\x03 \x01(\tR\brootHash\x12\x1f\n" +
 	"\vdata_blocks\x18\x04 \x01(\x04R\n" +
-	"dataBlocks\"+\n" +
+	"dataBlocks\"]\n" +
 	"\x17CreateContainerResponse\x12\x10\n" +
-	"\x03pid\x18\x01 \x01(\rR\x03pid\"5\n" +
+	"\x03pid\x18\x01 \x01(\rR\x03pid\x120\n" +
+	"\x06phases\x18\x02 \x03(\v2\x18.contrast.agent.v1.PhaseR\x06phases\"J\n" +
+	"\x16StartContainerResponse\x120\n" +
+	"\x06phases\x18\x01 \x03(\v2\x18.contrast.agent.v1.PhaseR\x06phases\"<\n" +
+	"\x05Phase\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1f\n" +
+	"\vduration_ns\x18\x02 \x01(\x03R\n" +
+	"durationNs\"5\n" +
 	"\x10ContainerRequest\x12!\n" +
 	"\fcontainer_id\x18\x01 \x01(\tR\vcontainerId\"L\n" +
 	"\x0eProcessRequest\x12!\n" +
@@ -2348,13 +2465,13 @@ const file_api_agent_agent_proto_rawDesc = "" +
 	"\fMemoryVolume\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1d\n" +
 	"\n" +
-	"size_bytes\x18\x02 \x01(\x04R\tsizeBytes2\xb9\r\n" +
+	"size_bytes\x18\x02 \x01(\x04R\tsizeBytes2\xca\r\n" +
 	"\x05Agent\x12M\n" +
 	"\x06Health\x12 .contrast.agent.v1.HealthRequest\x1a!.contrast.agent.v1.HealthResponse\x12V\n" +
 	"\tSetPolicy\x12#.contrast.agent.v1.SetPolicyRequest\x1a$.contrast.agent.v1.SetPolicyResponse\x12R\n" +
 	"\rCreateSandbox\x12'.contrast.agent.v1.CreateSandboxRequest\x1a\x18.contrast.agent.v1.Empty\x12h\n" +
-	"\x0fCreateContainer\x12).contrast.agent.v1.CreateContainerRequest\x1a*.contrast.agent.v1.CreateContainerResponse\x12O\n" +
-	"\x0eStartContainer\x12#.contrast.agent.v1.ContainerRequest\x1a\x18.contrast.agent.v1.Empty\x12\\\n" +
+	"\x0fCreateContainer\x12).contrast.agent.v1.CreateContainerRequest\x1a*.contrast.agent.v1.CreateContainerResponse\x12`\n" +
+	"\x0eStartContainer\x12#.contrast.agent.v1.ContainerRequest\x1a).contrast.agent.v1.StartContainerResponse\x12\\\n" +
 	"\vExecProcess\x12%.contrast.agent.v1.ExecProcessRequest\x1a&.contrast.agent.v1.ExecProcessResponse\x12R\n" +
 	"\rSignalProcess\x12'.contrast.agent.v1.SignalProcessRequest\x1a\x18.contrast.agent.v1.Empty\x12X\n" +
 	"\vWaitProcess\x12!.contrast.agent.v1.ProcessRequest\x1a&.contrast.agent.v1.WaitProcessResponse\x12I\n" +
@@ -2384,7 +2501,7 @@ func file_api_agent_agent_proto_rawDescGZIP() []byte {
 	return file_api_agent_agent_proto_rawDescData
 }
 
-var file_api_agent_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 37)
+var file_api_agent_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 39)
 var file_api_agent_agent_proto_goTypes = []any{
 	(*Empty)(nil),                   // 0: contrast.agent.v1.Empty
 	(*HealthRequest)(nil),           // 1: contrast.agent.v1.HealthRequest
@@ -2398,92 +2515,96 @@ var file_api_agent_agent_proto_goTypes = []any{
 	(*CreateContainerRequest)(nil),  // 9: contrast.agent.v1.CreateContainerRequest
 	(*Layer)(nil),                   // 10: contrast.agent.v1.Layer
 	(*CreateContainerResponse)(nil), // 11: contrast.agent.v1.CreateContainerResponse
-	(*ContainerRequest)(nil),        // 12: contrast.agent.v1.ContainerRequest
-	(*ProcessRequest)(nil),          // 13: contrast.agent.v1.ProcessRequest
-	(*ExecProcessRequest)(nil),      // 14: contrast.agent.v1.ExecProcessRequest
-	(*ExecProcessResponse)(nil),     // 15: contrast.agent.v1.ExecProcessResponse
-	(*SignalProcessRequest)(nil),    // 16: contrast.agent.v1.SignalProcessRequest
-	(*WaitProcessResponse)(nil),     // 17: contrast.agent.v1.WaitProcessResponse
-	(*ListProcessesResponse)(nil),   // 18: contrast.agent.v1.ListProcessesResponse
-	(*RemoveContainerRequest)(nil),  // 19: contrast.agent.v1.RemoveContainerRequest
-	(*ResizePtyRequest)(nil),        // 20: contrast.agent.v1.ResizePtyRequest
-	(*UpdateContainerRequest)(nil),  // 21: contrast.agent.v1.UpdateContainerRequest
-	(*StatsContainerResponse)(nil),  // 22: contrast.agent.v1.StatsContainerResponse
-	(*OOMEvent)(nil),                // 23: contrast.agent.v1.OOMEvent
-	(*GetReportRequest)(nil),        // 24: contrast.agent.v1.GetReportRequest
-	(*GetReportResponse)(nil),       // 25: contrast.agent.v1.GetReportResponse
-	(*NetworkInterface)(nil),        // 26: contrast.agent.v1.NetworkInterface
-	(*NetworkRoute)(nil),            // 27: contrast.agent.v1.NetworkRoute
-	(*NetworkNeighbor)(nil),         // 28: contrast.agent.v1.NetworkNeighbor
-	(*ConfigureNetworkRequest)(nil), // 29: contrast.agent.v1.ConfigureNetworkRequest
-	(*PortForwardRequest)(nil),      // 30: contrast.agent.v1.PortForwardRequest
-	(*ShareVolumeRequest)(nil),      // 31: contrast.agent.v1.ShareVolumeRequest
-	(*VolumeFile)(nil),              // 32: contrast.agent.v1.VolumeFile
-	(*SubPath)(nil),                 // 33: contrast.agent.v1.SubPath
-	(*BlockVolume)(nil),             // 34: contrast.agent.v1.BlockVolume
-	(*MemoryVolume)(nil),            // 35: contrast.agent.v1.MemoryVolume
-	nil,                             // 36: contrast.agent.v1.CreateSandboxRequest.SysctlsEntry
+	(*StartContainerResponse)(nil),  // 12: contrast.agent.v1.StartContainerResponse
+	(*Phase)(nil),                   // 13: contrast.agent.v1.Phase
+	(*ContainerRequest)(nil),        // 14: contrast.agent.v1.ContainerRequest
+	(*ProcessRequest)(nil),          // 15: contrast.agent.v1.ProcessRequest
+	(*ExecProcessRequest)(nil),      // 16: contrast.agent.v1.ExecProcessRequest
+	(*ExecProcessResponse)(nil),     // 17: contrast.agent.v1.ExecProcessResponse
+	(*SignalProcessRequest)(nil),    // 18: contrast.agent.v1.SignalProcessRequest
+	(*WaitProcessResponse)(nil),     // 19: contrast.agent.v1.WaitProcessResponse
+	(*ListProcessesResponse)(nil),   // 20: contrast.agent.v1.ListProcessesResponse
+	(*RemoveContainerRequest)(nil),  // 21: contrast.agent.v1.RemoveContainerRequest
+	(*ResizePtyRequest)(nil),        // 22: contrast.agent.v1.ResizePtyRequest
+	(*UpdateContainerRequest)(nil),  // 23: contrast.agent.v1.UpdateContainerRequest
+	(*StatsContainerResponse)(nil),  // 24: contrast.agent.v1.StatsContainerResponse
+	(*OOMEvent)(nil),                // 25: contrast.agent.v1.OOMEvent
+	(*GetReportRequest)(nil),        // 26: contrast.agent.v1.GetReportRequest
+	(*GetReportResponse)(nil),       // 27: contrast.agent.v1.GetReportResponse
+	(*NetworkInterface)(nil),        // 28: contrast.agent.v1.NetworkInterface
+	(*NetworkRoute)(nil),            // 29: contrast.agent.v1.NetworkRoute
+	(*NetworkNeighbor)(nil),         // 30: contrast.agent.v1.NetworkNeighbor
+	(*ConfigureNetworkRequest)(nil), // 31: contrast.agent.v1.ConfigureNetworkRequest
+	(*PortForwardRequest)(nil),      // 32: contrast.agent.v1.PortForwardRequest
+	(*ShareVolumeRequest)(nil),      // 33: contrast.agent.v1.ShareVolumeRequest
+	(*VolumeFile)(nil),              // 34: contrast.agent.v1.VolumeFile
+	(*SubPath)(nil),                 // 35: contrast.agent.v1.SubPath
+	(*BlockVolume)(nil),             // 36: contrast.agent.v1.BlockVolume
+	(*MemoryVolume)(nil),            // 37: contrast.agent.v1.MemoryVolume
+	nil,                             // 38: contrast.agent.v1.CreateSandboxRequest.SysctlsEntry
 }
 var file_api_agent_agent_proto_depIdxs = []int32{
-	36, // 0: contrast.agent.v1.CreateSandboxRequest.sysctls:type_name -> contrast.agent.v1.CreateSandboxRequest.SysctlsEntry
+	38, // 0: contrast.agent.v1.CreateSandboxRequest.sysctls:type_name -> contrast.agent.v1.CreateSandboxRequest.SysctlsEntry
 	6,  // 1: contrast.agent.v1.CreateContainerRequest.rootfs:type_name -> contrast.agent.v1.BlockDevice
 	7,  // 2: contrast.agent.v1.CreateContainerRequest.shared_files:type_name -> contrast.agent.v1.SharedFile
 	8,  // 3: contrast.agent.v1.CreateContainerRequest.stdio:type_name -> contrast.agent.v1.Stdio
 	10, // 4: contrast.agent.v1.CreateContainerRequest.layers:type_name -> contrast.agent.v1.Layer
-	33, // 5: contrast.agent.v1.CreateContainerRequest.sub_paths:type_name -> contrast.agent.v1.SubPath
-	34, // 6: contrast.agent.v1.CreateContainerRequest.block_volumes:type_name -> contrast.agent.v1.BlockVolume
-	35, // 7: contrast.agent.v1.CreateContainerRequest.memory_volumes:type_name -> contrast.agent.v1.MemoryVolume
-	8,  // 8: contrast.agent.v1.ExecProcessRequest.stdio:type_name -> contrast.agent.v1.Stdio
-	7,  // 9: contrast.agent.v1.WaitProcessResponse.written_back:type_name -> contrast.agent.v1.SharedFile
-	26, // 10: contrast.agent.v1.ConfigureNetworkRequest.interfaces:type_name -> contrast.agent.v1.NetworkInterface
-	27, // 11: contrast.agent.v1.ConfigureNetworkRequest.routes:type_name -> contrast.agent.v1.NetworkRoute
-	28, // 12: contrast.agent.v1.ConfigureNetworkRequest.neighbors:type_name -> contrast.agent.v1.NetworkNeighbor
-	32, // 13: contrast.agent.v1.ShareVolumeRequest.files:type_name -> contrast.agent.v1.VolumeFile
-	1,  // 14: contrast.agent.v1.Agent.Health:input_type -> contrast.agent.v1.HealthRequest
-	3,  // 15: contrast.agent.v1.Agent.SetPolicy:input_type -> contrast.agent.v1.SetPolicyRequest
-	5,  // 16: contrast.agent.v1.Agent.CreateSandbox:input_type -> contrast.agent.v1.CreateSandboxRequest
-	9,  // 17: contrast.agent.v1.Agent.CreateContainer:input_type -> contrast.agent.v1.CreateContainerRequest
-	12, // 18: contrast.agent.v1.Agent.StartContainer:input_type -> contrast.agent.v1.ContainerRequest
-	14, // 19: contrast.agent.v1.Agent.ExecProcess:input_type -> contrast.agent.v1.ExecProcessRequest
-	16, // 20: contrast.agent.v1.Agent.SignalProcess:input_type -> contrast.agent.v1.SignalProcessRequest
-	13, // 21: contrast.agent.v1.Agent.WaitProcess:input_type -> contrast.agent.v1.ProcessRequest
-	13, // 22: contrast.agent.v1.Agent.CloseStdin:input_type -> contrast.agent.v1.ProcessRequest
-	12, // 23: contrast.agent.v1.Agent.ListProcesses:input_type -> contrast.agent.v1.ContainerRequest
-	19, // 24: contrast.agent.v1.Agent.RemoveContainer:input_type -> contrast.agent.v1.RemoveContainerRequest
-	20, // 25: contrast.agent.v1.Agent.ResizePty:input_type -> contrast.agent.v1.ResizePtyRequest
-	12, // 26: contrast.agent.v1.Agent.PauseContainer:input_type -> contrast.agent.v1.ContainerRequest
-	12, // 27: contrast.agent.v1.Agent.ResumeContainer:input_type -> contrast.agent.v1.ContainerRequest
-	21, // 28: contrast.agent.v1.Agent.UpdateContainer:input_type -> contrast.agent.v1.UpdateContainerRequest
-	12, // 29: contrast.agent.v1.Agent.StatsContainer:input_type -> contrast.agent.v1.ContainerRequest
-	0,  // 30: contrast.agent.v1.Agent.WaitOOM:input_type -> contrast.agent.v1.Empty
-	24, // 31: contrast.agent.v1.Agent.GetReport:input_type -> contrast.agent.v1.GetReportRequest
-	29, // 32: contrast.agent.v1.Agent.ConfigureNetwork:input_type -> contrast.agent.v1.ConfigureNetworkRequest
-	31, // 33: contrast.agent.v1.Agent.ShareVolume:input_type -> contrast.agent.v1.ShareVolumeRequest
-	2,  // 34: contrast.agent.v1.Agent.Health:output_type -> contrast.agent.v1.HealthResponse
-	4,  // 35: contrast.agent.v1.Agent.SetPolicy:output_type -> contrast.agent.v1.SetPolicyResponse
-	0,  // 36: contrast.agent.v1.Agent.CreateSandbox:output_type -> contrast.agent.v1.Empty
-	11, // 37: contrast.agent.v1.Agent.CreateContainer:output_type -> contrast.agent.v1.CreateContainerResponse
-	0,  // 38: contrast.agent.v1.Agent.StartContainer:output_type -> contrast.agent.v1.Empty
-	15, // 39: contrast.agent.v1.Agent.ExecProcess:output_type -> contrast.agent.v1.ExecProcessResponse
-	0,  // 40: contrast.agent.v1.Agent.SignalProcess:output_type -> contrast.agent.v1.Empty
-	17, // 41: contrast.agent.v1.Agent.WaitProcess:output_type -> contrast.agent.v1.WaitProcessResponse
-	0,  // 42: contrast.agent.v1.Agent.CloseStdin:output_type -> contrast.agent.v1.Empty
-	18, // 43: contrast.agent.v1.Agent.ListProcesses:output_type -> contrast.agent.v1.ListProcessesResponse
-	0,  // 44: contrast.agent.v1.Agent.RemoveContainer:output_type -> contrast.agent.v1.Empty
-	0,  // 45: contrast.agent.v1.Agent.ResizePty:output_type -> contrast.agent.v1.Empty
-	0,  // 46: contrast.agent.v1.Agent.PauseContainer:output_type -> contrast.agent.v1.Empty
-	0,  // 47: contrast.agent.v1.Agent.ResumeContainer:output_type -> contrast.agent.v1.Empty
-	0,  // 48: contrast.agent.v1.Agent.UpdateContainer:output_type -> contrast.agent.v1.Empty
-	22, // 49: contrast.agent.v1.Agent.StatsContainer:output_type -> contrast.agent.v1.StatsContainerResponse
-	23, // 50: contrast.agent.v1.Agent.WaitOOM:output_type -> contrast.agent.v1.OOMEvent
-	25, // 51: contrast.agent.v1.Agent.GetReport:output_type -> contrast.agent.v1.GetReportResponse
-	0,  // 52: contrast.agent.v1.Agent.ConfigureNetwork:output_type -> contrast.agent.v1.Empty
-	0,  // 53: contrast.agent.v1.Agent.ShareVolume:output_type -> contrast.agent.v1.Empty
-	34, // [34:54] is the sub-list for method output_type
-	14, // [14:34] is the sub-list for method input_type
-	14, // [14:14] is the sub-list for extension type_name
-	14, // [14:14] is the sub-list for extension extendee
-	0,  // [0:14] is the sub-list for field type_name
+	35, // 5: contrast.agent.v1.CreateContainerRequest.sub_paths:type_name -> contrast.agent.v1.SubPath
+	36, // 6: contrast.agent.v1.CreateContainerRequest.block_volumes:type_name -> contrast.agent.v1.BlockVolume
+	37, // 7: contrast.agent.v1.CreateContainerRequest.memory_volumes:type_name -> contrast.agent.v1.MemoryVolume
+	13, // 8: contrast.agent.v1.CreateContainerResponse.phases:type_name -> contrast.agent.v1.Phase
+	13, // 9: contrast.agent.v1.StartContainerResponse.phases:type_name -> contrast.agent.v1.Phase
+	8,  // 10: contrast.agent.v1.ExecProcessRequest.stdio:type_name -> contrast.agent.v1.Stdio
+	7,  // 11: contrast.agent.v1.WaitProcessResponse.written_back:type_name -> contrast.agent.v1.SharedFile
+	28, // 12: contrast.agent.v1.ConfigureNetworkRequest.interfaces:type_name -> contrast.agent.v1.NetworkInterface
+	29, // 13: contrast.agent.v1.ConfigureNetworkRequest.routes:type_name -> contrast.agent.v1.NetworkRoute
+	30, // 14: contrast.agent.v1.ConfigureNetworkRequest.neighbors:type_name -> contrast.agent.v1.NetworkNeighbor
+	34, // 15: contrast.agent.v1.ShareVolumeRequest.files:type_name -> contrast.agent.v1.VolumeFile
+	1,  // 16: contrast.agent.v1.Agent.Health:input_type -> contrast.agent.v1.HealthRequest
+	3,  // 17: contrast.agent.v1.Agent.SetPolicy:input_type -> contrast.agent.v1.SetPolicyRequest
+	5,  // 18: contrast.agent.v1.Agent.CreateSandbox:input_type -> contrast.agent.v1.CreateSandboxRequest
+	9,  // 19: contrast.agent.v1.Agent.CreateContainer:input_type -> contrast.agent.v1.CreateContainerRequest
+	14, // 20: contrast.agent.v1.Agent.StartContainer:input_type -> contrast.agent.v1.ContainerRequest
+	16, // 21: contrast.agent.v1.Agent.ExecProcess:input_type -> contrast.agent.v1.ExecProcessRequest
+	18, // 22: contrast.agent.v1.Agent.SignalProcess:input_type -> contrast.agent.v1.SignalProcessRequest
+	15, // 23: contrast.agent.v1.Agent.WaitProcess:input_type -> contrast.agent.v1.ProcessRequest
+	15, // 24: contrast.agent.v1.Agent.CloseStdin:input_type -> contrast.agent.v1.ProcessRequest
+	14, // 25: contrast.agent.v1.Agent.ListProcesses:input_type -> contrast.agent.v1.ContainerRequest
+	21, // 26: contrast.agent.v1.Agent.RemoveContainer:input_type -> contrast.agent.v1.RemoveContainerRequest
+	22, // 27: contrast.agent.v1.Agent.ResizePty:input_type -> contrast.agent.v1.ResizePtyRequest
+	14, // 28: contrast.agent.v1.Agent.PauseContainer:input_type -> contrast.agent.v1.ContainerRequest
+	14, // 29: contrast.agent.v1.Agent.ResumeContainer:input_type -> contrast.agent.v1.ContainerRequest
+	23, // 30: contrast.agent.v1.Agent.UpdateContainer:input_type -> contrast.agent.v1.UpdateContainerRequest
+	14, // 31: contrast.agent.v1.Agent.StatsContainer:input_type -> contrast.agent.v1.ContainerRequest
+	0,  // 32: contrast.agent.v1.Agent.WaitOOM:input_type -> contrast.agent.v1.Empty
+	26, // 33: contrast.agent.v1.Agent.GetReport:input_type -> contrast.agent.v1.GetReportRequest
+	31, // 34: contrast.agent.v1.Agent.ConfigureNetwork:input_type -> contrast.agent.v1.ConfigureNetworkRequest
+	33, // 35: contrast.agent.v1.Agent.ShareVolume:input_type -> contrast.agent.v1.ShareVolumeRequest
+	2,  // 36: contrast.agent.v1.Agent.Health:output_type -> contrast.agent.v1.HealthResponse
+	4,  // 37: contrast.agent.v1.Agent.SetPolicy:output_type -> contrast.agent.v1.SetPolicyResponse
+	0,  // 38: contrast.agent.v1.Agent.CreateSandbox:output_type -> contrast.agent.v1.Empty
+	11, // 39: contrast.agent.v1.Agent.CreateContainer:output_type -> contrast.agent.v1.CreateContainerResponse
+	12, // 40: contrast.agent.v1.Agent.StartContainer:output_type -> contrast.agent.v1.StartContainerResponse
+	17, // 41: contrast.agent.v1.Agent.ExecProcess:output_type -> contrast.agent.v1.ExecProcessResponse
+	0,  // 42: contrast.agent.v1.Agent.SignalProcess:output_type -> contrast.agent.v1.Empty
+	19, // 43: contrast.agent.v1.Agent.WaitProcess:output_type -> contrast.agent.v1.WaitProcessResponse
+	0,  // 44: contrast.agent.v1.Agent.CloseStdin:output_type -> contrast.agent.v1.Empty
+	20, // 45: contrast.agent.v1.Agent.ListProcesses:output_type -> contrast.agent.v1.ListProcessesResponse
+	0,  // 46: contrast.agent.v1.Agent.RemoveContainer:output_type -> contrast.agent.v1.Empty
+	0,  // 47: contrast.agent.v1.Agent.ResizePty:output_type -> contrast.agent.v1.Empty
+	0,  // 48: contrast.agent.v1.Agent.PauseContainer:output_type -> contrast.agent.v1.Empty
+	0,  // 49: contrast.agent.v1.Agent.ResumeContainer:output_type -> contrast.agent.v1.Empty
+	0,  // 50: contrast.agent.v1.Agent.UpdateContainer:output_type -> contrast.agent.v1.Empty
+	24, // 51: contrast.agent.v1.Agent.StatsContainer:output_type -> contrast.agent.v1.StatsContainerResponse
+	25, // 52: contrast.agent.v1.Agent.WaitOOM:output_type -> contrast.agent.v1.OOMEvent
+	27, // 53: contrast.agent.v1.Agent.GetReport:output_type -> contrast.agent.v1.GetReportResponse
+	0,  // 54: contrast.agent.v1.Agent.ConfigureNetwork:output_type -> contrast.agent.v1.Empty
+	0,  // 55: contrast.agent.v1.Agent.ShareVolume:output_type -> contrast.agent.v1.Empty
+	36, // [36:56] is the sub-list for method output_type
+	16, // [16:36] is the sub-list for method input_type
+	16, // [16:16] is the sub-list for extension type_name
+	16, // [16:16] is the sub-list for extension extendee
+	0,  // [0:16] is the sub-list for field type_name
 }
 
 func init() { file_api_agent_agent_proto_init() }
@@ -2497,7 +2618,7 @@ func file_api_agent_agent_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_api_agent_agent_proto_rawDesc), len(file_api_agent_agent_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   37,
+			NumMessages:   39,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

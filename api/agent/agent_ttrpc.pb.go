@@ -12,7 +12,7 @@ type AgentService interface {
 	SetPolicy(context.Context, *SetPolicyRequest) (*SetPolicyResponse, error)
 	CreateSandbox(context.Context, *CreateSandboxRequest) (*Empty, error)
 	CreateContainer(context.Context, *CreateContainerRequest) (*CreateContainerResponse, error)
-	StartContainer(context.Context, *ContainerRequest) (*Empty, error)
+	StartContainer(context.Context, *ContainerRequest) (*StartContainerResponse, error)
 	ExecProcess(context.Context, *ExecProcessRequest) (*ExecProcessResponse, error)
 	SignalProcess(context.Context, *SignalProcessRequest) (*Empty, error)
 	WaitProcess(context.Context, *ProcessRequest) (*WaitProcessResponse, error)
@@ -219,8 +219,8 @@ func (c *agentClient) CreateContainer(ctx context.Context, req *CreateContainerR
 	return &resp, nil
 }
 
-func (c *agentClient) StartContainer(ctx context.Context, req *ContainerRequest) (*Empty, error) {
-	var resp Empty
+func (c *agentClient) StartContainer(ctx context.Context, req *ContainerRequest) (*StartContainerResponse, error) {
+	var resp StartContainerResponse
 	if err := c.client.Call(ctx, "contrast.agent.v1.Agent", "StartContainer", req, &resp); err != nil {
 		return nil, err
 	}

@@ -129,10 +129,6 @@ func (vm *VM) attachDisk(ctx context.Context, d hypervisor.Disk) error {
 		ReadOnly: d.ReadOnly,
 		File:     file,
 	}
-	if err := vm.qmp.execute(ctx, "blockdev-add", add, nil); err != nil {
-		release()
-		return err
-	}
 	dev := map[string]any{
 		"driver": "virtio-blk-pci",
 		"id":     dk.devID,
@@ -140,7 +136,29 @@ func (vm *VM) attachDisk(ctx context.Context, d hypervisor.Disk) error {
 		"bus":    rootPortID(port),
 		"serial": d.Serial,
 	}
-	if err := vm.qmp.execute(ctx, "device_add", dev, nil); err != nil {
+	// Both commands go out before either answer is awaited: one round
+	// trip to QEMU instead of two. QEMU runs them in order, so device_add
+	// finds the node blockdev-add made, or fails for want of it (the
+	// node name is new) when blockdev-add failed.
+	waitNode, err := vm.qmp.send(ctx, "blockdev-add", add)
+	if err != nil {
+		release()
+		return err
+	}
+	waitDevice, devErr := vm.qmp.send(ctx, "device_add", dev)
+	if err := waitNode(nil); err != nil {
+		// QEMU refuses the device for want of its node; only when the
+		// node's answer was lost (ctx, connection) may it have plugged
+		// the device after all, whose port then stays taken.
+		if devErr != nil || waitDevice(nil) != nil {
+			release()
+		}
+		return err
+	}
+	if devErr == nil {
+		devErr = waitDevice(nil)
+	}
+	if err := devErr; err != nil {
 		if derr := vm.blockdevDel(context.WithoutCancel(ctx), dk.node); derr != nil {
 			// The node stays in QEMU; keep the port and serial taken so
 			// the leftovers are not reused half-broken.

@@ -208,11 +208,23 @@ func (c *qmpClient) subscribe(match func(qmpEvent) bool) (<-chan qmpEvent, func(
 // return value into result (unless nil). A QEMU error comes back as
 // *QMPError.
 func (c *qmpClient) execute(ctx context.Context, command string, args any, result any) error {
+	wait, err := c.send(ctx, command, args)
+	if err != nil {
+		return err
+	}
+	return wait(result)
+}
+
+// send sends a QMP command and returns the wait for its answer, which
+// execute's result and errors then come from. QEMU runs commands in the
+// order they arrive: commands sent one after another, before waiting,
+// cost one round trip together.
+func (c *qmpClient) send(ctx context.Context, command string, args any) (wait func(result any) error, _ error) {
 	c.mu.Lock()
 	if c.pending == nil {
 		err := c.err
 		c.mu.Unlock()
-		return fmt.Errorf("qmp %s: %w", command, err)
+		return nil, fmt.Errorf("qmp %s: %w", command, err)
 	}
 	c.nextID++
 	// QEMU echoes the id verbatim: its JSON text is the key.
@@ -230,7 +242,7 @@ func (c *qmpClient) execute(ctx context.Context, command string, args any, resul
 	b, err := json.Marshal(req)
 	if err != nil {
 		c.forget(id)
-		return fmt.Errorf("qmp %s: encode arguments: %w", command, err)
+		return nil, fmt.Errorf("qmp %s: encode arguments: %w", command, err)
 	}
 	b = append(b, '\n')
 	c.writeMu.Lock()
@@ -243,31 +255,33 @@ func (c *qmpClient) execute(ctx context.Context, command string, args any, resul
 	c.writeMu.Unlock()
 	if err != nil {
 		c.forget(id)
-		return fmt.Errorf("qmp %s: send: %w", command, err)
+		return nil, fmt.Errorf("qmp %s: send: %w", command, err)
 	}
 
-	select {
-	case m := <-ch:
-		if m.Error != nil {
-			e := *m.Error
-			e.Command = command
-			return &e
-		}
-		if result != nil {
-			if err := json.Unmarshal(m.Return, result); err != nil {
-				return fmt.Errorf("qmp %s: decode answer %q: %w", command, truncate(string(m.Return), 200), err)
+	return func(result any) error {
+		select {
+		case m := <-ch:
+			if m.Error != nil {
+				e := *m.Error
+				e.Command = command
+				return &e
 			}
+			if result != nil {
+				if err := json.Unmarshal(m.Return, result); err != nil {
+					return fmt.Errorf("qmp %s: decode answer %q: %w", command, truncate(string(m.Return), 200), err)
+				}
+			}
+			return nil
+		case <-c.closed:
+			c.mu.Lock()
+			err := c.err
+			c.mu.Unlock()
+			return fmt.Errorf("qmp %s: %w", command, err)
+		case <-ctx.Done():
+			c.forget(id)
+			return fmt.Errorf("qmp %s: %w", command, ctx.Err())
 		}
-		return nil
-	case <-c.closed:
-		c.mu.Lock()
-		err := c.err
-		c.mu.Unlock()
-		return fmt.Errorf("qmp %s: %w", command, err)
-	case <-ctx.Done():
-		c.forget(id)
-		return fmt.Errorf("qmp %s: %w", command, ctx.Err())
-	}
+	}, nil
 }
 
 func (c *qmpClient) forget(id string) {

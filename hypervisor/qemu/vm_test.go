@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -255,7 +256,18 @@ func TestLifecycle(t *testing.T) {
 		t.Errorf("second detach: %v", err)
 	}
 	// The freed port takes the next disk; a failed blockdev-add leaves
-	// nothing taken.
+	// nothing taken, also with device_add sent right behind it.
+	sock := filepath.Join(t.TempDir(), "not-a-disk")
+	ln, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	if err := vm.AttachDisk(ctx, hypervisor.Disk{Serial: "socket", Path: sock, ReadOnly: true}); err == nil {
+		t.Error("attach of a unix socket as a disk succeeded")
+	} else if qe := (*QMPError)(nil); !errors.As(err, &qe) || qe.Command != "blockdev-add" {
+		t.Errorf("attach of a unix socket as a disk: %v, want blockdev-add's QMP error", err)
+	}
 	if err := vm.AttachDisk(ctx, hypervisor.Disk{Serial: "layer2", Path: img, ReadOnly: true}); err != nil {
 		t.Fatalf("attach on the freed port: %v", err)
 	}
@@ -274,7 +286,8 @@ func TestLifecycle(t *testing.T) {
 		}
 	}
 	slices.Sort(nodes)
-	if want := []string{"disk1-fmt", "disk2-fmt"}; !slices.Equal(nodes, want) {
+	// disk2 was the socket's: node names are never reused
+	if want := []string{"disk1-fmt", "disk3-fmt"}; !slices.Equal(nodes, want) {
 		t.Errorf("block nodes %q, want %q", nodes, want)
 	}
 
