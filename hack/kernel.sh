@@ -19,6 +19,11 @@ key=$( (echo "$srcver"; echo "$build_id"; cat "$fragment") | sha256sum | cut -c1
 out=$CACHE/kernel/$key
 if [ -f "$out/bzImage" ]; then echo "$out/bzImage"; exit 0; fi
 mkdir -p "$CACHE/kernel"
+# One build at a time: two make runs in the one build tree corrupt it. A
+# second caller waits for the first and then finds its result.
+exec 9>"$CACHE/kernel/.lock"
+flock 9
+if [ -f "$out/bzImage" ]; then echo "$out/bzImage"; exit 0; fi
 work=$CACHE/kernel/build-$srcver
 if [ ! -d "$work/linux-source-6.12" ]; then
   echo "==> unpacking $tarball" >&2
