@@ -160,8 +160,11 @@ func (s *service) startPod(ctx context.Context, r *taskAPI.CreateTaskRequest, sp
 func bootPod(ctx context.Context, hv hypervisor.Hypervisor, cfg Config, l podLaunch) (_ *pod, retErr error) {
 	id := l.ID
 	for _, f := range []struct{ key, path string }{
-		{"hypervisor.kernel", cfg.Hypervisor.Kernel}, {"hypervisor.initrd", cfg.Hypervisor.Initrd},
+		{"hypervisor.kernel", cfg.Hypervisor.Kernel}, {"hypervisor.initrd", cfg.Hypervisor.Initrd}, {"hypervisor.rootfs", cfg.Hypervisor.RootDisk},
 	} {
+		if f.path == "" {
+			continue // the one of initrd and rootfs not used
+		}
 		if _, err := os.Stat(f.path); err != nil {
 			return nil, fmt.Errorf("guest image: %s: %w", f.key, err)
 		}
