@@ -303,15 +303,26 @@ func (p *pod) connectAgent(ctx context.Context) error {
 }
 
 // consoleTail quotes the end of the guest console, so a failed boot can be
-// diagnosed from the error alone.
+// diagnosed from the error alone. dm-verity errors from before that end are
+// quoted too: a root disk that fails verification makes the kernel panic a
+// few lines later, and the panic alone does not say why.
 func (p *pod) consoleTail() string {
 	data, err := os.ReadFile(p.vm.ConsoleLog())
 	if err != nil || len(bytes.TrimSpace(data)) == 0 {
 		return " (guest console is empty)"
 	}
 	lines := strings.Split(strings.TrimRight(string(data), "\n"), "\n")
+	var verity []string
 	if len(lines) > 8 {
+		for _, l := range lines[:len(lines)-8] {
+			if strings.Contains(l, "device-mapper: verity") && len(verity) < 3 {
+				verity = append(verity, l)
+			}
+		}
 		lines = lines[len(lines)-8:]
+	}
+	if len(verity) > 0 {
+		lines = append(append(verity, "..."), lines...)
 	}
 	return "; guest console ends with:\n" + strings.Join(lines, "\n")
 }

@@ -1,6 +1,9 @@
 // Package vmimage builds and reads the guest image a pod VM boots: our kernel
 // (built by hack/kernel.sh from Debian's source and vmimage/kernel/guest.config)
-// and an initramfs holding the agent as /init and a static runc. Builds are
+// and the guest's root file system holding the agent as /init and a static
+// runc: by default a read-only ext4 disk image with its dm-verity hash tree
+// (rootfs.img), which the kernel opens by the root hash on its command line,
+// or an initramfs (FormatInitrd). Builds are
 // reproducible: the same inputs give byte-identical files, so the launch
 // measurement of a VM can be computed from the inputs alone.
 package vmimage
