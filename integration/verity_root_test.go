@@ -129,16 +129,22 @@ func flipInitBlock(t *testing.T, dir string) int64 {
 	return off
 }
 
-// replaceRootHash puts another root hash on the manifest's command line.
+// replaceRootHash puts another root hash on the manifest's command line
+// (and in its rootDisk, which must agree).
 func replaceRootHash(t *testing.T, dir string) {
 	t.Helper()
 	m := readManifest(t, dir)
-	other := sha256.Sum256([]byte("not the root hash of this disk"))
+	sum := sha256.Sum256([]byte("not the root hash of this disk"))
+	other := hex.EncodeToString(sum[:])
 	if !strings.Contains(m.KernelCmdline, m.RootDisk.RootHash) {
 		t.Fatalf("command line %q lacks the root hash %s", m.KernelCmdline, m.RootDisk.RootHash)
 	}
-	m.KernelCmdline = strings.ReplaceAll(m.KernelCmdline, m.RootDisk.RootHash, hex.EncodeToString(other[:]))
+	m.KernelCmdline = strings.ReplaceAll(m.KernelCmdline, m.RootDisk.RootHash, other)
+	m.RootDisk.RootHash = other
 	writeManifest(t, dir, m)
+	if _, err := vmimage.Load(dir); err != nil {
+		t.Fatalf("the edited manifest: %v", err)
+	}
 }
 
 func readManifest(t *testing.T, dir string) vmimage.Manifest {

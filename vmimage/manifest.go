@@ -188,6 +188,11 @@ func (m *Manifest) validate() error {
 		if err := m.RootDisk.validate(); err != nil {
 			return err
 		}
+		// The command line is what opens the disk: one that does not
+		// carry these parameters boots something else, or nothing.
+		if !strings.Contains(m.KernelCmdline, m.RootDisk.Cmdline()) {
+			return fmt.Errorf("kernelCmdline lacks the root disk's arguments %q", m.RootDisk.Cmdline())
+		}
 		f, _ := m.File(RootDiskFile)
 		if need := int64(m.RootDisk.HashStartBlock) * agent.VerityBlockSize; f.Size <= need {
 			return fmt.Errorf("file %s has %d bytes, too few for a hash tree from block %d", RootDiskFile, f.Size, m.RootDisk.HashStartBlock)

@@ -322,4 +322,12 @@ func TestLoadRefusesRootDiskWithoutParameters(t *testing.T) {
 	if _, err := Load(res.Image.Dir); err == nil || !strings.Contains(err.Error(), "without rootDisk") {
 		t.Errorf("Load of a manifest without rootDisk: %v", err)
 	}
+	// A command line that does not open the disk described.
+	if err := os.WriteFile(filepath.Join(res.Image.Dir, ManifestFile), raw, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	editManifest(t, res.Image.Dir, "root=/dev/dm-0", "root=/dev/vda")
+	if _, err := Load(res.Image.Dir); err == nil || !strings.Contains(err.Error(), "lacks the root disk's arguments") {
+		t.Errorf("Load of a manifest whose command line does not open the disk: %v", err)
+	}
 }
