@@ -303,9 +303,9 @@ func (p *pod) connectAgent(ctx context.Context) error {
 }
 
 // consoleTail quotes the end of the guest console, so a failed boot can be
-// diagnosed from the error alone. dm-verity errors from before that end are
-// quoted too: a root disk that fails verification makes the kernel panic a
-// few lines later, and the panic alone does not say why.
+// diagnosed from the error alone. dm-verity errors and the kernel's panic
+// message from before that end are quoted too: a root disk that fails
+// verification makes the kernel panic, and the end is its stack trace.
 func (p *pod) consoleTail() string {
 	data, err := os.ReadFile(p.vm.ConsoleLog())
 	if err != nil || len(bytes.TrimSpace(data)) == 0 {
@@ -315,7 +315,7 @@ func (p *pod) consoleTail() string {
 	var verity []string
 	if len(lines) > 8 {
 		for _, l := range lines[:len(lines)-8] {
-			if strings.Contains(l, "device-mapper: verity") && len(verity) < 3 {
+			if (strings.Contains(l, "device-mapper: verity") || strings.Contains(l, "Kernel panic")) && len(verity) < 4 {
 				verity = append(verity, l)
 			}
 		}

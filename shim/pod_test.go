@@ -166,7 +166,8 @@ func (vm consoleOnlyVM) ConsoleLog() string { return vm.console }
 // error quotes the error, though it is not among the last lines.
 func TestConsoleTailQuotesVerityErrors(t *testing.T) {
 	console := filepath.Join(t.TempDir(), "console.log")
-	lines := []string{"booting", "device-mapper: verity: 254:0: data block 1234 is corrupted", "Failed to execute /init (error -5)"}
+	lines := []string{"booting", "device-mapper: verity: 254:0: data block 1234 is corrupted", "Failed to execute /init (error -5)",
+		"Kernel panic - not syncing: Requested init /init failed (error -5)."}
 	for i := range 10 {
 		lines = append(lines, fmt.Sprintf("panic trace line %d", i))
 	}
@@ -174,11 +175,12 @@ func TestConsoleTailQuotesVerityErrors(t *testing.T) {
 		t.Fatal(err)
 	}
 	got := (&pod{vm: consoleOnlyVM{console: console}}).consoleTail()
-	if !strings.Contains(got, "data block 1234 is corrupted") || !strings.Contains(got, "panic trace line 9") || strings.Contains(got, "booting") {
+	if !strings.Contains(got, "data block 1234 is corrupted") || !strings.Contains(got, "Requested init /init failed") ||
+		!strings.Contains(got, "panic trace line 9") || strings.Contains(got, "booting") {
 		t.Errorf("console tail:\n%s", got)
 	}
 	// Without verity errors: the last 8 lines only.
-	if err := os.WriteFile(console, []byte(strings.Join(lines[2:], "\n")+"\n"), 0o644); err != nil {
+	if err := os.WriteFile(console, []byte(strings.Join(lines[4:], "\n")+"\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	if got := (&pod{vm: consoleOnlyVM{console: console}}).consoleTail(); strings.Contains(got, "Failed to execute") || strings.Contains(got, "...") {
