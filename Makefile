@@ -55,7 +55,8 @@ build:
 	$(GO) build -ldflags '$(LDFLAGS)' -o $(BIN)/contrast-node-installer ./cmd/contrast-node-installer
 
 # The guest image: kernel (cached), static agent, runc and busybox's mke2fs
-# (for the pods' encrypted scratch disks) in a reproducible initramfs; and the test image, the same with the simulated SNP device.
+# (for the pods' encrypted scratch disks) in a reproducible read-only root disk
+# (rootfs.img, dm-verity, root hash on the kernel command line); and the test image, the same with the simulated SNP device.
 image: deps
 	@OUT=$(OUT) hack/image.sh >/dev/null
 	@OUT=$(OUT) VARIANT=test hack/image.sh >/dev/null

@@ -21,14 +21,24 @@ func TestRuntimeTemplate(t *testing.T) {
 	for _, tc := range []struct {
 		name         string
 		firmware     bool
+		initrd       bool // an image built with --format initrd
 		confidential string
-	}{{"plain", false, shim.ConfidentialNone}, {"snp", true, shim.ConfidentialSNP}} {
+	}{
+		{"plain", false, false, shim.ConfidentialNone},
+		{"snp", true, false, shim.ConfidentialSNP},
+		{"initrd", false, true, shim.ConfidentialNone},
+	} {
 		t.Run(tc.name, func(t *testing.T) {
 			src, host := t.TempDir(), t.TempDir()
 			files := map[string]string{
-				installer.ShimPath: "shim", installer.KernelPath: "k", installer.InitrdPath: "i",
+				installer.ShimPath: "shim", installer.KernelPath: "k",
 				installer.RuntimeConfigPath: string(tmpl),
 			}
+			root := installer.RootDiskPath
+			if tc.initrd {
+				root = installer.InitrdPath
+			}
+			files[root] = "root"
 			if tc.firmware {
 				files[installer.FirmwarePath] = "ovmf"
 			}
@@ -54,6 +64,13 @@ func TestRuntimeTemplate(t *testing.T) {
 			}
 			if cfg.Hypervisor.Kernel != filepath.Join(res.Dir, installer.KernelPath) || cfg.Hypervisor.Confidential != tc.confidential {
 				t.Errorf("rendered config: kernel %s, confidential %s", cfg.Hypervisor.Kernel, cfg.Hypervisor.Confidential)
+			}
+			gotRoot, other := cfg.Hypervisor.RootDisk, cfg.Hypervisor.Initrd
+			if tc.initrd {
+				gotRoot, other = other, gotRoot
+			}
+			if gotRoot != filepath.Join(res.Dir, root) || other != "" {
+				t.Errorf("rendered config: rootfs %q, initrd %q; want only %s", cfg.Hypervisor.RootDisk, cfg.Hypervisor.Initrd, root)
 			}
 			if tc.firmware && cfg.SNP.Firmware != filepath.Join(res.Dir, installer.FirmwarePath) {
 				t.Errorf("snp.firmware %q, want the installed firmware", cfg.SNP.Firmware)

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# Builds the guest image into ${OUT:-_output}/image (kernel, initrd,
-# manifest.json) from the kernel of hack/kernel.sh, a static contrast-agent
-# built here and the static runc of hack/deps.sh. Prints the image directory on
-# stdout. AGENT=path uses that agent binary instead of building one.
+# Builds the guest image into ${OUT:-_output}/image (kernel, rootfs.img: the
+# root file system as a dm-verity protected ext4 disk, manifest.json) from the
+# kernel of hack/kernel.sh, a static contrast-agent built here and the static
+# runc of hack/deps.sh. Prints the image directory on stdout. AGENT=path uses
+# that agent binary instead of building one. FORMAT=initrd builds the old
+# initramfs image (initrd instead of rootfs.img), for comparisons.
 # VARIANT=test builds the test image into ${OUT}/image-test instead: its agent
 # has the simulated SNP device (build tag contrast_simsnp), which a release
 # image must never contain, and its reference.json holds the SEV-SNP launch
@@ -19,6 +21,7 @@ CACHE=${CONTRAST_CACHE:-$HOME/.cache/contrast}
 OUT=${OUT:-_output}
 case $OUT in /*) ;; *) OUT=$here/$OUT;; esac
 VARIANT=${VARIANT:-release}
+FORMAT=${FORMAT:-rootfs}
 case $VARIANT in
   release) suffix=; tags=; firmware=${FIRMWARE:-};;
   test) suffix=-test; tags=contrast_simsnp; firmware=${FIRMWARE:-$here/vmimage/snp/testdata/ovmf_AmdSev_suffix.bin};;
@@ -48,11 +51,11 @@ else
   log "building contrast-agent$suffix (static${tags:+, tags $tags})"
   # No build id, paths or VCS stamp: the same source gives the same agent bytes
   # (also from a tarball, and across commits that do not touch it), hence
-  # the same initrd. The old file is kept when nothing changed.
+  # the same root disk. The old file is kept when nothing changed.
   CGO_ENABLED=0 go build -trimpath -buildvcs=false -tags "$tags" -ldflags '-s -w -buildid=' -o "$agent.tmp" ./cmd/contrast-agent
   if cmp -s "$agent.tmp" "$agent"; then rm "$agent.tmp"; else mv "$agent.tmp" "$agent"; fi
 fi
 
 log "building guest image$suffix"
-go run ./cmd/contrast image build --kernel "$kernel" --agent "$agent" --runc "$runc" --mke2fs "$mke2fs" ${firmware:+--firmware "$firmware"} -o "$OUT/image$suffix" >&2
+go run ./cmd/contrast image build --kernel "$kernel" --agent "$agent" --runc "$runc" --mke2fs "$mke2fs" --format "$FORMAT" ${firmware:+--firmware "$firmware"} -o "$OUT/image$suffix" >&2
 echo "$OUT/image$suffix"

@@ -42,6 +42,11 @@ type VMSpec struct {
 	// Kernel, Initrd: guest image for direct kernel boot.
 	Kernel string
 	Initrd string
+	// RootDisk, optional, is a disk image the guest boots its root file
+	// system from (instead of an initrd): attached read-only as the first
+	// disk, ahead of every hot-plugged one, so the guest kernel names it
+	// /dev/vda, which KernelArgs (dm-mod.create) opens.
+	RootDisk string
 	// Firmware is optional (empty: the hypervisor's default). A confidential
 	// VM names its firmware in Confidential instead.
 	Firmware string

@@ -22,6 +22,7 @@ const (
 	ShimPath          = "bin/containerd-shim-contrast-v2"
 	KernelPath        = "image/kernel"
 	InitrdPath        = "image/initrd"
+	RootDiskPath      = "image/rootfs.img"
 	FirmwarePath      = "image/firmware"
 	RuntimeConfigPath = "runtime.toml"
 )
@@ -34,7 +35,7 @@ type Options struct {
 	// Prefix holds one directory per installed handler (default /opt/contrast).
 	Prefix string
 	// Source is the payload: bin/containerd-shim-contrast-v2,
-	// image/{kernel,initrd,...} and runtime.toml, a text/template of the
+	// image/{kernel,rootfs.img or initrd,...} and runtime.toml, a text/template of the
 	// shim configuration (see TemplateData).
 	Source string
 	// HandlerBase is the handler name before the content hash (default contrast-cc).
@@ -68,7 +69,10 @@ type Options struct {
 // TemplateData is what runtime.toml's template sees: host paths of the
 // installed handler.
 type TemplateData struct {
-	Handler, Dir, Shim, Kernel, Initrd string
+	Handler, Dir, Shim, Kernel string
+	// RootDisk is the installed image/rootfs.img and Initrd the installed
+	// image/initrd; each is empty when the payload has none (it has one).
+	RootDisk, Initrd string
 	// Firmware is the installed image/firmware, empty when the payload has none.
 	Firmware string
 }

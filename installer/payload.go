@@ -31,12 +31,23 @@ func HandlerName(opts Options) (string, error) {
 // payloadDigest hashes every file of the payload (path, mode, content)
 // and the prefix, which the rendered configuration names.
 func payloadDigest(src, prefix string) (string, error) {
-	for _, req := range []string{ShimPath, KernelPath, InitrdPath, RuntimeConfigPath} {
+	for _, req := range []string{ShimPath, KernelPath, RuntimeConfigPath} {
 		if st, err := os.Stat(filepath.Join(src, req)); err != nil {
 			return "", fmt.Errorf("payload %s: %w", src, err)
 		} else if !st.Mode().IsRegular() {
 			return "", fmt.Errorf("payload %s: %s is not a regular file", src, req)
 		}
+	}
+	// The guest's root: a root disk, or an initrd (images built with
+	// --format initrd).
+	roots := 0
+	for _, root := range []string{RootDiskPath, InitrdPath} {
+		if st, err := os.Stat(filepath.Join(src, root)); err == nil && st.Mode().IsRegular() {
+			roots++
+		}
+	}
+	if roots != 1 {
+		return "", fmt.Errorf("payload %s: want exactly one of %s and %s, found %d", src, RootDiskPath, InitrdPath, roots)
 	}
 	h := sha256.New()
 	fmt.Fprintf(h, "prefix %s\x00", prefix)
@@ -107,7 +118,12 @@ func renderTree(opts *Options, name, hostDir string) (map[string]fileContent, er
 		Handler: name, Dir: hostDir,
 		Shim:   filepath.Join(hostDir, ShimPath),
 		Kernel: filepath.Join(hostDir, KernelPath),
-		Initrd: filepath.Join(hostDir, InitrdPath),
+	}
+	if _, ok := files[RootDiskPath]; ok {
+		data.RootDisk = filepath.Join(hostDir, RootDiskPath)
+	}
+	if _, ok := files[InitrdPath]; ok {
+		data.Initrd = filepath.Join(hostDir, InitrdPath)
 	}
 	if _, ok := files[FirmwarePath]; ok {
 		data.Firmware = filepath.Join(hostDir, FirmwarePath)
@@ -119,14 +135,18 @@ func renderTree(opts *Options, name, hostDir string) (map[string]fileContent, er
 	// The shim reads this file at every pod start: check here that the
 	// rendered file is TOML and names the installed image.
 	var rendered struct {
-		Hypervisor struct{ Kernel, Initrd string } `toml:"hypervisor"`
+		Hypervisor struct {
+			Kernel, Initrd string
+			RootDisk       string `toml:"rootfs"`
+		} `toml:"hypervisor"`
 	}
 	if _, err := toml.Decode(b.String(), &rendered); err != nil {
 		return nil, fmt.Errorf("rendered runtime configuration: %w", err)
 	}
-	if rendered.Hypervisor.Kernel != data.Kernel || rendered.Hypervisor.Initrd != data.Initrd {
-		return nil, fmt.Errorf("rendered runtime configuration: hypervisor.kernel %q and initrd %q must be the installed %s and %s (template fields {{.Kernel}}, {{.Initrd}})",
-			rendered.Hypervisor.Kernel, rendered.Hypervisor.Initrd, data.Kernel, data.Initrd)
+	r := rendered.Hypervisor
+	if r.Kernel != data.Kernel || r.Initrd != data.Initrd || r.RootDisk != data.RootDisk {
+		return nil, fmt.Errorf("rendered runtime configuration: hypervisor.kernel %q, initrd %q and rootfs %q must be the installed %q, %q and %q (template fields {{.Kernel}}, {{.Initrd}}, {{.RootDisk}})",
+			r.Kernel, r.Initrd, r.RootDisk, data.Kernel, data.Initrd, data.RootDisk)
 	}
 	files[RuntimeConfigPath] = fileContent{data: b.Bytes(), mode: 0o644}
 	return files, nil

@@ -30,7 +30,7 @@ func badInput(t *testing.T, v harness.Version) {
 		handlerSpec{name: "contrast-nokernel", edit: func(c *harness.ShimConfig) { c.Kernel = missingKernel }},
 		handlerSpec{name: "contrast-false", edit: func(c *harness.ShimConfig) { c.Binary = "/bin/false" }},
 		handlerSpec{name: "contrast-mute", edit: func(c *harness.ShimConfig) {
-			c.Initrd = muteInitrd
+			c.Initrd, c.RootDisk = muteInitrd, ""
 			c.AgentReady = agentReady
 		}},
 		handlerSpec{name: "contrast-badconfig", raw: "[hypervisor]\nvcpus = 0\n"},

@@ -121,7 +121,7 @@ func bareBoot(b *testing.B, env harness.Env) time.Duration {
 	defer os.RemoveAll(stateDir)
 	begin := time.Now()
 	vm, err := hv.Start(ctx, hypervisor.VMSpec{
-		ID: "bare", StateDir: stateDir, Kernel: im.Kernel(), Initrd: im.Initrd(),
+		ID: "bare", StateDir: stateDir, Kernel: im.Kernel(), Initrd: im.Initrd(), RootDisk: im.RootDisk(),
 		KernelArgs: im.KernelCmdline(), VCPUs: 1, MemoryMiB: 512,
 	})
 	if err != nil {
@@ -152,8 +152,11 @@ func bareBoot(b *testing.B, env harness.Env) time.Duration {
 func BenchmarkGuestImage(b *testing.B) {
 	env := testEnv(b)
 	var total int64
-	for _, f := range []string{"kernel", "initrd"} {
+	for _, f := range []string{"kernel", "initrd", "rootfs.img"} {
 		st, err := os.Stat(filepath.Join(env.ImageDir, f))
+		if os.IsNotExist(err) && f != "kernel" {
+			continue // an image has one of initrd and rootfs.img
+		}
 		if err != nil {
 			b.Fatal(err)
 		}

@@ -47,12 +47,17 @@ func testInstaller(t *testing.T, v harness.Version) {
 	// payloads of different versions.
 	tmpl := harness.DefaultShimConfig(env, s.c.ShimState)
 	tmpl.Kernel, tmpl.Initrd = "{{.Kernel}}", "{{.Initrd}}"
+	rootPath, rootFile := installer.InitrdPath, env.ImageInitrd()
+	if env.ImageRootDisk() != "" {
+		tmpl.RootDisk = "{{.RootDisk}}"
+		rootPath, rootFile = installer.RootDiskPath, env.ImageRootDisk()
+	}
 	payload := func(release string) string {
 		src := t.TempDir()
 		for rel, from := range map[string]string{
 			installer.ShimPath:    env.Shim,
 			installer.KernelPath:  env.ImageKernel(),
-			installer.InitrdPath:  env.ImageInitrd(),
+			rootPath:              rootFile,
 			"image/manifest.json": filepath.Join(env.ImageDir, "manifest.json"),
 		} {
 			p := filepath.Join(src, rel)

@@ -13,6 +13,7 @@ import (
 
 	"github.com/contrast-vm/contrast/api/podstate"
 	"github.com/contrast-vm/contrast/hypervisor/qemu"
+	"github.com/contrast-vm/contrast/vmimage"
 	"github.com/contrast-vm/contrast/vmimage/snp"
 )
 
@@ -116,6 +117,10 @@ type HypervisorConfig struct {
 	Confidential string `toml:"confidential"` // none or snp
 	Kernel       string `toml:"kernel"`
 	Initrd       string `toml:"initrd"`
+	// RootDisk is the image's rootfs.img (an image built without
+	// --format initrd): the guest's root file system, opened through
+	// dm-verity by the image's command line. Setting it replaces initrd.
+	RootDisk     string `toml:"rootfs"`
 	Firmware     string `toml:"firmware"`
 	KernelParams string `toml:"kernel_params"`
 	VCPUs        int    `toml:"vcpus"`
@@ -220,6 +225,11 @@ func ParseConfig(data []byte) (Config, error) {
 		}
 		return Config{}, fmt.Errorf("unknown key %s", strings.Join(keys, ", "))
 	}
+	// A root disk replaces the default initrd; one set in the file too is
+	// a conflict Validate reports.
+	if cfg.Hypervisor.RootDisk != "" && !md.IsDefined("hypervisor", "initrd") {
+		cfg.Hypervisor.Initrd = ""
+	}
 	if err := cfg.Validate(); err != nil {
 		return Config{}, err
 	}
@@ -253,8 +263,15 @@ func (c Config) Validate() error {
 	default:
 		return fmt.Errorf("hypervisor.accel: %q is not one of auto, kvm, tcg", h.Accel)
 	}
+	root := struct{ key, val string }{"hypervisor.initrd", h.Initrd}
+	switch {
+	case h.Initrd != "" && h.RootDisk != "":
+		return fmt.Errorf("hypervisor.initrd and hypervisor.rootfs: both set, the guest boots from one: set rootfs for an image with %s, initrd for one built with --format initrd", vmimage.RootDiskFile)
+	case h.RootDisk != "":
+		root = struct{ key, val string }{"hypervisor.rootfs", h.RootDisk}
+	}
 	for _, p := range []struct{ key, val string }{
-		{"hypervisor.binary", h.Binary}, {"hypervisor.kernel", h.Kernel}, {"hypervisor.initrd", h.Initrd},
+		{"hypervisor.binary", h.Binary}, {"hypervisor.kernel", h.Kernel}, root,
 	} {
 		if p.val == "" {
 			return fmt.Errorf("%s: must be set", p.key)

@@ -83,6 +83,28 @@ func TestParseConfigDefaults(t *testing.T) {
 	}
 }
 
+// TestParseConfigRootDisk: rootfs replaces the default initrd, and an
+// empty initrd beside it (as an installer template may render) is none.
+func TestParseConfigRootDisk(t *testing.T) {
+	for _, text := range []string{
+		"[hypervisor]\nkernel = \"/img/kernel\"\nrootfs = \"/img/rootfs.img\"",
+		"[hypervisor]\nkernel = \"/img/kernel\"\ninitrd = \"\"\nrootfs = \"/img/rootfs.img\"",
+	} {
+		cfg, err := ParseConfig([]byte(text))
+		if err != nil {
+			t.Fatalf("%q: %v", text, err)
+		}
+		if cfg.Hypervisor.RootDisk != "/img/rootfs.img" || cfg.Hypervisor.Initrd != "" {
+			t.Errorf("%q: rootfs %q, initrd %q", text, cfg.Hypervisor.RootDisk, cfg.Hypervisor.Initrd)
+		}
+	}
+	// An initrd alone keeps working; rootfs stays unset.
+	cfg, err := ParseConfig([]byte("[hypervisor]\ninitrd = \"/img/initrd\""))
+	if err != nil || cfg.Hypervisor.Initrd != "/img/initrd" || cfg.Hypervisor.RootDisk != "" {
+		t.Errorf("initrd only: %+v, %v", cfg.Hypervisor, err)
+	}
+}
+
 func TestParseConfigRejects(t *testing.T) {
 	cases := []struct{ toml, wantKey string }{
 		{`loglevel = "info"`, "loglevel"},
@@ -95,6 +117,8 @@ func TestParseConfigRejects(t *testing.T) {
 		{"[hypervisor]\nmemory_mib = 1", "hypervisor.memory_mib"},
 		{"[hypervisor]\nkernel = \"relative/kernel\"", "hypervisor.kernel"},
 		{"[hypervisor]\ninitrd = \"\"", "hypervisor.initrd"},
+		{"[hypervisor]\nrootfs = \"rootfs.img\"", "hypervisor.rootfs"},
+		{"[hypervisor]\ninitrd = \"/img/initrd\"\nrootfs = \"/img/rootfs.img\"", "hypervisor.initrd and hypervisor.rootfs"},
 		{"[hypervisor]\nfirmware = \"ovmf.fd\"", "hypervisor.firmware"},
 		{"[timeouts]\nagent_ready = \"soon\"", "agent_ready"},
 		{"[timeouts]\nstop = \"-1s\"", "timeouts.stop"},

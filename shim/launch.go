@@ -19,31 +19,42 @@ import (
 )
 
 // guestKernelArgs is the guest command line: the image's own (from its
-// manifest, which also proves kernel and initrd are the ones built together),
-// the agent's log level, then the configured kernel_params. Under SEV-SNP the
-// command line is measured, so it is exactly the image's own and the image
-// must have a manifest. It also returns the image when its manifest
-// describes both the configured kernel and initrd, nil otherwise.
+// manifest, which also proves kernel and initrd or root disk are the ones
+// built together), the agent's log level, then the configured
+// kernel_params. Under SEV-SNP the command line is measured, so it is
+// exactly the image's own and the image must have a manifest; so must an
+// image with a root disk, whose command line carries the disk's dm-verity
+// root hash. It also returns the image when its manifest describes both
+// the configured kernel and initrd or root disk, nil otherwise.
 func guestKernelArgs(cfg Config) (string, *vmimage.Image, error) {
 	confidential := cfg.Hypervisor.Confidential == ConfidentialSNP
+	rootDisk := cfg.Hypervisor.RootDisk != ""
 	args := vmimage.DefaultKernelCmdline
 	dir := filepath.Dir(cfg.Hypervisor.Kernel)
 	var im *vmimage.Image
-	if _, err := os.Stat(filepath.Join(dir, vmimage.ManifestFile)); err == nil || confidential {
+	if _, err := os.Stat(filepath.Join(dir, vmimage.ManifestFile)); err == nil || confidential || rootDisk {
 		loaded, err := vmimage.Load(dir)
 		if err != nil {
 			return "", nil, fmt.Errorf("guest image: %w", err)
 		}
-		sameInitrd := loaded.Initrd() == filepath.Clean(cfg.Hypervisor.Initrd)
-		sameKernel := loaded.Kernel() == filepath.Clean(cfg.Hypervisor.Kernel)
-		if confidential && !(sameInitrd && sameKernel) {
-			return "", nil, fmt.Errorf("guest image %s: hypervisor.kernel and hypervisor.initrd must be the image's %s and %s "+
-				"when hypervisor.confidential is snp: its manifest holds the measured command line", dir, vmimage.KernelFile, vmimage.InitrdFile)
+		sameRoot := loaded.Initrd() != "" && loaded.Initrd() == filepath.Clean(cfg.Hypervisor.Initrd)
+		rootName, rootKey := vmimage.InitrdFile, "hypervisor.initrd"
+		if rootDisk {
+			sameRoot = loaded.RootDisk() != "" && loaded.RootDisk() == filepath.Clean(cfg.Hypervisor.RootDisk)
+			rootName, rootKey = vmimage.RootDiskFile, "hypervisor.rootfs"
 		}
-		if sameInitrd {
+		sameKernel := loaded.Kernel() == filepath.Clean(cfg.Hypervisor.Kernel)
+		if rootDisk && !sameRoot {
+			return "", nil, fmt.Errorf("guest image %s: hypervisor.rootfs must be the image's %s: its manifest holds the command line with the disk's root hash", dir, vmimage.RootDiskFile)
+		}
+		if confidential && !(sameRoot && sameKernel) {
+			return "", nil, fmt.Errorf("guest image %s: hypervisor.kernel and %s must be the image's %s and %s "+
+				"when hypervisor.confidential is snp: its manifest holds the measured command line", dir, rootKey, vmimage.KernelFile, rootName)
+		}
+		if sameRoot {
 			args = loaded.KernelCmdline()
 		}
-		if sameInitrd && sameKernel {
+		if sameRoot && sameKernel {
 			im = loaded
 		}
 	}
@@ -104,16 +115,24 @@ func expectedMeasurement(cfg Config, im *vmimage.Image, cmdline string, vcpus in
 
 // imageKernelHashes takes the kernel and initrd hashes from the image's
 // manifest, which vmimage.Load checked against the files; nil without an
-// image.
+// image. An image with a root disk boots without an initrd, whose hash is
+// then that of nothing.
 func imageKernelHashes(im *vmimage.Image, cmdline string) (*snp.KernelHashes, error) {
 	if im == nil {
 		return nil, nil
 	}
-	kh := &snp.KernelHashes{Cmdline: snp.CmdlineHash(cmdline)}
-	for _, f := range []struct {
+	kh := &snp.KernelHashes{Cmdline: snp.CmdlineHash(cmdline), Initrd: sha256.Sum256(nil)}
+	files := []struct {
 		name string
 		dst  *[sha256.Size]byte
-	}{{vmimage.KernelFile, &kh.Kernel}, {vmimage.InitrdFile, &kh.Initrd}} {
+	}{{vmimage.KernelFile, &kh.Kernel}}
+	if im.Initrd() != "" {
+		files = append(files, struct {
+			name string
+			dst  *[sha256.Size]byte
+		}{vmimage.InitrdFile, &kh.Initrd})
+	}
+	for _, f := range files {
 		entry, ok := im.Manifest.File(f.name)
 		if !ok {
 			return nil, fmt.Errorf("guest image %s: manifest lists no %s", im.Dir, f.name)
@@ -193,6 +212,7 @@ func podVMSpec(ctx context.Context, cfg Config, l podLaunch) (hypervisor.VMSpec,
 		ID:         l.ID,
 		Kernel:     cfg.Hypervisor.Kernel,
 		Initrd:     cfg.Hypervisor.Initrd,
+		RootDisk:   cfg.Hypervisor.RootDisk,
 		Firmware:   cfg.Hypervisor.Firmware,
 		KernelArgs: args,
 		VCPUs:      l.Size.VCPUs,

@@ -256,3 +256,95 @@ func TestPodVMSpec(t *testing.T) {
 		}
 	})
 }
+
+// fakeRootDiskImage writes an image directory with a root disk instead of
+// an initrd (kernel, rootfs.img, manifest); the disk is not bootable.
+func fakeRootDiskImage(t *testing.T) (dir string, cmdline string) {
+	t.Helper()
+	dir = t.TempDir()
+	rd := vmimage.RootDisk{DataBlocks: 1, HashStartBlock: 1, RootHash: strings.Repeat("ab", 32), Salt: strings.Repeat("00", 32)}
+	cmdline = imageCmdline + " " + rd.Cmdline()
+	m := vmimage.Manifest{Schema: 1, KernelRelease: "6.12.0-contrast", KernelCmdline: cmdline, RootDisk: &rd}
+	for _, f := range []struct{ name, content string }{
+		{vmimage.KernelFile, "kernel bytes"}, {vmimage.RootDiskFile, strings.Repeat("d", 8192)},
+	} {
+		writeTestFile(t, filepath.Join(dir, f.name), f.content)
+		sum := sha256.Sum256([]byte(f.content))
+		m.Files = append(m.Files, vmimage.File{Name: f.name, Size: int64(len(f.content)), SHA256: hex.EncodeToString(sum[:])})
+	}
+	raw, err := json.Marshal(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	writeTestFile(t, filepath.Join(dir, vmimage.ManifestFile), string(raw))
+	return dir, cmdline
+}
+
+func TestPodVMSpecRootDisk(t *testing.T) {
+	img, cmdline := fakeRootDiskImage(t)
+	launch := podLaunch{ID: "p1", Size: vmSize{VCPUs: 2, MemoryMiB: 512}, Policy: []byte("package contrast\n")}
+	ctx := context.Background()
+	rootDiskConfig := func() Config {
+		cfg := launchConfig(t, img)
+		cfg.Hypervisor.Initrd, cfg.Hypervisor.RootDisk = "", filepath.Join(img, vmimage.RootDiskFile)
+		return cfg
+	}
+
+	t.Run("plain", func(t *testing.T) {
+		cfg := rootDiskConfig()
+		cfg.Hypervisor.KernelParams = "foo=bar"
+		spec, err := podVMSpec(ctx, cfg, launch)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if spec.RootDisk != cfg.Hypervisor.RootDisk || spec.Initrd != "" {
+			t.Errorf("root disk %q, initrd %q", spec.RootDisk, spec.Initrd)
+		}
+		if want := cmdline + " foo=bar"; spec.KernelArgs != want {
+			t.Errorf("command line %q, want %q", spec.KernelArgs, want)
+		}
+		// No initrd measured; the command line carries the root hash.
+		if want := measureFiles(t, cfg, spec.KernelArgs, 2); hex.EncodeToString(spec.LaunchMeasurement) != hex.EncodeToString(want) {
+			t.Errorf("measurement %x, want %x", spec.LaunchMeasurement, want)
+		}
+	})
+
+	t.Run("snp", func(t *testing.T) {
+		cfg := rootDiskConfig()
+		cfg.Hypervisor.Confidential = ConfidentialSNP
+		cfg.LogLevel = "debug"
+		spec, err := podVMSpec(ctx, cfg, launch)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if spec.KernelArgs != cmdline || spec.RootDisk != cfg.Hypervisor.RootDisk || spec.Confidential == nil {
+			t.Errorf("SNP spec: command line %q, root disk %q, confidential %v", spec.KernelArgs, spec.RootDisk, spec.Confidential)
+		}
+	})
+
+	t.Run("refusals", func(t *testing.T) {
+		other := writeTestFile(t, filepath.Join(t.TempDir(), vmimage.RootDiskFile), strings.Repeat("d", 8192))
+		bare := t.TempDir()
+		writeTestFile(t, filepath.Join(bare, vmimage.KernelFile), "kernel bytes")
+		initrdImg := fakeImage(t)
+		for _, tc := range []struct {
+			name   string
+			modify func(*Config)
+			want   string
+		}{
+			{"another disk", func(c *Config) { c.Hypervisor.RootDisk = other }, "hypervisor.rootfs must be the image's rootfs.img"},
+			{"no manifest", func(c *Config) { c.Hypervisor.Kernel = filepath.Join(bare, vmimage.KernelFile) }, "manifest.json is missing"},
+			{"initrd image", func(c *Config) {
+				c.Hypervisor.Kernel, c.Hypervisor.RootDisk = filepath.Join(initrdImg, vmimage.KernelFile), filepath.Join(initrdImg, vmimage.RootDiskFile)
+			}, "hypervisor.rootfs must be the image's rootfs.img"},
+		} {
+			t.Run(tc.name, func(t *testing.T) {
+				cfg := rootDiskConfig()
+				tc.modify(&cfg)
+				if _, err := podVMSpec(ctx, cfg, launch); err == nil || !strings.Contains(err.Error(), tc.want) {
+					t.Fatalf("error %v, want one containing %q", err, tc.want)
+				}
+			})
+		}
+	})
+}

@@ -160,8 +160,11 @@ func (s *service) startPod(ctx context.Context, r *taskAPI.CreateTaskRequest, sp
 func bootPod(ctx context.Context, hv hypervisor.Hypervisor, cfg Config, l podLaunch) (_ *pod, retErr error) {
 	id := l.ID
 	for _, f := range []struct{ key, path string }{
-		{"hypervisor.kernel", cfg.Hypervisor.Kernel}, {"hypervisor.initrd", cfg.Hypervisor.Initrd},
+		{"hypervisor.kernel", cfg.Hypervisor.Kernel}, {"hypervisor.initrd", cfg.Hypervisor.Initrd}, {"hypervisor.rootfs", cfg.Hypervisor.RootDisk},
 	} {
+		if f.path == "" {
+			continue // the one of initrd and rootfs not used
+		}
 		if _, err := os.Stat(f.path); err != nil {
 			return nil, fmt.Errorf("guest image: %s: %w", f.key, err)
 		}
@@ -300,15 +303,26 @@ func (p *pod) connectAgent(ctx context.Context) error {
 }
 
 // consoleTail quotes the end of the guest console, so a failed boot can be
-// diagnosed from the error alone.
+// diagnosed from the error alone. dm-verity errors and the kernel's panic
+// message from before that end are quoted too: a root disk that fails
+// verification makes the kernel panic, and the end is its stack trace.
 func (p *pod) consoleTail() string {
 	data, err := os.ReadFile(p.vm.ConsoleLog())
 	if err != nil || len(bytes.TrimSpace(data)) == 0 {
 		return " (guest console is empty)"
 	}
 	lines := strings.Split(strings.TrimRight(string(data), "\n"), "\n")
+	var verity []string
 	if len(lines) > 8 {
+		for _, l := range lines[:len(lines)-8] {
+			if (strings.Contains(l, "device-mapper: verity") || strings.Contains(l, "Kernel panic")) && len(verity) < 4 {
+				verity = append(verity, l)
+			}
+		}
 		lines = lines[len(lines)-8:]
+	}
+	if len(verity) > 0 {
+		lines = append(append(verity, "..."), lines...)
 	}
 	return "; guest console ends with:\n" + strings.Join(lines, "\n")
 }

@@ -3,6 +3,7 @@ package shim
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -10,19 +11,21 @@ import (
 	"time"
 
 	agentapi "github.com/contrast-vm/contrast/api/agent"
+	"github.com/contrast-vm/contrast/hypervisor"
 	"github.com/contrast-vm/contrast/internal/testenv"
 	"github.com/contrast-vm/contrast/policy"
 	"github.com/contrast-vm/contrast/vmimage"
 )
 
 // testImage is the guest image `make image` built; tests run through make.
-func testImage(t testing.TB) (kernel, initrd string) {
+// One of initrd and rootDisk is set, as the image has one.
+func testImage(t testing.TB) (kernel, initrd, rootDisk string) {
 	dir := testenv.Path(t, "CONTRAST_IMAGE", "image", "the guest image directory")
 	im, err := vmimage.Load(dir)
 	if err != nil {
 		t.Fatal(err)
 	}
-	return im.Kernel(), im.Initrd()
+	return im.Kernel(), im.Initrd(), im.RootDisk()
 }
 
 func testConfig(t testing.TB) Config {
@@ -36,7 +39,7 @@ func testConfig(t testing.TB) Config {
 	}
 	t.Cleanup(func() { os.RemoveAll(sockets) })
 	cfg.SocketDir = filepath.Join(sockets, "s")
-	cfg.Hypervisor.Kernel, cfg.Hypervisor.Initrd = testImage(t)
+	cfg.Hypervisor.Kernel, cfg.Hypervisor.Initrd, cfg.Hypervisor.RootDisk = testImage(t)
 	cfg.Hypervisor.MemoryMiB = 256
 	cfg.Timeouts.AgentReady = Duration{30 * time.Second}
 	return cfg
@@ -125,10 +128,11 @@ func TestBootPodFailures(t *testing.T) {
 		want   string
 	}{
 		{"missing kernel", func(c *Config) { c.Hypervisor.Kernel = "/nonexistent/kernel" }, "hypervisor.kernel"},
-		{"missing initrd", func(c *Config) { c.Hypervisor.Initrd = "/nonexistent/initrd" }, "hypervisor.initrd"},
+		{"missing initrd", func(c *Config) { c.Hypervisor.Initrd, c.Hypervisor.RootDisk = "/nonexistent/initrd", "" }, "hypervisor.initrd"},
+		{"missing root disk", func(c *Config) { c.Hypervisor.Initrd, c.Hypervisor.RootDisk = "", "/nonexistent/rootfs.img" }, "hypervisor.rootfs"},
 		{"qemu fails", func(c *Config) { c.Hypervisor.Binary = "/bin/false" }, "start VM for pod"},
 		{"agent never answers", func(c *Config) {
-			c.Hypervisor.Initrd = silent
+			c.Hypervisor.Initrd, c.Hypervisor.RootDisk = silent, ""
 			c.Timeouts.AgentReady = Duration{4 * time.Second}
 		}, "did not answer within 4s (timeouts.agent_ready)"},
 	}
@@ -147,5 +151,39 @@ func TestBootPodFailures(t *testing.T) {
 			}
 			assertNothingLeft(t, cfg, id)
 		})
+	}
+}
+
+// consoleOnlyVM is a hypervisor.VM of which only the console log is used.
+type consoleOnlyVM struct {
+	hypervisor.VM
+	console string
+}
+
+func (vm consoleOnlyVM) ConsoleLog() string { return vm.console }
+
+// TestConsoleTailQuotesVerityErrors: a kernel panic after a dm-verity
+// error quotes the error, though it is not among the last lines.
+func TestConsoleTailQuotesVerityErrors(t *testing.T) {
+	console := filepath.Join(t.TempDir(), "console.log")
+	lines := []string{"booting", "device-mapper: verity: 254:0: data block 1234 is corrupted", "Failed to execute /init (error -5)",
+		"Kernel panic - not syncing: Requested init /init failed (error -5)."}
+	for i := range 10 {
+		lines = append(lines, fmt.Sprintf("panic trace line %d", i))
+	}
+	if err := os.WriteFile(console, []byte(strings.Join(lines, "\n")+"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	got := (&pod{vm: consoleOnlyVM{console: console}}).consoleTail()
+	if !strings.Contains(got, "data block 1234 is corrupted") || !strings.Contains(got, "Requested init /init failed") ||
+		!strings.Contains(got, "panic trace line 9") || strings.Contains(got, "booting") {
+		t.Errorf("console tail:\n%s", got)
+	}
+	// Without verity errors: the last 8 lines only.
+	if err := os.WriteFile(console, []byte(strings.Join(lines[4:], "\n")+"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if got := (&pod{vm: consoleOnlyVM{console: console}}).consoleTail(); strings.Contains(got, "Failed to execute") || strings.Contains(got, "...") {
+		t.Errorf("console tail without verity errors:\n%s", got)
 	}
 }

@@ -17,8 +17,15 @@ import (
 // TestBootImage boots an image built by Build, with a test program as /init,
 // in QEMU under TCG and checks from the console log that the kernel ran it:
 // the marker from the command line, the kernel release, /dev/console and a
-// working runc inside the guest.
+// working runc inside the guest; for the root disk format, that / is the
+// read-only dm-verity device.
 func TestBootImage(t *testing.T) {
+	for _, format := range []string{FormatRootDisk, FormatInitrd} {
+		t.Run(format, func(t *testing.T) { testBootImage(t, format) })
+	}
+}
+
+func testBootImage(t *testing.T, format string) {
 	kernel := testenv.Kernel(t)
 	runc := os.Getenv("CONTRAST_RUNC")
 	if runc == "" {
@@ -27,13 +34,22 @@ func TestBootImage(t *testing.T) {
 	qemu := testenv.Command(t, "qemu-system-x86_64", "qemu-system-x86")
 
 	ctx := context.Background()
-	res, err := Build(ctx, Options{Kernel: kernel, Agent: staticBinary, Runc: runc, OutDir: filepath.Join(t.TempDir(), "image")})
+	res, err := Build(ctx, Options{Kernel: kernel, Agent: staticBinary, Runc: runc, OutDir: filepath.Join(t.TempDir(), "image"), Format: format})
 	if err != nil {
 		t.Fatal(err)
 	}
 	im, err := Load(res.Image.Dir)
 	if err != nil {
 		t.Fatal(err)
+	}
+	root := []string{"-initrd", im.Initrd()}
+	wantRoot := []string{"rootfs=rootfs rootfs "}
+	if format == FormatRootDisk {
+		root = []string{
+			"-drive", "file=" + im.RootDisk() + ",if=none,id=root,format=raw,readonly=on",
+			"-device", "virtio-blk-pci,drive=root",
+		}
+		wantRoot = []string{"rootfs=/dev/root ext4 ro,", "dm-0=root ro=1\n"}
 	}
 
 	var nonce [8]byte
@@ -46,8 +62,9 @@ func TestBootImage(t *testing.T) {
 		"-machine", "q35,accel=tcg", "-cpu", "max", "-m", "256",
 		"-nographic", "-nodefaults", "-no-reboot",
 		"-serial", "file:"+consoleLog,
-		"-kernel", im.Kernel(), "-initrd", im.Initrd(),
-		"-append", im.KernelCmdline()+" contrast.test.marker="+marker)
+		"-kernel", im.Kernel())
+	cmd.Args = append(cmd.Args, root...)
+	cmd.Args = append(cmd.Args, "-append", im.KernelCmdline()+" contrast.test.marker="+marker)
 	out := &strings.Builder{}
 	cmd.Stdout, cmd.Stderr = out, out
 	start := time.Now()
@@ -107,7 +124,13 @@ wait:
 		"BOOTINIT console=5,1\n",
 		"BOOTINIT runc=runc version 1.",
 		"BOOTINIT marker=" + marker + "\n",
+		"BOOTINIT " + wantRoot[0],
 	} {
+		if !strings.Contains(console, want) {
+			t.Errorf("console log lacks %q", want)
+		}
+	}
+	for _, want := range wantRoot[1:] {
 		if !strings.Contains(console, want) {
 			t.Errorf("console log lacks %q", want)
 		}

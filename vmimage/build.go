@@ -1,6 +1,9 @@
 // Package vmimage builds and reads the guest image a pod VM boots: our kernel
 // (built by hack/kernel.sh from Debian's source and vmimage/kernel/guest.config)
-// and an initramfs holding the agent as /init and a static runc. Builds are
+// and the guest's root file system holding the agent as /init and a static
+// runc: by default a read-only ext4 disk image with its dm-verity hash tree
+// (rootfs.img), which the kernel opens by the root hash on its command line,
+// or an initramfs (FormatInitrd). Builds are
 // reproducible: the same inputs give byte-identical files, so the launch
 // measurement of a VM can be computed from the inputs alone.
 package vmimage
@@ -53,11 +56,14 @@ type Options struct {
 	// which the agent makes the file system of a pod's encrypted scratch
 	// disk. Without it, containers with emptyDir volumes on disk fail.
 	Mke2fs string
-	// OutDir receives kernel, initrd and manifest.json. It is created if
+	// OutDir receives kernel, rootfs.img (or initrd) and manifest.json. It is created if
 	// missing; if it exists it must be an image directory (or empty).
 	OutDir string
-	// KernelCmdline overrides DefaultKernelCmdline.
+	// KernelCmdline overrides DefaultKernelCmdline. With FormatRootDisk the
+	// arguments that open the root disk are appended to it.
 	KernelCmdline string
+	// Format is FormatRootDisk (default, also for "") or FormatInitrd.
+	Format string
 	// Reference, if set, makes Build write the image's SEV-SNP reference
 	// measurements (reference.json) for that firmware and those vCPUs.
 	Reference *ReferenceOptions
@@ -164,13 +170,28 @@ func Build(ctx context.Context, opts Options) (*BuildResult, error) {
 	if err != nil {
 		return nil, fmt.Errorf("build guest image: copy kernel %s: %w", opts.Kernel, err)
 	}
-	initrd, err := writeFile(ctx, filepath.Join(tmp, InitrdFile), progress, initrdSize, func(w io.Writer) error {
-		return WriteInitramfs(w, guestEntries(opts.Agent, opts.Runc, opts.Mke2fs))
-	})
-	if err != nil {
-		return nil, fmt.Errorf("build guest image: write initrd: %w", err)
+	entries := guestEntries(opts.Agent, opts.Runc, opts.Mke2fs)
+	var root File
+	if opts.Format == FormatInitrd {
+		root, err = writeFile(ctx, filepath.Join(tmp, InitrdFile), progress, initrdSize, func(w io.Writer) error {
+			return WriteInitramfs(w, entries)
+		})
+		if err != nil {
+			return nil, fmt.Errorf("build guest image: write initrd: %w", err)
+		}
+		m.Files = []File{root, kernel} // sorted by name
+	} else {
+		var rd RootDisk
+		if root, rd, err = writeRootDiskFile(ctx, filepath.Join(tmp, RootDiskFile), progress, initrdSize, entries); err != nil {
+			return nil, fmt.Errorf("build guest image: write %s: %w", RootDiskFile, err)
+		}
+		m.Files = []File{kernel, root} // sorted by name
+		m.RootDisk = &rd
+		m.KernelCmdline = cmdline + " " + rd.Cmdline()
+		if err := checkCmdline(m.KernelCmdline); err != nil {
+			return nil, fmt.Errorf("build guest image: %w", err)
+		}
 	}
-	m.Files = []File{initrd, kernel} // sorted by name
 	var ref *Reference
 	var refRaw []byte
 	if refFirmware != nil {
@@ -220,7 +241,7 @@ func Build(ctx context.Context, opts Options) (*BuildResult, error) {
 	if err := syncDir(filepath.Dir(out)); err != nil {
 		return nil, fmt.Errorf("build guest image: %w", err)
 	}
-	log.G(ctx).WithField("dir", out).WithField("initrd", initrd.SHA256).Debug("guest image built")
+	log.G(ctx).WithField("dir", out).WithField(root.Name, root.SHA256).Debug("guest image built")
 	return &BuildResult{Image: &Image{Dir: out, Manifest: m}, Reference: ref}, nil
 }
 
@@ -241,6 +262,11 @@ func (o *Options) validate() error {
 		if f.val == "" {
 			return fmt.Errorf("no %s given", f.name)
 		}
+	}
+	switch o.Format {
+	case "", FormatRootDisk, FormatInitrd:
+	default:
+		return fmt.Errorf("image format %q: want %q or %q", o.Format, FormatRootDisk, FormatInitrd)
 	}
 	if o.KernelCmdline != "" {
 		if err := checkCmdline(o.KernelCmdline); err != nil {
@@ -282,7 +308,7 @@ func checkOutDir(out string) (bool, error) {
 	}
 	for _, e := range entries {
 		switch e.Name() {
-		case KernelFile, InitrdFile, ManifestFile, ReferenceFile:
+		case KernelFile, InitrdFile, RootDiskFile, ManifestFile, ReferenceFile:
 		default:
 			return false, fmt.Errorf("output %s holds %s: it is not an image directory, refusing to replace it", out, e.Name())
 		}
@@ -338,6 +364,35 @@ func describeBinary(name, guestPath, p string) (Component, error) {
 		}
 	}
 	return c, nil
+}
+
+// writeRootDiskFile writes the root disk of entries to p, syncs it and
+// hashes it as the manifest lists it.
+func writeRootDiskFile(ctx context.Context, p string, progress func(string, int64, int64), treeSize int64, entries []Entry) (File, RootDisk, error) {
+	name := filepath.Base(p)
+	f, err := os.OpenFile(p, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o644)
+	if err != nil {
+		return File{}, RootDisk{}, err
+	}
+	defer f.Close()
+	progress(name, 0, treeSize)
+	rd, err := WriteRootDisk(ctx, f, entries)
+	if err != nil {
+		return File{}, RootDisk{}, err
+	}
+	if err := f.Sync(); err != nil {
+		return File{}, RootDisk{}, err
+	}
+	h := sha256.New()
+	size, err := io.Copy(h, io.NewSectionReader(f, 0, 1<<62))
+	if err != nil {
+		return File{}, RootDisk{}, fmt.Errorf("hash %s: %w", name, err)
+	}
+	if err := f.Close(); err != nil {
+		return File{}, RootDisk{}, err
+	}
+	progress(name, size, size)
+	return File{Name: name, Size: size, SHA256: hex.EncodeToString(h.Sum(nil))}, rd, nil
 }
 
 // writeFile creates p, lets fill write it through a buffer that hashes,

@@ -15,6 +15,8 @@ func testOptions(t *testing.T) Options {
 		Agent:  staticBinary,
 		Runc:   copyFile(t, staticBinary, "runc"),
 		OutDir: filepath.Join(t.TempDir(), "image"),
+		// The tests of the initramfs format; rootdisk_test.go tests the default.
+		Format: FormatInitrd,
 	}
 }
 

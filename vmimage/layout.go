@@ -14,8 +14,9 @@ const (
 	GuestMke2fsPath = "/usr/sbin/mke2fs"
 )
 
-// guestEntries is the whole initramfs: the directories the agent mounts on
-// or writes to, the two device nodes the kernel needs before anything mounts
+// guestEntries is the whole root file system, initramfs or root disk: the
+// directories the agent mounts on or writes to (on a root disk, which is
+// read-only, it mounts tmpfs on /run and /tmp, where it keeps its state), the two device nodes the kernel needs before anything mounts
 // devtmpfs (it opens /dev/console for PID 1's stdio), the agent, runc and
 // the few files in /etc that Go and runc read; mke2fs if given.
 func guestEntries(agent, runc, mke2fs string) []Entry {

@@ -12,12 +12,15 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+
+	"github.com/contrast-vm/contrast/api/agent"
 )
 
 // Names of the files in an image directory.
 const (
 	KernelFile   = "kernel"
 	InitrdFile   = "initrd"
+	RootDiskFile = "rootfs.img"
 	ManifestFile = "manifest.json"
 )
 
@@ -34,9 +37,13 @@ type Manifest struct {
 	// KernelCmdline is the command line the runtime boots the image with. It is
 	// part of the SEV-SNP launch measurement, so the runtime must use it as is.
 	KernelCmdline string `json:"kernelCmdline"`
-	// Files lists the image's files (kernel, initrd), sorted by name.
+	// Files lists the image's files, sorted by name: the kernel and either
+	// the initrd or the root disk.
 	Files []File `json:"files"`
-	// Components lists what went into the initrd.
+	// RootDisk describes the root disk (rootfs.img), if the image has one;
+	// KernelCmdline then opens it (RootDisk.Cmdline).
+	RootDisk *RootDisk `json:"rootDisk,omitempty"`
+	// Components lists what went into the initrd or root disk.
 	Components []Component `json:"components"`
 }
 
@@ -88,8 +95,22 @@ type Image struct {
 // Kernel is the path of the bzImage.
 func (im *Image) Kernel() string { return filepath.Join(im.Dir, KernelFile) }
 
-// Initrd is the path of the initramfs.
-func (im *Image) Initrd() string { return filepath.Join(im.Dir, InitrdFile) }
+// Initrd is the path of the initramfs; "" if the image has a root disk instead.
+func (im *Image) Initrd() string {
+	if _, ok := im.Manifest.File(InitrdFile); !ok {
+		return ""
+	}
+	return filepath.Join(im.Dir, InitrdFile)
+}
+
+// RootDisk is the path of the root disk image, to be attached read-only as
+// the VM's first disk; "" if the image has an initramfs instead.
+func (im *Image) RootDisk() string {
+	if im.Manifest.RootDisk == nil {
+		return ""
+	}
+	return filepath.Join(im.Dir, RootDiskFile)
+}
 
 // KernelCmdline is the command line to boot the image with.
 func (im *Image) KernelCmdline() string { return im.Manifest.KernelCmdline }
@@ -139,7 +160,7 @@ func (m *Manifest) validate() error {
 	for _, f := range m.Files {
 		// A name is a file in the image directory, nothing else: the manifest
 		// must not make the runtime read some other file.
-		if f.Name != KernelFile && f.Name != InitrdFile {
+		if f.Name != KernelFile && f.Name != InitrdFile && f.Name != RootDiskFile {
 			return fmt.Errorf("unknown file %q", f.Name)
 		}
 		if seen[f.Name] {
@@ -153,9 +174,28 @@ func (m *Manifest) validate() error {
 			return fmt.Errorf("file %s: sha256 %q is not 64 lower-case hex digits", f.Name, f.SHA256)
 		}
 	}
-	for _, name := range []string{KernelFile, InitrdFile} {
-		if !seen[name] {
-			return fmt.Errorf("file %s is not listed", name)
+	if !seen[KernelFile] {
+		return fmt.Errorf("file %s is not listed", KernelFile)
+	}
+	// The guest's root is one or the other.
+	if seen[InitrdFile] == seen[RootDiskFile] {
+		return fmt.Errorf("lists %s and %s, or neither: want exactly one", InitrdFile, RootDiskFile)
+	}
+	if seen[RootDiskFile] != (m.RootDisk != nil) {
+		return fmt.Errorf("%s is listed without rootDisk, or rootDisk without it", RootDiskFile)
+	}
+	if m.RootDisk != nil {
+		if err := m.RootDisk.validate(); err != nil {
+			return err
+		}
+		// The command line is what opens the disk: one that does not
+		// carry these parameters boots something else, or nothing.
+		if !strings.Contains(m.KernelCmdline, m.RootDisk.Cmdline()) {
+			return fmt.Errorf("kernelCmdline lacks the root disk's arguments %q", m.RootDisk.Cmdline())
+		}
+		f, _ := m.File(RootDiskFile)
+		if need := int64(m.RootDisk.HashStartBlock) * agent.VerityBlockSize; f.Size <= need {
+			return fmt.Errorf("file %s has %d bytes, too few for a hash tree from block %d", RootDiskFile, f.Size, m.RootDisk.HashStartBlock)
 		}
 	}
 	return nil

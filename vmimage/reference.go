@@ -214,15 +214,15 @@ func loadReferenceFirmware(opts ReferenceOptions) (*referenceFirmware, error) {
 func (fw *referenceFirmware) reference(m *Manifest) (*Reference, error) {
 	o := fw.opts
 	kernel, okK := m.File(KernelFile)
-	initrd, okI := m.File(InitrdFile)
-	if !okK || !okI {
-		return nil, errors.New("reference measurements: the manifest lists no kernel or initrd")
+	if !okK {
+		return nil, errors.New("reference measurements: the manifest lists no kernel")
 	}
+	initrdSHA256 := m.initrdSHA256()
 	kh := &snp.KernelHashes{Cmdline: snp.CmdlineHash(m.KernelCmdline)}
 	if err := decodeHex(kh.Kernel[:], kernel.SHA256); err != nil {
 		return nil, fmt.Errorf("reference measurements: kernel sha256: %w", err)
 	}
-	if err := decodeHex(kh.Initrd[:], initrd.SHA256); err != nil {
+	if err := decodeHex(kh.Initrd[:], initrdSHA256); err != nil {
 		return nil, fmt.Errorf("reference measurements: initrd sha256: %w", err)
 	}
 	sig, err := snp.VCPUSignature(o.VCPUType)
@@ -234,7 +234,7 @@ func (fw *referenceFirmware) reference(m *Manifest) (*Reference, error) {
 		Schema:        referenceSchema,
 		Firmware:      ReferenceFirmware{Size: int64(len(fw.image)), SHA256: hex.EncodeToString(fwSum[:])},
 		KernelSHA256:  kernel.SHA256,
-		InitrdSHA256:  initrd.SHA256,
+		InitrdSHA256:  initrdSHA256,
 		KernelCmdline: m.KernelCmdline,
 		VCPUType:      o.VCPUType,
 		VCPUSignature: HexUint64(sig),
@@ -340,16 +340,29 @@ func LoadReference(dir string) (*Reference, error) {
 
 func (r *Reference) matches(m *Manifest) error {
 	kernel, _ := m.File(KernelFile)
-	initrd, _ := m.File(InitrdFile)
 	switch {
 	case r.KernelCmdline != m.KernelCmdline:
 		return fmt.Errorf("kernel command line %q, the manifest says %q", r.KernelCmdline, m.KernelCmdline)
 	case r.KernelSHA256 != kernel.SHA256:
 		return fmt.Errorf("kernel sha256 %s, the manifest says %s", r.KernelSHA256, kernel.SHA256)
-	case r.InitrdSHA256 != initrd.SHA256:
-		return fmt.Errorf("initrd sha256 %s, the manifest says %s", r.InitrdSHA256, initrd.SHA256)
+	case r.InitrdSHA256 != m.initrdSHA256():
+		return fmt.Errorf("initrd sha256 %s, the manifest says %s", r.InitrdSHA256, m.initrdSHA256())
 	}
 	return nil
+}
+
+// noInitrdSHA256 is the SHA-256 of no bytes: what the launch measures as
+// the initrd of a VM booted without one (a root disk image).
+const noInitrdSHA256 = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+
+// initrdSHA256 is the initrd hash the launch measures: the initrd's, or
+// that of nothing for an image with a root disk instead. The root disk is
+// measured through the command line, which carries its root hash.
+func (m *Manifest) initrdSHA256() string {
+	if initrd, ok := m.File(InitrdFile); ok {
+		return initrd.SHA256
+	}
+	return noInitrdSHA256
 }
 
 func (r *Reference) validate() error {

@@ -72,7 +72,7 @@ func TestAgentInVM(t *testing.T) {
 	start := time.Now()
 	vm, err := h.Start(ctx, hypervisor.VMSpec{
 		ID: "agent-vm-test", StateDir: filepath.Join(dir, "vm"),
-		Kernel: img.Image.Kernel(), Initrd: img.Image.Initrd(), KernelArgs: img.Image.KernelCmdline(),
+		Kernel: img.Image.Kernel(), Initrd: img.Image.Initrd(), RootDisk: img.Image.RootDisk(), KernelArgs: img.Image.KernelCmdline(),
 		VCPUs: 1, MemoryMiB: 512,
 	})
 	if err != nil {

@@ -12,9 +12,12 @@ import (
 )
 
 func imageBuild(ctx context.Context, sio *stdio, args []string) error {
-	fs := newFlagSet(sio, "contrast image build", "--kernel PATH --agent PATH --runc PATH [--mke2fs PATH] -o DIR [--firmware OVMF.fd [--vcpus-max N] [--vcpu-type TYPE]]",
-		"Builds the guest image: copies the kernel, writes a reproducible initramfs\n"+
-			"(the agent as /init, runc as /usr/bin/runc) and manifest.json into DIR.\n"+
+	fs := newFlagSet(sio, "contrast image build", "--kernel PATH --agent PATH --runc PATH [--mke2fs PATH] [--format rootfs|initrd] -o DIR [--firmware OVMF.fd [--vcpus-max N] [--vcpu-type TYPE]]",
+		"Builds the guest image: copies the kernel, writes the guest's root file system\n"+
+			"(the agent as /init, runc as /usr/bin/runc) reproducibly, and manifest.json into DIR.\n"+
+			"The root file system is by default rootfs.img, a read-only ext4 disk with its\n"+
+			"dm-verity hash tree appended, which the kernel command line in the manifest opens\n"+
+			"by its root hash; --format initrd writes an initramfs instead.\n"+
 			"DIR is replaced atomically; it is left alone when it already holds this image.\n\n"+
 			"With --firmware (the OVMF AmdSevX64 build the runtime boots SEV-SNP pod VMs\n"+
 			"with), it also writes "+vmimage.ReferenceFile+": the launch MEASUREMENT of the image\n"+
@@ -25,6 +28,7 @@ func imageBuild(ctx context.Context, sio *stdio, args []string) error {
 	runc := fs.String("runc", "", "static runc binary")
 	mke2fs := fs.String("mke2fs", "", "static mke2fs (busybox's will do) for the pods' encrypted scratch disks; without it emptyDir volumes on disk fail")
 	out := fs.String("o", "", "output directory")
+	format := fs.String("format", vmimage.FormatRootDisk, "root file system: "+vmimage.FormatRootDisk+" (dm-verity disk image "+vmimage.RootDiskFile+") or "+vmimage.FormatInitrd+" (initramfs)")
 	cmdline := fs.String("cmdline", "", "kernel command line (default: "+vmimage.DefaultKernelCmdline+")")
 	firmware := fs.String("firmware", "", "OVMF AmdSevX64 firmware: write the image's SEV-SNP reference measurements")
 	vcpusMax := fs.Int("vcpus-max", vmimage.DefaultMaxVCPUs, "reference measurements for 1 to this many vCPUs (with --firmware)")
@@ -40,6 +44,9 @@ func imageBuild(ctx context.Context, sio *stdio, args []string) error {
 	}
 	if len(missing) > 0 {
 		return usagef("missing %s", strings.Join(missing, ", "))
+	}
+	if *format != vmimage.FormatRootDisk && *format != vmimage.FormatInitrd {
+		return usagef("--format %q: want %s or %s", *format, vmimage.FormatRootDisk, vmimage.FormatInitrd)
 	}
 	var ref *vmimage.ReferenceOptions
 	if *firmware != "" {
@@ -62,6 +69,7 @@ func imageBuild(ctx context.Context, sio *stdio, args []string) error {
 		Mke2fs:        *mke2fs,
 		OutDir:        *out,
 		KernelCmdline: *cmdline,
+		Format:        *format,
 		Reference:     ref,
 		Progress:      p.report,
 	})
@@ -69,12 +77,18 @@ func imageBuild(ctx context.Context, sio *stdio, args []string) error {
 		return err
 	}
 	m := res.Image.Manifest
-	initrd, _ := m.File(vmimage.InitrdFile)
 	state := "built"
 	if res.Unchanged {
 		state = "up to date"
 	}
-	fmt.Fprintf(sio.stdout, "guest image %s %s: kernel %s, initrd sha256 %s\n", res.Image.Dir, state, m.KernelRelease, initrd.SHA256)
+	if m.RootDisk != nil {
+		disk, _ := m.File(vmimage.RootDiskFile)
+		fmt.Fprintf(sio.stdout, "guest image %s %s: kernel %s, %s sha256 %s, dm-verity root hash %s\n",
+			res.Image.Dir, state, m.KernelRelease, vmimage.RootDiskFile, disk.SHA256, m.RootDisk.RootHash)
+	} else {
+		initrd, _ := m.File(vmimage.InitrdFile)
+		fmt.Fprintf(sio.stdout, "guest image %s %s: kernel %s, initrd sha256 %s\n", res.Image.Dir, state, m.KernelRelease, initrd.SHA256)
+	}
 	if res.Reference == nil {
 		fmt.Fprintf(sio.stderr, "no --firmware given: no SEV-SNP reference measurements (%s) written\n", vmimage.ReferenceFile)
 		return nil

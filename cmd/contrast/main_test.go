@@ -52,14 +52,26 @@ func TestImageBuild(t *testing.T) {
 	args := []string{"image", "build", "--kernel", kernel, "--agent", static, "--runc", static, "-o", out}
 
 	code, stdout, stderr := runCLI(t, args...)
-	if code != 0 || !strings.Contains(stdout, "built: kernel 6.12.0-cli, initrd sha256 ") {
+	if code != 0 || !strings.Contains(stdout, "built: kernel 6.12.0-cli, rootfs.img sha256 ") || !strings.Contains(stdout, ", dm-verity root hash ") {
 		t.Fatalf("exit %d\nstdout %s\nstderr %s", code, stdout, stderr)
 	}
 	// Not a terminal: one line per finished step.
-	for _, step := range []string{"==> kernel", "==> initrd", "==> manifest.json"} {
+	for _, step := range []string{"==> kernel", "==> rootfs.img", "==> manifest.json"} {
 		if !strings.Contains(stderr, step) {
 			t.Errorf("progress lacks %q:\n%s", step, stderr)
 		}
+	}
+	// The initramfs format, kept for comparisons.
+	initrdOut := filepath.Join(dir, "out", "image-initrd")
+	code, stdout, stderr = runCLI(t, "image", "build", "--kernel", kernel, "--agent", static, "--runc", static, "--format", "initrd", "-o", initrdOut)
+	if code != 0 || !strings.Contains(stdout, "built: kernel 6.12.0-cli, initrd sha256 ") {
+		t.Fatalf("--format initrd: exit %d\nstdout %s\nstderr %s", code, stdout, stderr)
+	}
+	if _, err := os.Stat(filepath.Join(initrdOut, "initrd")); err != nil {
+		t.Errorf("--format initrd: %v", err)
+	}
+	if code, _, stderr := runCLI(t, "image", "build", "--kernel", kernel, "--agent", static, "--runc", static, "--format", "squashfs", "-o", initrdOut); code != 2 || !strings.Contains(stderr, `--format "squashfs"`) {
+		t.Errorf("--format squashfs: exit %d, stderr %s", code, stderr)
 	}
 	code, stdout, _ = runCLI(t, args...)
 	if code != 0 || !strings.Contains(stdout, "up to date") {

@@ -3,6 +3,7 @@ package qemu
 import (
 	"encoding/base64"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
@@ -24,7 +25,10 @@ type launchParams struct {
 	MemoryMiB int
 
 	Kernel, Initrd, Append string
-	Firmware               string // -bios: optional, required under SNP
+	// RootDisk, optional, is a disk image attached read-only as the VM's
+	// only disk at boot, so the guest names it /dev/vda.
+	RootDisk string
+	Firmware string // -bios: optional, required under SNP
 	// HostData is the launch's host data in hex: under SNP the measured
 	// HOSTDATA, otherwise the fw_cfg item HostDataFwCfg; empty passes none.
 	HostData string
@@ -62,6 +66,10 @@ const (
 	vsockID       = "vsock0"
 	vsockCharID   = "vsock0-chr"
 	rootPortIDFmt = "hotplug%d"
+	rootDiskID    = "rootdisk"
+	// RootDiskSerial is the root disk's virtio-blk serial: the guest finds
+	// hot-plugged disks by serial, and none of theirs may be this one.
+	RootDiskSerial = "contrast-rootdisk"
 )
 
 // The fw_cfg items that carry, into a VM without SEV-SNP, the launch's host
@@ -172,6 +180,21 @@ func buildArgs(p launchParams) ([]string, error) {
 	virtio := ""
 	if p.SNP != nil {
 		virtio = ",disable-legacy=on,iommu_platform=on"
+	}
+	if p.RootDisk != "" {
+		// JSON takes any path as is. Read-only from QEMU down to the file:
+		// every pod VM shares the one image (and the host's page cache of it).
+		node, err := json.Marshal(map[string]any{
+			"driver": "raw", "node-name": rootDiskID, "read-only": true,
+			"file": map[string]any{"driver": "file", "filename": p.RootDisk, "read-only": true},
+		})
+		if err != nil {
+			return nil, fmt.Errorf("root disk %s: %w", p.RootDisk, err)
+		}
+		args = append(args,
+			"-blockdev", string(node),
+			"-device", "virtio-blk-pci,id="+rootDiskID+",drive="+rootDiskID+",serial="+RootDiskSerial+virtio,
+		)
 	}
 	args = append(args, "-device", "virtio-rng-pci"+virtio)
 	for i, n := range p.NICs {

@@ -106,6 +106,21 @@ func TestBuildArgsVariants(t *testing.T) {
 			noFlag: []string{"-initrd"},
 		},
 		{
+			name:   "root disk instead of an initrd",
+			modify: func(p *launchParams) { p.Initrd, p.RootDisk = "", "/img/root,fs.img" },
+			want: map[string][]string{
+				// The comma needs no escaping in JSON.
+				"-blockdev": {`{"driver":"raw","file":{"driver":"file","filename":"/img/root,fs.img","read-only":true},"node-name":"rootdisk","read-only":true}`},
+				"-device":   {"virtio-blk-pci,id=rootdisk,drive=rootdisk,serial=contrast-rootdisk"},
+			},
+			noFlag: []string{"-initrd", "-drive"},
+		},
+		{
+			name:   "no root disk by default",
+			modify: func(*launchParams) {},
+			noFlag: []string{"-blockdev"},
+		},
+		{
 			name:   "no firmware by default",
 			modify: func(*launchParams) {},
 			noFlag: []string{"-bios"},
@@ -327,6 +342,11 @@ func TestBuildArgsSNPVariants(t *testing.T) {
 			modify: func(p *launchParams) { p.SNP.IDBlock, p.SNP.IDAuth = idBlock, idAuth },
 			want: map[string][]string{"-object": {"sev-snp-guest,id=sev0,cbitpos=51,reduced-phys-bits=1,policy=0x30000,kernel-hashes=on,host-data=" +
 				"AKurq6urq6urq6urq6urq6urq6urq6urq6urq6urq6s=,id-block=" + idBlock + ",id-auth=" + idAuth}},
+		},
+		{
+			name:   "root disk through the DMA API",
+			modify: func(p *launchParams) { p.Initrd, p.RootDisk = "", "/img/rootfs.img" },
+			want:   map[string][]string{"-device": {"virtio-blk-pci,id=rootdisk,drive=rootdisk,serial=contrast-rootdisk,disable-legacy=on,iommu_platform=on"}},
 		},
 		{
 			name:   "host cbitpos and policy with debugging",

@@ -178,3 +178,49 @@ func TestBoot(t *testing.T) {
 	}
 	checkOnlyLogs(t, spec.StateDir)
 }
+
+// TestBootRootDisk boots with a root disk (VMSpec.RootDisk): the guest
+// names it vda, reads it, and sees its serial; a disk hot-plugged later is
+// vdb, found by its own serial.
+func TestBootRootDisk(t *testing.T) {
+	kernel := testenv.Kernel(t)
+	h := testHypervisor(t, Config{})
+	spec := testSpec(t, kernel)
+	spec.Initrd = testInitramfs(t)
+	spec.KernelArgs = "console=ttyS0 rdinit=/init panic=-1 quiet"
+	spec.MemoryMiB = 256
+	disk := func(marker string) string {
+		p := filepath.Join(t.TempDir(), "disk.img")
+		b := make([]byte, 1<<20)
+		copy(b, marker)
+		if err := os.WriteFile(p, b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	spec.RootDisk = disk("CONTRAST-ROOT-DISK")
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+
+	vm := startVM(t, h, spec)
+	con := &console{t: t, path: vm.ConsoleLog()}
+	if added := con.wait("DISK-ADDED", 90*time.Second); added != "DISK-ADDED vda "+RootDiskSerial {
+		t.Errorf("guest saw %q at boot, want the root disk as vda", added)
+	}
+	if data := con.wait("DISK-DATA", 10*time.Second); data != "DISK-DATA vda CONTRAST-ROOT-DISK" {
+		t.Errorf("guest read %q", data)
+	}
+	if err := vm.AttachDisk(ctx, hypervisor.Disk{Serial: "contrast-test-1", Path: disk("CONTRAST-DISK-ONE"), ReadOnly: true}); err != nil {
+		t.Fatal(err)
+	}
+	if added := con.wait("DISK-ADDED", 30*time.Second); added != "DISK-ADDED vdb contrast-test-1" {
+		t.Errorf("guest saw %q after the hot-plug", added)
+	}
+	if data := con.wait("DISK-DATA", 10*time.Second); data != "DISK-DATA vdb CONTRAST-DISK-ONE" {
+		t.Errorf("guest read %q", data)
+	}
+	if err := vm.Stop(ctx); err != nil {
+		t.Fatal(err)
+	}
+	checkOnlyLogs(t, spec.StateDir)
+}

@@ -126,7 +126,7 @@ func (h *Hypervisor) checkSpec(spec hypervisor.VMSpec) error {
 	}
 	// QEMU would say the same, later and less clearly.
 	for _, f := range []struct{ what, path string }{
-		{"kernel", spec.Kernel}, {"initrd", spec.Initrd}, {"firmware", firmware},
+		{"kernel", spec.Kernel}, {"initrd", spec.Initrd}, {"root disk", spec.RootDisk}, {"firmware", firmware},
 	} {
 		if f.path == "" {
 			if f.what == "kernel" {
@@ -272,6 +272,7 @@ func (h *Hypervisor) launch(ctx context.Context, spec hypervisor.VMSpec, cid uin
 		MemoryMiB:         spec.MemoryMiB,
 		Kernel:            spec.Kernel,
 		Initrd:            spec.Initrd,
+		RootDisk:          spec.RootDisk,
 		Append:            spec.KernelArgs,
 		Firmware:          spec.Firmware,
 		HostData:          hex.EncodeToString(spec.HostData[:]),

@@ -66,9 +66,13 @@ func EnvFromOS() (Env, error) {
 		return Env{}, err
 	}
 	for _, dir := range []string{e.ImageDir, e.TestImageDir} {
-		for _, f := range []string{"kernel", "initrd"} {
-			if _, err := os.Stat(filepath.Join(dir, f)); err != nil {
-				return Env{}, fmt.Errorf("guest image %s: %w", dir, err)
+		if _, err := os.Stat(filepath.Join(dir, "kernel")); err != nil {
+			return Env{}, fmt.Errorf("guest image %s: %w", dir, err)
+		}
+		// The guest's root: rootfs.img, or initrd (--format initrd).
+		if rootDisk(dir) == "" {
+			if _, err := os.Stat(filepath.Join(dir, "initrd")); err != nil {
+				return Env{}, fmt.Errorf("guest image %s has neither rootfs.img nor initrd: %w", dir, err)
 			}
 		}
 	}
@@ -85,8 +89,26 @@ func (e Env) WithTestImage() Env {
 // ImageKernel is the kernel file of the guest image.
 func (e Env) ImageKernel() string { return filepath.Join(e.ImageDir, "kernel") }
 
-// ImageInitrd is the initrd file of the guest image.
-func (e Env) ImageInitrd() string { return filepath.Join(e.ImageDir, "initrd") }
+// ImageInitrd is the initrd file of the guest image; "" for an image with
+// a root disk.
+func (e Env) ImageInitrd() string {
+	if rootDisk(e.ImageDir) != "" {
+		return ""
+	}
+	return filepath.Join(e.ImageDir, "initrd")
+}
+
+// ImageRootDisk is the root disk (rootfs.img) of the guest image; "" for
+// an image with an initrd.
+func (e Env) ImageRootDisk() string { return rootDisk(e.ImageDir) }
+
+func rootDisk(dir string) string {
+	p := filepath.Join(dir, "rootfs.img")
+	if _, err := os.Stat(p); err != nil {
+		return ""
+	}
+	return p
+}
 
 // Tools are the host binaries the harness drives.
 type Tools struct {

@@ -65,7 +65,7 @@ func TestNodeRuntimeConfigParses(t *testing.T) {
 		t.Fatal(err)
 	}
 	var b bytes.Buffer
-	if err := tp.Execute(&b, installer.TemplateData{Handler: "contrast-cc-x", Dir: "/opt/x", Shim: "/opt/x/shim", Kernel: "/opt/x/kernel", Initrd: "/opt/x/initrd"}); err != nil {
+	if err := tp.Execute(&b, installer.TemplateData{Handler: "contrast-cc-x", Dir: "/opt/x", Shim: "/opt/x/shim", Kernel: "/opt/x/kernel", RootDisk: "/opt/x/rootfs.img"}); err != nil {
 		t.Fatal(err)
 	}
 	cfg, err := shim.ParseConfig(b.Bytes())

@@ -18,11 +18,13 @@ type ShimConfig struct {
 	StateDir string
 	// SocketDir is socket_dir, where the shim keeps each pod VM's unix
 	// sockets (ShimSocketDir of the state dir).
-	SocketDir    string
-	Binary       string
-	Accel        string
-	Kernel       string
-	Initrd       string
+	SocketDir string
+	Binary    string
+	Accel     string
+	Kernel    string
+	Initrd    string
+	// RootDisk is the image's rootfs.img, which replaces Initrd.
+	RootDisk     string
 	Firmware     string
 	KernelParams string
 	VCPUs        int
@@ -81,6 +83,7 @@ func DefaultShimConfig(env Env, stateDir string) ShimConfig {
 		Accel:      accel,
 		Kernel:     env.ImageKernel(),
 		Initrd:     env.ImageInitrd(),
+		RootDisk:   env.ImageRootDisk(),
 		VCPUs:      1,
 		MemoryMiB:  512,
 		AgentReady: 30 * time.Second,
@@ -103,8 +106,14 @@ func (s ShimConfig) TOML() string {
 	if s.SocketDir != "" {
 		fmt.Fprintf(&b, "socket_dir = %s\n", q(s.SocketDir))
 	}
-	fmt.Fprintf(&b, "\n[hypervisor]\nbinary = %s\naccel = %s\nkernel = %s\ninitrd = %s\nfirmware = %s\nkernel_params = %s\nvcpus = %d\nmemory_mib = %d\n",
-		q(s.Binary), q(s.Accel), q(s.Kernel), q(s.Initrd), q(s.Firmware), q(s.KernelParams), s.VCPUs, s.MemoryMiB)
+	fmt.Fprintf(&b, "\n[hypervisor]\nbinary = %s\naccel = %s\nkernel = %s\n", q(s.Binary), q(s.Accel), q(s.Kernel))
+	if s.RootDisk != "" {
+		fmt.Fprintf(&b, "rootfs = %s\n", q(s.RootDisk))
+	} else {
+		fmt.Fprintf(&b, "initrd = %s\n", q(s.Initrd))
+	}
+	fmt.Fprintf(&b, "firmware = %s\nkernel_params = %s\nvcpus = %d\nmemory_mib = %d\n",
+		q(s.Firmware), q(s.KernelParams), s.VCPUs, s.MemoryMiB)
 	if s.Confidential != "" {
 		fmt.Fprintf(&b, "confidential = %s\n", q(s.Confidential))
 	}

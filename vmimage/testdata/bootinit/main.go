@@ -26,6 +26,13 @@ func main() {
 		report("error uname: %v", err)
 	}
 	report("release=%s", cstr(uts.Release[:]))
+	// The file system mounted on /: source, type and options.
+	mounts, _ := os.ReadFile("/proc/mounts")
+	for _, line := range strings.Split(string(mounts), "\n") {
+		if f := strings.Fields(line); len(f) >= 4 && f[1] == "/" {
+			report("rootfs=%s %s %s", f[0], f[2], f[3])
+		}
+	}
 
 	var st syscall.Stat_t
 	if err := syscall.Stat("/dev/console", &st); err != nil {
@@ -41,6 +48,11 @@ func main() {
 	}
 	if err := syscall.Mount("sysfs", "/sys", "sysfs", 0, ""); err != nil {
 		report("error mount /sys: %v", err)
+	}
+	// The device-mapper device a root disk is opened through, if any.
+	if name, err := os.ReadFile("/sys/block/dm-0/dm/name"); err == nil {
+		table, _ := os.ReadFile("/sys/block/dm-0/ro")
+		report("dm-0=%s ro=%s", strings.TrimSpace(string(name)), strings.TrimSpace(string(table)))
 	}
 	clock, _ := os.ReadFile("/sys/devices/system/clocksource/clocksource0/current_clocksource")
 	report("clocksource=%s", strings.TrimSpace(string(clock)))
