@@ -9,7 +9,6 @@ import (
 	"runtime"
 	"sync"
 	"syscall"
-	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -24,10 +23,27 @@ const PIDHolderArg = "pid-namespace-holder"
 // agent, which started it bound to its own life.
 func RunPIDHolder() {
 	signal.Ignore(syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
+	// Woken by SIGCHLD only: with nothing to reap the holder sleeps, rather
+	// than looking again every so often, so an idle pod wakes no one.
+	exits := make(chan os.Signal, 1)
+	signal.Notify(exits, syscall.SIGCHLD)
+	for {
+		reapExited()
+		<-exits
+	}
+}
+
+// reapExited collects every child that has ended, without waiting for
+// those still running. SIGCHLDs coalesce: one may stand for many exits.
+func reapExited() {
 	for {
 		var ws unix.WaitStatus
-		if _, err := unix.Wait4(-1, &ws, 0, nil); errors.Is(err, unix.ECHILD) {
-			time.Sleep(time.Second)
+		pid, err := unix.Wait4(-1, &ws, unix.WNOHANG, nil)
+		if errors.Is(err, unix.EINTR) {
+			continue
+		}
+		if err != nil || pid <= 0 {
+			return
 		}
 	}
 }

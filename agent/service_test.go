@@ -31,6 +31,9 @@ import (
 var testReaper *reaper.Reaper
 
 func TestMain(m *testing.M) {
+	if os.Getenv(pidHolderTestEnv) == "1" {
+		RunPIDHolder() // for TestPIDHolderReapsOrphans; never returns
+	}
 	// Container processes come back to the test process when runc exits.
 	if err := unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0); err != nil {
 		panic(err)

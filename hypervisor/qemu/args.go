@@ -118,12 +118,13 @@ func buildArgs(p launchParams) ([]string, error) {
 		return nil, err
 	}
 	mem := strconv.Itoa(p.MemoryMiB)
-	machine := "q35,accel=" + p.Accel + ",memory-backend=" + memID
+	machine := "q35,memory-backend=" + memID
 	if p.SNP != nil {
-		machine = "q35,accel=" + p.Accel + ",confidential-guest-support=" + sevID + ",memory-backend=" + memID
+		machine = "q35,confidential-guest-support=" + sevID + ",memory-backend=" + memID
 	}
 	args := []string{
 		"-name", escapeOpt(p.Name),
+		"-accel", accelArg(p.Accel),
 		// memory-backend: guest RAM is a shared memfd so that a vhost-user
 		// device backend (another process, or our Go code) can map it. Under
 		// SNP, QEMU backs private memory with a guest_memfd of its own and
@@ -197,6 +198,15 @@ func buildArgs(p launchParams) ([]string, error) {
 		)
 	}
 	args = append(args, "-device", "virtio-rng-pci"+virtio)
+	if p.SNP == nil {
+		// Free page reporting: the guest tells QEMU which pages it freed
+		// (the unpacked boot files, exited containers' memory), and QEMU
+		// punches them out of the memfd, so an idle pod holds on the host
+		// only what its guest uses. Not under SEV-SNP: private memory is
+		// not the memfd's, and a page given back would have to be
+		// validated anew by the guest.
+		args = append(args, "-device", "virtio-balloon-pci,free-page-reporting=on")
+	}
 	for i, n := range p.NICs {
 		// vhost=off: the packets go through QEMU, which works without the
 		// vhost-net kernel module. romfile= drops the PXE option ROM, which
@@ -217,6 +227,21 @@ func buildArgs(p launchParams) ([]string, error) {
 		)
 	}
 	return args, nil
+}
+
+// tcgTranslationCacheMiB is the size of QEMU's cache of translated guest
+// code under TCG. QEMU's default (1 GiB) fills to about 57 MiB of host
+// memory per VM by the time the agent answers; 32 MiB made no measurable
+// difference to the CPU time of a boot (about 4.1 s either way, 16 and 8 MiB
+// cost up to 10% more), as the cache is flushed and refilled when full.
+const tcgTranslationCacheMiB = 32
+
+// accelArg is QEMU's -accel option for the accelerator.
+func accelArg(accel string) string {
+	if accel == AccelTCG {
+		return fmt.Sprintf("%s,tb-size=%d", accel, tcgTranslationCacheMiB)
+	}
+	return accel
 }
 
 // objectArg is the sev-snp-guest object. kernel-hashes=on puts the hashes

@@ -34,7 +34,8 @@ func TestBuildArgsFull(t *testing.T) {
 	}
 	want := []string{
 		"-name", "pod1",
-		"-machine", "q35,accel=tcg,memory-backend=mem",
+		"-accel", "tcg,tb-size=32",
+		"-machine", "q35,memory-backend=mem",
 		"-cpu", "max",
 		"-smp", "2",
 		"-m", "512M",
@@ -53,6 +54,7 @@ func TestBuildArgsFull(t *testing.T) {
 		"-device", "pcie-root-port,id=hotplug0,bus=pcie.0,chassis=1,addr=0x10.0,io-reserve=0,multifunction=on",
 		"-device", "pcie-root-port,id=hotplug1,bus=pcie.0,chassis=2,addr=0x10.1,io-reserve=0",
 		"-device", "virtio-rng-pci",
+		"-device", "virtio-balloon-pci,free-page-reporting=on",
 		"-chardev", "socket,id=vsock0-chr,path=/run/vm/vhost-user-vsock.sock",
 		"-device", "vhost-user-vsock-pci,id=vsock0,chardev=vsock0-chr",
 	}
@@ -90,7 +92,8 @@ func TestBuildArgsVariants(t *testing.T) {
 				p.VsockMode, p.GuestCID, p.VhostUserSocket = VsockKernel, 123456, ""
 			},
 			want: map[string][]string{
-				"-machine": {"q35,accel=kvm,memory-backend=mem"},
+				"-accel":   {"kvm"},
+				"-machine": {"q35,memory-backend=mem"},
 				"-cpu":     {"host"},
 				"-device":  {"vhost-vsock-pci,id=vsock0,guest-cid=123456"},
 			},
@@ -293,7 +296,8 @@ func TestBuildArgsSNPFull(t *testing.T) {
 	}
 	want := []string{
 		"-name", "pod1",
-		"-machine", "q35,accel=kvm,confidential-guest-support=sev0,memory-backend=mem",
+		"-accel", "kvm",
+		"-machine", "q35,confidential-guest-support=sev0,memory-backend=mem",
 		"-cpu", "EPYC-v4",
 		"-smp", "2",
 		"-m", "512M",
@@ -394,9 +398,12 @@ func TestBuildArgsSNPOmitsPlainOnly(t *testing.T) {
 			}
 		}
 		for _, m := range argsAfter(args, "-machine") {
-			if !strings.Contains(m, "confidential-guest-support=sev0") || !strings.Contains(m, "accel=kvm") {
+			if !strings.Contains(m, "confidential-guest-support=sev0") {
 				t.Errorf("%s: -machine %s", vsockMode, m)
 			}
+		}
+		if a := argsAfter(args, "-accel"); !slices.Equal(a, []string{AccelKVM}) {
+			t.Errorf("%s: -accel %q, want only kvm", vsockMode, a)
 		}
 		for _, d := range argsAfter(args, "-device") {
 			if strings.HasPrefix(d, "pcie-root-port,") {
