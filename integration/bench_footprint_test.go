@@ -2,7 +2,6 @@ package integration
 
 import (
 	"bufio"
-	"context"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -12,13 +11,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/containerd/ttrpc"
-
-	agentapi "github.com/contrast-vm/contrast/api/agent"
-	"github.com/contrast-vm/contrast/hypervisor"
-	"github.com/contrast-vm/contrast/hypervisor/qemu"
 	"github.com/contrast-vm/contrast/integration/harness"
-	"github.com/contrast-vm/contrast/vmimage"
 )
 
 // Idle pods: how many, how long they settle after the last one started
@@ -50,7 +43,11 @@ func BenchmarkIdlePod(b *testing.B) {
 	// are the repetition, and another round would add minutes, not
 	// precision.
 	for i := 0; i < min(b.N, 1); i++ {
-		bare := startBareVM(b, s.env)
+		bare := startBareVM(b, s.env, bareSpec{name: "idle"})
+		bareQEMU, err := harness.ProcessOf(bare.vm.Pid())
+		if err != nil {
+			b.Fatal(err)
+		}
 		type pod struct {
 			handler string
 			procs   []harness.Process
@@ -77,7 +74,7 @@ func BenchmarkIdlePod(b *testing.B) {
 				}
 			}
 		}
-		bareBefore, ok := cpuSeconds(bare.qemu)
+		bareBefore, ok := cpuSeconds(bareQEMU)
 		if !ok {
 			b.Fatal("the bare VM's QEMU is gone")
 		}
@@ -94,7 +91,7 @@ func BenchmarkIdlePod(b *testing.B) {
 				}
 			}
 		}
-		bareAfter, ok := cpuSeconds(bare.qemu)
+		bareAfter, ok := cpuSeconds(bareQEMU)
 		if !ok {
 			b.Fatal("the bare VM's QEMU is gone")
 		}
@@ -117,11 +114,11 @@ func BenchmarkIdlePod(b *testing.B) {
 				}
 			}
 		}
-		bareMem := memoryOf(b, bare.qemu)
+		bareMem := memoryOf(b, bareQEMU)
 		if podQEMU.PID != 0 {
 			b.Logf("largest mappings of a pod's QEMU: %s", largestMappings(b, podQEMU.PID, 8))
 		}
-		b.Logf("largest mappings of the bare VM's QEMU: %s", largestMappings(b, bare.qemu.PID, 8))
+		b.Logf("largest mappings of the bare VM's QEMU: %s", largestMappings(b, bareQEMU.PID, 8))
 		bare.stop()
 
 		if vmm.n != idlePods || shim.n != idlePods {
@@ -142,117 +139,15 @@ func BenchmarkIdlePod(b *testing.B) {
 	}
 }
 
-// bareVM is a QEMU booting the suite's image as a pod VM would, without
-// containerd or a shim.
-type bareVM struct {
-	qemu harness.Process
-	stop func()
-}
-
-// startBareVM boots the image of env with the pod VMs' default size and
-// waits for its agent to answer.
-func startBareVM(b *testing.B, env harness.Env) bareVM {
-	ctx := context.Background()
-	im, err := vmimage.Load(env.ImageDir)
-	if err != nil {
-		b.Fatal(err)
-	}
-	hv, err := qemu.New(qemu.Config{})
-	if err != nil {
-		b.Fatal(err)
-	}
-	stateDir, err := os.MkdirTemp("", "bare")
-	if err != nil {
-		b.Fatal(err)
-	}
-	def := harness.DefaultShimConfig(env, "")
-	vm, err := hv.Start(ctx, hypervisor.VMSpec{
-		ID: "bare-idle", StateDir: stateDir, Kernel: im.Kernel(), Initrd: im.Initrd(),
-		KernelArgs: im.KernelCmdline(), VCPUs: def.VCPUs, MemoryMiB: def.MemoryMiB,
-	})
-	if err != nil {
-		os.RemoveAll(stateDir)
-		b.Fatal(err)
-	}
-	stop := func() {
-		_ = vm.Stop(ctx)
-		os.RemoveAll(stateDir)
-	}
-	b.Cleanup(stop) // after a failure; a second Stop is harmless
-	deadline := time.Now().Add(2 * time.Minute)
-	for {
-		if time.Now().After(deadline) {
-			b.Fatal("bare VM: agent did not answer within 2 minutes")
-		}
-		if agentAnswers(ctx, vm) {
-			break
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	pidText, err := os.ReadFile(filepath.Join(stateDir, "qemu.pid"))
-	if err != nil {
-		b.Fatalf("bare VM: %v", err)
-	}
-	pid, err := strconv.Atoi(strings.TrimSpace(string(pidText)))
-	if err != nil {
-		b.Fatalf("bare VM: pid file %q: %v", pidText, err)
-	}
-	ps, err := harness.Processes()
-	if err != nil {
-		b.Fatal(err)
-	}
-	for _, p := range ps {
-		if p.PID == pid {
-			return bareVM{qemu: p, stop: stop}
-		}
-	}
-	b.Fatalf("bare VM: QEMU (pid %d) is gone", pid)
-	return bareVM{}
-}
-
-func agentAnswers(ctx context.Context, vm hypervisor.VM) bool {
-	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-	defer cancel()
-	conn, err := vm.Dial(ctx, agentapi.AgentPort)
-	if err != nil {
-		return false
-	}
-	client := ttrpc.NewClient(conn)
-	defer client.Close()
-	_, err = agentapi.NewAgentClient(client).Health(ctx, &agentapi.HealthRequest{})
-	return err == nil
-}
-
-// cpuSeconds is the CPU time (user and system, all threads) a process has
-// used so far; false if it is gone.
+// cpuSeconds is the CPU time a process has used so far, in seconds;
+// false if it is gone.
 func cpuSeconds(p harness.Process) (float64, bool) {
 	if !p.Alive() {
 		return 0, false
 	}
-	st, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", p.PID))
-	if err != nil {
-		return 0, false
-	}
-	// comm may hold spaces: utime and stime are the 12th and 13th fields
-	// after its closing parenthesis (the 14th and 15th of the line).
-	f := strings.Fields(string(st[strings.LastIndexByte(string(st), ')')+1:]))
-	if len(f) < 13 {
-		return 0, false
-	}
-	var ticks uint64
-	for _, v := range f[11:13] {
-		n, err := strconv.ParseUint(v, 10, 64)
-		if err != nil {
-			return 0, false
-		}
-		ticks += n
-	}
-	return float64(ticks) / clockTicksPerSecond, true
+	t, err := harness.CPUTime(p.PID)
+	return t.Seconds(), err == nil
 }
-
-// clockTicksPerSecond is USER_HZ, the unit of /proc/<pid>/stat's times,
-// which Linux fixes at 100 on every architecture the project runs on.
-const clockTicksPerSecond = 100
 
 // memory sums the resident (RSS) and proportional (PSS) set sizes of n
 // processes, in KiB.
@@ -270,29 +165,13 @@ func (m *memory) add(o memory) {
 func (m memory) rssMiB() float64 { return float64(m.rss) / 1024 / float64(max(m.n, 1)) }
 func (m memory) pssMiB() float64 { return float64(m.pss) / 1024 / float64(max(m.n, 1)) }
 
-// memoryOf reads a process's RSS and PSS from /proc/<pid>/smaps_rollup.
+// memoryOf is one process's memory.
 func memoryOf(b *testing.B, p harness.Process) memory {
-	text, err := os.ReadFile(fmt.Sprintf("/proc/%d/smaps_rollup", p.PID))
+	m, err := harness.MemoryOf(p.PID)
 	if err != nil {
 		b.Fatalf("memory of %s: %v", p, err)
 	}
-	m := memory{n: 1}
-	for _, line := range strings.Split(string(text), "\n") {
-		key, value, ok := strings.Cut(line, ":")
-		if !ok || (key != "Rss" && key != "Pss") {
-			continue
-		}
-		kib, err := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(value), " kB"), 10, 64)
-		if err != nil {
-			b.Fatalf("memory of %s: %q: %v", p, line, err)
-		}
-		if key == "Rss" {
-			m.rss = kib
-		} else {
-			m.pss = kib
-		}
-	}
-	return m
+	return memory{rss: m.RSS, pss: m.PSS, n: 1}
 }
 
 // largestMappings lists the n mappings of a process with the most resident

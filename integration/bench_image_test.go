@@ -1,22 +1,13 @@
 package integration
 
 import (
-	"bufio"
-	"context"
-	"fmt"
-	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
 
-	"github.com/containerd/ttrpc"
-
-	agentapi "github.com/contrast-vm/contrast/api/agent"
-	"github.com/contrast-vm/contrast/hypervisor"
-	"github.com/contrast-vm/contrast/hypervisor/qemu"
+	"github.com/contrast-vm/contrast/integration/harness"
 	"github.com/contrast-vm/contrast/vmimage"
 )
 
@@ -52,11 +43,11 @@ func BenchmarkImageFormat(b *testing.B) {
 			name string
 			im   *vmimage.Image
 		}{{vmimage.FormatRootDisk, rootDisk}, {vmimage.FormatInitrd, initrd}} {
-			boot, rss, pss := bootIdleVM(b, f.im)
+			boot, m := bootIdleVM(b, env, f.im)
 			s := sums[f.name]
 			s.boot += boot
-			s.rss += rss
-			s.pss += pss
+			s.rss += m.RSS
+			s.pss += m.PSS
 		}
 	}
 	b.StopTimer()
@@ -106,85 +97,16 @@ func initrdTwin(b *testing.B, cli string, im *vmimage.Image) *vmimage.Image {
 }
 
 // bootIdleVM boots im until the agent answers and returns how long that
-// took and QEMU's Rss and Pss in KiB a moment later; the VM is stopped.
-func bootIdleVM(b *testing.B, im *vmimage.Image) (time.Duration, int64, int64) {
+// took and QEMU's memory a moment later; the VM is stopped.
+func bootIdleVM(b *testing.B, env harness.Env, im *vmimage.Image) (time.Duration, harness.Memory) {
 	b.Helper()
-	ctx := context.Background()
-	hv, err := qemu.New(qemu.Config{})
-	if err != nil {
-		b.Fatal(err)
-	}
-	stateDir, err := os.MkdirTemp("", "imgbench")
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer os.RemoveAll(stateDir)
-	begin := time.Now()
-	vm, err := hv.Start(ctx, hypervisor.VMSpec{
-		ID: "imgbench", StateDir: stateDir, Kernel: im.Kernel(), Initrd: im.Initrd(), RootDisk: im.RootDisk(),
-		KernelArgs: im.KernelCmdline(), VCPUs: 1, MemoryMiB: 512,
-	})
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer vm.Stop(ctx)
-	var boot time.Duration
-	for boot == 0 {
-		if time.Since(begin) > 2*time.Minute {
-			console, _ := os.ReadFile(vm.ConsoleLog())
-			b.Fatalf("%s: agent did not answer within 2 minutes; console:\n%s", im.Dir, console)
-		}
-		dialCtx, cancel := context.WithTimeout(ctx, 2*time.Second)
-		if conn, err := vm.Dial(dialCtx, agentapi.AgentPort); err == nil {
-			client := ttrpc.NewClient(conn)
-			if _, err := agentapi.NewAgentClient(client).Health(dialCtx, &agentapi.HealthRequest{}); err == nil {
-				boot = time.Since(begin)
-			}
-			client.Close()
-		}
-		cancel()
-		if boot == 0 {
-			time.Sleep(20 * time.Millisecond)
-		}
-	}
+	v := startBareVM(b, env, bareSpec{name: "image", image: im})
+	defer v.stop()
 	// Idle: what the boot left behind, not its transient buffers.
 	time.Sleep(2 * time.Second)
-	rss, pss, err := smapsRollup(vm.Pid())
+	m, err := harness.MemoryOf(v.vm.Pid())
 	if err != nil {
 		b.Fatal(err)
 	}
-	return boot, rss, pss
-}
-
-// smapsRollup reads a process's Rss and Pss in KiB.
-func smapsRollup(pid int) (rss, pss int64, err error) {
-	f, err := os.Open(fmt.Sprintf("/proc/%d/smaps_rollup", pid))
-	if err != nil {
-		return 0, 0, err
-	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		fields := strings.Fields(sc.Text())
-		if len(fields) != 3 || fields[2] != "kB" {
-			continue
-		}
-		v, err := strconv.ParseInt(fields[1], 10, 64)
-		if err != nil {
-			return 0, 0, fmt.Errorf("smaps_rollup of %d: %q: %w", pid, sc.Text(), err)
-		}
-		switch fields[0] {
-		case "Rss:":
-			rss = v
-		case "Pss:":
-			pss = v
-		}
-	}
-	if err := sc.Err(); err != nil {
-		return 0, 0, err
-	}
-	if rss == 0 {
-		return 0, 0, fmt.Errorf("smaps_rollup of %d has no Rss", pid)
-	}
-	return rss, pss, nil
+	return v.boot, m
 }

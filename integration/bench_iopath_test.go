@@ -10,7 +10,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"regexp"
 	"strconv"
 	"strings"
 	"testing"
@@ -118,9 +117,9 @@ func BenchmarkExecPath(b *testing.B) {
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
 		for range rounds {
-			seen := len(guestExecTimes(s.c, ctrs[contrastHandler].ID))
+			seen := len(s.c.GuestExecTimes(ctrs[contrastHandler].ID))
 			rt := crictlExec(ctrs[contrastHandler].ID)
-			times := guestExecTimes(s.c, ctrs[contrastHandler].ID)
+			times := s.c.GuestExecTimes(ctrs[contrastHandler].ID)
 			if len(times) != seen+1 {
 				b.Fatalf("the shim logged %d guest runc exec times for one exec (want 1); is its log_level debug?", len(times)-seen)
 			}
@@ -151,25 +150,6 @@ func BenchmarkExecPath(b *testing.B) {
 	b.ReportMetric(ms(runcCrictl), "runc-crictl-exec-ms")
 	b.ReportMetric(ms(runcPlain), "runc-exec-ms")
 	b.ReportMetric(ms(runcAdded), "runc-crictl-added-ms")
-}
-
-// guestExecRe matches the shim's debug line with the agent's runc exec time.
-var guestExecRe = regexp.MustCompile(`guest_runc_exec_us=(\d+)`)
-
-// guestExecTimes returns, in log order, the guest's runc exec times the
-// shim logged for execs in container id.
-func guestExecTimes(c *harness.Containerd, id string) []time.Duration {
-	var ds []time.Duration
-	for _, line := range strings.Split(c.LogGrep("guest_runc_exec_us="), "\n") {
-		if !strings.Contains(line, id) {
-			continue
-		}
-		if m := guestExecRe.FindStringSubmatch(line); m != nil {
-			us, _ := strconv.ParseInt(m[1], 10, 64)
-			ds = append(ds, time.Duration(us)*time.Microsecond)
-		}
-	}
-	return ds
 }
 
 // readGuestVsock connects to a guest vsock port through a hybrid vsock

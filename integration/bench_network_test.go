@@ -1,7 +1,6 @@
 package integration
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -14,7 +13,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/containerd/ttrpc"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
@@ -23,11 +21,9 @@ import (
 	agentapi "github.com/contrast-vm/contrast/api/agent"
 	"github.com/contrast-vm/contrast/hypervisor"
 	"github.com/contrast-vm/contrast/hypervisor/network"
-	"github.com/contrast-vm/contrast/hypervisor/qemu"
 	"github.com/contrast-vm/contrast/integration/harness"
 	"github.com/contrast-vm/contrast/internal/netnstest"
 	"github.com/contrast-vm/contrast/policy"
-	"github.com/contrast-vm/contrast/vmimage"
 )
 
 // bareLink is how a bare VM's tap reaches the host: the tap itself in the
@@ -207,27 +203,11 @@ func nicArgs(b *testing.B, pid int) []string {
 
 // processCPU is the user and system time pid has used.
 func processCPU(b *testing.B, pid int) time.Duration {
-	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	t, err := harness.CPUTime(pid)
 	if err != nil {
 		b.Fatal(err)
 	}
-	// The fields after the command name, which is in parentheses and may
-	// hold spaces: utime and stime are the 14th and 15th of the line.
-	i := bytes.LastIndexByte(stat, ')')
-	f := strings.Fields(string(stat[i+1:]))
-	if i < 0 || len(f) < 13 {
-		b.Fatalf("/proc/%d/stat: %q", pid, stat)
-	}
-	var ticks int64
-	for _, v := range f[11:13] {
-		n, err := strconv.ParseInt(v, 10, 64)
-		if err != nil {
-			b.Fatalf("/proc/%d/stat: %q", pid, stat)
-		}
-		ticks += n
-	}
-	// USER_HZ is 100 on every Linux architecture Go supports here.
-	return time.Duration(ticks) * 10 * time.Millisecond
+	return t
 }
 
 // joinCPUCgroup moves pid into a new cpu cgroup named for the side below
@@ -263,38 +243,11 @@ func sinkCommand(path string) string { return fmt.Sprintf(sinkScript, path, path
 func startBareNetVM(b *testing.B, env harness.Env, link *bareLink) (qemuPID int) {
 	testimage.Require(b)
 	ctx := context.Background()
-	im, err := vmimage.Load(env.ImageDir)
-	if err != nil {
-		b.Fatal(err)
-	}
-	// What the harness's shim configuration sets (DefaultShimConfig).
-	cfg := harness.DefaultShimConfig(env, "")
-	hv, err := qemu.New(qemu.Config{Binary: cfg.Binary, Accel: cfg.Accel})
-	if err != nil {
-		b.Fatal(err)
-	}
-	stateDir := b.TempDir()
-	// The guest's log level as the shim passes it (shim/launch.go).
-	kernelArgs := im.KernelCmdline()
-	if cfg.LogLevel != "info" {
-		kernelArgs += " contrast.log_level=" + cfg.LogLevel
-	}
-	vm, err := hv.Start(ctx, hypervisor.VMSpec{
-		ID: "bare-net-" + link.name, StateDir: stateDir, Kernel: im.Kernel(), Initrd: im.Initrd(),
-		KernelArgs: kernelArgs, VCPUs: cfg.VCPUs, MemoryMiB: cfg.MemoryMiB,
-		NICs: []hypervisor.NIC{{Tap: link.tap, MAC: link.mac, MTU: bareNetMTU}},
-	})
+	bare := startBareVM(b, env, bareSpec{name: "net-" + link.name,
+		nics: []hypervisor.NIC{{Tap: link.tap, MAC: link.mac, MTU: bareNetMTU}}})
 	// QEMU holds its own copy of the tap queue.
 	link.tap.Close()
-	if err != nil {
-		b.Fatalf("start the bare VM (%s): %v", link.name, err)
-	}
-	b.Cleanup(func() {
-		if err := vm.Stop(context.Background()); err != nil {
-			b.Errorf("stop the bare VM (%s): %v", link.name, err)
-		}
-	})
-	agent := dialBareAgent(ctx, b, vm)
+	vm, agent := bare.vm, bare.agent
 	if _, err := agent.SetPolicy(ctx, &agentapi.SetPolicyRequest{Policy: policy.AllowAll()}); err != nil {
 		b.Fatalf("bare VM: set policy: %v", err)
 	}
@@ -420,33 +373,4 @@ func netnsTapLink(b *testing.B) *bareLink {
 		}
 	})
 	return &bareLink{name: "tc", guest: guest, tap: tap.File, mac: tap.GuestMAC}
-}
-
-// dialBareAgent waits for the bare VM's agent to answer.
-func dialBareAgent(ctx context.Context, b *testing.B, vm hypervisor.VM) agentapi.AgentService {
-	deadline := time.Now().Add(2 * time.Minute)
-	for {
-		conn, err := vm.Dial(ctx, agentapi.AgentPort)
-		if err == nil {
-			client := ttrpc.NewClient(conn)
-			agent := agentapi.NewAgentClient(client)
-			hctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-			_, err = agent.Health(hctx, &agentapi.HealthRequest{})
-			cancel()
-			if err == nil {
-				b.Cleanup(func() { client.Close() })
-				return agent
-			}
-			client.Close()
-		}
-		select {
-		case <-vm.Done():
-			b.Fatalf("bare VM ended before its agent answered: %v", vm.Err())
-		default:
-		}
-		if time.Now().After(deadline) {
-			b.Fatalf("bare VM: the agent did not answer: %v", err)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
 }

@@ -2,8 +2,6 @@ package integration
 
 import (
 	"fmt"
-	"os"
-	"regexp"
 	"sort"
 	"strings"
 	"testing"
@@ -81,7 +79,7 @@ func (t *startSums) start(b *testing.B, s *suite, pod *harness.Pod, name string)
 		b.Fatalf("start %s: %v", name, err)
 	}
 	t.crictl += time.Since(begin)
-	steps, err := startBreakdown(s.c.Log, c.ID)
+	steps, err := s.c.StartBreakdown(c.ID)
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -115,33 +113,4 @@ func (t *startSums) report(b *testing.B, prefix string) {
 	for _, k := range keys {
 		b.ReportMetric(ms(t.steps[k]), prefix+k+"-ms")
 	}
-}
-
-// logField is one key=value of a logrus text line; a value is bare or
-// quoted.
-var logField = regexp.MustCompile(`([\w.+-]+)=("(?:[^"\\]|\\.)*"|\S+)`)
-
-// startBreakdown reads the breakdown of container id's start from the
-// shim's debug line in containerd's log: every field that is a duration.
-func startBreakdown(logPath, id string) (map[string]time.Duration, error) {
-	data, err := os.ReadFile(logPath)
-	if err != nil {
-		return nil, err
-	}
-	for _, line := range strings.Split(string(data), "\n") {
-		if !strings.Contains(line, "container start breakdown") || !strings.Contains(line, "container="+id) {
-			continue
-		}
-		steps := map[string]time.Duration{}
-		for _, m := range logField.FindAllStringSubmatch(line, -1) {
-			if d, err := time.ParseDuration(strings.Trim(m[2], `"`)); err == nil {
-				steps[m[1]] = d
-			}
-		}
-		if steps["total"] == 0 {
-			return nil, fmt.Errorf("breakdown of container %s has no total: %s", id, line)
-		}
-		return steps, nil
-	}
-	return nil, fmt.Errorf("no start breakdown of container %s in %s (the shim logs it at debug level)", id, logPath)
 }

@@ -14,13 +14,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/containerd/ttrpc"
-
-	agentapi "github.com/contrast-vm/contrast/api/agent"
-	"github.com/contrast-vm/contrast/hypervisor"
-	"github.com/contrast-vm/contrast/hypervisor/qemu"
 	"github.com/contrast-vm/contrast/integration/harness"
-	"github.com/contrast-vm/contrast/vmimage"
 )
 
 // BenchmarkPodStartup measures, per pod, the time from `crictl runp` to
@@ -44,7 +38,9 @@ func BenchmarkPodStartup(b *testing.B) {
 			for i := 0; i < b.N; i++ {
 				if handler != "runc" {
 					b.StopTimer()
-					bare += bareBoot(b, s.env)
+					vm := startBareVM(b, s.env, bareSpec{name: "boot"})
+					bare += vm.boot
+					vm.stop()
 					b.StartTimer()
 				}
 				begin := time.Now()
@@ -67,10 +63,11 @@ func BenchmarkPodStartup(b *testing.B) {
 					b.Fatal(err)
 				}
 				for _, p := range tr.Processes {
-					kib, err := harness.RSSKiB(p.PID)
+					m, err := harness.MemoryOf(p.PID)
 					if err != nil {
 						continue
 					}
+					kib := m.RSS
 					switch name := strings.Fields(p.Cmdline)[0]; {
 					case strings.Contains(name, "containerd-shim"):
 						shimKiB += kib
@@ -99,52 +96,6 @@ func BenchmarkPodStartup(b *testing.B) {
 				b.ReportMetric(runp.Seconds()/bare.Seconds(), "runp/bare-boot")
 			}
 		})
-	}
-}
-
-// bareBoot is the baseline of pod start: QEMU boots the same image with
-// the same settings and the agent answers, with no containerd and no shim.
-func bareBoot(b *testing.B, env harness.Env) time.Duration {
-	ctx := context.Background()
-	im, err := vmimage.Load(env.ImageDir)
-	if err != nil {
-		b.Fatal(err)
-	}
-	hv, err := qemu.New(qemu.Config{})
-	if err != nil {
-		b.Fatal(err)
-	}
-	stateDir, err := os.MkdirTemp("", "bare")
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer os.RemoveAll(stateDir)
-	begin := time.Now()
-	vm, err := hv.Start(ctx, hypervisor.VMSpec{
-		ID: "bare", StateDir: stateDir, Kernel: im.Kernel(), Initrd: im.Initrd(), RootDisk: im.RootDisk(),
-		KernelArgs: im.KernelCmdline(), VCPUs: 1, MemoryMiB: 512,
-	})
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer vm.Stop(ctx)
-	for {
-		if time.Since(begin) > time.Minute {
-			b.Fatal("bare VM: agent did not answer within a minute")
-		}
-		dialCtx, cancel := context.WithTimeout(ctx, 2*time.Second)
-		conn, err := vm.Dial(dialCtx, agentapi.AgentPort)
-		if err == nil {
-			client := ttrpc.NewClient(conn)
-			_, err = agentapi.NewAgentClient(client).Health(dialCtx, &agentapi.HealthRequest{})
-			client.Close()
-			if err == nil {
-				cancel()
-				return time.Since(begin)
-			}
-		}
-		cancel()
-		time.Sleep(20 * time.Millisecond)
 	}
 }
 

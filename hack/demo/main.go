@@ -20,6 +20,7 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"sort"
 	"strings"
 	"syscall"
 	"time"
@@ -139,7 +140,8 @@ metadata:
   name: demo
   namespace: default
 spec:
-  # The VM cannot mount the token's volume directory yet (issue 17).
+  # crictl has no kubelet to write a service-account token
+  # (make demo-k8s shows a pod with one).
   automountServiceAccountToken: false
   containers:
   - name: ` + demoContainer + `
@@ -208,6 +210,9 @@ func demoPod(ctx context.Context, env harness.Env, c *harness.Containerd, hostRe
 				return nil, err
 			}
 			lines := []string{"pod " + pod.ID}
+			if boot, err := c.PodBoot(pod.ID); err == nil {
+				lines = append(lines, "VM start to agent ready: "+boot.Round(time.Millisecond).String()+" (shim log)")
+			}
 			if trace, err = c.TracePod(pod.ID); err == nil {
 				lines = append(lines, describeProcesses(trace.Processes)...)
 			}
@@ -225,7 +230,10 @@ func demoPod(ctx context.Context, env harness.Env, c *harness.Containerd, hostRe
 			return []string{"container " + ctr.ID}, nil
 		}},
 		{"crictl start", func() ([]string, error) {
-			return nil, cri.StartContainer(ctx, ctr.ID)
+			if err := cri.StartContainer(ctx, ctr.ID); err != nil {
+				return nil, err
+			}
+			return startBreakdown(c, ctr.ID), nil
 		}},
 		{"crictl logs", func() ([]string, error) {
 			deadline := time.Now().Add(30 * time.Second)
@@ -238,14 +246,22 @@ func demoPod(ctx context.Context, env harness.Env, c *harness.Containerd, hostRe
 			}
 		}},
 		{"crictl exec uname -r (in the pod VM) vs the host", func() ([]string, error) {
+			begin := time.Now()
 			r, err := cri.Exec(ctx, ctr.ID, false, "uname", "-r")
 			if err != nil {
 				return nil, err
 			}
-			return []string{
+			took := time.Since(begin)
+			out := []string{
 				"in the pod: " + strings.TrimSpace(r.Stdout),
 				"on the host: " + hostRelease,
-			}, nil
+			}
+			if guest := c.GuestExecTimes(ctr.ID); len(guest) > 0 {
+				g := guest[len(guest)-1]
+				out = append(out, fmt.Sprintf("crictl exec took %s; runc exec in the guest %s (the agent's figure): the host and the protocol added %s",
+					took.Round(time.Millisecond), g.Round(time.Millisecond), (took-g).Round(time.Millisecond)))
+			}
+			return out, nil
 		}},
 		{"the pod's network: its CNI address, in the VM, serves HTTP to the host", func() ([]string, error) {
 			st, err := cri.InspectPod(ctx, pod.ID)
@@ -324,6 +340,33 @@ func demoPod(ctx context.Context, env harness.Env, c *harness.Containerd, hostRe
 	return nil
 }
 
+// startBreakdown is the shim's account of a container's start: the whole,
+// runc's part and ours, and the steps that took longest.
+func startBreakdown(c *harness.Containerd, id string) []string {
+	steps, err := c.StartBreakdown(id)
+	if err != nil {
+		return []string{err.Error()}
+	}
+	ms := func(d time.Duration) string { return d.Round(time.Millisecond).String() }
+	out := []string{fmt.Sprintf("create+start in the shim %s: runc %s, ours %s (transport %s)",
+		ms(steps["total"]), ms(steps["runc"]), ms(steps["ours"]), ms(steps["transport"]))}
+	var names []string
+	for k := range steps {
+		if strings.HasPrefix(k, "host.") || strings.HasPrefix(k, "guest.") {
+			names = append(names, k)
+		}
+	}
+	sort.Slice(names, func(i, j int) bool { return steps[names[i]] > steps[names[j]] })
+	var top []string
+	for _, k := range names[:min(len(names), 5)] {
+		top = append(top, k+" "+ms(steps[k]))
+	}
+	if len(top) > 0 {
+		out = append(out, "longest steps: "+strings.Join(top, ", "))
+	}
+	return out
+}
+
 // describeProcesses names the pod's host processes (shim, QEMU) with
 // their resident memory.
 func describeProcesses(ps []harness.Process) []string {
@@ -338,11 +381,11 @@ func describeProcesses(ps []harness.Process) []string {
 		default:
 			name = filepath.Base(name)
 		}
-		rss, err := harness.RSSKiB(p.PID)
+		m, err := harness.MemoryOf(p.PID)
 		if err != nil {
 			continue
 		}
-		out = append(out, fmt.Sprintf("%-5s pid %-7d RSS %d MiB", name, p.PID, rss/1024))
+		out = append(out, fmt.Sprintf("%-5s pid %-7d RSS %d MiB, PSS %d MiB", name, p.PID, m.RSS/1024, m.PSS/1024))
 	}
 	return out
 }

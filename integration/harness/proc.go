@@ -53,6 +53,15 @@ func Processes() ([]Process, error) {
 	return ps, nil
 }
 
+// ProcessOf is the running process pid.
+func ProcessOf(pid int) (Process, error) {
+	p, err := readProcess(pid)
+	if err != nil {
+		return Process{}, fmt.Errorf("process %d: %w", pid, err)
+	}
+	return p, nil
+}
+
 func readProcess(pid int) (Process, error) {
 	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
 	if err != nil {
@@ -99,21 +108,68 @@ func (p Process) Alive() bool {
 	return i < 0 || i+2 >= len(st) || st[i+2] != 'Z'
 }
 
-// RSSKiB is the resident set size of a process (VmRSS).
-func RSSKiB(pid int) (int64, error) {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+// Memory is what a process holds in memory, in KiB: its resident set
+// (RSS) and its proportional share of it (PSS), which splits each page
+// among the processes that map it (a pod's guest RAM is mapped by QEMU
+// and by the shim's vsock backend).
+type Memory struct {
+	RSS, PSS int64
+}
+
+// MemoryOf reads a process's RSS and PSS from /proc/<pid>/smaps_rollup.
+func MemoryOf(pid int) (Memory, error) {
+	text, err := os.ReadFile(fmt.Sprintf("/proc/%d/smaps_rollup", pid))
 	if err != nil {
-		return 0, fmt.Errorf("read status of pid %d: %w", pid, err)
+		return Memory{}, fmt.Errorf("memory of pid %d: %w", pid, err)
 	}
-	for _, line := range strings.Split(string(b), "\n") {
-		if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
-			f := strings.Fields(v)
-			if len(f) > 0 {
-				return strconv.ParseInt(f[0], 10, 64)
-			}
+	var m Memory
+	var seen int
+	for _, line := range strings.Split(string(text), "\n") {
+		key, value, ok := strings.Cut(line, ":")
+		if !ok || (key != "Rss" && key != "Pss") {
+			continue
 		}
+		kib, err := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(value), " kB"), 10, 64)
+		if err != nil {
+			return Memory{}, fmt.Errorf("memory of pid %d: %q: %w", pid, line, err)
+		}
+		if key == "Rss" {
+			m.RSS = kib
+		} else {
+			m.PSS = kib
+		}
+		seen++
 	}
-	return 0, fmt.Errorf("pid %d has no VmRSS", pid)
+	if seen != 2 {
+		return Memory{}, fmt.Errorf("memory of pid %d: smaps_rollup has no Rss and Pss", pid)
+	}
+	return m, nil
+}
+
+// CPUTime is the CPU time (user and system, all threads) a process has
+// used so far.
+func CPUTime(pid int) (time.Duration, error) {
+	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, fmt.Errorf("CPU time of pid %d: %w", pid, err)
+	}
+	// comm may hold spaces: utime and stime are the 12th and 13th fields
+	// after its closing parenthesis.
+	i := bytes.LastIndexByte(stat, ')')
+	f := strings.Fields(string(stat[i+1:]))
+	if i < 0 || len(f) < 13 {
+		return 0, fmt.Errorf("CPU time of pid %d: malformed stat %q", pid, stat)
+	}
+	var ticks int64
+	for _, v := range f[11:13] {
+		n, err := strconv.ParseInt(v, 10, 64)
+		if err != nil {
+			return 0, fmt.Errorf("CPU time of pid %d: malformed stat %q", pid, stat)
+		}
+		ticks += n
+	}
+	// The unit is USER_HZ, which Linux fixes at 100.
+	return time.Duration(ticks) * 10 * time.Millisecond, nil
 }
 
 // matching returns the processes whose command line contains any of
