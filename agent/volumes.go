@@ -11,6 +11,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/containerd/log"
 	"golang.org/x/sys/unix"
@@ -35,6 +36,10 @@ const stagingPrefix = ".contrast-"
 type volumeSet struct {
 	dir      string
 	maxBytes int64
+	// retireAfter is how long a payload directory an update replaced stays:
+	// a reader that resolved ..data to it just before the swap still finds
+	// it (the kubelet removes it at once, and such a reader sees an error).
+	retireAfter time.Duration
 
 	mu    sync.Mutex
 	vols  map[string]*guestVolume // by kind/name
@@ -44,11 +49,16 @@ type volumeSet struct {
 type guestVolume struct {
 	mu     sync.Mutex // one update at a time
 	bytes  int64
-	digest [32]byte // of the last tree applied
+	digest [32]byte            // of the last tree applied
+	tops   map[string]struct{} // the top-level names of the last tree applied
 }
 
+// defaultRetireAfter: readers finish resolving a path within microseconds;
+// two seconds leave room for a guest under heavy load.
+const defaultRetireAfter = 2 * time.Second
+
 func newVolumeSet(dir string, maxBytes int64) *volumeSet {
-	return &volumeSet{dir: dir, maxBytes: maxBytes, vols: map[string]*guestVolume{}}
+	return &volumeSet{dir: dir, maxBytes: maxBytes, retireAfter: defaultRetireAfter, vols: map[string]*guestVolume{}}
 }
 
 // ShareVolume mirrors a kubelet-managed volume into the guest (see
@@ -118,8 +128,13 @@ func (v *volumeSet) share(kind, name string, files []*api.VolumeFile) (bool, err
 	if err := os.MkdirAll(root, 0o755); err != nil {
 		return false, err
 	}
-	if err := applyTree(root, files); err != nil {
+	retired, err := applyTree(root, files)
+	if err != nil {
 		return false, err
+	}
+	gv.tops = topNames(files)
+	if len(retired) > 0 {
+		time.AfterFunc(v.retireAfter, func() { gv.removeRetired(root, retired) })
 	}
 	v.mu.Lock()
 	v.bytes = v.bytes - gv.bytes + size
@@ -127,6 +142,30 @@ func (v *volumeSet) share(kind, name string, files []*api.VolumeFile) (bool, err
 	v.vols[key] = gv
 	v.mu.Unlock()
 	return true, nil
+}
+
+// removeRetired removes the payload directories an earlier update
+// replaced, unless a later tree has one of those names again.
+func (gv *guestVolume) removeRetired(root string, names []string) {
+	gv.mu.Lock()
+	defer gv.mu.Unlock()
+	for _, name := range names {
+		if _, live := gv.tops[name]; live {
+			continue
+		}
+		// Nothing to report to: the host's request ended long ago, and a
+		// leftover only takes memory until the pod ends.
+		_ = os.RemoveAll(filepath.Join(root, name))
+	}
+}
+
+func topNames(files []*api.VolumeFile) map[string]struct{} {
+	tops := map[string]struct{}{}
+	for _, f := range files {
+		top, _, _ := strings.Cut(f.Path, "/")
+		tops[top] = struct{}{}
+	}
+	return tops
 }
 
 // treeDigest identifies a tree, to skip an update that changes nothing.
@@ -143,8 +182,11 @@ func treeDigest(files []*api.VolumeFile) ([32]byte, error) {
 	return [32]byte(h.Sum(nil)), nil
 }
 
-// applyTree brings root to hold exactly files.
-func applyTree(root string, files []*api.VolumeFile) error {
+// applyTree brings root to hold exactly files, but for the payload
+// directories (..<timestamp>) the tree no longer has: it returns their
+// names, for the caller to remove once no reader can be on its way into
+// them.
+func applyTree(root string, files []*api.VolumeFile) (retired []string, err error) {
 	byTop := map[string][]*api.VolumeFile{}
 	var tops []string
 	for _, f := range files {
@@ -170,44 +212,37 @@ func applyTree(root string, files []*api.VolumeFile) error {
 	for i, top := range tops {
 		staging := filepath.Join(root, fmt.Sprintf("%snew-%d", stagingPrefix, i))
 		if err := os.RemoveAll(staging); err != nil {
-			return err
+			return nil, err
 		}
 		if err := writeEntries(staging, top, byTop[top]); err != nil {
 			os.RemoveAll(staging)
-			return fmt.Errorf("write %s: %w", top, err)
+			return nil, fmt.Errorf("write %s: %w", top, err)
 		}
 		if err := swapIn(staging, filepath.Join(root, top)); err != nil {
 			os.RemoveAll(staging)
-			return fmt.Errorf("put %s in place: %w", top, err)
+			return nil, fmt.Errorf("put %s in place: %w", top, err)
 		}
 	}
-	// Gone from the tree: keys first, then the old payload directories.
+	// Gone from the tree: keys now (a reader of a removed key finds
+	// nothing, as it should), old payload directories later.
 	entries, err := os.ReadDir(root)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	var stale []string
 	for _, e := range entries {
-		if _, keep := byTop[e.Name()]; !keep {
-			stale = append(stale, e.Name())
+		name := e.Name()
+		if _, keep := byTop[name]; keep {
+			continue
 		}
-	}
-	slices.SortStableFunc(stale, func(a, b string) int {
-		return boolRank(strings.HasPrefix(a, "..")) - boolRank(strings.HasPrefix(b, ".."))
-	})
-	for _, name := range stale {
+		if e.IsDir() && strings.HasPrefix(name, "..") {
+			retired = append(retired, name)
+			continue
+		}
 		if err := os.RemoveAll(filepath.Join(root, name)); err != nil {
-			return fmt.Errorf("remove %s: %w", name, err)
+			return nil, fmt.Errorf("remove %s: %w", name, err)
 		}
 	}
-	return nil
-}
-
-func boolRank(b bool) int {
-	if b {
-		return 1
-	}
-	return 0
+	return retired, nil
 }
 
 // writeEntries writes the entries of one top-level name (top and what lies

@@ -8,6 +8,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	api "github.com/contrast-vm/contrast/api/agent"
 )
@@ -40,6 +41,7 @@ func readKey(t *testing.T, root, key string) (string, error) {
 
 func TestVolumeShareAndUpdate(t *testing.T) {
 	v := newVolumeSet(t.TempDir(), DefaultVolumeBytes)
+	v.retireAfter = 200 * time.Millisecond
 	changed, err := v.share("configmap", "config", kubeletTree("2026_12_07_16_00_00.1", map[string]string{"a": "one", "b": "two"}))
 	if err != nil || !changed {
 		t.Fatalf("first share: %v, %v", changed, err)
@@ -100,13 +102,45 @@ func TestVolumeShareAndUpdate(t *testing.T) {
 	if got, err := readKey(t, root, "c"); err != nil || got != "three" {
 		t.Errorf("key c: %q, %v", got, err)
 	}
-	entries, _ := os.ReadDir(root)
-	var names []string
-	for _, e := range entries {
-		names = append(names, e.Name())
+	// The payload directories the updates replaced stay for a while (a
+	// reader may be on its way into one), then go.
+	names := func() []string {
+		entries, _ := os.ReadDir(root)
+		var names []string
+		for _, e := range entries {
+			names = append(names, e.Name())
+		}
+		return names
 	}
-	if len(names) != 4 { // ..<ts>, ..data, a, c
-		t.Errorf("the volume holds %v, want one payload directory, ..data, a and c", names)
+	if n := names(); len(n) < 5 {
+		t.Errorf("right after the updates the volume holds %v, want the replaced payload directories still there", n)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for len(names()) != 4 && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	if n := names(); len(n) != 4 { // ..<ts>, ..data, a, c
+		t.Errorf("the volume holds %v, want one payload directory, ..data, a and c", n)
+	}
+}
+
+// A payload directory a later update brings back under the same name is
+// not removed when the earlier update's retirement comes due.
+func TestVolumeRetiredPayloadReused(t *testing.T) {
+	v := newVolumeSet(t.TempDir(), DefaultVolumeBytes)
+	v.retireAfter = 100 * time.Millisecond
+	for _, ts := range []string{"t1", "t2", "t1"} {
+		if _, err := v.share("configmap", "config", kubeletTree(ts, map[string]string{"a": ts})); err != nil {
+			t.Fatal(err)
+		}
+	}
+	time.Sleep(400 * time.Millisecond)
+	root, _ := v.path("configmap", "config")
+	if got, err := readKey(t, root, "a"); err != nil || got != "t1" {
+		t.Errorf("key a after the retirements came due: %q, %v; want t1", got, err)
+	}
+	if _, err := os.Stat(filepath.Join(root, "..t2")); !os.IsNotExist(err) {
+		t.Errorf("the replaced payload ..t2 is still there: %v", err)
 	}
 }
 
