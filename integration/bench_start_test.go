@@ -44,12 +44,7 @@ func BenchmarkContainerStart(b *testing.B) {
 				b.Fatal(err)
 			}
 		}
-		if err := s.cri.StopPod(s.ctx, pod.ID); err != nil {
-			b.Fatal(err)
-		}
-		if err := s.cri.RemovePod(s.ctx, pod.ID); err != nil {
-			b.Fatal(err)
-		}
+		s.stopAndRemovePod(b, pod)
 		b.StartTimer()
 	}
 	// what the pod's boot costs: work moved off the first container's

@@ -78,12 +78,7 @@ func BenchmarkPodStartup(b *testing.B) {
 				if err := s.cri.StopContainer(s.ctx, c.ID, time.Second); err != nil {
 					b.Fatal(err)
 				}
-				if err := s.cri.StopPod(s.ctx, pod.ID); err != nil {
-					b.Fatal(err)
-				}
-				if err := s.cri.RemovePod(s.ctx, pod.ID); err != nil {
-					b.Fatal(err)
-				}
+				s.stopAndRemovePod(b, pod)
 				b.StartTimer()
 			}
 			n := float64(b.N)
@@ -294,12 +289,7 @@ func BenchmarkLayerCache(b *testing.B) {
 			b.Fatalf("first container: %v", err)
 		}
 		took := time.Since(begin)
-		if err := s.cri.StopPod(s.ctx, pod.ID); err != nil {
-			b.Fatal(err)
-		}
-		if err := s.cri.RemovePod(s.ctx, pod.ID); err != nil {
-			b.Fatal(err)
-		}
+		s.stopAndRemovePod(b, pod)
 		return took
 	}
 	var cold, warm time.Duration

@@ -259,13 +259,19 @@ func (s *suite) waitExited(t testing.TB, c *harness.Container, timeout time.Dura
 // namespace, snapshot, IP reservation or CNI cache entry.
 func (s *suite) removePod(t *testing.T, pod *harness.Pod, trace harness.PodTrace, before *harness.Snapshot) {
 	t.Helper()
+	s.stopAndRemovePod(t, pod)
+	s.checkRemoved(t, pod, trace, before)
+}
+
+// stopAndRemovePod stops and removes a pod, as `crictl stopp` and `rmp`.
+func (s *suite) stopAndRemovePod(t testing.TB, pod *harness.Pod) {
+	t.Helper()
 	if err := s.cri.StopPod(s.ctx, pod.ID); err != nil {
 		t.Fatalf("stopp: %v", err)
 	}
 	if err := s.cri.RemovePod(s.ctx, pod.ID); err != nil {
 		t.Fatalf("rmp: %v", err)
 	}
-	s.checkRemoved(t, pod, trace, before)
 }
 
 // checkRemoved checks that nothing of a removed pod remains (see removePod).

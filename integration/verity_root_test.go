@@ -46,12 +46,7 @@ func TestVerityRoot(t *testing.T) {
 
 	t.Run("intact", func(t *testing.T) {
 		pod := s.runPod(t, "contrast-intact", "verity-intact")
-		if err := s.cri.StopPod(s.ctx, pod.ID); err != nil {
-			t.Fatal(err)
-		}
-		if err := s.cri.RemovePod(s.ctx, pod.ID); err != nil {
-			t.Fatal(err)
-		}
+		s.stopAndRemovePod(t, pod)
 	})
 	for _, tc := range []struct{ name, handler, why string }{
 		{"flipped-byte", "contrast-flipped", fmt.Sprintf("the byte at offset %d (in /init) flipped", off)},

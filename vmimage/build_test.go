@@ -20,10 +20,11 @@ func testOptions(t *testing.T) Options {
 	}
 }
 
-func readImage(t *testing.T, dir string) map[string][]byte {
+// readFiles reads the named files of an image directory.
+func readFiles(t *testing.T, dir string, names ...string) map[string][]byte {
 	t.Helper()
 	files := map[string][]byte{}
-	for _, name := range []string{KernelFile, InitrdFile, ManifestFile} {
+	for _, name := range names {
 		b, err := os.ReadFile(filepath.Join(dir, name))
 		if err != nil {
 			t.Fatal(err)
@@ -45,8 +46,9 @@ func TestBuildReproducible(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	filesA, filesB := readImage(t, a.Image.Dir), readImage(t, b.Image.Dir)
-	for name := range filesA {
+	names := []string{KernelFile, InitrdFile, ManifestFile}
+	filesA, filesB := readFiles(t, a.Image.Dir, names...), readFiles(t, b.Image.Dir, names...)
+	for _, name := range names {
 		if !bytes.Equal(filesA[name], filesB[name]) {
 			t.Errorf("%s differs between two builds from the same inputs", name)
 		}

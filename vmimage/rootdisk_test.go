@@ -23,19 +23,6 @@ func rootDiskOptions(t *testing.T) Options {
 	return opts
 }
 
-func readFiles(t *testing.T, dir string, names ...string) map[string][]byte {
-	t.Helper()
-	files := map[string][]byte{}
-	for _, name := range names {
-		b, err := os.ReadFile(filepath.Join(dir, name))
-		if err != nil {
-			t.Fatal(err)
-		}
-		files[name] = b
-	}
-	return files
-}
-
 func TestBuildRootDiskReproducible(t *testing.T) {
 	ctx := context.Background()
 	opts := rootDiskOptions(t)

@@ -124,17 +124,8 @@ func TestBoot(t *testing.T) {
 		c.Close()
 	}
 
-	img := func(marker string) string {
-		p := filepath.Join(t.TempDir(), "disk.img")
-		b := make([]byte, 1<<20)
-		copy(b, marker)
-		if err := os.WriteFile(p, b, 0o644); err != nil {
-			t.Fatal(err)
-		}
-		return p
-	}
 	t0 := time.Now()
-	if err := vm.AttachDisk(ctx, hypervisor.Disk{Serial: "contrast-test-1", Path: img("CONTRAST-DISK-ONE"), ReadOnly: true}); err != nil {
+	if err := vm.AttachDisk(ctx, hypervisor.Disk{Serial: "contrast-test-1", Path: markedDisk(t, "CONTRAST-DISK-ONE"), ReadOnly: true}); err != nil {
 		t.Fatal(err)
 	}
 	added := con.wait("DISK-ADDED", 30*time.Second)
@@ -156,7 +147,7 @@ func TestBoot(t *testing.T) {
 	con.wait("DISK-REMOVED vda", 10*time.Second)
 
 	// The freed root port takes the next disk.
-	if err := vm.AttachDisk(ctx, hypervisor.Disk{Serial: "contrast-test-2", Path: img("CONTRAST-DISK-TWO")}); err != nil {
+	if err := vm.AttachDisk(ctx, hypervisor.Disk{Serial: "contrast-test-2", Path: markedDisk(t, "CONTRAST-DISK-TWO")}); err != nil {
 		t.Fatal(err)
 	}
 	if added := con.wait("DISK-ADDED", 30*time.Second); !strings.HasSuffix(added, " contrast-test-2") {
@@ -189,16 +180,7 @@ func TestBootRootDisk(t *testing.T) {
 	spec.Initrd = testInitramfs(t)
 	spec.KernelArgs = "console=ttyS0 rdinit=/init panic=-1 quiet"
 	spec.MemoryMiB = 256
-	disk := func(marker string) string {
-		p := filepath.Join(t.TempDir(), "disk.img")
-		b := make([]byte, 1<<20)
-		copy(b, marker)
-		if err := os.WriteFile(p, b, 0o644); err != nil {
-			t.Fatal(err)
-		}
-		return p
-	}
-	spec.RootDisk = disk("CONTRAST-ROOT-DISK")
+	spec.RootDisk = markedDisk(t, "CONTRAST-ROOT-DISK")
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 
@@ -210,7 +192,7 @@ func TestBootRootDisk(t *testing.T) {
 	if data := con.wait("DISK-DATA", 10*time.Second); data != "DISK-DATA vda CONTRAST-ROOT-DISK" {
 		t.Errorf("guest read %q", data)
 	}
-	if err := vm.AttachDisk(ctx, hypervisor.Disk{Serial: "contrast-test-1", Path: disk("CONTRAST-DISK-ONE"), ReadOnly: true}); err != nil {
+	if err := vm.AttachDisk(ctx, hypervisor.Disk{Serial: "contrast-test-1", Path: markedDisk(t, "CONTRAST-DISK-ONE"), ReadOnly: true}); err != nil {
 		t.Fatal(err)
 	}
 	if added := con.wait("DISK-ADDED", 30*time.Second); added != "DISK-ADDED vdb contrast-test-1" {
@@ -223,4 +205,17 @@ func TestBootRootDisk(t *testing.T) {
 		t.Fatal(err)
 	}
 	checkOnlyLogs(t, spec.StateDir)
+}
+
+// markedDisk is a 1 MiB disk image that starts with marker, for a guest to
+// tell which disk it sees.
+func markedDisk(t *testing.T, marker string) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "disk.img")
+	b := make([]byte, 1<<20)
+	copy(b, marker)
+	if err := os.WriteFile(p, b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return p
 }
