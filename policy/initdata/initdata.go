@@ -213,8 +213,8 @@ func (d *Document) HostDataHex() string {
 //
 // (TOML drops the newline right after the opening quotes, so the value is
 // exactly the module). A module that a literal string cannot hold as it is
-// (it contains ”' or a control character other than tab and newline, or
-// ends in ') goes into a multi-line basic string instead, """\n<module>""",
+// (it contains three apostrophes in a row or a control character other
+// than tab and newline, or ends in an apostrophe) goes into a multi-line basic string instead, """\n<module>""",
 // with \ and " escaped as \\ and \", and other control characters as
 // \uXXXX. The same module always gives the same bytes, so a verifier
 // recomputes HOSTDATA from the policy alone.
