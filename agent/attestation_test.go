@@ -91,28 +91,28 @@ func TestGetReport(t *testing.T) {
 		code  codes.Code
 		parts []string
 	}{
-		{name: "report", tee: reportingTEE{hostData: policy.Hash(allow), certs: testCerts}, module: allow,
+		{name: "report", tee: reportingTEE{hostData: hostDataOf(allow), certs: testCerts}, module: allow,
 			reportData: nonceOf("nonce 1"), wantCerts: testCerts},
-		{name: "report without certificate table", tee: reportingTEE{hostData: policy.Hash(allow)}, module: allow,
+		{name: "report without certificate table", tee: reportingTEE{hostData: hostDataOf(allow)}, module: allow,
 			reportData: nonceOf("nonce 2"), wantCerts: []byte{}},
-		{name: "before the policy", tee: reportingTEE{hostData: policy.Hash(allow)},
+		{name: "before the policy", tee: reportingTEE{hostData: hostDataOf(allow)},
 			reportData: nonceOf("n"), code: codes.PermissionDenied, parts: []string{"GetReport denied: no policy installed yet"}},
-		{name: "policy denies", tee: reportingTEE{hostData: policy.Hash(deny)}, module: deny,
+		{name: "policy denies", tee: reportingTEE{hostData: hostDataOf(deny)}, module: deny,
 			reportData: nonceOf("n"), code: codes.PermissionDenied, parts: []string{"policy denies GetReport: rule get_report.request"}},
 		{name: "no TEE", module: allow,
 			reportData: nonceOf("n"), code: codes.FailedPrecondition, parts: []string{"no TEE: this pod VM cannot attest"}},
-		{name: "short report data", tee: reportingTEE{hostData: policy.Hash(allow)}, module: allow,
+		{name: "short report data", tee: reportingTEE{hostData: hostDataOf(allow)}, module: allow,
 			reportData: make([]byte, 63), code: codes.InvalidArgument, parts: []string{"report data is 63 bytes, want exactly 64"}},
-		{name: "no report data", tee: reportingTEE{hostData: policy.Hash(allow)}, module: allow,
+		{name: "no report data", tee: reportingTEE{hostData: hostDataOf(allow)}, module: allow,
 			code: codes.InvalidArgument, parts: []string{"report data is 0 bytes"}},
-		{name: "TEE fails", tee: reportingTEE{hostData: policy.Hash(allow), err: errors.New("firmware busy")}, module: allow,
+		{name: "TEE fails", tee: reportingTEE{hostData: hostDataOf(allow), err: errors.New("firmware busy")}, module: allow,
 			reportData: nonceOf("n"), code: codes.Internal, parts: []string{"snp TEE: firmware busy"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			ctx := context.Background()
 			client := gateClient(t, tc.tee)
 			if tc.module != nil {
-				if _, err := client.SetPolicy(ctx, &api.SetPolicyRequest{Policy: tc.module}); err != nil {
+				if _, err := client.SetPolicy(ctx, setPolicy(tc.module)); err != nil {
 					t.Fatal(err)
 				}
 			}
@@ -294,7 +294,7 @@ func TestAttestationEndpointOff(t *testing.T) {
 // that it finds the endpoint's socket at the documented path, read-only,
 // and that the host's end of the same socket answers.
 func TestAttestationMountInContainer(t *testing.T) {
-	h := newHarness(t, func(c *Config) { c.TEE = reportingTEE{hostData: policy.Hash(policy.AllowAll())} })
+	h := newHarness(t, func(c *Config) { c.TEE = reportingTEE{hostData: hostDataOf(policy.AllowAll())} })
 	h.sandbox()
 	sock := AttestationMountPoint + "/" + AttestationSocketName
 	h.create("att", podSpec("/bin/sh", "-c", `test -S `+sock+` || exit 10; touch `+AttestationMountPoint+`/x 2>/dev/null && exit 11; exit 0`), &api.Stdio{})

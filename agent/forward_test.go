@@ -57,7 +57,7 @@ func forwardClient(t *testing.T, ports ...int) func(port uint16) (net.Conn, erro
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := c.SetPolicy(context.Background(), &api.SetPolicyRequest{Policy: module}); err != nil {
+	if _, err := c.SetPolicy(context.Background(), setPolicy(module)); err != nil {
 		t.Fatal(err)
 	}
 	return func(port uint16) (net.Conn, error) {

@@ -5,6 +5,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"path"
+	"sort"
 	"sync"
 	"sync/atomic"
 
@@ -13,6 +14,7 @@ import (
 	api "github.com/contrast-vm/contrast/api/agent"
 	"github.com/contrast-vm/contrast/policy"
 	"github.com/contrast-vm/contrast/policy/enforce"
+	"github.com/contrast-vm/contrast/policy/initdata"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 )
@@ -28,9 +30,9 @@ const (
 const createContainerMethod = enforce.ServicePrefix + "CreateContainer"
 
 // policyGate is the agent's policy state. The host is untrusted: until
-// SetPolicy installs a policy whose hash is the VM's HOSTDATA, every request
-// but Health and SetPolicy is denied; afterwards the policy decides each
-// one. A policy is installed once and never replaced.
+// SetPolicy installs a policy whose initdata document's digest is the VM's
+// HOSTDATA, every request but Health and SetPolicy is denied; afterwards
+// the policy decides each one. A policy is installed once and never replaced.
 type policyGate struct {
 	tee tee.TEE // nil in a development VM: nothing is attested
 
@@ -116,21 +118,26 @@ func (g *policyGate) done(method string, req any, err error) {
 	}
 }
 
-// set checks a policy against HOSTDATA and installs it. A refused policy
-// installs nothing, so the host may try again; an installed one stays.
-func (g *policyGate) set(ctx context.Context, module []byte) (*api.SetPolicyResponse, error) {
+// set checks an initdata document against HOSTDATA and installs the policy
+// inside it. A refused document installs nothing, so the host may try
+// again; an installed policy stays.
+func (g *policyGate) set(ctx context.Context, raw []byte) (*api.SetPolicyResponse, error) {
 	g.setMu.Lock()
 	defer g.setMu.Unlock()
 	if p := g.installed.Load(); p != nil {
 		return nil, status.Errorf(codes.AlreadyExists, "SetPolicy refused: policy %s is installed already, and a policy is set once and never replaced", p.hash)
 	}
-	if len(module) == 0 {
-		return nil, status.Error(codes.InvalidArgument, "SetPolicy refused: the request carries no policy")
+	if len(raw) == 0 {
+		return nil, status.Error(codes.InvalidArgument, "SetPolicy refused: the request carries no initdata document")
 	}
-	sum := policy.Hash(module)
-	hash := hex.EncodeToString(sum[:])
-	resp := &api.SetPolicyResponse{Tee: "none", PolicyHash: hash}
-	lg := log.G(ctx).WithField("policy_hash", hash)
+	doc, err := initdata.ParsePod(raw)
+	if err != nil {
+		return nil, status.Errorf(codes.InvalidArgument, "SetPolicy refused: %v", err)
+	}
+	module := doc.Policy()
+	hash := policy.HashHex(module)
+	resp := &api.SetPolicyResponse{Tee: "none", PolicyHash: hash, InitdataAlgorithm: doc.Algorithm, HostData: doc.HostDataHex()}
+	lg := log.G(ctx).WithFields(log.Fields{"policy_hash": hash, "host_data": resp.HostData, "initdata_algorithm": doc.Algorithm})
 	if g.tee != nil {
 		resp.Tee = g.tee.Name()
 		// Only the hardware vouches for HOSTDATA; the simulated device
@@ -141,30 +148,48 @@ func (g *policyGate) set(ctx context.Context, module []byte) (*api.SetPolicyResp
 			return nil, status.Errorf(codes.Internal, "SetPolicy: read HOSTDATA from the %s TEE: %v", g.tee.Name(), err)
 		}
 		if hostData == ([32]byte{}) {
-			return nil, status.Errorf(codes.PermissionDenied, "SetPolicy refused: HOSTDATA is all zero: the VM was launched without a policy hash (TEE %s)", g.tee.Name())
+			return nil, status.Errorf(codes.PermissionDenied, "SetPolicy refused: HOSTDATA is all zero: the VM was launched without an initdata digest (TEE %s)", g.tee.Name())
 		}
-		if hostData != sum {
-			return nil, status.Errorf(codes.PermissionDenied, "SetPolicy refused: the policy's SHA-256 is %s but the VM was launched with HOSTDATA %s (TEE %s): this is not the policy the pod was started with",
-				hash, hex.EncodeToString(hostData[:]), g.tee.Name())
+		if hostData != doc.HostData() {
+			return nil, status.Errorf(codes.PermissionDenied, "SetPolicy refused: the initdata document's %s digest is %s (HOSTDATA %s) but the VM was launched with HOSTDATA %s (TEE %s): this is not the initdata the pod was started with",
+				doc.Algorithm, hex.EncodeToString(doc.Digest()), resp.HostData, hex.EncodeToString(hostData[:]), g.tee.Name())
 		}
 	}
 	engine, err := enforce.Compile(module)
 	if err != nil {
-		return nil, status.Errorf(codes.InvalidArgument, "SetPolicy refused: policy %s: %v", hash, err)
+		return nil, status.Errorf(codes.InvalidArgument, "SetPolicy refused: policy %s (%s of the initdata document): %v", hash, initdata.PolicyKey, err)
 	}
 	g.installed.Store(&installedPolicy{gate: enforce.NewGate(engine), hash: hash})
+	if others := otherEntries(doc); len(others) > 0 {
+		// No attestation agent or data hub runs here to read them; they
+		// are bound by the digest all the same.
+		lg = lg.WithField("unused_entries", others)
+	}
 	switch {
 	case resp.Attested:
-		lg.Infof("policy installed, bound to HOSTDATA of the %s TEE", resp.Tee)
+		lg.Infof("policy installed from initdata, bound to HOSTDATA of the %s TEE", resp.Tee)
 	case g.tee != nil:
-		lg.Warnf("policy installed and enforced, bound to HOSTDATA of the %s TEE, which is not hardware: nothing is attested", resp.Tee)
+		lg.Warnf("policy installed from initdata and enforced, bound to HOSTDATA of the %s TEE, which is not hardware: nothing is attested", resp.Tee)
 	default:
-		lg.Warn("policy installed and enforced, but there is no TEE (development VM): nothing is attested")
+		lg.Warn("policy installed from initdata and enforced, but there is no TEE (development VM): nothing is attested")
 	}
 	return resp, nil
 }
 
-// SetPolicy installs the pod policy once, bound to HOSTDATA (see policyGate).
+// otherEntries lists the document's entries other than the policy.
+func otherEntries(doc *initdata.Document) []string {
+	var keys []string
+	for k := range doc.Data {
+		if k != initdata.PolicyKey {
+			keys = append(keys, k)
+		}
+	}
+	sort.Strings(keys)
+	return keys
+}
+
+// SetPolicy installs the pod policy once from the pod's initdata document,
+// bound to HOSTDATA (see policyGate).
 func (s *Service) SetPolicy(ctx context.Context, req *api.SetPolicyRequest) (*api.SetPolicyResponse, error) {
-	return s.policy.set(ctx, req.Policy)
+	return s.policy.set(ctx, req.Initdata)
 }

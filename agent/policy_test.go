@@ -13,6 +13,7 @@ import (
 	"github.com/contrast-vm/contrast/agent/tee"
 	api "github.com/contrast-vm/contrast/api/agent"
 	"github.com/contrast-vm/contrast/policy"
+	"github.com/contrast-vm/contrast/policy/initdata"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 )
@@ -33,9 +34,41 @@ func (t testTEE) Report(context.Context, [64]byte) ([]byte, error) {
 	return nil, errors.New("testTEE makes no reports")
 }
 
-// snpLaunchedWith is SNP hardware whose VM was launched with module's hash.
+// snpLaunchedWith is SNP hardware whose VM was launched with the digest of
+// the initdata document that wraps module, as the shim launches a pod
+// with a bare policy.
 func snpLaunchedWith(module []byte) testTEE {
-	return testTEE{name: tee.NameSNP, hostData: policy.Hash(module)}
+	return testTEE{name: tee.NameSNP, hostData: hostDataOf(module)}
+}
+
+// wrapped is the minimal initdata document that carries module.
+func wrapped(module []byte) []byte {
+	raw, err := initdata.Wrap(module)
+	if err != nil {
+		panic(fmt.Sprintf("wrap test policy: %v", err))
+	}
+	return raw
+}
+
+// hostDataOf is the HOSTDATA of module wrapped into initdata.
+func hostDataOf(module []byte) [32]byte {
+	doc, err := initdata.ParsePod(wrapped(module))
+	if err != nil {
+		panic(err)
+	}
+	return doc.HostData()
+}
+
+// setPolicy is the SetPolicy request that carries module wrapped into
+// initdata, as the shim sends a bare policy.
+func setPolicy(module []byte) *api.SetPolicyRequest {
+	return &api.SetPolicyRequest{Initdata: wrapped(module)}
+}
+
+// kataDocument is an initdata document as Kata users write it: SHA-384,
+// with an attestation agent's configuration beside the policy.
+func kataDocument(module []byte) []byte {
+	return []byte("algorithm = \"sha384\"\nversion = \"0.1.0\"\n\n[data]\n\"aa.toml\" = '''\n[token_configs]\n'''\n\"policy.rego\" = '''\n" + string(module) + "'''\n")
 }
 
 // gateClient serves a Service whose only outside dependency is t (nil: no
@@ -83,38 +116,56 @@ CreateSandbox := {"allow": false, "reason": "this pod may not start (test policy
 func TestSetPolicyBinding(t *testing.T) {
 	allow := policy.AllowAll()
 	other := policy.DenyAll()
-	allowHash, otherHash := policy.HashHex(allow), policy.HashHex(other)
+	allowDoc := wrapped(allow)
+	allowHD, otherHD := hostDataOf(allow), hostDataOf(other)
+	kata := kataDocument(allow)
+	kataParsed, err := initdata.ParsePod(kata)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kataHD := kataParsed.HostData()
+	hexOf := func(b [32]byte) string { return fmt.Sprintf("%x", b[:]) }
 	for _, tc := range []struct {
-		name   string
-		tee    tee.TEE
-		module []byte
+		name string
+		tee  tee.TEE
+		doc  []byte
 		// on success
 		wantTEE      string
 		wantAttested bool
+		wantHostData [32]byte
 		// on refusal
 		code  codes.Code
 		parts []string
 	}{
-		{name: "snp, hash matches", tee: snpLaunchedWith(allow), module: allow, wantTEE: "snp", wantAttested: true},
-		{name: "snp-simulated, hash matches", tee: testTEE{name: tee.NameSNPSimulated, hostData: policy.Hash(allow)}, module: allow, wantTEE: "snp-simulated"},
-		{name: "no TEE", module: allow, wantTEE: "none"},
-		{name: "snp, other policy", tee: snpLaunchedWith(other), module: allow,
-			code: codes.PermissionDenied, parts: []string{"HOSTDATA", allowHash, otherHash}},
-		{name: "snp, zero HOSTDATA", tee: testTEE{name: tee.NameSNP}, module: allow,
-			code: codes.PermissionDenied, parts: []string{"HOSTDATA is all zero: the VM was launched without a policy hash"}},
-		{name: "snp-simulated, zero HOSTDATA", tee: testTEE{name: tee.NameSNPSimulated}, module: allow,
+		{name: "snp, digest matches", tee: snpLaunchedWith(allow), doc: allowDoc, wantTEE: "snp", wantAttested: true, wantHostData: allowHD},
+		{name: "snp-simulated, digest matches", tee: testTEE{name: tee.NameSNPSimulated, hostData: allowHD}, doc: allowDoc, wantTEE: "snp-simulated", wantHostData: allowHD},
+		{name: "no TEE", doc: allowDoc, wantTEE: "none", wantHostData: allowHD},
+		{name: "snp, Kata's SHA-384 document", tee: testTEE{name: tee.NameSNP, hostData: kataHD}, doc: kata, wantTEE: "snp", wantAttested: true, wantHostData: kataHD},
+		{name: "snp, other policy", tee: snpLaunchedWith(other), doc: allowDoc,
+			code: codes.PermissionDenied, parts: []string{"HOSTDATA", "initdata document's sha256 digest is " + hexOf(allowHD), hexOf(otherHD)}},
+		{name: "snp, SHA-384 document, other HOSTDATA", tee: snpLaunchedWith(allow), doc: kata,
+			code: codes.PermissionDenied, parts: []string{fmt.Sprintf("sha384 digest is %x", kataParsed.Digest()), "(HOSTDATA " + hexOf(kataHD) + ")", hexOf(allowHD)}},
+		{name: "snp, zero HOSTDATA", tee: testTEE{name: tee.NameSNP}, doc: allowDoc,
+			code: codes.PermissionDenied, parts: []string{"HOSTDATA is all zero: the VM was launched without an initdata digest"}},
+		{name: "snp-simulated, zero HOSTDATA", tee: testTEE{name: tee.NameSNPSimulated}, doc: allowDoc,
 			code: codes.PermissionDenied, parts: []string{"HOSTDATA is all zero"}},
-		{name: "HOSTDATA unreadable", tee: testTEE{name: tee.NameSNP, err: errors.New("firmware said no")}, module: allow,
+		{name: "HOSTDATA unreadable", tee: testTEE{name: tee.NameSNP, err: errors.New("firmware said no")}, doc: allowDoc,
 			code: codes.Internal, parts: []string{"read HOSTDATA", "firmware said no"}},
-		{name: "empty policy", tee: snpLaunchedWith(nil), module: nil,
-			code: codes.InvalidArgument, parts: []string{"carries no policy"}},
-		{name: "not Rego", tee: snpLaunchedWith([]byte("allow everything")), module: []byte("allow everything"),
-			code: codes.InvalidArgument, parts: []string{"SetPolicy refused", policy.HashHex([]byte("allow everything"))}},
+		{name: "empty request", tee: snpLaunchedWith(allow), doc: nil,
+			code: codes.InvalidArgument, parts: []string{"carries no initdata document"}},
+		{name: "bare policy, not initdata", tee: snpLaunchedWith(allow), doc: allow,
+			code: codes.InvalidArgument, parts: []string{"SetPolicy refused", "initdata document"}},
+		{name: "no policy.rego", tee: snpLaunchedWith(allow), doc: []byte("algorithm = \"sha256\"\nversion = \"0.1.0\"\n[data]\n\"aa.toml\" = \"\"\n"),
+			code: codes.InvalidArgument, parts: []string{`no "policy.rego" entry`}},
+		{name: "bad version", tee: snpLaunchedWith(allow), doc: []byte(strings.Replace(string(allowDoc), "0.1.0", "9", 1)),
+			code: codes.InvalidArgument, parts: []string{`unsupported version "9"`}},
+		{name: "not Rego", tee: testTEE{name: tee.NameSNP, hostData: hostDataOf([]byte("allow everything"))}, doc: wrapped([]byte("allow everything")),
+			code: codes.InvalidArgument, parts: []string{"SetPolicy refused", policy.HashHex([]byte("allow everything")), "policy.rego"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			ctx := context.Background()
 			c := gateClient(t, tc.tee)
-			resp, err := c.SetPolicy(ctx, &api.SetPolicyRequest{Policy: tc.module})
+			resp, err := c.SetPolicy(ctx, &api.SetPolicyRequest{Initdata: tc.doc})
 			if tc.code != codes.OK {
 				wantStatus(t, "SetPolicy", err, tc.code, tc.parts...)
 				// Nothing was installed: the gate still denies everything.
@@ -125,8 +176,8 @@ func TestSetPolicyBinding(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if resp.Tee != tc.wantTEE || resp.Attested != tc.wantAttested || resp.PolicyHash != policy.HashHex(tc.module) {
-				t.Errorf("SetPolicy = %+v, want tee %q, attested %v, policy_hash %s", resp, tc.wantTEE, tc.wantAttested, policy.HashHex(tc.module))
+			if resp.Tee != tc.wantTEE || resp.Attested != tc.wantAttested || resp.PolicyHash != policy.HashHex(allow) || resp.HostData != hexOf(tc.wantHostData) {
+				t.Errorf("SetPolicy = %+v, want tee %q, attested %v, policy_hash %s, host_data %s", resp, tc.wantTEE, tc.wantAttested, policy.HashHex(allow), hexOf(tc.wantHostData))
 			}
 			if _, err := c.CreateSandbox(ctx, &api.CreateSandboxRequest{SandboxId: "pod1"}); err != nil {
 				t.Errorf("CreateSandbox under the allow-all policy: %v", err)
@@ -153,12 +204,12 @@ func TestPolicyGate(t *testing.T) {
 	wantStatus(t, "RemoveContainer before a policy", err, codes.PermissionDenied, "RemoveContainer denied: no policy installed yet")
 
 	// The host tries its own policy first: refused, nothing installed.
-	_, err = c.SetPolicy(ctx, &api.SetPolicyRequest{Policy: policy.AllowAll()})
+	_, err = c.SetPolicy(ctx, setPolicy(policy.AllowAll()))
 	wantStatus(t, "SetPolicy of a policy that is not the launched one", err, codes.PermissionDenied, "HOSTDATA")
 	_, err = c.CreateSandbox(ctx, &api.CreateSandboxRequest{SandboxId: "pod1"})
 	wantStatus(t, "CreateSandbox after a refused policy", err, codes.PermissionDenied, "no policy installed yet")
 
-	resp, err := c.SetPolicy(ctx, &api.SetPolicyRequest{Policy: module})
+	resp, err := c.SetPolicy(ctx, setPolicy(module))
 	if err != nil {
 		t.Fatalf("SetPolicy of the launched policy: %v", err)
 	}
@@ -178,7 +229,7 @@ func TestPolicyGate(t *testing.T) {
 
 	// Never replaced, by the same policy or another.
 	for _, m := range [][]byte{module, policy.AllowAll()} {
-		_, err = c.SetPolicy(ctx, &api.SetPolicyRequest{Policy: m})
+		_, err = c.SetPolicy(ctx, setPolicy(m))
 		wantStatus(t, "second SetPolicy", err, codes.AlreadyExists, "a policy is set once and never replaced", policy.HashHex(module))
 	}
 	_, err = c.CreateSandbox(ctx, &api.CreateSandboxRequest{SandboxId: "pod1"})
@@ -190,7 +241,7 @@ func TestPolicyGate(t *testing.T) {
 func TestPolicyDenyAll(t *testing.T) {
 	ctx := context.Background()
 	c := gateClient(t, nil)
-	resp, err := c.SetPolicy(ctx, &api.SetPolicyRequest{Policy: policy.DenyAll()})
+	resp, err := c.SetPolicy(ctx, setPolicy(policy.DenyAll()))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -215,7 +266,7 @@ func TestSetPolicyRace(t *testing.T) {
 	var wg sync.WaitGroup
 	for i := range n {
 		wg.Go(func() {
-			_, errs[i] = c.SetPolicy(ctx, &api.SetPolicyRequest{Policy: module})
+			_, errs[i] = c.SetPolicy(ctx, setPolicy(module))
 		})
 	}
 	wg.Wait()
@@ -240,7 +291,7 @@ func TestSetPolicyRace(t *testing.T) {
 func TestFailedCreateFreesID(t *testing.T) {
 	ctx := context.Background()
 	c := gateClient(t, nil)
-	if _, err := c.SetPolicy(ctx, &api.SetPolicyRequest{Policy: policy.AllowAll()}); err != nil {
+	if _, err := c.SetPolicy(ctx, setPolicy(policy.AllowAll())); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := c.CreateSandbox(ctx, &api.CreateSandboxRequest{SandboxId: "pod1"}); err != nil {

@@ -162,7 +162,7 @@ func newHarnessPolicy(t *testing.T, module []byte, opts ...func(*Config)) *harne
 		}
 	})
 	t.Logf("runc %s, image on %s", rb, dev)
-	if _, err := client.SetPolicy(context.Background(), &api.SetPolicyRequest{Policy: module}); err != nil {
+	if _, err := client.SetPolicy(context.Background(), setPolicy(module)); err != nil {
 		t.Fatalf("install policy: %v", err)
 	}
 	return &harness{t: t, client: client, agent: agentAddr, stdio: stdioAddr,

@@ -25,7 +25,7 @@ func TestPolicyWarmUp(t *testing.T) {
 			if err := g.warmUp(ctx); err != nil {
 				t.Errorf("warm-up without a policy: %v", err)
 			}
-			if _, err := g.set(ctx, module); err != nil {
+			if _, err := g.set(ctx, wrapped(module)); err != nil {
 				t.Fatal(err)
 			}
 			// the first container's create cuts it short

@@ -24,6 +24,7 @@ import (
 	"github.com/contrast-vm/contrast/integration/harness"
 	"github.com/contrast-vm/contrast/internal/netnstest"
 	"github.com/contrast-vm/contrast/policy"
+	"github.com/contrast-vm/contrast/policy/initdata"
 )
 
 // bareLink is how a bare VM's tap reaches the host: the tap itself in the
@@ -248,7 +249,11 @@ func startBareNetVM(b *testing.B, env harness.Env, link *bareLink) (qemuPID int)
 	// QEMU holds its own copy of the tap queue.
 	link.tap.Close()
 	vm, agent := bare.vm, bare.agent
-	if _, err := agent.SetPolicy(ctx, &agentapi.SetPolicyRequest{Policy: policy.AllowAll()}); err != nil {
+	doc, err := initdata.Wrap(policy.AllowAll())
+	if err != nil {
+		b.Fatal(err)
+	}
+	if _, err := agent.SetPolicy(ctx, &agentapi.SetPolicyRequest{Initdata: doc}); err != nil {
 		b.Fatalf("bare VM: set policy: %v", err)
 	}
 	if _, err := agent.CreateSandbox(ctx, &agentapi.CreateSandboxRequest{SandboxId: "bare-net", Hostname: "bare-net"}); err != nil {

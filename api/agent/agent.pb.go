@@ -156,8 +156,10 @@ func (x *HealthResponse) GetKernelRelease() string {
 
 type SetPolicyRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// The policy: a Rego module, exactly the bytes whose SHA-256 is HOSTDATA.
-	Policy        []byte `protobuf:"bytes,1,opt,name=policy,proto3" json:"policy,omitempty"`
+	// The pod's initdata document (Confidential Containers initdata, TOML),
+	// exactly the bytes whose digest, cut to 32 bytes, is HOSTDATA; the
+	// policy is its policy.rego.
+	Initdata      []byte `protobuf:"bytes,2,opt,name=initdata,proto3" json:"initdata,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -192,9 +194,9 @@ func (*SetPolicyRequest) Descriptor() ([]byte, []int) {
 	return file_api_agent_agent_proto_rawDescGZIP(), []int{3}
 }
 
-func (x *SetPolicyRequest) GetPolicy() []byte {
+func (x *SetPolicyRequest) GetInitdata() []byte {
 	if x != nil {
-		return x.Policy
+		return x.Initdata
 	}
 	return nil
 }
@@ -206,9 +208,13 @@ type SetPolicyResponse struct {
 	Tee      string `protobuf:"bytes,1,opt,name=tee,proto3" json:"tee,omitempty"`
 	Attested bool   `protobuf:"varint,2,opt,name=attested,proto3" json:"attested,omitempty"`
 	// The policy's SHA-256 in hex.
-	PolicyHash    string `protobuf:"bytes,3,opt,name=policy_hash,json=policyHash,proto3" json:"policy_hash,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	PolicyHash string `protobuf:"bytes,3,opt,name=policy_hash,json=policyHash,proto3" json:"policy_hash,omitempty"`
+	// The initdata document's digest algorithm and HOSTDATA (its digest
+	// cut to 32 bytes, hex) it was checked against.
+	InitdataAlgorithm string `protobuf:"bytes,4,opt,name=initdata_algorithm,json=initdataAlgorithm,proto3" json:"initdata_algorithm,omitempty"`
+	HostData          string `protobuf:"bytes,5,opt,name=host_data,json=hostData,proto3" json:"host_data,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
 }
 
 func (x *SetPolicyResponse) Reset() {
@@ -258,6 +264,20 @@ func (x *SetPolicyResponse) GetAttested() bool {
 func (x *SetPolicyResponse) GetPolicyHash() string {
 	if x != nil {
 		return x.PolicyHash
+	}
+	return ""
+}
+
+func (x *SetPolicyResponse) GetInitdataAlgorithm() string {
+	if x != nil {
+		return x.InitdataAlgorithm
+	}
+	return ""
+}
+
+func (x *SetPolicyResponse) GetHostData() string {
+	if x != nil {
+		return x.HostData
 	}
 	return ""
 }
@@ -2315,14 +2335,16 @@ const file_api_agent_agent_proto_rawDesc = "" +
 	"\rHealthRequest\"Q\n" +
 	"\x0eHealthResponse\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\tR\aversion\x12%\n" +
-	"\x0ekernel_release\x18\x02 \x01(\tR\rkernelRelease\"*\n" +
-	"\x10SetPolicyRequest\x12\x16\n" +
-	"\x06policy\x18\x01 \x01(\fR\x06policy\"b\n" +
+	"\x0ekernel_release\x18\x02 \x01(\tR\rkernelRelease\"<\n" +
+	"\x10SetPolicyRequest\x12\x1a\n" +
+	"\binitdata\x18\x02 \x01(\fR\binitdataJ\x04\b\x01\x10\x02R\x06policy\"\xae\x01\n" +
 	"\x11SetPolicyResponse\x12\x10\n" +
 	"\x03tee\x18\x01 \x01(\tR\x03tee\x12\x1a\n" +
 	"\battested\x18\x02 \x01(\bR\battested\x12\x1f\n" +
 	"\vpolicy_hash\x18\x03 \x01(\tR\n" +
-	"policyHash\"\xdd\x01\n" +
+	"policyHash\x12-\n" +
+	"\x12initdata_algorithm\x18\x04 \x01(\tR\x11initdataAlgorithm\x12\x1b\n" +
+	"\thost_data\x18\x05 \x01(\tR\bhostData\"\xdd\x01\n" +
 	"\x14CreateSandboxRequest\x12\x1d\n" +
 	"\n" +
 	"sandbox_id\x18\x01 \x01(\tR\tsandboxId\x12\x1a\n" +

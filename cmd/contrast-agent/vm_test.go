@@ -24,6 +24,7 @@ import (
 	"github.com/contrast-vm/contrast/hypervisor/qemu"
 	"github.com/contrast-vm/contrast/internal/testenv"
 	"github.com/contrast-vm/contrast/policy"
+	"github.com/contrast-vm/contrast/policy/initdata"
 	"github.com/contrast-vm/contrast/vmimage"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"google.golang.org/grpc/codes"
@@ -104,7 +105,11 @@ func TestAgentInVM(t *testing.T) {
 	}
 	// The VM has no TEE (no SNP, no simulated device in this build): the
 	// policy is enforced, nothing is attested.
-	pol, err := client.SetPolicy(ctx, &api.SetPolicyRequest{Policy: policy.AllowAll()})
+	doc, err := initdata.Wrap(policy.AllowAll())
+	if err != nil {
+		t.Fatal(err)
+	}
+	pol, err := client.SetPolicy(ctx, &api.SetPolicyRequest{Initdata: doc})
 	if err != nil {
 		t.Fatal(err)
 	}
