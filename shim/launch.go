@@ -13,7 +13,7 @@ import (
 
 	"github.com/containerd/log"
 	"github.com/contrast-vm/contrast/hypervisor"
-	"github.com/contrast-vm/contrast/policy"
+
 	"github.com/contrast-vm/contrast/vmimage"
 	"github.com/contrast-vm/contrast/vmimage/snp"
 )
@@ -199,7 +199,7 @@ func sizeRange(min, max int) string {
 }
 
 // podVMSpec is the VM a pod boots (without its state directory): the
-// guest image with its command line, the policy hash as host data, and
+// guest image with its command line, the initdata digest as host data, and
 // under SEV-SNP the confidential launch; with snp.firmware set, the launch
 // measurement SNP would report, which a plain VM passes on to the
 // simulated SNP device.
@@ -217,7 +217,7 @@ func podVMSpec(ctx context.Context, cfg Config, l podLaunch) (hypervisor.VMSpec,
 		KernelArgs: args,
 		VCPUs:      l.Size.VCPUs,
 		MemoryMiB:  l.Size.MemoryMiB,
-		HostData:   policy.Hash(l.Policy),
+		HostData:   l.Initdata.HostData(),
 	}
 	confidential := cfg.Hypervisor.Confidential == ConfidentialSNP
 	if confidential {

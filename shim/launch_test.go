@@ -16,7 +16,6 @@ import (
 	"github.com/sirupsen/logrus"
 
 	"github.com/contrast-vm/contrast/hypervisor"
-	"github.com/contrast-vm/contrast/policy"
 	"github.com/contrast-vm/contrast/vmimage"
 	"github.com/contrast-vm/contrast/vmimage/snp"
 )
@@ -93,8 +92,10 @@ func measureFiles(t *testing.T, cfg Config, cmdline string, vcpus int) []byte {
 
 func TestPodVMSpec(t *testing.T) {
 	img := fakeImage(t)
-	pol := []byte("package contrast\n")
-	launch := podLaunch{ID: "p1", Size: vmSize{VCPUs: 2, MemoryMiB: 512}, Policy: pol}
+	doc := testInitdata(t, []byte("package contrast\n"))
+	// HOSTDATA is the SHA-256 of the document's bytes, as they are.
+	wantHostData := sha256.Sum256(doc.Raw())
+	launch := podLaunch{ID: "p1", Size: vmSize{VCPUs: 2, MemoryMiB: 512}, Initdata: doc}
 	ctx := context.Background()
 
 	t.Run("plain", func(t *testing.T) {
@@ -118,8 +119,8 @@ func TestPodVMSpec(t *testing.T) {
 		if spec.Confidential != nil || spec.LaunchMeasurement != nil || spec.Firmware != "/fw/OVMF.fd" {
 			t.Errorf("plain VM spec %+v", spec)
 		}
-		if spec.HostData != policy.Hash(pol) {
-			t.Errorf("host data %x is not the policy's hash", spec.HostData)
+		if spec.HostData != wantHostData {
+			t.Errorf("host data %x is not the initdata digest %x", spec.HostData, wantHostData)
 		}
 	})
 
@@ -209,8 +210,8 @@ func TestPodVMSpec(t *testing.T) {
 		if spec.Firmware != "" || spec.LaunchMeasurement != nil {
 			t.Errorf("SNP spec carries firmware %q or measurement %x", spec.Firmware, spec.LaunchMeasurement)
 		}
-		if spec.HostData != policy.Hash(pol) {
-			t.Errorf("host data %x is not the policy's hash", spec.HostData)
+		if spec.HostData != wantHostData {
+			t.Errorf("host data %x is not the initdata digest %x", spec.HostData, wantHostData)
 		}
 	})
 
@@ -282,7 +283,7 @@ func fakeRootDiskImage(t *testing.T) (dir string, cmdline string) {
 
 func TestPodVMSpecRootDisk(t *testing.T) {
 	img, cmdline := fakeRootDiskImage(t)
-	launch := podLaunch{ID: "p1", Size: vmSize{VCPUs: 2, MemoryMiB: 512}, Policy: []byte("package contrast\n")}
+	launch := podLaunch{ID: "p1", Size: vmSize{VCPUs: 2, MemoryMiB: 512}, Initdata: testInitdata(t, []byte("package contrast\n"))}
 	ctx := context.Background()
 	rootDiskConfig := func() Config {
 		cfg := launchConfig(t, img)

@@ -44,7 +44,7 @@ func bootWithNetwork(t *testing.T, cfg Config, id, netnsPath string) (*pod, erro
 	return bootPod(ctx, hv, cfg, podLaunch{
 		Namespace: "test", ID: id, Hostname: "h-" + id, NetNS: netnsPath,
 		Size:   vmSize{VCPUs: cfg.Hypervisor.VCPUs, MemoryMiB: cfg.Hypervisor.MemoryMiB},
-		Policy: policy.AllowAll(), PolicySource: "test",
+		Initdata: testInitdata(t, policy.AllowAll()), PolicySource: "test",
 	})
 }
 

@@ -20,6 +20,7 @@ import (
 	agentapi "github.com/contrast-vm/contrast/api/agent"
 	"github.com/contrast-vm/contrast/hypervisor"
 	"github.com/contrast-vm/contrast/layer"
+	"github.com/contrast-vm/contrast/policy/initdata"
 )
 
 // pod is one pod VM and the connection to its agent.
@@ -64,9 +65,10 @@ type podLaunch struct {
 	// NetNS is the sandbox's network namespace, set up by CNI, whose
 	// interface the VM takes over ("" for a VM without network).
 	NetNS string
-	// Policy is the Rego module the agent enforces; its SHA-256 is the
-	// launch's host data. PolicySource says where it came from.
-	Policy       []byte
+	// Initdata is the document whose policy.rego the agent enforces; its
+	// digest, cut to 32 bytes, is the launch's host data. PolicySource
+	// says where it came from.
+	Initdata     *initdata.Document
 	PolicySource string
 	// HostPID: the sandbox shares the node's PID namespace.
 	HostPID bool
@@ -87,7 +89,7 @@ func newPodLaunch(ctx context.Context, cfg Config, namespace, id string, spec *s
 	if err != nil {
 		return podLaunch{}, fmt.Errorf("size of pod %s: %w", id, err)
 	}
-	module, source, err := podPolicy(ctx, cfg, id, spec.Annotations)
+	doc, source, err := podInitdata(ctx, cfg, id, spec.Annotations)
 	if err != nil {
 		return podLaunch{}, err
 	}
@@ -97,7 +99,7 @@ func newPodLaunch(ctx context.Context, cfg Config, namespace, id string, spec *s
 	}
 	l := podLaunch{
 		Namespace: namespace, ID: id, Hostname: spec.Hostname, Size: size,
-		CgroupPath: usableCgroupPath(spec), NetNS: netns, Policy: module, PolicySource: source,
+		CgroupPath: usableCgroupPath(spec), NetNS: netns, Initdata: doc, PolicySource: source,
 		HostPID: sandbox && !hasNamespace(spec, specs.PIDNamespace),
 	}
 	if sandbox && spec.Linux != nil {
@@ -245,7 +247,7 @@ func bootPod(ctx context.Context, hv hypervisor.Hypervisor, cfg Config, l podLau
 		_, err := p.agent.ShareVolume(ctx, req)
 		return err
 	})
-	if err := p.installPolicy(ctx, l.Policy, l.PolicySource); err != nil {
+	if err := p.installPolicy(ctx, l.Initdata, l.PolicySource); err != nil {
 		return nil, err
 	}
 	if _, err := p.agent.CreateSandbox(ctx, &agentapi.CreateSandboxRequest{SandboxId: id, Hostname: l.Hostname, Sysctls: l.Sysctls}); err != nil {

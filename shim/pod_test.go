@@ -79,7 +79,7 @@ func bootForTest(t *testing.T, cfg Config, id string) (*pod, error) {
 	return bootPod(ctx, hv, cfg, podLaunch{
 		Namespace: "test", ID: id, Hostname: "h-" + id,
 		Size:   vmSize{VCPUs: cfg.Hypervisor.VCPUs, MemoryMiB: cfg.Hypervisor.MemoryMiB},
-		Policy: policy.AllowAll(), PolicySource: "test",
+		Initdata: testInitdata(t, policy.AllowAll()), PolicySource: "test",
 	})
 }
 
