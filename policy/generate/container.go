@@ -15,6 +15,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 
 	"github.com/contrast-vm/contrast/policy"
+	"github.com/contrast-vm/contrast/policy/initdata"
 )
 
 // defaultCapabilities is the capability set of containerd's default OCI spec
@@ -475,7 +476,7 @@ func (p *pod) fieldRef(path string) (envValue, bool) {
 // metadataValue: a label or annotation the template sets is pinned; one it
 // does not may be added by a controller or admission webhook.
 func (p *pod) metadataValue(m map[string]string, key string) envValue {
-	if v, ok := m[key]; ok && key != policy.Annotation {
+	if v, ok := m[key]; ok && key != policy.Annotation && key != initdata.Annotation {
 		return exactValue(v)
 	}
 	p.warn(fmt.Sprintf("the pod template does not set %q, which an env fieldRef reads: its value is not pinned", key))

@@ -5,7 +5,7 @@ import (
 
 	"gopkg.in/yaml.v3"
 
-	"github.com/contrast-vm/contrast/policy"
+	"github.com/contrast-vm/contrast/policy/initdata"
 )
 
 // Embedded is a policy found in a workload's pod template.
@@ -15,11 +15,16 @@ type Embedded struct {
 	// Key is the annotation it was read from.
 	Key    string
 	Policy []byte
+	// Initdata is the document the pods launch with: the one the
+	// annotation carries, or the bare policy wrapped (initdata.Wrap).
+	Initdata *initdata.Document
 }
 
 // Extract returns the policies that the workloads of a YAML stream carry in
-// their pod templates' annotations (ours or Kata's), in document order. A
-// workload without one is skipped; a malformed annotation is an error.
+// their pod templates' annotations (the initdata annotation, or a bare
+// policy under ours or Kata's), in document order, as the shim reads
+// them. A workload without one is skipped; a malformed annotation is an
+// error.
 func Extract(in []byte) ([]Embedded, error) {
 	var out []Embedded
 	n := 0
@@ -51,14 +56,14 @@ func Extract(in []byte) ([]Embedded, error) {
 		if err != nil {
 			return nil, fmt.Errorf("%s: %w", describe(n, h.Kind, name), err)
 		}
-		module, key, err := policy.DecodeAnnotation(annotations)
+		id, key, err := initdata.FromAnnotations(annotations)
 		if err != nil {
 			return nil, fmt.Errorf("%s: %w", describe(n, h.Kind, name), err)
 		}
-		if module == nil {
+		if id == nil {
 			continue
 		}
-		out = append(out, Embedded{Document: n, Kind: h.Kind, Name: name, Namespace: h.Metadata.Namespace, Key: key, Policy: module})
+		out = append(out, Embedded{Document: n, Kind: h.Kind, Name: name, Namespace: h.Metadata.Namespace, Key: key, Policy: id.Policy(), Initdata: id})
 	}
 	return out, nil
 }

@@ -16,6 +16,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/contrast-vm/contrast/policy"
+	"github.com/contrast-vm/contrast/policy/initdata"
 )
 
 // Options are the inputs of Generate beside the YAML.
@@ -47,9 +48,13 @@ type Workload struct {
 	// Document is the 1-based number of the YAML document.
 	Document              int
 	Kind, Name, Namespace string
-	// Policy is the Rego module, whose SHA-256 is the pods' HOSTDATA.
+	// Policy is the Rego module.
 	Policy []byte
-	Data   policy.Data
+	// Initdata is the initdata document that carries Policy (Wrap's
+	// minimal one), written into the pod template's annotation; its
+	// digest is the pods' HOSTDATA.
+	Initdata []byte
+	Data     policy.Data
 }
 
 // maxAnnotations is the API server's limit on the total size of an object's
@@ -342,21 +347,29 @@ func (g *generator) workload(ctx context.Context, n int, h header, body []byte, 
 	if err != nil {
 		return nil, nil, fmt.Errorf("build the policy: %w", err)
 	}
-	if n := len(policy.EncodeAnnotation(module)); n > maxAnnotations {
-		return nil, nil, fmt.Errorf("the policy annotation would be %d bytes, more than the %d Kubernetes allows for all of a pod's annotations", n, maxAnnotations)
+	doc0, err := initdata.Wrap(module)
+	if err != nil {
+		return nil, nil, fmt.Errorf("build the initdata document: %w", err)
+	}
+	value, err := initdata.EncodeAnnotation(doc0)
+	if err != nil {
+		return nil, nil, err
+	}
+	if n := len(value); n > maxAnnotations {
+		return nil, nil, fmt.Errorf("the initdata annotation would be %d bytes, more than the %d Kubernetes allows for all of a pod's annotations", n, maxAnnotations)
 	}
 	path := templatePaths[h.Kind]
-	if err := annotate(doc.Content[0], path, module, pinned, warn); err != nil {
+	if err := annotate(doc.Content[0], path, value, pinned, warn); err != nil {
 		return nil, nil, err
 	}
 	encoded, err := encodeDocument(doc)
 	if err != nil {
 		return nil, nil, fmt.Errorf("write YAML: %w", err)
 	}
-	if err := checkRewrite(body, encoded, path, module, pinned); err != nil {
+	if err := checkRewrite(body, encoded, path, value, pinned); err != nil {
 		return nil, nil, err
 	}
-	return &Workload{Document: n, Kind: h.Kind, Name: name, Namespace: h.Metadata.Namespace, Policy: module, Data: data}, encoded, nil
+	return &Workload{Document: n, Kind: h.Kind, Name: name, Namespace: h.Metadata.Namespace, Policy: module, Initdata: doc0, Data: data}, encoded, nil
 }
 
 // image resolves a container's image, once per reference.
@@ -453,9 +466,10 @@ func pinnedYAMLRef(written, pinned string) string {
 	return written + "@" + digest
 }
 
-// annotate writes the policy annotation into the pod template's metadata
-// and the pinned image references into its containers.
-func annotate(root *yaml.Node, path []string, module []byte, pinned map[string][]string, warn func(string)) error {
+// annotate writes the initdata annotation (value) into the pod template's
+// metadata, in place of a bare policy annotation, and the pinned image
+// references into its containers.
+func annotate(root *yaml.Node, path []string, value string, pinned map[string][]string, warn func(string)) error {
 	tmpl := root
 	for i, key := range path {
 		next, err := ensureMapping(tmpl, path[:i], key)
@@ -472,10 +486,12 @@ func annotate(root *yaml.Node, path []string, module []byte, pinned map[string][
 	if err != nil {
 		return err
 	}
-	if deleteKey(annotations, policy.AnnotationKata) {
-		warn(fmt.Sprintf("removed annotation %s: the generated policy under %s replaces it", policy.AnnotationKata, policy.Annotation))
+	for _, k := range []string{policy.Annotation, policy.AnnotationKata} {
+		if deleteKey(annotations, k) {
+			warn(fmt.Sprintf("removed annotation %s: the generated policy, inside the initdata document under %s, replaces it", k, initdata.Annotation))
+		}
 	}
-	setString(annotations, policy.Annotation, policy.EncodeAnnotation(module))
+	setString(annotations, initdata.Annotation, value)
 
 	spec := mappingValue(tmpl, "spec")
 	for key, refs := range pinned {

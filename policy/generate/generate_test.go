@@ -14,6 +14,7 @@ import (
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/contrast-vm/contrast/policy"
+	"github.com/contrast-vm/contrast/policy/initdata"
 )
 
 func digestOf(n int) string { return fmt.Sprintf("sha256:%064x", n) }
@@ -271,7 +272,7 @@ func TestMultiDocumentRoundTrip(t *testing.T) {
 	if strings.Contains(out, policy.AnnotationKata) || !w.contains("removed annotation "+policy.AnnotationKata) {
 		t.Errorf("Kata's annotation not removed with a warning:\n%s", shorten([]byte(out)))
 	}
-	if strings.Index(out, "keep:") > strings.Index(out, policy.Annotation) {
+	if strings.Index(out, "keep:") > strings.Index(out, initdata.Annotation) {
 		t.Errorf("existing annotations no longer come first:\n%s", shorten([]byte(out)))
 	}
 	if _, ok := res.Policies[0].Data.Containers["init"]; !ok {
@@ -288,8 +289,23 @@ func TestMultiDocumentRoundTrip(t *testing.T) {
 			t.Errorf("second run changed the policy of %s", res.Policies[i].Name)
 		}
 	}
-	if strings.Count(string(again.YAML), policy.Annotation) != 2 {
-		t.Errorf("annotations duplicated:\n%s", shorten(again.YAML))
+	for i := range res.Policies {
+		if !bytes.Equal(again.Policies[i].Initdata, res.Policies[i].Initdata) {
+			t.Errorf("second run changed the initdata of %s", res.Policies[i].Name)
+		}
+	}
+	if strings.Count(string(again.YAML), initdata.Annotation) != 2 || strings.Contains(string(again.YAML), policy.Annotation+":") {
+		t.Errorf("annotations duplicated, or the bare policy annotation written:\n%s", shorten(again.YAML))
+	}
+	// The annotation carries the minimal document that wraps the policy.
+	embedded, err := Extract(again.YAML)
+	if err != nil || len(embedded) != 2 {
+		t.Fatalf("Extract of the generated YAML: %v, %v", embedded, err)
+	}
+	for i, e := range embedded {
+		if want, _ := initdata.Wrap(res.Policies[i].Policy); e.Key != initdata.Annotation || !bytes.Equal(e.Initdata.Raw(), want) || !bytes.Equal(res.Policies[i].Initdata, want) {
+			t.Errorf("%s: initdata annotation does not carry the wrapped policy", e.Name)
+		}
 	}
 }
 

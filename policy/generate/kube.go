@@ -9,6 +9,7 @@ import (
 	k8syaml "sigs.k8s.io/yaml"
 
 	"github.com/contrast-vm/contrast/policy"
+	"github.com/contrast-vm/contrast/policy/initdata"
 )
 
 // decodeObject reads a YAML document as the API server does: YAML to JSON
@@ -37,11 +38,11 @@ func decodeGeneric(body []byte) (any, error) {
 }
 
 // checkRewrite makes sure the re-encoded document means what the original
-// meant with only the generator's edits: the policy annotation set, Kata's
-// removed, images pinned. yaml.v3 does not keep every construct (an empty
+// meant with only the generator's edits: the initdata annotation set, bare
+// policy annotations removed, images pinned. yaml.v3 does not keep every construct (an empty
 // value in a flow mapping, for one), and a policy for a YAML that differs
 // from the one deployed would not match its pods.
-func checkRewrite(original, rewritten []byte, path []string, module []byte, pinned map[string][]string) error {
+func checkRewrite(original, rewritten []byte, path []string, value string, pinned map[string][]string) error {
 	want, err := decodeGeneric(original)
 	if err != nil {
 		return err
@@ -68,8 +69,9 @@ func checkRewrite(original, rewritten []byte, path []string, module []byte, pinn
 	if !ok {
 		return errors.New("the pod template's annotations are not a mapping")
 	}
+	delete(annotations, policy.Annotation)
 	delete(annotations, policy.AnnotationKata)
-	annotations[policy.Annotation] = policy.EncodeAnnotation(module)
+	annotations[initdata.Annotation] = value
 	spec, _ := tmpl["spec"].(map[string]any)
 	for key, refs := range pinned {
 		list, _ := spec[key].([]any)

@@ -1,6 +1,7 @@
 package generate
 
 import (
+	"bytes"
 	"context"
 	"os"
 	"path/filepath"
@@ -10,6 +11,7 @@ import (
 	"testing"
 
 	"github.com/contrast-vm/contrast/policy"
+	"github.com/contrast-vm/contrast/policy/initdata"
 )
 
 func TestSplitDocuments(t *testing.T) {
@@ -202,7 +204,7 @@ func TestExtract(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(got) != 1 || got[0].Document != 2 || got[0].Kind != "Deployment" || got[0].Name != "web" || got[0].Namespace != "shop" || got[0].Key != policy.Annotation {
+	if len(got) != 1 || got[0].Document != 2 || got[0].Kind != "Deployment" || got[0].Name != "web" || got[0].Namespace != "shop" || got[0].Key != initdata.Annotation {
 		t.Fatalf("extracted %+v", got)
 	}
 	if string(got[0].Policy) != string(res.Policies[0].Policy) {
@@ -212,6 +214,16 @@ func TestExtract(t *testing.T) {
 	got, err = Extract([]byte(kata))
 	if err != nil || len(got) != 1 || got[0].Key != policy.AnnotationKata || string(got[0].Policy) != "package agent_policy\n" {
 		t.Errorf("Kata annotation: %+v, %v", got, err)
+	}
+	// A bare policy under ours is wrapped as the shim wraps it.
+	ours := strings.Replace(kata, policy.AnnotationKata, policy.Annotation, 1)
+	got, err = Extract([]byte(ours))
+	if want, _ := initdata.Wrap([]byte("package agent_policy\n")); err != nil || len(got) != 1 || got[0].Key != policy.Annotation || !bytes.Equal(got[0].Initdata.Raw(), want) {
+		t.Errorf("bare policy annotation: %+v, %v", got, err)
+	}
+	both := strings.Replace(kata, "annotations: {", "annotations: {"+initdata.Annotation+": x, ", 1)
+	if _, err := Extract([]byte(both)); err == nil || !strings.Contains(err.Error(), "both set") {
+		t.Errorf("initdata and a bare policy: %v", err)
 	}
 	bad := "apiVersion: v1\nkind: ConfigMap\n---\napiVersion: v1\nkind: Pod\nmetadata:\n  name: b\n  annotations: {" + policy.Annotation + ": '!!'}\n"
 	if _, err := Extract([]byte(bad)); err == nil || !strings.Contains(err.Error(), "document 2 (Pod b)") {
