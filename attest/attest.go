@@ -40,7 +40,7 @@ const (
 	CheckSignature = "signature"
 	// CheckMeasurement: MEASUREMENT is one of the reference values.
 	CheckMeasurement = "measurement"
-	// CheckHostData: HOSTDATA is the expected policy hash.
+	// CheckHostData: HOSTDATA is the expected initdata digest.
 	CheckHostData = "host_data"
 	// CheckReportData: REPORT_DATA is the verifier's nonce.
 	CheckReportData = "report_data"
@@ -93,8 +93,9 @@ type Options struct {
 	// runtime may choose: the report does not say which it ran with).
 	// None skips CheckMeasurement.
 	References []Reference
-	// HostData is the expected HOSTDATA: the SHA-256 of the pod policy
-	// (policy.Hash). Nil skips CheckHostData.
+	// HostData is the expected HOSTDATA: the digest of the pod's initdata
+	// document, which carries its policy, cut to 32 bytes
+	// (initdata.Document.HostData). Nil skips CheckHostData.
 	HostData *[32]byte
 	// ReportData is the expected REPORT_DATA: the verifier's nonce. Nil
 	// skips CheckReportData (a report read from a file proves nothing about
@@ -360,9 +361,9 @@ func checkHostData(rep *spb.Report, want *[32]byte) outcome {
 	}
 	got := rep.GetHostData()
 	if !bytes.Equal(got, want[:]) {
-		return fail("HOSTDATA %x is not the policy's SHA-256 %x: the pod VM was launched with another policy", got, want[:])
+		return fail("HOSTDATA %x is not the initdata digest %x: the pod VM was launched with another policy", got, want[:])
 	}
-	return pass("HOSTDATA is the policy's SHA-256 %x", got)
+	return pass("HOSTDATA is the initdata digest %x", got)
 }
 
 func checkReportData(rep *spb.Report, want *[abi.ReportDataSize]byte) outcome {

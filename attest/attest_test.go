@@ -155,7 +155,7 @@ func TestSampleReport(t *testing.T) {
 		}},
 		{name: "HOSTDATA changed after signing", report: tamper(0xC0), wants: map[string]want{
 			CheckSignature: {Fail, "signature"},
-			CheckHostData:  {Fail, "is not the policy's SHA-256"},
+			CheckHostData:  {Fail, "is not the initdata digest"},
 			CheckDebug:     debugFails,
 		}},
 		{name: "other nonce (replayed report)", opts: func(o *Options) { o.ReportData = &otherNonce }, wants: map[string]want{

@@ -62,7 +62,7 @@ func commands() *command {
 				summary: "pod policies (what the host may ask of a pod VM)",
 				sub: []*command{
 					{name: "generate", summary: "write policies into Kubernetes YAML", run: policyGenerate},
-					{name: "hash", summary: "print a policy's SHA-256 (the pod's SNP HOSTDATA)", run: policyHash},
+					{name: "hash", summary: "print a policy's initdata digest (the pod's SNP HOSTDATA)", run: policyHash},
 				},
 			},
 			{name: "measure", summary: "compute the SEV-SNP launch measurement of a pod VM", run: measure},

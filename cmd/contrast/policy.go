@@ -18,16 +18,18 @@ import (
 	"github.com/contrast-vm/contrast/layer"
 	"github.com/contrast-vm/contrast/policy"
 	"github.com/contrast-vm/contrast/policy/generate"
+	"github.com/contrast-vm/contrast/policy/initdata"
 )
 
 func policyGenerate(ctx context.Context, sio *stdio, args []string) error {
 	fs := newFlagSet(sio, "contrast policy generate", "[--settings FILE] (--containerd-address ADDR [--namespace NS] | --oci-layout DIR) [-o OUT] FILE.yaml...",
-		"Writes each workload's policy into its pod template (annotation "+policy.Annotation+")\n"+
-			"and pins every image by digest and the dm-verity root hash of each of its\n"+
-			"layers. FILE - reads standard input; several files are written out as one\n"+
-			"stream of documents. The annotated YAML goes to OUT or standard output; each\n"+
-			"workload's policy hash (its SNP HOSTDATA) goes to standard error as\n"+
-			"\"<sha256> <Kind>/<name>\".\n\n"+
+		"Writes each workload's policy into its pod template, inside a Confidential\n"+
+			"Containers initdata document (annotation "+initdata.Annotation+",\n"+
+			"base64 of the gzip-compressed TOML, as Kata reads it), and pins every image by\n"+
+			"digest and the dm-verity root hash of each of its layers. FILE - reads\n"+
+			"standard input; several files are written out as one stream of documents.\n"+
+			"The annotated YAML goes to OUT or standard output; each workload's initdata\n"+
+			"digest (its SNP HOSTDATA) goes to standard error as \"<sha256> <Kind>/<name>\".\n\n"+
 			"The images come from containerd's image store (--containerd-address; pull\n"+
 			"them first) or an OCI image layout (--oci-layout; references match the\n"+
 			"layout's ref names). Every layer is converted to learn its root hash, with\n"+
@@ -108,7 +110,11 @@ func policyGenerate(ctx context.Context, sio *stdio, args []string) error {
 			result.WriteByte('\n')
 		}
 		for _, w := range res.Policies {
-			fmt.Fprintf(sio.stderr, "%s %s/%s\n", policy.HashHex(w.Policy), w.Kind, w.Name)
+			doc, err := initdata.ParsePod(w.Initdata)
+			if err != nil {
+				return fmt.Errorf("%s: %s/%s: %w", label, w.Kind, w.Name, err)
+			}
+			fmt.Fprintf(sio.stderr, "%s %s/%s\n", doc.HostDataHex(), w.Kind, w.Name)
 		}
 		if len(res.Policies) == 0 {
 			fmt.Fprintf(sio.stderr, "warning: %s has no workload (Pod, Deployment, StatefulSet, DaemonSet, ReplicaSet, Job, CronJob)\n", label)
@@ -171,17 +177,20 @@ func (c layerConverter) progressBar(description string, visible bool) *progressb
 
 func policyHash(_ context.Context, sio *stdio, args []string) error {
 	fs := newFlagSet(sio, "contrast policy hash", "FILE",
-		"Prints the SHA-256 of a policy, the SNP HOSTDATA its pods launch with. FILE is a\n"+
-			"Rego module (hashed as it is) or Kubernetes YAML whose pod templates carry the\n"+
-			"policy annotation: one workload prints the hash, several print one line each,\n"+
-			"\"<sha256> <Kind>/<name>\". FILE - reads standard input.")
+		"Prints the SNP HOSTDATA a policy's pods launch with: the digest of the initdata\n"+
+			"document that carries it (its first 32 bytes for sha384 or sha512). FILE is an\n"+
+			"initdata document (TOML, hashed as it is), a Rego module (wrapped into the\n"+
+			"minimal initdata document, as the runtime wraps a bare policy), or Kubernetes\n"+
+			"YAML whose pod templates carry the initdata or policy annotation: one\n"+
+			"workload prints the digest, several print one line each,\n"+
+			"\"<hostdata> <Kind>/<name>\". FILE - reads standard input.")
 	files, err := parseFlagsAndArgs(fs, args)
 	if err != nil {
 		return err
 	}
 	switch {
 	case len(files) == 0:
-		return usagef("no FILE; name a Rego module or a YAML file, or - for standard input")
+		return usagef("no FILE; name an initdata document, a Rego module or a YAML file, or - for standard input")
 	case len(files) > 1:
 		return usagef("one FILE at a time (got %d)", len(files))
 	}
@@ -189,8 +198,11 @@ func policyHash(_ context.Context, sio *stdio, args []string) error {
 	if err != nil {
 		return err
 	}
-	if isRego(in) {
-		fmt.Fprintln(sio.stdout, policy.HashHex(in))
+	if doc, ok, err := policyFileInitdata(in); ok || err != nil {
+		if err != nil {
+			return fmt.Errorf("%s: %w", files[0], err)
+		}
+		fmt.Fprintln(sio.stdout, doc.HostDataHex())
 		return nil
 	}
 	embedded, err := generate.Extract(in)
@@ -199,15 +211,53 @@ func policyHash(_ context.Context, sio *stdio, args []string) error {
 	}
 	switch len(embedded) {
 	case 0:
-		return fmt.Errorf("%s: neither a Rego module (package ...) nor YAML with a workload carrying %s", files[0], policy.Annotation)
+		return fmt.Errorf("%s: neither an initdata document, a Rego module (package ...) nor YAML with a workload carrying %s or %s", files[0], initdata.Annotation, policy.Annotation)
 	case 1:
-		fmt.Fprintln(sio.stdout, policy.HashHex(embedded[0].Policy))
+		fmt.Fprintln(sio.stdout, embedded[0].Initdata.HostDataHex())
 	default:
 		for _, e := range embedded {
-			fmt.Fprintf(sio.stdout, "%s %s/%s\n", policy.HashHex(e.Policy), e.Kind, e.Name)
+			fmt.Fprintf(sio.stdout, "%s %s/%s\n", e.Initdata.HostDataHex(), e.Kind, e.Name)
 		}
 	}
 	return nil
+}
+
+// policyFileInitdata returns the initdata document a policy file stands
+// for: an initdata document as it is, or a Rego module wrapped as the
+// runtime wraps a bare policy. ok is false for anything else (YAML).
+func policyFileInitdata(in []byte) (doc *initdata.Document, ok bool, err error) {
+	raw := in
+	switch {
+	case isRego(in):
+		if raw, err = initdata.Wrap(in); err != nil {
+			return nil, true, err
+		}
+	case !isInitdata(in):
+		return nil, false, nil
+	}
+	doc, err = initdata.ParsePod(raw)
+	return doc, true, err
+}
+
+// isInitdata reports whether in looks like an initdata document: its first
+// line that is not blank or a comment sets algorithm or version, or opens
+// [data]. No Kubernetes YAML or Rego module starts so.
+func isInitdata(in []byte) bool {
+	sc := bufio.NewScanner(bytes.NewReader(in))
+	sc.Buffer(make([]byte, 0, 64*1024), len(in)+1)
+	for sc.Scan() {
+		line := strings.TrimSpace(sc.Text())
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		for _, p := range []string{"algorithm ", "algorithm=", "version ", "version=", "[data]"} {
+			if strings.HasPrefix(line, p) {
+				return true
+			}
+		}
+		return false
+	}
+	return false
 }
 
 // parseFlagsAndArgs parses flags that may come before, between or after the

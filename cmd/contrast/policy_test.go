@@ -3,6 +3,9 @@ package main
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
+	"crypto/sha512"
+	"encoding/hex"
 	"fmt"
 	"os"
 	"os/exec"
@@ -18,6 +21,7 @@ import (
 	"github.com/contrast-vm/contrast/layer"
 	"github.com/contrast-vm/contrast/policy"
 	"github.com/contrast-vm/contrast/policy/generate"
+	"github.com/contrast-vm/contrast/policy/initdata"
 )
 
 // busybox is the image of sampleYAML, which testLayout holds.
@@ -146,8 +150,11 @@ func TestPolicyGenerateAndHash(t *testing.T) {
 		t.Fatalf("annotations in the output: %v, %v", embedded, err)
 	}
 	for i, e := range embedded {
-		if policy.HashHex(e.Policy) != lines[i][1] {
-			t.Errorf("%s/%s: stderr hash %s, annotation hash %s", e.Kind, e.Name, lines[i][1], policy.HashHex(e.Policy))
+		// The annotation is Kata's, carrying the minimal initdata
+		// document; HOSTDATA is its SHA-256.
+		sum := sha256.Sum256(e.Initdata.Raw())
+		if e.Key != initdata.Annotation || hex.EncodeToString(sum[:]) != lines[i][1] {
+			t.Errorf("%s/%s: stderr digest %s, annotation %s with digest %x", e.Kind, e.Name, lines[i][1], e.Key, sum)
 		}
 	}
 	for _, e := range embedded {
@@ -170,7 +177,7 @@ func TestPolicyGenerateAndHash(t *testing.T) {
 	if code != 0 || stdout != lines[1][1]+"\n" {
 		t.Errorf("policy hash of one workload: exit %d, %q; want %q", code, stdout, lines[1][1])
 	}
-	// A Rego module: its bytes, as they are.
+	// A Rego module: wrapped into the minimal initdata document.
 	rego := filepath.Join(dir, "policy.rego")
 	if err := os.WriteFile(rego, embedded[1].Policy, 0o644); err != nil {
 		t.Fatal(err)
@@ -180,9 +187,22 @@ func TestPolicyGenerateAndHash(t *testing.T) {
 		t.Errorf("policy hash of the module: exit %d, %q; want %q", code, stdout, lines[1][1])
 	}
 	allow := policy.AllowAll()
+	wrappedAllow, err := initdata.Wrap(allow)
+	if err != nil {
+		t.Fatal(err)
+	}
+	allowSum := sha256.Sum256(wrappedAllow)
 	code, stdout, _ = runCLIWithInput(t, string(allow), "policy", "hash", "-")
-	if code != 0 || stdout != policy.HashHex(allow)+"\n" {
+	if code != 0 || stdout != hex.EncodeToString(allowSum[:])+"\n" {
 		t.Errorf("policy hash of AllowAll: exit %d, %q", code, stdout)
+	}
+	// An initdata document: its bytes, as they are, under its algorithm,
+	// cut to 32 bytes.
+	kataDoc := "# a Kata user's document\nalgorithm = \"sha384\"\nversion = \"0.1.0\"\n\n[data]\n\"aa.toml\" = '''\n'''\n\"policy.rego\" = '''\n" + string(allow) + "'''\n"
+	kataSum := sha512.Sum384([]byte(kataDoc))
+	code, stdout, _ = runCLI(t, "policy", "hash", writeTemp(t, "initdata.toml", []byte(kataDoc)))
+	if code != 0 || stdout != hex.EncodeToString(kataSum[:32])+"\n" {
+		t.Errorf("policy hash of an initdata document: exit %d, %q; want %x", code, stdout, kataSum[:32])
 	}
 
 	// Idempotent through the CLI, reading standard input.
@@ -202,6 +222,10 @@ func TestPolicyCLIErrors(t *testing.T) {
 	dir := t.TempDir()
 	bad := filepath.Join(dir, "bad.yaml")
 	if err := os.WriteFile(bad, []byte("apiVersion: v1\nkind: Service\nmetadata: {name: s}\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec:\n  containers: [{name: c, image: 'busybox:1.36'}]\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	badInitdata := filepath.Join(dir, "initdata.toml")
+	if err := os.WriteFile(badInitdata, []byte("algorithm = \"md5\"\nversion = \"0.1.0\"\n[data]\n\"policy.rego\" = \"package p\"\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	service := filepath.Join(dir, "service.yaml")
@@ -241,8 +265,9 @@ func TestPolicyCLIErrors(t *testing.T) {
 		{[]string{"policy", "generate", pinned}, 1, pinned + ": document 1 (Pod p): container c: image busybox@" + layout.manifest + ": no layer source"},
 		{[]string{"policy", "hash"}, 2, "no FILE"},
 		{[]string{"policy", "hash", "a", "b"}, 2, "one FILE at a time"},
-		{[]string{"policy", "hash", service}, 1, "neither a Rego module"},
-		{[]string{"policy", "hash", bad}, 1, "neither a Rego module"},
+		{[]string{"policy", "hash", service}, 1, "neither an initdata document, a Rego module"},
+		{[]string{"policy", "hash", bad}, 1, "neither an initdata document, a Rego module"},
+		{[]string{"policy", "hash", badInitdata}, 1, badInitdata + `: initdata document: unsupported algorithm "md5"`},
 	} {
 		code, _, stderr := runCLI(t, tc.args...)
 		if code != tc.code || !strings.Contains(stderr, tc.inStderr) {

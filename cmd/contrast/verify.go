@@ -20,6 +20,7 @@ import (
 	"github.com/contrast-vm/contrast/hypervisor/qemu"
 	"github.com/contrast-vm/contrast/policy"
 	"github.com/contrast-vm/contrast/policy/generate"
+	"github.com/contrast-vm/contrast/policy/initdata"
 	"github.com/contrast-vm/contrast/vmimage"
 )
 
@@ -33,7 +34,7 @@ const verifyUsage = `(--pod SANDBOX_ID [--state-dir DIR] [--namespace NS] | --re
 const verifySummary = `Verifies a pod VM's SEV-SNP attestation report and prints one line per check:
   signature    the VCEK chains to AMD's root keys (embedded; or --trusted-chain) and signed the report
   measurement  MEASUREMENT is a reference value (the launch's firmware, kernel, initrd, command line, vCPUs)
-  host_data    HOSTDATA is the SHA-256 of the pod's policy
+  host_data    HOSTDATA is the digest of the pod's initdata document
   report_data  REPORT_DATA binds the nonce (the report is fresh, not replayed): a report
                the host asked for (GetReport: --pod, --save-report) carries SHA-512 of a
                fixed prefix and the nonce, one a container got from its attestation
@@ -68,8 +69,8 @@ func verify(ctx context.Context, sio *stdio, args []string) error {
 		measurements = append(measurements, s)
 		return nil
 	})
-	policyPath := fs.String("policy", "", "the pod's policy (Rego module): HOSTDATA must be its SHA-256")
-	podYAML := fs.String("pod-yaml", "", "Kubernetes YAML carrying the pod's policy annotation (contrast policy generate)")
+	policyPath := fs.String("policy", "", "the pod's initdata document (TOML), or its bare policy (Rego module, wrapped as the runtime wraps it): HOSTDATA must be the document's digest")
+	podYAML := fs.String("pod-yaml", "", "Kubernetes YAML carrying the pod's initdata or policy annotation (contrast policy generate)")
 	vcekPath := fs.String("vcek", "", "the chip's VCEK certificate (DER or PEM), instead of the report's certificate table")
 	minTCB := fs.String("min-tcb", "", "lowest acceptable reported TCB: bl=N,tee=N,snp=N,ucode=N or the TCB_VERSION in hex")
 	product := fs.String("product", "", "processor line the report must come from: Milan, Genoa or Turin (default: as the report and VCEK say)")
@@ -143,10 +144,14 @@ func verify(ctx context.Context, sio *stdio, args []string) error {
 		if err != nil {
 			return fmt.Errorf("policy: %w", err)
 		}
-		if !isRego(module) {
-			return fmt.Errorf("policy %s is not a Rego module (no package line); for Kubernetes YAML use --pod-yaml", *policyPath)
+		doc, ok, err := policyFileInitdata(module)
+		if !ok {
+			return fmt.Errorf("policy %s is neither an initdata document nor a Rego module (no package line); for Kubernetes YAML use --pod-yaml", *policyPath)
 		}
-		h := policy.Hash(module)
+		if err != nil {
+			return fmt.Errorf("policy %s: %w", *policyPath, err)
+		}
+		h := doc.HostData()
 		opts.HostData = &h
 	case *podYAML != "":
 		h, err := policyHashOfYAML(*podYAML)
@@ -259,8 +264,8 @@ func parseNonce(s string) ([nonceSize]byte, error) {
 	return n, nil
 }
 
-// policyHashOfYAML returns the hash of the one policy a YAML file's
-// workloads carry.
+// policyHashOfYAML returns the HOSTDATA of the one initdata document (or
+// bare policy, wrapped) a YAML file's workloads carry.
 func policyHashOfYAML(path string) ([32]byte, error) {
 	in, err := os.ReadFile(path)
 	if err != nil {
@@ -272,9 +277,9 @@ func policyHashOfYAML(path string) ([32]byte, error) {
 	}
 	switch len(embedded) {
 	case 0:
-		return [32]byte{}, fmt.Errorf("%s: no workload carries a policy (annotation %s); run contrast policy generate", path, policy.Annotation)
+		return [32]byte{}, fmt.Errorf("%s: no workload carries a policy (annotation %s or %s); run contrast policy generate", path, initdata.Annotation, policy.Annotation)
 	case 1:
-		return policy.Hash(embedded[0].Policy), nil
+		return embedded[0].Initdata.HostData(), nil
 	}
 	names := make([]string, len(embedded))
 	for i, e := range embedded {

@@ -26,6 +26,7 @@ import (
 	"github.com/contrast-vm/contrast/agent/tee"
 	api "github.com/contrast-vm/contrast/api/agent"
 	"github.com/contrast-vm/contrast/policy"
+	"github.com/contrast-vm/contrast/policy/initdata"
 	"github.com/contrast-vm/contrast/vmimage"
 	"github.com/contrast-vm/contrast/vmimage/snp"
 )
@@ -49,7 +50,22 @@ func newTestSNP(t *testing.T, module []byte, measurement [48]byte) *testSNP {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &testSNP{signer: signer, hostData: policy.Hash(module), measurement: measurement}
+	return &testSNP{signer: signer, hostData: wrappedDoc(t, module).HostData(), measurement: measurement}
+}
+
+// wrappedDoc is module wrapped into the minimal initdata document, as the
+// shim launches a pod with a bare policy.
+func wrappedDoc(t testing.TB, module []byte) *initdata.Document {
+	t.Helper()
+	raw, err := initdata.Wrap(module)
+	if err != nil {
+		t.Fatal(err)
+	}
+	doc, err := initdata.ParsePod(raw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return doc
 }
 
 func (s *testSNP) Name() string { return tee.NameSNPSimulated }
@@ -144,8 +160,25 @@ func referenceFile(t *testing.T, measurements ...[48]byte) string {
 	return p
 }
 
-// podYAML is a pod whose template carries module as its policy.
+// podYAML is a pod whose template carries module as its bare policy.
 func podYAML(t *testing.T, module []byte) string {
+	t.Helper()
+	return podYAMLWith(t, policy.Annotation, policy.EncodeAnnotation(module))
+}
+
+// kataPodYAML is a pod whose template carries module inside the minimal
+// initdata document under Kata's annotation, as contrast policy generate
+// writes it.
+func kataPodYAML(t *testing.T, module []byte) string {
+	t.Helper()
+	value, err := initdata.EncodeAnnotation(wrappedDoc(t, module).Raw())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return podYAMLWith(t, initdata.Annotation, value)
+}
+
+func podYAMLWith(t *testing.T, key, value string) string {
 	t.Helper()
 	return writeTemp(t, "pod.yaml", fmt.Appendf(nil, `apiVersion: v1
 kind: Pod
@@ -157,7 +190,7 @@ spec:
   containers:
   - name: web
     image: nginx@sha256:%s
-`, policy.Annotation, policy.EncodeAnnotation(module), strings.Repeat("a", 64)))
+`, key, value, strings.Repeat("a", 64)))
 }
 
 // servePodVM serves a real agent service with tee t behind a hybrid vsock
@@ -205,7 +238,7 @@ func servePodVM(t *testing.T, stateDir, namespace, id string, snp tee.TEE, modul
 			t.Errorf("agent: %v", err)
 		}
 	})
-	if _, err := svc.SetPolicy(ctx, &api.SetPolicyRequest{Policy: module}); err != nil {
+	if _, err := svc.SetPolicy(ctx, &api.SetPolicyRequest{Initdata: wrappedDoc(t, module).Raw()}); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -348,7 +381,7 @@ func TestVerifyPod(t *testing.T) {
 		line   string
 	}{
 		{"other policy", append(pod, "--measurement", measurementHex, "--policy", writeTemp(t, "other.rego", policy.DenyAll())),
-			"host_data", "FAIL host_data   HOSTDATA " + policy.HashHex(module) + " is not the policy's SHA-256 " + policy.HashHex(policy.DenyAll())},
+			"host_data", "FAIL host_data   HOSTDATA " + wrappedDoc(t, module).HostDataHex() + " is not the initdata digest " + wrappedDoc(t, policy.DenyAll()).HostDataHex()},
 		{"other launch", append(pod, "--reference", otherReference, "--pod-yaml", yaml),
 			"measurement", "FAIL measurement MEASUREMENT " + measurementHex + " is none of the 2 reference values"},
 		{"other launch, --measurement", append(pod, "--measurement", strings.Repeat("00", 48), "--pod-yaml", yaml),
