@@ -1,15 +1,20 @@
 package integration
 
 import (
+	"encoding/hex"
+	"encoding/json"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/contrast-vm/contrast/api/podstate"
 	"github.com/contrast-vm/contrast/integration/harness"
 	"github.com/contrast-vm/contrast/policy"
+	"github.com/contrast-vm/contrast/policy/initdata"
 )
 
 // policyPodYAML is the pod the policy tests generate a policy for. Its
@@ -89,8 +94,8 @@ func testPolicy(t *testing.T, v harness.Version) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if podCfg.Annotations[policy.Annotation] == "" {
-		t.Fatalf("generated manifest has no %s annotation", policy.Annotation)
+	if podCfg.Annotations[initdata.Annotation] == "" || podCfg.Annotations[policy.Annotation] != "" {
+		t.Fatalf("generated manifest has no %s annotation, or a bare policy", initdata.Annotation)
 	}
 	if len(ctrs) != 1 || !strings.Contains(ctrs[0].Image, "@sha256:") {
 		t.Fatalf("generated manifest's containers %+v: want one, image pinned by digest", ctrs)
@@ -194,6 +199,87 @@ func testPolicy(t *testing.T, v harness.Version) {
 		s.expectNoLeftovers(t, "refused pod", func() (harness.Leftovers, error) { return s.c.NewSince(*before) })
 	})
 
+	// A pod written for Kata: its policy inside a hand-written SHA-384
+	// initdata document under Kata's annotation. It runs under that
+	// policy, bound to the document's digest cut to 32 bytes.
+	module := podPolicyModule(t, podCfg)
+	kataAnnotation, kataHostData := kataInitdata(t, module)
+	kataCfg := podCfg
+	kataCfg.Annotations = map[string]string{initdata.Annotation: kataAnnotation}
+	t.Run("kata-initdata", func(t *testing.T) {
+		before := s.snapshot(t)
+		pod := s.runPodWith(t, kataCfg)
+		c := s.startWith(t, pod, app)
+		trace := s.trace(t, pod, c)
+		waitLog(t, s, c, "policy-ok", 30*time.Second)
+		status, err := os.ReadFile(filepath.Join(podstate.Dir(s.c.ShimState, podstate.KubernetesNS, pod.ID), podstate.PolicyStatusFile))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Logf("policy status: %s", status)
+		var st struct {
+			Source    string `json:"source"`
+			HostData  string `json:"host_data"`
+			Algorithm string `json:"initdata_algorithm"`
+			TEE       string `json:"tee"`
+		}
+		if err := json.Unmarshal(status, &st); err != nil {
+			t.Fatal(err)
+		}
+		if st.Source != initdata.Annotation || st.HostData != kataHostData || st.Algorithm != "sha384" || st.TEE != "snp-simulated" {
+			t.Errorf("policy status %+v: want source %s, host_data %s (sha384sum), sha384, snp-simulated", st, initdata.Annotation, kataHostData)
+		}
+		res, err := s.cri.Exec(s.ctx, c.ID, true, "cat", "/etc/hostname")
+		if err != nil || res.ExitCode != 0 {
+			t.Errorf("exec of the probe's command: %+v, %v", res, err)
+		}
+		res, err = s.cri.Exec(s.ctx, c.ID, true, "id")
+		if err == nil {
+			t.Errorf("exec of id, which the policy in the initdata does not list, succeeded: %+v", res)
+		} else if msg := cmdErrText(err); !containsAny(msg, "ExecProcess") || !containsAny(msg, "polic") {
+			t.Errorf("exec denial does not name the request and the policy: %s", msg)
+		}
+		s.removeContainer(t, c)
+		s.removePod(t, pod, trace, before)
+	})
+
+	// The same document on a VM launched with other host data: the
+	// agent refuses it, naming both, and nothing of the pod stays.
+	t.Run("kata-initdata-mismatch", func(t *testing.T) {
+		before := s.snapshot(t)
+		pc := kataCfg
+		pc.Handler = "contrast-forged"
+		_, err := s.cri.RunPod(s.ctx, pc)
+		if err == nil {
+			t.Fatal("runp succeeded although the VM was launched with other host data than the initdata digest")
+		}
+		msg := cmdErrText(err)
+		t.Logf("runp: %s", msg)
+		if !containsAny(msg, "initdata document's sha384 digest is "+kataHostData) || !containsAny(msg, "(HOSTDATA "+kataHostData+")") ||
+			!containsAny(msg, "launched with HOSTDATA "+strings.Repeat("f", 64)) {
+			t.Errorf("error does not name the initdata digest %s and the launched HOSTDATA", kataHostData)
+		}
+		s.expectNoLeftovers(t, "refused pod", func() (harness.Leftovers, error) { return s.c.NewSince(*before) })
+	})
+
+	// A bare policy beside the initdata: which one the pod meant is not
+	// the runtime's to guess.
+	t.Run("initdata-and-bare-policy", func(t *testing.T) {
+		before := s.snapshot(t)
+		pc := kataCfg
+		pc.Annotations = map[string]string{initdata.Annotation: kataAnnotation, policy.Annotation: policy.EncodeAnnotation(module)}
+		_, err := s.cri.RunPod(s.ctx, pc)
+		if err == nil {
+			t.Fatal("runp succeeded with both an initdata document and a bare policy")
+		}
+		msg := cmdErrText(err)
+		t.Logf("runp: %s", msg)
+		if !containsAny(msg, "both set") {
+			t.Errorf("error does not say both annotations are set")
+		}
+		s.expectNoLeftovers(t, "refused pod", func() (harness.Leftovers, error) { return s.c.NewSince(*before) })
+	})
+
 	t.Run("hostdata-mismatch", func(t *testing.T) {
 		before := s.snapshot(t)
 		pc := podCfg
@@ -204,29 +290,67 @@ func testPolicy(t *testing.T, v harness.Version) {
 		}
 		msg := cmdErrText(err)
 		t.Logf("runp: %s", msg)
-		hash := policyHashOf(t, podCfg.Annotations[policy.Annotation])
-		if !containsAny(msg, "HOSTDATA") || !containsAny(msg, hash) || !containsAny(msg, strings.Repeat("f", 64)) {
-			t.Errorf("error does not name HOSTDATA, the policy hash %s and the launched host data", hash)
+		digest := initdataDigestOf(t, podCfg.Annotations[initdata.Annotation])
+		if !containsAny(msg, "HOSTDATA") || !containsAny(msg, "initdata document's sha256 digest is "+digest) || !containsAny(msg, strings.Repeat("f", 64)) {
+			t.Errorf("error does not name HOSTDATA, the initdata digest %s and the launched host data", digest)
 		}
 		s.expectNoLeftovers(t, "refused pod", func() (harness.Leftovers, error) { return s.c.NewSince(*before) })
 	})
 }
 
-// policyHashOf decodes a policy annotation value and returns its hash.
-func policyHashOf(t *testing.T, annotation string) string {
+// initdataDigestOf decodes an initdata annotation value and returns its
+// document's digest in hex.
+func initdataDigestOf(t *testing.T, annotation string) string {
 	t.Helper()
-	module, _, err := policy.DecodeAnnotation(map[string]string{policy.Annotation: annotation})
+	doc, _, err := initdata.FromAnnotations(map[string]string{initdata.Annotation: annotation})
 	if err != nil {
 		t.Fatal(err)
 	}
-	return policy.HashHex(module)
+	return hex.EncodeToString(doc.Digest())
 }
 
-// cutAnnotation shortens the base64 policy in a manifest for the test log.
+// kataInitdata writes an initdata document as a Kata user does by hand
+// (SHA-384, configuration for an attestation agent and a data hub beside
+// the policy) and encodes it with gzip and base64 as Kata's documentation
+// does (`gzip -c | base64 -w0`): other tools than the runtime's. It
+// returns the annotation value and HOSTDATA as `sha384sum` computes it
+// (the first 64 hex digits).
+func kataInitdata(t *testing.T, module []byte) (annotation, hostData string) {
+	t.Helper()
+	doc := filepath.Join(t.TempDir(), "initdata.toml")
+	content := "algorithm = \"sha384\"\nversion = \"0.1.0\"\n\n[data]\n" +
+		"\"aa.toml\" = '''\n[token_configs]\n[token_configs.kbs]\nurl = \"http://kbs.invalid:8080\"\n'''\n\n" +
+		"\"cdh.toml\" = '''\nsocket = \"unix:///run/confidential-containers/cdh.sock\"\n'''\n\n" +
+		"\"policy.rego\" = '''\n" + string(module) + "'''\n"
+	if err := os.WriteFile(doc, []byte(content), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	enc, err := exec.Command("sh", "-c", "gzip -c < \"$1\" | base64 -w0", "sh", doc).Output()
+	if err != nil {
+		t.Fatalf("gzip | base64: %v", err)
+	}
+	sum, err := exec.Command("sha384sum", doc).Output()
+	if err != nil {
+		t.Fatalf("sha384sum: %v", err)
+	}
+	return string(enc), string(sum[:64])
+}
+
+// podPolicyModule is the policy inside a pod's initdata annotation.
+func podPolicyModule(t *testing.T, pc harness.PodConfig) []byte {
+	t.Helper()
+	doc, _, err := initdata.FromAnnotations(pc.Annotations)
+	if err != nil || doc == nil {
+		t.Fatalf("pod's initdata: %v", err)
+	}
+	return doc.Policy()
+}
+
+// cutAnnotation shortens the base64 initdata in a manifest for the test log.
 func cutAnnotation(manifest string) string {
 	var b strings.Builder
 	for _, line := range strings.Split(manifest, "\n") {
-		if strings.Contains(line, policy.Annotation) && len(line) > 120 {
+		if strings.Contains(line, initdata.Annotation) && len(line) > 120 {
 			line = line[:120] + fmt.Sprintf("... (%d bytes)", len(line))
 		}
 		b.WriteString(line + "\n")
