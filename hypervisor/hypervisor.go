@@ -54,8 +54,8 @@ type VMSpec struct {
 	KernelArgs string
 	VCPUs      int
 	MemoryMiB  int
-	// HostData is the 32 bytes the launch binds to the VM: the SHA-256 of
-	// the pod's policy. Under SEV-SNP it is the measured HOSTDATA; in a
+	// HostData is the 32 bytes the launch binds to the VM: the digest of
+	// the pod's initdata document (policy/initdata). Under SEV-SNP it is the measured HOSTDATA; in a
 	// plain VM it is passed as unmeasured launch data (QEMU fw_cfg), which
 	// only the simulated SNP device of test images reads.
 	HostData [32]byte

@@ -1,9 +1,10 @@
 // Package policy is the pod policy: what the pod's owner allows the untrusted
 // host to ask of the agent in the pod VM. A policy is one Rego module (package
 // agent_policy): the rules embedded from rules.rego, followed by the data
-// generated from the pod YAML as `policy_data := {...}` (see Data). Its
-// SHA-256 over the exact bytes is the SNP HOSTDATA the VM is launched with, so
-// the policy is part of what the hardware attests.
+// generated from the pod YAML as `policy_data := {...}` (see Data). It
+// travels inside an initdata document (package initdata) whose digest is the
+// SNP HOSTDATA the VM is launched with, so the policy is part of what the
+// hardware attests.
 //
 // The rule contract, which a hand-written policy must keep too: for each
 // request kind (Kind) the module defines a rule of that name, for example
@@ -76,10 +77,11 @@ var Kinds = []Kind{
 	GetReport, ConfigureNetwork, PortForward, ShareVolume,
 }
 
-// Hash is the SHA-256 of the exact policy bytes: the value of SNP HOSTDATA.
+// Hash is the SHA-256 of the exact policy bytes, which names a policy in
+// logs; HOSTDATA is the digest of the initdata document that carries it.
 func Hash(policy []byte) [32]byte { return sha256.Sum256(policy) }
 
-// HashHex is Hash in lower-case hex, as `contrast policy hash` prints it.
+// HashHex is Hash in lower-case hex.
 func HashHex(policy []byte) string {
 	h := Hash(policy)
 	return hex.EncodeToString(h[:])

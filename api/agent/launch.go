@@ -5,8 +5,8 @@ package agent
 // /sys/firmware/qemu_fw_cfg/by_name/<item>/raw). They are unmeasured: a
 // release agent never trusts them.
 const (
-	// FwCfgHostData carries the launch's host data, the SHA-256 of the
-	// pod's policy, as exactly 64 lower-case hex characters.
+	// FwCfgHostData carries the launch's host data, the digest of the
+	// pod's initdata document, as exactly 64 lower-case hex characters.
 	FwCfgHostData = "opt/io.contrast/hostdata"
 	// FwCfgLaunchMeasurement carries the MEASUREMENT the same launch would
 	// have under SEV-SNP, as exactly 96 lower-case hex characters.

@@ -1,8 +1,9 @@
 // Package generate writes pod policies from Kubernetes YAML: for each
 // workload it derives policy.Data from the pod template and the images,
 // builds the module with policy.Build, and writes the YAML back with the
-// module (base64) in the pod template's io.contrast.policy annotation and
-// every image reference pinned by digest.
+// module inside an initdata document (policy/initdata) in the pod
+// template's io.katacontainers.config.hypervisor.cc_init_data annotation
+// and every image reference pinned by digest.
 //
 // # Input and output
 //
