@@ -43,7 +43,7 @@ func bootWithNetwork(t *testing.T, cfg Config, id, netnsPath string) (*pod, erro
 	}
 	return bootPod(ctx, hv, cfg, podLaunch{
 		Namespace: "test", ID: id, Hostname: "h-" + id, NetNS: netnsPath,
-		Size:   vmSize{VCPUs: cfg.Hypervisor.VCPUs, MemoryMiB: cfg.Hypervisor.MemoryMiB},
+		Size:     vmSize{VCPUs: cfg.Hypervisor.VCPUs, MemoryMiB: cfg.Hypervisor.MemoryMiB},
 		Initdata: testInitdata(t, policy.AllowAll()), PolicySource: "test",
 	})
 }

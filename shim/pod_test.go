@@ -78,7 +78,7 @@ func bootForTest(t *testing.T, cfg Config, id string) (*pod, error) {
 	}
 	return bootPod(ctx, hv, cfg, podLaunch{
 		Namespace: "test", ID: id, Hostname: "h-" + id,
-		Size:   vmSize{VCPUs: cfg.Hypervisor.VCPUs, MemoryMiB: cfg.Hypervisor.MemoryMiB},
+		Size:     vmSize{VCPUs: cfg.Hypervisor.VCPUs, MemoryMiB: cfg.Hypervisor.MemoryMiB},
 		Initdata: testInitdata(t, policy.AllowAll()), PolicySource: "test",
 	})
 }

@@ -416,6 +416,17 @@ func TestVerifyPod(t *testing.T) {
 	if err := json.Unmarshal([]byte(stdout), &v); err != nil || code != 0 || !v.Verified || v.TEE != tee.NameSNPSimulated || len(v.Skipped) != 0 {
 		t.Errorf("saved report: exit %d, %+v, %v\n%s", code, v, err, stderr)
 	}
+	// The same pod YAML as contrast policy generate writes it (Kata's
+	// initdata annotation), and the initdata document itself.
+	for _, args := range [][]string{
+		{"--pod-yaml", kataPodYAML(t, module)},
+		{"--policy", writeTemp(t, "initdata.toml", wrappedDoc(t, module).Raw())},
+	} {
+		code, stdout, stderr = runCLI(t, append([]string{"verify", "--report", saved, "--trusted-chain", chain, "--measurement", measurementHex, "--nonce", nonce}, args...)...)
+		if code != 0 || !strings.Contains(stdout, "PASS host_data   HOSTDATA is the initdata digest "+wrappedDoc(t, module).HostDataHex()) {
+			t.Errorf("verify %s: exit %d\nstdout %s\nstderr %s", args[0], code, stdout, stderr)
+		}
+	}
 	// A nonce given with --pod is the one the report carries.
 	code, stdout, _ = runCLI(t, append(pod, "--nonce", strings.Repeat("42", 64))...)
 	if code != 0 || lineValue(t, stdout, "  nonce        ") != strings.Repeat("42", 64) || !strings.Contains(stdout, "verdict: VERIFIED, but not checked: measurement, host_data") {
