@@ -14,6 +14,7 @@ import (
 
 	"github.com/contrast-vm/contrast/integration/harness"
 	"github.com/contrast-vm/contrast/policy"
+	"github.com/contrast-vm/contrast/policy/initdata"
 )
 
 // markedImage is an image whose one layer holds, beside busybox, a file
@@ -71,11 +72,11 @@ func podFromPolicyFile(t *testing.T, path string) (harness.PodConfig, harness.Co
 	if err != nil {
 		t.Fatal(err)
 	}
-	module, _, err := policy.DecodeAnnotation(pc.Annotations)
-	if err != nil {
-		t.Fatal(err)
+	doc, _, err := initdata.FromAnnotations(pc.Annotations)
+	if err != nil || doc == nil {
+		t.Fatalf("the pod's initdata: %v", err)
 	}
-	data, err := policy.ParseData(module)
+	data, err := policy.ParseData(doc.Policy())
 	if err != nil {
 		t.Fatal(err)
 	}

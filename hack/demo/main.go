@@ -28,6 +28,7 @@ import (
 	"github.com/contrast-vm/contrast/api/podstate"
 	"github.com/contrast-vm/contrast/integration/harness"
 	"github.com/contrast-vm/contrast/policy"
+	"github.com/contrast-vm/contrast/policy/initdata"
 )
 
 const handler = "contrast-cc"
@@ -194,11 +195,15 @@ func demoPod(ctx context.Context, env harness.Env, c *harness.Containerd, hostRe
 				return out, err
 			}
 			out = append(out, "image pinned: "+ctrCfgs[0].Image)
-			module, _, err := policy.DecodeAnnotation(podCfg.Annotations)
+			doc, _, err := initdata.FromAnnotations(podCfg.Annotations)
 			if err != nil {
 				return out, err
 			}
-			data, err := policy.ParseData(module)
+			if doc == nil {
+				return out, fmt.Errorf("demo.policy.yaml carries no policy")
+			}
+			out = append(out, "initdata digest (HOSTDATA): "+doc.HostDataHex())
+			data, err := policy.ParseData(doc.Policy())
 			if err != nil {
 				return out, err
 			}
