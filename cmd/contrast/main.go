@@ -63,6 +63,7 @@ func commands() *command {
 				sub: []*command{
 					{name: "generate", summary: "write policies into Kubernetes YAML", run: policyGenerate},
 					{name: "hash", summary: "print a policy's initdata digest (the pod's SNP HOSTDATA)", run: policyHash},
+					{name: "initdata", summary: "print the initdata document a workload's pods launch with", run: policyInitdata},
 				},
 			},
 			{name: "measure", summary: "compute the SEV-SNP launch measurement of a pod VM", run: measure},

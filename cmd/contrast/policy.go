@@ -222,6 +222,41 @@ func policyHash(_ context.Context, sio *stdio, args []string) error {
 	return nil
 }
 
+func policyInitdata(_ context.Context, sio *stdio, args []string) error {
+	fs := newFlagSet(sio, "contrast policy initdata", "FILE.yaml",
+		"Prints the initdata document (TOML, byte for byte the one whose digest is\n"+
+			"HOSTDATA) that the one workload of FILE.yaml carries, in the initdata\n"+
+			"annotation or as a bare policy the runtime wraps: what an attestation service\n"+
+			"such as Trustee takes as the expected initdata. FILE - reads standard input.")
+	files, err := parseFlagsAndArgs(fs, args)
+	if err != nil {
+		return err
+	}
+	if len(files) != 1 {
+		return usagef("one FILE.yaml (got %d)", len(files))
+	}
+	in, err := readInput(sio, files[0])
+	if err != nil {
+		return err
+	}
+	embedded, err := generate.Extract(in)
+	if err != nil {
+		return fmt.Errorf("%s: %w", files[0], err)
+	}
+	switch len(embedded) {
+	case 0:
+		return fmt.Errorf("%s: no workload carries %s or %s; run contrast policy generate", files[0], initdata.Annotation, policy.Annotation)
+	case 1:
+		_, err := sio.stdout.Write(embedded[0].Initdata.Raw())
+		return err
+	}
+	names := make([]string, len(embedded))
+	for i, e := range embedded {
+		names[i] = e.Kind + "/" + e.Name
+	}
+	return fmt.Errorf("%s carries %d workloads' policies (%s): give a YAML with one", files[0], len(embedded), strings.Join(names, ", "))
+}
+
 // policyFileInitdata returns the initdata document a policy file stands
 // for: an initdata document as it is, or a Rego module wrapped as the
 // runtime wraps a bare policy. ok is false for anything else (YAML).

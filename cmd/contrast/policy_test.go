@@ -205,6 +205,16 @@ func TestPolicyGenerateAndHash(t *testing.T) {
 		t.Errorf("policy hash of an initdata document: exit %d, %q; want %x", code, stdout, kataSum[:32])
 	}
 
+	// initdata: the document of one workload, byte for byte the one
+	// whose digest stderr printed; several workloads are refused.
+	code, stdout, _ = runCLIWithInput(t, job, "policy", "initdata", "-")
+	if sum := sha256.Sum256([]byte(stdout)); code != 0 || hex.EncodeToString(sum[:]) != lines[1][1] || !strings.HasPrefix(stdout, "algorithm = \"sha256\"\n") {
+		t.Errorf("policy initdata of one workload: exit %d, digest %x, want %s", code, sum, lines[1][1])
+	}
+	if code, _, stderr := runCLI(t, "policy", "initdata", out); code != 1 || !strings.Contains(stderr, "Deployment/web, Job/migrate") {
+		t.Errorf("policy initdata of two workloads: exit %d, %q", code, stderr)
+	}
+
 	// Idempotent through the CLI, reading standard input.
 	code, again, _ := runCLIWithInput(t, string(written), "policy", "generate", "--oci-layout", img.dir, "--settings", settings, "-")
 	if code != 0 || again != string(written) {
