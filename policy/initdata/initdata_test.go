@@ -350,6 +350,8 @@ func FuzzDecodeAnnotation(f *testing.F) {
 	f.Add(gzipped(f, []byte(sha384Document)))
 	f.Add(gzipped(f, []byte("x"), []byte("y")))
 	f.Add("H4sIAAAAAAAA/w==")
+	// A bomb: 4 MiB of zeros, twice MaxSize, in about 4 KiB.
+	f.Add(gzipped(f, make([]byte, 2*MaxSize)))
 	f.Fuzz(func(t *testing.T, value string) {
 		doc, err := DecodeAnnotation(value)
 		if err != nil {
