@@ -350,7 +350,8 @@ func (p launchParams) validateSNP() error {
 	if p.Accel != AccelKVM {
 		errs = append(errs, fmt.Errorf("accelerator %q: SEV-SNP runs only under KVM", p.Accel))
 	}
-	if p.CPUModel == "host" || p.CPUModel == "max" {
+	// a model may carry feature flags after a comma ("max,-erms")
+	if model, _, _ := strings.Cut(p.CPUModel, ","); model == "host" || model == "max" {
 		// The measurement covers the CPU model's signature: it must not
 		// depend on the host the VM happens to run on.
 		errs = append(errs, fmt.Errorf("CPU model %q: SEV-SNP needs a named model (like EPYC-v4)", p.CPUModel))

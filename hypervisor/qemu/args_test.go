@@ -453,6 +453,7 @@ func TestBuildArgsSNPInvalid(t *testing.T) {
 		{"tcg", func(p *launchParams) { p.Accel = AccelTCG }, "SEV-SNP runs only under KVM"},
 		{"host cpu", func(p *launchParams) { p.CPUModel = "host" }, `CPU model "host"`},
 		{"max cpu", func(p *launchParams) { p.CPUModel = "max" }, `CPU model "max"`},
+		{"max cpu with flags", func(p *launchParams) { p.CPUModel = "max,-erms,-fsrm" }, `CPU model "max,-erms,-fsrm"`},
 		{"no firmware", func(p *launchParams) { p.Firmware = "" }, "no firmware"},
 		{"no host data", func(p *launchParams) { p.HostData = "" }, "no host data"},
 		{"measurement under snp", func(p *launchParams) { p.LaunchMeasurement = strings.Repeat("cd", 48) }, "the hardware measures"},

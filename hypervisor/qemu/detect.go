@@ -130,10 +130,17 @@ func chooseVsock(requested string, kernelOK bool, why string) (string, string, e
 }
 
 // defaultCPUModel is what each accelerator runs best with: the host CPU
-// under KVM, every emulated feature under TCG.
+// under KVM; under TCG every emulated feature but ERMS and FSRM (fast
+// "rep movsb"). With them the guest kernel copies and clears memory with
+// rep movsb/stosb, which TCG runs one byte per loop iteration; without
+// them it uses rep movsq or unrolled 8-byte moves. Measured on a pod's
+// stdout path (three guest copies per byte): 28 → 45 MB/s.
 func defaultCPUModel(accel string) string {
 	if accel == AccelKVM {
 		return "host"
 	}
-	return "max"
+	return tcgCPUModel
 }
+
+// tcgCPUModel is the CPU model under TCG (see defaultCPUModel).
+const tcgCPUModel = "max,-erms,-fsrm"

@@ -118,7 +118,7 @@ func TestChooseAccel(t *testing.T) {
 	if m := defaultCPUModel(AccelKVM); m != "host" {
 		t.Errorf("kvm cpu %q", m)
 	}
-	if m := defaultCPUModel(AccelTCG); m != "max" {
+	if m := defaultCPUModel(AccelTCG); m != "max,-erms,-fsrm" {
 		t.Errorf("tcg cpu %q", m)
 	}
 }
