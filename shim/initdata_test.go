@@ -14,11 +14,7 @@ import (
 // pod with a bare policy annotation launches.
 func testInitdata(t testing.TB, module []byte) *initdata.Document {
 	t.Helper()
-	raw, err := initdata.Wrap(module)
-	if err != nil {
-		t.Fatal(err)
-	}
-	doc, err := initdata.ParsePod(raw)
+	doc, err := initdata.WrapDocument(module)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -57,11 +57,7 @@ func newTestSNP(t *testing.T, module []byte, measurement [48]byte) *testSNP {
 // shim launches a pod with a bare policy.
 func wrappedDoc(t testing.TB, module []byte) *initdata.Document {
 	t.Helper()
-	raw, err := initdata.Wrap(module)
-	if err != nil {
-		t.Fatal(err)
-	}
-	doc, err := initdata.ParsePod(raw)
+	doc, err := initdata.WrapDocument(module)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -110,11 +110,7 @@ func FromAnnotations(annotations map[string]string) (*Document, string, error) {
 	if err != nil || module == nil {
 		return nil, "", err
 	}
-	raw, err := Wrap(module)
-	if err != nil {
-		return nil, "", fmt.Errorf("annotation %s: %w", key, err)
-	}
-	doc, err := ParsePod(raw)
+	doc, err := WrapDocument(module)
 	if err != nil {
 		return nil, "", fmt.Errorf("annotation %s: %w", key, err)
 	}

@@ -219,6 +219,15 @@ func (d *Document) HostDataHex() string {
 // \uXXXX. The same module always gives the same bytes, so a verifier
 // recomputes HOSTDATA from the policy alone.
 func Wrap(module []byte) ([]byte, error) {
+	doc, err := WrapDocument(module)
+	if err != nil {
+		return nil, err
+	}
+	return doc.Raw(), nil
+}
+
+// WrapDocument is Wrap's document, parsed.
+func WrapDocument(module []byte) (*Document, error) {
 	if len(module) == 0 {
 		return nil, errors.New("wrap policy into initdata: the policy module is empty")
 	}
@@ -245,7 +254,7 @@ func Wrap(module []byte) ([]byte, error) {
 	if !bytes.Equal(doc.Policy(), module) {
 		return nil, errors.New("wrap policy into initdata: the document does not give back the module byte for byte")
 	}
-	return doc.raw, nil
+	return doc, nil
 }
 
 // literalSafe reports whether a TOML multi-line literal string holds s as
