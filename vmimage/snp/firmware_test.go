@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/binary"
 	"encoding/hex"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -137,6 +138,35 @@ func FuzzParseFirmware(f *testing.F) {
 				t.Fatalf("Measure is not deterministic: %x %v, %x %v", d1, err1, d2, err2)
 			}
 		}
+		// A firmware fit for measured direct boot measures the same from its
+		// metadata alone (what reference values carry) as from its pages,
+		// for every vCPU count at once as one by one.
+		if fw.CheckDirectBoot() != nil {
+			return
+		}
+		digest, err := FirmwareDigest(b)
+		if err != nil {
+			t.Fatalf("firmware passes CheckDirectBoot, but: %v", err)
+		}
+		meta := *fw
+		meta.Data = nil
+		l := Launch{Firmware: b, VCPUType: "EPYC-v4", GuestFeatures: 1, Kernel: kernel}
+		all, err := MeasureVCPUs(l, 3)
+		if err != nil {
+			t.Fatalf("firmware passes CheckDirectBoot, but: %v", err)
+		}
+		l.Firmware, l.Metadata, l.FirmwareDigest = nil, &meta, &digest
+		fromMeta, err := MeasureVCPUs(l, 3)
+		if err != nil {
+			t.Fatalf("metadata alone: %v", err)
+		}
+		for i := range all {
+			l.VCPUs = i + 1
+			one, err := Measure(l)
+			if err != nil || one != all[i] || fromMeta[i] != all[i] {
+				t.Fatalf("%d vCPUs: image %x, metadata %x, alone %x %v", i+1, all[i], fromMeta[i], one, err)
+			}
+		}
 	}
 	f.Fuzz(func(t *testing.T, tail []byte) {
 		check(t, tail)
@@ -194,5 +224,66 @@ func TestCompactFirmwareMeasuresAlike(t *testing.T) {
 		if hex.EncodeToString(got[:]) != v.want {
 			t.Errorf("%s on the compacted firmware: %x, want %s", v.name, got, v.want)
 		}
+	}
+}
+
+func TestCheckDirectBoot(t *testing.T) {
+	parse := func(name string) *Firmware {
+		fw, err := ParseFirmware(readFixture(t, name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return fw
+	}
+	if err := parse("ovmf_AmdSev_suffix.bin").CheckDirectBoot(); err != nil {
+		t.Fatalf("AmdSev fixture: %v", err)
+	}
+	for _, tc := range []struct {
+		name   string
+		fw     *Firmware
+		modify func(fw *Firmware)
+		want   string
+	}{
+		{"OvmfX64", parse("ovmf_OvmfX64_suffix.bin"), nil, "no SNP_KERNEL_HASHES section"},
+		{"no reset block", nil, func(fw *Firmware) { fw.HasResetBlock = false }, "no SEV-ES reset block"},
+		{"no AP address", nil, func(fw *Firmware) { fw.ResetEIP = 0 }, "no AP start address"},
+		{"no metadata", nil, func(fw *Firmware) { fw.Sections = nil }, "has no SEV metadata"},
+		{"no hash table", nil, func(fw *Firmware) { fw.HasHashTable = false }, "no SEV hash table entry"},
+		{"hash table too small", nil, func(fw *Firmware) { fw.HashTableSize = 16 }, "the table needs"},
+		{"size not pages", nil, func(fw *Firmware) { fw.Size = 100 }, "not a whole number"},
+		{"size disagrees with data", nil, func(fw *Firmware) { fw.Size = 2 * PageSize }, "its description says"},
+		{"two secrets pages", nil, func(fw *Firmware) {
+			s, _ := fw.Section(SectionSNPSecrets)
+			s.GPA = 0x100000
+			fw.Sections = append(fw.Sections, s)
+		}, "2 SNP_SECRETS sections"},
+		{"no CPUID page", nil, func(fw *Firmware) {
+			fw.Sections = slices.DeleteFunc(fw.Sections, func(s Section) bool { return s.Type == SectionCPUID })
+		}, "no CPUID section"},
+		{"overlap", nil, func(fw *Firmware) {
+			s := fw.Sections[0]
+			s.Type = SectionSVSMCAA
+			fw.Sections = append(fw.Sections, s)
+		}, "overlap"},
+		{"over the image", nil, func(fw *Firmware) {
+			fw.Sections = append(fw.Sections, Section{GPA: uint32(fw.GPA()), Size: PageSize, Type: SectionSVSMCAA})
+		}, "overlaps the firmware image"},
+		{"unknown type", nil, func(fw *Firmware) {
+			fw.Sections = append(fw.Sections, Section{GPA: 0x100000, Size: PageSize, Type: 9})
+		}, "unknown section type 0x9"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			fw := tc.fw
+			if fw == nil {
+				fw = parse("ovmf_AmdSev_suffix.bin")
+			}
+			if tc.modify != nil {
+				tc.modify(fw)
+			}
+			err := fw.CheckDirectBoot()
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("error %v, want one containing %q", err, tc.want)
+			}
+		})
 	}
 }
