@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/base64"
 	"encoding/hex"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -189,7 +190,7 @@ func TestImageBuildReference(t *testing.T) {
 		"--firmware", fixtureOVMF, "--vcpus-max", "3", "--vcpu-type", "EPYC-Genoa"}
 	code, stdout, stderr := runCLI(t, args...)
 	if code != 0 || !strings.Contains(stdout, "reference measurements "+filepath.Join(out, "reference.json")) ||
-		!strings.Contains(stdout, "EPYC-Genoa, 1 to 3 vCPUs") {
+		!strings.Contains(stdout, "EPYC-Genoa, 1-3 vCPUs") {
 		t.Fatalf("exit %d\nstdout %s\nstderr %s", code, stdout, stderr)
 	}
 	first, err := os.ReadFile(filepath.Join(out, "reference.json"))
@@ -211,6 +212,25 @@ func TestImageBuildReference(t *testing.T) {
 		if !ok || strings.TrimSpace(stdout) != hex.EncodeToString(want[:]) {
 			t.Errorf("%d vCPUs: contrast measure says %s, reference.json %x", n, stdout, want)
 		}
+	}
+	// A range prints one line per count, from the files and from the
+	// reference alike.
+	code, fromFiles, stderr := runCLI(t, "measure", "--mode", "snp", "--ovmf", fixtureOVMF,
+		"--kernel", filepath.Join(out, "kernel"), "--append", ref.KernelCmdline, "--vcpus", "2-3", "--vcpu-type", "EPYC-Genoa")
+	if code != 0 {
+		t.Fatalf("measure --vcpus 2-3: %s", stderr)
+	}
+	code, fromRef, stderr := runCLI(t, "measure", "--reference", out, "--vcpus", "2-3")
+	m2, _ := ref.Measurement(2)
+	m3, _ := ref.Measurement(3)
+	if want := fmt.Sprintf("2 %x\n3 %x\n", m2, m3); code != 0 || fromFiles != want || fromRef != want {
+		t.Errorf("--vcpus 2-3: from the files %q, from the reference %q (exit %d, %s); want %q", fromFiles, fromRef, code, stderr, want)
+	}
+	if code, _, stderr := runCLI(t, "measure", "--reference", out, "--vcpus", "4"); code != 1 || !strings.Contains(stderr, "outside the reference's 1-3") {
+		t.Errorf("--reference --vcpus 4 of a 1-3 reference: exit %d, %s", code, stderr)
+	}
+	if code, _, stderr := runCLI(t, "measure", "--reference", out, "--ovmf", fixtureOVMF); code != 2 || !strings.Contains(stderr, "--reference takes only") {
+		t.Errorf("--reference with --ovmf: exit %d, %s", code, stderr)
 	}
 
 	// Rebuilding elsewhere gives the same reference.json.
@@ -240,7 +260,8 @@ func TestImageBuildReference(t *testing.T) {
 		code  int
 		want  string
 	}{
-		{[]string{"--vcpus-max", "4"}, 2, "--vcpus-max and --vcpu-type need --firmware"},
+		{[]string{"--vcpus-max", "4"}, 2, "--vcpus-max, --vcpu-type and --bundle-firmware need --firmware"},
+		{[]string{"--bundle-firmware"}, 2, "--vcpus-max, --vcpu-type and --bundle-firmware need --firmware"},
 		{[]string{"--firmware", fixtureOVMF, "--vcpu-type", "Skylake"}, 2, `unknown vCPU type "Skylake"`},
 		{[]string{"--firmware", fixtureOVMF, "--vcpus-max", "0"}, 2, "--vcpus-max 0"},
 		{[]string{"--firmware", fixtureOVMFX64}, 1, "no SNP_KERNEL_HASHES section"},

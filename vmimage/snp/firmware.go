@@ -300,3 +300,13 @@ func (fw *Firmware) checkSize() error {
 	}
 	return nil
 }
+
+// ParseSectionType reads a section type's name as String writes it.
+func ParseSectionType(name string) (SectionType, error) {
+	for _, t := range []SectionType{SectionSNPSecMem, SectionSNPSecrets, SectionCPUID, SectionSVSMCAA, SectionSNPKernelHashes} {
+		if t.String() == name {
+			return t, nil
+		}
+	}
+	return 0, fmt.Errorf("unknown SEV metadata section type %q (known: SNP_SEC_MEM, SNP_SECRETS, CPUID, SVSM_CAA, SNP_KERNEL_HASHES)", name)
+}
