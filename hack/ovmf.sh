@@ -23,6 +23,7 @@
 # version and recipe, and its path printed on stdout. Two builds give the
 # same bytes (hack/ovmf.sh --check-reproducible builds twice and compares).
 set -euo pipefail
+shopt -s inherit_errexit
 here=$(cd "$(dirname "$0")" && pwd)
 CACHE=${CONTRAST_CACHE:-$HOME/.cache/contrast}
 EDK2_VERSION=${EDK2_VERSION:-2025.02-8+deb13u1}
@@ -113,11 +114,11 @@ fetch_source() {
   [ $ok = 1 ]
 }
 
-# build WORKSPACE: unpacks, patches and builds in WORKSPACE; prints the
+# build_ovmf SRC WORKSPACE: unpacks, patches and builds in WORKSPACE; prints the
 # firmware's path. The workspace path ends up in the firmware (the PE
 # images' debug entries name their .dll files by absolute path), so every
 # build runs in the same place: $dir/work/edk2.
-build() {
+build_ovmf() {
   local src=$1 ws=$2
   rm -rf "$ws"; mkdir -p "$ws"
   tar -C "$ws" --strip-components=1 -xf "$src"/edk2_*.orig.tar.*
@@ -127,9 +128,9 @@ build() {
     case "$p" in ''|'#'*) continue;; esac
     patch -d "$ws" -p1 -s --no-backup-if-mismatch <"$ws/debian/patches/$p"
   done <"$ws/debian/patches/series"
-  # No GRUB (see above); older than nothing grub.sh compares it with
-  # matters: grub.sh keeps an existing grub.efi that is newer than its
-  # inputs, which the unpack just made true by touching none of them.
+  # No GRUB (see above). The AmdSev build's PREBUILD step, grub.sh, keeps
+  # an existing grub.efi when it is newer than grub.cfg and grub.sh: those
+  # two get an old date, so it never tries to build a GRUB.
   : >"$ws/OvmfPkg/AmdSev/Grub/grub.efi"
   touch -d @0 "$ws/OvmfPkg/AmdSev/Grub/grub.cfg" "$ws/OvmfPkg/AmdSev/Grub/grub.sh"
   (
@@ -138,8 +139,12 @@ build() {
     unset WORKSPACE EDK_TOOLS_PATH CONF_PATH PACKAGES_PATH
     log "building edk2 BaseTools"
     make -s -C BaseTools -j"$JOBS" >"$ws/basetools.log" 2>&1 || { tail -20 "$ws/basetools.log" >&2; exit 1; }
+    # edksetup.sh reads variables it does not set, and may fail a test
+    # under errexit, so it runs without either; it parses the positional
+    # parameters, which a sourced file shares with its caller.
+    set +eu --
     # shellcheck disable=SC1091
-    . ./edksetup.sh >/dev/null
+    . ./edksetup.sh >/dev/null || { echo "ovmf: edksetup.sh failed" >&2; exit 1; }
     log "building OVMF AmdSevX64 ($JOBS jobs; about 15 min cold)"
     build -a X64 -t GCC5 -b RELEASE -p OvmfPkg/AmdSev/AmdSevX64.dsc -n "$JOBS" >"$ws/build.log" 2>&1 ||
       { tail -30 "$ws/build.log" >&2; exit 1; }
@@ -155,13 +160,13 @@ if ! ls "$src"/edk2_*.orig.tar.* >/dev/null 2>&1 || ! ls "$src"/edk2_*.debian.ta
 fi
 
 ws=$dir/work/edk2
-fw=$(build "$src" "$ws")
+fw=$(build_ovmf "$src" "$ws")
 mkdir -p "$out.tmp"
 cp "$fw" "$out.tmp/OVMF.fd"
 echo "edk2 $EDK2_VERSION ($EDK2_SUITE), $RECIPE" >"$out.tmp/VERSION"
 if [ $check = 1 ]; then
   log "second build, to compare"
-  fw2=$(build "$src" "$ws")
+  fw2=$(build_ovmf "$src" "$ws")
   if ! cmp "$out.tmp/OVMF.fd" "$fw2" >&2; then
     echo "ovmf: two builds differ: $out.tmp/OVMF.fd and $fw2" >&2
     exit 1
