@@ -255,7 +255,7 @@ func TestSNPArgsAcceptedByQEMU10(t *testing.T) {
 	// no flash image has, or a kernel that is no bzImage, stops it.
 	for _, bad := range []struct {
 		name, content, want string
-		field            func(p *launchParams) *string
+		field               func(p *launchParams) *string
 	}{
 		{"firmware", strings.Repeat("x", 1000), "could not load PC BIOS", func(p *launchParams) *string { return &p.Firmware }},
 		{"kernel", "not a kernel", "linux kernel", func(p *launchParams) *string { return &p.Kernel }},
