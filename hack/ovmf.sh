@@ -165,12 +165,19 @@ mkdir -p "$out.tmp"
 cp "$fw" "$out.tmp/OVMF.fd"
 echo "edk2 $EDK2_VERSION ($EDK2_SUITE), $RECIPE" >"$out.tmp/VERSION"
 if [ $check = 1 ]; then
+  rm -rf "$dir/work/build-1"
+  mv "$ws/Build" "$dir/work/build-1"
   log "second build, to compare"
   fw2=$(build_ovmf "$src" "$ws")
   if ! cmp "$out.tmp/OVMF.fd" "$fw2" >&2; then
-    echo "ovmf: two builds differ: $out.tmp/OVMF.fd and $fw2" >&2
+    echo "ovmf: two builds differ: $out.tmp/OVMF.fd and $fw2; modules that differ:" >&2
+    (cd "$dir/work/build-1" && find . -name '*.efi' -path '*/OUTPUT/*' | sort | while read -r f; do
+      cmp -s "$f" "$ws/Build/$f" || echo "  $f" >&2
+    done)
+    echo "ovmf: the first build's tree is in $dir/work/build-1, the second's in $ws/Build" >&2
     exit 1
   fi
+  rm -rf "$dir/work/build-1"
   log "two builds gave the same bytes: $(sha256sum "$fw2" | cut -d' ' -f1)"
 fi
 rm -rf "$ws"
