@@ -30,10 +30,13 @@ EDK2_VERSION=${EDK2_VERSION:-2025.02-8+deb13u1}
 EDK2_SUITE=${EDK2_SUITE:-trixie}
 # At most 2 jobs: the machines have 2 cores, shared.
 JOBS=${OVMF_JOBS:-2}
+# The length of the workspace's path, which the firmware depends on (see
+# build_ovmf).
+WS_LEN=128
 # The recipe: everything besides the source version that changes the
 # firmware's bytes. Change it with the build below, so a cached firmware
 # built another way is not taken for this one.
-RECIPE="AmdSevX64 RELEASE GCC5 empty-grub fixed-workspace v1"
+RECIPE="AmdSevX64 RELEASE GCC5 empty-grub workspace-path-length-$WS_LEN v2"
 key=$( (echo "$EDK2_VERSION"; echo "$RECIPE") | sha256sum | cut -c1-16)
 dir=$CACHE/ovmf
 out=$dir/$key
@@ -115,9 +118,13 @@ fetch_source() {
 }
 
 # build_ovmf SRC WORKSPACE: unpacks, patches and builds in WORKSPACE; prints the
-# firmware's path. The workspace path ends up in the firmware (the PE
-# images' debug entries name their .dll files by absolute path), so every
-# build runs in the same place: $dir/work/edk2.
+# firmware's path. The firmware depends on the length of WORKSPACE's path:
+# GenFw gives each PE image a CodeView debug entry naming its .dll by
+# absolute path, and although the RELEASE build zeroes those bytes, their
+# space stays, so a longer path grows 26 of the 88 modules by 64 bytes (the
+# others have alignment slack) and changes the compressed firmware volume.
+# The workspace's path is therefore padded to WS_LEN characters, whatever
+# $CONTRAST_CACHE is; its content does not matter.
 build_ovmf() {
   local src=$1 ws=$2
   rm -rf "$ws"; mkdir -p "$ws"
@@ -159,7 +166,13 @@ if ! ls "$src"/edk2_*.orig.tar.* >/dev/null 2>&1 || ! ls "$src"/edk2_*.debian.ta
   rm -rf "$src"; mv "$src.tmp" "$src"
 fi
 
-ws=$dir/work/edk2
+base=$dir/work/edk2-
+if [ ${#base} -gt $((WS_LEN - 1)) ]; then
+  echo "ovmf: $dir is too long a path: the workspace's path must be $WS_LEN characters (see build_ovmf)" >&2
+  exit 1
+fi
+ws=$base$(printf '%*s' $((WS_LEN - ${#base})) '' | tr ' ' x)
+[ ${#ws} = "$WS_LEN" ]
 fw=$(build_ovmf "$src" "$ws")
 mkdir -p "$out.tmp"
 cp "$fw" "$out.tmp/OVMF.fd"

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"crypto/sha256"
 	"encoding/base64"
 	"encoding/hex"
 	"fmt"
@@ -11,6 +12,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/contrast-vm/contrast/internal/testenv"
 	"github.com/contrast-vm/contrast/vmimage"
 	"github.com/contrast-vm/contrast/vmimage/snp"
 )
@@ -275,4 +277,49 @@ func TestImageBuildReference(t *testing.T) {
 			t.Errorf("%q: failed build left its output: %v", tc.extra, err)
 		}
 	}
+}
+
+// TestMeasureReleaseImage checks the release image `make image` built with
+// the AmdSev firmware of hack/ovmf.sh: its OVMF.fd is the firmware
+// reference.json names, passes the SNP metadata checks, and `contrast
+// measure` on the firmware and kernel prints, for every vCPU count, the
+// measurement the reference gives (computed from its recorded metadata).
+func TestMeasureReleaseImage(t *testing.T) {
+	dir := testenv.Path(t, "CONTRAST_IMAGE", "image", "the release guest image")
+	fwPath := testenv.Firmware(t)
+	ref, err := vmimage.LoadReference(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fw, err := os.ReadFile(fwPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if sum := sha256.Sum256(fw); hex.EncodeToString(sum[:]) != ref.Firmware.SHA256 || int64(len(fw)) != ref.Firmware.Size {
+		t.Fatalf("%s: sha256 %x (%d bytes), reference.json names %s (%d bytes)", fwPath, sum, len(fw), ref.Firmware.SHA256, ref.Firmware.Size)
+	}
+	parsed, err := snp.ParseFirmware(fw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := parsed.CheckDirectBoot(); err != nil {
+		t.Fatal(err)
+	}
+	if ref.VCPUs != (vmimage.VCPURange{Min: 1, Max: vmimage.DefaultMaxVCPUs}) {
+		t.Errorf("release reference accepts %s vCPUs, want 1-%d", ref.VCPUs, vmimage.DefaultMaxVCPUs)
+	}
+	span := ref.VCPUs.String()
+	code, fromFiles, stderr := runCLI(t, "measure", "--mode", "snp", "--ovmf", fwPath, "--kernel", filepath.Join(dir, vmimage.KernelFile),
+		"--append", ref.KernelCmdline, "--vcpu-type", ref.VCPUType, "--vcpus", span)
+	if code != 0 {
+		t.Fatalf("measure from the files: %s", stderr)
+	}
+	code, fromRef, stderr := runCLI(t, "measure", "--reference", dir)
+	if code != 0 {
+		t.Fatalf("measure --reference: %s", stderr)
+	}
+	if lines := strings.Count(fromRef, "\n"); fromFiles != fromRef || lines != ref.VCPUs.Max {
+		t.Fatalf("from the files:\n%s\nfrom reference.json (%d lines):\n%s", fromFiles, lines, fromRef)
+	}
+	t.Logf("firmware %s, %d vCPU counts agree; 1 to 3 vCPUs:\n%s", ref.Firmware.SHA256, ref.VCPUs.Max, strings.Join(strings.Split(fromRef, "\n")[:3], "\n"))
 }
