@@ -335,3 +335,33 @@ func TestLoadReferenceOfAnotherImage(t *testing.T) {
 		t.Errorf("WriteReference of no vCPU counts: %v", err)
 	}
 }
+
+// TestBuildBundlesFirmware checks ReferenceOptions.Bundle: the firmware is
+// copied into the image beside reference.json, a rebuild leaves the image
+// alone, and a build without Bundle takes the copy away.
+func TestBuildBundlesFirmware(t *testing.T) {
+	ctx := context.Background()
+	opts := testOptions(t)
+	opts.Reference = &ReferenceOptions{Firmware: testFirmware, MaxVCPUs: 2, Bundle: true}
+	res, err := Build(ctx, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want, err := os.ReadFile(testFirmware)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, err := os.ReadFile(filepath.Join(res.Image.Dir, FirmwareFile)); err != nil || !bytes.Equal(got, want) {
+		t.Fatalf("bundled firmware: %d bytes, %v; want the %d of %s", len(got), err, len(want), testFirmware)
+	}
+	if again, err := Build(ctx, opts); err != nil || !again.Unchanged {
+		t.Fatalf("rebuild: %+v, %v; want unchanged", again, err)
+	}
+	opts.Reference.Bundle = false
+	if res, err = Build(ctx, opts); err != nil || res.Unchanged {
+		t.Fatalf("rebuild without bundle: %+v, %v; want a new build", res, err)
+	}
+	if _, err := os.Stat(filepath.Join(res.Image.Dir, FirmwareFile)); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("firmware left in the image after a build without bundle: %v", err)
+	}
+}
