@@ -100,7 +100,7 @@ func TestGUID(t *testing.T) {
 // bytes each: the fuzzer minimizes interesting inputs in time quadratic in
 // their length, which for a whole 4 KiB page takes about a minute each.
 func FuzzParseFirmware(f *testing.F) {
-	for _, name := range []string{"ovmf_AmdSev_suffix.bin", "ovmf_OvmfX64_suffix.bin"} {
+	for _, name := range []string{"ovmf_AmdSev_suffix.bin", "ovmf_OvmfX64_suffix.bin", "ovmf_AmdSev_debian_suffix.bin"} {
 		f.Add(compactFirmware(f, readFixture(f, name)))
 	}
 	kernel := emptyKernel(f, "console=ttyS0")
@@ -285,5 +285,35 @@ func TestCheckDirectBoot(t *testing.T) {
 				t.Errorf("error %v, want one containing %q", err, tc.want)
 			}
 		})
+	}
+}
+
+// TestParseDebianFirmware pins the SEV metadata of the firmware hack/ovmf.sh
+// builds (Debian's edk2 2025.02): seven sections, among them the SVSM
+// calling area edk2 added after the sev-snp-measure fixture's version, the
+// kernel-hashes page with the hash table at 0x810c00, and the AP reset
+// address.
+func TestParseDebianFirmware(t *testing.T) {
+	fw, err := ParseFirmware(readFixture(t, "ovmf_AmdSev_debian_suffix.bin"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := fw.CheckDirectBoot(); err != nil {
+		t.Fatal(err)
+	}
+	want := []Section{
+		{0x800000, 0x9000, SectionSNPSecMem},
+		{0x80a000, 0x3000, SectionSNPSecMem},
+		{0x80d000, 0x1000, SectionSNPSecrets},
+		{0x80e000, 0x1000, SectionCPUID},
+		{0x80f000, 0x1000, SectionSVSMCAA},
+		{0x811000, 0xf000, SectionSNPSecMem},
+		{0x810000, 0x1000, SectionSNPKernelHashes},
+	}
+	if !slices.Equal(fw.Sections, want) {
+		t.Errorf("sections %+v, want %+v", fw.Sections, want)
+	}
+	if fw.ResetEIP != 0x80b004 || fw.HashTableGPA != 0x810c00 || fw.HashTableSize != 0x400 {
+		t.Errorf("AP reset %#x, hash table %#x (%#x bytes); want 0x80b004, 0x810c00 (0x400)", fw.ResetEIP, fw.HashTableGPA, fw.HashTableSize)
 	}
 }
