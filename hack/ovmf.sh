@@ -21,7 +21,9 @@
 #
 # The result is cached under $CONTRAST_CACHE/ovmf/<key>/OVMF.fd, keyed by
 # version and recipe, and its path printed on stdout. Two builds give the
-# same bytes (hack/ovmf.sh --check-reproducible builds twice and compares).
+# same bytes, also under another $CONTRAST_CACHE (hack/ovmf.sh
+# --check-reproducible builds twice and compares; docs/firmware.md).
+# A failed build leaves its workspace (and logs) under $CONTRAST_CACHE/ovmf/work.
 set -euo pipefail
 shopt -s inherit_errexit
 here=$(cd "$(dirname "$0")" && pwd)
@@ -152,7 +154,7 @@ build_ovmf() {
     set +eu --
     # shellcheck disable=SC1091
     . ./edksetup.sh >/dev/null || { echo "ovmf: edksetup.sh failed" >&2; exit 1; }
-    log "building OVMF AmdSevX64 ($JOBS jobs; about 15 min cold)"
+    log "building OVMF AmdSevX64 ($JOBS jobs; 5-9 min cold)"
     build -a X64 -t GCC5 -b RELEASE -p OvmfPkg/AmdSev/AmdSevX64.dsc -n "$JOBS" >"$ws/build.log" 2>&1 ||
       { tail -30 "$ws/build.log" >&2; exit 1; }
   )
@@ -173,6 +175,7 @@ if [ ${#base} -gt $((WS_LEN - 1)) ]; then
 fi
 ws=$base$(printf '%*s' $((WS_LEN - ${#base})) '' | tr ' ' x)
 [ ${#ws} = "$WS_LEN" ]
+trap 'rm -rf "$out.tmp"' EXIT
 fw=$(build_ovmf "$src" "$ws")
 mkdir -p "$out.tmp"
 cp "$fw" "$out.tmp/OVMF.fd"
