@@ -530,29 +530,28 @@ func TestParseMeasurement(t *testing.T) {
 }
 
 func TestImageReferences(t *testing.T) {
-	ref := &vmimage.Reference{Measurements: []vmimage.ReferenceMeasurement{
-		{VCPUs: 1, Measurement: strings.Repeat("01", 48)},
-		{VCPUs: 2, Measurement: sampleMeasurement},
-	}}
-	refs, err := ImageReferences(ref, "image/reference.json")
+	m := &vmimage.Manifest{KernelCmdline: "console=ttyS0", Files: []vmimage.File{{Name: vmimage.KernelFile, SHA256: strings.Repeat("ab", 32)}}}
+	ref, err := vmimage.ComputeReference(m, vmimage.ReferenceOptions{Firmware: "../vmimage/snp/testdata/ovmf_AmdSev_suffix.bin", MaxVCPUs: 8})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(refs) != 2 || refs[1].Label != "image/reference.json, 2 vCPUs" || hex.EncodeToString(refs[1].Measurement[:]) != sampleMeasurement {
+	refs, err := ImageReferences(ref, "image/reference.json", vmimage.VCPURange{Min: 2, Max: 3})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want, _ := ref.Measurement(3)
+	if len(refs) != 2 || refs[1].Label != "image/reference.json, 3 vCPUs" || refs[1].Measurement != want {
 		t.Fatalf("%+v", refs)
 	}
+	// The sample report's launch is none of them.
 	res, err := Verify(sampleReport, nil, Options{References: refs, VCEK: sampleVCEK, Now: sampleTime})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c, _ := res.Check(CheckMeasurement); c.Status != Pass || !strings.Contains(c.Reason, "the reference for image/reference.json, 2 vCPUs") {
+	if c, _ := res.Check(CheckMeasurement); c.Status != Fail {
 		t.Errorf("measurement: %+v", c)
 	}
-	ref.Measurements[0].Measurement = "short"
-	if _, err := ImageReferences(ref, "r"); err == nil || !strings.Contains(err.Error(), "1 vCPUs") {
-		t.Errorf("malformed measurement: %v", err)
-	}
-	if _, err := ImageReferences(&vmimage.Reference{}, "r"); err == nil {
-		t.Error("no measurements: no error")
+	if _, err := ImageReferences(ref, "r", vmimage.VCPURange{Min: 1, Max: 9}); err == nil || !strings.Contains(err.Error(), "outside the reference's 1-8") {
+		t.Errorf("counts beyond the reference: %v", err)
 	}
 }

@@ -88,46 +88,7 @@ go_install_cached protoc-gen-go "$PROTOC_GEN_GO_VERSION" google.golang.org/proto
 go_install_cached protoc-gen-go-ttrpc "$PROTOC_GEN_TTRPC_VERSION" github.com/containerd/ttrpc/cmd/protoc-gen-go-ttrpc
 go_install_cached staticcheck "$STATICCHECK_VERSION" honnef.co/go/tools/cmd/staticcheck
 
-# debian_archive prints the URI and keyring ("-" for none) of the Debian
-# archive the machine's apt sources already use for its own release, so
-# that backports come from the same mirror. Never name a mirror here.
-debian_archive() {
-  local codename=$1
-  local f
-  for f in /etc/apt/sources.list.d/*.sources; do
-    [ -r "$f" ] || continue
-    # deb822: stanzas separated by blank lines.
-    awk -v want="$codename" '
-      function flush() {
-        if (types ~ /(^| )deb( |$)/ && (" " suites " ") ~ (" " want " ") && uri != "") {
-          print uri, (key == "" ? "-" : key); found = 1; exit
-        }
-        types = suites = uri = key = ""
-      }
-      /^[ \t]*$/ { flush(); next }
-      /^#/ { next }
-      tolower($1) == "types:" { $1 = ""; types = substr($0, 2) }
-      tolower($1) == "suites:" { $1 = ""; suites = substr($0, 2) }
-      tolower($1) == "uris:" { uri = $2 }
-      tolower($1) == "signed-by:" { key = $2 }
-      END { if (!found) flush() }
-    ' "$f" | head -n1
-  done
-  if [ -r /etc/apt/sources.list ]; then
-    # one-line format: deb [options] URI suite components
-    awk -v want="$codename" '
-      $1 == "deb" {
-        i = 2; key = "-"
-        if ($2 ~ /^\[/) {
-          for (; i <= NF; i++) {
-            if ($i ~ /^\[?signed-by=/) { key = $i; sub(/^\[?signed-by=/, "", key); sub(/\]$/, "", key) }
-            if ($i ~ /\]$/) { i++; break }
-          }
-        }
-        if ($(i + 1) == want) { print $i, key; exit }
-      }' /etc/apt/sources.list
-  fi
-}
+. "$(dirname "$0")/apt-archive.sh"
 
 # QEMU >= 9.1 parses the SEV-SNP arguments (Debian 12's QEMU is 7.2). QEMU 10
 # from <release>-backports is unpacked (dpkg -x) into the cache, keyed by its

@@ -1,16 +1,19 @@
 #!/usr/bin/env bash
 # Builds the guest image into ${OUT:-_output}/image (kernel, rootfs.img: the
-# root file system as a dm-verity protected ext4 disk, manifest.json) from the
-# kernel of hack/kernel.sh, a static contrast-agent built here and the static
-# runc of hack/deps.sh. Prints the image directory on stdout. AGENT=path uses
+# root file system as a dm-verity protected ext4 disk, manifest.json, and
+# OVMF.fd with reference.json: the OVMF AmdSevX64 firmware of hack/ovmf.sh
+# that SEV-SNP pod VMs boot with, and what their launch measurement is
+# computed from) from the kernel of hack/kernel.sh, a static contrast-agent
+# built here and the static runc of hack/deps.sh. Prints the image
+# directory on stdout. AGENT=path uses
 # that agent binary instead of building one. FORMAT=initrd builds the old
 # initramfs image (initrd instead of rootfs.img), for comparisons.
 # VARIANT=test builds the test image into ${OUT}/image-test instead: its agent
 # has the simulated SNP device (build tag contrast_simsnp), which a release
 # image must never contain, and its reference.json holds the SEV-SNP launch
 # measurements computed against the firmware fixture of vmimage/snp/testdata
-# (no OVMF AmdSevX64 build exists on these machines), the same fixture the
-# tests' runtime configuration names, so the simulated device and the
+# (its last page, which measures like a one-page firmware), the same fixture
+# the tests' runtime configuration names, so the simulated device and the
 # references agree. FIRMWARE=path writes reference.json for another firmware.
 # Quick when nothing changed: the Go build cache, the kernel cache and
 # `contrast image build` leaving an identical image alone.
@@ -23,8 +26,8 @@ case $OUT in /*) ;; *) OUT=$here/$OUT;; esac
 VARIANT=${VARIANT:-release}
 FORMAT=${FORMAT:-rootfs}
 case $VARIANT in
-  release) suffix=; tags=; firmware=${FIRMWARE:-};;
-  test) suffix=-test; tags=contrast_simsnp; firmware=${FIRMWARE:-$here/vmimage/snp/testdata/ovmf_AmdSev_suffix.bin};;
+  release) suffix=; tags=; firmware=${FIRMWARE:-$(hack/ovmf.sh)}; bundle=--bundle-firmware;;
+  test) suffix=-test; tags=contrast_simsnp; firmware=${FIRMWARE:-$here/vmimage/snp/testdata/ovmf_AmdSev_suffix.bin}; bundle=;;
   *) echo "image: VARIANT=$VARIANT: want release or test" >&2; exit 1;;
 esac
 
@@ -57,5 +60,5 @@ else
 fi
 
 log "building guest image$suffix"
-go run ./cmd/contrast image build --kernel "$kernel" --agent "$agent" --runc "$runc" --mke2fs "$mke2fs" --format "$FORMAT" ${firmware:+--firmware "$firmware"} -o "$OUT/image$suffix" >&2
+go run ./cmd/contrast image build --kernel "$kernel" --agent "$agent" --runc "$runc" --mke2fs "$mke2fs" --format "$FORMAT" ${firmware:+--firmware "$firmware"} $bundle -o "$OUT/image$suffix" >&2
 echo "$OUT/image$suffix"

@@ -212,6 +212,16 @@ func Build(ctx context.Context, opts Options) (*BuildResult, error) {
 			return nil, fmt.Errorf("build guest image: write %s: %w", ReferenceFile, err)
 		}
 	}
+	var bundled []byte
+	if refFirmware != nil && refFirmware.opts.Bundle {
+		bundled = refFirmware.image
+		if _, err := writeFile(ctx, filepath.Join(tmp, FirmwareFile), progress, int64(len(bundled)), func(w io.Writer) error {
+			_, err := w.Write(bundled)
+			return err
+		}); err != nil {
+			return nil, fmt.Errorf("build guest image: write %s: %w", FirmwareFile, err)
+		}
+	}
 	raw, err := m.marshal()
 	if err != nil {
 		return nil, fmt.Errorf("build guest image: %w", err)
@@ -229,7 +239,7 @@ func Build(ctx context.Context, opts Options) (*BuildResult, error) {
 	if exists {
 		// Same inputs, same bytes: keep the old files (and their mtimes) when
 		// they still are what their manifest says.
-		if old, err := os.ReadFile(filepath.Join(out, ManifestFile)); err == nil && bytes.Equal(old, raw) && sameReference(out, refRaw) {
+		if old, err := os.ReadFile(filepath.Join(out, ManifestFile)); err == nil && bytes.Equal(old, raw) && sameFile(out, ReferenceFile, refRaw) && sameFile(out, FirmwareFile, bundled) {
 			if im, err := Load(out); err == nil {
 				log.G(ctx).WithField("dir", out).Debug("guest image up to date")
 				return &BuildResult{Image: im, Reference: ref, Unchanged: true}, nil
@@ -249,10 +259,10 @@ func Build(ctx context.Context, opts Options) (*BuildResult, error) {
 	return &BuildResult{Image: &Image{Dir: out, Manifest: m}, Reference: ref}, nil
 }
 
-// sameReference tells whether the image in dir has reference.json with
-// content want, or, for want nil, none.
-func sameReference(dir string, want []byte) bool {
-	old, err := os.ReadFile(filepath.Join(dir, ReferenceFile))
+// sameFile tells whether the image in dir has the file name with content
+// want, or, for want nil, none.
+func sameFile(dir, name string, want []byte) bool {
+	old, err := os.ReadFile(filepath.Join(dir, name))
 	if errors.Is(err, fs.ErrNotExist) {
 		return want == nil
 	}
@@ -312,7 +322,7 @@ func checkOutDir(out string) (bool, error) {
 	}
 	for _, e := range entries {
 		switch e.Name() {
-		case KernelFile, InitrdFile, RootDiskFile, ManifestFile, ReferenceFile:
+		case KernelFile, InitrdFile, RootDiskFile, ManifestFile, ReferenceFile, FirmwareFile:
 		default:
 			return false, fmt.Errorf("output %s holds %s: it is not an image directory, refusing to replace it", out, e.Name())
 		}

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"math"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -21,31 +22,39 @@ import (
 const ReferenceFile = "reference.json"
 
 // referenceSchema is bumped when a reader of an older reference would
-// misunderstand a newer one.
-const referenceSchema = 1
+// misunderstand a newer one. Schema 1 listed one measurement per vCPU count
+// (1 to 8); schema 2 holds what the measurement is computed from, so a
+// verifier computes it for whatever count a pod was given.
+const referenceSchema = 2
 
-// Reference holds the SEV-SNP launch measurements a pod VM booted from an
-// image has: one per vCPU count the runtime may choose, all for the same
-// firmware, kernel, initrd, command line, vCPU type and guest features. A
-// verifier accepts an attestation report whose MEASUREMENT is one of them.
+// Reference holds what the SEV-SNP launch measurement of a pod VM booted
+// from an image is computed from: the firmware (the digest of its pages and
+// its SEV metadata, which is all the launch takes from it besides its
+// pages), the kernel, initrd and command line (by their digests, as the
+// firmware's kernel-hashes page holds them), the vCPU type and the guest
+// features; and the range of vCPU counts a verifier accepts. The
+// measurement for n vCPUs is Measurement(n); a verifier accepts an
+// attestation report whose MEASUREMENT is that of a count in the range.
 //
 // It is written as reference.json next to the image, indented, fields in
 // this order, and depends only on the build's inputs:
 //
 //	{
-//	  "schema": 1,
-//	  "firmware": {"size": 4194304, "sha256": "<64 hex>"},
+//	  "schema": 2,
+//	  "firmware": {
+//	    "size": 2097152, "sha256": "<64 hex>", "pagesDigest": "<96 hex>",
+//	    "apResetAddress": "0xffffe004",
+//	    "hashTable": {"address": "0x80fc00", "size": "0x400"},
+//	    "sections": [{"address": "0x800000", "size": "0x9000", "type": "SNP_SEC_MEM"}, ...]
+//	  },
 //	  "kernelSHA256": "<64 hex>",
 //	  "initrdSHA256": "<64 hex>",
 //	  "kernelCmdline": "console=ttyS0 ...",
 //	  "vcpuType": "EPYC-v4",
 //	  "vcpuSignature": "0x800f12",
 //	  "guestFeatures": "0x1",
-//	  "measurements": [{"vcpus": 1, "measurement": "<96 hex>"}, ...]
+//	  "vcpus": {"min": 1, "max": 64}
 //	}
-//
-// The measurement covers the firmware, kernel, initrd and command line only
-// through their digests here, so these name exactly what was measured.
 type Reference struct {
 	Schema int `json:"schema"`
 	// Firmware is the OVMF AmdSevX64 image (QEMU -bios) measured.
@@ -62,25 +71,89 @@ type Reference struct {
 	VCPUSignature HexUint64 `json:"vcpuSignature"`
 	// GuestFeatures is the VMSA's SEV_FEATURES (QEMU >= 9.1: 0x1).
 	GuestFeatures HexUint64 `json:"guestFeatures"`
-	// Measurements are sorted by vCPU count, one per count.
-	Measurements []ReferenceMeasurement `json:"measurements"`
+	// VCPUs is the range of vCPU counts whose measurements are accepted.
+	VCPUs VCPURange `json:"vcpus"`
 }
 
-// ReferenceFirmware identifies the firmware a reference was computed for.
+// ReferenceFirmware identifies the firmware a reference was computed for
+// and carries what the launch measurement takes from it.
 type ReferenceFirmware struct {
 	Size   int64  `json:"size"`
 	SHA256 string `json:"sha256"`
+	// PagesDigest is the launch digest after the firmware's pages, 96 hex
+	// digits (sev-snp-measure's --snp-ovmf-hash; contrast measure --mode
+	// snp:ovmf-hash).
+	PagesDigest string `json:"pagesDigest"`
+	// APResetAddress is where the firmware's SEV-ES reset block starts the
+	// application processors; every VMSA but the first carries it.
+	APResetAddress HexUint64 `json:"apResetAddress"`
+	// HashTable is where QEMU writes the SEV hash table (kernel, initrd and
+	// command line digests) within the kernel-hashes page.
+	HashTable ReferenceRange `json:"hashTable"`
+	// Sections are the firmware's SEV metadata sections in its order, the
+	// order they are measured in.
+	Sections []ReferenceSection `json:"sections"`
 }
 
-// ReferenceMeasurement is the launch MEASUREMENT of a VM with VCPUs vCPUs,
-// 96 lower-case hex digits.
+// ReferenceRange is a guest-physical range.
+type ReferenceRange struct {
+	Address HexUint64 `json:"address"`
+	Size    HexUint64 `json:"size"`
+}
+
+// ReferenceSection is one SEV metadata section of the firmware.
+type ReferenceSection struct {
+	Address HexUint64 `json:"address"`
+	Size    HexUint64 `json:"size"`
+	Type    string    `json:"type"`
+}
+
+// VCPURange is an inclusive range of vCPU counts.
+type VCPURange struct {
+	Min int `json:"min"`
+	Max int `json:"max"`
+}
+
+func (v VCPURange) String() string {
+	if v.Min == v.Max {
+		return strconv.Itoa(v.Min)
+	}
+	return fmt.Sprintf("%d-%d", v.Min, v.Max)
+}
+
+// ParseVCPURange reads "N" or "MIN-MAX".
+func ParseVCPURange(s string) (VCPURange, error) {
+	lo, hi, isRange := strings.Cut(s, "-")
+	if !isRange {
+		hi = lo
+	}
+	min, err1 := strconv.Atoi(lo)
+	max, err2 := strconv.Atoi(hi)
+	if err1 != nil || err2 != nil {
+		return VCPURange{}, fmt.Errorf("vCPU counts %q: want N or MIN-MAX", s)
+	}
+	r := VCPURange{Min: min, Max: max}
+	return r, r.validate()
+}
+
+func (v VCPURange) validate() error {
+	if v.Min < 1 || v.Max < v.Min || v.Max > maxReferenceVCPUs {
+		return fmt.Errorf("vCPU counts %d to %d: want 1 <= min <= max <= %d", v.Min, v.Max, maxReferenceVCPUs)
+	}
+	return nil
+}
+
+// Contains tells whether o lies within v.
+func (v VCPURange) Contains(o VCPURange) bool { return v.Min <= o.Min && o.Max <= v.Max }
+
+// ReferenceMeasurement is the launch MEASUREMENT of a VM with VCPUs vCPUs.
 type ReferenceMeasurement struct {
-	VCPUs       int    `json:"vcpus"`
-	Measurement string `json:"measurement"`
+	VCPUs       int
+	Measurement [snp.DigestSize]byte
 }
 
 // HexUint64 is a number written in JSON as a hex string ("0x1"), the way
-// CPU signatures and feature masks are read.
+// CPU signatures, feature masks and addresses are read.
 type HexUint64 uint64
 
 func (h HexUint64) MarshalJSON() ([]byte, error) {
@@ -103,22 +176,96 @@ func (h *HexUint64) UnmarshalJSON(b []byte) error {
 	return nil
 }
 
-// Measurement returns the reference measurement for a vCPU count.
-func (r *Reference) Measurement(vcpus int) ([snp.DigestSize]byte, bool) {
-	for _, m := range r.Measurements {
-		if m.VCPUs == vcpus {
-			d, err := parseDigest(m.Measurement)
-			return d, err == nil
-		}
+// launch is the SNP launch the reference describes, the vCPU count aside.
+func (r *Reference) launch() (snp.Launch, error) {
+	f := r.Firmware
+	fw := &snp.Firmware{
+		Size:          uint64(f.Size),
+		HasResetBlock: true,
+		ResetEIP:      uint32(f.APResetAddress),
+		HasHashTable:  true,
+		HashTableGPA:  uint32(f.HashTable.Address),
+		HashTableSize: uint32(f.HashTable.Size),
 	}
-	return [snp.DigestSize]byte{}, false
+	if uint64(f.APResetAddress) > math.MaxUint32 || uint64(f.HashTable.Address) > math.MaxUint32 || uint64(f.HashTable.Size) > math.MaxUint32 {
+		return snp.Launch{}, errors.New("firmware: an address or size above 4 GiB")
+	}
+	for i, s := range f.Sections {
+		t, err := snp.ParseSectionType(s.Type)
+		if err != nil {
+			return snp.Launch{}, fmt.Errorf("firmware section %d: %w", i, err)
+		}
+		if uint64(s.Address) > math.MaxUint32 || uint64(s.Size) > math.MaxUint32 {
+			return snp.Launch{}, fmt.Errorf("firmware section %d (%s): address or size above 4 GiB", i, s.Type)
+		}
+		fw.Sections = append(fw.Sections, snp.Section{GPA: uint32(s.Address), Size: uint32(s.Size), Type: t})
+	}
+	if err := fw.CheckDirectBoot(); err != nil {
+		return snp.Launch{}, err
+	}
+	digest, err := parseDigest(f.PagesDigest)
+	if err != nil {
+		return snp.Launch{}, fmt.Errorf("firmware pagesDigest: %w", err)
+	}
+	kh := &snp.KernelHashes{Cmdline: snp.CmdlineHash(r.KernelCmdline)}
+	if err := decodeHex(kh.Kernel[:], r.KernelSHA256); err != nil {
+		return snp.Launch{}, fmt.Errorf("kernelSHA256: %w", err)
+	}
+	if err := decodeHex(kh.Initrd[:], r.InitrdSHA256); err != nil {
+		return snp.Launch{}, fmt.Errorf("initrdSHA256: %w", err)
+	}
+	return snp.Launch{
+		Metadata:       fw,
+		FirmwareDigest: &digest,
+		Kernel:         kh,
+		VCPUType:       r.VCPUType,
+		VCPUSig:        uint32(r.VCPUSignature),
+		GuestFeatures:  uint64(r.GuestFeatures),
+	}, nil
+}
+
+// Measurements computes the launch measurements for the vCPU counts of
+// want, which must lie within the reference's range.
+func (r *Reference) Measurements(want VCPURange) ([]ReferenceMeasurement, error) {
+	if err := want.validate(); err != nil {
+		return nil, err
+	}
+	if !r.VCPUs.Contains(want) {
+		return nil, fmt.Errorf("vCPU counts %s lie outside the reference's %s", want, r.VCPUs)
+	}
+	l, err := r.launch()
+	if err != nil {
+		return nil, fmt.Errorf("reference measurements: %w", err)
+	}
+	all, err := snp.MeasureVCPUs(l, want.Max)
+	if err != nil {
+		return nil, fmt.Errorf("reference measurements: %w", err)
+	}
+	out := make([]ReferenceMeasurement, 0, want.Max-want.Min+1)
+	for n := want.Min; n <= want.Max; n++ {
+		out = append(out, ReferenceMeasurement{VCPUs: n, Measurement: all[n-1]})
+	}
+	return out, nil
+}
+
+// Measurement returns the reference measurement for a vCPU count; false
+// when the count lies outside the reference's range.
+func (r *Reference) Measurement(vcpus int) ([snp.DigestSize]byte, bool) {
+	ms, err := r.Measurements(VCPURange{Min: vcpus, Max: vcpus})
+	if err != nil {
+		return [snp.DigestSize]byte{}, false
+	}
+	return ms[0].Measurement, true
 }
 
 // Match tells which vCPU count's reference measurement equals m.
 func (r *Reference) Match(m [snp.DigestSize]byte) (vcpus int, ok bool) {
-	want := hex.EncodeToString(m[:])
-	for _, ref := range r.Measurements {
-		if ref.Measurement == want {
+	ms, err := r.Measurements(r.VCPUs)
+	if err != nil {
+		return 0, false
+	}
+	for _, ref := range ms {
+		if ref.Measurement == m {
 			return ref.VCPUs, true
 		}
 	}
@@ -131,17 +278,24 @@ type ReferenceOptions struct {
 	Firmware string
 	// VCPUType is the QEMU CPU model (default DefaultVCPUType).
 	VCPUType string
-	// MaxVCPUs: measurements are computed for 1 to MaxVCPUs vCPUs (default
+	// MaxVCPUs: the reference accepts 1 to MaxVCPUs vCPUs (default
 	// DefaultMaxVCPUs).
 	MaxVCPUs int
 	// GuestFeatures is the VMSA's SEV_FEATURES (0: DefaultGuestFeatures).
 	GuestFeatures uint64
+	// Bundle copies the firmware into the image as FirmwareFile, so that a
+	// release carries the firmware its reference was computed for.
+	Bundle bool
 }
+
+// FirmwareFile is the image directory's copy of the firmware its
+// reference.json was computed for (ReferenceOptions.Bundle).
+const FirmwareFile = "OVMF.fd"
 
 // Defaults of ReferenceOptions.
 const (
 	DefaultVCPUType = "EPYC-v4"
-	DefaultMaxVCPUs = 8
+	DefaultMaxVCPUs = 64
 	// DefaultGuestFeatures is what QEMU >= 9.1 sets for an SNP guest unless
 	// told otherwise: SNPActive only.
 	DefaultGuestFeatures = 0x1
@@ -205,6 +359,13 @@ func loadReferenceFirmware(opts ReferenceOptions) (*referenceFirmware, error) {
 	if fw.image, err = os.ReadFile(fw.opts.Firmware); err != nil {
 		return nil, fmt.Errorf("reference measurements: firmware: %w", err)
 	}
+	parsed, err := snp.ParseFirmware(fw.image)
+	if err == nil {
+		err = parsed.CheckDirectBoot()
+	}
+	if err != nil {
+		return nil, fmt.Errorf("reference measurements: firmware %s: %w", fw.opts.Firmware, err)
+	}
 	if fw.digest, err = snp.FirmwareDigest(fw.image); err != nil {
 		return nil, fmt.Errorf("reference measurements: firmware %s: %w", fw.opts.Firmware, err)
 	}
@@ -229,30 +390,42 @@ func (fw *referenceFirmware) reference(m *Manifest) (*Reference, error) {
 	if err != nil {
 		return nil, fmt.Errorf("reference measurements: %w", err)
 	}
+	parsed, err := snp.ParseFirmware(fw.image)
+	if err != nil {
+		return nil, fmt.Errorf("reference measurements: firmware %s: %w", o.Firmware, err)
+	}
 	fwSum := sha256.Sum256(fw.image)
 	ref := &Reference{
-		Schema:        referenceSchema,
-		Firmware:      ReferenceFirmware{Size: int64(len(fw.image)), SHA256: hex.EncodeToString(fwSum[:])},
+		Schema: referenceSchema,
+		Firmware: ReferenceFirmware{
+			Size:           int64(len(fw.image)),
+			SHA256:         hex.EncodeToString(fwSum[:]),
+			PagesDigest:    hex.EncodeToString(fw.digest[:]),
+			APResetAddress: HexUint64(parsed.ResetEIP),
+			HashTable:      ReferenceRange{Address: HexUint64(parsed.HashTableGPA), Size: HexUint64(parsed.HashTableSize)},
+		},
 		KernelSHA256:  kernel.SHA256,
 		InitrdSHA256:  initrdSHA256,
 		KernelCmdline: m.KernelCmdline,
 		VCPUType:      o.VCPUType,
 		VCPUSignature: HexUint64(sig),
 		GuestFeatures: HexUint64(o.GuestFeatures),
+		VCPUs:         VCPURange{Min: 1, Max: o.MaxVCPUs},
 	}
-	for n := 1; n <= o.MaxVCPUs; n++ {
-		d, err := snp.Measure(snp.Launch{
-			Firmware:       fw.image,
-			FirmwareDigest: &fw.digest,
-			Kernel:         kh,
-			VCPUs:          n,
-			VCPUType:       o.VCPUType,
-			GuestFeatures:  o.GuestFeatures,
-		})
-		if err != nil {
-			return nil, fmt.Errorf("reference measurements: firmware %s: %w", o.Firmware, err)
-		}
-		ref.Measurements = append(ref.Measurements, ReferenceMeasurement{VCPUs: n, Measurement: hex.EncodeToString(d[:])})
+	for _, s := range parsed.Sections {
+		ref.Firmware.Sections = append(ref.Firmware.Sections, ReferenceSection{Address: HexUint64(s.GPA), Size: HexUint64(s.Size), Type: s.Type.String()})
+	}
+	// The reference's own computation, from the metadata it records, must
+	// give what the firmware's whole image gives.
+	fromImage, err := snp.Measure(snp.Launch{
+		Firmware: fw.image, FirmwareDigest: &fw.digest, Kernel: kh,
+		VCPUs: o.MaxVCPUs, VCPUType: o.VCPUType, GuestFeatures: o.GuestFeatures,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("reference measurements: firmware %s: %w", o.Firmware, err)
+	}
+	if got, ok := ref.Measurement(o.MaxVCPUs); !ok || got != fromImage {
+		return nil, fmt.Errorf("reference measurements: firmware %s: its recorded metadata measures differently from its image", o.Firmware)
 	}
 	return ref, nil
 }
@@ -389,16 +562,14 @@ func (r *Reference) validate() error {
 	if uint64(r.VCPUSignature) != uint64(sig) {
 		return fmt.Errorf("vcpuSignature %#x is not that of vCPU type %s (%#x)", uint64(r.VCPUSignature), r.VCPUType, sig)
 	}
-	if len(r.Measurements) == 0 {
-		return errors.New("no measurements")
+	if err := r.VCPUs.validate(); err != nil {
+		return fmt.Errorf("vcpus: %w", err)
 	}
-	for i, m := range r.Measurements {
-		if m.VCPUs < 1 || (i > 0 && m.VCPUs <= r.Measurements[i-1].VCPUs) {
-			return fmt.Errorf("measurements: vCPU count %d out of order or repeated", m.VCPUs)
-		}
-		if !isLowerHex(m.Measurement, snp.DigestSize) {
-			return fmt.Errorf("measurement for %d vCPUs %q is not %d lower-case hex digits", m.VCPUs, m.Measurement, 2*snp.DigestSize)
-		}
+	if !isLowerHex(r.Firmware.PagesDigest, snp.DigestSize) {
+		return fmt.Errorf("firmware pagesDigest %q is not %d lower-case hex digits", r.Firmware.PagesDigest, 2*snp.DigestSize)
+	}
+	if _, err := r.launch(); err != nil {
+		return err
 	}
 	return nil
 }

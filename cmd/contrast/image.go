@@ -12,7 +12,7 @@ import (
 )
 
 func imageBuild(ctx context.Context, sio *stdio, args []string) error {
-	fs := newFlagSet(sio, "contrast image build", "--kernel PATH --agent PATH --runc PATH [--mke2fs PATH] [--format rootfs|initrd] -o DIR [--firmware OVMF.fd [--vcpus-max N] [--vcpu-type TYPE]]",
+	fs := newFlagSet(sio, "contrast image build", "--kernel PATH --agent PATH --runc PATH [--mke2fs PATH] [--format rootfs|initrd] -o DIR [--firmware OVMF.fd [--bundle-firmware] [--vcpus-max N] [--vcpu-type TYPE]]",
 		"Builds the guest image: copies the kernel, writes the guest's root file system\n"+
 			"(the agent as /init, runc as /usr/bin/runc) reproducibly, and manifest.json into DIR.\n"+
 			"The root file system is by default rootfs.img, a read-only ext4 disk with its\n"+
@@ -20,9 +20,12 @@ func imageBuild(ctx context.Context, sio *stdio, args []string) error {
 			"by its root hash; --format initrd writes an initramfs instead.\n"+
 			"DIR is replaced atomically; it is left alone when it already holds this image.\n\n"+
 			"With --firmware (the OVMF AmdSevX64 build the runtime boots SEV-SNP pod VMs\n"+
-			"with), it also writes "+vmimage.ReferenceFile+": the launch MEASUREMENT of the image\n"+
-			"for 1 to N vCPUs of that CPU model (guest features 0x1, QEMU >= 9.1's), against\n"+
-			"which `contrast verify --reference` checks reports.")
+			"with), it also writes "+vmimage.ReferenceFile+": what the launch MEASUREMENT of the\n"+
+			"image is computed from (the firmware's page digest and SEV metadata, the kernel,\n"+
+			"initrd and command line digests, the CPU model, guest features 0x1 as QEMU >= 9.1\n"+
+			"sets them) and the vCPU counts 1 to N it accepts; `contrast verify --reference`\n"+
+			"computes the measurement for each count and checks reports against them.\n"+
+			"--bundle-firmware copies the firmware into DIR as "+vmimage.FirmwareFile+".")
 	kernel := fs.String("kernel", "", "guest kernel bzImage (hack/kernel.sh prints its path)")
 	agent := fs.String("agent", "", "static contrast-agent binary")
 	runc := fs.String("runc", "", "static runc binary")
@@ -31,7 +34,8 @@ func imageBuild(ctx context.Context, sio *stdio, args []string) error {
 	format := fs.String("format", vmimage.FormatRootDisk, "root file system: "+vmimage.FormatRootDisk+" (dm-verity disk image "+vmimage.RootDiskFile+") or "+vmimage.FormatInitrd+" (initramfs)")
 	cmdline := fs.String("cmdline", "", "kernel command line (default: "+vmimage.DefaultKernelCmdline+")")
 	firmware := fs.String("firmware", "", "OVMF AmdSevX64 firmware: write the image's SEV-SNP reference measurements")
-	vcpusMax := fs.Int("vcpus-max", vmimage.DefaultMaxVCPUs, "reference measurements for 1 to this many vCPUs (with --firmware)")
+	vcpusMax := fs.Int("vcpus-max", vmimage.DefaultMaxVCPUs, "the reference accepts 1 to this many vCPUs (with --firmware)")
+	bundle := fs.Bool("bundle-firmware", false, "copy the firmware into the image as "+vmimage.FirmwareFile+" (with --firmware)")
 	vcpuType := fs.String("vcpu-type", vmimage.DefaultVCPUType, "QEMU CPU model of the vCPUs (with --firmware)")
 	if err := parseFlags(fs, args); err != nil {
 		return err
@@ -56,9 +60,9 @@ func imageBuild(ctx context.Context, sio *stdio, args []string) error {
 		if _, err := snp.VCPUSignature(*vcpuType); err != nil {
 			return usagef("--vcpu-type: %v", err)
 		}
-		ref = &vmimage.ReferenceOptions{Firmware: *firmware, VCPUType: *vcpuType, MaxVCPUs: *vcpusMax}
-	} else if flagSet(fs, "vcpus-max") || flagSet(fs, "vcpu-type") {
-		return usagef("--vcpus-max and --vcpu-type need --firmware")
+		ref = &vmimage.ReferenceOptions{Firmware: *firmware, VCPUType: *vcpuType, MaxVCPUs: *vcpusMax, Bundle: *bundle}
+	} else if flagSet(fs, "vcpus-max") || flagSet(fs, "vcpu-type") || *bundle {
+		return usagef("--vcpus-max, --vcpu-type and --bundle-firmware need --firmware")
 	}
 
 	p := newProgress(sio.stderr)
@@ -94,8 +98,8 @@ func imageBuild(ctx context.Context, sio *stdio, args []string) error {
 		return nil
 	}
 	r := res.Reference
-	fmt.Fprintf(sio.stdout, "reference measurements %s: firmware sha256 %s, %s, 1 to %d vCPUs\n",
-		filepath.Join(res.Image.Dir, vmimage.ReferenceFile), r.Firmware.SHA256, r.VCPUType, len(r.Measurements))
+	fmt.Fprintf(sio.stdout, "reference measurements %s: firmware sha256 %s, %s, %s vCPUs\n",
+		filepath.Join(res.Image.Dir, vmimage.ReferenceFile), r.Firmware.SHA256, r.VCPUType, r.VCPUs)
 	return nil
 }
 

@@ -5,11 +5,13 @@ import (
 	"crypto/ecdsa"
 	"encoding/base64"
 	"encoding/hex"
+	"flag"
 	"fmt"
 	"os"
 	"strconv"
 	"strings"
 
+	"github.com/contrast-vm/contrast/vmimage"
 	"github.com/contrast-vm/contrast/vmimage/snp"
 )
 
@@ -18,13 +20,18 @@ import (
 // an ID block and ID auth signed for it.
 func measure(ctx context.Context, sio *stdio, args []string) error {
 	fs := newFlagSet(sio, "contrast measure",
-		"--mode snp --ovmf FILE [--kernel FILE [--initrd FILE] [--append CMDLINE]] --vcpus N (--vcpu-type TYPE | --vcpu-sig SIG | --vcpu-family F --vcpu-model M --vcpu-stepping S)\n"+
+		"--mode snp --ovmf FILE [--kernel FILE [--initrd FILE] [--append CMDLINE]] --vcpus N|MIN-MAX (--vcpu-type TYPE | --vcpu-sig SIG | --vcpu-family F --vcpu-model M --vcpu-stepping S)\n"+
 			"       [--guest-features 0x1] [--vmm-type QEMU] [--snp-ovmf-hash HEX] [--output-format hex|base64]\n"+
-			"       [--id-key KEY.pem [--author-key KEY.pem] [--policy 0x30000] [--family-id HEX] [--image-id HEX] --id-block-out FILE --id-auth-out FILE]",
+			"       [--id-key KEY.pem [--author-key KEY.pem] [--policy 0x30000] [--family-id HEX] [--image-id HEX] --id-block-out FILE --id-auth-out FILE]\n"+
+			"       | --reference REF.json|IMAGE_DIR [--vcpus N|MIN-MAX] [--output-format hex|base64]",
 		"Prints the SEV-SNP launch MEASUREMENT (SHA-384 launch digest) of a guest QEMU\n"+
 			"boots with the OVMF AmdSevX64 firmware, a directly booted kernel (kernel-hashes=on),\n"+
 			"initrd and command line, N vCPUs of a CPU model and the guest features:\n"+
-			"96 hex digits by default. --mode snp:ovmf-hash prints the firmware's part alone.\n\n"+
+			"96 hex digits by default. --mode snp:ovmf-hash prints the firmware's part alone.\n"+
+			"With a range of vCPU counts (--vcpus 1-8) it prints one line per count: the count,\n"+
+			"a space, the measurement.\n\n"+
+			"--reference computes the same from an image's reference.json instead of the files,\n"+
+			"for each vCPU count it allows (or --vcpus): what `contrast verify --reference` accepts.\n\n"+
 			"With --id-key (an ECDSA P-384 key, openssl ecparam -name secp384r1 -genkey -noout)\n"+
 			"it also writes the ID block and ID auth structure, base64 on one line without a\n"+
 			"newline, as QEMU's sev-snp-guest takes them (id-block=, id-auth=; with --author-key\n"+
@@ -35,7 +42,8 @@ func measure(ctx context.Context, sio *stdio, args []string) error {
 	kernel := fs.String("kernel", "", "kernel (bzImage) booted directly")
 	initrd := fs.String("initrd", "", "initrd (needs --kernel)")
 	cmdline := fs.String("append", "", "kernel command line (needs --kernel)")
-	vcpus := fs.Int("vcpus", 0, "number of vCPUs")
+	vcpusFlag := fs.String("vcpus", "", "number of vCPUs, or a range MIN-MAX")
+	referencePath := fs.String("reference", "", "compute from an image's reference.json (or the image directory) instead")
 	vcpuType := fs.String("vcpu-type", "", "QEMU CPU model of the vCPUs (-cpu; vCPU types above)")
 	var vcpuSig, family, model, stepping *uint64
 	fs.Func("vcpu-sig", "vCPU signature (CPUID 1 EAX), e.g. 0x800f12", uintFlag(&vcpuSig, 32))
@@ -68,6 +76,28 @@ func measure(ctx context.Context, sio *stdio, args []string) error {
 		return err
 	}
 
+	if *format != "hex" && *format != "base64" {
+		return usagef("--output-format %q: hex or base64", *format)
+	}
+	var vcpus *vmimage.VCPURange
+	if *vcpusFlag != "" {
+		v, err := vmimage.ParseVCPURange(*vcpusFlag)
+		if err != nil {
+			return usagef("--vcpus: %v", err)
+		}
+		vcpus = &v
+	}
+	if *referencePath != "" {
+		others := false
+		fs.Visit(func(f *flag.Flag) {
+			others = others || (f.Name != "reference" && f.Name != "vcpus" && f.Name != "output-format")
+		})
+		if others {
+			return usagef("--reference takes only --vcpus and --output-format: the launch is the reference's")
+		}
+		return measureReference(sio, *referencePath, vcpus, *format)
+	}
+
 	switch *mode {
 	case "snp", "snp:ovmf-hash":
 	case "":
@@ -79,9 +109,6 @@ func measure(ctx context.Context, sio *stdio, args []string) error {
 	}
 	if *ovmf == "" {
 		return usagef("missing --ovmf")
-	}
-	if *format != "hex" && *format != "base64" {
-		return usagef("--output-format %q: hex or base64", *format)
 	}
 	firmware, err := os.ReadFile(*ovmf)
 	if err != nil {
@@ -99,14 +126,14 @@ func measure(ctx context.Context, sio *stdio, args []string) error {
 	if *kernel == "" && (*initrd != "" || *cmdline != "") {
 		return usagef("--initrd and --append need --kernel")
 	}
-	if *vcpus < 1 {
+	if vcpus == nil {
 		return usagef("missing --vcpus N (N >= 1)")
 	}
 	vmm, err := snp.ParseVMM(*vmmType)
 	if err != nil {
 		return usagef("--vmm-type: %v", err)
 	}
-	l := snp.Launch{Firmware: firmware, VCPUs: *vcpus, GuestFeatures: features, VMM: vmm}
+	l := snp.Launch{Firmware: firmware, VCPUs: vcpus.Max, GuestFeatures: features, VMM: vmm}
 	switch {
 	case family != nil || model != nil || stepping != nil:
 		if family == nil || model == nil || stepping == nil {
@@ -146,11 +173,23 @@ func measure(ctx context.Context, sio *stdio, args []string) error {
 	if signing && (*idKeyPath == "" || *idBlockOut == "" || *idAuthOut == "") {
 		return usagef("an ID block needs --id-key, --id-block-out and --id-auth-out")
 	}
+	if signing && vcpus.Min != vcpus.Max {
+		return usagef("an ID block is for one vCPU count: --vcpus N")
+	}
 
-	digest, err := snp.Measure(l)
+	all, err := snp.MeasureVCPUs(l, vcpus.Max)
 	if err != nil {
 		return fmt.Errorf("--ovmf %s: %w", *ovmf, err)
 	}
+	if vcpus.Min != vcpus.Max {
+		var ms []vmimage.ReferenceMeasurement
+		for n := vcpus.Min; n <= vcpus.Max; n++ {
+			ms = append(ms, vmimage.ReferenceMeasurement{VCPUs: n, Measurement: all[n-1]})
+		}
+		printMeasurements(sio, ms, *format)
+		return nil
+	}
+	digest := all[vcpus.Max-1]
 	if signing {
 		req := idBlockRequest{
 			policy: policy, familyID: familyID, imageID: imageID,
@@ -160,11 +199,51 @@ func measure(ctx context.Context, sio *stdio, args []string) error {
 			return err
 		}
 	}
-	if *format == "base64" {
-		fmt.Fprintln(sio.stdout, base64.StdEncoding.EncodeToString(digest[:]))
-	} else {
-		fmt.Fprintln(sio.stdout, hex.EncodeToString(digest[:]))
+	fmt.Fprintln(sio.stdout, formatDigest(digest, *format))
+	return nil
+}
+
+func formatDigest(d [snp.DigestSize]byte, format string) string {
+	if format == "base64" {
+		return base64.StdEncoding.EncodeToString(d[:])
 	}
+	return hex.EncodeToString(d[:])
+}
+
+// printMeasurements prints one line per vCPU count: the count, a space, the
+// measurement.
+func printMeasurements(sio *stdio, ms []vmimage.ReferenceMeasurement, format string) {
+	for _, m := range ms {
+		fmt.Fprintf(sio.stdout, "%d %s\n", m.VCPUs, formatDigest(m.Measurement, format))
+	}
+}
+
+// measureReference prints the measurements an image's reference allows,
+// computed from what it records: one per vCPU count of vcpus (nil: the
+// reference's whole range), each line the count and the measurement.
+func measureReference(sio *stdio, path string, vcpus *vmimage.VCPURange, format string) error {
+	fi, err := os.Stat(path)
+	if err != nil {
+		return fmt.Errorf("--reference: %w", err)
+	}
+	var ref *vmimage.Reference
+	if fi.IsDir() {
+		ref, err = vmimage.LoadReference(path)
+	} else {
+		ref, err = vmimage.ReadReference(path)
+	}
+	if err != nil {
+		return err
+	}
+	want := ref.VCPUs
+	if vcpus != nil {
+		want = *vcpus
+	}
+	ms, err := ref.Measurements(want)
+	if err != nil {
+		return fmt.Errorf("%s: %w", path, err)
+	}
+	printMeasurements(sio, ms, format)
 	return nil
 }
 

@@ -2,14 +2,17 @@ package main
 
 import (
 	"bytes"
+	"crypto/sha256"
 	"encoding/base64"
 	"encoding/hex"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
 
+	"github.com/contrast-vm/contrast/internal/testenv"
 	"github.com/contrast-vm/contrast/vmimage"
 	"github.com/contrast-vm/contrast/vmimage/snp"
 )
@@ -189,7 +192,7 @@ func TestImageBuildReference(t *testing.T) {
 		"--firmware", fixtureOVMF, "--vcpus-max", "3", "--vcpu-type", "EPYC-Genoa"}
 	code, stdout, stderr := runCLI(t, args...)
 	if code != 0 || !strings.Contains(stdout, "reference measurements "+filepath.Join(out, "reference.json")) ||
-		!strings.Contains(stdout, "EPYC-Genoa, 1 to 3 vCPUs") {
+		!strings.Contains(stdout, "EPYC-Genoa, 1-3 vCPUs") {
 		t.Fatalf("exit %d\nstdout %s\nstderr %s", code, stdout, stderr)
 	}
 	first, err := os.ReadFile(filepath.Join(out, "reference.json"))
@@ -211,6 +214,25 @@ func TestImageBuildReference(t *testing.T) {
 		if !ok || strings.TrimSpace(stdout) != hex.EncodeToString(want[:]) {
 			t.Errorf("%d vCPUs: contrast measure says %s, reference.json %x", n, stdout, want)
 		}
+	}
+	// A range prints one line per count, from the files and from the
+	// reference alike.
+	code, fromFiles, stderr := runCLI(t, "measure", "--mode", "snp", "--ovmf", fixtureOVMF,
+		"--kernel", filepath.Join(out, "kernel"), "--append", ref.KernelCmdline, "--vcpus", "2-3", "--vcpu-type", "EPYC-Genoa")
+	if code != 0 {
+		t.Fatalf("measure --vcpus 2-3: %s", stderr)
+	}
+	code, fromRef, stderr := runCLI(t, "measure", "--reference", out, "--vcpus", "2-3")
+	m2, _ := ref.Measurement(2)
+	m3, _ := ref.Measurement(3)
+	if want := fmt.Sprintf("2 %x\n3 %x\n", m2, m3); code != 0 || fromFiles != want || fromRef != want {
+		t.Errorf("--vcpus 2-3: from the files %q, from the reference %q (exit %d, %s); want %q", fromFiles, fromRef, code, stderr, want)
+	}
+	if code, _, stderr := runCLI(t, "measure", "--reference", out, "--vcpus", "4"); code != 1 || !strings.Contains(stderr, "outside the reference's 1-3") {
+		t.Errorf("--reference --vcpus 4 of a 1-3 reference: exit %d, %s", code, stderr)
+	}
+	if code, _, stderr := runCLI(t, "measure", "--reference", out, "--ovmf", fixtureOVMF); code != 2 || !strings.Contains(stderr, "--reference takes only") {
+		t.Errorf("--reference with --ovmf: exit %d, %s", code, stderr)
 	}
 
 	// Rebuilding elsewhere gives the same reference.json.
@@ -240,7 +262,8 @@ func TestImageBuildReference(t *testing.T) {
 		code  int
 		want  string
 	}{
-		{[]string{"--vcpus-max", "4"}, 2, "--vcpus-max and --vcpu-type need --firmware"},
+		{[]string{"--vcpus-max", "4"}, 2, "--vcpus-max, --vcpu-type and --bundle-firmware need --firmware"},
+		{[]string{"--bundle-firmware"}, 2, "--vcpus-max, --vcpu-type and --bundle-firmware need --firmware"},
 		{[]string{"--firmware", fixtureOVMF, "--vcpu-type", "Skylake"}, 2, `unknown vCPU type "Skylake"`},
 		{[]string{"--firmware", fixtureOVMF, "--vcpus-max", "0"}, 2, "--vcpus-max 0"},
 		{[]string{"--firmware", fixtureOVMFX64}, 1, "no SNP_KERNEL_HASHES section"},
@@ -254,4 +277,49 @@ func TestImageBuildReference(t *testing.T) {
 			t.Errorf("%q: failed build left its output: %v", tc.extra, err)
 		}
 	}
+}
+
+// TestMeasureReleaseImage checks the release image `make image` built with
+// the AmdSev firmware of hack/ovmf.sh: its OVMF.fd is the firmware
+// reference.json names, passes the SNP metadata checks, and `contrast
+// measure` on the firmware and kernel prints, for every vCPU count, the
+// measurement the reference gives (computed from its recorded metadata).
+func TestMeasureReleaseImage(t *testing.T) {
+	dir := testenv.Path(t, "CONTRAST_IMAGE", "image", "the release guest image")
+	fwPath := testenv.Firmware(t)
+	ref, err := vmimage.LoadReference(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fw, err := os.ReadFile(fwPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if sum := sha256.Sum256(fw); hex.EncodeToString(sum[:]) != ref.Firmware.SHA256 || int64(len(fw)) != ref.Firmware.Size {
+		t.Fatalf("%s: sha256 %x (%d bytes), reference.json names %s (%d bytes)", fwPath, sum, len(fw), ref.Firmware.SHA256, ref.Firmware.Size)
+	}
+	parsed, err := snp.ParseFirmware(fw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := parsed.CheckDirectBoot(); err != nil {
+		t.Fatal(err)
+	}
+	if ref.VCPUs != (vmimage.VCPURange{Min: 1, Max: vmimage.DefaultMaxVCPUs}) {
+		t.Errorf("release reference accepts %s vCPUs, want 1-%d", ref.VCPUs, vmimage.DefaultMaxVCPUs)
+	}
+	span := ref.VCPUs.String()
+	code, fromFiles, stderr := runCLI(t, "measure", "--mode", "snp", "--ovmf", fwPath, "--kernel", filepath.Join(dir, vmimage.KernelFile),
+		"--append", ref.KernelCmdline, "--vcpu-type", ref.VCPUType, "--vcpus", span)
+	if code != 0 {
+		t.Fatalf("measure from the files: %s", stderr)
+	}
+	code, fromRef, stderr := runCLI(t, "measure", "--reference", dir)
+	if code != 0 {
+		t.Fatalf("measure --reference: %s", stderr)
+	}
+	if lines := strings.Count(fromRef, "\n"); fromFiles != fromRef || lines != ref.VCPUs.Max {
+		t.Fatalf("from the files:\n%s\nfrom reference.json (%d lines):\n%s", fromFiles, lines, fromRef)
+	}
+	t.Logf("firmware %s, %d vCPU counts agree; 1 to 3 vCPUs:\n%s", ref.Firmware.SHA256, ref.VCPUs.Max, strings.Join(strings.Split(fromRef, "\n")[:3], "\n"))
 }

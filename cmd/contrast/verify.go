@@ -28,12 +28,14 @@ import (
 const nonceSize = 64
 
 const verifyUsage = `(--pod SANDBOX_ID [--state-dir DIR] [--namespace NS] | --report FILE [--certs FILE])
-       [--nonce HEX [--workload]] [--reference REF.json|IMAGE_DIR | --measurement HEX...] [--policy FILE | --pod-yaml FILE]
+       [--nonce HEX [--workload]] [--reference REF.json|IMAGE_DIR [--vcpus N|MIN-MAX] | --measurement HEX...] [--policy FILE | --pod-yaml FILE]
        [--vcek FILE] [--min-tcb TCB] [--product LINE] [--trusted-chain FILE] [--save-report FILE] [--json]`
 
 const verifySummary = `Verifies a pod VM's SEV-SNP attestation report and prints one line per check:
   signature    the VCEK chains to AMD's root keys (embedded; or --trusted-chain) and signed the report
-  measurement  MEASUREMENT is a reference value (the launch's firmware, kernel, initrd, command line, vCPUs)
+  measurement  MEASUREMENT is a reference value (the launch's firmware, kernel, initrd, command line, vCPUs):
+               with --reference, the measurement computed for each vCPU count the reference
+               allows (its "vcpus" range, 1-64 by default; --vcpus narrows it)
   host_data    HOSTDATA is the digest of the pod's initdata document
   report_data  REPORT_DATA binds the nonce (the report is fresh, not replayed): a report
                the host asked for (GetReport: --pod, --save-report) carries SHA-512 of a
@@ -64,6 +66,7 @@ func verify(ctx context.Context, sio *stdio, args []string) error {
 	nonceHex := fs.String("nonce", "", "the nonce (64 bytes, 128 hex digits) the report must carry; with --pod, sent instead of a random one")
 	workload := fs.Bool("workload", false, "the --report came from a container's attestation endpoint: REPORT_DATA is the nonce itself, not the host's GetReport form")
 	referencePath := fs.String("reference", "", "reference measurements: a guest image's reference.json (contrast image build --firmware) or the image directory")
+	vcpusFlag := fs.String("vcpus", "", "vCPU counts to accept with --reference: N or MIN-MAX within the reference's range (default: all of it)")
 	var measurements []string
 	fs.Func("measurement", "an acceptable MEASUREMENT, 96 hex digits (repeatable)", func(s string) error {
 		measurements = append(measurements, s)
@@ -97,6 +100,8 @@ func verify(ctx context.Context, sio *stdio, args []string) error {
 		return usagef("--state-dir, --namespace and --timeout go with --pod")
 	case *referencePath != "" && len(measurements) > 0:
 		return usagef("--reference and --measurement exclude each other")
+	case *vcpusFlag != "" && *referencePath == "":
+		return usagef("--vcpus goes with --reference")
 	case *policyPath != "" && *podYAML != "":
 		return usagef("--policy and --pod-yaml exclude each other")
 	}
@@ -132,7 +137,15 @@ func verify(ctx context.Context, sio *stdio, args []string) error {
 
 	// Files next, so that a mistake in them shows before a pod is asked.
 	if *referencePath != "" {
-		refs, err := loadReferences(*referencePath)
+		var vcpus *vmimage.VCPURange
+		if *vcpusFlag != "" {
+			v, err := vmimage.ParseVCPURange(*vcpusFlag)
+			if err != nil {
+				return usagef("--vcpus: %v", err)
+			}
+			vcpus = &v
+		}
+		refs, err := loadReferences(*referencePath, vcpus)
 		if err != nil {
 			return err
 		}
@@ -372,10 +385,11 @@ func orEmpty(s []string) []string {
 	return s
 }
 
-// loadReferences reads the reference measurements of a guest image: its
-// reference.json, or the image directory (whose manifest the reference must
-// match).
-func loadReferences(path string) ([]attest.Reference, error) {
+// loadReferences reads the reference of a guest image: its reference.json,
+// or the image directory (whose manifest the reference must match), and
+// computes its measurements for the vCPU counts vcpus (nil: all the
+// reference allows).
+func loadReferences(path string, vcpus *vmimage.VCPURange) ([]attest.Reference, error) {
 	fi, err := os.Stat(path)
 	if err != nil {
 		return nil, fmt.Errorf("--reference: %w", err)
@@ -389,5 +403,9 @@ func loadReferences(path string) ([]attest.Reference, error) {
 	if err != nil {
 		return nil, err
 	}
-	return attest.ImageReferences(ref, path)
+	want := ref.VCPUs
+	if vcpus != nil {
+		want = *vcpus
+	}
+	return attest.ImageReferences(ref, path, want)
 }

@@ -3,6 +3,7 @@ package main
 import (
 	"bufio"
 	"context"
+	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
 	"encoding/pem"
@@ -128,32 +129,45 @@ func writeTemp(t *testing.T, name string, content []byte) string {
 	return p
 }
 
+// testLaunchKernel is the kernel digest of the made-up image the verify
+// tests' references describe.
+var testLaunchKernel = strings.Repeat("2", 64)
+
 // referenceFile writes a reference.json as contrast image build
-// --firmware does, listing measurements by vCPU count (1, 2, ...).
-func referenceFile(t *testing.T, measurements ...[48]byte) string {
+// --firmware does, for the fixture firmware and an image with the given
+// kernel command line; it accepts 1 to 64 vCPUs.
+func referenceFile(t *testing.T, cmdline string) string {
 	t.Helper()
-	sig, err := snp.VCPUSignature(vmimage.DefaultVCPUType)
+	m := &vmimage.Manifest{KernelCmdline: cmdline, Files: []vmimage.File{{Name: vmimage.KernelFile, SHA256: testLaunchKernel}}}
+	ref, err := vmimage.ComputeReference(m, vmimage.ReferenceOptions{Firmware: fixtureOVMF})
 	if err != nil {
 		t.Fatal(err)
-	}
-	ref := &vmimage.Reference{
-		Schema:        1,
-		Firmware:      vmimage.ReferenceFirmware{Size: 4 << 20, SHA256: strings.Repeat("1", 64)},
-		KernelSHA256:  strings.Repeat("2", 64),
-		InitrdSHA256:  strings.Repeat("3", 64),
-		KernelCmdline: "console=ttyS0",
-		VCPUType:      vmimage.DefaultVCPUType,
-		VCPUSignature: vmimage.HexUint64(sig),
-		GuestFeatures: vmimage.DefaultGuestFeatures,
-	}
-	for i, m := range measurements {
-		ref.Measurements = append(ref.Measurements, vmimage.ReferenceMeasurement{VCPUs: i + 1, Measurement: hex.EncodeToString(m[:])})
 	}
 	p := filepath.Join(t.TempDir(), vmimage.ReferenceFile)
 	if err := vmimage.WriteReference(p, ref); err != nil {
 		t.Fatal(err)
 	}
 	return p
+}
+
+// launchMeasurement is what the hardware would report for that image
+// booted with the fixture firmware on vcpus vCPUs, computed from the
+// firmware image itself rather than from a reference.
+func launchMeasurement(t *testing.T, cmdline string, vcpus int) [48]byte {
+	t.Helper()
+	fw, err := os.ReadFile(fixtureOVMF)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kh := &snp.KernelHashes{Cmdline: snp.CmdlineHash(cmdline), Initrd: sha256.Sum256(nil)}
+	if _, err := hex.Decode(kh.Kernel[:], []byte(testLaunchKernel)); err != nil {
+		t.Fatal(err)
+	}
+	m, err := snp.Measure(snp.Launch{Firmware: fw, Kernel: kh, VCPUs: vcpus, VCPUType: vmimage.DefaultVCPUType, GuestFeatures: vmimage.DefaultGuestFeatures})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m
 }
 
 // podYAML is a pod whose template carries module as its bare policy.
@@ -349,7 +363,10 @@ func TestVerifySampleReport(t *testing.T) {
 // naming the check.
 func TestVerifyPod(t *testing.T) {
 	module := policy.AllowAll()
-	measurement := [48]byte{0x5e, 47: 0x11}
+	// The pod was launched with 3 vCPUs (its limits asked for them); the
+	// reference lists no table, only what the measurement is computed from.
+	const cmdline = "console=ttyS0 root=/dev/vda ro"
+	measurement := launchMeasurement(t, cmdline, 3)
 	measurementHex := hex.EncodeToString(measurement[:])
 	snp := newTestSNP(t, module, measurement)
 	stateDir := filepath.Join(t.TempDir(), "state")
@@ -358,14 +375,14 @@ func TestVerifyPod(t *testing.T) {
 	yaml := podYAML(t, module)
 	pod := []string{"verify", "--pod", "sandbox1", "--state-dir", stateDir, "--trusted-chain", chain}
 
-	// The image's reference lists the launch's measurement for 2 vCPUs.
-	reference := referenceFile(t, [48]byte{1}, measurement, [48]byte{3})
-	otherReference := referenceFile(t, [48]byte{1}, [48]byte{2})
+	reference := referenceFile(t, cmdline)
+	// An image whose command line differs by one character.
+	otherReference := referenceFile(t, "console=ttyS1 root=/dev/vda ro")
 	saved := filepath.Join(t.TempDir(), "saved.json")
 	code, stdout, stderr := runCLI(t, append(pod, "--reference", reference, "--pod-yaml", yaml, "--save-report", saved)...)
 	t.Logf("stdout:\n%s", stdout)
 	if code != 0 || !strings.Contains(stdout, "verdict: VERIFIED\n") || !strings.Contains(stdout, "report from pod sandbox1 (TEE snp-simulated)") ||
-		!strings.Contains(stdout, "is the reference for "+reference+", 2 vCPUs") {
+		!strings.Contains(stdout, "is the reference for "+reference+", 3 vCPUs") {
 		t.Fatalf("exit %d\nstdout %s\nstderr %s", code, stdout, stderr)
 	}
 	nonce := lineValue(t, stdout, "  nonce        ")
@@ -379,7 +396,11 @@ func TestVerifyPod(t *testing.T) {
 		{"other policy", append(pod, "--measurement", measurementHex, "--policy", writeTemp(t, "other.rego", policy.DenyAll())),
 			"host_data", "FAIL host_data   HOSTDATA " + wrappedDoc(t, module).HostDataHex() + " is not the initdata digest " + wrappedDoc(t, policy.DenyAll()).HostDataHex()},
 		{"other launch", append(pod, "--reference", otherReference, "--pod-yaml", yaml),
+			"measurement", "FAIL measurement MEASUREMENT " + measurementHex + " is none of the 64 reference values"},
+		{"fewer vCPUs", append(pod, "--reference", reference, "--vcpus", "1-2", "--pod-yaml", yaml),
 			"measurement", "FAIL measurement MEASUREMENT " + measurementHex + " is none of the 2 reference values"},
+		{"vCPUs beyond the reference", append(pod, "--reference", reference, "--vcpus", "1-65", "--pod-yaml", yaml),
+			"", "vCPU counts 1-65 lie outside the reference's 1-64"},
 		{"other launch, --measurement", append(pod, "--measurement", strings.Repeat("00", 48), "--pod-yaml", yaml),
 			"measurement", "FAIL measurement MEASUREMENT " + measurementHex + " is none of the 1 reference values"},
 		{"replayed report, new nonce", []string{"verify", "--report", saved, "--trusted-chain", chain, "--measurement", measurementHex, "--pod-yaml", yaml, "--nonce", strings.Repeat("ee", 64)},

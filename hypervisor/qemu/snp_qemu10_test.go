@@ -70,7 +70,9 @@ func snpQEMU(t *testing.T) string {
 }
 
 // snpTestLaunch is a complete SNP launch whose files and sockets exist, so
-// that QEMU gets as far as it can.
+// that QEMU gets as far as it can: the real OVMF AmdSevX64 firmware of the
+// release image and the real guest kernel; the initrd is a stand-in, which
+// QEMU loads as it is.
 func snpTestLaunch(t *testing.T, vsockMode string) (launchParams, *os.File) {
 	t.Helper()
 	dir := t.TempDir()
@@ -95,7 +97,7 @@ func snpTestLaunch(t *testing.T, vsockMode string) (launchParams, *os.File) {
 	}
 	t.Cleanup(func() { qmp.Close() })
 	p := snpParams()
-	p.Kernel, p.Initrd, p.Firmware = file("bzImage"), file("initrd"), file("OVMF.amdsev.fd")
+	p.Kernel, p.Initrd, p.Firmware = testenv.Kernel(t), file("initrd"), testenv.Firmware(t)
 	p.ConsoleLog, p.PIDFile = filepath.Join(dir, "console.log"), filepath.Join(dir, "qemu.pid")
 	p.VsockMode = vsockMode
 	switch vsockMode {
@@ -249,6 +251,31 @@ func TestSNPArgsAcceptedByQEMU10(t *testing.T) {
 			}
 		})
 	}
+	// The firmware and kernel are read in the TCG run: a firmware of a size
+	// no flash image has, or a kernel that is no bzImage, stops it.
+	for _, bad := range []struct {
+		name, content, want string
+		field               func(p *launchParams) *string
+	}{
+		{"firmware", strings.Repeat("x", 1000), "could not load PC BIOS", func(p *launchParams) *string { return &p.Firmware }},
+		{"kernel", "not a kernel", "linux kernel", func(p *launchParams) *string { return &p.Kernel }},
+	} {
+		t.Run("broken late "+bad.name, func(t *testing.T) {
+			p, _ := snpTestLaunch(t, VsockVhostUser)
+			f := filepath.Join(t.TempDir(), bad.name)
+			if err := os.WriteFile(f, []byte(bad.content), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			*bad.field(&p) = f
+			args, err := buildArgs(p)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if msg := runLateArgs(t, bin, args); msg == "" || !strings.Contains(strings.ToLower(msg), strings.ToLower(bad.want)) {
+				t.Fatalf("with a bad %s the TCG run said %q, want %q", bad.name, msg, bad.want)
+			}
+		})
+	}
 	t.Run("broken late args by help", func(t *testing.T) {
 		p, _ := snpTestLaunch(t, VsockKernel)
 		args, err := buildArgs(p)
@@ -290,8 +317,9 @@ func brokenArgs(t *testing.T, p launchParams, from, to string) []string {
 
 // runLateArgs runs QEMU under TCG, paused, with the SNP command line args
 // less what only KVM with SEV-SNP realizes (the sev-snp-guest object, the
-// machine's confidential-guest-support) and less the files only a booting
-// guest reads (-kernel, -initrd, -append, -bios). QEMU then creates the
+// machine's confidential-guest-support). QEMU then maps the firmware (-bios:
+// its size must suit a flash image below 4 GiB), loads the kernel for
+// fw_cfg (it must be a bzImage QEMU can boot) and the initrd, creates the
 // memory backend, machine, CPU and every device, checking each property's
 // name and value, and answers QMP only once all exist; the run ends with
 // QMP's quit. The vhost-user vsock device is realized against our own
@@ -309,9 +337,6 @@ func runLateArgs(t *testing.T, bin string, args []string) string {
 	for i := 0; i < len(args); i++ {
 		a := args[i]
 		switch {
-		case a == "-kernel" || a == "-initrd" || a == "-append" || a == "-bios":
-			i++
-			continue
 		case a == "-object" && i+1 < len(args) && strings.HasPrefix(args[i+1], "sev-snp-guest,"):
 			i++
 			continue
@@ -469,6 +494,58 @@ func checkLateArgs(t lateT, bin string, args []string) {
 	for _, cpu := range argsAfter(args, "-cpu") {
 		if !regexp.MustCompile(`(?m)^\s*` + regexp.QuoteMeta(cpu) + `\s`).MatchString(models) {
 			t.Errorf("-cpu %s: QEMU knows no such CPU model", cpu)
+		}
+	}
+}
+
+// TestAmdSevFirmwareRefusesUnmeasuredKernel boots the release image's OVMF
+// AmdSevX64 firmware in a plain VM under TCG with the guest kernel handed
+// over directly (fw_cfg), as a pod VM without SEV-SNP would be booted. The
+// firmware checks each directly booted blob against the SEV hash table that
+// QEMU writes only for an SNP launch with kernel-hashes=on; without the
+// table its blob verifier refuses the kernel (fail closed: a host that
+// drops SNP cannot get an unmeasured kernel past it). The kernel never
+// starts, the boot manager's only other option is the AmdSev build's GRUB,
+// which ours leaves out, and it stops with "No bootable option". Plain
+// development VMs therefore boot without this firmware.
+func TestAmdSevFirmwareRefusesUnmeasuredKernel(t *testing.T) {
+	bin := snpQEMU(t)
+	fw, kernel := testenv.Firmware(t), testenv.Kernel(t)
+	dir := t.TempDir()
+	serial := filepath.Join(dir, "serial.log")
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, bin, "-accel", "tcg", "-machine", "q35", "-cpu", "max", "-m", "512M",
+		"-nodefaults", "-nographic", "-no-reboot", "-bios", fw, "-kernel", kernel,
+		"-append", "console=ttyS0 earlyprintk=serial,ttyS0 panic=-1", "-serial", "file:"+serial)
+	var stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stderr, &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	defer func() {
+		cmd.Process.Kill()
+		<-exited
+	}()
+	const refused = "BdsDxe: No bootable option was found."
+	for {
+		out, _ := os.ReadFile(serial)
+		if bytes.Contains(out, []byte("Linux version")) {
+			t.Fatalf("the AmdSev firmware started a kernel without SEV hash table:\n%s", out)
+		}
+		if bytes.Contains(out, []byte(refused)) {
+			t.Logf("serial console:\n%s", out)
+			return
+		}
+		select {
+		case err := <-exited:
+			exited <- err
+			t.Fatalf("QEMU exited (%v) before the firmware gave up: %s\nserial: %s", err, stderr.String(), out)
+		case <-ctx.Done():
+			t.Fatalf("no %q within 3 minutes; serial:\n%s", refused, out)
+		case <-time.After(200 * time.Millisecond):
 		}
 	}
 }

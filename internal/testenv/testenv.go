@@ -86,3 +86,15 @@ func Command(tb testing.TB, name, pkg string) string {
 	}
 	return p
 }
+
+// Firmware is the release image's OVMF AmdSevX64 build (OVMF.fd in
+// CONTRAST_IMAGE, which `make image` bundles from hack/ovmf.sh).
+func Firmware(tb testing.TB) string {
+	tb.Helper()
+	dir := Path(tb, "CONTRAST_IMAGE", "image", "the release guest image, with the OVMF AmdSevX64 firmware")
+	p := filepath.Join(dir, "OVMF.fd")
+	if _, err := os.Stat(p); err != nil {
+		tb.Fatalf("release image %s has no firmware (hack/image.sh bundles hack/ovmf.sh's): %v", dir, err)
+	}
+	return p
+}

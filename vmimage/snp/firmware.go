@@ -54,7 +54,11 @@ type Section struct {
 // pages and the facts its footer GUID table declares.
 type Firmware struct {
 	// Data is the whole image; Parse keeps the caller's slice, not a copy.
+	// It is nil in a firmware described by its metadata alone (see
+	// Launch.Metadata), whose pages' digest is given instead.
 	Data []byte
+	// Size is the image's length in bytes: where it starts below 4 GiB.
+	Size uint64
 	// Sections are the SEV metadata sections in the order the firmware lists
 	// them, which is the order they are measured in.
 	Sections []Section
@@ -72,7 +76,7 @@ type Firmware struct {
 }
 
 // GPA is the guest-physical address of the image's first byte.
-func (fw *Firmware) GPA() uint64 { return fourGiB - uint64(len(fw.Data)) }
+func (fw *Firmware) GPA() uint64 { return fourGiB - fw.Size }
 
 // Section returns the first metadata section of type t.
 func (fw *Firmware) Section(t SectionType) (Section, bool) {
@@ -110,7 +114,7 @@ func ParseFirmware(b []byte) (*Firmware, error) {
 	case len(b) > maxFirmwareSize:
 		return nil, fmt.Errorf("firmware is %d bytes, more than the %d a flash image below 4 GiB can be", len(b), maxFirmwareSize)
 	}
-	fw := &Firmware{Data: b}
+	fw := &Firmware{Data: b, Size: uint64(len(b))}
 	table, err := parseFooterTable(b)
 	if err != nil {
 		return nil, err
@@ -228,4 +232,81 @@ func (s Section) check() error {
 		return fmt.Errorf("%s at %#x, %#x bytes: ends above 4 GiB", s.Type, s.GPA, s.Size)
 	}
 	return nil
+}
+
+// CheckDirectBoot checks that the firmware can launch an SEV-SNP guest whose
+// directly booted kernel, initrd and command line are measured: what an
+// OVMF AmdSevX64 build declares. Its metadata is untrusted input, like the
+// image it came from; every error names the part that is missing or wrong.
+func (fw *Firmware) CheckDirectBoot() error {
+	if err := fw.checkSize(); err != nil {
+		return err
+	}
+	if !fw.HasResetBlock {
+		return fmt.Errorf("firmware has no SEV-ES reset block (GUID %s): not an SEV-capable OVMF build", guidSEVESReset)
+	}
+	if fw.ResetEIP == 0 {
+		return fmt.Errorf("firmware's SEV-ES reset block gives no AP start address: it cannot start more than one vCPU")
+	}
+	if len(fw.Sections) == 0 {
+		return fmt.Errorf("firmware has no SEV metadata (GUID %s): not an SEV-SNP-capable OVMF build", guidSEVMetadata)
+	}
+	count := map[SectionType]int{}
+	for i, s := range fw.Sections {
+		if err := s.check(); err != nil {
+			return fmt.Errorf("firmware: SEV metadata section %d: %w", i, err)
+		}
+		count[s.Type]++
+		end := uint64(s.GPA) + uint64(s.Size)
+		if end > fw.GPA() {
+			return fmt.Errorf("firmware: SEV metadata section %d (%s at %#x, %#x bytes) overlaps the firmware image at %#x",
+				i, s.Type, s.GPA, s.Size, fw.GPA())
+		}
+		for j, o := range fw.Sections[:i] {
+			if uint64(o.GPA) < end && uint64(s.GPA) < uint64(o.GPA)+uint64(o.Size) {
+				return fmt.Errorf("firmware: SEV metadata sections %d (%s at %#x) and %d (%s at %#x) overlap",
+					j, o.Type, o.GPA, i, s.Type, s.GPA)
+			}
+		}
+	}
+	for _, t := range []SectionType{SectionSNPSecrets, SectionCPUID, SectionSNPKernelHashes} {
+		switch count[t] {
+		case 1:
+		case 0:
+			if t == SectionSNPKernelHashes {
+				return fmt.Errorf("firmware's SEV metadata has no %s section: it cannot measure a directly booted kernel "+
+					"(an OvmfPkgX64 build? use OvmfPkg/AmdSev/AmdSevX64.dsc)", t)
+			}
+			return fmt.Errorf("firmware's SEV metadata has no %s section: not an SEV-SNP-capable OVMF build", t)
+		default:
+			return fmt.Errorf("firmware's SEV metadata lists %d %s sections, want one", count[t], t)
+		}
+	}
+	s, _ := fw.Section(SectionSNPKernelHashes)
+	_, err := (&KernelHashes{}).page(fw, s)
+	return err
+}
+
+func (fw *Firmware) checkSize() error {
+	switch {
+	case fw.Size == 0:
+		return fmt.Errorf("firmware is empty")
+	case fw.Size%PageSize != 0:
+		return fmt.Errorf("firmware is %d bytes, not a whole number of %d-byte pages", fw.Size, PageSize)
+	case fw.Size > maxFirmwareSize:
+		return fmt.Errorf("firmware is %d bytes, more than the %d a flash image below 4 GiB can be", fw.Size, maxFirmwareSize)
+	case fw.Data != nil && uint64(len(fw.Data)) != fw.Size:
+		return fmt.Errorf("firmware is %d bytes, its description says %d", len(fw.Data), fw.Size)
+	}
+	return nil
+}
+
+// ParseSectionType reads a section type's name as String writes it.
+func ParseSectionType(name string) (SectionType, error) {
+	for _, t := range []SectionType{SectionSNPSecMem, SectionSNPSecrets, SectionCPUID, SectionSVSMCAA, SectionSNPKernelHashes} {
+		if t.String() == name {
+			return t, nil
+		}
+	}
+	return 0, fmt.Errorf("unknown SEV metadata section type %q (known: SNP_SEC_MEM, SNP_SECRETS, CPUID, SVSM_CAA, SNP_KERNEL_HASHES)", name)
 }

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/binary"
 	"encoding/hex"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -99,7 +100,7 @@ func TestGUID(t *testing.T) {
 // bytes each: the fuzzer minimizes interesting inputs in time quadratic in
 // their length, which for a whole 4 KiB page takes about a minute each.
 func FuzzParseFirmware(f *testing.F) {
-	for _, name := range []string{"ovmf_AmdSev_suffix.bin", "ovmf_OvmfX64_suffix.bin"} {
+	for _, name := range []string{"ovmf_AmdSev_suffix.bin", "ovmf_OvmfX64_suffix.bin", "ovmf_AmdSev_debian_suffix.bin"} {
 		f.Add(compactFirmware(f, readFixture(f, name)))
 	}
 	kernel := emptyKernel(f, "console=ttyS0")
@@ -135,6 +136,35 @@ func FuzzParseFirmware(f *testing.F) {
 			d2, err2 := Measure(l)
 			if (err1 == nil) != (err2 == nil) || d1 != d2 {
 				t.Fatalf("Measure is not deterministic: %x %v, %x %v", d1, err1, d2, err2)
+			}
+		}
+		// A firmware fit for measured direct boot measures the same from its
+		// metadata alone (what reference values carry) as from its pages,
+		// for every vCPU count at once as one by one.
+		if fw.CheckDirectBoot() != nil {
+			return
+		}
+		digest, err := FirmwareDigest(b)
+		if err != nil {
+			t.Fatalf("firmware passes CheckDirectBoot, but: %v", err)
+		}
+		meta := *fw
+		meta.Data = nil
+		l := Launch{Firmware: b, VCPUType: "EPYC-v4", GuestFeatures: 1, Kernel: kernel}
+		all, err := MeasureVCPUs(l, 3)
+		if err != nil {
+			t.Fatalf("firmware passes CheckDirectBoot, but: %v", err)
+		}
+		l.Firmware, l.Metadata, l.FirmwareDigest = nil, &meta, &digest
+		fromMeta, err := MeasureVCPUs(l, 3)
+		if err != nil {
+			t.Fatalf("metadata alone: %v", err)
+		}
+		for i := range all {
+			l.VCPUs = i + 1
+			one, err := Measure(l)
+			if err != nil || one != all[i] || fromMeta[i] != all[i] {
+				t.Fatalf("%d vCPUs: image %x, metadata %x, alone %x %v", i+1, all[i], fromMeta[i], one, err)
 			}
 		}
 	}
@@ -194,5 +224,96 @@ func TestCompactFirmwareMeasuresAlike(t *testing.T) {
 		if hex.EncodeToString(got[:]) != v.want {
 			t.Errorf("%s on the compacted firmware: %x, want %s", v.name, got, v.want)
 		}
+	}
+}
+
+func TestCheckDirectBoot(t *testing.T) {
+	parse := func(name string) *Firmware {
+		fw, err := ParseFirmware(readFixture(t, name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return fw
+	}
+	if err := parse("ovmf_AmdSev_suffix.bin").CheckDirectBoot(); err != nil {
+		t.Fatalf("AmdSev fixture: %v", err)
+	}
+	for _, tc := range []struct {
+		name   string
+		fw     *Firmware
+		modify func(fw *Firmware)
+		want   string
+	}{
+		{"OvmfX64", parse("ovmf_OvmfX64_suffix.bin"), nil, "no SNP_KERNEL_HASHES section"},
+		{"no reset block", nil, func(fw *Firmware) { fw.HasResetBlock = false }, "no SEV-ES reset block"},
+		{"no AP address", nil, func(fw *Firmware) { fw.ResetEIP = 0 }, "no AP start address"},
+		{"no metadata", nil, func(fw *Firmware) { fw.Sections = nil }, "has no SEV metadata"},
+		{"no hash table", nil, func(fw *Firmware) { fw.HasHashTable = false }, "no SEV hash table entry"},
+		{"hash table too small", nil, func(fw *Firmware) { fw.HashTableSize = 16 }, "the table needs"},
+		{"size not pages", nil, func(fw *Firmware) { fw.Size = 100 }, "not a whole number"},
+		{"size disagrees with data", nil, func(fw *Firmware) { fw.Size = 2 * PageSize }, "its description says"},
+		{"two secrets pages", nil, func(fw *Firmware) {
+			s, _ := fw.Section(SectionSNPSecrets)
+			s.GPA = 0x100000
+			fw.Sections = append(fw.Sections, s)
+		}, "2 SNP_SECRETS sections"},
+		{"no CPUID page", nil, func(fw *Firmware) {
+			fw.Sections = slices.DeleteFunc(fw.Sections, func(s Section) bool { return s.Type == SectionCPUID })
+		}, "no CPUID section"},
+		{"overlap", nil, func(fw *Firmware) {
+			s := fw.Sections[0]
+			s.Type = SectionSVSMCAA
+			fw.Sections = append(fw.Sections, s)
+		}, "overlap"},
+		{"over the image", nil, func(fw *Firmware) {
+			fw.Sections = append(fw.Sections, Section{GPA: uint32(fw.GPA()), Size: PageSize, Type: SectionSVSMCAA})
+		}, "overlaps the firmware image"},
+		{"unknown type", nil, func(fw *Firmware) {
+			fw.Sections = append(fw.Sections, Section{GPA: 0x100000, Size: PageSize, Type: 9})
+		}, "unknown section type 0x9"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			fw := tc.fw
+			if fw == nil {
+				fw = parse("ovmf_AmdSev_suffix.bin")
+			}
+			if tc.modify != nil {
+				tc.modify(fw)
+			}
+			err := fw.CheckDirectBoot()
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("error %v, want one containing %q", err, tc.want)
+			}
+		})
+	}
+}
+
+// TestParseDebianFirmware pins the SEV metadata of the firmware hack/ovmf.sh
+// builds (Debian's edk2 2025.02): seven sections, among them the SVSM
+// calling area edk2 added after the sev-snp-measure fixture's version, the
+// kernel-hashes page with the hash table at 0x810c00, and the AP reset
+// address.
+func TestParseDebianFirmware(t *testing.T) {
+	fw, err := ParseFirmware(readFixture(t, "ovmf_AmdSev_debian_suffix.bin"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := fw.CheckDirectBoot(); err != nil {
+		t.Fatal(err)
+	}
+	want := []Section{
+		{0x800000, 0x9000, SectionSNPSecMem},
+		{0x80a000, 0x3000, SectionSNPSecMem},
+		{0x80d000, 0x1000, SectionSNPSecrets},
+		{0x80e000, 0x1000, SectionCPUID},
+		{0x80f000, 0x1000, SectionSVSMCAA},
+		{0x811000, 0xf000, SectionSNPSecMem},
+		{0x810000, 0x1000, SectionSNPKernelHashes},
+	}
+	if !slices.Equal(fw.Sections, want) {
+		t.Errorf("sections %+v, want %+v", fw.Sections, want)
+	}
+	if fw.ResetEIP != 0x80b004 || fw.HashTableGPA != 0x810c00 || fw.HashTableSize != 0x400 {
+		t.Errorf("AP reset %#x, hash table %#x (%#x bytes); want 0x80b004, 0x810c00 (0x400)", fw.ResetEIP, fw.HashTableGPA, fw.HashTableSize)
 	}
 }

@@ -26,8 +26,12 @@ type Launch struct {
 	Firmware []byte
 	// FirmwareDigest, if set, is a precomputed digest of the firmware pages
 	// (see FirmwareDigest); the firmware's pages are then not hashed again,
-	// but Firmware still supplies its metadata.
+	// but Firmware or Metadata still supplies its metadata.
 	FirmwareDigest *[DigestSize]byte
+	// Metadata, used when Firmware is nil, describes the firmware without
+	// its pages (Data nil; FirmwareDigest required): what a reference value
+	// records of it. It is checked with CheckDirectBoot.
+	Metadata *Firmware
 	// Kernel holds the hashes of a directly booted kernel, initrd and command
 	// line; nil when the guest boots from the firmware alone.
 	Kernel *KernelHashes
@@ -51,24 +55,52 @@ const maxVCPUs = 4096
 // Measure computes the launch digest of l: the MEASUREMENT an SNP report of
 // that guest carries.
 func Measure(l Launch) ([DigestSize]byte, error) {
-	var zero [DigestSize]byte
 	if l.VCPUs < 1 || l.VCPUs > maxVCPUs {
-		return zero, fmt.Errorf("vCPU count %d: want 1 to %d", l.VCPUs, maxVCPUs)
+		return [DigestSize]byte{}, fmt.Errorf("vCPU count %d: want 1 to %d", l.VCPUs, maxVCPUs)
+	}
+	ds, err := MeasureVCPUs(l, l.VCPUs)
+	if err != nil {
+		return [DigestSize]byte{}, err
+	}
+	return ds[l.VCPUs-1], nil
+}
+
+// MeasureVCPUs computes the launch digests of l for 1 to maxCount vCPUs
+// (l.VCPUs is ignored): element i is the MEASUREMENT of a guest with i+1
+// vCPUs. The launches differ only in their trailing VMSA pages, so this
+// costs little more than the largest alone.
+func MeasureVCPUs(l Launch, maxCount int) ([][DigestSize]byte, error) {
+	if maxCount < 1 || maxCount > maxVCPUs {
+		return nil, fmt.Errorf("vCPU count %d: want 1 to %d", maxCount, maxVCPUs)
 	}
 	sig := l.VCPUSig
 	if l.VCPUType != "" {
 		s, err := VCPUSignature(l.VCPUType)
 		if err != nil {
-			return zero, err
+			return nil, err
 		}
 		if l.VCPUSig != 0 && l.VCPUSig != s {
-			return zero, fmt.Errorf("vCPU signature %#x contradicts vCPU type %s (%#x)", l.VCPUSig, l.VCPUType, s)
+			return nil, fmt.Errorf("vCPU signature %#x contradicts vCPU type %s (%#x)", l.VCPUSig, l.VCPUType, s)
 		}
 		sig = s
 	}
-	fw, err := ParseFirmware(l.Firmware)
-	if err != nil {
-		return zero, err
+	var fw *Firmware
+	switch {
+	case l.Firmware != nil:
+		var err error
+		if fw, err = ParseFirmware(l.Firmware); err != nil {
+			return nil, err
+		}
+	case l.Metadata != nil:
+		if l.FirmwareDigest == nil {
+			return nil, fmt.Errorf("firmware described by its metadata alone needs the digest of its pages")
+		}
+		if err := l.Metadata.CheckDirectBoot(); err != nil {
+			return nil, err
+		}
+		fw = l.Metadata
+	default:
+		return nil, fmt.Errorf("no firmware given")
 	}
 
 	var ld launchDigest
@@ -78,12 +110,9 @@ func Measure(l Launch) ([DigestSize]byte, error) {
 		ld.normalPages(fw.GPA(), fw.Data)
 	}
 	if err := measureMetadata(&ld, fw, l.Kernel, l.VMM); err != nil {
-		return zero, err
+		return nil, err
 	}
-	if err := measureVMSAs(&ld, fw, l.VCPUs, sig, l.GuestFeatures, l.VMM); err != nil {
-		return zero, err
-	}
-	return ld, nil
+	return measureVMSAs(&ld, fw, maxCount, sig, l.GuestFeatures, l.VMM)
 }
 
 // FirmwareDigest is the launch digest after the firmware's pages alone:
@@ -147,27 +176,32 @@ func measureMetadata(ld *launchDigest, fw *Firmware, kernel *KernelHashes, vmm V
 	return nil
 }
 
-func measureVMSAs(ld *launchDigest, fw *Firmware, vcpus int, sig uint32, features uint64, vmm VMM) error {
+// measureVMSAs adds the VMSA pages of 1 to maxCount vCPUs and returns the
+// digest after each count.
+func measureVMSAs(ld *launchDigest, fw *Firmware, maxCount int, sig uint32, features uint64, vmm VMM) ([][DigestSize]byte, error) {
 	if !fw.HasResetBlock {
-		return fmt.Errorf("firmware has no SEV-ES reset block (GUID %s): not an SEV-capable OVMF build", guidSEVESReset)
+		return nil, fmt.Errorf("firmware has no SEV-ES reset block (GUID %s): not an SEV-capable OVMF build", guidSEVESReset)
 	}
 	bsp, err := vmsaPage(vmm, bspEIP, features, sig)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	ld.vmsaPage(bsp)
-	if vcpus == 1 {
-		return nil
+	out := make([][DigestSize]byte, 0, maxCount)
+	out = append(out, *ld)
+	if maxCount == 1 {
+		return out, nil
 	}
 	if fw.ResetEIP == 0 {
-		return fmt.Errorf("firmware's SEV-ES reset block gives no AP start address, so it cannot start %d vCPUs", vcpus)
+		return nil, fmt.Errorf("firmware's SEV-ES reset block gives no AP start address, so it cannot start %d vCPUs", maxCount)
 	}
 	ap, err := vmsaPage(vmm, fw.ResetEIP, features, sig)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	for range vcpus - 1 {
+	for range maxCount - 1 {
 		ld.vmsaPage(ap)
+		out = append(out, *ld)
 	}
-	return nil
+	return out, nil
 }

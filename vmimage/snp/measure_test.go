@@ -226,7 +226,9 @@ func TestMeasureErrors(t *testing.T) {
 		{"unknown vcpu type", Launch{Firmware: amd, VCPUs: 1, VCPUType: "EPYC-v9"}, "known: EPYC, EPYC-v1"},
 		{"type and signature disagree", Launch{Firmware: amd, VCPUs: 1, VCPUType: "EPYC-v4", VCPUSig: 1}, "contradicts"},
 		{"no vcpus", Launch{Firmware: amd, VCPUType: "EPYC-v4"}, "vCPU count 0"},
-		{"no firmware", Launch{VCPUs: 1, VCPUType: "EPYC-v4"}, "firmware is empty"},
+		{"no firmware", Launch{VCPUs: 1, VCPUType: "EPYC-v4"}, "no firmware given"},
+		{"empty firmware", Launch{Firmware: []byte{}, VCPUs: 1, VCPUType: "EPYC-v4"}, "firmware is empty"},
+		{"metadata without digest", Launch{Metadata: &Firmware{Size: PageSize}, VCPUs: 1, VCPUType: "EPYC-v4"}, "needs the digest of its pages"},
 		{"not ovmf", Launch{Firmware: make([]byte, PageSize), VCPUs: 1, VCPUType: "EPYC-v4"}, "no OVMF footer table"},
 		{"unknown vmm", Launch{Firmware: amd, VCPUs: 1, VCPUType: "EPYC-v4", VMM: 7}, "unknown VMM(7)"},
 	} {
