@@ -1,6 +1,21 @@
 # Sourced by hack/deps.sh and hack/ovmf.sh: what they share for reaching the
 # Debian archive the machine already uses, without naming a mirror.
 
+# apt_install_missing PKG...: installs those of the packages that are not
+# installed yet (the caller defines log).
+apt_install_missing() {
+  local p missing=()
+  for p in "$@"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+  done
+  if [ ${#missing[@]} -gt 0 ]; then
+    log "apt-get install ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  fi
+}
+
 # debian_archive prints the URI and keyring ("-" for none) of the Debian
 # archive the machine's apt sources already use for its own release, so
 # that backports come from the same mirror. Never name a mirror here.

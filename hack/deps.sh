@@ -26,16 +26,8 @@ apt_packages=(
   libseccomp-dev flex bison libelf-dev bc libssl-dev
   linux-source-6.12 xz-utils protobuf-compiler psmisc
 )
-missing=()
-for p in "${apt_packages[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
-done
-if [ ${#missing[@]} -gt 0 ]; then
-  log "apt-get install ${missing[*]}"
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq
-  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-fi
+. "$(dirname "$0")/apt-archive.sh"
+apt_install_missing "${apt_packages[@]}"
 
 # go_install_cached NAME VERSION PKG [extra go flags...]: builds PKG@VERSION once into $BIN/NAME-VERSION.
 go_install_cached() {
@@ -87,8 +79,6 @@ CGO_ENABLED=1 go_install_cached runc-static "$RUNC_VERSION" github.com/openconta
 go_install_cached protoc-gen-go "$PROTOC_GEN_GO_VERSION" google.golang.org/protobuf/cmd/protoc-gen-go
 go_install_cached protoc-gen-go-ttrpc "$PROTOC_GEN_TTRPC_VERSION" github.com/containerd/ttrpc/cmd/protoc-gen-go-ttrpc
 go_install_cached staticcheck "$STATICCHECK_VERSION" honnef.co/go/tools/cmd/staticcheck
-
-. "$(dirname "$0")/apt-archive.sh"
 
 # QEMU >= 9.1 parses the SEV-SNP arguments (Debian 12's QEMU is 7.2). QEMU 10
 # from <release>-backports is unpacked (dpkg -x) into the cache, keyed by its

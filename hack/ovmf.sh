@@ -63,22 +63,13 @@ if [ $check = 0 ] && [ -f "$out/OVMF.fd" ]; then echo "$out/OVMF.fd"; exit 0; fi
 # Debian's build dependencies of edk2 for an x86-64 OVMF (g++ for
 # BaseTools' VfrCompile), installed once.
 pkgs=(nasm acpica-tools uuid-dev python3 gcc g++ make patch xz-utils)
-missing=()
-for p in "${pkgs[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
-done
-if [ ${#missing[@]} -gt 0 ]; then
-  log "apt-get install ${missing[*]}"
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq
-  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-fi
+. "$here/apt-archive.sh"
+apt_install_missing "${pkgs[@]}"
 
 # fetch_source DEST: the orig and debian tarballs of edk2 $EDK2_VERSION in
 # DEST, checked against the archive's signed index.
 fetch_source() {
   local dest=$1
-  . "$here/apt-archive.sh"
   local codename uri key
   codename=$(. /etc/os-release && echo "${VERSION_CODENAME:-}")
   read -r uri key < <(debian_archive "$codename") || true
