@@ -79,13 +79,9 @@ func measure(ctx context.Context, sio *stdio, args []string) error {
 	if *format != "hex" && *format != "base64" {
 		return usagef("--output-format %q: hex or base64", *format)
 	}
-	var vcpus *vmimage.VCPURange
-	if *vcpusFlag != "" {
-		v, err := vmimage.ParseVCPURange(*vcpusFlag)
-		if err != nil {
-			return usagef("--vcpus: %v", err)
-		}
-		vcpus = &v
+	vcpus, err := parseVCPUsFlag(*vcpusFlag)
+	if err != nil {
+		return err
 	}
 	if *referencePath != "" {
 		others := false
@@ -331,4 +327,17 @@ func hexFlag(dst []byte) func(string) error {
 		copy(dst, b)
 		return nil
 	}
+}
+
+// parseVCPUsFlag parses --vcpus (N or MIN-MAX) of measure and verify; nil
+// when it is not given.
+func parseVCPUsFlag(value string) (*vmimage.VCPURange, error) {
+	if value == "" {
+		return nil, nil
+	}
+	v, err := vmimage.ParseVCPURange(value)
+	if err != nil {
+		return nil, usagef("--vcpus: %v", err)
+	}
+	return &v, nil
 }

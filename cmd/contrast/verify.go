@@ -137,13 +137,9 @@ func verify(ctx context.Context, sio *stdio, args []string) error {
 
 	// Files next, so that a mistake in them shows before a pod is asked.
 	if *referencePath != "" {
-		var vcpus *vmimage.VCPURange
-		if *vcpusFlag != "" {
-			v, err := vmimage.ParseVCPURange(*vcpusFlag)
-			if err != nil {
-				return usagef("--vcpus: %v", err)
-			}
-			vcpus = &v
+		vcpus, err := parseVCPUsFlag(*vcpusFlag)
+		if err != nil {
+			return err
 		}
 		refs, err := loadReferences(*referencePath, vcpus)
 		if err != nil {
